@@ -1,0 +1,36 @@
+# Every target creates .venv if missing and installs torch==2.13.0 (CPU build) before the
+# project, so pip never resolves an open-ended torch requirement to a CUDA build.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+EXTRAS  ?= dev,minatar,popgym,atari,bench
+
+.PHONY: demo test bench lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/reverie train --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest -x -q tests
+
+bench: $(STAMP)
+	$(BIN)/python bench/backbones.py
+	$(BIN)/python bench/cartpole.py
+	$(BIN)/python bench/reliability.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

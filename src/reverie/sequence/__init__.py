@@ -1,0 +1,59 @@
+"""The backbone zoo: GRU, Transformer, Mamba-1, Mamba-2 and FFM behind one contract.
+
+    m = make_backbone("mamba2", d_model=512, n_layers=2)
+    state = m.initial_state(batch_size)
+    y, state = m(x, state, reset)      # x: [B, T, D], reset: [B, T] bool or None
+    y1, state = m.step(x1, state)      # x1: [B, D], O(1) per token
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Any
+
+from reverie.sequence.base import (
+    Backbone,
+    Block,
+    SequenceModel,
+    State,
+    cat_states,
+    detach_state,
+    index_state,
+)
+
+BACKBONES: tuple[str, ...] = ("gru", "transformer", "mamba1", "mamba2", "ffm")
+
+_MODULES = {name: f"reverie.sequence.{name}" for name in BACKBONES}
+
+
+def make_backbone(name: str, d_model: int = 256, n_layers: int = 2, **kwargs: Any) -> Backbone:
+    """Build a backbone by name; extra keyword arguments go to that backbone."""
+    if name not in _MODULES:
+        close = difflib.get_close_matches(str(name), BACKBONES, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ValueError(
+            f"unknown backbone '{name}'{hint}; choose one of: {', '.join(BACKBONES)}"
+        )
+    if not isinstance(d_model, int) or d_model <= 0:
+        raise ValueError(f"d_model must be a positive integer, got {d_model!r}")
+    if not isinstance(n_layers, int) or n_layers <= 0:
+        raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
+    module = importlib.import_module(_MODULES[name])
+    try:
+        return module.build(d_model=d_model, n_layers=n_layers, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"bad option for backbone '{name}': {e}") from None
+
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "Block",
+    "SequenceModel",
+    "State",
+    "make_backbone",
+    "detach_state",
+    "index_state",
+    "cat_states",
+]

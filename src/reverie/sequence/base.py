@@ -1,0 +1,243 @@
+"""The sequence-backbone contract shared by every backbone of the zoo.
+
+A backbone is a stack of `n_layers` residual blocks mapping `[B, T, D] -> [B, T, D]`.
+Each block owns its recurrent state as a dict of batch-first tensors; the stack's state is
+the tuple of its blocks' states. Two conventions make the rest of reverie generic:
+
+* every tensor of a state has the batch on dim 0, so states can be indexed, detached and
+  checked without knowing the backbone;
+* the initial state is all zeros, so resetting rows of a state is a multiplication by a
+  mask (`reset_state`).
+
+`reset[b, t] = True` means an episode starts at step t of row b: nothing from before t
+may influence any output at or after t.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+LayerState = dict[str, Tensor]
+State = tuple[LayerState, ...]
+
+
+@runtime_checkable
+class SequenceModel(Protocol):
+    """What agents rely on: parallel `forward` over a sequence and O(1) `step`."""
+
+    d_model: int
+
+    def initial_state(self, batch_size: int) -> State: ...
+
+    def __call__(
+        self, x: Tensor, state: State | None = None, reset: Tensor | None = None
+    ) -> tuple[Tensor, State]: ...
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]: ...
+
+    def reset_state(self, state: State, mask: Tensor) -> State: ...
+
+    def num_params(self) -> int: ...
+
+
+class Block(nn.Module):
+    """One residual block of a backbone; subclasses implement the three verbs.
+
+    `forward(x: [B, T, D], state, reset: [B, T] bool | None) -> (y: [B, T, D], state)`
+    `step(x: [B, D], state) -> (y: [B, D], state)`
+    `initial_state(batch_size, device, dtype) -> LayerState` (all zeros)
+    """
+
+    def initial_state(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype
+    ) -> LayerState:
+        raise NotImplementedError
+
+    def forward(
+        self, x: Tensor, state: LayerState, reset: Tensor | None
+    ) -> tuple[Tensor, LayerState]:
+        raise NotImplementedError
+
+    def step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
+        raise NotImplementedError
+
+
+class Backbone(nn.Module):
+    """A stack of residual blocks with a final norm; the public face of every backbone."""
+
+    name: str = "backbone"
+
+    def __init__(self, d_model: int, blocks: list[Block]) -> None:
+        super().__init__()
+        if d_model <= 0:
+            raise ValueError(f"d_model must be a positive integer, got {d_model}")
+        if not blocks:
+            raise ValueError("n_layers must be >= 1")
+        self.d_model = d_model
+        self.n_layers = len(blocks)
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = nn.LayerNorm(d_model)
+
+    # -- state helpers ---------------------------------------------------------------
+    def _param(self) -> Tensor:
+        return next(self.parameters())
+
+    def initial_state(self, batch_size: int) -> State:
+        """All-zero state for `batch_size` rows, on the module's device and dtype."""
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        p = self._param()
+        return tuple(b.initial_state(batch_size, p.device, p.dtype) for b in self.blocks)
+
+    def reset_state(self, state: State, mask: Tensor) -> State:
+        """Rows where `mask: [B] bool` is True return to the initial (zero) state."""
+        keep = (~mask.bool()).to(self._param().device)
+        out = []
+        for layer in state:
+            new = {}
+            for k, v in layer.items():
+                m = keep.view(-1, *([1] * (v.dim() - 1)))
+                new[k] = v * m.to(v.dtype)
+            out.append(new)
+        return tuple(out)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- validation ------------------------------------------------------------------
+    def _check_input(self, x: Tensor, rank: int) -> None:
+        shape = "[B, T, D]" if rank == 3 else "[B, D]"
+        verb = "forward" if rank == 3 else "step"
+        if x.dim() != rank:
+            raise ValueError(
+                f"{self.name}.{verb} expects x of shape {shape}, got {tuple(x.shape)}; "
+                + ("use step() for single tokens" if rank == 3 else "use forward() for sequences")
+            )
+        if x.shape[-1] != self.d_model:
+            raise ValueError(
+                f"{self.name} was built with d_model={self.d_model} but x has last dim "
+                f"{x.shape[-1]}; project inputs to {self.d_model} or rebuild with "
+                f"d_model={x.shape[-1]}"
+            )
+
+    def _check_state(self, state: State, batch_size: int) -> None:
+        if not isinstance(state, tuple) or len(state) != self.n_layers:
+            raise ValueError(
+                f"{self.name} state must be the tuple returned by initial_state() with "
+                f"{self.n_layers} layer states; call initial_state({batch_size})"
+            )
+        for layer in state:
+            for k, v in layer.items():
+                if v.shape[0] != batch_size:
+                    raise ValueError(
+                        f"{self.name} state '{k}' is for batch size {v.shape[0]} but x has "
+                        f"batch size {batch_size}; call initial_state({batch_size})"
+                    )
+
+    # -- the two verbs ----------------------------------------------------------------
+    def forward(
+        self, x: Tensor, state: State | None = None, reset: Tensor | None = None
+    ) -> tuple[Tensor, State]:
+        """Run the whole sequence in parallel. x: [B, T, D], reset: [B, T] bool."""
+        self._check_input(x, 3)
+        B, T, _ = x.shape
+        if state is None:
+            state = self.initial_state(B)
+        self._check_state(state, B)
+        if reset is not None:
+            if reset.shape != (B, T):
+                raise ValueError(
+                    f"reset must have shape [B, T] = {(B, T)}, got {tuple(reset.shape)}"
+                )
+            reset = reset.to(device=x.device, dtype=torch.bool)
+            if not bool(reset.any()):
+                reset = None
+        new_state = []
+        for block, s in zip(self.blocks, state):
+            x, s = block(x, s, reset)
+            new_state.append(s)
+        return self.norm(x), tuple(new_state)
+
+    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
+        """Advance one token. x: [B, D] -> y: [B, D]; O(1) in the sequence length."""
+        self._check_input(x, 2)
+        self._check_state(state, x.shape[0])
+        new_state = []
+        for block, s in zip(self.blocks, state):
+            x, s = block.step(x, s)
+            new_state.append(s)
+        return self.norm(x), tuple(new_state)
+
+
+def detach_state(state: State) -> State:
+    """Cut the autograd graph at a state (truncated backpropagation through time)."""
+    return tuple({k: v.detach() for k, v in layer.items()} for layer in state)
+
+
+def index_state(state: State, index: Tensor) -> State:
+    """Select rows of a state: `index` is a [B'] long tensor or a [B] bool mask."""
+    return tuple({k: v[index] for k, v in layer.items()} for layer in state)
+
+
+def cat_states(states: list[State]) -> State:
+    """Concatenate states along the batch."""
+    return tuple(
+        {k: torch.cat([s[i][k] for s in states]) for k in states[0][i]}
+        for i in range(len(states[0]))
+    )
+
+
+def segment_ids(reset: Tensor) -> Tensor:
+    """Episode index of every step: reset: [B, T] bool -> [B, T] long (0 before any reset)."""
+    return reset.long().cumsum(dim=1)
+
+
+def causal_conv_masked(
+    x: Tensor, weight: Tensor, bias: Tensor | None, prefix: Tensor, reset: Tensor | None
+) -> Tensor:
+    """Depthwise causal conv whose taps never cross an episode reset.
+
+    x: [B, T, C]; weight: [C, K]; prefix: [B, K-1, C] (the last K-1 inputs before x,
+    zeros at an episode start); reset: [B, T] bool or None. Returns [B, T, C].
+    Tap k of output t reads input t-k; it is dropped when a reset lies in (t-k, t],
+    which is what zero-initialised conv state after a reset gives in `step`.
+    """
+    B, T, C = x.shape
+    K = weight.shape[1]
+    xp = torch.cat([prefix, x], dim=1)  # [B, T+K-1, C]
+    y = x * weight[:, K - 1]
+    if reset is not None:
+        # last_reset[t] = index (in x) of the latest reset at or before t, else -1
+        idx = torch.arange(T, device=x.device).expand(B, T)
+        last = torch.where(reset, idx, torch.full_like(idx, -1)).cummax(dim=1).values
+    for k in range(1, K):
+        tap = xp[:, K - 1 - k : K - 1 - k + T] * weight[:, K - 1 - k]
+        if reset is not None:
+            # input t-k is visible only if t-k >= last reset position
+            visible = (idx - k) >= last
+            tap = tap * visible.unsqueeze(-1).to(x.dtype)
+        y = y + tap
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def conv_prefix_update(prefix: Tensor, x: Tensor, reset: Tensor | None) -> Tensor:
+    """The last K-1 inputs after consuming x: [B, T, C], respecting resets (zeros before)."""
+    Km1 = prefix.shape[1]
+    if Km1 == 0:
+        return prefix
+    B, T, C = x.shape
+    xp = torch.cat([prefix, x], dim=1)
+    tail = xp[:, -Km1:]
+    if reset is not None:
+        # positions of tail in x coordinates: T-Km1 .. T-1; drop those before the last reset
+        idx = torch.arange(T, device=x.device).expand(B, T)
+        last = torch.where(reset, idx, torch.full_like(idx, -1)).max(dim=1).values  # [B]
+        pos = torch.arange(T - Km1, T, device=x.device)
+        visible = pos.unsqueeze(0) >= last.unsqueeze(1)  # [B, Km1]
+        tail = tail * visible.unsqueeze(-1).to(x.dtype)
+    return tail
