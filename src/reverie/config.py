@@ -1,0 +1,241 @@
+"""Typed configuration: dataclass schemas, YAML presets, dotted overrides, validation.
+
+A run's config is the merge, in order, of the schema defaults, a named preset
+(`presets/<name>.yaml`), the command-line flags and `--set a.b=v` overrides. The agent's
+own section (e.g. `imagine:`) is the agent's config dataclass, so every key is type-checked
+and an unknown key is an error that suggests the closest valid one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+    ValidationError,
+)
+
+from reverie.errors import UserError, suggest
+
+# agent name -> (module, config class, agent class, dotted path of the backbone option)
+AGENTS: dict[str, tuple[str, str, str, str | None]] = {
+    "imagine": ("reverie.agents.imagine", "ImagineConfig", "ImagineAgent", "world.backbone"),
+    "random": ("reverie.agents.random", "RandomConfig", "RandomAgent", None),
+}
+SAMPLERS = ("uniform", "dfs")
+OBS_KINDS = ("any", "vector", "image")
+
+
+@dataclass
+class EnvConfig:
+    id: str = "CartPole-v1"
+    image_size: int = 64
+    # which observations the preset's model sizes were chosen for; "any" skips the check
+    obs: str = "any"
+
+
+@dataclass
+class RunConfig:
+    steps: int = 5000  # env steps (agent steps; Atari: 4 frames each)
+    train_ratio: float = 1024.0  # replayed steps per env step
+    prefill: int = 500  # random-action steps before the first update
+    log_every: int = 250
+    eval_every: int = 1000
+    eval_episodes: int = 5
+    checkpoint_every: int = 1000  # taken at the first episode end after this many steps
+    keep_checkpoints: int = 3
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+    max_nan_retries: int = 3
+    progress: bool = True
+
+
+@dataclass
+class ReplayConfig:
+    capacity: int = 1_000_000  # rows; capped at run.steps
+    sampler: str = "dfs"
+    tau: float = 10.0  # DFS temperature
+    on_disk: bool = True  # memory-mapped in the run folder, so --resume keeps the data
+
+
+@dataclass
+class Config:
+    agent: str = "imagine"
+    seed: int = 0
+    env: EnvConfig = field(default_factory=EnvConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+
+
+def presets() -> list[str]:
+    """Names of the bundled presets."""
+    folder = resources.files("reverie") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    if name not in presets():
+        raise UserError(
+            f"unknown preset '{name}'{suggest(name, presets())}; "
+            f"choose one of: {', '.join(presets())}"
+        )
+    text = (resources.files("reverie") / "presets" / f"{name}.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def agent_parts(name: str) -> tuple[type, type, str | None]:
+    """(config class, agent class, backbone option path) of a registered agent."""
+    if name not in AGENTS:
+        raise UserError(
+            f"unknown agent '{name}'{suggest(name, AGENTS)}; choose one of: {', '.join(AGENTS)}"
+        )
+    module_name, cfg_cls, agent_cls, backbone_key = AGENTS[name]
+    module = importlib.import_module(module_name)
+    return getattr(module, cfg_cls), getattr(module, agent_cls), backbone_key
+
+
+def _schema(agent: str) -> DictConfig:
+    cfg_cls, _, _ = agent_parts(agent)
+    schema = OmegaConf.structured(Config)
+    OmegaConf.set_struct(schema, False)
+    schema[agent] = OmegaConf.structured(cfg_cls)
+    OmegaConf.set_struct(schema, True)
+    return schema
+
+
+def _keys(node: Any, prefix: str = "") -> list[str]:
+    out = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            path = f"{prefix}{k}"
+            out.append(path)
+            out.extend(_keys(node._get_node(k), path + "."))
+    return out
+
+
+def _friendly(e: OmegaConfBaseException, schema: DictConfig) -> UserError:
+    key = getattr(e, "full_key", None) or ""
+    if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
+        hint = suggest(key, _keys(schema))
+        return UserError(f"unknown config key '{key}'{hint}; see `reverie train --show-config`")
+    if isinstance(e, ValidationError):
+        msg = str(e).splitlines()[0]
+        return UserError(f"bad value for '{key}': {msg}")
+    return UserError(f"bad config: {str(e).splitlines()[0]}")
+
+
+def _parse_dotlist(items: list[str]) -> list[str]:
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            raise UserError(f"--set expects key=value (e.g. run.steps=2000), got '{item}'")
+    return items
+
+
+def build_config(
+    preset: str | None = "cartpole",
+    overrides: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+) -> DictConfig:
+    """Merge schema defaults, a preset, CLI flags (env, backbone, steps, seed) and `--set`s."""
+    preset_data = load_preset(preset) if preset else {}
+    overrides = _parse_dotlist(list(overrides or []))
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    agent = str(preset_data.get("agent", "imagine"))
+    for item in overrides:  # the agent must be known before the schema can be built
+        k, v = item.split("=", 1)
+        if k.strip() == "agent":
+            agent = v.strip()
+    schema = _schema(agent)
+    try:
+        cfg = OmegaConf.merge(schema, preset_data)
+        if "env" in flags:
+            cfg.env.id = flags["env"]
+        if "steps" in flags:
+            cfg.run.steps = flags["steps"]
+        if "seed" in flags:
+            cfg.seed = flags["seed"]
+        if "backbone" in flags:
+            _, _, backbone_key = agent_parts(agent)
+            if backbone_key is None:
+                raise UserError(f"agent '{agent}' takes no backbone; drop --backbone")
+            OmegaConf.update(cfg, f"{agent}.{backbone_key}", flags["backbone"], merge=False)
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as e:
+        raise _friendly(e, schema) from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that types alone cannot express; each failure names the fix."""
+    run = cfg.run
+    if run.steps <= 0:
+        raise UserError(f"run.steps must be positive, got {run.steps}; e.g. --steps 5000")
+    if run.train_ratio <= 0:
+        raise UserError(
+            f"run.train_ratio must be > 0 (replayed steps per env step), got {run.train_ratio}"
+        )
+    for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+        if run[key] <= 0:
+            raise UserError(f"run.{key} must be positive, got {run[key]}")
+    if run.prefill < 0 or run.eval_episodes < 0 or run.threads < 0:
+        raise UserError("run.prefill, run.eval_episodes and run.threads must be >= 0")
+    if run.max_nan_retries < 0:
+        raise UserError(f"run.max_nan_retries must be >= 0, got {run.max_nan_retries}")
+    if run.device not in ("auto", "cpu", "cuda") and not str(run.device).startswith("cuda:"):
+        raise UserError(f"run.device must be auto, cpu or cuda, got '{run.device}'")
+    if cfg.replay.sampler not in SAMPLERS:
+        raise UserError(
+            f"unknown replay.sampler '{cfg.replay.sampler}'{suggest(cfg.replay.sampler, SAMPLERS)}"
+            f"; choose one of: {', '.join(SAMPLERS)}"
+        )
+    if cfg.replay.capacity <= 0 or cfg.replay.tau <= 0:
+        raise UserError("replay.capacity and replay.tau must be positive")
+    if cfg.env.obs not in OBS_KINDS:
+        raise UserError(f"env.obs must be one of {', '.join(OBS_KINDS)}, got '{cfg.env.obs}'")
+    if cfg.env.image_size not in (32, 64, 96, 128):
+        raise UserError(f"env.image_size must be 32, 64, 96 or 128, got {cfg.env.image_size}")
+    _, _, backbone_key = agent_parts(cfg.agent)
+    if backbone_key is not None:
+        from reverie.sequence import BACKBONES
+
+        name = OmegaConf.select(cfg, f"{cfg.agent}.{backbone_key}")
+        if name not in BACKBONES:
+            raise UserError(
+                f"unknown backbone '{name}'{suggest(name, BACKBONES)}; "
+                f"choose one of: {', '.join(BACKBONES)}"
+            )
+    check = getattr(importlib.import_module(AGENTS[cfg.agent][0]), "validate_config", None)
+    if check is not None:
+        check(cfg[cfg.agent])
+
+
+def to_object(cfg: DictConfig, section: str) -> Any:
+    """A config section as its dataclass instance."""
+    return OmegaConf.to_object(cfg[section])
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    path.write_text(OmegaConf.to_yaml(cfg))
+
+
+def load_run_config(run_dir: Path) -> DictConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise UserError(f"no run at '{run_dir}' (missing config.yaml); check the path")
+    data = yaml.safe_load(path.read_text()) or {}
+    agent = str(data.get("agent", "imagine"))
+    schema = _schema(agent)
+    try:
+        cfg = OmegaConf.merge(schema, data)
+    except OmegaConfBaseException as e:
+        raise _friendly(e, schema) from None
+    return cfg

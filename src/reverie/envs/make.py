@@ -1,0 +1,123 @@
+"""`make_env(spec)`: every environment reverie trains on, behind one observation convention.
+
+Observations are dicts of arrays: image keys hold uint8 [64, 64, 3], vector keys float32 [D]
+(a plain Box env gives {"vector": ...}, an image env {"image": ...}). Actions are Discrete or
+a Box rescaled to [-1, 1]. Spec strings:
+
+    CartPole-v1                 any Gymnasium id
+    ALE/Pong-v5                 Atari with the Atari100k protocol (DESIGN.md)
+    dmc:walker-walk             DeepMind Control, proprioceptive
+    minatar:breakout            MinAtar (10x10xC binary planes, flattened)
+    popgym-RepeatPreviousEasy-v0  POPGym
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from reverie.envs.wrappers import DictObservation, make_obs_spec
+from reverie.errors import UserError, suggest
+
+MINATAR_GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
+
+
+def _require(module: str, extra: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise UserError(
+            f"this environment needs the '{extra}' extra: pip install 'reverie[{extra}]'"
+        ) from None
+
+
+def _make_atari(env_id: str, max_episode_frames: int = 108_000) -> gym.Env:
+    _require("ale_py", "atari")
+    import ale_py
+
+    gym.register_envs(ale_py)
+    # Atari100k protocol: frame skip 4 with a max-pool of the last two frames, no sticky
+    # actions, up to 30 no-op starts, 64x64 RGB, minimal action set.
+    env = gym.make(
+        env_id,
+        frameskip=1,
+        repeat_action_probability=0.0,
+        full_action_space=False,
+        max_num_frames_per_episode=max_episode_frames,
+    )
+    from reverie.envs.atari import Atari100k
+
+    return Atari100k(env)
+
+
+def _make_minatar(game: str) -> gym.Env:
+    _require("minatar", "minatar")
+    if game not in MINATAR_GAMES:
+        raise UserError(
+            f"unknown MinAtar game '{game}'{suggest(game, MINATAR_GAMES)}; "
+            f"choose one of: {', '.join(MINATAR_GAMES)}"
+        )
+    import logging
+
+    logging.getLogger().setLevel(logging.ERROR)  # minatar.gym warns about seaborn on import
+    from minatar.gym import BaseEnv
+
+    env = BaseEnv(game, use_minimal_action_set=True)
+    env = gym.wrappers.TimeLimit(env, max_episode_steps=10_000)
+    return env
+
+
+def _make_dmc(name: str) -> gym.Env:
+    _require("dm_control", "dmc")
+    from reverie.envs.dmc import DMCEnv
+
+    return DMCEnv(name)
+
+
+def _make_gym(env_id: str) -> gym.Env:
+    if env_id.startswith("popgym-"):
+        _require("popgym", "popgym")
+        import popgym  # noqa: F401  (registers the popgym-* ids)
+    if env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4"):
+        return _make_atari(env_id)
+    try:
+        return gym.make(env_id)
+    except gym.error.Error as e:
+        ids = [k for k in gym.registry if not k.startswith("popgym-")]
+        hint = suggest(env_id, ids)
+        raise UserError(
+            f"unknown environment '{env_id}'{hint}: use a Gymnasium id (e.g. CartPole-v1), "
+            f"ALE/<Game>-v5, dmc:<domain>-<task>, minatar:<game> or popgym-<Name>-v0 "
+            f"({type(e).__name__})"
+        ) from None
+
+
+def make_env(spec: str, image_size: int = 64) -> gym.Env:
+    """Build the environment named by `spec` with dict observations and a checked action space."""
+    if not isinstance(spec, str) or not spec:
+        raise UserError("env must be a non-empty string such as 'CartPole-v1'")
+    if spec.startswith("minatar:"):
+        env = _make_minatar(spec.split(":", 1)[1])
+    elif spec.startswith("dmc:"):
+        env = _make_dmc(spec.split(":", 1)[1])
+    else:
+        env = _make_gym(spec)
+    act = env.action_space
+    if isinstance(act, spaces.Box):
+        if act.shape is None or len(act.shape) != 1:
+            raise UserError(f"env '{spec}' has a {act} action space; reverie supports 1-D Box")
+        if not (np.all(np.isfinite(act.low)) and np.all(np.isfinite(act.high))):
+            raise UserError(f"env '{spec}' has an unbounded Box action space; bound it first")
+        env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
+    elif not isinstance(act, spaces.Discrete):
+        raise UserError(
+            f"env '{spec}' has a {type(act).__name__} action space; reverie supports "
+            "Discrete and 1-D Box actions"
+        )
+    return DictObservation(env, image_size=image_size)
+
+
+__all__ = ["make_env", "make_obs_spec"]

@@ -1,0 +1,76 @@
+"""Observation conventions: every env is seen as a dict of uint8 images and float32 vectors."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+ObsSpec = dict[str, tuple[tuple[int, ...], str]]
+
+
+def _is_image(space: spaces.Space) -> bool:
+    return (
+        isinstance(space, spaces.Box)
+        and space.dtype == np.uint8
+        and len(space.shape) == 3
+        and space.shape[-1] in (1, 3)
+    )
+
+
+def resize_nearest(image: np.ndarray, size: int) -> np.ndarray:
+    """[H, W, C] -> [size, size, C] by nearest-neighbour index sampling (no extra deps)."""
+    h, w = image.shape[:2]
+    if h == size and w == size:
+        return image
+    rows = (np.arange(size) * h // size).astype(np.int64)
+    cols = (np.arange(size) * w // size).astype(np.int64)
+    return image[rows][:, cols]
+
+
+class DictObservation(gym.ObservationWrapper):
+    """Map any supported observation space to {key: uint8 image | float32 vector}."""
+
+    def __init__(self, env: gym.Env, image_size: int = 64) -> None:
+        super().__init__(env)
+        self.image_size = image_size
+        src = env.observation_space
+        parts = dict(src.spaces) if isinstance(src, spaces.Dict) else {None: src}
+        self._parts: dict[str, tuple[str | None, spaces.Space, bool]] = {}
+        out = {}
+        for name, space in parts.items():
+            image = _is_image(space)
+            key = name if name is not None else ("image" if image else "vector")
+            if image:
+                c = space.shape[-1]
+                out[key] = spaces.Box(0, 255, (image_size, image_size, 3 if c == 3 else c),
+                                      np.uint8)
+            else:
+                try:
+                    flat = spaces.flatten_space(space)
+                except NotImplementedError:
+                    from reverie.errors import UserError
+
+                    raise UserError(
+                        f"observation space {space} is not supported; wrap the env so it "
+                        "returns Box, Discrete, Tuple or Dict observations"
+                    ) from None
+                out[key] = spaces.Box(-np.inf, np.inf, (int(flat.shape[0]),), np.float32)
+            self._parts[key] = (name, space, image)
+        self.observation_space = spaces.Dict(out)
+
+    def observation(self, observation):
+        result = {}
+        for key, (name, space, image) in self._parts.items():
+            value = observation if name is None else observation[name]
+            if image:
+                result[key] = resize_nearest(np.asarray(value, np.uint8), self.image_size)
+            else:
+                result[key] = np.asarray(spaces.flatten(space, value), np.float32)
+        return result
+
+
+def make_obs_spec(space: spaces.Dict) -> ObsSpec:
+    """key -> (shape, dtype name) for replay and the world model's encoders."""
+    return {k: (tuple(int(s) for s in v.shape), np.dtype(v.dtype).name)
+            for k, v in space.spaces.items()}

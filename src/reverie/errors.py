@@ -1,0 +1,16 @@
+"""The one exception type for user mistakes: the CLI prints its message and exits with 2."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """A mistake the user can fix; its message is one line that names the fix."""
+
+
+def suggest(value: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest valid choice, or ''."""
+    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""

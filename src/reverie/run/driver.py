@@ -1,0 +1,365 @@
+"""The training driver: act, store, train by a train ratio, log, evaluate, checkpoint, resume.
+
+Agent-agnostic: an agent is anything with `initial_state(n)`, `act(obs, first, state,
+explore)`, `update(replay) -> metrics`, `state_dict()` and `load_state_dict()`.
+
+Exact resume. Environments cannot be snapshotted in general, so checkpoints are taken at
+episode ends, and every episode starts with `reset(seed=episode_seed(seed, k))`. A checkpoint
+therefore holds everything the future depends on (agent, optimisers, replay counters and
+RNG, driver counters, global RNG states), and a resumed run writes exactly the metrics the
+uninterrupted one would have. The replay's rows live in memory-mapped files that are flushed
+before each checkpoint; rows written after it are simply overwritten again on resume.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from omegaconf import DictConfig
+
+from reverie.config import agent_parts, save_config, to_object
+from reverie.envs import make_env, make_obs_spec
+from reverie.errors import UserError
+from reverie.replay import Replay
+from reverie.rng import (
+    generator_state,
+    global_rng_state,
+    numpy_generator,
+    seed_everything,
+    set_generator_state,
+    set_global_rng_state,
+)
+from reverie.run.checkpoint import CheckpointStore
+from reverie.run.logger import RunLogger, plot_curve
+from reverie.run.progress import Progress
+
+FORMAT = 1
+
+
+def episode_seed(seed: int, episode: int, stream: int = 0) -> int:
+    """Seed of the k-th episode of a stream (0: training, 1: evaluation)."""
+    return int(np.random.SeedSequence([seed, stream, episode]).generate_state(1)[0])
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("run.device=cuda but no CUDA device is visible; use run.device=cpu")
+    return torch.device(name)
+
+
+def batch_obs(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v[None] for k, v in obs.items()}
+
+
+class NonFiniteLoss(Exception):
+    """An update produced a non-finite metric."""
+
+
+@dataclass
+class Counters:
+    env_steps: int = 0
+    grad_steps: int = 0
+    credit: float = 0.0
+    episodes: int = 0
+    eval_rounds: int = 0
+    nan_rollbacks: int = 0
+    next_checkpoint: int = 0
+
+    def state(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def build_agent(cfg: DictConfig, obs_spec, action_space: spaces.Space, device: torch.device):
+    _, agent_cls, _ = agent_parts(cfg.agent)
+    return agent_cls(obs_spec, action_space, to_object(cfg, cfg.agent), device, int(cfg.seed))
+
+
+def check_obs_kind(cfg: DictConfig, obs_spec) -> None:
+    images = [k for k, (shape, _) in obs_spec.items() if len(shape) == 3]
+    if cfg.env.obs == "vector" and images:
+        raise UserError(
+            f"env '{cfg.env.id}' gives image observations but this preset is sized for vectors; "
+            "use --preset atari100k (or set env.obs=any)"
+        )
+    if cfg.env.obs == "image" and not images:
+        raise UserError(
+            f"env '{cfg.env.id}' gives vector observations but this preset is sized for images; "
+            "use --preset cartpole or dmc-proprio (or set env.obs=any)"
+        )
+
+
+class Trainer:
+    """One run folder: `Trainer(cfg, out).train()`, or `Trainer.resume(out).train()`."""
+
+    def __init__(self, cfg: DictConfig, out: Path, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.out = Path(out)
+        self.resuming = resume
+        self._prepare_folder()
+        if cfg.run.threads:
+            torch.set_num_threads(int(cfg.run.threads))
+        seed_everything(int(cfg.seed))
+        self.device = select_device(cfg.run.device)
+        self.env = make_env(cfg.env.id, cfg.env.image_size)
+        self.obs_spec = make_obs_spec(self.env.observation_space)
+        check_obs_kind(cfg, self.obs_spec)
+        self.action_space = self.env.action_space
+        self.agent = build_agent(cfg, self.obs_spec, self.action_space, self.device)
+        acfg = cfg[cfg.agent]
+        self.replayed_per_update = int(acfg.get("batch_size", 1)) * int(acfg.get("seq_len", 1))
+        self.min_rows = max(int(acfg.get("seq_len", 1)), int(acfg.get("context", 1)))
+        self.replay = self._make_replay()
+        self.rng = numpy_generator(int(cfg.seed) + 1)  # prefill actions
+        self.count = Counters(next_checkpoint=int(cfg.run.checkpoint_every))
+        self.store = CheckpointStore(self.out / "checkpoints", int(cfg.run.keep_checkpoints))
+        self.resumed_from: int | None = None
+        if resume:
+            self._restore()
+        self.logger = RunLogger(self.out, resume_step=self.resumed_from)
+        self._window: dict[str, list[float]] = {}
+        self._returns: list[float] = []
+
+    # -- set-up ----------------------------------------------------------------------------
+    def _prepare_folder(self) -> None:
+        cfg_path = self.out / "config.yaml"
+        if not self.resuming and cfg_path.exists():
+            raise UserError(
+                f"run folder '{self.out}' already holds a run; continue it with "
+                f"`reverie train --resume {self.out}` or choose another --out"
+            )
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / ".write-probe"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(
+                f"run folder '{self.out}' is not writable ({e.strerror}); choose another --out"
+            ) from None
+        if not self.resuming:
+            save_config(self.cfg, cfg_path)
+
+    def _make_replay(self) -> Replay:
+        rc = self.cfg.replay
+        capacity = int(min(rc.capacity, self.cfg.run.steps))
+        spec = dict(self.obs_spec)
+        if isinstance(self.action_space, spaces.Discrete):
+            spec["action"] = ((), "int64")
+        else:
+            spec["action"] = (tuple(self.action_space.shape), "float32")
+        kwargs: dict[str, Any] = {"tau": float(rc.tau)} if rc.sampler == "dfs" else {}
+        directory = self.out / "replay" if rc.on_disk else None
+        try:
+            return Replay(capacity, spec, directory=directory, sampler=rc.sampler,
+                          seed=int(self.cfg.seed), resume=self.resuming and rc.on_disk,
+                          **kwargs)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "agent_name": self.cfg.agent,
+            "agent": self.agent.state_dict(),
+            "replay": self.replay.state_dict(),
+            "counters": self.count.state(),
+            "driver_rng": generator_state(self.rng),
+            "rng": global_rng_state(),
+            "env_id": self.cfg.env.id,
+        }
+
+    def checkpoint(self) -> None:
+        self.replay.flush()
+        self.logger.flush()
+        self.store.save(self._payload(), self.count.env_steps)
+
+    def _restore(self) -> None:
+        payload, entry, warnings = self.store.load_latest()
+        for w in warnings:
+            self._note(w)
+        if payload.get("agent_name") != self.cfg.agent:
+            raise UserError(
+                f"checkpoint {entry.file} is from agent '{payload.get('agent_name')}' but the "
+                f"run config says '{self.cfg.agent}'; resume with the matching config"
+            )
+        if not self.cfg.replay.on_disk and payload["counters"]["env_steps"] > 0:
+            raise UserError(
+                "this run kept its replay in memory (replay.on_disk=false), so it cannot be "
+                "resumed with its data; start a new run with replay.on_disk=true"
+            )
+        self.agent.load_state_dict(payload["agent"])
+        try:
+            self.replay.load_state_dict(payload["replay"])
+        except ValueError as e:
+            raise UserError(f"cannot resume the replay: {e}") from None
+        self.count = Counters(**payload["counters"])
+        set_generator_state(self.rng, payload["driver_rng"])
+        set_global_rng_state(payload["rng"])
+        self.resumed_from = entry.step
+
+    def _rollback(self, key: str, value: Any) -> None:
+        """A non-finite loss: reload the agent from the last good checkpoint, or give up."""
+        self.count.nan_rollbacks += 1
+        step = self.count.env_steps
+        msg = f"non-finite {key}={value} at env step {step}"
+        if self.count.nan_rollbacks > int(self.cfg.run.max_nan_retries):
+            raise UserError(
+                f"training diverged: {msg} after {self.count.nan_rollbacks - 1} rollbacks; the "
+                f"last good checkpoint is kept in {self.store.folder}; lower the learning rates "
+                "or raise the gradient clip"
+            )
+        payload, entry, _ = self.store.load_latest()
+        self.agent.load_state_dict(payload["agent"])
+        self._note(f"{msg}; rolled the agent back to checkpoint step {entry.step}")
+        self.logger.metrics(step, {"nan/rollback": self.count.nan_rollbacks, "nan/key": key})
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _note(self, text: str) -> None:
+        if getattr(self, "progress", None) is not None:
+            self.progress.note(text)
+        else:
+            print(f"reverie: {text}", flush=True)
+
+    def _update(self) -> None:
+        metrics = self.agent.update(self.replay)
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and not math.isfinite(v):
+                raise NonFiniteLoss(k, v)
+            self._window.setdefault(k, []).append(float(v))
+        self.count.grad_steps += 1
+
+    def _train(self) -> None:
+        c = self.count
+        if c.env_steps < int(self.cfg.run.prefill) or len(self.replay) < self.min_rows:
+            return
+        c.credit += float(self.cfg.run.train_ratio) / self.replayed_per_update
+        while c.credit >= 1.0:
+            c.credit -= 1.0
+            try:
+                self._update()
+            except NonFiniteLoss as e:
+                self._rollback(*e.args)
+
+    def _act(self, obs, first: bool, state):
+        if self.count.env_steps < int(self.cfg.run.prefill):
+            if isinstance(self.action_space, spaces.Discrete):
+                return int(self.rng.integers(self.action_space.n)), state
+            return self.rng.uniform(-1, 1, self.action_space.shape).astype(np.float32), state
+        with torch.no_grad():
+            action, state = self.agent.act(batch_obs(obs), np.array([first]), state, True)
+        return action[0], state
+
+    def _log(self, t0: float, steps0: int) -> None:
+        c = self.count
+        row: dict[str, Any] = {
+            "env_steps": c.env_steps,
+            "grad_steps": c.grad_steps,
+            "episodes": c.episodes,
+            "train_ratio": c.grad_steps * self.replayed_per_update / max(1, c.env_steps),
+            "replay_size": len(self.replay),
+        }
+        row.update({k: float(np.mean(v)) for k, v in self._window.items()})
+        self._window = {}
+        self.logger.metrics(c.env_steps, row)
+        wall = time.time() - t0
+        self.logger.timing(c.env_steps, {
+            "time/wall": wall,
+            "time/env_steps_per_s": (c.env_steps - steps0) / max(wall, 1e-9),
+        })
+
+    def evaluate(self, episodes: int | None = None) -> list[float]:
+        """Greedy-policy returns on fresh episodes with deterministic seeds."""
+        n = int(self.cfg.run.eval_episodes if episodes is None else episodes)
+        returns = evaluate(self.agent, make_env(self.cfg.env.id, self.cfg.env.image_size), n,
+                           seed=int(self.cfg.seed), round_=self.count.eval_rounds)
+        self.count.eval_rounds += 1
+        return returns
+
+    def train(self) -> dict[str, Any]:
+        cfg, c = self.cfg, self.count
+        steps = int(cfg.run.steps)
+        if self.resumed_from is not None and c.env_steps >= steps:
+            self._note(f"run already complete at {c.env_steps} env steps; raise --steps to extend")
+            return self.summary()
+        self.progress = Progress(steps, c.env_steps, enabled=bool(cfg.run.progress))
+        t0, steps0 = time.time(), c.env_steps
+        obs, _ = self.env.reset(seed=episode_seed(int(cfg.seed), c.episodes))
+        first, state, ep_return, ep_len = True, self.agent.initial_state(1), 0.0, 0
+        if self.resumed_from is None:
+            self.checkpoint()  # step 0: the rollback target before any update
+        try:
+            with self.progress:
+                while c.env_steps < steps:
+                    action, state = self._act(obs, first, state)
+                    next_obs, reward, term, trunc, _ = self.env.step(action)
+                    self.replay.add({**obs, "action": action, "reward": float(reward),
+                                     "terminal": bool(term), "first": first})
+                    c.env_steps += 1
+                    ep_return += float(reward)
+                    ep_len += 1
+                    obs, first = next_obs, False
+                    self._train()
+                    if c.env_steps % int(cfg.run.log_every) == 0:
+                        self._log(t0, steps0)
+                    if cfg.run.eval_episodes and c.env_steps % int(cfg.run.eval_every) == 0:
+                        ret = self.evaluate()
+                        self.logger.metrics(c.env_steps, {"eval/return": float(np.mean(ret)),
+                                                          "eval/return_std": float(np.std(ret))})
+                        self.progress.eval_return = float(np.mean(ret))
+                    if term or trunc:
+                        c.episodes += 1
+                        self._returns.append(ep_return)
+                        self.logger.metrics(c.env_steps, {"episode/return": ep_return,
+                                                          "episode/length": ep_len})
+                        self.progress.episode(ep_return)
+                        if c.env_steps >= c.next_checkpoint:
+                            self.checkpoint()
+                            c.next_checkpoint = c.env_steps + int(cfg.run.checkpoint_every)
+                        obs, _ = self.env.reset(seed=episode_seed(int(cfg.seed), c.episodes))
+                        first, ep_return, ep_len = True, 0.0, 0
+                    self.progress.update(c.env_steps, (c.env_steps - steps0)
+                                         / max(time.time() - t0, 1e-9))
+            self.checkpoint()
+        except KeyboardInterrupt:
+            self.logger.close()
+            entries = self.store.entries()
+            last = entries[-1].step if entries else 0
+            raise UserError(
+                f"interrupted at env step {c.env_steps}; continue with `reverie train --resume "
+                f"{self.out}` (from the checkpoint at step {last})"
+            ) from None
+        self.logger.close()
+        plot_curve(self.out, title=f"{cfg.env.id} · {cfg.agent}")
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        c = self.count
+        return {"run": str(self.out), "env_steps": c.env_steps, "grad_steps": c.grad_steps,
+                "episodes": c.episodes,
+                "last_returns": [round(r, 2) for r in self._returns[-5:]]}
+
+
+def evaluate(agent, env, episodes: int, seed: int, round_: int = 0) -> list[float]:
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=episode_seed(seed, round_ * 1000 + i, stream=1))
+        state, first, total, done = agent.initial_state(1), True, 0.0, False
+        while not done:
+            with torch.no_grad():
+                action, state = agent.act(batch_obs(obs), np.array([first]), state, False)
+            obs, reward, term, trunc, _ = env.step(action[0])
+            total += float(reward)
+            first, done = False, term or trunc
+        returns.append(total)
+    return returns
+

@@ -1,0 +1,128 @@
+"""Run logging: a JSONL metrics file, a JSONL timing file, TensorBoard events and a curve.
+
+`metrics.jsonl` holds only quantities that are a function of the seed and config, so two
+runs with the same seed give byte-identical files; wall-clock quantities (wall time, env
+steps/s) go to `timing.jsonl` and TensorBoard. On resume both JSONL files are cut back to the
+checkpoint's step (a half-written last line from a kill is dropped) and TensorBoard purges
+events after it, so no step is duplicated or missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+METRICS = "metrics.jsonl"
+TIMING = "timing.jsonl"
+
+
+def _truncate_jsonl(path: Path, last_step: int) -> None:
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            break  # a line cut by a kill: everything after it is gone too
+        if row.get("step", 0) > last_step:
+            break
+        keep.append(line)
+    path.write_text("".join(k + "\n" for k in keep))
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class RunLogger:
+    """Append-only metrics for one run folder."""
+
+    def __init__(self, folder: Path, resume_step: int | None = None,
+                 tensorboard: bool = True) -> None:
+        self.folder = Path(folder)
+        if resume_step is not None:
+            _truncate_jsonl(self.folder / METRICS, resume_step)
+            _truncate_jsonl(self.folder / TIMING, resume_step)
+        self._metrics = open(self.folder / METRICS, "a", buffering=1)
+        self._timing = open(self.folder / TIMING, "a", buffering=1)
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(str(self.folder / "tb"), purge_step=purge)
+
+    def metrics(self, step: int, values: dict[str, Any]) -> None:
+        row = {"step": int(step), **{k: _clean(v) for k, v in sorted(values.items())}}
+        self._metrics.write(json.dumps(row) + "\n")
+        self._scalars(step, values)
+
+    def timing(self, step: int, values: dict[str, float]) -> None:
+        row = {"step": int(step), **{k: round(float(v), 4) for k, v in sorted(values.items())}}
+        self._timing.write(json.dumps(row) + "\n")
+        self._scalars(step, values)
+
+    def _scalars(self, step: int, values: dict[str, Any]) -> None:
+        if self._tb is None:
+            return
+        for k, v in values.items():
+            if isinstance(v, (int, float)) and math.isfinite(float(v)):
+                self._tb.add_scalar(k, float(v), step)
+
+    def flush(self) -> None:
+        self._metrics.flush()
+        self._timing.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._metrics.close()
+        self._timing.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if Path(path).exists():
+        for line in Path(path).read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                break
+    return rows
+
+
+def plot_curve(folder: Path, title: str = "") -> Path | None:
+    """curve.png: training episode returns and evaluation returns against env steps."""
+    rows = read_jsonl(Path(folder) / METRICS)
+    train = [(r["step"], r["episode/return"]) for r in rows if "episode/return" in r]
+    evals = [(r["step"], r["eval/return"]) for r in rows if "eval/return" in r]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    if train:
+        ax.plot(*zip(*train), ".", ms=3, alpha=0.4, label="train episodes")
+    if evals:
+        ax.plot(*zip(*evals), "-o", ms=4, label="evaluation (mean)")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    out = Path(folder) / "curve.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,86 @@
+"""`reverie.load(path)`: from a run folder (or one of its checkpoint files) to `.act(obs)`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reverie.config import load_run_config
+from reverie.envs import make_env, make_obs_spec
+from reverie.errors import UserError
+from reverie.run.checkpoint import CheckpointStore, load_file
+from reverie.run.driver import batch_obs, build_agent, evaluate, select_device
+
+
+class Policy:
+    """A trained agent for one environment at a time.
+
+    `act(obs, state=None) -> (action, state)`: obs is the dict `make_env(...)` returns (or a
+    bare array for single-key observations); pass `state=None` on the first step of an
+    episode and the returned state afterwards.
+    """
+
+    def __init__(self, agent, cfg, obs_spec, env_id: str) -> None:
+        self.agent = agent
+        self.cfg = cfg
+        self.obs_spec = obs_spec
+        self.env_id = env_id
+
+    def _as_dict(self, obs: Any) -> dict[str, np.ndarray]:
+        if isinstance(obs, dict):
+            missing = set(self.obs_spec) - set(obs)
+            if missing:
+                raise UserError(f"observation is missing keys {sorted(missing)}")
+            return {k: np.asarray(obs[k]) for k in self.obs_spec}
+        if len(self.obs_spec) != 1:
+            raise UserError(f"pass a dict observation with keys {sorted(self.obs_spec)}")
+        key, (shape, dtype) = next(iter(self.obs_spec.items()))
+        arr = np.asarray(obs, dtype=dtype)
+        if arr.shape != shape:
+            raise UserError(f"observation has shape {arr.shape}, expected {shape} "
+                            f"(use reverie.envs.make_env('{self.env_id}') to get it)")
+        return {key: arr}
+
+    def act(self, obs: Any, state: Any = None, explore: bool = False) -> tuple[Any, Any]:
+        first = state is None
+        if first:
+            state = self.agent.initial_state(1)
+        with torch.no_grad():
+            action, state = self.agent.act(batch_obs(self._as_dict(obs)), np.array([first]),
+                                           state, explore)
+        return action[0], state
+
+    def make_env(self):
+        return make_env(self.env_id, self.cfg.env.image_size)
+
+    def evaluate(self, episodes: int, seed: int = 12345) -> list[float]:
+        return evaluate(self.agent, self.make_env(), episodes, seed=seed)
+
+
+def load(path: str | Path, device: str = "auto") -> Policy:
+    """Load the newest verified checkpoint of a run folder, or a given checkpoint file."""
+    path = Path(path)
+    if path.is_file():
+        run = path.parent.parent
+        payload = load_file(path)
+    elif path.is_dir():
+        run = path
+        payload, _, _ = CheckpointStore(run / "checkpoints").load_latest()
+    else:
+        raise UserError(f"no run or checkpoint at '{path}'; pass a run folder such as runs/demo")
+    cfg = load_run_config(run)
+    if payload.get("agent_name") != cfg.agent:
+        raise UserError(f"checkpoint at '{path}' is from agent '{payload.get('agent_name')}', "
+                        f"the run config says '{cfg.agent}'")
+    env = make_env(cfg.env.id, cfg.env.image_size)
+    obs_spec = make_obs_spec(env.observation_space)
+    agent = build_agent(cfg, obs_spec, env.action_space, select_device(device))
+    try:
+        agent.load_state_dict(payload["agent"])
+    except (KeyError, RuntimeError) as e:
+        raise UserError(f"checkpoint does not match the run's model ({type(e).__name__}); "
+                        "was the config edited after training?") from None
+    return Policy(agent, cfg, obs_spec, cfg.env.id)

@@ -1,0 +1,57 @@
+"""A progress bar for training: env steps, last return, env steps/s and ETA (rich)."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
+
+
+class Progress:
+    """Wraps rich's progress bar; a no-op when disabled (tests, CI logs)."""
+
+    def __init__(self, total: int, done: int = 0, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.last_return: float | None = None
+        self.eval_return: float | None = None
+        self.console = Console(stderr=True)
+        self._bar = None
+        if enabled:
+            self._bar = RichProgress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+                disable=not sys.stderr.isatty(),
+            )
+            self._task = self._bar.add_task("train", total=total, completed=done, info="")
+
+    def __enter__(self) -> Progress:
+        if self._bar is not None:
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def episode(self, ret: float) -> None:
+        self.last_return = ret
+
+    def update(self, step: int, steps_per_s: float) -> None:
+        if self._bar is None:
+            return
+        parts = [f"{steps_per_s:6.1f} steps/s"]
+        if self.last_return is not None:
+            parts.append(f"return {self.last_return:8.2f}")
+        if self.eval_return is not None:
+            parts.append(f"eval {self.eval_return:8.2f}")
+        self._bar.update(self._task, completed=step, info="  ".join(parts))
+
+    def note(self, text: str) -> None:
+        self.console.print(f"reverie: {text}")
