@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
+            if _crash_requested(path):
+                f.write(data[: len(data) // 2])
+                f.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -55,6 +60,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             "--out; the previous checkpoint is intact"
         ) from None
     _fsync_dir(path.parent)
+
+
+def _crash_requested(path: Path) -> bool:
+    """Fault injection for the kill-during-write test: REVERIE_CRASH_WRITING=<file name>."""
+    target = os.environ.get("REVERIE_CRASH_WRITING")
+    return bool(target) and path.name == target
 
 
 def sha256(data: bytes) -> str:

@@ -1,0 +1,333 @@
+"""Sequence replay: a ring buffer of one environment stream, in memory or memory-mapped on disk.
+
+Row t holds (obs_t, action_t, reward_t, terminal_t, first_t) — the STORM/Drama convention:
+action_t is taken at obs_t, reward_t and terminal_t follow it, first_t marks obs_t as the
+start of an episode. `sample` returns [B, T] windows of consecutive rows; windows may cross
+episode boundaries and their "reset" flags (= first) mark where.
+
+    replay = Replay(100_000, {"image": ((64, 64, 3), "uint8"), "action": ((), "int64")},
+                    directory="run/replay", sampler="dfs")
+    replay.add({"image": img, "action": 3, "reward": 0.0, "terminal": False, "first": True})
+    batch = replay.sample(16, 64, purpose="train")     # batch["image"]: [16, 64, 64, 64, 3] uint8
+
+On disk every field is one `.npy` file of full capacity, written in place through a memory
+map, so the data persists row by row and a checkpoint only needs `state_dict()` (positions,
+sampler counters, RNG state). Resuming (`Replay.open` + `load_state_dict`) rolls the write
+position back to the checkpoint: rows the killed run wrote after its last checkpoint are
+not sampled and get overwritten as the resumed run writes again. A per-slot stamp (global
+index of the row stored there) detects slots such later rows already overwrote, so a resumed
+replay never samples a row the checkpoint does not know about; their number is reported in
+`dropped_on_resume`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from reverie.replay.dfs import DFSSampler, window
+from reverie.replay.uniform import UniformSampler
+
+Spec = dict[str, tuple[tuple[int, ...], str]]
+SAMPLERS = {"uniform": UniformSampler, "dfs": DFSSampler}
+# Fields the buffer adds itself; `_stamp` is the global index of the row held by each slot.
+OWN_FIELDS: Spec = {
+    "reward": ((), "float32"),
+    "terminal": ((), "bool"),
+    "first": ((), "bool"),
+    "_stamp": ((), "int64"),
+}
+RESERVED = (*OWN_FIELDS, "reset", "start")
+PURPOSES = ("train", "imagine")
+
+
+def _parse_spec(spec: Spec) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Check a user spec and add the buffer's own fields."""
+    if "action" not in spec:
+        raise ValueError("replay spec needs an 'action' entry, e.g. 'action': ((), 'int64')")
+    parsed = {}
+    for name, entry in spec.items():
+        if name in RESERVED:
+            raise ValueError(f"replay spec key '{name}' is reserved; rename that field")
+        try:
+            shape, dtype = entry
+            parsed[name] = (tuple(int(s) for s in shape), np.dtype(dtype))
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"replay spec['{name}'] must be (shape tuple, dtype name) like "
+                f"((64, 64, 3), 'uint8'), got {entry!r}"
+            ) from err
+    for name, (shape, dtype) in OWN_FIELDS.items():
+        parsed[name] = (shape, np.dtype(dtype))
+    return parsed
+
+
+def _open_existing(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.memmap:
+    """Reattach one field file, checking its header and length against what the spec needs."""
+    fix = "resume with the capacity and spec the run was created with, or use a new directory"
+    if not path.is_file():
+        raise ValueError(f"replay file {path} is missing; {fix}")
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }[version]
+            file_shape, fortran, file_dtype = read_header(f)
+        except (ValueError, KeyError) as err:
+            raise ValueError(f"replay file {path} is not a valid .npy file; {fix}") from err
+        offset = f.tell()
+    if tuple(file_shape) != shape or np.dtype(file_dtype) != dtype or fortran:
+        raise ValueError(
+            f"replay file {path} holds {file_dtype} {tuple(file_shape)} but the replay needs "
+            f"{dtype} {shape}; {fix}"
+        )
+    needed = offset + int(np.prod(shape)) * dtype.itemsize
+    if path.stat().st_size < needed:
+        raise ValueError(
+            f"replay file {path} is truncated ({path.stat().st_size} of {needed} bytes); {fix}"
+        )
+    return np.lib.format.open_memmap(path, mode="r+")
+
+
+def _rng_to_list(rng: np.random.Generator) -> list[int]:
+    """PCG64 state as 32-bit words: torch.load(weights_only=True) needs plain small values."""
+    s = rng.bit_generator.state
+    words = [
+        (s["state"][key] >> (32 * i)) & 0xFFFFFFFF for key in ("state", "inc") for i in range(4)
+    ]
+    return [*words, int(s["has_uint32"]), int(s["uinteger"])]
+
+
+def _rng_from_list(rng: np.random.Generator, words: list[int]) -> None:
+    words = [int(w) for w in words]
+    state, inc = (sum(words[k * 4 + i] << (32 * i) for i in range(4)) for k in (0, 1))
+    rng.bit_generator.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": state, "inc": inc},
+        "has_uint32": words[8],
+        "uinteger": words[9],
+    }
+
+
+class Replay:
+    """Ring buffer of `capacity` rows of one environment stream, sampled as [B, T] sequences.
+
+    spec: field -> (shape, dtype name) for the obs keys and "action"; "reward" float32,
+    "terminal" bool and "first" bool are added. directory: None keeps numpy arrays in
+    memory; a path stores one memory-mapped `.npy` per field there. resume: reattach the
+    files already in `directory` (then call `load_state_dict`) instead of creating them.
+    sampler: "uniform" or "dfs" (extra keyword arguments go to the sampler, e.g. tau=10).
+    seed: all sampling randomness comes from one PCG64 generator owned by the replay.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        spec: Spec,
+        directory: str | Path | None = None,
+        sampler: str = "uniform",
+        seed: int = 0,
+        resume: bool = False,
+        **sampler_kwargs: Any,
+    ) -> None:
+        if not isinstance(capacity, int) or capacity <= 0:
+            raise ValueError(f"replay capacity must be a positive integer, got {capacity!r}")
+        if sampler not in SAMPLERS:
+            close = difflib.get_close_matches(str(sampler), SAMPLERS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(
+                f"unknown replay sampler '{sampler}'{hint}; choose one of: {', '.join(SAMPLERS)}"
+            )
+        self.capacity = capacity
+        self.fields = _parse_spec(spec)
+        self.spec = {k: v for k, v in self.fields.items() if k not in OWN_FIELDS}
+        self.directory = None if directory is None else Path(directory)
+        self.sampler = SAMPLERS[sampler](capacity, **sampler_kwargs)
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.size = 0
+        self.total_added = 0
+        self.dropped_on_resume = 0
+        self.data = self._allocate(resume)
+
+    @classmethod
+    def open(cls, directory: str | Path, capacity: int, spec: Spec, **kwargs: Any) -> Replay:
+        """Reattach the replay files of an earlier run; follow with `load_state_dict`."""
+        return cls(capacity, spec, directory=directory, resume=True, **kwargs)
+
+    def _allocate(self, resume: bool) -> dict[str, np.ndarray]:
+        if self.directory is None:
+            if resume:
+                raise ValueError("resume=True needs the directory of the replay files")
+            data = {
+                name: np.zeros((self.capacity, *shape), dtype)
+                for name, (shape, dtype) in self.fields.items()
+            }
+            data["_stamp"][:] = -1
+            return data
+        paths = {name: self.directory / f"{name}.npy" for name in self.fields}
+        if resume:
+            return {
+                name: _open_existing(paths[name], (self.capacity, *shape), dtype)
+                for name, (shape, dtype) in self.fields.items()
+            }
+        existing = [p.name for p in paths.values() if p.exists()]
+        if existing:
+            raise ValueError(
+                f"{self.directory} already holds replay files ({', '.join(existing)}); "
+                "reattach them with Replay.open(...) / resume=True, or use an empty directory"
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        data = {
+            name: np.lib.format.open_memmap(
+                paths[name], mode="w+", dtype=dtype, shape=(self.capacity, *shape)
+            )
+            for name, (shape, dtype) in self.fields.items()
+        }
+        data["_stamp"][:] = -1
+        return data
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def pos(self) -> int:
+        """Write head: the slot the next `add` writes."""
+        return self.total_added % self.capacity
+
+    def add(self, row: dict[str, Any]) -> None:
+        """Append one transition: the spec keys plus "reward", "terminal", "first".
+
+        Shapes must match the spec exactly; uint8 fields only take uint8 arrays (an image
+        given as float would be silently truncated otherwise). Extra keys are ignored.
+        """
+        missing = [name for name in self.fields if name != "_stamp" and name not in row]
+        if missing:
+            raise ValueError(
+                f"replay.add row lacks {missing}; pass every spec key and "
+                "'reward', 'terminal', 'first'"
+            )
+        values = {}
+        for name, (shape, dtype) in self.fields.items():
+            if name == "_stamp":
+                continue
+            value = np.asarray(row[name])
+            if value.shape != shape:
+                raise ValueError(
+                    f"replay.add: '{name}' has shape {value.shape}, the spec says {shape}"
+                )
+            if dtype == np.uint8 and value.dtype != np.uint8:
+                raise ValueError(
+                    f"replay.add: '{name}' is {value.dtype} but stored as uint8; "
+                    "pass the raw uint8 image"
+                )
+            values[name] = value
+        slot = self.pos
+        # Stamp first: a slot whose write was interrupted already reads as "newer than the
+        # checkpoint" on resume and is dropped instead of sampled half-written.
+        self.data["_stamp"][slot] = self.total_added
+        for name, value in values.items():
+            self.data[name][slot] = value
+        self.sampler.on_write(slot)
+        self.total_added += 1
+        self.size = min(self.size + 1, self.capacity)
+
+    def valid_starts(self, seq_len: int) -> tuple[int, int]:
+        """(oldest slot, count): starts of windows of seq_len rows not crossing the write head.
+
+        The rows in age order are slots oldest, oldest+1, ... (mod capacity), so the starts
+        at age offsets 0 .. size − seq_len leave the whole window before the head.
+        """
+        oldest = (self.pos - self.size) % self.capacity
+        return oldest, self.size - seq_len + 1
+
+    def sample(
+        self, batch_size: int, seq_len: int, purpose: str = "train"
+    ) -> dict[str, torch.Tensor]:
+        """Sample B windows of T consecutive rows -> dict of CPU tensors [B, T, ...].
+
+        Keys: the obs keys and "action" (stored dtypes, images uint8 [B, T, H, W, C]),
+        "reward" [B, T] float32, "terminal" [B, T] bool, "reset" [B, T] bool (= first),
+        "start" [B] int64 (slot of each window's first row).
+        """
+        if purpose not in PURPOSES:
+            raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not isinstance(seq_len, int) or not 0 < seq_len <= self.capacity:
+            raise ValueError(
+                f"seq_len must be an integer in [1, capacity={self.capacity}], got {seq_len!r}"
+            )
+        if self.size < seq_len:
+            raise ValueError(
+                f"replay holds {self.size} rows but seq_len={seq_len} needs at least {seq_len}; "
+                f"add {seq_len - self.size} more steps before sampling (raise the prefill)"
+            )
+        oldest, count = self.valid_starts(seq_len)
+        starts = self.sampler.choose(oldest, count, batch_size, purpose, self.rng)
+        index = (starts[:, None] + np.arange(seq_len)) % self.capacity  # [B, T]
+        batch = {
+            name: torch.from_numpy(np.asarray(self.data[name][index]))
+            for name in (*self.spec, "reward", "terminal")
+        }
+        batch["reset"] = torch.from_numpy(np.asarray(self.data["first"][index]))
+        batch["start"] = torch.from_numpy(starts.astype(np.int64))
+        return batch
+
+    def flush(self) -> None:
+        """Write memory-mapped rows through to disk (no-op in memory)."""
+        if self.directory is not None:
+            for array in self.data.values():
+                array.flush()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Positions, sampler counters and RNG state; flushes first so the rows it names are
+        on disk. Only ints, strings, lists and tensors (safe for torch.load(weights_only))."""
+        self.flush()
+        return {
+            "capacity": self.capacity,
+            "fields": list(self.fields),
+            "size": self.size,
+            "total_added": self.total_added,
+            "rng": _rng_to_list(self.rng),
+            "sampler_name": self.sampler.name,
+            "sampler": self.sampler.state_dict(),
+        }
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        """Restore a checkpoint; the write position rolls back to it (see the module doc)."""
+        fix = "resume with the capacity, spec and sampler the run was created with"
+        if int(d["capacity"]) != self.capacity or list(d["fields"]) != list(self.fields):
+            raise ValueError(
+                f"replay checkpoint has capacity {d['capacity']} and fields {list(d['fields'])}"
+                f", this replay {self.capacity} and {list(self.fields)}; {fix}"
+            )
+        if d["sampler_name"] != self.sampler.name:
+            raise ValueError(
+                f"replay checkpoint used sampler '{d['sampler_name']}', this replay "
+                f"'{self.sampler.name}'; {fix}"
+            )
+        total, size = int(d["total_added"]), int(d["size"])
+        oldest = (total - size) % self.capacity
+        expected = np.arange(total - size, total, dtype=np.int64)
+        stamps = window(self.data["_stamp"], oldest, size)
+        if np.any(stamps < expected):
+            where = self.directory if self.directory is not None else "memory"
+            raise ValueError(
+                f"the replay rows of this checkpoint are not in {where}; reattach the run's "
+                "own replay directory with Replay.open(directory, ...) (an in-memory replay "
+                "cannot restore its rows: create it with directory=... to resume with data)"
+            )
+        newer = np.nonzero(stamps > expected)[0]
+        # Rows written after the checkpoint overwrote the oldest end of its window; keep only
+        # the rows after the last overwritten slot so every sampled window is one era.
+        keep = size - (int(newer[-1]) + 1 if newer.size else 0)
+        self.total_added, self.size = total, keep
+        self.dropped_on_resume = size - keep
+        self.sampler.load_state_dict(d["sampler"])
+        _rng_from_list(self.rng, d["rng"])
