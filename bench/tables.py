@@ -1,0 +1,134 @@
+"""Markdown tables from the benchmark results in bench/results/*.json.
+
+    python bench/tables.py                      # print every table it has results for
+    python bench/tables.py --readme README.md   # also rewrite the marked README sections
+
+A README section is the text between `<!-- table:NAME -->` and `<!-- /table:NAME -->`;
+NAME is a key of `TABLES`. To add a table (cartpole, reliability, ...), write a function
+`(results_dir) -> str | None` that returns markdown (None when its JSON is absent) and
+register it in `TABLES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+T_TARGET = "1024"
+
+
+def load(results: Path, stem: str) -> tuple[dict | None, bool]:
+    """The full result `stem.json`, else the smoke-test `stem_quick.json` (flagged True)."""
+    for name, quick in ((f"{stem}.json", False), (f"{stem}_quick.json", True)):
+        path = results / name
+        if path.exists():
+            return json.loads(path.read_text()), quick
+    return None, False
+
+
+def _tps(entry: dict, T: str) -> float | None:
+    return entry.get("train", {}).get(T, {}).get("train_tokens_per_s")
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "error" if x is None else format(x, spec)
+
+
+def backbone_targets(models: dict, T: str) -> list[tuple[str, bool | None]]:
+    """The throughput targets at sequence length T: (description, pass / miss / None)."""
+    def ratio_at_least(a: str, b: str, k: float) -> bool | None:
+        x, y = _tps(models.get(a, {}), T), _tps(models.get(b, {}), T)
+        return None if x is None or y is None else x >= k * y
+
+    frac = models.get("mamba2", {}).get("train", {}).get(T, {}).get("fraction_of_peak")
+    return [
+        (f"mamba2 >= 10x mambapy tokens/s at T={T}", ratio_at_least("mamba2", "mambapy", 10)),
+        (f"mamba2 >= nn.GRU tokens/s at T={T}", ratio_at_least("mamba2", "nn.GRU", 1)),
+        (f"ffm >= nn.GRU tokens/s at T={T}", ratio_at_least("ffm", "nn.GRU", 1)),
+        (f"mamba2 fraction of peak >= 0.4 at T={T}", None if frac is None else frac >= 0.4),
+    ]
+
+
+def backbones_table(results: Path) -> str | None:
+    report, quick = load(results, "backbones")
+    if report is None:
+        return None
+    cfg, models = report["config"], report["models"]
+    lengths = [str(t) for t in cfg["lengths"]]
+    t_max = T_TARGET if T_TARGET in lengths else lengths[-1]
+    head = (["model"] + [f"tokens/s T={t}" for t in lengths]
+            + [f"frac. of peak T={t_max}", f"peak MiB T={t_max}",
+               f"step ms (B={cfg['step_batch']})"])
+    rows = []
+    for name, e in models.items():
+        r = e["train"].get(t_max, {})
+        step = e.get("step", {}).get("step_ms")
+        rows.append([f"`{name}`"] + [_fmt(_tps(e, t), ",.0f") for t in lengths]
+                    + [_fmt(r.get("fraction_of_peak"), ".3f"), _fmt(r.get("peak_rss_mib"), ".0f"),
+                       _fmt(step, ".2f")])
+    lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
+    m = report["machine"]
+    note = (f"\nB={cfg['batch']}, D={cfg['d_model']}, {cfg['n_layers']} layers, fp32, "
+            f"{m['cpu']}, {m['torch_threads']} threads, torch {m['torch']}; matmul peak "
+            f"{report['matmul_peak_flops'] / 1e9:.0f} GFLOP/s. Transformer context: T in "
+            f"training, {report['transformer_context']['step']} in step.")
+    if quick:
+        note += " **Smoke-test sizes (--quick), not a real measurement.**"
+    targets = ["", _row(["target", "result"]), _row(["---", "---"])]
+    for desc, ok in backbone_targets(models, t_max):
+        targets.append(_row([desc, {True: "pass", False: "miss", None: "n/a"}[ok]]))
+    return "\n".join(lines) + "\n" + note + "\n" + "\n".join(targets)
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+TABLES: dict[str, Callable[[Path], str | None]] = {
+    "backbones": backbones_table,
+}
+
+
+def replace_sections(text: str, tables: dict[str, str]) -> str:
+    """Replace the body of every `<!-- table:NAME -->` ... `<!-- /table:NAME -->` block."""
+    for name, body in tables.items():
+        pattern = re.compile(
+            rf"(<!-- table:{re.escape(name)} -->\n).*?(\n?<!-- /table:{re.escape(name)} -->)",
+            re.DOTALL,
+        )
+        text = pattern.sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(2).lstrip("\n"),
+                           text)
+    return text
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="markdown tables from bench/results")
+    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--out", default=None, help="directory for NAME.md files "
+                   "(default: the results directory)")
+    p.add_argument("--readme", default=None, help="rewrite the marked sections of this file")
+    args = p.parse_args()
+    results = Path(args.results)
+    out = Path(args.out) if args.out else results
+    tables = {}
+    for name, fn in TABLES.items():
+        md = fn(results)
+        if md is None:
+            print(f"({name}: no results in {results})", file=sys.stderr)
+            continue
+        tables[name] = md
+        print(f"## {name}\n\n{md}\n")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.md").write_text(md + "\n")
+    if args.readme:
+        path = Path(args.readme)
+        path.write_text(replace_sections(path.read_text(), tables))
+
+
+if __name__ == "__main__":
+    main()
