@@ -108,7 +108,20 @@ def _schema(agent: str) -> DictConfig:
     OmegaConf.set_struct(schema, False)
     schema[agent] = OmegaConf.structured(cfg_cls)
     OmegaConf.set_struct(schema, True)
+    _open_kwargs(schema)
     return schema
+
+
+def _open_kwargs(node: DictConfig) -> None:
+    """`*_kwargs` fields (e.g. world.backbone_kwargs) pass free-form options to a component,
+    which validates them itself; every other section stays closed to unknown keys."""
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            if str(key).endswith("_kwargs"):
+                OmegaConf.set_struct(child, False)
+            else:
+                _open_kwargs(child)
 
 
 def _keys(node: Any, prefix: str = "") -> list[str]:

@@ -1,0 +1,96 @@
+"""Image encoder and decoder for 64x64 frames (any H, W divisible by 16).
+
+Pixel convention: observations are uint8 `[..., H, W, C]` (channels last, as stored in
+replay). The encoder feeds the network `x / 255 - 0.5` (centred at 0); the decoder predicts
+the same centred value, so `pixels in [0, 1] = decoder output + 0.5`.
+
+Encoder: 4 stride-2 convs (kernel 4, padding 1) with `depth·2^i` channels, each followed by
+GroupNorm(1 group) + SiLU; 64x64 -> 4x4. A 1x1 conv then maps the last feature map to
+`embed_channels` so the flattened embedding stays ~1k wide (Drama flattens 64x4x4 = 1024);
+without it the posterior layer alone (4096 -> 1024) would cost 4M parameters.
+Decoder mirrors it with transposed convs. GroupNorm(1, C) normalises each image on its own:
+no batch statistics (acting uses batch 1, training batch 16x64) and no permute copies.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+N_STAGES = 4  # stride-2 stages: 64 -> 4
+
+
+def _check_image_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(shape) != 3:
+        raise ValueError(f"image observations must be [H, W, C], got shape {shape}")
+    H, W, C = shape
+    step = 2**N_STAGES
+    if H % step or W % step or H < step or W < step:
+        raise ValueError(
+            f"image size {H}x{W} must be a multiple of {step}; resize frames to 64x64"
+        )
+    return H, W, C
+
+
+class ConvEncoder(nn.Module):
+    """`image: [..., H, W, C]` uint8 (or float in [0, 255]) -> `embedding: [..., out_dim]`."""
+
+    def __init__(self, shape: tuple[int, int, int], depth: int = 32, embed_channels: int = 64):
+        super().__init__()
+        H, W, C = _check_image_shape(tuple(shape))
+        if depth <= 0 or embed_channels <= 0:
+            raise ValueError(f"cnn depth/embed_channels must be positive, got {depth}, "
+                             f"{embed_channels}")
+        self.shape = (H, W, C)
+        mods: list[nn.Module] = []
+        c_in = C
+        for i in range(N_STAGES):
+            c_out = depth * 2**i
+            mods += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.GroupNorm(1, c_out), nn.SiLU()]
+            c_in = c_out
+        mods += [nn.Conv2d(c_in, embed_channels, 1), nn.GroupNorm(1, embed_channels), nn.SiLU()]
+        self.net = nn.Sequential(*mods)
+        self.out_dim = embed_channels * (H // 2**N_STAGES) * (W // 2**N_STAGES)
+
+    def forward(self, image: Tensor) -> Tensor:
+        lead = image.shape[:-3]
+        x = image.reshape(-1, *self.shape).permute(0, 3, 1, 2).float() / 255.0 - 0.5
+        return self.net(x).reshape(*lead, self.out_dim)
+
+
+class ConvDecoder(nn.Module):
+    """`z: [..., in_dim]` -> centred image prediction `[..., H, W, C]` (add 0.5 for [0, 1])."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        shape: tuple[int, int, int],
+        depth: int = 32,
+        embed_channels: int = 64,
+    ) -> None:
+        super().__init__()
+        H, W, C = _check_image_shape(tuple(shape))
+        self.shape = (H, W, C)
+        self.h0, self.w0 = H // 2**N_STAGES, W // 2**N_STAGES
+        self.embed_channels = embed_channels
+        self.stem = nn.Linear(in_dim, embed_channels * self.h0 * self.w0)
+        c_top = depth * 2 ** (N_STAGES - 1)
+        mods: list[nn.Module] = [
+            nn.GroupNorm(1, embed_channels),
+            nn.SiLU(),
+            nn.Conv2d(embed_channels, c_top, 1),
+            nn.GroupNorm(1, c_top),
+            nn.SiLU(),
+        ]
+        c_in = c_top
+        for i in reversed(range(N_STAGES - 1)):
+            c_out = depth * 2**i
+            mods += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.GroupNorm(1, c_out), nn.SiLU()]
+            c_in = c_out
+        mods.append(nn.ConvTranspose2d(c_in, C, 4, 2, 1))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, z: Tensor) -> Tensor:
+        lead = z.shape[:-1]
+        x = self.stem(z).reshape(-1, self.embed_channels, self.h0, self.w0)
+        x = self.net(x).permute(0, 2, 3, 1)
+        return x.reshape(*lead, *self.shape)

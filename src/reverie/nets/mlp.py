@@ -1,0 +1,46 @@
+"""DreamerV3-style MLP: (Linear -> LayerNorm -> SiLU) x layers, then an output Linear."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class MLP(nn.Module):
+    """`x: [..., in_dim] -> [..., out_dim]` (or `[..., hidden]` when `out_dim` is None).
+
+    Hidden Linears have no bias because the LayerNorm after them has one. `zero_init`
+    zeroes the output layer so a head starts at a known prediction (DreamerV3: reward and
+    value heads start at exactly 0, which avoids huge early returns in imagination).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int | None,
+        hidden: int,
+        layers: int,
+        zero_init: bool = False,
+    ) -> None:
+        super().__init__()
+        if in_dim <= 0 or hidden <= 0:
+            raise ValueError(f"MLP sizes must be positive, got in_dim={in_dim}, hidden={hidden}")
+        if layers < 0 or (layers == 0 and out_dim is None):
+            raise ValueError(f"MLP needs layers >= 1 (or an out_dim with layers=0), got {layers}")
+        mods: list[nn.Module] = []
+        d = in_dim
+        for _ in range(layers):
+            mods += [nn.Linear(d, hidden, bias=False), nn.LayerNorm(hidden), nn.SiLU()]
+            d = hidden
+        self.out_dim = d if out_dim is None else out_dim
+        if out_dim is not None:
+            out = nn.Linear(d, out_dim)
+            if zero_init:
+                nn.init.zeros_(out.weight)
+                nn.init.zeros_(out.bias)
+            mods.append(out)
+        elif zero_init:
+            raise ValueError("zero_init needs an out_dim (there is no output layer to zero)")
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)

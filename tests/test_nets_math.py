@@ -1,0 +1,146 @@
+"""Closed-form checks of reverie.nets: symlog, two-hot, categorical KL, unimix, MLP, CNN."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from reverie.nets.cnn import ConvDecoder, ConvEncoder
+from reverie.nets.math import (
+    categorical_entropy,
+    categorical_kl,
+    symexp,
+    symlog,
+    symlog_bins,
+    two_hot,
+    two_hot_loss,
+    two_hot_mean,
+    unimix,
+)
+from reverie.nets.mlp import MLP
+
+
+def test_symlog_closed_form_and_inverse():
+    e = math.e
+    x = torch.tensor([0.0, e - 1, -(e**2 - 1), 1e-6])
+    assert torch.allclose(symlog(x), torch.tensor([0.0, 1.0, -2.0, 1e-6]), atol=1e-6)
+    xs = torch.cat([torch.linspace(-1e4, 1e4, 1001), torch.linspace(-3, 3, 101)]).double()
+    assert torch.allclose(symexp(symlog(xs)), xs, rtol=1e-10, atol=1e-10)
+    assert torch.allclose(symlog(symexp(xs.clamp(-20, 20))), xs.clamp(-20, 20), atol=1e-10)
+
+
+def test_bins_are_exactly_symmetric_and_uniform():
+    b = symlog_bins(255)
+    assert b.shape == (255,)
+    assert b[127].item() == 0.0 and b[0].item() == -20.0 and b[-1].item() == 20.0
+    assert torch.equal(b, -b.flip(0))
+    assert torch.allclose(b.diff(), torch.full((254,), 40 / 254), atol=1e-5)
+    with pytest.raises(ValueError, match="255"):
+        symlog_bins(1)
+
+
+def test_two_hot_on_a_bin_and_between_bins():
+    bins = torch.tensor([-2.0, -1.0, 0.0, 1.0, 3.0])
+    on = two_hot(torch.tensor([1.0, -2.0, 3.0]), bins)
+    assert torch.equal(on, torch.eye(5)[[3, 0, 4]])
+    between = two_hot(torch.tensor([1.5, -0.25]), bins)
+    # 1.5 lies a quarter of the way from 1 to 3; -0.25 three quarters from -1 to 0
+    expect = torch.tensor([[0, 0, 0, 0.75, 0.25], [0, 0.25, 0.75, 0, 0]])
+    assert torch.allclose(between, expect, atol=1e-7)
+    clipped = two_hot(torch.tensor([100.0, -100.0]), bins)
+    assert torch.equal(clipped, torch.eye(5)[[4, 0]])
+
+
+def test_two_hot_decode_of_encode_is_identity():
+    bins = symlog_bins(255)
+    x = torch.linspace(-19.9, 19.9, 777)
+    w = two_hot(x, bins)
+    assert torch.allclose(w.sum(-1), torch.ones(777), atol=1e-6)
+    assert torch.allclose((w * bins).sum(-1), x, atol=1e-5)
+    # softmax of log-weights gives back the weights, so the expected value is x again
+    assert torch.allclose(two_hot_mean(torch.log(w), bins), x, atol=1e-5)
+
+
+def test_two_hot_mean_of_uniform_is_exactly_zero():
+    bins = symlog_bins(255)
+    assert two_hot_mean(torch.zeros(3, 255), bins).abs().max().item() == 0.0
+    # and a skewed distribution decodes to its hand-computed mean
+    logits = torch.full((255,), -1e9)
+    logits[[10, 200]] = 0.0
+    assert torch.allclose(two_hot_mean(logits, bins), (bins[10] + bins[200]) / 2, atol=1e-5)
+
+
+def test_two_hot_loss_hand_computed():
+    bins = torch.tensor([0.0, 1.0, 2.0])
+    logits = torch.tensor([1.0, 2.0, 0.5])
+    logp = torch.log_softmax(logits, -1)
+    # target 1.2 -> 0.8 on bin 1, 0.2 on bin 2
+    expect = -(0.8 * logp[1] + 0.2 * logp[2])
+    assert torch.allclose(two_hot_loss(logits, torch.tensor(1.2), bins), expect, atol=1e-6)
+    # uniform logits: cross-entropy is log(n) whatever the target
+    out = two_hot_loss(torch.zeros(4, 255), torch.tensor([0.0, 3.3, -7.0, 50.0]), symlog_bins(255))
+    assert torch.allclose(out, torch.full((4,), math.log(255)), atol=1e-5)
+
+
+def test_categorical_kl_zero_and_hand_computed():
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(4, 3, 5, generator=g)
+    assert categorical_kl(p, p).abs().max().item() < 1e-6
+    # two independent binary variables: KL sums over them
+    p = torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.1]]))
+    q = torch.log(torch.tensor([[0.25, 0.75], [0.5, 0.5]]))
+    kl0 = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    kl1 = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
+    assert abs(categorical_kl(p, q).item() - (kl0 + kl1)) < 1e-6
+    # unnormalised logits are normalised first
+    assert abs(categorical_kl(p + 3.0, q - 1.0).item() - (kl0 + kl1)) < 1e-6
+    assert categorical_kl(q, p).item() != pytest.approx(kl0 + kl1)
+
+
+def test_entropy_of_uniform():
+    assert abs(categorical_entropy(torch.zeros(3, 32, 16))[0].item() - 32 * math.log(16)) < 1e-3
+
+
+def test_unimix_probabilities():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0], [1e4, -1e4, -1e4, -1e4]])
+    out = unimix(logits, 0.01)
+    expect = 0.99 * torch.softmax(logits, -1) + 0.01 / 4
+    assert torch.allclose(out.exp(), expect, atol=1e-7)
+    assert torch.allclose(out.exp().sum(-1), torch.ones(2), atol=1e-6)
+    assert out.exp().min().item() >= 0.01 / 4 - 1e-9
+    assert torch.allclose(unimix(logits, 0.0).exp(), torch.softmax(logits, -1))
+    with pytest.raises(ValueError, match="0.01"):
+        unimix(logits, 1.5)
+
+
+def test_mlp_zero_init_and_shapes():
+    torch.manual_seed(0)
+    head = MLP(7, 5, hidden=16, layers=2, zero_init=True)
+    assert torch.equal(head(torch.randn(3, 4, 7)), torch.zeros(3, 4, 5))
+    trunk = MLP(7, None, hidden=16, layers=2)
+    y = trunk(torch.randn(3, 7))
+    assert y.shape == (3, 16) and trunk.out_dim == 16
+    # LayerNorm then SiLU: each hidden row is normalised before the activation
+    assert y.abs().sum() > 0
+    with pytest.raises(ValueError, match="layers"):
+        MLP(7, None, hidden=16, layers=0)
+
+
+def test_cnn_shapes_and_pixel_convention():
+    torch.manual_seed(0)
+    enc = ConvEncoder((64, 64, 3), depth=4, embed_channels=8)
+    dec = ConvDecoder(10, (64, 64, 3), depth=4, embed_channels=8)
+    img = torch.randint(0, 256, (2, 3, 64, 64, 3), dtype=torch.uint8)
+    e = enc(img)
+    assert e.shape == (2, 3, 8 * 4 * 4) == (2, 3, enc.out_dim)
+    assert dec(torch.randn(2, 3, 10)).shape == (2, 3, 64, 64, 3)
+    # input is x/255 - 0.5: a uint8 frame and the same frame as float give the same embedding
+    assert torch.allclose(enc(img.float()), e, atol=1e-6)
+    # a single flipped pixel changes the embedding (the encoder looks at every pixel region)
+    img2 = img.clone()
+    img2[0, 0, 63, 63, 2] = 255 - img2[0, 0, 63, 63, 2]
+    assert (enc(img2)[0, 0] - e[0, 0]).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="64x64"):
+        ConvEncoder((60, 60, 3))
