@@ -183,6 +183,9 @@ def build_config(
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as e:
         raise _friendly(e, schema) from None
+    except yaml.YAMLError as e:
+        raise UserError(f"cannot parse an override value ({type(e).__name__}); quote plain "
+                        "text values, e.g. --set env.id=CartPole-v1") from None
     validate(cfg)
     return cfg
 

@@ -77,14 +77,14 @@ def _make_dmc(name: str) -> gym.Env:
     return DMCEnv(name)
 
 
-def _make_gym(env_id: str) -> gym.Env:
+def _make_gym(env_id: str, render: bool = False) -> gym.Env:
     if env_id.startswith("popgym-"):
         _require("popgym", "popgym")
         import popgym  # noqa: F401  (registers the popgym-* ids)
     if env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4"):
         return _make_atari(env_id)
     try:
-        return gym.make(env_id)
+        return gym.make(env_id, render_mode="rgb_array") if render else gym.make(env_id)
     except gym.error.Error as e:
         ids = [k for k in gym.registry if not k.startswith("popgym-")]
         hint = suggest(env_id, ids)
@@ -95,8 +95,11 @@ def _make_gym(env_id: str) -> gym.Env:
         ) from None
 
 
-def make_env(spec: str, image_size: int = 64) -> gym.Env:
-    """Build the environment named by `spec` with dict observations and a checked action space."""
+def make_env(spec: str, image_size: int = 64, render: bool = False) -> gym.Env:
+    """Build the environment named by `spec` with dict observations and a checked action space.
+
+    render=True asks Gymnasium envs for rgb_array frames (`env.render()`), for `reverie watch`.
+    """
     if not isinstance(spec, str) or not spec:
         raise UserError("env must be a non-empty string such as 'CartPole-v1'")
     if spec.startswith("minatar:"):
@@ -104,7 +107,7 @@ def make_env(spec: str, image_size: int = 64) -> gym.Env:
     elif spec.startswith("dmc:"):
         env = _make_dmc(spec.split(":", 1)[1])
     else:
-        env = _make_gym(spec)
+        env = _make_gym(spec, render)
     act = env.action_space
     if isinstance(act, spaces.Box):
         if act.shape is None or len(act.shape) != 1:

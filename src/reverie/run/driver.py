@@ -80,7 +80,11 @@ class Counters:
 
 def build_agent(cfg: DictConfig, obs_spec, action_space: spaces.Space, device: torch.device):
     _, agent_cls, _ = agent_parts(cfg.agent)
-    return agent_cls(obs_spec, action_space, to_object(cfg, cfg.agent), device, int(cfg.seed))
+    try:
+        return agent_cls(obs_spec, action_space, to_object(cfg, cfg.agent), device,
+                         int(cfg.seed))
+    except ValueError as e:  # components validate their own options and name the fix
+        raise UserError(f"bad {cfg.agent} config: {e}") from None
 
 
 def check_obs_kind(cfg: DictConfig, obs_spec) -> None:
@@ -104,7 +108,11 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(out)
         self.resuming = resume
-        self._prepare_folder()
+        if not resume and (self.out / "config.yaml").exists():
+            raise UserError(
+                f"run folder '{self.out}' already holds a run; continue it with "
+                f"`reverie train --resume {self.out}` or choose another --out"
+            )
         if cfg.run.threads:
             torch.set_num_threads(int(cfg.run.threads))
         seed_everything(int(cfg.seed))
@@ -117,13 +125,15 @@ class Trainer:
         acfg = cfg[cfg.agent]
         self.replayed_per_update = int(acfg.get("batch_size", 1)) * int(acfg.get("seq_len", 1))
         self.min_rows = max(int(acfg.get("seq_len", 1)), int(acfg.get("context", 1)))
+        self.store = CheckpointStore(self.out / "checkpoints", int(cfg.run.keep_checkpoints))
+        resume_from = self._load_checkpoint() if resume else None
+        self._prepare_folder()  # only once env and agent are known to work: no stray runs
         self.replay = self._make_replay()
         self.rng = numpy_generator(int(cfg.seed) + 1)  # prefill actions
         self.count = Counters(next_checkpoint=int(cfg.run.checkpoint_every))
-        self.store = CheckpointStore(self.out / "checkpoints", int(cfg.run.keep_checkpoints))
         self.resumed_from: int | None = None
-        if resume:
-            self._restore()
+        if resume_from is not None:
+            self._restore(*resume_from)
         self.logger = RunLogger(self.out, resume_step=self.resumed_from)
         self._window: dict[str, list[float]] = {}
         self._returns: list[float] = []
@@ -131,11 +141,6 @@ class Trainer:
     # -- set-up ----------------------------------------------------------------------------
     def _prepare_folder(self) -> None:
         cfg_path = self.out / "config.yaml"
-        if not self.resuming and cfg_path.exists():
-            raise UserError(
-                f"run folder '{self.out}' already holds a run; continue it with "
-                f"`reverie train --resume {self.out}` or choose another --out"
-            )
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             probe = self.out / ".write-probe"
@@ -183,7 +188,8 @@ class Trainer:
         self.logger.flush()
         self.store.save(self._payload(), self.count.env_steps)
 
-    def _restore(self) -> None:
+    def _load_checkpoint(self):
+        """The newest verified checkpoint, checked against this run's config."""
         payload, entry, warnings = self.store.load_latest()
         for w in warnings:
             self._note(w)
@@ -197,7 +203,16 @@ class Trainer:
                 "this run kept its replay in memory (replay.on_disk=false), so it cannot be "
                 "resumed with its data; start a new run with replay.on_disk=true"
             )
-        self.agent.load_state_dict(payload["agent"])
+        return payload, entry
+
+    def _restore(self, payload: dict[str, Any], entry) -> None:
+        try:
+            self.agent.load_state_dict(payload["agent"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise UserError(
+                f"checkpoint {entry.file} does not fit this run's model ({type(e).__name__}); "
+                "was config.yaml edited after the run started?"
+            ) from None
         try:
             self.replay.load_state_dict(payload["replay"])
         except ValueError as e:

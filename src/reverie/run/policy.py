@@ -53,8 +53,8 @@ class Policy:
                                            state, explore)
         return action[0], state
 
-    def make_env(self):
-        return make_env(self.env_id, self.cfg.env.image_size)
+    def make_env(self, render: bool = False):
+        return make_env(self.env_id, self.cfg.env.image_size, render=render)
 
     def evaluate(self, episodes: int, seed: int = 12345) -> list[float]:
         return evaluate(self.agent, self.make_env(), episodes, seed=seed)

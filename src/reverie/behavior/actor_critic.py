@@ -1,0 +1,252 @@
+"""Actor-critic learned in imagination (DreamerV3 §"Actor critic learning", as in Drama/STORM).
+
+The world model is frozen here: the agent rolls it forward and hands over the imagined
+trajectory as plain tensors, time-major so the rollout can append one step at a time:
+
+    feat:   [H+1, B, F]   feat(z_t, h_{t-1}) of the states 0..H
+    action: [H, B] long (discrete) or [H, B, A] float — the actor's *raw* samples
+    reward: [H, B]        predicted reward after the action at t
+    cont:   [H, B]        predicted probability that the episode continues after t
+
+Losses (per state t < H, weighted by w_t = Π_{k<t} c_k so states after a predicted
+termination count less):
+    actor  = −w_t [ log π(a_t|s_t) · sg((R_t − V_t) / S) + η H[π(·|s_t)] ]   (REINFORCE)
+    critic = w_t [ CE(two_hot(symlog R_t), p_ψ(s_t)) + CE(two_hot(symlog V^slow_t), p_ψ(s_t)) ]
+R_t are λ-returns bootstrapped from the slow (EMA) critic, V_t the critic's own value as
+baseline, S = max(1, EMA(p95 − p5)) of the returns.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Categorical, Distribution, Independent, Normal
+
+from reverie.behavior.returns import ReturnNormalizer, lambda_returns
+from reverie.nets.math import symexp, symlog, symlog_bins, two_hot_loss, two_hot_mean
+from reverie.nets.mlp import MLP
+
+
+@dataclass
+class ActorCriticConfig:
+    """Defaults from Drama/DreamerV3 (actor 3x256, critic 3x512, γ 0.985, λ 0.95)."""
+
+    actor_hidden: int = 256
+    actor_layers: int = 3
+    critic_hidden: int = 512
+    critic_layers: int = 3
+    gamma: float = 0.985
+    lam: float = 0.95
+    entropy: float = 3e-4
+    return_norm_decay: float = 0.99
+    return_norm_low: float = 0.05
+    return_norm_high: float = 0.95
+    slow_critic_fraction: float = 0.02
+    value_bins: int = 255
+    lr_actor: float = 3e-5
+    lr_critic: float = 3e-5
+    grad_clip: float = 100.0
+    adam_eps: float = 1e-5
+    unimix: float = 0.01  # uniform mixture of the discrete policy
+    min_std: float = 0.1  # bounds of the continuous policy's std
+    max_std: float = 1.0
+
+
+class Actor(nn.Module):
+    """π(a | feat): an MLP followed by a categorical or a bounded normal.
+
+    Discrete: categorical with `unimix` of the uniform distribution mixed in (DreamerV3), so
+    every action keeps probability >= unimix / n and log π stays bounded.
+    Continuous: DreamerV3's bounded normal N(tanh(μ), σ), σ = (max−min)·sigmoid(s + 2) + min.
+    Its entropy is analytic (unlike a tanh-squashed Gaussian); samples can leave [−1, 1],
+    so `sample` returns the raw sample (for log π) and the clipped action (for the world
+    model and the environment).
+    """
+
+    def __init__(
+        self,
+        feat_dim: int,
+        action_dim: int,
+        discrete: bool,
+        hidden: int,
+        layers: int,
+        unimix: float = 0.01,
+        min_std: float = 0.1,
+        max_std: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if action_dim <= 0:
+            raise ValueError(f"action_dim must be a positive integer, got {action_dim}")
+        if not 0.0 < min_std <= max_std:
+            raise ValueError(f"need 0 < min_std <= max_std, got {min_std}, {max_std}")
+        self.discrete = discrete
+        self.action_dim = action_dim
+        self.unimix = unimix
+        self.min_std, self.max_std = min_std, max_std
+        out = action_dim if discrete else 2 * action_dim
+        self.net = MLP(feat_dim, out, hidden, layers)
+
+    def dist(self, feat: Tensor) -> Distribution:
+        """feat: [..., F] -> a distribution with batch shape [...]."""
+        x = self.net(feat)
+        if self.discrete:
+            probs = torch.softmax(x, dim=-1)
+            if self.unimix > 0:
+                probs = (1.0 - self.unimix) * probs + self.unimix / self.action_dim
+            return Categorical(probs=probs, validate_args=False)
+        mean, std = x.chunk(2, dim=-1)
+        std = (self.max_std - self.min_std) * torch.sigmoid(std + 2.0) + self.min_std
+        return Independent(Normal(torch.tanh(mean), std, validate_args=False), 1)
+
+    def sample(self, feat: Tensor, explore: bool = True) -> tuple[Tensor, Tensor]:
+        """feat: [..., F] -> (action, raw). Discrete: both [...] long. Continuous: both
+        [..., A]; `action` is `raw` clipped to [−1, 1]. `explore=False` takes the mode."""
+        d = self.dist(feat)
+        if self.discrete:
+            raw = d.sample() if explore else d.probs.argmax(-1)
+            return raw, raw
+        raw = d.sample() if explore else d.mean
+        return raw.clamp(-1.0, 1.0), raw
+
+
+class Critic(nn.Module):
+    """v(feat) as a two-hot distribution over `bins` values uniform in symlog space.
+
+    The output layer starts at zero (uniform probabilities decode to exactly 0), so early
+    imagined returns are not dominated by random value estimates (DreamerV3).
+    """
+
+    def __init__(self, feat_dim: int, hidden: int, layers: int, bins: int = 255) -> None:
+        super().__init__()
+        self.net = MLP(feat_dim, bins, hidden, layers, zero_init=True)
+        self.register_buffer("bins", symlog_bins(bins), persistent=False)
+
+    def forward(self, feat: Tensor) -> Tensor:
+        """feat: [..., F] -> logits [..., bins]."""
+        return self.net(feat)
+
+    def value(self, logits: Tensor) -> Tensor:
+        """logits: [..., bins] -> expected value in reward units: [...]."""
+        return symexp(two_hot_mean(logits, self.bins))
+
+    def loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Two-hot cross-entropy against value targets in reward units: [...]."""
+        return two_hot_loss(logits, symlog(target), self.bins)
+
+
+class ActorCritic(nn.Module):
+    """Actor, critic, slow critic, return normaliser and their optimisers."""
+
+    def __init__(
+        self, feat_dim: int, action_dim: int, discrete: bool, cfg: ActorCriticConfig
+    ) -> None:
+        super().__init__()
+        if not 0.0 < cfg.slow_critic_fraction <= 1.0:
+            raise ValueError(
+                f"slow_critic_fraction must be in (0, 1], got {cfg.slow_critic_fraction}; "
+                "use 0.02"
+            )
+        self.cfg = cfg
+        self.actor = Actor(
+            feat_dim, action_dim, discrete, cfg.actor_hidden, cfg.actor_layers,
+            cfg.unimix, cfg.min_std, cfg.max_std,
+        )
+        self.critic = Critic(feat_dim, cfg.critic_hidden, cfg.critic_layers, cfg.value_bins)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.return_norm = ReturnNormalizer(
+            cfg.return_norm_decay, cfg.return_norm_low, cfg.return_norm_high
+        )
+        self.actor_opt = torch.optim.Adam(
+            self.actor.parameters(), lr=cfg.lr_actor, eps=cfg.adam_eps
+        )
+        self.critic_opt = torch.optim.Adam(
+            self.critic.parameters(), lr=cfg.lr_critic, eps=cfg.adam_eps
+        )
+
+    @torch.no_grad()
+    def update_slow_critic(self) -> None:
+        """ψ_slow ← (1 − f) ψ_slow + f ψ (DreamerV3: f = 0.02 every update)."""
+        f = self.cfg.slow_critic_fraction
+        for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
+            slow.lerp_(fast, f)
+
+    def loss(
+        self, feat: Tensor, action: Tensor, reward: Tensor, cont: Tensor
+    ) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """Actor and critic losses of an imagined trajectory (shapes: module doc).
+
+        Folds this trajectory's returns into the return normaliser first (DreamerV3 does
+        the same), so call it once per update. Returns (actor_loss, critic_loss, metrics).
+        """
+        cfg = self.cfg
+        H = reward.shape[0]
+        if feat.shape[0] != H + 1 or cont.shape[0] != H or action.shape[0] != H:
+            raise ValueError(
+                f"imagined trajectory must be feat [H+1, B, F], action/reward/cont [H, B]; got "
+                f"feat {tuple(feat.shape)}, action {tuple(action.shape)}, "
+                f"reward {tuple(reward.shape)}, cont {tuple(cont.shape)}"
+            )
+        feat = feat.detach()
+        with torch.no_grad():
+            slow_value = self.critic.value(self.slow_critic(feat))  # [H+1, B]
+            ret = lambda_returns(reward.T, cont.T, slow_value.T, cfg.gamma, cfg.lam).T
+            # w_t: probability that state t is still inside the episode (w_0 = 1).
+            weight = torch.cumprod(
+                torch.cat([torch.ones_like(cont[:1]), cont[:-1]], 0), 0
+            )
+            self.return_norm.update(ret)
+            scale = self.return_norm.scale()
+
+        logits = self.critic(feat[:-1])  # [H, B, bins]
+        value = self.critic.value(logits.detach())
+        critic_loss = self.critic.loss(logits, ret) + self.critic.loss(logits, slow_value[:-1])
+        critic_loss = (weight * critic_loss).mean()
+
+        dist = self.actor.dist(feat[:-1])
+        adv = (ret - value) / scale
+        entropy = dist.entropy()
+        actor_loss = -(weight * (dist.log_prob(action) * adv + cfg.entropy * entropy)).mean()
+
+        low, high = self.return_norm.percentiles().tolist()
+        metrics = {
+            "ac/actor_loss": actor_loss.item(),
+            "ac/critic_loss": critic_loss.item(),
+            "ac/entropy": entropy.mean().item(),
+            "ac/advantage": adv.mean().item(),
+            "ac/value": value.mean().item(),
+            "ac/return_scale": scale.item(),
+            "ac/return_low": low,
+            "ac/return_high": high,
+            "imag/return": ret.mean().item(),
+            "imag/reward": reward.mean().item(),
+            "imag/cont": cont.mean().item(),
+        }
+        return actor_loss, critic_loss, metrics
+
+    def update(
+        self, feat: Tensor, action: Tensor, reward: Tensor, cont: Tensor
+    ) -> dict[str, float]:
+        """One actor and one critic step on an imagined trajectory, then the slow critic."""
+        actor_loss, critic_loss, metrics = self.loss(feat, action, reward, cont)
+        self.actor_opt.zero_grad(set_to_none=True)
+        self.critic_opt.zero_grad(set_to_none=True)
+        (actor_loss + critic_loss).backward()  # disjoint parameters: one backward for both
+        clip = self.cfg.grad_clip
+        metrics["ac/actor_grad_norm"] = nn.utils.clip_grad_norm_(
+            self.actor.parameters(), clip).item()
+        metrics["ac/critic_grad_norm"] = nn.utils.clip_grad_norm_(
+            self.critic.parameters(), clip).item()
+        self.actor_opt.step()
+        self.critic_opt.step()
+        self.update_slow_critic()
+        return metrics
+
+    def optim_state_dict(self) -> dict[str, dict]:
+        return {"actor": self.actor_opt.state_dict(), "critic": self.critic_opt.state_dict()}
+
+    def load_optim_state_dict(self, d: dict[str, dict]) -> None:
+        self.actor_opt.load_state_dict(d["actor"])
+        self.critic_opt.load_state_dict(d["critic"])

@@ -1,0 +1,140 @@
+"""User mistakes: each gives one line naming the fix, exit code 2, no traceback, no lost data."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reverie.cli import main
+from reverie.config import build_config, save_config
+from reverie.errors import UserError
+
+FAST = ["--preset", "random", "--no-progress", "--set", "run.eval_episodes=0"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "done"
+    assert main(["train", *FAST, "--steps", "300", "--out", str(run)]) == 0
+    return run
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def corrupt_all(run: Path) -> None:
+    for ckpt in (run / "checkpoints").glob("ckpt-*.pt"):
+        ckpt.write_bytes(b"not a checkpoint")
+
+
+def truncate_all(run: Path) -> None:
+    for ckpt in (run / "checkpoints").glob("ckpt-*.pt"):
+        ckpt.write_bytes(ckpt.read_bytes()[:100])
+
+
+def change_agent(run: Path) -> None:
+    save_config(build_config("cartpole"), run / "config.yaml")  # an imagine-agent config
+
+
+def bad_manifest(run: Path) -> None:
+    (run / "checkpoints" / "manifest.json").write_text("{not json")
+
+
+# (name, argv, expected fragment of the message). "{run}" is a copy of a finished run,
+# "{tmp}" a fresh folder; `prepare` damages the copy first.
+CASES = [
+    ("unknown preset", ["train", "--preset", "cartpoel"], "did you mean 'cartpole'"),
+    ("unknown env id", ["train", *FAST, "--env", "CartPole-v9"], "unknown environment"),
+    ("env typo", ["train", *FAST, "--env", "CartPol-v1"], "did you mean 'CartPole-v1'"),
+    ("unknown backbone", ["train", "--backbone", "mamba3"], "did you mean 'mamba2'"),
+    ("unknown config key", ["train", "--set", "run.stpes=10"], "did you mean 'run.steps'"),
+    ("unknown section", ["train", "--set", "optim.lr=1"], "unknown config key"),
+    ("wrong value type", ["train", "--set", "run.steps=many"], "run.steps"),
+    ("float for int", ["train", "--set", "replay.capacity=1.5"], "replay.capacity"),
+    ("negative steps", ["train", "--steps", "-5"], "must be positive"),
+    ("zero steps", ["train", "--steps", "0"], "must be positive"),
+    ("non-integer seed", ["train", "--seed", "abc"], "whole number"),
+    ("train ratio 0", ["train", "--set", "run.train_ratio=0"], "train_ratio must be > 0"),
+    ("negative prefill", ["train", "--set", "run.prefill=-1"], "prefill"),
+    ("keep 0 checkpoints", ["train", "--set", "run.keep_checkpoints=0"], "keep_checkpoints"),
+    ("unknown sampler", ["train", "--set", "replay.sampler=dsf"], "did you mean 'dfs'"),
+    ("unknown agent", ["train", "--set", "agent=dreamer"], "unknown agent"),
+    ("bad device", ["train", "--set", "run.device=tpu"], "run.device"),
+    ("bad image size", ["train", "--set", "env.image_size=50"], "image_size"),
+    ("set without =", ["train", "--set", "run.steps"], "key=value"),
+    ("unknown flag", ["train", "--stpes", "10"], "unrecognized arguments"),
+    ("unknown command", ["trian"], "invalid choice"),
+    ("image env, vector preset", ["train", "--env", "ALE/Pong-v5", "--steps", "10",
+                                  "--out", "{tmp}/pong"], "use --preset atari100k"),
+    ("unknown minatar game", ["train", *FAST, "--env", "minatar:pacman"], "unknown MinAtar"),
+    ("agent without backbone", ["train", *FAST, "--backbone", "gru"], "takes no backbone"),
+    ("run folder exists", ["train", *FAST, "--out", "{run}"], "already holds a run"),
+    ("resume missing run", ["train", "--resume", "{tmp}/nope"], "no run there"),
+    ("eval missing run", ["eval", "{tmp}/nope"], "no run or checkpoint"),
+    ("watch missing run", ["watch", "{tmp}/nope"], "no run or checkpoint"),
+    ("corrupt checkpoints", ["eval", "{run}"], "corrupt"),
+    ("truncated checkpoints", ["train", "--resume", "{run}"], "corrupt"),
+    ("checkpoint of another agent", ["train", "--resume", "{run}"], "from agent 'random'"),
+    ("damaged manifest", ["eval", "{run}"], "not a valid manifest"),
+    ("checkpoint file is not one", ["eval", "{run}/config.yaml"], "not a reverie checkpoint"),
+    ("unwritable run folder", ["train", *FAST, "--out", "/proc/reverie-run"], "not writable"),
+    ("bad world-model size", ["train", "--set", "imagine.world.d_model=-4"], "d_model"),
+    ("missing extra", ["train", *FAST, "--env", "dmc:walker-walk"], "pip install 'reverie[dmc]'"),
+]
+PREPARE = {
+    "corrupt checkpoints": corrupt_all,
+    "truncated checkpoints": truncate_all,
+    "checkpoint of another agent": change_agent,
+    "damaged manifest": bad_manifest,
+}
+
+
+@pytest.mark.parametrize("name,argv,fragment", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(name, argv, fragment, finished_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # default run folders land in tmp_path/runs
+    run = copy_run(finished_run, tmp_path / "run")
+    if name in PREPARE:
+        PREPARE[name](run)
+    if name == "missing extra":
+        monkeypatch.setitem(sys.modules, "dm_control", None)  # import fails as if absent
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    argv = [a.replace("{run}", str(run)).replace("{tmp}", str(tmp_path)) for a in argv]
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "pong").exists()
+    assert err.startswith("reverie: error: ") and "\n" not in err, err
+    assert "Traceback" not in err
+    assert fragment in err, err
+    if name not in PREPARE:  # no data lost: the finished run is untouched
+        after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+        assert after == before
+
+
+def test_at_least_25_distinct_mistakes():
+    assert len({c[0] for c in CASES}) >= 25
+
+
+KEYS = ["run.steps", "run.train_ratio", "run.prefill", "run.device", "seed", "env.id",
+        "env.image_size", "replay.sampler", "replay.capacity", "imagine.horizon",
+        "imagine.world.backbone", "imagine.world.d_model", "imagine.behavior.gamma",
+        "imagine.batch_size", "nonsense.key", "run", "imagine.world"]
+VALUES = st.one_of(st.integers(-10, 10**6), st.floats(allow_nan=True), st.text(max_size=8),
+                   st.sampled_from(["", "null", "[1,2]", "{a: 1}", "true", "mamba2", "1e-3"]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), max_size=4))
+def test_config_fuzzing_never_tracebacks(pairs):
+    overrides = [f"{k}={v}" for k, v in pairs]
+    try:
+        build_config("cartpole", overrides)
+    except UserError as e:
+        assert "\n" not in str(e)
