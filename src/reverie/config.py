@@ -179,7 +179,13 @@ def build_config(
             _, _, backbone_key = agent_parts(agent)
             if backbone_key is None:
                 raise UserError(f"agent '{agent}' takes no backbone; drop --backbone")
-            OmegaConf.update(cfg, f"{agent}.{backbone_key}", flags["backbone"], merge=False)
+            path = f"{agent}.{backbone_key}"
+            if OmegaConf.select(cfg, path) != flags["backbone"]:
+                # the preset's backbone options belong to the preset's backbone
+                kwargs_path = path + "_kwargs"
+                if OmegaConf.select(cfg, kwargs_path) is not None:
+                    OmegaConf.update(cfg, kwargs_path, {}, merge=False)
+            OmegaConf.update(cfg, path, flags["backbone"], merge=False)
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as e:
         raise _friendly(e, schema) from None

@@ -18,7 +18,9 @@ class DMCEnv(gym.Env):
         from dm_control import suite
 
         if "-" not in name:
-            raise UserError(f"dmc env must be dmc:<domain>-<task> (e.g. dmc:walker-walk), got '{name}'")
+            raise UserError(
+                f"dmc env must be dmc:<domain>-<task> (e.g. dmc:walker-walk), got '{name}'"
+            )
         domain, task = name.split("-", 1)
         domain = {"cup": "ball_in_cup"}.get(domain, domain)
         try:

@@ -38,6 +38,7 @@ def _make_atari(env_id: str, max_episode_frames: int = 108_000) -> gym.Env:
     _require("ale_py", "atari")
     import ale_py
 
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # no banner on stderr
     gym.register_envs(ale_py)
     # Atari100k protocol: frame skip 4 with a max-pool of the last two frames, no sticky
     # actions, up to 30 no-op starts, 64x64 RGB, minimal action set.

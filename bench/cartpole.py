@@ -1,0 +1,208 @@
+"""Sample efficiency on CartPole-v1: reverie's default agent vs Stable-Baselines3 PPO.
+
+Writes bench/results/cartpole.json and bench/results/cartpole.png. Each reverie run is the
+plain `reverie train` command (default preset) with a backbone and seed; its evaluation
+returns (greedy policy, 5 episodes every 1000 env steps) are read from the run's
+metrics.jsonl. PPO uses SB3's defaults and the same evaluation schedule.
+
+    python bench/cartpole.py    # mamba2 x 3 seeds, 4 other backbones x 1 seed, PPO x 3
+    python bench/cartpole.py --backbones mamba2 --seeds 0 1 2 --steps 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+TARGET_RETURN = 450.0
+TARGET_STEPS = 5000
+TARGET_MINUTES = 15.0
+
+
+def read_evals(run: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x]
+    return [(r["step"], r["eval/return"]) for r in rows if "eval/return" in r]
+
+
+def run_reverie(backbone: str, seed: int, steps: int, out: Path, extra: list[str]) -> dict:
+    run = out / f"{backbone}-s{seed}"
+    if (run / "config.yaml").exists():
+        import shutil
+
+        shutil.rmtree(run)
+    cmd = [sys.executable, "-m", "reverie", "train", "--backbone", backbone, "--seed", str(seed),
+           "--steps", str(steps), "--out", str(run), "--no-progress", *extra]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        return {"backbone": backbone, "seed": seed, "error": proc.stderr.strip()[-800:]}
+    evals = read_evals(run)
+    return {"backbone": backbone, "seed": seed, "wall_s": round(wall, 1),
+            "eval_steps": [s for s, _ in evals], "eval_return": [r for _, r in evals]}
+
+
+def run_ppo(seed: int, steps: int, eval_every: int = 1000, episodes: int = 5) -> dict:
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    torch.set_num_threads(1)
+    eval_env = gym.make("CartPole-v1")
+    curve: list[tuple[int, float]] = []
+
+    def evaluate(model) -> float:
+        total = []
+        for i in range(episodes):
+            obs, _ = eval_env.reset(seed=10_000 + 100 * len(curve) + i)
+            done, ret = False, 0.0
+            while not done:
+                action, _ = model.predict(obs, deterministic=True)
+                obs, r, term, trunc, _ = eval_env.step(action)
+                ret += float(r)
+                done = term or trunc
+            total.append(ret)
+        return float(np.mean(total))
+
+    class Every(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps % eval_every == 0:
+                curve.append((self.num_timesteps, evaluate(self.model)))
+            return True
+
+    t0 = time.time()
+    model = PPO("MlpPolicy", "CartPole-v1", seed=seed, verbose=0, device="cpu")
+    model.learn(total_timesteps=steps, callback=Every())
+    return {"backbone": "sb3-ppo", "seed": seed, "wall_s": round(time.time() - t0, 1),
+            "eval_steps": [s for s, _ in curve], "eval_return": [r for _, r in curve]}
+
+
+def at_step(entry: dict, step: int) -> float | None:
+    pairs = [r for s, r in zip(entry.get("eval_steps", []), entry.get("eval_return", []))
+             if s == step]
+    return pairs[0] if pairs else None
+
+
+def summarise(entries: list[dict]) -> dict:
+    out: dict[str, dict] = {}
+    for name in sorted({e["backbone"] for e in entries}):
+        runs = [e for e in entries if e["backbone"] == name and "error" not in e]
+        errors = [e["error"] for e in entries if e["backbone"] == name and "error" in e]
+        row: dict = {"seeds": len(runs), "errors": errors}
+        for step in (1000, 2000, 3000, 4000, 5000, 10000):
+            vals = [v for v in (at_step(e, step) for e in runs) if v is not None]
+            if vals:
+                row[f"return@{step}"] = round(float(np.mean(vals)), 1)
+                row[f"return@{step}_per_seed"] = vals
+        if runs:
+            row["wall_s_mean"] = round(float(np.mean([e["wall_s"] for e in runs])), 1)
+        out[name] = row
+    return out
+
+
+def plot(entries: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = sorted({e["backbone"] for e in entries if "error" not in e})
+    for name in names:
+        runs = [e for e in entries if e["backbone"] == name and "error" not in e]
+        steps = sorted(set.intersection(*[set(e["eval_steps"]) for e in runs]))
+        if not steps:
+            continue
+        vals = np.array([[at_step(e, s) for s in steps] for e in runs], float)
+        mean = vals.mean(0)
+        style = "--" if name == "sb3-ppo" else "-"
+        ax.plot(steps, mean, style, marker="o", ms=3, label=f"{name} (n={len(runs)})")
+        if len(runs) > 1:
+            ax.fill_between(steps, vals.min(0), vals.max(0), alpha=0.15)
+    ax.axhline(TARGET_RETURN, color="gray", lw=0.8, ls=":")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("evaluation return (5 episodes, greedy)")
+    ax.set_title("CartPole-v1: reverie (world model) vs SB3 PPO, 2-core CPU")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbones", nargs="+",
+                   default=["mamba2", "gru", "transformer", "mamba1", "ffm"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--other-seeds", nargs="+", type=int, default=[0],
+                   help="seeds for the backbones other than mamba2")
+    p.add_argument("--steps", type=int, default=TARGET_STEPS)
+    p.add_argument("--ppo-steps", type=int, default=10_000)
+    p.add_argument("--out", default=str(ROOT / "runs" / "bench-cartpole"))
+    p.add_argument("--set", dest="extra", action="append", default=[])
+    p.add_argument("--merge", action="store_true", help="add to an existing cartpole.json")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "cartpole.json"
+    entries: list[dict] = []
+    if args.merge and path.exists():
+        entries = json.loads(path.read_text())["runs"]
+    extra = [x for s in args.extra for x in ("--set", s)]
+    for backbone in args.backbones:
+        seeds = args.seeds if backbone == "mamba2" else args.other_seeds
+        for seed in seeds:
+            entries = [e for e in entries
+                       if not (e["backbone"] == backbone and e["seed"] == seed)]
+            entry = run_reverie(backbone, seed, args.steps, out, extra)
+            print(json.dumps(entry), flush=True)
+            entries.append(entry)
+    if args.ppo_steps:
+        for seed in args.seeds:
+            entries = [e for e in entries if not (e["backbone"] == "sb3-ppo" and e["seed"] == seed)]
+            entry = run_ppo(seed, args.ppo_steps)
+            print(json.dumps(entry), flush=True)
+            entries.append(entry)
+    summary = summarise(entries)
+    m = summary.get("mamba2", {})
+    per_seed = m.get(f"return@{TARGET_STEPS}_per_seed", [])
+    walls = [e["wall_s"] for e in entries if e["backbone"] == "mamba2" and "wall_s" in e]
+    targets = {
+        "mean_return_at_5k_ge_450": bool(per_seed) and float(np.mean(per_seed)) >= TARGET_RETURN,
+        "seeds": len(per_seed),
+        "max_wall_minutes": round(max(walls) / 60, 2) if walls else None,
+        "wall_under_15_min": bool(walls) and max(walls) / 60 <= TARGET_MINUTES,
+    }
+    result = {
+        "benchmark": "cartpole",
+        "machine": {"cpu": platform.processor() or platform.machine(),
+                    "cores": os.cpu_count(), "python": platform.python_version()},
+        "protocol": "reverie train (default preset) --backbone B --seed S --steps N; evaluation "
+                    "= mean return of 5 greedy episodes every 1000 env steps; PPO: SB3 defaults, "
+                    "same evaluation",
+        "targets": targets,
+        "summary": summary,
+        "runs": entries,
+    }
+    path.write_text(json.dumps(result, indent=1))
+    plot(entries, RESULTS / "cartpole.png")
+    print(json.dumps({"targets": targets, "summary": {k: {kk: vv for kk, vv in v.items()
+                                                         if "per_seed" not in kk}
+                                                     for k, v in summary.items()}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

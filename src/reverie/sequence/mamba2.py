@@ -1,0 +1,184 @@
+"""Mamba-2 backbone (Dao & Gu, "Transformers are SSMs", ICML 2024), pure PyTorch.
+
+One block: x + out_proj(gated_rmsnorm(SSD(conv(in_proj(rmsnorm(x)))), z)). The sequence
+mixer is the chunked SSD scan of `ssd.py` (matmuls); `step` is the O(1) recurrence.
+
+    m = build(d_model=512, n_layers=2)          # Drama's world-model backbone
+    y, state = m(x, m.initial_state(B), reset)  # x: [B, T, 512]
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from reverie.sequence.base import Backbone, Block, LayerState
+from reverie.sequence.ssd import ssd_chunked, ssd_step
+
+
+def causal_conv(
+    x: Tensor, weight: Tensor, bias: Tensor, prefix: Tensor, reset: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Depthwise causal conv whose taps never cross an episode reset, and its next prefix.
+
+    x: [B, T, C]; weight: [C, K] (tap K-1 reads the current input); bias: [C];
+    prefix: [B, K-1, C], the K-1 inputs before x. reset: [B, T] bool or None.
+    Returns y: [B, T, C] and the new prefix [B, K-1, C] (zeros before the last reset),
+    which is exactly what `step` gives with the conv state zeroed at each reset.
+    """
+    B, T, C = x.shape
+    K = weight.shape[1]
+    xp = torch.cat([prefix, x], dim=1)  # [B, K-1+T, C]; input s sits at row s + K-1
+    tail = xp[:, T:]
+    if reset is None:
+        # [B, T, C] is the channels-last layout of [B, C, 1, T]: oneDNN's depthwise conv2d
+        # reads and writes it in place of two transposed copies (conv1d returns [B, C, T])
+        y = F.conv2d(xp.transpose(1, 2).unsqueeze(2), weight[:, None, None, :], bias, groups=C)
+        return y.squeeze(2).transpose(1, 2), tail
+    # input s is visible to output t iff s >= the latest reset at or before t; rows
+    # without a reset get -K so that the whole prefix stays visible
+    pos = torch.arange(T, device=x.device).expand(B, T)
+    last = torch.where(reset, pos, torch.full_like(pos, -K)).cummax(dim=1).values
+    y = torch.addcmul(bias, x, weight[:, K - 1])
+    for k in range(1, K):
+        visible = ((pos - k) >= last).unsqueeze(-1).to(x.dtype)
+        y = y + xp[:, K - 1 - k : K - 1 - k + T] * visible * weight[:, K - 1 - k]
+    visible = torch.arange(T - K + 1, T, device=x.device) >= last[:, -1:]  # [B, K-1]
+    return y, tail * visible.unsqueeze(-1).to(x.dtype)
+
+
+def rms_normalize(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """x / sqrt(mean(x²) + eps) over the last dim; the gain is folded into the next Linear.
+
+    One read for the norm (vector_norm) and one pass for the scaling, where the
+    pow/mean/rsqrt/mul chain of `torch.rms_norm` makes four passes on CPU.
+    """
+    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    return x * torch.rsqrt(n.square() / x.shape[-1] + eps)
+
+
+class Mamba2Block(Block):
+    """Residual Mamba-2 block. State: conv [B, K-1, d_inner + 2N], ssm [B, H, P, N]."""
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int,
+        expand: int,
+        head_dim: int,
+        chunk_size: int,
+        d_conv: int,
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+    ) -> None:
+        super().__init__()
+        d_inner = expand * d_model
+        self.d_inner, self.d_state, self.head_dim = d_inner, d_state, head_dim
+        self.n_heads = d_inner // head_dim
+        self.chunk_size, self.d_conv = chunk_size, d_conv
+        self.conv_dim = d_inner + 2 * d_state
+        H = self.n_heads
+
+        self.norm_weight = nn.Parameter(torch.ones(d_model))  # RMSNorm gain before in_proj
+        # order of the projection: [z (d_inner), x (d_inner), B (N), C (N), dt (H)]
+        self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * d_state + H, bias=False)
+        bound = 1.0 / math.sqrt(d_conv)  # nn.Conv1d's default for a depthwise kernel
+        self.conv_weight = nn.Parameter(torch.empty(self.conv_dim, d_conv).uniform_(-bound, bound))
+        self.conv_bias = nn.Parameter(torch.empty(self.conv_dim).uniform_(-bound, bound))
+        # dt = softplus(dt_raw + dt_bias) starts log-uniform in [dt_min, dt_max] (paper init)
+        dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt)
+        self.A_log = nn.Parameter(torch.log(torch.empty(H).uniform_(1.0, 16.0)))
+        self.D = nn.Parameter(torch.ones(H))
+        self.out_norm_weight = nn.Parameter(torch.ones(d_inner))  # gated-RMSNorm gain
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+
+    def initial_state(
+        self, batch_size: int, device: torch.device, dtype: torch.dtype
+    ) -> LayerState:
+        return {
+            "conv": torch.zeros(batch_size, self.d_conv - 1, self.conv_dim, device=device,
+                                dtype=dtype),
+            "ssm": torch.zeros(batch_size, self.n_heads, self.head_dim, self.d_state,
+                               device=device, dtype=dtype),
+        }
+
+    def _input(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """RMSNorm + in_proj: x [..., D] -> z [..., d_inner], xBC [..., conv_dim], dt [..., H]."""
+        w = self.in_proj.weight * self.norm_weight  # the norm's gain, folded into the GEMM
+        zxbcdt = F.linear(rms_normalize(x), w)
+        z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
+        return z, xBC, F.softplus(dt + self.dt_bias)
+
+    def _output(self, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
+        """Gated RMSNorm (norm of y·silu(z), Mamba-2's default) then out_proj, plus residual."""
+        w = self.out_proj.weight * self.out_norm_weight
+        g = rms_normalize(F.silu(z) * y)
+        return torch.addmm(x.flatten(0, -2), g.flatten(0, -2), w.t()).view_as(x)
+
+    def forward(
+        self, x: Tensor, state: LayerState, reset: Tensor | None
+    ) -> tuple[Tensor, LayerState]:
+        """x: [B, T, D] -> [B, T, D]; reset: [B, T] bool or None."""
+        Bt, T, _ = x.shape
+        H, P, N = self.n_heads, self.head_dim, self.d_state
+        z, xBC, dt = self._input(x)
+        conv, new_conv = causal_conv(xBC, self.conv_weight, self.conv_bias, state["conv"], reset)
+        xs, B, C = F.silu(conv).split([self.d_inner, N, N], dim=-1)
+        xs = xs.reshape(Bt, T, H, P)
+        A = -torch.exp(self.A_log)
+        y, h = ssd_chunked(xs, dt, A, B, C, self.chunk_size, state["ssm"], reset, self.D)
+        return self._output(x, y.reshape(Bt, T, self.d_inner), z), {"conv": new_conv, "ssm": h}
+
+    def step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
+        """x: [B, D] -> [B, D], one token."""
+        Bt = x.shape[0]
+        H, P, N = self.n_heads, self.head_dim, self.d_state
+        z, xBC, dt = self._input(x)
+        window = torch.cat([state["conv"], xBC.unsqueeze(1)], dim=1)  # [B, K, conv_dim]
+        conv = torch.einsum("bkc,ck->bc", window, self.conv_weight) + self.conv_bias
+        xs, B, C = F.silu(conv).split([self.d_inner, N, N], dim=-1)
+        xs = xs.reshape(Bt, H, P)
+        A = -torch.exp(self.A_log)
+        y, h = ssd_step(xs, dt, A, B, C, state["ssm"])
+        y = y + xs * self.D[:, None]
+        out = self._output(x, y.reshape(Bt, self.d_inner), z)
+        return out, {"conv": window[:, 1:], "ssm": h}
+
+
+class Mamba2(Backbone):
+    """A stack of Mamba-2 blocks with a final LayerNorm."""
+
+    name = "mamba2"
+
+
+def build(
+    d_model: int,
+    n_layers: int,
+    *,
+    d_state: int = 16,
+    expand: int = 2,
+    head_dim: int = 64,
+    chunk_size: int = 64,
+    d_conv: int = 4,
+) -> Mamba2:
+    """Mamba-2 backbone; defaults are Drama's (d_state 16, expand 2, head_dim 64)."""
+    for key, val in (("d_state", d_state), ("expand", expand), ("head_dim", head_dim),
+                     ("chunk_size", chunk_size), ("d_conv", d_conv)):
+        if not isinstance(val, int) or val <= 0:
+            raise ValueError(f"mamba2 {key} must be a positive integer, got {val!r}")
+    d_inner = expand * d_model
+    if d_inner % head_dim:
+        ok = [p for p in range(1, d_inner + 1) if d_inner % p == 0]
+        raise ValueError(
+            f"mamba2 needs head_dim to divide d_inner = expand*d_model = {d_inner}; got "
+            f"head_dim={head_dim}, use one of {ok}"
+        )
+    blocks = [
+        Mamba2Block(d_model, d_state, expand, head_dim, chunk_size, d_conv)
+        for _ in range(n_layers)
+    ]
+    return Mamba2(d_model, blocks)

@@ -1,0 +1,148 @@
+"""State-space duality (SSD): the chunked scan of Mamba-2 (Dao & Gu, 2024, Sec. 6).
+
+The recurrence, per head h (scalar decay, one group so B and C are shared by all heads):
+
+    h_t = a_t h_{t-1} + dt_t x_t B_tᵀ        h_t: [P, N], a_t = exp(dt_t A_h)
+    y_t = C_t h_t                            (the skip term D x_t is added by the caller)
+
+`ssd_chunked` evaluates it exactly by splitting time into chunks of Q steps: inside a chunk
+the map x -> y is the masked "attention" (C Bᵀ ⊙ L) x with L[i, j] = exp(sum_{j<k<=i} dA_k);
+between chunks only the [P, N] state travels. Everything heavy is a matmul; the Python loop
+runs over chunks (T/Q iterations of a small elementwise update), never over time.
+
+Episode resets never enter the exponent (a log-decay of -inf would make NaN in exp and in
+its gradient); instead they cut the sums through masks that depend on the row only, so
+they are shared by all heads and folded into C Bᵀ.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def segsum(a_cum: Tensor) -> Tensor:
+    """Log of the decay from step j to step i inside a chunk, for i >= j.
+
+    a_cum: [..., Q] inclusive cumulative sum of log-decays (all <= 0).
+    Returns [..., Q, Q] with out[i, j] = a_cum[i] - a_cum[j] (= sum_{j<k<=i} dA_k) for
+    i >= j and 0 above the diagonal. The upper triangle is clamped rather than set to -inf
+    so that exp() and its gradient stay finite; callers mask it out multiplicatively.
+    """
+    return (a_cum.unsqueeze(-1) - a_cum.unsqueeze(-2)).clamp(max=0.0)
+
+
+def reset_masks(
+    reset: Tensor, chunk_size: int, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Which sums a reset cuts, chunk by chunk. reset: [B, T] bool with T a multiple of Q.
+
+    Returns (as float 0/1 masks):
+      same:  [B, c, Q, Q]  no reset in (j, i]      (input j reaches output i in-chunk)
+      tail:  [B, c, Q]     no reset in (j, Q-1]    (input j reaches the chunk-end state)
+      head:  [B, c, Q]     no reset in [0, i]      (the incoming state reaches output i)
+    """
+    B, T = reset.shape
+    seg = reset.view(B, T // chunk_size, chunk_size).to(torch.int32).cumsum(-1)
+    same = seg.unsqueeze(-1) == seg.unsqueeze(-2)
+    tail = seg == seg[..., -1:]
+    head = seg == 0
+    return same.to(dtype), tail.to(dtype), head.to(dtype)
+
+
+def ssd_chunked(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    chunk_size: int,
+    h0: Tensor | None = None,
+    reset: Tensor | None = None,
+    D: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Chunked SSD scan.
+
+    x: [Bt, T, H, P] (may be a strided view); dt: [Bt, T, H] (> 0); A: [H] (< 0);
+    B, C: [Bt, T, N]; h0: [Bt, H, P, N] state before step 0 (None = zeros);
+    reset: [Bt, T] bool or None (True at t: the state is zeroed before step t's input);
+    D: [H] skip weight or None (y_t += D x_t).
+    Returns y: [Bt, T, H, P] (a strided view of a heads-first tensor) and the final
+    state h_T: [Bt, H, P, N].
+    """
+    Bt, T, H, P = x.shape
+    N = B.shape[-1]
+    Q = chunk_size
+    pad = (-T) % Q
+    if pad:
+        # dt = 0 on padding: decay 1 and no input, so the final state passes through intact
+        x = F.pad(x, (0, 0, 0, 0, 0, pad))
+        dt = F.pad(dt, (0, 0, 0, pad))
+        B = F.pad(B, (0, 0, 0, pad))
+        C = F.pad(C, (0, 0, 0, pad))
+        if reset is not None:
+            reset = F.pad(reset, (0, pad))
+    nc = (T + pad) // Q
+    dtype = x.dtype
+
+    # Heads-first chunk layout [Bt, nc, H, Q, .]: the only big copy is x_h (one pass);
+    # dt and the decays are folded into the small [Q, Q] / [Q, N] operands instead of x.
+    x_h = x.reshape(Bt, nc, Q, H, P).transpose(2, 3).contiguous()  # [Bt, nc, H, Q, P]
+    dt_h = dt.reshape(Bt, nc, Q, H).transpose(2, 3)  # [Bt, nc, H, Q]
+    a_cum = (dt_h * A[:, None]).cumsum(-1)  # inclusive log-decay from chunk start, <= 0
+    Bc = B.reshape(Bt, nc, Q, N)
+    Cc = C.reshape(Bt, nc, Q, N)
+    if reset is not None:
+        same, tail, head = reset_masks(reset, Q, dtype)
+
+    # -- intra-chunk: y_i = sum_{j<=i} (C_i·B_j) L[i, j] dt_j x_j, C·Bᵀ shared by heads
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
+    CB = Cc @ Bc.transpose(-1, -2)  # [Bt, nc, Q, Q]
+    CB = CB * (same * causal) if reset is not None else CB.masked_fill(~causal, 0.0)
+    # the skip term D x_i rides on the diagonal (L[i, i] = 1), saving two passes over y
+    diag = None if D is None else D[:, None, None] * torch.eye(Q, dtype=dtype, device=x.device)
+    CBdt = CB.unsqueeze(2) * dt_h.unsqueeze(-2)  # [Bt, nc, H, Q, Q]
+    if diag is not None:
+        CBdt = CBdt + diag
+    M = torch.exp(segsum(a_cum)) * CBdt
+
+    # -- chunk-end states from each chunk's own inputs: S_c = sum_j decay(j->end) dt_j x_j B_jᵀ
+    w_tail = torch.exp(a_cum[..., -1:] - a_cum) * dt_h  # [Bt, nc, H, Q]
+    if reset is not None:
+        w_tail = w_tail * tail.unsqueeze(2)
+    Bw = Bc.unsqueeze(2) * w_tail.unsqueeze(-1)  # [Bt, nc, H, Q, N]
+    S = x_h.transpose(-1, -2) @ Bw  # [Bt, nc, H, P, N]
+
+    # -- pass states between chunks: h_c = decay_c h_{c-1} + S_c (T/Q small updates)
+    chunk_decay = torch.exp(a_cum[..., -1])  # [Bt, nc, H]
+    if reset is not None:
+        chunk_decay = chunk_decay * head[..., -1:]
+    h = x.new_zeros(Bt, H, P, N) if h0 is None else h0
+    h_in = []
+    for decay_c, S_c in zip(chunk_decay.unbind(1), S.unbind(1)):
+        h_in.append(h)
+        h = torch.addcmul(S_c, decay_c[:, :, None, None], h)
+    h_in = torch.stack(h_in, 1)  # [Bt, nc, H, P, N]
+
+    # -- incoming state's contribution exp(a_cum_i) C_i h_inᵀ: one GEMM per chunk over all
+    # heads ([Q, N] @ [N, H*P]); the per-head decay is applied to its output afterwards
+    y_state = (Cc @ h_in.view(Bt, nc, H * P, N).transpose(-1, -2)).view(Bt, nc, Q, H, P)
+    w_head = torch.exp(a_cum)  # [Bt, nc, H, Q]
+    if reset is not None:
+        w_head = w_head * head.unsqueeze(2)
+    y = y_state * w_head.transpose(2, 3).unsqueeze(-1)  # [Bt, nc, Q, H, P], contiguous
+    y.add_((M @ x_h).transpose(2, 3))
+    y = y.view(Bt, nc * Q, H, P)
+    return y[:, :T], h
+
+
+def ssd_step(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, h: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One step of the recurrence. x: [Bt, H, P]; dt: [Bt, H]; A: [H]; B, C: [Bt, N];
+    h: [Bt, H, P, N]. Returns y: [Bt, H, P] and the new state."""
+    a = torch.exp(dt * A)  # [Bt, H]
+    h = a[:, :, None, None] * h + (x * dt.unsqueeze(-1)).unsqueeze(-1) * B[:, None, None, :]
+    y = (h @ C[:, None, :, None]).squeeze(-1)
+    return y, h
