@@ -210,9 +210,10 @@ def causal_conv_masked(
     xp = torch.cat([prefix, x], dim=1)  # [B, T+K-1, C]
     y = x * weight[:, K - 1]
     if reset is not None:
-        # last_reset[t] = index (in x) of the latest reset at or before t, else -1
+        # last[t] = index (in x) of the latest reset at or before t; rows without one get
+        # -K, below every prefix position, so the whole incoming prefix stays visible
         idx = torch.arange(T, device=x.device).expand(B, T)
-        last = torch.where(reset, idx, torch.full_like(idx, -1)).cummax(dim=1).values
+        last = torch.where(reset, idx, torch.full_like(idx, -K)).cummax(dim=1).values
     for k in range(1, K):
         tap = xp[:, K - 1 - k : K - 1 - k + T] * weight[:, K - 1 - k]
         if reset is not None:
@@ -236,7 +237,8 @@ def conv_prefix_update(prefix: Tensor, x: Tensor, reset: Tensor | None) -> Tenso
     if reset is not None:
         # positions of tail in x coordinates: T-Km1 .. T-1; drop those before the last reset
         idx = torch.arange(T, device=x.device).expand(B, T)
-        last = torch.where(reset, idx, torch.full_like(idx, -1)).max(dim=1).values  # [B]
+        # no reset: a sentinel below every prefix position (they reach back to T - Km1)
+        last = torch.where(reset, idx, torch.full_like(idx, -Km1 - 1)).max(dim=1).values
         pos = torch.arange(T - Km1, T, device=x.device)
         visible = pos.unsqueeze(0) >= last.unsqueeze(1)  # [B, Km1]
         tail = tail * visible.unsqueeze(-1).to(x.dtype)
