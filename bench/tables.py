@@ -85,12 +85,55 @@ def backbones_table(results: Path) -> str | None:
     return "\n".join(lines) + "\n" + note + "\n" + "\n".join(targets)
 
 
+def cartpole_table(results: Path) -> str | None:
+    report, _ = load(results, "cartpole")
+    if report is None:
+        return None
+    steps = (1000, 2000, 3000, 4000, 5000, 10000)
+    head = ["agent", "seeds"] + [f"return @{s // 1000}k" for s in steps] + ["wall min/run"]
+    rows = []
+    for name, row in report["summary"].items():
+        label = "SB3 PPO (defaults)" if name == "sb3-ppo" else f"reverie `{name}`"
+        wall = row.get("wall_s_mean")
+        rows.append([label, str(row["seeds"])]
+                    + [_fmt(row.get(f"return@{s}"), ".0f") if row.get(f"return@{s}") is not None
+                       else "–" for s in steps]
+                    + ["–" if wall is None else f"{wall / 60:.1f}"])
+    t = report["targets"]
+    lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
+    verdict = {True: "pass", False: "miss"}
+    lines += ["", _row(["target", "result"]), _row(["---", "---"]),
+              _row([f"mamba2 mean eval return >= 450 at 5k env steps ({t['seeds']} seeds)",
+                    verdict[bool(t["mean_return_at_5k_ge_450"])]]),
+              _row([f"under 15 min per seed (max {t['max_wall_minutes']} min)",
+                    verdict[bool(t["wall_under_15_min"])]])]
+    return "\n".join(lines) + "\n\n" + report["protocol"] + "."
+
+
+def reliability_table(results: Path) -> str | None:
+    rows = []
+    for path in sorted(results.glob("reliability-*.json")):
+        r = json.loads(path.read_text())
+        k, b = r["kills"], r["bad_inputs"]
+        rows.append([f"`{r['agent']}` agent, {r['steps']} steps",
+                     f"{k['survived']} / {k['tried']} ({k['mid_checkpoint_write']} mid-write)",
+                     f"{b['handled']} / {b['tried']}", f"{r['resume_restore_s']:.1f} s",
+                     "identical" if r["deterministic"] else "DIFFERENT"])
+    if not rows:
+        return None
+    head = ["run", "SIGKILLs survived (resumed run == uninterrupted)", "bad inputs handled",
+            "resume restore time", "same seed twice"]
+    return "\n".join([_row(head), _row(["---"] * len(head))] + [_row(x) for x in rows])
+
+
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
 TABLES: dict[str, Callable[[Path], str | None]] = {
     "backbones": backbones_table,
+    "cartpole": cartpole_table,
+    "reliability": reliability_table,
 }
 
 

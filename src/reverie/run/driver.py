@@ -132,10 +132,10 @@ class Trainer:
         self.rng = numpy_generator(int(cfg.seed) + 1)  # prefill actions
         self.count = Counters(next_checkpoint=int(cfg.run.checkpoint_every))
         self.resumed_from: int | None = None
+        self._window: dict[str, list[float]] = {}  # update metrics since the last log row
         if resume_from is not None:
             self._restore(*resume_from)
         self.logger = RunLogger(self.out, resume_step=self.resumed_from)
-        self._window: dict[str, list[float]] = {}
         self._returns: list[float] = []
 
     # -- set-up ----------------------------------------------------------------------------
@@ -181,6 +181,9 @@ class Trainer:
             "driver_rng": generator_state(self.rng),
             "rng": global_rng_state(),
             "env_id": self.cfg.env.id,
+            # update metrics not yet logged: the next log row averages over them too
+            "log_window": {k: torch.tensor(v, dtype=torch.float64)
+                           for k, v in self._window.items()},
         }
 
     def checkpoint(self) -> None:
@@ -218,6 +221,7 @@ class Trainer:
         except ValueError as e:
             raise UserError(f"cannot resume the replay: {e}") from None
         self.count = Counters(**payload["counters"])
+        self._window = {k: v.tolist() for k, v in payload["log_window"].items()}
         set_generator_state(self.rng, payload["driver_rng"])
         set_global_rng_state(payload["rng"])
         self.resumed_from = entry.step
