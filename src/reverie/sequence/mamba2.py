@@ -139,7 +139,10 @@ class Mamba2Block(Block):
         H, P, N = self.n_heads, self.head_dim, self.d_state
         z, xBC, dt = self._input(x)
         window = torch.cat([state["conv"], xBC.unsqueeze(1)], dim=1)  # [B, K, conv_dim]
-        conv = torch.einsum("bkc,ck->bc", window, self.conv_weight) + self.conv_bias
+        # K multiply-adds over [B, conv_dim]: cheaper than einsum's batched-GEMM lowering
+        conv = torch.addcmul(self.conv_bias, window[:, 0], self.conv_weight[:, 0])
+        for k in range(1, self.d_conv):
+            conv = torch.addcmul(conv, window[:, k], self.conv_weight[:, k])
         xs, B, C = F.silu(conv).split([self.d_inner, N, N], dim=-1)
         xs = xs.reshape(Bt, H, P)
         A = -torch.exp(self.A_log)

@@ -72,7 +72,7 @@ def ssd_chunked(
     """
     Bt, T, H, P = x.shape
     N = B.shape[-1]
-    Q = chunk_size
+    Q = min(chunk_size, T)  # short sequences (imagination contexts) need no padding
     pad = (-T) % Q
     if pad:
         # dt = 0 on padding: decay 1 and no input, so the final state passes through intact
@@ -143,8 +143,10 @@ def ssd_step(
     """One step of the recurrence. x: [Bt, H, P]; dt: [Bt, H]; A: [H]; B, C: [Bt, N];
     h: [Bt, H, P, N]. Returns y: [Bt, H, P] and the new state."""
     a = torch.exp(dt * A)  # [Bt, H]
-    # two passes over the [Bt, H, P, N] state (it is large in imagination: 1024 rows)
-    h = torch.addcmul(a[:, :, None, None] * h, (x * dt.unsqueeze(-1)).unsqueeze(-1),
-                      B[:, None, None, :])
-    y = (h @ C[:, None, :, None]).squeeze(-1)
+    xdt = x * dt.unsqueeze(-1)  # [Bt, H, P]
+    # y = C·h_new = a (h C) + (dt x)(B·C): both terms read the old state once, as a
+    # matvec, instead of a third pass over the freshly written [Bt, H, P, N] state
+    y = torch.addcmul(xdt * (B * C).sum(-1)[:, None, None],
+                      a[:, :, None], (h @ C[:, None, :, None]).squeeze(-1))
+    h = torch.addcmul(a[:, :, None, None] * h, xdt.unsqueeze(-1), B[:, None, None, :])
     return y, h

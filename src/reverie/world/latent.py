@@ -223,9 +223,11 @@ class WorldModel(nn.Module):
         (Bengio et al. 2013; DreamerV2 §2).
         """
         probs = torch.softmax(logits, -1)
-        # exponential race: argmin_i E_i / p_i with E_i ~ Exp(1) is distributed as p, and
-        # is one vectorised pass where torch.multinomial loops over the rows
-        idx = (probs / torch.empty_like(probs).exponential_()).argmax(-1, keepdim=True)
+        # inverse-CDF sampling: one uniform per categorical and a compare against the
+        # cumulative probabilities, vectorised where torch.multinomial loops over rows
+        u = torch.rand(probs.shape[:-1] + (1,), dtype=probs.dtype, device=probs.device)
+        below = (probs.cumsum(-1) < u * probs.sum(-1, keepdim=True)).sum(-1, keepdim=True)
+        idx = below.clamp(max=self.classes - 1)
         onehot = torch.zeros_like(probs).scatter_(-1, idx, 1.0)
         # (probs - probs.detach()) is exactly 0 forward, so the value stays an exact one-hot
         return (onehot + (probs - probs.detach())).flatten(-2)
