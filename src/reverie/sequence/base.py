@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 LayerState = dict[str, Tensor]
@@ -195,51 +196,32 @@ def segment_ids(reset: Tensor) -> Tensor:
     return reset.long().cumsum(dim=1)
 
 
-def causal_conv_masked(
-    x: Tensor, weight: Tensor, bias: Tensor | None, prefix: Tensor, reset: Tensor | None
-) -> Tensor:
-    """Depthwise causal conv whose taps never cross an episode reset.
+def causal_conv(
+    x: Tensor, weight: Tensor, bias: Tensor, prefix: Tensor, reset: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Depthwise causal conv whose taps never cross an episode reset, and its next prefix.
 
-    x: [B, T, C]; weight: [C, K]; prefix: [B, K-1, C] (the last K-1 inputs before x,
-    zeros at an episode start); reset: [B, T] bool or None. Returns [B, T, C].
-    Tap k of output t reads input t-k; it is dropped when a reset lies in (t-k, t],
-    which is what zero-initialised conv state after a reset gives in `step`.
+    x: [B, T, C]; weight: [C, K] (tap K-1 reads the current input); bias: [C];
+    prefix: [B, K-1, C], the K-1 inputs before x. reset: [B, T] bool or None.
+    Returns y: [B, T, C] and the new prefix [B, K-1, C] (zeros before the last reset),
+    which is exactly what `step` gives with the conv state zeroed at each reset.
     """
     B, T, C = x.shape
     K = weight.shape[1]
-    xp = torch.cat([prefix, x], dim=1)  # [B, T+K-1, C]
-    y = x * weight[:, K - 1]
-    if reset is not None:
-        # last[t] = index (in x) of the latest reset at or before t; rows without one get
-        # -K, below every prefix position, so the whole incoming prefix stays visible
-        idx = torch.arange(T, device=x.device).expand(B, T)
-        last = torch.where(reset, idx, torch.full_like(idx, -K)).cummax(dim=1).values
+    xp = torch.cat([prefix, x], dim=1)  # [B, K-1+T, C]; input s sits at row s + K-1
+    tail = xp[:, T:]
+    if reset is None:
+        # [B, T, C] is the channels-last layout of [B, C, 1, T]: oneDNN's depthwise conv2d
+        # reads and writes it in place of two transposed copies (conv1d returns [B, C, T])
+        y = F.conv2d(xp.transpose(1, 2).unsqueeze(2), weight[:, None, None, :], bias, groups=C)
+        return y.squeeze(2).transpose(1, 2), tail
+    # input s is visible to output t iff s >= the latest reset at or before t; rows
+    # without a reset get -K so that the whole prefix stays visible
+    pos = torch.arange(T, device=x.device).expand(B, T)
+    last = torch.where(reset, pos, torch.full_like(pos, -K)).cummax(dim=1).values
+    y = torch.addcmul(bias, x, weight[:, K - 1])
     for k in range(1, K):
-        tap = xp[:, K - 1 - k : K - 1 - k + T] * weight[:, K - 1 - k]
-        if reset is not None:
-            # input t-k is visible only if t-k >= last reset position
-            visible = (idx - k) >= last
-            tap = tap * visible.unsqueeze(-1).to(x.dtype)
-        y = y + tap
-    if bias is not None:
-        y = y + bias
-    return y
-
-
-def conv_prefix_update(prefix: Tensor, x: Tensor, reset: Tensor | None) -> Tensor:
-    """The last K-1 inputs after consuming x: [B, T, C], respecting resets (zeros before)."""
-    Km1 = prefix.shape[1]
-    if Km1 == 0:
-        return prefix
-    B, T, C = x.shape
-    xp = torch.cat([prefix, x], dim=1)
-    tail = xp[:, -Km1:]
-    if reset is not None:
-        # positions of tail in x coordinates: T-Km1 .. T-1; drop those before the last reset
-        idx = torch.arange(T, device=x.device).expand(B, T)
-        # no reset: a sentinel below every prefix position (they reach back to T - Km1)
-        last = torch.where(reset, idx, torch.full_like(idx, -Km1 - 1)).max(dim=1).values
-        pos = torch.arange(T - Km1, T, device=x.device)
-        visible = pos.unsqueeze(0) >= last.unsqueeze(1)  # [B, Km1]
-        tail = tail * visible.unsqueeze(-1).to(x.dtype)
-    return tail
+        visible = ((pos - k) >= last).unsqueeze(-1).to(x.dtype)
+        y = y + xp[:, K - 1 - k : K - 1 - k + T] * visible * weight[:, K - 1 - k]
+    visible = torch.arange(T - K + 1, T, device=x.device) >= last[:, -1:]  # [B, K-1]
+    return y, tail * visible.unsqueeze(-1).to(x.dtype)

@@ -18,39 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reverie.sequence.base import Backbone, Block, LayerState
+from reverie.sequence.base import Backbone, Block, LayerState, causal_conv
 from reverie.sequence.selective_scan import selective_scan
-
-
-def causal_conv(
-    x: Tensor, weight: Tensor, bias: Tensor, prefix: Tensor, reset: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """Depthwise causal conv whose taps never cross an episode reset, and its next prefix.
-
-    x: [B, T, C]; weight: [C, K] (tap K-1 reads the current input); bias: [C];
-    prefix: [B, K-1, C], the K-1 inputs before x; reset: [B, T] bool or None.
-    Returns y: [B, T, C] and the new prefix [B, K-1, C] (zeros before the last reset), which
-    is what `step` gives when the conv state is zeroed at each reset.
-    """
-    B, T, _ = x.shape
-    K = weight.shape[1]
-    xp = torch.cat([prefix, x], dim=1)  # [B, K-1+T, C]; input t sits at K-1+t
-    if reset is not None:
-        # padded position of the latest reset at or before each t; rows without one get -1,
-        # below every padded position, so that the whole prefix stays visible
-        pos = torch.arange(K - 1, K - 1 + T, device=x.device).expand(B, T)
-        last = torch.where(reset, pos, torch.full_like(pos, -1)).cummax(dim=1).values
-    y = torch.addcmul(bias, x, weight[:, K - 1])
-    for k in range(K - 1):
-        tap = xp[:, k : k + T]  # padded position k + t, i.e. input t - (K-1-k)
-        if reset is not None:
-            tap = tap * (pos - (K - 1) + k >= last).unsqueeze(-1).to(x.dtype)
-        y = torch.addcmul(y, tap, weight[:, k])
-    tail = xp[:, T:]  # padded positions T .. T+K-2
-    if reset is not None:
-        seen = torch.arange(T, T + K - 1, device=x.device) >= last[:, -1:]  # [B, K-1]
-        tail = tail * seen.unsqueeze(-1).to(x.dtype)
-    return y, tail
 
 
 class Mamba1Block(Block):

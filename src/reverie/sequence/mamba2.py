@@ -15,39 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reverie.sequence.base import Backbone, Block, LayerState
+from reverie.sequence.base import Backbone, Block, LayerState, causal_conv
 from reverie.sequence.ssd import ssd_chunked, ssd_step
-
-
-def causal_conv(
-    x: Tensor, weight: Tensor, bias: Tensor, prefix: Tensor, reset: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """Depthwise causal conv whose taps never cross an episode reset, and its next prefix.
-
-    x: [B, T, C]; weight: [C, K] (tap K-1 reads the current input); bias: [C];
-    prefix: [B, K-1, C], the K-1 inputs before x. reset: [B, T] bool or None.
-    Returns y: [B, T, C] and the new prefix [B, K-1, C] (zeros before the last reset),
-    which is exactly what `step` gives with the conv state zeroed at each reset.
-    """
-    B, T, C = x.shape
-    K = weight.shape[1]
-    xp = torch.cat([prefix, x], dim=1)  # [B, K-1+T, C]; input s sits at row s + K-1
-    tail = xp[:, T:]
-    if reset is None:
-        # [B, T, C] is the channels-last layout of [B, C, 1, T]: oneDNN's depthwise conv2d
-        # reads and writes it in place of two transposed copies (conv1d returns [B, C, T])
-        y = F.conv2d(xp.transpose(1, 2).unsqueeze(2), weight[:, None, None, :], bias, groups=C)
-        return y.squeeze(2).transpose(1, 2), tail
-    # input s is visible to output t iff s >= the latest reset at or before t; rows
-    # without a reset get -K so that the whole prefix stays visible
-    pos = torch.arange(T, device=x.device).expand(B, T)
-    last = torch.where(reset, pos, torch.full_like(pos, -K)).cummax(dim=1).values
-    y = torch.addcmul(bias, x, weight[:, K - 1])
-    for k in range(1, K):
-        visible = ((pos - k) >= last).unsqueeze(-1).to(x.dtype)
-        y = y + xp[:, K - 1 - k : K - 1 - k + T] * visible * weight[:, K - 1 - k]
-    visible = torch.arange(T - K + 1, T, device=x.device) >= last[:, -1:]  # [B, K-1]
-    return y, tail * visible.unsqueeze(-1).to(x.dtype)
 
 
 def rms_normalize(x: Tensor, eps: float = 1e-5) -> Tensor:
