@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from reverie.sequence import make_backbone
-from reverie.sequence.mamba2 import Mamba2Block, build, causal_conv
+from reverie.sequence.base import causal_conv
+from reverie.sequence.mamba2 import Mamba2Block, build
 from reverie.sequence.ssd import reset_masks, segsum, ssd_chunked
 
 
