@@ -24,7 +24,7 @@ class Atari100k(gym.Wrapper):
     def _resize(self, frame: np.ndarray) -> np.ndarray:
         # Box (area) filtering, like cv2.INTER_AREA used by DreamerV3/STORM.
         img = Image.fromarray(frame).resize((self.size, self.size), Image.Resampling.BOX)
-        return np.asarray(img, np.uint8)
+        return np.array(img, np.uint8)  # writable (torch warns on read-only arrays)
 
     def reset(self, *, seed=None, options=None):
         obs, info = self.env.reset(seed=seed, options=options)

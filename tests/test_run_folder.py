@@ -1,0 +1,142 @@
+"""A real (tiny) world-model run end to end: run folder, load/act, eval, watch, NaN guard,
+full disk."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import reverie
+from reverie.cli import main
+from reverie.config import build_config
+from reverie.envs import make_env
+from reverie.errors import UserError
+from reverie.run import checkpoint as ckpt_module
+from reverie.run.checkpoint import CheckpointStore
+from reverie.run.driver import Trainer
+
+TINY = ["imagine.world.d_model=32", "imagine.world.hidden=64", "imagine.world.stoch=8",
+        "imagine.world.classes=8", "imagine.world.backbone_kwargs={}",
+        "imagine.behavior.actor_hidden=32", "imagine.behavior.critic_hidden=32",
+        "imagine.imag_batch=16", "imagine.batch_size=4", "imagine.seq_len=16",
+        "run.train_ratio=16", "run.prefill=100", "run.checkpoint_every=100",
+        "run.eval_every=200", "run.eval_episodes=1", "run.progress=false", "run.threads=1"]
+
+
+def tiny_config(steps: int = 300, backbone: str = "gru", extra: list[str] | None = None):
+    return build_config("cartpole", TINY + (extra or []),
+                        {"backbone": backbone, "steps": steps})
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    summary = Trainer(tiny_config(), out).train()
+    assert summary["env_steps"] == 300
+    return out
+
+
+def test_run_folder_contents(run):
+    for name in ("config.yaml", "metrics.jsonl", "timing.jsonl", "curve.png"):
+        assert (run / name).exists(), name
+    assert list((run / "tb").iterdir()), "TensorBoard events"
+    assert (run / "replay" / "vector.npy").exists()
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "grad_steps" in r]
+    assert logged[-1]["grad_steps"] > 0 and "wm/loss" in logged[-1]
+    assert "imag/return" in logged[-1] and "train_ratio" in logged[-1]
+    assert any("eval/return" in r for r in rows)
+    timing = [json.loads(x) for x in (run / "timing.jsonl").read_text().splitlines()]
+    assert timing[-1]["time/env_steps_per_s"] > 0
+
+
+def test_load_and_act(run):
+    policy = reverie.load(run)
+    env = make_env("CartPole-v1")
+    obs, _ = env.reset(seed=3)
+    action, state = policy.act(obs)
+    assert action in (0, 1)
+    again, _ = policy.act(obs)  # state=None starts a fresh episode: same greedy action
+    assert again == action
+    action2, state = policy.act(obs["vector"], state)  # a bare array works for one key
+    assert action2 in (0, 1)
+    with pytest.raises(UserError, match="shape"):
+        policy.act(np.zeros(5, np.float32))
+
+
+def test_load_a_checkpoint_file(run):
+    entry = CheckpointStore(run / "checkpoints").entries()[0]
+    policy = reverie.load(run / "checkpoints" / entry.file)
+    action, _ = policy.act(make_env("CartPole-v1").reset(seed=0)[0])
+    assert action in (0, 1)
+
+
+def test_eval_and_watch_commands(run, capsys):
+    assert main(["eval", str(run), "--episodes", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["episodes"] == 2 and len(result["returns"]) == 2
+    assert json.loads((run / "eval.json").read_text()) == result
+    assert main(["watch", str(run), "--steps", "20"]) == 0
+    gif = Path(json.loads(capsys.readouterr().out)["gif"][0])
+    assert gif.exists() and gif.read_bytes()[:3] == b"GIF"
+
+
+def test_watch_image_env_writes_real_vs_imagined(tmp_path, capsys):
+    extra = ["env.obs=image", "env.id=ALE/Pong-v5", "imagine.world.cnn_depth=4",
+             "imagine.world.cnn_embed_channels=8", "run.eval_episodes=0", "run.prefill=60",
+             "imagine.context=4"]
+    out = tmp_path / "pong"
+    Trainer(tiny_config(steps=80, extra=extra), out).train()
+    assert main(["watch", str(out), "--steps", "12"]) == 0
+    gifs = [Path(p) for p in json.loads(capsys.readouterr().out)["gif"]]
+    assert len(gifs) == 2 and gifs[1].name.endswith("real-vs-imagined.gif")
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(gifs[1])
+    assert len(frames) == 12 and frames[0].shape[1] > frames[0].shape[0]  # side by side
+
+
+def test_nan_loss_rolls_back_then_stops(tmp_path, monkeypatch):
+    from reverie.agents.imagine import ImagineAgent
+
+    real_update = ImagineAgent.update
+    calls = {"n": 0}
+
+    def flaky(self, replay):
+        calls["n"] += 1
+        metrics = real_update(self, replay)
+        if calls["n"] >= 5:  # from the 5th update on, the world-model loss is NaN
+            metrics["wm/loss"] = float("nan")
+        return metrics
+
+    monkeypatch.setattr(ImagineAgent, "update", flaky)
+    out = tmp_path / "nan"
+    trainer = Trainer(tiny_config(steps=400, extra=["run.max_nan_retries=2"]), out)
+    with pytest.raises(UserError, match=r"non-finite wm/loss=nan at env step \d+"):
+        trainer.train()
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["nan/rollback"] for r in rows if "nan/rollback" in r] == [1, 2]
+    # the last good checkpoint is still there and loads
+    payload, entry, warnings = CheckpointStore(out / "checkpoints").load_latest()
+    assert not warnings and payload["agent_name"] == "imagine"
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    store = CheckpointStore(tmp_path / "ckpt")
+    store.save({"format": 1, "x": 1}, step=10)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_module.os, "fsync", full)
+    with pytest.raises(UserError, match="No space left on device.*previous checkpoint"):
+        store.save({"format": 1, "x": 2}, step=20)
+    monkeypatch.undo()
+    payload, entry, _ = store.load_latest()
+    assert entry.step == 10 and payload["x"] == 1
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "ckpt-0000000010.pt", "manifest.json"]  # no temp file, no half checkpoint
