@@ -18,6 +18,7 @@ import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +154,8 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "runs" / "bench-cartpole"))
     p.add_argument("--set", dest="extra", action="append", default=[])
     p.add_argument("--merge", action="store_true", help="add to an existing cartpole.json")
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -162,12 +165,15 @@ def main() -> None:
     if args.merge and path.exists():
         entries = json.loads(path.read_text())["runs"]
     extra = [x for s in args.extra for x in ("--set", s)]
-    for backbone in args.backbones:
-        seeds = args.seeds if backbone == "mamba2" else args.other_seeds
-        for seed in seeds:
-            entries = [e for e in entries
-                       if not (e["backbone"] == backbone and e["seed"] == seed)]
-            entry = run_reverie(backbone, seed, args.steps, out, extra)
+    extra += ["--set", f"run.threads={args.threads}"]
+    jobs = [(b, s) for b in args.backbones
+            for s in (args.seeds if b == "mamba2" else args.other_seeds)]
+    entries = [e for e in entries if (e["backbone"], e["seed"]) not in jobs]
+    # runs are independent processes; --jobs of them share the machine's cores
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(run_reverie, b, s, args.steps, out, extra) for b, s in jobs]
+        for future in as_completed(futures):
+            entry = future.result()
             print(json.dumps(entry), flush=True)
             entries.append(entry)
     if args.ppo_steps:
@@ -192,7 +198,8 @@ def main() -> None:
                     "cores": os.cpu_count(), "python": platform.python_version()},
         "protocol": "reverie train (default preset) --backbone B --seed S --steps N; evaluation "
                     "= mean return of 5 greedy episodes every 1000 env steps; PPO: SB3 defaults, "
-                    "same evaluation",
+                    f"same evaluation; {args.jobs} runs in parallel with {args.threads} torch "
+                    "thread(s) each",
         "targets": targets,
         "summary": summary,
         "runs": entries,

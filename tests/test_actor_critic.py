@@ -9,16 +9,6 @@ import torch
 from reverie.behavior.returns import ReturnNormalizer, lambda_returns
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These nets are tiny: with several busy cores, intra-op thread hand-offs cost more
-    # than the maths (measured 0.2 s vs 6 ms per update), so run single-threaded.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # -- λ-returns -----------------------------------------------------------------------------
 def test_lambda_returns_hand_computed():
     # H = 3, one row; γ = 0.5, λ = 0.5, continuation 1, 1, 0.5.

@@ -18,13 +18,6 @@ OBS_SPEC = {"vector": ((5,), "float32")}
 SPACES = {"discrete": spaces.Discrete(3), "continuous": spaces.Box(-1.0, 1.0, (2,), np.float32)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny nets: intra-op threading costs more than it saves on a busy 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class FakeReplay:

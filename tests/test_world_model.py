@@ -20,13 +20,6 @@ IMG = {"image": ((64, 64, 3), "uint8")}
 DICT = {"image": ((64, 64, 3), "uint8"), "vector": ((2, 3), "float32")}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and do not fight other processes for cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_cfg(backbone: str = "gru", **over) -> WorldModelConfig:
