@@ -24,10 +24,21 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -x -q tests
 
-bench: $(STAMP)
+# sheeprl (the DreamerV3 peer of bench/throughput.py) in its own venv, made only by `bench`;
+# torch first, so pip keeps the CPU build (see bench/peers/README.md).
+SHEEPRL := .venv-sheeprl/bin/sheeprl
+
+$(SHEEPRL):
+	$(PY) -m venv .venv-sheeprl
+	.venv-sheeprl/bin/pip install -q torch==2.13.0
+	.venv-sheeprl/bin/pip install -q sheeprl==0.8.4
+
+bench: $(STAMP) $(SHEEPRL)
 	$(BIN)/python bench/backbones.py
 	$(BIN)/python bench/cartpole.py
+	$(BIN)/python bench/dfs.py --reuse-cartpole
 	$(BIN)/python bench/reliability.py
+	$(BIN)/python bench/throughput.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

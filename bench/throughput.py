@@ -1,0 +1,508 @@
+"""Training throughput side by side: reverie vs sheeprl's DreamerV3 (XS), CartPole-v1, CPU.
+
+    python bench/throughput.py            # full: 32 timed updates per system
+    python bench/throughput.py --quick    # smoke test: 2 timed updates per system
+
+Both systems train from scratch in one process each, one after the other, on one
+CartPole-v1 env with the same torch thread count, and the number reported is **env steps per
+second while training**: acting, stepping the env, storing and the gradient updates, over a
+window of env steps after learning starts.
+
+Matched settings
+* world-model batch 16 sequences x 64 steps, imagination horizon 15 from 1024 start states
+  (sheeprl imagines from every state of the 16x64 batch; reverie samples 1024 contexts of 8
+  replayed steps, warms its backbone on the first 7 and imagines from the last);
+* one update (world-model step + actor-critic step) every `update_every` env steps:
+  reverie `run.train_ratio` = 16*64 / update_every replayed steps per env step, sheeprl
+  `algo.replay_ratio` = 1 / update_every gradient steps per policy step;
+* `learning_starts` random-action steps before the first update for both;
+* model size: sheeprl XS (dense 256, 1 MLP layer, GRU state 256, 32x32 latents); reverie
+  backbone width 256 (1 layer), 32x32 latents, 1-layer heads, actor and critic 1x256 (their
+  parameter counts equal sheeprl's exactly), and head width `REVERIE_HIDDEN`, chosen so
+  the world model's parameter count matches sheeprl's (sheeprl's heads read [h, z], reverie's
+  Drama-style heads read h, so at equal width reverie's world model would be ~30% smaller);
+* no evaluation / test episodes, no videos, no model checkpoints inside the window.
+
+Timing. Each system's wall clock at given env steps comes from inside its own process:
+reverie's `timing.jsonl` (`time/wall` every `update_every` env steps, taken after that step's
+update); for sheeprl, a gymnasium wrapper (`sheeprl_timed_env`, put in place with
+`env.wrapper._target_`) prints a timestamp at every env step. Throughput is
+(b - a) / (t_b - t_a) over a window of `measure_updates * update_every` env steps that starts
+`warmup_updates` updates after learning starts, aligned so that it holds exactly
+`measure_updates` gradient updates of each system. Start-up, prefill and teardown are out.
+
+Run it on an idle machine. With 2 torch threads on 2 cores, any other busy process makes
+the threads wait on each other at every parallel region: on a shared 2-core machine both
+systems slowed down 5-10x at 2 threads (sheeprl 31 s per update vs 3.7 s at 1 thread),
+so the script warns when the load average is above `BUSY_LOAD` and records it per run;
+`--threads 1` is the fallback when the machine cannot be emptied.
+
+This script runs in reverie's venv; sheeprl runs from its own venv (see bench/peers/README.md;
+`make bench` creates it). Only stdlib, numpy and gymnasium are imported at module level,
+because sheeprl's process imports this module for the timed env wrapper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import gymnasium as gym
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+SHEEPRL_VENV = ROOT / ".venv-sheeprl"
+STEP_TAG = "reverie-bench-step"
+THREADS_TAG = "reverie-bench-threads"
+
+ENV_ID = "CartPole-v1"
+BATCH, SEQ_LEN, HORIZON = 16, 64, 15
+IMAG_STARTS, CONTEXT = BATCH * SEQ_LEN, 8
+SEED = 0
+TARGET = 5.0  # reverie >= 5x sheeprl's env steps/s
+# Head width that makes reverie's world model as large as sheeprl XS's (2.44M parameters on
+# CartPole): reverie's heads read h (256-d), sheeprl's read [h, z] (1280-d).
+REVERIE_HIDDEN = 432
+
+FULL = {"update_every": 16, "learning_starts": 512, "warmup_updates": 2, "measure_updates": 32}
+QUICK = {"update_every": 16, "learning_starts": 128, "warmup_updates": 1, "measure_updates": 2}
+BUSY_LOAD = 0.5  # 1-min load average above which a 2-thread measurement is not trustworthy
+
+REVERIE_MODEL = [
+    "imagine.world.d_model=256", "imagine.world.n_layers=1",
+    "imagine.world.stoch=32", "imagine.world.classes=32",
+    f"imagine.world.hidden={REVERIE_HIDDEN}", "imagine.world.mlp_layers=1",
+    "imagine.behavior.actor_hidden=256", "imagine.behavior.actor_layers=1",
+    "imagine.behavior.critic_hidden=256", "imagine.behavior.critic_layers=1",
+]
+
+DIFFERENCES = [
+    "heads: sheeprl's reward/continue/decoder heads read [h, z] (DreamerV3), reverie's read h "
+    "(reward, continue, prior) or z (decoder) as in Drama/STORM; world-model parameter counts are "
+    f"matched by widening reverie's heads to {REVERIE_HIDDEN} instead of 256",
+    "posterior: sheeprl's reads [h, embed], reverie's reads the embedding alone",
+    "imagination starts: sheeprl uses the 16x64 posterior states of the world-model batch; "
+    f"reverie samples {IMAG_STARTS} separate {CONTEXT}-step contexts and warms its backbone on "
+    f"{CONTEXT - 1} of them (extra no-grad work for reverie)",
+    "sequence model: sheeprl's LayerNorm GRU cell stepped 64 times in Python; reverie's backbone "
+    "(nn.GRU or Mamba-2) over the whole sequence at once",
+    "logging: sheeprl runs with metric.log_level=0 (no metrics, no TensorBoard); reverie writes "
+    "its normal JSONL + TensorBoard rows every update_every env steps",
+    "env: sheeprl steps a 1-env SyncVectorEnv (in-process, same-step autoreset), reverie a plain "
+    "gymnasium env",
+]
+
+
+# -- the timed env sheeprl builds (runs inside sheeprl's process) ------------------------
+class _TimedEnv(gym.Wrapper):
+    """Prints `STEP_TAG <n> <perf_counter>` before the n-th env step."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.steps = 0
+
+    def step(self, action):
+        self.steps += 1
+        print(f"{STEP_TAG} {self.steps} {time.perf_counter():.6f}", flush=True)
+        return self.env.step(action)
+
+
+def sheeprl_timed_env(id: str, **kwargs) -> gym.Env:  # hydra passes `id=`
+    """`gymnasium.make(id, **kwargs)` wrapped in `_TimedEnv`; sheeprl's `env.wrapper._target_`."""
+    import torch
+
+    print(f"{THREADS_TAG} {torch.get_num_threads()}", flush=True)
+    return _TimedEnv(gym.make(id, **kwargs))
+
+
+def sheeprl_param_counts(overrides: list[str]) -> None:
+    """Print sheeprl's parameter counts as JSON; runs in sheeprl's venv (see `_sheeprl_params`)."""
+    from importlib.metadata import version
+
+    import numpy as np
+    from hydra import compose, initialize_config_module
+    from lightning.fabric import Fabric
+    from omegaconf import OmegaConf
+    from sheeprl.algos.dreamer_v3.agent import build_agent
+    from sheeprl.utils.utils import dotdict
+
+    with initialize_config_module(config_module="sheeprl.configs", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    cfg = dotdict(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    env = gym.make(cfg.env.id)
+    obs_space = gym.spaces.Dict({cfg.algo.mlp_keys.encoder[0]: gym.spaces.Box(
+        -np.inf, np.inf, env.observation_space.shape, np.float32)})
+    fabric = Fabric(accelerator="cpu", devices=1)
+    world, actor, critic, _, _ = build_agent(fabric, [int(env.action_space.n)], False, cfg,
+                                             obs_space)
+
+    def count(m) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    parts = {k: count(getattr(world, k)) for k in
+             ("encoder", "rssm", "observation_model", "reward_model", "continue_model")
+             if getattr(world, k, None) is not None}
+    print(json.dumps({"world_model": count(world), "actor": count(actor),
+                      "critic": count(critic), "world_model_parts": parts,
+                      "versions": {p: version(p) for p in ("sheeprl", "torch", "lightning")}}))
+
+
+# -- commands ------------------------------------------------------------------------------
+def window(s: dict) -> tuple[int, int]:
+    """(a, b): env steps bounding the timed window in reverie's counting."""
+    a = s["learning_starts"] + s["warmup_updates"] * s["update_every"]
+    return a, a + s["measure_updates"] * s["update_every"]
+
+
+def sheeprl_overrides(s: dict, threads: int, total: int, tmp: Path | None) -> list[str]:
+    o = [
+        "exp=dreamer_v3", "env=gym", f"env.id={ENV_ID}", "algo=dreamer_v3_XS",
+        "fabric.accelerator=cpu", "fabric.devices=1", f"num_threads={threads}", f"seed={SEED}",
+        "env.num_envs=1", "env.sync_env=True", "env.capture_video=False",
+        "algo.cnn_keys.encoder=[]", "algo.cnn_keys.decoder=[]",
+        "algo.mlp_keys.encoder=[state]", "algo.mlp_keys.decoder=[state]",
+        f"algo.per_rank_batch_size={BATCH}", f"algo.per_rank_sequence_length={SEQ_LEN}",
+        f"algo.horizon={HORIZON}", f"algo.replay_ratio={1 / s['update_every']}",
+        f"algo.learning_starts={s['learning_starts']}", f"algo.total_steps={total}",
+        "algo.run_test=False", f"buffer.size={total}", "buffer.memmap=False",
+        "buffer.checkpoint=False", "checkpoint.every=0", "checkpoint.save_last=False",
+        "metric.log_level=0",
+    ]
+    if tmp is not None:
+        o += ["env.wrapper._target_=throughput.sheeprl_timed_env",
+              f"log_root={tmp / 'logs'}", f"hydra.run.dir={tmp / 'hydra'}"]
+    return o
+
+
+def reverie_overrides(s: dict, threads: int) -> list[str]:
+    return [
+        f"imagine.batch_size={BATCH}", f"imagine.seq_len={SEQ_LEN}",
+        f"imagine.horizon={HORIZON}", f"imagine.imag_batch={IMAG_STARTS}",
+        f"imagine.context={CONTEXT}", f"run.train_ratio={BATCH * SEQ_LEN / s['update_every']}",
+        f"run.prefill={s['learning_starts']}", "run.eval_episodes=0",
+        f"run.threads={threads}", f"run.log_every={s['update_every']}",
+        "run.checkpoint_every=1000000000", "replay.on_disk=false", *REVERIE_MODEL,
+    ]
+
+
+def _env(threads: int, extra_path: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               PYTHONUNBUFFERED="1")
+    if extra_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(extra_path),
+                                                          env.get("PYTHONPATH")]))
+    return env
+
+
+def _run(cmd: list[str], env: dict, cwd: Path, timeout: float) -> dict:
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True,
+                           timeout=timeout)
+        out, rc = p.stdout + p.stderr, p.returncode
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        rc = f"timeout after {timeout:.0f} s"
+    return {"output": out, "rc": rc, "process_wall_s": round(time.perf_counter() - t0, 2),
+            "loadavg_1min_before": round(load0, 2),
+            "loadavg_1min_after": round(os.getloadavg()[0], 2)}
+
+
+def _rate(times: dict[int, float], a: int, b: int) -> float | None:
+    if a not in times or b not in times or times[b] <= times[a]:
+        return None
+    return (b - a) / (times[b] - times[a])
+
+
+def _periods(times: dict[int, float], a: int, b: int, period: int) -> list[float] | None:
+    """Seconds of each `period` env steps (one update each) in the window: the spread shows
+    how steady the machine was."""
+    marks = list(range(a, b + 1, period))
+    if any(m not in times for m in marks):
+        return None
+    return [round(times[m1] - times[m0], 3) for m0, m1 in zip(marks, marks[1:])]
+
+
+def run_sheeprl(s: dict, threads: int, venv: Path, timeout: float) -> dict:
+    a, b = window(s)
+    # sheeprl stamps step n before it acts and trains on it, reverie after: shifting sheeprl's
+    # window by one step puts the same updates (the same k-th ones) inside both windows.
+    a, b = a + 1, b + 1
+    with tempfile.TemporaryDirectory(prefix="bench-sheeprl-") as tmp:
+        overrides = sheeprl_overrides(s, threads, b, Path(tmp))
+        cmd = [str(venv / "bin" / "sheeprl"), *overrides]
+        r = _run(cmd, _env(threads, ROOT / "bench"), Path(tmp), timeout)
+    times, torch_threads = {}, None
+    for line in r["output"].splitlines():
+        if line.startswith(STEP_TAG):
+            _, n, t = line.split()
+            times[int(n)] = float(t)
+        elif line.startswith(THREADS_TAG):
+            torch_threads = int(line.split()[1])
+    result = {
+        "command": shlex.join(["sheeprl", *sheeprl_overrides(s, threads, b, Path("$TMP"))]),
+        "total_env_steps": b, "window_env_steps": [a, b], "torch_threads": torch_threads,
+        "env_steps_per_s": _rate(times, a, b),
+        "seconds_per_update_period": _periods(times, a, b, s["update_every"]),
+        **{k: v for k, v in r.items() if k != "output"},
+    }
+    if result["env_steps_per_s"] is None:
+        result["error"] = r["output"][-3000:]
+    return result
+
+
+def run_reverie(s: dict, threads: int, backbone: str, timeout: float) -> dict:
+    a, b = window(s)
+    exe = Path(sys.executable).parent / "reverie"
+    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "reverie"]
+    with tempfile.TemporaryDirectory(prefix="bench-reverie-") as tmp:
+        out = Path(tmp) / "run"
+        args = ["train", "--backbone", backbone, "--steps", str(b), "--seed", str(SEED),
+                "--no-progress", "--out", str(out)]
+        for o in reverie_overrides(s, threads):
+            args += ["--set", o]
+        r = _run(base + args, _env(threads), ROOT, timeout)
+        times = {}
+        timing = out / "timing.jsonl"
+        if timing.exists():
+            for line in timing.read_text().splitlines():
+                row = json.loads(line)
+                times[int(row["step"])] = float(row["time/wall"])
+    summary = {}
+    for line in reversed(r["output"].splitlines()):
+        if line.startswith("{"):
+            summary = json.loads(line)
+            break
+    result = {
+        "command": shlex.join(["reverie", *args]).replace(str(out), "$TMP/run"),
+        "backbone": backbone, "total_env_steps": b, "window_env_steps": [a, b],
+        "torch_threads": threads, "grad_steps": summary.get("grad_steps"),
+        "env_steps_per_s": _rate(times, a, b),
+        "seconds_per_update_period": _periods(times, a, b, s["update_every"]),
+        **{k: v for k, v in r.items() if k != "output"},
+    }
+    if result["env_steps_per_s"] is None:
+        result["error"] = r["output"][-3000:]
+    return result
+
+
+# -- parameter counts ----------------------------------------------------------------------
+def _sheeprl_params(s: dict, threads: int, venv: Path) -> dict:
+    code = "import sys, throughput; throughput.sheeprl_param_counts(sys.argv[1:])"
+    cmd = [str(venv / "bin" / "python"), "-c", code, *sheeprl_overrides(s, threads, 1000, None)]
+    p = subprocess.run(cmd, env=_env(threads, ROOT / "bench"), cwd=tempfile.gettempdir(),
+                       capture_output=True, text=True, timeout=600)
+    for line in reversed(p.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    return {"error": (p.stdout + p.stderr)[-2000:]}
+
+
+def _reverie_params(s: dict, threads: int, backbone: str) -> dict:
+    import torch
+    from omegaconf import OmegaConf
+
+    from reverie.config import build_config
+    from reverie.envs import make_env, make_obs_spec
+    from reverie.run.driver import build_agent
+
+    cfg = build_config("cartpole", reverie_overrides(s, threads), {"backbone": backbone})
+    env = make_env(cfg.env.id, cfg.env.image_size)
+    agent = build_agent(cfg, make_obs_spec(env.observation_space), env.action_space,
+                        torch.device("cpu"))
+
+    def count(m) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    behavior = agent.behavior
+    return {"world_model": count(agent.world), "actor": count(behavior.actor),
+            "critic": count(behavior.critic),
+            "slow_critic_not_counted": count(behavior.slow_critic),
+            "world_model_parts": agent.world.param_breakdown(),
+            "imagine_config": OmegaConf.to_container(cfg.imagine)}
+
+
+# -- report --------------------------------------------------------------------------------
+def machine_info() -> dict:
+    import torch
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "reverie_torch": torch.__version__,
+            "note": "shared machine: see each run's load averages"}
+
+
+def _fmt(x: float | None, spec: str = ".2f") -> str:
+    return "error" if x is None else format(x, spec)
+
+
+def markdown(report: dict) -> str:
+    s = report["settings"]
+    sheep = report["runs"]["sheeprl"]
+    sps0 = sheep["env_steps_per_s"]
+    rows = ["| system | world-model params | actor + critic params | env steps/s | "
+            "x sheeprl | target >= 5x |", "|---|---:|---:|---:|---:|:---:|"]
+    for name, run in report["runs"].items():
+        p = run.get("params", {})
+        wm = p.get("world_model")
+        ac = (p["actor"] + p["critic"]) if "actor" in p else None
+        ratio = report["ratios"].get(name)
+        target = report["target"].get(name, "")
+        label = "sheeprl DreamerV3 XS" if name == "sheeprl" else f"reverie ({run['backbone']})"
+        rows.append(f"| {label} | {_fmt(wm and wm / 1e6, '.2f')}M | "
+                    f"{_fmt(ac and ac / 1e6, '.2f')}M | {_fmt(run['env_steps_per_s'])} | "
+                    f"{'1.00' if name == 'sheeprl' else _fmt(ratio)} | {target} |")
+    note = (f"CartPole-v1, CPU, {s['torch_threads']} torch threads, batch {BATCH}x{SEQ_LEN}, "
+            f"horizon {HORIZON}, {IMAG_STARTS} imagination starts, one update every "
+            f"{s['update_every']} env steps (train ratio {s['reverie_train_ratio']:g} = sheeprl "
+            f"replay_ratio {s['sheeprl_replay_ratio']:g}), timed over env steps "
+            f"{s['window_env_steps'][0]}-{s['window_env_steps'][1]}"
+            f" ({s['measure_updates']} updates)")
+    if report["smoke"]:
+        note += "; SMOKE RUN (too few updates for a stable number)"
+    if sps0 is None:
+        note += "; sheeprl failed"
+    return "\n".join(rows) + f"\n\n{note}.\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["runs"])
+    labels = ["sheeprl\nDreamerV3 XS" if n == "sheeprl"
+              else f"reverie\n{report['runs'][n]['backbone']}" for n in names]
+    values = [report["runs"][n]["env_steps_per_s"] or 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bars = ax.bar(labels, values, color=["#888888"] + ["#2a7ab9"] * (len(names) - 1))
+    for bar, v in zip(bars, values):
+        ax.annotate(f"{v:.2f}", (bar.get_x() + bar.get_width() / 2, v), ha="center",
+                    va="bottom", fontsize=9)
+    sps0 = report["runs"]["sheeprl"]["env_steps_per_s"]
+    if sps0:
+        ax.axhline(TARGET * sps0, ls="--", color="#c0392b", lw=1,
+                   label=f"target: {TARGET:g}x sheeprl")
+        ax.legend(loc="upper left", fontsize=8)
+    s = report["settings"]
+    title = (f"CartPole-v1 training throughput, CPU ({s['torch_threads']} threads)\n"
+             f"batch {BATCH}x{SEQ_LEN}, horizon {HORIZON}, 1 update / {s['update_every']} "
+             "env steps")
+    if report["smoke"]:
+        title += " [smoke run]"
+    ax.set_title(title, fontsize=9)
+    ax.set_ylabel("env steps / s while training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smoke test: 2 timed updates each")
+    p.add_argument("--backbones", nargs="+", default=["mamba2", "gru"])
+    p.add_argument("--threads", type=int, default=2, help="torch threads of both systems")
+    p.add_argument("--update-every", type=int, default=None,
+                   help="env steps per update (a power of 2); default 16")
+    p.add_argument("--learning-starts", type=int, default=None)
+    p.add_argument("--measure-updates", type=int, default=None)
+    p.add_argument("--sheeprl-venv", type=Path, default=SHEEPRL_VENV)
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args()
+
+    s = dict(QUICK if args.quick else FULL)
+    for key in ("update_every", "learning_starts", "measure_updates"):
+        if getattr(args, key) is not None:
+            s[key] = getattr(args, key)
+    P = s["update_every"]
+    if P < 1 or P & (P - 1):
+        p.error(f"--update-every must be a power of 2 (exact schedules in both), got {P}")
+    if s["learning_starts"] < SEQ_LEN or s["learning_starts"] % P:
+        p.error(f"--learning-starts must be >= {SEQ_LEN} and a multiple of --update-every")
+    if not (args.sheeprl_venv / "bin" / "sheeprl").exists():
+        p.error(f"no sheeprl in {args.sheeprl_venv}; create it with `make bench` "
+                "(see bench/peers/README.md)")
+
+    load = os.getloadavg()[0]
+    if load > BUSY_LOAD:
+        print(f"warning: 1-min load average {load:.2f} > {BUSY_LOAD}: other processes compete "
+              f"for the cores and {args.threads}-thread timings will be slow and noisy",
+              file=sys.stderr, flush=True)
+    t_start = time.perf_counter()
+    a, b = window(s)
+    settings = {
+        "env": ENV_ID, "batch_size": BATCH, "seq_len": SEQ_LEN, "horizon": HORIZON,
+        "imagination_starts": IMAG_STARTS, "reverie_context": CONTEXT,
+        **s, "updates_per_env_step": 1 / P,
+        "reverie_train_ratio": BATCH * SEQ_LEN / P, "sheeprl_replay_ratio": 1 / P,
+        "replayed_steps_per_env_step": BATCH * SEQ_LEN / P,
+        "window_env_steps": [a, b], "torch_threads": args.threads, "seed": SEED,
+        "loadavg_1min_at_start": round(load, 2),
+    }
+    runs: dict[str, dict] = {}
+    print(f"sheeprl: {b + 1} env steps ...", flush=True)
+    runs["sheeprl"] = run_sheeprl(s, args.threads, args.sheeprl_venv, args.timeout)
+    runs["sheeprl"]["params"] = _sheeprl_params(s, args.threads, args.sheeprl_venv)
+    print(f"  {_fmt(runs['sheeprl']['env_steps_per_s'])} env steps/s", flush=True)
+    for bb in args.backbones:
+        print(f"reverie {bb}: {b} env steps ...", flush=True)
+        runs[f"reverie-{bb}"] = run_reverie(s, args.threads, bb, args.timeout)
+        runs[f"reverie-{bb}"]["params"] = _reverie_params(s, args.threads, bb)
+        print(f"  {_fmt(runs[f'reverie-{bb}']['env_steps_per_s'])} env steps/s", flush=True)
+
+    sps0 = runs["sheeprl"]["env_steps_per_s"]
+    ratios, target = {}, {}
+    for name, run in runs.items():
+        if name == "sheeprl":
+            continue
+        x = run["env_steps_per_s"]
+        ratios[name] = None if x is None or not sps0 else round(x / sps0, 3)
+        target[name] = "n/a" if ratios[name] is None else (
+            "pass" if ratios[name] >= TARGET else "miss")
+    report = {
+        "benchmark": "throughput", "smoke": args.quick,
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine_info(), "settings": settings,
+        "timing_method": (
+            "in-process wall clock at env steps a and b of one run per system: reverie's "
+            "timing.jsonl time/wall (logged every update_every env steps after that step's "
+            "update); sheeprl: perf_counter printed by a gymnasium wrapper before every env "
+            "step (env.wrapper._target_=throughput.sheeprl_timed_env), window shifted by +1 "
+            "step so both windows hold the same measure_updates updates; env steps/s = "
+            "(b - a) / (t_b - t_a)"),
+        "target_rule": f"reverie env steps/s >= {TARGET:g}x sheeprl's",
+        "runs": runs, "ratios": ratios, "target": target,
+        "differences": DIFFERENCES,
+    }
+    report["markdown"] = markdown(report)
+    report["total_wall_s"] = round(time.perf_counter() - t_start, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "throughput_quick" if args.quick else "throughput"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, args.out / f"{stem}.png")
+    print(report["markdown"])
+    print(f"wrote {args.out / stem}.json and .png in {report['total_wall_s']:.0f} s")
+    return 0 if all(r["env_steps_per_s"] is not None for r in runs.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
