@@ -4,7 +4,9 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-EXTRAS  ?= dev,minatar,popgym,atari,bench
+EXTRAS  ?= dev,minatar,popgym,atari
+BENCH   := $(VENV)/.installed-bench
+DEMO    := runs/demo
 
 .PHONY: demo test bench lint clean
 
@@ -17,8 +19,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
+# trains the default agent (CartPole-v1, Mamba-2 world model); a second `make demo` resumes or
+# reuses the finished run instead of refusing to overwrite it
 demo: $(STAMP)
-	$(BIN)/reverie train --out runs/demo
+	if [ -f $(DEMO)/config.yaml ]; then $(BIN)/reverie train --resume $(DEMO); \
+	else $(BIN)/reverie train --out $(DEMO); fi
+	$(BIN)/reverie eval $(DEMO) --episodes 5
+	$(BIN)/reverie watch $(DEMO)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
@@ -33,7 +40,11 @@ $(SHEEPRL):
 	.venv-sheeprl/bin/pip install -q torch==2.13.0
 	.venv-sheeprl/bin/pip install -q sheeprl==0.8.4
 
-bench: $(STAMP) $(SHEEPRL)
+$(BENCH): $(STAMP)
+	$(BIN)/pip install -q -e ".[$(EXTRAS),bench]"
+	touch $(BENCH)
+
+bench: $(BENCH) $(SHEEPRL)
 	$(BIN)/python bench/backbones.py
 	$(BIN)/python bench/cartpole.py
 	$(BIN)/python bench/dfs.py --reuse-cartpole
