@@ -7,12 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from gymnasium.spaces import Discrete
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reverie.cli import main
 from reverie.config import build_config, save_config
 from reverie.errors import UserError
+from reverie.run.driver import build_agent
 
 FAST = ["--preset", "random", "--no-progress", "--set", "run.eval_episodes=0"]
 
@@ -87,6 +90,12 @@ CASES = [
     ("unwritable run folder", ["train", *FAST, "--out", "/proc/reverie-run"], "not writable"),
     ("bad world-model size", ["train", "--set", "imagine.world.d_model=-4"], "d_model"),
     ("missing extra", ["train", *FAST, "--env", "dmc:walker-walk"], "pip install 'reverie[dmc]'"),
+    ("negative seed", ["train", "--seed", "-1"], "non-negative"),
+    ("unimix out of range", ["train", "--set", "imagine.world.unimix=1"], "unimix"),
+    ("discount out of range", ["train", "--set", "imagine.behavior.gamma=1.5"], "gamma"),
+    ("atari game typo", ["train", "--preset", "atari100k", "--env", "ALE/Pongg-v5"],
+     "did you mean 'ALE/Pong-v5'"),
+    ("section overridden", ["train", "--set", "run=[]", "--set", "run.steps=3"], "override"),
 ]
 PREPARE = {
     "corrupt checkpoints": corrupt_all,
@@ -135,6 +144,10 @@ VALUES = st.one_of(st.integers(-10, 10**6), st.floats(allow_nan=True), st.text(m
 def test_config_fuzzing_never_tracebacks(pairs):
     overrides = [f"{k}={v}" for k, v in pairs]
     try:
-        build_config("cartpole", overrides)
+        cfg = build_config("cartpole", overrides)
+        # a config that validates must also build its agent, or fail with a UserError
+        # (sizes beyond a few thousand would only measure this machine's memory)
+        if all(not isinstance(v, int) or v <= 4096 for _, v in pairs):
+            build_agent(cfg, {"vector": ((4,), "float32")}, Discrete(2), torch.device("cpu"))
     except UserError as e:
         assert "\n" not in str(e)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -145,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except UserError as e:
         print(f"reverie: error: {e}", file=sys.stderr)
+        return USAGE_EXIT
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+            raise
+        print(f"reverie: error: {e.strerror}: {e.filename or ''}; free disk space or choose a "
+              "writable --out (checkpoints already written are intact)", file=sys.stderr)
         return USAGE_EXIT
     except KeyboardInterrupt:
         print("reverie: interrupted", file=sys.stderr)

@@ -192,13 +192,22 @@ def build_config(
     except yaml.YAMLError as e:
         raise UserError(f"cannot parse an override value ({type(e).__name__}); quote plain "
                         "text values, e.g. --set env.id=CartPole-v1") from None
-    validate(cfg)
+    except (ValueError, TypeError) as e:  # e.g. a section and its key both overridden
+        raise UserError(f"conflicting overrides ({str(e).splitlines()[0]}); set leaf keys "
+                        "such as run.steps=2000") from None
+    try:
+        validate(cfg)
+    except (ValueError, TypeError, AttributeError, KeyError, OmegaConfBaseException) as e:
+        # a section overridden by a value of the wrong kind (e.g. run=[]) lands here
+        raise UserError(f"bad config: {str(e).splitlines()[0]}; see --show-config") from None
     return cfg
 
 
 def validate(cfg: DictConfig) -> None:
     """Checks that types alone cannot express; each failure names the fix."""
     run = cfg.run
+    if cfg.seed < 0:
+        raise UserError(f"seed must be a non-negative integer, got {cfg.seed}")
     if run.steps <= 0:
         raise UserError(f"run.steps must be positive, got {run.steps}; e.g. --steps 5000")
     if run.train_ratio <= 0:
@@ -246,14 +255,22 @@ def to_object(cfg: DictConfig, section: str) -> Any:
 
 
 def save_config(cfg: DictConfig, path: Path) -> None:
-    path.write_text(OmegaConf.to_yaml(cfg))
+    from reverie.run.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), OmegaConf.to_yaml(cfg).encode())
 
 
 def load_run_config(run_dir: Path) -> DictConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise UserError(f"no run at '{run_dir}' (missing config.yaml); check the path")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise UserError(f"{path} is not valid YAML; restore it from the run's first lines in "
+                        "metrics or re-create the run") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a reverie config; point at a run folder")
     agent = str(data.get("agent", "imagine"))
     schema = _schema(agent)
     try:

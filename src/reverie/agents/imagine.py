@@ -63,6 +63,13 @@ def _check(cfg: Any) -> None:
     for name in ("lr_world", "world_grad_clip"):
         if float(getattr(cfg, name)) <= 0:
             raise ValueError(f"imagine.{name} must be positive, got {getattr(cfg, name)}")
+    ranges = (("world.unimix", cfg.world.unimix, 0.0, 1.0, "[0, 1)"),
+              ("behavior.unimix", cfg.behavior.unimix, 0.0, 1.0, "[0, 1)"),
+              ("behavior.gamma", cfg.behavior.gamma, 1e-9, 1.0 + 1e-9, "(0, 1]"),
+              ("behavior.lam", cfg.behavior.lam, 0.0, 1.0 + 1e-9, "[0, 1]"))
+    for name, value, low, high, text in ranges:
+        if not low <= float(value) < high:
+            raise ValueError(f"imagine.{name} must be in {text}, got {value}")
 
 
 def validate_config(cfg: Any) -> None:

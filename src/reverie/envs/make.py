@@ -82,9 +82,9 @@ def _make_gym(env_id: str, render: bool = False) -> gym.Env:
     if env_id.startswith("popgym-"):
         _require("popgym", "popgym")
         import popgym  # noqa: F401  (registers the popgym-* ids)
-    if env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4"):
-        return _make_atari(env_id)
     try:
+        if env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4"):
+            return _make_atari(env_id)
         return gym.make(env_id, render_mode="rgb_array") if render else gym.make(env_id)
     except gym.error.Error as e:
         ids = [k for k in gym.registry if not k.startswith("popgym-")]

@@ -87,8 +87,9 @@ def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
     gif = Path(out) if out else folder / "watch.gif"
     frames, observations, actions = rollout(policy, steps)
     factor = max(1, 256 // max(frames[0].shape[0], 1))
+    # imageio's pillow GIF writer takes the frame duration in milliseconds
     imageio.mimsave(gif, [upscale(f, factor) if factor > 1 else f for f in frames],
-                    duration=1 / fps, loop=0)
+                    duration=1000 / fps, loop=0)
     written = [gif]
     if "image" in policy.obs_spec and hasattr(policy.agent, "world"):
         imagined = imagined_frames(policy, observations, actions)
@@ -96,6 +97,6 @@ def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
         gap = np.full((real.shape[1], 2, 3), 255, np.uint8)
         pairs = [upscale(np.concatenate([r, gap, m], axis=1), 4) for r, m in zip(real, imagined)]
         side = gif.with_name(gif.stem + "-real-vs-imagined.gif")
-        imageio.mimsave(side, pairs, duration=1 / fps, loop=0)
+        imageio.mimsave(side, pairs, duration=1000 / fps, loop=0)
         written.append(side)
     return written

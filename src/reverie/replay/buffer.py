@@ -22,15 +22,18 @@ replay never samples a row the checkpoint does not know about; their number is r
 
 from __future__ import annotations
 
-import difflib
+import errno
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from reverie.replay.dfs import DFSSampler, window
+from reverie.errors import suggest
+from reverie.replay.dfs import PURPOSES, DFSSampler, window
 from reverie.replay.uniform import UniformSampler
+from reverie.rng import generator_state, numpy_generator, set_generator_state
 
 Spec = dict[str, tuple[tuple[int, ...], str]]
 SAMPLERS = {"uniform": UniformSampler, "dfs": DFSSampler}
@@ -42,7 +45,6 @@ OWN_FIELDS: Spec = {
     "_stamp": ((), "int64"),
 }
 RESERVED = (*OWN_FIELDS, "reset", "start")
-PURPOSES = ("train", "imagine")
 
 
 def _parse_spec(spec: Spec) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -95,24 +97,22 @@ def _open_existing(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.me
     return np.lib.format.open_memmap(path, mode="r+")
 
 
-def _rng_to_list(rng: np.random.Generator) -> list[int]:
-    """PCG64 state as 32-bit words: torch.load(weights_only=True) needs plain small values."""
-    s = rng.bit_generator.state
-    words = [
-        (s["state"][key] >> (32 * i)) & 0xFFFFFFFF for key in ("state", "inc") for i in range(4)
-    ]
-    return [*words, int(s["has_uint32"]), int(s["uinteger"])]
-
-
-def _rng_from_list(rng: np.random.Generator, words: list[int]) -> None:
-    words = [int(w) for w in words]
-    state, inc = (sum(words[k * 4 + i] << (32 * i) for i in range(4)) for k in (0, 1))
-    rng.bit_generator.state = {
-        "bit_generator": "PCG64",
-        "state": {"state": state, "inc": inc},
-        "has_uint32": words[8],
-        "uinteger": words[9],
-    }
+def _reserve(path: Path) -> None:
+    """Allocate the file's blocks now: a memory-mapped write to a sparse file on a full disk
+    kills the process with SIGBUS later, where this fails at once with a clear message."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # filesystems without it
+                return
+            raise ValueError(
+                f"cannot reserve {size / 2**20:.0f} MiB for replay file {path} ({e.strerror}); "
+                "free disk space or lower replay.capacity"
+            ) from None
 
 
 class Replay:
@@ -139,8 +139,7 @@ class Replay:
         if not isinstance(capacity, int) or capacity <= 0:
             raise ValueError(f"replay capacity must be a positive integer, got {capacity!r}")
         if sampler not in SAMPLERS:
-            close = difflib.get_close_matches(str(sampler), SAMPLERS, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = suggest(sampler, SAMPLERS)
             raise ValueError(
                 f"unknown replay sampler '{sampler}'{hint}; choose one of: {', '.join(SAMPLERS)}"
             )
@@ -149,7 +148,7 @@ class Replay:
         self.spec = {k: v for k, v in self.fields.items() if k not in OWN_FIELDS}
         self.directory = None if directory is None else Path(directory)
         self.sampler = SAMPLERS[sampler](capacity, **sampler_kwargs)
-        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.rng = numpy_generator(seed)
         self.size = 0
         self.total_added = 0
         self.dropped_on_resume = 0
@@ -183,12 +182,12 @@ class Replay:
                 "reattach them with Replay.open(...) / resume=True, or use an empty directory"
             )
         self.directory.mkdir(parents=True, exist_ok=True)
-        data = {
-            name: np.lib.format.open_memmap(
+        data = {}
+        for name, (shape, dtype) in self.fields.items():
+            data[name] = np.lib.format.open_memmap(
                 paths[name], mode="w+", dtype=dtype, shape=(self.capacity, *shape)
             )
-            for name, (shape, dtype) in self.fields.items()
-        }
+            _reserve(paths[name])
         data["_stamp"][:] = -1
         return data
 
@@ -294,7 +293,7 @@ class Replay:
             "fields": list(self.fields),
             "size": self.size,
             "total_added": self.total_added,
-            "rng": _rng_to_list(self.rng),
+            "rng": generator_state(self.rng),
             "sampler_name": self.sampler.name,
             "sampler": self.sampler.state_dict(),
         }
@@ -330,4 +329,4 @@ class Replay:
         self.total_added, self.size = total, keep
         self.dropped_on_resume = size - keep
         self.sampler.load_state_dict(d["sampler"])
-        _rng_from_list(self.rng, d["rng"])
+        set_generator_state(self.rng, torch.as_tensor(d["rng"]))

@@ -14,6 +14,7 @@ before each checkpoint; rows written after it are simply overwritten again on re
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,17 @@ def build_agent(cfg: DictConfig, obs_spec, action_space: spaces.Space, device: t
         raise UserError(f"bad {cfg.agent} config: {e}") from None
 
 
+def load_agent_state(agent, payload: dict[str, Any], where: str) -> None:
+    """Load a checkpoint's agent state, or say in one line why it does not fit."""
+    try:
+        agent.load_state_dict(payload["agent"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise UserError(
+            f"checkpoint {where} does not fit this run's model ({type(e).__name__}); "
+            "was config.yaml edited after the run started?"
+        ) from None
+
+
 def check_obs_kind(cfg: DictConfig, obs_spec) -> None:
     images = [k for k, (shape, _) in obs_spec.items() if len(shape) == 3]
     if cfg.env.obs == "vector" and images:
@@ -127,8 +139,14 @@ class Trainer:
         self.min_rows = max(int(acfg.get("seq_len", 1)), int(acfg.get("context", 1)))
         self.store = CheckpointStore(self.out / "checkpoints", int(cfg.run.keep_checkpoints))
         resume_from = self._load_checkpoint() if resume else None
+        if not resume:  # the replay is sized once, when the run is created
+            cfg.replay.capacity = int(min(cfg.replay.capacity, cfg.run.steps))
         self._prepare_folder()  # only once env and agent are known to work: no stray runs
         self.replay = self._make_replay()
+        # config last: a folder without config.yaml is not a run, so a failed start leaves
+        # nothing that blocks the next attempt; on resume it records a raised run.steps
+        save_config(self.cfg, self.out / "config.yaml")
+        self._agent_fresh = True  # the agent has not acted yet (prefill is random)
         self.rng = numpy_generator(int(cfg.seed) + 1)  # prefill actions
         self.count = Counters(next_checkpoint=int(cfg.run.checkpoint_every))
         self.resumed_from: int | None = None
@@ -140,7 +158,6 @@ class Trainer:
 
     # -- set-up ----------------------------------------------------------------------------
     def _prepare_folder(self) -> None:
-        cfg_path = self.out / "config.yaml"
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             probe = self.out / ".write-probe"
@@ -150,12 +167,10 @@ class Trainer:
             raise UserError(
                 f"run folder '{self.out}' is not writable ({e.strerror}); choose another --out"
             ) from None
-        if not self.resuming:
-            save_config(self.cfg, cfg_path)
 
     def _make_replay(self) -> Replay:
         rc = self.cfg.replay
-        capacity = int(min(rc.capacity, self.cfg.run.steps))
+        capacity = int(rc.capacity)
         spec = dict(self.obs_spec)
         if isinstance(self.action_space, spaces.Discrete):
             spec["action"] = ((), "int64")
@@ -168,6 +183,8 @@ class Trainer:
                           seed=int(self.cfg.seed), resume=self.resuming and rc.on_disk,
                           **kwargs)
         except ValueError as e:
+            if not self.resuming and directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)  # ours, and half-made
             raise UserError(str(e)) from None
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -209,13 +226,7 @@ class Trainer:
         return payload, entry
 
     def _restore(self, payload: dict[str, Any], entry) -> None:
-        try:
-            self.agent.load_state_dict(payload["agent"])
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise UserError(
-                f"checkpoint {entry.file} does not fit this run's model ({type(e).__name__}); "
-                "was config.yaml edited after the run started?"
-            ) from None
+        load_agent_state(self.agent, payload, entry.file)
         try:
             self.replay.load_state_dict(payload["replay"])
         except ValueError as e:
@@ -238,7 +249,7 @@ class Trainer:
                 "or raise the gradient clip"
             )
         payload, entry, _ = self.store.load_latest()
-        self.agent.load_state_dict(payload["agent"])
+        load_agent_state(self.agent, payload, entry.file)
         self._note(f"{msg}; rolled the agent back to checkpoint step {entry.step}")
         self.logger.metrics(step, {"nan/rollback": self.count.nan_rollbacks, "nan/key": key})
 
@@ -275,6 +286,8 @@ class Trainer:
                 return int(self.rng.integers(self.action_space.n)), state
             return self.rng.uniform(-1, 1, self.action_space.shape).astype(np.float32), state
         with torch.no_grad():
+            # the first policy step after random prefill starts the agent's memory afresh
+            first, self._agent_fresh = first or self._agent_fresh, False
             action, state = self.agent.act(batch_obs(obs), np.array([first]), state, True)
         return action[0], state
 

@@ -30,7 +30,10 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
         if row.get("step", 0) > last_step:
             break
         keep.append(line)
-    path.write_text("".join(k + "\n" for k in keep))
+    from reverie.run.checkpoint import atomic_write_bytes
+
+    # atomic: a kill during the rewrite must not cost the history before the checkpoint
+    atomic_write_bytes(path, "".join(k + "\n" for k in keep).encode())
 
 
 def _clean(value: Any) -> Any:

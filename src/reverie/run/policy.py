@@ -12,7 +12,7 @@ from reverie.config import load_run_config
 from reverie.envs import make_env, make_obs_spec
 from reverie.errors import UserError
 from reverie.run.checkpoint import CheckpointStore, load_file
-from reverie.run.driver import batch_obs, build_agent, evaluate, select_device
+from reverie.run.driver import batch_obs, build_agent, evaluate, load_agent_state, select_device
 
 
 class Policy:
@@ -78,9 +78,5 @@ def load(path: str | Path, device: str = "auto") -> Policy:
     env = make_env(cfg.env.id, cfg.env.image_size)
     obs_spec = make_obs_spec(env.observation_space)
     agent = build_agent(cfg, obs_spec, env.action_space, select_device(device))
-    try:
-        agent.load_state_dict(payload["agent"])
-    except (KeyError, RuntimeError) as e:
-        raise UserError(f"checkpoint does not match the run's model ({type(e).__name__}); "
-                        "was the config edited after training?") from None
+    load_agent_state(agent, payload, str(path))
     return Policy(agent, cfg, obs_spec, cfg.env.id)

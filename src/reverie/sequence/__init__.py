@@ -8,10 +8,10 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from typing import Any
 
+from reverie.errors import suggest
 from reverie.sequence.base import (
     Backbone,
     Block,
@@ -30,8 +30,7 @@ _MODULES = {name: f"reverie.sequence.{name}" for name in BACKBONES}
 def make_backbone(name: str, d_model: int = 256, n_layers: int = 2, **kwargs: Any) -> Backbone:
     """Build a backbone by name; extra keyword arguments go to that backbone."""
     if name not in _MODULES:
-        close = difflib.get_close_matches(str(name), BACKBONES, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = suggest(name, BACKBONES)
         raise ValueError(
             f"unknown backbone '{name}'{hint}; choose one of: {', '.join(BACKBONES)}"
         )
