@@ -134,3 +134,14 @@ def test_world_model_agent_resumes_bit_for_bit(tmp_path):
     r = reverie("train", "--resume", str(killed), "--no-progress")
     assert r.returncode == 0, r.stderr
     assert metrics(killed) == metrics(ref)
+
+
+def test_finished_run_can_be_extended(tmp_path):
+    run = tmp_path / "ext"
+    assert reverie("train", *RANDOM, "--steps", "300", "--out", str(run)).returncode == 0
+    r = reverie("train", "--resume", str(run), "--steps", "600", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["env_steps"] == 600
+    assert "steps: 600" in (run / "config.yaml").read_text()  # a later resume keeps it
+    r = reverie("train", "--resume", str(run), "--no-progress")
+    assert r.returncode == 0 and "already complete at 600" in r.stderr
