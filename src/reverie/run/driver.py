@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,7 +259,7 @@ class Trainer:
         if getattr(self, "progress", None) is not None:
             self.progress.note(text)
         else:
-            print(f"reverie: {text}", flush=True)
+            print(f"reverie: {text}", file=sys.stderr, flush=True)
 
     def _update(self) -> None:
         metrics = self.agent.update(self.replay)
