@@ -126,6 +126,42 @@ def reliability_table(results: Path) -> str | None:
     return "\n".join([_row(head), _row(["---"] * len(head))] + [_row(x) for x in rows])
 
 
+def throughput_table(results: Path) -> str | None:
+    report, quick = load(results, "throughput")
+    if report is None:
+        return None
+    text = report["markdown"]
+    return text + ("\n\n**Smoke-test sizes (--quick), not a real measurement.**" if quick else "")
+
+
+def dfs_table(results: Path) -> str | None:
+    report, _ = load(results, "dfs")
+    if report is None:
+        return None
+    head = ["task", "env steps", "sampler", "seeds", "final eval return (mean)",
+            "mean over all evaluations"]
+    rows = []
+    for task, samplers in report["summary"].items():
+        for sampler, r in samplers.items():
+            rows.append([task, str(r["env_steps"]), sampler, str(r["seeds"]),
+                         f"{r['final_mean']:.1f}", f"{r['auc_mean']:.1f}"])
+    return "\n".join([_row(head), _row(["---"] * len(head))] + [_row(x) for x in rows])
+
+
+def atari_table(results: Path) -> str | None:
+    report, _ = load(results, "atari_smoke")
+    if report is None:
+        return None
+    head = ["run", "env steps", "updates", "s / update", "100k-step protocol (extrapolated)"]
+    row = [f"`{report['command']}`", str(report["env_steps"]), str(report["grad_steps"]),
+           f"{report['seconds_per_update']:.1f}",
+           f"{report['full_protocol_hours_extrapolated']:.0f} h "
+           f"({report['full_protocol_days_extrapolated']:.0f} days)"]
+    note = report.get("conditions", "")
+    return "\n".join([_row(head), _row(["---"] * len(head)), _row(row)]) + (
+        f"\n\n{note}." if note else "")
+
+
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -134,6 +170,9 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "backbones": backbones_table,
     "cartpole": cartpole_table,
     "reliability": reliability_table,
+    "throughput": throughput_table,
+    "dfs": dfs_table,
+    "atari": atari_table,
 }
 
 
