@@ -148,7 +148,9 @@ def main() -> None:
         "benchmark": "reliability",
         "agent": args.agent,
         "steps": args.steps,
-        "kills": {"tried": len(trials), "survived": sum(t["survived"] for t in trials),
+        # a trial whose run finished before the kill landed is not a kill
+        "kills": {"tried": sum(t["killed"] for t in trials),
+                  "survived": sum(t["survived"] for t in trials if t["killed"]),
                   "mid_checkpoint_write": sum("write" in t.get("kill_mode", "") for t in trials),
                   "trials": trials},
         "bad_inputs": bad,

@@ -145,3 +145,15 @@ def test_finished_run_can_be_extended(tmp_path):
     assert "steps: 600" in (run / "config.yaml").read_text()  # a later resume keeps it
     r = reverie("train", "--resume", str(run), "--no-progress")
     assert r.returncode == 0 and "already complete at 600" in r.stderr
+
+
+def test_kill_before_the_first_checkpoint_starts_over(reference, tmp_path):
+    run = tmp_path / "early"
+    r = reverie("train", *RANDOM, "--steps", "2000", "--out", str(run),
+                env={"REVERIE_CRASH_WRITING": "ckpt-0000000000.pt"})
+    assert r.returncode == -signal.SIGKILL
+    assert not CheckpointStore(run / "checkpoints").entries()
+    r = reverie("train", "--resume", str(run), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "starting the run over" in r.stderr
+    assert metrics(run) == metrics(reference)

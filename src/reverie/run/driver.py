@@ -139,6 +139,16 @@ class Trainer:
         self.replayed_per_update = int(acfg.get("batch_size", 1)) * int(acfg.get("seq_len", 1))
         self.min_rows = max(int(acfg.get("seq_len", 1)), int(acfg.get("context", 1)))
         self.store = CheckpointStore(self.out / "checkpoints", int(cfg.run.keep_checkpoints))
+        if resume and not self.store.entries():
+            # killed before its first checkpoint: nothing to keep, so start the run over
+            self._note("no checkpoint yet; starting the run over from step 0")
+            for name in ("replay", "tb", "metrics.jsonl", "timing.jsonl"):
+                target = self.out / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+            self.resuming = resume = False
         resume_from = self._load_checkpoint() if resume else None
         if not resume:  # the replay is sized once, when the run is created
             cfg.replay.capacity = int(min(cfg.replay.capacity, cfg.run.steps))
