@@ -61,7 +61,11 @@ def kill_trial(args_: list[str], run: Path, reference: str, delay: float,
     proc.wait()
     killed = proc.returncode == -signal.SIGKILL
     if not (run / "config.yaml").exists():
-        return {"killed": killed, "survived": False, "note": "killed before the run existed"}
+        # killed during start-up, before the run existed: the user simply runs it again
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        same = r.returncode == 0 and (run / "metrics.jsonl").read_text() == reference
+        return {"killed": killed, "survived": same, "kill_mode": "during start-up (rerun)",
+                "resume_rc": r.returncode, "stderr": r.stderr.strip()[-300:]}
     t0 = time.time()
     r = cli(["train", "--resume", str(run), "--no-progress"])
     resume_wall = time.time() - t0  # restore + the steps left, including those redone

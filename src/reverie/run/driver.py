@@ -169,6 +169,10 @@ class Trainer:
 
     # -- set-up ----------------------------------------------------------------------------
     def _prepare_folder(self) -> None:
+        leftover = self.out / "replay"
+        if not self.resuming and leftover.is_dir() and all(
+                p.suffix == ".npy" for p in leftover.iterdir()):
+            shutil.rmtree(leftover)  # a start killed before config.yaml: not a run yet
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             probe = self.out / ".write-probe"
