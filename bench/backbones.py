@@ -201,6 +201,31 @@ def matmul_peak_flops(n: int, repeats: int = 5) -> float:
     return 2.0 * n**3 / best
 
 
+def best_matmul_peak(sizes: tuple[int, ...] = (1024, 2048, 3072), repeats: int = 10) -> float:
+    """The best GEMM rate over a few sizes: a single size can land on a slow blocking."""
+    return max(matmul_peak_flops(n, repeats) for n in sizes)
+
+
+def repeak(path: Path) -> None:
+    """Re-measure the matmul peak on a quiet machine and rescale the fractions of a result:
+    peak = max(the run's own measurement, this one), both recorded."""
+    report = json.loads(path.read_text())
+    new = best_matmul_peak()
+    peak = max(report["matmul_peak_flops"], new)
+    report["matmul_peak_first_measurement"] = report["matmul_peak_flops"]
+    report["matmul_peak_remeasured"] = new
+    report["matmul_peak_flops"] = peak
+    report["matmul_peak_note"] = ("max of the run's 2048^3 measurement and a re-measurement "
+                                  "(best of 10 at 1024/2048/3072) on the quiet machine after it")
+    for entry in report["models"].values():
+        for r in entry["train"].values():
+            if "train_tokens_per_s" in r:
+                r["fraction_of_peak"] = 3 * r["fwd_flops_per_token"] * r[
+                    "train_tokens_per_s"] / peak
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, path.with_suffix(".png"))
+
+
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -246,6 +271,8 @@ def machine_info(threads: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
+    p.add_argument("--repeak", action="store_true",
+                   help="re-measure the matmul peak and rescale an existing result")
     p.add_argument("--out", default=str(Path(__file__).parent / "results"))
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per measurement")
@@ -261,10 +288,13 @@ def main() -> None:
 
     from reverie.sequence import BACKBONES
 
+    if args.repeak:
+        repeak(Path(args.out) / "backbones.json")
+        return
     cfg = QUICK if args.quick else FULL
     torch.set_num_threads(args.threads)
     models = args.models or [*BACKBONES, *PEERS]
-    peak = matmul_peak_flops(256 if args.quick else 2048)
+    peak = matmul_peak_flops(256) if args.quick else best_matmul_peak()
     results: dict = {}
     for name in models:
         entry: dict = {"train": {}}
