@@ -48,7 +48,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -336,17 +335,11 @@ def _reverie_params(s: dict, threads: int, backbone: str) -> dict:
 def machine_info() -> dict:
     import torch
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "reverie_torch": torch.__version__,
-            "note": "shared machine: see each run's load averages"}
+    from backbones import machine_info as cpu_info  # bench/ is the script's directory
+
+    info = cpu_info(torch.get_num_threads())
+    info["note"] = "shared machine: see each run's load averages"
+    return info
 
 
 def _fmt(x: float | None, spec: str = ".2f") -> str:
