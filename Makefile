@@ -29,7 +29,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -x -q tests
+	$(BIN)/python -m pytest -x tests
 
 # sheeprl (the DreamerV3 peer of bench/throughput.py) in its own venv, made only by `bench`;
 # torch first, so pip keeps the CPU build (see bench/peers/README.md).
