@@ -157,3 +157,19 @@ def test_kill_before_the_first_checkpoint_starts_over(reference, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "starting the run over" in r.stderr
     assert metrics(run) == metrics(reference)
+
+
+def test_a_run_in_use_cannot_be_resumed_twice(reference, tmp_path):
+    import shutil
+
+    from reverie.run.driver import lock_run
+
+    run = tmp_path / "busy"
+    shutil.copytree(reference, run)
+    held = lock_run(run)  # as a still-running training process would hold it
+    try:
+        r = reverie("train", "--resume", str(run), "--no-progress")
+    finally:
+        held.close()
+    assert r.returncode == 2 and "in use by another reverie process" in r.stderr
+    assert metrics(run) == metrics(reference)  # nothing was touched

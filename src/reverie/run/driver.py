@@ -13,6 +13,7 @@ before each checkpoint; rows written after it are simply overwritten again on re
 
 from __future__ import annotations
 
+import fcntl
 import math
 import shutil
 import sys
@@ -89,6 +90,21 @@ def build_agent(cfg: DictConfig, obs_spec, action_space: spaces.Space, device: t
         raise UserError(f"bad {cfg.agent} config: {e}") from None
 
 
+def lock_run(folder: Path):
+    """Hold an exclusive lock on a run folder for this process's lifetime (the kernel drops
+    it when the process dies, even by SIGKILL), so two processes never write one run."""
+    handle = open(Path(folder) / ".lock", "a+")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UserError(
+            f"run folder '{folder}' is in use by another reverie process; stop that process "
+            "(or let it finish) before resuming"
+        ) from None
+    return handle
+
+
 def load_agent_state(agent, payload: dict[str, Any], where: str) -> None:
     """Load a checkpoint's agent state, or say in one line why it does not fit."""
     try:
@@ -126,6 +142,7 @@ class Trainer:
                 f"run folder '{self.out}' already holds a run; continue it with "
                 f"`reverie train --resume {self.out}` or choose another --out"
             )
+        self._lock = lock_run(self.out) if resume else None  # before touching its files
         if cfg.run.threads:
             torch.set_num_threads(int(cfg.run.threads))
         seed_everything(int(cfg.seed))
@@ -178,6 +195,8 @@ class Trainer:
             probe = self.out / ".write-probe"
             probe.write_text("ok")
             probe.unlink()
+            if self._lock is None:
+                self._lock = lock_run(self.out)
         except OSError as e:
             raise UserError(
                 f"run folder '{self.out}' is not writable ({e.strerror}); choose another --out"
