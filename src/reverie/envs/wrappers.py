@@ -70,6 +70,11 @@ class DictObservation(gym.ObservationWrapper):
         return result
 
 
+def image_keys(spec: ObsSpec) -> list[str]:
+    """The image observations of a spec made by `make_obs_spec` (uint8 [H, W, C])."""
+    return [k for k, (shape, dtype) in spec.items() if len(shape) == 3 and dtype == "uint8"]
+
+
 def make_obs_spec(space: spaces.Dict) -> ObsSpec:
     """key -> (shape, dtype name) for replay and the world model's encoders."""
     return {k: (tuple(int(s) for s in v.shape), np.dtype(v.dtype).name)

@@ -10,6 +10,7 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 
+from reverie.envs import image_keys
 from reverie.run.policy import Policy, load
 
 
@@ -91,7 +92,7 @@ def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
     imageio.mimsave(gif, [upscale(f, factor) if factor > 1 else f for f in frames],
                     duration=1000 / fps, loop=0)
     written = [gif]
-    if "image" in policy.obs_spec and hasattr(policy.agent, "world"):
+    if "image" in image_keys(policy.obs_spec) and hasattr(policy.agent, "world"):
         imagined = imagined_frames(policy, observations, actions)
         real = np.stack([o["image"] for o in observations])
         gap = np.full((real.shape[1], 2, 3), 255, np.uint8)

@@ -28,7 +28,7 @@ from gymnasium import spaces
 from omegaconf import DictConfig
 
 from reverie.config import agent_parts, save_config, to_object
-from reverie.envs import make_env, make_obs_spec
+from reverie.envs import image_keys, make_env, make_obs_spec
 from reverie.errors import UserError
 from reverie.replay import Replay
 from reverie.rng import (
@@ -117,7 +117,7 @@ def load_agent_state(agent, payload: dict[str, Any], where: str) -> None:
 
 
 def check_obs_kind(cfg: DictConfig, obs_spec) -> None:
-    images = [k for k, (shape, _) in obs_spec.items() if len(shape) == 3]
+    images = image_keys(obs_spec)
     if cfg.env.obs == "vector" and images:
         raise UserError(
             f"env '{cfg.env.id}' gives image observations but this preset is sized for vectors; "
