@@ -152,8 +152,7 @@ class ImagineAgent:
         backbone_state, h_prev = state
         first_t = torch.as_tensor(np.asarray(first, dtype=bool), device=self.device)
         if first_t.any():
-            backbone_state = self.world.reset_state(backbone_state, first_t)
-            h_prev = h_prev.masked_fill(first_t[:, None], 0.0)
+            backbone_state, h_prev = self._episode_start(backbone_state, h_prev, first_t)
         logits = self.world.encode(self._obs(obs))
         if explore:
             z = self.world.sample(logits)
@@ -162,6 +161,10 @@ class ImagineAgent:
         action, _ = self.behavior.actor.sample(self.world.feat(z, h_prev), explore)
         h, backbone_state = self.world.imagine_step(z, action, backbone_state)
         return action.cpu().numpy(), (backbone_state, h)
+
+    def _episode_start(self, state: State, h_prev: Tensor, mask: Tensor) -> AgentState:
+        """Rows where `mask: [N] bool` start an episode: zero backbone state and h_{t−1}."""
+        return self.world.reset_state(state, mask), h_prev.masked_fill(mask[:, None], 0.0)
 
     # -- learning -----------------------------------------------------------------------
     def _batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -208,9 +211,7 @@ class ImagineAgent:
         else:
             state = world.initial_state(B)
             h_prev = torch.zeros(B, world.deter_dim, device=self.device)
-        start = reset[:, -1]
-        state = world.reset_state(state, start)
-        h_prev = h_prev.masked_fill(start[:, None], 0.0)
+        state, h_prev = self._episode_start(state, h_prev, reset[:, -1])
         z = world.sample(world.encode({k: v[:, -1] for k, v in obs.items()}))
 
         feats, actions, hs = [], [], []

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from reverie.behavior.returns import ReturnNormalizer, lambda_returns
-from reverie.nets.math import symexp, symlog, symlog_bins, two_hot_loss, two_hot_mean
+from reverie.nets.math import symlog, symlog_bins, two_hot_loss, two_hot_value, unimix
 from reverie.nets.mlp import MLP
 
 
@@ -93,10 +93,7 @@ class Actor(nn.Module):
         """feat: [..., F] -> a distribution with batch shape [...]."""
         x = self.net(feat)
         if self.discrete:
-            probs = torch.softmax(x, dim=-1)
-            if self.unimix > 0:
-                probs = (1.0 - self.unimix) * probs + self.unimix / self.action_dim
-            return Categorical(probs=probs, validate_args=False)
+            return Categorical(logits=unimix(x, self.unimix), validate_args=False)
         mean, std = x.chunk(2, dim=-1)
         std = (self.max_std - self.min_std) * torch.sigmoid(std + 2.0) + self.min_std
         return Independent(Normal(torch.tanh(mean), std, validate_args=False), 1)
@@ -130,7 +127,7 @@ class Critic(nn.Module):
 
     def value(self, logits: Tensor) -> Tensor:
         """logits: [..., bins] -> expected value in reward units: [...]."""
-        return symexp(two_hot_mean(logits, self.bins))
+        return two_hot_value(logits, self.bins)
 
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         """Two-hot cross-entropy against value targets in reward units: [...]."""

@@ -84,6 +84,11 @@ def two_hot_loss(logits: Tensor, target: Tensor, bins: Tensor) -> Tensor:
     return -(two_hot(target, bins) * F.log_softmax(logits, dim=-1)).sum(-1)
 
 
+def two_hot_value(logits: Tensor, bins: Tensor) -> Tensor:
+    """The predicted value in original units: symexp of the two-hot mean in symlog space."""
+    return symexp(two_hot_mean(logits, bins))
+
+
 def unimix(logits: Tensor, mix: float) -> Tensor:
     """Mix `mix` of the uniform distribution into softmax(logits) over the last axis.
 

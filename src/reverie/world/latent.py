@@ -46,7 +46,7 @@ from reverie.nets.math import (
     symlog,
     symlog_bins,
     two_hot_loss,
-    two_hot_mean,
+    two_hot_value,
     unimix,
 )
 from reverie.nets.mlp import MLP
@@ -285,7 +285,7 @@ class WorldModel(nn.Module):
 
     def reward(self, h: Tensor) -> Tensor:
         """Expected reward r̂_t = symexp(E[two-hot bins]): h [..., deter_dim] -> [...]."""
-        return symexp(two_hot_mean(self.reward_head(h), self.bins))
+        return two_hot_value(self.reward_head(h), self.bins)
 
     def cont(self, h: Tensor) -> Tensor:
         """P(episode continues after a_t): h [..., deter_dim] -> [...]."""
