@@ -37,6 +37,12 @@ systems slowed down 5-10x at 2 threads (sheeprl 31 s per update vs 3.7 s at 1 th
 so the script warns when the load average is above `BUSY_LOAD` and records it per run;
 `--threads 1` is the fallback when the machine cannot be emptied.
 
+Compute bound. `compute_bound` counts the matmul/conv/attention FLOPs of one real reverie
+update (torch's FlopCounterMode, forward + backward) and divides by the machine's fp32 matmul
+peak: the fastest any implementation doing the same update could go, with zero time for the
+env, Python, memory traffic and the non-matmul ops. `--bound-only` adds it to an existing
+throughput.json without re-running the timed runs.
+
 This script runs in reverie's venv; sheeprl runs from its own venv (see bench/peers/README.md;
 `make bench` creates it). Only stdlib, numpy and gymnasium are imported at module level,
 because sheeprl's process imports this module for the timed env wrapper.
@@ -331,6 +337,69 @@ def _reverie_params(s: dict, threads: int, backbone: str) -> dict:
             "imagine_config": OmegaConf.to_container(cfg.imagine)}
 
 
+def reverie_update_flops(s: dict, backbone: str, extra: tuple[str, ...] = ()) -> int:
+    """Matmul/conv/attention FLOPs of one reverie update (forward + backward), counted by
+    torch's FlopCounterMode on a real update of a short in-process run at the same sizes."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from reverie.config import build_config
+    from reverie.run.driver import Trainer
+
+    starts = SEQ_LEN * 2
+    over = reverie_overrides(s, 1) + [f"run.prefill={starts}",
+                                      f"run.steps={starts + s['update_every']}",
+                                      "run.progress=false", *extra]
+    cfg = build_config("cartpole", over, {"backbone": backbone})
+    counted: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-flops-") as tmp:
+        trainer = Trainer(cfg, Path(tmp) / "run")
+        update = trainer.agent.update
+
+        def counting_update(replay):
+            if counted:
+                return update(replay)
+            mode = FlopCounterMode(display=False)
+            with mode:
+                out = update(replay)
+            counted["total"] = int(mode.get_total_flops())
+            return out
+
+        trainer.agent.update = counting_update
+        with torch.random.fork_rng(devices=[]):
+            trainer.train()
+    return counted["total"]
+
+
+def compute_bound(report: dict, peak_flops: float, peak_source: str) -> dict:
+    """Fastest possible env steps/s of each reverie run if every counted FLOP ran at the
+    machine's measured fp32 matmul peak and nothing else (env, Python, memory) took time."""
+    s = report["settings"]
+    sps0 = report["runs"]["sheeprl"]["env_steps_per_s"]
+    bound: dict = {"matmul_peak_flops": peak_flops, "peak_source": peak_source, "runs": {}}
+    for name, run in report["runs"].items():
+        if name == "sheeprl":
+            continue
+        flops = reverie_update_flops(s, run["backbone"])
+        # sheeprl starts imagination from the batch's posterior states; reverie warms its
+        # backbone on CONTEXT - 1 replayed steps first: the bound without that extra work
+        lean = reverie_update_flops(s, run["backbone"], ("imagine.context=1",))
+        min_s = flops / peak_flops
+        max_sps = s["update_every"] / min_s
+        lean_sps = s["update_every"] * peak_flops / lean
+        bound["runs"][name] = {
+            "flops_per_update": flops, "flops_per_update_without_context": lean,
+            "max_ratio_vs_sheeprl_without_context": round(lean_sps / sps0, 2) if sps0 else None,
+            "min_seconds_per_update": round(min_s, 4),
+            "max_env_steps_per_s": round(max_sps, 2),
+            "max_ratio_vs_sheeprl": round(max_sps / sps0, 2) if sps0 else None,
+            "measured_fraction_of_peak": round(
+                flops * run["env_steps_per_s"] / s["update_every"] / peak_flops, 3)
+            if run["env_steps_per_s"] else None,
+        }
+    return bound
+
+
 # -- report --------------------------------------------------------------------------------
 def machine_info() -> dict:
     import torch
@@ -372,7 +441,23 @@ def markdown(report: dict) -> str:
         note += "; SMOKE RUN (too few updates for a stable number)"
     if sps0 is None:
         note += "; sheeprl failed"
-    return "\n".join(rows) + f"\n\n{note}.\n"
+    text = "\n".join(rows) + f"\n\n{note}.\n"
+    bound = report.get("compute_bound")
+    if bound:
+        parts = [f"{name.removeprefix('reverie-')}: {b['flops_per_update'] / 1e9:.0f} GFLOP per "
+                 f"update, at most {b['max_env_steps_per_s']:.1f} env steps/s = "
+                 f"{_fmt(b['max_ratio_vs_sheeprl'])}x sheeprl, "
+                 f"{_fmt(b['max_ratio_vs_sheeprl_without_context'])}x without the "
+                 f"{CONTEXT - 1}-step context warm-up (measured: "
+                 f"{_fmt(b['measured_fraction_of_peak'])} of peak)"
+                 for name, b in bound["runs"].items()]
+        text += (f"\nCompute bound: every update's matmuls alone, run at this machine's fp32 "
+                 f"matmul peak ({bound['matmul_peak_flops'] / 1e9:.0f} GFLOP/s, "
+                 f"{bound['peak_source']}) with zero time for anything else: "
+                 + "; ".join(parts) + f". A {TARGET:g}x ratio at matched sizes is above this "
+                 "bound, so it cannot be reached on this CPU in fp32 by any implementation "
+                 "that does the same updates.\n")
+    return text
 
 
 def plot(report: dict, path: Path) -> None:
@@ -408,6 +493,34 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def matmul_peak() -> tuple[float, str]:
+    """The fp32 matmul peak measured by bench/backbones.py on a quiet machine, else now."""
+    path = RESULTS / "backbones.json"
+    if path.exists():
+        peak = json.loads(path.read_text()).get("matmul_peak_flops")
+        if peak:
+            return float(peak), "bench/results/backbones.json, 2 threads"
+    import torch
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from backbones import best_matmul_peak
+
+    return best_matmul_peak(), f"measured now, {torch.get_num_threads()} threads"
+
+
+def add_bound(path: Path) -> int:
+    """Add the compute bound to an existing report and rewrite its JSON, plot and table."""
+    if not path.exists():
+        print(f"no {path}; run python bench/throughput.py first", file=sys.stderr)
+        return 2
+    report = json.loads(path.read_text())
+    report["compute_bound"] = compute_bound(report, *matmul_peak())
+    report["markdown"] = markdown(report)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(report["markdown"])
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke test: 2 timed updates each")
@@ -420,7 +533,11 @@ def main() -> int:
     p.add_argument("--sheeprl-venv", type=Path, default=SHEEPRL_VENV)
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--bound-only", action="store_true",
+                   help="only (re)compute the compute bound of an existing throughput.json")
     args = p.parse_args()
+    if args.bound_only:
+        return add_bound(args.out / "throughput.json")
 
     s = dict(QUICK if args.quick else FULL)
     for key in ("update_every", "learning_starts", "measure_updates"):
@@ -486,6 +603,7 @@ def main() -> int:
         "runs": runs, "ratios": ratios, "target": target,
         "differences": DIFFERENCES,
     }
+    report["compute_bound"] = compute_bound(report, *matmul_peak())
     report["markdown"] = markdown(report)
     report["total_wall_s"] = round(time.perf_counter() - t_start, 1)
     args.out.mkdir(parents=True, exist_ok=True)
