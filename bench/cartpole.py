@@ -35,8 +35,40 @@ def read_evals(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["eval/return"]) for r in rows if "eval/return" in r]
 
 
-def run_reverie(backbone: str, seed: int, steps: int, out: Path, extra: list[str]) -> dict:
+def finished_run(run: Path, backbone: str, seed: int, steps: int, extra: list[str]) -> dict | None:
+    """The result of `run` if it is a finished run of exactly this command (the same resolved
+    config, evaluated at `steps`), else None. Runs are deterministic on a CPU with the same
+    thread count, so re-running it would reproduce the same numbers; `--reuse` skips it."""
+    from omegaconf import OmegaConf
+
+    from reverie.config import build_config
+
+    if not (run / "config.yaml").exists() or not (run / "timing.jsonl").exists():
+        return None
+    pairs = dict.fromkeys(("--preset",), "cartpole")  # extra: ["--preset" p] ["--set" x]...
+    sets = [extra[i + 1] for i in range(0, len(extra), 2) if extra[i] == "--set"]
+    pairs.update((extra[i], extra[i + 1]) for i in range(0, len(extra), 2)
+                 if extra[i] == "--preset")
+    want = OmegaConf.to_container(build_config(
+        pairs["--preset"], sets, {"backbone": backbone, "seed": seed, "steps": steps}))
+    have = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
+    for cfg in (want, have):
+        cfg["run"]["progress"] = False  # display only
+        cfg["replay"].pop("capacity", None)  # derived from run.steps when the run is made
+    evals = read_evals(run)
+    if want != have or not evals or evals[-1][0] != steps:
+        return None
+    timing = [json.loads(x) for x in (run / "timing.jsonl").read_text().splitlines() if x]
+    return {"backbone": backbone, "seed": seed, "wall_s": round(timing[-1]["time/wall"], 1),
+            "eval_steps": [s for s, _ in evals], "eval_return": [r for _, r in evals],
+            "reused": True}
+
+
+def run_reverie(backbone: str, seed: int, steps: int, out: Path, extra: list[str],
+                reuse: bool = False) -> dict:
     run = out / f"{backbone}-s{seed}"
+    if reuse and (done := finished_run(run, backbone, seed, steps, extra)) is not None:
+        return done
     if (run / "config.yaml").exists():
         import shutil
 
@@ -156,6 +188,8 @@ def main() -> None:
     p.add_argument("--merge", action="store_true", help="add to an existing cartpole.json")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep finished runs in --out whose resolved config matches")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,7 +205,8 @@ def main() -> None:
     entries = [e for e in entries if (e["backbone"], e["seed"]) not in jobs]
     # runs are independent processes; --jobs of them share the machine's cores
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_reverie, b, s, args.steps, out, extra) for b, s in jobs]
+        futures = [pool.submit(run_reverie, b, s, args.steps, out, extra, args.reuse)
+                   for b, s in jobs]
         for future in as_completed(futures):
             entry = future.result()
             print(json.dumps(entry), flush=True)

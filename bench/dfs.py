@@ -38,6 +38,8 @@ def main() -> None:
     p.add_argument("--reuse-cartpole", action="store_true",
                    help="take the dfs CartPole runs from bench/results/cartpole.json (mamba2)")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench-dfs"))
+    p.add_argument("--reuse", action="store_true",
+                   help="keep finished runs in --out whose resolved config matches")
     args = p.parse_args()
     out = Path(args.out)
     jobs, entries = [], []
@@ -59,7 +61,8 @@ def main() -> None:
     entries.extend(reused)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {
-            pool.submit(run_reverie, "mamba2", seed, steps, out / task / sampler, sets):
+            pool.submit(run_reverie, "mamba2", seed, steps, out / task / sampler, sets,
+                        args.reuse):
                 (task, sampler) for task, sampler, seed, sets, steps in jobs
         }
         for future in as_completed(futures):
@@ -67,8 +70,13 @@ def main() -> None:
             entry = dict(future.result(), task=task, sampler=sampler)
             print(json.dumps(entry), flush=True)
             entries.append(entry)
+    previous = RESULTS / "dfs.json"
+    if previous.exists():  # results of tasks not run now stay in the report
+        entries += [e for e in json.loads(previous.read_text())["runs"]
+                    if e["task"] not in args.tasks]
+    tasks = [t for t in TASKS if any(e["task"] == t for e in entries)]
     summary: dict = {}
-    for task in args.tasks:
+    for task in tasks:
         summary[task] = {}
         for sampler in ("dfs", "uniform"):
             runs = [e for e in entries if e["task"] == task and e["sampler"] == sampler
@@ -85,7 +93,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "dfs.json").write_text(json.dumps(
         {"benchmark": "dfs-vs-uniform", "summary": summary, "runs": entries}, indent=1))
-    plot(entries, args.tasks, RESULTS / "dfs.png")
+    plot(entries, tasks, RESULTS / "dfs.png")
     print(json.dumps(summary, indent=1))
 
 
