@@ -126,6 +126,24 @@ def reliability_table(results: Path) -> str | None:
     return "\n".join([_row(head), _row(["---"] * len(head))] + [_row(x) for x in rows])
 
 
+def cartpole_sweep_table(results: Path) -> str | None:
+    report, _ = load(results, "cartpole_sweep")
+    if report is None:
+        return None
+    head = ["variant (`--set`)", "seeds", "return @5k per seed", "mean @5k",
+            "mean of last 3 evals", "max wall min", "target"]
+    rows = []
+    for r in report["summary"].values():
+        overrides = " ".join(f"`{o}`" for o in r["overrides"]) or "(preset as is)"
+        per_seed = ", ".join(f"{x:.0f}" for x in r["return@5000_per_seed"])
+        target = "pass" if r["meets_target"] else (
+            "miss" if len(r["seeds"]) >= 3 else f"{len(r['seeds'])} seed(s)")
+        rows.append([overrides, " ".join(map(str, r["seeds"])), per_seed,
+                     f"{r['return@5000']:.0f}", f"{r['mean_of_last_3_evals']:.0f}",
+                     f"{r['max_wall_min']:.1f}", target])
+    return "\n".join([_row(head), _row(["---"] * len(head))] + [_row(x) for x in rows])
+
+
 def throughput_table(results: Path) -> str | None:
     report, quick = load(results, "throughput")
     if report is None:
@@ -170,6 +188,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "backbones": backbones_table,
     "cartpole": cartpole_table,
     "reliability": reliability_table,
+    "cartpole_sweep": cartpole_sweep_table,
     "throughput": throughput_table,
     "dfs": dfs_table,
     "atari": atari_table,
