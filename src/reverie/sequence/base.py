@@ -196,6 +196,21 @@ def segment_ids(reset: Tensor) -> Tensor:
     return reset.long().cumsum(dim=1)
 
 
+def causal_conv_step(
+    x: Tensor, weight: Tensor, bias: Tensor, prefix: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One token of `causal_conv`: x [B, C], prefix [B, K-1, C] -> (y [B, C], new prefix).
+
+    K multiply-adds over [B, C] into one fresh buffer: cheaper than a [B, K, C] product and
+    a sum, or einsum's batched-GEMM lowering, at the batch sizes of imagination.
+    """
+    window = torch.cat([prefix, x.unsqueeze(1)], dim=1)  # [B, K, C]
+    y = torch.addcmul(bias, window[:, 0], weight[:, 0])
+    for k in range(1, weight.shape[1]):
+        y.addcmul_(window[:, k], weight[:, k])
+    return y, window[:, 1:]
+
+
 def causal_conv(
     x: Tensor, weight: Tensor, bias: Tensor, prefix: Tensor, reset: Tensor | None
 ) -> tuple[Tensor, Tensor]:

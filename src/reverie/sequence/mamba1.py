@@ -18,7 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reverie.sequence.base import Backbone, Block, LayerState, causal_conv
+from reverie.sequence.base import (
+    Backbone,
+    Block,
+    LayerState,
+    causal_conv,
+    causal_conv_step,
+)
 from reverie.sequence.selective_scan import selective_scan
 
 
@@ -95,14 +101,16 @@ class Mamba1Block(Block):
     def step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
         """x: [B, D] -> ([B, D], new state); one recurrence step (Mamba paper, Alg. 2)."""
         xi, z = self.in_proj(self.norm(x)).chunk(2, dim=-1)
-        window = torch.cat([state["conv"], xi.unsqueeze(1)], dim=1)  # [B, K, d_inner]
-        xc = F.silu((window * self.conv_weight.T).sum(1) + self.conv_bias)
+        xc, new_conv = causal_conv_step(xi, self.conv_weight, self.conv_bias, state["conv"])
+        xc = F.silu(xc)
         dt, Bm, Cm = self._ssm_inputs(xc)
         A = -torch.exp(self.A_log)
-        h = torch.exp(dt.unsqueeze(-1) * A) * state["ssm"] + (dt * xc).unsqueeze(-1) * Bm[:, None]
+        # h = exp(dt A) ⊙ h + (dt x) Bᵀ in one fresh [B, d_inner, N] buffer, updated in place
+        h = torch.exp(dt.unsqueeze(-1) * A).mul_(state["ssm"])
+        h.addcmul_((dt * xc).unsqueeze(-1), Bm[:, None])
         y = (h @ Cm.unsqueeze(-1)).squeeze(-1) + self.D * xc
         y = y * F.silu(z)
-        return x + self.out_proj(y), {"conv": window[:, 1:], "ssm": h}
+        return x + self.out_proj(y), {"conv": new_conv, "ssm": h}
 
 
 class Mamba1(Backbone):

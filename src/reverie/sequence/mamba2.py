@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reverie.sequence.base import Backbone, Block, LayerState, causal_conv
+from reverie.sequence.base import (
+    Backbone,
+    Block,
+    LayerState,
+    causal_conv,
+    causal_conv_step,
+)
 from reverie.sequence.ssd import ssd_chunked, ssd_step
 
 
@@ -107,18 +113,14 @@ class Mamba2Block(Block):
         Bt = x.shape[0]
         H, P, N = self.n_heads, self.head_dim, self.d_state
         z, xBC, dt = self._input(x)
-        window = torch.cat([state["conv"], xBC.unsqueeze(1)], dim=1)  # [B, K, conv_dim]
-        # K multiply-adds over [B, conv_dim]: cheaper than einsum's batched-GEMM lowering
-        conv = torch.addcmul(self.conv_bias, window[:, 0], self.conv_weight[:, 0])
-        for k in range(1, self.d_conv):
-            conv = torch.addcmul(conv, window[:, k], self.conv_weight[:, k])
+        conv, new_conv = causal_conv_step(xBC, self.conv_weight, self.conv_bias, state["conv"])
         xs, B, C = F.silu(conv).split([self.d_inner, N, N], dim=-1)
         xs = xs.reshape(Bt, H, P)
         A = -torch.exp(self.A_log)
         y, h = ssd_step(xs, dt, A, B, C, state["ssm"])
         y = y + xs * self.D[:, None]
         out = self._output(x, y.reshape(Bt, self.d_inner), z)
-        return out, {"conv": window[:, 1:], "ssm": h}
+        return out, {"conv": new_conv, "ssm": h}
 
 
 class Mamba2(Backbone):

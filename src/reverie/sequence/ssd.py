@@ -142,11 +142,16 @@ def ssd_step(
 ) -> tuple[Tensor, Tensor]:
     """One step of the recurrence. x: [Bt, H, P]; dt: [Bt, H]; A: [H]; B, C: [Bt, N];
     h: [Bt, H, P, N]. Returns y: [Bt, H, P] and the new state."""
+    Bt, H, P, N = h.shape
     a = torch.exp(dt * A)  # [Bt, H]
     xdt = x * dt.unsqueeze(-1)  # [Bt, H, P]
-    # y = C·h_new = a (h C) + (dt x)(B·C): both terms read the old state once, as a
-    # matvec, instead of a third pass over the freshly written [Bt, H, P, N] state
-    y = torch.addcmul(xdt * (B * C).sum(-1)[:, None, None],
-                      a[:, :, None], (h @ C[:, None, :, None]).squeeze(-1))
-    h = torch.addcmul(a[:, :, None, None] * h, xdt.unsqueeze(-1), B[:, None, None, :])
+    # y = C·h_new = a (h C) + (dt x)(B·C): both terms read the old state once, as one
+    # [H·P, N] x [N] matvec per row (a batch of Bt, not Bt·H tiny ones), instead of a
+    # third pass over the freshly written [Bt, H, P, N] state
+    hC = torch.bmm(h.reshape(Bt, H * P, N), C.unsqueeze(-1)).view(Bt, H, P)
+    y = torch.addcmul(xdt * (B * C).sum(-1)[:, None, None], a[:, :, None], hC)
+    # one new state tensor, updated in place: a second fresh [Bt, H, P, N] buffer per
+    # step costs more than the arithmetic (page faults on every large allocation)
+    h = h * a[:, :, None, None]
+    h.addcmul_(xdt.unsqueeze(-1), B[:, None, None, :])
     return y, h
