@@ -68,6 +68,8 @@ CASES = [
     ("negative prefill", ["train", "--set", "run.prefill=-1"], "prefill"),
     ("keep 0 checkpoints", ["train", "--set", "run.keep_checkpoints=0"], "keep_checkpoints"),
     ("unknown sampler", ["train", "--set", "replay.sampler=dsf"], "did you mean 'dfs'"),
+    ("unknown optimizer", ["train", "--set", "imagine.world_optimizer=lapro"],
+     "did you mean 'laprop'"),
     ("unknown agent", ["train", "--set", "agent=dreamer"], "unknown agent"),
     ("bad device", ["train", "--set", "run.device=tpu"], "run.device"),
     ("bad image size", ["train", "--set", "env.image_size=50"], "image_size"),

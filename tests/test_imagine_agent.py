@@ -141,15 +141,23 @@ def test_first_resets_the_acting_state():
     assert not torch.allclose(s_hist[1][1], s_new[1][1], atol=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["discrete", "continuous"])
-def test_state_dict_round_trip(kind):
+@pytest.mark.parametrize("kind,optimizer", [("discrete", "adam"), ("continuous", "adam"),
+                                            ("discrete", "laprop")])
+def test_state_dict_round_trip(kind, optimizer):
+    def build(seed: int) -> ImagineAgent:
+        cfg = tiny_config(world_optimizer=optimizer)
+        cfg.behavior.optimizer = optimizer
+        return ImagineAgent(OBS_SPEC, SPACES[kind], cfg, torch.device("cpu"), seed)
+
     torch.manual_seed(0)
-    agent = make_agent(kind, seed=0)
+    agent = build(0)
+    assert type(agent.world_opt).__name__.lower() == optimizer
+    assert type(agent.behavior.actor_opt).__name__.lower() == optimizer
     agent.update(FakeReplay(SPACES[kind], seed=1))
     buf = io.BytesIO()
     torch.save(agent.state_dict(), buf)
     buf.seek(0)
-    loaded = make_agent(kind, seed=123)
+    loaded = build(123)
     loaded.load_state_dict(torch.load(buf, weights_only=True))
     assert loaded.updates == 1
     assert torch.equal(loaded.behavior.return_norm.ema, agent.behavior.return_norm.ema)

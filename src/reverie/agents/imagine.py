@@ -27,7 +27,8 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from reverie.behavior.actor_critic import ActorCritic, ActorCriticConfig
-from reverie.errors import UserError
+from reverie.errors import UserError, suggest
+from reverie.nets.optim import OPTIMIZERS, make_optimizer
 from reverie.sequence import State
 from reverie.world.latent import WorldModel, WorldModelConfig
 
@@ -44,6 +45,7 @@ class ImagineConfig:
     context: int = 8  # replayed steps that start each rollout (the last is its first state)
     horizon: int = 16
     lr_world: float = 1e-4
+    world_optimizer: str = "adam"  # adam (STORM) or laprop (Drama's code)
     world_eps: float = 1e-8
     world_grad_clip: float = 1000.0
     warmup_steps: int = 0  # linear learning-rate warm-up of all three optimisers
@@ -58,6 +60,12 @@ def _check(cfg: Any) -> None:
         raise ValueError(
             f"imagine.seq_len must be >= 2 (the KL pairs step t with t+1), got {cfg.seq_len}"
         )
+    for name, value in (("world_optimizer", cfg.world_optimizer),
+                        ("behavior.optimizer", cfg.behavior.optimizer)):
+        if value not in OPTIMIZERS:
+            raise ValueError(
+                f"imagine.{name} must be one of {', '.join(OPTIMIZERS)}, got {value!r}"
+                + suggest(value, OPTIMIZERS))
     if int(cfg.warmup_steps) < 0:
         raise ValueError(f"imagine.warmup_steps must be >= 0, got {cfg.warmup_steps}")
     for name in ("lr_world", "world_grad_clip"):
@@ -123,8 +131,8 @@ class ImagineAgent:
             )
         self.world.to(self.device)
         self.behavior.to(self.device)  # in place: the optimisers keep their parameters
-        self.world_opt = torch.optim.Adam(
-            self.world.parameters(), lr=cfg.lr_world, eps=cfg.world_eps
+        self.world_opt = make_optimizer(
+            cfg.world_optimizer, self.world.parameters(), cfg.lr_world, cfg.world_eps
         )
         self.updates = 0
 

@@ -28,6 +28,7 @@ from torch.distributions import Categorical, Distribution, Independent, Normal
 from reverie.behavior.returns import ReturnNormalizer, lambda_returns
 from reverie.nets.math import symlog, symlog_bins, two_hot_loss, two_hot_value, unimix
 from reverie.nets.mlp import MLP
+from reverie.nets.optim import make_optimizer
 
 
 @dataclass
@@ -49,7 +50,8 @@ class ActorCriticConfig:
     lr_actor: float = 3e-5
     lr_critic: float = 3e-5
     grad_clip: float = 100.0
-    adam_eps: float = 1e-5
+    optimizer: str = "adam"  # adam or laprop (Drama's code), for actor and critic
+    adam_eps: float = 1e-5  # ε of either optimiser
     unimix: float = 0.01  # uniform mixture of the discrete policy
     min_std: float = 0.1  # bounds of the continuous policy's std
     max_std: float = 1.0
@@ -156,11 +158,11 @@ class ActorCritic(nn.Module):
         self.return_norm = ReturnNormalizer(
             cfg.return_norm_decay, cfg.return_norm_low, cfg.return_norm_high
         )
-        self.actor_opt = torch.optim.Adam(
-            self.actor.parameters(), lr=cfg.lr_actor, eps=cfg.adam_eps
+        self.actor_opt = make_optimizer(
+            cfg.optimizer, self.actor.parameters(), cfg.lr_actor, cfg.adam_eps
         )
-        self.critic_opt = torch.optim.Adam(
-            self.critic.parameters(), lr=cfg.lr_critic, eps=cfg.adam_eps
+        self.critic_opt = make_optimizer(
+            cfg.optimizer, self.critic.parameters(), cfg.lr_critic, cfg.adam_eps
         )
 
     @torch.no_grad()
