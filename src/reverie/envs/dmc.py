@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
@@ -15,6 +17,8 @@ class DMCEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"]}
 
     def __init__(self, name: str, action_repeat: int = 2, render_size: int = 64) -> None:
+        # headless rendering for `reverie watch`: MuJoCo's default (GLFW) needs a display
+        os.environ.setdefault("MUJOCO_GL", "egl")
         from dm_control import suite
 
         if "-" not in name:
@@ -59,4 +63,10 @@ class DMCEnv(gym.Env):
         return self._obs(ts), reward, False, ts.last(), {}
 
     def render(self):
-        return self._env.physics.render(self.render_size, self.render_size, camera_id=0)
+        try:
+            return self._env.physics.render(self.render_size, self.render_size, camera_id=0)
+        except Exception as e:  # noqa: BLE001 - any OpenGL back-end failure reads the same
+            raise UserError(
+                f"cannot render DMC frames with MUJOCO_GL={os.environ.get('MUJOCO_GL')} "
+                f"({type(e).__name__}); set MUJOCO_GL=egl, or osmesa for software rendering"
+            ) from None

@@ -115,7 +115,9 @@ def make_env(spec: str, image_size: int = 64, render: bool = False) -> gym.Env:
             raise UserError(f"env '{spec}' has a {act} action space; reverie supports 1-D Box")
         if not (np.all(np.isfinite(act.low)) and np.all(np.isfinite(act.high))):
             raise UserError(f"env '{spec}' has an unbounded Box action space; bound it first")
-        env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
+        if not (np.all(act.low == -1.0) and np.all(act.high == 1.0)):
+            one = np.ones(act.shape, dtype=np.float32)
+            env = gym.wrappers.RescaleAction(env, -one, one)
     elif not isinstance(act, spaces.Discrete):
         raise UserError(
             f"env '{spec}' has a {type(act).__name__} action space; reverie supports "

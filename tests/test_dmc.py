@@ -1,0 +1,63 @@
+"""DeepMind Control tasks (`dmc:<domain>-<task>`): spaces, seeding, time limit, a short run
+with the dmc-proprio preset (continuous actions), and watch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("dm_control", reason="needs the dmc extra (make test installs it)")
+
+from reverie.cli import main  # noqa: E402
+from reverie.config import build_config  # noqa: E402
+from reverie.envs import make_env  # noqa: E402
+from reverie.errors import UserError  # noqa: E402
+from reverie.run.driver import Trainer  # noqa: E402
+
+TINY = ["imagine.world.d_model=32", "imagine.world.hidden=64", "imagine.world.stoch=8",
+        "imagine.world.classes=8", "imagine.world.backbone_kwargs={}",
+        "imagine.behavior.actor_hidden=32", "imagine.behavior.critic_hidden=32",
+        "imagine.imag_batch=16", "imagine.batch_size=4", "imagine.seq_len=16",
+        "run.train_ratio=64", "run.prefill=100", "run.checkpoint_every=100",
+        "run.eval_every=600", "run.eval_episodes=1", "run.progress=false", "run.threads=1"]
+
+
+def test_spaces_seeding_and_time_limit():
+    env = make_env("dmc:cartpole-swingup")
+    assert env.action_space.shape == (1,)
+    assert np.all(env.action_space.low == -1.0) and np.all(env.action_space.high == 1.0)
+    assert env.observation_space["vector"].shape == (5,)  # position 3 + velocity 2
+    a, _ = env.reset(seed=3)
+    b, _ = env.reset(seed=3)
+    c, _ = env.reset(seed=4)
+    assert np.array_equal(a["vector"], b["vector"])
+    assert not np.array_equal(a["vector"], c["vector"])
+    steps, done = 0, False
+    while not done:
+        _, reward, term, trunc, _ = env.step(np.zeros(1, np.float32))
+        assert not term and 0.0 <= reward <= 2.0  # action repeat 2 of rewards in [0, 1]
+        steps, done = steps + 1, trunc
+    assert steps == 500  # 1000 physics-control steps at action repeat 2, then truncation
+
+
+def test_unknown_task_names_a_valid_one():
+    with pytest.raises(UserError, match="unknown DMC task 'cartpole-flip'"):
+        make_env("dmc:cartpole-flip")
+    with pytest.raises(UserError, match="dmc:<domain>-<task>"):
+        make_env("dmc:cartpole")
+
+
+def test_short_run_eval_and_watch(tmp_path, capsys):
+    out = tmp_path / "dmc"
+    cfg = build_config("dmc-proprio", TINY, {"env": "dmc:cartpole-swingup", "steps": 600,
+                                              "backbone": "gru"})
+    summary = Trainer(cfg, out).train()
+    assert summary["env_steps"] == 600 and summary["grad_steps"] > 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("episode/return" in r for r in rows) and any("eval/return" in r for r in rows)
+    assert main(["watch", str(out), "--steps", "10"]) == 0
+    gif = Path(json.loads(capsys.readouterr().out)["gif"][0])
+    assert gif.read_bytes()[:3] == b"GIF"
