@@ -41,7 +41,7 @@ def finished_run(run: Path, backbone: str, seed: int, steps: int, extra: list[st
     thread count, so re-running it would reproduce the same numbers; `--reuse` skips it."""
     from omegaconf import OmegaConf
 
-    from reverie.config import build_config
+    from reverie.config import build_config, load_run_config
 
     if not (run / "config.yaml").exists() or not (run / "timing.jsonl").exists():
         return None
@@ -51,7 +51,8 @@ def finished_run(run: Path, backbone: str, seed: int, steps: int, extra: list[st
                  if extra[i] == "--preset")
     want = OmegaConf.to_container(build_config(
         pairs["--preset"], sets, {"backbone": backbone, "seed": seed, "steps": steps}))
-    have = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
+    # keys added to the schema after the run was made read as their defaults, as on resume
+    have = OmegaConf.to_container(load_run_config(run))
     for cfg in (want, have):
         cfg["run"]["progress"] = False  # display only
         cfg["replay"].pop("capacity", None)  # derived from run.steps when the run is made
@@ -70,6 +71,9 @@ def run_reverie(backbone: str, seed: int, steps: int, out: Path, extra: list[str
     if reuse and (done := finished_run(run, backbone, seed, steps, extra)) is not None:
         return done
     if (run / "config.yaml").exists():
+        if reuse:
+            print(f"note: {run} is unfinished or has another config: running it again",
+                  file=sys.stderr, flush=True)
         import shutil
 
         shutil.rmtree(run)

@@ -22,10 +22,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cartpole import RESULTS, ROOT, TARGET_RETURN, TARGET_STEPS, run_reverie  # noqa: E402
 
+# Both knobs spelled out in every variant, so a variant means the same runs whatever the
+# preset says today. The preset is imag-256+slow-critic-0.1 since this sweep; it was
+# imag-128+slow-critic-0.02 before.
 VARIANTS: dict[str, list[str]] = {
-    "preset": [],
-    "slow-critic-0.1": ["imagine.behavior.slow_critic_fraction=0.1"],
-    "slow-critic-1.0": ["imagine.behavior.slow_critic_fraction=1.0"],
+    "imag-128+slow-critic-0.02": ["imagine.imag_batch=128",
+                                  "imagine.behavior.slow_critic_fraction=0.02"],
+    "imag-128+slow-critic-0.1": ["imagine.imag_batch=128",
+                                 "imagine.behavior.slow_critic_fraction=0.1"],
+    "imag-128+slow-critic-1.0": ["imagine.imag_batch=128",
+                                 "imagine.behavior.slow_critic_fraction=1.0"],
     "imag-256+slow-critic-0.1": ["imagine.imag_batch=256",
                                  "imagine.behavior.slow_critic_fraction=0.1"],
 }
