@@ -192,6 +192,7 @@ def main() -> None:
     p.add_argument("--merge", action="store_true", help="add to an existing cartpole.json")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--note", default="", help="appended to the protocol text (conditions)")
     p.add_argument("--reuse", action="store_true",
                    help="keep finished runs in --out whose resolved config matches")
     args = p.parse_args()
@@ -238,7 +239,7 @@ def main() -> None:
         "protocol": "reverie train (default preset) --backbone B --seed S --steps N; evaluation "
                     "= mean return of 5 greedy episodes every 1000 env steps; PPO: SB3 defaults, "
                     f"same evaluation; {args.jobs} runs in parallel with {args.threads} torch "
-                    "thread(s) each",
+                    "thread(s) each" + (f"; {args.note}" if args.note else ""),
         "targets": targets,
         "summary": summary,
         "runs": entries,
