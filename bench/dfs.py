@@ -30,6 +30,25 @@ TASKS = {
 }
 
 
+def random_policy_return(preset: str, episodes: int = 100) -> float:
+    """Mean return of uniformly random actions on the preset's env (seeded episodes): the
+    level below which neither sampler has learned anything."""
+    from reverie.config import build_config
+    from reverie.envs import make_env
+
+    env = make_env(build_config(preset).env.id)
+    env.action_space.seed(0)
+    total = []
+    for episode in range(episodes):
+        env.reset(seed=episode)
+        done, ret = False, 0.0
+        while not done:
+            _, reward, term, trunc, _ = env.step(env.action_space.sample())
+            ret, done = ret + float(reward), term or trunc
+        total.append(ret)
+    return round(float(np.mean(total)), 2)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -90,6 +109,8 @@ def main() -> None:
                 "final_per_seed": final, "auc_mean": round(float(np.mean(auc)), 2),
                 "env_steps": TASKS[task][1],
             }
+        summary[task]["random policy"] = {"mean_return_100_episodes":
+                                          random_policy_return(TASKS[task][0])}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "dfs.json").write_text(json.dumps(
         {"benchmark": "dfs-vs-uniform", "summary": summary, "runs": entries}, indent=1))

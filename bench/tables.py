@@ -161,6 +161,10 @@ def dfs_table(results: Path) -> str | None:
     rows = []
     for task, samplers in report["summary"].items():
         for sampler, r in samplers.items():
+            if "mean_return_100_episodes" in r:  # the random-policy reference level
+                rows.append([task, "–", sampler, "100 episodes",
+                             f"{r['mean_return_100_episodes']:.1f}", "–"])
+                continue
             rows.append([task, str(r["env_steps"]), sampler, str(r["seeds"]),
                          f"{r['final_mean']:.1f}", f"{r['auc_mean']:.1f}"])
     return "\n".join([_row(head), _row(["---"] * len(head))] + [_row(x) for x in rows])
