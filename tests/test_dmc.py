@@ -16,13 +16,11 @@ from reverie.config import build_config  # noqa: E402
 from reverie.envs import make_env  # noqa: E402
 from reverie.errors import UserError  # noqa: E402
 from reverie.run.driver import Trainer  # noqa: E402
+from tiny import TINY_MODEL  # noqa: E402
 
-TINY = ["imagine.world.d_model=32", "imagine.world.hidden=64", "imagine.world.stoch=8",
-        "imagine.world.classes=8", "imagine.world.backbone_kwargs={}",
-        "imagine.behavior.actor_hidden=32", "imagine.behavior.critic_hidden=32",
-        "imagine.imag_batch=16", "imagine.batch_size=4", "imagine.seq_len=16",
-        "run.train_ratio=64", "run.prefill=100", "run.checkpoint_every=100",
-        "run.eval_every=600", "run.eval_episodes=1", "run.progress=false", "run.threads=1"]
+TINY = [*TINY_MODEL, "imagine.world.backbone_kwargs={}", "run.train_ratio=64",
+        "run.prefill=100", "run.checkpoint_every=100", "run.eval_every=600",
+        "run.eval_episodes=1", "run.progress=false", "run.threads=1"]
 
 
 def test_spaces_seeding_and_time_limit():

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from reverie.run.checkpoint import CheckpointStore
+from tiny import TINY_MODEL
 
 RANDOM = ["--preset", "random", "--no-progress", "--set", "run.checkpoint_every=300",
           "--set", "run.log_every=100", "--set", "run.eval_every=700",
@@ -111,11 +112,7 @@ def test_truncated_checkpoint_falls_back_to_previous(reference, tmp_path):
 
 
 TINY_IMAGINE = ["--preset", "cartpole", "--backbone", "gru", "--no-progress",
-                "--set", "imagine.world.d_model=32", "--set", "imagine.world.hidden=64",
-                "--set", "imagine.world.stoch=8", "--set", "imagine.world.classes=8",
-                "--set", "imagine.behavior.actor_hidden=32",
-                "--set", "imagine.behavior.critic_hidden=32", "--set", "imagine.imag_batch=16",
-                "--set", "imagine.batch_size=4", "--set", "imagine.seq_len=16",
+                *(x for o in TINY_MODEL for x in ("--set", o)),
                 "--set", "run.train_ratio=16", "--set", "run.prefill=100",
                 "--set", "run.checkpoint_every=150", "--set", "run.log_every=50",
                 "--set", "run.eval_every=300", "--set", "run.eval_episodes=1",

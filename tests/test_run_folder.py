@@ -18,13 +18,11 @@ from reverie.errors import UserError
 from reverie.run import checkpoint as ckpt_module
 from reverie.run.checkpoint import CheckpointStore
 from reverie.run.driver import Trainer
+from tiny import TINY_MODEL
 
-TINY = ["imagine.world.d_model=32", "imagine.world.hidden=64", "imagine.world.stoch=8",
-        "imagine.world.classes=8", "imagine.world.backbone_kwargs={}",
-        "imagine.behavior.actor_hidden=32", "imagine.behavior.critic_hidden=32",
-        "imagine.imag_batch=16", "imagine.batch_size=4", "imagine.seq_len=16",
-        "run.train_ratio=16", "run.prefill=100", "run.checkpoint_every=100",
-        "run.eval_every=200", "run.eval_episodes=1", "run.progress=false", "run.threads=1"]
+TINY = [*TINY_MODEL, "imagine.world.backbone_kwargs={}", "run.train_ratio=16",
+        "run.prefill=100", "run.checkpoint_every=100", "run.eval_every=200",
+        "run.eval_episodes=1", "run.progress=false", "run.threads=1"]
 
 
 def tiny_config(steps: int = 300, backbone: str = "gru", extra: list[str] | None = None):
