@@ -35,7 +35,8 @@ def read_evals(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["eval/return"]) for r in rows if "eval/return" in r]
 
 
-def finished_run(run: Path, backbone: str, seed: int, steps: int, extra: list[str]) -> dict | None:
+def finished_run(run: Path, backbone: str, seed: int, steps: int, overrides: list[str],
+                 preset: str = "cartpole") -> dict | None:
     """The result of `run` if it is a finished run of exactly this command (the same resolved
     config, evaluated at `steps`), else None. Runs are deterministic on a CPU with the same
     thread count, so re-running it would reproduce the same numbers; `--reuse` skips it."""
@@ -45,12 +46,8 @@ def finished_run(run: Path, backbone: str, seed: int, steps: int, extra: list[st
 
     if not (run / "config.yaml").exists() or not (run / "timing.jsonl").exists():
         return None
-    pairs = dict.fromkeys(("--preset",), "cartpole")  # extra: ["--preset" p] ["--set" x]...
-    sets = [extra[i + 1] for i in range(0, len(extra), 2) if extra[i] == "--set"]
-    pairs.update((extra[i], extra[i + 1]) for i in range(0, len(extra), 2)
-                 if extra[i] == "--preset")
     want = OmegaConf.to_container(build_config(
-        pairs["--preset"], sets, {"backbone": backbone, "seed": seed, "steps": steps}))
+        preset, overrides, {"backbone": backbone, "seed": seed, "steps": steps}))
     # keys added to the schema after the run was made read as their defaults, as on resume
     have = OmegaConf.to_container(load_run_config(run))
     for cfg in (want, have):
@@ -65,10 +62,12 @@ def finished_run(run: Path, backbone: str, seed: int, steps: int, extra: list[st
             "reused": True}
 
 
-def run_reverie(backbone: str, seed: int, steps: int, out: Path, extra: list[str],
-                reuse: bool = False) -> dict:
+def run_reverie(backbone: str, seed: int, steps: int, out: Path, overrides: list[str],
+                reuse: bool = False, preset: str = "cartpole") -> dict:
+    """`reverie train --preset P --backbone B --seed S --steps N --set o ...` into out/B-sS."""
     run = out / f"{backbone}-s{seed}"
-    if reuse and (done := finished_run(run, backbone, seed, steps, extra)) is not None:
+    if reuse and (done := finished_run(run, backbone, seed, steps, overrides,
+                                       preset)) is not None:
         return done
     if (run / "config.yaml").exists():
         if reuse:
@@ -77,8 +76,9 @@ def run_reverie(backbone: str, seed: int, steps: int, out: Path, extra: list[str
         import shutil
 
         shutil.rmtree(run)
-    cmd = [sys.executable, "-m", "reverie", "train", "--backbone", backbone, "--seed", str(seed),
-           "--steps", str(steps), "--out", str(run), "--no-progress", *extra]
+    cmd = [sys.executable, "-m", "reverie", "train", "--preset", preset, "--backbone", backbone,
+           "--seed", str(seed), "--steps", str(steps), "--out", str(run), "--no-progress",
+           *(x for o in overrides for x in ("--set", o))]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t0
@@ -203,14 +203,13 @@ def main() -> None:
     entries: list[dict] = []
     if args.merge and path.exists():
         entries = json.loads(path.read_text())["runs"]
-    extra = [x for s in args.extra for x in ("--set", s)]
-    extra += ["--set", f"run.threads={args.threads}"]
+    overrides = [*args.extra, f"run.threads={args.threads}"]
     jobs = [(b, s) for b in args.backbones
             for s in (args.seeds if b == "mamba2" else args.other_seeds)]
     entries = [e for e in entries if (e["backbone"], e["seed"]) not in jobs]
     # runs are independent processes; --jobs of them share the machine's cores
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_reverie, b, s, args.steps, out, extra, args.reuse)
+        futures = [pool.submit(run_reverie, b, s, args.steps, out, overrides, args.reuse)
                    for b, s in jobs]
         for future in as_completed(futures):
             entry = future.result()

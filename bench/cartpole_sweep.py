@@ -71,9 +71,9 @@ def main() -> None:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {}
         for variant, seed in jobs:
-            extra = [x for o in [*VARIANTS[variant], "run.threads=1"] for x in ("--set", o)]
+            overrides = [*VARIANTS[variant], "run.threads=1"]
             futures[pool.submit(run_reverie, "mamba2", seed, TARGET_STEPS,
-                                Path(args.out) / variant, extra, True)] = variant
+                                Path(args.out) / variant, overrides, True)] = variant
         for future in as_completed(futures):
             entry = dict(future.result(), variant=futures[future])
             print(json.dumps(entry), flush=True)

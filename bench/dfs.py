@@ -74,15 +74,14 @@ def main() -> None:
                 if any(r["seed"] == seed for r in reused) and task == "cartpole" \
                         and sampler == "dfs":
                     continue
-                sets = [x for s in [*extra, f"replay.sampler={sampler}", "run.threads=1"]
-                        for x in ("--set", s)]
-                jobs.append((task, sampler, seed, ["--preset", preset, *sets], steps))
+                overrides = [*extra, f"replay.sampler={sampler}", "run.threads=1"]
+                jobs.append((task, sampler, seed, preset, overrides, steps))
     entries.extend(reused)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = {
-            pool.submit(run_reverie, "mamba2", seed, steps, out / task / sampler, sets,
-                        args.reuse):
-                (task, sampler) for task, sampler, seed, sets, steps in jobs
+            pool.submit(run_reverie, "mamba2", seed, steps, out / task / sampler, overrides,
+                        args.reuse, preset):
+                (task, sampler) for task, sampler, seed, preset, overrides, steps in jobs
         }
         for future in as_completed(futures):
             task, sampler = futures[future]
