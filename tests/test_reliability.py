@@ -159,7 +159,7 @@ def test_kill_before_the_first_checkpoint_starts_over(reference, tmp_path):
 def test_a_run_in_use_cannot_be_resumed_twice(reference, tmp_path):
     import shutil
 
-    from reverie.run.driver import lock_run
+    from reverie.run.folder import lock as lock_run
 
     run = tmp_path / "busy"
     shutil.copytree(reference, run)

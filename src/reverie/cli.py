@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set run.train_ratio=512")
     t.add_argument("--out", default=None, help="run folder (default runs/<env>-<backbone>-s<seed>)")
-    t.add_argument("--resume", default=None, metavar="RUN", help="continue a killed run")
+    t.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue a killed or finished run (with --steps to extend it)")
     t.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run")
     e.add_argument("--episodes", type=_positive_int, default=10)
     e.add_argument("--seed", type=_int, default=12345)
+    e.add_argument("--out", default=None, help="JSON path (default RUN/eval.json)")
 
     w = sub.add_parser("watch", help="GIF of the agent (and real vs imagined frames for images)")
     w.add_argument("run")
@@ -79,18 +81,33 @@ def _default_out(cfg) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from reverie.config import build_config, load_run_config
+    from reverie.config import apply_resume_overrides, build_config, load_run_config
     from reverie.run.driver import Trainer
+    from reverie.run.folder import check_no_links
 
     if args.resume:
         run = Path(args.resume)
+        fixed = {"--preset": args.preset, "--env": args.env, "--backbone": args.backbone,
+                 "--seed": args.seed, "--out": args.out}
+        for flag, value in fixed.items():
+            if value is not None:
+                raise UserError(
+                    f"{flag} cannot be used with --resume: a run keeps the {flag[2:]} it was "
+                    f"created with (see {run / 'config.yaml'}); drop {flag}, or start a new run"
+                )
         if not (run / "config.yaml").exists():
             raise UserError(f"cannot resume '{run}': no run there (missing config.yaml)")
+        check_no_links(run)
         cfg = load_run_config(run)
+        overrides = list(args.overrides)
         if args.steps is not None:
-            cfg.run.steps = args.steps
+            overrides.append(f"run.steps={args.steps}")
         if args.no_progress:
-            cfg.run.progress = False
+            overrides.append("run.progress=false")
+        cfg = apply_resume_overrides(cfg, overrides)
+        if args.show_config:
+            print(OmegaConf.to_yaml(cfg), end="")
+            return 0
         trainer = Trainer(cfg, run, resume=True)
     else:
         flags = {"env": args.env, "backbone": args.backbone, "steps": args.steps,
@@ -116,9 +133,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = {"run": str(args.run), "episodes": len(returns), "returns": returns,
               "mean": sum(returns) / len(returns)}
     text = json.dumps(result)
-    if Path(args.run).is_dir():
-        (Path(args.run) / "eval.json").write_text(text + "\n")
-    print(text)
+    print(text, flush=True)  # the result first: a failed save below must not lose it
+    if args.out is not None:
+        out = Path(args.out)
+    elif Path(args.run).is_dir():
+        out = Path(args.run) / "eval.json"
+    else:
+        return 0
+    try:
+        if out.is_symlink():
+            raise OSError(errno.ELOOP, "a link, never written through")
+        out.write_text(text + "\n")
+    except OSError as e:
+        print(f"reverie: note: could not save {out} ({e.strerror}); the result is printed "
+              "above (save it elsewhere with --out FILE)", file=sys.stderr)
     return 0
 
 

@@ -9,6 +9,7 @@ and an unknown key is an error that suggests the closest valid one.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
+    InterpolationResolutionError,
     OmegaConfBaseException,
     ValidationError,
 )
@@ -32,6 +34,13 @@ AGENTS: dict[str, tuple[str, str, str, str | None]] = {
 }
 SAMPLERS = ("uniform", "dfs")
 OBS_KINDS = ("any", "vector", "image")
+MAX_SEED = 2**32 - 1  # numpy's legacy global seed takes 32 bits
+MAX_THREADS = 256  # far past any CPU's cores; OpenMP crashes (SIGSEGV) on absurd counts
+# Keys that may change when a run is resumed: they do not change what the agent learns from
+# the data it has (logging, evaluation, checkpoint cadence, the run's length, resources).
+RESUME_KEYS = ("run.steps", "run.progress", "run.log_every", "run.eval_every",
+               "run.eval_episodes", "run.checkpoint_every", "run.keep_checkpoints",
+               "run.max_nan_retries", "run.threads", "run.device")
 
 
 @dataclass
@@ -139,6 +148,9 @@ def _friendly(e: OmegaConfBaseException, schema: DictConfig) -> UserError:
     if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
         hint = suggest(key, _keys(schema))
         return UserError(f"unknown config key '{key}'{hint}; see `reverie train --show-config`")
+    if isinstance(e, InterpolationResolutionError):
+        return UserError(f"bad value for '{key}': cannot resolve '${{...}}' "
+                         f"({type(e).__name__}); write the value itself")
     if isinstance(e, ValidationError):
         msg = str(e).splitlines()[0]
         return UserError(f"bad value for '{key}': {msg}")
@@ -150,6 +162,48 @@ def _parse_dotlist(items: list[str]) -> list[str]:
         if "=" not in item or item.startswith("="):
             raise UserError(f"--set expects key=value (e.g. run.steps=2000), got '{item}'")
     return items
+
+
+def _check_override_key(key: str, schema: DictConfig, agent: str) -> None:
+    """A dotted key whose prefix is a value, not a section (e.g. agent.x): say where it goes."""
+    parts = key.split(".")
+    node: Any = schema
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, DictConfig) or part not in node:
+            return  # an unknown key: OmegaConf's error names it, with a suggestion
+        node = node._get_node(part)
+        if not isinstance(node, DictConfig) and not str(part).endswith("_kwargs"):
+            prefix = ".".join(parts[: i + 1])
+            rest = ".".join(parts[i + 1 :])
+            if prefix == "agent":
+                raise UserError(
+                    f"'agent' is the agent's name ({', '.join(AGENTS)}), not a section; "
+                    f"{agent}'s options live under '{agent}.'"
+                    f"{suggest(f'{agent}.{rest}', _keys(schema))}"
+                )
+            raise UserError(f"'{prefix}' is a value, not a section; so '{key}' does not exist"
+                            f"{suggest(key, _keys(schema))}")
+
+
+def _resolve(cfg: DictConfig, schema: DictConfig) -> DictConfig:
+    """Resolve `${...}` interpolations once, so every later read sees plain values."""
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise _friendly(e, schema) from None
+    return cfg
+
+
+def _validated(cfg: DictConfig, where: str = "") -> DictConfig:
+    try:
+        validate(cfg)
+    except UserError as e:
+        raise UserError(f"{where}{e}") from None
+    except (ValueError, TypeError, AttributeError, KeyError, OmegaConfBaseException) as e:
+        # a section overridden by a value of the wrong kind (e.g. run=[]) lands here
+        raise UserError(f"{where}bad config: {str(e).splitlines()[0]}; see --show-config") \
+            from None
+    return cfg
 
 
 def build_config(
@@ -167,6 +221,14 @@ def build_config(
         if k.strip() == "agent":
             agent = v.strip()
     schema = _schema(agent)
+    _, _, backbone_key = agent_parts(agent)
+    for item in list(overrides):
+        key, value = (x.strip() for x in item.split("=", 1))
+        _check_override_key(key, schema, agent)
+        if backbone_key and key == f"{agent}.{backbone_key}" and "backbone" not in flags:
+            # same as --backbone: the preset's backbone options go with the preset's backbone
+            overrides.remove(item)
+            flags["backbone"] = value
     try:
         cfg = OmegaConf.merge(schema, preset_data)
         if "env" in flags:
@@ -176,7 +238,6 @@ def build_config(
         if "seed" in flags:
             cfg.seed = flags["seed"]
         if "backbone" in flags:
-            _, _, backbone_key = agent_parts(agent)
             if backbone_key is None:
                 raise UserError(f"agent '{agent}' takes no backbone; drop --backbone")
             path = f"{agent}.{backbone_key}"
@@ -195,22 +256,17 @@ def build_config(
     except (ValueError, TypeError) as e:  # e.g. a section and its key both overridden
         raise UserError(f"conflicting overrides ({str(e).splitlines()[0]}); set leaf keys "
                         "such as run.steps=2000") from None
-    try:
-        validate(cfg)
-    except (ValueError, TypeError, AttributeError, KeyError, OmegaConfBaseException) as e:
-        # a section overridden by a value of the wrong kind (e.g. run=[]) lands here
-        raise UserError(f"bad config: {str(e).splitlines()[0]}; see --show-config") from None
-    return cfg
+    return _validated(_resolve(cfg, schema))
 
 
 def validate(cfg: DictConfig) -> None:
     """Checks that types alone cannot express; each failure names the fix."""
     run = cfg.run
-    if cfg.seed < 0:
-        raise UserError(f"seed must be a non-negative integer, got {cfg.seed}")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise UserError(f"seed must be a non-negative integer below 2**32, got {cfg.seed}")
     if run.steps <= 0:
         raise UserError(f"run.steps must be positive, got {run.steps}; e.g. --steps 5000")
-    if run.train_ratio <= 0:
+    if not math.isfinite(run.train_ratio) or run.train_ratio <= 0:
         raise UserError(
             f"run.train_ratio must be > 0 (replayed steps per env step), got {run.train_ratio}"
         )
@@ -219,6 +275,9 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"run.{key} must be positive, got {run[key]}")
     if run.prefill < 0 or run.eval_episodes < 0 or run.threads < 0:
         raise UserError("run.prefill, run.eval_episodes and run.threads must be >= 0")
+    if run.threads > MAX_THREADS:
+        raise UserError(f"run.threads={run.threads} is more than any CPU can use; set at most "
+                        f"{MAX_THREADS} (0 = all cores)")
     if run.max_nan_retries < 0:
         raise UserError(f"run.max_nan_retries must be >= 0, got {run.max_nan_retries}")
     if run.device not in ("auto", "cpu", "cuda") and not str(run.device).startswith("cuda:"):
@@ -228,8 +287,14 @@ def validate(cfg: DictConfig) -> None:
             f"unknown replay.sampler '{cfg.replay.sampler}'{suggest(cfg.replay.sampler, SAMPLERS)}"
             f"; choose one of: {', '.join(SAMPLERS)}"
         )
-    if cfg.replay.capacity <= 0 or cfg.replay.tau <= 0:
+    if cfg.replay.capacity <= 0 or not math.isfinite(cfg.replay.tau) or cfg.replay.tau <= 0:
         raise UserError("replay.capacity and replay.tau must be positive")
+    need = rows_per_sample(cfg)
+    if cfg.replay.capacity < need:
+        raise UserError(
+            f"replay.capacity={cfg.replay.capacity} cannot hold one training sequence of {need} "
+            f"rows; set replay.capacity >= {need}"
+        )
     if cfg.env.obs not in OBS_KINDS:
         raise UserError(f"env.obs must be one of {', '.join(OBS_KINDS)}, got '{cfg.env.obs}'")
     if cfg.env.image_size not in (32, 64, 96, 128):
@@ -249,6 +314,43 @@ def validate(cfg: DictConfig) -> None:
         check(cfg[cfg.agent])
 
 
+def rows_per_sample(cfg: DictConfig) -> int:
+    """Consecutive replay rows one training sample needs (its sequence or context)."""
+    section = cfg[cfg.agent]
+    return max(int(section.get("seq_len", 1)), int(section.get("context", 1)))
+
+
+def training_notes(cfg: DictConfig) -> list[str]:
+    """Legitimate settings under which a run trains nothing: said, not silently done."""
+    run, need = cfg.run, rows_per_sample(cfg)
+    if run.steps <= run.prefill:
+        return [f"run.steps={run.steps} <= run.prefill={run.prefill}: this run only collects "
+                "random data and does no training; raise --steps or lower run.prefill"]
+    if run.steps < need:
+        return [f"run.steps={run.steps} is shorter than one training sequence ({need} rows): "
+                "no training will happen; raise --steps"]
+    return []
+
+
+def apply_resume_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """`--set`s given with --resume: only RESUME_KEYS may change; the result is validated."""
+    for item in _parse_dotlist(list(overrides)):
+        key = item.split("=", 1)[0].strip()
+        if key not in RESUME_KEYS:
+            raise UserError(
+                f"--set {key} cannot change when resuming (the checkpoint was trained with the "
+                f"run's value); keys that can: {', '.join(RESUME_KEYS)}; or start a new run"
+            )
+    schema = _schema(cfg.agent)
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    except OmegaConfBaseException as e:
+        raise _friendly(e, schema) from None
+    except yaml.YAMLError as e:
+        raise UserError(f"cannot parse an override value ({type(e).__name__})") from None
+    return _validated(_resolve(cfg, schema))
+
+
 def to_object(cfg: DictConfig, section: str) -> Any:
     """A config section as its dataclass instance."""
     return OmegaConf.to_object(cfg[section])
@@ -261,20 +363,40 @@ def save_config(cfg: DictConfig, path: Path) -> None:
 
 
 def load_run_config(run_dir: Path) -> DictConfig:
+    """A run's config.yaml, type-checked and validated exactly as a new config is."""
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise UserError(f"no run at '{run_dir}' (missing config.yaml); check the path")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
-        raise UserError(f"{path} is not valid YAML; restore it from the run's first lines in "
-                        "metrics or re-create the run") from None
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path} ({type(e).__name__}); restore it") from None
+    return parse_run_config(text, str(path))
+
+
+def parse_run_config(text: str, where: str) -> DictConfig:
+    """Parse a saved config (a run's config.yaml, or the copy inside a checkpoint)."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{where} is not valid YAML{at}; fix that line by hand (the "
+                        "checkpoints and replay are untouched)") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path} is not a reverie config; point at a run folder")
-    agent = str(data.get("agent", "imagine"))
+        raise UserError(f"{where} is not a reverie config; point at a run folder")
+    agent = data.get("agent", "imagine")
+    if not isinstance(agent, str):
+        raise UserError(f"{where}: agent must be a name ({', '.join(AGENTS)}), got {agent!r}")
     schema = _schema(agent)
     try:
         cfg = OmegaConf.merge(schema, data)
     except OmegaConfBaseException as e:
-        raise _friendly(e, schema) from None
-    return cfg
+        raise UserError(f"{where}: {_friendly(e, schema)}") from None
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{where}: bad config ({str(e).splitlines()[0]})") from None
+    try:
+        cfg = _resolve(cfg, schema)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    return _validated(cfg, f"{where}: ")

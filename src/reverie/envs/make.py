@@ -86,6 +86,10 @@ def _make_gym(env_id: str, render: bool = False) -> gym.Env:
         if env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4"):
             return _make_atari(env_id)
         return gym.make(env_id, render_mode="rgb_array") if render else gym.make(env_id)
+    except gym.error.DependencyNotInstalled as e:
+        first = str(e).splitlines()[0].rstrip(".") if str(e) else type(e).__name__
+        raise UserError(f"env '{env_id}' needs a package that is not installed: {first}") \
+            from None
     except gym.error.Error as e:
         ids = [k for k in gym.registry if not k.startswith("popgym-")]
         hint = suggest(env_id, ids)

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,10 @@ from reverie.errors import UserError
 
 MANIFEST = "manifest.json"
 FORMAT = 1
+# The only names a manifest may point at: plain files directly inside `checkpoints/`. Everything
+# in a run folder is untrusted input, so an entry naming `../config.yaml` or `/etc/x` must never
+# be read, let alone unlinked by pruning.
+CHECKPOINT_NAME = re.compile(r"ckpt-(\d{1,19})\.pt")
 
 
 class CheckpointError(UserError):
@@ -80,26 +85,98 @@ class Entry:
     size: int
 
 
+def checkpoint_name(step: int) -> str:
+    return f"ckpt-{step:010d}.pt"
+
+
+def _entry(raw: Any, where: Path) -> Entry:
+    """One manifest entry, checked field by field (names, types, ranges)."""
+    fields = ("file", "step", "sha256", "size")
+    if not isinstance(raw, dict) or set(raw) != set(fields):
+        raise CheckpointError(
+            f"{where} has an entry that is not {{{', '.join(fields)}}}: {str(raw)[:60]}; "
+            "move the manifest aside and reverie rebuilds it from the checkpoint files"
+        )
+    file, step, digest, size = (raw[k] for k in fields)
+    if not isinstance(file, str) or not CHECKPOINT_NAME.fullmatch(file):
+        raise CheckpointError(
+            f"{where} names {file!r}, which is not a checkpoint file inside this folder "
+            "(ckpt-<step>.pt); move the manifest aside and reverie rebuilds it from the "
+            "checkpoint files"
+        )
+    ok = (type(step) is int and step == int(CHECKPOINT_NAME.fullmatch(file).group(1))
+          and type(size) is int and size >= 0
+          and isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest))
+    if not ok:
+        raise CheckpointError(
+            f"{where} has a bad step, size or sha256 for {file}; move the manifest aside "
+            "and reverie rebuilds it from the checkpoint files"
+        )
+    return Entry(file, step, digest, size)
+
+
 class CheckpointStore:
     """The `checkpoints/` folder of a run."""
 
     def __init__(self, folder: Path, keep: int = 3) -> None:
         self.folder = Path(folder)
         self.keep = max(1, keep)
+        self.rebuild_notes: list[str] = []
+        self._rebuilt: list[Entry] | None = None  # cached until a manifest is written
 
     # -- manifest ----------------------------------------------------------------------
     def entries(self) -> list[Entry]:
+        """The manifest's entries, oldest first; rebuilt from the files if it is missing."""
         path = self.folder / MANIFEST
-        if not path.exists():
-            return []
+        if not path.exists() and not path.is_symlink():
+            if self._rebuilt is None:
+                self._rebuilt = self._rebuild()
+            return list(self._rebuilt)
         try:
+            if path.is_symlink():
+                raise ValueError("a link")
             data = json.loads(path.read_text())
-            return [Entry(**e) for e in data["checkpoints"]]
-        except (ValueError, KeyError, TypeError):
+            raw = data["checkpoints"]
+            if not isinstance(raw, list):
+                raise TypeError("not a list")
+        except (OSError, ValueError, KeyError, TypeError):
             # the manifest is only ever replaced atomically, so this is outside damage
             raise CheckpointError(
-                f"{path} is not a valid manifest; delete it to rebuild from the checkpoint files"
+                f"{path} is not a valid manifest; move it aside (e.g. rename it to "
+                "manifest.json.bad) and reverie rebuilds it from the checkpoint files"
             ) from None
+        entries = [_entry(e, path) for e in raw]
+        if len({e.file for e in entries}) != len(entries):
+            raise CheckpointError(f"{path} lists a checkpoint file twice; move it aside and "
+                                  "reverie rebuilds it from the checkpoint files")
+        return sorted(entries, key=lambda e: e.step)
+
+    def checkpoint_files(self) -> list[Path]:
+        """Regular (non-link) files named like checkpoints directly inside the folder."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.iterdir()
+                      if CHECKPOINT_NAME.fullmatch(p.name) and p.is_file()
+                      and not p.is_symlink())
+
+    def _rebuild(self) -> list[Entry]:
+        """Entries recomputed from the checkpoint files (manifest deleted or never written):
+        each file is verified by loading it, and its checksum recomputed."""
+        entries = []
+        for path in self.checkpoint_files():
+            data = path.read_bytes()
+            try:
+                load_bytes(data, path)
+            except CheckpointError:
+                self.rebuild_notes.append(f"{path.name} does not load; left out of the rebuilt "
+                                          "manifest")
+                continue
+            step = int(CHECKPOINT_NAME.fullmatch(path.name).group(1))
+            entries.append(Entry(path.name, step, sha256(data), len(data)))
+        if entries:
+            self.rebuild_notes.append(f"no manifest in {self.folder}; rebuilt it from "
+                                      f"{len(entries)} verified checkpoint file(s)")
+        return sorted(entries, key=lambda e: e.step)
 
     def _write_manifest(self, entries: list[Entry]) -> None:
         data = {"format": FORMAT, "checkpoints": [e.__dict__ for e in entries]}
@@ -112,27 +189,32 @@ class CheckpointStore:
         buf = io.BytesIO()
         torch.save(payload, buf)
         data = buf.getvalue()
-        name = f"ckpt-{step:010d}.pt"
+        name = checkpoint_name(step)
         atomic_write_bytes(self.folder / name, data)
         entries = [e for e in self.entries() if e.file != name]
         entries.append(Entry(name, step, sha256(data), len(data)))
         entries.sort(key=lambda e: e.step)
         dropped, entries = entries[: -self.keep], entries[-self.keep :]
         self._write_manifest(entries)
+        self._rebuilt = None
         for e in dropped:  # only after the manifest no longer points at them
-            with contextlib.suppress(OSError):
-                (self.folder / e.file).unlink()
+            target = self.folder / e.file  # a checked name: directly inside this folder
+            if target.is_file() and not target.is_symlink():
+                with contextlib.suppress(OSError):
+                    target.unlink()
         return self.folder / name
 
     def load_latest(self) -> tuple[dict[str, Any], Entry, list[str]]:
         """The newest checkpoint whose checksum verifies, and warnings about skipped ones."""
-        warnings: list[str] = []
         entries = self.entries()
+        warnings = list(self.rebuild_notes)
         if not entries:
             raise CheckpointError(f"no checkpoint in {self.folder}; start a new run instead")
         for e in reversed(entries):
             path = self.folder / e.file
             try:
+                if path.is_symlink():
+                    raise OSError("a link, never followed")
                 data = path.read_bytes()
             except OSError:
                 warnings.append(f"checkpoint {e.file} is missing; using an older one")

@@ -13,7 +13,6 @@ before each checkpoint; rows written after it are simply overwritten again on re
 
 from __future__ import annotations
 
-import fcntl
 import math
 import shutil
 import sys
@@ -25,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from reverie.config import agent_parts, save_config, to_object
+from reverie.config import agent_parts, save_config, to_object, training_notes
 from reverie.envs import image_keys, make_env, make_obs_spec
 from reverie.errors import UserError
 from reverie.replay import Replay
@@ -39,8 +38,9 @@ from reverie.rng import (
     set_generator_state,
     set_global_rng_state,
 )
+from reverie.run import folder as run_folder
 from reverie.run.checkpoint import CheckpointStore
-from reverie.run.logger import RunLogger, plot_curve
+from reverie.run.logger import LOGS, RunLogger, plot_curve, read_rows
 from reverie.run.progress import Progress
 
 FORMAT = 1
@@ -90,21 +90,6 @@ def build_agent(cfg: DictConfig, obs_spec, action_space: spaces.Space, device: t
         raise UserError(f"bad {cfg.agent} config: {e}") from None
 
 
-def lock_run(folder: Path):
-    """Hold an exclusive lock on a run folder for this process's lifetime (the kernel drops
-    it when the process dies, even by SIGKILL), so two processes never write one run."""
-    handle = open(Path(folder) / ".lock", "a+")  # noqa: SIM115 - held until exit
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise UserError(
-            f"run folder '{folder}' is in use by another reverie process; stop that process "
-            "(or let it finish) before resuming"
-        ) from None
-    return handle
-
-
 def load_agent_state(agent, payload: dict[str, Any], where: str) -> None:
     """Load a checkpoint's agent state, or say in one line why it does not fit."""
     try:
@@ -137,12 +122,15 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(out)
         self.resuming = resume
-        if not resume and (self.out / "config.yaml").exists():
-            raise UserError(
-                f"run folder '{self.out}' already holds a run; continue it with "
-                f"`reverie train --resume {self.out}` or choose another --out"
-            )
-        self._lock = lock_run(self.out) if resume else None  # before touching its files
+        self._lock = None
+        self._new_folder = not resume  # a started-over run keeps its (checked) folder
+        if resume:  # checked before touching any file; the lock comes before any write
+            run_folder.check_no_links(self.out)
+            for name in LOGS:
+                read_rows(self.out / name)  # a damaged log is an error now, not a lost tail
+            self._lock = run_folder.lock(self.out)
+        else:
+            run_folder.check_new(self.out)  # read-only: nothing is created before env + agent
         if cfg.run.threads:
             torch.set_num_threads(int(cfg.run.threads))
         seed_everything(int(cfg.seed))
@@ -157,14 +145,16 @@ class Trainer:
         self.min_rows = max(int(acfg.get("seq_len", 1)), int(acfg.get("context", 1)))
         self.store = CheckpointStore(self.out / "checkpoints", int(cfg.run.keep_checkpoints))
         if resume and not self.store.entries():
-            # killed before its first checkpoint: nothing to keep, so start the run over
+            if run_folder.has_history(self.out):
+                notes = "; ".join(self.store.rebuild_notes) or "no checkpoint loads"
+                raise UserError(
+                    f"cannot resume '{self.out}': it has logged rows or checkpoint files but no "
+                    f"checkpoint that loads ({notes}); nothing was changed — restore the "
+                    "checkpoints or start a new run with another --out"
+                )
+            # killed during start-up, before its first checkpoint: nothing to keep
             self._note("no checkpoint yet; starting the run over from step 0")
-            for name in ("replay", "tb", "metrics.jsonl", "timing.jsonl"):
-                target = self.out / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
+            run_folder.clear_start(self.out)
             self.resuming = resume = False
         resume_from = self._load_checkpoint() if resume else None
         if not resume:  # the replay is sized once, when the run is created
@@ -186,21 +176,10 @@ class Trainer:
 
     # -- set-up ----------------------------------------------------------------------------
     def _prepare_folder(self) -> None:
-        leftover = self.out / "replay"
-        if not self.resuming and leftover.is_dir() and all(
-                p.suffix == ".npy" for p in leftover.iterdir()):
-            shutil.rmtree(leftover)  # a start killed before config.yaml: not a run yet
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            probe = self.out / ".write-probe"
-            probe.write_text("ok")
-            probe.unlink()
-            if self._lock is None:
-                self._lock = lock_run(self.out)
-        except OSError as e:
-            raise UserError(
-                f"run folder '{self.out}' is not writable ({e.strerror}); choose another --out"
-            ) from None
+        if self._new_folder:
+            run_folder.create(self.out)
+        if self._lock is None:
+            self._lock = run_folder.lock(self.out)
 
     def _make_replay(self) -> Replay:
         rc = self.cfg.replay
@@ -232,6 +211,8 @@ class Trainer:
             "driver_rng": generator_state(self.rng),
             "rng": global_rng_state(),
             "env_id": self.cfg.env.id,
+            # the resolved config, so a checkpoint copied out of its run still loads
+            "config": OmegaConf.to_yaml(self.cfg),
             # update metrics not yet logged: the next log row averages over them too
             "log_window": {k: torch.tensor(v, dtype=torch.float64)
                            for k, v in self._window.items()},
@@ -357,6 +338,8 @@ class Trainer:
         if self.resumed_from is not None and c.env_steps >= steps:
             self._note(f"run already complete at {c.env_steps} env steps; raise --steps to extend")
             return self.summary()
+        for note in training_notes(cfg):
+            self._note(note)
         self.progress = Progress(steps, c.env_steps, enabled=bool(cfg.run.progress))
         t0, steps0 = time.time(), c.env_steps
         obs, _ = self.env.reset(seed=episode_seed(int(cfg.seed), c.episodes))

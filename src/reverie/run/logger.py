@@ -14,26 +14,56 @@ import math
 from pathlib import Path
 from typing import Any
 
+from reverie.errors import UserError
+
 METRICS = "metrics.jsonl"
 TIMING = "timing.jsonl"
+LOGS = (METRICS, TIMING)
+
+
+def read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, row) for every row of a JSONL log. The one line a kill can cut (the last, with
+    no newline) is left out; any other line that is not a `{"step": int, ...}` object is a
+    one-line UserError naming the file and line, so no row is ever silently dropped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path} ({type(e).__name__}); restore it or move it "
+                        "aside") from None
+    lines = text.split("\n")
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            ok = isinstance(row, dict) and type(row.get("step")) is int
+        except ValueError:
+            ok = False
+        if ok:
+            rows.append((line, row))
+        elif i < len(lines) - 1:  # a complete line: outside damage, not a kill
+            raise UserError(f"{path} line {i + 1} is not a metrics row ({line[:40]!r}); fix "
+                            "or delete that line, then run the command again")
+    return rows
 
 
 def _truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop the rows written after the checkpoint at `last_step` (they will be written again)."""
     if not path.exists():
         return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            break  # a line cut by a kill: everything after it is gone too
-        if row.get("step", 0) > last_step:
-            break
-        keep.append(line)
+    rows = read_rows(path)
+    keep = [line for line, row in rows if row["step"] <= last_step]
+    text = "".join(k + "\n" for k in keep)
+    if text == path.read_text():
+        return
     from reverie.run.checkpoint import atomic_write_bytes
 
     # atomic: a kill during the rewrite must not cost the history before the checkpoint
-    atomic_write_bytes(path, "".join(k + "\n" for k in keep).encode())
+    atomic_write_bytes(path, text.encode())
 
 
 def _clean(value: Any) -> Any:
@@ -92,14 +122,8 @@ class RunLogger:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if Path(path).exists():
-        for line in Path(path).read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                break
-    return rows
+    """The rows of a JSONL log (see `read_rows` for what counts as damage)."""
+    return [row for _, row in read_rows(path)]
 
 
 def plot_curve(folder: Path, title: str = "") -> Path | None:

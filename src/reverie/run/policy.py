@@ -8,11 +8,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from reverie.config import load_run_config
+from reverie.config import load_run_config, parse_run_config
 from reverie.envs import make_env, make_obs_spec
 from reverie.errors import UserError
 from reverie.run.checkpoint import CheckpointStore, load_file
 from reverie.run.driver import batch_obs, build_agent, evaluate, load_agent_state, select_device
+from reverie.run.folder import check_no_links
 
 
 class Policy:
@@ -61,17 +62,25 @@ class Policy:
 
 
 def load(path: str | Path, device: str = "auto") -> Policy:
-    """Load the newest verified checkpoint of a run folder, or a given checkpoint file."""
+    """Load the newest verified checkpoint of a run folder, or a given checkpoint file (also
+    one copied out of its run: checkpoints carry their run's config)."""
     path = Path(path)
     if path.is_file():
-        run = path.parent.parent
         payload = load_file(path)
+        run = path.parent.parent
+        if path.parent.name == "checkpoints" and (run / "config.yaml").is_file():
+            cfg = load_run_config(run)
+        elif isinstance(payload.get("config"), str):
+            cfg = parse_run_config(payload["config"], f"the config inside {path}")
+        else:
+            raise UserError(f"checkpoint '{path}' is outside its run folder and predates "
+                            "checkpoints that carry their config; load it from RUN/checkpoints/")
     elif path.is_dir():
-        run = path
-        payload, _, _ = CheckpointStore(run / "checkpoints").load_latest()
+        check_no_links(path)
+        payload, _, _ = CheckpointStore(path / "checkpoints").load_latest()
+        cfg = load_run_config(path)
     else:
         raise UserError(f"no run or checkpoint at '{path}'; pass a run folder such as runs/demo")
-    cfg = load_run_config(run)
     if payload.get("agent_name") != cfg.agent:
         raise UserError(f"checkpoint at '{path}' is from agent '{payload.get('agent_name')}', "
                         f"the run config says '{cfg.agent}'")

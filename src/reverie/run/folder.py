@@ -1,0 +1,126 @@
+"""The run folder's lifecycle: which folders may become a run, which are one, and their lock.
+
+Everything inside a run folder is untrusted input (a colleague may hand one over, a user may
+edit it), so these checks run before reverie writes or deletes anything there:
+- a new run goes only into a missing or empty folder, or into the half-made leftovers of a
+  reverie start that died before it wrote `config.yaml` (recognised by the `MARKER` file it
+  writes first); any other non-empty folder is refused, never cleared;
+- a folder that holds a link anywhere is refused: reverie never writes through a link, so
+  nothing outside the run can be touched through one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+from pathlib import Path
+
+from reverie.errors import UserError
+from reverie.run.logger import LOGS
+
+MARKER = ".reverie-run"  # written first into every folder reverie makes a run in
+CONFIG = "config.yaml"
+# What a start writes before config.yaml exists (the lock, the marker, the preallocated replay).
+_START_LEFTOVERS = {MARKER, ".lock", ".write-probe", "replay"}
+
+
+def check_no_links(folder: Path) -> None:
+    """Refuse a run folder that holds a symbolic link anywhere inside it."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        raise UserError(f"run folder '{folder}' is a link; point at the real folder "
+                        f"('{folder.resolve()}')")
+    if not folder.is_dir():
+        return
+    for path in folder.rglob("*"):
+        if path.is_symlink():
+            raise UserError(
+                f"run folder '{folder}' holds a link ({path.relative_to(folder)}); reverie never "
+                "writes through links: replace it with the real file or folder"
+            )
+
+
+def _half_made(folder: Path) -> bool:
+    """A reverie start that died before writing config.yaml left only these files behind."""
+    names = {p.name for p in folder.iterdir()}
+    if MARKER not in names or not names <= _START_LEFTOVERS:
+        return False
+    replay = folder / "replay"
+    return not replay.exists() or all(p.suffix == ".npy" for p in replay.iterdir())
+
+
+def check_new(folder: Path) -> None:
+    """Read-only: may a new run be created in `folder`? Raises a UserError naming the fix."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out '{folder}' is a file, not a folder; choose another --out")
+    check_no_links(folder)
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    if (folder / CONFIG).exists():
+        raise UserError(
+            f"run folder '{folder}' already holds a run; continue it with "
+            f"`reverie train --resume {folder}` or choose another --out"
+        )
+    if not _half_made(folder):
+        raise UserError(
+            f"'{folder}' is not empty and is not a reverie run; choose a new or empty --out "
+            "(reverie never clears a folder it did not create)"
+        )
+
+
+def create(folder: Path) -> None:
+    """Make `folder` a run in the making: create it, mark it, clear a dead start's leftovers."""
+    folder = Path(folder)
+    check_new(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if (folder / MARKER).exists():  # a start that died before config.yaml: ours to clear
+            shutil.rmtree(folder / "replay", ignore_errors=True)
+        (folder / MARKER).write_text("a reverie run folder\n")
+        probe = folder / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(
+            f"run folder '{folder}' is not writable ({e.strerror}); choose another --out"
+        ) from None
+
+
+def has_history(folder: Path) -> bool:
+    """Anything a user could lose: logged rows or checkpoint files."""
+    folder = Path(folder)
+    if any((folder / name).is_file() and (folder / name).stat().st_size > 0 for name in LOGS):
+        return True
+    ckpts = folder / "checkpoints"
+    return ckpts.is_dir() and any(p.name.startswith("ckpt-") for p in ckpts.iterdir())
+
+
+def clear_start(folder: Path) -> None:
+    """Delete what a run killed during start-up wrote after config.yaml (no history: checked)."""
+    for name in ("replay", "tb", *LOGS):
+        target = Path(folder) / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def lock(folder: Path):
+    """Hold an exclusive lock on a run folder for this process's lifetime (the kernel drops
+    it when the process dies, even by SIGKILL), so two processes never write one run."""
+    try:
+        handle = open(Path(folder) / ".lock", "a+")  # noqa: SIM115 - held until exit
+    except OSError as e:
+        raise UserError(
+            f"run folder '{folder}' is not writable ({e.strerror}); choose another --out"
+        ) from None
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UserError(
+            f"run folder '{folder}' is in use by another reverie process; stop that process "
+            "(or let it finish) before resuming"
+        ) from None
+    return handle
