@@ -114,6 +114,26 @@ def bad_inputs(tmp: Path) -> dict:
     return {"tried": len(CASES), "handled": handled, "failures": failures}
 
 
+def untrusted_runs(tmp: Path) -> dict:
+    """The untrusted-run-folder matrix (tests/test_untrusted_run.py: crafted manifests,
+    foreign --out folders, damaged logs, flags with --resume, fuzzed manifest/config.yaml),
+    run by pytest in a subprocess and counted case by case from its JUnit XML."""
+    import xml.etree.ElementTree as ET
+
+    report = tmp / "untrusted.xml"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                    str(ROOT / "tests" / "test_untrusted_run.py"), f"--junitxml={report}"],
+                   cwd=ROOT, capture_output=True, text=True)
+    cases = ET.parse(report).getroot().iter("testcase")
+    failures = []
+    tried = 0
+    for case in cases:
+        tried += 1
+        if any(child.tag in ("failure", "error") for child in case):
+            failures.append(case.get("name"))
+    return {"tried": tried, "handled": tried - len(failures), "failures": failures}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--agent", choices=["random", "imagine"], default="random")
@@ -148,6 +168,7 @@ def main() -> None:
 
     restore = restore_seconds(ref)
     bad = bad_inputs(tmp)
+    untrusted = untrusted_runs(tmp)
     result = {
         "benchmark": "reliability",
         "agent": args.agent,
@@ -158,6 +179,7 @@ def main() -> None:
                   "mid_checkpoint_write": sum("write" in t.get("kill_mode", "") for t in trials),
                   "trials": trials},
         "bad_inputs": bad,
+        "untrusted_runs": untrusted,
         "resume_restore_s": round(restore, 2),
         "uninterrupted_wall_s": round(full_wall, 2),
         "deterministic": deterministic,

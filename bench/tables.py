@@ -115,14 +115,17 @@ def reliability_table(results: Path) -> str | None:
     for path in sorted(results.glob("reliability-*.json")):
         r = json.loads(path.read_text())
         k, b = r["kills"], r["bad_inputs"]
+        u = r.get("untrusted_runs")
         rows.append([f"`{r['agent']}` agent, {r['steps']} steps",
                      f"{k['survived']} / {k['tried']} ({k['mid_checkpoint_write']} mid-write)",
-                     f"{b['handled']} / {b['tried']}", f"{r['resume_restore_s']:.1f} s",
+                     f"{b['handled']} / {b['tried']}",
+                     f"{u['handled']} / {u['tried']}" if u else "not run",
+                     f"{r['resume_restore_s']:.1f} s",
                      "identical" if r["deterministic"] else "DIFFERENT"])
     if not rows:
         return None
     head = ["run", "SIGKILLs survived (resumed run == uninterrupted)", "bad inputs handled",
-            "resume restore time", "same seed twice"]
+            "untrusted run-folder cases handled", "resume restore time", "same seed twice"]
     return "\n".join([_row(head), _row(["---"] * len(head))] + [_row(x) for x in rows])
 
 
