@@ -226,3 +226,51 @@ def test_forward_equals_steps_default_chunks():
         assert (a["s_im"] - b["s_im"]).abs().max().item() <= 1e-4
     y0, s0 = m(x[:, :0], s_par)  # an empty sequence is a no-op
     assert y0.shape == (2, 0, 16) and torch.equal(s0[0]["s_re"], s_par[0]["s_re"])
+
+
+def test_reference_init_and_plain_output_norm():
+    # proroklab/ffm FFA defaults: float64, max_len 1024, fudge 0.01, forgotten_at 0.01
+    m = make_backbone("ffm", d_model=16, n_layers=1, memory_size=5, context_size=4,
+                      init="reference", norm_affine=False)
+    blk = m.blocks[0]
+    limit = 709.782712893384 / 1024 - 0.01  # ln(float64 max) / max_len − fudge
+    low, high = -limit + 0.01, math.log(0.01) / 1024
+    assert low == pytest.approx(-0.673147, abs=1e-6)
+    expected = [low + k * (high - low) / 4 for k in range(5)]
+    assert blk.alpha.detach().tolist() == pytest.approx(expected, rel=1e-6)
+    assert (blk.alpha > -limit).all()  # inside the reference's clamp
+    periods = 2 * math.pi / blk.omega.detach()
+    assert torch.allclose(periods, torch.linspace(1.0, 1024.0, 4), rtol=1e-5)
+    # output LayerNorm without scale or bias: nothing learned, zero mean / unit variance
+    assert blk.mix_norm.weight is None and blk.mix_norm.bias is None
+    z = blk.mix_norm(torch.randn(3, 16) * 5 + 2)
+    torch.testing.assert_close(z.mean(-1), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.var(-1, unbiased=False), torch.ones(3), atol=1e-3, rtol=0)
+    # the default init is untouched: fastest trace keeps 1% after one step
+    default = make_backbone("ffm", d_model=16, n_layers=1, memory_size=5).blocks[0]
+    assert default.alpha[0].item() == pytest.approx(math.log(0.01), rel=1e-5)
+    assert default.mix_norm.weight is not None
+
+
+def test_reference_options_keep_forward_equal_to_steps():
+    torch.manual_seed(2)
+    m = make_backbone("ffm", d_model=16, n_layers=2, memory_size=8, context_size=4,
+                      chunk_size=8, init="reference", norm_affine=False).eval()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 21, 16, generator=g)
+    reset = torch.zeros(2, 21, dtype=torch.bool)
+    reset[0, 9] = True
+    with torch.no_grad():
+        y_par, _ = m(x, None, reset)
+        s, ys = m.initial_state(2), []
+        for t in range(21):
+            s = m.reset_state(s, reset[:, t])
+            y, s = m.step(x[:, t], s)
+            ys.append(y)
+    assert (y_par - torch.stack(ys, 1)).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("bad", [{"init": "paper"}, {"norm_affine": "no"}])
+def test_bad_reference_options(bad):
+    with pytest.raises(ValueError, match="ffm (init|norm_affine)"):
+        make_backbone("ffm", d_model=16, n_layers=1, **bad)

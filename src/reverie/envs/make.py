@@ -1,14 +1,17 @@
 """`make_env(spec)`: every environment reverie trains on, behind one observation convention.
 
 Observations are dicts of arrays: image keys hold uint8 [64, 64, 3], vector keys float32 [D]
-(a plain Box env gives {"vector": ...}, an image env {"image": ...}). Actions are Discrete or
-a Box rescaled to [-1, 1]. Spec strings:
+(a plain Box env gives {"vector": ...}, an image env {"image": ...}; Discrete, MultiDiscrete
+and Tuple observations are flattened to one-hot / concatenated vectors, as POPGym's
+baselines do). Actions are Discrete (int), 1-D MultiDiscrete (an int64 vector, one entry
+per component; POPGym's Battleship and MineSweeper) or a 1-D Box rescaled to [-1, 1].
+Spec strings:
 
     CartPole-v1                 any Gymnasium id
     ALE/Pong-v5                 Atari with the Atari100k protocol (DESIGN.md)
     dmc:walker-walk             DeepMind Control, proprioceptive
     minatar:breakout            MinAtar (10x10xC binary planes, flattened)
-    popgym-RepeatPreviousEasy-v0  POPGym
+    popgym-RepeatPreviousEasy-v0  POPGym: popgym-<Name><Easy|Medium|Hard>-v0 (`popgym_ids()`)
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from reverie.envs.wrappers import DictObservation, make_obs_spec
 from reverie.errors import UserError, suggest
 
 MINATAR_GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
+POPGYM_DIFFICULTIES = ("Easy", "Medium", "Hard")
+# POPGym registers these two only when the optional `mazelib` package is installed
+POPGYM_MAZES = ("LabyrinthEscape", "LabyrinthExplore")
 
 
 def _require(module: str, extra: str) -> None:
@@ -78,14 +84,41 @@ def _make_dmc(name: str) -> gym.Env:
     return DMCEnv(name)
 
 
+def popgym_ids() -> list[str]:
+    """Every registered `popgym-<Name><Easy|Medium|Hard>-v0` id (needs the popgym extra)."""
+    _require("popgym", "popgym")
+    import popgym  # noqa: F401  (registers the popgym-* ids)
+
+    return sorted(k for k in gym.registry
+                  if k.startswith("popgym-") and k[:-3].endswith(POPGYM_DIFFICULTIES))
+
+
+def _check_popgym_id(env_id: str) -> None:
+    ids = popgym_ids()
+    if env_id in ids:
+        return
+    if any(env_id.startswith(f"popgym-{maze}") for maze in POPGYM_MAZES):
+        raise UserError(f"'{env_id}' needs the mazelib package, which popgym leaves optional: "
+                        "pip install mazelib")
+    names = sorted({i[len("popgym-"):-3].removesuffix(d) for i in ids
+                    for d in POPGYM_DIFFICULTIES if i[:-3].endswith(d)})
+    raise UserError(
+        f"unknown POPGym environment '{env_id}'{suggest(env_id, ids)}; use "
+        f"popgym-<Name><Easy|Medium|Hard>-v0 with Name one of: {', '.join(names)}"
+    )
+
+
 def _make_gym(env_id: str, render: bool = False) -> gym.Env:
     if env_id.startswith("popgym-"):
-        _require("popgym", "popgym")
-        import popgym  # noqa: F401  (registers the popgym-* ids)
+        _check_popgym_id(env_id)
     try:
         if env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4"):
             return _make_atari(env_id)
-        return gym.make(env_id, render_mode="rgb_array") if render else gym.make(env_id)
+        kwargs = {"render_mode": "rgb_array"} if render else {}
+        if env_id.startswith("popgym-"):
+            # the passive checker warns that popgym's reset and step share one info dict
+            kwargs["disable_env_checker"] = True
+        return gym.make(env_id, **kwargs)
     except gym.error.DependencyNotInstalled as e:
         first = str(e).splitlines()[0].rstrip(".") if str(e) else type(e).__name__
         raise UserError(f"env '{env_id}' needs a package that is not installed: {first}") \
@@ -122,12 +155,16 @@ def make_env(spec: str, image_size: int = 64, render: bool = False) -> gym.Env:
         if not (np.all(act.low == -1.0) and np.all(act.high == 1.0)):
             one = np.ones(act.shape, dtype=np.float32)
             env = gym.wrappers.RescaleAction(env, -one, one)
+    elif isinstance(act, spaces.MultiDiscrete):
+        if len(act.nvec.shape) != 1:
+            raise UserError(f"env '{spec}' has a {act.nvec.ndim}-D MultiDiscrete action space; "
+                            "reverie supports 1-D MultiDiscrete (flatten it with a wrapper)")
     elif not isinstance(act, spaces.Discrete):
         raise UserError(
             f"env '{spec}' has a {type(act).__name__} action space; reverie supports "
-            "Discrete and 1-D Box actions"
+            "Discrete, 1-D MultiDiscrete and 1-D Box actions"
         )
     return DictObservation(env, image_size=image_size)
 
 
-__all__ = ["make_env", "make_obs_spec"]
+__all__ = ["make_env", "make_obs_spec", "popgym_ids"]

@@ -46,14 +46,19 @@ class DictObservation(gym.ObservationWrapper):
                 out[key] = spaces.Box(0, 255, (image_size, image_size, 3 if c == 3 else c),
                                       np.uint8)
             else:
+                # Discrete and MultiDiscrete become one-hot blocks, Tuple/Dict parts are
+                # concatenated: the encoding POPGym's baselines (RLlib) feed their models
                 try:
                     flat = spaces.flatten_space(space)
                 except NotImplementedError:
+                    flat = None
+                if not isinstance(flat, spaces.Box):  # Graph, Sequence: variable size
                     from reverie.errors import UserError
 
                     raise UserError(
                         f"observation space {space} is not supported; wrap the env so it "
-                        "returns Box, Discrete, Tuple or Dict observations"
+                        "returns Box, Discrete, MultiDiscrete, MultiBinary, Tuple or Dict "
+                        "observations"
                     ) from None
                 out[key] = spaces.Box(-np.inf, np.inf, (int(flat.shape[0]),), np.float32)
             self._parts[key] = (name, space, image)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reverie.errors import suggest
 from reverie.sequence.base import Backbone, Block, LayerState
 
 
@@ -152,6 +153,23 @@ def unchunk(S: Tensor, T: int) -> Tensor:
     return S.permute(4, 5, 3, 0, 1, 2).reshape(B, nc * L, m, c, 2)[:, :T]
 
 
+# The official torch FFM (proroklab/ffm, `FFA`) runs its aggregator in float64 over windows
+# of max_len = 1024 steps and keeps exp(|α|·max_len) finite with a margin ("fudge") of 0.01:
+# α >= −limit, limit = ln(float64 max)/1024 − 0.01 = ln 2 − 0.01 ≈ 0.6831.
+REFERENCE_MAX_LEN = 1024
+REFERENCE_FUDGE = 0.01
+REFERENCE_LIMIT = math.log(torch.finfo(torch.float64).max) / REFERENCE_MAX_LEN - REFERENCE_FUDGE
+
+
+def reference_alpha_init(memory_size: int, max_horizon: float = 1024.0) -> Tensor:
+    """The reference's initial decays, float64 [m]: linear from −limit + 0.01 ≈ −0.673 (the
+    fastest trace, one fudge inside its clamp) to ln(0.01)/max_horizon (the slowest keeps
+    1% of an input after `max_horizon` steps; the reference calls it max_period)."""
+    low = -REFERENCE_LIMIT + REFERENCE_FUDGE
+    high = max(min(-1e-6, math.log(0.01) / max_horizon), low)
+    return torch.linspace(low, high, memory_size, dtype=torch.float64)
+
+
 class FFMBlock(Block):
     """x + FFM(LayerNorm(x)): one FFM cell with m traces and c contexts."""
 
@@ -164,6 +182,8 @@ class FFMBlock(Block):
         min_horizon: float,
         max_horizon: float,
         max_period: float,
+        init: str = "reverie",
+        norm_affine: bool = True,
     ) -> None:
         super().__init__()
         m, c = memory_size, context_size
@@ -172,14 +192,19 @@ class FFMBlock(Block):
         # one linear layer: trace input x̃ (m), input gate (m), pass-through (D), output gate (D)
         self.pre = nn.Linear(d_model, 2 * m + 2 * d_model)
         self.mix = nn.Linear(2 * m * c, d_model)
-        self.mix_norm = nn.LayerNorm(d_model)
-        # Trace j keeps 1% of an input after τ_j steps, τ log-spaced over
-        # [min_horizon, max_horizon]: every octave of memory length gets the same number
-        # of traces. (The paper spaces α linearly and cannot go below half-lives of ~9
-        # steps because of float32 overflow; the chunked `aggregate` has no such limit.)
-        tau = torch.logspace(math.log10(min_horizon), math.log10(max_horizon), m)
+        # the reference's output norm has no scale or bias (norm_affine=False)
+        self.mix_norm = nn.LayerNorm(d_model, elementwise_affine=norm_affine)
+        if init == "reference":
+            rho = torch.log(-reference_alpha_init(m, max_horizon)).float()
+        else:
+            # Trace j keeps 1% of an input after τ_j steps, τ log-spaced over
+            # [min_horizon, max_horizon]: every octave of memory length gets the same
+            # number of traces. (The reference spaces α linearly from the clamp its
+            # overflow forces; the chunked `aggregate` has no such limit.)
+            tau = torch.logspace(math.log10(min_horizon), math.log10(max_horizon), m)
+            rho = torch.log(math.log(100.0) / tau)
         # α = −exp(ρ) keeps α < 0 without clamping and moves log-timescales evenly
-        self.log_neg_alpha = nn.Parameter(torch.log(math.log(100.0) / tau))
+        self.log_neg_alpha = nn.Parameter(rho)
         # ω_k = 2π / period_k, periods linear in [1, max_period] as in the paper
         self.omega = nn.Parameter(2 * math.pi / torch.linspace(1.0, max_period, c))
 
@@ -260,7 +285,10 @@ DEFAULTS: dict[str, Any] = {
     "min_horizon": 1.0,
     "max_horizon": 1024.0,
     "max_period": 1024.0,
+    "init": "reverie",
+    "norm_affine": True,
 }
+INITS = ("reverie", "reference")
 
 
 def build(d_model: int, n_layers: int, **kwargs: Any) -> Backbone:
@@ -269,7 +297,10 @@ def build(d_model: int, n_layers: int, **kwargs: Any) -> Backbone:
     Options: memory_size m (traces, 32), context_size c (frequencies, 4), chunk_size
     (steps per parallel chunk, 64), min_horizon / max_horizon (steps after which the
     fastest / slowest trace keeps 1% of an input at init, 1 / 1024), max_period (longest
-    oscillation period at init, 1024).
+    oscillation period at init, 1024), init ("reverie": α log-spaced in time scale over
+    [min_horizon, max_horizon]; "reference": the official code's linear spread of α from
+    −0.673 to ln(0.01)/max_horizon, min_horizon unused), norm_affine (learned scale and
+    bias in the output LayerNorm, True; the reference has none: False).
     """
     unknown = sorted(set(kwargs) - set(DEFAULTS))
     if unknown:
@@ -285,6 +316,11 @@ def build(d_model: int, n_layers: int, **kwargs: Any) -> Backbone:
         v = opt[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 1:
             raise ValueError(f"ffm {key} must be a number >= 1 (in steps), got {v!r}")
+    if opt["init"] not in INITS:
+        raise ValueError(f"ffm init must be one of {', '.join(INITS)}, got {opt['init']!r}"
+                         f"{suggest(str(opt['init']), INITS)}")
+    if not isinstance(opt["norm_affine"], bool):
+        raise ValueError(f"ffm norm_affine must be true or false, got {opt['norm_affine']!r}")
     if opt["min_horizon"] > opt["max_horizon"]:
         raise ValueError(
             f"ffm min_horizon ({opt['min_horizon']}) must not exceed max_horizon "

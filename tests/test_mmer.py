@@ -1,0 +1,44 @@
+"""MMER on hand-computed runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reverie.eval.mmer import mmer, mmer_curve, mmer_from_metrics, normalized_mmer, window_means
+
+
+def test_mmer_is_the_running_max_of_means_at_the_end():
+    points = [(300, 0.1), (100, -0.5), (200, 0.4), (400, float("nan")), (500, 0.2)]
+    assert mmer_curve(points) == [(100, -0.5), (200, 0.4), (300, 0.4), (500, 0.4)]
+    assert mmer(points) == 0.4
+    assert mmer(points, max_step=100) == -0.5  # the budget cuts later points
+    assert normalized_mmer(0.4) == pytest.approx(0.7)
+    assert normalized_mmer(-1.0) == 0.0 and normalized_mmer(1.0) == 1.0
+    with pytest.raises(ValueError, match="no finite mean return"):
+        mmer([(10, float("nan"))])
+
+
+def test_mmer_from_metrics_rows():
+    lines = [
+        {"step": 100, "episode/return": -1.0, "episode/length": 10},
+        {"step": 150, "episode/return": 0.0},
+        {"step": 200, "eval/return": 0.25, "eval/return_std": 0.1},
+        {"step": 250, "episode/return": 1.0},
+        {"step": 400, "eval/return": "nan"},
+        {"step": 400, "episode/return": 0.5},
+        {"step": 600, "episode/return": 0.0},
+        {"step": 600, "eval/return": 0.1},
+    ]
+    rows = [json.loads(json.dumps(r)) for r in lines]
+    assert mmer_from_metrics(rows) == 0.25
+    # windows of 200 steps: (0, 200] -> mean(-1, 0) = -0.5, (200, 400] -> mean(1, .5) = .75,
+    # (400, 600] -> 0
+    assert window_means([(r["step"], r["episode/return"]) for r in rows
+                         if "episode/return" in r], 200) == [(200, -0.5), (400, 0.75),
+                                                            (600, 0.0)]
+    assert mmer_from_metrics(rows, "episode/return", window_steps=200) == 0.75
+    assert mmer_from_metrics(rows, "episode/return", window_steps=200, max_step=200) == -0.5
+    with pytest.raises(ValueError, match="window_steps"):
+        mmer_from_metrics(rows, "episode/return")
