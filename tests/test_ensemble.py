@@ -161,6 +161,9 @@ def test_trajectory_sampling_ts1_and_tsinf():
         nxt1, _, _ = model.sample_next(torch.zeros(64, 2), act, g, mode="ts1")
         seen_ts1 |= set((nxt1[:, 0] / 10).round().long().tolist())
     assert seen_ts1 == {1, 2, 3}  # TS1 varies over rows/steps but only among the elites
+    pinned = torch.tensor([3, 0, 2, 0])  # TS∞ may pin any member, elite or not
+    nxt, _, _ = model.sample_next(torch.zeros(4, 2), act[:4], g, "tsinf", pinned)
+    assert torch.allclose(nxt[:, 1], torch.tensor([30.0, 0.0, 20.0, 0.0]), atol=1e-4)
     with pytest.raises(ValueError, match="member_idx"):
         model.sample_next(obs, act, g, mode="tsinf")
 

@@ -216,9 +216,11 @@ class EnsembleDynamics(nn.Module):
                 raise ValueError("mode='tsinf' needs member_idx: [N] long, from draw_members(N)")
         else:
             raise ValueError(f"unknown trajectory-sampling mode {mode!r}; use 'ts1' or 'tsinf'")
-        next_obs, reward, term = self.sample_members(obs, action, generator)
+        # only the members some row uses are evaluated (TS1: the elites, not all E)
+        used, pos = torch.unique(member_idx, return_inverse=True)
+        next_obs, reward, term = self.sample_members(obs, action, generator, used)
         rows = torch.arange(n, device=obs.device)
-        return next_obs[member_idx, rows], reward[member_idx, rows], term[member_idx, rows] > 0.5
+        return next_obs[pos, rows], reward[pos, rows], term[pos, rows] > 0.5
 
     @torch.no_grad()
     def disagreement(
