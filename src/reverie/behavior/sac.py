@@ -155,16 +155,16 @@ class SAC:
         self.cfg = cfg = cfg or SACConfig()
         self.device = torch.device(device)
         self.target_entropy = (
-            -float(action_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
+            self.default_target_entropy(action_dim)
+            if cfg.target_entropy is None
+            else float(cfg.target_entropy)
         )
         # Parameters depend only on `seed` and the global generator is left untouched;
         # sampling uses SAC's own generator (checkpointed with it).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.actor = SquashedGaussianActor(
-                obs_dim, action_dim, cfg.hidden, cfg.layers, cfg.log_std_min, cfg.log_std_max
-            ).to(self.device)
-            self.critic = TwinQ(obs_dim, action_dim, cfg.hidden, cfg.layers).to(self.device)
+            actor, critic = self.build_networks(obs_dim, action_dim)
+        self.actor, self.critic = actor.to(self.device), critic.to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(
             math.log(cfg.init_alpha), device=self.device, requires_grad=True
@@ -173,6 +173,19 @@ class SAC:
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr_critic)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr_alpha)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+
+    # -- what the action space decides (overridden by DiscreteSAC) ------------------------------
+    @staticmethod
+    def default_target_entropy(action_dim: int) -> float:
+        """H̄ = −|A| (SAC's heuristic, eq. 18's experiments)."""
+        return -float(action_dim)
+
+    def build_networks(self, obs_dim: int, action_dim: int) -> tuple[nn.Module, nn.Module]:
+        cfg = self.cfg
+        actor = SquashedGaussianActor(
+            obs_dim, action_dim, cfg.hidden, cfg.layers, cfg.log_std_min, cfg.log_std_max
+        )
+        return actor, TwinQ(obs_dim, action_dim, cfg.hidden, cfg.layers)
 
     @property
     def alpha(self) -> float:
@@ -186,6 +199,10 @@ class SAC:
             return torch.tanh(self.actor(obs)[0])
         return self.actor.sample(obs, self.generator)[0]
 
+    def critic_values(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        """(Q_1, Q_2)(s, a): [B] each."""
+        return self.critic(obs, action)
+
     def critic_target_value(self, batch: dict[str, Tensor], alpha: Tensor) -> Tensor:
         """The soft TD target y [B] of a batch (no gradient)."""
         with torch.no_grad():
@@ -195,6 +212,13 @@ class SAC:
                 batch["reward"], batch["done"], q1, q2, next_log_prob, alpha, self.cfg.gamma
             )
 
+    def actor_loss(self, obs: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+        """(policy loss, log π(ã|s) [B] of a reparameterised sample ã) at obs [B, O]."""
+        action, log_prob = self.actor.sample(obs, self.generator)
+        q1, q2 = self.critic(obs, action)
+        return (alpha * log_prob - torch.minimum(q1, q2)).mean(), log_prob
+
+    # -- the update ----------------------------------------------------------------------------
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """One gradient step of critics, actor and α, then the Polyak step of the targets.
 
@@ -208,19 +232,18 @@ class SAC:
         alpha = self.log_alpha.detach().exp()
 
         target = self.critic_target_value(batch, alpha)
-        q1, q2 = self.critic(batch["obs"], batch["action"])
+        q1, q2 = self.critic_values(batch["obs"], batch["action"])
         critic_loss = 0.5 * (F.mse_loss(q1, target) + F.mse_loss(q2, target))
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_opt.step()
 
-        action, log_prob = self.actor.sample(batch["obs"], self.generator)
-        q1_pi, q2_pi = self.critic(batch["obs"], action)
-        actor_loss = (alpha * log_prob - torch.minimum(q1_pi, q2_pi)).mean()
+        actor_loss, log_prob = self.actor_loss(batch["obs"], alpha)
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_opt.step()
 
+        # −log π estimates the entropy: d(α-loss)/d log α = H(π) − H̄
         alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
         self.alpha_opt.zero_grad(set_to_none=True)
         alpha_loss.backward()
