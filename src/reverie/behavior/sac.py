@@ -88,7 +88,8 @@ def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 
 
 # -- networks --------------------------------------------------------------------------------
-def _relu_mlp(in_dim: int, out_dim: int, hidden: int, layers: int) -> nn.Sequential:
+def relu_mlp(in_dim: int, out_dim: int, hidden: int, layers: int) -> nn.Sequential:
+    """(Linear -> ReLU) x layers -> Linear, SAC's usual network (no normalisation)."""
     mods: list[nn.Module] = []
     d = in_dim
     for _ in range(layers):
@@ -106,7 +107,7 @@ class SquashedGaussianActor(nn.Module):
         log_std_min: float = -20.0, log_std_max: float = 2.0,
     ) -> None:
         super().__init__()
-        self.net = _relu_mlp(obs_dim, 2 * action_dim, hidden, layers)
+        self.net = relu_mlp(obs_dim, 2 * action_dim, hidden, layers)
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
@@ -129,8 +130,8 @@ class TwinQ(nn.Module):
 
     def __init__(self, obs_dim: int, action_dim: int, hidden: int, layers: int) -> None:
         super().__init__()
-        self.q1 = _relu_mlp(obs_dim + action_dim, 1, hidden, layers)
-        self.q2 = _relu_mlp(obs_dim + action_dim, 1, hidden, layers)
+        self.q1 = relu_mlp(obs_dim + action_dim, 1, hidden, layers)
+        self.q2 = relu_mlp(obs_dim + action_dim, 1, hidden, layers)
 
     def forward(self, obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
         """obs [B, O], action [B, A] -> (Q_1 [B], Q_2 [B])."""
