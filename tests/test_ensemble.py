@@ -172,21 +172,23 @@ def test_disagreement_zero_for_identical_members_and_hand_computed():
     samples = torch.tensor([[[1.0, 2.0]], [[3.0, 2.0]], [[5.0, 2.0]]])  # [M=3, N=1, D=2]
     # std of (1, 3, 5) = sqrt(8/3); the second dim agrees -> mean over dims halves it
     assert ensemble_disagreement(samples).item() == pytest.approx(math.sqrt(8 / 3) / 2)
-    model = _tiny(members=3, elites=3)
+    model = _tiny(members=3, elites=2)
     g = torch.Generator().manual_seed(0)
-    obs, act = torch.randn(8, 2, generator=g), torch.randn(8, 1, generator=g)
+    obs, act = torch.randn(64, 2, generator=g), torch.randn(64, 1, generator=g)
     with torch.no_grad():
         for p in list(model.weights) + list(model.biases):
             p.copy_(p[:1].expand_as(p))
         model.min_logvar.fill_(-40.0)
         model.max_logvar.fill_(-30.0)
-    assert model.disagreement(obs, act, g).abs().max() < 1e-5
+    assert model.disagreement(obs, act, g, torch.arange(3)).abs().max() < 1e-5
     _constant_members(model, [1.0, 3.0, 5.0])  # every output dim (2 obs + reward) differs
-    u = model.disagreement(obs, act, g)
-    assert torch.allclose(u, torch.full((8,), math.sqrt(8 / 3)), atol=1e-4)
+    u = model.disagreement(obs, act, g, torch.arange(3))
+    assert torch.allclose(u, torch.full((64,), math.sqrt(8 / 3)), atol=1e-4)
+    model.elites.copy_(torch.tensor([2, 0]))  # elites in holdout order, not sorted
     nxt, rew, u2, term = model.rollout_step(obs, act, g)
-    assert torch.allclose(u2, u, atol=1e-4) and not term.any()
-    assert set((rew.round()).long().tolist()) <= {1, 3, 5}
+    assert torch.allclose(u2, torch.full((64,), 2.0), atol=1e-4) and not term.any()
+    assert set(rew.round().long().tolist()) == {1, 5}
+    assert torch.allclose(nxt - obs, rew[:, None].expand(-1, 2), atol=1e-4)
 
 
 def test_state_dict_loads_with_weights_only():

@@ -62,7 +62,7 @@ def ensemble_disagreement(samples: Tensor) -> Tensor:
 
 def bootstrap_indices(n: int, members: int, generator: torch.Generator) -> Tensor:
     """One resample with replacement of range(n) per member: [members, n] long."""
-    return torch.randint(n, (members, n), generator=generator)
+    return torch.randint(n, (members, n), generator=generator, device=generator.device)
 
 
 def improved_members(best: Tensor, current: Tensor, min_improvement: float) -> Tensor:
@@ -189,7 +189,7 @@ class EnsembleDynamics(nn.Module):
 
     def draw_members(self, n: int, generator: torch.Generator) -> Tensor:
         """A uniformly random elite for each of `n` rows: [n] long member indices."""
-        pick = torch.randint(len(self.elites), (n,), generator=generator)
+        pick = torch.randint(len(self.elites), (n,), generator=generator, device=generator.device)
         return self.elites[pick.to(self.elites.device)]
 
     @torch.no_grad()
@@ -243,9 +243,9 @@ class EnsembleDynamics(nn.Module):
         reward [N], u [N], terminal [N] bool); the transition comes from a random elite."""
         next_obs, reward, term = self.sample_members(obs, action, generator, self.elites)
         u = ensemble_disagreement(torch.cat([next_obs, reward.unsqueeze(-1)], dim=-1))
-        pick = torch.randint(len(self.elites), (obs.shape[0],), generator=generator)
-        rows = torch.arange(obs.shape[0], device=obs.device)
-        pick = pick.to(obs.device)
+        n = obs.shape[0]
+        pick = torch.randint(len(self.elites), (n,), generator=generator, device=generator.device)
+        pick, rows = pick.to(obs.device), torch.arange(n, device=obs.device)
         return next_obs[pick, rows], reward[pick, rows], u, term[pick, rows] > 0.5
 
     # -- training ----------------------------------------------------------------------------
@@ -311,7 +311,7 @@ class EnsembleDynamics(nn.Module):
             raise ValueError("batch_size, max_epochs and patience must be >= 1; use 256/1000/5")
         inputs = torch.cat([obs, action], dim=-1)
         targets = torch.cat([next_obs - obs, reward.unsqueeze(-1)], dim=-1)
-        perm = torch.randperm(n, generator=generator).to(dev)
+        perm = torch.randperm(n, generator=generator, device=generator.device).to(dev)
         n_hold = min(max(1, int(n * holdout_fraction)), max_holdout, n - 1)
         hold, train = perm[:n_hold], perm[n_hold:]
         self.input_mean.copy_(inputs[train].mean(0))
@@ -327,7 +327,8 @@ class EnsembleDynamics(nn.Module):
         best = torch.full((self.members,), math.inf, device=dev)
         since, epoch, train_loss = 0, 0, float("nan")
         while epoch < max_epochs and since < patience:
-            order = torch.argsort(torch.rand(idx.shape, generator=generator), dim=1)
+            shuffle = torch.rand(idx.shape, generator=generator, device=generator.device)
+            order = torch.argsort(shuffle, dim=1)
             idx = idx.gather(1, order.to(dev))
             losses = []
             for start in range(0, idx.shape[1], batch_size):
