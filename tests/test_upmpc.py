@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from reverie.behavior.sac import SAC, SACConfig
 from reverie.planning.upmpc import UPMPCConfig, plan, repeat_rows, upmpc_scores
+from reverie.world.ensemble import EnsembleDynamics
 
 
 def _first_call_policy(candidates: list[float], later: float = 0.0):
@@ -168,3 +170,31 @@ def test_nested_state_and_config_validation():
         UPMPCConfig(gamma_reward=1.5)
     with pytest.raises(ValueError, match="mode"):
         plan(torch.zeros(1, 1), None, None, UPMPCConfig(), "greedy")
+
+
+def test_plans_with_the_ensemble_and_a_sac_policy():
+    torch.manual_seed(0)
+    model = EnsembleDynamics(3, 2, members=3, elites=2, hidden=16, layers=2)
+    with torch.no_grad():  # identical members with ~0 variance: a deterministic model, u = 0
+        for p in list(model.weights) + list(model.biases):
+            p.copy_(p[:1].expand_as(p))
+        model.min_logvar.fill_(-40.0)
+        model.max_logvar.fill_(-30.0)
+    g = torch.Generator().manual_seed(0)
+    sac = SAC(3, 2, SACConfig(hidden=16), seed=0)
+    actions = []
+
+    def policy(s):
+        actions.append(sac.act(s))
+        return actions[-1]
+
+    def step(s, a):
+        return model.rollout_step(s, a, g)
+
+    cfg = UPMPCConfig()
+    state = torch.randn(4, 3, generator=g)
+    out = plan(state, step, policy, cfg, "conservative")
+    ref = _reference_scores(state, step, actions, cfg, -cfg.lambda_conservative)
+    assert torch.allclose(out.scores, ref, atol=1e-4)
+    assert out.action.shape == (4, 2) and out.model_steps == 4 * 5 * 5
+    assert (out.action.abs() <= 1).all() and len(set(out.scores.flatten().tolist())) > 1
