@@ -159,6 +159,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from reverie.allocator import keep_freed_memory
+
+    keep_freed_memory()  # large activations stay mapped between passes (allocator.py)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
