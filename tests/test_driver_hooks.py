@@ -119,3 +119,31 @@ def test_multidiscrete_actions_run_end_to_end(tmp_path, capsys):
 def test_bad_num_envs(tmp_path, capsys):
     assert main(["train", "--set", "run.num_envs=0", "--out", str(tmp_path / "r")]) == 2
     assert "run.num_envs" in capsys.readouterr().err
+
+
+def test_life_loss_is_terminal_but_not_an_episode_start():
+    envs = Collector("ALE/Breakout-v5", 64, 1, seed=0, life_loss_terminal=True)
+    plain = Collector("ALE/Breakout-v5", 64, 1, seed=0)
+    envs.start()
+    plain.start()
+    losses = 0
+    for step in range(400):
+        action = np.array([1 if step % 20 == 0 else 3])  # fire now and then, move right
+        lives = envs.envs[0].unwrapped.ale.lives()
+        t, finished = envs.step(action)
+        p, _ = plain.step(action)
+        assert np.array_equal(t.next_obs["image"], p.next_obs["image"])  # same game
+        lost = envs.envs[0].unwrapped.ale.lives() < lives and not finished
+        assert bool(t.terminated[0]) == (lost or bool(p.terminated[0]))
+        if lost:
+            losses += 1
+            assert not envs.first[0]  # the episode goes on: memory is not reset
+        if finished:
+            break
+    assert losses >= 1
+
+
+def test_life_loss_terminal_needs_lives(tmp_path, capsys):
+    assert main(["train", "--preset", "random", "--set", "env.life_loss_terminal=true",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "life_loss_terminal" in capsys.readouterr().err

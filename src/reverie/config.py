@@ -50,6 +50,8 @@ class EnvConfig:
     image_size: int = 64
     # which observations the preset's model sizes were chosen for; "any" skips the check
     obs: str = "any"
+    # Atari: store a lost life as a terminal step (Drama/STORM); the episode goes on
+    life_loss_terminal: bool = False
 
 
 @dataclass
