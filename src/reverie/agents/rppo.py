@@ -205,6 +205,7 @@ class RPPOAgent:
         state. explore=True samples and records the step for `observe`; explore=False takes
         the mode and touches nothing of the rollout (evaluation).
         """
+        self.net.eval()  # acting is deterministic given the generator (no dropout)
         first_t = torch.as_tensor(np.asarray(first, dtype=bool), device=self.device)
         memory, prev = state["memory"], state["prev_action"]
         if bool(first_t.any()):
@@ -268,6 +269,7 @@ class RPPOAgent:
         need_final = truncated & ~terminated
         final_value = torch.zeros_like(p["value"])
         if last or bool(need_final.any()):
+            self.net.eval()
             h, _ = self.net.step(self._inputs(t.next_obs, p["prev_after"]), p["memory_after"])
             next_value = self.net.value(h)
             final_value = torch.where(need_final, next_value, final_value)
@@ -305,6 +307,7 @@ class RPPOAgent:
                        for i in range(len(self._start_memory[0])))
         sums: dict[str, float] = {}
         count = 0
+        self.net.train()
         for _ in range(cfg.epochs):
             for batch in sequence_minibatches(T, N, L, cfg.num_minibatches, self.rng):
                 k = torch.as_tensor(batch.start // L, device=self.device)
