@@ -333,3 +333,19 @@ def test_ffm_memory_learns_cue_recall():
     assert score > random_level + 0.4, (score, random_level)
     control = cue_recall_score(amnesia=True)
     assert control < random_level + 0.2, (control, random_level)
+
+
+@pytest.mark.parametrize("env_id", ["popgym-RepeatFirstEasy-v0", "popgym-BattleshipEasy-v0"])
+def test_popgym_rollout_and_update(env_id):
+    """Real POPGym envs through make_env (Discrete and MultiDiscrete actions)."""
+    pytest.importorskip("popgym", reason="needs the popgym extra (make test installs it)")
+    from reverie.envs import make_env
+    from reverie.envs.wrappers import make_obs_spec
+
+    envs = [make_env(env_id) for _ in range(2)]
+    agent = RPPOAgent(make_obs_spec(envs[0].observation_space), envs[0].action_space,
+                      small_cfg(backbone="ffm", backbone_kwargs={"chunk_size": 8}), "cpu", 0)
+    actions, metrics = run_rollout(agent, Collector(envs, agent), 16)
+    assert all(envs[0].action_space.contains(a[0]) for a in actions)
+    assert len(metrics) == 1
+    assert_finite(metrics[0])
