@@ -171,17 +171,19 @@ def test_sequences_replay_what_the_policy_saw(backbone):
                 col.state_before["memory"], torch.as_tensor(col.first_before))
         firsts.append(col.first_before.copy())
         col.finish(agent)
-    assert len(agent._start_memory) == 2
+    assert len(agent.rollout.start_memory) == 2
     for k, t in enumerate((0, 8)):
-        assert same_state(agent._start_memory[k], expected_starts[t])
-    r = {k: torch.stack(v) for k, v in agent._steps.items()}
+        assert same_state(agent.rollout.start_memory[k], expected_starts[t])
+    r = agent.rollout.tensors()
     assert np.array_equal(r["first"].numpy(), np.array(firsts))
     assert r["first"][1:].any() and r["truncated"].any()  # episodes start inside sequences
     batch = sequence_minibatches(16, 3, 8, 1, np.random.default_rng(0))[0]
-    starts = tuple({k: torch.stack([s[i][k] for s in agent._start_memory])[batch.start // 8,
-                                                                        batch.env]
-                    for k in agent._start_memory[0][i]}
-                   for i in range(len(agent._start_memory[0])))
+    starts = agent.rollout.start_states(batch)
+    for b in range(len(batch.env)):  # sequence b starts from its env's stored state
+        one = agent.rollout.start_memory[batch.start[b] // 8]
+        assert same_state(tuple({k: v[b:b + 1] for k, v in layer.items()} for layer in starts),
+                          tuple({k: v[batch.env[b]:batch.env[b] + 1] for k, v in layer.items()}
+                                for layer in one))
     x, first = gather_sequences(r["x"], batch, 8), gather_sequences(r["first"], batch, 8)
     assert first[:, 1:].any()  # some episode starts inside a training sequence
     with torch.no_grad():
@@ -194,7 +196,7 @@ def test_sequences_replay_what_the_policy_saw(backbone):
     assert (agent.net.value(h_bad) - value).abs().max() > 1e-3
     assert agent.updates_due(16) == 1
     assert_finite(agent.update(None))
-    assert agent.updates_due(16) == 0 and not agent._steps["x"]
+    assert agent.updates_due(16) == 0 and len(agent.rollout) == 0
 
 
 def test_resume_mid_rollout_is_bit_identical():
@@ -257,7 +259,7 @@ def test_action_spaces_act_and_update(kind):
     else:
         assert a.dtype == np.int64
         assert a.shape == ((16, 2) if kind == "discrete" else (16, 2, 2))
-    assert len(metrics) == 1 and not agent._steps["action"]  # the update cleared the rollout
+    assert len(metrics) == 1 and len(agent.rollout) == 0  # the update cleared the rollout
     assert_finite(metrics[0])
     for key in ("ppo/policy_loss", "ppo/value_loss", "ppo/entropy", "ppo/approx_kl",
                 "ppo/clip_fraction", "ppo/explained_variance"):

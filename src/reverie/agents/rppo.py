@@ -48,6 +48,7 @@ from reverie.behavior.ppo import (
     sequence_minibatches,
     validate_ppo,
 )
+from reverie.behavior.rollout import Rollout
 from reverie.errors import UserError
 from reverie.nets.mlp import MLP
 from reverie.rng import generator_state, numpy_generator, set_generator_state
@@ -89,15 +90,6 @@ def _as_config(section: Any) -> PPOConfig:
     return PPOConfig(**(asdict(obj) if is_dataclass(obj) else dict(obj)))
 
 
-def _tree_map(fn, tree):
-    """Apply `fn` to every tensor of nested tuples / lists / dicts, keeping the nesting."""
-    if isinstance(tree, Tensor):
-        return fn(tree)
-    if isinstance(tree, dict):
-        return {k: _tree_map(fn, v) for k, v in tree.items()}
-    return type(tree)(_tree_map(fn, v) for v in tree)
-
-
 class RecurrentActorCritic(nn.Module):
     """encoder MLP -> backbone (memory) -> actor head and critic, the verbs of the agent."""
 
@@ -125,10 +117,6 @@ class RecurrentActorCritic(nn.Module):
     def value(self, h: Tensor) -> Tensor:
         """h [..., D] -> V [...]."""
         return self.critic(h).squeeze(-1)
-
-
-_STEP_KEYS = ("x", "first", "action", "logp", "value", "reward", "terminated", "truncated",
-              "final_value")
 
 
 class RPPOAgent:
@@ -171,7 +159,8 @@ class RPPOAgent:
         self.rng = numpy_generator(seed)  # minibatch order
         self.num_envs: int | None = None  # N, known from the first rollout step
         self.updates = 0
-        self._clear_rollout()
+        self.rollout = Rollout(cfg.rollout_length, cfg.seq_len)
+        self._pending: dict[str, Any] | None = None  # the explored step awaiting observe
 
     # -- acting -------------------------------------------------------------------------
     def initial_state(self, n: int) -> AgentState:
@@ -234,21 +223,14 @@ class RPPOAgent:
         elif n != self.num_envs:
             raise ValueError(f"the rollout has {self.num_envs} envs but act() got {n} rows; "
                              "evaluate with explore=False")
-        t = len(self._steps["x"])
         self._pending = {
             "x": x, "first": first, "action": raw, "logp": logp, "value": value,
             "memory_after": memory_after, "prev_after": prev_after,
         }
-        if t % self.cfg.seq_len == 0:
+        if self.rollout.needs_start_state:
             self._pending["start_memory"] = memory
 
     # -- the rollout ----------------------------------------------------------------------
-    def _clear_rollout(self) -> None:
-        self._steps: dict[str, list[Tensor]] = {k: [] for k in _STEP_KEYS}
-        self._start_memory: list[State] = []
-        self._bootstrap: Tensor | None = None
-        self._pending: dict[str, Any] | None = None
-
     @torch.no_grad()
     def observe(self, t: Any) -> None:
         """Record the transition of the last `act(..., explore=True)`; `t` has obs, action,
@@ -265,7 +247,7 @@ class RPPOAgent:
         reward = torch.as_tensor(np.asarray(t.reward, dtype=np.float32), device=dev)
         terminated = torch.as_tensor(np.asarray(t.terminated, dtype=bool), device=dev)
         truncated = torch.as_tensor(np.asarray(t.truncated, dtype=bool), device=dev)
-        last = len(self._steps["x"]) + 1 == self.cfg.rollout_length
+        last = len(self.rollout) + 1 == self.cfg.rollout_length
         need_final = truncated & ~terminated
         final_value = torch.zeros_like(p["value"])
         if last or bool(need_final.any()):
@@ -274,19 +256,18 @@ class RPPOAgent:
             next_value = self.net.value(h)
             final_value = torch.where(need_final, next_value, final_value)
             if last:
-                self._bootstrap = next_value
-        step = {"x": p["x"], "first": first, "action": p["action"], "logp": p["logp"],
-                "value": p["value"], "reward": reward, "terminated": terminated,
-                "truncated": truncated, "final_value": final_value}
-        for k in _STEP_KEYS:
-            self._steps[k].append(step[k])
-        if "start_memory" in p:
-            self._start_memory.append(p["start_memory"])
+                self.rollout.bootstrap = next_value
+        self.rollout.add(
+            {"x": p["x"], "first": first, "action": p["action"], "logp": p["logp"],
+             "value": p["value"], "reward": reward, "terminated": terminated,
+             "truncated": truncated, "final_value": final_value},
+            p.get("start_memory"),
+        )
         self._pending = None
 
     def updates_due(self, env_steps: int) -> int:
         """1 when the rollout is full (the driver then calls update(None) once), else 0."""
-        return int(len(self._steps["x"]) >= self.cfg.rollout_length)
+        return int(self.rollout.full)
 
     # -- learning -----------------------------------------------------------------------
     def update(self, replay: Any = None) -> dict[str, float]:
@@ -294,25 +275,19 @@ class RPPOAgent:
         the rollout. `replay` is ignored (None from the driver)."""
         cfg = self.cfg
         T, L = cfg.rollout_length, cfg.seq_len
-        if len(self._steps["x"]) < T:
+        if not self.rollout.full:
             raise RuntimeError(f"update() needs a full rollout of {T} steps, have "
-                               f"{len(self._steps['x'])}; call it when updates_due() says so")
-        r = {k: torch.stack(v) for k, v in self._steps.items()}  # [T, N, ...]
+                               f"{len(self.rollout)}; call it when updates_due() says so")
+        r = self.rollout.tensors()  # [T, N, ...]
         N = r["x"].shape[1]
-        adv, ret = gae(r["reward"], r["value"], self._bootstrap, r["terminated"],
+        adv, ret = gae(r["reward"], r["value"], self.rollout.bootstrap, r["terminated"],
                        r["truncated"], cfg.gamma, cfg.lam, r["final_value"])
-        # start states as leaves [T/L, N, ...], indexed by (sequence start / L, env)
-        starts = tuple({k: torch.stack([s[i][k] for s in self._start_memory])
-                        for k in self._start_memory[0][i]}
-                       for i in range(len(self._start_memory[0])))
         sums: dict[str, float] = {}
         count = 0
         self.net.train()
         for _ in range(cfg.epochs):
             for batch in sequence_minibatches(T, N, L, cfg.num_minibatches, self.rng):
-                k = torch.as_tensor(batch.start // L, device=self.device)
-                env = torch.as_tensor(batch.env, device=self.device)
-                memory = tuple({key: v[k, env] for key, v in layer.items()} for layer in starts)
+                memory = self.rollout.start_states(batch)
                 seq = {name: gather_sequences(r[name], batch, L)
                        for name in ("x", "first", "action", "logp", "value")}
                 h = self.net.unroll(seq["x"], memory, seq["first"])
@@ -343,7 +318,7 @@ class RPPOAgent:
         metrics["ppo/return_mean"] = float(ret.mean())
         metrics["ppo/rollout_reward_mean"] = float(r["reward"].mean())
         self.updates += 1
-        self._clear_rollout()
+        self.rollout.clear()
         return metrics
 
     # -- checkpointing ------------------------------------------------------------------
@@ -357,13 +332,11 @@ class RPPOAgent:
             "rng": generator_state(self.rng),
             "updates": self.updates,
             "num_envs": -1 if self.num_envs is None else self.num_envs,
-            "steps": {k: list(v) for k, v in self._steps.items()},
-            "start_memory": [_listify(s) for s in self._start_memory],
+            "rollout": self.rollout.state_dict(),
         }
-        if self._bootstrap is not None:
-            d["bootstrap"] = self._bootstrap
         if self._pending is not None:
-            d["pending"] = _listify(self._pending)
+            d["pending"] = {k: [dict(layer) for layer in v] if isinstance(v, tuple) else v
+                            for k, v in self._pending.items()}
         return d
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -373,28 +346,12 @@ class RPPOAgent:
         set_generator_state(self.rng, d["rng"])
         self.updates = int(d["updates"])
         self.num_envs = None if int(d["num_envs"]) < 0 else int(d["num_envs"])
-        dev = lambda x: x.to(self.device)  # noqa: E731
-        self._clear_rollout()
-        self._steps = {k: [dev(x) for x in d["steps"][k]] for k in _STEP_KEYS}
-        self._start_memory = [_tuplify(_tree_map(dev, s)) for s in d["start_memory"]]
-        if "bootstrap" in d:
-            self._bootstrap = dev(d["bootstrap"])
+        self.rollout.load_state_dict(d["rollout"], self.device)
+        self._pending = None
         if "pending" in d:
-            p = _tree_map(dev, d["pending"])
-            for key in ("memory_after", "start_memory"):
-                if key in p:
-                    p[key] = _tuplify(p[key])
-            self._pending = p
-
-
-def _listify(tree: Any) -> Any:
-    """Tuples -> lists, recursively (a backbone State is a tuple of dicts)."""
-    if isinstance(tree, dict):
-        return {k: _listify(v) for k, v in tree.items()}
-    if isinstance(tree, (tuple, list)):
-        return [_listify(v) for v in tree]
-    return tree
-
-
-def _tuplify(state: list[dict[str, Tensor]]) -> State:
-    return tuple(dict(layer) for layer in state)
+            dev = self.device
+            self._pending = {
+                k: tuple({n: x.to(dev) for n, x in layer.items()} for layer in v)
+                if isinstance(v, list) else v.to(dev)
+                for k, v in d["pending"].items()
+            }
