@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from reverie.agents.rppo import RPPOAgent, RPPOConfig, validate_config
 from reverie.behavior.ppo import gather_sequences, sequence_minibatches
+from reverie.behavior.rollout import Rollout
 from reverie.sequence import BACKBONES
 
 
@@ -277,7 +278,28 @@ def test_box_log_prob_is_of_the_unclipped_sample():
     assert np.array_equal(col.action, raw.clamp(-1, 1).numpy())
 
 
+def test_rollout_stores_start_states_exactly_at_sequence_starts():
+    ro, state = Rollout(4, 2), ({"h": torch.zeros(3, 2)},)
+    step = {"reward": torch.zeros(3)}
+    with pytest.raises(ValueError, match="t ≡ 0 mod 2"):
+        ro.add(step)
+    ro.add(step, state)
+    with pytest.raises(ValueError, match="only\nthere|and only"):
+        ro.add(step, state)
+    ro.add(step)
+    ro.add(step, ({"h": torch.ones(3, 2)},))
+    ro.add(step)
+    assert ro.full and ro.tensors()["reward"].shape == (4, 3)
+    with pytest.raises(RuntimeError, match="update first"):
+        ro.add(step)
+    batch = sequence_minibatches(4, 3, 2, 1, np.random.default_rng(0))[0]
+    h = ro.start_states(batch)[0]["h"]
+    assert torch.equal(h[:, 0], torch.as_tensor(batch.start // 2, dtype=torch.float32))
+
+
 def test_config_errors_name_the_fix():
+    validate_config(OmegaConf.structured(RPPOConfig()),
+                    OmegaConf.create({"run": {"prefill": 0}}))  # defaults, run.num_envs 1
     run = OmegaConf.create({"run": {"num_envs": 3, "prefill": 0}})
     section = OmegaConf.structured(small_cfg(rollout_length=16, seq_len=8, num_minibatches=3))
     validate_config(section, run)  # 3·16/8 = 6 sequences, 3 minibatches

@@ -20,6 +20,11 @@ on that observation from the env's memory after the step (s_t, with a_t as the p
 action) and evaluates the critic; the same step on the last `next_obs` of the rollout gives
 the bootstrap. Both are computed with the weights that acted (no update happens inside a
 rollout), so they equal what the next `act` would have computed.
+
+Not here: the previous reward as a memory input (`act` is not given rewards, and feeding
+them only on training rollouts would change the policy's inputs at evaluation), and
+learning-rate annealing (the agent is not told the run's length; POPGym's PPO used a
+constant rate).
 """
 
 from __future__ import annotations
