@@ -147,3 +147,33 @@ def test_life_loss_terminal_needs_lives(tmp_path, capsys):
     assert main(["train", "--preset", "random", "--set", "env.life_loss_terminal=true",
                  "--out", str(tmp_path / "r")]) == 2
     assert "life_loss_terminal" in capsys.readouterr().err
+
+
+TINY_PPO = ["run.num_envs=4", "rppo.rollout_length=32", "rppo.seq_len=16", "rppo.epochs=2",
+            "rppo.num_minibatches=2", "rppo.d_model=16", "rppo.hidden=16",
+            "run.progress=false", "run.eval_every=256", "run.eval_episodes=2",
+            "run.log_every=128", "run.checkpoint_every=96"]
+
+
+@pytest.mark.parametrize("backbone", ["ffm", "gru"])
+def test_rppo_through_the_driver_resumes_exactly(tmp_path, backbone):
+    def config(steps):
+        return build_config("popgym-ppo", TINY_PPO, {"steps": steps, "backbone": backbone})
+
+    full = tmp_path / "full"
+    Trainer(config(512), full).train()
+    rows = [json.loads(x) for x in metrics(full).splitlines()]
+    assert any("ppo/policy_loss" in r for r in rows) and any("eval/return" in r for r in rows)
+    part = tmp_path / "part"
+    Trainer(config(224), part).train()  # stops inside a rollout (224 = 7 x 32)
+    cfg = config(512)
+    resumed = Trainer(cfg, part, resume=True)
+    assert resumed.resumed_from == 224
+    resumed.train()
+    assert metrics(part) == metrics(full)
+
+
+def test_rppo_refuses_random_prefill(tmp_path, capsys):
+    assert main(["train", "--preset", "popgym-ppo", "--set", "run.prefill=100",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "run.prefill=0" in capsys.readouterr().err

@@ -200,7 +200,8 @@ class RPPOAgent:
         the mode and touches nothing of the rollout (evaluation).
         """
         self.net.eval()  # acting is deterministic given the generator (no dropout)
-        first_t = torch.as_tensor(np.asarray(first, dtype=bool), device=self.device)
+        # a copy (torch.tensor): the caller's array may change after act returns
+        first_t = torch.tensor(np.asarray(first, dtype=bool), device=self.device)
         memory, prev = state["memory"], state["prev_action"]
         if bool(first_t.any()):
             memory = self.net.backbone.reset_state(memory, first_t)

@@ -406,7 +406,9 @@ class Trainer:
             with self.progress:
                 while c.env_steps < steps:
                     before = c.env_steps
-                    t, finished = self.envs.step(self._act(self.envs.obs, self.envs.first))
+                    # a copy: agents may keep `first`, and the collector updates its own
+                    action = self._act(self.envs.obs, self.envs.first.copy())
+                    t, finished = self.envs.step(action)
                     self._store(t)
                     c.env_steps += self.num_envs
                     self._train()
