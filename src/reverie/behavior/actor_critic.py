@@ -33,7 +33,9 @@ from reverie.nets.optim import make_optimizer
 
 @dataclass
 class ActorCriticConfig:
-    """Defaults from Drama/DreamerV3 (actor 3x256, critic 3x512, γ 0.985, λ 0.95)."""
+    """Defaults are STORM's (actor 3x256, critic 3x512, γ 0.985, λ 0.95, entropy 3e-4, Adam
+    3e-5, slow critic 0.02), which Drama keeps except its optimiser (LaProp 4e-5, eps 1e-20:
+    the `atari100k` preset sets those)."""
 
     actor_hidden: int = 256
     actor_layers: int = 3
