@@ -177,3 +177,11 @@ def test_rppo_refuses_random_prefill(tmp_path, capsys):
     assert main(["train", "--preset", "popgym-ppo", "--set", "run.prefill=100",
                  "--out", str(tmp_path / "r")]) == 2
     assert "run.prefill=0" in capsys.readouterr().err
+
+
+def test_a_finished_trainer_releases_its_run_for_a_resume_in_the_same_process(tmp_path):
+    cfg = build_config("random", QUIET, {"steps": 50})
+    Trainer(cfg, tmp_path / "run").train()
+    cfg = config.load_run_config(tmp_path / "run")
+    cfg.run.steps = 80
+    assert Trainer(cfg, tmp_path / "run", resume=True).train()["env_steps"] == 80

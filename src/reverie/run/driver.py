@@ -393,6 +393,7 @@ class Trainer:
         steps = int(cfg.run.steps)
         if self.resumed_from is not None and c.env_steps >= steps:
             self._note(f"run already complete at {c.env_steps} env steps; raise --steps to extend")
+            self.release()
             return self.summary()
         for note in training_notes(cfg):
             self._note(note)
@@ -434,6 +435,7 @@ class Trainer:
             self.checkpoint()
         except KeyboardInterrupt:
             self.logger.close()
+            self.release()
             entries = self.store.entries()
             last = entries[-1].step if entries else 0
             raise UserError(
@@ -442,7 +444,14 @@ class Trainer:
             ) from None
         self.logger.close()
         plot_curve(self.out, title=f"{cfg.env.id} · {cfg.agent}")
+        self.release()
         return self.summary()
+
+    def release(self) -> None:
+        """Give up the run folder's lock (the process may resume the run again later)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def summary(self) -> dict[str, Any]:
         c = self.count
