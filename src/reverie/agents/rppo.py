@@ -199,7 +199,8 @@ class RPPOAgent:
         state. explore=True samples and records the step for `observe`; explore=False takes
         the mode and touches nothing of the rollout (evaluation).
         """
-        self.net.eval()  # acting is deterministic given the generator (no dropout)
+        if self.net.training:  # (a mode switch walks every module: only when needed)
+            self.net.eval()  # acting is deterministic given the generator (no dropout)
         # a copy (torch.tensor): the caller's array may change after act returns
         first_t = torch.tensor(np.asarray(first, dtype=bool), device=self.device)
         memory, prev = state["memory"], state["prev_action"]
