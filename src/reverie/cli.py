@@ -204,9 +204,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     sweep = Sweep(preset=args.preset, envs=list(args.envs), seeds=args.seeds, steps=args.steps,
                   overrides=list(args.overrides), grid=list(args.grid), out=args.out,
                   workers=args.workers, retries=args.retries)
-    summary = run_sweep(sweep, backend=args.backend, address=args.address)
+
+    def said(r: dict) -> None:
+        extra = f" after {r['resumes']} resume(s)" if r["resumes"] else ""
+        if r["status"] == "failed":
+            extra = f" after {r['attempts']} attempt(s): {r['error']}"
+        print(f"reverie: trial {r['name']} {r['status']}{extra}", file=sys.stderr, flush=True)
+
+    summary = run_sweep(sweep, backend=args.backend, address=args.address, on_result=said)
     print(json.dumps(summary))
-    return 0 if summary["failed"] == 0 else 1
+    return 0 if summary["failed"] == 0 and "report_error" not in summary else 1
 
 
 def main(argv: list[str] | None = None) -> int:

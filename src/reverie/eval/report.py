@@ -220,8 +220,10 @@ def _runs_section(runs: list[Run], keys: list[str], out: Path) -> list[str]:
 
 
 def write_report(paths: list[str | Path], out: str | Path,
-                 group_by: list[str] | None = None) -> tuple[Path, list[str]]:
-    """Write `out/report.md` and its PNGs; returns (report path, skip warnings)."""
+                 group_by: list[str] | None = None,
+                 notes: list[str] | None = None) -> tuple[Path, list[str]]:
+    """Write `out/report.md` and its PNGs; returns (report path, skip warnings). `notes` are
+    markdown lines placed after the header (e.g. a sweep's trial outcomes)."""
     runs, warnings = load_runs(paths)
     keys = list(group_by or DEFAULT_GROUP_BY)
     check_group_keys(keys, runs)
@@ -247,6 +249,7 @@ def write_report(paths: list[str | Path], out: str | Path,
              "in the last 10% of its steps; POPGym runs score their MMER.", ""]
     if warnings:
         lines += [f"Skipped {len(warnings)} folder(s):", ""] + [f"- {w}" for w in warnings] + [""]
+    lines += list(notes or [])
     lines += ["## Aggregate scores", ""]
     for name, kind in kinds.items():
         lines += _aggregate_section([g for g in groups if g.kind.name == name], kind)
