@@ -102,6 +102,11 @@ def _ci(e: Estimate, pct: bool) -> str:
     return f"{e.value:.3g} [{e.low:.3g}, {e.high:.3g}]"
 
 
+def _num(x: float) -> str:
+    """4 significant digits, without exponents for the scores games give (e.g. 14,360)."""
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+
+
 def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
@@ -176,7 +181,7 @@ def _task_section(groups: list[Group]) -> list[str]:
             src = " + ".join("evaluations" if s == "eval" else "training episodes"
                              for s in sources)
             rows.append((env, g.label, f"| {env} | {g.label} | {len(rs)} | "
-                         f"{raw.mean():.4g} ± {raw.std():.3g} | {score} | {src} |"))
+                         f"{_num(raw.mean())} ± {_num(raw.std())} | {score} | {src} |"))
     lines += [row for _, _, row in sorted(rows)]
     games = sorted({atari_game(env) for g in groups for env in g.runs} - {None})
     if games:
@@ -215,7 +220,7 @@ def _runs_section(runs: list[Run], keys: list[str], out: Path) -> list[str]:
         except ValueError:
             shown = r.path
         lines.append(f"| {shown} | {r.env} | {group_label(r, keys)} | {r.seed} | "
-                     f"{r.env_steps:,} | {r.score:.4g} |")
+                     f"{r.env_steps:,} | {_num(r.score)} |")
     return lines + ["", "</details>", ""]
 
 
