@@ -240,3 +240,30 @@ def test_nothing_usable_is_a_one_line_error(tmp_path, capsys):
     assert err.startswith("reverie: error: no usable run") and len(err.splitlines()) == 1
     with pytest.raises(UserError, match="no usable run"):
         load_runs([tmp_path / "empty"])
+
+
+def test_final_return_without_evaluations_uses_the_last_tenth():
+    from reverie.eval.runs import final_return
+
+    episodes = [(10, 1.0), (50, 2.0), (95, 4.0), (100, 6.0)]
+    assert final_return([], episodes, 100) == pytest.approx(5.0)  # episodes at steps >= 90
+    assert final_return([], [(10, 3.0)], 100) == 3.0  # none that late: the last episode
+    assert final_return([(50, 7.0), (100, 8.0)], episodes, 100) == 8.0  # the last evaluation
+
+
+def test_wall_time_adds_up_resumed_processes():
+    from reverie.eval.runs import _wall_time
+
+    timing = [{"step": s, "time/wall": w, "time/env_steps_per_s": r}
+              for s, w, r in [(1, 1.0, 10), (2, 2.0, 20), (3, 3.0, 30), (4, 0.5, 40),
+                              (5, 1.5, 50)]]
+    assert _wall_time(timing) == (pytest.approx(4.5), 30.0)
+
+
+def test_popgym_runs_score_their_mmer(tmp_path):
+    fake_run(tmp_path / "pg", "popgym-RepeatPreviousEasy-v0", 0, [-0.5, 0.2, 0.1])
+    (run,), _ = load_runs([tmp_path / "pg"])
+    assert run.kind.name == "MMER" and run.score == pytest.approx(0.2)
+    assert [v for _, v in run.curve] == [-0.5, 0.2, 0.2]  # the running max
+    report, _ = write_report([tmp_path / "pg"], tmp_path / "rep")
+    assert "### MMER" in report.read_text()

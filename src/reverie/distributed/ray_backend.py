@@ -44,21 +44,50 @@ def _check_reachable(address: str) -> None:
                         "for a local Ray instance") from None
 
 
-def _init(ray, address: str | None, workers: int) -> None:
+# Ray picks the machine's network address for a new instance unless clusters are "disabled"
+# (its setting for laptops), in which case every server binds to 127.0.0.1 only.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _loopback_only() -> Callable[[], None]:
+    """A local instance that listens on the loopback interface only, never the network;
+    returns the function that puts the settings back."""
+    from ray._private import ray_constants
+
+    before = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV] = "0"  # read by Ray's processes as they start
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read by this process (Ray already imported)
+
+    def restore() -> None:
+        if before[0] is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = before[0]
+        ray_constants.ENABLE_RAY_CLUSTER = before[1]
+
+    return restore
+
+
+def _init(ray, address: str | None, workers: int) -> Callable[[], None]:
+    """Start or join Ray; returns what undoes this function's settings after shutdown."""
+    restore: Callable[[], None] = lambda: None  # noqa: E731
     env = {k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}
     try:
         if address is None:
+            restore = _loopback_only()
             ray.init(num_cpus=workers, num_gpus=_local_gpus(), include_dashboard=False,
-                     _node_ip_address="127.0.0.1", log_to_driver=False,
-                     configure_logging=False, runtime_env={"env_vars": env} if env else None)
+                     log_to_driver=False, configure_logging=False,
+                     runtime_env={"env_vars": env} if env else None)
         else:
             if address != "auto":
                 _check_reachable(address)
             ray.init(address=address, log_to_driver=False, configure_logging=False)
+        return restore
     except UserError:
         raise
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = "a running Ray cluster (auto)" if address == "auto" else address
+        restore()
         raise UserError(f"cannot join {where} ({str(e).splitlines()[0][:160]}); start one with "
                         "`ray start --head`, fix --address, or drop --address for a local Ray "
                         "instance") from None
@@ -78,8 +107,7 @@ def run_ray(trials: list[Trial], workers: int, retries: int, address: str | None
     """Run every trial as a Ray task, at most `workers` at a time; results as they finish."""
     ray = import_ray()
     started_here = not ray.is_initialized()
-    if started_here:
-        _init(ray, address, workers)
+    restore = _init(ray, address, workers) if started_here else (lambda: None)
     try:
         resources = ray.cluster_resources()
         gpus = float(resources.get("GPU", 0))
@@ -111,6 +139,7 @@ def run_ray(trials: list[Trial], workers: int, retries: int, address: str | None
     finally:
         if started_here:
             ray.shutdown()
+            restore()
 
 
 def _threads(trial: Trial) -> int:
