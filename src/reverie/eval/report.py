@@ -9,6 +9,7 @@ Atari100k agents beside reverie's groups, marked as published at their own budge
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,13 @@ def make_groups(runs: list[Run], keys: list[str]) -> list[Group]:
     for r in sorted(runs, key=lambda r: (r.env, r.seed, str(r.path))):
         table[(r.kind.name, group_label(r, keys))][r.env].append(r)
         kinds[r.kind.name] = r.kind
-    return [Group(label, kinds[k], dict(envs)) for (k, label), envs in sorted(table.items())]
+    def natural(item):  # train_ratio=8 before train_ratio=16
+        (k, label), _ = item
+        return k, [(0, float(t), "") if t.replace(".", "", 1).isdigit() else (1, 0.0, t)
+                   for t in re.split(r"(\d+(?:\.\d+)?)", label)]
+
+    return [Group(label, kinds[k], dict(envs))
+            for (k, label), envs in sorted(table.items(), key=natural)]
 
 
 def _ci(e: Estimate, pct: bool) -> str:
