@@ -53,7 +53,7 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
     for item in items:
         key, sep, values = item.partition("=")
         key = key.strip()
-        choices = [v.strip() for v in values.split(",")]
+        choices = list(dict.fromkeys(v.strip() for v in values.split(",")))  # no repeats
         if not sep or not key or not all(choices):
             raise UserError(f"--grid expects key=v1,v2,... (e.g. run.train_ratio=256,512), got "
                             f"'{item}'")
@@ -103,7 +103,7 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
             and "run.threads" not in (k for k, _ in axes):
         sets.append(f"run.threads={threads}")  # trials side by side share the cores
     trials = []
-    for env in envs or [None]:
+    for env in list(dict.fromkeys(envs)) or [None]:  # an env given twice runs once
         for point in itertools.product(*[[(k, v) for v in vs] for k, vs in axes]):
             point = list(point)
             for seed in range(seeds):

@@ -281,8 +281,9 @@ def write_report(paths: list[str | Path], out: str | Path,
                         ("Performance profiles", "profile")):
         if name in figures:
             lines += [f"## {title}", "", f"![{captions[name]}]({figures[name].name})", ""]
-    lines += ["## Compute", "", "Wall time sums the processes of resumed runs; env steps/s is "
-              "the median over a run's logging intervals.", ""] + _compute_section(groups)
+    lines += ["## Compute", "", "Wall time is training time (evaluations included, start-up "
+              "not) summed over the processes of resumed runs; env steps/s is env steps run per "
+              "second of it, median over the runs.", ""] + _compute_section(groups)
     lines += ["## Runs", ""] + _runs_section(runs, keys, out)
     report = out / "report.md"
     report.write_text("\n".join(lines))

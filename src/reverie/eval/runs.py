@@ -74,18 +74,26 @@ def _window_curve(episodes: list[tuple[int, float]], window: int) -> list[tuple[
 
 
 def _wall_time(timing: list[dict]) -> tuple[float | None, float | None]:
-    """(total wall seconds over all resumed segments, median env steps/s)."""
-    walls = [float(r["time/wall"]) for r in timing if isinstance(r.get("time/wall"), (int, float))]
-    rates = [float(r["time/env_steps_per_s"]) for r in timing
-             if isinstance(r.get("time/env_steps_per_s"), (int, float))]
-    if not walls:
-        return None, (float(np.median(rates)) if rates else None)
-    total, last = 0.0, 0.0
-    for w in walls:  # time/wall restarts from 0 in each resumed process
-        if w < last:
-            total += last
-        last = w
-    return total + last, (float(np.median(rates)) if rates else None)
+    """(wall seconds, env steps per second) of training over all of a run's processes.
+
+    Each row holds its process's wall time since it started training and that process's
+    average rate so far; both restart when a run is resumed, so a drop in `time/wall` ends
+    one process's segment."""
+    segments: list[tuple[float, float]] = []  # (wall, rate) at each segment's last row
+    last: tuple[float, float] | None = None
+    for r in timing:
+        wall, rate = r.get("time/wall"), r.get("time/env_steps_per_s")
+        if not isinstance(wall, (int, float)) or not isinstance(rate, (int, float)):
+            continue
+        if last is not None and wall < last[0]:
+            segments.append(last)
+        last = (float(wall), float(rate))
+    if last is None:
+        return None, None
+    segments.append(last)
+    total = sum(w for w, _ in segments)
+    steps = sum(w * r for w, r in segments)
+    return total, (steps / total if total > 0 else None)
 
 
 def _manifest_format(folder: Path) -> object | None:
