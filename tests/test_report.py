@@ -13,9 +13,15 @@ from reverie.cli import main
 from reverie.config import build_config, save_config
 from reverie.errors import UserError
 from reverie.eval import stats
-from reverie.eval.report import published_rows, write_report
+from reverie.eval.report import write_report
 from reverie.eval.runs import load_runs
-from reverie.eval.scores import atari_game, atari_reference, human_normalized, published_hns
+from reverie.eval.scores import (
+    atari_game,
+    atari_reference,
+    human_normalized,
+    published_hns,
+    published_rows,
+)
 
 # -- statistics -------------------------------------------------------------------------------
 

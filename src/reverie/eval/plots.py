@@ -13,8 +13,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from reverie.eval.curves import iqm_band, seed_band, step_grid, value_at
-from reverie.eval.scores import PUBLISHED, PUBLISHED_NAMES, atari_game, published_hns
-from reverie.eval.stats import aggregate, profile_with_ci
+from reverie.eval.scores import (
+    PUBLISHED,
+    PUBLISHED_NAMES,
+    atari_game,
+    published_hns,
+    published_rows,
+)
+from reverie.eval.stats import Estimate, aggregate, profile_with_ci
 
 if TYPE_CHECKING:
     from reverie.eval.report import Group
@@ -70,10 +76,9 @@ def aggregates_png(groups: list[Group], out: Path, colors: dict) -> Path:
                 for g in mine]
         if kind.name == "HNS":
             games = sorted({atari_game(e) for g in mine for e in g.runs})
-            for agent in PUBLISHED:
-                hns = published_hns(agent, games)
-                est = aggregate([np.array([v]) for v in hns.values()], reps=1, gamma=1.0)
-                bars.append((f"{PUBLISHED_NAMES[agent]} (published)", est, True))
+            for p in published_rows(games):
+                est = {n: Estimate(v, v, v) for n, v in p.values.items()}
+                bars.append((f"{p.name} (published)", est, True))
         rows.append((kind, bars))
     n_bars = max(len(b) for _, b in rows)
     fig, axes = plt.subplots(len(rows), len(names), squeeze=False, layout="constrained",
@@ -88,6 +93,8 @@ def aggregates_png(groups: list[Group], out: Path, colors: dict) -> Path:
                 continue
             scale = 100.0 if kind.name == "HNS" else 1.0
             for i, (label, est, published) in enumerate(bars):
+                if name not in est:  # Drama publishes only its mean and median
+                    continue
                 e = est[name]
                 y = len(bars) - 1 - i
                 if published:
@@ -99,6 +106,7 @@ def aggregates_png(groups: list[Group], out: Path, colors: dict) -> Path:
             ax.set_yticks(range(len(bars)))
             ax.set_yticklabels([b[0] for b in reversed(bars)] if c == 0 else [])
             ax.set_ylim(-0.6, len(bars) - 0.4)
+            ax.margins(x=0.08)
             unit = "HNS (%)" if kind.name == "HNS" else kind.label
             ax.set_xlabel(unit, fontsize=9)
             ax.set_title(name + (" (lower is better)" if name == "optimality gap" else ""),
@@ -126,6 +134,7 @@ def curves_png(groups: list[Group], out: Path, colors: dict) -> Path:
     fig, axes = plt.subplots(nrows, ncols, squeeze=False, layout="constrained",
                              figsize=(4.0 * ncols + 0.5, 3.0 * nrows + 0.6))
     handles: dict[str, object] = {}
+    kinds_seen: list[str] = [""]
     for i, env in enumerate(envs):
         ax = axes[i // ncols][i % ncols]
         kind = None
@@ -146,7 +155,9 @@ def curves_png(groups: list[Group], out: Path, colors: dict) -> Path:
             handles[g.label] = line
         ax.set_title(env, fontsize=10)
         ax.set_xlabel("env steps", fontsize=9)
-        ax.set_ylabel(kind.label if kind else "", fontsize=9)
+        if kind is not None and (i % ncols == 0 or kinds_seen[-1] != kind.name):
+            ax.set_ylabel(kind.label, fontsize=9)  # once per row unless the unit changes
+        kinds_seen.append(kind.name if kind else "")
         _fmt_steps(ax)
         ax.grid(alpha=0.3)
     for j in range(len(envs), nrows * ncols):

@@ -21,14 +21,12 @@ from reverie.errors import UserError, suggest
 from reverie.eval import plots
 from reverie.eval.runs import Run, load_runs
 from reverie.eval.scores import (
-    DRAMA_AGGREGATE,
-    HNS,
     PUBLISHED,
     PUBLISHED_NAMES,
     ScoreKind,
     atari_game,
     atari_reference,
-    published_hns,
+    published_rows,
 )
 from reverie.eval.stats import Estimate, aggregate, bootstrap_ci, mean_score
 
@@ -123,30 +121,6 @@ def _hms(seconds: float | None) -> str:
         return "-"
     s = int(round(seconds))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
-@dataclass
-class Published:
-    """A published Atari100k agent: point estimates on the games of this report."""
-
-    name: str
-    games: list[str]
-    values: dict[str, float]  # estimator -> value (no interval: one number per game)
-
-
-def published_rows(games: list[str]) -> list[Published]:
-    """DreamerV3, STORM, IRIS and DIAMOND on `games`; Drama's aggregate on all 26 only."""
-    out = []
-    for agent in PUBLISHED:
-        hns = published_hns(agent, games)
-        scores = [np.array([v]) for v in hns.values()]
-        values = {name: est.value for name, est in
-                  aggregate(scores, reps=1, gamma=HNS.gamma).items()}
-        out.append(Published(PUBLISHED_NAMES[agent], list(hns), values))
-    all_games = sorted(atari_reference()["games"])
-    if sorted(games) == all_games:
-        out.append(Published("Drama", all_games, dict(DRAMA_AGGREGATE)))
-    return out
 
 
 def _aggregate_section(groups: list[Group], kind: ScoreKind) -> list[str]:

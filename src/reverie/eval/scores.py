@@ -15,6 +15,10 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import numpy as np
+
+from reverie.eval.stats import aggregate
+
 # Published Atari100k agents with per-game scores in data/atari100k.json (mean over seeds).
 PUBLISHED = ("dreamerv3", "storm", "iris", "diamond")
 PUBLISHED_NAMES = {"dreamerv3": "DreamerV3", "storm": "STORM", "iris": "IRIS",
@@ -78,3 +82,27 @@ def published_hns(agent: str, games: list[str] | None = None) -> dict[str, float
     ref = atari_reference()["games"]
     names = list(ref) if games is None else games
     return {g: human_normalized(ref[g][agent], g) for g in names if agent in ref[g]}
+
+
+@dataclass
+class Published:
+    """A published Atari100k agent: point estimates on the games of this report."""
+
+    name: str
+    games: list[str]
+    values: dict[str, float]  # estimator -> value (no interval: one number per game)
+
+
+def published_rows(games: list[str]) -> list[Published]:
+    """DreamerV3, STORM, IRIS and DIAMOND on `games`; Drama's aggregate on all 26 only."""
+    out = []
+    for agent in PUBLISHED:
+        hns = published_hns(agent, games)
+        scores = [np.array([v]) for v in hns.values()]
+        values = {name: est.value for name, est in
+                  aggregate(scores, reps=1, gamma=HNS.gamma).items()}
+        out.append(Published(PUBLISHED_NAMES[agent], list(hns), values))
+    all_games = sorted(atari_reference()["games"])
+    if sorted(games) == all_games:
+        out.append(Published("Drama", all_games, dict(DRAMA_AGGREGATE)))
+    return out
