@@ -148,6 +148,7 @@ def test_unreachable_ray_address_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "cannot reach a Ray cluster at 127.0.0.1:1" in err
     assert len(err.splitlines()) == 1 and time.time() - t0 < 20
+    assert not (tmp_path / "r").exists()
     assert main(["sweep", *TINY, "--address", "auto", "--out", str(tmp_path / "r")]) == 2
     assert "--backend ray" in capsys.readouterr().err
 
@@ -162,3 +163,20 @@ def test_ray_local_instance_runs_a_2x2_grid(tmp_path):
                               out=str(out), workers=2), backend="ray")
     assert (summary["backend"], summary["trials"], summary["finished"]) == ("ray", 4, 4)
     assert "4 runs, 1 env, 2 groups" in (out / "report" / "report.md").read_text()
+
+
+def test_a_trial_that_keeps_crashing_is_reported_failed(tmp_path, monkeypatch, capsys):
+    # fault injection (run/checkpoint.py): every attempt is SIGKILLed writing its first
+    # checkpoint, so the resume fails the same way and the retries run out
+    monkeypatch.setenv("REVERIE_CRASH_WRITING", "ckpt-0000000000.pt")
+    out = tmp_path / "crash"
+    rc = main(["sweep", *TINY, "--retries", "1", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 1
+    summary = json.loads(captured.out)
+    assert (summary["trials"], summary["failed"]) == (1, 1)
+    (result,) = sweep_json(out)["results"]
+    assert result["status"] == "failed" and result["attempts"] == 2 and result["resumes"] == 1
+    assert result["returncodes"] == [-signal.SIGKILL, -signal.SIGKILL]
+    assert "failed after 2 attempt(s)" in captured.err
+    assert "no usable run" in summary["report_error"]

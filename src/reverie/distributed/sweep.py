@@ -88,13 +88,19 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
                          sweep.grid, out, threads)
     _check_envs(trials)
     on_result = on_result or (lambda r: None)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    if backend == "ray":
-        from reverie.distributed.ray_backend import run_ray
+    try:
+        if backend == "ray":
+            from reverie.distributed.ray_backend import run_ray
 
-        results = run_ray(trials, workers, sweep.retries, address, on_result)
-    else:
-        results = _run_local(trials, workers, sweep.retries, on_result)
+            results = run_ray(trials, workers, sweep.retries, address, on_result)
+        else:
+            results = _run_local(trials, workers, sweep.retries, on_result)
+    except UserError:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # e.g. Ray unreachable: leave no empty sweep folder behind
+        raise
     order = {t.name: i for i, t in enumerate(trials)}
     results.sort(key=lambda r: order[r["name"]])
     counts = {s: sum(r["status"] == s for r in results) for s in ("finished", "skipped", "failed")}
