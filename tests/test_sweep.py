@@ -180,3 +180,19 @@ def test_a_trial_that_keeps_crashing_is_reported_failed(tmp_path, monkeypatch, c
     assert result["returncodes"] == [-signal.SIGKILL, -signal.SIGKILL]
     assert "failed after 2 attempt(s)" in captured.err
     assert "no usable run" in summary["report_error"]
+
+
+def test_rerun_resumes_unfinished_trials(tmp_path, capsys):
+    """A trial whose run stopped short of the sweep's budget is resumed, not restarted."""
+    out = tmp_path / "grow"
+    args = ["sweep", "--preset", "random", "--env", "CartPole-v1", "--set",
+            "run.eval_episodes=0", "--out", str(out)]
+    assert main([*args, "--steps", "200"]) == 0
+    folder = out / trial_name("CartPole-v1", [], 0)
+    first = (folder / "metrics.jsonl").read_text()
+    assert main([*args, "--steps", "300"]) == 0  # the same sweep with a larger budget
+    (result,) = sweep_json(out)["results"]
+    assert result["status"] == "finished" and result["resumes"] == 1
+    assert (folder / "metrics.jsonl").read_text().startswith(first)  # history kept
+    manifest = json.loads((folder / "checkpoints" / "manifest.json").read_text())
+    assert manifest["checkpoints"][-1]["step"] == 300
