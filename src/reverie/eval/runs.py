@@ -19,10 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from reverie.errors import UserError
 from reverie.eval.mmer import mmer, mmer_curve
 from reverie.eval.scores import ScoreKind, atari_game, human_normalized, score_kind
+from reverie.run.folder import CONFIG, MARKER
 from reverie.run.logger import METRICS, TIMING, read_jsonl
 
-CONFIG = "config.yaml"
-MARKER = ".reverie-run"  # run/folder.py writes it first into every run folder
 FINAL_FRACTION = 0.1  # without evaluations: the training episodes of the last 10% of steps
 CURVE_POINTS = 20  # training-episode curves are averaged over windows of steps/20
 
@@ -96,12 +95,17 @@ def _wall_time(timing: list[dict]) -> tuple[float | None, float | None]:
     return total, (steps / total if total > 0 else None)
 
 
-def _manifest_format(folder: Path) -> object | None:
-    path = folder / "checkpoints" / "manifest.json"
+def _manifest(folder: Path) -> tuple[object | None, int]:
+    """(checkpoint format, step of the newest checkpoint) from the manifest, if readable."""
     try:
-        return json.loads(path.read_text()).get("format")
+        data = json.loads((folder / "checkpoints" / "manifest.json").read_text())
+        fmt = data.get("format")
     except (OSError, ValueError, AttributeError):
-        return None
+        return None, 0
+    try:
+        return fmt, max(int(e["step"]) for e in data["checkpoints"])
+    except (KeyError, TypeError, ValueError):
+        return fmt, 0
 
 
 def read_run(folder: Path) -> Run:
@@ -114,7 +118,7 @@ def read_run(folder: Path) -> Run:
         if not folder.is_dir() or not any(folder.iterdir()):
             raise UserError("empty folder")
         raise UserError("no config.yaml (a run that died while starting, or not a run)")
-    fmt = _manifest_format(folder)
+    fmt, checkpointed = _manifest(folder)
     if fmt is not None and fmt != FORMAT:
         raise UserError(f"written by another reverie version (checkpoint format {fmt!r}, "
                         f"this one reads {FORMAT})")
@@ -126,7 +130,7 @@ def read_run(folder: Path) -> Run:
     evals = _finite(rows, "eval/return")
     episodes = _finite(rows, "episode/return")
     steps = int(cfg.run.steps)
-    last = max([int(r["step"]) for r in rows + timing], default=0)
+    last = max([int(r["step"]) for r in rows + timing] + [checkpointed])
     if evals:
         raw_curve, source = evals, "eval"
     elif episodes:
