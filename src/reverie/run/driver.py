@@ -159,7 +159,8 @@ class Trainer:
         seed_everything(int(cfg.seed))
         self.device = select_device(cfg.run.device)
         self.num_envs = int(cfg.run.num_envs)
-        self.envs = Collector(cfg.env.id, cfg.env.image_size, self.num_envs, int(cfg.seed))
+        self.envs = Collector(cfg.env.id, cfg.env.image_size, self.num_envs, int(cfg.seed),
+                              life_loss_terminal=bool(cfg.env.life_loss_terminal))
         self.obs_spec = make_obs_spec(self.envs.observation_space)
         check_obs_kind(cfg, self.obs_spec)
         self.action_space = self.envs.action_space
@@ -405,7 +406,9 @@ class Trainer:
             with self.progress:
                 while c.env_steps < steps:
                     before = c.env_steps
-                    t, finished = self.envs.step(self._act(self.envs.obs, self.envs.first))
+                    # a copy: agents may keep `first`, and the collector updates its own
+                    action = self._act(self.envs.obs, self.envs.first.copy())
+                    t, finished = self.envs.step(action)
                     self._store(t)
                     c.env_steps += self.num_envs
                     self._train()
