@@ -21,10 +21,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runlib import ensure_run, progress, wall_seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -38,33 +39,10 @@ def run_folder(task: str, backbone: str, seed: int) -> Path:
     return RUNS / f"{task}-{backbone}-s{seed}"
 
 
-def progress(run: Path) -> int:
-    """Env steps a run folder has logged (0 if it has none)."""
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return 0
-    steps = [json.loads(x).get("step", 0) for x in path.read_text().splitlines() if x.strip()]
-    return max(steps, default=0)
-
-
-def ensure_run(task: str, backbone: str, seed: int, steps: int, threads: int) -> dict:
-    """Train (or continue) one run to `steps` env steps; returns its wall time."""
-    run = run_folder(task, backbone, seed)
-    env = f"popgym-{task}-v0"
-    common = ["--no-progress", "--steps", str(steps), "--set", f"run.threads={threads}"]
-    if (run / "config.yaml").exists():
-        if progress(run) >= steps:
-            return {"status": "done"}
-        cmd = ["train", "--resume", str(run), *common]
-    else:
-        cmd = ["train", "--preset", "popgym-ppo", "--env", env, "--backbone", backbone,
-               "--seed", str(seed), "--out", str(run), *common]
-    t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "reverie", *cmd], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        return {"status": "error", "error": proc.stderr.strip()[-600:]}
-    return {"status": "trained", "wall_s": round(time.time() - t0, 1)}
+def ensure(task: str, backbone: str, seed: int, steps: int, threads: int) -> dict:
+    args = ["--preset", "popgym-ppo", "--env", f"popgym-{task}-v0", "--backbone", backbone,
+            "--seed", str(seed)]
+    return ensure_run(run_folder(task, backbone, seed), args, steps, threads)
 
 
 def read_run(run: Path) -> dict | None:
@@ -80,17 +58,8 @@ def read_run(run: Path) -> dict | None:
     return {"env_steps": progress(run), "eval_steps": [s for s, _ in evals],
             "eval_return": [round(v, 4) for _, v in evals], "mmer": round(m, 4),
             "mmer_normalized": round(normalized_mmer(m), 4),
-            "wall_s": round(sum(r["time/wall"] for r in _segments(timing)), 1),
+            "wall_s": round(wall_seconds(timing), 1),
             "env_steps_per_s": round(timing[-1]["time/env_steps_per_s"], 1) if timing else None}
-
-
-def _segments(timing: list[dict]) -> list[dict]:
-    """The last timing row of each process segment (wall time restarts at a resume)."""
-    out = []
-    for prev, row in zip(timing, timing[1:] + [None]):
-        if row is None or row["time/wall"] < prev["time/wall"]:
-            out.append(prev)
-    return out
 
 
 def report(tasks: list[str], seeds: dict[str, list[int]], steps: int) -> dict:
@@ -174,7 +143,7 @@ def main() -> None:
             for task in args.tasks:
                 for backbone, ss in seeds.items():
                     if seed_index < len(ss):
-                        r = ensure_run(task, backbone, ss[seed_index], args.steps, args.threads)
+                        r = ensure(task, backbone, ss[seed_index], args.steps, args.threads)
                         print(json.dumps({"task": task, "backbone": backbone,
                                           "seed": ss[seed_index], **r}), flush=True)
                         write(args, seeds)
