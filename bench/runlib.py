@@ -7,7 +7,6 @@ checkpoint), a missing one is created, so a long benchmark can be run in pieces.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -15,12 +14,16 @@ from pathlib import Path
 
 
 def progress(run: Path) -> int:
-    """Env steps a run folder has logged (0 if none)."""
-    path = run / "metrics.jsonl"
-    if not path.exists():
+    """Env steps a run folder has reached: its newest checkpoint's step (0 if none). (The
+    logged rows can end before it: the last log row need not fall on the last step.)"""
+    from reverie.errors import UserError
+    from reverie.run.checkpoint import CheckpointStore
+
+    try:
+        entries = CheckpointStore(run / "checkpoints").entries()
+    except UserError:
         return 0
-    steps = [json.loads(x).get("step", 0) for x in path.read_text().splitlines() if x.strip()]
-    return max(steps, default=0)
+    return entries[-1].step if entries else 0
 
 
 def ensure_run(run: Path, train_args: list[str], steps: int, threads: int = 1) -> dict:
