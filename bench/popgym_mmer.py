@@ -1,10 +1,10 @@
 """Memory on POPGym: recurrent PPO (`popgym-ppo` preset) with FFM, GRU, Mamba-2 and
 Transformer memories, scored by MMER (POPGym's max mean episodic return).
 
-    python bench/popgym.py                      # 6 tasks x (ffm, gru: 3 seeds; mamba2,
-                                                #   transformer: 1 seed) x 500k env steps
-    python bench/popgym.py --tasks RepeatPreviousEasy --backbones ffm gru --seeds 0 --steps 100000
-    python bench/popgym.py --report-only        # rebuild the JSON/PNG from the run folders
+    python bench/popgym_mmer.py              # 6 tasks x (ffm, gru: 3 seeds; mamba2,
+                                             #   transformer: 1 seed) x 500k env steps
+    python bench/popgym_mmer.py --tasks RepeatPreviousEasy --backbones ffm --seeds 0
+    python bench/popgym_mmer.py --report-only   # rebuild the JSON/PNG from the run folders
 
 Every run is an ordinary `reverie train` run folder under bench/runs/popgym/ (kept out of
 git). The script is resumable: a finished run is read back, an unfinished one is continued
