@@ -201,6 +201,71 @@ def atari_table(results: Path) -> str | None:
         f"\n\n{note}." if note else "")
 
 
+def popgym_table(results: Path) -> str | None:
+    report, _ = load(results, "popgym")
+    if report is None or not report["summary"]:
+        return None
+    backbones = list(report["seeds"])
+    head = ["task"] + [f"`{b}` MMER" for b in backbones]
+    rows, means = [], {b: [] for b in backbones}
+    for task in report["tasks"]:
+        cells = [task]
+        for b in backbones:
+            s = report["summary"].get(task, {}).get(b)
+            if s is None:
+                cells.append("–")
+                continue
+            means[b].append(s["mmer_mean"])
+            spread = f" ({s['mmer_min']:.2f}–{s['mmer_max']:.2f})" if s["seeds"] > 1 else ""
+            cells.append(f"{s['mmer_mean']:.2f}{spread}, n={s['seeds']}, "
+                         f"{s['wall_s_mean'] / 60:.1f} min")
+        rows.append(cells)
+    rows.append(["**mean over the tasks above**"]
+                + [f"{sum(v) / len(v):.2f} over {len(v)} tasks" if v else "–"
+                   for v in means.values()])
+    lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
+    note = (f"\nrecurrent PPO, `popgym-ppo` preset, {report['steps_per_run']:,} env steps per "
+            "run; MMER = running max of the mean greedy evaluation return (POPGym returns are "
+            "in [-1, 1]); cells: mean (min–max over seeds), seeds, mean wall time (runs shared "
+            "the machine with other work, so wall times are not a speed comparison — see the "
+            "throughput table).")
+    if report["missing"]:
+        note += f" Still missing: {len(report['missing'])} runs ({', '.join(report['missing'][:6])}"
+        note += ", ...)." if len(report["missing"]) > 6 else ")."
+    return "\n".join(lines) + "\n" + note
+
+
+def rppo_throughput_table(results: Path) -> str | None:
+    report, _ = load(results, "rppo_throughput")
+    if report is None:
+        return None
+    parts = ("act", "env", "observe", "update", "checkpoint", "other")
+    head = ["memory", "env steps/s (median, min–max)"] + [f"{p} share" for p in parts]
+    rows = []
+    for b, s in report["summary"].items():
+        e = s["env_steps_per_s"]
+        rows.append([f"`{b}`", f"{e['median']:,.0f} ({e['min']:,.0f}–{e['max']:,.0f})"]
+                    + [f"{s['share_of_time'][p]:.0%}" for p in parts])
+    lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
+    ffm = report["summary"].get("ffm", {}).get("env_steps_per_s", {}).get("median")
+    ratio = report["ratios"].get("ffm/gru")
+    note = (f"\n`popgym-ppo` preset (16 envs, d_model 64) on popgym-{report['task']}-v0, "
+            f"{report['steps_per_measurement']:,} env steps per measurement, "
+            f"{report['rounds']} alternating rounds in fresh processes, "
+            f"{report['threads']} torch thread(s); 1-min load {report['loadavg_1min_before']}"
+            f" before, {report['loadavg_1min_after']} after"
+            + (" (**loaded**: load > cores)." if report["loaded"] else "."))
+    if ratio:
+        note += (f" ffm/gru speed: median {ratio['median']:.2f}x "
+                 f"({ratio['min']:.2f}–{ratio['max']:.2f}).")
+    target = ["", _row(["target", "result"]), _row(["---", "---"]),
+              _row(["rppo with ffm >= 3,000 env steps/s",
+                    "n/a" if ffm is None else ("pass" if ffm >= 3000 else "miss")]),
+              _row(["ffm faster than gru (wall time)",
+                    "n/a" if not ratio else ("pass" if ratio["median"] > 1 else "miss")])]
+    return "\n".join(lines) + "\n" + note + "\n" + "\n".join(target)
+
+
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -213,6 +278,8 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "throughput": throughput_table,
     "dfs": dfs_table,
     "atari": atari_table,
+    "popgym": popgym_table,
+    "rppo_throughput": rppo_throughput_table,
 }
 
 
