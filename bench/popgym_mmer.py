@@ -32,7 +32,11 @@ RESULTS = ROOT / "bench" / "results"
 RUNS = ROOT / "bench" / "runs" / "popgym"
 TASKS = ["RepeatPreviousEasy", "RepeatFirstEasy", "CountRecallEasy", "AutoencodeEasy",
          "PositionOnlyCartPoleEasy", "NoisyPositionOnlyPendulumEasy"]
-SEEDS = {"ffm": [0, 1, 2], "gru": [0, 1, 2], "mamba2": [0], "transformer": [0]}
+SEEDS = {"ffm": [0, 1, 2], "gru": [0, 1, 2], "mamba2": [0], "transformer": [0],
+         "ffm-reference": [0]}
+# memories that are a backbone with options: FFM as the official code initialises it
+VARIANTS = {"ffm-reference": ("ffm", ["--set", "rppo.backbone_kwargs.init=reference",
+                                      "--set", "rppo.backbone_kwargs.norm_affine=false"])}
 
 
 def run_folder(task: str, backbone: str, seed: int) -> Path:
@@ -40,8 +44,9 @@ def run_folder(task: str, backbone: str, seed: int) -> Path:
 
 
 def ensure(task: str, backbone: str, seed: int, steps: int, threads: int) -> dict:
-    args = ["--preset", "popgym-ppo", "--env", f"popgym-{task}-v0", "--backbone", backbone,
-            "--seed", str(seed)]
+    name, extra = VARIANTS.get(backbone, (backbone, []))
+    args = ["--preset", "popgym-ppo", "--env", f"popgym-{task}-v0", "--backbone", name,
+            "--seed", str(seed), *extra]
     return ensure_run(run_folder(task, backbone, seed), args, steps, threads)
 
 
