@@ -16,7 +16,7 @@ from torch import Tensor
 from reverie.agents.coplanner import CoplannerConfig
 from reverie.agents.imagine import ImagineAgent, ImagineConfig, validate_config
 from reverie.behavior.actor_critic import ActorCriticConfig
-from reverie.config import build_config
+from reverie.config import build_config, to_object
 from reverie.errors import UserError
 from reverie.sequence import BACKBONES
 from reverie.world.disagreement import DisagreementHeads, transition_pairs
@@ -305,6 +305,10 @@ def test_config_defaults_and_direct_construction():
     validate_config(cfg)
     built = build_config("cartpole", ["imagine.coplanner.mode=coplanner"])
     assert built.imagine.coplanner.mode == "coplanner"
+    # YAML 1.1 reads a bare `off` as false; it must still mean off
+    off = to_object(build_config("cartpole", ["imagine.coplanner.mode=off"]), "imagine")
+    off.world, off.behavior = tiny_config().world, tiny_config().behavior
+    assert ImagineAgent(OBS_SPEC, SPACES["discrete"], off, CPU, 0).coplanner is None
     agent = make_agent("discrete", gamma_uncertainty=0.9)
     assert agent.coplanner.upmpc.gamma_reward == agent.cfg.behavior.gamma
     assert agent.coplanner.upmpc.gamma_uncertainty == 0.9

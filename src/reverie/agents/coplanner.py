@@ -58,11 +58,19 @@ class CoplannerConfig:
     grad_clip: float = 100.0
 
 
+def mode_of(cfg: Any) -> str:
+    """The mode, with YAML 1.1's reading of a bare `off` (false, which OmegaConf stores as
+    'False' in a str field, e.g. from `--set imagine.coplanner.mode=off`) mapped back."""
+    mode = str(cfg.mode)
+    return "off" if mode in ("False", "false") else mode
+
+
 def check_config(cfg: Any) -> None:
     """Raise ValueError naming the fix (keys as `imagine.coplanner.*`)."""
-    if cfg.mode not in MODES:
+    mode = mode_of(cfg)
+    if mode not in MODES:
         raise ValueError(f"imagine.coplanner.mode must be one of {', '.join(MODES)}, got "
-                         f"{cfg.mode!r}" + suggest(cfg.mode, MODES))
+                         f"{mode!r}" + suggest(mode, MODES))
     if int(cfg.heads) < 2:
         raise ValueError(f"imagine.coplanner.heads must be >= 2 (u is their spread), got "
                          f"{cfg.heads}; use 8")
@@ -96,8 +104,8 @@ class LatentCoplanner:
     ) -> None:
         check_config(cfg)
         self.world, self.actor = world, actor
-        self.conservative = cfg.mode in ("conservative", "coplanner")
-        self.optimistic = cfg.mode in ("optimistic", "coplanner")
+        self.conservative = mode_of(cfg) in ("conservative", "coplanner")
+        self.optimistic = mode_of(cfg) in ("optimistic", "coplanner")
         self.heads = DisagreementHeads(
             world.feat_dim + world.action_dim, world.stoch, world.classes,
             int(cfg.heads), int(cfg.head_hidden), int(cfg.head_layers),

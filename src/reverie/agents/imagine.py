@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import Tensor, nn
 
-from reverie.agents.coplanner import CoplannerConfig, LatentCoplanner
+from reverie.agents.coplanner import CoplannerConfig, LatentCoplanner, mode_of
 from reverie.agents.coplanner import check_config as check_coplanner
 from reverie.behavior.actor_critic import ActorCritic, ActorCriticConfig
 from reverie.errors import UserError, suggest
@@ -148,7 +148,7 @@ class ImagineAgent:
             )
             self.world.to(self.device)
             self.behavior.to(self.device)  # in place: the optimisers keep their parameters
-            self.coplanner = None if cfg.coplanner.mode == "off" else LatentCoplanner(
+            self.coplanner = None if mode_of(cfg.coplanner) == "off" else LatentCoplanner(
                 self.world, self.behavior.actor, cfg.coplanner, cfg.behavior.gamma,
                 self.device,
             )
