@@ -3,6 +3,7 @@
 
     python bench/coplanner_cost.py               # 5 rounds x 3 updates per mode
     python bench/coplanner_cost.py --quick       # 2 rounds x 1 update, a smoke test
+    python bench/coplanner_cost.py --set imagine.coplanner.head_layers=1 --tag small-heads
 
 Modes are measured in one process in alternation (the order rotates every round), each on a
 synthetic replay with CartPole's shapes (4-d observations, 2 actions): the cost does not
@@ -47,8 +48,9 @@ class SyntheticReplay:
         }
 
 
-def build(mode: str) -> ImagineAgent:
-    cfg = to_object(build_config("cartpole", [f"imagine.coplanner.mode={mode}"]), "imagine")
+def build(mode: str, overrides: list[str]) -> ImagineAgent:
+    cfg = build_config("cartpole", [*overrides, f"imagine.coplanner.mode={mode}"])
+    cfg = to_object(cfg, "imagine")
     return ImagineAgent({"vector": ((4,), "float32")}, Discrete(2), cfg, torch.device("cpu"), 0)
 
 
@@ -62,10 +64,12 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--updates", type=int, default=3, help="timed updates per mode and round")
+    p.add_argument("--set", action="append", default=[], help="config override, all modes")
+    p.add_argument("--tag", default="", help="suffix of the result files")
     args = p.parse_args()
     rounds, updates = (2, 1) if args.quick else (args.rounds, args.updates)
     torch.manual_seed(0)
-    agents = {m: build(m) for m in MODES}
+    agents = {m: build(m, args.set) for m in MODES}
     replays = {m: SyntheticReplay() for m in MODES}
     steps = {}
     for m in MODES:  # warm-up (first-call allocations), and the planner's model steps
@@ -92,7 +96,7 @@ def main() -> None:
             act[m].append(statistics.median(times))
     load.append(os.getloadavg()[0])
     result = {
-        "preset": "cartpole", "rounds": rounds, "updates_per_round": updates,
+        "preset": "cartpole", "overrides": args.set, "rounds": rounds, "updates_per_round": updates,
         "threads": torch.get_num_threads(), "load_avg_1min_before_after": load,
         "cores": os.cpu_count(),
         "seconds_per_update": {m: summary(upd[m]) for m in MODES},
@@ -107,7 +111,8 @@ def main() -> None:
     if args.quick:
         return
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "coplanner_cost.json").write_text(json.dumps(result, indent=1))
+    name = "coplanner_cost" + (f"_{args.tag}" if args.tag else "")
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,9 +124,9 @@ def main() -> None:
            [result["seconds_per_update"][m]["max"] - med[i] for i, m in enumerate(MODES)]]
     ax.bar(MODES, med, yerr=err, capsize=4)
     ax.set_ylabel("seconds per update")
-    ax.set_title("COPlanner cost, cartpole preset (median, min-max)")
+    ax.set_title(f"COPlanner cost, cartpole {args.tag} (median, min-max)".replace("  ", " "))
     fig.tight_layout()
-    fig.savefig(RESULTS / "coplanner_cost.png", dpi=100)
+    fig.savefig(RESULTS / f"{name}.png", dpi=100)
 
 
 if __name__ == "__main__":
