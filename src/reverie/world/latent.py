@@ -359,7 +359,8 @@ class WorldModel(nn.Module):
     ) -> tuple[Tensor, dict[str, float], dict[str, Tensor]]:
         """World-model loss on a replay batch of [B, T] sequences (see module docstring).
 
-        Returns (total loss, float metrics "wm/...", {"z", "h"} detached [B, T, ...]).
+        Returns (total loss, float metrics "wm/...", {"z", "h", "post"} detached [B, T, ...];
+        "post" are the posterior logits [B, T, stoch, classes]).
         """
         for key in ("action", "reward", "terminal", "reset"):
             if key not in batch:
@@ -404,7 +405,7 @@ class WorldModel(nn.Module):
                 "wm/prior_ent": categorical_entropy(prior).mean().item()
                 if prior.shape[1] else 0.0,
             }
-        return total, metrics, {"z": z.detach(), "h": h.detach()}
+        return total, metrics, {"z": z.detach(), "h": h.detach(), "post": post.detach()}
 
     def param_breakdown(self) -> dict[str, int]:
         """Parameters per top-level part (encoders, posterior head, backbone, heads, ...)."""
