@@ -166,7 +166,7 @@ def test_kl_is_masked_at_reset_boundaries():
     with torch.no_grad():
         post = m.encode({"vector": batch["vector"]})
         z = m.sample(post)
-        h, _ = m.backbone(m._backbone_input(z, batch["action"]), None, with_reset["reset"])
+        h, _ = m.backbone(m.backbone_input(z, batch["action"]), None, with_reset["reset"])
         per_step = categorical_kl(post[:, 1:], m.prior(h[:, :-1]))[:, : T - 2]
     assert abs(per_step.mean().item() - kl(with_reset)) < 1e-5
 

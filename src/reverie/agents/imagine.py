@@ -57,6 +57,14 @@ class ImagineConfig:
     world_grad_clip: float = 1000.0
     warmup_steps: int = 0  # linear learning-rate warm-up of all the optimisers
     coplanner: CoplannerConfig = field(default_factory=CoplannerConfig)
+    # what the backbone sees when acting: the whole episode so far (state carried step by
+    # step), or only the last `act_window` steps re-run from a zero state (Drama's code),
+    # the length of context the model was trained on
+    act_context: str = "episode"
+    act_window: int = 16
+
+
+ACT_CONTEXTS = ("episode", "window")
 
 
 def _check(cfg: Any) -> None:
@@ -74,6 +82,12 @@ def _check(cfg: Any) -> None:
             raise ValueError(
                 f"imagine.{name} must be one of {', '.join(OPTIMIZERS)}, got {value!r}"
                 + suggest(value, OPTIMIZERS))
+    if cfg.act_context not in ACT_CONTEXTS:
+        raise ValueError(f"imagine.act_context must be one of {', '.join(ACT_CONTEXTS)}, got "
+                         f"{cfg.act_context!r}{suggest(str(cfg.act_context), ACT_CONTEXTS)}")
+    if cfg.act_context == "window" and not 1 <= int(cfg.act_window) <= int(cfg.seq_len):
+        raise ValueError(f"imagine.act_window must be in [1, seq_len={cfg.seq_len}] (the model "
+                         f"never saw longer sequences), got {cfg.act_window}")
     if int(cfg.warmup_steps) < 0:
         raise ValueError(f"imagine.warmup_steps must be >= 0, got {cfg.warmup_steps}")
     for name in ("lr_world", "world_grad_clip"):
@@ -159,9 +173,32 @@ class ImagineAgent:
 
     # -- acting -------------------------------------------------------------------------
     def initial_state(self, n: int) -> AgentState:
-        """Zero backbone state and h_{−1} = 0 for n environments."""
+        """Zero backbone state and h_{−1} = 0 for n environments (act_context=episode), or
+        an empty window of backbone inputs and its fill count (act_context=window)."""
+        if self.cfg.act_context == "window":
+            w = self.cfg.act_window - 1
+            d = self.world.deter_dim
+            return (torch.zeros(n, w, d, device=self.device),
+                    torch.zeros(n, dtype=torch.long, device=self.device))
         h = torch.zeros(n, self.world.deter_dim, device=self.device)
         return self.world.initial_state(n), h
+
+    def _window_context(self, window: Tensor, count: Tensor) -> AgentState:
+        """Backbone state and h_{t−1} from re-running the last `count` inputs of each row's
+        window from a zero state: window [N, W−1, D] (newest last), count [N] -> as
+        `initial_state` of episode mode. Older slots are masked out by a reset flag at the
+        row's first valid step, so nothing before it reaches the result."""
+        n, w, _ = window.shape
+        start = self.world.initial_state(n)
+        empty = count == 0
+        if w == 0:
+            return start, torch.zeros(n, self.world.deter_dim, device=self.device)
+        pos = torch.arange(w, device=self.device)
+        first_valid = (w - count)[:, None]  # [N, 1]
+        reset = pos[None, :] == first_valid
+        h, state = self.world.backbone(window, start, reset)
+        state = self.world.reset_state(state, empty)
+        return state, h[:, -1].masked_fill(empty[:, None], 0.0)
 
     def _obs(self, obs: dict[str, Any]) -> dict[str, Tensor]:
         missing = [k for k in self.obs_keys if k not in obs]
@@ -178,10 +215,16 @@ class ImagineAgent:
         Returns actions ([N] int64 or [N, A] float32 in [−1, 1]) and the next state.
         `explore=False` takes the posterior's and the policy's modes.
         """
-        backbone_state, h_prev = state
         first_t = torch.as_tensor(np.asarray(first, dtype=bool), device=self.device)
-        if first_t.any():
-            backbone_state, h_prev = self._episode_start(backbone_state, h_prev, first_t)
+        window = self.cfg.act_context == "window"
+        if window:
+            inputs, count = state
+            count = count.masked_fill(first_t, 0)
+            backbone_state, h_prev = self._window_context(inputs, count)
+        else:
+            backbone_state, h_prev = state
+            if first_t.any():
+                backbone_state, h_prev = self._episode_start(backbone_state, h_prev, first_t)
         logits = self.world.encode(self._obs(obs))
         if explore:
             z = self.world.sample(logits)
@@ -194,6 +237,12 @@ class ImagineAgent:
             cop.act_model_steps += result.model_steps
         else:
             action, _ = self.behavior.actor.sample(self.world.feat(z, h_prev), explore)
+        if window:  # the step's input joins the window; the next act re-runs it from zero
+            x = self.world.backbone_input(z, action)
+            if inputs.shape[1]:
+                inputs = torch.cat([inputs[:, 1:], x[:, None]], dim=1)
+                count = (count + 1).clamp(max=inputs.shape[1])
+            return action.cpu().numpy(), (inputs, count)
         h, backbone_state = self.world.imagine_step(z, action, backbone_state)
         return action.cpu().numpy(), (backbone_state, h)
 

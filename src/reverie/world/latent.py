@@ -272,7 +272,8 @@ class WorldModel(nn.Module):
         return action
 
     # -- dynamics ---------------------------------------------------------------------
-    def _backbone_input(self, z: Tensor, action: Tensor) -> Tensor:
+    def backbone_input(self, z: Tensor, action: Tensor) -> Tensor:
+        """The backbone's input for (z_t, a_t): [..., stoch_dim], [...] or [..., A] -> [..., D]."""
         a = self.action_input(action).to(z.dtype)
         return self.input_proj(torch.cat([z, a], -1))
 
@@ -290,12 +291,12 @@ class WorldModel(nn.Module):
         seen z_t and a_t) and the backbone state after T steps.
         """
         z = self.sample(self.encode(obs))
-        h, state = self.backbone(self._backbone_input(z, action), state, reset)
+        h, state = self.backbone(self.backbone_input(z, action), state, reset)
         return z, h, state
 
     def imagine_step(self, z: Tensor, action: Tensor, state: State) -> tuple[Tensor, State]:
         """One O(1) step: z [B, stoch_dim], action [B] or [B, A] -> h [B, deter_dim]."""
-        return self.backbone.step(self._backbone_input(z, action), state)
+        return self.backbone.step(self.backbone_input(z, action), state)
 
     def initial_state(self, batch_size: int) -> State:
         """Zero backbone state for `batch_size` rows (h_{-1} is zeros)."""
@@ -370,7 +371,7 @@ class WorldModel(nn.Module):
         reset = batch["reset"].bool()
         post = self.encode(obs)  # [B, T, S, K]
         z = self.sample(post)
-        h, _ = self.backbone(self._backbone_input(z, batch["action"]), None, reset)
+        h, _ = self.backbone(self.backbone_input(z, batch["action"]), None, reset)
 
         recon = self._recon_loss(z, obs).mean()
         reward_target = symlog(batch["reward"].float())
