@@ -34,6 +34,7 @@ VARIANTS: dict[str, list[str]] = {
     "prior-linear": ["imagine.world.prior_layers=0"],
     "targets-dreamerv3": ["imagine.behavior.targets=dreamerv3"],
     "targets-drama": ["imagine.behavior.targets=drama"],
+    "act-window-16": ["imagine.act_context=window", "imagine.act_window=16"],
 }
 
 
