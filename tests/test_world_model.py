@@ -246,8 +246,13 @@ def test_loss_decreases_on_a_deterministic_task():
 
 
 def test_atari_parameter_budget():
-    pytest.importorskip("reverie.sequence.mamba2")
-    m = WorldModel(IMG, 18, True, WorldModelConfig())
+    """The atari100k preset's world model has Drama's ~7M parameters."""
+    from omegaconf import OmegaConf
+
+    from reverie.config import build_config
+
+    world = OmegaConf.to_object(build_config("atari100k").imagine.world)
+    m = WorldModel(IMG, 18, True, world)
     n = count_params(m)
     assert n == sum(m.param_breakdown().values())
     assert 6e6 <= n <= 8e6, m.param_breakdown()
