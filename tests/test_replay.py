@@ -132,6 +132,7 @@ def test_memmap_resume_continues_exactly(tmp_path, sampler):
         "image.npy",
         "reward.npy",
         "terminal.npy",
+        "truncated.npy",
     ]
     expected = [original.sample(4, 5, "train"), original.sample(8, 3, "imagine")]
     original.flush()

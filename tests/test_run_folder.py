@@ -125,14 +125,14 @@ def test_nan_loss_rolls_back_then_stops(tmp_path, monkeypatch):
 
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     store = CheckpointStore(tmp_path / "ckpt")
-    store.save({"format": 1, "x": 1}, step=10)
+    store.save({"format": ckpt_module.FORMAT, "x": 1}, step=10)
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ckpt_module.os, "fsync", full)
     with pytest.raises(UserError, match="No space left on device.*previous checkpoint"):
-        store.save({"format": 1, "x": 2}, step=20)
+        store.save({"format": ckpt_module.FORMAT, "x": 2}, step=20)
     monkeypatch.undo()
     payload, entry, _ = store.load_latest()
     assert entry.step == 10 and payload["x"] == 1

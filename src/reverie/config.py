@@ -44,6 +44,7 @@ RESUME_KEYS = ("run.steps", "run.progress", "run.log_every", "run.eval_every",
                "run.max_nan_retries", "run.threads", "run.device")
 
 
+
 @dataclass
 class EnvConfig:
     id: str = "CartPole-v1"
@@ -64,6 +65,7 @@ class RunConfig:
     keep_checkpoints: int = 3
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads; 0 = all cores
+    num_envs: int = 1  # envs stepped together (on-policy agents); replay agents take 1
     max_nan_retries: int = 3
     progress: bool = True
 
@@ -276,6 +278,8 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"run.{key} must be positive, got {run[key]}")
     if run.prefill < 0 or run.eval_episodes < 0 or run.threads < 0:
         raise UserError("run.prefill, run.eval_episodes and run.threads must be >= 0")
+    if run.num_envs < 1:
+        raise UserError(f"run.num_envs must be >= 1, got {run.num_envs}")
     if run.threads > MAX_THREADS:
         raise UserError(f"run.threads={run.threads} is more than any CPU can use; set at most "
                         f"{MAX_THREADS} (0 = all cores)")
@@ -311,8 +315,11 @@ def validate(cfg: DictConfig) -> None:
                 f"choose one of: {', '.join(BACKBONES)}"
             )
     check = getattr(importlib.import_module(AGENTS[cfg.agent][0]), "validate_config", None)
-    if check is not None:
-        check(cfg[cfg.agent])
+    if check is not None:  # the agent's own checks, which may read the run section too
+        try:
+            check(cfg[cfg.agent], cfg)
+        except ValueError as e:
+            raise UserError(str(e).splitlines()[0]) from None
 
 
 def rows_per_sample(cfg: DictConfig) -> int:

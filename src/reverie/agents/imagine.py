@@ -80,7 +80,7 @@ def _check(cfg: Any) -> None:
             raise ValueError(f"imagine.{name} must be in {text}, got {value}")
 
 
-def validate_config(cfg: Any) -> None:
+def validate_config(cfg: Any, run_cfg: Any = None) -> None:
     """Config-time check used by `reverie.config` (raises UserError for the CLI)."""
     try:
         _check(cfg)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from reverie.envs.actions import random_actions
 from reverie.rng import generator_state, numpy_generator, set_generator_state
 
 
@@ -31,11 +32,7 @@ class RandomAgent:
         return None
 
     def act(self, obs: dict[str, np.ndarray], first: np.ndarray, state, explore: bool):
-        n = len(first)
-        if isinstance(self.action_space, spaces.Discrete):
-            return self.rng.integers(0, self.action_space.n, size=n), state
-        shape = (n, *self.action_space.shape)
-        return self.rng.uniform(-1.0, 1.0, size=shape).astype(np.float32), state
+        return random_actions(self.action_space, len(first), self.rng), state
 
     def update(self, replay) -> dict[str, float]:
         batch = replay.sample(self.cfg.batch_size, self.cfg.seq_len, purpose="train")

@@ -1,6 +1,8 @@
 """Sequence replay: a ring buffer of one environment stream, in memory or memory-mapped on disk.
 
-Row t holds (obs_t, action_t, reward_t, terminal_t, first_t) — the STORM/Drama convention:
+Row t holds (obs_t, action_t, reward_t, terminal_t, truncated_t, first_t) — the STORM/Drama
+convention, plus a time-limit flag (truncated_t: the episode was cut after action_t, so its
+value still counts; terminal_t stays False there):
 action_t is taken at obs_t, reward_t and terminal_t follow it, first_t marks obs_t as the
 start of an episode. `sample` returns [B, T] windows of consecutive rows; windows may cross
 episode boundaries and their "reset" flags (= first) mark where.
@@ -41,6 +43,7 @@ SAMPLERS = {"uniform": UniformSampler, "dfs": DFSSampler}
 OWN_FIELDS: Spec = {
     "reward": ((), "float32"),
     "terminal": ((), "bool"),
+    "truncated": ((), "bool"),
     "first": ((), "bool"),
     "_stamp": ((), "int64"),
 }
@@ -205,6 +208,7 @@ class Replay:
         Shapes must match the spec exactly; uint8 fields only take uint8 arrays (an image
         given as float would be silently truncated otherwise). Extra keys are ignored.
         """
+        row = {"truncated": False, **row}  # only time-limited episodes need to say it
         missing = [name for name in self.fields if name != "_stamp" and name not in row]
         if missing:
             raise ValueError(
@@ -251,7 +255,8 @@ class Replay:
         """Sample B windows of T consecutive rows -> dict of CPU tensors [B, T, ...].
 
         Keys: the obs keys and "action" (stored dtypes, images uint8 [B, T, H, W, C]),
-        "reward" [B, T] float32, "terminal" [B, T] bool, "reset" [B, T] bool (= first),
+        "reward" [B, T] float32, "terminal" [B, T] bool, "truncated" [B, T] bool,
+        "reset" [B, T] bool (= first),
         "start" [B] int64 (slot of each window's first row).
         """
         if purpose not in PURPOSES:
@@ -272,7 +277,7 @@ class Replay:
         index = (starts[:, None] + np.arange(seq_len)) % self.capacity  # [B, T]
         batch = {
             name: torch.from_numpy(np.asarray(self.data[name][index]))
-            for name in (*self.spec, "reward", "terminal")
+            for name in (*self.spec, "reward", "terminal", "truncated")
         }
         batch["reset"] = torch.from_numpy(np.asarray(self.data["first"][index]))
         batch["start"] = torch.from_numpy(starts.astype(np.int64))

@@ -24,7 +24,7 @@ import torch
 from reverie.errors import UserError
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 2: any-step checkpoints (env episodes replayed), truncation flags
 # The only names a manifest may point at: plain files directly inside `checkpoints/`. Everything
 # in a run folder is untrusted input, so an entry naming `../config.yaml` or `/etc/x` must never
 # be read, let alone unlinked by pruning.
@@ -236,8 +236,14 @@ def load_bytes(data: bytes, path: Path) -> dict[str, Any]:
             f"{path} is not a reverie checkpoint ({type(e).__name__}); point at a run folder "
             "or a checkpoint it wrote"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a reverie checkpoint (format mismatch)")
+    if not isinstance(payload, dict) or "format" not in payload:
+        raise CheckpointError(f"{path} is not a reverie checkpoint (no format)")
+    if payload["format"] != FORMAT:
+        raise CheckpointError(
+            f"{path} was written by another reverie version (checkpoint format "
+            f"{payload['format']!r}, this one reads {FORMAT}); use that version to continue it, "
+            "or start a new run"
+        )
     return payload
 
 

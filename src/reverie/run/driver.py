@@ -1,14 +1,17 @@
-"""The training driver: act, store, train by a train ratio, log, evaluate, checkpoint, resume.
+"""The training driver: act, store, train on the agent's cadence, log, evaluate, checkpoint.
 
-Agent-agnostic: an agent is anything with `initial_state(n)`, `act(obs, first, state,
-explore)`, `update(replay) -> metrics`, `state_dict()` and `load_state_dict()`.
+Agent-agnostic. An agent (see `Agent`) acts on a batch of `run.num_envs` envs and trains in
+`update`; what it needs from the driver it says with optional members: `uses_replay` (a
+sequence replay of the env stream, the default), `observe(transition)` (every vector step,
+with truncation flags and final observations, e.g. for on-policy rollouts), and
+`updates_due(env_steps)` (its own update cadence; the default is `run.train_ratio`).
 
-Exact resume. Environments cannot be snapshotted in general, so checkpoints are taken at
-episode ends, and every episode starts with `reset(seed=episode_seed(seed, k))`. A checkpoint
-therefore holds everything the future depends on (agent, optimisers, replay counters and
-RNG, driver counters, global RNG states), and a resumed run writes exactly the metrics the
-uninterrupted one would have. The replay's rows live in memory-mapped files that are flushed
-before each checkpoint; rows written after it are simply overwritten again on resume.
+Exact resume. A checkpoint holds everything the future depends on (agent, optimisers, the
+agent's acting state, replay counters and RNG, driver counters, global RNG states, and each
+env's current episode as its seed and actions, see `run/collector.py`), so it can be taken
+at any step, and a resumed run writes exactly the metrics the uninterrupted one would have.
+The replay's rows live in memory-mapped files that are flushed before each checkpoint; rows
+written after it are simply overwritten again on resume.
 """
 
 from __future__ import annotations
@@ -19,15 +22,22 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from gymnasium import spaces
 from omegaconf import DictConfig, OmegaConf
 
-from reverie.config import agent_parts, save_config, to_object, training_notes
+from reverie.config import (
+    agent_parts,
+    rows_per_sample,
+    save_config,
+    to_object,
+    training_notes,
+)
 from reverie.envs import image_keys, make_env, make_obs_spec
+from reverie.envs.actions import action_spec, random_actions
 from reverie.errors import UserError
 from reverie.replay import Replay
 from reverie.rng import (
@@ -39,16 +49,10 @@ from reverie.rng import (
     set_global_rng_state,
 )
 from reverie.run import folder as run_folder
-from reverie.run.checkpoint import CheckpointStore
+from reverie.run.checkpoint import FORMAT, CheckpointStore
+from reverie.run.collector import Collector, Transition, episode_seed
 from reverie.run.logger import LOGS, RunLogger, plot_curve, read_rows
 from reverie.run.progress import Progress
-
-FORMAT = 1
-
-
-def episode_seed(seed: int, episode: int, stream: int = 0) -> int:
-    """Seed of the k-th episode of a stream (0: training, 1: evaluation)."""
-    return int(np.random.SeedSequence([seed, stream, episode]).generate_state(1)[0])
 
 
 def select_device(name: str) -> torch.device:
@@ -60,7 +64,25 @@ def select_device(name: str) -> torch.device:
 
 
 def batch_obs(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One observation as a batch of one env."""
     return {k: v[None] for k, v in obs.items()}
+
+
+class Agent(Protocol):
+    """What the driver drives (registered in `config.AGENTS`). Optional members:
+    `uses_replay: bool` (default True), `observe(t: Transition) -> None`,
+    `updates_due(env_steps: int) -> int` (default: by `run.train_ratio`)."""
+
+    def initial_state(self, n: int) -> Any: ...
+
+    def act(self, obs: dict[str, np.ndarray], first: np.ndarray, state: Any,
+            explore: bool) -> tuple[np.ndarray, Any]: ...
+
+    def update(self, replay: Replay | None) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, d: dict[str, Any]) -> None: ...
 
 
 class NonFiniteLoss(Exception):
@@ -76,6 +98,7 @@ class Counters:
     eval_rounds: int = 0
     nan_rollbacks: int = 0
     next_checkpoint: int = 0
+    agent_fresh: bool = True  # the agent has not acted yet (prefill is random)
 
     def state(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -135,14 +158,21 @@ class Trainer:
             torch.set_num_threads(int(cfg.run.threads))
         seed_everything(int(cfg.seed))
         self.device = select_device(cfg.run.device)
-        self.env = make_env(cfg.env.id, cfg.env.image_size)
-        self.obs_spec = make_obs_spec(self.env.observation_space)
+        self.num_envs = int(cfg.run.num_envs)
+        self.envs = Collector(cfg.env.id, cfg.env.image_size, self.num_envs, int(cfg.seed))
+        self.obs_spec = make_obs_spec(self.envs.observation_space)
         check_obs_kind(cfg, self.obs_spec)
-        self.action_space = self.env.action_space
+        self.action_space = self.envs.action_space
         self.agent = build_agent(cfg, self.obs_spec, self.action_space, self.device)
+        self.uses_replay = bool(getattr(self.agent, "uses_replay", True))
+        if self.uses_replay and self.num_envs != 1:
+            raise UserError(
+                f"agent '{cfg.agent}' trains on a sequence replay of one env stream; set "
+                "run.num_envs=1 (several envs are for agents that keep their own rollouts)"
+            )
         acfg = cfg[cfg.agent]
         self.replayed_per_update = int(acfg.get("batch_size", 1)) * int(acfg.get("seq_len", 1))
-        self.min_rows = max(int(acfg.get("seq_len", 1)), int(acfg.get("context", 1)))
+        self.min_rows = rows_per_sample(cfg)
         self.store = CheckpointStore(self.out / "checkpoints", int(cfg.run.keep_checkpoints))
         if resume and not self.store.entries():
             if run_folder.has_history(self.out):
@@ -160,15 +190,15 @@ class Trainer:
         if not resume:  # the replay is sized once, when the run is created
             cfg.replay.capacity = int(min(cfg.replay.capacity, cfg.run.steps))
         self._prepare_folder()  # only once env and agent are known to work: no stray runs
-        self.replay = self._make_replay()
+        self.replay = self._make_replay() if self.uses_replay else None
         # config last: a folder without config.yaml is not a run, so a failed start leaves
         # nothing that blocks the next attempt; on resume it records a raised run.steps
         save_config(self.cfg, self.out / "config.yaml")
-        self._agent_fresh = True  # the agent has not acted yet (prefill is random)
         self.rng = numpy_generator(int(cfg.seed) + 1)  # prefill actions
         self.count = Counters(next_checkpoint=int(cfg.run.checkpoint_every))
         self.resumed_from: int | None = None
         self._window: dict[str, list[float]] = {}  # update metrics since the last log row
+        self.act_state = self.agent.initial_state(self.num_envs)
         if resume_from is not None:
             self._restore(*resume_from)
         self.logger = RunLogger(self.out, resume_step=self.resumed_from)
@@ -184,11 +214,7 @@ class Trainer:
     def _make_replay(self) -> Replay:
         rc = self.cfg.replay
         capacity = int(rc.capacity)
-        spec = dict(self.obs_spec)
-        if isinstance(self.action_space, spaces.Discrete):
-            spec["action"] = ((), "int64")
-        else:
-            spec["action"] = (tuple(self.action_space.shape), "float32")
+        spec = {**self.obs_spec, "action": action_spec(self.action_space)}
         kwargs: dict[str, Any] = {"tau": float(rc.tau)} if rc.sampler == "dfs" else {}
         directory = self.out / "replay" if rc.on_disk else None
         try:
@@ -206,7 +232,9 @@ class Trainer:
             "format": FORMAT,
             "agent_name": self.cfg.agent,
             "agent": self.agent.state_dict(),
-            "replay": self.replay.state_dict(),
+            "act_state": self.act_state,
+            "envs": self.envs.state_dict(),
+            "replay": None if self.replay is None else self.replay.state_dict(),
             "counters": self.count.state(),
             "driver_rng": generator_state(self.rng),
             "rng": global_rng_state(),
@@ -219,7 +247,8 @@ class Trainer:
         }
 
     def checkpoint(self) -> None:
-        self.replay.flush()
+        if self.replay is not None:
+            self.replay.flush()
         self.logger.flush()
         self.store.save(self._payload(), self.count.env_steps)
 
@@ -233,7 +262,8 @@ class Trainer:
                 f"checkpoint {entry.file} is from agent '{payload.get('agent_name')}' but the "
                 f"run config says '{self.cfg.agent}'; resume with the matching config"
             )
-        if not self.cfg.replay.on_disk and payload["counters"]["env_steps"] > 0:
+        if (self.uses_replay and not self.cfg.replay.on_disk
+                and payload["counters"]["env_steps"] > 0):
             raise UserError(
                 "this run kept its replay in memory (replay.on_disk=false), so it cannot be "
                 "resumed with its data; start a new run with replay.on_disk=true"
@@ -242,10 +272,14 @@ class Trainer:
 
     def _restore(self, payload: dict[str, Any], entry) -> None:
         load_agent_state(self.agent, payload, entry.file)
-        try:
-            self.replay.load_state_dict(payload["replay"])
-        except ValueError as e:
-            raise UserError(f"cannot resume the replay: {e}") from None
+        if self.replay is not None:
+            try:
+                self.replay.load_state_dict(payload["replay"])
+            except ValueError as e:
+                raise UserError(f"cannot resume the replay: {e}") from None
+        self.act_state = payload["act_state"]
+        for note in self.envs.load_state_dict(payload["envs"]):
+            self._note(note)
         self.count = Counters(**payload["counters"])
         self._window = {k: v.tolist() for k, v in payload["log_window"].items()}
         set_generator_state(self.rng, payload["driver_rng"])
@@ -283,28 +317,48 @@ class Trainer:
             self._window.setdefault(k, []).append(float(v))
         self.count.grad_steps += 1
 
-    def _train(self) -> None:
+    def _updates_due(self) -> int:
+        """How many updates this vector step earns: the agent's own cadence, or the train
+        ratio (replayed steps per env step) once prefill is done and a sample fits."""
         c = self.count
+        due = getattr(self.agent, "updates_due", None)
+        if due is not None:
+            return int(due(c.env_steps))
         if c.env_steps < int(self.cfg.run.prefill) or len(self.replay) < self.min_rows:
-            return
-        c.credit += float(self.cfg.run.train_ratio) / self.replayed_per_update
+            return 0
+        c.credit += self.num_envs * float(self.cfg.run.train_ratio) / self.replayed_per_update
+        n = 0
         while c.credit >= 1.0:
             c.credit -= 1.0
+            n += 1
+        return n
+
+    def _train(self) -> None:
+        for _ in range(self._updates_due()):
             try:
                 self._update()
             except NonFiniteLoss as e:
                 self._rollback(*e.args)
 
-    def _act(self, obs, first: bool, state):
-        if self.count.env_steps < int(self.cfg.run.prefill):
-            if isinstance(self.action_space, spaces.Discrete):
-                return int(self.rng.integers(self.action_space.n)), state
-            return self.rng.uniform(-1, 1, self.action_space.shape).astype(np.float32), state
+    def _act(self, obs: dict[str, np.ndarray], first: np.ndarray) -> np.ndarray:
+        c = self.count
+        if c.env_steps < int(self.cfg.run.prefill):
+            return random_actions(self.action_space, self.num_envs, self.rng)
+        if c.agent_fresh:  # the first policy step after random prefill starts memory afresh
+            first, c.agent_fresh = np.ones_like(first), False
         with torch.no_grad():
-            # the first policy step after random prefill starts the agent's memory afresh
-            first, self._agent_fresh = first or self._agent_fresh, False
-            action, state = self.agent.act(batch_obs(obs), np.array([first]), state, True)
-        return action[0], state
+            action, self.act_state = self.agent.act(obs, first, self.act_state, True)
+        return np.asarray(action)
+
+    def _store(self, t: Transition) -> None:
+        """Hand one vector step to the replay (one env stream) and to the agent."""
+        if self.replay is not None:
+            self.replay.add({**{k: v[0] for k, v in t.obs.items()}, "action": t.action[0],
+                             "reward": float(t.reward[0]), "terminal": bool(t.terminated[0]),
+                             "truncated": bool(t.truncated[0]), "first": bool(t.first[0])})
+        observe = getattr(self.agent, "observe", None)
+        if observe is not None:
+            observe(t)
 
     def _log(self, t0: float, steps0: int) -> None:
         c = self.count
@@ -312,9 +366,10 @@ class Trainer:
             "env_steps": c.env_steps,
             "grad_steps": c.grad_steps,
             "episodes": c.episodes,
-            "train_ratio": c.grad_steps * self.replayed_per_update / max(1, c.env_steps),
-            "replay_size": len(self.replay),
         }
+        if self.replay is not None:
+            row["train_ratio"] = c.grad_steps * self.replayed_per_update / max(1, c.env_steps)
+            row["replay_size"] = len(self.replay)
         row.update({k: float(np.mean(v)) for k, v in self._window.items()})
         self._window = {}
         self.logger.metrics(c.env_steps, row)
@@ -342,40 +397,35 @@ class Trainer:
             self._note(note)
         self.progress = Progress(steps, c.env_steps, enabled=bool(cfg.run.progress))
         t0, steps0 = time.time(), c.env_steps
-        obs, _ = self.env.reset(seed=episode_seed(int(cfg.seed), c.episodes))
-        first, state, ep_return, ep_len = True, self.agent.initial_state(1), 0.0, 0
+        run = cfg.run
         if self.resumed_from is None:
+            self.envs.start()
             self.checkpoint()  # step 0: the rollback target before any update
         try:
             with self.progress:
                 while c.env_steps < steps:
-                    action, state = self._act(obs, first, state)
-                    next_obs, reward, term, trunc, _ = self.env.step(action)
-                    self.replay.add({**obs, "action": action, "reward": float(reward),
-                                     "terminal": bool(term), "first": first})
-                    c.env_steps += 1
-                    ep_return += float(reward)
-                    ep_len += 1
-                    obs, first = next_obs, False
+                    before = c.env_steps
+                    t, finished = self.envs.step(self._act(self.envs.obs, self.envs.first))
+                    self._store(t)
+                    c.env_steps += self.num_envs
                     self._train()
-                    if c.env_steps % int(cfg.run.log_every) == 0:
+                    if c.env_steps // int(run.log_every) > before // int(run.log_every):
                         self._log(t0, steps0)
-                    if cfg.run.eval_episodes and c.env_steps % int(cfg.run.eval_every) == 0:
+                    if run.eval_episodes and (c.env_steps // int(run.eval_every)
+                                              > before // int(run.eval_every)):
                         ret = self.evaluate()
                         self.logger.metrics(c.env_steps, {"eval/return": float(np.mean(ret)),
                                                           "eval/return_std": float(np.std(ret))})
                         self.progress.eval_return = float(np.mean(ret))
-                    if term or trunc:
+                    for ep_return, ep_len in finished:
                         c.episodes += 1
                         self._returns.append(ep_return)
                         self.logger.metrics(c.env_steps, {"episode/return": ep_return,
                                                           "episode/length": ep_len})
                         self.progress.episode(ep_return)
-                        if c.env_steps >= c.next_checkpoint:
-                            self.checkpoint()
-                            c.next_checkpoint = c.env_steps + int(cfg.run.checkpoint_every)
-                        obs, _ = self.env.reset(seed=episode_seed(int(cfg.seed), c.episodes))
-                        first, ep_return, ep_len = True, 0.0, 0
+                    if c.env_steps >= c.next_checkpoint:
+                        self.checkpoint()
+                        c.next_checkpoint = c.env_steps + int(run.checkpoint_every)
                     self.progress.update(c.env_steps, (c.env_steps - steps0)
                                          / max(time.time() - t0, 1e-9))
             self.checkpoint()
