@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import math
 import re
-from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -14,6 +14,7 @@ import torch
 from gymnasium import spaces
 from omegaconf import OmegaConf
 
+import reverie
 from reverie.agents.mbpo import (
     MODES,
     EnsembleConfig,
@@ -24,20 +25,15 @@ from reverie.agents.mbpo import (
     validate_config,
 )
 from reverie.behavior.sac import SACConfig
+from reverie.cli import main
+from reverie.config import build_config
 from reverie.envs import make_env, make_obs_spec
+from reverie.errors import UserError
 from reverie.planning.upmpc import UPMPCConfig
-
-
-class Step(NamedTuple):
-    """The driver's vector-step record (reverie.run.collector.Transition's fields)."""
-
-    obs: dict
-    action: np.ndarray
-    reward: np.ndarray
-    terminated: np.ndarray
-    truncated: np.ndarray
-    next_obs: dict
-    first: np.ndarray
+from reverie.run.checkpoint import CheckpointStore
+from reverie.run.collector import Transition as Step
+from test_reliability import kill_when
+from test_reliability import reverie as reverie_cli
 
 
 def tiny(mode: str = "mbpo", **kw) -> MBPOConfig:
@@ -317,3 +313,58 @@ def test_run_settings_mbpo_cannot_use():
         MBPOAgent(SPEC, spaces.Discrete(3), tiny(), torch.device("cpu"), 0)
     with pytest.raises(ValueError, match="actions in \\[-1, 1\\]"):
         MBPOAgent(SPEC, spaces.Box(-2.0, 2.0, (1,), np.float32), tiny(), torch.device("cpu"), 0)
+
+
+# -- through the driver ------------------------------------------------------------------------
+TINY_RUN = [
+    "run.prefill=40", "mbpo.warmup=40", "mbpo.updates_per_step=2", "mbpo.model_train_every=20",
+    "mbpo.epoch_length=20", "mbpo.rollout_batch=32", "mbpo.model.members=3",
+    "mbpo.model.elites=2", "mbpo.model.hidden=16", "mbpo.model.layers=2",
+    "mbpo.model.max_epochs=3", "mbpo.sac.hidden=16", "mbpo.sac.batch_size=16",
+    "run.eval_every=60", "run.eval_episodes=1", "run.log_every=20",
+    "run.checkpoint_every=50", "run.threads=1",
+]
+TINY_ARGS = ["--preset", "mbpo-pendulum", "--no-progress",
+             *(x for o in TINY_RUN for x in ("--set", o))]
+
+
+@pytest.mark.parametrize("preset", ["mbpo-pendulum", "mbpo-inverted-pendulum", "mbpo-hopper",
+                                    "mbpo-dmc"])
+def test_presets_load_and_validate(preset):
+    cfg = build_config(preset)
+    assert cfg.agent == "mbpo" and cfg.run.num_envs == 1 and cfg.env.obs == "vector"
+    assert cfg.mbpo.mode in MODES and cfg.mbpo.warmup == cfg.run.prefill
+
+
+def test_bad_mode_on_the_command_line_is_a_one_line_user_error():
+    with pytest.raises(UserError, match="did you mean 'coplanner'"):
+        build_config("mbpo-pendulum", ["mbpo.mode=coplaner"])
+    with pytest.raises(UserError, match="run.num_envs=1"):
+        build_config("mbpo-pendulum", ["run.num_envs=2"])
+
+
+def test_cli_train_end_to_end_then_load_and_act(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY_ARGS, "--steps", "80", "--out", str(run)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["grad_steps"] == (80 - 40 + 1) * 2  # G per env step from the warmup-th
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in rows if "sac/critic_loss" in r]
+    assert trained and all(math.isfinite(v) for r in trained for v in r.values()
+                           if isinstance(v, float))
+    assert "upmpc/rollout_score" in trained[-1] and "upmpc/act_score" in trained[-1]
+    policy = reverie.load(run)
+    action, _ = policy.act({"vector": np.zeros(3, np.float32)})
+    assert np.all(np.abs(action) <= 1.0)
+
+
+def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    r = reverie_cli("train", *TINY_ARGS, "--steps", "120", "--out", str(ref))
+    assert r.returncode == 0, r.stderr
+    proc = reverie_cli("train", *TINY_ARGS, "--steps", "120", "--out", str(killed), wait=False)
+    kill_when(proc, killed, 80)  # past the checkpoint at 50: model, buffers, SAC all live
+    assert 40 < CheckpointStore(killed / "checkpoints").entries()[-1].step < 120
+    r = reverie_cli("train", "--resume", str(killed), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert (killed / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
