@@ -72,7 +72,9 @@ class MBPOConfig:
     real_ratio: float = 0.05  # share of real transitions in each SAC batch
     model_train_every: int = 250  # env steps between model fits (and rollout generations)
     rollout_batch: int = 100_000  # branched rollouts per generation (400 per env step)
-    rollout_chunk: int = 20_000  # rollouts stepped together (bounds memory, not the math)
+    # rollouts stepped together: bounds memory, not the math (UP-MPC steps K x as many rows);
+    # on this CPU 1k-4k rows per model call ran ~25% faster per row than 20k-100k
+    rollout_chunk: int = 2_000
     # rollout length: min_len until epoch min_epoch, linear to max_len at max_epoch
     schedule: list[int] = field(default_factory=lambda: [20, 150, 1, 1])
     epoch_length: int = 1000  # env steps per MBPO epoch
