@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from reverie.errors import suggest
 from reverie.planning.upmpc import UPMPCConfig, plan
 from reverie.replay.transitions import TransitionRing
 from reverie.world.ensemble import EnsembleDynamics
+
+if TYPE_CHECKING:
+    from reverie.run.collector import Transition
 
 MODES = ("mbpo", "conservative", "optimistic", "coplanner")
 CONSERVATIVE_MODES = ("conservative", "coplanner")  # UP-MPC picks the model rollouts' actions
@@ -248,7 +251,7 @@ class MBPOAgent:
                  for k in self.obs_keys]
         return torch.cat([p.reshape(p.shape[0], -1) for p in parts], dim=-1)
 
-    def _model_step(self, state: Tensor, action: Tensor):
+    def _model_step(self, state: Tensor, action: Tensor) -> tuple[Tensor, ...]:
         return self.model.rollout_step(state, action, self.generator)
 
     def _policy_sample(self, state: Tensor) -> Tensor:
@@ -273,7 +276,7 @@ class MBPOAgent:
         return action.cpu().numpy().astype(np.float32), state
 
     # -- data ---------------------------------------------------------------------------------
-    def observe(self, t: Any) -> None:
+    def observe(self, t: Transition) -> None:
         """Store one vector step's real transitions (s, a, r, s', terminated); `t.next_obs`
         is the final observation where an episode ended, so truncations bootstrap from it."""
         obs, next_obs = self._flat(t.obs), self._flat(t.next_obs)
