@@ -273,6 +273,23 @@ def test_state_dict_round_trip_mid_training_is_bit_exact(mode):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_runs_and_round_trips_on_cuda():
+    env = make_env("Pendulum-v1")
+    spec = make_obs_spec(env.observation_space)
+    a = MBPOAgent(spec, env.action_space, tiny("coplanner"), torch.device("cuda"), 0)
+    metrics = drive(a, env, 30)
+    assert metrics and all(math.isfinite(v) for row in metrics for v in row.values())
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = MBPOAgent(spec, env.action_space, tiny("coplanner"), torch.device("cuda"), 1)
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    obs = {"vector": np.zeros((2, 3), np.float32)}
+    assert np.array_equal(a.act(obs, np.zeros(2, bool), None, True)[0],
+                          b.act(obs, np.zeros(2, bool), None, True)[0])
+
+
 # -- config checks -----------------------------------------------------------------------------
 def run_cfg(**sections):
     cfg = OmegaConf.create({"run": {"num_envs": 1}, "env": {"obs": "vector"}})
