@@ -224,6 +224,26 @@ def test_rollout_actions_come_from_conservative_upmpc(mode):
         assert not torch.equal(stored, candidates[:, 0])  # it did choose, not take the first
 
 
+class EndsWherePositive(UncertainAboutBigActions):
+    """The stub again, but rows whose first state entry is positive terminate."""
+
+    def rollout_step(self, obs, action, generator):
+        next_obs, reward, u, _ = super().rollout_step(obs, action, generator)
+        return next_obs, reward, u, obs[:, 0] > 0
+
+
+def test_rollouts_stop_where_the_model_predicts_termination():
+    agent = agent_for(tiny(rollout_batch=64, rollout_chunk=64, schedule=[0, 0, 3, 3]))
+    fill_real(agent, 30)
+    agent.model = EndsWherePositive()
+    metrics = agent.generate_rollouts()
+    rows = agent.rollouts.rows()
+    alive = int((rows["obs"][:64, 0] <= 0).sum())  # first step: every rollout
+    assert len(agent.rollouts) == 64 + 2 * alive == metrics["model/rollout_rows"]
+    assert torch.equal(rows["terminal"][:64], (rows["obs"][:64, 0] > 0).float())
+    assert (rows["obs"][64:, 0] <= 0).all() and agent.model.calls == 3
+
+
 @pytest.mark.parametrize("mode", ["coplanner", "conservative"])
 def test_acting_is_optimistic_upmpc_once_the_model_is_trained(mode):
     agent, stub, samples = stubbed(mode)
