@@ -4,7 +4,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-EXTRAS  ?= dev,minatar,popgym,atari,dmc
+EXTRAS  ?= dev,minatar,popgym,atari,dmc,ray
 BENCH   := $(VENV)/.installed-bench
 DEMO    := runs/demo
 

@@ -233,6 +233,10 @@ def _timed(fn) -> float:
 
 
 def worker(args: argparse.Namespace) -> None:
+    if not args.default_malloc:
+        from reverie.allocator import keep_freed_memory
+
+        keep_freed_memory()
     cfg = QUICK if args.quick else FULL
     torch.set_num_threads(args.threads)
     out = measure_step(args.model, cfg) if args.step else measure_train(args.model, cfg, args.T)
@@ -244,6 +248,7 @@ def in_subprocess(args: argparse.Namespace, model: str, T: int | None) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--model", model, "--threads", str(args.threads)]
     cmd += ["--step"] if T is None else ["--T", str(T)]
     cmd += ["--quick"] if args.quick else []
+    cmd += ["--default-malloc"] if args.default_malloc else []
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
     except subprocess.TimeoutExpired:
@@ -277,6 +282,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per measurement")
     p.add_argument("--models", nargs="*", default=None, help="subset of models to run")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds (A B A B ...)")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's allocator thresholds at their defaults in the workers")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--T", type=int, help=argparse.SUPPRESS)
@@ -295,19 +303,34 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     models = args.models or [*BACKBONES, *PEERS]
     peak = matmul_peak_flops(256) if args.quick else best_matmul_peak()
-    results: dict = {}
-    for name in models:
-        entry: dict = {"train": {}}
-        for T in cfg["lengths"]:
-            r = in_subprocess(args, name, T)
-            if "train_tokens_per_s" in r:
-                r["fraction_of_peak"] = 3 * r["fwd_flops_per_token"] * r[
-                    "train_tokens_per_s"] / peak
-            entry["train"][str(T)] = r
-            print(f"{name:12s} T={T:5d} {_short(r)}", file=sys.stderr)
-        entry["step"] = in_subprocess(args, name, None)
-        print(f"{name:12s} step   {_short(entry['step'])}", file=sys.stderr)
-        results[name] = entry
+    load0 = os.getloadavg()[0]
+    # A B A B ...: every round measures every model once per T (fresh subprocess each), the
+    # model order rotating per round, so slow phases of a shared machine hit all models.
+    runs: dict[str, dict[str, list[dict]]] = {m: {} for m in models}
+    for r in range(args.rounds):
+        order = models[r % len(models):] + models[:r % len(models)]
+        for T in [*cfg["lengths"], None]:
+            for name in order:
+                m = in_subprocess(args, name, T)
+                runs[name].setdefault("step" if T is None else str(T), []).append(m)
+                print(f"round {r} {name:12s} {'step' if T is None else f'T={T:5d}'} "
+                      f"{_short(m, peak)}", file=sys.stderr, flush=True)
+    results = {name: {"train": {T: _median_entry(ms, "train_tokens_per_s", peak)
+                                for T, ms in by_t.items() if T != "step"},
+                      "step": _median_entry(by_t["step"], "step_ms", peak)}
+               for name, by_t in runs.items()}
+    load1 = os.getloadavg()[0]
+    t_max = str(max(cfg["lengths"]))
+    ratios = {}
+    for a, b in (("mamba2", "nn.GRU"), ("ffm", "nn.GRU"), ("mamba2", "mambapy")):
+        if a in runs and b in runs:
+            pairs = [(x.get("train_tokens_per_s"), y.get("train_tokens_per_s"))
+                     for x, y in zip(runs[a][t_max], runs[b][t_max])]
+            vals = [x / y for x, y in pairs if x and y]
+            if vals:
+                ratios[f"{a}/{b}@T={t_max}"] = {
+                    "median": statistics.median(vals), "min": min(vals), "max": max(vals),
+                    "per_round": vals}
     report = {
         "benchmark": "backbones",
         "quick": args.quick,
@@ -315,6 +338,12 @@ def main() -> None:
         "transformer_context": {"train": "T", "step": STEP_CONTEXT},
         "machine": machine_info(args.threads),
         "matmul_peak_flops": peak,
+        "rounds": args.rounds,
+        "allocator": "default glibc" if args.default_malloc else
+                     "reverie.keep_freed_memory() in every worker (models and peers alike)",
+        "loadavg_1min_before": round(load0, 2), "loadavg_1min_after": round(load1, 2),
+        "loaded": max(load0, load1) > (os.cpu_count() or 1),
+        "ratios": ratios,
         "matmul_peak_size": 256 if args.quick else 2048,
         "flop_formulas": FLOP_FORMULAS,
         "memory": "peak_rss_mib: growth of ru_maxrss over warm-up + timed fwd+bwd, in a fresh "
@@ -329,12 +358,29 @@ def main() -> None:
     print(f"wrote {out / (stem + '.json')} and {out / (stem + '.png')}", file=sys.stderr)
 
 
-def _short(r: dict) -> str:
+def _median_entry(ms: list[dict], key: str, peak: float) -> dict:
+    """One (model, T) cell: the median round's numbers, with min-max and every round."""
+    good = [m for m in ms if key in m]
+    if not good:
+        return ms[-1]
+    good.sort(key=lambda m: m[key])
+    entry = dict(good[(len(good) - 1) // 2])  # the lower median: an actual measurement
+    values = [m[key] for m in good]
+    entry.update({key: statistics.median(values), f"{key}_min": values[0],
+                  f"{key}_max": values[-1], f"{key}_rounds": [m[key] for m in ms if key in m],
+                  "errors": len(ms) - len(good)})
+    if key == "train_tokens_per_s":
+        entry["fraction_of_peak"] = 3 * entry["fwd_flops_per_token"] * entry[key] / peak
+    return entry
+
+
+def _short(r: dict, peak: float) -> str:
     if "error" in r:
         return "ERROR " + r["error"][:100]
     if "step_ms" in r:
         return f"{r['step_ms']:.2f} ms/step"
-    return f"{r['train_tokens_per_s']:,.0f} tok/s  {r['fraction_of_peak']:.1%} of peak  " \
+    frac = 3 * r["fwd_flops_per_token"] * r["train_tokens_per_s"] / peak
+    return f"{r['train_tokens_per_s']:,.0f} tok/s  {frac:.1%} of peak  " \
            f"{r['peak_rss_mib']:.0f} MiB"
 
 

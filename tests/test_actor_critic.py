@@ -195,3 +195,61 @@ def test_steps_after_predicted_termination_do_not_count(c0):
     same = torch.allclose(losses[0], losses[1], atol=1e-6)
     assert same == (c0 == 0.0)
     assert losses[0].abs().min() > 1e-4  # state 0 always counts (w_0 = 1)
+
+
+class _Readout(torch.nn.Module):
+    """Logits whose entry 0 is a fixed value per time step (feat[t] is one-hot of t)."""
+
+    def __init__(self, values: list[float], bins: int) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(len(values), bins, bias=False)
+        with torch.no_grad():
+            self.lin.weight.zero_()
+            self.lin.weight[0] = torch.tensor(values)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+@pytest.mark.parametrize("targets", ["reverie", "dreamerv3", "drama"])
+def test_actor_critic_targets_on_hand_computed_numbers(targets):
+    """H = 2, one trajectory; fast critic V_f = (0.2, 0.4, 0.6), slow V_s = (0.1, 0.3, 0.5).
+    R_t = r_t + γ c_t ((1 − λ) V_{t+1} + λ R_{t+1}), R_2 = V_2 (reward after the action)."""
+    from reverie.behavior.actor_critic import ActorCritic, ActorCriticConfig
+
+    g, lam = 0.9, 0.5
+    cfg = ActorCriticConfig(actor_hidden=8, actor_layers=1, critic_hidden=8, critic_layers=1,
+                            value_bins=5, gamma=g, lam=lam, entropy=0.0, targets=targets)
+    ac = ActorCritic(3, 2, True, cfg)
+    vf, vs = [0.2, 0.4, 0.6], [0.1, 0.3, 0.5]
+    ac.critic.net = _Readout(vf, 5)
+    ac.slow_critic.net = _Readout(vs, 5)
+    ac.critic.value = lambda logits: logits[..., 0]  # the readout itself
+    feat = torch.eye(3)[:, None, :]  # [H+1, B=1, F=3]
+    reward = torch.tensor([[0.1], [0.2]])
+    cont = torch.tensor([[0.8], [0.4]])
+    action = torch.zeros(2, 1, dtype=torch.long)
+    _, _, m = ac.loss(feat, action, reward, cont)
+
+    def returns(v, c):
+        r1 = 0.2 + g * c[1] * v[2]  # (1 − λ) V_2 + λ R_2 = V_2
+        r0 = 0.1 + g * c[0] * ((1 - lam) * v[1] + lam * r1)
+        return [r0, r1]
+
+    if targets == "drama":
+        ret = returns(vf, [1.0, 0.0])  # continuation thresholded at 0.5
+        base = vf[:2]
+    else:
+        ret = returns(vs, [0.8, 0.4])
+        base = vs[:2] if targets == "dreamerv3" else vf[:2]
+    assert m["ac/return_scale"] == 1.0
+    assert m["imag/return"] == pytest.approx(sum(ret) / 2, abs=1e-6)
+    assert m["ac/advantage"] == pytest.approx((ret[0] - base[0] + ret[1] - base[1]) / 2,
+                                              abs=1e-6)
+
+
+def test_unknown_targets_name_the_choices():
+    from reverie.behavior.actor_critic import ActorCritic, ActorCriticConfig
+
+    with pytest.raises(ValueError, match="reverie, dreamerv3, drama"):
+        ActorCritic(3, 2, True, ActorCriticConfig(targets="dramma"))

@@ -119,3 +119,69 @@ def test_multidiscrete_actions_run_end_to_end(tmp_path, capsys):
 def test_bad_num_envs(tmp_path, capsys):
     assert main(["train", "--set", "run.num_envs=0", "--out", str(tmp_path / "r")]) == 2
     assert "run.num_envs" in capsys.readouterr().err
+
+
+def test_life_loss_is_terminal_but_not_an_episode_start():
+    envs = Collector("ALE/Breakout-v5", 64, 1, seed=0, life_loss_terminal=True)
+    plain = Collector("ALE/Breakout-v5", 64, 1, seed=0)
+    envs.start()
+    plain.start()
+    losses = 0
+    for step in range(400):
+        action = np.array([1 if step % 20 == 0 else 3])  # fire now and then, move right
+        lives = envs.envs[0].unwrapped.ale.lives()
+        t, finished = envs.step(action)
+        p, _ = plain.step(action)
+        assert np.array_equal(t.next_obs["image"], p.next_obs["image"])  # same game
+        lost = envs.envs[0].unwrapped.ale.lives() < lives and not finished
+        assert bool(t.terminated[0]) == (lost or bool(p.terminated[0]))
+        if lost:
+            losses += 1
+            assert not envs.first[0]  # the episode goes on: memory is not reset
+        if finished:
+            break
+    assert losses >= 1
+
+
+def test_life_loss_terminal_needs_lives(tmp_path, capsys):
+    assert main(["train", "--preset", "random", "--set", "env.life_loss_terminal=true",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "life_loss_terminal" in capsys.readouterr().err
+
+
+TINY_PPO = ["run.num_envs=4", "rppo.rollout_length=32", "rppo.seq_len=16", "rppo.epochs=2",
+            "rppo.num_minibatches=2", "rppo.d_model=16", "rppo.hidden=16",
+            "run.progress=false", "run.eval_every=256", "run.eval_episodes=2",
+            "run.log_every=128", "run.checkpoint_every=96"]
+
+
+@pytest.mark.parametrize("backbone", ["ffm", "gru"])
+def test_rppo_through_the_driver_resumes_exactly(tmp_path, backbone):
+    def config(steps):
+        return build_config("popgym-ppo", TINY_PPO, {"steps": steps, "backbone": backbone})
+
+    full = tmp_path / "full"
+    Trainer(config(512), full).train()
+    rows = [json.loads(x) for x in metrics(full).splitlines()]
+    assert any("ppo/policy_loss" in r for r in rows) and any("eval/return" in r for r in rows)
+    part = tmp_path / "part"
+    Trainer(config(224), part).train()  # stops inside a rollout (224 = 7 x 32)
+    cfg = config(512)
+    resumed = Trainer(cfg, part, resume=True)
+    assert resumed.resumed_from == 224
+    resumed.train()
+    assert metrics(part) == metrics(full)
+
+
+def test_rppo_refuses_random_prefill(tmp_path, capsys):
+    assert main(["train", "--preset", "popgym-ppo", "--set", "run.prefill=100",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "run.prefill=0" in capsys.readouterr().err
+
+
+def test_a_finished_trainer_releases_its_run_for_a_resume_in_the_same_process(tmp_path):
+    cfg = build_config("random", QUIET, {"steps": 50})
+    Trainer(cfg, tmp_path / "run").train()
+    cfg = config.load_run_config(tmp_path / "run")
+    cfg.run.steps = 80
+    assert Trainer(cfg, tmp_path / "run", resume=True).train()["env_steps"] == 80

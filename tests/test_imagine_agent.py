@@ -196,3 +196,60 @@ def test_config_is_an_omegaconf_schema_and_validates():
     cfg.seq_len = 1
     with pytest.raises(UserError, match="seq_len"):
         validate_config(cfg)
+
+
+@pytest.mark.parametrize("backbone", ["gru", "mamba2", "ffm"])
+def test_acting_window_equals_rerunning_the_window_from_zero(backbone):
+    """act_context=window: h_{t-1} for step t is the backbone's output after re-running the
+    last W-1 steps' inputs from a zero state (through `forward`), nothing older."""
+    world = WorldModelConfig(backbone=backbone, d_model=32, n_layers=1, stoch=4, classes=4,
+                             hidden=32, mlp_layers=1, reward_bins=21)
+    agent = make_agent("discrete", world=world, act_context="window", act_window=4)
+    episode = make_agent("discrete", world=world)  # same seed: same weights
+    torch.manual_seed(0)
+    state, inputs, first = agent.initial_state(2), [], np.array([True, True])
+    for t in range(7):
+        obs = random_obs(2, t)
+        if t == 5:
+            first = np.array([False, True])  # row 1 starts a new episode at step 5
+        window, count = state
+        backbone_state, h_prev = agent._window_context(window, count.masked_fill(
+            torch.as_tensor(first), 0))
+        # reference: forward over the last (up to 3) inputs of the row's current episode
+        for row in range(2):
+            since = 5 if (row == 1 and t >= 5) else 0  # the row's episode start
+            past = [x[row] for x in inputs[since:]][-3:]
+            if not past:
+                assert torch.all(h_prev[row] == 0)
+                continue
+            seq = torch.stack(past)[None]
+            ref, _ = agent.world.backbone(seq, agent.world.initial_state(1), None)
+            torch.testing.assert_close(h_prev[row], ref[0, -1], atol=1e-5, rtol=1e-5)
+        action, state = agent.act(obs, first, state, explore=False)
+        z = torch.nn.functional.one_hot(agent.world.encode(agent._obs(obs)).argmax(-1),
+                                        agent.world.classes).flatten(-2).float()
+        inputs.append(agent.world.backbone_input(z, torch.as_tensor(action)))
+        first = np.array([False, False])
+    assert episode.cfg.act_context == "episode"
+
+
+def test_long_acting_window_matches_carrying_the_episode():
+    """A window longer than the episode sees all of it: the same greedy actions as carrying
+    the backbone state step by step (forward == step parity)."""
+    carried = make_agent("discrete")
+    windowed = make_agent("discrete", act_context="window", act_window=8)
+    s1, s2 = carried.initial_state(3), windowed.initial_state(3)
+    for t in range(7):
+        obs, first = random_obs(3, 100 + t), np.array([t == 0] * 3)
+        a1, s1 = carried.act(obs, first, s1, explore=False)
+        a2, s2 = windowed.act(obs, first, s2, explore=False)
+        assert np.array_equal(a1, a2)
+
+
+def test_acting_window_longer_than_the_training_sequence_is_refused():
+    from reverie.agents.imagine import validate_config
+
+    with pytest.raises(Exception, match="act_window"):
+        validate_config(tiny_config(act_context="window", act_window=9))  # seq_len 8
+    with pytest.raises(Exception, match="did you mean 'window'"):
+        validate_config(tiny_config(act_context="windw"))

@@ -219,10 +219,11 @@ def test_config_validation_names_the_fix():
     validate_ppo(PPOConfig())
     with pytest.raises(ValueError, match="multiple of rppo.seq_len.*rollout_length to 64"):
         validate_ppo(PPOConfig(rollout_length=100, seq_len=64))
-    with pytest.raises(ValueError, match="num_envs must be >= 1"):
-        validate_ppo(PPOConfig(num_envs=0))
+    validate_ppo(PPOConfig(), num_envs=1)  # 1·128/64 = 2 sequences, 2 minibatches
+    with pytest.raises(ValueError, match="num_envs.* must be >= 1"):
+        validate_ppo(PPOConfig(), num_envs=0)
     with pytest.raises(ValueError, match="divisor of 6"):
-        validate_ppo(PPOConfig(num_envs=3, rollout_length=128, seq_len=64, num_minibatches=4))
+        validate_ppo(PPOConfig(rollout_length=128, seq_len=64, num_minibatches=4), num_envs=3)
     with pytest.raises(ValueError, match="did you mean 'ffm'"):
         validate_ppo(PPOConfig(backbone="fmm"))
 

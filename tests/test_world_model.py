@@ -166,7 +166,7 @@ def test_kl_is_masked_at_reset_boundaries():
     with torch.no_grad():
         post = m.encode({"vector": batch["vector"]})
         z = m.sample(post)
-        h, _ = m.backbone(m._backbone_input(z, batch["action"]), None, with_reset["reset"])
+        h, _ = m.backbone(m.backbone_input(z, batch["action"]), None, with_reset["reset"])
         per_step = categorical_kl(post[:, 1:], m.prior(h[:, :-1]))[:, : T - 2]
     assert abs(per_step.mean().item() - kl(with_reset)) < 1e-5
 
@@ -246,8 +246,13 @@ def test_loss_decreases_on_a_deterministic_task():
 
 
 def test_atari_parameter_budget():
-    pytest.importorskip("reverie.sequence.mamba2")
-    m = WorldModel(IMG, 18, True, WorldModelConfig())
+    """The atari100k preset's world model has Drama's ~7M parameters."""
+    from omegaconf import OmegaConf
+
+    from reverie.config import build_config
+
+    world = OmegaConf.to_object(build_config("atari100k").imagine.world)
+    m = WorldModel(IMG, 18, True, world)
     n = count_params(m)
     assert n == sum(m.param_breakdown().values())
     assert 6e6 <= n <= 8e6, m.param_breakdown()
@@ -289,3 +294,32 @@ def test_builds_from_an_omegaconf_structured_config():
     assert m.stoch_dim == 15
     total, _, _ = m.loss(random_batch(VEC, 2, 4, 3, True))
     assert torch.isfinite(total)
+
+
+def test_free_bits_per_step_and_per_batch_on_a_hand_built_kl():
+    from reverie.world.latent import free_bits_kl
+
+    kl = torch.tensor([[0.5, 3.0, 0.2], [2.0, 0.1, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # the last step is across a reset
+    # per step: each KL raised to 1 first: (1 + 3 + 1 + 2 + 1) / 5
+    assert free_bits_kl(kl, mask, 1.0, "step").item() == pytest.approx(8.0 / 5)
+    # per batch (Drama): mean of the raw KL (5.8 / 5 = 1.16), then max(1, .)
+    assert free_bits_kl(kl, mask, 1.0, "batch").item() == pytest.approx(1.16)
+    assert free_bits_kl(kl * 0.1, mask, 1.0, "batch").item() == pytest.approx(1.0)
+    # where every step is above the floor the two agree
+    assert free_bits_kl(kl + 1, mask, 1.0, "batch").item() == pytest.approx(
+        free_bits_kl(kl + 1, mask, 1.0, "step").item())
+
+
+def test_prior_head_can_be_drama_s_single_linear_layer():
+    from reverie.world.latent import WorldModel
+
+    cfg = small_world_model_config("gru", d_model=32, hidden=64, stoch=4, classes=4,
+                                   prior_layers=0)
+    wm = WorldModel({"vector": ((4,), "float32")}, 2, True, cfg)
+    linears = [m for m in wm.prior_head.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 1 and linears[0].in_features == 32
+    default = WorldModel({"vector": ((4,), "float32")}, 2, True,
+                         small_world_model_config("gru", d_model=32, hidden=64, stoch=4,
+                                                  classes=4))
+    assert sum(isinstance(m, torch.nn.Linear) for m in default.prior_head.modules()) == 3

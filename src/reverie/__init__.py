@@ -12,4 +12,12 @@ def load(path, device: str = "auto"):
     return _load(path, device=device)
 
 
-__all__ = ["load", "__version__"]
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory mapped (faster training; see reverie/allocator.py). The
+    `reverie` command does this itself; call it once when using reverie as a library."""
+    from reverie.allocator import keep_freed_memory as _keep
+
+    return _keep()
+
+
+__all__ = ["load", "keep_freed_memory", "__version__"]

@@ -1,4 +1,5 @@
-"""`reverie train | eval | watch`: the command line. User mistakes exit with code 2 and one line."""
+"""`reverie train | eval | watch | report | sweep`: the command line. User mistakes exit 2,
+with one line."""
 
 from __future__ import annotations
 
@@ -66,6 +67,35 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--steps", type=_positive_int, default=300)
     w.add_argument("--out", default=None, help="GIF path (default RUN/watch.gif)")
 
+    r = sub.add_parser("report", help="report.md + PNGs over run folders: scores with CIs, "
+                       "curves, baselines")
+    r.add_argument("runs", nargs="+", metavar="RUN_OR_DIR",
+                   help="run folders, or folders holding them (searched recursively)")
+    r.add_argument("--out", required=True, help="folder for report.md and the PNGs")
+    r.add_argument("--group-by", dest="group_by", action="append", default=None, metavar="KEY",
+                   help="group runs by a setting: agent, backbone or a dotted config key "
+                        "(repeatable; default: agent and backbone)")
+
+    s = sub.add_parser("sweep", help="a grid of `reverie train` runs (local processes or Ray), "
+                       "then a report")
+    s.add_argument("--preset", default=None, help="named preset (default: cartpole)")
+    s.add_argument("--env", dest="envs", action="append", default=[], metavar="ENV",
+                   help="env spec (repeatable; default: the preset's)")
+    s.add_argument("--seeds", type=_positive_int, default=1, help="seeds 0..N-1 per setting")
+    s.add_argument("--steps", type=_positive_int, default=None, help="env steps per trial")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key in every trial")
+    s.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a config key to vary (repeatable: the grid is their product)")
+    s.add_argument("--backend", choices=("local", "ray"), default="local")
+    s.add_argument("--address", default=None,
+                   help="Ray cluster to join (auto or HOST:PORT; default: a local Ray instance)")
+    s.add_argument("--out", default=None, help="sweep folder (default sweeps/<preset>)")
+    s.add_argument("--workers", type=_positive_int, default=None,
+                   help="trials at a time (default: CPU cores / 2, at least 1)")
+    s.add_argument("--retries", type=_int, default=2,
+                   help="times a crashed or killed trial is resumed (default 2)")
+
     sub.add_parser("presets", help="list the bundled presets")
     return p
 
@@ -73,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _default_out(cfg) -> Path:
     from omegaconf import OmegaConf
 
-    backbone = OmegaConf.select(cfg, f"{cfg.agent}.world.backbone", default=None) or cfg.agent
+    from reverie.config import agent_parts
+
+    _, _, key = agent_parts(cfg.agent)
+    backbone = (OmegaConf.select(cfg, f"{cfg.agent}.{key}", default=None) if key else None)
+    if backbone is None or cfg.agent != "imagine":  # the default agent keeps short names
+        backbone = cfg.agent if backbone is None else f"{cfg.agent}-{backbone}"
     name = f"{cfg.env.id}-{backbone}-s{cfg.seed}".replace("/", "_").replace(":", "_")
     return Path("runs") / name
 
@@ -158,7 +193,38 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from reverie.eval.report import write_report
+
+    path, warnings = write_report(args.runs, args.out, args.group_by)
+    for line in warnings:
+        print(f"reverie: warning: {line}", file=sys.stderr)
+    print(json.dumps({"report": str(path), "skipped": len(warnings)}))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from reverie.distributed.sweep import Sweep, run_sweep
+
+    sweep = Sweep(preset=args.preset, envs=list(args.envs), seeds=args.seeds, steps=args.steps,
+                  overrides=list(args.overrides), grid=list(args.grid), out=args.out,
+                  workers=args.workers, retries=args.retries)
+
+    def said(r: dict) -> None:
+        extra = f" after {r['resumes']} resume(s)" if r["resumes"] else ""
+        if r["status"] == "failed":
+            extra = f" after {r['attempts']} attempt(s): {r['error']}"
+        print(f"reverie: trial {r['name']} {r['status']}{extra}", file=sys.stderr, flush=True)
+
+    summary = run_sweep(sweep, backend=args.backend, address=args.address, on_result=said)
+    print(json.dumps(summary))
+    return 0 if summary["failed"] == 0 and "report_error" not in summary else 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    from reverie.allocator import keep_freed_memory
+
+    keep_freed_memory()  # large activations stay mapped between passes (allocator.py)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -170,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n".join(presets()))
             return 0
-        handler = {"train": cmd_train, "eval": cmd_eval, "watch": cmd_watch}[args.command]
+        handler = {"train": cmd_train, "eval": cmd_eval, "watch": cmd_watch,
+                   "report": cmd_report, "sweep": cmd_sweep}[args.command]
         return handler(args)
     except UserError as e:
         print(f"reverie: error: {e}", file=sys.stderr)

@@ -32,6 +32,7 @@ AGENTS: dict[str, tuple[str, str, str, str | None]] = {
     "imagine": ("reverie.agents.imagine", "ImagineConfig", "ImagineAgent", "world.backbone"),
     "random": ("reverie.agents.random", "RandomConfig", "RandomAgent", None),
     "mbpo": ("reverie.agents.mbpo", "MBPOConfig", "MBPOAgent", None),
+    "rppo": ("reverie.agents.rppo", "RPPOConfig", "RPPOAgent", "backbone"),
 }
 SAMPLERS = ("uniform", "dfs")
 OBS_KINDS = ("any", "vector", "image")
@@ -51,6 +52,8 @@ class EnvConfig:
     image_size: int = 64
     # which observations the preset's model sizes were chosen for; "any" skips the check
     obs: str = "any"
+    # Atari: store a lost life as a terminal step (Drama/STORM); the episode goes on
+    life_loss_terminal: bool = False
 
 
 @dataclass
@@ -322,8 +325,18 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(str(e).splitlines()[0]) from None
 
 
+def uses_replay(agent: str) -> bool:
+    """Whether an agent trains from the driver's sequence replay (most do; on-policy agents
+    keep their own rollouts)."""
+    _, agent_cls, _ = agent_parts(agent)
+    return bool(getattr(agent_cls, "uses_replay", True))
+
+
 def rows_per_sample(cfg: DictConfig) -> int:
-    """Consecutive replay rows one training sample needs (its sequence or context)."""
+    """Consecutive replay rows one training sample needs (its sequence or context); 0 for
+    agents without a replay."""
+    if not uses_replay(cfg.agent):
+        return 0
     section = cfg[cfg.agent]
     return max(int(section.get("seq_len", 1)), int(section.get("context", 1)))
 
@@ -334,7 +347,7 @@ def training_notes(cfg: DictConfig) -> list[str]:
     if run.steps <= run.prefill:
         return [f"run.steps={run.steps} <= run.prefill={run.prefill}: this run only collects "
                 "random data and does no training; raise --steps or lower run.prefill"]
-    if run.steps < need:
+    if need and run.steps < need:
         return [f"run.steps={run.steps} is shorter than one training sequence ({need} rows): "
                 "no training will happen; raise --steps"]
     return []

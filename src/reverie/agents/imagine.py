@@ -9,6 +9,11 @@ Per `update(replay)`:
   3. behaviour: one actor and one critic step on that trajectory (`ActorCritic.update`),
      with the world model frozen (everything imagined is computed without gradient).
 
+COPlanner (`imagine.coplanner.mode`, off by default; see `agents/coplanner.py`): the
+conservative planner replaces the actor's sample at each imagined step by the best of K
+candidates (−λ_c·u), the optimistic one does the same when acting with explore=True
+(+λ_o·u); disagreement heads for u train on each world-model batch.
+
 The first imagined state always counts fully (weight 1): the start is a real observation,
 and if the last context step opens a new episode the backbone state and h_{t−1} are reset
 before it, exactly as when acting. Acting mirrors imagination: encode o_t -> z_t, act on
@@ -26,6 +31,8 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import Tensor, nn
 
+from reverie.agents.coplanner import CoplannerConfig, LatentCoplanner, mode_of
+from reverie.agents.coplanner import check_config as check_coplanner
 from reverie.behavior.actor_critic import ActorCritic, ActorCriticConfig
 from reverie.errors import UserError, suggest
 from reverie.nets.optim import OPTIMIZERS, make_optimizer
@@ -48,7 +55,16 @@ class ImagineConfig:
     world_optimizer: str = "adam"  # adam (STORM) or laprop (Drama's code)
     world_eps: float = 1e-8
     world_grad_clip: float = 1000.0
-    warmup_steps: int = 0  # linear learning-rate warm-up of all three optimisers
+    warmup_steps: int = 0  # linear learning-rate warm-up of all the optimisers
+    coplanner: CoplannerConfig = field(default_factory=CoplannerConfig)
+    # what the backbone sees when acting: the whole episode so far (state carried step by
+    # step), or only the last `act_window` steps re-run from a zero state (Drama's code),
+    # the length of context the model was trained on
+    act_context: str = "episode"
+    act_window: int = 16
+
+
+ACT_CONTEXTS = ("episode", "window")
 
 
 def _check(cfg: Any) -> None:
@@ -66,6 +82,12 @@ def _check(cfg: Any) -> None:
             raise ValueError(
                 f"imagine.{name} must be one of {', '.join(OPTIMIZERS)}, got {value!r}"
                 + suggest(value, OPTIMIZERS))
+    if cfg.act_context not in ACT_CONTEXTS:
+        raise ValueError(f"imagine.act_context must be one of {', '.join(ACT_CONTEXTS)}, got "
+                         f"{cfg.act_context!r}{suggest(str(cfg.act_context), ACT_CONTEXTS)}")
+    if cfg.act_context == "window" and not 1 <= int(cfg.act_window) <= int(cfg.seq_len):
+        raise ValueError(f"imagine.act_window must be in [1, seq_len={cfg.seq_len}] (the model "
+                         f"never saw longer sequences), got {cfg.act_window}")
     if int(cfg.warmup_steps) < 0:
         raise ValueError(f"imagine.warmup_steps must be >= 0, got {cfg.warmup_steps}")
     for name in ("lr_world", "world_grad_clip"):
@@ -78,6 +100,7 @@ def _check(cfg: Any) -> None:
     for name, value, low, high, text in ranges:
         if not low <= float(value) < high:
             raise ValueError(f"imagine.{name} must be in {text}, got {value}")
+    check_coplanner(cfg.coplanner)
 
 
 def validate_config(cfg: Any, run_cfg: Any = None) -> None:
@@ -105,6 +128,14 @@ def _action_spec(space: spaces.Space) -> tuple[int, bool]:
     )
 
 
+def _fork_rng(device: torch.device) -> Any:
+    """Fork the random stream of `device` (the CPU's, plus the GPU's on CUDA)."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.random.fork_rng(devices=[index])
+    return torch.random.fork_rng(devices=[])
+
+
 class ImagineAgent:
     """World model + imagination actor-critic; see the module docstring for the loop."""
 
@@ -129,8 +160,12 @@ class ImagineAgent:
             self.behavior = ActorCritic(
                 self.world.feat_dim, self.action_dim, self.discrete, cfg.behavior
             )
-        self.world.to(self.device)
-        self.behavior.to(self.device)  # in place: the optimisers keep their parameters
+            self.world.to(self.device)
+            self.behavior.to(self.device)  # in place: the optimisers keep their parameters
+            self.coplanner = None if mode_of(cfg.coplanner) == "off" else LatentCoplanner(
+                self.world, self.behavior.actor, cfg.coplanner, cfg.behavior.gamma,
+                self.device,
+            )
         self.world_opt = make_optimizer(
             cfg.world_optimizer, self.world.parameters(), cfg.lr_world, cfg.world_eps
         )
@@ -138,9 +173,32 @@ class ImagineAgent:
 
     # -- acting -------------------------------------------------------------------------
     def initial_state(self, n: int) -> AgentState:
-        """Zero backbone state and h_{−1} = 0 for n environments."""
+        """Zero backbone state and h_{−1} = 0 for n environments (act_context=episode), or
+        an empty window of backbone inputs and its fill count (act_context=window)."""
+        if self.cfg.act_context == "window":
+            w = self.cfg.act_window - 1
+            d = self.world.deter_dim
+            return (torch.zeros(n, w, d, device=self.device),
+                    torch.zeros(n, dtype=torch.long, device=self.device))
         h = torch.zeros(n, self.world.deter_dim, device=self.device)
         return self.world.initial_state(n), h
+
+    def _window_context(self, window: Tensor, count: Tensor) -> AgentState:
+        """Backbone state and h_{t−1} from re-running the last `count` inputs of each row's
+        window from a zero state: window [N, W−1, D] (newest last), count [N] -> as
+        `initial_state` of episode mode. Older slots are masked out by a reset flag at the
+        row's first valid step, so nothing before it reaches the result."""
+        n, w, _ = window.shape
+        start = self.world.initial_state(n)
+        empty = count == 0
+        if w == 0:
+            return start, torch.zeros(n, self.world.deter_dim, device=self.device)
+        pos = torch.arange(w, device=self.device)
+        first_valid = (w - count)[:, None]  # [N, 1]
+        reset = pos[None, :] == first_valid
+        h, state = self.world.backbone(window, start, reset)
+        state = self.world.reset_state(state, empty)
+        return state, h[:, -1].masked_fill(empty[:, None], 0.0)
 
     def _obs(self, obs: dict[str, Any]) -> dict[str, Tensor]:
         missing = [k for k in self.obs_keys if k not in obs]
@@ -157,16 +215,34 @@ class ImagineAgent:
         Returns actions ([N] int64 or [N, A] float32 in [−1, 1]) and the next state.
         `explore=False` takes the posterior's and the policy's modes.
         """
-        backbone_state, h_prev = state
         first_t = torch.as_tensor(np.asarray(first, dtype=bool), device=self.device)
-        if first_t.any():
-            backbone_state, h_prev = self._episode_start(backbone_state, h_prev, first_t)
+        window = self.cfg.act_context == "window"
+        if window:
+            inputs, count = state
+            count = count.masked_fill(first_t, 0)
+            backbone_state, h_prev = self._window_context(inputs, count)
+        else:
+            backbone_state, h_prev = state
+            if first_t.any():
+                backbone_state, h_prev = self._episode_start(backbone_state, h_prev, first_t)
         logits = self.world.encode(self._obs(obs))
         if explore:
             z = self.world.sample(logits)
         else:
             z = F.one_hot(logits.argmax(-1), self.world.classes).flatten(-2).float()
-        action, _ = self.behavior.actor.sample(self.world.feat(z, h_prev), explore)
+        cop = self.coplanner
+        if explore and cop is not None and cop.optimistic:
+            result = cop.plan(z, h_prev, backbone_state, "optimistic")
+            action = cop.env_action(result.action)
+            cop.act_model_steps += result.model_steps
+        else:
+            action, _ = self.behavior.actor.sample(self.world.feat(z, h_prev), explore)
+        if window:  # the step's input joins the window; the next act re-runs it from zero
+            x = self.world.backbone_input(z, action)
+            if inputs.shape[1]:
+                inputs = torch.cat([inputs[:, 1:], x[:, None]], dim=1)
+                count = (count + 1).clamp(max=inputs.shape[1])
+            return action.cpu().numpy(), (inputs, count)
         h, backbone_state = self.world.imagine_step(z, action, backbone_state)
         return action.cpu().numpy(), (backbone_state, h)
 
@@ -189,25 +265,36 @@ class ImagineAgent:
         for opt, lr in pairs:
             for group in opt.param_groups:
                 group["lr"] = lr * frac
+        if self.coplanner is not None:
+            self.coplanner.set_lr_fraction(frac)
 
     def train_world(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        """One world-model gradient step on a [B, T] replay batch."""
-        loss, metrics, _ = self.world.loss(batch)
+        """One world-model gradient step on a [B, T] replay batch (and one step of the
+        COPlanner heads on the same batch, from the model's detached latents)."""
+        loss, metrics, aux = self.world.loss(batch)
         self.world_opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.world.parameters(), self.cfg.world_grad_clip)
         self.world_opt.step()
         metrics["wm/grad_norm"] = grad_norm.item()
+        if self.coplanner is not None:
+            metrics.update(self.coplanner.train(aux, batch))
         return metrics
 
     @torch.no_grad()
     def imagine(self, ctx: dict[str, Tensor]) -> dict[str, Tensor]:
         """Roll the actor in the world model from replayed contexts [B, C, ...].
 
-        Returns feat [H+1, B, F], action [H, B(, A)] (the actor's raw samples),
-        reward [H, B], cont [H, B].
+        Returns feat [H+1, B, F], action [H, B(, A)] (the actor's raw samples, or with the
+        conservative planner the chosen candidates'), reward [H, B], cont [H, B].
+
+        The planner draws its candidates and lookahead from a forked random stream, and the
+        actor is still sampled once per step from the imagination's own stream: that stream
+        advances as without the planner, so with K = 1 (and any λ) the trajectory is the
+        plain actor's, draw for draw (tests/test_imagine_coplanner.py).
         """
-        world, actor = self.world, self.behavior.actor
+        world, actor, cop = self.world, self.behavior.actor, self.coplanner
+        planning = cop is not None and cop.conservative
         obs = {k: ctx[k] for k in self.obs_keys}
         reset = ctx["reset"].bool()
         B, C = reset.shape
@@ -225,7 +312,15 @@ class ImagineAgent:
         feats, actions, hs = [], [], []
         for _ in range(self.cfg.horizon):
             feat = world.feat(z, h_prev)
-            action, raw = actor.sample(feat)
+            if planning:
+                with _fork_rng(self.device):
+                    result = cop.plan(z, h_prev, state, "conservative")
+                actor.sample(feat)
+                raw = result.action
+                action = cop.env_action(raw)
+                cop.imagine_model_steps += result.model_steps
+            else:
+                action, raw = actor.sample(feat)
             h_prev, state = world.imagine_step(z, action, state)
             z = world.sample(world.prior(h_prev))
             feats.append(feat)
@@ -249,24 +344,52 @@ class ImagineAgent:
         ctx = self._batch(replay.sample(cfg.imag_batch, cfg.context, purpose="imagine"))
         traj = self.imagine(ctx)
         metrics.update(self.behavior.update(**traj))
+        if self.coplanner is not None:
+            metrics.update(self._coplanner_metrics(traj))
         self.updates += 1
+        return metrics
+
+    @torch.no_grad()
+    def _coplanner_metrics(self, traj: dict[str, Tensor]) -> dict[str, float]:
+        """u along the imagined trajectory; planner model steps in this update's
+        imagination and in acting since the last update."""
+        cop = self.coplanner
+        feat = traj["feat"][:-1]
+        z, h_prev = feat.split([self.world.stoch_dim, self.world.deter_dim], -1)
+        u = cop.uncertainty(z, h_prev, cop.env_action(traj["action"]))
+        metrics = {
+            "coplanner/u_mean": u.mean().item(),
+            "coplanner/model_steps": float(cop.imagine_model_steps),
+            "coplanner/act_model_steps": float(cop.act_model_steps),
+        }
+        cop.imagine_model_steps = cop.act_model_steps = 0
         return metrics
 
     # -- checkpointing ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Modules, optimisers, return normaliser and slow critic; tensors and primitives
         only, so `torch.load(..., weights_only=True)` reads it back."""
-        return {
+        d = {
             "world": self.world.state_dict(),
             "behavior": self.behavior.state_dict(),  # actor, critic, slow critic, normaliser
             "world_opt": self.world_opt.state_dict(),
             "behavior_opt": self.behavior.optim_state_dict(),
             "updates": torch.tensor(self.updates, dtype=torch.long),
         }
+        if self.coplanner is not None:  # heads, their optimiser and counter
+            d["coplanner"] = self.coplanner.state_dict()
+        return d
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
+        if (self.coplanner is not None) != ("coplanner" in d):
+            raise ValueError(
+                "checkpoint and agent disagree on imagine.coplanner.mode (one has the "
+                "disagreement heads, the other not); load it with the run's own config"
+            )
         self.world.load_state_dict(d["world"])
         self.behavior.load_state_dict(d["behavior"])
         self.world_opt.load_state_dict(d["world_opt"])
         self.behavior.load_optim_state_dict(d["behavior_opt"])
         self.updates = int(d["updates"])
+        if self.coplanner is not None:
+            self.coplanner.load_state_dict(d["coplanner"])

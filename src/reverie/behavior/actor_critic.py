@@ -14,6 +14,14 @@ termination count less):
     critic = w_t [ CE(two_hot(symlog R_t), p_ψ(s_t)) + CE(two_hot(symlog V^slow_t), p_ψ(s_t)) ]
 R_t are λ-returns bootstrapped from the slow (EMA) critic, V_t the critic's own value as
 baseline, S = max(1, EMA(p95 − p5)) of the returns.
+
+`targets` picks where the returns and the baseline come from (the λ-return alignment —
+reward after the action — is the same in all three):
+    reverie    R from the slow critic, baseline the fast critic, weights Π c_k (above)
+    dreamerv3  R from the slow critic and the slow critic as baseline (DreamerV3's slowtar)
+    drama      R from the fast critic and the fast critic as baseline; the slow critic's own
+               λ-return is a second critic target; continuation thresholded to 0/1 and a
+               plain mean over imagined steps (Drama's released code)
 """
 
 from __future__ import annotations
@@ -33,7 +41,9 @@ from reverie.nets.optim import make_optimizer
 
 @dataclass
 class ActorCriticConfig:
-    """Defaults from Drama/DreamerV3 (actor 3x256, critic 3x512, γ 0.985, λ 0.95)."""
+    """Defaults are STORM's (actor 3x256, critic 3x512, γ 0.985, λ 0.95, entropy 3e-4, Adam
+    3e-5, slow critic 0.02), which Drama keeps except its optimiser (LaProp 4e-5, eps 1e-20:
+    the `atari100k` preset sets those)."""
 
     actor_hidden: int = 256
     actor_layers: int = 3
@@ -55,6 +65,10 @@ class ActorCriticConfig:
     unimix: float = 0.01  # uniform mixture of the discrete policy
     min_std: float = 0.1  # bounds of the continuous policy's std
     max_std: float = 1.0
+    targets: str = "reverie"  # reverie | dreamerv3 | drama: see the module doc
+
+
+TARGETS = ("reverie", "dreamerv3", "drama")
 
 
 class Actor(nn.Module):
@@ -148,6 +162,9 @@ class ActorCritic(nn.Module):
                 f"slow_critic_fraction must be in (0, 1], got {cfg.slow_critic_fraction}; "
                 "use 0.02"
             )
+        if cfg.targets not in TARGETS:
+            raise ValueError(f"behavior.targets must be one of {', '.join(TARGETS)}, got "
+                             f"{cfg.targets!r}")
         self.cfg = cfg
         self.actor = Actor(
             feat_dim, action_dim, discrete, cfg.actor_hidden, cfg.actor_layers,
@@ -189,23 +206,33 @@ class ActorCritic(nn.Module):
                 f"reward {tuple(reward.shape)}, cont {tuple(cont.shape)}"
             )
         feat = feat.detach()
+        drama = cfg.targets == "drama"
         with torch.no_grad():
             slow_value = self.critic.value(self.slow_critic(feat))  # [H+1, B]
-            ret = lambda_returns(reward.T, cont.T, slow_value.T, cfg.gamma, cfg.lam).T
-            # w_t: probability that state t is still inside the episode (w_0 = 1).
-            weight = torch.cumprod(
-                torch.cat([torch.ones_like(cont[:1]), cont[:-1]], 0), 0
-            )
+            if drama:
+                cont = (cont > 0.5).to(cont.dtype)
+                fast_value = self.critic.value(self.critic(feat))
+                ret = lambda_returns(reward.T, cont.T, fast_value.T, cfg.gamma, cfg.lam).T
+                second = lambda_returns(reward.T, cont.T, slow_value.T, cfg.gamma, cfg.lam).T
+                weight = torch.ones_like(cont)
+            else:
+                ret = lambda_returns(reward.T, cont.T, slow_value.T, cfg.gamma, cfg.lam).T
+                second = slow_value[:-1]
+                # w_t: probability that state t is still inside the episode (w_0 = 1).
+                weight = torch.cumprod(
+                    torch.cat([torch.ones_like(cont[:1]), cont[:-1]], 0), 0
+                )
             self.return_norm.update(ret)
             scale = self.return_norm.scale()
 
         logits = self.critic(feat[:-1])  # [H, B, bins]
         value = self.critic.value(logits.detach())
-        critic_loss = self.critic.loss(logits, ret) + self.critic.loss(logits, slow_value[:-1])
+        critic_loss = self.critic.loss(logits, ret) + self.critic.loss(logits, second)
         critic_loss = (weight * critic_loss).mean()
+        baseline = slow_value[:-1] if cfg.targets == "dreamerv3" else value
 
         dist = self.actor.dist(feat[:-1])
-        adv = (ret - value) / scale
+        adv = (ret - baseline) / scale
         entropy = dist.entropy()
         actor_loss = -(weight * (dist.log_prob(action) * adv + cfg.entropy * entropy)).mean()
 

@@ -20,7 +20,7 @@ the backbone as its reset flags, `gather_sequences(first, batch, L)`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import NamedTuple
 
 import numpy as np
@@ -209,19 +209,21 @@ def gather_sequences(x: Tensor, batch: SequenceBatch, seq_len: int) -> Tensor:
 class PPOConfig:
     """Recurrent PPO hyper-parameters (section `rppo`).
 
+    The number of parallel envs N is not here: it is the driver's `run.num_envs`, and the
+    agent learns it from the first rollout step.
+
     Defaults follow CleanRL's `ppo_atari_lstm` / POPGym for a CPU-sized run. POPGym's own
     runs used RLlib PPO with 64 envs x 1024-step fragments, 8 minibatches of 8 sequences of
     1024 steps, γ 0.99, vf_coef 1.0; here the rollout and sequences are shorter so an update
     fits in a laptop's memory.
     """
 
-    num_envs: int = 16  # parallel envs of the rollout
     rollout_length: int = 128  # steps per env per update (T)
     seq_len: int = 64  # steps per training sequence (L); T must be a multiple
     epochs: int = 4  # passes over the rollout per update
-    num_minibatches: int = 4  # minibatches per epoch; must divide N·T/L
-    lr: float = 2.5e-4
-    anneal_lr: bool = True  # linear decay of lr to 0 over the run
+    num_minibatches: int = 2  # per epoch; must divide N·T/L (2 does for any N at these T, L)
+    lr: float = 2.5e-4  # constant (POPGym's RLlib PPO); no annealing: agents are not told
+    # the run's length
     gamma: float = 0.99
     lam: float = 0.95  # GAE λ
     clip: float = 0.2  # ε of the clipped surrogate
@@ -232,20 +234,34 @@ class PPOConfig:
     max_grad_norm: float = 0.5
     norm_adv: bool = True  # per-minibatch advantage normalisation
     prev_action: bool = True  # feed the previous action to the memory (POPGym does)
-    prev_reward: bool = False  # feed the previous reward to the memory
     backbone: str = "gru"  # POPGym found the GRU its best baseline
+    backbone_kwargs: dict = field(default_factory=dict)  # options of that backbone
     d_model: int = 128
     n_layers: int = 1
     hidden: int = 128  # width of the encoder and the actor/critic MLPs
 
 
-def validate_ppo(cfg: PPOConfig) -> None:
-    """Raise ValueError with the fix if the config cannot be run."""
+def check_minibatches(cfg: PPOConfig, num_envs: int) -> None:
+    """ValueError unless `num_minibatches` divides the N·T/L sequences of a rollout."""
+    if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+        raise ValueError(f"the number of envs (run.num_envs) must be >= 1, got {num_envs!r}")
+    sequences = num_envs * cfg.rollout_length // cfg.seq_len
+    if sequences % cfg.num_minibatches:
+        raise ValueError(
+            f"rppo.num_minibatches ({cfg.num_minibatches}) must divide the number of training "
+            f"sequences run.num_envs·rppo.rollout_length/rppo.seq_len = {num_envs}·"
+            f"{cfg.rollout_length}/{cfg.seq_len} = {sequences}; pick a divisor of {sequences}"
+        )
+
+
+def validate_ppo(cfg: PPOConfig, num_envs: int | None = None) -> None:
+    """Raise ValueError with the fix if the config cannot be run; `num_envs` (N, when
+    known) adds the check that `num_minibatches` divides the N·T/L training sequences."""
     for f in fields(cfg):
         v = getattr(cfg, f.name)
         if f.type in ("int", int) and (isinstance(v, bool) or not isinstance(v, int)):
             raise ValueError(f"rppo.{f.name} must be an integer, got {v!r}")
-    for key in ("num_envs", "rollout_length", "seq_len", "epochs", "num_minibatches",
+    for key in ("rollout_length", "seq_len", "epochs", "num_minibatches",
                 "d_model", "n_layers", "hidden"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"rppo.{key} must be >= 1, got {getattr(cfg, key)}")
@@ -258,13 +274,8 @@ def validate_ppo(cfg: PPOConfig) -> None:
             f"rppo.rollout_length ({cfg.rollout_length}) must be a multiple of rppo.seq_len "
             f"({cfg.seq_len}); e.g. set rollout_length to {lo}"
         )
-    sequences = cfg.num_envs * cfg.rollout_length // cfg.seq_len
-    if sequences % cfg.num_minibatches:
-        raise ValueError(
-            f"rppo.num_minibatches ({cfg.num_minibatches}) must divide the number of training "
-            f"sequences num_envs·rollout_length/seq_len = {sequences}; pick a divisor of "
-            f"{sequences}"
-        )
+    if num_envs is not None:
+        check_minibatches(cfg, num_envs)
     if not cfg.lr > 0:
         raise ValueError(f"rppo.lr must be positive, got {cfg.lr}")
     for key in ("gamma", "lam"):

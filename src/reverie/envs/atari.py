@@ -1,5 +1,8 @@
-"""The Atari100k protocol (DESIGN.md): frame skip 4 with a max-pool over the last two frames,
-no sticky actions, up to 30 no-op starts, 64x64 RGB observations."""
+"""The Atari100k protocol (Kaiser et al. 2020, as used by DreamerV3, STORM and Drama): frame
+skip 4 with a max-pool over the last two frames, no sticky actions, up to 30 no-op starts,
+64x64 RGB observations.
+`info["life_loss"]` says that a step lost a life without ending the game (Drama and STORM
+store such a step as terminal: `env.life_loss_terminal`)."""
 
 from __future__ import annotations
 
@@ -20,6 +23,10 @@ class Atari100k(gym.Wrapper):
         self.size = size
         self.observation_space = spaces.Box(0, 255, (size, size, 3), np.uint8)
         self._frames = np.zeros((2, *env.observation_space.shape), np.uint8)
+        self._lives = 0
+
+    def lives(self) -> int:
+        return int(self.env.unwrapped.ale.lives())
 
     def _resize(self, frame: np.ndarray) -> np.ndarray:
         # Box (area) filtering, like cv2.INTER_AREA used by DreamerV3/STORM.
@@ -34,7 +41,8 @@ class Atari100k(gym.Wrapper):
             if term or trunc:
                 obs, info = self.env.reset()
         self._frames[:] = obs
-        return self._resize(obs), info
+        self._lives = self.lives()
+        return self._resize(obs), {**info, "life_loss": False}
 
     def step(self, action):
         total = 0.0
@@ -50,4 +58,7 @@ class Atari100k(gym.Wrapper):
                 break
         # max over the last two frames removes Atari sprite flicker
         frame = self._frames.max(axis=0)
+        lives = self.lives()
+        info = {**info, "life_loss": bool(lives < self._lives and not term)}
+        self._lives = lives
         return self._resize(frame), total, term, trunc, info

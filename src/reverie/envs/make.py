@@ -8,7 +8,7 @@ per component; POPGym's Battleship and MineSweeper) or a 1-D Box rescaled to [-1
 Spec strings:
 
     CartPole-v1                 any Gymnasium id
-    ALE/Pong-v5                 Atari with the Atari100k protocol (DESIGN.md)
+    ALE/Pong-v5                 Atari with the Atari100k protocol (see envs/atari.py)
     dmc:walker-walk             DeepMind Control, proprioceptive
     minatar:breakout            MinAtar (10x10xC binary planes, flattened)
     popgym-RepeatPreviousEasy-v0  POPGym: popgym-<Name><Easy|Medium|Hard>-v0 (`popgym_ids()`)

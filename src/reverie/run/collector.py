@@ -34,6 +34,7 @@ class Transition(NamedTuple):
     reward: np.ndarray  # float32
     terminated: np.ndarray  # bool: the MDP ended (no value after it)
     truncated: np.ndarray  # bool: a time limit cut the episode (bootstrap from next_obs)
+    # (with env.life_loss_terminal, a lost life is `terminated` while the episode goes on)
     next_obs: Obs  # the observation after the action (an ended episode's final one)
     first: np.ndarray  # bool: `obs` starts an episode
 
@@ -50,11 +51,16 @@ def stack(rows: list[Obs]) -> Obs:
 class Collector:
     """`num_envs` copies of one env spec, stepped with a batch of actions."""
 
-    def __init__(self, env_id: str, image_size: int, num_envs: int, seed: int) -> None:
+    def __init__(self, env_id: str, image_size: int, num_envs: int, seed: int,
+                 life_loss_terminal: bool = False) -> None:
         self.env_id = env_id
+        self.life_loss_terminal = life_loss_terminal
         self.seed = seed
         self.n = num_envs
         self.envs = [make_env(env_id, image_size) for _ in range(num_envs)]
+        if life_loss_terminal and not hasattr(self.envs[0].unwrapped, "ale"):
+            raise UserError(f"env.life_loss_terminal needs an env with lives (ALE/<Game>-v5); "
+                            f"'{env_id}' has none: set env.life_loss_terminal=false")
         self.observation_space = self.envs[0].observation_space
         self.action_space = self.envs[0].action_space
         self.started = 0  # episodes started so far (the next episode's k)
@@ -94,9 +100,11 @@ class Collector:
         finished = []
         for i, env in enumerate(self.envs):
             a = action[i]
-            nxt, r, te, tr, _ = env.step(a)
+            nxt, r, te, tr, info = env.step(a)
             self.actions[i].append(np.asarray(a))
-            rewards[i], term[i], trunc[i] = float(r), bool(te), bool(tr) and not bool(te)
+            # a lost life ends the value (terminal) but not the episode: no reset, no `first`
+            lost = self.life_loss_terminal and bool(info.get("life_loss", False))
+            rewards[i], term[i], trunc[i] = float(r), bool(te) or lost, bool(tr) and not te
             self.returns[i] += float(r)
             self.lengths[i] += 1
             self.first[i] = False

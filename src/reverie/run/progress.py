@@ -1,8 +1,11 @@
-"""A progress bar for training: env steps, last return, env steps/s and ETA (rich)."""
+"""Training progress: env steps, last return, env steps/s and ETA — a rich bar on a terminal,
+a plain line every `every_s` seconds otherwise (`make demo | tee log`, CI), so a user always
+sees that a run is alive."""
 
 from __future__ import annotations
 
 import sys
+import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
@@ -12,8 +15,13 @@ from rich.progress import Progress as RichProgress
 class Progress:
     """Wraps rich's progress bar; a no-op when disabled (tests, CI logs)."""
 
-    def __init__(self, total: int, done: int = 0, enabled: bool = True) -> None:
+    def __init__(self, total: int, done: int = 0, enabled: bool = True,
+                 every_s: float = 10.0) -> None:
         self.enabled = enabled
+        self.total = total
+        self.every_s = every_s
+        self._plain = enabled and not sys.stderr.isatty()
+        self._last_line = time.monotonic()
         self.last_return: float | None = None
         self.eval_return: float | None = None
         self.console = Console(stderr=True)
@@ -46,12 +54,29 @@ class Progress:
     def update(self, step: int, steps_per_s: float) -> None:
         if self._bar is None:
             return
+        if self._plain:
+            self._line(step, steps_per_s)
+            return
         parts = [f"{steps_per_s:6.1f} steps/s"]
         if self.last_return is not None:
             parts.append(f"return {self.last_return:8.2f}")
         if self.eval_return is not None:
             parts.append(f"eval {self.eval_return:8.2f}")
         self._bar.update(self._task, completed=step, info="  ".join(parts))
+
+    def _line(self, step: int, steps_per_s: float) -> None:
+        now = time.monotonic()
+        if now - self._last_line < self.every_s and step < self.total:
+            return
+        self._last_line = now
+        eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
+        parts = [f"step {step}/{self.total}", f"{steps_per_s:.1f} steps/s",
+                 f"ETA {eta / 60:.1f} min" if eta != float("inf") else "ETA ?"]
+        if self.last_return is not None:
+            parts.append(f"return {self.last_return:.2f}")
+        if self.eval_return is not None:
+            parts.append(f"eval {self.eval_return:.2f}")
+        print("reverie: " + "  ".join(parts), file=sys.stderr, flush=True)
 
     def note(self, text: str) -> None:
         self.console.print(f"reverie: {text}")

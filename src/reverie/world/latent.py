@@ -8,6 +8,7 @@
 Loss per step (DreamerV3 §3 with STORM's decoder from z_t alone):
     recon + reward + cont + kl_dyn · max(1, KL[sg(q_{t+1}) || p(·|h_t)])
                           + kl_rep · max(1, KL[q_{t+1} || sg(p(·|h_t))])
+(free bits per step; `free_bits_mode="batch"` clamps the batch mean instead, as Drama does.)
 The KL pair (t, t+1) is dropped where `reset[:, t+1]` (o_{t+1} opens a new episode, so
 h_t has no business predicting it).
 
@@ -38,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reverie.errors import suggest
 from reverie.nets.cnn import N_STAGES, ConvDecoder, ConvEncoder
 from reverie.nets.math import (
     categorical_entropy,
@@ -74,6 +76,10 @@ class WorldModelConfig:
     kl_dyn: float = 1.0
     kl_rep: float = 0.1
     free_bits: float = 1.0
+    # where free bits clamp the KL: "step" (DreamerV3: each step's KL, then the mean) or
+    # "batch" (Drama's code: max(free_bits, the batch's mean KL))
+    free_bits_mode: str = "step"
+    prior_layers: int = -1  # hidden layers of the prior head; -1: mlp_layers; 0: Drama's linear
 
 
 def small_world_model_config(backbone: str = "mamba2", **overrides: Any) -> WorldModelConfig:
@@ -88,6 +94,19 @@ def small_world_model_config(backbone: str = "mamba2", **overrides: Any) -> Worl
         kw["backbone_kwargs"] = {"head_dim": 32}
     kw.update(overrides)
     return WorldModelConfig(**kw)
+
+
+FREE_BITS_MODES = ("step", "batch")
+
+
+def free_bits_kl(kl: Tensor, mask: Tensor, free_bits: float, mode: str = "step") -> Tensor:
+    """Mean KL over the valid steps with free bits: below `free_bits` nats the KL stops
+    pulling. kl, mask: [B, T]. "step" clamps each step's KL before the mean (DreamerV3);
+    "batch" clamps the mean once, max(free_bits, mean KL) (Drama's released code)."""
+    n_valid = mask.sum().clamp(min=1.0)
+    if mode == "batch":
+        return ((kl * mask).sum() / n_valid).clamp(min=free_bits)
+    return (kl.clamp(min=free_bits) * mask).sum() / n_valid
 
 
 def count_params(module: nn.Module) -> int:
@@ -123,6 +142,13 @@ def _validate(obs_spec: dict, action_dim: int, cfg: WorldModelConfig) -> None:
     for name in ("kl_dyn", "kl_rep", "free_bits"):
         if float(getattr(cfg, name)) < 0:
             raise ValueError(f"world model {name} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.free_bits_mode not in FREE_BITS_MODES:
+        raise ValueError(f"world model free_bits_mode must be one of "
+                         f"{', '.join(FREE_BITS_MODES)}, got {cfg.free_bits_mode!r}"
+                         f"{suggest(cfg.free_bits_mode, FREE_BITS_MODES)}")
+    if int(cfg.prior_layers) < -1:
+        raise ValueError(f"world model prior_layers must be >= 0 (or -1 for mlp_layers), got "
+                         f"{cfg.prior_layers}")
 
 
 class WorldModel(nn.Module):
@@ -150,6 +176,7 @@ class WorldModel(nn.Module):
         self.unimix_ratio = float(cfg.unimix)
         self.kl_dyn, self.kl_rep = float(cfg.kl_dyn), float(cfg.kl_rep)
         self.free_bits = float(cfg.free_bits)
+        self.free_bits_mode = str(cfg.free_bits_mode)
         self.stoch_dim = self.stoch * self.classes
         self.deter_dim = int(cfg.d_model)
         self.feat_dim = self.stoch_dim + self.deter_dim
@@ -179,7 +206,8 @@ class WorldModel(nn.Module):
             cfg.backbone, d_model=self.deter_dim, n_layers=int(cfg.n_layers),
             **dict(cfg.backbone_kwargs),
         )
-        self.prior_head = MLP(self.deter_dim, self.stoch_dim, hidden, layers)
+        prior_layers = layers if int(cfg.prior_layers) < 0 else int(cfg.prior_layers)
+        self.prior_head = MLP(self.deter_dim, self.stoch_dim, hidden, prior_layers)
         self.reward_head = MLP(self.deter_dim, int(cfg.reward_bins), hidden, layers,
                                zero_init=True)
         self.cont_head = MLP(self.deter_dim, 1, hidden, layers)
@@ -244,7 +272,8 @@ class WorldModel(nn.Module):
         return action
 
     # -- dynamics ---------------------------------------------------------------------
-    def _backbone_input(self, z: Tensor, action: Tensor) -> Tensor:
+    def backbone_input(self, z: Tensor, action: Tensor) -> Tensor:
+        """The backbone's input for (z_t, a_t): [..., stoch_dim], [...] or [..., A] -> [..., D]."""
         a = self.action_input(action).to(z.dtype)
         return self.input_proj(torch.cat([z, a], -1))
 
@@ -262,12 +291,12 @@ class WorldModel(nn.Module):
         seen z_t and a_t) and the backbone state after T steps.
         """
         z = self.sample(self.encode(obs))
-        h, state = self.backbone(self._backbone_input(z, action), state, reset)
+        h, state = self.backbone(self.backbone_input(z, action), state, reset)
         return z, h, state
 
     def imagine_step(self, z: Tensor, action: Tensor, state: State) -> tuple[Tensor, State]:
         """One O(1) step: z [B, stoch_dim], action [B] or [B, A] -> h [B, deter_dim]."""
-        return self.backbone.step(self._backbone_input(z, action), state)
+        return self.backbone.step(self.backbone_input(z, action), state)
 
     def initial_state(self, batch_size: int) -> State:
         """Zero backbone state for `batch_size` rows (h_{-1} is zeros)."""
@@ -331,7 +360,8 @@ class WorldModel(nn.Module):
     ) -> tuple[Tensor, dict[str, float], dict[str, Tensor]]:
         """World-model loss on a replay batch of [B, T] sequences (see module docstring).
 
-        Returns (total loss, float metrics "wm/...", {"z", "h"} detached [B, T, ...]).
+        Returns (total loss, float metrics "wm/...", {"z", "h", "post"} detached [B, T, ...];
+        "post" are the posterior logits [B, T, stoch, classes]).
         """
         for key in ("action", "reward", "terminal", "reset"):
             if key not in batch:
@@ -341,7 +371,7 @@ class WorldModel(nn.Module):
         reset = batch["reset"].bool()
         post = self.encode(obs)  # [B, T, S, K]
         z = self.sample(post)
-        h, _ = self.backbone(self._backbone_input(z, batch["action"]), None, reset)
+        h, _ = self.backbone(self.backbone_input(z, batch["action"]), None, reset)
 
         recon = self._recon_loss(z, obs).mean()
         reward_target = symlog(batch["reward"].float())
@@ -358,9 +388,8 @@ class WorldModel(nn.Module):
         n_valid = mask.sum().clamp(min=1.0)
         dyn = categorical_kl(post_next.detach(), prior)  # [B, T-1]
         rep = categorical_kl(post_next, prior.detach())
-        # free bits per step (DreamerV3): below 1 nat the KL stops pulling
-        dyn_loss = (dyn.clamp(min=self.free_bits) * mask).sum() / n_valid
-        rep_loss = (rep.clamp(min=self.free_bits) * mask).sum() / n_valid
+        dyn_loss = free_bits_kl(dyn, mask, self.free_bits, self.free_bits_mode)
+        rep_loss = free_bits_kl(rep, mask, self.free_bits, self.free_bits_mode)
         total = recon + reward_loss + cont_loss + self.kl_dyn * dyn_loss + self.kl_rep * rep_loss
 
         with torch.no_grad():
@@ -377,7 +406,7 @@ class WorldModel(nn.Module):
                 "wm/prior_ent": categorical_entropy(prior).mean().item()
                 if prior.shape[1] else 0.0,
             }
-        return total, metrics, {"z": z.detach(), "h": h.detach()}
+        return total, metrics, {"z": z.detach(), "h": h.detach(), "post": post.detach()}
 
     def param_breakdown(self) -> dict[str, int]:
         """Parameters per top-level part (encoders, posterior head, backbone, heads, ...)."""

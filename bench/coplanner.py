@@ -1,0 +1,217 @@
+"""COPlanner vs MBPO vs Stable-Baselines3 SAC at equal env steps, and COPlanner inside the
+world-model agent (on vs off), 3 seeds each, the same evaluation for all.
+
+    python bench/coplanner.py                           # every task, method and seed
+    python bench/coplanner.py --tasks pendulum --methods coplanner mbpo --seeds 0
+    python bench/coplanner.py --report-only
+
+reverie runs are ordinary, resumable `reverie train` run folders under bench/runs/coplanner/
+(see bench/runlib.py); SAC is SB3's SAC with its defaults. Evaluation for every method: mean
+return of `run.eval_episodes` greedy episodes every `run.eval_every` env steps, episodes
+seeded as reverie seeds its evaluation episodes. Reported per task and method: the final
+evaluation, the area under the evaluation curve (mean over evaluations) and their min-max
+over seeds; a method that does not help is shown as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runlib import ensure_run, evaluations, progress, wall_seconds  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+RUNS = ROOT / "bench" / "runs" / "coplanner"
+# task -> (gymnasium/reverie env id, steps, eval every, eval episodes, mbpo preset)
+TASKS = {
+    "pendulum": ("Pendulum-v1", 5000, 500, 5, "mbpo-pendulum"),
+    "inverted-pendulum": ("InvertedPendulum-v5", 5000, 500, 5, "mbpo-inverted-pendulum"),
+    "cartpole-swingup": ("dmc:cartpole-swingup", 10000, 1000, 5, "mbpo-dmc"),
+}
+# method -> reverie train flags (None: SB3 SAC); the imagine methods run on DMC only
+METHODS: dict[str, list[str] | None] = {
+    "coplanner": ["--set", "mbpo.mode=coplanner"],
+    "mbpo": ["--set", "mbpo.mode=mbpo"],
+    "sb3-sac": None,
+    "imagine+coplanner": ["--preset", "dmc-proprio", "--set", "imagine.coplanner.mode=coplanner"],
+    "imagine": ["--preset", "dmc-proprio", "--set", "imagine.coplanner.mode=off"],
+}
+IMAGINE_TASKS = ("cartpole-swingup",)
+
+
+def train_args(task: str, method: str, seed: int) -> list[str]:
+    env, _, every, episodes, preset = TASKS[task]
+    flags = list(METHODS[method] or [])
+    if "--preset" not in flags:
+        flags = ["--preset", preset, *flags]
+    return [*flags, "--env", env, "--seed", str(seed), "--set", f"run.eval_every={every}",
+            "--set", f"run.eval_episodes={episodes}"]
+
+
+def run_sac(task: str, seed: int, out: Path) -> dict:
+    """SB3 SAC (defaults) with reverie's evaluation schedule and episode seeds; its curve is
+    stored as JSON in `out` so a finished run is not repeated."""
+    if (out / "sac.json").exists():
+        return json.loads((out / "sac.json").read_text())
+    import torch
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from reverie.envs import make_env
+    from reverie.run.collector import episode_seed
+
+    env_id, steps, every, episodes, _ = TASKS[task]
+    torch.set_num_threads(1)
+    train_env = _flat(make_env(env_id))
+    eval_env = _flat(make_env(env_id))
+    curve: list[tuple[int, float]] = []
+
+    class Every(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps % every == 0:
+                rets = []
+                for i in range(episodes):
+                    seed_i = episode_seed(seed, len(curve) * 1000 + i, stream=1)
+                    obs, _ = eval_env.reset(seed=seed_i)
+                    done, total = False, 0.0
+                    while not done:
+                        action, _ = self.model.predict(obs, deterministic=True)
+                        obs, r, term, trunc, _ = eval_env.step(action)
+                        total += float(r)
+                        done = term or trunc
+                    rets.append(total)
+                curve.append((self.num_timesteps, float(np.mean(rets))))
+            return True
+
+    t0 = time.time()
+    model = SAC("MlpPolicy", train_env, seed=seed, verbose=0, device="cpu")
+    model.learn(total_timesteps=steps, callback=Every())
+    result = {"env_steps": steps, "evals": curve, "wall_s": round(time.time() - t0, 1)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sac.json").write_text(json.dumps(result))
+    return result
+
+
+def _flat(env):
+    """reverie's dict observation {"vector": x} as a plain Box for SB3."""
+    import gymnasium as gym
+
+    return gym.wrappers.FlattenObservation(env)
+
+
+def read(task: str, method: str, seed: int) -> dict | None:
+    run = RUNS / task / method / f"s{seed}"
+    if method == "sb3-sac":
+        path = run / "sac.json"
+        return json.loads(path.read_text()) if path.exists() else None
+    if not (run / "metrics.jsonl").exists():
+        return None
+    from reverie.run.logger import read_jsonl
+
+    return {"env_steps": progress(run), "evals": evaluations(run),
+            "wall_s": round(wall_seconds(read_jsonl(run / "timing.jsonl")), 1)}
+
+
+def summarise(tasks: list[str], methods: list[str], seeds: list[int]) -> dict:
+    summary, missing = {}, []
+    for task in tasks:
+        steps = TASKS[task][1]
+        for method in methods:
+            if method.startswith("imagine") and task not in IMAGINE_TASKS:
+                continue
+            done = []
+            for seed in seeds:
+                r = read(task, method, seed)
+                if r is None or r["env_steps"] < steps or not r["evals"]:
+                    missing.append(f"{task}/{method}/s{seed}")
+                else:
+                    done.append(r)
+            if not done:
+                continue
+            final = [r["evals"][-1][1] for r in done]
+            auc = [float(np.mean([v for _, v in r["evals"]])) for r in done]
+            summary.setdefault(task, {})[method] = {
+                "seeds": len(done), "final_mean": round(statistics.mean(final), 2),
+                "final_min": round(min(final), 2), "final_max": round(max(final), 2),
+                "auc_mean": round(statistics.mean(auc), 2), "auc_min": round(min(auc), 2),
+                "auc_max": round(max(auc), 2),
+                "wall_min_mean": round(statistics.mean(r["wall_s"] for r in done) / 60, 1),
+                "curves": [r["evals"] for r in done]}
+    return {"summary": summary, "missing": missing}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(result["summary"])
+    if not tasks:
+        return
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for method, s in result["summary"][task].items():
+            steps = [st for st, _ in s["curves"][0]]
+            vals = np.array([[v for _, v in c[:len(steps)]] for c in s["curves"]])
+            ax.plot(steps, vals.mean(0), label=f"{method} (n={s['seeds']})")
+            if len(vals) > 1:
+                ax.fill_between(steps, vals.min(0), vals.max(0), alpha=0.15)
+        ax.set_title(TASKS[task][0], fontsize=9)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel("evaluation return")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args()
+    if not args.report_only:
+        for seed in args.seeds:
+            for task in args.tasks:
+                for method in args.methods:
+                    if method.startswith("imagine") and task not in IMAGINE_TASKS:
+                        continue
+                    run = RUNS / task / method / f"s{seed}"
+                    if METHODS[method] is None:
+                        r = run_sac(task, seed, run)
+                        status = {"status": "done", "wall_s": r["wall_s"]}
+                    else:
+                        status = ensure_run(run, train_args(task, method, seed), TASKS[task][1],
+                                            args.threads)
+                    print(json.dumps({"task": task, "method": method, "seed": seed, **status}),
+                          flush=True)
+                    write(args)
+    write(args)
+
+
+def write(args: argparse.Namespace) -> None:
+    result = {"benchmark": "coplanner", "tasks": {t: TASKS[t] for t in args.tasks},
+              "methods": METHODS, "seeds": args.seeds,
+              "loadavg_1min": round(os.getloadavg()[0], 2),
+              **summarise(args.tasks, args.methods, args.seeds)}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "coplanner.json").write_text(json.dumps(result, indent=1))
+    plot(result, RESULTS / "coplanner.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Drama's differences as switches, each on vs off: which ones matter, and do they keep what
+was learned (stability), on CartPole and MinAtar Breakout, 2 seeds, 10k env steps.
+
+    python bench/drama_ablation.py                               # every variant x task x seed
+    python bench/drama_ablation.py --tasks cartpole --variants baseline targets-drama
+
+Each run is `reverie train --preset P --env E --seed S --steps N --set ...` (the variant's
+overrides on top of the task's preset); finished runs with the same resolved config are
+reused (`run_reverie(..., reuse=True)` of bench/cartpole.py), so the benchmark can be run in
+pieces. Reported per variant and task: final evaluation return, best evaluation, and the
+mean of the last three evaluations (a policy that peaks and then drifts shows a gap between
+best and last-three), each over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cartpole import RESULTS, ROOT, run_reverie  # noqa: E402
+
+TASKS = {  # name -> (preset, env, eval every)
+    "cartpole": ("cartpole", "CartPole-v1", 1000),
+    "minatar-breakout": ("minatar", "minatar:breakout", 1000),
+}
+VARIANTS: dict[str, list[str]] = {
+    "baseline": [],
+    "free-bits-batch": ["imagine.world.free_bits_mode=batch"],
+    "prior-linear": ["imagine.world.prior_layers=0"],
+    "targets-dreamerv3": ["imagine.behavior.targets=dreamerv3"],
+    "targets-drama": ["imagine.behavior.targets=drama"],
+    "act-window-16": ["imagine.act_context=window", "imagine.act_window=16"],
+}
+
+
+def summarise(entries: list[dict]) -> dict:
+    out: dict[str, dict] = {}
+    for e in entries:
+        if "error" in e or not e.get("eval_return"):
+            continue
+        key = f"{e['task']}/{e['variant']}"
+        out.setdefault(key, {"task": e["task"], "variant": e["variant"], "runs": []})
+        out[key]["runs"].append(e)
+    for s in out.values():
+        runs = sorted(s.pop("runs"), key=lambda e: e["seed"])
+        s["seeds"] = [e["seed"] for e in runs]
+        s["final"] = round(float(np.mean([e["eval_return"][-1] for e in runs])), 2)
+        s["best"] = round(float(np.mean([max(e["eval_return"]) for e in runs])), 2)
+        s["last3"] = round(float(np.mean([np.mean(e["eval_return"][-3:]) for e in runs])), 2)
+        s["wall_min"] = round(max(e["wall_s"] for e in runs) / 60, 1)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--out", default=str(ROOT / "bench" / "runs" / "drama-ablation"))
+    args = p.parse_args()
+    path = RESULTS / "drama_ablation.json"
+    entries = json.loads(path.read_text())["runs"] if path.exists() else []
+    for seed in args.seeds:
+        for task in args.tasks:
+            preset, env, every = TASKS[task]
+            for variant in args.variants:
+                overrides = [*VARIANTS[variant], f"env.id={env}", f"run.eval_every={every}",
+                             "run.threads=1"]
+                r = run_reverie("mamba2", seed, args.steps, Path(args.out) / task / variant,
+                                overrides, reuse=True, preset=preset)
+                entry = dict(r, task=task, variant=variant)
+                print(json.dumps({k: v for k, v in entry.items() if k != "eval_steps"}),
+                      flush=True)
+                entries = [e for e in entries
+                           if (e["task"], e["variant"], e["seed"]) != (task, variant, seed)]
+                entries.append(entry)
+                RESULTS.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps({
+                    "benchmark": "drama-ablation", "steps": args.steps,
+                    "variants": VARIANTS, "tasks": TASKS,
+                    "summary": summarise(entries), "runs": entries}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

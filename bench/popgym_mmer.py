@@ -1,0 +1,166 @@
+"""Memory on POPGym: recurrent PPO (`popgym-ppo` preset) with FFM, GRU, Mamba-2 and
+Transformer memories, scored by MMER (POPGym's max mean episodic return).
+
+    python bench/popgym_mmer.py              # 6 tasks x (ffm, gru: 3 seeds; mamba2,
+                                             #   transformer: 1 seed) x 500k env steps
+    python bench/popgym_mmer.py --tasks RepeatPreviousEasy --backbones ffm --seeds 0
+    python bench/popgym_mmer.py --report-only   # rebuild the JSON/PNG from the run folders
+
+Every run is an ordinary `reverie train` run folder under bench/runs/popgym/ (kept out of
+git). The script is resumable: a finished run is read back, an unfinished one is continued
+with `reverie train --resume` (exactly, from its last checkpoint), so a long benchmark can
+be run in pieces; the JSON says which runs are missing. MMER is computed from each run's
+evaluation returns (greedy policy, `run.eval_episodes` episodes every `run.eval_every` env
+steps) with `reverie.eval.mmer`, and reported raw (returns in [-1, 1]) and normalised
+(0.5·MMER + 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runlib import ensure_run, progress, wall_seconds  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+RUNS = ROOT / "bench" / "runs" / "popgym"
+TASKS = ["RepeatPreviousEasy", "RepeatFirstEasy", "CountRecallEasy", "AutoencodeEasy",
+         "PositionOnlyCartPoleEasy", "NoisyPositionOnlyPendulumEasy"]
+SEEDS = {"ffm": [0, 1, 2], "gru": [0, 1, 2], "mamba2": [0], "transformer": [0],
+         "ffm-reference": [0]}
+# memories that are a backbone with options: FFM as the official code initialises it
+VARIANTS = {"ffm-reference": ("ffm", ["--set", "rppo.backbone_kwargs.init=reference",
+                                      "--set", "rppo.backbone_kwargs.norm_affine=false"])}
+
+
+def run_folder(task: str, backbone: str, seed: int) -> Path:
+    return RUNS / f"{task}-{backbone}-s{seed}"
+
+
+def ensure(task: str, backbone: str, seed: int, steps: int, threads: int) -> dict:
+    name, extra = VARIANTS.get(backbone, (backbone, []))
+    args = ["--preset", "popgym-ppo", "--env", f"popgym-{task}-v0", "--backbone", name,
+            "--seed", str(seed), *extra]
+    return ensure_run(run_folder(task, backbone, seed), args, steps, threads)
+
+
+def read_run(run: Path) -> dict | None:
+    from reverie.eval.mmer import mmer_from_metrics, normalized_mmer
+    from reverie.run.logger import read_jsonl
+
+    rows = read_jsonl(run / "metrics.jsonl")
+    evals = [(r["step"], r["eval/return"]) for r in rows if "eval/return" in r]
+    if not evals:
+        return None
+    timing = read_jsonl(run / "timing.jsonl")
+    m = mmer_from_metrics(rows)
+    return {"env_steps": progress(run), "eval_steps": [s for s, _ in evals],
+            "eval_return": [round(v, 4) for _, v in evals], "mmer": round(m, 4),
+            "mmer_normalized": round(normalized_mmer(m), 4),
+            "wall_s": round(wall_seconds(timing), 1),
+            "env_steps_per_s": round(timing[-1]["time/env_steps_per_s"], 1) if timing else None}
+
+
+def report(tasks: list[str], seeds: dict[str, list[int]], steps: int) -> dict:
+    runs, missing = {}, []
+    for task in tasks:
+        for backbone, ss in seeds.items():
+            for seed in ss:
+                run = run_folder(task, backbone, seed)
+                r = read_run(run) if run.exists() else None
+                if r is None or r["env_steps"] < steps:
+                    missing.append(f"{task}/{backbone}/s{seed}"
+                                   + (f" ({r['env_steps']} of {steps} steps)" if r else ""))
+                if r is not None:
+                    runs[f"{task}/{backbone}/s{seed}"] = r
+    summary: dict[str, dict] = {}
+    for task in tasks:
+        for backbone in seeds:
+            done = [runs[k] for k in runs if k.startswith(f"{task}/{backbone}/")
+                    and runs[k]["env_steps"] >= steps]
+            if done:
+                summary.setdefault(task, {})[backbone] = {
+                    "seeds": len(done),
+                    "mmer_mean": round(statistics.mean(r["mmer"] for r in done), 4),
+                    "mmer_min": min(r["mmer"] for r in done),
+                    "mmer_max": max(r["mmer"] for r in done),
+                    "wall_s_mean": round(statistics.mean(r["wall_s"] for r in done), 1)}
+    return {"benchmark": "popgym", "preset": "popgym-ppo", "steps_per_run": steps,
+            "tasks": tasks, "seeds": seeds, "runs": runs, "summary": summary,
+            "missing": missing, "loadavg_1min": round(os.getloadavg()[0], 2)}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in result["tasks"] if t in result["summary"]]
+    if not tasks:
+        return
+    backbones = list(result["seeds"])
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks)), 3.8))
+    width = 0.8 / len(backbones)
+    for j, b in enumerate(backbones):
+        xs, ys, lo, hi = [], [], [], []
+        for i, t in enumerate(tasks):
+            s = result["summary"][t].get(b)
+            if s:
+                xs.append(i + j * width)
+                ys.append(s["mmer_mean"])
+                lo.append(s["mmer_mean"] - s["mmer_min"])
+                hi.append(s["mmer_max"] - s["mmer_mean"])
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=b)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))])
+    ax.set_xticklabels(tasks, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("MMER (returns in [-1, 1])")
+    ax.set_title(f"POPGym, recurrent PPO, {result['steps_per_run']:,} env steps per run "
+                 "(bars: mean, whiskers: min-max over seeds)", fontsize=9)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", nargs="*", default=TASKS)
+    p.add_argument("--backbones", nargs="*", default=list(SEEDS))
+    p.add_argument("--seeds", nargs="*", type=int, default=None,
+                   help="the same seeds for every backbone (default: 3 for ffm/gru, 1 else)")
+    p.add_argument("--steps", type=int, default=500_000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args()
+    seeds = {b: (args.seeds if args.seeds is not None else SEEDS.get(b, [0]))
+             for b in args.backbones}
+    RUNS.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        for seed_index in range(max(len(s) for s in seeds.values())):  # seed 0 everywhere first
+            for task in args.tasks:
+                for backbone, ss in seeds.items():
+                    if seed_index < len(ss):
+                        r = ensure(task, backbone, ss[seed_index], args.steps, args.threads)
+                        print(json.dumps({"task": task, "backbone": backbone,
+                                          "seed": ss[seed_index], **r}), flush=True)
+                        write(args, seeds)
+    write(args, seeds)
+
+
+def write(args: argparse.Namespace, seeds: dict[str, list[int]]) -> None:
+    result = report(args.tasks, seeds, args.steps)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "popgym.json").write_text(json.dumps(result, indent=1))
+    plot(result, RESULTS / "popgym.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Benchmark runs as ordinary, resumable `reverie train` run folders (shared by bench/*.py).
+
+`ensure_run` trains a run folder to a number of env steps: a finished run is left alone, an
+unfinished one is continued with `reverie train --resume` (exactly, from its last
+checkpoint), a missing one is created, so a long benchmark can be run in pieces.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def progress(run: Path) -> int:
+    """Env steps a run folder has reached: its newest checkpoint's step (0 if none). (The
+    logged rows can end before it: the last log row need not fall on the last step.)"""
+    from reverie.errors import UserError
+    from reverie.run.checkpoint import CheckpointStore
+
+    try:
+        entries = CheckpointStore(run / "checkpoints").entries()
+    except UserError:
+        return 0
+    return entries[-1].step if entries else 0
+
+
+def ensure_run(run: Path, train_args: list[str], steps: int, threads: int = 1) -> dict:
+    """Train (or continue) `run` to `steps` env steps. train_args: the `reverie train` flags
+    that create it (preset, env, seed, --set ...), used only when it does not exist yet."""
+    common = ["--no-progress", "--steps", str(steps), "--set", f"run.threads={threads}"]
+    if (run / "config.yaml").exists():
+        if progress(run) >= steps:
+            return {"status": "done"}
+        cmd = ["train", "--resume", str(run), *common]
+    else:
+        cmd = ["train", *train_args, "--out", str(run), *common]
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "reverie", *cmd], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        return {"status": "error", "error": proc.stderr.strip()[-600:]}
+    return {"status": "trained", "wall_s": round(time.time() - t0, 1)}
+
+
+def wall_seconds(timing: list[dict]) -> float:
+    """Training wall time of a run over all its processes (wall time restarts at a resume)."""
+    total = 0.0
+    for prev, row in zip(timing, timing[1:] + [None]):
+        if row is None or row["time/wall"] < prev["time/wall"]:
+            total += prev["time/wall"]
+    return total
+
+
+def evaluations(run: Path) -> list[tuple[int, float]]:
+    """(step, mean evaluation return) of a run."""
+    from reverie.run.logger import read_jsonl
+
+    return [(r["step"], r["eval/return"]) for r in read_jsonl(run / "metrics.jsonl")
+            if "eval/return" in r]

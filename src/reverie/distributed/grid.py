@@ -1,0 +1,135 @@
+"""A sweep's trials: envs x grid values x seeds, each an ordinary `reverie train` run folder.
+
+Every trial's config is built (and so validated, with the same did-you-mean errors as
+`--set`) before anything is launched; a folder that already holds a trial must hold the
+same config, so re-running a sweep resumes it and never mixes two sweeps in one folder.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from reverie.config import RESUME_KEYS, build_config, load_run_config
+from reverie.errors import UserError
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One run of the sweep: how to start it and where it lives (plain data, picklable)."""
+
+    name: str
+    folder: str
+    preset: str | None
+    env: str | None
+    seed: int
+    steps: int  # the run's env-step budget (run.steps)
+    overrides: tuple[str, ...] = field(default_factory=tuple)  # --set items, grid included
+
+    def train_args(self) -> list[str]:
+        """`reverie train` arguments that start this trial from scratch."""
+        args = ["train", "--no-progress", "--seed", str(self.seed), "--out", self.folder,
+                "--steps", str(self.steps)]
+        if self.preset:
+            args += ["--preset", self.preset]
+        if self.env:
+            args += ["--env", self.env]
+        for item in self.overrides:
+            args += ["--set", item]
+        return args
+
+    def resume_args(self) -> list[str]:
+        """`reverie train` arguments that continue this trial from its last checkpoint."""
+        return ["train", "--resume", self.folder, "--no-progress", "--steps", str(self.steps)]
+
+
+def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
+    """['k=v1,v2', ...] -> [(k, [v1, v2]), ...]."""
+    out: list[tuple[str, list[str]]] = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        choices = list(dict.fromkeys(v.strip() for v in values.split(",")))  # no repeats
+        if not sep or not key or not all(choices):
+            raise UserError(f"--grid expects key=v1,v2,... (e.g. run.train_ratio=256,512), got "
+                            f"'{item}'")
+        if key in (k for k, _ in out):
+            raise UserError(f"--grid {key} is given twice; list all its values in one --grid")
+        out.append((key, choices))
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "_", text)
+
+
+def trial_name(env: str, point: list[tuple[str, str]], seed: int) -> str:
+    """'CartPole-v1__run.train_ratio=256__s0': unique per (env, grid point, seed)."""
+    return "__".join([_slug(env), *(_slug(f"{k}={v}") for k, v in point), f"s{seed}"])
+
+
+def _compared(cfg: DictConfig) -> dict:
+    """The config minus what may legitimately differ between a sweep and its saved run."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in (*RESUME_KEYS, "replay.capacity"):  # capacity is capped at run.steps on start
+        section, name = key.split(".", 1)
+        data.get(section, {}).pop(name, None)
+    return data
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            found = _first_difference(va, vb, f"{prefix}{key}.")
+            if found:
+                return found
+        elif va != vb:
+            return f"{prefix}{key}: {va!r} there, {vb!r} in this sweep"
+    return ""
+
+
+def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | None,
+                overrides: list[str], grid: list[str], out: Path,
+                threads: int | None) -> list[Trial]:
+    """Every trial of the sweep, each config validated; UserError on the first bad one."""
+    axes = parse_grid(grid)
+    sets = list(overrides)
+    if threads and not any(s.split("=", 1)[0].strip() == "run.threads" for s in sets) \
+            and "run.threads" not in (k for k, _ in axes):
+        sets.append(f"run.threads={threads}")  # trials side by side share the cores
+    trials = []
+    for env in list(dict.fromkeys(envs)) or [None]:  # an env given twice runs once
+        for point in itertools.product(*[[(k, v) for v in vs] for k, vs in axes]):
+            point = list(point)
+            for seed in range(seeds):
+                items = sets + [f"{k}={v}" for k, v in point]
+                flags = {"env": env, "steps": steps, "seed": seed}
+                try:
+                    cfg = build_config(preset or "cartpole", items, flags)
+                except UserError as e:
+                    where = f" (trial env={env}, {', '.join(f'{k}={v}' for k, v in point)})" \
+                        if point else ""
+                    raise UserError(f"{e}{where}") from None
+                name = trial_name(str(cfg.env.id), point, seed)
+                trial = Trial(name=name, folder=str(Path(out) / name), preset=preset or "cartpole",
+                              env=env, seed=seed, steps=int(cfg.run.steps), overrides=tuple(items))
+                check_existing(trial, cfg)
+                trials.append(trial)
+    return trials
+
+
+def check_existing(trial: Trial, cfg: DictConfig) -> None:
+    """A folder that already holds this trial must hold the same settings."""
+    folder = Path(trial.folder)
+    if not (folder / "config.yaml").exists():
+        return
+    saved = load_run_config(folder)
+    diff = _first_difference(_compared(saved), _compared(cfg))
+    if diff:
+        raise UserError(f"'{folder}' holds a run with other settings ({diff}); it belongs to "
+                        "another sweep: choose another --out")

@@ -1,0 +1,150 @@
+"""Trials as Ray tasks: a local Ray instance (loopback only, `workers` CPUs) or a cluster.
+
+Each task runs `trial.run_trial` on a worker, which starts `python -m reverie train` there;
+on a cluster every node needs reverie installed and the sweep folder on a shared filesystem.
+A task asks for the CPUs its run uses (and a share of the GPUs where the cluster has some).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from reverie.distributed.grid import Trial
+from reverie.distributed.trial import run_trial
+from reverie.errors import UserError
+
+INSTALL = "pip install 'reverie[ray]'"
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError(f"--backend ray needs Ray, which is not installed: {INSTALL} "
+                        "(or use --backend local)") from None
+    return ray
+
+
+def _check_reachable(address: str) -> None:
+    """A HOST:PORT that refuses connections fails here in seconds, not in Ray's long retry."""
+    host, sep, port = address.rpartition(":")
+    if address.startswith("ray://"):
+        host, sep, port = address[len("ray://"):].rpartition(":")
+    if not sep or not port.isdigit():
+        raise UserError(f"--address must be auto or HOST:PORT (e.g. 10.0.0.5:6379), got "
+                        f"'{address}'")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise UserError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}); start "
+                        "one with `ray start --head` there, fix --address, or drop --address "
+                        "for a local Ray instance") from None
+
+
+# Ray picks the machine's network address for a new instance unless clusters are "disabled"
+# (its setting for laptops), in which case every server binds to 127.0.0.1 only.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _loopback_only() -> Callable[[], None]:
+    """A local instance that listens on the loopback interface only, never the network;
+    returns the function that puts the settings back."""
+    from ray._private import ray_constants
+
+    before = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_ENV] = "0"  # read by Ray's processes as they start
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read by this process (Ray already imported)
+
+    def restore() -> None:
+        if before[0] is None:
+            os.environ.pop(LOOPBACK_ENV, None)
+        else:
+            os.environ[LOOPBACK_ENV] = before[0]
+        ray_constants.ENABLE_RAY_CLUSTER = before[1]
+
+    return restore
+
+
+def _init(ray, address: str | None, workers: int) -> Callable[[], None]:
+    """Start or join Ray; returns what undoes this function's settings after shutdown."""
+    restore: Callable[[], None] = lambda: None  # noqa: E731
+    env = {k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}
+    try:
+        if address is None:
+            restore = _loopback_only()
+            ray.init(num_cpus=workers, num_gpus=_local_gpus(), include_dashboard=False,
+                     log_to_driver=False, configure_logging=False,
+                     runtime_env={"env_vars": env} if env else None)
+        else:
+            if address != "auto":
+                _check_reachable(address)
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        return restore
+    except UserError:
+        raise
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = "a running Ray cluster (auto)" if address == "auto" else address
+        restore()
+        raise UserError(f"cannot join {where} ({str(e).splitlines()[0][:160]}); start one with "
+                        "`ray start --head`, fix --address, or drop --address for a local Ray "
+                        "instance") from None
+
+
+def _local_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no CUDA runtime at all: no GPUs
+        return 0
+
+
+def run_ray(trials: list[Trial], workers: int, retries: int, address: str | None,
+            on_result: Callable[[dict], None]) -> list[dict[str, Any]]:
+    """Run every trial as a Ray task, at most `workers` at a time; results as they finish."""
+    ray = import_ray()
+    started_here = not ray.is_initialized()
+    restore = _init(ray, address, workers) if started_here else (lambda: None)
+    try:
+        resources = ray.cluster_resources()
+        gpus = float(resources.get("GPU", 0))
+        # a local instance has `workers` CPUs, one per trial; on a cluster each trial asks
+        # for the threads its run uses
+        cpus = 1 if address is None else max(1, _threads(trials[0]))
+        task = ray.remote(num_cpus=cpus, num_gpus=min(1.0, gpus / workers) if gpus else 0,
+                          max_retries=0)(run_trial)
+        pending = list(trials)
+        running: dict[Any, Trial] = {}
+        results: list[dict[str, Any]] = []
+        while pending or running:
+            while pending and len(running) < workers:
+                trial = pending.pop(0)
+                running[task.remote(trial, retries)] = trial
+            done, _ = ray.wait(list(running), num_returns=1)
+            for ref in done:
+                trial = running.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayError as e:  # the worker itself died
+                    result = {"name": trial.name, "folder": trial.folder, "status": "failed",
+                              "attempts": 0, "resumes": 0, "returncodes": [],
+                              "error": f"Ray task failed: {str(e).splitlines()[0][:200]}",
+                              "wall_s": 0.0}
+                results.append(result)
+                on_result(result)
+        return results
+    finally:
+        if started_here:
+            ray.shutdown()
+            restore()
+
+
+def _threads(trial: Trial) -> int:
+    for item in trial.overrides:
+        key, _, value = item.partition("=")
+        if key.strip() == "run.threads" and value.strip().isdigit():
+            return int(value)
+    return 1

@@ -1,0 +1,139 @@
+"""`reverie sweep`: a grid of `reverie train` runs on local processes or Ray, then a report.
+
+    reverie sweep --preset cartpole --env CartPole-v1 --seeds 5 \\
+        --grid imagine.world.backbone=gru,mamba2 --out sweeps/bb
+
+The sweep folder holds one ordinary run folder per trial, `logs/<trial>.log` (each attempt's
+output), `sweep.json` (every trial's outcome) and `report/` (`reverie report` of the grid).
+Re-running the same command skips finished trials and resumes unfinished ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reverie.distributed.grid import Trial, make_trials, parse_grid
+from reverie.distributed.trial import run_trial
+from reverie.errors import UserError
+
+
+@dataclass
+class Sweep:
+    preset: str | None = None
+    envs: list[str] = field(default_factory=list)
+    seeds: int = 1
+    steps: int | None = None
+    overrides: list[str] = field(default_factory=list)
+    grid: list[str] = field(default_factory=list)
+    out: str | None = None
+    workers: int | None = None
+    retries: int = 2
+
+
+def default_workers() -> int:
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def _check_envs(trials: list[Trial]) -> None:
+    """Every env id makes an env (the did-you-mean of `reverie train`), before any launch."""
+    from reverie.envs import make_env
+
+    for env in sorted({t.env for t in trials if t.env}):
+        make_env(env).close()
+
+
+def _run_local(trials: list[Trial], workers: int, retries: int,
+               on_result: Callable[[dict], None]) -> list[dict]:
+    stop = threading.Event()
+    results = []
+    pool = ThreadPoolExecutor(max_workers=workers)  # each thread waits on one trial process
+    futures = [pool.submit(run_trial, t, retries, stop.is_set) for t in trials]
+    try:
+        for future in as_completed(futures):
+            results.append(future.result())
+            on_result(results[-1])
+    except KeyboardInterrupt:
+        stop.set()  # the trials got the same Ctrl-C: no resume attempts after it
+        for f in futures:
+            f.cancel()
+        pool.shutdown(wait=True)
+        raise UserError("sweep interrupted; run the same command again to resume it "
+                        "(finished trials are kept)") from None
+    pool.shutdown(wait=True)
+    return results
+
+
+def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
+              on_result: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Validate every trial, run them all, write sweep.json and the report; returns a summary."""
+    if sweep.retries < 0:
+        raise UserError(f"--retries must be >= 0, got {sweep.retries}")
+    if backend not in ("local", "ray"):
+        raise UserError(f"unknown backend '{backend}'; choose local or ray")
+    if address is not None and backend != "ray":
+        raise UserError("--address joins a Ray cluster; add --backend ray")
+    out = Path(sweep.out or Path("sweeps") / (sweep.preset or "cartpole"))
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file; choose a folder")
+    workers = sweep.workers or default_workers()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    trials = make_trials(sweep.preset, sweep.envs, sweep.seeds, sweep.steps, sweep.overrides,
+                         sweep.grid, out, threads)
+    _check_envs(trials)
+    on_result = on_result or (lambda r: None)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        if backend == "ray":
+            from reverie.distributed.ray_backend import run_ray
+
+            results = run_ray(trials, workers, sweep.retries, address, on_result)
+        else:
+            results = _run_local(trials, workers, sweep.retries, on_result)
+    except UserError:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # e.g. Ray unreachable: leave no empty sweep folder behind
+        raise
+    order = {t.name: i for i, t in enumerate(trials)}
+    results.sort(key=lambda r: order[r["name"]])
+    counts = {s: sum(r["status"] == s for r in results) for s in ("finished", "skipped", "failed")}
+    summary: dict[str, Any] = {"sweep": str(out), "backend": backend, "trials": len(trials),
+                               **counts, "resumed": sum(r["resumes"] > 0 for r in results)}
+    (out / "sweep.json").write_text(json.dumps({**summary, "results": results}, indent=1) + "\n")
+    group_by = ["agent", "backbone"] + [k for k, _ in parse_grid(sweep.grid)
+                                        if k.rsplit(".", 1)[-1] != "backbone"]
+    try:
+        from reverie.eval.report import write_report
+
+        report, _ = write_report([t.folder for t in trials], out / "report", group_by,
+                                 notes=trial_notes(results))
+        summary["report"] = str(report)
+    except UserError as e:
+        summary["report_error"] = str(e)
+    return summary
+
+
+def trial_notes(results: list[dict]) -> list[str]:
+    """The report's 'Sweep' section: every trial that was resumed or failed, by name."""
+    resumed = [r for r in results if r["resumes"] > 0 and r["status"] == "finished"]
+    failed = [r for r in results if r["status"] == "failed"]
+    lines = ["## Sweep", "",
+             f"{len(results)} trials: {sum(r['status'] == 'finished' for r in results)} run "
+             f"now, {sum(r['status'] == 'skipped' for r in results)} already finished (skipped), "
+             f"{len(resumed)} finished after a resume, {len(failed)} failed.", ""]
+    if resumed or failed:
+        lines += ["| trial | outcome | attempts | exit codes | last error |",
+                  "|---|---|---:|---|---|"]
+        for r in resumed + failed:
+            outcome = "failed" if r["status"] == "failed" else f"resumed {r['resumes']}x, finished"
+            lines.append(f"| {r['name']} | {outcome} | {r['attempts']} | "
+                         f"{', '.join(map(str, r['returncodes']))} | {r['error'] or '-'} |")
+        lines.append("")
+    return lines

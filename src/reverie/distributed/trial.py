@@ -1,0 +1,84 @@
+"""Run one trial to completion: `python -m reverie train` in a subprocess, resumed from its
+last checkpoint (`--resume`) when it crashes or is killed, up to `retries` times.
+
+This function is what a worker runs, in a local thread or as a Ray task, so it takes and
+returns plain data. Each attempt's output is appended to `<sweep>/logs/<trial>.log`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from reverie.distributed.grid import Trial
+
+NEW, PARTIAL, DONE = "new", "partial", "done"
+
+
+def trial_state(trial: Trial) -> str:
+    """'done' (a checkpoint at the full budget), 'partial' (a run to resume) or 'new'."""
+    folder = Path(trial.folder)
+    if not (folder / "config.yaml").exists():
+        return NEW
+    try:
+        manifest = json.loads((folder / "checkpoints" / "manifest.json").read_text())
+        last = max(int(e["step"]) for e in manifest["checkpoints"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return PARTIAL
+    return DONE if last >= trial.steps else PARTIAL
+
+
+def log_path(trial: Trial) -> Path:
+    return Path(trial.folder).parent / "logs" / f"{trial.name}.log"
+
+
+def _last_error(log: Path) -> str:
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    errors = [ln for ln in lines if ln.startswith("reverie: error:")]
+    return (errors or lines or [""])[-1].strip()[:300]
+
+
+def run_trial(trial: Trial, retries: int,
+              stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Run `trial` until it finishes or has been resumed `retries` times.
+
+    Returns {"name", "status": "skipped" | "finished" | "failed", "attempts", "resumes",
+    "returncodes", "error", "wall_s"}. A trial already complete is skipped; one with a run
+    folder but no complete checkpoint is resumed, counting as its first attempt.
+    """
+    t0 = time.time()
+    result: dict[str, Any] = {"name": trial.name, "folder": trial.folder, "attempts": 0,
+                              "resumes": 0, "returncodes": [], "error": ""}
+    state = trial_state(trial)
+    if state == DONE:
+        return {**result, "status": "skipped", "wall_s": 0.0}
+    log = log_path(trial)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        resume = state == PARTIAL
+        args = trial.resume_args() if resume else trial.train_args()
+        with open(log, "a") as f:
+            f.write(f"\n=== attempt {result['attempts'] + 1}: reverie {' '.join(args)}\n")
+            f.flush()
+            rc = subprocess.call([sys.executable, "-m", "reverie", *args], stdout=f,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env=os.environ.copy())
+        result["attempts"] += 1
+        result["resumes"] += int(resume)
+        result["returncodes"].append(rc)
+        state = trial_state(trial)
+        if rc == 0 and state == DONE:
+            return {**result, "status": "finished", "wall_s": round(time.time() - t0, 2)}
+        if result["attempts"] > retries or (stop is not None and stop()):
+            error = _last_error(log) or f"exit code {rc}"
+            return {**result, "status": "failed", "error": error,
+                    "wall_s": round(time.time() - t0, 2)}

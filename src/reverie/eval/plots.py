@@ -1,0 +1,265 @@
+"""The report's figures: aggregates, learning curves, sample efficiency, performance profiles.
+
+Each figure has labelled axes with units and one legend outside the plot area, and is sized
+by its number of panels so that a report of one run and one of a hundred both read.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from reverie.eval.curves import iqm_band, seed_band, step_grid, value_at
+from reverie.eval.scores import (
+    PUBLISHED,
+    PUBLISHED_NAMES,
+    atari_game,
+    published_hns,
+    published_rows,
+)
+from reverie.eval.stats import Estimate, aggregate, profile_with_ci
+
+if TYPE_CHECKING:
+    from reverie.eval.report import Group
+
+GRID = 40  # points per learning curve
+DPI = 110
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colors(labels: list[str]) -> dict[str, tuple]:
+    plt = _plt()
+    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
+
+
+def _legend_below(fig, handles, labels, ncol_max: int = 4) -> None:
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center",
+                   ncol=min(ncol_max, len(labels)), frameon=False, fontsize=9)
+
+
+def _kinds(groups: list[Group]) -> list:
+    seen = {}
+    for g in groups:
+        seen.setdefault(g.kind.name, g.kind)
+    return list(seen.values())
+
+
+def _fmt_steps(ax) -> None:
+    from matplotlib.ticker import EngFormatter
+
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+
+
+def aggregates_png(groups: list[Group], out: Path, colors: dict) -> Path:
+    plt = _plt()
+    kinds = _kinds(groups)
+    names = ["mean", "median", "IQM"]
+    if any(k.gamma is not None for k in kinds):
+        names.append("optimality gap")
+    rows = []
+    for kind in kinds:
+        mine = [g for g in groups if g.kind.name == kind.name]
+        bars = [(g.label, aggregate(g.scores(), reps=2000, gamma=kind.gamma), False)
+                for g in mine]
+        if kind.name == "HNS":
+            games = sorted({atari_game(e) for g in mine for e in g.runs})
+            for p in published_rows(games):
+                est = {n: Estimate(v, v, v) for n, v in p.values.items()}
+                bars.append((f"{p.name} (published)", est, True))
+        rows.append((kind, bars))
+    n_bars = max(len(b) for _, b in rows)
+    fig, axes = plt.subplots(len(rows), len(names), squeeze=False, layout="constrained",
+                             figsize=(3.1 * len(names) + 1.5, 0.9 + 0.38 * n_bars * len(rows)))
+    for r, (kind, bars) in enumerate(rows):
+        for c, name in enumerate(names):
+            ax = axes[r][c]
+            if name == "optimality gap" and kind.gamma is None:
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, "no common target\nfor raw returns", ha="center",
+                        va="center", fontsize=9, transform=ax.transAxes)
+                continue
+            scale = 100.0 if kind.name == "HNS" else 1.0
+            for i, (label, est, published) in enumerate(bars):
+                if name not in est:  # Drama publishes only its mean and median
+                    continue
+                e = est[name]
+                y = len(bars) - 1 - i
+                if published:
+                    ax.plot(e.value * scale, y, "D", color="0.35", ms=6)
+                else:
+                    ax.barh(y, (e.high - e.low) * scale, left=e.low * scale, height=0.6,
+                            color=colors[label], alpha=0.85)
+                    ax.plot([e.value * scale] * 2, [y - 0.3, y + 0.3], color="black", lw=1.5)
+            ax.set_yticks(range(len(bars)))
+            ax.set_yticklabels([b[0] for b in reversed(bars)] if c == 0 else [])
+            ax.set_ylim(-0.6, len(bars) - 0.4)
+            ax.margins(x=0.08)
+            unit = "HNS (%)" if kind.name == "HNS" else kind.label
+            ax.set_xlabel(unit, fontsize=9)
+            ax.set_title(name + (" (lower is better)" if name == "optimality gap" else ""),
+                         fontsize=10)
+            ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("Aggregate scores: bar = 95% CI, line = point estimate"
+                 + (", ◆ = published at its own budget" if any(k.name == "HNS" for k in kinds)
+                    else ""), fontsize=10)
+    path = out / "aggregates.png"
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _grid(runs) -> np.ndarray:
+    top = max(max(r.target_steps, r.env_steps) for r in runs)
+    return step_grid([r.curve for r in runs], top, points=GRID)
+
+
+def curves_png(groups: list[Group], out: Path, colors: dict) -> Path:
+    plt = _plt()
+    envs = sorted({e for g in groups for e in g.runs})
+    ncols = min(4, len(envs))
+    nrows = math.ceil(len(envs) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, layout="constrained",
+                             figsize=(4.0 * ncols + 0.5, 3.0 * nrows + 0.6))
+    handles: dict[str, object] = {}
+    kinds_seen: list[str] = [""]
+    for i, env in enumerate(envs):
+        ax = axes[i // ncols][i % ncols]
+        kind = None
+        for g in groups:
+            runs = g.runs.get(env)
+            if not runs:
+                continue
+            kind = g.kind
+            grid = _grid(runs)
+            values = np.stack([value_at(r.curve, grid, r.env_steps) for r in runs])
+            mean, low, high = seed_band(values)
+            ok = np.isfinite(mean)
+            (line,) = ax.plot(grid[ok], mean[ok], color=colors[g.label], lw=1.6,
+                              marker="o" if ok.sum() <= 12 else None, ms=3)
+            if len(runs) > 1:
+                ax.fill_between(grid[ok], low[ok], high[ok], color=colors[g.label], alpha=0.2,
+                                lw=0)
+            handles[g.label] = line
+        ax.set_title(env, fontsize=10)
+        ax.set_xlabel("env steps", fontsize=9)
+        if kind is not None and (i % ncols == 0 or kinds_seen[-1] != kind.name):
+            ax.set_ylabel(kind.label, fontsize=9)  # once per row unless the unit changes
+        kinds_seen.append(kind.name if kind else "")
+        _fmt_steps(ax)
+        ax.grid(alpha=0.3)
+    for j in range(len(envs), nrows * ncols):
+        axes[j // ncols][j % ncols].set_axis_off()
+    _legend_below(fig, list(handles.values()), list(handles))
+    path = out / "curves.png"
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def sample_efficiency_png(groups: list[Group], out: Path, colors: dict) -> Path:
+    plt = _plt()
+    kinds = _kinds(groups)
+    fig, axes = plt.subplots(1, len(kinds), squeeze=False, layout="constrained",
+                             figsize=(5.2 * len(kinds) + 0.5, 3.8))
+    handles: dict[str, object] = {}
+    for k, kind in enumerate(kinds):
+        ax = axes[0][k]
+        for g in [g for g in groups if g.kind.name == kind.name]:
+            grid = _grid([r for rs in g.runs.values() for r in rs])
+            per_task = [np.stack([value_at(r.curve, grid, r.env_steps) for r in rs])
+                        for _, rs in sorted(g.runs.items())]
+            mid, low, high = iqm_band(per_task)
+            ok = np.isfinite(mid)
+            (line,) = ax.plot(grid[ok], mid[ok], color=colors[g.label], lw=1.6,
+                              marker="o" if ok.sum() <= 12 else None, ms=3)
+            if g.n_runs > 1:
+                ax.fill_between(grid[ok], low[ok], high[ok], color=colors[g.label], alpha=0.2,
+                                lw=0)
+            handles[g.label] = line
+        ax.set_xlabel("env steps", fontsize=9)
+        ax.set_ylabel(f"IQM {kind.label}", fontsize=9)
+        ax.set_title(f"{kind.name}: IQM over tasks x seeds", fontsize=10)
+        _fmt_steps(ax)
+        ax.grid(alpha=0.3)
+    _legend_below(fig, list(handles.values()), list(handles))
+    path = out / "sample_efficiency.png"
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def profile_png(groups: list[Group], out: Path, colors: dict) -> Path:
+    plt = _plt()
+    kinds = _kinds(groups)
+    fig, axes = plt.subplots(1, len(kinds), squeeze=False, layout="constrained",
+                             figsize=(5.2 * len(kinds) + 0.5, 3.8))
+    handles: dict[str, object] = {}
+    for k, kind in enumerate(kinds):
+        ax = axes[0][k]
+        mine = [g for g in groups if g.kind.name == kind.name]
+        published: dict[str, list[np.ndarray]] = {}
+        clipped = False
+        if kind.name == "HNS":
+            games = sorted({atari_game(e) for g in mine for e in g.runs})
+            published = {f"{PUBLISHED_NAMES[a]} (published)":
+                         [np.array([v]) for v in published_hns(a, games).values()]
+                         for a in PUBLISHED}
+        ours = [float(s) for g in mine for s in np.concatenate(g.scores())]
+        lo, hi = min(ours), max(ours)
+        if kind.gamma is not None:  # show the way up to the target (human level, MMER 1)
+            lo, hi = min(lo, 0.0), max(hi, kind.gamma)
+        pad = 0.05 * (hi - lo) if hi > lo else 0.5 * max(abs(hi), 1.0)
+        # the axis follows reverie's runs: published agents' far tails (HNS 7 on Boxing)
+        # would squash them into a sliver
+        taus = np.linspace(lo - pad, hi + 3 * pad, 201)
+        clipped = any(float(x[0]) > taus[-1] for v in published.values() for x in v)
+        for g in mine:
+            p, low, high = profile_with_ci(g.scores(), taus)
+            (line,) = ax.plot(taus, p, color=colors[g.label], lw=1.6, drawstyle="steps-post")
+            if g.n_runs > 1:
+                ax.fill_between(taus, low, high, color=colors[g.label], alpha=0.2, lw=0,
+                                step="post")
+            handles[g.label] = line
+        styles = iter([("--", "0.25"), (":", "0.1"), ("-.", "0.45"), ((0, (5, 1, 1, 1)), "0.6")])
+        for name, scores in published.items():
+            p, _, _ = profile_with_ci(scores, taus, reps=1)
+            ls, shade = next(styles)
+            (line,) = ax.plot(taus, p, color=shade, lw=1.2, ls=ls, drawstyle="steps-post")
+            handles[name] = line
+        ax.set_xlabel(f"threshold τ ({kind.label})", fontsize=9)
+        ax.set_ylabel("fraction of runs with score > τ", fontsize=9)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlim(taus[0], taus[-1])
+        ax.set_title(f"{kind.name}: performance profile"
+                     + (" (published tails go on past the axis)" if clipped else ""), fontsize=10)
+        ax.grid(alpha=0.3)
+    _legend_below(fig, list(handles.values()), list(handles), ncol_max=3)
+    path = out / "profile.png"
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def write_all(groups: list[Group], out: Path) -> dict[str, Path]:
+    """Every figure of the report, by name."""
+    colors = _colors([g.label for g in groups])
+    figures = {
+        "aggregates": aggregates_png(groups, out, colors),
+        "curves": curves_png(groups, out, colors),
+        "sample_efficiency": sample_efficiency_png(groups, out, colors),
+        "profile": profile_png(groups, out, colors),
+    }
+    return figures

@@ -1,0 +1,264 @@
+"""`reverie report`: report.md and PNGs for any set of run folders, one run to hundreds.
+
+Runs are grouped by settings (default: the agent and its backbone), scored per task (HNS for
+Atari, MMER for POPGym, raw return otherwise), and aggregated over tasks x seeds with
+stratified-bootstrap 95% intervals (`stats.py`). Atari reports place the published
+Atari100k agents beside reverie's groups, marked as published at their own budget.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from reverie.errors import UserError, suggest
+from reverie.eval import plots
+from reverie.eval.runs import Run, load_runs
+from reverie.eval.scores import (
+    PUBLISHED,
+    PUBLISHED_NAMES,
+    ScoreKind,
+    atari_game,
+    atari_reference,
+    published_rows,
+)
+from reverie.eval.stats import Estimate, aggregate, bootstrap_ci, mean_score
+
+DEFAULT_GROUP_BY = ("agent", "backbone")
+REPS = 2000
+
+
+@dataclass
+class Group:
+    """The runs of one setting, by task; `scores[env]` are the final scores over seeds."""
+
+    label: str
+    kind: ScoreKind
+    runs: dict[str, list[Run]]
+
+    def scores(self) -> list[np.ndarray]:
+        return [np.array([r.score for r in rs]) for _, rs in sorted(self.runs.items())]
+
+    @property
+    def n_runs(self) -> int:
+        return sum(len(v) for v in self.runs.values())
+
+
+def _config_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    out = []
+    for k in cfg.keys():
+        child = cfg._get_node(k)
+        path = f"{prefix}{k}"
+        out.append(path)
+        if isinstance(child, DictConfig):
+            out.extend(_config_keys(child, path + "."))
+    return out
+
+
+def check_group_keys(keys: list[str], runs: list[Run]) -> None:
+    """A --group-by key must name a setting of at least one run (did-you-mean otherwise)."""
+    known = {"agent", "backbone"}
+    for r in runs:
+        known.update(_config_keys(r.cfg))
+    for key in keys:
+        if key not in known:
+            raise UserError(f"--group-by '{key}' is not a config key of any run"
+                            f"{suggest(key, sorted(known))}; use 'agent', 'backbone' or a "
+                            "dotted key such as run.train_ratio")
+
+
+def group_label(run: Run, keys: list[str]) -> str:
+    parts = []
+    for key in keys:
+        value = run.setting(key)
+        if key in ("agent", "backbone"):
+            if value != "-":
+                parts.append(value)
+        else:
+            parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return "/".join(parts) or "all"
+
+
+def make_groups(runs: list[Run], keys: list[str]) -> list[Group]:
+    """Groups per (score kind, label), in a stable order."""
+    table: dict[tuple[str, str], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+    kinds: dict[str, ScoreKind] = {}
+    for r in sorted(runs, key=lambda r: (r.env, r.seed, str(r.path))):
+        table[(r.kind.name, group_label(r, keys))][r.env].append(r)
+        kinds[r.kind.name] = r.kind
+    def natural(item):  # train_ratio=8 before train_ratio=16
+        (k, label), _ = item
+        return k, [(0, float(t), "") if t.replace(".", "", 1).isdigit() else (1, 0.0, t)
+                   for t in re.split(r"(\d+(?:\.\d+)?)", label)]
+
+    return [Group(label, kinds[k], dict(envs))
+            for (k, label), envs in sorted(table.items(), key=natural)]
+
+
+def _ci(e: Estimate, pct: bool) -> str:
+    if pct:
+        return f"{100 * e.value:.1f}% [{100 * e.low:.1f}, {100 * e.high:.1f}]"
+    return f"{e.value:.3g} [{e.low:.3g}, {e.high:.3g}]"
+
+
+def _num(x: float) -> str:
+    """4 significant digits, without exponents for the scores games give (e.g. 14,360)."""
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _hms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _aggregate_section(groups: list[Group], kind: ScoreKind) -> list[str]:
+    pct = kind.name == "HNS"
+    names = ["mean", "median", "IQM"] + (["optimality gap"] if kind.gamma is not None else [])
+    lines = [f"### {kind.name}: {kind.label}", "",
+             "| group | tasks | runs | " + " | ".join(names) + " |",
+             "|---|---:|---:|" + "---|" * len(names)]
+    for g in groups:
+        est = aggregate(g.scores(), reps=REPS, gamma=kind.gamma)
+        lines.append(f"| {g.label} | {len(g.runs)} | {g.n_runs} | "
+                     + " | ".join(_ci(est[n], pct) for n in names) + " |")
+    if kind.name == "HNS":
+        games = sorted({atari_game(env) for g in groups for env in g.runs})
+        for p in published_rows(games):
+            cells = [f"{100 * p.values[n]:.1f}%" if n in p.values else "-" for n in names]
+            note = "all 26 games, paper's aggregate" if p.name == "Drama" else \
+                f"{len(p.games)} games, mean of its seeds"
+            lines.append(f"| {p.name} (published, 100k steps; {note}) | {len(p.games)} | - | "
+                         + " | ".join(cells) + " |")
+    lines.append("")
+    if kind.name == "return" and len({e for g in groups for e in g.runs}) > 1:
+        lines += ["Raw returns of different envs are on different scales: read the per-task "
+                  "table, or aggregate envs of one family.", ""]
+    return lines
+
+
+def _task_section(groups: list[Group]) -> list[str]:
+    lines = ["| env | group | seeds | final return (mean ± sd) | score [95% CI] | from |",
+             "|---|---|---:|---:|---|---|"]
+    rows = []
+    for g in groups:
+        for env, rs in g.runs.items():
+            raw = np.array([r.final_raw for r in rs])
+            est = bootstrap_ci([np.array([r.score for r in rs])], mean_score, reps=REPS)
+            score = _ci(est, g.kind.name == "HNS") + ("" if g.kind.name == "return"
+                                                      else f" {g.kind.name}")
+            sources = sorted({r.source for r in rs})
+            src = " + ".join("evaluations" if s == "eval" else "training episodes"
+                             for s in sources)
+            rows.append((env, g.label, f"| {env} | {g.label} | {len(rs)} | "
+                         f"{_num(raw.mean())} ± {_num(raw.std())} | {score} | {src} |"))
+    lines += [row for _, _, row in sorted(rows)]
+    games = sorted({atari_game(env) for g in groups for env in g.runs} - {None})
+    if games:
+        ref = atari_reference()["games"]
+        lines += ["", "Published Atari100k scores (raw return, each at its own 100k-step "
+                  "budget) beside the random and human references:", "",
+                  "| game | random | human | " + " | ".join(PUBLISHED_NAMES[a] for a in PUBLISHED)
+                  + " |", "|---|" + "---:|" * (2 + len(PUBLISHED))]
+        for game in games:
+            lines.append(f"| {game} | {ref[game]['random']:g} | {ref[game]['human']:g} | "
+                         + " | ".join(f"{ref[game][a]:g}" for a in PUBLISHED) + " |")
+    return lines + [""]
+
+
+def _compute_section(groups: list[Group]) -> list[str]:
+    lines = ["| group | env | runs | env steps reached / budget | wall time (mean, h:mm:ss) | "
+             "env steps/s (median) |", "|---|---|---:|---|---:|---:|"]
+    for g in groups:
+        for env, rs in sorted(g.runs.items()):
+            reached = int(np.mean([r.env_steps for r in rs]))
+            budget = int(np.mean([r.target_steps for r in rs]))
+            walls = [r.wall_s for r in rs if r.wall_s is not None]
+            rates = [r.steps_per_s for r in rs if r.steps_per_s is not None]
+            lines.append(f"| {g.label} | {env} | {len(rs)} | {reached:,} / {budget:,} | "
+                         f"{_hms(float(np.mean(walls))) if walls else '-'} | "
+                         f"{f'{np.median(rates):.0f}' if rates else '-'} |")
+    return lines + [""]
+
+
+def _runs_section(runs: list[Run], keys: list[str], out: Path) -> list[str]:
+    lines = ["<details><summary>all runs</summary>", "",
+             "| run | env | group | seed | steps | score |", "|---|---|---|---:|---:|---:|"]
+    for r in sorted(runs, key=lambda r: str(r.path)):
+        try:
+            shown = Path(r.path).resolve().relative_to(out.resolve().parent)
+        except ValueError:
+            shown = r.path
+        lines.append(f"| {shown} | {r.env} | {group_label(r, keys)} | {r.seed} | "
+                     f"{r.env_steps:,} | {_num(r.score)} |")
+    return lines + ["", "</details>", ""]
+
+
+def write_report(paths: list[str | Path], out: str | Path,
+                 group_by: list[str] | None = None,
+                 notes: list[str] | None = None) -> tuple[Path, list[str]]:
+    """Write `out/report.md` and its PNGs; returns (report path, skip warnings). `notes` are
+    markdown lines placed after the header (e.g. a sweep's trial outcomes)."""
+    runs, warnings = load_runs(paths)
+    keys = list(group_by or DEFAULT_GROUP_BY)
+    check_group_keys(keys, runs)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file; choose a folder")
+    if out.is_symlink():
+        raise UserError(f"--out '{out}' is a link; point at the real folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create --out '{out}' ({e.strerror}); choose another") from None
+    groups = make_groups(runs, keys)
+    kinds = {g.kind.name: g.kind for g in groups}
+    envs = sorted({r.env for r in runs})
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = ["# reverie report", "",
+             f"{_n(len(runs), 'run')}, {_n(len(envs), 'env')}, {_n(len(groups), 'group')} "
+             "(grouped by "
+             f"{', '.join(keys)}); {now}. Intervals are 95% stratified-bootstrap intervals "
+             f"over tasks x seeds ({REPS} resamples). A run's score is its last evaluation's "
+             "mean return, or without evaluations the mean return of its training episodes "
+             "in the last 10% of its steps; POPGym runs score their MMER.", ""]
+    if warnings:
+        lines += [f"Skipped {len(warnings)} folder(s):", ""] + [f"- {w}" for w in warnings] + [""]
+    lines += list(notes or [])
+    lines += ["## Aggregate scores", ""]
+    for name, kind in kinds.items():
+        lines += _aggregate_section([g for g in groups if g.kind.name == name], kind)
+    figures = plots.write_all(groups, out)
+    captions = {
+        "aggregates": "Aggregate scores with 95% intervals (published agents: points, no "
+                      "interval, at their own budget)",
+        "curves": "Learning curves per env: mean over seeds, band = 95% bootstrap interval",
+        "sample_efficiency": "Sample efficiency: IQM over tasks x seeds against env steps",
+        "profile": "Performance profiles: fraction of runs scoring above a threshold",
+    }
+    for name in ("aggregates",):
+        if name in figures:
+            lines += [f"![{captions[name]}]({figures[name].name})", ""]
+    lines += ["## Per-task scores", ""] + _task_section(groups)
+    for title, name in (("Learning curves", "curves"), ("Sample efficiency", "sample_efficiency"),
+                        ("Performance profiles", "profile")):
+        if name in figures:
+            lines += [f"## {title}", "", f"![{captions[name]}]({figures[name].name})", ""]
+    lines += ["## Compute", "", "Wall time is training time (evaluations included, start-up "
+              "not) summed over the processes of resumed runs; env steps/s is env steps run per "
+              "second of it, median over the runs.", ""] + _compute_section(groups)
+    lines += ["## Runs", ""] + _runs_section(runs, keys, out)
+    report = out / "report.md"
+    report.write_text("\n".join(lines))
+    return report, warnings

@@ -1,0 +1,213 @@
+"""Run folders as a report reads them: config, learning curve, final score and timing.
+
+A folder that cannot be scored (empty, killed before it logged, written by another version,
+of an agent this reverie does not know, damaged logs) is skipped with a one-line reason;
+`load_runs` raises a UserError only when nothing usable is left.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from reverie.errors import UserError
+from reverie.eval.mmer import mmer, mmer_curve
+from reverie.eval.scores import ScoreKind, atari_game, human_normalized, score_kind
+from reverie.run.folder import CONFIG, MARKER
+from reverie.run.logger import METRICS, TIMING, read_jsonl
+
+FINAL_FRACTION = 0.1  # without evaluations: the training episodes of the last 10% of steps
+CURVE_POINTS = 20  # training-episode curves are averaged over windows of steps/20
+
+
+@dataclass
+class Run:
+    """One scored run folder. Curves are (env step, score) in the task's score unit."""
+
+    path: Path
+    cfg: DictConfig
+    env: str
+    seed: int
+    env_steps: int  # steps the run reached (its last logged step)
+    target_steps: int  # run.steps
+    final_raw: float  # the run's final return (see `final_return`)
+    score: float  # final score in `kind`'s unit
+    kind: ScoreKind
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    wall_s: float | None = None
+    steps_per_s: float | None = None
+    source: str = "eval"  # "eval" (evaluation rows) or "train" (training episodes)
+
+    def setting(self, key: str) -> str:
+        """The run's value of a grouping key: 'agent', 'backbone' or any dotted config key."""
+        if key == "backbone":
+            from reverie.config import AGENTS
+
+            path = AGENTS[self.cfg.agent][3]
+            return str(OmegaConf.select(self.cfg, f"{self.cfg.agent}.{path}")) if path else "-"
+        value = OmegaConf.select(self.cfg, key, default="?")
+        return str(value)
+
+
+def _finite(rows: list[dict], key: str) -> list[tuple[int, float]]:
+    out = []
+    for r in rows:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and math.isfinite(float(v)):
+            out.append((int(r["step"]), float(v)))
+    return out
+
+
+def _window_curve(episodes: list[tuple[int, float]], window: int) -> list[tuple[int, float]]:
+    """Mean return of the episodes that ended in each window of `window` env steps."""
+    sums: dict[int, list[float]] = {}
+    for step, ret in episodes:
+        sums.setdefault(max(step - 1, 0) // window, []).append(ret)
+    return [((k + 1) * window, float(np.mean(v))) for k, v in sorted(sums.items())]
+
+
+def _wall_time(timing: list[dict]) -> tuple[float | None, float | None]:
+    """(wall seconds, env steps per second) of training over all of a run's processes.
+
+    Each row holds its process's wall time since it started training and that process's
+    average rate so far; both restart when a run is resumed, so a drop in `time/wall` ends
+    one process's segment."""
+    segments: list[tuple[float, float]] = []  # (wall, rate) at each segment's last row
+    last: tuple[float, float] | None = None
+    for r in timing:
+        wall, rate = r.get("time/wall"), r.get("time/env_steps_per_s")
+        if not isinstance(wall, (int, float)) or not isinstance(rate, (int, float)):
+            continue
+        if last is not None and wall < last[0]:
+            segments.append(last)
+        last = (float(wall), float(rate))
+    if last is None:
+        return None, None
+    segments.append(last)
+    total = sum(w for w, _ in segments)
+    steps = sum(w * r for w, r in segments)
+    return total, (steps / total if total > 0 else None)
+
+
+def _manifest(folder: Path) -> tuple[object | None, int]:
+    """(checkpoint format, step of the newest checkpoint) from the manifest, if readable."""
+    try:
+        data = json.loads((folder / "checkpoints" / "manifest.json").read_text())
+        fmt = data.get("format")
+    except (OSError, ValueError, AttributeError):
+        return None, 0
+    try:
+        return fmt, max(int(e["step"]) for e in data["checkpoints"])
+    except (KeyError, TypeError, ValueError):
+        return fmt, 0
+
+
+def read_run(folder: Path) -> Run:
+    """Score one run folder; raises UserError with the reason it cannot be scored."""
+    from reverie.config import load_run_config
+    from reverie.run.checkpoint import FORMAT
+
+    folder = Path(folder)
+    if not (folder / CONFIG).exists():
+        if not folder.is_dir() or not any(folder.iterdir()):
+            raise UserError("empty folder")
+        raise UserError("no config.yaml (a run that died while starting, or not a run)")
+    fmt, checkpointed = _manifest(folder)
+    if fmt is not None and fmt != FORMAT:
+        raise UserError(f"written by another reverie version (checkpoint format {fmt!r}, "
+                        f"this one reads {FORMAT})")
+    cfg = load_run_config(folder)  # unknown agent / key / value: a UserError naming it
+    rows = read_jsonl(folder / METRICS)
+    timing = read_jsonl(folder / TIMING)
+    env = str(cfg.env.id)
+    kind = score_kind(env)
+    evals = _finite(rows, "eval/return")
+    episodes = _finite(rows, "episode/return")
+    steps = int(cfg.run.steps)
+    last = max([int(r["step"]) for r in rows + timing] + [checkpointed])
+    if evals:
+        raw_curve, source = evals, "eval"
+    elif episodes:
+        raw_curve, source = _window_curve(episodes, max(1, steps // CURVE_POINTS)), "train"
+    else:
+        raise UserError("no returns logged yet (no finished episode or evaluation)")
+    final_raw = final_return(evals, episodes, last)
+    game = atari_game(env)
+    if kind.name == "HNS":
+        curve = [(s, human_normalized(v, game)) for s, v in raw_curve]
+        score = human_normalized(final_raw, game)
+    elif kind.name == "MMER":
+        curve = mmer_curve(raw_curve)  # the running max: MMER as of each step
+        score = mmer(raw_curve)
+    else:
+        curve, score = list(raw_curve), final_raw
+    wall, rate = _wall_time(timing)
+    return Run(path=folder, cfg=cfg, env=env, seed=int(cfg.seed), env_steps=last,
+               target_steps=steps, final_raw=final_raw, score=float(score), kind=kind,
+               curve=curve, wall_s=wall, steps_per_s=rate, source=source)
+
+
+def final_return(evals: list[tuple[int, float]], episodes: list[tuple[int, float]],
+                 last_step: int) -> float:
+    """The last evaluation's mean return (the Atari100k protocol's score); without
+    evaluations, the mean return of the training episodes that ended in the last 10% of the
+    run's steps (at least the last episode)."""
+    if evals:
+        return max(evals, key=lambda p: p[0])[1]
+    start = last_step * (1.0 - FINAL_FRACTION)
+    tail = [v for s, v in episodes if s >= start] or [episodes[-1][1]]
+    return float(np.mean(tail))
+
+
+def find_run_folders(path: Path) -> list[Path]:
+    """`path` itself if it is a run folder, else every run folder and empty folder below it
+    (links not followed; run folders are not searched inside)."""
+    path = Path(path)
+    if _is_run(path) or not path.is_dir():
+        return [path]
+    found = []
+    for root, dirs, _files in os.walk(path, followlinks=False):
+        here = Path(root)
+        if here != path and (_is_run(here) or not (dirs or _files)):
+            found.append(here)  # a run, or an empty folder (reported as skipped)
+            dirs[:] = []
+            continue
+        dirs.sort()
+    return found
+
+
+def _is_run(folder: Path) -> bool:
+    return any((folder / name).exists() for name in (CONFIG, MARKER, METRICS))
+
+
+def load_runs(paths: list[str | Path]) -> tuple[list[Run], list[str]]:
+    """(scored runs, one warning line per folder skipped). UserError if no run is usable."""
+    runs, warnings = [], []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            warnings.append(f"skipped {p}: no such file or folder")
+            continue
+        if p.is_dir() and not _is_run(p) and not any(p.iterdir()):
+            warnings.append(f"skipped {p}: empty folder")
+            continue
+        folders = find_run_folders(p)
+        if not folders:
+            warnings.append(f"skipped {p}: no run folders inside")
+        for folder in folders:
+            try:
+                runs.append(read_run(folder))
+            except UserError as e:
+                warnings.append(f"skipped {folder}: {e}")
+    if not runs:
+        detail = f" ({warnings[0]})" if len(warnings) == 1 else \
+            f" ({len(warnings)} folders skipped, first: {warnings[0]})" if warnings else ""
+        raise UserError(f"no usable run to report{detail}; point at run folders written by "
+                        "`reverie train` or a folder holding them")
+    return runs, warnings

@@ -1,0 +1,108 @@
+"""Which score a task is reported in, and the bundled Atari100k reference scores.
+
+- Atari (`ALE/<Game>-v5`): human-normalised score, HNS = (score - random) / (human - random),
+  with the random and human scores of `data/atari100k.json`.
+- POPGym (`popgym-...`): MMER (`eval/mmer.py`), already on a common [-1, 1] scale.
+- anything else: the raw return.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from reverie.eval.stats import aggregate
+
+# Published Atari100k agents with per-game scores in data/atari100k.json (mean over seeds).
+PUBLISHED = ("dreamerv3", "storm", "iris", "diamond")
+PUBLISHED_NAMES = {"dreamerv3": "DreamerV3", "storm": "STORM", "iris": "IRIS",
+                   "diamond": "DIAMOND", "drama": "Drama"}
+# Drama publishes only aggregates over the 26 games (its per-game table is not bundled).
+DRAMA_AGGREGATE = {"mean": 1.05, "median": 0.27}
+
+_ATARI_ID = re.compile(r"^(?:ALE/)?([A-Za-z]+?)(?:NoFrameskip|Deterministic)?-v\d+$")
+
+
+@dataclass(frozen=True)
+class ScoreKind:
+    """How a task's returns become a score: its name, unit and optimality-gap target."""
+
+    name: str  # "HNS" | "MMER" | "return"
+    label: str  # axis label, with the unit
+    gamma: float | None  # optimality-gap target; None where no common target exists
+
+
+HNS = ScoreKind("HNS", "human-normalised score (1 = human)", 1.0)
+MMER = ScoreKind("MMER", "MMER (POPGym, max 1)", 1.0)
+RAW = ScoreKind("return", "return (raw)", None)
+
+
+@cache
+def atari_reference() -> dict[str, Any]:
+    """The bundled `atari100k.json`: protocol, sources and per-game reference scores."""
+    text = (resources.files("reverie") / "eval" / "data" / "atari100k.json").read_text()
+    return json.loads(text)
+
+
+def atari_game(env_id: str) -> str | None:
+    """'ALE/MsPacman-v5' -> 'MsPacman' when it is one of the Atari100k games, else None."""
+    m = _ATARI_ID.match(str(env_id))
+    if m is None:
+        return None
+    games = atari_reference()["games"]
+    name = m.group(1)
+    if name in games:
+        return name
+    lowered = {g.lower(): g for g in games}
+    return lowered.get(name.lower())
+
+
+def human_normalized(score: float, game: str) -> float:
+    """(score - random) / (human - random) for an Atari100k game."""
+    ref = atari_reference()["games"][game]
+    return (float(score) - ref["random"]) / (ref["human"] - ref["random"])
+
+
+def score_kind(env_id: str) -> ScoreKind:
+    if atari_game(env_id) is not None:
+        return HNS
+    if str(env_id).startswith("popgym-"):
+        return MMER
+    return RAW
+
+
+def published_hns(agent: str, games: list[str] | None = None) -> dict[str, float]:
+    """Per-game HNS of a published agent (all 26 games, or `games`)."""
+    ref = atari_reference()["games"]
+    names = list(ref) if games is None else games
+    return {g: human_normalized(ref[g][agent], g) for g in names if agent in ref[g]}
+
+
+@dataclass
+class Published:
+    """A published Atari100k agent: point estimates on the games of this report."""
+
+    name: str
+    games: list[str]
+    values: dict[str, float]  # estimator -> value (no interval: one number per game)
+
+
+def published_rows(games: list[str]) -> list[Published]:
+    """DreamerV3, STORM, IRIS and DIAMOND on `games`; Drama's aggregate on all 26 only."""
+    out = []
+    for agent in PUBLISHED:
+        hns = published_hns(agent, games)
+        scores = [np.array([v]) for v in hns.values()]
+        values = {name: est.value for name, est in
+                  aggregate(scores, reps=1, gamma=HNS.gamma).items()}
+        out.append(Published(PUBLISHED_NAMES[agent], list(hns), values))
+    all_games = sorted(atari_reference()["games"])
+    if sorted(games) == all_games:
+        out.append(Published("Drama", all_games, dict(DRAMA_AGGREGATE)))
+    return out

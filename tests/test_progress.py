@@ -1,0 +1,21 @@
+"""Progress without a terminal: plain lines, throttled, with steps, rate and ETA."""
+
+from __future__ import annotations
+
+from reverie.run.progress import Progress
+
+
+def test_plain_progress_lines_when_not_a_terminal(capsys):
+    with Progress(1000, enabled=True, every_s=0.0) as p:
+        p.episode(12.5)
+        p.update(250, 50.0)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["reverie: step 250/1000  50.0 steps/s  ETA 0.2 min  return 12.50"]
+
+
+def test_plain_progress_is_throttled_but_always_prints_the_end(capsys):
+    with Progress(100, enabled=True, every_s=3600.0) as p:
+        for step in range(1, 101):
+            p.update(step, 10.0)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["reverie: step 100/100  10.0 steps/s  ETA 0.0 min"]

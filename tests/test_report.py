@@ -1,0 +1,276 @@
+"""`reverie report`: the statistics on hand-computed values, and reports over run folders."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reverie.cli import main
+from reverie.config import build_config, save_config
+from reverie.errors import UserError
+from reverie.eval import stats
+from reverie.eval.report import write_report
+from reverie.eval.runs import load_runs
+from reverie.eval.scores import (
+    atari_game,
+    atari_reference,
+    human_normalized,
+    published_hns,
+    published_rows,
+)
+
+# -- statistics -------------------------------------------------------------------------------
+
+
+def test_iqm_drops_a_quarter_at_each_end():
+    assert stats.interquartile_mean([np.arange(1.0, 9.0)]) == pytest.approx(4.5)  # 3,4,5,6
+    # pooled over tasks; n=5 drops floor(5/4)=1 at each end, so the outlier has no weight
+    assert stats.interquartile_mean([np.array([1.0, 100.0]), np.array([2.0, 3.0, 4.0])]) == \
+        pytest.approx(3.0)
+
+
+def test_mean_and_median_are_over_task_means():
+    scores = [np.array([0.0, 2.0]), np.array([4.0]), np.array([10.0, 20.0])]  # means 1, 4, 15
+    assert stats.mean_score(scores) == pytest.approx(20 / 3)
+    assert stats.median_score(scores) == pytest.approx(4.0)
+
+
+def test_optimality_gap_clips_at_gamma():
+    scores = [np.array([0.5, 1.5]), np.array([2.0])]  # clipped: 0.5, 1 | 1 -> means .75, 1
+    assert stats.optimality_gap(scores) == pytest.approx(1 - 0.875)
+    assert stats.optimality_gap(scores, gamma=2.0) == pytest.approx(2 - (1.0 + 2.0) / 2)
+    control = [np.array([5.0])]  # above the target: no gap, however far above
+    assert stats.optimality_gap(control) == 0.0
+
+
+def test_performance_profile_by_hand():
+    scores = [np.array([0.0, 1.0]), np.array([2.0])]
+    fn = stats.performance_profile(scores, np.array([0.5, 1.5, 3.0]))
+    np.testing.assert_allclose(fn(scores), [(0.5 + 1) / 2, (0 + 1) / 2, 0.0])
+
+
+@pytest.mark.parametrize("name", list(stats.ESTIMATORS))
+def test_batched_estimators_equal_one_replicate_at_a_time(name):
+    """The bootstrap evaluates all replicates at once; a plain loop over them must agree."""
+    rng = np.random.default_rng(3)
+    scores = [rng.normal(size=n) for n in (3, 5, 4)]
+    fn = stats.ESTIMATORS[name]
+    reps = stats._resample(scores, 50, np.random.default_rng(0))
+    batched = fn(reps)
+    looped = [float(fn([task[r] for task in reps])) for r in range(50)]
+    np.testing.assert_allclose(batched, looped, rtol=1e-12)
+    # stratified: a resample of a task only ever holds that task's own scores
+    for task, drawn in zip(scores, reps):
+        assert np.isin(drawn, task).all()
+
+
+def test_bootstrap_ci_contains_the_true_mean_and_covers_about_95_percent():
+    rng = np.random.default_rng(0)
+    scores = [rng.normal(3.0, 1.0, size=10) for _ in range(5)]
+    est = stats.bootstrap_ci(scores, stats.mean_score, reps=2000, seed=0)
+    assert est.low < 3.0 < est.high
+    assert est.low < est.value < est.high
+    assert est.high - est.low == pytest.approx(2 * 1.96 / np.sqrt(50), rel=0.25)
+    covered = 0
+    for i in range(200):
+        data = [rng.normal(3.0, 1.0, size=10) for _ in range(5)]
+        e = stats.bootstrap_ci(data, stats.mean_score, reps=400, seed=i)
+        covered += e.low < 3.0 < e.high
+    assert 0.88 <= covered / 200 <= 0.99
+
+
+# -- scores -----------------------------------------------------------------------------------
+
+
+def test_human_normalised_score_by_hand():
+    assert human_normalized(16.1, "Breakout") == pytest.approx((16.1 - 1.7) / (30.5 - 1.7))
+    assert human_normalized(-20.7, "Pong") == pytest.approx(0.0)
+    assert human_normalized(14.6, "Pong") == pytest.approx(1.0)
+
+
+def test_atari_ids_map_to_games():
+    assert atari_game("ALE/MsPacman-v5") == "MsPacman"
+    assert atari_game("PongNoFrameskip-v4") == "Pong"
+    assert atari_game("ALE/Tetris-v5") is None  # not an Atari100k game
+    assert atari_game("CartPole-v1") is None
+
+
+def test_published_aggregates_match_the_papers():
+    for agent, mean, median in (("iris", 1.046, 0.289), ("diamond", 1.459, None)):
+        hns = np.array(list(published_hns(agent).values()))
+        assert len(hns) == 26
+        assert hns.mean() == pytest.approx(mean, abs=1e-3)
+        if median is not None:
+            assert np.median(hns) == pytest.approx(median, abs=1e-3)
+
+
+# -- run folders ------------------------------------------------------------------------------
+
+
+@functools.cache
+def _config(preset: str, sets: tuple[str, ...], env: str, steps: int):
+    return build_config(preset, list(sets), {"env": env, "steps": steps})
+
+
+def fake_run(folder: Path, env: str, seed: int, evals: list[float], preset: str = "random",
+             sets: tuple[str, ...] = (), every: int = 100) -> Path:
+    """A finished run folder as `reverie train` leaves it, without training (fast)."""
+    folder.mkdir(parents=True)
+    cfg = _config(preset, sets, env, every * len(evals)).copy()
+    cfg.seed = seed
+    save_config(cfg, folder / "config.yaml")
+    (folder / ".reverie-run").write_text("a reverie run folder\n")
+    rows = [{"step": every * (i + 1), "eval/return": v} for i, v in enumerate(evals)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    timing = [{"step": every * (i + 1), "time/env_steps_per_s": 50.0,
+               "time/wall": 2.0 * (i + 1)} for i in range(len(evals))]
+    (folder / "timing.jsonl").write_text("".join(json.dumps(r) + "\n" for r in timing))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("real") / "run"
+    assert main(["train", "--preset", "random", "--no-progress", "--steps", "300",
+                 "--set", "run.eval_every=150", "--set", "run.eval_episodes=1",
+                 "--out", str(run)]) == 0
+    return run
+
+
+def test_report_on_one_real_run(real_run, tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["report", str(real_run), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "1 run, 1 env, 1 group" in text
+    assert "CartPole-v1" in text and "| random |" in text
+    for name in ("aggregates", "curves", "sample_efficiency", "profile"):
+        assert (out / f"{name}.png").stat().st_size > 5000
+        assert f"]({name}.png)" in text
+    assert json.loads(capsys.readouterr().out)["skipped"] == 0
+
+
+def test_atari_grid_report_scores_hns_beside_published_agents(tmp_path):
+    ref = atari_reference()["games"]
+    root = tmp_path / "grid"
+    for game in ("Pong", "Breakout"):
+        for backbone in ("gru", "ffm"):
+            for seed in range(3):
+                human = ref[game]["human"] if backbone == "ffm" else ref[game]["random"]
+                fake_run(root / f"{game}-{backbone}-{seed}", f"ALE/{game}-v5", seed,
+                         [ref[game]["random"], human], preset="cartpole",
+                         sets=(f"imagine.world.backbone={backbone}",))
+    report, warnings = write_report([root], tmp_path / "rep")
+    text = report.read_text()
+    assert warnings == []
+    # human-level runs score 100% HNS with a zero-width interval, random-level 0%
+    assert "| imagine/ffm | 2 | 6 | 100.0% [100.0, 100.0] | 100.0% [100.0, 100.0] |" in text
+    assert "| imagine/gru | 2 | 6 | 0.0% [0.0, 0.0] |" in text
+    storm = published_hns("storm", ["Breakout", "Pong"])
+    assert "| STORM (published, 100k steps; 2 games" in text
+    assert f"{100 * np.mean(list(storm.values())):.1f}%" in text
+    assert "Drama" not in text.split("## Per-task")[0]  # its aggregate is over all 26 games
+    assert "| Pong | -20.7 | 14.6 |" in text
+
+
+def test_drama_aggregate_only_on_all_26_games(tmp_path):
+    names = [p.name for p in published_rows(sorted(atari_reference()["games"]))]
+    assert names == ["DreamerV3", "STORM", "IRIS", "DIAMOND", "Drama"]
+    drama = published_rows(sorted(atari_reference()["games"]))[-1]
+    assert drama.values == {"mean": 1.05, "median": 0.27}
+
+
+def test_hundred_runs_and_group_by(tmp_path):
+    root = tmp_path / "many"
+    rng = np.random.default_rng(0)
+    for i in range(100):
+        env = ["CartPole-v1", "Acrobot-v1", "MountainCar-v0", "Pendulum-v1"][i % 4]
+        ratio = [8, 16][(i // 4) % 2]
+        fake_run(root / f"r{i:03d}", env, i // 8, list(rng.normal(size=5)),
+                 sets=(f"run.train_ratio={ratio}",))
+    out = tmp_path / "rep"
+    assert main(["report", str(root), "--out", str(out), "--group-by", "run.train_ratio"]) == 0
+    text = (out / "report.md").read_text()
+    assert "100 runs, 4 envs, 2 groups" in text
+    assert "| train_ratio=8.0 | 4 | 52 |" in text
+
+
+def test_bad_group_key_suggests(tmp_path, real_run, capsys):
+    rc = main(["report", str(real_run), "--out", str(tmp_path / "r"), "--group-by",
+               "run.trainratio"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "did you mean 'run.train_ratio'" in err and len(err.splitlines()) == 1
+
+
+def test_bad_folders_are_skipped_with_a_warning(tmp_path, real_run, capsys):
+    import shutil
+
+    root = tmp_path / "mixed"
+    shutil.copytree(real_run, root / "good")
+    (root / "empty").mkdir()
+    (root / "half").mkdir()
+    (root / "half" / ".reverie-run").write_text("x")  # died before config.yaml
+    shutil.copytree(real_run, root / "alien")
+    cfg = (root / "alien" / "config.yaml").read_text().replace("agent: random", "agent: dreamer")
+    (root / "alien" / "config.yaml").write_text(cfg)
+    shutil.copytree(real_run, root / "old")
+    manifest = root / "old" / "checkpoints" / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"format": 2', '"format": 1'))
+    shutil.copytree(real_run, root / "damaged")
+    with open(root / "damaged" / "metrics.jsonl", "a") as f:
+        f.write("garbage\n{\"step\": 1}\n")
+    shutil.copytree(real_run, root / "unlogged")
+    (root / "unlogged" / "metrics.jsonl").write_text("")
+    runs, warnings = load_runs([root])
+    assert [r.path.name for r in runs] == ["good"]
+    reasons = {Path(w.split(":")[0].split()[-1]).name: w for w in warnings}
+    assert set(reasons) == {"empty", "half", "alien", "old", "damaged", "unlogged"}
+    assert "unknown agent 'dreamer'" in reasons["alien"]
+    assert "another reverie version" in reasons["old"]
+    assert "empty folder" in reasons["empty"]
+    assert all("\n" not in w for w in warnings)
+    assert main(["report", str(root), "--out", str(tmp_path / "rep")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("reverie: warning: skipped") == 6
+
+
+def test_nothing_usable_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    rc = main(["report", str(tmp_path / "empty"), str(tmp_path / "missing"), "--out",
+               str(tmp_path / "rep")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("reverie: error: no usable run") and len(err.splitlines()) == 1
+    with pytest.raises(UserError, match="no usable run"):
+        load_runs([tmp_path / "empty"])
+
+
+def test_final_return_without_evaluations_uses_the_last_tenth():
+    from reverie.eval.runs import final_return
+
+    episodes = [(10, 1.0), (50, 2.0), (95, 4.0), (100, 6.0)]
+    assert final_return([], episodes, 100) == pytest.approx(5.0)  # episodes at steps >= 90
+    assert final_return([], [(10, 3.0)], 100) == 3.0  # none that late: the last episode
+    assert final_return([(50, 7.0), (100, 8.0)], episodes, 100) == 8.0  # the last evaluation
+
+
+def test_wall_time_adds_up_resumed_processes():
+    from reverie.eval.runs import _wall_time
+
+    timing = [{"step": s, "time/wall": w, "time/env_steps_per_s": r}
+              for s, w, r in [(1, 1.0, 10), (2, 2.0, 20), (3, 3.0, 30), (4, 0.5, 40),
+                              (5, 1.5, 50)]]
+    # two processes: 3 s at 30 steps/s, then 1.5 s at 50 steps/s
+    assert _wall_time(timing) == (pytest.approx(4.5), pytest.approx((90 + 75) / 4.5))
+
+
+def test_popgym_runs_score_their_mmer(tmp_path):
+    fake_run(tmp_path / "pg", "popgym-RepeatPreviousEasy-v0", 0, [-0.5, 0.2, 0.1])
+    (run,), _ = load_runs([tmp_path / "pg"])
+    assert run.kind.name == "MMER" and run.score == pytest.approx(0.2)
+    assert [v for _, v in run.curve] == [-0.5, 0.2, 0.2]  # the running max
+    report, _ = write_report([tmp_path / "pg"], tmp_path / "rep")
+    assert "### MMER" in report.read_text()

@@ -1,0 +1,198 @@
+"""`reverie sweep`: grids of real `reverie train` runs, kills, resumes, reruns, Ray, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from reverie.cli import main
+from reverie.distributed.grid import parse_grid, trial_name
+from reverie.distributed.sweep import Sweep, run_sweep
+from reverie.errors import UserError
+
+TINY = ["--preset", "random", "--env", "CartPole-v1", "--steps", "200",
+        "--set", "run.eval_episodes=0"]
+
+
+def sweep_json(out: Path) -> dict:
+    return json.loads((out / "sweep.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def grid_2x2(tmp_path_factory) -> Path:
+    """A finished local 2x2 sweep: two train ratios x two seeds."""
+    out = tmp_path_factory.mktemp("sweep") / "grid"
+    assert main(["sweep", *TINY, "--seeds", "2", "--grid", "run.train_ratio=8,16",
+                 "--workers", "2", "--out", str(out)]) == 0
+    return out
+
+
+def test_local_2x2_grid_end_to_end(grid_2x2, capsys):
+    names = sorted(p.name for p in grid_2x2.iterdir() if (p / "config.yaml").exists())
+    assert names == [trial_name("CartPole-v1", [("run.train_ratio", r)], s)
+                     for r in ("16", "8") for s in (0, 1)]
+    summary = sweep_json(grid_2x2)
+    assert (summary["trials"], summary["finished"], summary["failed"]) == (4, 4, 0)
+    for name in names:  # each trial is an ordinary, complete run folder
+        manifest = json.loads((grid_2x2 / name / "checkpoints" / "manifest.json").read_text())
+        assert manifest["checkpoints"][-1]["step"] == 200
+    text = (grid_2x2 / "report" / "report.md").read_text()
+    assert "4 runs, 1 env, 2 groups" in text
+    assert "| random/train_ratio=8.0 | 1 | 2 |" in text
+    assert "| random/train_ratio=16.0 | 1 | 2 |" in text
+
+
+def test_rerun_skips_finished_trials(grid_2x2, capsys):
+    before = {p: p.stat().st_mtime_ns for p in grid_2x2.glob("*/metrics.jsonl")}
+    t0 = time.time()
+    assert main(["sweep", *TINY, "--seeds", "2", "--grid", "run.train_ratio=8,16",
+                 "--workers", "2", "--out", str(grid_2x2)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["skipped"], summary["finished"]) == (4, 0)
+    assert {p: p.stat().st_mtime_ns for p in grid_2x2.glob("*/metrics.jsonl")} == before
+    assert time.time() - t0 < 15  # no trial process was started
+
+
+def _trial_pid(folder: Path) -> int | None:
+    """The pid of this test's own `reverie train` child writing `folder`."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"train" in argv and str(folder).encode() in argv:
+            return int(proc.name)
+    return None
+
+
+def test_killed_trial_is_resumed_and_reported(tmp_path):
+    out = tmp_path / "kill"
+    sweep = Sweep(preset="random", envs=["CartPole-v1"], seeds=1, steps=4000, workers=1,
+                  overrides=["run.eval_episodes=0", "run.checkpoint_every=500",
+                             "run.log_every=100"], out=str(out), retries=2)
+    folder = out / trial_name("CartPole-v1", [], 0)
+    summary: dict = {}
+    worker = threading.Thread(target=lambda: summary.update(run_sweep(sweep)))
+    worker.start()
+    killed = False
+    deadline = time.time() + 60
+    while time.time() < deadline and not killed:
+        pid = _trial_pid(folder)
+        rows = folder / "timing.jsonl"
+        if pid and rows.exists() and rows.read_text().count("\n") >= 2:
+            os.kill(pid, signal.SIGKILL)  # mid-run, after its first logged steps
+            killed = True
+        time.sleep(0.05)
+    worker.join(timeout=120)
+    assert killed and not worker.is_alive()
+    (result,) = sweep_json(out)["results"]
+    assert result["status"] == "finished" and result["resumes"] == 1
+    assert result["returncodes"] == [-signal.SIGKILL, 0]
+    assert summary["resumed"] == 1 and summary["failed"] == 0
+    manifest = json.loads((folder / "checkpoints" / "manifest.json").read_text())
+    assert manifest["checkpoints"][-1]["step"] == 4000
+    text = (out / "report" / "report.md").read_text()
+    assert "1 finished after a resume" in text
+    assert f"| {folder.name} | resumed 1x, finished | 2 | -9, 0 |" in text
+    assert "4,000 / 4,000" in text  # the resumed run is scored over its whole budget
+
+
+def test_bad_grid_key_suggests_and_launches_nothing(tmp_path, capsys):
+    out = tmp_path / "bad"
+    rc = main(["sweep", *TINY, "--grid", "run.trian_ratio=8,16", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "unknown config key 'run.trian_ratio' (did you mean 'run.train_ratio'?)" in err
+    assert not out.exists()
+    rc = main(["sweep", *TINY, "--grid", "run.train_ratio=8,x", "--out", str(out)])
+    assert rc == 2 and "run.train_ratio" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("item", ["run.steps", "=1,2", "run.steps=1,,2"])
+def test_grid_syntax(item):
+    with pytest.raises(UserError, match="key=v1,v2"):
+        parse_grid([item])
+    assert parse_grid(["a.b=1, 2"]) == [("a.b", ["1", "2"])]
+
+
+def test_sweep_into_another_sweeps_folder_is_refused(grid_2x2, capsys):
+    rc = main(["sweep", *TINY, "--seeds", "2", "--grid", "run.train_ratio=8,16",
+               "--set", "run.prefill=5", "--out", str(grid_2x2)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "other settings (run.prefill: 0 there, 5 in this sweep)" in err
+
+
+def test_ray_missing_names_the_extra(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    rc = main(["sweep", *TINY, "--backend", "ray", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "pip install 'reverie[ray]'" in err and len(err.splitlines()) == 1
+
+
+def test_unreachable_ray_address_is_one_line(tmp_path, capsys):
+    pytest.importorskip("ray")
+    t0 = time.time()
+    rc = main(["sweep", *TINY, "--backend", "ray", "--address", "127.0.0.1:1",
+               "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "cannot reach a Ray cluster at 127.0.0.1:1" in err
+    assert len(err.splitlines()) == 1 and time.time() - t0 < 20
+    assert not (tmp_path / "r").exists()
+    assert main(["sweep", *TINY, "--address", "auto", "--out", str(tmp_path / "r")]) == 2
+    assert "--backend ray" in capsys.readouterr().err
+
+
+def test_ray_local_instance_runs_a_2x2_grid(tmp_path):
+    """The one Ray test: a real local instance (2 CPUs, loopback only); Ray's start-up
+    makes it the slowest test here."""
+    pytest.importorskip("ray")
+    out = tmp_path / "ray"
+    summary = run_sweep(Sweep(preset="random", envs=["CartPole-v1"], seeds=2, steps=200,
+                              overrides=["run.eval_episodes=0"], grid=["run.train_ratio=8,16"],
+                              out=str(out), workers=2), backend="ray")
+    assert (summary["backend"], summary["trials"], summary["finished"]) == ("ray", 4, 4)
+    assert "4 runs, 1 env, 2 groups" in (out / "report" / "report.md").read_text()
+
+
+def test_a_trial_that_keeps_crashing_is_reported_failed(tmp_path, monkeypatch, capsys):
+    # fault injection (run/checkpoint.py): every attempt is SIGKILLed writing its first
+    # checkpoint, so the resume fails the same way and the retries run out
+    monkeypatch.setenv("REVERIE_CRASH_WRITING", "ckpt-0000000000.pt")
+    out = tmp_path / "crash"
+    rc = main(["sweep", *TINY, "--retries", "1", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 1
+    summary = json.loads(captured.out)
+    assert (summary["trials"], summary["failed"]) == (1, 1)
+    (result,) = sweep_json(out)["results"]
+    assert result["status"] == "failed" and result["attempts"] == 2 and result["resumes"] == 1
+    assert result["returncodes"] == [-signal.SIGKILL, -signal.SIGKILL]
+    assert "failed after 2 attempt(s)" in captured.err
+    assert "no usable run" in summary["report_error"]
+
+
+def test_rerun_resumes_unfinished_trials(tmp_path, capsys):
+    """A trial whose run stopped short of the sweep's budget is resumed, not restarted."""
+    out = tmp_path / "grow"
+    args = ["sweep", "--preset", "random", "--env", "CartPole-v1", "--set",
+            "run.eval_episodes=0", "--out", str(out)]
+    assert main([*args, "--steps", "200"]) == 0
+    folder = out / trial_name("CartPole-v1", [], 0)
+    first = (folder / "metrics.jsonl").read_text()
+    assert main([*args, "--steps", "300"]) == 0  # the same sweep with a larger budget
+    (result,) = sweep_json(out)["results"]
+    assert result["status"] == "finished" and result["resumes"] == 1
+    assert (folder / "metrics.jsonl").read_text().startswith(first)  # history kept
+    manifest = json.loads((folder / "checkpoints" / "manifest.json").read_text())
+    assert manifest["checkpoints"][-1]["step"] == 300
