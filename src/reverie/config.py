@@ -31,6 +31,7 @@ from reverie.errors import UserError, suggest
 AGENTS: dict[str, tuple[str, str, str, str | None]] = {
     "imagine": ("reverie.agents.imagine", "ImagineConfig", "ImagineAgent", "world.backbone"),
     "random": ("reverie.agents.random", "RandomConfig", "RandomAgent", None),
+    "mbpo": ("reverie.agents.mbpo", "MBPOConfig", "MBPOAgent", None),
     "rppo": ("reverie.agents.rppo", "RPPOConfig", "RPPOAgent", "backbone"),
 }
 SAMPLERS = ("uniform", "dfs")
