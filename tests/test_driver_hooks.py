@@ -185,3 +185,21 @@ def test_a_finished_trainer_releases_its_run_for_a_resume_in_the_same_process(tm
     cfg = config.load_run_config(tmp_path / "run")
     cfg.run.steps = 80
     assert Trainer(cfg, tmp_path / "run", resume=True).train()["env_steps"] == 80
+
+
+def test_atari_evaluation_without_noop_starts():
+    """run.eval_noop_max=0 (Drama's evaluation): an episode starts at the game's first frame;
+    the Atari100k protocol plays 1..30 random no-ops first."""
+    def frames_after_reset(noop_max: int, seed: int) -> int:
+        env = make_env("ALE/Breakout-v5", noop_max=noop_max)
+        env.reset(seed=seed)
+        return int(env.unwrapped.ale.getEpisodeFrameNumber())
+
+    assert [frames_after_reset(0, s) for s in range(4)] == [0, 0, 0, 0]
+    noops = [frames_after_reset(30, s) for s in range(8)]
+    assert min(noops) >= 1 and max(noops) <= 30 and len(set(noops)) > 1
+
+
+def test_eval_noop_max_is_validated(tmp_path, capsys):
+    assert main(["train", "--set", "run.eval_noop_max=-1", "--out", str(tmp_path / "r")]) == 2
+    assert "run.eval_noop_max" in capsys.readouterr().err

@@ -41,7 +41,8 @@ MAX_THREADS = 256  # far past any CPU's cores; OpenMP crashes (SIGSEGV) on absur
 # Keys that may change when a run is resumed: they do not change what the agent learns from
 # the data it has (logging, evaluation, checkpoint cadence, the run's length, resources).
 RESUME_KEYS = ("run.steps", "run.progress", "run.log_every", "run.eval_every",
-               "run.eval_episodes", "run.checkpoint_every", "run.keep_checkpoints",
+               "run.eval_episodes", "run.eval_noop_max", "run.checkpoint_every",
+               "run.keep_checkpoints",
                "run.max_nan_retries", "run.threads", "run.device")
 
 
@@ -71,6 +72,9 @@ class RunConfig:
     num_envs: int = 1  # envs stepped together (on-policy agents); replay agents take 1
     max_nan_retries: int = 3
     progress: bool = True
+    # Atari evaluation: up to this many random no-op starts (the Atari100k protocol: 30;
+    # Drama's own evaluation: 0)
+    eval_noop_max: int = 30
 
 
 @dataclass
@@ -281,6 +285,8 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(f"run.{key} must be positive, got {run[key]}")
     if run.prefill < 0 or run.eval_episodes < 0 or run.threads < 0:
         raise UserError("run.prefill, run.eval_episodes and run.threads must be >= 0")
+    if run.eval_noop_max < 0:
+        raise UserError(f"run.eval_noop_max must be >= 0, got {run.eval_noop_max}")
     if run.num_envs < 1:
         raise UserError(f"run.num_envs must be >= 1, got {run.num_envs}")
     if run.threads > MAX_THREADS:

@@ -35,7 +35,8 @@ class Atari100k(gym.Wrapper):
 
     def reset(self, *, seed=None, options=None):
         obs, info = self.env.reset(seed=seed, options=options)
-        noops = int(self.env.unwrapped.np_random.integers(1, self.noop_max + 1))
+        noops = (int(self.env.unwrapped.np_random.integers(1, self.noop_max + 1))
+                 if self.noop_max > 0 else 0)
         for _ in range(noops):
             obs, _, term, trunc, info = self.env.step(0)
             if term or trunc:

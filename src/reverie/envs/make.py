@@ -40,7 +40,7 @@ def _require(module: str, extra: str) -> None:
         ) from None
 
 
-def _make_atari(env_id: str, max_episode_frames: int = 108_000) -> gym.Env:
+def _make_atari(env_id: str, max_episode_frames: int = 108_000, noop_max: int = 30) -> gym.Env:
     _require("ale_py", "atari")
     import ale_py
 
@@ -57,7 +57,7 @@ def _make_atari(env_id: str, max_episode_frames: int = 108_000) -> gym.Env:
     )
     from reverie.envs.atari import Atari100k
 
-    return Atari100k(env)
+    return Atari100k(env, noop_max=noop_max)
 
 
 def _make_minatar(game: str) -> gym.Env:
@@ -108,12 +108,12 @@ def _check_popgym_id(env_id: str) -> None:
     )
 
 
-def _make_gym(env_id: str, render: bool = False) -> gym.Env:
+def _make_gym(env_id: str, render: bool = False, noop_max: int = 30) -> gym.Env:
     if env_id.startswith("popgym-"):
         _check_popgym_id(env_id)
     try:
         if env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4"):
-            return _make_atari(env_id)
+            return _make_atari(env_id, noop_max=noop_max)
         kwargs = {"render_mode": "rgb_array"} if render else {}
         if env_id.startswith("popgym-"):
             # the passive checker warns that popgym's reset and step share one info dict
@@ -133,10 +133,12 @@ def _make_gym(env_id: str, render: bool = False) -> gym.Env:
         ) from None
 
 
-def make_env(spec: str, image_size: int = 64, render: bool = False) -> gym.Env:
+def make_env(spec: str, image_size: int = 64, render: bool = False,
+             noop_max: int = 30) -> gym.Env:
     """Build the environment named by `spec` with dict observations and a checked action space.
 
     render=True asks Gymnasium envs for rgb_array frames (`env.render()`), for `reverie watch`.
+    noop_max: Atari's random no-op starts, 1..noop_max (0: none, as Drama evaluates).
     """
     if not isinstance(spec, str) or not spec:
         raise UserError("env must be a non-empty string such as 'CartPole-v1'")
@@ -145,7 +147,7 @@ def make_env(spec: str, image_size: int = 64, render: bool = False) -> gym.Env:
     elif spec.startswith("dmc:"):
         env = _make_dmc(spec.split(":", 1)[1])
     else:
-        env = _make_gym(spec, render)
+        env = _make_gym(spec, render, noop_max)
     act = env.action_space
     if isinstance(act, spaces.Box):
         if act.shape is None or len(act.shape) != 1:

@@ -383,7 +383,9 @@ class Trainer:
     def evaluate(self, episodes: int | None = None) -> list[float]:
         """Greedy-policy returns on fresh episodes with deterministic seeds."""
         n = int(self.cfg.run.eval_episodes if episodes is None else episodes)
-        returns = evaluate(self.agent, make_env(self.cfg.env.id, self.cfg.env.image_size), n,
+        env = make_env(self.cfg.env.id, self.cfg.env.image_size,
+                       noop_max=int(self.cfg.run.eval_noop_max))
+        returns = evaluate(self.agent, env, n,
                            seed=int(self.cfg.seed), round_=self.count.eval_rounds)
         self.count.eval_rounds += 1
         return returns
