@@ -266,6 +266,60 @@ def rppo_throughput_table(results: Path) -> str | None:
     return "\n".join(lines) + "\n" + note + "\n" + "\n".join(target)
 
 
+def coplanner_table(results: Path) -> str | None:
+    report, _ = load(results, "coplanner")
+    if report is None or not report["summary"]:
+        return None
+    head = ["task", "method", "seeds", "final return (min–max)", "area under curve (min–max)",
+            "wall min/run"]
+    rows = []
+    for task, methods in report["summary"].items():
+        for method, s in methods.items():
+            rows.append([task, method, str(s["seeds"]),
+                         f"{s['final_mean']:.0f} ({s['final_min']:.0f}–{s['final_max']:.0f})",
+                         f"{s['auc_mean']:.0f} ({s['auc_min']:.0f}–{s['auc_max']:.0f})",
+                         f"{s['wall_min_mean']:.0f}"])
+    lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
+    note = ("\nEvaluation: mean return of greedy episodes (reverie's evaluation seeds, also for "
+            "SB3 SAC) every `run.eval_every` env steps; area under curve = mean over those "
+            "evaluations. Runs shared the 2-core machine with other benchmarks.")
+    if report["missing"]:
+        more = ", ..." if len(report["missing"]) > 8 else ""
+        note += (f" Still missing: {len(report['missing'])} runs "
+                 f"({', '.join(report['missing'][:8])}{more}).")
+    return "\n".join(lines) + "\n" + note
+
+
+def allocator_table(results: Path) -> str | None:
+    report, quick = load(results, "allocator")
+    if report is None:
+        return None
+    head = ["model", "tokens/s, glibc default (median, min–max)",
+            "tokens/s, keep_freed_memory", "keep / default (median, min–max)"]
+    rows = []
+    for name, m in report["models"].items():
+        d, k, r = (m["tokens_per_s"]["default"], m["tokens_per_s"]["keep"],
+                   m["ratio_keep_over_default"])
+        rows.append([f"`{name}`", f"{d['median']:,.0f} ({d['min']:,.0f}–{d['max']:,.0f})",
+                     f"{k['median']:,.0f} ({k['min']:,.0f}–{k['max']:,.0f})",
+                     f"{r['median']:.2f}x ({r['min']:.2f}–{r['max']:.2f})"])
+    lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
+    st = report["settings"]
+    note = (f"\nforward+backward, B={st['batch']}, T={st['T']}, D={st['d_model']}, "
+            f"{st['n_layers']} layers, {report['machine']['torch_threads']} threads; "
+            f"{st['rounds']} rounds alternating the two settings in one process; 1-min load "
+            f"{report['loadavg_1min_before']} before, {report['loadavg_1min_after']} after"
+            + (" (**loaded**: load > cores)." if report["loaded"] else "."))
+    gru = report.get("mamba2_over_gru")
+    if gru:
+        note += (f" mamba2 / nn.GRU: {gru['default']['median']:.2f}x with glibc's defaults, "
+                 f"{gru['keep']['median']:.2f}x "
+                 f"({gru['keep']['min']:.2f}–{gru['keep']['max']:.2f}) with both keeping memory.")
+    if quick:
+        note += " **Smoke-test sizes (--quick).**"
+    return "\n".join(lines) + "\n" + note
+
+
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -280,6 +334,8 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "atari": atari_table,
     "popgym": popgym_table,
     "rppo_throughput": rppo_throughput_table,
+    "coplanner": coplanner_table,
+    "allocator": allocator_table,
 }
 
 
