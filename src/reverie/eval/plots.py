@@ -44,6 +44,14 @@ def _colors(labels: list[str]) -> dict[str, tuple]:
     return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
 
 
+def _save_with_legend(fig, handles: dict, path: Path) -> Path:
+    """One legend under the panels (label -> artist), then write the PNG and free the figure."""
+    _legend_below(fig, list(handles.values()), list(handles))
+    fig.savefig(path, dpi=DPI)
+    _plt().close(fig)
+    return path
+
+
 def _legend_below(fig, handles, labels, ncol_max: int = 4) -> None:
     if handles:
         fig.legend(handles, labels, loc="outside lower center",
@@ -162,11 +170,7 @@ def curves_png(groups: list[Group], out: Path, colors: dict) -> Path:
         ax.grid(alpha=0.3)
     for j in range(len(envs), nrows * ncols):
         axes[j // ncols][j % ncols].set_axis_off()
-    _legend_below(fig, list(handles.values()), list(handles))
-    path = out / "curves.png"
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save_with_legend(fig, handles, out / "curves.png")
 
 
 def sample_efficiency_png(groups: list[Group], out: Path, colors: dict) -> Path:
@@ -194,11 +198,7 @@ def sample_efficiency_png(groups: list[Group], out: Path, colors: dict) -> Path:
         ax.set_title(f"{kind.name}: IQM over tasks x seeds", fontsize=10)
         _fmt_steps(ax)
         ax.grid(alpha=0.3)
-    _legend_below(fig, list(handles.values()), list(handles))
-    path = out / "sample_efficiency.png"
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save_with_legend(fig, handles, out / "sample_efficiency.png")
 
 
 def profile_png(groups: list[Group], out: Path, colors: dict) -> Path:
