@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from reverie.eval.mmer import mmer, mmer_curve, mmer_from_metrics, normalized_mmer, window_means
+from reverie.eval.mmer import (
+    mmer,
+    mmer_curve,
+    mmer_from_metrics,
+    normalized_mmer,
+    steps_to_reach,
+    window_means,
+)
 
 
 def test_mmer_is_the_running_max_of_means_at_the_end():
@@ -42,3 +49,12 @@ def test_mmer_from_metrics_rows():
     assert mmer_from_metrics(rows, "episode/return", window_steps=200, max_step=200) == -0.5
     with pytest.raises(ValueError, match="window_steps"):
         mmer_from_metrics(rows, "episode/return")
+
+
+def test_steps_to_reach_is_the_first_step_at_or_above_the_target():
+    points = [(3000, 0.9), (1000, -0.5), (2000, 0.4), (4000, 0.2), (5000, float("nan"))]
+    assert steps_to_reach(points, 0.4) == 2000  # ties count; order of the points does not
+    assert steps_to_reach(points, 0.5) == 3000
+    assert steps_to_reach(points, -1.0) == 1000
+    assert steps_to_reach(points, 0.95) is None
+    assert steps_to_reach([], 0.0) is None

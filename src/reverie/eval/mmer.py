@@ -43,6 +43,18 @@ def mmer(points: Iterable[tuple[int, float]], max_step: int | None = None) -> fl
     return curve[-1][1]
 
 
+def steps_to_reach(points: Iterable[tuple[int, float]], target: float) -> int | None:
+    """First step at which the mean return reaches `target` (>=), or None if it never does.
+
+    The sample-efficiency measure of a run: with evaluations every k env steps it is an
+    upper bound on the true step, by up to k.
+    """
+    for step, best in mmer_curve(points):
+        if best >= target:
+            return step
+    return None
+
+
 def normalized_mmer(value: float) -> float:
     """0.5·MMER + 0.5: maps POPGym's return range [-1, 1] to [0, 1]."""
     return 0.5 * float(value) + 0.5
