@@ -79,8 +79,52 @@ def test_eval_and_watch_commands(run, capsys):
     assert result["episodes"] == 2 and len(result["returns"]) == 2
     assert json.loads((run / "eval.json").read_text()) == result
     assert main(["watch", str(run), "--steps", "20"]) == 0
-    gif = Path(json.loads(capsys.readouterr().out)["gif"][0])
+    written = json.loads(capsys.readouterr().out)
+    gif = Path(written["gif"][0])
     assert gif.exists() and gif.read_bytes()[:3] == b"GIF"
+    import imageio.v2 as imageio
+
+    # the env's own frames (CartPole renders 600x400), not a drawing of the observation
+    frame = imageio.mimread(gif)[0]
+    assert frame.shape[:2] == (400, 600)
+    # the world model's view of a vector env: a plot of real vs imagined per dimension
+    plot = Path(written["plot"][0])
+    assert plot.name == "watch-real-vs-imagined.png" and plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_open_loop_vectors_follow_the_recorded_actions(run):
+    """The plotted imagination is the model's: observe `context` steps, then predict from
+    the actions alone — so the imagined part does not depend on the later observations."""
+    from reverie.eval.video import open_loop, rollout
+
+    policy = reverie.load(run)
+    _, observations, actions, _ = rollout(policy, 20)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    a = open_loop(policy, observations, actions, context=4, horizon=6)["vector"]
+    changed = [{"vector": o["vector"] + (100.0 if i >= 4 else 0.0)}
+               for i, o in enumerate(observations)]
+    torch.manual_seed(0)
+    b = open_loop(policy, changed, actions, context=4, horizon=6)["vector"]
+    assert a.shape == (10, 4) and np.array_equal(a, b)
+    torch.manual_seed(0)
+    c = open_loop(policy, [{"vector": o["vector"] + 100.0} for o in observations], actions,
+                  context=4, horizon=6)["vector"]
+    assert not np.array_equal(a, c)  # ...but it does depend on the observed context
+
+
+def test_watch_says_when_an_env_cannot_render(tmp_path, capsys):
+    out = tmp_path / "popgym"
+    Trainer(tiny_config(steps=120, extra=["env.id=popgym-RepeatFirstEasy-v0",
+                                          "run.eval_episodes=0"]), out).train()
+    assert main(["watch", str(out), "--steps", "10"]) == 0
+    captured = capsys.readouterr()
+    written = json.loads(captured.out)
+    assert written["gif"] == [] and len(written["plot"]) == 1
+    assert captured.err.strip().splitlines() == [
+        "reverie: note: popgym-RepeatFirstEasy-v0 cannot render frames: it has no rgb_array "
+        "render mode; no watch.gif written"]
+    assert not (out / "watch.gif").exists()
 
 
 def test_watch_image_env_writes_real_vs_imagined(tmp_path, capsys):

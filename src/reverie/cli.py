@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=_int, default=12345)
     e.add_argument("--out", default=None, help="JSON path (default RUN/eval.json)")
 
-    w = sub.add_parser("watch", help="GIF of the agent (and real vs imagined frames for images)")
+    w = sub.add_parser("watch", help="GIF of the agent in its env, and the world model's "
+                       "imagination beside the real episode")
     w.add_argument("run")
     w.add_argument("--steps", type=_positive_int, default=300)
     w.add_argument("--out", default=None, help="GIF path (default RUN/watch.gif)")
@@ -188,8 +189,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from reverie.eval.video import watch
 
-    out = watch(args.run, steps=args.steps, out=args.out)
-    print(json.dumps({"gif": [str(p) for p in out]}))
+    notes: list[str] = []
+    out = watch(args.run, steps=args.steps, out=args.out, notes=notes)
+    for note in notes:
+        print(f"reverie: note: {note}", file=sys.stderr)
+    print(json.dumps({"gif": [str(p) for p in out if p.suffix == ".gif"],
+                      "plot": [str(p) for p in out if p.suffix == ".png"]}))
     return 0
 
 

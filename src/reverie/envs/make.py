@@ -108,13 +108,25 @@ def _check_popgym_id(env_id: str) -> None:
     )
 
 
+def _renders(env_id: str) -> bool:
+    """Whether a registered env declares rgb_array rendering (POPGym's envs take no
+    `render_mode` at all and fail when given one)."""
+    try:
+        entry = gym.spec(env_id).entry_point
+        creator = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) \
+            else entry
+    except Exception:  # noqa: BLE001 - unknown ids are reported by gym.make below
+        return True
+    return "rgb_array" in getattr(creator, "metadata", {}).get("render_modes", [])
+
+
 def _make_gym(env_id: str, render: bool = False, noop_max: int = 30) -> gym.Env:
     if env_id.startswith("popgym-"):
         _check_popgym_id(env_id)
     try:
         if env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4"):
             return _make_atari(env_id, noop_max=noop_max)
-        kwargs = {"render_mode": "rgb_array"} if render else {}
+        kwargs = {"render_mode": "rgb_array"} if render and _renders(env_id) else {}
         if env_id.startswith("popgym-"):
             # the passive checker warns that popgym's reset and step share one info dict
             kwargs["disable_env_checker"] = True

@@ -1,9 +1,11 @@
-"""`reverie watch RUN`: a GIF of the agent acting, and for image envs a GIF of real frames next
-to the world model's open-loop imagination of them (same actions, no observations after the
-context), the standard way to see what a world model has learned."""
+"""`reverie watch RUN`: a GIF of the agent acting (the env's real frames), and the world
+model's open-loop imagination next to the real episode (same actions, no observations after
+the context) — a GIF for image envs, a plot per dimension for vector envs: the standard way
+to see what a world model has learned."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -11,6 +13,7 @@ import numpy as np
 import torch
 
 from reverie.envs import image_keys
+from reverie.errors import UserError
 from reverie.run.policy import Policy, load
 
 
@@ -18,86 +21,162 @@ def upscale(frame: np.ndarray, factor: int) -> np.ndarray:
     return frame.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def vector_frame(vec: np.ndarray, size: int = 64) -> np.ndarray:
-    """A bar chart of a vector observation (for envs that cannot render)."""
-    img = np.full((size, size, 3), 255, np.uint8)
-    v = np.tanh(np.asarray(vec, np.float32).reshape(-1)[: size // 2])
-    width = max(1, size // max(1, len(v)))
-    for i, x in enumerate(v):
-        h = int(abs(x) * (size // 2 - 1))
-        lo, hi = (size // 2 - h, size // 2) if x > 0 else (size // 2, size // 2 + h)
-        img[lo:hi, i * width : (i + 1) * width - 1] = (40, 90, 200) if x > 0 else (200, 60, 40)
-    return img
+class CannotRender(Exception):
+    """The env has no frames to show (no rgb_array render mode, or its renderer failed)."""
 
 
 def rollout(policy: Policy, steps: int, seed: int = 0):
-    """Run the greedy policy for up to `steps` env steps of one episode."""
+    """Run the greedy policy for up to `steps` env steps of one episode.
+
+    Returns (frames or None, observations, actions); frames is None when the env cannot
+    render, with the reason in `rollout.note`."""
     env = policy.make_env(render=True)
     obs, _ = env.reset(seed=seed)
-    frames, observations, actions, state = [], [obs], [], None
+    frames: list[np.ndarray] | None = []
+    note = None
+    observations, actions, state = [obs], [], None
     for _ in range(steps):
         action, state = policy.act(obs, state)
-        frames.append(_frame(env, obs))
+        if frames is not None:
+            try:
+                frames.append(_frame(env, obs))
+            except CannotRender as e:
+                frames, note = None, str(e)
         actions.append(action)
         obs, _, term, trunc, _ = env.step(action)
         if term or trunc:
             break
         observations.append(obs)
-    return frames, observations[: len(actions)], actions
+    return frames, observations[: len(actions)], actions, note
 
 
 def _frame(env, obs) -> np.ndarray:
     if "image" in obs:
         return obs["image"]
+    if getattr(env.unwrapped, "render_mode", None) != "rgb_array" and \
+            getattr(env, "render_mode", None) != "rgb_array":
+        raise CannotRender("it has no rgb_array render mode")
     try:
         frame = env.render()
-        if isinstance(frame, np.ndarray) and frame.ndim == 3:
-            return frame
-    except Exception:  # noqa: BLE001 - envs without a render mode: draw the vector instead
-        pass
-    return vector_frame(next(iter(obs.values())))
+    except UserError as e:  # reverie's own envs say what to install or set
+        raise CannotRender(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - a renderer that fails: say why, draw nothing
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CannotRender(f"its renderer failed ({type(e).__name__}: {first})") from None
+    if not (isinstance(frame, np.ndarray) and frame.ndim == 3):
+        raise CannotRender("its render() returned no RGB frame")
+    return frame
 
 
 @torch.no_grad()
-def imagined_frames(policy: Policy, observations, actions, context: int = 8) -> np.ndarray:
-    """Open-loop imagination: observe `context` real frames, then predict the rest from
-    the recorded actions alone. Returns uint8 [T, H, W, 3] (the first `context` frames are
+def open_loop(policy: Policy, observations, actions, context: int = 8,
+              horizon: int | None = None) -> dict[str, np.ndarray]:
+    """The world model's open-loop imagination of an episode: observe the first `context`
+    steps, then predict `horizon` more (all the rest if None) from the recorded actions
+    alone. Returns per observation key [T, ...]: images uint8 (the first `context` frames
+    are reconstructions), vectors in observation units (the first `context` rows are
     reconstructions)."""
     world = policy.agent.world
     device = next(world.parameters()).device
     obs = {k: torch.as_tensor(np.stack([o[k] for o in observations]))[None].to(device)
            for k in observations[0]}
     act = torch.as_tensor(np.stack(actions))[None].to(device)
-    T = act.shape[1]
+    T = act.shape[1] if horizon is None else min(act.shape[1], context + horizon)
     ctx = min(context, T)
     z, h, state = world.observe({k: v[:, :ctx] for k, v in obs.items()}, act[:, :ctx], None)
-    images = [world.decode(z[0])["image"]]
+    decoded = [world.decode(z[0])]
     h_last = h[:, -1]
     for t in range(ctx, T):
         z_t = world.sample(world.prior(h_last))
-        images.append(world.decode(z_t)["image"])
+        decoded.append(world.decode(z_t))
         h_last, state = world.imagine_step(z_t, act[:, t], state)
-    out = torch.cat(images, 0)[:T]
-    return (out.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    out = {}
+    for k in decoded[0]:
+        v = torch.cat([d[k] for d in decoded], 0)[:T]
+        out[k] = ((v.clamp(0, 1) * 255).round().to(torch.uint8) if k in image_keys(
+            policy.obs_spec) else v.float()).cpu().numpy()
+    return out
+
+
+def imagined_frames(policy: Policy, observations, actions, context: int = 8) -> np.ndarray:
+    """Open-loop imagined images of the whole episode: uint8 [T, H, W, 3]."""
+    return open_loop(policy, observations, actions, context)["image"]
+
+
+def vector_plot(real: np.ndarray, imagined: np.ndarray, context: int, path: Path,
+                title: str, max_dims: int = 16) -> Path:
+    """One panel per observation dimension: the real episode and the world model's open-loop
+    prediction of it (same actions), with the end of the observed context marked."""
+    from reverie.eval.plots import _plt
+
+    plt = _plt()
+    real = real.reshape(len(real), -1)
+    imagined = imagined.reshape(len(imagined), -1)
+    dims = min(real.shape[1], max_dims)
+    cols = min(4, dims)
+    rows = -(-dims // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.2 * rows), squeeze=False)
+    steps = np.arange(len(imagined))
+    for d, ax in enumerate(axes.flat):
+        if d >= dims:
+            ax.axis("off")
+            continue
+        ax.plot(steps, real[: len(steps), d], color="k", lw=1.4, label="real")
+        ax.plot(steps, imagined[:, d], color="C1", ls="--", lw=1.4, label="imagined")
+        ax.axvline(context - 0.5, color="grey", lw=0.8, ls=":")
+        ax.set_title(f"dim {d}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes.flat[0].legend(fontsize=7)
+    more = f" (first {dims} of {real.shape[1]} dims)" if real.shape[1] > dims else ""
+    fig.suptitle(f"{title}: real vs open-loop imagined observations{more}; dotted line: "
+                 "end of the observed context", fontsize=9)
+    fig.supxlabel("env step", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
-          fps: int = 15) -> list[Path]:
+          fps: int = 15, notes: list[str] | None = None) -> list[Path]:
+    """Write what there is to see of a run: a GIF of the agent acting in its env (real
+    frames), and for a world-model agent its open-loop imagination beside the real episode
+    (a GIF for images, a plot per dimension for vectors). Reasons for anything not written
+    are appended to `notes`."""
     policy = load(run)
+    notes = [] if notes is None else notes
     folder = Path(run) if Path(run).is_dir() else Path(run).parent.parent
     gif = Path(out) if out else folder / "watch.gif"
-    frames, observations, actions = rollout(policy, steps)
-    factor = max(1, 256 // max(frames[0].shape[0], 1))
-    # imageio's pillow GIF writer takes the frame duration in milliseconds
-    imageio.mimsave(gif, [upscale(f, factor) if factor > 1 else f for f in frames],
-                    duration=1000 / fps, loop=0)
-    written = [gif]
-    if "image" in image_keys(policy.obs_spec) and hasattr(policy.agent, "world"):
-        imagined = imagined_frames(policy, observations, actions)
+    os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen
+    os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+    frames, observations, actions, note = rollout(policy, steps)
+    written = []
+    if frames:
+        factor = max(1, 256 // max(frames[0].shape[0], 1))
+        # imageio's pillow GIF writer takes the frame duration in milliseconds
+        imageio.mimsave(gif, [upscale(f, factor) if factor > 1 else f for f in frames],
+                        duration=1000 / fps, loop=0)
+        written.append(gif)
+    else:
+        notes.append(f"{policy.env_id} cannot render frames: {note}; no {gif.name} written")
+    if not hasattr(policy.agent, "world"):
+        return written
+    context = int(policy.cfg.imagine.context)
+    if "image" in image_keys(policy.obs_spec):
+        imagined = imagined_frames(policy, observations, actions, context)
         real = np.stack([o["image"] for o in observations])
         gap = np.full((real.shape[1], 2, 3), 255, np.uint8)
         pairs = [upscale(np.concatenate([r, gap, m], axis=1), 4) for r, m in zip(real, imagined)]
         side = gif.with_name(gif.stem + "-real-vs-imagined.gif")
         imageio.mimsave(side, pairs, duration=1000 / fps, loop=0)
         written.append(side)
+    vectors = [k for k in policy.obs_spec if k not in image_keys(policy.obs_spec)]
+    if vectors:
+        predicted = open_loop(policy, observations, actions, context,
+                              int(policy.cfg.imagine.horizon))
+        for key in vectors:
+            real = np.stack([np.asarray(o[key], np.float32) for o in observations])
+            name = f"{gif.stem}-real-vs-imagined" + ("" if len(vectors) == 1 else f"-{key}")
+            written.append(vector_plot(real, predicted[key], min(context, len(real)),
+                                       gif.with_name(name + ".png"), policy.env_id))
     return written
