@@ -232,7 +232,56 @@ def popgym_table(results: Path) -> str | None:
     if report["missing"]:
         note += f" Still missing: {len(report['missing'])} runs ({', '.join(report['missing'][:6])}"
         note += ", ...)." if len(report["missing"]) > 6 else ")."
-    return "\n".join(lines) + "\n" + note
+    published = popgym_published_table(report["tasks"], report["steps_per_run"])
+    return "\n".join(lines) + "\n" + note + "\n\n" + published
+
+
+def popgym_published_table(tasks: list[str], our_steps: int) -> str:
+    """Published per-task MMER on `tasks` (eval/data/popgym_published.json), each at its
+    source's own budget, as raw MMER; sources not transcribed yet are listed as such."""
+    from reverie.eval.scores import popgym_reference, published_popgym
+
+    ref = popgym_reference()
+    sources = ref["sources"]
+    entries = published_popgym(tasks)
+    data = "`src/reverie/eval/data/popgym_published.json`"
+    columns = list(dict.fromkeys((e.source, e.memory) for e in entries))
+    if not columns:
+        out = [f"**Published numbers, at their own budget:** none transcribed yet ({data} "
+               "takes them once read from a source's table):", ""]
+    else:
+        out = [f"**Published numbers, at their own budget** ({data}; not reverie runs; "
+               "raw MMER in [-1, 1], mean ± std over seeds as published):", ""]
+        head = ["task"] + [f"`{m}`, {sources[s]['name']}" for s, m in columns]
+        cells = {(e.source, e.memory, e.task): e for e in entries}
+        out += [_row(head), _row(["---"] * len(head))]
+        for task in tasks:
+            row = [task]
+            for s, m in columns:
+                e = cells.get((s, m, task))
+                row.append("–" if e is None else f"{e.mean:.2f}"
+                           + ("" if e.std is None else f" ± {e.std:.2f}"))
+            out.append(_row(row))
+        out.append("")
+    for key, src in sources.items():
+        steps = src["budget_env_steps"]
+        seeds = f", {src['seeds']} seeds" if src.get("seeds") else ""
+        line = (f"- {src['name']}, [{src['url'].rsplit('/', 1)[-1]}]({src['url']}): "
+                f"{steps / 1e6:g}M env steps per run ({steps / our_steps:g}x ours"
+                + (", read in the authors' code" if src.get("budget_read_in") == "code" else "")
+                + f"){seeds}")
+        if any(e.source == key for e in entries):
+            how = {"mmer": "raw MMER as published",
+                   "normalized": "published as 0.5·MMER + 0.5, shown as 2·v − 1 (std × 2)"}
+            line += f"; {src['table']}, {how[src['scale']]}."
+        else:
+            line += "; per-task numbers not transcribed."
+        out.append(line)
+    aliases = {a: b for a, b in ref.get("task_aliases", {}).items() if a in tasks}
+    if aliases:
+        out += ["", "The papers' names: " + ", ".join(f"{b} (= {a})" for a, b in aliases.items())
+                + "."]
+    return "\n".join(out)
 
 
 def rppo_throughput_table(results: Path) -> str | None:

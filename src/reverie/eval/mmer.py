@@ -60,6 +60,11 @@ def normalized_mmer(value: float) -> float:
     return 0.5 * float(value) + 0.5
 
 
+def mmer_from_normalized(value: float) -> float:
+    """Inverse of `normalized_mmer`: 2·v - 1 maps [0, 1] back to MMER in [-1, 1]."""
+    return 2.0 * float(value) - 1.0
+
+
 def window_means(
     episodes: Sequence[tuple[int, float]], window_steps: int
 ) -> list[tuple[int, float]]:

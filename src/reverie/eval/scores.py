@@ -4,6 +4,9 @@
   with the random and human scores of `data/atari100k.json`.
 - POPGym (`popgym-...`): MMER (`eval/mmer.py`), already on a common [-1, 1] scale.
 - anything else: the raw return.
+
+Also bundles the published per-task POPGym scores of `data/popgym_published.json`
+(`published_popgym`), converted to raw MMER.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from reverie.eval.mmer import mmer_from_normalized
 from reverie.eval.stats import aggregate
 
 # Published Atari100k agents with per-game scores in data/atari100k.json (mean over seeds).
@@ -44,10 +48,15 @@ RAW = ScoreKind("return", "return (raw)", None)
 
 
 @cache
+def bundled_data(name: str) -> dict[str, Any]:
+    """A JSON file of the package's `eval/data/` (cached: treat the result as read-only)."""
+    text = (resources.files("reverie") / "eval" / "data" / name).read_text()
+    return json.loads(text)
+
+
 def atari_reference() -> dict[str, Any]:
     """The bundled `atari100k.json`: protocol, sources and per-game reference scores."""
-    text = (resources.files("reverie") / "eval" / "data" / "atari100k.json").read_text()
-    return json.loads(text)
+    return bundled_data("atari100k.json")
 
 
 def atari_game(env_id: str) -> str | None:
@@ -105,4 +114,59 @@ def published_rows(games: list[str]) -> list[Published]:
     all_games = sorted(atari_reference()["games"])
     if sorted(games) == all_games:
         out.append(Published("Drama", all_games, dict(DRAMA_AGGREGATE)))
+    return out
+
+
+# --- POPGym: published per-task scores --------------------------------------------------
+
+POPGYM_SCALES = ("mmer", "normalized")
+
+
+def popgym_reference() -> dict[str, Any]:
+    """The bundled `popgym_published.json`: sources (paper, url, table, budget, seeds,
+    scale) and the per-task scores read from them, as published."""
+    return bundled_data("popgym_published.json")
+
+
+@dataclass(frozen=True)
+class PublishedMMER:
+    """One published POPGym score, converted to raw MMER in [-1, 1]."""
+
+    source: str  # key of `sources` in popgym_published.json
+    memory: str  # the memory model, as the source names it (lower case)
+    task: str  # current popgym name, e.g. "PositionOnlyCartPoleEasy"
+    mean: float
+    std: float | None  # spread over seeds as published, None if not given
+    budget_env_steps: int
+
+
+def published_popgym(tasks: list[str] | None = None) -> list[PublishedMMER]:
+    """Every published per-task score (on `tasks` only, if given), as raw MMER.
+
+    A source on the normalised scale (0.5·MMER + 0.5) is mapped back with
+    `mmer_from_normalized` (its std doubled). Entries keep the source's own env-step
+    budget: they are not at reverie's budget.
+    """
+    ref = popgym_reference()
+    out = []
+    for key, memories in ref["scores"].items():
+        if not any(memories.values()):
+            continue  # a source whose numbers are not transcribed
+        src = ref["sources"][key]
+        scale = src["scale"]
+        if scale not in POPGYM_SCALES:
+            raise ValueError(f"popgym source {key!r} has scores but scale {scale!r}, "
+                             f"not one of {POPGYM_SCALES}")
+        for memory, per_task in memories.items():
+            for task, value in per_task.items():
+                if tasks is not None and task not in tasks:
+                    continue
+                mean, std = ((value["mean"], value.get("std")) if isinstance(value, dict)
+                             else (value, None))
+                if scale == "normalized":
+                    mean = mmer_from_normalized(mean)
+                    std = None if std is None else 2.0 * float(std)
+                out.append(PublishedMMER(key, memory, task, float(mean),
+                                         None if std is None else float(std),
+                                         int(src["budget_env_steps"])))
     return out
