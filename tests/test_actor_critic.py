@@ -253,3 +253,44 @@ def test_unknown_targets_name_the_choices():
 
     with pytest.raises(ValueError, match="reverie, dreamerv3, drama"):
         ActorCritic(3, 2, True, ActorCriticConfig(targets="dramma"))
+
+
+def test_running_norm_equals_the_pooled_mean_and_variance():
+    """Drama's actor-input normaliser: after any sequence of batches, the statistics are the
+    mean and (population) variance of all rows seen; forward does not change them."""
+    from reverie.behavior.actor_critic import RunningNorm
+
+    g = np.random.default_rng(0)
+    batches = [g.normal(3.0, 2.0, size=(n, 4)) for n in (1, 7, 50)]
+    norm = RunningNorm(4)
+    x = torch.tensor(batches[0], dtype=torch.float32)
+    assert torch.equal(norm(x), x.clamp(-10, 10))  # identity (clipped) before any update
+    for b in batches:
+        norm.update(torch.tensor(b, dtype=torch.float32))
+    rows = np.concatenate(batches).astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(norm.mean.numpy(), rows.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(norm.var.numpy(), rows.var(0), rtol=1e-9)
+    assert norm.count.item() == 58
+    before = {k: v.clone() for k, v in norm.state_dict().items()}
+    probe = torch.tensor([[3.0, 1e9, -1e9, 5.0]])
+    out = norm(probe)
+    expected = (probe.double() - torch.from_numpy(rows.mean(0))) / torch.from_numpy(
+        np.sqrt(rows.var(0) + 1e-8))
+    torch.testing.assert_close(out, expected.clamp(-10, 10).float())
+    assert all(torch.equal(before[k], v) for k, v in norm.state_dict().items())
+
+
+def test_actor_input_norm_learns_from_imagined_states_only():
+    from reverie.behavior.actor_critic import ActorCritic, ActorCriticConfig
+
+    cfg = ActorCriticConfig(actor_hidden=16, actor_layers=1, critic_hidden=16, critic_layers=1,
+                            value_bins=21, actor_input_norm=True)
+    ac = ActorCritic(6, 3, True, cfg)
+    feat = torch.randn(5, 4, 6) * 3 + 1
+    ac.actor.sample(feat[0])  # acting does not touch the statistics
+    assert ac.actor.input_norm.count.item() == 0
+    ac.update(feat, torch.randint(0, 3, (4, 4)), torch.randn(4, 4), torch.ones(4, 4))
+    assert ac.actor.input_norm.count.item() == 16  # the H x B states the actor is trained on
+    torch.testing.assert_close(ac.actor.input_norm.mean.float(), feat[:-1].reshape(-1, 6).mean(0))
+    assert "actor.input_norm.mean" in ac.state_dict()
+    assert ActorCritic(6, 3, True, ActorCriticConfig()).actor.input_norm is None  # default off

@@ -253,3 +253,100 @@ def test_acting_window_longer_than_the_training_sequence_is_refused():
         validate_config(tiny_config(act_context="window", act_window=9))  # seq_len 8
     with pytest.raises(Exception, match="did you mean 'window'"):
         validate_config(tiny_config(act_context="windw"))
+
+
+def _actor_inputs(agent: ImagineAgent) -> list[torch.Tensor]:
+    """Record every feat the actor acts on."""
+    seen, sample = [], agent.behavior.actor.sample
+
+    def spy(feat, explore=True):
+        seen.append(feat.clone())
+        return sample(feat, explore)
+
+    agent.behavior.actor.sample = spy
+    return seen
+
+
+@pytest.mark.parametrize("context", ["episode", "window"])
+def test_acting_on_the_prior_ignores_the_current_observation(context):
+    """act_latent=prior (Drama): after the first step the actor sees the prior predicted from
+    the history, so swapping the current observation changes nothing it acts on; the first
+    step of an episode (no history) acts on the posterior. The history itself is built from
+    posteriors, exactly as with act_latent=posterior."""
+    over = {"act_context": context, "act_window": 4}
+    prior, post = make_agent("discrete", act_latent="prior", **over), make_agent("discrete", **over)
+    seen_prior, seen_post = _actor_inputs(prior), _actor_inputs(post)
+    s_prior, s_post = prior.initial_state(2), post.initial_state(2)
+    for t in range(3):
+        first = np.array([t == 0, t == 0])
+        _, nxt = prior.act(random_obs(2, t), first, s_prior, explore=False)
+        prior.act(random_obs(2, 50 + t), first, s_prior, explore=False)  # other obs, same state
+        s_prior = nxt
+        post.act(random_obs(2, t), first, s_post, explore=False)
+        _, s_post = post.act(random_obs(2, t), first, s_post, explore=False)
+    # step 0: posterior for both modes, so another observation gives another input
+    assert torch.equal(seen_prior[0], seen_post[0])
+    assert not torch.equal(seen_prior[0], seen_prior[1])
+    for t in (1, 2):
+        assert torch.equal(seen_prior[2 * t], seen_prior[2 * t + 1])  # obs swapped: same input
+        h = slice(prior.world.stoch_dim, None)  # the history is the posterior one
+        torch.testing.assert_close(seen_prior[2 * t][:, h], seen_post[2 * t][:, h])
+        z_prior = torch.nn.functional.one_hot(
+            prior.world.prior(seen_post[2 * t][:, h]).argmax(-1), prior.world.classes
+        ).flatten(-2).float()
+        assert torch.equal(seen_prior[2 * t][:, : prior.world.stoch_dim], z_prior)
+
+
+def test_imagination_from_the_prior_starts_after_the_whole_context():
+    """imag_start=prior (Drama): all C context steps are observed and the first imagined
+    state is (z ~ prior(h_C), h_C); with posterior it is (posterior z of step C, h_{C-1})."""
+    ctx = FakeReplay(SPACES["discrete"], seed=5).sample(8, 4)
+    ctx["reset"][:] = False
+    for start, steps in (("prior", 4), ("posterior", 3)):
+        agent = make_agent("discrete", imag_start=start)
+        world = agent.world  # latents by their mode: observe() then draws nothing
+        world.sample = lambda logits, w=world: torch.nn.functional.one_hot(
+            logits.argmax(-1), w.classes).flatten(-2).float()
+        feat0 = agent.imagine(ctx)["feat"][0]
+        obs = {"vector": ctx["vector"][:, :steps]}
+        _, h, _ = agent.world.observe(obs, ctx["action"][:, :steps], ctx["reset"][:, :steps])
+        torch.testing.assert_close(feat0[:, agent.world.stoch_dim:], h[:, -1])
+        z0 = feat0[:, : agent.world.stoch_dim]
+        expected = world.sample(world.prior(h[:, -1]) if start == "prior" else world.encode(
+            {"vector": ctx["vector"][:, -1]}))
+        torch.testing.assert_close(z0, expected)
+    from reverie.agents.imagine import validate_config
+
+    with pytest.raises(Exception, match="imag_start must be one of posterior, prior"):
+        validate_config(tiny_config(imag_start="priors"))
+    with pytest.raises(Exception, match="act_latent"):
+        validate_config(tiny_config(act_latent="mode"))
+
+
+def test_atari100k_preset_switches_on_every_drama_setting():
+    """The README's Atari table says "same" for these: the preset must keep them."""
+    from reverie.config import build_config
+
+    c = build_config("atari100k")
+    i, w, b = c.imagine, c.imagine.world, c.imagine.behavior
+    assert (i.batch_size, i.seq_len, c.run.train_ratio) == (16, 128, 2048)
+    assert (i.act_context, i.act_window, i.act_latent, i.imag_start) == (
+        "window", 16, "prior", "prior")
+    assert (w.backbone, w.free_bits_mode, w.prior_layers) == ("mamba2", "batch", 0)
+    assert (b.targets, b.actor_input_norm, b.optimizer, i.world_optimizer) == (
+        "drama", True, "laprop", "laprop")
+    assert c.env.life_loss_terminal and c.replay.sampler == "dfs"
+
+
+def test_all_drama_switches_together_update_and_act():
+    b = ActorCriticConfig(actor_hidden=32, actor_layers=2, critic_hidden=32, critic_layers=2,
+                          value_bins=21, targets="drama", actor_input_norm=True)
+    agent = make_agent("discrete", behavior=b, act_context="window", act_window=4,
+                       act_latent="prior", imag_start="prior")
+    metrics = agent.update(FakeReplay(SPACES["discrete"]))
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert agent.behavior.actor.input_norm.count.item() == 4 * 8  # horizon x imag_batch
+    state = agent.initial_state(2)
+    for t in range(3):
+        action, state = agent.act(random_obs(2, t), np.array([t == 0] * 2), state, True)
+        assert action.shape == (2,)

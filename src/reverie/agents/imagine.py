@@ -62,9 +62,17 @@ class ImagineConfig:
     # the length of context the model was trained on
     act_context: str = "episode"
     act_window: int = 16
+    # the latent the actor acts on: the posterior of the current observation, or the prior
+    # predicted from the history before it (Drama's code; the first step of an episode,
+    # which has no history, uses the posterior — Drama acts randomly there)
+    act_latent: str = "posterior"
+    # the first imagined state: the posterior of the context's last step (after the first
+    # context−1 steps), or a prior sample after all `context` steps (Drama's code)
+    imag_start: str = "posterior"
 
 
 ACT_CONTEXTS = ("episode", "window")
+LATENTS = ("posterior", "prior")
 
 
 def _check(cfg: Any) -> None:
@@ -85,6 +93,11 @@ def _check(cfg: Any) -> None:
     if cfg.act_context not in ACT_CONTEXTS:
         raise ValueError(f"imagine.act_context must be one of {', '.join(ACT_CONTEXTS)}, got "
                          f"{cfg.act_context!r}{suggest(str(cfg.act_context), ACT_CONTEXTS)}")
+    for key in ("act_latent", "imag_start"):
+        value = str(getattr(cfg, key))
+        if value not in LATENTS:
+            raise ValueError(f"imagine.{key} must be one of {', '.join(LATENTS)}, got "
+                             f"{value!r}{suggest(value, LATENTS)}")
     if cfg.act_context == "window" and not 1 <= int(cfg.act_window) <= int(cfg.seq_len):
         raise ValueError(f"imagine.act_window must be in [1, seq_len={cfg.seq_len}] (the model "
                          f"never saw longer sequences), got {cfg.act_window}")
@@ -225,18 +238,19 @@ class ImagineAgent:
             backbone_state, h_prev = state
             if first_t.any():
                 backbone_state, h_prev = self._episode_start(backbone_state, h_prev, first_t)
-        logits = self.world.encode(self._obs(obs))
-        if explore:
-            z = self.world.sample(logits)
-        else:
-            z = F.one_hot(logits.argmax(-1), self.world.classes).flatten(-2).float()
+        z = self._latent(self.world.encode(self._obs(obs)), explore)  # joins the history
+        z_act = z
+        if self.cfg.act_latent == "prior":  # rows with a history act on its prediction
+            history = count > 0 if window else ~first_t
+            z_act = torch.where(history[:, None], self._latent(self.world.prior(h_prev), explore),
+                                z)
         cop = self.coplanner
         if explore and cop is not None and cop.optimistic:
-            result = cop.plan(z, h_prev, backbone_state, "optimistic")
+            result = cop.plan(z_act, h_prev, backbone_state, "optimistic")
             action = cop.env_action(result.action)
             cop.act_model_steps += result.model_steps
         else:
-            action, _ = self.behavior.actor.sample(self.world.feat(z, h_prev), explore)
+            action, _ = self.behavior.actor.sample(self.world.feat(z_act, h_prev), explore)
         if window:  # the step's input joins the window; the next act re-runs it from zero
             x = self.world.backbone_input(z, action)
             if inputs.shape[1]:
@@ -245,6 +259,12 @@ class ImagineAgent:
             return action.cpu().numpy(), (inputs, count)
         h, backbone_state = self.world.imagine_step(z, action, backbone_state)
         return action.cpu().numpy(), (backbone_state, h)
+
+    def _latent(self, logits: Tensor, explore: bool) -> Tensor:
+        """A sample of the categorical latent (explore) or its mode: [N, stoch_dim]."""
+        if explore:
+            return self.world.sample(logits)
+        return F.one_hot(logits.argmax(-1), self.world.classes).flatten(-2).float()
 
     def _episode_start(self, state: State, h_prev: Tensor, mask: Tensor) -> AgentState:
         """Rows where `mask: [N] bool` start an episode: zero backbone state and h_{t−1}."""
@@ -298,16 +318,22 @@ class ImagineAgent:
         obs = {k: ctx[k] for k in self.obs_keys}
         reset = ctx["reset"].bool()
         B, C = reset.shape
-        if C > 1:
-            _, h, state = world.observe(
-                {k: v[:, :-1] for k, v in obs.items()}, ctx["action"][:, :-1], reset[:, :-1]
-            )
+        if self.cfg.imag_start == "prior":  # all C steps observed; z_C from the prior
+            _, h, state = world.observe(obs, ctx["action"], reset)
             h_prev = h[:, -1]
+            z = world.sample(world.prior(h_prev))
         else:
-            state = world.initial_state(B)
-            h_prev = torch.zeros(B, world.deter_dim, device=self.device)
-        state, h_prev = self._episode_start(state, h_prev, reset[:, -1])
-        z = world.sample(world.encode({k: v[:, -1] for k, v in obs.items()}))
+            if C > 1:
+                _, h, state = world.observe(
+                    {k: v[:, :-1] for k, v in obs.items()}, ctx["action"][:, :-1],
+                    reset[:, :-1]
+                )
+                h_prev = h[:, -1]
+            else:
+                state = world.initial_state(B)
+                h_prev = torch.zeros(B, world.deter_dim, device=self.device)
+            state, h_prev = self._episode_start(state, h_prev, reset[:, -1])
+            z = world.sample(world.encode({k: v[:, -1] for k, v in obs.items()}))
 
         feats, actions, hs = [], [], []
         for _ in range(self.cfg.horizon):

@@ -22,6 +22,9 @@ reward after the action — is the same in all three):
     drama      R from the fast critic and the fast critic as baseline; the slow critic's own
                λ-return is a second critic target; continuation thresholded to 0/1 and a
                plain mean over imagined steps (Drama's released code)
+
+`actor_input_norm` (Drama's code) feeds the actor feat normalised by a running mean/std of
+the imagined states it is trained on (`RunningNorm`).
 """
 
 from __future__ import annotations
@@ -66,9 +69,45 @@ class ActorCriticConfig:
     min_std: float = 0.1  # bounds of the continuous policy's std
     max_std: float = 1.0
     targets: str = "reverie"  # reverie | dreamerv3 | drama: see the module doc
+    # Drama's code normalises the actor's input by a running mean/std (clipped to ±10);
+    # here the statistics come from each update's imagined states, not from acting
+    actor_input_norm: bool = False
 
 
 TARGETS = ("reverie", "dreamerv3", "drama")
+
+
+class RunningNorm(nn.Module):
+    """x ↦ clip((x − μ) / sqrt(σ² + ε), ±clip) with μ, σ² the mean and variance of every row
+    passed to `update` so far (Chan et al.'s parallel combination, as Drama's VecNormalize).
+
+    Before the first update μ = 0 and σ² = 1 (identity up to the clip). `forward` never
+    updates the statistics, so acting and evaluation do not change the policy.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-8, clip: float = 10.0) -> None:
+        super().__init__()
+        self.eps, self.clip = eps, clip
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        """Fold the rows of x: [..., dim] into the statistics."""
+        x = x.reshape(-1, x.shape[-1]).double()
+        n = x.shape[0]
+        batch_mean, batch_var = x.mean(0), x.var(0, unbiased=False)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.var.copy_((self.var * self.count + batch_var * n
+                        + delta.square() * self.count * n / total) / total)
+        self.mean.add_(delta * n / total)
+        self.count.copy_(total)
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean, std = self.mean.to(x.dtype), (self.var + self.eps).sqrt().to(x.dtype)
+        return ((x - mean) / std).clamp(-self.clip, self.clip)
 
 
 class Actor(nn.Module):
@@ -92,6 +131,7 @@ class Actor(nn.Module):
         unimix: float = 0.01,
         min_std: float = 0.1,
         max_std: float = 1.0,
+        input_norm: bool = False,
     ) -> None:
         super().__init__()
         if action_dim <= 0:
@@ -104,10 +144,11 @@ class Actor(nn.Module):
         self.min_std, self.max_std = min_std, max_std
         out = action_dim if discrete else 2 * action_dim
         self.net = MLP(feat_dim, out, hidden, layers)
+        self.input_norm = RunningNorm(feat_dim) if input_norm else None
 
     def dist(self, feat: Tensor) -> Distribution:
         """feat: [..., F] -> a distribution with batch shape [...]."""
-        x = self.net(feat)
+        x = self.net(feat if self.input_norm is None else self.input_norm(feat))
         if self.discrete:
             return Categorical(logits=unimix(x, self.unimix), validate_args=False)
         mean, std = x.chunk(2, dim=-1)
@@ -168,7 +209,7 @@ class ActorCritic(nn.Module):
         self.cfg = cfg
         self.actor = Actor(
             feat_dim, action_dim, discrete, cfg.actor_hidden, cfg.actor_layers,
-            cfg.unimix, cfg.min_std, cfg.max_std,
+            cfg.unimix, cfg.min_std, cfg.max_std, cfg.actor_input_norm,
         )
         self.critic = Critic(feat_dim, cfg.critic_hidden, cfg.critic_layers, cfg.value_bins)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
@@ -225,6 +266,8 @@ class ActorCritic(nn.Module):
             self.return_norm.update(ret)
             scale = self.return_norm.scale()
 
+        if self.actor.input_norm is not None:
+            self.actor.input_norm.update(feat[:-1])
         logits = self.critic(feat[:-1])  # [H, B, bins]
         value = self.critic.value(logits.detach())
         critic_loss = self.critic.loss(logits, ret) + self.critic.loss(logits, second)
