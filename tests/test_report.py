@@ -274,3 +274,21 @@ def test_popgym_runs_score_their_mmer(tmp_path):
     assert [v for _, v in run.curve] == [-0.5, 0.2, 0.2]  # the running max
     report, _ = write_report([tmp_path / "pg"], tmp_path / "rep")
     assert "### MMER" in report.read_text()
+
+
+def test_group_label_leaves_out_keys_a_run_does_not_have():
+    from types import SimpleNamespace
+
+    from reverie.eval.report import group_label
+
+    def run(**settings):
+        return SimpleNamespace(setting=lambda key: settings.get(key, "?"))
+
+    keys = ["agent", "backbone", "rppo.backbone_kwargs.init", "mbpo.mode"]
+    assert group_label(run(agent="rppo", backbone="ffm"), keys) == "rppo/ffm"
+    assert group_label(run(agent="rppo", backbone="ffm", **{"rppo.backbone_kwargs.init":
+                                                           "reference"}), keys) == \
+        "rppo/ffm/init=reference"
+    assert group_label(run(agent="mbpo", backbone="-", **{"mbpo.mode": "coplanner"}), keys) == \
+        "mbpo/mode=coplanner"
+    assert group_label(run(), ["mbpo.mode"]) == "all"

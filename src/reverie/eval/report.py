@@ -74,14 +74,16 @@ def check_group_keys(keys: list[str], runs: list[Run]) -> None:
 
 
 def group_label(run: Run, keys: list[str]) -> str:
+    """E.g. 'rppo/ffm/init=reference'. A key the run does not have (another agent's
+    setting, an unset option: '-' or '?') is left out of its label, so one report can group
+    mbpo runs by `mbpo.mode` and rppo runs by their backbone options."""
     parts = []
     for key in keys:
         value = run.setting(key)
-        if key in ("agent", "backbone"):
-            if value != "-":
-                parts.append(value)
-        else:
-            parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
+        if value in ("-", "?"):
+            continue
+        parts.append(value if key in ("agent", "backbone") else
+                     f"{key.rsplit('.', 1)[-1]}={value}")
     return "/".join(parts) or "all"
 
 
