@@ -40,16 +40,32 @@ $(SHEEPRL):
 	.venv-sheeprl/bin/pip install -q torch==2.13.0
 	.venv-sheeprl/bin/pip install -q sheeprl==0.8.4
 
+# mbrl-lib (the GaussianMLP ensemble peer of bench/ensemble_speed.py) in its own venv, made
+# only by `bench`: torch first, then mbrl 0.2.0 (which pins hydra-core 1.0.3 / omegaconf 2.0,
+# whose dataclasses fail to import on Python 3.11), then hydra-core 1.3.2 / omegaconf 2.3.0
+# (and the antlr runtime they need) forced over those pins without resolving dependencies.
+MBRL := .venv-mbrl/.installed
+
+$(MBRL):
+	$(PY) -m venv .venv-mbrl
+	.venv-mbrl/bin/pip install -q torch==2.13.0
+	.venv-mbrl/bin/pip install -q mbrl==0.2.0
+	.venv-mbrl/bin/pip install -q --no-deps hydra-core==1.3.2 omegaconf==2.3.0 \
+		antlr4-python3-runtime==4.9.3
+	.venv-mbrl/bin/python -c "import mbrl.models"
+	touch $(MBRL)
+
 $(BENCH): $(STAMP)
 	$(BIN)/pip install -q -e ".[$(EXTRAS),bench]"
 	touch $(BENCH)
 
-bench: $(BENCH) $(SHEEPRL)
+bench: $(BENCH) $(SHEEPRL) $(MBRL)
 	$(BIN)/python bench/backbones.py
 	$(BIN)/python bench/cartpole.py
 	$(BIN)/python bench/dfs.py --reuse-cartpole
 	$(BIN)/python bench/reliability.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/ensemble_speed.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -369,6 +369,54 @@ def allocator_table(results: Path) -> str | None:
     return "\n".join(lines) + "\n" + note
 
 
+def ensemble_speed_table(results: Path) -> str | None:
+    report, quick = load(results, "ensemble_speed")
+    if report is None:
+        return None
+
+    def cell(v: dict, spec: str, unit: str = "") -> str:
+        return (f"{format(v['median'], spec)}{unit} "
+                f"({format(v['min'], spec)}–{format(v['max'], spec)})")
+
+    st = report["settings"]
+    n = st["rollout_batch"]
+    head = ["size (obs, action)", "measure", "reverie (median, min–max)", "mbrl-lib GaussianMLP",
+            "reverie / mbrl-lib (median, min–max)"]
+    rows, targets = [], []
+    for size, e in report["results"].items():
+        label = f"{size} ({e['obs_dim']}, {e['action_dim']})"
+        for name, unit, what in (("train_step", "steps_per_s", "training steps/s"),
+                                 ("rollout_step", "samples_per_s", "rollout samples/s, TS1")):
+            m, r = e[name], e[name]["ratio_reverie_over_mbrl"]
+            spec = ",.1f" if unit == "steps_per_s" else ",.0f"
+            rows.append([label, what, cell(m["reverie"][unit], spec),
+                         cell(m["mbrl"][unit], spec), cell(r, ".2f", "x")])
+            targets.append(_row([f"reverie >= {m['target']:g}x mbrl-lib, {what}, {size}",
+                                 "pass" if m["pass"] else "miss"]))
+        a = e["reverie_agent_rollout_step"]
+        rows.append([label, "rollout samples/s, reverie `rollout_step` (all elites + u)",
+                     cell(a["samples_per_s"], ",.0f"), "–",
+                     cell(a["ratio_over_mbrl_ts1"], ".2f", "x") + " of mbrl-lib's TS1"])
+    lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
+    v = report["versions"]
+    note = (f"\n{st['members']} members ({st['elites']} elites), {st['layers']}x{st['hidden']} "
+            f"{st['activation']}; training: one forward + Gaussian NLL + backward + Adam step on "
+            f"{st['train_batch_per_member']} rows per member; rollout: next obs + reward for "
+            f"{n:,} states, each from a random elite (TS1). reverie {v['reverie']['reverie']} vs "
+            f"mbrl {v['mbrl']['mbrl']} (hydra-core {v['mbrl']['hydra-core']}), torch "
+            f"{v['reverie']['torch']} in both, {st['threads']} thread; {st['rounds']} rounds "
+            f"alternating the two systems, each a fresh process, glibc's thresholds raised in "
+            f"both; 1-min load {report['loadavg_1min_before']} before, "
+            f"{report['loadavg_1min_after']} after on {report['cores']} cores"
+            + (" (**loaded**: load > cores)." if report["loaded"] else ".")
+            + " The last row of each size is what reverie's MBPO agent calls (every elite on "
+            "every row, for COPlanner's disagreement), shown for information.")
+    if quick:
+        note += " **Smoke-test sizes (--quick).**"
+    return ("\n".join(lines) + "\n" + note + "\n\n" + _row(["target", "result"]) + "\n"
+            + _row(["---", "---"]) + "\n" + "\n".join(targets))
+
+
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -385,6 +433,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "rppo_throughput": rppo_throughput_table,
     "coplanner": coplanner_table,
     "allocator": allocator_table,
+    "ensemble_speed": ensemble_speed_table,
 }
 
 

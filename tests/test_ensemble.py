@@ -206,3 +206,26 @@ def test_state_dict_loads_with_weights_only():
     a = model.predict(obs, act)
     b = other.predict(obs, act)
     assert torch.equal(a.next_obs_mean, b.next_obs_mean)
+
+
+def test_sample_next_evaluates_each_row_by_its_member_only_with_the_same_numbers():
+    """sample_next runs each row through its own member only; the result (and the generator
+    afterwards) is what evaluating every used member on every row and picking gives."""
+    model = _tiny(members=5, elites=3, obs_dim=3, action_dim=2, hidden=32)
+    model.elites.copy_(torch.tensor([4, 1, 2]))
+    g = torch.Generator().manual_seed(0)
+    obs, act = torch.randn(300, 3, generator=g), torch.randn(300, 2, generator=g)
+    pinned = torch.tensor([4, 0, 0, 3] * 75)  # TS∞ with a member (2) no row uses
+    for mode, idx in (("ts1", None), ("tsinf", pinned)):
+        g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+        nxt, rew, term = model.sample_next(obs, act, g1, mode, idx)
+        # the reference: every used member on every row, then each row's member picked
+        idx = model.draw_members(300, g2) if idx is None else idx
+        used, pos = torch.unique(idx, return_inverse=True)
+        with torch.no_grad():
+            all_nxt, all_rew, all_term = model.sample_members(obs, act, g2, used)
+        rows = torch.arange(300)
+        assert torch.allclose(nxt, all_nxt[pos, rows], atol=1e-5)
+        assert torch.allclose(rew, all_rew[pos, rows], atol=1e-5)
+        assert torch.equal(term, all_term[pos, rows] > 0.5)
+        assert torch.equal(torch.randn(4, generator=g1), torch.randn(4, generator=g2))

@@ -219,11 +219,38 @@ class EnsembleDynamics(nn.Module):
                 raise ValueError("mode='tsinf' needs member_idx: [N] long, from draw_members(N)")
         else:
             raise ValueError(f"unknown trajectory-sampling mode {mode!r}; use 'ts1' or 'tsinf'")
-        # only the members some row uses are evaluated (TS1: the elites, not all E)
+        # each row is evaluated by its own member only: 1/M of the work of evaluating every
+        # used member on every row, the same numbers up to float rounding (`_forward_rows`)
         used, pos = torch.unique(member_idx, return_inverse=True)
-        next_obs, reward, term = self.sample_members(obs, action, generator, used)
-        rows = torch.arange(n, device=obs.device)
-        return next_obs[pos, rows], reward[pos, rows], term[pos, rows] > 0.5
+        mean, logvar, logit = self._forward_rows(self.normalise(obs, action), pos, used)
+        o = self.obs_dim
+        mean = torch.cat([obs + mean[:, :o], mean[:, o:]], dim=-1)
+        var = torch.exp(logvar)
+        # the noise `sample_members(obs, action, generator, used)` draws, of which each row
+        # uses its member's: the generator advances as it always did, so a seed gives the
+        # same samples as evaluating every used member
+        eps = torch.randn((len(used), *mean.shape), generator=generator, dtype=mean.dtype,
+                          device=mean.device)[pos, torch.arange(n, device=obs.device)]
+        sample = mean + var.sqrt() * eps
+        return sample[:, :o], sample[:, o], torch.sigmoid(logit) > 0.5
+
+    def _forward_rows(
+        self, x: Tensor, pos: Tensor, members: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Row i of normalised inputs `x: [N, O+A]` through member `members[pos[i]]` only:
+        (mean [N, O+1], logvar [N, O+1], termination logit [N]), the rows `forward` gives for
+        those members. The rows are grouped by member and each group runs as one batch."""
+        if x.shape[0] == 0:  # no rows (and no members): forward's empty outputs
+            out = self(x.unsqueeze(0), torch.zeros(1, dtype=torch.long, device=x.device))
+            return out[0][0], out[1][0], out[2][0]
+        order = torch.argsort(pos, stable=True)
+        counts = torch.bincount(pos, minlength=len(members)).tolist()
+        outs = [self(xs.unsqueeze(0), members[m : m + 1])
+                for m, xs in enumerate(x[order].split(counts)) if counts[m] > 0]
+        mean, logvar, logit = (torch.cat([o[k][0] for o in outs]) for k in range(3))
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return mean[inverse], logvar[inverse], logit[inverse]
 
     @torch.no_grad()
     def disagreement(
