@@ -35,6 +35,15 @@ VARIANTS: dict[str, list[str]] = {
     "targets-dreamerv3": ["imagine.behavior.targets=dreamerv3"],
     "targets-drama": ["imagine.behavior.targets=drama"],
     "act-window-16": ["imagine.act_context=window", "imagine.act_window=16"],
+    "act-window-16-prior": ["imagine.act_context=window", "imagine.act_window=16",
+                            "imagine.act_latent=prior"],
+    "imag-start-prior": ["imagine.imag_start=prior"],
+    "actor-input-norm": ["imagine.behavior.actor_input_norm=true"],
+    # every switch of the atari100k preset at once (Drama's code, as far as reverie goes)
+    "drama-all": ["imagine.world.free_bits_mode=batch", "imagine.world.prior_layers=0",
+                  "imagine.behavior.targets=drama", "imagine.act_context=window",
+                  "imagine.act_window=16", "imagine.act_latent=prior",
+                  "imagine.imag_start=prior", "imagine.behavior.actor_input_norm=true"],
 }
 
 
