@@ -22,6 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runlib import PartTimer  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 PARTS = ("act", "env", "observe", "update", "checkpoint")
@@ -39,29 +42,18 @@ def measure(backbone: str, task: str, steps: int, threads: int) -> dict:
     cfg = build_config("popgym-ppo", ["run.progress=false", "run.eval_episodes=0",
                                       f"run.threads={threads}", f"env.id=popgym-{task}-v0"],
                        {"backbone": backbone, "steps": steps})
-    spent = dict.fromkeys(PARTS, 0.0)
-
-    def timed(part, fn):
-        def wrapper(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                spent[part] += time.perf_counter() - t0
-        return wrapper
-
+    timer = PartTimer()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp) / "run")
         agent = trainer.agent
-        agent.act = timed("act", agent.act)
-        agent.observe = timed("observe", agent.observe)
-        agent.update = timed("update", agent.update)
-        trainer.envs.step = timed("env", trainer.envs.step)
-        trainer.checkpoint = timed("checkpoint", trainer.checkpoint)
+        for obj, name, part in ((agent, "act", "act"), (agent, "observe", "observe"),
+                                (agent, "update", "update"), (trainer.envs, "step", "env"),
+                                (trainer, "checkpoint", "checkpoint")):
+            timer.wrap(obj, name, part)
         t0 = time.perf_counter()
         trainer.train()
         wall = time.perf_counter() - t0
-    spent["other"] = wall - sum(spent.values())
+    spent = timer.exclusive({}, wall)
     return {"env_steps_per_s": steps / wall, "wall_s": wall,
             "seconds": {k: round(v, 3) for k, v in spent.items()}}
 

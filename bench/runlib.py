@@ -59,3 +59,40 @@ def evaluations(run: Path) -> list[tuple[int, float]]:
 
     return [(r["step"], r["eval/return"]) for r in read_jsonl(run / "metrics.jsonl")
             if "eval/return" in r]
+
+
+class PartTimer:
+    """Wall seconds spent inside wrapped methods, by part (where the time of a run goes).
+
+    `wrap(obj, "method", "part")` replaces obj.method with a timed call. Parts may nest (a
+    part wrapped inside another is counted in both); `exclusive` turns them into disjoint
+    shares by subtracting the nested parts from their parent."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def wrap(self, obj, name: str, part: str) -> None:
+        fn = getattr(obj, name)
+        self.seconds.setdefault(part, 0.0)
+        self.calls.setdefault(part, 0)
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[part] += time.perf_counter() - t0
+                self.calls[part] += 1
+
+        setattr(obj, name, timed)
+
+    def exclusive(self, nested: dict[str, list[str]], total: float) -> dict[str, float]:
+        """Disjoint seconds per part: nested = {parent: [children]}; 'other' = total minus
+        the top-level parts."""
+        out = dict(self.seconds)
+        for parent, children in nested.items():
+            out[parent] = out[parent] - sum(self.seconds[c] for c in children)
+        children = {c for cs in nested.values() for c in cs}
+        out["other"] = total - sum(v for k, v in self.seconds.items() if k not in children)
+        return out

@@ -55,6 +55,7 @@ import datetime
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -400,6 +401,110 @@ def compute_bound(report: dict, peak_flops: float, peak_source: str) -> dict:
     return bound
 
 
+# -- where the time goes ------------------------------------------------------------------
+BREAKDOWN_NESTED = {"update": ["replay sample", "world-model step", "imagination",
+                               "actor-critic"],
+                    "world-model step": ["world-model forward"]}
+
+
+def reverie_breakdown(s: dict, threads: int, backbone: str, preset: str = "cartpole",
+                      matched: bool = True, steps: int | None = None) -> dict:
+    """Seconds per part of one in-process run: the matched sizes of this benchmark (or the
+    preset as it is, matched=False), timed from the first update to the end. Parts are
+    disjoint: 'world-model step' is backward + optimiser (its forward is its own part),
+    'update' is what the agent's update does besides its parts."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from reverie.allocator import keep_freed_memory
+    from reverie.config import build_config
+    from reverie.run import driver
+    from reverie.run.driver import Trainer
+    from runlib import PartTimer
+
+    driver.plot_curve = lambda *a, **k: None  # once per run: not part of the steady state
+    keep_freed_memory()  # as the `reverie` command does
+    a, b = window(s)
+    if matched:
+        over = reverie_overrides(s, threads) + ["run.progress=false"]
+        flags = {"backbone": backbone, "steps": b}
+    else:
+        over = ["run.progress=false", "run.eval_episodes=0", f"run.threads={threads}",
+                "run.checkpoint_every=1000000000"]
+        flags = {"backbone": backbone, "steps": steps}
+    cfg = build_config(preset, over, flags)
+    timer = PartTimer()
+    with tempfile.TemporaryDirectory(prefix="bench-breakdown-") as tmp:
+        trainer = Trainer(cfg, Path(tmp) / "run")
+        agent = trainer.agent
+        for obj, name, part in (
+                (trainer.replay, "sample", "replay sample"),
+                (agent.world, "loss", "world-model forward"),
+                (agent, "train_world", "world-model step"),
+                (agent, "imagine", "imagination"), (agent.behavior, "update", "actor-critic"),
+                (agent, "update", "update"), (agent, "act", "act"),
+                (trainer.envs, "step", "env step"), (trainer, "_log", "logging"),
+                (trainer, "checkpoint", "checkpoint")):
+            timer.wrap(obj, name, part)
+        first: dict[str, float] = {}
+        update = agent.update
+
+        def mark_first(replay):  # the clock starts at the first update, after prefill
+            if not first:
+                first["t"] = time.perf_counter()
+                for k in timer.seconds:
+                    first[k] = timer.seconds[k]
+            return update(replay)
+
+        agent.update = mark_first
+        trainer.train()
+        wall = time.perf_counter() - first["t"]
+        updates = timer.calls["update"]
+    since = {k: v - first.get(k, 0.0) for k, v in timer.seconds.items()}
+    timer.seconds = since
+    parts = timer.exclusive(BREAKDOWN_NESTED, wall)
+    return {"backbone": backbone, "preset": preset, "matched_sizes": matched,
+            "updates": updates, "wall_s_from_first_update": round(wall, 2),
+            "seconds_per_update": round(wall / max(updates, 1), 4),
+            "share": {k: round(v / wall, 4) for k, v in sorted(parts.items(),
+                                                                key=lambda kv: -kv[1])},
+            "ms_per_update": {k: round(1000 * v / max(updates, 1), 1)
+                              for k, v in sorted(parts.items(), key=lambda kv: -kv[1])},
+            "torch_threads": threads, "loadavg_1min": round(os.getloadavg()[0], 2)}
+
+
+def add_breakdown(path: Path, s: dict, threads: int, backbones: list[str],
+                  rounds: int) -> int:
+    """Per-update time breakdown of reverie at the matched sizes and of the default preset,
+    `rounds` runs per backbone in alternation (medians), added to throughput.json."""
+    report = json.loads(path.read_text()) if path.exists() else {"benchmark": "throughput"}
+    runs: dict[str, list[dict]] = {}
+    for _ in range(rounds):
+        for bb in backbones:
+            for key, kw in ((f"matched/{bb}", {"matched": True}),
+                            (f"cartpole-preset/{bb}", {"matched": False, "steps": 1500})):
+                print(f"breakdown {key} ...", flush=True)
+                runs.setdefault(key, []).append(reverie_breakdown(s, threads, bb, **kw))
+    out = {}
+    for key, rs in runs.items():
+        parts = sorted({p for r in rs for p in r["ms_per_update"]})
+        out[key] = {
+            "runs": len(rs), "seconds_per_update_median": statistics.median(
+                r["seconds_per_update"] for r in rs),
+            "seconds_per_update_range": [min(r["seconds_per_update"] for r in rs),
+                                         max(r["seconds_per_update"] for r in rs)],
+            "ms_per_update_median": {p: round(statistics.median(
+                r["ms_per_update"].get(p, 0.0) for r in rs), 1) for p in parts},
+            "share_median": {p: round(statistics.median(
+                r["share"].get(p, 0.0) for r in rs), 3) for p in parts},
+            "loadavg_1min": [r["loadavg_1min"] for r in rs], "raw": rs}
+    report["breakdown"] = {"torch_threads": threads, "rounds": rounds, "cores": os.cpu_count(),
+                           "loaded": max(x for r in out.values() for x in r["loadavg_1min"])
+                           > (os.cpu_count() or 1), "runs": out}
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    for key, r in out.items():
+        print(key, r["seconds_per_update_median"], r["share_median"])
+    return 0
+
+
 # -- report --------------------------------------------------------------------------------
 def machine_info() -> dict:
     import torch
@@ -535,9 +640,17 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--bound-only", action="store_true",
                    help="only (re)compute the compute bound of an existing throughput.json")
+    p.add_argument("--breakdown", action="store_true",
+                   help="only measure reverie's per-update time breakdown (no sheeprl) and "
+                        "add it to throughput.json")
+    p.add_argument("--rounds", type=int, default=3, help="breakdown runs per backbone")
     args = p.parse_args()
     if args.bound_only:
         return add_bound(args.out / "throughput.json")
+    if args.breakdown:
+        s = dict(QUICK if args.quick else FULL)
+        return add_breakdown(args.out / "throughput.json", s, args.threads, args.backbones,
+                             args.rounds)
 
     s = dict(QUICK if args.quick else FULL)
     for key in ("update_every", "learning_starts", "measure_updates"):
