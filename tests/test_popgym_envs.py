@@ -157,3 +157,38 @@ def test_variable_size_observations_are_refused():
 
     with pytest.raises(UserError, match="Sequence.*not supported"):
         DictObservation(Seq())
+
+
+def test_prev_reward_is_observed_from_the_step_before():
+    from reverie.envs import make_env
+
+    env = make_env("CartPole-v1", prev_reward=True)
+    assert env.observation_space["prev_reward"].shape == (1,)
+    obs, _ = env.reset(seed=0)
+    assert obs["prev_reward"].tolist() == [0.0] and obs["vector"].shape == (4,)
+    obs, reward, *_ = env.step(0)
+    assert obs["prev_reward"].tolist() == [reward] == [1.0]
+    assert env.reset(seed=1)[0]["prev_reward"].tolist() == [0.0]  # zero at an episode start
+
+
+def test_rppo_with_prev_reward_trains_and_its_policy_sees_it(tmp_path):
+    """env.prev_reward reaches the memory as an observation key, in training and in a loaded
+    policy alike."""
+    import reverie
+    from reverie.config import build_config
+    from reverie.run.driver import Trainer
+
+    cfg = build_config("popgym-ppo", [
+        "env.id=popgym-RepeatPreviousEasy-v0", "env.prev_reward=true", "run.num_envs=2",
+        "rppo.rollout_length=16", "rppo.seq_len=8", "rppo.num_minibatches=2", "rppo.epochs=1",
+        "rppo.backbone=gru", "rppo.d_model=16", "run.eval_episodes=1", "run.eval_every=64",
+        "run.progress=false", "run.threads=1"], {"steps": 64})
+    out = tmp_path / "run"
+    Trainer(cfg, out).train()
+    policy = reverie.load(out)
+    assert "prev_reward" in policy.obs_spec
+    env = policy.make_env()
+    obs, _ = env.reset(seed=0)
+    action, state = policy.act(obs)
+    obs, *_ = env.step(action)
+    policy.act(obs, state)

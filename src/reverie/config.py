@@ -55,6 +55,9 @@ class EnvConfig:
     obs: str = "any"
     # Atari: store a lost life as a terminal step (Drama/STORM); the episode goes on
     life_loss_terminal: bool = False
+    # add the previous step's reward to the observation (key `prev_reward`; POPGym's memory
+    # models can take it): every agent sees it, in training and evaluation alike
+    prev_reward: bool = False
 
 
 @dataclass

@@ -21,9 +21,9 @@ action) and evaluates the critic; the same step on the last `next_obs` of the ro
 the bootstrap. Both are computed with the weights that acted (no update happens inside a
 rollout), so they equal what the next `act` would have computed.
 
-Not here: the previous reward as a memory input (`act` is not given rewards, and feeding
-them only on training rollouts would change the policy's inputs at evaluation), and
-learning-rate annealing (the agent is not told the run's length; POPGym's PPO used a
+The previous reward as a memory input: `env.prev_reward=true` adds it to the observation
+(for every agent, in evaluation too), so it reaches the memory like any observation key.
+Not here: learning-rate annealing (the agent is not told the run's length; POPGym's PPO used a
 constant rate).
 """
 

@@ -22,7 +22,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from reverie.envs.wrappers import DictObservation, make_obs_spec
+from reverie.envs.wrappers import DictObservation, PreviousReward, make_obs_spec
 from reverie.errors import UserError, suggest
 
 MINATAR_GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
@@ -146,11 +146,12 @@ def _make_gym(env_id: str, render: bool = False, noop_max: int = 30) -> gym.Env:
 
 
 def make_env(spec: str, image_size: int = 64, render: bool = False,
-             noop_max: int = 30) -> gym.Env:
+             noop_max: int = 30, prev_reward: bool = False) -> gym.Env:
     """Build the environment named by `spec` with dict observations and a checked action space.
 
     render=True asks Gymnasium envs for rgb_array frames (`env.render()`), for `reverie watch`.
     noop_max: Atari's random no-op starts, 1..noop_max (0: none, as Drama evaluates).
+    prev_reward: add the previous reward to the observation (`PreviousReward`).
     """
     if not isinstance(spec, str) or not spec:
         raise UserError("env must be a non-empty string such as 'CartPole-v1'")
@@ -178,7 +179,8 @@ def make_env(spec: str, image_size: int = 64, render: bool = False,
             f"env '{spec}' has a {type(act).__name__} action space; reverie supports "
             "Discrete, 1-D MultiDiscrete and 1-D Box actions"
         )
-    return DictObservation(env, image_size=image_size)
+    env = DictObservation(env, image_size=image_size)
+    return PreviousReward(env) if prev_reward else env
 
 
 __all__ = ["make_env", "make_obs_spec", "popgym_ids"]

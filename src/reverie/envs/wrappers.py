@@ -75,6 +75,33 @@ class DictObservation(gym.ObservationWrapper):
         return result
 
 
+class PreviousReward(gym.Wrapper):
+    """Adds the previous step's reward to the observation as `prev_reward` [1] (0 at an
+    episode start), so a memory agent can condition on rewards (POPGym's previous-reward
+    input) — the same for training, evaluation and `reverie.load(...).act`."""
+
+    KEY = "prev_reward"
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        if self.KEY in env.observation_space.spaces:
+            from reverie.errors import UserError
+
+            raise UserError(f"the env already observes '{self.KEY}'; set env.prev_reward=false")
+        self.observation_space = spaces.Dict({
+            **env.observation_space.spaces,
+            self.KEY: spaces.Box(-np.inf, np.inf, (1,), np.float32)})
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return {**obs, self.KEY: np.zeros(1, np.float32)}, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        obs = {**obs, self.KEY: np.array([reward], np.float32)}
+        return obs, reward, terminated, truncated, info
+
+
 def image_keys(spec: ObsSpec) -> list[str]:
     """The image observations of a spec made by `make_obs_spec` (uint8 [H, W, C])."""
     return [k for k, (shape, dtype) in spec.items() if len(shape) == 3 and dtype == "uint8"]

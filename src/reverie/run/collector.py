@@ -52,12 +52,13 @@ class Collector:
     """`num_envs` copies of one env spec, stepped with a batch of actions."""
 
     def __init__(self, env_id: str, image_size: int, num_envs: int, seed: int,
-                 life_loss_terminal: bool = False) -> None:
+                 life_loss_terminal: bool = False, prev_reward: bool = False) -> None:
         self.env_id = env_id
         self.life_loss_terminal = life_loss_terminal
         self.seed = seed
         self.n = num_envs
-        self.envs = [make_env(env_id, image_size) for _ in range(num_envs)]
+        self.envs = [make_env(env_id, image_size, prev_reward=prev_reward)
+                     for _ in range(num_envs)]
         if life_loss_terminal and not hasattr(self.envs[0].unwrapped, "ale"):
             raise UserError(f"env.life_loss_terminal needs an env with lives (ALE/<Game>-v5); "
                             f"'{env_id}' has none: set env.life_loss_terminal=false")

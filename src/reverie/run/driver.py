@@ -160,7 +160,8 @@ class Trainer:
         self.device = select_device(cfg.run.device)
         self.num_envs = int(cfg.run.num_envs)
         self.envs = Collector(cfg.env.id, cfg.env.image_size, self.num_envs, int(cfg.seed),
-                              life_loss_terminal=bool(cfg.env.life_loss_terminal))
+                              life_loss_terminal=bool(cfg.env.life_loss_terminal),
+                              prev_reward=bool(cfg.env.prev_reward))
         self.obs_spec = make_obs_spec(self.envs.observation_space)
         check_obs_kind(cfg, self.obs_spec)
         self.action_space = self.envs.action_space
@@ -384,7 +385,8 @@ class Trainer:
         """Greedy-policy returns on fresh episodes with deterministic seeds."""
         n = int(self.cfg.run.eval_episodes if episodes is None else episodes)
         env = make_env(self.cfg.env.id, self.cfg.env.image_size,
-                       noop_max=int(self.cfg.run.eval_noop_max))
+                       noop_max=int(self.cfg.run.eval_noop_max),
+                       prev_reward=bool(self.cfg.env.prev_reward))
         returns = evaluate(self.agent, env, n,
                            seed=int(self.cfg.seed), round_=self.count.eval_rounds)
         self.count.eval_rounds += 1

@@ -16,6 +16,12 @@ from reverie.run.driver import batch_obs, build_agent, evaluate, load_agent_stat
 from reverie.run.folder import check_no_links
 
 
+def env_of(cfg, render: bool = False):
+    """The env a run trains on, as its config builds it (observation wrappers included)."""
+    return make_env(cfg.env.id, cfg.env.image_size, render=render,
+                    prev_reward=bool(cfg.env.get("prev_reward", False)))
+
+
 class Policy:
     """A trained agent for one environment at a time.
 
@@ -55,7 +61,7 @@ class Policy:
         return action[0], state
 
     def make_env(self, render: bool = False):
-        return make_env(self.env_id, self.cfg.env.image_size, render=render)
+        return env_of(self.cfg, render)
 
     def evaluate(self, episodes: int, seed: int = 12345) -> list[float]:
         return evaluate(self.agent, self.make_env(), episodes, seed=seed)
@@ -84,7 +90,7 @@ def load(path: str | Path, device: str = "auto") -> Policy:
     if payload.get("agent_name") != cfg.agent:
         raise UserError(f"checkpoint at '{path}' is from agent '{payload.get('agent_name')}', "
                         f"the run config says '{cfg.agent}'")
-    env = make_env(cfg.env.id, cfg.env.image_size)
+    env = env_of(cfg)
     obs_spec = make_obs_spec(env.observation_space)
     agent = build_agent(cfg, obs_spec, env.action_space, select_device(device))
     load_agent_state(agent, payload, str(path))
