@@ -302,6 +302,19 @@ def run_reverie(s: dict, threads: int, backbone: str, timeout: float) -> dict:
     return result
 
 
+def summarise_rounds(rounds: list[dict]) -> dict:
+    """One system's rounds: the median env steps/s as its number, min-max and every round."""
+    values = [r["env_steps_per_s"] for r in rounds if r["env_steps_per_s"] is not None]
+    out = dict(rounds[-1])
+    out["env_steps_per_s"] = round(statistics.median(values), 3) if values else None
+    out["env_steps_per_s_range"] = [round(min(values), 3), round(max(values), 3)] \
+        if values else None
+    keys = ("env_steps_per_s", "process_wall_s", "loadavg_1min_before", "loadavg_1min_after",
+            "rc", "error")
+    out["rounds"] = [{k: r[k] for k in keys if k in r} for r in rounds]
+    return out
+
+
 # -- parameter counts ----------------------------------------------------------------------
 def _sheeprl_params(s: dict, threads: int, venv: Path) -> dict:
     code = "import sys, throughput; throughput.sheeprl_param_counts(sys.argv[1:])"
@@ -499,6 +512,8 @@ def add_breakdown(path: Path, s: dict, threads: int, backbones: list[str],
     report["breakdown"] = {"torch_threads": threads, "rounds": rounds, "cores": os.cpu_count(),
                            "loaded": max(x for r in out.values() for x in r["loadavg_1min"])
                            > (os.cpu_count() or 1), "runs": out}
+    if "runs" in report and "settings" in report:
+        report["markdown"] = markdown(report)
     path.write_text(json.dumps(report, indent=2) + "\n")
     for key, r in out.items():
         print(key, r["seconds_per_update_median"], r["share_median"])
@@ -520,6 +535,30 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "error" if x is None else format(x, spec)
 
 
+def breakdown_markdown(b: dict) -> str:
+    """Where an update's time goes: ms per update by part (medians over the rounds)."""
+    keys = list(b["runs"])
+    parts = sorted({p for r in b["runs"].values() for p in r["ms_per_update_median"]},
+                   key=lambda p: -max(r["ms_per_update_median"].get(p, 0.0)
+                                      for r in b["runs"].values()))
+    rows = ["| part | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for part in parts:
+        cells = [f"{r['ms_per_update_median'].get(part, 0.0):.0f} ms "
+                 f"({100 * r['share_median'].get(part, 0.0):.0f}%)" for r in b["runs"].values()]
+        rows.append(f"| {part} | " + " | ".join(cells) + " |")
+    rows.append("| **seconds per update** | " + " | ".join(
+        f"**{r['seconds_per_update_median']:.2f}** ({r['seconds_per_update_range'][0]:.2f}–"
+        f"{r['seconds_per_update_range'][1]:.2f})" for r in b["runs"].values()) + " |")
+    loads = [x for r in b["runs"].values() for x in r["loadavg_1min"]]
+    note = (f"Per-update time by part from the first update on, medians of {b['rounds']} "
+            f"alternating in-process runs, {b['torch_threads']} torch thread(s); `matched`: "
+            f"the sizes above, `cartpole-preset`: the default preset as it is. 'update' is the "
+            f"agent's own bookkeeping; 'other' is the driver. 1-min load {min(loads):.2f}–"
+            f"{max(loads):.2f} on {b['cores']} cores"
+            + (" (**loaded**)." if b.get("loaded") else "."))
+    return "\n".join(rows) + f"\n\n{note}\n"
+
+
 def markdown(report: dict) -> str:
     s = report["settings"]
     sheep = report["runs"]["sheeprl"]
@@ -533,15 +572,31 @@ def markdown(report: dict) -> str:
         ratio = report["ratios"].get(name)
         target = report["target"].get(name, "")
         label = "sheeprl DreamerV3 XS" if name == "sheeprl" else f"reverie ({run['backbone']})"
+        sps = _fmt(run["env_steps_per_s"])
+        if run.get("env_steps_per_s_range"):
+            lo, hi = run["env_steps_per_s_range"]
+            sps += f" ({lo:.2f}–{hi:.2f})"
+        x = "1.00" if name == "sheeprl" else _fmt(ratio)
+        if report.get("ratio_ranges", {}).get(name):
+            lo, hi = report["ratio_ranges"][name]
+            x += f" ({lo:.2f}–{hi:.2f})"
         rows.append(f"| {label} | {_fmt(wm and wm / 1e6, '.2f')}M | "
-                    f"{_fmt(ac and ac / 1e6, '.2f')}M | {_fmt(run['env_steps_per_s'])} | "
-                    f"{'1.00' if name == 'sheeprl' else _fmt(ratio)} | {target} |")
+                    f"{_fmt(ac and ac / 1e6, '.2f')}M | {sps} | {x} | {target} |")
     note = (f"CartPole-v1, CPU, {s['torch_threads']} torch threads, batch {BATCH}x{SEQ_LEN}, "
             f"horizon {HORIZON}, {IMAG_STARTS} imagination starts, one update every "
             f"{s['update_every']} env steps (train ratio {s['reverie_train_ratio']:g} = sheeprl "
             f"replay_ratio {s['sheeprl_replay_ratio']:g}), timed over env steps "
             f"{s['window_env_steps'][0]}-{s['window_env_steps'][1]}"
             f" ({s['measure_updates']} updates)")
+    if s.get("rounds"):
+        note += (f"; {s['rounds']} rounds alternating the systems, median (min–max) over "
+                 f"rounds, ratio = median of the per-round ratios; 1-min load "
+                 f"{s['loadavg_1min_at_start']:.2f} at the start, "
+                 f"{s['loadavg_1min_at_end']:.2f} at the end on {os.cpu_count()} cores")
+        if s.get("loaded"):
+            note += " (**loaded**: load > cores, the numbers are slower and noisier than idle)"
+    else:
+        note += "; one run per system (measured before the benchmark alternated rounds)"
     if report["smoke"]:
         note += "; SMOKE RUN (too few updates for a stable number)"
     if sps0 is None:
@@ -562,6 +617,8 @@ def markdown(report: dict) -> str:
                  + "; ".join(parts) + f". A {TARGET:g}x ratio at matched sizes is above this "
                  "bound, so it cannot be reached on this CPU in fp32 by any implementation "
                  "that does the same updates.\n")
+    if report.get("breakdown"):
+        text += "\n" + breakdown_markdown(report["breakdown"])
     return text
 
 
@@ -643,7 +700,9 @@ def main() -> int:
     p.add_argument("--breakdown", action="store_true",
                    help="only measure reverie's per-update time breakdown (no sheeprl) and "
                         "add it to throughput.json")
-    p.add_argument("--rounds", type=int, default=3, help="breakdown runs per backbone")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="rounds of alternation: every system runs once per round, the order "
+                        "reversed every other round (A B C, C B A, ...)")
     args = p.parse_args()
     if args.bound_only:
         return add_bound(args.out / "throughput.json")
@@ -681,26 +740,38 @@ def main() -> int:
         "window_env_steps": [a, b], "torch_threads": args.threads, "seed": SEED,
         "loadavg_1min_at_start": round(load, 2),
     }
-    runs: dict[str, dict] = {}
-    print(f"sheeprl: {b + 1} env steps ...", flush=True)
-    runs["sheeprl"] = run_sheeprl(s, args.threads, args.sheeprl_venv, args.timeout)
+    names = ["sheeprl", *(f"reverie-{bb}" for bb in args.backbones)]
+    per_round: dict[str, list[dict]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            load_r = os.getloadavg()[0]
+            if name == "sheeprl":
+                print(f"round {r + 1}: sheeprl, {b + 1} env steps ...", flush=True)
+                run = run_sheeprl(s, args.threads, args.sheeprl_venv, args.timeout)
+            else:
+                bb = name.removeprefix("reverie-")
+                print(f"round {r + 1}: reverie {bb}, {b} env steps ...", flush=True)
+                run = run_reverie(s, args.threads, bb, args.timeout)
+            run["loadavg_1min_before"] = round(load_r, 2)
+            per_round[name].append(run)
+            print(f"  {_fmt(run['env_steps_per_s'])} env steps/s", flush=True)
+    runs = {name: summarise_rounds(rs) for name, rs in per_round.items()}
     runs["sheeprl"]["params"] = _sheeprl_params(s, args.threads, args.sheeprl_venv)
-    print(f"  {_fmt(runs['sheeprl']['env_steps_per_s'])} env steps/s", flush=True)
     for bb in args.backbones:
-        print(f"reverie {bb}: {b} env steps ...", flush=True)
-        runs[f"reverie-{bb}"] = run_reverie(s, args.threads, bb, args.timeout)
         runs[f"reverie-{bb}"]["params"] = _reverie_params(s, args.threads, bb)
-        print(f"  {_fmt(runs[f'reverie-{bb}']['env_steps_per_s'])} env steps/s", flush=True)
-
-    sps0 = runs["sheeprl"]["env_steps_per_s"]
-    ratios, target = {}, {}
-    for name, run in runs.items():
-        if name == "sheeprl":
-            continue
-        x = run["env_steps_per_s"]
-        ratios[name] = None if x is None or not sps0 else round(x / sps0, 3)
+    ratios, ratio_ranges, target = {}, {}, {}
+    for name in names[1:]:
+        rr = [x["env_steps_per_s"] / y["env_steps_per_s"]
+              for x, y in zip(per_round[name], per_round["sheeprl"])
+              if x["env_steps_per_s"] and y["env_steps_per_s"]]
+        ratios[name] = round(statistics.median(rr), 3) if rr else None
+        ratio_ranges[name] = [round(min(rr), 3), round(max(rr), 3)] if rr else None
         target[name] = "n/a" if ratios[name] is None else (
             "pass" if ratios[name] >= TARGET else "miss")
+    load_end = os.getloadavg()[0]
+    settings["loadavg_1min_at_end"] = round(load_end, 2)
+    settings["rounds"] = args.rounds
+    settings["loaded"] = max(load, load_end) > (os.cpu_count() or 1)
     report = {
         "benchmark": "throughput", "smoke": args.quick,
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -713,7 +784,9 @@ def main() -> int:
             "step so both windows hold the same measure_updates updates; env steps/s = "
             "(b - a) / (t_b - t_a)"),
         "target_rule": f"reverie env steps/s >= {TARGET:g}x sheeprl's",
-        "runs": runs, "ratios": ratios, "target": target,
+        "runs": runs, "ratios": ratios, "ratio_ranges": ratio_ranges, "target": target,
+        "ratio_rule": "median over rounds of the per-round ratio (each round runs every "
+                      "system once, alternating the order)",
         "differences": DIFFERENCES,
     }
     report["compute_bound"] = compute_bound(report, *matmul_peak())
