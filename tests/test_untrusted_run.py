@@ -254,6 +254,13 @@ def test_missing_env_package_is_named(world, capsys, monkeypatch):
     assert "did you mean" not in err and "box2d" in err.lower()
 
 
+def test_missing_mujoco_names_reverie_extra(world, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mujoco", None)  # as if mujoco were not installed
+    err = refused(["train", *FAST, "--env", "InvertedPendulum-v5", "--out", world / "new"],
+                  world, capsys, "pip install 'reverie[mujoco]'")
+    assert "needs a package that is not installed" in err
+
+
 def test_eval_prints_its_result_when_it_cannot_save_it(world, capsys):
     run = world / "run"
     (run / "eval.json").mkdir()  # as if the run folder could not take the file

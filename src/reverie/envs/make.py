@@ -120,6 +120,15 @@ def _renders(env_id: str) -> bool:
     return "rgb_array" in getattr(creator, "metadata", {}).get("render_modes", [])
 
 
+def _extra_of(env_id: str) -> str | None:
+    """reverie's extra that installs what a registered Gymnasium env needs, if it has one."""
+    try:
+        entry = str(gym.spec(env_id).entry_point)
+    except Exception:  # noqa: BLE001 - unknown ids get their own error
+        return None
+    return "mujoco" if ".mujoco" in entry else None
+
+
 def _make_gym(env_id: str, render: bool = False, noop_max: int = 30) -> gym.Env:
     if env_id.startswith("popgym-"):
         _check_popgym_id(env_id)
@@ -133,7 +142,9 @@ def _make_gym(env_id: str, render: bool = False, noop_max: int = 30) -> gym.Env:
         return gym.make(env_id, **kwargs)
     except gym.error.DependencyNotInstalled as e:
         first = str(e).splitlines()[0].rstrip(".") if str(e) else type(e).__name__
-        raise UserError(f"env '{env_id}' needs a package that is not installed: {first}") \
+        extra = _extra_of(env_id)
+        fix = f"; pip install 'reverie[{extra}]'" if extra else ""
+        raise UserError(f"env '{env_id}' needs a package that is not installed: {first}{fix}") \
             from None
     except gym.error.Error as e:
         ids = [k for k in gym.registry if not k.startswith("popgym-")]
