@@ -236,6 +236,39 @@ def popgym_table(results: Path) -> str | None:
     return "\n".join(lines) + "\n" + note + "\n\n" + published
 
 
+def popgym_imagine_table(results: Path) -> str | None:
+    report, _ = load(results, "popgym_imagine")
+    if report is None or not report["runs"]:
+        return None
+    head = ["task", "memory", "env steps", "imagine MMER", "PPO's MMER (500k, target)",
+            "imagine steps to target", "PPO steps to target", "ratio", "wall"]
+    rows = []
+    for key, r in report["runs"].items():
+        task, memory, _ = key.split("/")
+
+        def steps(x):
+            return "not reached" if x is None else f"{x:,.0f}"
+
+        rows.append([task, f"`{memory}`", f"{r['env_steps']:,}", f"{r['mmer']:.2f}",
+                     "–" if r.get("target") is None else f"{r['target']:.2f}",
+                     steps(r.get("imagine_steps_to_target")),
+                     steps(r.get("ppo_steps_to_target")),
+                     "–" if r.get("ratio") is None else f"**{r['ratio']:.1f}x**",
+                     f"{r['wall_s'] / 60:.0f} min"])
+    lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
+    overrides = "; ".join(f"{t}: `{' '.join(o)}`" for t, o in report["task_overrides"].items())
+    note = (f"\n`imagine` with the `popgym` preset, {report['steps_per_run']:,} env steps per "
+            f"run, greedy evaluation every {report['eval_every']:,} steps; PPO: the runs of the "
+            "table above with the same memory (mean over its seeds). Target = PPO's final MMER; "
+            "steps to target = first evaluation at or above it (PPO evaluates every 16,384 "
+            "steps, so its count is an upper bound by up to that much); ratio = PPO's steps / "
+            f"imagine's. Task settings beside the preset: {overrides or 'none'}.")
+    if report["missing"]:
+        note += (f" Still missing: {len(report['missing'])} runs "
+                 f"({', '.join(report['missing'])}).")
+    return "\n".join(lines) + "\n" + note
+
+
 def popgym_published_table(tasks: list[str], our_steps: int) -> str:
     """Published per-task MMER on `tasks` (eval/data/popgym_published.json), each at its
     source's own budget, as raw MMER; sources not transcribed yet are listed as such."""
@@ -430,6 +463,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "dfs": dfs_table,
     "atari": atari_table,
     "popgym": popgym_table,
+    "popgym_imagine": popgym_imagine_table,
     "rppo_throughput": rppo_throughput_table,
     "coplanner": coplanner_table,
     "allocator": allocator_table,
