@@ -153,9 +153,13 @@ def run_isolated(src: Path, preset: str, mode: str | None, threads: int) -> dict
 
 
 def revision(src: Path) -> str:
-    proc = subprocess.run(["git", "-C", str(src), "describe", "--always", "--dirty"],
-                          capture_output=True, text=True)
-    return proc.stdout.strip() or "?"
+    """The checkout's commit, "+changes" where files under `src` differ from it."""
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True)
+        return proc.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "?"
+    return head + ("+changes" if git("status", "--porcelain", "--", ".") else "")
 
 
 def spread(values: list[float]) -> dict:
