@@ -1,4 +1,4 @@
-"""What an env step of the MBPO presets costs on this CPU.
+"""What an env step of the MBPO presets costs on this CPU, and where the time goes.
 
 For each preset: `warmup` random env steps (observed, not timed), then one model-refit period
 (`model_train_every` env steps) timed through the agent's driver protocol — act, observe,
@@ -7,9 +7,25 @@ steps per env step and UP-MPC acting. The rollout length is the schedule's at it
 then; a rollout step costs the same at any length, so later epochs add (length − min_len) x
 that per generation: `seconds_per_env_step_at_max_length` extrapolates to the schedule's
 max length (an upper bound: rollouts that the model ends early cost less).
-Writes bench/results/mbpo_cost.json.
+
+`parts` splits the timed period (wall seconds, and their share of it): `model_fit`
+(`train_model`), `rollouts` (`generate_rollouts`, UP-MPC planning included in the
+conservative modes), `sac_update` (the G SAC gradient steps), `sac_batch` (drawing their
+mixed real/model batches), `act` (the policy, or UP-MPC's optimistic plan), `env` (env step
+and `observe`) and `other` (the rest of the loop: `updates_due`, metrics). The wrappers are
+attribute patches on the agent, so the same script times older checkouts of the agent.
+`cpu_seconds_per_env_step` is the process CPU time: on this shared machine it moves less
+with the load than the wall time does.
+
+`--ab OLD_SRC` compares two checkouts: each preset runs in fresh processes, alternately
+with PYTHONPATH=OLD_SRC (before) and with this checkout's src/ (after), `--rounds` times
+each (A B A B ...), and the entry gets the medians, ranges and 1-min load averages of both
+plus the per-part shares before/after. Writes bench/results/mbpo_cost.json (entries keyed
+by preset, or preset@mode with --mode).
 
     python bench/mbpo_cost.py mbpo-pendulum mbpo-inverted-pendulum
+    python bench/mbpo_cost.py mbpo-dmc --mode mbpo
+    python bench/mbpo_cost.py mbpo-dmc --ab ../old-checkout/src --rounds 3
 """
 
 from __future__ import annotations
@@ -17,58 +33,80 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from omegaconf import OmegaConf
-
-from reverie.agents.mbpo import MBPOAgent, MBPOConfig
-from reverie.config import load_preset
-from reverie.envs import make_env, make_obs_spec
-from reverie.run.collector import Transition
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SRC = Path(__file__).resolve().parent.parent / "src"
+PARTS = ("model_fit", "rollouts", "sac_update", "sac_batch", "act", "env", "other")
 
 
 def batched(obs: dict) -> dict:
     return {k: np.asarray(v)[None] for k, v in obs.items()}
 
 
-def measure(preset: str, seed: int = 0) -> dict:
+def measure(preset: str, seed: int = 0, mode: str | None = None) -> dict:
+    import torch
+    from omegaconf import OmegaConf
+
+    from reverie.agents.mbpo import MBPOAgent, MBPOConfig
+    from reverie.config import load_preset
+    from reverie.envs import make_env, make_obs_spec
+    from reverie.run.collector import Transition
+
     data = load_preset(preset)
     cfg: MBPOConfig = OmegaConf.to_object(
         OmegaConf.merge(OmegaConf.structured(MBPOConfig), data["mbpo"]))
+    if mode is not None:
+        cfg.mode = mode
     env = make_env(data["env"]["id"])
     agent = MBPOAgent(make_obs_spec(env.observation_space), env.action_space, cfg,
                       torch.device("cpu"), seed)
     rng = np.random.default_rng(seed)
     obs, _ = env.reset(seed=seed)
-    step, timed, updates, t0 = 0, None, 0, 0.0
-    spent = {"fit": 0.0, "rollouts": 0.0}
+    step, timed, updates, t0, c0 = 0, None, 0, 0.0, 0.0
+    spent = dict.fromkeys(PARTS, 0.0)
+    on = [False]  # parts are counted in the timed period only
 
     def timed_call(name, fn):
-        def call():
+        def call(*args, **kwargs):
             t = time.perf_counter()
-            out = fn()
-            spent[name] += time.perf_counter() - t
+            out = fn(*args, **kwargs)
+            if on[0]:
+                spent[name] += time.perf_counter() - t
             return out
         return call
 
-    agent.train_model = timed_call("fit", agent.train_model)
+    agent.train_model = timed_call("model_fit", agent.train_model)
     agent.generate_rollouts = timed_call("rollouts", agent.generate_rollouts)
-    while step < cfg.warmup + cfg.model_train_every:
-        if step == cfg.warmup:
-            t0 = time.perf_counter()
-        if step < cfg.warmup:
-            action = rng.uniform(-1, 1, (1, *env.action_space.shape)).astype(np.float32)
-        else:
-            action, _ = agent.act(batched(obs), np.array([False]), None, True)
+    agent.sac.update = timed_call("sac_update", agent.sac.update)
+    agent.sample_batch = timed_call("sac_batch", agent.sample_batch)
+    act = timed_call("act", agent.act)
+
+    def env_step(action):
         nxt, r, term, trunc, _ = env.step(action[0])
         agent.observe(Transition(batched(obs), action, np.array([r], np.float32),
                                  np.array([term]), np.array([trunc]), batched(nxt),
                                  np.array([False])))
+        return nxt, term, trunc
+
+    env_step = timed_call("env", env_step)
+    load_start = os.getloadavg()[0]
+    while step < cfg.warmup + cfg.model_train_every:
+        if step == cfg.warmup:
+            on[0] = True
+            load_start = os.getloadavg()[0]
+            t0, c0 = time.perf_counter(), time.process_time()
+        if step < cfg.warmup:
+            action = rng.uniform(-1, 1, (1, *env.action_space.shape)).astype(np.float32)
+        else:
+            action, _ = act(batched(obs), np.array([False]), None, True)
+        nxt, term, trunc = env_step(action)
         step += 1
         for _ in range(agent.updates_due(step)):
             due = agent.model_due()
@@ -79,39 +117,123 @@ def measure(preset: str, seed: int = 0) -> dict:
         obs = nxt
         if term or trunc:
             obs, _ = env.reset()
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    # sac_update's time includes nothing of sac_batch (the batch is drawn before the call)
+    spent["other"] = total - sum(v for k, v in spent.items() if k != "other")
     period = cfg.model_train_every
     length = timed["model/rollout_length"]
     per_rollout_step = spent["rollouts"] / length
     extra = (max(cfg.schedule[2:]) - length) * per_rollout_step / period
-    result = {
+    return {
         "preset": preset, "mode": cfg.mode, "threads": torch.get_num_threads(),
-        "load_avg": round(os.getloadavg()[0], 2),
+        "load_avg": round(load_start, 2), "load_avg_end": round(os.getloadavg()[0], 2),
         "seconds_per_env_step": round(total / period, 4),
-        "model_fit_s": round(spent["fit"], 2),
+        "cpu_seconds_per_env_step": round(cpu / period, 4),
+        "model_fit_s": round(spent["model_fit"], 2),
         "model_epochs": timed["model/epochs"],
         "rollout_generation_s": round(spent["rollouts"], 2),
         "rollout_length": length,
         "seconds_per_env_step_at_max_length": round((total / period) + extra, 4),
         "updates": updates,
+        "parts": {k: {"s": round(v, 2), "share": round(v / total, 3)}
+                  for k, v in spent.items()},
     }
-    return result
+
+
+# -- A/B of two checkouts ------------------------------------------------------------------------
+def run_isolated(src: Path, preset: str, mode: str | None, threads: int) -> dict:
+    """One `measure` in a fresh process importing reverie from `src`."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), preset, "--threads", str(threads),
+           "--print-only"] + (["--mode", mode] if mode else [])
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{src}: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def revision(src: Path) -> str:
+    """The checkout's commit, "+changes" where files under `src` differ from it."""
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True)
+        return proc.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "?"
+    return head + ("+changes" if git("status", "--porcelain", "--", ".") else "")
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4),
+            "max": round(max(values), 4), "runs": values}
+
+
+def summarise(runs: list[dict]) -> dict:
+    out = {k: spread([r[k] for r in runs]) for k in
+           ("seconds_per_env_step", "cpu_seconds_per_env_step",
+            "seconds_per_env_step_at_max_length", "model_fit_s", "rollout_generation_s")}
+    out["model_epochs"] = [r["model_epochs"] for r in runs]
+    out["load_avg"] = [r["load_avg"] for r in runs]
+    out["load_avg_end"] = [r["load_avg_end"] for r in runs]
+    out["parts_s"] = {p: round(statistics.median(r["parts"][p]["s"] for r in runs), 2)
+                      for p in PARTS}
+    out["parts_share"] = {p: round(statistics.median(r["parts"][p]["share"] for r in runs), 3)
+                          for p in PARTS}
+    return out
+
+
+def ab(old_src: Path, preset: str, mode: str | None, threads: int,
+       rounds: int) -> tuple[dict, list[dict]]:
+    """(the A/B summary, the "after" runs)."""
+    before, after = [], []
+    for i in range(rounds):
+        # A B, then B A: neither side always runs first
+        order = [("before", old_src), ("after", SRC)]
+        for side, src in order if i % 2 == 0 else order[::-1]:
+            r = run_isolated(src, preset, mode, threads)
+            (before if side == "before" else after).append(r)
+            print(json.dumps({"round": i, "side": side, **r}), flush=True)
+    b, a = summarise(before), summarise(after)
+    return {
+        "rounds": rounds, "order": "alternating, A B then B A",
+        "before_revision": revision(old_src), "after_revision": revision(SRC),
+        "before": b, "after": a,
+        "speedup_median": {k: round(b[k]["median"] / a[k]["median"], 2) for k in
+                           ("seconds_per_env_step", "cpu_seconds_per_env_step",
+                            "seconds_per_env_step_at_max_length")},
+    }, after
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("presets", nargs="+")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--mode", default=None, help="override mbpo.mode (entry preset@mode)")
+    parser.add_argument("--print-only", action="store_true", help="print, do not write")
+    parser.add_argument("--ab", type=Path, default=None, metavar="OLD_SRC",
+                        help="compare with the checkout whose src/ is OLD_SRC")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "mbpo_cost.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     for preset in args.presets:
-        r = measure(preset)
+        key = preset if args.mode is None else f"{preset}@{args.mode}"
+        if args.ab is not None:
+            entry, after = ab(args.ab.resolve(), preset, args.mode, args.threads,
+                              args.rounds)
+            # the entry's top level: the "after" run of median speed
+            median = entry["after"]["seconds_per_env_step"]["median"]
+            r = {**min(after, key=lambda x: abs(x["seconds_per_env_step"] - median)),
+                 "ab": entry}
+        else:
+            import torch
+
+            torch.set_num_threads(args.threads)
+            r = measure(preset, mode=args.mode)
         print(json.dumps(r), flush=True)
-        results[preset] = r
-        path.write_text(json.dumps(results, indent=1) + "\n")
+        if not args.print_only:
+            RESULTS.mkdir(exist_ok=True)
+            results[key] = r
+            path.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

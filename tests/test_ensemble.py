@@ -229,3 +229,26 @@ def test_sample_next_evaluates_each_row_by_its_member_only_with_the_same_numbers
         assert torch.allclose(rew, all_rew[pos, rows], atol=1e-5)
         assert torch.equal(term, all_term[pos, rows] > 0.5)
         assert torch.equal(torch.randn(4, generator=g1), torch.randn(4, generator=g2))
+
+
+def test_inference_blocks_and_few_row_predictions_give_the_training_path_numbers(monkeypatch):
+    """Without autograd the rows run in blocks (bias and SiLU in place), and a few rows for
+    a subset of members run every member then pick: both give the autograd path's numbers."""
+    from reverie.world import ensemble
+
+    model = _tiny(members=4, elites=2, obs_dim=3, hidden=16)
+    model.elites.copy_(torch.tensor([3, 1]))
+    monkeypatch.setattr(ensemble, "INFERENCE_ROWS", 7)
+    x = torch.randn(4, 30, 4)
+    reference = model(x)  # autograd: one baddbmm per layer over all rows
+    with torch.no_grad():
+        blocked = model(x)  # blocks of 7, 7, 7, 7, 2 rows
+    for a, b in zip(reference, blocked):
+        torch.testing.assert_close(b, a.detach(), rtol=1e-6, atol=1e-6)
+    obs, act = torch.randn(5, 3), torch.randn(5, 1)
+    with torch.no_grad():
+        few = model.predict(obs, act, model.elites)  # every member's rows, then the elites'
+        monkeypatch.setattr(ensemble, "INFERENCE_ROWS_ALL_MEMBERS", 0)
+        gathered = model.predict(obs, act, model.elites)  # the elites' weights gathered
+    for a, b in zip(few, gathered):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -184,6 +184,13 @@ class UncertainAboutBigActions:
         n = obs.shape[0]
         return obs, torch.zeros(n), action.abs().sum(-1), torch.zeros(n, dtype=torch.bool)
 
+    def sample_next(self, obs, action, generator, mode="ts1"):  # mode mbpo's TS1 step
+        next_obs, reward, _, term = self.rollout_step(obs, action, generator)
+        return next_obs, reward, term
+
+    def disagreement(self, obs, action, generator):  # mode mbpo's logged u
+        return action.abs().sum(-1)
+
 
 def stubbed(mode: str, **kw) -> tuple[MBPOAgent, UncertainAboutBigActions, list]:
     agent = agent_for(tiny(mode, **kw))
@@ -230,6 +237,36 @@ class EndsWherePositive(UncertainAboutBigActions):
     def rollout_step(self, obs, action, generator):
         next_obs, reward, u, _ = super().rollout_step(obs, action, generator)
         return next_obs, reward, u, obs[:, 0] > 0
+
+
+def test_mbpo_mode_steps_by_ts1_and_logs_u_on_the_first_rollouts_only(monkeypatch):
+    monkeypatch.setattr(reverie.agents.mbpo, "U_METRIC_ROWS", 6)
+    agent, stub, samples = stubbed("mbpo", rollout_batch=8, rollout_chunk=4,
+                                   schedule=[0, 0, 2, 2])
+    seen = []
+
+    def disagreement(obs, action, generator):
+        seen.append(obs.shape[0])
+        return action.abs().sum(-1)
+
+    stub.disagreement = disagreement
+    metrics = agent.generate_rollouts()
+    assert stub.calls == 4 and seen == [4, 4, 2, 2]  # rollouts 0-5 of 8, both steps
+    tracked = [samples[0], samples[1], samples[2][:2], samples[3][:2]]
+    u = sum(float(a.abs().sum()) for a in tracked) / 12
+    assert metrics["model/rollout_uncertainty"] == pytest.approx(u)
+    assert metrics["model/rollout_rows"] == 16.0
+
+    real = agent_for(tiny("mbpo", rollout_batch=64, rollout_chunk=32))
+    fill_real(real, 30)
+    real.train_model()
+
+    def every_elite(*args):
+        raise AssertionError("mode mbpo ran every elite on every rollout row")
+
+    real.model.rollout_step = every_elite
+    metrics = real.generate_rollouts()
+    assert metrics["model/rollout_rows"] >= 64 and metrics["model/rollout_uncertainty"] > 0
 
 
 def test_rollouts_stop_where_the_model_predicts_termination():

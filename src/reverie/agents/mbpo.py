@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 MODES = ("mbpo", "conservative", "optimistic", "coplanner")
 CONSERVATIVE_MODES = ("conservative", "coplanner")  # UP-MPC picks the model rollouts' actions
 OPTIMISTIC_MODES = ("optimistic", "coplanner")  # UP-MPC picks the exploring real actions
+# mode mbpo steps rollouts by TS1 alone (one elite per row); the logged disagreement
+# (model/rollout_uncertainty) runs every elite on the rollouts of this many start states
+U_METRIC_ROWS = 1024
 
 
 @dataclass
@@ -252,7 +255,14 @@ class MBPOAgent:
         return torch.cat([p.reshape(p.shape[0], -1) for p in parts], dim=-1)
 
     def _model_step(self, state: Tensor, action: Tensor) -> tuple[Tensor, ...]:
+        """UP-MPC's step: every elite samples (for u), a random elite's sample is the next
+        state (TS1): (next_obs, reward, u, terminal)."""
         return self.model.rollout_step(state, action, self.generator)
+
+    def _ts1_step(self, state: Tensor, action: Tensor) -> tuple[Tensor, ...]:
+        """Plain MBPO's step: each row through its own random elite only (TS1), no u:
+        (next_obs, reward, terminal)."""
+        return self.model.sample_next(state, action, self.generator, mode="ts1")
 
     def _policy_sample(self, state: Tensor) -> Tensor:
         return self.sac.act(state, explore=True)
@@ -326,29 +336,48 @@ class MBPOAgent:
         length = rollout_length(cfg.schedule, self.epoch())
         conservative = cfg.mode in CONSERVATIVE_MODES
         starts = self.real.sample(cfg.rollout_batch, self.generator, keys=["obs"])["obs"]
-        rows, u_sum, score_sum, planned = 0, 0.0, 0.0, 0
-        for obs in starts.split(cfg.rollout_chunk):
+        rows, u_rows, planned = 0, 0, 0
+        u_sums: list[Tensor] = []  # per-step sums, read once at the end (no per-step sync)
+        score_sums: list[Tensor] = []
+        for start, obs in zip(range(0, cfg.rollout_batch, cfg.rollout_chunk),
+                              starts.split(cfg.rollout_chunk)):
+            # mode mbpo logs u on the rollouts from the first U_METRIC_ROWS start states
+            # only (they stay a prefix of the rows: terminated rows drop out in order)
+            tracked = min(obs.shape[0], max(0, U_METRIC_ROWS - start))
             for _ in range(length):
                 if conservative:
                     result = self._upmpc(obs, "conservative")
                     action = result.action
-                    score_sum += float(result.scores.max(dim=1).values.sum())
+                    score_sums.append(result.scores.max(dim=1).values.sum())
                     planned += obs.shape[0]
+                    next_obs, reward, u, term = self._model_step(obs, action)
+                    u_sums.append(u.sum())
+                    u_rows += obs.shape[0]
                 else:
                     action = self._policy_sample(obs)
-                next_obs, reward, u, term = self._model_step(obs, action)
+                    next_obs, reward, term = self._ts1_step(obs, action)
+                    if tracked:
+                        u_sums.append(self.model.disagreement(
+                            obs[:tracked], action[:tracked], self.generator).sum())
+                        u_rows += tracked
+                        tracked = int((~term[:tracked]).sum())
                 self.rollouts.add({"obs": obs, "action": action, "reward": reward,
                                    "next_obs": next_obs, "terminal": term.float()})
                 rows += obs.shape[0]
-                u_sum += float(u.sum())
                 obs = next_obs[~term]  # a predicted termination ends that rollout
                 if obs.shape[0] == 0:
                     break
         self._retain(rows)
+        # Python float sums in step order: the values the per-step float() sums gave
+        u_sum = sum(torch.stack(u_sums).tolist()) if u_sums else 0.0
         metrics = {"model/rollout_length": float(length),
-                   "model/rollout_uncertainty": u_sum / max(rows, 1),
+                   # COPlanner's u (std across elites' samples): over every rollout row in
+                   # the conservative modes (UP-MPC computes it anyway); in mode mbpo over
+                   # the rollouts from the first U_METRIC_ROWS start states only
+                   "model/rollout_uncertainty": u_sum / max(u_rows, 1),
                    "model/rollout_rows": float(rows)}
         if conservative:
+            score_sum = sum(torch.stack(score_sums).tolist()) if score_sums else 0.0
             metrics["upmpc/rollout_score"] = score_sum / max(planned, 1)
             metrics["upmpc/rollout_model_steps"] = float(
                 planned * cfg.upmpc.candidates * cfg.upmpc.horizon)

@@ -52,6 +52,10 @@ class SACConfig:
             raise ValueError(f"SAC init_alpha must be positive, got {self.init_alpha}; use 1.0")
 
 
+# rows per block of an actor forward pass without autograd (see SquashedGaussianActor)
+INFERENCE_ROWS = 2048
+
+
 # -- math ------------------------------------------------------------------------------------
 def tanh_log_det_jacobian(u: Tensor) -> Tensor:
     """log(1 − tanh²(u)) = 2 (log 2 − u − softplus(−2u)), elementwise, finite for any u."""
@@ -82,18 +86,26 @@ def soft_q_target(
 
 @torch.no_grad()
 def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """θ̄ ← (1 − τ) θ̄ + τ θ for every parameter."""
-    for t, s in zip(target.parameters(), source.parameters()):
-        t.lerp_(s, tau)
+    """θ̄ ← (1 − τ) θ̄ + τ θ for every parameter (one multi-tensor lerp: the same numbers as
+    a lerp_ per parameter, fewer op dispatches)."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+def adam(params, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam, fused (one kernel over all parameters) on CPU and CUDA: the same algorithm as
+    the per-parameter loop, equal up to float rounding, ~2x less optimiser time at SAC's
+    sizes on this CPU."""
+    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda") or None)
 
 
 # -- networks --------------------------------------------------------------------------------
 def relu_mlp(in_dim: int, out_dim: int, hidden: int, layers: int) -> nn.Sequential:
-    """(Linear -> ReLU) x layers -> Linear, SAC's usual network (no normalisation)."""
+    """(Linear -> ReLU) x layers -> Linear, SAC's usual network (no normalisation). The ReLU
+    works in place on the Linear's fresh output (the same numbers, one allocation less)."""
     mods: list[nn.Module] = []
     d = in_dim
     for _ in range(layers):
-        mods += [nn.Linear(d, hidden), nn.ReLU()]
+        mods += [nn.Linear(d, hidden), nn.ReLU(inplace=True)]
         d = hidden
     mods.append(nn.Linear(d, out_dim))
     return nn.Sequential(*mods)
@@ -111,8 +123,16 @@ class SquashedGaussianActor(nn.Module):
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """obs: [B, O] -> (mean [B, A], log_std [B, A]) of the pre-tanh Gaussian."""
-        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        """obs: [B, O] -> (mean [B, A], log_std [B, A]) of the pre-tanh Gaussian.
+
+        Without autograd, large batches (UP-MPC's K x rollout rows) run in blocks of
+        `INFERENCE_ROWS` rows: the activations stay in cache (10k rows: ~1.4x faster here,
+        the same numbers)."""
+        if obs.shape[0] > INFERENCE_ROWS and not torch.is_grad_enabled():
+            out = torch.cat([self.net(block) for block in obs.split(INFERENCE_ROWS)])
+        else:
+            out = self.net(obs)
+        mean, log_std = out.chunk(2, dim=-1)
         return mean, log_std.clamp(self.log_std_min, self.log_std_max)
 
     def sample(
@@ -170,9 +190,10 @@ class SAC:
         self.log_alpha = torch.tensor(
             math.log(cfg.init_alpha), device=self.device, requires_grad=True
         )
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr_actor)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr_critic)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr_alpha)
+        self.actor_opt = adam(self.actor.parameters(), cfg.lr_actor, self.device)
+        self.critic_opt = adam(self.critic.parameters(), cfg.lr_critic, self.device)
+        self.alpha_opt = adam([self.log_alpha], cfg.lr_alpha, self.device)
+        self._actor_params = list(self.actor.parameters())
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     # -- what the action space decides (overridden by DiscreteSAC) ------------------------------
@@ -241,7 +262,9 @@ class SAC:
 
         actor_loss, log_prob = self.actor_loss(batch["obs"], alpha)
         self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
+        # only the actor's gradients: the critic's from this loss were never used (its
+        # optimiser zeroes them before its next step), so they are not computed
+        actor_loss.backward(inputs=self._actor_params)
         self.actor_opt.step()
 
         # −log π estimates the entropy: d(α-loss)/d log α = H(π) − H̄
@@ -251,14 +274,12 @@ class SAC:
         self.alpha_opt.step()
 
         polyak_update(self.critic_target, self.critic, self.cfg.tau)
-        return {
-            "critic_loss": critic_loss.item(),
-            "actor_loss": actor_loss.item(),
-            "alpha_loss": alpha_loss.item(),
-            "alpha": alpha.item(),
-            "entropy": -log_prob.detach().mean().item(),
-            "q": q1.detach().mean().item(),
-        }
+        values = torch.stack([  # one device-to-host read for all six
+            critic_loss.detach(), actor_loss.detach(), alpha_loss.detach(), alpha,
+            -log_prob.detach().mean(), q1.detach().mean(),
+        ]).tolist()
+        return dict(zip(("critic_loss", "actor_loss", "alpha_loss", "alpha", "entropy", "q"),
+                        values))
 
     def state_dict(self) -> dict:
         """Networks, α, optimisers and the sampling generator: all tensors, so the result

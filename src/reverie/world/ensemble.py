@@ -29,6 +29,11 @@ from torch import Tensor, nn
 
 # MBPO's L2 coefficients of the 4 hidden layers and the output layer.
 MBPO_WEIGHT_DECAY = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)
+# rows per block of a forward pass without autograd (see `EnsembleDynamics.forward`):
+# 256-1024 ran alike on this CPU at hidden 200 with 1-7 members (2048 at 5 members: ~20% slower)
+INFERENCE_ROWS = 1024
+# `predict` for a subset of members on at most this many rows runs every member instead
+INFERENCE_ROWS_ALL_MEMBERS = 64
 
 
 class EnsemblePrediction(NamedTuple):
@@ -133,7 +138,9 @@ class EnsembleDynamics(nn.Module):
         self.register_buffer("input_mean", torch.zeros(obs_dim + action_dim))
         self.register_buffer("input_std", torch.ones(obs_dim + action_dim))
         self.register_buffer("elites", torch.arange(elites))
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr)
+        # fused (one kernel over all parameters) on CPU and CUDA: the same algorithm as the
+        # per-parameter loop, equal up to float rounding, less optimiser time per step
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr, fused=True)
 
     # -- the network -------------------------------------------------------------------------
     def normalise(self, obs: Tensor, action: Tensor) -> Tensor:
@@ -144,26 +151,73 @@ class EnsembleDynamics(nn.Module):
         self, x: Tensor, members: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Normalised inputs `x: [M, N, O+A]` -> (mean [M,N,O+1], logvar [M,N,O+1],
-        termination logit [M,N]); `members: [M]` long picks the members (default all E)."""
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            if members is not None:
-                w, b = w[members], b[members]
-            x = torch.baddbmm(b, x, w)
-            if i < last:
-                x = F.silu(x)
+        termination logit [M,N]); `members: [M]` long picks the members (default all E).
+
+        Without autograd (rollouts, planning, holdout) the rows run in blocks of
+        `INFERENCE_ROWS` with the bias add and SiLU in place: a block's activations stay in
+        cache, which ran ~2x faster per row on this CPU at 10k rows x 5 members than one
+        [M, N, 200] pass (whose bias broadcast, SiLU and copies were memory-bound); the
+        numbers are the same up to float rounding (identical in the tests here)."""
+        weights, biases = self._member_params(members)
+        return self._run(x, weights, biases)
+
+    def _run(
+        self, x: Tensor, weights: list[Tensor], biases: list[Tensor]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """`forward` with the members' weights `[M, in, out]` and biases `[M, 1, out]`."""
+        if torch.is_grad_enabled() and (x.requires_grad or weights[0].requires_grad):
+            x = self._layers(x, weights, biases)
+        elif x.shape[1] <= INFERENCE_ROWS:
+            x = self._layers_inplace(x, weights, biases)
+        else:
+            x = torch.cat([self._layers_inplace(block, weights, biases)
+                           for block in x.split(INFERENCE_ROWS, dim=1)], dim=1)
         d = self.obs_dim + 1
         mean, logvar, logit = x.split([d, d, 1], dim=-1)
         return mean, soft_bound_logvar(logvar, self.min_logvar, self.max_logvar), logit[..., 0]
+
+    def _member_params(self, members: Tensor | None) -> tuple[list[Tensor], list[Tensor]]:
+        """The weights and biases of `members` (all E when None), stacked member-first."""
+        weights, biases = list(self.weights), list(self.biases)
+        if members is None:
+            return weights, biases
+        return [w[members] for w in weights], [b[members] for b in biases]
+
+    @staticmethod
+    def _layers(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> Tensor:
+        """The MLP with autograd: baddbmm and SiLU per layer."""
+        last = len(weights) - 1
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            x = torch.baddbmm(b, x, w)
+            if i < last:
+                x = F.silu(x)
+        return x
+
+    @staticmethod
+    def _layers_inplace(x: Tensor, weights: list[Tensor], biases: list[Tensor]) -> Tensor:
+        """The MLP without autograd: bmm, then bias and SiLU in place (no fresh tensor per
+        elementwise op)."""
+        last = len(weights) - 1
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            x = torch.bmm(x, w).add_(b)
+            if i < last:
+                x = F.silu(x, inplace=True)
+        return x
 
     # -- prediction --------------------------------------------------------------------------
     def predict(
         self, obs: Tensor, action: Tensor, members: Tensor | None = None
     ) -> EnsemblePrediction:
         """obs: [N, O], action: [N, A] -> every member's Gaussian (see `EnsemblePrediction`)."""
-        m = self.members if members is None else len(members)
-        x = self.normalise(obs, action).unsqueeze(0).expand(m, -1, -1)
-        mean, logvar, logit = self(x, members)
+        x = self.normalise(obs, action).unsqueeze(0)
+        if members is not None and x.shape[1] <= INFERENCE_ROWS_ALL_MEMBERS and not (
+                torch.is_grad_enabled() and self.weights[0].requires_grad):
+            # a few rows (UP-MPC acting): every member's rows, then `members`' — gathering
+            # their weights (~40% of such a call) costs more than the others' rows do
+            mean, logvar, logit = (t[members] for t in self(x.expand(self.members, -1, -1)))
+        else:
+            m = self.members if members is None else len(members)
+            mean, logvar, logit = self(x.expand(m, -1, -1), members)
         var = torch.exp(logvar)
         o = self.obs_dim
         return EnsemblePrediction(
@@ -245,8 +299,11 @@ class EnsembleDynamics(nn.Module):
             return out[0][0], out[1][0], out[2][0]
         order = torch.argsort(pos, stable=True)
         counts = torch.bincount(pos, minlength=len(members)).tolist()
-        outs = [self(xs.unsqueeze(0), members[m : m + 1])
-                for m, xs in enumerate(x[order].split(counts)) if counts[m] > 0]
+        weights, biases = list(self.weights), list(self.biases)
+        # member i's slices are views: no copy of its weights per call
+        outs = [self._run(xs.unsqueeze(0), [w[i : i + 1] for w in weights],
+                          [b[i : i + 1] for b in biases])
+                for i, xs, c in zip(members.tolist(), x[order].split(counts), counts) if c > 0]
         mean, logvar, logit = (torch.cat([o[k][0] for o in outs]) for k in range(3))
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order), device=order.device)
@@ -367,8 +424,9 @@ class EnsembleDynamics(nn.Module):
                 self.optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 self.optimizer.step()
-                losses.append(nll.mean().item())
-            train_loss = float(np.mean(losses))
+                losses.append(nll.detach().mean())
+            # one read per epoch (no per-step sync); the same floats as .item() per step
+            train_loss = float(np.mean(torch.stack(losses).tolist()))
             epoch += 1
             current = self.holdout_mse(x_hold, y_hold)
             better = improved_members(best, current, min_improvement)
