@@ -292,3 +292,17 @@ def test_group_label_leaves_out_keys_a_run_does_not_have():
     assert group_label(run(agent="mbpo", backbone="-", **{"mbpo.mode": "coplanner"}), keys) == \
         "mbpo/mode=coplanner"
     assert group_label(run(), ["mbpo.mode"]) == "all"
+
+
+def test_finished_only_leaves_out_runs_still_training(tmp_path, capsys):
+    root = tmp_path / "runs"
+    fake_run(root / "done", "CartPole-v1", 0, [10.0, 20.0])
+    unfinished = fake_run(root / "going", "CartPole-v1", 1, [30.0, 40.0])
+    cfg = (unfinished / "config.yaml").read_text()
+    (unfinished / "config.yaml").write_text(cfg.replace("steps: 200", "steps: 1000"))
+    out = tmp_path / "rep"
+    assert main(["report", str(root), "--out", str(out)]) == 0
+    assert "2 runs" in (out / "report.md").read_text()
+    assert main(["report", str(root), "--out", str(out), "--finished-only"]) == 0
+    text = (out / "report.md").read_text()
+    assert "1 run, 1 env" in text and "unfinished (200 of 1,000 env steps)" in text

@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("runs", nargs="+", metavar="RUN_OR_DIR",
                    help="run folders, or folders holding them (searched recursively)")
     r.add_argument("--out", required=True, help="folder for report.md and the PNGs")
+    r.add_argument("--finished-only", action="store_true",
+                   help="leave out runs that have not reached their run.steps (still training)")
     r.add_argument("--group-by", dest="group_by", action="append", default=None, metavar="KEY",
                    help="group runs by a setting: agent, backbone or a dotted config key "
                         "(repeatable; default: agent and backbone)")
@@ -201,7 +203,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from reverie.eval.report import write_report
 
-    path, warnings = write_report(args.runs, args.out, args.group_by)
+    path, warnings = write_report(args.runs, args.out, args.group_by,
+                                  finished_only=args.finished_only)
     for line in warnings:
         print(f"reverie: warning: {line}", file=sys.stderr)
     print(json.dumps({"report": str(path), "skipped": len(warnings)}))

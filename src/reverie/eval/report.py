@@ -209,10 +209,12 @@ def _runs_section(runs: list[Run], keys: list[str], out: Path) -> list[str]:
 
 def write_report(paths: list[str | Path], out: str | Path,
                  group_by: list[str] | None = None,
-                 notes: list[str] | None = None) -> tuple[Path, list[str]]:
+                 notes: list[str] | None = None,
+                 finished_only: bool = False) -> tuple[Path, list[str]]:
     """Write `out/report.md` and its PNGs; returns (report path, skip warnings). `notes` are
-    markdown lines placed after the header (e.g. a sweep's trial outcomes)."""
-    runs, warnings = load_runs(paths)
+    markdown lines placed after the header (e.g. a sweep's trial outcomes); finished_only
+    leaves out runs still short of their `run.steps`."""
+    runs, warnings = load_runs(paths, finished_only)
     keys = list(group_by or DEFAULT_GROUP_BY)
     check_group_keys(keys, runs)
     out = Path(out)

@@ -186,8 +186,10 @@ def _is_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in (CONFIG, MARKER, METRICS))
 
 
-def load_runs(paths: list[str | Path]) -> tuple[list[Run], list[str]]:
-    """(scored runs, one warning line per folder skipped). UserError if no run is usable."""
+def load_runs(paths: list[str | Path],
+              finished_only: bool = False) -> tuple[list[Run], list[str]]:
+    """(scored runs, one warning line per folder skipped). UserError if no run is usable.
+    finished_only: skip runs that have not reached their `run.steps` (still training)."""
     runs, warnings = [], []
     for p in paths:
         p = Path(p)
@@ -202,9 +204,15 @@ def load_runs(paths: list[str | Path]) -> tuple[list[Run], list[str]]:
             warnings.append(f"skipped {p}: no run folders inside")
         for folder in folders:
             try:
-                runs.append(read_run(folder))
+                run = read_run(folder)
             except UserError as e:
                 warnings.append(f"skipped {folder}: {e}")
+                continue
+            if finished_only and run.env_steps < run.target_steps:
+                warnings.append(f"skipped {folder}: unfinished ({run.env_steps:,} of "
+                                f"{run.target_steps:,} env steps)")
+                continue
+            runs.append(run)
     if not runs:
         detail = f" ({warnings[0]})" if len(warnings) == 1 else \
             f" ({len(warnings)} folders skipped, first: {warnings[0]})" if warnings else ""
