@@ -103,7 +103,7 @@ def test_compiled_agent_matches_eager_within_float_rounding(request, monkeypatch
     `step`) and the actor-critic losses, with inductor. Same seed, data and random draws:
     three updates agree with eager to 1e-4 (compiled kernels round differently; README,
     "Compiled kernels"). Its inductor cache lives in .pytest_cache: the first run compiles
-    (~1-2 min on 2 busy cores), later runs load the kernels (~10 s)."""
+    (2-4 min on 2 busy cores), later runs load the kernels (~15 s)."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(request.config.cache.mkdir("inductor")))
     cfg = tiny_config()
     cfg.world.backbone, cfg.world.backbone_kwargs = "mamba2", {"head_dim": 16}

@@ -82,8 +82,8 @@ class RunConfig:
     # Drama's own evaluation: 0)
     eval_noop_max: int = 30
     # on: torch.compile (inductor) of the agent's losses and imagined step (reverie/compiler.py).
-    # Off by default (bench/compile.py): at the cartpole preset an update is 1.16x faster with
-    # mamba2 (1.00x with gru), but a cold compile (148 s) costs more than a 5000-step run saves
+    # Off by default (bench/compile.py): at the cartpole preset an update is 1.17x faster with
+    # mamba2 (1.00x with gru), but a cold compile (94 s) costs more than a 5000-step run saves
     compile: str = "off"
 
 
