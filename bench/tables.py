@@ -450,6 +450,61 @@ def ensemble_speed_table(results: Path) -> str | None:
             + _row(["---", "---"]) + "\n" + "\n".join(targets))
 
 
+def compile_table(results: Path) -> str | None:
+    report, quick = load(results, "compile")
+    if report is None:
+        return None
+
+    def cell(v: dict, spec: str, unit: str = "") -> str:
+        return (f"{format(v['median'], spec)}{unit} "
+                f"({format(v['min'], spec)}–{format(v['max'], spec)})")
+
+    head = ["backbone", "s/update, compile off (median, min–max)", "s/update, compile on",
+            "off / on (median, min–max)", "ms: world model, imagination, actor-critic (off → on)",
+            "compile s, cold cache", "compile s, warm cache"]
+    rows = []
+    for name, a in report["agent"].items():
+        s, c = a["seconds_per_update"], a["compile_s"]
+        parts = a.get("ms_per_update_by_part_median", {})
+        moved = ", ".join(f"{parts['off'][k]:.0f} → {parts['on'][k]:.0f}"
+                          for k in parts.get("off", {}))
+        rows.append([f"`{name}`", cell(s["off"], ".3f"), cell(s["on"], ".3f"),
+                     cell(a["speedup_off_over_on"], ".2f", "x"), moved or "–",
+                     f"{c['cold']:.0f}",
+                     f"{c['warm']:.0f}" + (" (fell back)" if a["fell_back"] else "")])
+    lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
+    note = (f"\n`{report['preset']}` preset's agent on a synthetic replay with CartPole's shapes, "
+            f"median of {report['updates_per_process']} updates per process after the first and "
+            f"{report['warmup_updates']} more; {report['rounds']} rounds alternating off and on, "
+            f"each a fresh process on a warm inductor cache; compile s = first update − median "
+            f"update; {report['torch_threads']} torch thread, torch {report['torch']}; 1-min "
+            f"load {report['loadavg_1min_before']} before, {report['loadavg_1min_after']} after, "
+            f"at most {report['loadavg_1min_max']} on {report['cores']} cores"
+            + (" (**loaded**: load > cores)." if report["loaded"] else "."))
+    for name, d in (report.get("drift") or {}).items():
+        m = d["max_abs_diff"]
+        note += (f" Drift, `{name}`: compile off vs on from one seed on the same batches, "
+                 f"{d['updates']} updates, {d['identical_updates']} of them bit-identical: max |Δ| "
+                 f"{m['wm/loss']:.1e} (world-model loss), {m['ac/actor_loss']:.1e} (actor), "
+                 f"{m['ac/critic_loss']:.1e} (critic).")
+    prof = report.get("matmul_share") or {}
+    if prof:
+        any_run = next(iter(next(iter(prof.values())).values()))
+        lines2 = [_row(["backbone", "compile", "forward+backward ms", "matmul share of op time"]),
+                  _row(["---"] * 4)]
+        for name, modes in prof.items():
+            for mode, r in modes.items():
+                lines2.append(_row([f"`{name}`", mode, f"{r['ms_fwd_bwd']:.1f}",
+                                    f"{r['matmul_share']:.0%}"]))
+        note += ("\n\n" + "\n".join(lines2) + f"\n\nB={any_run['B']}, T={any_run['T']}, "
+                 f"D={any_run['D']}, {any_run['n_layers']} layers, no resets, torch.profiler: "
+                 "self time of aten::mm, addmm, bmm, baddbmm, matmul and linear over the self "
+                 "time of all ops (a compiled region's fused kernels count as its own time).")
+    if quick:
+        note += " **Smoke-test sizes (--quick).**"
+    return "\n".join(lines) + "\n" + note
+
+
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -467,6 +522,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "rppo_throughput": rppo_throughput_table,
     "coplanner": coplanner_table,
     "allocator": allocator_table,
+    "compile": compile_table,
     "ensemble_speed": ensemble_speed_table,
 }
 

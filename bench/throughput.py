@@ -450,7 +450,7 @@ def reverie_breakdown(s: dict, threads: int, backbone: str, preset: str = "cartp
         agent = trainer.agent
         for obj, name, part in (
                 (trainer.replay, "sample", "replay sample"),
-                (agent.world, "loss", "world-model forward"),
+                (agent.world, "loss_terms", "world-model forward"),
                 (agent, "train_world", "world-model step"),
                 (agent, "imagine", "imagination"), (agent.behavior, "update", "actor-critic"),
                 (agent, "update", "update"), (agent, "act", "act"),

@@ -72,6 +72,7 @@ CASES = [
      "did you mean 'laprop'"),
     ("unknown agent", ["train", "--set", "agent=dreamer"], "unknown agent"),
     ("bad device", ["train", "--set", "run.device=tpu"], "run.device"),
+    ("run.compile typo", ["train", "--set", "run.compile=onn"], "did you mean 'on'"),
     ("bad image size", ["train", "--set", "env.image_size=50"], "image_size"),
     ("set without =", ["train", "--set", "run.steps"], "key=value"),
     ("unknown flag", ["train", "--stpes", "10"], "unrecognized arguments"),

@@ -34,9 +34,10 @@ from torch import Tensor, nn
 from reverie.agents.coplanner import CoplannerConfig, LatentCoplanner, mode_of
 from reverie.agents.coplanner import check_config as check_coplanner
 from reverie.behavior.actor_critic import ActorCritic, ActorCriticConfig
+from reverie.compiler import Compiler, run_eagerly
 from reverie.errors import UserError, suggest
 from reverie.nets.optim import OPTIMIZERS, make_optimizer
-from reverie.sequence import State
+from reverie.sequence import State, contiguous_state
 from reverie.world.latent import WorldModel, WorldModelConfig
 
 AgentState = tuple[State, Tensor]  # (backbone state, h_{t−1} [N, deter_dim])
@@ -183,6 +184,11 @@ class ImagineAgent:
             cfg.world_optimizer, self.world.parameters(), cfg.lr_world, cfg.world_eps
         )
         self.updates = 0
+        # run.compile=on (`compile`): compiled versions of the update's tensor functions,
+        # and the runner of the code that calls them (falls back to eager on failure)
+        self._world_loss: Any = None
+        self._imagined_step: Any = None
+        self._run: Any = run_eagerly
 
     # -- acting -------------------------------------------------------------------------
     def initial_state(self, n: int) -> AgentState:
@@ -291,15 +297,23 @@ class ImagineAgent:
     def train_world(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """One world-model gradient step on a [B, T] replay batch (and one step of the
         COPlanner heads on the same batch, from the model's detached latents)."""
-        loss, metrics, aux = self.world.loss(batch)
-        self.world_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        terms, aux = self._run(self._world_gradients, batch)
+        metrics = {k: v.item() for k, v in terms.items()}
         grad_norm = nn.utils.clip_grad_norm_(self.world.parameters(), self.cfg.world_grad_clip)
         self.world_opt.step()
         metrics["wm/grad_norm"] = grad_norm.item()
         if self.coplanner is not None:
             metrics.update(self.coplanner.train(aux, batch))
         return metrics
+
+    def _world_gradients(
+        self, batch: dict[str, Tensor]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The world-model loss's gradients in `.grad`: (0-d metrics, detached latents)."""
+        loss, terms, aux = (self._world_loss or self.world.loss_terms)(batch)
+        self.world_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        return terms, aux
 
     @torch.no_grad()
     def imagine(self, ctx: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -335,6 +349,9 @@ class ImagineAgent:
             state, h_prev = self._episode_start(state, h_prev, reset[:, -1])
             z = world.sample(world.encode({k: v[:, -1] for k, v in obs.items()}))
 
+        # one layout for the state in and out of every step (backbones' forward may return
+        # views), so a compiled step is compiled once
+        state = contiguous_state(state)
         feats, actions, hs = [], [], []
         for _ in range(self.cfg.horizon):
             feat = world.feat(z, h_prev)
@@ -345,10 +362,11 @@ class ImagineAgent:
                 raw = result.action
                 action = cop.env_action(raw)
                 cop.imagine_model_steps += result.model_steps
+                h_prev, state = world.imagine_step(z, action, state)
+                z = world.sample(world.prior(h_prev))
             else:
-                action, raw = actor.sample(feat)
-            h_prev, state = world.imagine_step(z, action, state)
-            z = world.sample(world.prior(h_prev))
+                raw, h_prev, state, z = (self._imagined_step or self.imagined_step)(
+                    feat, z, state)
             feats.append(feat)
             actions.append(raw)
             hs.append(h_prev)
@@ -361,6 +379,30 @@ class ImagineAgent:
             "cont": world.cont(h_all),
         }
 
+    def imagined_step(
+        self, feat: Tensor, z: Tensor, state: State
+    ) -> tuple[Tensor, Tensor, State, Tensor]:
+        """One step of imagination from feat(z_t, h_{t−1}): a_t ~ π, h_t = backbone.step,
+        z_{t+1} ~ prior(h_t). Returns (the actor's raw sample, h_t, state, z_{t+1})."""
+        action, raw = self.behavior.actor.sample(feat)
+        h, state = self.world.imagine_step(z, action, state)
+        if torch.compiler.is_compiling():  # states leave in the layout they come in with
+            state = contiguous_state(state)
+        return raw, h, state, self.world.sample(self.world.prior(h))
+
+    def compile(self, compiler: Compiler) -> None:
+        """run.compile=on: the world-model loss, one imagined step (the backbone's `step`
+        with the actor and the prior around it) and the actor-critic losses become compiled
+        graphs, forward and backward, each for the fixed shapes of its batch. Acting (one
+        env), the optimiser steps and the conservative planner stay eager."""
+        self._run = compiler.run
+        # dynamic=None: shapes inside the loss may depend on the data (FFM's segments per
+        # chunk); after one change dynamo makes such a size symbolic instead of recompiling
+        self._world_loss = compiler.wrap(self.world.loss_terms, dynamic=None)
+        if not (self.coplanner is not None and self.coplanner.conservative):
+            self._imagined_step = compiler.wrap(self.imagined_step)
+        self.behavior.compile_with(compiler)
+
     def update(self, replay: Any) -> dict[str, float]:
         """One world-model step, then one actor-critic step on imagined rollouts."""
         cfg = self.cfg
@@ -368,7 +410,7 @@ class ImagineAgent:
         batch = self._batch(replay.sample(cfg.batch_size, cfg.seq_len, purpose="train"))
         metrics = self.train_world(batch)
         ctx = self._batch(replay.sample(cfg.imag_batch, cfg.context, purpose="imagine"))
-        traj = self.imagine(ctx)
+        traj = self._run(self.imagine, ctx)
         metrics.update(self.behavior.update(**traj))
         if self.coplanner is not None:
             metrics.update(self._coplanner_metrics(traj))

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from reverie.behavior.returns import ReturnNormalizer, lambda_returns
+from reverie.compiler import Compiler, run_eagerly
 from reverie.nets.math import symlog, symlog_bins, two_hot_loss, two_hot_value, unimix
 from reverie.nets.mlp import MLP
 from reverie.nets.optim import make_optimizer
@@ -222,6 +223,9 @@ class ActorCritic(nn.Module):
         self.critic_opt = make_optimizer(
             cfg.optimizer, self.critic.parameters(), cfg.lr_critic, cfg.adam_eps
         )
+        # the update's pure tensor functions and the runner of the code that calls them:
+        # `compile_with` swaps in compiled ones (run.compile=on)
+        self._targets, self._losses, self._run = self.targets, self.losses, run_eagerly
 
     @torch.no_grad()
     def update_slow_critic(self) -> None:
@@ -229,6 +233,90 @@ class ActorCritic(nn.Module):
         f = self.cfg.slow_critic_fraction
         for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
             slow.lerp_(fast, f)
+
+    @torch.no_grad()
+    def targets(self, feat: Tensor, reward: Tensor, cont: Tensor) -> dict[str, Tensor]:
+        """What the losses regress to, for `targets` = reverie | dreamerv3 | drama (module
+        doc): a pure tensor function. feat [H+1, B, F]; reward, cont [H, B].
+
+        Returns ret (λ-returns), second (the critic's second target), weight (w_t) and
+        cont (as used), all [H, B]; with dreamerv3 also baseline, the slow critic's value
+        (otherwise the actor's baseline is the critic's own value, from `losses`).
+        """
+        cfg = self.cfg
+        slow_value = self.critic.value(self.slow_critic(feat))  # [H+1, B]
+        if cfg.targets == "drama":
+            cont = (cont > 0.5).to(cont.dtype)
+            fast_value = self.critic.value(self.critic(feat))
+            ret = lambda_returns(reward.T, cont.T, fast_value.T, cfg.gamma, cfg.lam).T
+            second = lambda_returns(reward.T, cont.T, slow_value.T, cfg.gamma, cfg.lam).T
+            weight = torch.ones_like(cont)
+        else:
+            ret = lambda_returns(reward.T, cont.T, slow_value.T, cfg.gamma, cfg.lam).T
+            second = slow_value[:-1]
+            # w_t: probability that state t is still inside the episode (w_0 = 1).
+            weight = torch.cumprod(torch.cat([torch.ones_like(cont[:1]), cont[:-1]], 0), 0)
+        out = {"ret": ret, "second": second, "weight": weight, "cont": cont}
+        if cfg.targets == "dreamerv3":
+            out["baseline"] = slow_value[:-1]
+        return out
+
+    def losses(
+        self, feat: Tensor, action: Tensor, targets: dict[str, Tensor], scale: Tensor
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Actor and critic losses given `targets(...)` and the return scale S (a 0-d
+        tensor): a pure tensor function. Returns (actor_loss, critic_loss, 0-d metrics)."""
+        ret, weight = targets["ret"], targets["weight"]
+        logits = self.critic(feat[:-1])  # [H, B, bins]
+        value = self.critic.value(logits.detach())
+        critic_loss = self.critic.loss(logits, ret) + self.critic.loss(logits, targets["second"])
+        critic_loss = (weight * critic_loss).mean()
+        baseline = targets.get("baseline", value)
+
+        dist = self.actor.dist(feat[:-1])
+        adv = (ret - baseline) / scale
+        entropy = dist.entropy()
+        actor_loss = -(weight * (dist.log_prob(action) * adv + self.cfg.entropy * entropy)).mean()
+        terms = {
+            "ac/actor_loss": actor_loss.detach(),
+            "ac/critic_loss": critic_loss.detach(),
+            "ac/entropy": entropy.detach().mean(),
+            "ac/advantage": adv.mean(),
+            "ac/value": value.mean(),
+            "imag/return": ret.mean(),
+            "imag/cont": targets["cont"].mean(),
+        }
+        return actor_loss, critic_loss, terms
+
+    def _prepare(
+        self, feat: Tensor, action: Tensor, reward: Tensor, cont: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+        """Check the shapes, compute the targets and fold this trajectory's returns (and,
+        with actor_input_norm, its states) into the running statistics; (feat, targets, S)."""
+        H = reward.shape[0]
+        if feat.shape[0] != H + 1 or cont.shape[0] != H or action.shape[0] != H:
+            raise ValueError(
+                f"imagined trajectory must be feat [H+1, B, F], action/reward/cont [H, B]; got "
+                f"feat {tuple(feat.shape)}, action {tuple(action.shape)}, "
+                f"reward {tuple(reward.shape)}, cont {tuple(cont.shape)}"
+            )
+        feat = feat.detach()
+        targets = self._run(self._targets, feat, reward, cont)
+        # DreamerV3 folds the trajectory's own returns in before using the scale
+        self.return_norm.update(targets["ret"])
+        if self.actor.input_norm is not None:
+            self.actor.input_norm.update(feat[:-1])
+        return feat, targets, self.return_norm.scale()
+
+    def _metrics(self, terms: dict[str, Tensor], reward: Tensor, scale: Tensor) -> dict[str, float]:
+        low, high = self.return_norm.percentiles().tolist()
+        m = {k: v.item() for k, v in terms.items()}
+        return {"ac/actor_loss": m["ac/actor_loss"], "ac/critic_loss": m["ac/critic_loss"],
+                "ac/entropy": m["ac/entropy"], "ac/advantage": m["ac/advantage"],
+                "ac/value": m["ac/value"], "ac/return_scale": scale.item(),
+                "ac/return_low": low, "ac/return_high": high,
+                "imag/return": m["imag/return"], "imag/reward": reward.mean().item(),
+                "imag/cont": m["imag/cont"]}
 
     def loss(
         self, feat: Tensor, action: Tensor, reward: Tensor, cont: Tensor
@@ -238,71 +326,26 @@ class ActorCritic(nn.Module):
         Folds this trajectory's returns into the return normaliser first (DreamerV3 does
         the same), so call it once per update. Returns (actor_loss, critic_loss, metrics).
         """
-        cfg = self.cfg
-        H = reward.shape[0]
-        if feat.shape[0] != H + 1 or cont.shape[0] != H or action.shape[0] != H:
-            raise ValueError(
-                f"imagined trajectory must be feat [H+1, B, F], action/reward/cont [H, B]; got "
-                f"feat {tuple(feat.shape)}, action {tuple(action.shape)}, "
-                f"reward {tuple(reward.shape)}, cont {tuple(cont.shape)}"
-            )
-        feat = feat.detach()
-        drama = cfg.targets == "drama"
-        with torch.no_grad():
-            slow_value = self.critic.value(self.slow_critic(feat))  # [H+1, B]
-            if drama:
-                cont = (cont > 0.5).to(cont.dtype)
-                fast_value = self.critic.value(self.critic(feat))
-                ret = lambda_returns(reward.T, cont.T, fast_value.T, cfg.gamma, cfg.lam).T
-                second = lambda_returns(reward.T, cont.T, slow_value.T, cfg.gamma, cfg.lam).T
-                weight = torch.ones_like(cont)
-            else:
-                ret = lambda_returns(reward.T, cont.T, slow_value.T, cfg.gamma, cfg.lam).T
-                second = slow_value[:-1]
-                # w_t: probability that state t is still inside the episode (w_0 = 1).
-                weight = torch.cumprod(
-                    torch.cat([torch.ones_like(cont[:1]), cont[:-1]], 0), 0
-                )
-            self.return_norm.update(ret)
-            scale = self.return_norm.scale()
+        feat, targets, scale = self._prepare(feat, action, reward, cont)
+        actor_loss, critic_loss, terms = self._losses(feat, action, targets, scale)
+        return actor_loss, critic_loss, self._metrics(terms, reward, scale)
 
-        if self.actor.input_norm is not None:
-            self.actor.input_norm.update(feat[:-1])
-        logits = self.critic(feat[:-1])  # [H, B, bins]
-        value = self.critic.value(logits.detach())
-        critic_loss = self.critic.loss(logits, ret) + self.critic.loss(logits, second)
-        critic_loss = (weight * critic_loss).mean()
-        baseline = slow_value[:-1] if cfg.targets == "dreamerv3" else value
-
-        dist = self.actor.dist(feat[:-1])
-        adv = (ret - baseline) / scale
-        entropy = dist.entropy()
-        actor_loss = -(weight * (dist.log_prob(action) * adv + cfg.entropy * entropy)).mean()
-
-        low, high = self.return_norm.percentiles().tolist()
-        metrics = {
-            "ac/actor_loss": actor_loss.item(),
-            "ac/critic_loss": critic_loss.item(),
-            "ac/entropy": entropy.mean().item(),
-            "ac/advantage": adv.mean().item(),
-            "ac/value": value.mean().item(),
-            "ac/return_scale": scale.item(),
-            "ac/return_low": low,
-            "ac/return_high": high,
-            "imag/return": ret.mean().item(),
-            "imag/reward": reward.mean().item(),
-            "imag/cont": cont.mean().item(),
-        }
-        return actor_loss, critic_loss, metrics
+    def _gradients(
+        self, feat: Tensor, action: Tensor, targets: dict[str, Tensor], scale: Tensor
+    ) -> dict[str, Tensor]:
+        actor_loss, critic_loss, terms = self._losses(feat, action, targets, scale)
+        self.actor_opt.zero_grad(set_to_none=True)
+        self.critic_opt.zero_grad(set_to_none=True)
+        (actor_loss + critic_loss).backward()  # disjoint parameters: one backward for both
+        return terms
 
     def update(
         self, feat: Tensor, action: Tensor, reward: Tensor, cont: Tensor
     ) -> dict[str, float]:
         """One actor and one critic step on an imagined trajectory, then the slow critic."""
-        actor_loss, critic_loss, metrics = self.loss(feat, action, reward, cont)
-        self.actor_opt.zero_grad(set_to_none=True)
-        self.critic_opt.zero_grad(set_to_none=True)
-        (actor_loss + critic_loss).backward()  # disjoint parameters: one backward for both
+        feat, targets, scale = self._prepare(feat, action, reward, cont)
+        terms = self._run(self._gradients, feat, action, targets, scale)
+        metrics = self._metrics(terms, reward, scale)
         clip = self.cfg.grad_clip
         metrics["ac/actor_grad_norm"] = nn.utils.clip_grad_norm_(
             self.actor.parameters(), clip).item()
@@ -312,6 +355,14 @@ class ActorCritic(nn.Module):
         self.critic_opt.step()
         self.update_slow_critic()
         return metrics
+
+    def compile_with(self, compiler: Compiler) -> None:
+        """run.compile=on: `targets` and `losses` (forward and backward) as compiled graphs;
+        the statistics' updates and the optimiser steps stay eager. (Not `nn.Module.compile`,
+        which would compile `forward`.)"""
+        self._targets = compiler.wrap(self.targets)
+        self._losses = compiler.wrap(self.losses)
+        self._run = compiler.run
 
     def optim_state_dict(self) -> dict[str, dict]:
         return {"actor": self.actor_opt.state_dict(), "critic": self.critic_opt.state_dict()}

@@ -3,8 +3,9 @@
 Agent-agnostic. An agent (see `Agent`) acts on a batch of `run.num_envs` envs and trains in
 `update`; what it needs from the driver it says with optional members: `uses_replay` (a
 sequence replay of the env stream, the default), `observe(transition)` (every vector step,
-with truncation flags and final observations, e.g. for on-policy rollouts), and
-`updates_due(env_steps)` (its own update cadence; the default is `run.train_ratio`).
+with truncation flags and final observations, e.g. for on-policy rollouts),
+`updates_due(env_steps)` (its own update cadence; the default is `run.train_ratio`), and
+`compile(compiler)` (run.compile=on: compiled tensor functions, see `reverie.compiler`).
 
 Exact resume. A checkpoint holds everything the future depends on (agent, optimisers, the
 agent's acting state, replay counters and RNG, driver counters, global RNG states, and each
@@ -29,6 +30,7 @@ import torch
 from gymnasium import spaces
 from omegaconf import DictConfig, OmegaConf
 
+from reverie.compiler import Compiler
 from reverie.config import (
     agent_parts,
     rows_per_sample,
@@ -71,7 +73,8 @@ def batch_obs(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 class Agent(Protocol):
     """What the driver drives (registered in `config.AGENTS`). Optional members:
     `uses_replay: bool` (default True), `observe(t: Transition) -> None`,
-    `updates_due(env_steps: int) -> int` (default: by `run.train_ratio`)."""
+    `updates_due(env_steps: int) -> int` (default: by `run.train_ratio`),
+    `compile(compiler: Compiler) -> None` (run.compile=on, see `reverie.compiler`)."""
 
     def initial_state(self, n: int) -> Any: ...
 
@@ -111,6 +114,16 @@ def build_agent(cfg: DictConfig, obs_spec, action_space: spaces.Space, device: t
                          int(cfg.seed))
     except ValueError as e:  # components validate their own options and name the fix
         raise UserError(f"bad {cfg.agent} config: {e}") from None
+
+
+def compile_agent(agent, name: str, note) -> None:
+    """run.compile=on: the agent's optional `compile(compiler)` swaps its tensor functions
+    for compiled ones (see `reverie.compiler`); an agent without it runs as it is."""
+    compile_ = getattr(agent, "compile", None)
+    if compile_ is None:
+        note(f"note: run.compile: agent {name} has nothing to compile; it runs eagerly")
+        return
+    compile_(Compiler(note))
 
 
 def load_agent_state(agent, payload: dict[str, Any], where: str) -> None:
@@ -166,6 +179,8 @@ class Trainer:
         check_obs_kind(cfg, self.obs_spec)
         self.action_space = self.envs.action_space
         self.agent = build_agent(cfg, self.obs_spec, self.action_space, self.device)
+        if cfg.run.compile == "on":
+            compile_agent(self.agent, cfg.agent, self._note)
         self.uses_replay = bool(getattr(self.agent, "uses_replay", True))
         if self.uses_replay and self.num_envs != 1:
             raise UserError(

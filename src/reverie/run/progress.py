@@ -79,4 +79,5 @@ class Progress:
         print("reverie: " + "  ".join(parts), file=sys.stderr, flush=True)
 
     def note(self, text: str) -> None:
-        self.console.print(f"reverie: {text}")
+        """One line, as written: never wrapped to the terminal, no rich markup ([...])."""
+        self.console.print(f"reverie: {text}", soft_wrap=True, markup=False, highlight=False)

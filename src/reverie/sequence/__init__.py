@@ -18,6 +18,7 @@ from reverie.sequence.base import (
     SequenceModel,
     State,
     cat_states,
+    contiguous_state,
     detach_state,
     index_state,
 )
@@ -55,4 +56,5 @@ __all__ = [
     "detach_state",
     "index_state",
     "cat_states",
+    "contiguous_state",
 ]

@@ -154,7 +154,10 @@ class Backbone(nn.Module):
                     f"reset must have shape [B, T] = {(B, T)}, got {tuple(reset.shape)}"
                 )
             reset = reset.to(device=x.device, dtype=torch.bool)
-            if not bool(reset.any()):
+            # no reset: the cheaper path. A compiled graph keeps the reset path (exact either
+            # way) rather than break on the data and compile a second graph for batches
+            # without a reset
+            if not torch.compiler.is_compiling() and not host_int(reset.any()):
                 reset = None
         new_state = []
         for block, s in zip(self.blocks, state):
@@ -173,9 +176,28 @@ class Backbone(nn.Module):
         return self.norm(x), tuple(new_state)
 
 
+@torch.compiler.disable
+def host_int(x: Tensor, round_up: bool = False) -> int:
+    """int(x) of a one-element tensor, read eagerly: a data-dependent count or flag that
+    Python code branches on. Under torch.compile (run.compile=on) it is a graph break
+    either way; made here it is a silent one (dynamo warns about a bare `.item()`).
+
+    A compiled graph is specialised on the value returned here; round_up=True returns the
+    next power of two (for a count >= 1 that may be padded), so at most log2(max) + 1
+    graphs are ever compiled for it."""
+    value = int(x.item())
+    return 1 << (value - 1).bit_length() if round_up and value > 1 else value
+
+
 def detach_state(state: State) -> State:
     """Cut the autograd graph at a state (truncated backpropagation through time)."""
     return tuple({k: v.detach() for k, v in layer.items()} for layer in state)
+
+
+def contiguous_state(state: State) -> State:
+    """Every tensor of a state in its standard layout (a no-op for those already in it):
+    a compiled `step` is specialised on the strides of its inputs."""
+    return tuple({k: v.contiguous() for k, v in layer.items()} for layer in state)
 
 
 def index_state(state: State, index: Tensor) -> State:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reverie.errors import suggest
-from reverie.sequence.base import Backbone, Block, LayerState
+from reverie.sequence.base import Backbone, Block, LayerState, host_int
 
 
 def decay_powers(alpha: Tensor, omega: Tensor, n: int, dtype: torch.dtype) -> Tensor:
@@ -127,7 +127,9 @@ def aggregate(
     start = torch.stack(starts, dim=-1).transpose(1, 2).reshape(m, 2 * c, BN)  # [j, (r, k), bn]
 
     A = chunk_operator(P, L)  # [m, 2cL, L + 2c]
-    K = 1 if seg is None else int(seg.max().item()) + 1
+    # segments per chunk; a compiled graph pads it to a power of two (the extra columns
+    # are exact zeros), so few distinct counts are ever compiled
+    K = 1 if seg is None else host_int(seg.max() + 1, round_up=torch.compiler.is_compiling())
     if seg is not None:
         start = start * keep
     if K == 1:

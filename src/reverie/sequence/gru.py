@@ -8,6 +8,10 @@ starts at a reset). Right padding is harmless because a GRU is causal. `step` ca
 same weights through `torch.gru_cell`, so both paths compute the same function.
 
 State per block: `{"h": [B, D]}`, zero = "no history" (the `nn.GRU` default h0).
+
+Under torch.compile (run.compile=on) a block runs eagerly: dynamo does not trace `nn.GRU`
+(its experimental `allow_rnn` unrolled the recurrence and took 150 s to compile a 2-layer
+model on this CPU), and the segment packing depends on the data.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reverie.sequence.base import Backbone, Block, LayerState
+from reverie.sequence.base import Backbone, Block, LayerState, host_int
 
 
 def pack_segments(reset: Tensor) -> tuple[Tensor, Tensor, int, int]:
@@ -34,7 +38,7 @@ def pack_segments(reset: Tensor) -> tuple[Tensor, Tensor, int, int]:
     idx = torch.arange(T, device=reset.device).expand(B, T)
     first = torch.where(start, idx, torch.zeros_like(idx)).cummax(dim=1).values
     pos = idx - first
-    return seg, pos, int(seg[-1, -1].item()) + 1, int(pos.max().item()) + 1
+    return seg, pos, host_int(seg[-1, -1]) + 1, host_int(pos.max()) + 1
 
 
 class GRUBlock(Block):
@@ -42,15 +46,16 @@ class GRUBlock(Block):
 
     def __init__(self, d_model: int) -> None:
         super().__init__()
+        self.d_model = d_model
         self.norm = nn.LayerNorm(d_model)
         self.gru = nn.GRU(d_model, d_model, num_layers=1, batch_first=True)
 
     def initial_state(
         self, batch_size: int, device: torch.device, dtype: torch.dtype
     ) -> LayerState:
-        d = self.gru.hidden_size
-        return {"h": torch.zeros(batch_size, d, device=device, dtype=dtype)}
+        return {"h": torch.zeros(batch_size, self.d_model, device=device, dtype=dtype)}
 
+    @torch.compiler.disable
     def forward(
         self, x: Tensor, state: LayerState, reset: Tensor | None
     ) -> tuple[Tensor, LayerState]:
@@ -71,6 +76,7 @@ class GRUBlock(Block):
         out = out_seg[seg, pos]  # [B, T, D]
         return x + out, {"h": out[:, -1]}
 
+    @torch.compiler.disable
     def step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
         """x: [B, D], state {"h": [B, D]} -> y: [B, D]."""
         g = self.gru

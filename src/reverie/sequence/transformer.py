@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reverie.sequence.base import Backbone, Block, LayerState
+from reverie.sequence.base import Backbone, Block, LayerState, host_int
 
 ROPE_BASE = 10_000.0
 
@@ -138,7 +138,7 @@ class TransformerBlock(Block):
         q, k, v = self._qkv(x, pos)  # [B, T, H, dh]
 
         # at most C-1 past tokens fit in any query's window; fewer if the cache is short
-        P = min(C - 1, int(pos0.clamp(max=C).max().item()))
+        P = min(C - 1, host_int(pos0.clamp(max=C).max()))
         k_past, v_past = unroll_cache(state["k"], pos0, P), unroll_cache(state["v"], pos0, P)
         past_ok = (pos0.unsqueeze(1) - P + torch.arange(P, device=dev)) >= 0  # [B, P]
 

@@ -355,14 +355,11 @@ class WorldModel(nn.Module):
             loss = loss + err.reshape(*err.shape[: err.dim() - n], -1).sum(-1)
         return loss
 
-    def loss(
+    def loss_terms(
         self, batch: dict[str, Tensor]
-    ) -> tuple[Tensor, dict[str, float], dict[str, Tensor]]:
-        """World-model loss on a replay batch of [B, T] sequences (see module docstring).
-
-        Returns (total loss, float metrics "wm/...", {"z", "h", "post"} detached [B, T, ...];
-        "post" are the posterior logits [B, T, stoch, classes]).
-        """
+    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """`loss` with its metrics as 0-d tensors: a pure tensor function (no `.item()`),
+        which `run.compile=on` compiles as a whole, forward and backward."""
         for key in ("action", "reward", "terminal", "reset"):
             if key not in batch:
                 raise ValueError(f"world-model batch is missing {key!r}; sample it from replay")
@@ -393,20 +390,31 @@ class WorldModel(nn.Module):
         total = recon + reward_loss + cont_loss + self.kl_dyn * dyn_loss + self.kl_rep * rep_loss
 
         with torch.no_grad():
-            kl_raw = (dyn * mask).sum() / n_valid
-            metrics = {
-                "wm/loss": total.item(),
-                "wm/recon": recon.item(),
-                "wm/reward": reward_loss.item(),
-                "wm/cont": cont_loss.item(),
-                "wm/kl": kl_raw.item(),
-                "wm/kl_dyn": dyn_loss.item(),
-                "wm/kl_rep": rep_loss.item(),
-                "wm/post_ent": categorical_entropy(post).mean().item(),
-                "wm/prior_ent": categorical_entropy(prior).mean().item()
-                if prior.shape[1] else 0.0,
+            terms = {
+                "wm/loss": total,
+                "wm/recon": recon,
+                "wm/reward": reward_loss,
+                "wm/cont": cont_loss,
+                "wm/kl": (dyn * mask).sum() / n_valid,
+                "wm/kl_dyn": dyn_loss,
+                "wm/kl_rep": rep_loss,
+                "wm/post_ent": categorical_entropy(post).mean(),
+                "wm/prior_ent": categorical_entropy(prior).mean()
+                if prior.shape[1] else torch.zeros((), device=h.device),
             }
-        return total, metrics, {"z": z.detach(), "h": h.detach(), "post": post.detach()}
+            terms = {k: v.detach() for k, v in terms.items()}
+        return total, terms, {"z": z.detach(), "h": h.detach(), "post": post.detach()}
+
+    def loss(
+        self, batch: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, float], dict[str, Tensor]]:
+        """World-model loss on a replay batch of [B, T] sequences (see module docstring).
+
+        Returns (total loss, float metrics "wm/...", {"z", "h", "post"} detached [B, T, ...];
+        "post" are the posterior logits [B, T, stoch, classes]).
+        """
+        total, terms, aux = self.loss_terms(batch)
+        return total, {k: v.item() for k, v in terms.items()}, aux
 
     def param_breakdown(self) -> dict[str, int]:
         """Parameters per top-level part (encoders, posterior head, backbone, heads, ...)."""

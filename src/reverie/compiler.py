@@ -1,0 +1,111 @@
+"""`run.compile=on`: torch.compile (inductor) of an agent's pure tensor functions, with one
+way back to eager.
+
+An agent that can be compiled has a `compile(compiler)` method: it swaps the functions that
+do its tensor work (a loss's forward, one imagined step) for `compiler.wrap(fn)` and runs
+the code that calls them — forward and backward, up to but not including any optimiser step
+— as `compiler.run(unit, ...)`. Such a unit may change nothing but the random stream and
+`.grad`s before it can fail, so when compiling fails anywhere in it (torch.compile missing,
+no C++ compiler, an op inductor cannot lower, any exception), the random state is put back,
+every wrapped function turns eager for good, the unit runs again eagerly, and one note says
+so: the run goes on as with `run.compile=off`.
+
+Compiled graphs are cached on disk by inductor (its FX-graph and AOT-autograd caches), in
+`~/.cache/reverie/inductor` unless `TORCHINDUCTOR_CACHE_DIR` names another folder, so a
+second run of the same model pays tracing but not code generation and C++ compilation.
+
+Random numbers: inductor's own generator would draw other numbers than eager PyTorch, so
+`fallback_random` keeps torch's (the same draws, in the same order, from the same
+generator, which the checkpoints capture); compile on and off then differ only by float
+rounding (README, "Compiled kernels").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+# inductor options of every compiled function: torch's random stream, not inductor's
+OPTIONS = {"fallback_random": True}
+
+T = TypeVar("T")
+
+
+def default_cache_dir() -> Path:
+    """reverie's inductor cache: $XDG_CACHE_HOME/reverie/inductor (~/.cache by default)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "reverie" / "inductor"
+
+
+def use_cache_dir() -> str:
+    """Point inductor's caches at reverie's folder unless TORCHINDUCTOR_CACHE_DIR is set."""
+    return os.environ.setdefault(CACHE_ENV, str(default_cache_dir()))
+
+
+def run_eagerly(unit: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`Compiler.run` without a compiler: unit(*args, **kwargs) (run.compile=off)."""
+    return unit(*args, **kwargs)
+
+
+def _reason(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+class Compiler:
+    """Wraps functions with torch.compile and runs the units that call them (module doc).
+
+    `note(text)` receives the one line said on falling back (the driver prints it)."""
+
+    def __init__(self, note: Callable[[str], None]) -> None:
+        self.note = note
+        self.eager = False  # True once compiling failed: every wrapped function runs eagerly
+        self.reason: str | None = None
+        use_cache_dir()
+
+    def wrap(self, fn: Callable[..., T], dynamic: bool | None = False) -> Callable[..., T]:
+        """fn compiled at its first call, or fn itself once eager. dynamic=False: one graph
+        per input shape, for functions whose shapes the config fixes; None: torch's default
+        (static until a size changes, then symbolic)."""
+        try:
+            compiled = torch.compile(fn, dynamic=dynamic, options=OPTIONS)
+        except Exception as e:  # torch.compile itself unavailable on this platform
+            self.fall_back(e)
+            compiled = fn
+
+        def call(*args: Any, **kwargs: Any) -> T:
+            return (fn if self.eager else compiled)(*args, **kwargs)
+
+        return call
+
+    def run(self, unit: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """unit(*args, **kwargs); if it fails while compiled, again eagerly from the same
+        random state. An error that the eager run raises too is the unit's own: it
+        propagates, with no note."""
+        if self.eager:
+            return unit(*args, **kwargs)
+        rng = torch.get_rng_state()
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        try:
+            return unit(*args, **kwargs)
+        except Exception as e:
+            torch.set_rng_state(rng)
+            if cuda is not None:
+                torch.cuda.set_rng_state_all(cuda)
+            self.eager = True
+            out = unit(*args, **kwargs)
+            self.fall_back(e)
+            return out
+
+    def fall_back(self, e: BaseException) -> None:
+        """Turn every wrapped function eager; say why, once."""
+        self.eager = True
+        if self.reason is None:
+            self.reason = _reason(e)
+            self.note(f"note: run.compile=on fell back to eager ({self.reason})")
