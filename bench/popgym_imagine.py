@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from popgym_mmer import RUNS as PPO_RUNS  # noqa: E402
-from runlib import ensure_run, evaluations, progress, wall_seconds  # noqa: E402
+from runlib import collect_runs, ensure_run, evaluations, progress, wall_seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -117,18 +117,11 @@ def read_run(run: Path) -> dict | None:
 
 
 def report(tasks: list[str], backbones: list[str], seeds: list[int], steps: int) -> dict:
-    runs, missing = {}, []
-    for task in tasks:
-        for backbone in backbones:
-            for seed in seeds:
-                run = run_folder(task, backbone, seed)
-                r = read_run(run) if run.exists() else None
-                if r is None or r["env_steps"] < steps:
-                    missing.append(f"{task}/{backbone}/s{seed}"
-                                   + (f" ({r['env_steps']} of {steps} steps)" if r else ""))
-                if r is not None:
-                    evals = list(zip(r["eval_steps"], r["eval_return"]))
-                    runs[f"{task}/{backbone}/s{seed}"] = {**r, **compare(task, backbone, evals)}
+    runs, missing = collect_runs(((t, b, s) for t in tasks for b in backbones for s in seeds),
+                                 run_folder, read_run, steps)
+    for key, r in runs.items():
+        task, backbone, _ = key.split("/")
+        r.update(compare(task, backbone, list(zip(r["eval_steps"], r["eval_return"]))))
     return {"benchmark": "popgym_imagine", "preset": "popgym", "steps_per_run": steps,
             "eval_every": EVAL_EVERY, "task_overrides": TASK_OVERRIDES, "tasks": tasks,
             "backbones": backbones, "seeds": seeds,

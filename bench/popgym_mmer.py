@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runlib import ensure_run, progress, wall_seconds  # noqa: E402
+from runlib import collect_runs, ensure_run, progress, wall_seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -68,17 +68,8 @@ def read_run(run: Path) -> dict | None:
 
 
 def report(tasks: list[str], seeds: dict[str, list[int]], steps: int) -> dict:
-    runs, missing = {}, []
-    for task in tasks:
-        for backbone, ss in seeds.items():
-            for seed in ss:
-                run = run_folder(task, backbone, seed)
-                r = read_run(run) if run.exists() else None
-                if r is None or r["env_steps"] < steps:
-                    missing.append(f"{task}/{backbone}/s{seed}"
-                                   + (f" ({r['env_steps']} of {steps} steps)" if r else ""))
-                if r is not None:
-                    runs[f"{task}/{backbone}/s{seed}"] = r
+    runs, missing = collect_runs(((t, b, s) for t in tasks for b, ss in seeds.items()
+                                  for s in ss), run_folder, read_run, steps)
     summary: dict[str, dict] = {}
     for task in tasks:
         for backbone in seeds:

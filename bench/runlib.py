@@ -96,3 +96,19 @@ class PartTimer:
         children = {c for cs in nested.values() for c in cs}
         out["other"] = total - sum(v for k, v in self.seconds.items() if k not in children)
         return out
+
+
+def collect_runs(keys, folder, read, steps: int) -> tuple[dict[str, dict], list[str]]:
+    """Read the run of every (task, backbone, seed) in `keys`: `folder(task, backbone, seed)`
+    is its run folder, `read(path)` its result (None if it logged nothing yet). Returns
+    ({"task/backbone/sSEED": result}, the keys short of `steps`, with their progress)."""
+    runs, missing = {}, []
+    for task, backbone, seed in keys:
+        key = f"{task}/{backbone}/s{seed}"
+        path = folder(task, backbone, seed)
+        r = read(path) if path.exists() else None
+        if r is None or r["env_steps"] < steps:
+            missing.append(key + (f" ({r['env_steps']} of {steps} steps)" if r else ""))
+        if r is not None:
+            runs[key] = r
+    return runs, missing
