@@ -108,25 +108,32 @@ def _check_popgym_id(env_id: str) -> None:
     )
 
 
+def _entry_point(env_id: str):
+    """A registered env's entry point ("module:Class" or a callable); None for an unknown
+    id (gym.make reports those)."""
+    try:
+        return gym.spec(env_id).entry_point
+    except Exception:  # noqa: BLE001 - unknown ids get their own error from gym.make
+        return None
+
+
 def _renders(env_id: str) -> bool:
     """Whether a registered env declares rgb_array rendering (POPGym's envs take no
     `render_mode` at all and fail when given one)."""
+    entry = _entry_point(env_id)
+    if entry is None:
+        return True
     try:
-        entry = gym.spec(env_id).entry_point
         creator = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) \
             else entry
-    except Exception:  # noqa: BLE001 - unknown ids are reported by gym.make below
+    except Exception:  # noqa: BLE001 - an unloadable module is reported by gym.make below
         return True
     return "rgb_array" in getattr(creator, "metadata", {}).get("render_modes", [])
 
 
 def _extra_of(env_id: str) -> str | None:
     """reverie's extra that installs what a registered Gymnasium env needs, if it has one."""
-    try:
-        entry = str(gym.spec(env_id).entry_point)
-    except Exception:  # noqa: BLE001 - unknown ids get their own error
-        return None
-    return "mujoco" if ".mujoco" in entry else None
+    return "mujoco" if ".mujoco" in str(_entry_point(env_id)) else None
 
 
 def _make_gym(env_id: str, render: bool = False, noop_max: int = 30) -> gym.Env:

@@ -28,8 +28,8 @@ class CannotRender(Exception):
 def rollout(policy: Policy, steps: int, seed: int = 0):
     """Run the greedy policy for up to `steps` env steps of one episode.
 
-    Returns (frames or None, observations, actions); frames is None when the env cannot
-    render, with the reason in `rollout.note`."""
+    Returns (frames or None, observations, actions, note): frames is None when the env
+    cannot render, and note says why."""
     env = policy.make_env(render=True)
     obs, _ = env.reset(seed=seed)
     frames: list[np.ndarray] | None = []
