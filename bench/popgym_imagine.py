@@ -7,10 +7,11 @@ steps, and its sample efficiency against PPO (bench/popgym_mmer.py).
     python bench/popgym_imagine.py --report-only        # JSON/PNG from the run folders
 
 Every run is an ordinary `reverie train` run folder under bench/runs/popgym-imagine/ (kept out
-of git), resumable like every bench run (bench/runlib.py); the JSON lists the missing runs.
+of git; its logs are archived under bench/results/runs/popgym-imagine/), resumable like every
+bench run (bench/runlib.py); the JSON lists the missing runs.
 
 Sample efficiency. The target of a task and backbone is PPO's final MMER with the same
-backbone (mean over PPO's seeds in bench/results/popgym.json's run folders). For each side,
+backbone (mean over PPO's seeds in bench/results/popgym.json). For each side,
 "steps to reach" is the first evaluation step at which the running max of the greedy
 evaluation return reaches the target (`reverie.eval.mmer.steps_to_reach`); the ratio is
 PPO's steps over imagine's. Both are upper bounds by up to one evaluation interval (PPO
@@ -30,8 +31,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from popgym_mmer import RUNS as PPO_RUNS  # noqa: E402
-from runlib import collect_runs, ensure_run, evaluations, progress, wall_seconds  # noqa: E402
+from runlib import collect_runs, ensure_run, evaluations, progress, recorded, wall_seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -57,18 +57,18 @@ def ensure(task: str, backbone: str, seed: int, steps: int, threads: int) -> dic
     args = ["--preset", "popgym", "--env", f"popgym-{task}-v0", "--backbone", backbone,
             "--seed", str(seed), "--set", f"run.eval_every={EVAL_EVERY}",
             *TASK_OVERRIDES.get(task, [])]
-    return ensure_run(run_folder(task, backbone, seed), args, steps, threads)
+    earlier = recorded(RESULTS / "popgym_imagine.json").get(f"{task}/{backbone}/s{seed}")
+    return ensure_run(run_folder(task, backbone, seed), args, steps, threads, earlier)
 
 
 def ppo_side(task: str, backbone: str) -> dict | None:
-    """PPO's evaluation curves of `task` with `backbone`, over the seeds it has run."""
+    """PPO's evaluation curves of `task` with `backbone`, over the seeds it has run (from
+    bench/popgym_mmer.py's committed results)."""
     from reverie.eval.mmer import mmer
 
-    curves = {}
-    for run in sorted(PPO_RUNS.glob(f"{task}-{backbone}-s*")):
-        evals = evaluations(run) if (run / "metrics.jsonl").exists() else []
-        if evals:
-            curves[run.name] = evals
+    curves = {key: list(zip(r["eval_steps"], r["eval_return"]))
+              for key, r in sorted(recorded(RESULTS / "popgym.json").items())
+              if key.startswith(f"{task}/{backbone}/") and r["eval_steps"]}
     if not curves:
         return None
     finals = [mmer(c) for c in curves.values()]
@@ -118,7 +118,8 @@ def read_run(run: Path) -> dict | None:
 
 def report(tasks: list[str], backbones: list[str], seeds: list[int], steps: int) -> dict:
     runs, missing = collect_runs(((t, b, s) for t in tasks for b in backbones for s in seeds),
-                                 run_folder, read_run, steps)
+                                 run_folder, read_run, steps,
+                                 recorded(RESULTS / "popgym_imagine.json"))
     for key, r in runs.items():
         task, backbone, _ = key.split("/")
         r.update(compare(task, backbone, list(zip(r["eval_steps"], r["eval_return"]))))
@@ -161,7 +162,10 @@ def plot(result: dict, path: Path) -> None:
 
 
 def write(args: argparse.Namespace) -> None:
-    result = report(args.tasks, args.backbones, args.seeds, args.steps)
+    # the default grid and whatever this call adds: a partial call must not drop the others
+    result = report(TASKS + [t for t in args.tasks if t not in TASKS],
+                    BACKBONES + [b for b in args.backbones if b not in BACKBONES],
+                    sorted(set(args.seeds) | {0}), args.steps)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "popgym_imagine.json").write_text(json.dumps(result, indent=1))
     plot(result, RESULTS / "popgym_imagine.png")

@@ -6,13 +6,13 @@ Transformer memories, scored by MMER (POPGym's max mean episodic return).
     python bench/popgym_mmer.py --tasks RepeatPreviousEasy --backbones ffm --seeds 0
     python bench/popgym_mmer.py --report-only   # rebuild the JSON/PNG from the run folders
 
-Every run is an ordinary `reverie train` run folder under bench/runs/popgym/ (kept out of
-git). The script is resumable: a finished run is read back, an unfinished one is continued
-with `reverie train --resume` (exactly, from its last checkpoint), so a long benchmark can
-be run in pieces; the JSON says which runs are missing. MMER is computed from each run's
-evaluation returns (greedy policy, `run.eval_episodes` episodes every `run.eval_every` env
-steps) with `reverie.eval.mmer`, and reported raw (returns in [-1, 1]) and normalised
-(0.5·MMER + 0.5).
+Every run is an ordinary `reverie train` run folder under bench/runs/popgym/ (kept out of git;
+its logs are archived under bench/results/runs/popgym/, see bench/runlib.py). The script is
+resumable: a finished run is read back, an unfinished one is continued with `reverie train
+--resume` (exactly, from its last checkpoint), so a long benchmark can be run in pieces; the
+JSON says which runs are missing. MMER is computed from each run's evaluation returns (greedy
+policy, `run.eval_episodes` episodes every `run.eval_every` env steps) with
+`reverie.eval.mmer`, and reported raw (returns in [-1, 1]) and normalised (0.5·MMER + 0.5).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runlib import collect_runs, ensure_run, progress, wall_seconds  # noqa: E402
+from runlib import collect_runs, ensure_run, progress, recorded, wall_seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -47,7 +47,8 @@ def ensure(task: str, backbone: str, seed: int, steps: int, threads: int) -> dic
     name, extra = VARIANTS.get(backbone, (backbone, []))
     args = ["--preset", "popgym-ppo", "--env", f"popgym-{task}-v0", "--backbone", name,
             "--seed", str(seed), *extra]
-    return ensure_run(run_folder(task, backbone, seed), args, steps, threads)
+    earlier = recorded(RESULTS / "popgym.json").get(f"{task}/{backbone}/s{seed}")
+    return ensure_run(run_folder(task, backbone, seed), args, steps, threads, earlier)
 
 
 def read_run(run: Path) -> dict | None:
@@ -69,7 +70,8 @@ def read_run(run: Path) -> dict | None:
 
 def report(tasks: list[str], seeds: dict[str, list[int]], steps: int) -> dict:
     runs, missing = collect_runs(((t, b, s) for t in tasks for b, ss in seeds.items()
-                                  for s in ss), run_folder, read_run, steps)
+                                  for s in ss), run_folder, read_run, steps,
+                                 recorded(RESULTS / "popgym.json"))
     summary: dict[str, dict] = {}
     for task in tasks:
         for backbone in seeds:
@@ -147,7 +149,10 @@ def main() -> None:
 
 
 def write(args: argparse.Namespace, seeds: dict[str, list[int]]) -> None:
-    result = report(args.tasks, seeds, args.steps)
+    # the default grid and whatever this call adds: a partial call must not drop the others
+    tasks = TASKS + [t for t in args.tasks if t not in TASKS]
+    grid = {b: sorted(set(SEEDS.get(b, [])) | set(seeds.get(b, []))) for b in {**SEEDS, **seeds}}
+    result = report(tasks, grid, args.steps)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "popgym.json").write_text(json.dumps(result, indent=1))
     plot(result, RESULTS / "popgym.png")

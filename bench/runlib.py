@@ -3,21 +3,65 @@
 `ensure_run` trains a run folder to a number of env steps: a finished run is left alone, an
 unfinished one is continued with `reverie train --resume` (exactly, from its last
 checkpoint), a missing one is created, so a long benchmark can be run in pieces.
+
+Run folders live under bench/runs/ (kept out of git: checkpoints and replay buffers are
+large), so they do not outlive the checkout. What a report needs of each run (config.yaml,
+metrics.jsonl, timing.jsonl and the env steps reached) is therefore copied, after every
+training piece, into the committed archive bench/results/runs/ (`keep`), under the same
+relative path. Readers go through `locate`, which prefers the live folder and falls back to
+the archive, and `ensure_run` does not retrain a run that the archive holds finished. An
+archived run is an ordinary run folder without checkpoints: `reverie report
+bench/results/runs/...` reads it, `reverie train --resume` cannot continue it.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+BENCH = Path(__file__).resolve().parent
+RUNS_ROOT = BENCH / "runs"
+ARCHIVE = BENCH / "results" / "runs"
+# what a report reads of a run folder (sac.json: a Stable-Baselines3 peer's result)
+KEPT = ("config.yaml", "metrics.jsonl", "timing.jsonl", "sac.json")
+
+
+def archived(run: Path) -> Path:
+    """Where the archive keeps `run` (a folder under bench/runs/)."""
+    return ARCHIVE / run.resolve().relative_to(RUNS_ROOT.resolve())
+
+
+def keep(run: Path) -> None:
+    """Copy what a report needs of `run` into the archive, with the env steps it reached."""
+    dst = archived(run)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in KEPT:
+        if (run / name).exists():
+            shutil.copy2(run / name, dst / name)
+    (dst / "progress.json").write_text(json.dumps({"env_steps": progress(run)}) + "\n")
+
+
+def locate(run: Path) -> Path:
+    """The live run folder if there is one, else its archived copy (else `run` itself)."""
+    if any((run / name).exists() for name in KEPT):
+        return run
+    kept = archived(run)
+    return kept if kept.exists() else run
+
 
 def progress(run: Path) -> int:
-    """Env steps a run folder has reached: its newest checkpoint's step (0 if none). (The
-    logged rows can end before it: the last log row need not fall on the last step.)"""
+    """Env steps a run folder has reached: its newest checkpoint's step (0 if none); for an
+    archived run, the step recorded when it was kept. (The logged rows can end before it:
+    the last log row need not fall on the last step.)"""
     from reverie.errors import UserError
     from reverie.run.checkpoint import CheckpointStore
+
+    if not (run / "checkpoints").exists() and (run / "progress.json").exists():
+        return int(json.loads((run / "progress.json").read_text())["env_steps"])
 
     try:
         entries = CheckpointStore(run / "checkpoints").entries()
@@ -26,19 +70,29 @@ def progress(run: Path) -> int:
     return entries[-1].step if entries else 0
 
 
-def ensure_run(run: Path, train_args: list[str], steps: int, threads: int = 1) -> dict:
+def ensure_run(run: Path, train_args: list[str], steps: int, threads: int = 1,
+               earlier: dict | None = None) -> dict:
     """Train (or continue) `run` to `steps` env steps. train_args: the `reverie train` flags
-    that create it (preset, env, seed, --set ...), used only when it does not exist yet."""
+    that create it (preset, env, seed, --set ...), used only when it does not exist yet.
+    earlier: the run's result in the committed JSON, if any; a run finished there is not
+    trained again when neither its folder nor its archived copy is here."""
     common = ["--no-progress", "--steps", str(steps), "--set", f"run.threads={threads}"]
     if (run / "config.yaml").exists():
         if progress(run) >= steps:
+            keep(run)
             return {"status": "done"}
         cmd = ["train", "--resume", str(run), *common]
+    elif archived(run).exists() and progress(archived(run)) >= steps:
+        return {"status": "done", "archived": True}
+    elif not archived(run).exists() and (earlier or {}).get("env_steps", 0) >= steps:
+        return {"status": "done", "from_committed_json": True}
     else:
         cmd = ["train", *train_args, "--out", str(run), *common]
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "reverie", *cmd], capture_output=True,
                           text=True)
+    if (run / "config.yaml").exists():
+        keep(run)
     if proc.returncode != 0:
         return {"status": "error", "error": proc.stderr.strip()[-600:]}
     return {"status": "trained", "wall_s": round(time.time() - t0, 1)}
@@ -98,15 +152,25 @@ class PartTimer:
         return out
 
 
-def collect_runs(keys, folder, read, steps: int) -> tuple[dict[str, dict], list[str]]:
+def recorded(path: Path) -> dict[str, dict]:
+    """The per-run results ("runs") of a committed benchmark JSON, {} if there is none."""
+    return json.loads(path.read_text()).get("runs", {}) if path.exists() else {}
+
+
+def collect_runs(keys, folder, read, steps: int,
+                 earlier: dict[str, dict] | None = None) -> tuple[dict[str, dict], list[str]]:
     """Read the run of every (task, backbone, seed) in `keys`: `folder(task, backbone, seed)`
-    is its run folder, `read(path)` its result (None if it logged nothing yet). Returns
+    is its run folder (live or archived, see `locate`), `read(path)` its result (None if it
+    logged nothing yet). A run with neither is taken from `earlier` (the committed JSON's
+    results, from before runs were archived), marked "from_committed_json". Returns
     ({"task/backbone/sSEED": result}, the keys short of `steps`, with their progress)."""
     runs, missing = {}, []
     for task, backbone, seed in keys:
         key = f"{task}/{backbone}/s{seed}"
-        path = folder(task, backbone, seed)
+        path = locate(folder(task, backbone, seed))
         r = read(path) if path.exists() else None
+        if r is None and key in (earlier or {}):
+            r = {**earlier[key], "from_committed_json": True}
         if r is None or r["env_steps"] < steps:
             missing.append(key + (f" ({r['env_steps']} of {steps} steps)" if r else ""))
         if r is not None:
