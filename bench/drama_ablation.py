@@ -5,17 +5,19 @@ was learned (stability), on CartPole and MinAtar Breakout, 2 seeds, 10k env step
     python bench/drama_ablation.py --tasks cartpole --variants baseline targets-drama
 
 Each run is `reverie train --preset P --env E --seed S --steps N --set ...` (the variant's
-overrides on top of the task's preset); finished runs with the same resolved config are
-reused (`run_reverie(..., reuse=True)` of bench/cartpole.py), so the benchmark can be run in
-pieces. Reported per variant and task: final evaluation return, best evaluation, and the
-mean of the last three evaluations (a policy that peaks and then drifts shows a gap between
-best and last-three), each over seeds.
+overrides on top of the task's preset); finished runs with the same resolved config are reused
+(`run_reverie(..., reuse=True)` of bench/cartpole.py), and runs recorded in the committed JSON
+with the same overrides and steps are not run again, so the benchmark can be run in pieces,
+across checkouts. Reported per variant and task: final evaluation return, best evaluation, and
+the mean of the last three evaluations (a policy that peaks and then drifts shows a gap
+between best and last-three), each over seeds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -81,9 +83,17 @@ def main() -> None:
             for variant in args.variants:
                 overrides = [*VARIANTS[variant], f"env.id={env}", f"run.eval_every={every}",
                              "run.threads=1"]
+                done = [e for e in entries if (e["task"], e["variant"], e["seed"]) ==
+                        (task, variant, seed) and "error" not in e
+                        and e.get("overrides") == overrides
+                        and e.get("eval_steps", [None])[-1] == args.steps]
+                if done:  # recorded in the committed JSON (run folders are not kept)
+                    continue
+                load0 = os.getloadavg()[0]
                 r = run_reverie("mamba2", seed, args.steps, Path(args.out) / task / variant,
                                 overrides, reuse=True, preset=preset)
-                entry = dict(r, task=task, variant=variant)
+                entry = dict(r, task=task, variant=variant, overrides=overrides,
+                             loadavg_1min=[round(load0, 2), round(os.getloadavg()[0], 2)])
                 print(json.dumps({k: v for k, v in entry.items() if k != "eval_steps"}),
                       flush=True)
                 entries = [e for e in entries
