@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -44,19 +45,32 @@ def backbone_targets(report: dict, T: str) -> list[tuple[str, bool | None]]:
     decided from the medians of the per-round ratios where the run alternated the models."""
     models, ratios = report["models"], report.get("ratios", {})
 
-    def ratio_at_least(a: str, b: str, k: float) -> tuple[str, bool | None]:
+    def rounds(name: str, t: str) -> list[float] | None:
+        return models.get(name, {}).get("train", {}).get(t, {}).get("train_tokens_per_s_rounds")
+
+    def ratio_at_least(a: str, b: str, k: float) -> tuple[str, str, bool | None]:
+        """(T it was decided at, how, pass/miss/None). Where b failed at T in every round
+        (mambapy runs out of memory at T=1024), the longest T at which both ran decides."""
         r = ratios.get(f"{a}/{b}@T={T}")
         if r is not None:
-            return (f" (median {r['median']:.2f}x, rounds {r['min']:.2f}–{r['max']:.2f}x)",
+            return (T, f" (median {r['median']:.2f}x, rounds {r['min']:.2f}–{r['max']:.2f}x)",
                     r["median"] >= k)
+        lengths = sorted(models.get(b, {}).get("train", {}), key=int, reverse=True)
+        for t in lengths:
+            x, y = rounds(a, t), rounds(b, t)
+            if x and y and len(x) == len(y):
+                per = [u / v for u, v in zip(x, y)]
+                med = statistics.median(per)
+                return (t, f" (median {med:.2f}x, rounds {min(per):.2f}–{max(per):.2f}x; "
+                           f"{b} failed at T={T})", med >= k)
         x, y = _tps(models.get(a, {}), T), _tps(models.get(b, {}), T)
-        return "", None if x is None or y is None else x >= k * y
+        return T, "", None if x is None or y is None else x >= k * y
 
     frac = models.get("mamba2", {}).get("train", {}).get(T, {}).get("fraction_of_peak")
     out = []
     for a, b, k in (("mamba2", "mambapy", 10), ("mamba2", "nn.GRU", 1.5), ("ffm", "nn.GRU", 1)):
-        how, ok = ratio_at_least(a, b, k)
-        out.append((f"{a} >= {k:g}x {b} tokens/s at T={T}{how}", ok))
+        t, how, ok = ratio_at_least(a, b, k)
+        out.append((f"{a} >= {k:g}x {b} tokens/s at T={t}{how}", ok))
     out.append((f"mamba2 fraction of peak >= 0.5 at T={T}", None if frac is None else frac >= 0.5))
     return out
 
