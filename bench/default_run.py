@@ -7,11 +7,12 @@ wall time per run and the returns it reaches, over seeds.
 This is what `make demo` trains, measured as a user runs it: the plain command with the
 preset's own thread setting, one run at a time (nothing else of this benchmark on the
 cores), a fresh run folder per seed under runs/bench-default/. Reported per seed: wall time
-of the whole command (process start to exit, prefill and evaluations included), the
-training wall time the run logs, milliseconds per env step after the prefill, and the
+of the whole command (process start to exit, prefill and evaluations included),
+milliseconds of wall time per env step after the prefill (evaluations included), and the
 evaluation returns; over seeds: median and min-max of the wall time, the mean return at the
 last step, and the targets (<= 3 min per run, mean >= 450 at 5k). The 1-minute load average
-before and after each run is recorded: a run that shared the cores with other work says so.
+before and after each run is recorded: a run that shared the cores with other work says so
+(the run itself keeps the load near the core count).
 """
 
 from __future__ import annotations
@@ -74,8 +75,11 @@ def main() -> None:
         "wall_s_median": statistics.median(walls) if walls else None,
         "wall_s_min": min(walls, default=None), "wall_s_max": max(walls, default=None),
         "final_return_mean": round(statistics.mean(finals), 1) if finals else None,
-        "loaded": any(max(r["loadavg_1min_before"], r["loadavg_1min_after"]) > cores
+        # the run itself keeps every core busy (load ~ cores): loaded means other work too
+        "loaded": any(max(r["loadavg_1min_before"], r["loadavg_1min_after"]) > 1.5 * cores
                       for r in runs),
+        "loaded_rule": "1-min load average above 1.5 x cores before or after a run (the run "
+                       "itself accounts for about 1 x cores)",
         "targets": {
             f"wall <= {TARGET_MINUTES:g} min per run (median)":
                 None if not walls else statistics.median(walls) <= 60 * TARGET_MINUTES,

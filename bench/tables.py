@@ -523,9 +523,38 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def default_run_table(results: Path) -> str | None:
+    report, _ = load(results, "default_run")
+    if report is None:
+        return None
+    head = ["seed", "wall min", "ms per env step after prefill", "eval returns (every 1k)"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for r in report["runs"]:
+        if "error" in r:
+            lines.append(_row([str(r["seed"]), "error", "", r["error"][:80]]))
+            continue
+        lines.append(_row([str(r["seed"]), f"{r['wall_s'] / 60:.2f}",
+                           _fmt(r.get("ms_per_env_step_after_prefill"), ".1f"),
+                           ", ".join(f"{v:.0f}" for v in r["eval_return"])]))
+    loads = [x for r in report["runs"] for x in (r["loadavg_1min_before"],
+                                                 r["loadavg_1min_after"])]
+    note = (f"\n`{report['command']}`, one run at a time, run.threads={report['threads']} "
+            f"(0 = all {report['cores']} cores); wall time of the whole command, prefill and "
+            f"evaluations included; median {report['wall_s_median'] / 60:.2f} min "
+            f"({report['wall_s_min'] / 60:.2f}–{report['wall_s_max'] / 60:.2f}); 1-min load "
+            f"{min(loads):.2f}–{max(loads):.2f}"
+            + (" — **other work shared the machine**." if report["loaded"] else
+               " (the run's own threads; nothing else ran)."))
+    targets = ["", _row(["target", "result"]), _row(["---", "---"])]
+    for desc, ok in report["targets"].items():
+        targets.append(_row([desc, {True: "pass", False: "miss", None: "n/a"}[ok]]))
+    return "\n".join(lines) + "\n" + note + "\n" + "\n".join(targets)
+
+
 TABLES: dict[str, Callable[[Path], str | None]] = {
     "backbones": backbones_table,
     "cartpole": cartpole_table,
+    "default_run": default_run_table,
     "reliability": reliability_table,
     "cartpole_sweep": cartpole_sweep_table,
     "throughput": throughput_table,
