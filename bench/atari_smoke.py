@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -68,12 +69,17 @@ def main() -> None:
     else:
         run = Path(args.out)
         cmd = command(run, args.updates, args.threads)
+        load0 = os.getloadavg()[0]
         subprocess.run(cmd, check=True)
+        load1 = os.getloadavg()[0]
         t0 = time.time()
         subprocess.run([sys.executable, "-m", "reverie", "watch", str(run), "--steps", "64"],
                        check=True)
         watch_s = time.time() - t0
     result = summarise(run, cmd, watch_s)
+    if cmd is not None:
+        result["torch_threads"] = args.threads
+        result["loadavg_1min"] = [round(load0, 2), round(load1, 2)]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "atari_smoke.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
