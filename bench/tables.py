@@ -206,7 +206,10 @@ def atari_table(results: Path) -> str | None:
     if report is None:
         return None
     head = ["run", "env steps", "updates", "s / update", "100k-step protocol (extrapolated)"]
-    row = [f"`{report['command']}`", str(report["env_steps"]), str(report["grad_steps"]),
+    cmd = report["command"]
+    if isinstance(cmd, list):  # [python, -m, reverie, train, ...]: as a user types it
+        cmd = " ".join(["reverie", *cmd[3:]])
+    row = [f"`{cmd}`", str(report["env_steps"]), str(report["grad_steps"]),
            f"{report['seconds_per_update']:.1f}",
            f"{report['full_protocol_hours_extrapolated']:.0f} h "
            f"({report['full_protocol_days_extrapolated']:.0f} days)"]
