@@ -13,6 +13,11 @@ and task: the accuracy on fresh sequences after training (chance 0.25), median a
 over seeds, and the accuracy curve. Sizes default to the `popgym-ppo` preset's memory
 (D = 64, 1 layer).
 
+"first" has no cue in the input: a memory must tell step 0 from the others by itself (a zero
+initial state that a state-dependent gate sees, or a convolution's zero padding). FFM's gates
+see only the current input, so it cannot; in POPGym's RepeatFirst the agent's previous action
+(none at step 0) is that cue.
+
 A variant is a backbone name with optional backbone options, `name:key=value,key=value`
 (values parsed as YAML scalars): `ffm:max_period=16`, `ffm:init=reference,norm_affine=false`.
 """

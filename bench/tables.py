@@ -554,6 +554,14 @@ def default_run_table(results: Path) -> str | None:
     return "\n".join(lines) + "\n" + note + "\n" + "\n".join(targets)
 
 
+def recall_table(results: Path) -> str | None:
+    report, quick = load(results, "recall")
+    if report is None:
+        return None
+    return report["markdown"].rstrip("\n") + (
+        "\n\n**Smoke-test sizes (--quick), not a real measurement.**" if quick else "")
+
+
 TABLES: dict[str, Callable[[Path], str | None]] = {
     "backbones": backbones_table,
     "cartpole": cartpole_table,
@@ -566,6 +574,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "popgym": popgym_table,
     "popgym_imagine": popgym_imagine_table,
     "rppo_throughput": rppo_throughput_table,
+    "recall": recall_table,
     "coplanner": coplanner_table,
     "allocator": allocator_table,
     "compile": compile_table,
