@@ -33,7 +33,7 @@ RUNS = ROOT / "bench" / "runs" / "popgym"
 TASKS = ["RepeatPreviousEasy", "RepeatFirstEasy", "CountRecallEasy", "AutoencodeEasy",
          "PositionOnlyCartPoleEasy", "NoisyPositionOnlyPendulumEasy"]
 SEEDS = {"ffm": [0, 1, 2], "gru": [0, 1, 2], "mamba2": [0], "transformer": [0],
-         "ffm-reference": [0], "ffm-p16": [0]}
+         "ffm-reference": [0], "ffm-p16": [0, 1, 2]}
 # memories that are a backbone with options: FFM as the official code initialises it, and
 # FFM with its 4 oscillation periods spread over [1, 16] steps instead of [1, 1024] (the
 # supervised probe bench/recall.py: lag-4 recall 0.74 with the paper's periods, 0.995 with
