@@ -41,7 +41,10 @@ from reverie.sequence import make_backbone
 
 RESULTS = Path(__file__).parent / "results"
 SYMBOLS = 4
-VARIANTS = ["gru", "transformer", "mamba2", "ffm", "ffm:init=reference,norm_affine=false"]
+# ffm: reverie's default (oscillation periods over [1, 16] steps); ffm:max_period=1024: the
+# paper's periods with reverie's init otherwise (reverie's default before 2026-12-02)
+VARIANTS = ["gru", "transformer", "mamba2", "ffm", "ffm:max_period=1024",
+            "ffm:init=reference,norm_affine=false"]
 TASKS = ["lag1", "lag4", "lag16", "first"]
 
 

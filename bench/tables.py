@@ -266,7 +266,8 @@ def popgym_imagine_table(results: Path) -> str | None:
         def steps(x):
             return "not reached" if x is None else f"{x:,.0f}"
 
-        rows.append([task, f"`{memory}`", f"{r['env_steps']:,}", f"{r['mmer']:.2f}",
+        label = f"`{memory}`" + (f" ({r['memory_note']})" if r.get("memory_note") else "")
+        rows.append([task, label, f"{r['env_steps']:,}", f"{r['mmer']:.2f}",
                      "–" if r.get("target") is None else f"{r['target']:.2f}",
                      steps(r.get("imagine_steps_to_target")),
                      steps(r.get("ppo_steps_to_target")),

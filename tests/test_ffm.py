@@ -158,7 +158,7 @@ def test_gradients_finite_long_sequence_default_sizes():
     assert x.grad[1, 300].abs().sum() > 0
 
 
-def test_defaults_follow_the_paper_init():
+def test_default_init():
     m = make_backbone("ffm", d_model=16, n_layers=1, memory_size=5, context_size=4)
     blk = m.blocks[0]
     assert blk.pre.out_features == 2 * 5 + 2 * 16
@@ -168,8 +168,12 @@ def test_defaults_follow_the_paper_init():
     assert a[0].item() == pytest.approx(math.log(0.01), rel=1e-5)
     assert a[-1].item() == pytest.approx(math.log(0.01) / 1024, rel=1e-5)
     assert (a < 0).all()
+    # reverie's periods span [1, 16] steps (bench/recall.py), the paper's [1, 1024]
     periods = 2 * math.pi / blk.omega.detach()
-    assert torch.allclose(periods, torch.linspace(1.0, 1024.0, 4), rtol=1e-5)
+    assert torch.allclose(periods, torch.linspace(1.0, 16.0, 4), rtol=1e-5)
+    paper = make_backbone("ffm", d_model=16, n_layers=1, context_size=4, max_period=1024)
+    assert torch.allclose(2 * math.pi / paper.blocks[0].omega.detach(),
+                          torch.linspace(1.0, 1024.0, 4), rtol=1e-5)
 
 
 def test_bf16_autocast_keeps_aggregator_in_float32():

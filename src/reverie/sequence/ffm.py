@@ -286,11 +286,19 @@ DEFAULTS: dict[str, Any] = {
     "chunk_size": 64,
     "min_horizon": 1.0,
     "max_horizon": 1024.0,
-    "max_period": 1024.0,
+    "max_period": None,  # by init: PERIODS
     "init": "reverie",
     "norm_affine": True,
 }
 INITS = ("reverie", "reference")
+# Longest oscillation period at init, by `init` (periods are spread linearly from 1 step to
+# it). The paper's 1024 leaves, with its 4 contexts, one period-1 context (no rotation) and
+# three that turn less than 1/85 of a cycle per step, so inputs a few steps apart look alike:
+# FFM then learns lag-4 recall to 0.73 where every other memory reaches 1.00
+# (bench/recall.py) and fails POPGym's RepeatPreviousEasy under PPO (MMER 0.21 vs the GRU's
+# 1.00, bench/popgym_mmer.py). Spread over [1, 16] it recalls at 0.99 and solves
+# RepeatPrevious (1.00), while the decays, and so how long the traces remember, are the same.
+PERIODS = {"reverie": 16.0, "reference": 1024.0}
 
 
 def build(d_model: int, n_layers: int, **kwargs: Any) -> Backbone:
@@ -299,7 +307,8 @@ def build(d_model: int, n_layers: int, **kwargs: Any) -> Backbone:
     Options: memory_size m (traces, 32), context_size c (frequencies, 4), chunk_size
     (steps per parallel chunk, 64), min_horizon / max_horizon (steps after which the
     fastest / slowest trace keeps 1% of an input at init, 1 / 1024), max_period (longest
-    oscillation period at init, 1024), init ("reverie": α log-spaced in time scale over
+    oscillation period at init: 16 with init "reverie", the paper's 1024 with "reference";
+    see PERIODS), init ("reverie": α log-spaced in time scale over
     [min_horizon, max_horizon]; "reference": the official code's linear spread of α from
     −0.673 to ln(0.01)/max_horizon, min_horizon unused), norm_affine (learned scale and
     bias in the output LayerNorm, True; the reference has none: False).
@@ -310,6 +319,8 @@ def build(d_model: int, n_layers: int, **kwargs: Any) -> Backbone:
             f"ffm got unknown options {unknown}; valid options are {', '.join(DEFAULTS)}"
         )
     opt = {**DEFAULTS, **kwargs}
+    if opt["max_period"] is None:  # (an unknown init is reported below)
+        opt["max_period"] = PERIODS.get(opt["init"], PERIODS["reference"])
     for key in ("memory_size", "context_size", "chunk_size"):
         v = opt[key]
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
