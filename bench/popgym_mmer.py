@@ -33,14 +33,13 @@ RUNS = ROOT / "bench" / "runs" / "popgym"
 TASKS = ["RepeatPreviousEasy", "RepeatFirstEasy", "CountRecallEasy", "AutoencodeEasy",
          "PositionOnlyCartPoleEasy", "NoisyPositionOnlyPendulumEasy"]
 SEEDS = {"ffm": [0, 1, 2], "gru": [0, 1, 2], "mamba2": [0], "transformer": [0],
-         "ffm-reference": [0], "ffm-p16": [0, 1, 2]}
-# memories that are a backbone with options: FFM as the official code initialises it, and
-# FFM with its 4 oscillation periods spread over [1, 16] steps instead of [1, 1024] (the
-# supervised probe bench/recall.py: lag-4 recall 0.74 with the paper's periods, 0.995 with
-# these; decays, and so how long a trace remembers, are the same)
-VARIANTS = {"ffm-reference": ("ffm", ["--set", "rppo.backbone_kwargs.init=reference",
-                                      "--set", "rppo.backbone_kwargs.norm_affine=false"]),
-            "ffm-p16": ("ffm", ["--set", "rppo.backbone_kwargs.max_period=16"])}
+         "ffm-p1024": [0, 1, 2], "ffm-reference": [0]}
+# memories that are a backbone with options: FFM with the paper's oscillation periods (4
+# spread over [1, 1024] steps; reverie's default before 2026-12-02, now [1, 16]: see
+# reverie.sequence.ffm.PERIODS) and FFM as the official code initialises it
+VARIANTS = {"ffm-p1024": ("ffm", ["--set", "rppo.backbone_kwargs.max_period=1024"]),
+            "ffm-reference": ("ffm", ["--set", "rppo.backbone_kwargs.init=reference",
+                                      "--set", "rppo.backbone_kwargs.norm_affine=false"])}
 
 
 def run_folder(task: str, backbone: str, seed: int) -> Path:
