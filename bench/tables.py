@@ -563,6 +563,25 @@ def recall_table(results: Path) -> str | None:
         "\n\n**Smoke-test sizes (--quick), not a real measurement.**" if quick else "")
 
 
+def drama_ablation_table(results: Path) -> str | None:
+    report, _ = load(results, "drama_ablation")
+    if report is None or not report["summary"]:
+        return None
+    head = ["task", "variant (`--set`)", "seeds", "final", "best", "mean of last 3",
+            "wall min/run"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for s in report["summary"].values():
+        sets = " ".join(f"`{o}`" for o in report["variants"][s["variant"]]) or "preset as is"
+        lines.append(_row([s["task"], f"{s['variant']}: {sets}",
+                           " ".join(str(x) for x in s["seeds"]), f"{s['final']:.0f}",
+                           f"{s['best']:.0f}", f"{s['last3']:.0f}", f"{s['wall_min']:.0f}"]))
+    note = (f"\nMamba-2 world model, the task's preset plus the variant, "
+            f"{report['steps']:,} env steps, greedy evaluation every 1,000 steps; returns are "
+            "means over the seeds listed. A policy that peaks and then drifts shows a gap "
+            "between best and the mean of the last three evaluations.")
+    return "\n".join(lines) + "\n" + note
+
+
 TABLES: dict[str, Callable[[Path], str | None]] = {
     "backbones": backbones_table,
     "cartpole": cartpole_table,
@@ -572,6 +591,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "throughput": throughput_table,
     "dfs": dfs_table,
     "atari": atari_table,
+    "drama_ablation": drama_ablation_table,
     "popgym": popgym_table,
     "popgym_imagine": popgym_imagine_table,
     "rppo_throughput": rppo_throughput_table,
