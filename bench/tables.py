@@ -40,6 +40,13 @@ def _fmt(x: float | None, spec: str) -> str:
     return "error" if x is None else format(x, spec)
 
 
+def targets_table(targets) -> str:
+    """A blank line, then the | target | result | table of (description, pass/miss/None)."""
+    rows = [_row([desc, {True: "pass", False: "miss", None: "n/a"}[ok]])
+            for desc, ok in targets]
+    return "\n".join(["", _row(["target", "result"]), _row(["---", "---"]), *rows])
+
+
 def backbone_targets(report: dict, T: str) -> list[tuple[str, bool | None]]:
     """The throughput targets at sequence length T: (description, pass / miss / None),
     decided from the medians of the per-round ratios where the run alternated the models."""
@@ -107,10 +114,8 @@ def backbones_table(results: Path) -> str | None:
         note += " One measurement per model (before alternating rounds existed)."
     if quick:
         note += " **Smoke-test sizes (--quick), not a real measurement.**"
-    targets = ["", _row(["target", "result"]), _row(["---", "---"])]
-    for desc, ok in backbone_targets(report, t_max):
-        targets.append(_row([desc, {True: "pass", False: "miss", None: "n/a"}[ok]]))
-    return "\n".join(lines) + "\n" + note + "\n" + "\n".join(targets)
+    return ("\n".join(lines) + "\n" + note + "\n"
+            + targets_table(backbone_targets(report, t_max)))
 
 
 def cartpole_table(results: Path) -> str | None:
@@ -549,10 +554,8 @@ def default_run_table(results: Path) -> str | None:
             f"{min(loads):.2f}–{max(loads):.2f}"
             + (" — **other work shared the machine**." if report["loaded"] else
                " (the run's own threads; nothing else ran)."))
-    targets = ["", _row(["target", "result"]), _row(["---", "---"])]
-    for desc, ok in report["targets"].items():
-        targets.append(_row([desc, {True: "pass", False: "miss", None: "n/a"}[ok]]))
-    return "\n".join(lines) + "\n" + note + "\n" + "\n".join(targets)
+    return ("\n".join(lines) + "\n" + note + "\n"
+            + targets_table(report["targets"].items()))
 
 
 def recall_table(results: Path) -> str | None:
