@@ -54,7 +54,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
     for item in filter(None, opts.split(",")):
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"bad variant '{text}': options are key=value, e.g. ffm:max_period=16")
+            raise ValueError(f"bad variant '{text}': options are key=value, e.g. "
+                             "ffm:max_period=16")
         kwargs[key] = yaml.safe_load(value)
     return name, kwargs
 
@@ -185,6 +186,11 @@ def main() -> None:
             p.error(f"unknown task '{t}': use lagK (K >= 1, e.g. lag4) or first")
         if t.startswith("lag") and int(t[3:]) >= args.seq_len:
             p.error(f"task {t} needs --seq-len above {t[3:]}")
+    for variant in args.variants:  # a bad name or option: one line and exit 2, before any run
+        try:
+            Probe(variant, args.d_model, args.n_layers)
+        except ValueError as e:
+            p.error(str(e))
     if args.quick:
         args.steps, args.eval_every, args.seeds = 20, 10, args.seeds[:1]
     torch.set_num_threads(args.threads)
