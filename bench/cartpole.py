@@ -35,17 +35,15 @@ def read_evals(run: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["eval/return"]) for r in rows if "eval/return" in r]
 
 
-def finished_run(run: Path, backbone: str, seed: int, steps: int, overrides: list[str],
-                 preset: str = "cartpole") -> dict | None:
-    """The result of `run` if it is a finished run of exactly this command (the same resolved
-    config, evaluated at `steps`), else None. Runs are deterministic on a CPU with the same
-    thread count, so re-running it would reproduce the same numbers; `--reuse` skips it."""
+def same_command(run: Path, backbone: str, seed: int, steps: int, overrides: list[str],
+                 preset: str = "cartpole") -> bool:
+    """Whether `run` was made by exactly this command (the same resolved config)."""
     from omegaconf import OmegaConf
 
     from reverie.config import build_config, load_run_config
 
     if not (run / "config.yaml").exists() or not (run / "timing.jsonl").exists():
-        return None
+        return False
     want = OmegaConf.to_container(build_config(
         preset, overrides, {"backbone": backbone, "seed": seed, "steps": steps}))
     # keys added to the schema after the run was made read as their defaults, as on resume
@@ -53,8 +51,18 @@ def finished_run(run: Path, backbone: str, seed: int, steps: int, overrides: lis
     for cfg in (want, have):
         cfg["run"]["progress"] = False  # display only
         cfg["replay"].pop("capacity", None)  # derived from run.steps when the run is made
+    return want == have
+
+
+def finished_run(run: Path, backbone: str, seed: int, steps: int, overrides: list[str],
+                 preset: str = "cartpole") -> dict | None:
+    """The result of `run` if it is a finished run of exactly this command (the same resolved
+    config, evaluated at `steps`), else None. Runs are deterministic on a CPU with the same
+    thread count, so re-running it would reproduce the same numbers; `--reuse` skips it."""
+    if not same_command(run, backbone, seed, steps, overrides, preset):
+        return None
     evals = read_evals(run)
-    if want != have or not evals or evals[-1][0] != steps:
+    if not evals or evals[-1][0] != steps:
         return None
     timing = [json.loads(x) for x in (run / "timing.jsonl").read_text().splitlines() if x]
     return {"backbone": backbone, "seed": seed, "wall_s": round(timing[-1]["time/wall"], 1),
@@ -69,24 +77,47 @@ def run_reverie(backbone: str, seed: int, steps: int, out: Path, overrides: list
     if reuse and (done := finished_run(run, backbone, seed, steps, overrides,
                                        preset)) is not None:
         return done
-    if (run / "config.yaml").exists():
-        if reuse:
-            print(f"note: {run} is unfinished or has another config: running it again",
-                  file=sys.stderr, flush=True)
-        import shutil
+    resume = reuse and same_command(run, backbone, seed, steps, overrides, preset) and any(
+        (run / "checkpoints").glob("*"))
+    if resume:  # an interrupted run of this command: go on from its last checkpoint
+        print(f"note: resuming the unfinished {run}", file=sys.stderr, flush=True)
+        cmd = [sys.executable, "-m", "reverie", "train", "--resume", str(run), "--steps",
+               str(steps), "--no-progress"]
+    else:
+        if (run / "config.yaml").exists():
+            if reuse:
+                print(f"note: {run} has another config: running it again",
+                      file=sys.stderr, flush=True)
+            import shutil
 
-        shutil.rmtree(run)
-    cmd = [sys.executable, "-m", "reverie", "train", "--preset", preset, "--backbone", backbone,
-           "--seed", str(seed), "--steps", str(steps), "--out", str(run), "--no-progress",
-           *(x for o in overrides for x in ("--set", o))]
+            shutil.rmtree(run)
+        cmd = [sys.executable, "-m", "reverie", "train", "--preset", preset, "--backbone",
+               backbone, "--seed", str(seed), "--steps", str(steps), "--out", str(run),
+               "--no-progress", *(x for o in overrides for x in ("--set", o))]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t0
     if proc.returncode != 0:
         return {"backbone": backbone, "seed": seed, "error": proc.stderr.strip()[-800:]}
     evals = read_evals(run)
-    return {"backbone": backbone, "seed": seed, "wall_s": round(wall, 1),
-            "eval_steps": [s for s, _ in evals], "eval_return": [r for _, r in evals]}
+    out = {"backbone": backbone, "seed": seed, "wall_s": round(wall, 1),
+           "eval_steps": [s for s, _ in evals], "eval_return": [r for _, r in evals]}
+    if resume:  # every piece's training time, the part redone after the kill included
+        timing = [json.loads(x) for x in (run / "timing.jsonl").read_text().splitlines() if x]
+        out.update(wall_s=round(pieces_wall([r["time/wall"] for r in timing
+                                             if "time/wall" in r]), 1), resumed=True)
+    return out
+
+
+def pieces_wall(walls: list[float]) -> float:
+    """Total seconds of a run trained in pieces: `time/wall` restarts from 0 in each process,
+    so the total is the sum of each piece's last value."""
+    total, last = 0.0, 0.0
+    for w in walls:
+        if w < last:
+            total += last
+        last = w
+    return total + last
 
 
 def run_ppo(seed: int, steps: int, eval_every: int = 1000, episodes: int = 5) -> dict:
