@@ -5,7 +5,7 @@ Agent-agnostic. An agent (see `Agent`) acts on a batch of `run.num_envs` envs an
 sequence replay of the env stream, the default), `observe(transition)` (every vector step,
 with truncation flags and final observations, e.g. for on-policy rollouts),
 `updates_due(env_steps)` (its own update cadence; the default is `run.train_ratio`), and
-`compile(compiler)` (run.compile=on: compiled tensor functions, see `reverie.compiler`).
+`compile(compiler)` (run.compile=on|auto: compiled tensor functions, `reverie.compiler`).
 
 Exact resume. A checkpoint holds everything the future depends on (agent, optimisers, the
 agent's acting state, replay counters and RNG, driver counters, global RNG states, and each
@@ -21,6 +21,7 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,7 +75,7 @@ class Agent(Protocol):
     """What the driver drives (registered in `config.AGENTS`). Optional members:
     `uses_replay: bool` (default True), `observe(t: Transition) -> None`,
     `updates_due(env_steps: int) -> int` (default: by `run.train_ratio`),
-    `compile(compiler: Compiler) -> None` (run.compile=on, see `reverie.compiler`)."""
+    `compile(compiler: Compiler) -> None` (run.compile=on|auto, see `reverie.compiler`)."""
 
     def initial_state(self, n: int) -> Any: ...
 
@@ -116,14 +117,16 @@ def build_agent(cfg: DictConfig, obs_spec, action_space: spaces.Space, device: t
         raise UserError(f"bad {cfg.agent} config: {e}") from None
 
 
-def compile_agent(agent, name: str, note) -> None:
-    """run.compile=on: the agent's optional `compile(compiler)` swaps its tensor functions
-    for compiled ones (see `reverie.compiler`); an agent without it runs as it is."""
+def compile_agent(agent, name: str, note, mode: str = "on") -> None:
+    """run.compile=on|auto: the agent's optional `compile(compiler)` swaps its tensor
+    functions for compiled ones (see `reverie.compiler`; `compiler.mode` says which); an agent
+    without it runs as it is (said once with `on`, silently with `auto`)."""
     compile_ = getattr(agent, "compile", None)
     if compile_ is None:
-        note(f"note: run.compile: agent {name} has nothing to compile; it runs eagerly")
+        if mode == "on":
+            note(f"note: run.compile: agent {name} has nothing to compile; it runs eagerly")
         return
-    compile_(Compiler(note))
+    compile_(Compiler(note, mode))
 
 
 def load_agent_state(agent, payload: dict[str, Any], where: str) -> None:
@@ -179,8 +182,8 @@ class Trainer:
         check_obs_kind(cfg, self.obs_spec)
         self.action_space = self.envs.action_space
         self.agent = build_agent(cfg, self.obs_spec, self.action_space, self.device)
-        if cfg.run.compile == "on":
-            compile_agent(self.agent, cfg.agent, self._note)
+        if cfg.run.compile != "off":
+            compile_agent(self.agent, cfg.agent, self._note, cfg.run.compile)
         self.uses_replay = bool(getattr(self.agent, "uses_replay", True))
         if self.uses_replay and self.num_envs != 1:
             raise UserError(
@@ -399,11 +402,14 @@ class Trainer:
     def evaluate(self, episodes: int | None = None) -> list[float]:
         """Greedy-policy returns on fresh episodes with deterministic seeds."""
         n = int(self.cfg.run.eval_episodes if episodes is None else episodes)
-        env = make_env(self.cfg.env.id, self.cfg.env.image_size,
-                       noop_max=int(self.cfg.run.eval_noop_max),
-                       prev_reward=bool(self.cfg.env.prev_reward))
-        returns = evaluate(self.agent, env, n,
-                           seed=int(self.cfg.seed), round_=self.count.eval_rounds)
+        env = self.cfg.env
+
+        def make():
+            return make_env(env.id, env.image_size, noop_max=int(self.cfg.run.eval_noop_max),
+                            prev_reward=bool(env.prev_reward))
+
+        returns = evaluate(self.agent, make, n, seed=int(self.cfg.seed),
+                           round_=self.count.eval_rounds)
         self.count.eval_rounds += 1
         return returns
 
@@ -480,17 +486,51 @@ class Trainer:
                 "last_returns": [round(r, 2) for r in self._returns[-5:]]}
 
 
-def evaluate(agent, env, episodes: int, seed: int, round_: int = 0) -> list[float]:
-    returns = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=episode_seed(seed, round_ * 1000 + i, stream=1))
-        state, first, total, done = agent.initial_state(1), True, 0.0, False
-        while not done:
-            with torch.no_grad():
-                action, state = agent.act(batch_obs(obs), np.array([first]), state, False)
-            obs, reward, term, trunc, _ = env.step(action[0])
-            total += float(reward)
-            first, done = False, term or trunc
-        returns.append(total)
+# evaluation episodes run side by side, one batched `act` per step for all of them: at the
+# batch sizes of acting, a call costs about the same for 1 row as for 16
+EVAL_PARALLEL = 16
+
+
+def evaluate(agent, make: Callable[[], Any], episodes: int, seed: int, round_: int = 0,
+             parallel: int = EVAL_PARALLEL) -> list[float]:
+    """Greedy returns of `episodes` episodes, in episode order, from envs that `make()` builds.
+
+    Episode i is seeded by (seed, round_, i) whatever `parallel` is; up to `parallel` of them
+    run at once as one batch of the agent (a finished row waits, its actions unused, until
+    the last of its wave ends). The agent's rows are independent, so the returns are those
+    of one episode at a time, up to the float rounding of batched matmuls.
+    """
+    if episodes <= 0:
+        return []
+    n_envs = max(1, min(int(parallel), episodes))
+    envs = [make() for _ in range(n_envs)]
+    returns: list[float] = []
+    try:
+        for start in range(0, episodes, n_envs):
+            wave = envs[:min(n_envs, episodes - start)]
+            returns += _episodes(agent, wave, seed, round_, start)
+    finally:
+        for env in envs:
+            env.close()
     return returns
 
+
+def _episodes(agent, envs: list, seed: int, round_: int, start: int) -> list[float]:
+    """One episode in each env (episode numbers start, start+1, ...), acting as one batch."""
+    n = len(envs)
+    obs = [env.reset(seed=episode_seed(seed, round_ * 1000 + start + i, stream=1))[0]
+           for i, env in enumerate(envs)]
+    state = agent.initial_state(n)
+    first = np.ones(n, dtype=bool)
+    done = np.zeros(n, dtype=bool)
+    totals = [0.0] * n
+    while not done.all():
+        batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
+        with torch.no_grad():
+            action, state = agent.act(batch, first.copy(), state, False)
+        first[:] = False
+        for i in np.flatnonzero(~done):
+            obs[i], reward, term, trunc, _ = envs[i].step(action[i])
+            totals[i] += float(reward)
+            done[i] = term or trunc
+    return totals

@@ -64,7 +64,7 @@ class Policy:
         return env_of(self.cfg, render)
 
     def evaluate(self, episodes: int, seed: int = 12345) -> list[float]:
-        return evaluate(self.agent, self.make_env(), episodes, seed=seed)
+        return evaluate(self.agent, self.make_env, episodes, seed=seed)
 
 
 def load(path: str | Path, device: str = "auto") -> Policy:
