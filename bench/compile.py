@@ -5,6 +5,7 @@ compile time with a cold and a warm cache, and the matmul share of two backbones
     python bench/compile.py --rounds 5 --backbones mamba2
     python bench/compile.py --quick         # smoke test: 1 round, few updates, no files
     python bench/compile.py --drift-only    # add the off-vs-on drift to compile.json
+    python bench/compile.py --auto          # run.compile=auto's rule -> compile_auto.json
 
 Per backbone: one process with compile on and an empty inductor cache (cold: the first
 update pays tracing, code generation and C++ compilation), one more on that cache (warm),
@@ -25,7 +26,12 @@ T=256, D=256, 2 layers, eager and compiled, under torch.profiler: the share of t
 spent in matmul ops (aten::mm, addmm, bmm, baddbmm, matmul, linear; inductor calls the same
 aten GEMMs, and the time of its fused C++ kernels counts as time of the compiled region).
 
-Writes bench/results/compile.json and compile.png.
+`--auto`: the rule behind run.compile=auto, per backbone (all five by default): the imagined
+step compiled alone (mode "step") vs eager, cold and warm compile time as above, `--rounds`
+rounds alternating off and step; the step pays on a cold cache when (median off − median
+step) x 1125 updates (a default 5000-step run) exceeds the cold compile time.
+
+Writes bench/results/compile.json and compile.png (`--auto`: compile_auto.json).
 """
 
 from __future__ import annotations
@@ -76,6 +82,12 @@ def measure(mode: str, backbone: str, updates: int, warmup: int) -> dict:
     if mode == "on":
         compiler = Compiler(notes.append)
         agent.compile(compiler)
+    elif mode == "step":  # run.compile=auto as if this backbone were in AUTO_COMPILE_STEP
+        from reverie.agents import imagine
+
+        imagine.AUTO_COMPILE_STEP = frozenset({backbone})
+        compiler = Compiler(notes.append, "auto")
+        agent.compile(compiler)
     replay = SyntheticReplay()
     timer = PartTimer()
     for obj, name, part in ((agent, "train_world", "world-model step"),
@@ -97,7 +109,7 @@ def measure(mode: str, backbone: str, updates: int, warmup: int) -> dict:
     parts = {k: round(1000 * (v - before[k]) / updates, 1) for k, v in timer.seconds.items()}
     return {"mode": mode, "backbone": backbone, "first_update_s": round(first, 3),
             "seconds_per_update": round(median, 4), "ms_per_update_by_part": parts,
-            "compile_s": round(first - median, 2) if mode == "on" else None,
+            "compile_s": round(first - median, 2) if mode != "off" else None,
             "fell_back": bool(compiler is not None and compiler.eager), "notes": notes,
             "updates": updates, "loadavg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
 
@@ -258,6 +270,57 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+AUTO_BACKBONES = ("mamba2", "mamba1", "ffm", "transformer", "gru")
+DEFAULT_RUN_UPDATES = 1125  # the cartpole preset's 5000 env steps: (5000 - 500) / 4
+
+
+def auto_benchmark(backbones: list[str], rounds: int, updates: int, warmup: int) -> dict:
+    """run.compile=auto's rule, measured per backbone: compile only the imagined step
+    (mode "step") vs eager, and whether its cold compile is repaid within a default run."""
+    cores = os.cpu_count() or 1
+    load0 = os.getloadavg()[0]
+    out: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="reverie-compile-auto-") as tmp:
+        for bb in backbones:
+            cache = Path(tmp) / f"cache-{bb}"
+            cold = run_child("step", bb, updates, warmup, cache)
+            warm = run_child("step", bb, updates, warmup, cache)
+            runs: dict[str, list[dict]] = {"off": [], "step": []}
+            for _ in range(rounds):
+                for mode in ("off", "step"):
+                    runs[mode].append(run_child(mode, bb, updates, warmup, cache))
+            spu = {m: [r["seconds_per_update"] for r in rs] for m, rs in runs.items()}
+            saved = (statistics.median(spu["off"]) - statistics.median(spu["step"])) * \
+                DEFAULT_RUN_UPDATES
+            loads = [x for r in [cold, warm, *runs["off"], *runs["step"]]
+                     for x in r["loadavg_1min"]]
+            out[bb] = {
+                "seconds_per_update": {m: summary(v) for m, v in spu.items()},
+                "speedup_off_over_step": summary([a / b for a, b in zip(spu["off"], spu["step"])],
+                                                 3),
+                "ms_per_update_by_part_median": {m: part_medians(rs) for m, rs in runs.items()},
+                "compile_s": {"cold": cold["compile_s"], "warm": warm["compile_s"]},
+                "saved_s_per_default_run": round(saved, 1),
+                "pays_on_cold_cache": bool(saved > cold["compile_s"]
+                                           and not cold["fell_back"]),
+                "fell_back": any(r["fell_back"] for r in [cold, warm, *runs["step"]]),
+                "notes": sorted({n for r in [cold, warm, *runs["step"]] for n in r["notes"]}),
+                "loadavg_1min_max": max(loads),
+                "runs": {"cold": cold, "warm": warm, **runs},
+            }
+    import torch
+
+    load1 = os.getloadavg()[0]
+    loads = [load0, load1] + [a["loadavg_1min_max"] for a in out.values()]
+    return {"benchmark": "compile_auto", "preset": "cartpole", "torch": torch.__version__,
+            "torch_threads": 1, "cores": cores, "rounds": rounds,
+            "updates_per_process": updates, "warmup_updates": warmup,
+            "default_run_updates": DEFAULT_RUN_UPDATES,
+            "loadavg_1min_before": round(load0, 2), "loadavg_1min_after": round(load1, 2),
+            "loadavg_1min_max": round(max(loads), 2), "loaded": max(loads) > cores,
+            "agent": out}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
@@ -273,7 +336,18 @@ def main() -> None:
     p.add_argument("--drift-child", nargs=2, metavar=("BACKBONE", "UPDATES"))
     p.add_argument("--drift-only", action="store_true",
                    help="only add the off-vs-on drift to an existing compile.json")
+    p.add_argument("--auto", action="store_true",
+                   help="measure run.compile=auto's rule per backbone (the imagined step "
+                        "alone vs eager) into compile_auto.json")
     args = p.parse_args()
+    if args.auto:
+        bbs = args.backbones if args.backbones != ["mamba2", "gru"] else list(AUTO_BACKBONES)
+        result = auto_benchmark(bbs, args.rounds, args.updates, args.warmup)
+        print(json.dumps({b: [a["speedup_off_over_step"]["median"], a["compile_s"]["cold"],
+                              a["saved_s_per_default_run"]] for b, a in result["agent"].items()}))
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "compile_auto.json").write_text(json.dumps(result, indent=1) + "\n")
+        return
     if args.drift_child:
         print(json.dumps(drift(args.drift_child[0], int(args.drift_child[1]))))
         return

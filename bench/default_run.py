@@ -3,6 +3,8 @@ wall time per run and the returns it reaches, over seeds.
 
     python bench/default_run.py                 # seeds 0 1 2, one run at a time
     python bench/default_run.py --seeds 0 --steps 1000
+    python bench/default_run.py --alt run.compile=off   # default, alt, default, alt, ... per seed
+    python bench/default_run.py --cold                  # each run on an empty inductor cache
 
 This is what `make demo` trains, measured as a user runs it: the plain command with the
 preset's own thread setting, one run at a time (nothing else of this benchmark on the
@@ -20,8 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,41 +47,65 @@ def per_step_ms(run: Path, after: int) -> float | None:
     return round(1000 * (b["time/wall"] - a["time/wall"]) / (b["step"] - a["step"]), 1)
 
 
+def walls_and_finals(runs: list[dict], steps: int) -> tuple[list[float], list[float]]:
+    good = [r for r in runs if "error" not in r]
+    return ([r["wall_s"] for r in good],
+            [r["eval_return"][-1] for r in good if r["eval_steps"][-1:] == [steps]])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--backbone", default="mamba2", help="the default preset's backbone")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-default")
+    p.add_argument("--alt", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="also run every seed with these --set overrides, alternating with the "
+                        "default run (default, alt, default, alt, ...)")
+    p.add_argument("--cold", action="store_true",
+                   help="every run starts from an empty inductor cache, as the first run of "
+                        "a fresh install does (default: the user's cache, warm after a run)")
     args = p.parse_args()
     from reverie.config import build_config
 
     cfg = build_config("cartpole", [], {"backbone": args.backbone, "steps": args.steps})
+    build_config("cartpole", args.alt, {"backbone": args.backbone})  # a bad --alt fails now
     prefill = int(cfg.run.prefill)
-    runs = []
-    for seed in args.seeds:
+
+    def one(seed: int, overrides: list[str], out: Path) -> dict:
+        if args.cold:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
         load0 = os.getloadavg()[0]
-        r = run_reverie(args.backbone, seed, args.steps, args.out, [])
+        r = run_reverie(args.backbone, seed, args.steps, out, overrides)
         r["loadavg_1min_before"], r["loadavg_1min_after"] = load0, os.getloadavg()[0]
+        r["overrides"], r["inductor_cache"] = overrides, "empty" if args.cold else "user's"
+        if args.cold:
+            shutil.rmtree(os.environ.pop("TORCHINDUCTOR_CACHE_DIR"), ignore_errors=True)
         if "error" not in r:
-            run = args.out / f"{args.backbone}-s{seed}"
-            r["ms_per_env_step_after_prefill"] = per_step_ms(run, prefill)
-        runs.append(r)
+            r["ms_per_env_step_after_prefill"] = per_step_ms(out / f"{args.backbone}-s{seed}",
+                                                             prefill)
         print(json.dumps({k: v for k, v in r.items() if k != "eval_steps"}), flush=True)
-    good = [r for r in runs if "error" not in r]
-    walls = [r["wall_s"] for r in good]
-    finals = [r["eval_return"][-1] for r in good if r["eval_steps"][-1:] == [args.steps]]
+        return r
+
+    runs, alt_runs = [], []
+    for seed in args.seeds:
+        runs.append(one(seed, [], args.out))
+        if args.alt:
+            alt_runs.append(one(seed, args.alt, args.out / "alt"))
+    walls, finals = walls_and_finals(runs, args.steps)
     cores = os.cpu_count() or 1
     result = {
         "benchmark": "default_run", "command": f"reverie train --steps {args.steps} "
         f"(preset cartpole, backbone {args.backbone}, seed S)", "steps": args.steps,
-        "prefill": prefill, "threads": str(cfg.run.threads), "cores": cores, "runs": runs,
+        "prefill": prefill, "threads": str(cfg.run.threads), "cores": cores,
+        "compile": str(cfg.run.compile), "inductor_cache": "empty" if args.cold else "user's",
+        "runs": runs,
         "wall_s_median": statistics.median(walls) if walls else None,
         "wall_s_min": min(walls, default=None), "wall_s_max": max(walls, default=None),
         "final_return_mean": round(statistics.mean(finals), 1) if finals else None,
         # the run itself keeps every core busy (load ~ cores): loaded means other work too
         "loaded": any(max(r["loadavg_1min_before"], r["loadavg_1min_after"]) > 1.5 * cores
-                      for r in runs),
+                      for r in runs + alt_runs),
         "loaded_rule": "1-min load average above 1.5 x cores before or after a run (the run "
                        "itself accounts for about 1 x cores)",
         "targets": {
@@ -87,9 +115,22 @@ def main() -> None:
                 None if len(finals) < len(args.seeds) else
                 statistics.mean(finals) >= TARGET_RETURN},
     }
+    if args.alt:
+        alt_walls, alt_finals = walls_and_finals(alt_runs, args.steps)
+        ratios = [b["wall_s"] / a["wall_s"] for a, b in zip(runs, alt_runs)
+                  if "error" not in a and "error" not in b]
+        result["alt"] = {
+            "overrides": args.alt, "runs": alt_runs,
+            "wall_s_median": statistics.median(alt_walls) if alt_walls else None,
+            "wall_s_min": min(alt_walls, default=None), "wall_s_max": max(alt_walls, default=None),
+            "final_return_mean": round(statistics.mean(alt_finals), 1) if alt_finals else None,
+            "wall_ratio_alt_over_default": {
+                "median": round(statistics.median(ratios), 3) if ratios else None,
+                "min": round(min(ratios), 3) if ratios else None,
+                "max": round(max(ratios), 3) if ratios else None}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "default_run.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "alt")}, indent=1))
 
 
 if __name__ == "__main__":

@@ -528,6 +528,42 @@ def compile_table(results: Path) -> str | None:
     return "\n".join(lines) + "\n" + note
 
 
+def compile_auto_table(results: Path) -> str | None:
+    report, _ = load(results, "compile_auto")
+    if report is None:
+        return None
+
+    def cell(v: dict, spec: str, unit: str = "") -> str:
+        return (f"{format(v['median'], spec)}{unit} "
+                f"({format(v['min'], spec)}–{format(v['max'], spec)})")
+
+    head = ["backbone", "s/update, eager", "s/update, imagined step compiled", "eager / compiled",
+            "imagination ms (eager → compiled)", "compile s, cold / warm cache",
+            f"saved s in a default run ({report['default_run_updates']} updates)",
+            "run.compile=auto compiles it"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for name, a in report["agent"].items():
+        s, c = a["seconds_per_update"], a["compile_s"]
+        parts = a["ms_per_update_by_part_median"]
+        lines.append(_row([
+            f"`{name}`", cell(s["off"], ".3f"), cell(s["step"], ".3f"),
+            cell(a["speedup_off_over_step"], ".2f", "x"),
+            f"{parts['off']['imagination']:.0f} → {parts['step']['imagination']:.0f}",
+            f"{c['cold']:.0f} / {c['warm']:.0f}" + (" (fell back)" if a["fell_back"] else ""),
+            f"{a['saved_s_per_default_run']:.0f}",
+            "yes" if a["pays_on_cold_cache"] else "no"]))
+    note = (f"\n`{report['preset']}` preset's agent, as in the table above: {report['rounds']} "
+            f"rounds alternating eager and step-compiled processes on a warm cache, median of "
+            f"{report['updates_per_process']} updates each; a backbone's step pays on a cold "
+            f"cache when (eager − compiled) x {report['default_run_updates']} updates exceeds "
+            f"its cold compile time; {report['torch_threads']} torch thread, torch "
+            f"{report['torch']}; 1-min load {report['loadavg_1min_before']} before, "
+            f"{report['loadavg_1min_after']} after, at most {report['loadavg_1min_max']} on "
+            f"{report['cores']} cores" + (" (**loaded**: load > cores)." if report["loaded"]
+                                          else "."))
+    return "\n".join(lines) + "\n" + note
+
+
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -536,24 +572,41 @@ def default_run_table(results: Path) -> str | None:
     report, _ = load(results, "default_run")
     if report is None:
         return None
+    alt = report.get("alt")
     head = ["seed", "wall min", "ms per env step after prefill", "eval returns (every 1k)"]
+    if alt:
+        head.insert(1, "config")
     lines = [_row(head), _row(["---"] * len(head))]
-    for r in report["runs"]:
+    pairs = [(r, "default") for r in report["runs"]]
+    if alt:
+        label = "`" + " ".join(alt["overrides"]) + "`"
+        pairs = [x for a, b in zip(report["runs"], alt["runs"])
+                 for x in ((a, "default"), (b, label))]
+    for r, label in pairs:
+        config = [label] if alt else []
         if "error" in r:
-            lines.append(_row([str(r["seed"]), "error", "", r["error"][:80]]))
+            lines.append(_row([str(r["seed"]), *config, "error", "", r["error"][:80]]))
             continue
-        lines.append(_row([str(r["seed"]), f"{r['wall_s'] / 60:.2f}",
+        lines.append(_row([str(r["seed"]), *config, f"{r['wall_s'] / 60:.2f}",
                            _fmt(r.get("ms_per_env_step_after_prefill"), ".1f"),
                            ", ".join(f"{v:.0f}" for v in r["eval_return"])]))
-    loads = [x for r in report["runs"] for x in (r["loadavg_1min_before"],
-                                                 r["loadavg_1min_after"])]
+    runs = report["runs"] + (alt["runs"] if alt else [])
+    loads = [x for r in runs for x in (r["loadavg_1min_before"], r["loadavg_1min_after"])]
+    compiled = (f", run.compile={report['compile']} on the {report['inductor_cache']} inductor "
+                "cache" if "compile" in report else "")
     note = (f"\n`{report['command']}`, one run at a time, run.threads={report['threads']} "
-            f"(0 = all {report['cores']} cores); wall time of the whole command, prefill and "
-            f"evaluations included; median {report['wall_s_median'] / 60:.2f} min "
-            f"({report['wall_s_min'] / 60:.2f}–{report['wall_s_max'] / 60:.2f}); 1-min load "
-            f"{min(loads):.2f}–{max(loads):.2f}"
-            + (" — **other work shared the machine**." if report["loaded"] else
-               " (the run's own threads; nothing else ran)."))
+            f"(0 = all {report['cores']} cores){compiled}; wall time of the whole command, "
+            f"prefill and evaluations included; median {report['wall_s_median'] / 60:.2f} min "
+            f"({report['wall_s_min'] / 60:.2f}–{report['wall_s_max'] / 60:.2f})")
+    if alt:
+        ratio = alt["wall_ratio_alt_over_default"]
+        note += (f"; with {label} (run right after the same seed's default run): median "
+                 f"{alt['wall_s_median'] / 60:.2f} min, wall ratio to the default "
+                 f"{ratio['median']:.2f} ({ratio['min']:.2f}–{ratio['max']:.2f}), mean final "
+                 f"return {alt['final_return_mean']}")
+    note += (f"; 1-min load {min(loads):.2f}–{max(loads):.2f}"
+             + (" — **other work shared the machine**." if report["loaded"] else
+                " (the run's own threads; nothing else ran)."))
     return ("\n".join(lines) + "\n" + note + "\n"
             + targets_table(report["targets"].items()))
 
@@ -602,6 +655,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "coplanner": coplanner_table,
     "allocator": allocator_table,
     "compile": compile_table,
+    "compile_auto": compile_auto_table,
     "ensemble_speed": ensemble_speed_table,
 }
 

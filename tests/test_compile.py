@@ -25,15 +25,22 @@ TINY = [*TINY_MODEL, "imagine.world.backbone_kwargs={}", "run.train_ratio=16",
 NOTE = "reverie: note: run.compile=on fell back to eager"
 
 
+@pytest.fixture(autouse=True)
+def dynamo_enabled():
+    """conftest turns torch.compile off for the suite; these tests are about it."""
+    with torch._dynamo.config.patch(disable=False):
+        yield
+
+
 @pytest.mark.parametrize("value,mode", [("on", "on"), ("off", "off"), ("true", "on"),
-                                        ("False", "off"), ("ON", "on")])
-def test_compile_config_takes_on_off_and_yaml_booleans(value, mode):
-    assert build_config("cartpole").run.compile == "off"
+                                        ("False", "off"), ("ON", "on"), ("Auto", "auto")])
+def test_compile_config_takes_off_auto_on_and_yaml_booleans(value, mode):
+    assert build_config("cartpole").run.compile == "auto"
     assert build_config("cartpole", [f"run.compile={value}"]).run.compile == mode
 
 
 def test_compile_config_typo_is_one_line_with_a_suggestion(capsys):
-    with pytest.raises(UserError, match=r"run.compile must be on or off, got 'onn' "
+    with pytest.raises(UserError, match=r"run.compile must be off, auto or on, got 'onn' "
                                         r"\(did you mean 'on'\?\)"):
         build_config("cartpole", ["run.compile=onn"])
     assert main(["train", "--set", "run.compile=of"]) == 2
@@ -49,7 +56,7 @@ def metrics_of(out, extra: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def eager_metrics(tmp_path_factory) -> str:
-    return metrics_of(tmp_path_factory.mktemp("off") / "run", [])
+    return metrics_of(tmp_path_factory.mktemp("off") / "run", ["run.compile=off"])
 
 
 def test_compile_fallback_when_torch_compile_raises(eager_metrics, tmp_path, capsys,
@@ -95,6 +102,30 @@ def test_compile_note_for_an_agent_with_nothing_to_compile(tmp_path, capsys):
     Trainer(cfg, tmp_path / "run").train()
     err = capsys.readouterr().err
     assert "reverie: note: run.compile: agent random has nothing to compile" in err
+
+
+@pytest.mark.parametrize("backbone,step", [("mamba2", True), ("mamba1", True),
+                                           ("transformer", True), ("gru", False),
+                                           ("ffm", False)])
+def test_auto_compiles_only_the_imagined_step_of_the_measured_backbones(backbone, step):
+    """run.compile=auto: the imagined step of a backbone in AUTO_COMPILE_STEP, nothing else
+    (the world-model loss and the actor-critic stay eager); other backbones: nothing."""
+    cfg = tiny_config()
+    cfg.world.backbone = backbone
+    cfg.world.backbone_kwargs = {"head_dim": 16} if backbone == "mamba2" else {}
+    agent = ImagineAgent(OBS_SPEC, SPACES["discrete"], cfg, torch.device("cpu"), 0)
+    behavior = agent.behavior
+    agent.compile(Compiler(print, "auto"))
+    assert (agent._imagined_step is not None) == step
+    assert agent._world_loss is None
+    assert behavior._losses == behavior.losses and behavior._targets == behavior.targets
+
+
+def test_auto_is_silent_for_an_agent_with_nothing_to_compile(tmp_path, capsys):
+    cfg = build_config("random", ["run.progress=false", "run.eval_episodes=0"], {"steps": 50})
+    assert cfg.run.compile == "auto"
+    Trainer(cfg, tmp_path / "run").train()
+    assert "compile" not in capsys.readouterr().err
 
 
 @pytest.mark.compile

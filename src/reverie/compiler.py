@@ -1,5 +1,10 @@
-"""`run.compile=on`: torch.compile (inductor) of an agent's pure tensor functions, with one
+"""`run.compile`: torch.compile (inductor) of an agent's pure tensor functions, with one
 way back to eager.
+
+Modes: `off` (nothing), `on` (every unit the agent can compile) and `auto`, the default: only
+the units whose compile pays for itself within a default-length run even on a cold cache
+(the agent decides which; bench/compile.py measured them). `TORCH_COMPILE_DISABLE=1`, torch's
+own switch, turns every mode into eager execution.
 
 An agent that can be compiled has a `compile(compiler)` method: it swaps the functions that
 do its tensor work (a loss's forward, one imagined step) for `compiler.wrap(fn)` and runs
@@ -63,8 +68,9 @@ class Compiler:
 
     `note(text)` receives the one line said on falling back (the driver prints it)."""
 
-    def __init__(self, note: Callable[[str], None]) -> None:
+    def __init__(self, note: Callable[[str], None], mode: str = "on") -> None:
         self.note = note
+        self.mode = mode  # "on": compile every unit; "auto": those that pay on a cold cache
         self.eager = False  # True once compiling failed: every wrapped function runs eagerly
         self.reason: str | None = None
         use_cache_dir()
@@ -108,4 +114,4 @@ class Compiler:
         self.eager = True
         if self.reason is None:
             self.reason = _reason(e)
-            self.note(f"note: run.compile=on fell back to eager ({self.reason})")
+            self.note(f"note: run.compile={self.mode} fell back to eager ({self.reason})")

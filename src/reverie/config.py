@@ -35,9 +35,10 @@ AGENTS: dict[str, tuple[str, str, str, str | None]] = {
     "rppo": ("reverie.agents.rppo", "RPPOConfig", "RPPOAgent", "backbone"),
 }
 SAMPLERS = ("uniform", "dfs")
-COMPILE_MODES = ("off", "on")
+COMPILE_MODES = ("off", "auto", "on")
 # YAML reads a bare on/off as a boolean, which run.compile (a string) stores as 'True'/'False'
-_COMPILE_SPELLINGS = {"on": "on", "true": "on", "off": "off", "false": "off"}
+_COMPILE_SPELLINGS = {"on": "on", "true": "on", "off": "off", "false": "off",
+                      "auto": "auto"}
 OBS_KINDS = ("any", "vector", "image")
 MAX_SEED = 2**32 - 1  # numpy's legacy global seed takes 32 bits
 MAX_THREADS = 256  # far past any CPU's cores; OpenMP crashes (SIGSEGV) on absurd counts
@@ -81,10 +82,10 @@ class RunConfig:
     # Atari evaluation: up to this many random no-op starts (the Atari100k protocol: 30;
     # Drama's own evaluation: 0)
     eval_noop_max: int = 30
-    # on: torch.compile (inductor) of the agent's losses and imagined step (reverie/compiler.py).
-    # Off by default (bench/compile.py): at the cartpole preset an update is 1.17x faster with
-    # mamba2 (1.00x with gru), but a cold compile (94 s) costs more than a 5000-step run saves
-    compile: str = "off"
+    # torch.compile (inductor, reverie/compiler.py). on: the agent's losses and imagined step;
+    # auto: only what pays for itself in a default-length run on a cold cache (for `imagine`:
+    # its imagined step with a backbone whose step gains, bench/compile.py); off: nothing
+    compile: str = "auto"
 
 
 @dataclass
@@ -315,7 +316,7 @@ def validate(cfg: DictConfig) -> None:
     if run.device not in ("auto", "cpu", "cuda") and not str(run.device).startswith("cuda:"):
         raise UserError(f"run.device must be auto, cpu or cuda, got '{run.device}'")
     if run.compile not in COMPILE_MODES:
-        raise UserError(f"run.compile must be on or off, got '{run.compile}'"
+        raise UserError(f"run.compile must be off, auto or on, got '{run.compile}'"
                         f"{suggest(str(run.compile), COMPILE_MODES)}")
     if cfg.replay.sampler not in SAMPLERS:
         raise UserError(

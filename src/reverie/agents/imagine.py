@@ -74,6 +74,10 @@ class ImagineConfig:
 
 ACT_CONTEXTS = ("episode", "window")
 LATENTS = ("posterior", "prior")
+# run.compile=auto compiles the imagined step with these backbones: at the cartpole preset its
+# cold compile costs less than it saves in a 5000-step run (bench/compile.py --auto; ffm and
+# gru save less than their compile costs: gru's nn.GRU stays eager under dynamo anyway)
+AUTO_COMPILE_STEP = frozenset({"mamba2", "mamba1", "transformer"})
 
 
 def _check(cfg: Any) -> None:
@@ -394,12 +398,21 @@ class ImagineAgent:
         """run.compile=on: the world-model loss, one imagined step (the backbone's `step`
         with the actor and the prior around it) and the actor-critic losses become compiled
         graphs, forward and backward, each for the fixed shapes of its batch. Acting (one
-        env), the optimiser steps and the conservative planner stay eager."""
+        env), the optimiser steps and the conservative planner stay eager.
+
+        run.compile=auto: the imagined step alone, and only with a backbone in
+        `AUTO_COMPILE_STEP`: a forward-only graph that compiles in seconds and saves more
+        than that within a default-length run (bench/compile.py); the rest stays eager."""
         self._run = compiler.run
+        planning = self.coplanner is not None and self.coplanner.conservative
+        if compiler.mode == "auto":
+            if self.cfg.world.backbone in AUTO_COMPILE_STEP and not planning:
+                self._imagined_step = compiler.wrap(self.imagined_step)
+            return
         # dynamic=None: shapes inside the loss may depend on the data (FFM's segments per
         # chunk); after one change dynamo makes such a size symbolic instead of recompiling
         self._world_loss = compiler.wrap(self.world.loss_terms, dynamic=None)
-        if not (self.coplanner is not None and self.coplanner.conservative):
+        if not planning:
             self._imagined_step = compiler.wrap(self.imagined_step)
         self.behavior.compile_with(compiler)
 
