@@ -107,20 +107,11 @@ def run_reverie(backbone: str, seed: int, steps: int, out: Path, overrides: list
            "eval_steps": [s for s, _ in evals], "eval_return": [r for _, r in evals]}
     if resume:  # every piece's training time, the part redone after the kill included
         timing = [json.loads(x) for x in (run / "timing.jsonl").read_text().splitlines() if x]
-        out.update(wall_s=round(pieces_wall([r["time/wall"] for r in timing
-                                             if "time/wall" in r]), 1), resumed=True)
+        from runlib import wall_seconds  # bench/ is the script's directory
+
+        out.update(wall_s=round(wall_seconds([r for r in timing if "time/wall" in r]), 1),
+                   resumed=True)
     return out
-
-
-def pieces_wall(walls: list[float]) -> float:
-    """Total seconds of a run trained in pieces: `time/wall` restarts from 0 in each process,
-    so the total is the sum of each piece's last value."""
-    total, last = 0.0, 0.0
-    for w in walls:
-        if w < last:
-            total += last
-        last = w
-    return total + last
 
 
 def run_ppo(seed: int, steps: int, eval_every: int = 1000, episodes: int = 5) -> dict:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cartpole import ROOT, TARGET_RETURN, run_reverie  # noqa: E402
+from runlib import matmul_gflops  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 TARGET_MINUTES = 3.0
@@ -75,8 +76,9 @@ def main() -> None:
     def one(seed: int, overrides: list[str], out: Path) -> dict:
         if args.cold:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
-        load0 = os.getloadavg()[0]
+        load0, gflops = os.getloadavg()[0], matmul_gflops()
         r = run_reverie(args.backbone, seed, args.steps, out, overrides)
+        r["matmul_gflops_before"] = gflops
         r["loadavg_1min_before"], r["loadavg_1min_after"] = load0, os.getloadavg()[0]
         r["overrides"], r["inductor_cache"] = overrides, "empty" if args.cold else "user's"
         if args.cold:

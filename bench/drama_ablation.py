@@ -8,9 +8,11 @@ Each run is `reverie train --preset P --env E --seed S --steps N --set ...` (the
 overrides on top of the task's preset); finished runs with the same resolved config are reused
 (`run_reverie(..., reuse=True)` of bench/cartpole.py), and runs recorded in the committed JSON
 with the same overrides and steps are not run again, so the benchmark can be run in pieces,
-across checkouts. Reported per variant and task: final evaluation return, best evaluation, and
-the mean of the last three evaluations (a policy that peaks and then drifts shows a gap
-between best and last-three), each over seeds.
+across checkouts, and by several processes at once (other seeds): each re-reads the JSON before
+it writes. Each entry records the run's `run.compile` (runs before the auto default: off).
+Reported per variant and task: final evaluation return, best evaluation, and the mean of the
+last three evaluations (a policy that peaks and then drifts shows a gap between best and
+last-three), each over seeds.
 """
 
 from __future__ import annotations
@@ -67,6 +69,16 @@ def summarise(entries: list[dict]) -> dict:
     return out
 
 
+def run_compile(run: Path) -> str | None:
+    """The run's run.compile (runs made before it defaulted to auto were eager: off)."""
+    from reverie.config import load_run_config
+
+    try:
+        return str(load_run_config(run).run.compile)
+    except Exception:  # no run folder (the run failed before writing one)
+        return None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -93,9 +105,14 @@ def main() -> None:
                 r = run_reverie("mamba2", seed, args.steps, Path(args.out) / task / variant,
                                 overrides, reuse=True, preset=preset)
                 entry = dict(r, task=task, variant=variant, overrides=overrides,
+                             compile=run_compile(Path(args.out) / task / variant /
+                                                 f"mamba2-s{seed}"),
                              loadavg_1min=[round(load0, 2), round(os.getloadavg()[0], 2)])
                 print(json.dumps({k: v for k, v in entry.items() if k != "eval_steps"}),
                       flush=True)
+                # re-read: another process of this script (other seeds) may have written since
+                if path.exists():
+                    entries = json.loads(path.read_text())["runs"]
                 entries = [e for e in entries
                            if (e["task"], e["variant"], e["seed"]) != (task, variant, seed)]
                 entries.append(entry)

@@ -17,6 +17,7 @@ bench/results/runs/...` reads it, `reverie train --resume` cannot continue it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -96,6 +97,29 @@ def ensure_run(run: Path, train_args: list[str], steps: int, threads: int = 1,
     if proc.returncode != 0:
         return {"status": "error", "error": proc.stderr.strip()[-600:]}
     return {"status": "trained", "wall_s": round(time.time() - t0, 1)}
+
+
+def matmul_gflops(threads: int = 0, n: int = 1024, reps: int = 5) -> float:
+    """This machine's fp32 matmul speed now (median of `reps` rounds of 10 n x n products, on
+    `threads` torch threads, 0 = all cores), in GFLOP/s. A shared machine slowed by other
+    tenants shows it here even when the 1-minute load average (this VM's) does not."""
+    import statistics
+
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    rates = []
+    try:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            for _ in range(10):
+                a @ b
+            rates.append(10 * 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    finally:
+        torch.set_num_threads(before)
+    return round(statistics.median(rates), 1)
 
 
 def wall_seconds(timing: list[dict]) -> float:

@@ -604,9 +604,13 @@ def default_run_table(results: Path) -> str | None:
                  f"{alt['wall_s_median'] / 60:.2f} min, wall ratio to the default "
                  f"{ratio['median']:.2f} ({ratio['min']:.2f}–{ratio['max']:.2f}), mean final "
                  f"return {alt['final_return_mean']}")
+    probes = [r["matmul_gflops_before"] for r in runs if "matmul_gflops_before" in r]
+    if probes:  # other tenants of a shared machine do not show in this VM's load average
+        note += (f"; fp32 matmul before each run {min(probes):.0f}–{max(probes):.0f} GFLOP/s "
+                 "(`runlib.matmul_gflops`)")
     note += (f"; 1-min load {min(loads):.2f}–{max(loads):.2f}"
              + (" — **other work shared the machine**." if report["loaded"] else
-                " (the run's own threads; nothing else ran)."))
+                " (the run's own threads; nothing else of mine ran)."))
     return ("\n".join(lines) + "\n" + note + "\n"
             + targets_table(report["targets"].items()))
 
