@@ -3,6 +3,7 @@ was learned (stability), on CartPole and MinAtar Breakout, 2 seeds, 10k env step
 
     python bench/drama_ablation.py                               # every variant x task x seed
     python bench/drama_ablation.py --tasks cartpole --variants baseline targets-drama
+    python bench/drama_ablation.py --report-only                 # summary of what is recorded
 
 Each run is `reverie train --preset P --env E --seed S --steps N --set ...` (the variant's
 overrides on top of the task's preset); finished runs with the same resolved config are reused
@@ -52,6 +53,10 @@ VARIANTS: dict[str, list[str]] = {
 
 
 def summarise(entries: list[dict]) -> dict:
+    """Per task and variant, over seeds: the mean of the final evaluation, of the best one and
+    of the last three, each with its 95% bootstrap interval over seeds (`reverie.eval.stats`)."""
+    from reverie.eval.stats import bootstrap_ci, mean_score
+
     out: dict[str, dict] = {}
     for e in entries:
         if "error" in e or not e.get("eval_return"):
@@ -62,11 +67,22 @@ def summarise(entries: list[dict]) -> dict:
     for s in out.values():
         runs = sorted(s.pop("runs"), key=lambda e: e["seed"])
         s["seeds"] = [e["seed"] for e in runs]
-        s["final"] = round(float(np.mean([e["eval_return"][-1] for e in runs])), 2)
-        s["best"] = round(float(np.mean([max(e["eval_return"]) for e in runs])), 2)
-        s["last3"] = round(float(np.mean([np.mean(e["eval_return"][-3:]) for e in runs])), 2)
+        per_seed = {"final": [e["eval_return"][-1] for e in runs],
+                    "best": [max(e["eval_return"]) for e in runs],
+                    "last3": [float(np.mean(e["eval_return"][-3:])) for e in runs]}
+        for name, values in per_seed.items():
+            est = bootstrap_ci([np.array(values)], mean_score)
+            s[name] = round(est.value, 2)
+            s[f"{name}_ci95"] = [round(est.low, 2), round(est.high, 2)]
         s["wall_min"] = round(max(e["wall_s"] for e in runs) / 60, 1)
     return out
+
+
+def write(path: Path, entries: list[dict], steps: int) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "benchmark": "drama-ablation", "steps": steps, "variants": VARIANTS, "tasks": TASKS,
+        "summary": summarise(entries), "runs": entries}, indent=1))
 
 
 def run_compile(run: Path) -> str | None:
@@ -86,9 +102,13 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--steps", type=int, default=10_000)
     p.add_argument("--out", default=str(ROOT / "bench" / "runs" / "drama-ablation"))
+    p.add_argument("--report-only", action="store_true",
+                   help="recompute the summary of the recorded runs; train nothing")
     args = p.parse_args()
     path = RESULTS / "drama_ablation.json"
     entries = json.loads(path.read_text())["runs"] if path.exists() else []
+    if args.report_only:
+        return write(path, entries, args.steps)
     for seed in args.seeds:
         for task in args.tasks:
             preset, env, every = TASKS[task]
@@ -116,11 +136,7 @@ def main() -> None:
                 entries = [e for e in entries
                            if (e["task"], e["variant"], e["seed"]) != (task, variant, seed)]
                 entries.append(entry)
-                RESULTS.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps({
-                    "benchmark": "drama-ablation", "steps": args.steps,
-                    "variants": VARIANTS, "tasks": TASKS,
-                    "summary": summarise(entries), "runs": entries}, indent=1))
+                write(path, entries, args.steps)
 
 
 if __name__ == "__main__":

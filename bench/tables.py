@@ -623,6 +623,12 @@ def recall_table(results: Path) -> str | None:
         "\n\n**Smoke-test sizes (--quick), not a real measurement.**" if quick else "")
 
 
+def _with_ci(summary: dict, name: str) -> str:
+    """`summary[name]` and, where recorded, its 95% interval `summary[name + '_ci95']`."""
+    ci = summary.get(f"{name}_ci95")
+    return f"{summary[name]:.0f}" + (f" ({ci[0]:.0f}–{ci[1]:.0f})" if ci else "")
+
+
 def drama_ablation_table(results: Path) -> str | None:
     report, _ = load(results, "drama_ablation")
     if report is None or not report["summary"]:
@@ -633,12 +639,15 @@ def drama_ablation_table(results: Path) -> str | None:
     for s in report["summary"].values():
         sets = " ".join(f"`{o}`" for o in report["variants"][s["variant"]]) or "preset as is"
         lines.append(_row([s["task"], f"{s['variant']}: {sets}",
-                           " ".join(str(x) for x in s["seeds"]), f"{s['final']:.0f}",
-                           f"{s['best']:.0f}", f"{s['last3']:.0f}", f"{s['wall_min']:.0f}"]))
+                           " ".join(str(x) for x in s["seeds"]), _with_ci(s, "final"),
+                           _with_ci(s, "best"), _with_ci(s, "last3"), f"{s['wall_min']:.0f}"]))
     note = (f"\nMamba-2 world model, the task's preset plus the variant, "
             f"{report['steps']:,} env steps, greedy evaluation every 1,000 steps; returns are "
-            "means over the seeds listed. A policy that peaks and then drifts shows a gap "
-            "between best and the mean of the last three evaluations.")
+            "means over the seeds listed, in brackets their 95% bootstrap interval over seeds "
+            "(`reverie.eval.stats`; with 2–4 seeds it is wide and only as good as those seeds). "
+            "A policy that peaks and then drifts shows a gap between best and the mean of the "
+            "last three evaluations. Seeds 0–1 ran eagerly; runs recorded with "
+            "`run.compile=auto` (the later default) differ from eager ones by float rounding.")
     return "\n".join(lines) + "\n" + note
 
 
