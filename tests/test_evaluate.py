@@ -64,3 +64,20 @@ def test_no_episodes_builds_nothing_and_returns_nothing():
     built = []
     assert evaluate(CountingAgent(), lambda: built.append(1), 0, seed=0) == []
     assert built == []
+
+
+def test_evaluation_env_takes_the_runs_no_op_setting_and_training_env_the_default():
+    """One builder for a run's envs: `reverie eval` evaluates as the run's own evaluations
+    did (run.eval_noop_max), not with the training env's 30 no-op starts."""
+    from reverie.config import build_config
+    from reverie.envs.atari import Atari100k
+    from reverie.run.collector import env_of
+
+    def noops(env) -> int:
+        while not isinstance(env, Atari100k):
+            env = env.env
+        return env.noop_max
+
+    cfg = build_config("atari100k", ["env.id=ALE/Pong-v5", "run.eval_noop_max=0"])
+    assert noops(env_of(cfg, evaluation=True)) == 0
+    assert noops(env_of(cfg)) == 30

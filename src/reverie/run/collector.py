@@ -39,6 +39,15 @@ class Transition(NamedTuple):
     first: np.ndarray  # bool: `obs` starts an episode
 
 
+def env_of(cfg, *, evaluation: bool = False, render: bool = False):
+    """The env a run's config builds: the training env, or with `evaluation` the evaluation
+    env (up to run.eval_noop_max random no-op starts on Atari). The one builder from a config,
+    for the driver's evaluations, `reverie eval` and `reverie watch` alike."""
+    noop = {"noop_max": int(cfg.run.eval_noop_max)} if evaluation else {}
+    return make_env(cfg.env.id, cfg.env.image_size, render=render,
+                    prev_reward=bool(cfg.env.get("prev_reward", False)), **noop)
+
+
 def episode_seed(seed: int, episode: int, stream: int = 0) -> int:
     """Seed of the k-th episode of a stream (0: training, 1: evaluation)."""
     return int(np.random.SeedSequence([seed, stream, episode]).generate_state(1)[0])

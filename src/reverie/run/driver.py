@@ -39,7 +39,7 @@ from reverie.config import (
     to_object,
     training_notes,
 )
-from reverie.envs import image_keys, make_env, make_obs_spec
+from reverie.envs import image_keys, make_obs_spec
 from reverie.envs.actions import action_spec, random_actions
 from reverie.errors import UserError
 from reverie.replay import Replay
@@ -53,7 +53,7 @@ from reverie.rng import (
 )
 from reverie.run import folder as run_folder
 from reverie.run.checkpoint import FORMAT, CheckpointStore
-from reverie.run.collector import Collector, Transition, episode_seed
+from reverie.run.collector import Collector, Transition, env_of, episode_seed
 from reverie.run.logger import LOGS, RunLogger, plot_curve, read_rows
 from reverie.run.progress import Progress
 
@@ -402,14 +402,8 @@ class Trainer:
     def evaluate(self, episodes: int | None = None) -> list[float]:
         """Greedy-policy returns on fresh episodes with deterministic seeds."""
         n = int(self.cfg.run.eval_episodes if episodes is None else episodes)
-        env = self.cfg.env
-
-        def make():
-            return make_env(env.id, env.image_size, noop_max=int(self.cfg.run.eval_noop_max),
-                            prev_reward=bool(env.prev_reward))
-
-        returns = evaluate(self.agent, make, n, seed=int(self.cfg.seed),
-                           round_=self.count.eval_rounds)
+        returns = evaluate(self.agent, lambda: env_of(self.cfg, evaluation=True), n,
+                           seed=int(self.cfg.seed), round_=self.count.eval_rounds)
         self.count.eval_rounds += 1
         return returns
 

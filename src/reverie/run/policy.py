@@ -9,17 +9,12 @@ import numpy as np
 import torch
 
 from reverie.config import load_run_config, parse_run_config
-from reverie.envs import make_env, make_obs_spec
+from reverie.envs import make_obs_spec
 from reverie.errors import UserError
 from reverie.run.checkpoint import CheckpointStore, load_file
+from reverie.run.collector import env_of
 from reverie.run.driver import batch_obs, build_agent, evaluate, load_agent_state, select_device
 from reverie.run.folder import check_no_links
-
-
-def env_of(cfg, render: bool = False):
-    """The env a run trains on, as its config builds it (observation wrappers included)."""
-    return make_env(cfg.env.id, cfg.env.image_size, render=render,
-                    prev_reward=bool(cfg.env.get("prev_reward", False)))
 
 
 class Policy:
@@ -61,10 +56,11 @@ class Policy:
         return action[0], state
 
     def make_env(self, render: bool = False):
-        return env_of(self.cfg, render)
+        return env_of(self.cfg, render=render)
 
     def evaluate(self, episodes: int, seed: int = 12345) -> list[float]:
-        return evaluate(self.agent, self.make_env, episodes, seed=seed)
+        return evaluate(self.agent, lambda: env_of(self.cfg, evaluation=True), episodes,
+                        seed=seed)
 
 
 def load(path: str | Path, device: str = "auto") -> Policy:
