@@ -564,6 +564,27 @@ def compile_auto_table(results: Path) -> str | None:
     return "\n".join(lines) + "\n" + note
 
 
+def ffm_chunk_table(results: Path) -> str | None:
+    report, _ = load(results, "ffm_chunk")
+    if report is None:
+        return None
+    chunks = [str(c) for c in report["chunks"]]
+    head = ["size (B x T x d_model)", *[f"chunk {c}: ms" for c in chunks], "fastest"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for z in report["sizes"]:
+        cells = [f"{v['median']:.1f} ({v['min']:.1f}–{v['max']:.1f})"
+                 for v in (z["ms_fwd_bwd"][c] for c in chunks)]
+        lines.append(_row([f"{z['name']}: {z['B']} x {z['T']} x {z['d_model']}", *cells,
+                           str(z["fastest_chunk"])]))
+    note = (f"\nForward + backward of one FFM layer (memory 32, 4 contexts), one row with an "
+            f"episode reset inside; chunk lengths in alternation, {report['rounds']} rounds, "
+            f"median (min–max) of the rounds; {report['torch_threads']} torch thread; fp32 "
+            f"matmul {report['matmul_gflops_1_thread']:.0f} GFLOP/s on that thread before; "
+            f"1-min load {report['loadavg_1min_before']} before, "
+            f"{report['loadavg_1min_after']} after on {report['cores']} cores.")
+    return "\n".join(lines) + "\n" + note
+
+
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
@@ -664,6 +685,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "popgym": popgym_table,
     "popgym_imagine": popgym_imagine_table,
     "rppo_throughput": rppo_throughput_table,
+    "ffm_chunk": ffm_chunk_table,
     "recall": recall_table,
     "coplanner": coplanner_table,
     "allocator": allocator_table,
