@@ -28,7 +28,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runlib import ensure_run, evaluations, keep, locate, progress, wall_seconds  # noqa: E402
+from runlib import (  # noqa: E402
+    ensure_run,
+    evaluations,
+    keep,
+    locate,
+    progress,
+    seed_mean_ci,
+    wall_seconds,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -136,6 +144,13 @@ def earlier_summary(task: str, method: str, seeds: list[int]) -> dict | None:
     return entry if entry is not None and entry["seeds"] >= len(seeds) else None
 
 
+def intervals(curves: list[list]) -> dict:
+    """95% bootstrap intervals over seeds of the final return and the area under the curve."""
+    final = [c[-1][1] for c in curves]
+    auc = [float(np.mean([v for _, v in c])) for c in curves]
+    return {"final_ci95": seed_mean_ci(final)["ci95"], "auc_ci95": seed_mean_ci(auc)["ci95"]}
+
+
 def summarise(tasks: list[str], methods: list[str], seeds: list[int]) -> dict:
     summary, missing = {}, []
     for task in tasks:
@@ -145,7 +160,8 @@ def summarise(tasks: list[str], methods: list[str], seeds: list[int]) -> dict:
                 continue
             earlier = earlier_summary(task, method, seeds)
             if earlier is not None:
-                summary.setdefault(task, {})[method] = {**earlier, "from_committed_json": True}
+                summary.setdefault(task, {})[method] = {
+                    **earlier, **intervals(earlier["curves"]), "from_committed_json": True}
                 continue
             done = []
             for seed in seeds:
@@ -162,7 +178,7 @@ def summarise(tasks: list[str], methods: list[str], seeds: list[int]) -> dict:
                 "seeds": len(done), "final_mean": round(statistics.mean(final), 2),
                 "final_min": round(min(final), 2), "final_max": round(max(final), 2),
                 "auc_mean": round(statistics.mean(auc), 2), "auc_min": round(min(auc), 2),
-                "auc_max": round(max(auc), 2),
+                "auc_max": round(max(auc), 2), **intervals([r["evals"] for r in done]),
                 "wall_min_mean": round(statistics.mean(r["wall_s"] for r in done) / 60, 1),
                 "curves": [r["evals"] for r in done]}
     return {"summary": summary, "missing": missing}
@@ -174,6 +190,8 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from reverie.eval.curves import seed_band
+
     tasks = list(result["summary"])
     if not tasks:
         return
@@ -182,9 +200,10 @@ def plot(result: dict, path: Path) -> None:
         for method, s in result["summary"][task].items():
             steps = [st for st, _ in s["curves"][0]]
             vals = np.array([[v for _, v in c[:len(steps)]] for c in s["curves"]])
-            ax.plot(steps, vals.mean(0), label=f"{method} (n={s['seeds']})")
+            mean, low, high = seed_band(vals)  # 95% bootstrap band over seeds
+            ax.plot(steps, mean, label=f"{method} (n={s['seeds']})")
             if len(vals) > 1:
-                ax.fill_between(steps, vals.min(0), vals.max(0), alpha=0.15)
+                ax.fill_between(steps, low, high, alpha=0.15)
         ax.set_title(TASKS[task][0], fontsize=9)
         ax.set_xlabel("env steps")
         ax.set_ylabel("evaluation return")

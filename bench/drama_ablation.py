@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cartpole import RESULTS, ROOT, run_reverie  # noqa: E402
+from runlib import seed_mean_ci  # noqa: E402
 
 TASKS = {  # name -> (preset, env, eval every)
     "cartpole": ("cartpole", "CartPole-v1", 1000),
@@ -55,8 +56,6 @@ VARIANTS: dict[str, list[str]] = {
 def summarise(entries: list[dict]) -> dict:
     """Per task and variant, over seeds: the mean of the final evaluation, of the best one and
     of the last three, each with its 95% bootstrap interval over seeds (`reverie.eval.stats`)."""
-    from reverie.eval.stats import bootstrap_ci, mean_score
-
     out: dict[str, dict] = {}
     for e in entries:
         if "error" in e or not e.get("eval_return"):
@@ -71,9 +70,8 @@ def summarise(entries: list[dict]) -> dict:
                     "best": [max(e["eval_return"]) for e in runs],
                     "last3": [float(np.mean(e["eval_return"][-3:])) for e in runs]}
         for name, values in per_seed.items():
-            est = bootstrap_ci([np.array(values)], mean_score)
-            s[name] = round(est.value, 2)
-            s[f"{name}_ci95"] = [round(est.low, 2), round(est.high, 2)]
+            est = seed_mean_ci(values)
+            s[name], s[f"{name}_ci95"] = est["mean"], est["ci95"]
         s["wall_min"] = round(max(e["wall_s"] for e in runs) / 60, 1)
     return out
 

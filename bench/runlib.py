@@ -122,6 +122,16 @@ def matmul_gflops(threads: int = 0, n: int = 1024, reps: int = 5) -> float:
     return round(statistics.median(rates), 1)
 
 
+def seed_mean_ci(values: list[float]) -> dict:
+    """Mean over seeds with its 95% bootstrap interval (`reverie.eval.stats`, one task)."""
+    import numpy as np
+
+    from reverie.eval.stats import bootstrap_ci, mean_score
+
+    est = bootstrap_ci([np.asarray(values, dtype=float)], mean_score)
+    return {"mean": round(est.value, 2), "ci95": [round(est.low, 2), round(est.high, 2)]}
+
+
 def wall_seconds(timing: list[dict]) -> float:
     """Training wall time of a run over all its processes (wall time restarts at a resume)."""
     total = 0.0

@@ -375,19 +375,25 @@ def coplanner_table(results: Path) -> str | None:
     report, _ = load(results, "coplanner")
     if report is None or not report["summary"]:
         return None
-    head = ["task", "method", "seeds", "final return (min–max)", "area under curve (min–max)",
-            "wall min/run"]
+    head = ["task", "method", "seeds", "final return [95% CI] (min–max)",
+            "area under curve [95% CI] (min–max)", "wall min/run"]
     rows = []
+
+    def cell(s: dict, name: str) -> str:
+        ci = s.get(f"{name}_ci95")
+        band = f" [{ci[0]:.0f}–{ci[1]:.0f}]" if ci else ""
+        return f"{s[name + '_mean']:.0f}{band} ({s[name + '_min']:.0f}–{s[name + '_max']:.0f})"
+
     for task, methods in report["summary"].items():
         for method, s in methods.items():
-            rows.append([task, method, str(s["seeds"]),
-                         f"{s['final_mean']:.0f} ({s['final_min']:.0f}–{s['final_max']:.0f})",
-                         f"{s['auc_mean']:.0f} ({s['auc_min']:.0f}–{s['auc_max']:.0f})",
+            rows.append([task, method, str(s["seeds"]), cell(s, "final"), cell(s, "auc"),
                          f"{s['wall_min_mean']:.0f}"])
     lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
     note = ("\nEvaluation: mean return of greedy episodes (reverie's evaluation seeds, also for "
             "SB3 SAC) every `run.eval_every` env steps; area under curve = mean over those "
-            "evaluations. Runs shared the 2-core machine with other benchmarks.")
+            "evaluations; [95% CI]: bootstrap interval of the mean over seeds "
+            "(`reverie.eval.stats`; with 3 seeds it spans nearly the whole min–max range). "
+            "Runs shared the 2-core machine with other benchmarks.")
     if report["missing"]:
         more = ", ..." if len(report["missing"]) > 8 else ""
         note += (f" Still missing: {len(report['missing'])} runs "
