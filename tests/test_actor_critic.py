@@ -251,7 +251,7 @@ def test_actor_critic_targets_on_hand_computed_numbers(targets):
 def test_unknown_targets_name_the_choices():
     from reverie.behavior.actor_critic import ActorCritic, ActorCriticConfig
 
-    with pytest.raises(ValueError, match="reverie, dreamerv3, drama"):
+    with pytest.raises(ValueError, match="dreamerv3, reverie, drama"):
         ActorCritic(3, 2, True, ActorCriticConfig(targets="dramma"))
 
 
