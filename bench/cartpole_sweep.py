@@ -34,6 +34,12 @@ VARIANTS: dict[str, list[str]] = {
                                  "imagine.behavior.slow_critic_fraction=1.0"],
     "imag-256+slow-critic-0.1": ["imagine.imag_batch=256",
                                  "imagine.behavior.slow_critic_fraction=0.1"],
+    # the variants above ran with reverie's actor-critic targets (the default until
+    # bench/drama_ablation.py chose dreamerv3); these spell the targets out
+    "dreamerv3+slow-critic-0.1": ["imagine.behavior.targets=dreamerv3",
+                                  "imagine.behavior.slow_critic_fraction=0.1"],
+    "dreamerv3+slow-critic-0.3": ["imagine.behavior.targets=dreamerv3",
+                                  "imagine.behavior.slow_critic_fraction=0.3"],
 }
 
 
