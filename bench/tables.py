@@ -32,6 +32,12 @@ def load(results: Path, stem: str) -> tuple[dict | None, bool]:
     return None, False
 
 
+def _median_range(v: dict, spec: str, unit: str = "") -> str:
+    """'median (min–max)' of a summary dict, each formatted with `spec` and `unit`."""
+    return (f"{format(v['median'], spec)}{unit} "
+            f"({format(v['min'], spec)}–{format(v['max'], spec)})")
+
+
 def _tps(entry: dict, T: str) -> float | None:
     return entry.get("train", {}).get(T, {}).get("train_tokens_per_s")
 
@@ -436,10 +442,6 @@ def ensemble_speed_table(results: Path) -> str | None:
     if report is None:
         return None
 
-    def cell(v: dict, spec: str, unit: str = "") -> str:
-        return (f"{format(v['median'], spec)}{unit} "
-                f"({format(v['min'], spec)}–{format(v['max'], spec)})")
-
     st = report["settings"]
     n = st["rollout_batch"]
     head = ["size (obs, action)", "measure", "reverie (median, min–max)", "mbrl-lib GaussianMLP",
@@ -451,14 +453,14 @@ def ensemble_speed_table(results: Path) -> str | None:
                                  ("rollout_step", "samples_per_s", "rollout samples/s, TS1")):
             m, r = e[name], e[name]["ratio_reverie_over_mbrl"]
             spec = ",.1f" if unit == "steps_per_s" else ",.0f"
-            rows.append([label, what, cell(m["reverie"][unit], spec),
-                         cell(m["mbrl"][unit], spec), cell(r, ".2f", "x")])
+            rows.append([label, what, _median_range(m["reverie"][unit], spec),
+                         _median_range(m["mbrl"][unit], spec), _median_range(r, ".2f", "x")])
             targets.append(_row([f"reverie >= {m['target']:g}x mbrl-lib, {what}, {size}",
                                  "pass" if m["pass"] else "miss"]))
         a = e["reverie_agent_rollout_step"]
         rows.append([label, "rollout samples/s, reverie `rollout_step` (all elites + u)",
-                     cell(a["samples_per_s"], ",.0f"), "–",
-                     cell(a["ratio_over_mbrl_ts1"], ".2f", "x") + " of mbrl-lib's TS1"])
+                     _median_range(a["samples_per_s"], ",.0f"), "–",
+                     _median_range(a["ratio_over_mbrl_ts1"], ".2f", "x") + " of mbrl-lib's TS1"])
     lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
     v = report["versions"]
     note = (f"\n{st['members']} members ({st['elites']} elites), {st['layers']}x{st['hidden']} "
@@ -484,10 +486,6 @@ def compile_table(results: Path) -> str | None:
     if report is None:
         return None
 
-    def cell(v: dict, spec: str, unit: str = "") -> str:
-        return (f"{format(v['median'], spec)}{unit} "
-                f"({format(v['min'], spec)}–{format(v['max'], spec)})")
-
     head = ["backbone", "s/update, compile off (median, min–max)", "s/update, compile on",
             "off / on (median, min–max)", "ms: world model, imagination, actor-critic (off → on)",
             "compile s, cold cache", "compile s, warm cache"]
@@ -497,8 +495,8 @@ def compile_table(results: Path) -> str | None:
         parts = a.get("ms_per_update_by_part_median", {})
         moved = ", ".join(f"{parts['off'][k]:.0f} → {parts['on'][k]:.0f}"
                           for k in parts.get("off", {}))
-        rows.append([f"`{name}`", cell(s["off"], ".3f"), cell(s["on"], ".3f"),
-                     cell(a["speedup_off_over_on"], ".2f", "x"), moved or "–",
+        rows.append([f"`{name}`", _median_range(s["off"], ".3f"), _median_range(s["on"], ".3f"),
+                     _median_range(a["speedup_off_over_on"], ".2f", "x"), moved or "–",
                      f"{c['cold']:.0f}",
                      f"{c['warm']:.0f}" + (" (fell back)" if a["fell_back"] else "")])
     lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
@@ -539,10 +537,6 @@ def compile_auto_table(results: Path) -> str | None:
     if report is None:
         return None
 
-    def cell(v: dict, spec: str, unit: str = "") -> str:
-        return (f"{format(v['median'], spec)}{unit} "
-                f"({format(v['min'], spec)}–{format(v['max'], spec)})")
-
     head = ["backbone", "s/update, eager", "s/update, imagined step compiled", "eager / compiled",
             "imagination ms (eager → compiled)", "compile s, cold / warm cache",
             f"saved s in a default run ({report['default_run_updates']} updates)",
@@ -552,8 +546,8 @@ def compile_auto_table(results: Path) -> str | None:
         s, c = a["seconds_per_update"], a["compile_s"]
         parts = a["ms_per_update_by_part_median"]
         lines.append(_row([
-            f"`{name}`", cell(s["off"], ".3f"), cell(s["step"], ".3f"),
-            cell(a["speedup_off_over_step"], ".2f", "x"),
+            f"`{name}`", _median_range(s["off"], ".3f"), _median_range(s["step"], ".3f"),
+            _median_range(a["speedup_off_over_step"], ".2f", "x"),
             f"{parts['off']['imagination']:.0f} → {parts['step']['imagination']:.0f}",
             f"{c['cold']:.0f} / {c['warm']:.0f}" + (" (fell back)" if a["fell_back"] else ""),
             f"{a['saved_s_per_default_run']:.0f}",
