@@ -214,6 +214,19 @@ def matmul_share(backbone: str, compiled: bool, B: int, T: int, D: int, iters: i
             "loadavg_1min": round(os.getloadavg()[0], 2)}
 
 
+def cold_warm_rounds(mode: str, backbone: str, rounds: int, updates: int, warmup: int,
+                     cache: Path) -> tuple[dict, dict, dict[str, list[dict]]]:
+    """One process compiling in `mode` on the empty `cache` (cold), one more on it (warm),
+    then `rounds` rounds alternating eager ("off") and `mode`, each a fresh process."""
+    cold = run_child(mode, backbone, updates, warmup, cache)
+    warm = run_child(mode, backbone, updates, warmup, cache)
+    runs: dict[str, list[dict]] = {"off": [], mode: []}
+    for _ in range(rounds):
+        for m in ("off", mode):
+            runs[m].append(run_child(m, backbone, updates, warmup, cache))
+    return cold, warm, runs
+
+
 def run_drift(backbone: str, updates: int, cache: Path) -> dict:
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, __file__, "--drift-child", backbone, str(updates)]
@@ -282,13 +295,8 @@ def auto_benchmark(backbones: list[str], rounds: int, updates: int, warmup: int)
     out: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="reverie-compile-auto-") as tmp:
         for bb in backbones:
-            cache = Path(tmp) / f"cache-{bb}"
-            cold = run_child("step", bb, updates, warmup, cache)
-            warm = run_child("step", bb, updates, warmup, cache)
-            runs: dict[str, list[dict]] = {"off": [], "step": []}
-            for _ in range(rounds):
-                for mode in ("off", "step"):
-                    runs[mode].append(run_child(mode, bb, updates, warmup, cache))
+            cold, warm, runs = cold_warm_rounds("step", bb, rounds, updates, warmup,
+                                                Path(tmp) / f"cache-{bb}")
             spu = {m: [r["seconds_per_update"] for r in rs] for m, rs in runs.items()}
             saved = (statistics.median(spu["off"]) - statistics.median(spu["step"])) * \
                 DEFAULT_RUN_UPDATES
@@ -375,13 +383,8 @@ def main() -> None:
     agent: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="reverie-compile-bench-") as tmp:
         for bb in args.backbones:
-            cache = Path(tmp) / f"cache-{bb}"  # empty: the cold run fills it
-            cold = run_child("on", bb, updates, warmup, cache)
-            warm = run_child("on", bb, updates, warmup, cache)
-            runs: dict[str, list[dict]] = {"off": [], "on": []}
-            for _ in range(rounds):
-                for mode in ("off", "on"):
-                    runs[mode].append(run_child(mode, bb, updates, warmup, cache))
+            cold, warm, runs = cold_warm_rounds("on", bb, rounds, updates, warmup,
+                                                Path(tmp) / f"cache-{bb}")
             spu = {m: [r["seconds_per_update"] for r in rs] for m, rs in runs.items()}
             loads = [x for r in [cold, warm, *runs["off"], *runs["on"]] for x in r["loadavg_1min"]]
             agent[bb] = {
