@@ -22,7 +22,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runlib import (  # noqa: E402
     ensure_run,
     evaluations,
-    keep,
     locate,
     progress,
+    run_sb3,
     seed_mean_ci,
     wall_seconds,
 )
@@ -68,55 +67,9 @@ def train_args(task: str, method: str, seed: int) -> list[str]:
 
 
 def run_sac(task: str, seed: int, out: Path) -> dict:
-    """SB3 SAC (defaults) with reverie's evaluation schedule and episode seeds; its curve is
-    stored as JSON in `out` so a finished run is not repeated."""
-    if (locate(out) / "sac.json").exists():
-        return json.loads((locate(out) / "sac.json").read_text())
-    import torch
-    from stable_baselines3 import SAC
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    from reverie.envs import make_env
-    from reverie.run.collector import episode_seed
-
+    """SB3 SAC (defaults) with reverie's evaluation schedule and episode seeds."""
     env_id, steps, every, episodes, _ = TASKS[task]
-    torch.set_num_threads(1)
-    train_env = _flat(make_env(env_id))
-    eval_env = _flat(make_env(env_id))
-    curve: list[tuple[int, float]] = []
-
-    class Every(BaseCallback):
-        def _on_step(self) -> bool:
-            if self.num_timesteps % every == 0:
-                rets = []
-                for i in range(episodes):
-                    seed_i = episode_seed(seed, len(curve) * 1000 + i, stream=1)
-                    obs, _ = eval_env.reset(seed=seed_i)
-                    done, total = False, 0.0
-                    while not done:
-                        action, _ = self.model.predict(obs, deterministic=True)
-                        obs, r, term, trunc, _ = eval_env.step(action)
-                        total += float(r)
-                        done = term or trunc
-                    rets.append(total)
-                curve.append((self.num_timesteps, float(np.mean(rets))))
-            return True
-
-    t0 = time.time()
-    model = SAC("MlpPolicy", train_env, seed=seed, verbose=0, device="cpu")
-    model.learn(total_timesteps=steps, callback=Every())
-    result = {"env_steps": steps, "evals": curve, "wall_s": round(time.time() - t0, 1)}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sac.json").write_text(json.dumps(result))
-    keep(out)
-    return result
-
-
-def _flat(env):
-    """reverie's dict observation {"vector": x} as a plain Box for SB3."""
-    import gymnasium as gym
-
-    return gym.wrappers.FlattenObservation(env)
+    return run_sb3("SAC", env_id, seed, steps, every, episodes, out, result="sac.json")
 
 
 def read(task: str, method: str, seed: int) -> dict | None:

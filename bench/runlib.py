@@ -27,8 +27,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 RUNS_ROOT = BENCH / "runs"
 ARCHIVE = BENCH / "results" / "runs"
-# what a report reads of a run folder (sac.json: a Stable-Baselines3 peer's result)
-KEPT = ("config.yaml", "metrics.jsonl", "timing.jsonl", "sac.json")
+# what a report reads of a run folder (sac.json, sb3.json: a Stable-Baselines3 peer's result)
+KEPT = ("config.yaml", "metrics.jsonl", "timing.jsonl", "sac.json", "sb3.json")
 
 
 def archived(run: Path) -> Path:
@@ -97,6 +97,60 @@ def ensure_run(run: Path, train_args: list[str], steps: int, threads: int = 1,
     if proc.returncode != 0:
         return {"status": "error", "error": proc.stderr.strip()[-600:]}
     return {"status": "trained", "wall_s": round(time.time() - t0, 1)}
+
+
+def run_sb3(algo: str, env_id: str, seed: int, steps: int, every: int, episodes: int,
+            out: Path, result: str = "sb3.json") -> dict:
+    """A Stable-Baselines3 peer (`algo`: SAC, DQN, PPO, ...; its default hyper-parameters,
+    MlpPolicy, 1 thread) trained for `steps` env steps on reverie's env `env_id`, evaluated
+    as reverie evaluates: `episodes` greedy episodes every `every` env steps, seeded as
+    reverie seeds its evaluation episodes. Its curve is stored as JSON (`out/result`, archived
+    with `keep`), so a finished run is not repeated."""
+    if (locate(out) / result).exists():
+        return json.loads((locate(out) / result).read_text())
+    import gymnasium as gym
+    import numpy as np
+    import stable_baselines3
+    import torch
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from reverie.envs import make_env
+    from reverie.run.collector import episode_seed
+
+    torch.set_num_threads(1)
+    flat = gym.wrappers.FlattenObservation  # reverie's {"vector": x} as a plain Box
+    train_env, eval_env = flat(make_env(env_id)), flat(make_env(env_id))
+    curve: list[tuple[int, float]] = []
+
+    def evaluate(model) -> float:
+        returns = []
+        for i in range(episodes):
+            obs, _ = eval_env.reset(seed=episode_seed(seed, len(curve) * 1000 + i, stream=1))
+            done, total = False, 0.0
+            while not done:
+                action, _ = model.predict(obs, deterministic=True)
+                obs, r, term, trunc, _ = eval_env.step(action)
+                total += float(r)
+                done = term or trunc
+            returns.append(total)
+        return float(np.mean(returns))
+
+    class Every(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps % every == 0:
+                curve.append((self.num_timesteps, evaluate(self.model)))
+            return True
+
+    t0 = time.time()
+    model = getattr(stable_baselines3, algo)("MlpPolicy", train_env, seed=seed, verbose=0,
+                                             device="cpu")
+    model.learn(total_timesteps=steps, callback=Every())
+    record = {"algo": algo, "env_steps": steps, "evals": curve,
+              "wall_s": round(time.time() - t0, 1)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / result).write_text(json.dumps(record))
+    keep(out)
+    return record
 
 
 def matmul_gflops(threads: int = 0, n: int = 1024, reps: int = 5) -> float:
