@@ -218,7 +218,7 @@ def plot(runs: dict[str, dict], summary: dict, games: list[str], methods: list[s
     styles = {"imagine": ("C0", "-", "reverie imagine (DFS)"),
               "imagine-uniform": ("C0", ":", "reverie imagine (uniform)"),
               "sb3-dqn": ("C1", "--", "SB3 DQN"), "sb3-ppo": ("C2", "--", "SB3 PPO")}
-    fig, axes = plt.subplots(1, len(games), figsize=(3.6 * len(games), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(games), figsize=(max(9.0, 3.6 * len(games)), 3.8), squeeze=False)
     grid = np.arange(EVAL_EVERY, STEPS + 1, EVAL_EVERY, dtype=float)
     handles = {}
     for ax, game in zip(axes[0], games):
@@ -238,10 +238,11 @@ def plot(runs: dict[str, dict], summary: dict, games: list[str], methods: list[s
         ax.set_title(f"MinAtar {game}")
         ax.set_xlabel("env steps (thousands)")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("evaluation return (mean over seeds, 95% CI)")
+    axes[0][0].set_ylabel("evaluation return")
     fig.legend(list(handles.values()), list(handles), loc="lower center",
-               ncol=len(handles), frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+               ncol=min(len(handles), 5), frameon=False,
+               title="mean over seeds, band: 95% bootstrap CI over seeds")
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -96,6 +96,23 @@ def test_compile_fallback_when_the_first_call_fails(eager_metrics, tmp_path, cap
     assert on == eager_metrics
 
 
+def test_compiling_is_announced_once_and_not_under_torch_compile_disable(monkeypatch):
+    """The first compiled call says why the first update is slow, once per run; with torch's
+    TORCH_COMPILE_DISABLE (nothing is compiled) it says nothing."""
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    notes: list[str] = []
+    compiler = Compiler(notes.append, "auto")
+    inc, dec = compiler.wrap(lambda x: x + 1), compiler.wrap(lambda x: x - 1)
+    assert notes == []  # wrapping alone compiles nothing
+    assert (inc(1), dec(1), inc(2)) == (2, 0, 3)
+    assert len(notes) == 1 and notes[0].startswith("note: run.compile=auto compiles at the "
+                                                   "first update")
+    quiet: list[str] = []
+    with torch._dynamo.config.patch(disable=True):
+        assert Compiler(quiet.append, "on").wrap(lambda x: x * 2)(4) == 8
+    assert quiet == []
+
+
 def test_compile_note_for_an_agent_with_nothing_to_compile(tmp_path, capsys):
     cfg = build_config("random", ["run.compile=on", "run.progress=false",
                                   "run.eval_episodes=0"], {"steps": 50})
@@ -147,7 +164,9 @@ def test_compiled_agent_matches_eager_within_float_rounding(request, monkeypatch
             agent.compile(Compiler(notes.append))
         replay = FakeReplay(SPACES["discrete"])
         runs[mode] = [agent.update(replay) for _ in range(3)]
-        assert notes == []
+        # compiling says so once, at the first update, and nothing fell back
+        assert len(notes) == (mode == "on") and all("compiles at the first update" in n
+                                                    for n in notes), notes
     assert counters["stats"]["unique_graphs"] >= graphs + 4  # it did compile
     for eager, compiled in zip(runs["off"], runs["on"]):
         assert eager.keys() == compiled.keys()

@@ -73,7 +73,8 @@ class Compiler:
         self.mode = mode  # "on": compile every unit; "auto": those that pay on a cold cache
         self.eager = False  # True once compiling failed: every wrapped function runs eagerly
         self.reason: str | None = None
-        use_cache_dir()
+        self.announced = False  # the "compiling" note is said once, at the first compile
+        self.cache_dir = use_cache_dir()
 
     def wrap(self, fn: Callable[..., T], dynamic: bool | None = False) -> Callable[..., T]:
         """fn compiled at its first call, or fn itself once eager. dynamic=False: one graph
@@ -86,9 +87,24 @@ class Compiler:
             compiled = fn
 
         def call(*args: Any, **kwargs: Any) -> T:
-            return (fn if self.eager else compiled)(*args, **kwargs)
+            if self.eager:
+                return fn(*args, **kwargs)
+            self.announce()
+            return compiled(*args, **kwargs)
 
         return call
+
+    def announce(self) -> None:
+        """Say once, before the first compile, why the first update takes longer (a user
+        otherwise sees the progress bar stall for half a minute)."""
+        import torch._dynamo
+
+        if self.announced or torch._dynamo.config.disable:  # TORCH_COMPILE_DISABLE=1: eager
+            return
+        self.announced = True
+        self.note(f"note: run.compile={self.mode} compiles at the first update: up to ~30 s "
+                  f"for a new model, seconds once cached in {self.cache_dir} "
+                  "(run.compile=off skips it)")
 
     def run(self, unit: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """unit(*args, **kwargs); if it fails while compiled, again eagerly from the same
