@@ -218,7 +218,8 @@ def plot(runs: dict[str, dict], summary: dict, games: list[str], methods: list[s
     styles = {"imagine": ("C0", "-", "reverie imagine (DFS)"),
               "imagine-uniform": ("C0", ":", "reverie imagine (uniform)"),
               "sb3-dqn": ("C1", "--", "SB3 DQN"), "sb3-ppo": ("C2", "--", "SB3 PPO")}
-    fig, axes = plt.subplots(1, len(games), figsize=(max(9.0, 3.6 * len(games)), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(games), figsize=(max(9.0, 3.6 * len(games)), 3.8),
+                             squeeze=False)
     grid = np.arange(EVAL_EVERY, STEPS + 1, EVAL_EVERY, dtype=float)
     handles = {}
     for ax, game in zip(axes[0], games):

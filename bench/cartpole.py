@@ -7,6 +7,10 @@ metrics.jsonl. PPO uses SB3's defaults and the same evaluation schedule.
 
     python bench/cartpole.py    # mamba2 x 3 seeds, 4 other backbones x 1 seed, PPO x 3
     python bench/cartpole.py --backbones mamba2 --seeds 0 1 2 --steps 5000
+    python bench/cartpole.py --report-only   # summary, CIs and plot again from cartpole.json
+
+Statistics come from `reverie.eval`: the mean over seeds with its 95% bootstrap interval
+(`runlib.seed_mean_ci`), and the plot's bands are bootstrap bands over seeds (`seed_band`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runlib import seed_mean_ci  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -165,7 +172,9 @@ def summarise(entries: list[dict]) -> dict:
         for step in (1000, 2000, 3000, 4000, 5000, 10000):
             vals = [v for v in (at_step(e, step) for e in runs) if v is not None]
             if vals:
+                est = seed_mean_ci(vals)
                 row[f"return@{step}"] = round(float(np.mean(vals)), 1)
+                row[f"return@{step}_ci95"] = est["ci95"]
                 row[f"return@{step}_per_seed"] = vals
         if runs:
             row["wall_s_mean"] = round(float(np.mean([e["wall_s"] for e in runs])), 1)
@@ -179,6 +188,8 @@ def plot(entries: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from reverie.eval.curves import seed_band
+
     fig, ax = plt.subplots(figsize=(7, 4))
     names = sorted({e["backbone"] for e in entries if "error" not in e})
     for name in names:
@@ -187,15 +198,16 @@ def plot(entries: list[dict], path: Path) -> None:
         if not steps:
             continue
         vals = np.array([[at_step(e, s) for s in steps] for e in runs], float)
-        mean = vals.mean(0)
+        mean, low, high = seed_band(vals)
         style = "--" if name == "sb3-ppo" else "-"
         ax.plot(steps, mean, style, marker="o", ms=3, label=f"{name} (n={len(runs)})")
         if len(runs) > 1:
-            ax.fill_between(steps, vals.min(0), vals.max(0), alpha=0.15)
+            ax.fill_between(steps, low, high, alpha=0.15)
     ax.axhline(TARGET_RETURN, color="gray", lw=0.8, ls=":")
     ax.set_xlabel("env steps")
     ax.set_ylabel("evaluation return (5 episodes, greedy)")
-    ax.set_title("CartPole-v1: reverie (world model) vs SB3 PPO, 2-core CPU")
+    ax.set_title("CartPole-v1: reverie (world model) vs SB3 PPO, 2-core CPU\n"
+                 "mean over seeds, band: 95% bootstrap CI over seeds", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -220,7 +232,15 @@ def main() -> None:
     p.add_argument("--note", default="", help="appended to the protocol text (conditions)")
     p.add_argument("--reuse", action="store_true",
                    help="keep finished runs in --out whose resolved config matches")
+    p.add_argument("--report-only", action="store_true",
+                   help="recompute the summary and plot from cartpole.json's runs")
     args = p.parse_args()
+    if args.report_only:
+        report = json.loads((RESULTS / "cartpole.json").read_text())
+        report["summary"] = summarise(report["runs"])
+        (RESULTS / "cartpole.json").write_text(json.dumps(report, indent=1))
+        plot(report["runs"], RESULTS / "cartpole.png")
+        return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,12 @@ the evaluation curve (mean evaluation return over all evaluations), per sampler.
 
     python bench/dfs.py                                   # CartPole 5k steps + MinAtar Breakout
     python bench/dfs.py --tasks cartpole --seeds 0 1 2
+    python bench/dfs.py --report-only     # summary, CIs and plot again from dfs.json
+
+Means over seeds carry 95% bootstrap intervals (`reverie.eval.stats` via
+`runlib.seed_mean_ci`); the plot's bands are bootstrap bands over seeds (`seed_band`). The
+MinAtar comparison at a budget that separates learning from random is in
+bench/campaign_minatar.py.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cartpole import RESULTS, ROOT, run_reverie  # noqa: E402
+from runlib import seed_mean_ci  # noqa: E402
 
 # task -> (preset, env steps, extra overrides)
 TASKS = {
@@ -59,7 +66,17 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "runs" / "bench-dfs"))
     p.add_argument("--reuse", action="store_true",
                    help="keep finished runs in --out whose resolved config matches")
+    p.add_argument("--report-only", action="store_true",
+                   help="recompute the summary and plot from dfs.json's runs")
     args = p.parse_args()
+    if args.report_only:
+        report = json.loads((RESULTS / "dfs.json").read_text())
+        tasks = list(report["summary"])
+        randoms = {t: report["summary"][t]["random policy"] for t in tasks}
+        report["summary"] = summarise(report["runs"], tasks, randoms)
+        (RESULTS / "dfs.json").write_text(json.dumps(report, indent=1))
+        plot(report["runs"], tasks, RESULTS / "dfs.png")
+        return
     out = Path(args.out)
     jobs, entries = [], []
     reused = []
@@ -93,6 +110,19 @@ def main() -> None:
         entries += [e for e in json.loads(previous.read_text())["runs"]
                     if e["task"] not in args.tasks]
     tasks = [t for t in TASKS if any(e["task"] == t for e in entries)]
+    randoms = {t: {"mean_return_100_episodes": random_policy_return(TASKS[t][0])}
+               for t in tasks}
+    summary = summarise(entries, tasks, randoms)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "dfs.json").write_text(json.dumps(
+        {"benchmark": "dfs-vs-uniform", "summary": summary, "runs": entries}, indent=1))
+    plot(entries, tasks, RESULTS / "dfs.png")
+    print(json.dumps(summary, indent=1))
+
+
+def summarise(entries: list[dict], tasks: list[str], randoms: dict[str, dict]) -> dict:
+    """Per task and sampler: final evaluation and area under the curve (mean over all
+    evaluations), means over seeds with 95% bootstrap intervals."""
     summary: dict = {}
     for task in tasks:
         summary[task] = {}
@@ -103,18 +133,15 @@ def main() -> None:
                 continue
             final = [e["eval_return"][-1] for e in runs]
             auc = [float(np.mean(e["eval_return"])) for e in runs]
+            est_final, est_auc = seed_mean_ci(final), seed_mean_ci(auc)
             summary[task][sampler] = {
                 "seeds": len(runs), "final_mean": round(float(np.mean(final)), 2),
-                "final_per_seed": final, "auc_mean": round(float(np.mean(auc)), 2),
+                "final_ci95": est_final["ci95"], "final_per_seed": final,
+                "auc_mean": round(float(np.mean(auc)), 2), "auc_ci95": est_auc["ci95"],
                 "env_steps": TASKS[task][1],
             }
-        summary[task]["random policy"] = {"mean_return_100_episodes":
-                                          random_policy_return(TASKS[task][0])}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "dfs.json").write_text(json.dumps(
-        {"benchmark": "dfs-vs-uniform", "summary": summary, "runs": entries}, indent=1))
-    plot(entries, tasks, RESULTS / "dfs.png")
-    print(json.dumps(summary, indent=1))
+        summary[task]["random policy"] = randoms[task]
+    return summary
 
 
 def plot(entries: list[dict], tasks: list[str], path: Path) -> None:
@@ -122,6 +149,8 @@ def plot(entries: list[dict], tasks: list[str], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from reverie.eval.curves import seed_band
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
@@ -132,9 +161,12 @@ def plot(entries: list[dict], tasks: list[str], path: Path) -> None:
                 continue
             n = min(len(e["eval_return"]) for e in runs)
             vals = np.array([e["eval_return"][:n] for e in runs])
-            ax.plot(runs[0]["eval_steps"][:n], vals.mean(0), style, marker="o", ms=3,
-                    label=f"{sampler} (n={len(runs)})")
-        ax.set_title(task)
+            mean, low, high = seed_band(vals)
+            steps = runs[0]["eval_steps"][:n]
+            (line,) = ax.plot(steps, mean, style, marker="o", ms=3,
+                              label=f"{sampler} (n={len(runs)})")
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15)
+        ax.set_title(f"{task} (band: 95% bootstrap CI over seeds)", fontsize=10)
         ax.set_xlabel("env steps")
         ax.set_ylabel("evaluation return")
         ax.grid(alpha=0.3)

@@ -124,6 +124,15 @@ def backbones_table(results: Path) -> str | None:
             + targets_table(backbone_targets(report, t_max)))
 
 
+def _step_cell(row: dict, step: int) -> str:
+    """'mean [95% CI]' of a cartpole summary row at `step` ('–' where not evaluated)."""
+    mean, ci = row.get(f"return@{step}"), row.get(f"return@{step}_ci95")
+    if mean is None:
+        return "–"
+    band = f" [{ci[0]:.0f}–{ci[1]:.0f}]" if ci and row["seeds"] > 1 else ""
+    return f"{mean:.0f}{band}"
+
+
 def cartpole_table(results: Path) -> str | None:
     report, _ = load(results, "cartpole")
     if report is None:
@@ -134,9 +143,7 @@ def cartpole_table(results: Path) -> str | None:
     for name, row in report["summary"].items():
         label = "SB3 PPO (defaults)" if name == "sb3-ppo" else f"reverie `{name}`"
         wall = row.get("wall_s_mean")
-        rows.append([label, str(row["seeds"])]
-                    + [_fmt(row.get(f"return@{s}"), ".0f") if row.get(f"return@{s}") is not None
-                       else "–" for s in steps]
+        rows.append([label, str(row["seeds"])] + [_step_cell(row, s) for s in steps]
                     + ["–" if wall is None else f"{wall / 60:.1f}"])
     t = report["targets"]
     lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
@@ -146,7 +153,8 @@ def cartpole_table(results: Path) -> str | None:
                     verdict[bool(t["mean_return_at_5k_ge_450"])]]),
               _row([f"under 15 min per seed (max {t['max_wall_minutes']} min)",
                     verdict[bool(t["wall_under_15_min"])]])]
-    return "\n".join(lines) + "\n\n" + report["protocol"] + "."
+    return ("\n".join(lines) + "\n\n" + report["protocol"] + ". Returns: mean over seeds, in "
+            "brackets its 95% bootstrap interval over seeds (`reverie.eval.stats`).")
 
 
 def reliability_table(results: Path) -> str | None:
@@ -208,8 +216,56 @@ def dfs_table(results: Path) -> str | None:
                              f"{r['mean_return_100_episodes']:.1f}", "–"])
                 continue
             rows.append([task, str(r["env_steps"]), sampler, str(r["seeds"]),
-                         f"{r['final_mean']:.1f}", f"{r['auc_mean']:.1f}"])
-    return "\n".join([_row(head), _row(["---"] * len(head))] + [_row(x) for x in rows])
+                         _with_ci(r, "final_mean", "final_ci95", ".1f"),
+                         _with_ci(r, "auc_mean", "auc_ci95", ".1f")])
+    return ("\n".join([_row(head), _row(["---"] * len(head))] + [_row(x) for x in rows])
+            + "\n\nMeans over seeds; in brackets their 95% bootstrap interval over seeds "
+            "(`reverie.eval.stats`).")
+
+
+def _ci_cell(est: dict, spec: str = ".2f") -> str:
+    """'mean [low–high]' of a `runlib.seed_mean_ci` result."""
+    low, high = est["ci95"]
+    return f"{est['mean']:{spec}} [{low:{spec}}–{high:{spec}}]"
+
+
+def campaign_minatar_table(results: Path) -> str | None:
+    report, _ = load(results, "campaign_minatar")
+    if report is None:
+        return None
+    labels = {"imagine": "reverie `imagine` (DFS)", "imagine-uniform": "reverie `imagine`, "
+              "uniform replay", "sb3-dqn": "SB3 DQN", "sb3-ppo": "SB3 PPO"}
+    head = ["game", "random policy", *labels.values()]
+    rows = []
+    for game, methods in report["summary"].items():
+        cells = [game, f"{methods['random policy (100 episodes)']:.2f}"]
+        for method in labels:
+            m = methods.get(method)
+            cells.append("–" if m is None else
+                         f"{_ci_cell(m['final'])} (n={m['seeds']}"
+                         f"{', all seeds > random' if m['above_random_all_seeds'] else ''})")
+        rows.append(cells)
+    lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
+    walls = {m: v["wall_s_median"] for ms in report["summary"].values()
+             for m, v in ms.items() if isinstance(v, dict)}
+    note = (f"\nFinal score at {report['env_steps']:,} env steps: mean of the last two "
+            f"evaluations ({report['eval_episodes']} greedy episodes each, every "
+            f"{report['eval_every']:,} steps, reverie's evaluation seeds for every method), "
+            "mean over seeds with its 95% bootstrap interval (`reverie.eval.stats`); "
+            "\"all seeds > random\": every seed's final score is above the random policy's "
+            "mean over 100 episodes. reverie: the `minatar` preset with "
+            f"{', '.join(f'`{o}`' for o in report['imagine']['overrides'])}; "
+            f"peers: {report['peers']}. Median wall time per run: "
+            + ", ".join(f"{labels[m]} {walls[m] / 60:.1f} min" for m in labels if m in walls)
+            + ".")
+    if report["dfs_vs_uniform"]:
+        note += " DFS vs uniform (final score intervals): " + "; ".join(
+            f"{g}: {v}" for g, v in report["dfs_vs_uniform"].items()) + "."
+    if report["missing"]:
+        more = ", ..." if len(report["missing"]) > 10 else ""
+        note += (f" Still missing: {len(report['missing'])} runs "
+                 f"({', '.join(report['missing'][:10])}{more}).")
+    return "\n".join(lines) + "\n" + note
 
 
 def atari_table(results: Path) -> str | None:
@@ -644,10 +700,11 @@ def recall_table(results: Path) -> str | None:
         "\n\n**Smoke-test sizes (--quick), not a real measurement.**" if quick else "")
 
 
-def _with_ci(summary: dict, name: str) -> str:
-    """`summary[name]` and, where recorded, its 95% interval `summary[name + '_ci95']`."""
-    ci = summary.get(f"{name}_ci95")
-    return f"{summary[name]:.0f}" + (f" ({ci[0]:.0f}–{ci[1]:.0f})" if ci else "")
+def _with_ci(summary: dict, name: str, ci_key: str | None = None, spec: str = ".0f") -> str:
+    """`summary[name]` and, where recorded, its 95% interval `summary[ci_key]` (default
+    `name + '_ci95'`) in brackets."""
+    ci = summary.get(ci_key or f"{name}_ci95")
+    return f"{summary[name]:{spec}}" + (f" [{ci[0]:{spec}}–{ci[1]:{spec}}]" if ci else "")
 
 
 def drama_ablation_table(results: Path) -> str | None:
@@ -680,6 +737,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "cartpole_sweep": cartpole_sweep_table,
     "throughput": throughput_table,
     "dfs": dfs_table,
+    "campaign_minatar": campaign_minatar_table,
     "atari": atari_table,
     "drama_ablation": drama_ablation_table,
     "popgym": popgym_table,
