@@ -25,7 +25,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runlib import collect_runs, ensure_run, progress, recorded, wall_seconds  # noqa: E402
+from runlib import (  # noqa: E402
+    collect_runs,
+    ensure_run,
+    progress,
+    recorded,
+    seed_mean_ci,
+    wall_seconds,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -84,6 +91,7 @@ def report(tasks: list[str], seeds: dict[str, list[int]], steps: int) -> dict:
                 summary.setdefault(task, {})[backbone] = {
                     "seeds": len(done),
                     "mmer_mean": round(statistics.mean(r["mmer"] for r in done), 4),
+                    "mmer_ci95": seed_mean_ci([r["mmer"] for r in done])["ci95"],
                     "mmer_min": min(r["mmer"] for r in done),
                     "mmer_max": max(r["mmer"] for r in done),
                     "wall_s_mean": round(statistics.mean(r["wall_s"] for r in done), 1)}
@@ -111,14 +119,15 @@ def plot(result: dict, path: Path) -> None:
             if s:
                 xs.append(i + j * width)
                 ys.append(s["mmer_mean"])
-                lo.append(s["mmer_mean"] - s["mmer_min"])
-                hi.append(s["mmer_max"] - s["mmer_mean"])
+                low, high = s["mmer_ci95"]
+                lo.append(max(0.0, s["mmer_mean"] - low))  # the interval is rounded to 0.01
+                hi.append(max(0.0, high - s["mmer_mean"]))
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=b)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))])
     ax.set_xticklabels(tasks, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("MMER (returns in [-1, 1])")
     ax.set_title(f"POPGym, recurrent PPO, {result['steps_per_run']:,} env steps per run "
-                 "(bars: mean, whiskers: min-max over seeds)", fontsize=9)
+                 "(bars: mean over seeds, whiskers: 95% bootstrap CI over seeds)", fontsize=9)
     ax.axhline(0, color="grey", lw=0.5)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -300,7 +300,9 @@ def popgym_table(results: Path) -> str | None:
                 cells.append("–")
                 continue
             means[b].append(s["mmer_mean"])
-            spread = f" ({s['mmer_min']:.2f}–{s['mmer_max']:.2f})" if s["seeds"] > 1 else ""
+            ci = s.get("mmer_ci95")
+            spread = (f" [{ci[0]:.2f}–{ci[1]:.2f}]" if ci else
+                      f" ({s['mmer_min']:.2f}–{s['mmer_max']:.2f})") if s["seeds"] > 1 else ""
             cells.append(f"{s['mmer_mean']:.2f}{spread}, n={s['seeds']}, "
                          f"{s['wall_s_mean'] / 60:.1f} min")
         rows.append(cells)
@@ -310,7 +312,8 @@ def popgym_table(results: Path) -> str | None:
     lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
     note = (f"\nrecurrent PPO, `popgym-ppo` preset, {report['steps_per_run']:,} env steps per "
             "run; MMER = running max of the mean greedy evaluation return (POPGym returns are "
-            "in [-1, 1]); cells: mean (min–max over seeds), seeds, mean wall time (runs shared "
+            "in [-1, 1]); cells: mean over seeds [95% bootstrap interval over seeds, "
+            "`reverie.eval.stats`], seeds, mean wall time (runs shared "
             "the machine with other work, so wall times are not a speed comparison — see the "
             "throughput table).")
     if report["missing"]:
