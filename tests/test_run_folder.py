@@ -127,15 +127,26 @@ def test_watch_says_when_an_env_cannot_render(tmp_path, capsys):
     assert not (out / "watch.gif").exists()
 
 
-def test_watch_image_env_writes_real_vs_imagined(tmp_path, capsys):
+def test_watch_image_env_writes_real_vs_imagined(tmp_path, capsys, monkeypatch):
+    """Pong with the previous reward as a vector key: the real-vs-imagined GIF for the image
+    and a plot for the vector, from one open-loop pass of the world model."""
+    from reverie.eval import video
+
     extra = ["env.obs=image", "env.id=ALE/Pong-v5", "imagine.world.cnn_depth=4",
              "imagine.world.cnn_embed_channels=8", "run.eval_episodes=0", "run.prefill=60",
-             "imagine.context=4"]
+             "imagine.context=4", "env.prev_reward=true"]
     out = tmp_path / "pong"
     Trainer(tiny_config(steps=80, extra=extra), out).train()
+    passes = []
+    real_open_loop = video.open_loop
+    monkeypatch.setattr(video, "open_loop", lambda *a, **k: passes.append(1) or
+                        real_open_loop(*a, **k))
     assert main(["watch", str(out), "--steps", "12"]) == 0
-    gifs = [Path(p) for p in json.loads(capsys.readouterr().out)["gif"]]
+    written = json.loads(capsys.readouterr().out)
+    gifs = [Path(p) for p in written["gif"]]
     assert len(gifs) == 2 and gifs[1].name.endswith("real-vs-imagined.gif")
+    assert [Path(p).name for p in written["plot"]] == ["watch-real-vs-imagined.png"]
+    assert len(passes) == 1
     import imageio.v2 as imageio
 
     frames = imageio.mimread(gifs[1])

@@ -98,11 +98,6 @@ def open_loop(policy: Policy, observations, actions, context: int = 8,
     return out
 
 
-def imagined_frames(policy: Policy, observations, actions, context: int = 8) -> np.ndarray:
-    """Open-loop imagined images of the whole episode: uint8 [T, H, W, 3]."""
-    return open_loop(policy, observations, actions, context)["image"]
-
-
 def vector_plot(real: np.ndarray, imagined: np.ndarray, context: int, path: Path,
                 title: str, max_dims: int = 16) -> Path:
     """One panel per observation dimension: the real episode and the world model's open-loop
@@ -162,8 +157,14 @@ def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
     if not hasattr(policy.agent, "world"):
         return written
     context = int(policy.cfg.imagine.context)
-    if "image" in image_keys(policy.obs_spec):
-        imagined = imagined_frames(policy, observations, actions, context)
+    horizon = int(policy.cfg.imagine.horizon)
+    has_image = "image" in image_keys(policy.obs_spec)
+    # one open-loop pass: the whole episode for an image GIF (its vectors, if any, are
+    # plotted over its first context + horizon steps), else context + horizon steps
+    predicted = open_loop(policy, observations, actions, context,
+                          None if has_image else horizon)
+    if has_image:
+        imagined = predicted["image"]
         real = np.stack([o["image"] for o in observations])
         gap = np.full((real.shape[1], 2, 3), 255, np.uint8)
         pairs = [upscale(np.concatenate([r, gap, m], axis=1), 4) for r, m in zip(real, imagined)]
@@ -171,12 +172,10 @@ def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
         imageio.mimsave(side, pairs, duration=1000 / fps, loop=0)
         written.append(side)
     vectors = [k for k in policy.obs_spec if k not in image_keys(policy.obs_spec)]
-    if vectors:
-        predicted = open_loop(policy, observations, actions, context,
-                              int(policy.cfg.imagine.horizon))
-        for key in vectors:
-            real = np.stack([np.asarray(o[key], np.float32) for o in observations])
-            name = f"{gif.stem}-real-vs-imagined" + ("" if len(vectors) == 1 else f"-{key}")
-            written.append(vector_plot(real, predicted[key], min(context, len(real)),
-                                       gif.with_name(name + ".png"), policy.env_id))
+    for key in vectors:
+        real = np.stack([np.asarray(o[key], np.float32) for o in observations])
+        name = f"{gif.stem}-real-vs-imagined" + ("" if len(vectors) == 1 else f"-{key}")
+        written.append(vector_plot(real, predicted[key][:context + horizon],
+                                   min(context, len(real)), gif.with_name(name + ".png"),
+                                   policy.env_id))
     return written
