@@ -31,6 +31,18 @@ def command(out: Path, updates: int, threads: int) -> list[str]:
             "--set", f"run.threads={threads}", "--out", str(out), "--no-progress"]
 
 
+def as_typed(cmd: list[str]) -> list[str]:
+    """The command as a user types it in the repository: `reverie ...` instead of this
+    interpreter's `python -m reverie`, paths inside the repository relative to it (the JSON
+    is committed and must not carry this machine's paths)."""
+    shown = ["reverie", *cmd[3:]] if cmd[1:3] == ["-m", "reverie"] else list(cmd)
+    for i, arg in enumerate(shown):
+        path = Path(arg)
+        if path.is_absolute() and path.is_relative_to(ROOT):
+            shown[i] = str(path.relative_to(ROOT))
+    return shown
+
+
 def summarise(run: Path, cmd: list[str] | None, watch_s: float | None) -> dict:
     rows = [json.loads(x) for x in (run / "timing.jsonl").read_text().splitlines()]
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -43,7 +55,7 @@ def summarise(run: Path, cmd: list[str] | None, watch_s: float | None) -> dict:
     gifs = sorted(p.name for p in run.glob("*.gif"))
     return {
         "benchmark": "atari_smoke",
-        "command": cmd,
+        "command": None if cmd is None else as_typed(cmd),
         "env_steps": last["step"],
         "grad_steps": grad[-1]["grad_steps"] if grad else 0,
         "seconds_per_update": round(per_update, 2),

@@ -274,8 +274,8 @@ def atari_table(results: Path) -> str | None:
         return None
     head = ["run", "env steps", "updates", "s / update", "100k-step protocol (extrapolated)"]
     cmd = report["command"]
-    if isinstance(cmd, list):  # [python, -m, reverie, train, ...]: as a user types it
-        cmd = " ".join(["reverie", *cmd[3:]])
+    if isinstance(cmd, list):  # ["reverie", "train", ...] (bench/atari_smoke.py as_typed)
+        cmd = " ".join(cmd)
     row = [f"`{cmd}`", str(report["env_steps"]), str(report["grad_steps"]),
            f"{report['seconds_per_update']:.1f}",
            f"{report['full_protocol_hours_extrapolated']:.0f} h "
