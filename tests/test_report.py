@@ -306,3 +306,27 @@ def test_finished_only_leaves_out_runs_still_training(tmp_path, capsys):
     assert main(["report", str(root), "--out", str(out), "--finished-only"]) == 0
     text = (out / "report.md").read_text()
     assert "1 run, 1 env" in text and "unfinished (200 of 1,000 env steps)" in text
+
+
+def test_a_copy_of_a_runs_logs_is_finished_by_its_progress_file(tmp_path, capsys):
+    """The last log row can come before the last step (timing rows at 100 and 200, an
+    episode's end somewhere after; the run ends at 250); the checkpoint manifest knows
+    better, and so does progress.json, which a copy of the logs keeps."""
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "random", "--no-progress", "--steps", "250",
+                 "--set", "run.log_every=100", "--set", "run.eval_every=100",
+                 "--set", "run.eval_episodes=1", "--out", str(run)]) == 0
+    assert json.loads((run / "progress.json").read_text()) == {"env_steps": 250}
+    steps = [json.loads(x)["step"] for x in (run / "timing.jsonl").read_text().splitlines()]
+    assert max(steps) == 200
+    copy = tmp_path / "archive" / "run"
+    copy.mkdir(parents=True)
+    for name in ("config.yaml", "metrics.jsonl", "timing.jsonl", "progress.json"):
+        (copy / name).write_bytes((run / name).read_bytes())
+    out = tmp_path / "rep"
+    assert main(["report", str(copy), "--out", str(out), "--finished-only"]) == 0
+    assert "1 run, 1 env" in (out / "report.md").read_text()
+    (copy / "progress.json").unlink()  # without it, the copy looks unfinished
+    assert main(["report", str(copy), "--out", str(out), "--finished-only"]) == 2
+    err = capsys.readouterr().err
+    assert "unfinished (" in err and " of 250 env steps)" in err

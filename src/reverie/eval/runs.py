@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from reverie.errors import UserError
 from reverie.eval.mmer import mmer, mmer_curve
 from reverie.eval.scores import ScoreKind, atari_game, human_normalized, score_kind
-from reverie.run.folder import CONFIG, MARKER
+from reverie.run.folder import CONFIG, MARKER, PROGRESS
 from reverie.run.logger import METRICS, TIMING, read_jsonl
 
 FINAL_FRACTION = 0.1  # without evaluations: the training episodes of the last 10% of steps
@@ -108,6 +108,14 @@ def _manifest(folder: Path) -> tuple[object | None, int]:
         return fmt, 0
 
 
+def _progress(folder: Path) -> int:
+    """The env steps `progress.json` records (0 if it is missing or unreadable)."""
+    try:
+        return int(json.loads((folder / PROGRESS).read_text())["env_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def read_run(folder: Path) -> Run:
     """Score one run folder; raises UserError with the reason it cannot be scored."""
     from reverie.config import load_run_config
@@ -130,7 +138,7 @@ def read_run(folder: Path) -> Run:
     evals = _finite(rows, "eval/return")
     episodes = _finite(rows, "episode/return")
     steps = int(cfg.run.steps)
-    last = max([int(r["step"]) for r in rows + timing] + [checkpointed])
+    last = max([int(r["step"]) for r in rows + timing] + [checkpointed, _progress(folder)])
     if evals:
         raw_curve, source = evals, "eval"
     elif episodes:

@@ -17,6 +17,7 @@ written after it are simply overwritten again on resume.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import sys
@@ -52,7 +53,7 @@ from reverie.rng import (
     set_global_rng_state,
 )
 from reverie.run import folder as run_folder
-from reverie.run.checkpoint import FORMAT, CheckpointStore
+from reverie.run.checkpoint import FORMAT, CheckpointStore, atomic_write_bytes
 from reverie.run.collector import Collector, Transition, env_of, episode_seed
 from reverie.run.logger import LOGS, RunLogger, plot_curve, read_rows
 from reverie.run.progress import Progress
@@ -271,6 +272,8 @@ class Trainer:
             self.replay.flush()
         self.logger.flush()
         self.store.save(self._payload(), self.count.env_steps)
+        atomic_write_bytes(self.out / run_folder.PROGRESS,
+                           (json.dumps({"env_steps": int(self.count.env_steps)}) + "\n").encode())
 
     def _load_checkpoint(self):
         """The newest verified checkpoint, checked against this run's config."""

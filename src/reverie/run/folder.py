@@ -20,6 +20,10 @@ from reverie.run.logger import LOGS
 
 MARKER = ".reverie-run"  # written first into every folder reverie makes a run in
 CONFIG = "config.yaml"
+# {"env_steps": N}: the step of the run's newest checkpoint, rewritten at every checkpoint.
+# A report reads how far a run got from it when the checkpoints are not there (a copy of a
+# run's logs, such as bench/results/runs/): the last log row can come before the last step.
+PROGRESS = "progress.json"
 # What a start writes before config.yaml exists (the lock, the marker, the preallocated replay).
 _START_LEFTOVERS = {MARKER, ".lock", ".write-probe", "replay"}
 
