@@ -1,0 +1,76 @@
+"""Open-loop prediction error of a world model beside the copy-the-last-frame baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reverie.config import build_config
+from reverie.errors import UserError
+from reverie.eval import video
+from reverie.eval.prediction import prediction_error, window_errors
+from reverie.run.driver import Trainer
+from reverie.run.policy import load
+from tiny import TINY_MODEL
+
+
+def test_window_errors_by_hand():
+    # context 2, horizon 2, 2-element observations
+    real = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.0], [4.0, 1.0]])
+    predicted = np.array([[9.0, 9.0], [9.0, 9.0], [2.0, 1.0], [1.0, 1.0]])  # context: ignored
+    model, copy_last = window_errors(real, predicted, context=2)
+    # model: step 1 ((0)^2 + (1)^2) / 2, step 2 ((3)^2 + 0) / 2
+    np.testing.assert_allclose(model, [0.5, 4.5])
+    # copy [1, 1]: step 1 ((1)^2 + (1)^2) / 2, step 2 ((3)^2 + 0) / 2
+    np.testing.assert_allclose(copy_last, [1.0, 4.5])
+    with pytest.raises(ValueError):
+        window_errors(real, predicted[:3], context=2)
+    with pytest.raises(ValueError):
+        window_errors(real, predicted, context=4)
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pred") / "run"
+    cfg = build_config("cartpole", [*TINY_MODEL, "run.train_ratio=16", "run.prefill=100",
+                                    "run.eval_episodes=0", "run.progress=false",
+                                    "run.threads=1", "imagine.context=4"],
+                       {"backbone": "gru", "steps": 200})
+    Trainer(cfg, out).train()
+    return load(out, device="cpu")
+
+
+def test_prediction_error_of_a_trained_model(policy):
+    err = prediction_error(policy, windows=3, horizon=5)
+    assert (err.key, err.context, err.windows) == ("vector", 4, 3)
+    assert len(err.model) == len(err.copy_last) == 5
+    assert all(np.isfinite(err.model)) and all(v > 0 for v in err.model)
+    summary = err.as_dict()
+    assert summary["model_mse_mean"] == pytest.approx(np.mean(err.model))
+    assert 0 <= summary["steps_model_better"] <= 5
+
+
+def test_a_model_that_predicts_the_real_episode_has_no_error(policy, monkeypatch):
+    """The windows line up: the imagined steps are scored against the real steps after the
+    context, and the baseline against the last observed one."""
+    calls = []
+
+    def perfect(policy_, observations, actions, context, horizon):
+        calls.append((len(observations), len(actions), context, horizon))
+        return {"vector": np.stack([o["vector"] for o in observations])}
+
+    monkeypatch.setattr(video, "open_loop", perfect)
+    err = prediction_error(policy, windows=4, horizon=3, context=2)
+    assert calls == [(5, 5, 2, 3)] * 4
+    assert err.model == [0.0, 0.0, 0.0]
+    assert all(c > 0 for c in err.copy_last)  # CartPole moves every step
+
+
+def test_bad_key_and_agents_without_a_world_model(policy, tmp_path):
+    with pytest.raises(UserError, match="observation key 'image' is not one of"):
+        prediction_error(policy, windows=1, key="image")
+    out = tmp_path / "random"
+    Trainer(build_config("random", ["run.eval_episodes=0", "run.progress=false"],
+                         {"steps": 50}), out).train()
+    with pytest.raises(UserError, match="agent 'random' has no world model"):
+        prediction_error(load(out, device="cpu"), windows=1)
