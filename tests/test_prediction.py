@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from reverie.cli import main
 from reverie.config import build_config
 from reverie.errors import UserError
 from reverie.eval import video
@@ -30,14 +33,19 @@ def test_window_errors_by_hand():
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory):
+def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("pred") / "run"
     cfg = build_config("cartpole", [*TINY_MODEL, "run.train_ratio=16", "run.prefill=100",
                                     "run.eval_episodes=0", "run.progress=false",
                                     "run.threads=1", "imagine.context=4"],
                        {"backbone": "gru", "steps": 200})
     Trainer(cfg, out).train()
-    return load(out, device="cpu")
+    return out
+
+
+@pytest.fixture(scope="module")
+def policy(trained):
+    return load(trained, device="cpu")
 
 
 def test_prediction_error_of_a_trained_model(policy):
@@ -74,3 +82,14 @@ def test_bad_key_and_agents_without_a_world_model(policy, tmp_path):
                          {"steps": 50}), out).train()
     with pytest.raises(UserError, match="agent 'random' has no world model"):
         prediction_error(load(out, device="cpu"), windows=1)
+
+
+def test_eval_command_reports_the_prediction_error(trained, capsys):
+    assert main(["eval", str(trained), "--episodes", "1", "--prediction", "2",
+                 "--out", str(trained / "pred.json")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["prediction"]["windows"] == 2
+    assert len(result["prediction"]["model_mse"]) == 16  # the next 16 observations
+    assert main(["eval", str(trained), "--prediction", "-1"]) == 2
+    assert capsys.readouterr().err == ("reverie: error: --prediction must be >= 0 windows, "
+                                       "got -1\n")

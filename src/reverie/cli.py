@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--episodes", type=_positive_int, default=10)
     e.add_argument("--seed", type=_int, default=12345)
     e.add_argument("--out", default=None, help="JSON path (default RUN/eval.json)")
+    e.add_argument("--prediction", type=_int, default=0, metavar="WINDOWS",
+                   help="also score the world model's open-loop prediction of the next 16 "
+                        "observations over WINDOWS windows of greedy episodes, beside "
+                        "copying the last observed one (default 0: off)")
 
     w = sub.add_parser("watch", help="GIF of the agent in its env, and the world model's "
                        "imagination beside the real episode")
@@ -167,9 +171,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from reverie.run.policy import load
 
     policy = load(args.run)
+    if args.prediction < 0:
+        raise UserError(f"--prediction must be >= 0 windows, got {args.prediction}")
+    predicted = None
+    if args.prediction:
+        from reverie.eval.prediction import prediction_error
+
+        predicted = prediction_error(policy, windows=args.prediction, seed=args.seed).as_dict()
     returns = policy.evaluate(args.episodes, seed=args.seed)
     result = {"run": str(args.run), "episodes": len(returns), "returns": returns,
               "mean": sum(returns) / len(returns)}
+    if predicted is not None:
+        result["prediction"] = predicted
     text = json.dumps(result)
     print(text, flush=True)  # the result first: a failed save below must not lose it
     if args.out is not None:
