@@ -77,7 +77,9 @@ def prediction_error(policy, windows: int = 16, context: int | None = None,
     model_sum, copy_sum, n = np.zeros(horizon), np.zeros(horizon), 0
     episode = 0
     while n < windows:
-        _, observations, actions, _ = rollout(policy, max_episode_steps, seed=seed + episode)
+        needed = (windows - n) * span  # no longer an episode than the windows still need
+        _, observations, actions, _ = rollout(policy, min(max_episode_steps, needed),
+                                              seed=seed + episode)
         episode += 1
         if episode > 4 * windows + 10 and n == 0:
             raise UserError(f"no episode lasted {span} steps; lower the context or horizon")
