@@ -71,7 +71,7 @@ def test_final_observation_and_truncation_reach_agent_and_replay(tmp_path):
 
 
 def test_collector_gives_the_final_observation_not_the_reset_one():
-    envs = Collector("Pendulum-v1", 64, 2, seed=3)
+    envs = Collector(lambda: make_env("Pendulum-v1"), 2, 3, "Pendulum-v1")
     envs.start()
     for _ in range(199):
         envs.step(np.zeros((2, 1), np.float32))
@@ -122,8 +122,9 @@ def test_bad_num_envs(tmp_path, capsys):
 
 
 def test_life_loss_is_terminal_but_not_an_episode_start():
-    envs = Collector("ALE/Breakout-v5", 64, 1, seed=0, life_loss_terminal=True)
-    plain = Collector("ALE/Breakout-v5", 64, 1, seed=0)
+    envs = Collector(lambda: make_env("ALE/Breakout-v5"), 1, 0, "ALE/Breakout-v5",
+                     life_loss_terminal=True)
+    plain = Collector(lambda: make_env("ALE/Breakout-v5"), 1, 0, "ALE/Breakout-v5")
     envs.start()
     plain.start()
     losses = 0

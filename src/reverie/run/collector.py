@@ -14,6 +14,7 @@ ended episode its final observation (needed to bootstrap a time limit), not the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -58,19 +59,19 @@ def stack(rows: list[Obs]) -> Obs:
 
 
 class Collector:
-    """`num_envs` copies of one env spec, stepped with a batch of actions."""
+    """`num_envs` envs from one builder (`make`: the run's `env_of(cfg)`), stepped with a
+    batch of actions; `name` (the env spec) is what its errors call the env."""
 
-    def __init__(self, env_id: str, image_size: int, num_envs: int, seed: int,
-                 life_loss_terminal: bool = False, prev_reward: bool = False) -> None:
-        self.env_id = env_id
+    def __init__(self, make: Callable[[], Any], num_envs: int, seed: int, name: str,
+                 life_loss_terminal: bool = False) -> None:
+        self.env_id = name
         self.life_loss_terminal = life_loss_terminal
         self.seed = seed
         self.n = num_envs
-        self.envs = [make_env(env_id, image_size, prev_reward=prev_reward)
-                     for _ in range(num_envs)]
+        self.envs = [make() for _ in range(num_envs)]
         if life_loss_terminal and not hasattr(self.envs[0].unwrapped, "ale"):
             raise UserError(f"env.life_loss_terminal needs an env with lives (ALE/<Game>-v5); "
-                            f"'{env_id}' has none: set env.life_loss_terminal=false")
+                            f"'{name}' has none: set env.life_loss_terminal=false")
         self.observation_space = self.envs[0].observation_space
         self.action_space = self.envs[0].action_space
         self.started = 0  # episodes started so far (the next episode's k)

@@ -176,9 +176,8 @@ class Trainer:
         seed_everything(int(cfg.seed))
         self.device = select_device(cfg.run.device)
         self.num_envs = int(cfg.run.num_envs)
-        self.envs = Collector(cfg.env.id, cfg.env.image_size, self.num_envs, int(cfg.seed),
-                              life_loss_terminal=bool(cfg.env.life_loss_terminal),
-                              prev_reward=bool(cfg.env.prev_reward))
+        self.envs = Collector(lambda: env_of(cfg), self.num_envs, int(cfg.seed), cfg.env.id,
+                              life_loss_terminal=bool(cfg.env.life_loss_terminal))
         self.obs_spec = make_obs_spec(self.envs.observation_space)
         check_obs_kind(cfg, self.obs_spec)
         self.action_space = self.envs.action_space
