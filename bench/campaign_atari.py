@@ -6,14 +6,15 @@ trains (issue 13's campaign, part 3).
     python bench/campaign_atari.py --report-only     # JSON and plot from what was scored
 
 One run of `reverie train --preset atari100k` on Pong with the overrides below (sized for
-this CPU), trained in pieces of `PIECE` env steps with `reverie train --resume`
-(bench/runlib.py: ordinary run folder under bench/runs/atari/, logs archived under
-bench/results/runs/atari/). After each piece its newest checkpoint is scored with
-`reverie.eval.prediction` (the same as `reverie eval --prediction`): windows of 8 observed +
-16 imagined steps cut from greedy episodes, mean squared error per pixel in [0, 1] at every
-imagined step, beside the copy-the-last-frame baseline on the same windows. The last piece
-also writes `reverie watch`'s real-vs-imagined GIF and a PNG strip of one window (real,
-imagined, difference), committed under bench/results/atari/.
+this CPU), created with its full budget (the replay is sized to the run's first run.steps)
+and continued with `reverie train --resume` after an interruption (bench/runlib.py: an
+ordinary run folder under bench/runs/atari/, logs archived under bench/results/runs/atari/).
+It keeps a checkpoint every `EVERY` env steps; each is scored with `reverie.eval.prediction`
+(the same as `reverie eval --prediction`): windows of 8 observed + 16 imagined steps from
+greedy episodes, mean squared error per pixel in [0, 1] at every imagined step, beside the
+copy-the-last-frame baseline on the same windows. The finished run also writes `reverie
+watch`'s real-vs-imagined GIF and a PNG strip of one window (real, imagined, difference),
+committed under bench/results/atari/.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ RESULTS = ROOT / "bench" / "results"
 RUN = RUNS_ROOT / "atari" / "pong-s0"
 GAME = "ALE/Pong-v5"
 STEPS = 20_000
-PIECE = 2_500
+EVERY = 2_500  # env steps between the checkpoints that are scored
 WINDOWS = 16
 # The atari100k preset (Drama's model: 16 x 128 sequences, d_model 512, one update per env
 # step, lr 4e-5 for 100k updates) costs ~10 s per update here; this keeps its pixel pipeline,
@@ -45,8 +46,8 @@ WINDOWS = 16
 # for the shorter run, and a greedy evaluation every 5k steps.
 OVERRIDES = ["imagine.seq_len=64", "imagine.world.d_model=256", "imagine.imag_batch=256",
              "run.train_ratio=256", "imagine.lr_world=1e-4", "imagine.warmup_steps=100",
-             "run.eval_every=5000", "run.eval_episodes=3", "run.checkpoint_every=2500",
-             "run.log_every=500"]
+             "run.eval_every=5000", "run.eval_episodes=3", f"run.checkpoint_every={EVERY}",
+             f"run.keep_checkpoints={STEPS // EVERY + 1}", "run.log_every=500"]
 
 
 def train_args(seed: int = 0) -> list[str]:
@@ -56,14 +57,25 @@ def train_args(seed: int = 0) -> list[str]:
     return args
 
 
-def score(run: Path) -> dict:
-    """Prediction error of the run's newest checkpoint (module doc)."""
+def checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """(env step, file) of the run's checkpoints after step 0."""
+    from reverie.run.checkpoint import CheckpointStore
+
+    store = CheckpointStore(run / "checkpoints")
+    return [(e.step, run / "checkpoints" / e.file) for e in store.entries() if e.step > 0]
+
+
+def score(checkpoint: Path, step: int) -> dict:
+    """Prediction error of one checkpoint (module doc)."""
     from reverie.eval.prediction import prediction_error
     from reverie.run.policy import load
 
     t0 = time.time()
-    err = prediction_error(load(run, device="cpu"), windows=WINDOWS, horizon=16, seed=0)
-    return {**err.as_dict(), "env_steps": progress(run), "score_s": round(time.time() - t0, 1)}
+    # 4 windows from each of the first 400 steps of 4 greedy episodes (a full Pong episode
+    # of act calls costs minutes on this CPU)
+    err = prediction_error(load(checkpoint, device="cpu"), windows=WINDOWS, horizon=16, seed=0,
+                           episode_steps=400)
+    return {**err.as_dict(), "env_steps": step, "score_s": round(time.time() - t0, 1)}
 
 
 def strip(run: Path, path: Path, context: int = 8, horizon: int = 16) -> None:
@@ -146,20 +158,20 @@ def main() -> None:
                    "target_steps": args.steps})
     done = {s["env_steps"] for s in result["scores"]}
     if not args.report_only:
-        for target in range(PIECE, args.steps + 1, PIECE):
-            r = ensure_run(RUN, train_args(), target, threads=args.threads)
-            if r["status"] == "error":
-                sys.exit(f"training failed: {r['error']}")
-            if not (RUN / "checkpoints").exists():
-                continue  # finished in an earlier checkout: only its archived logs are here
-            if progress(RUN) not in done:
-                result["scores"].append(score(RUN))
-                done.add(progress(RUN))
-                result["scores"].sort(key=lambda s: s["env_steps"])
+        r = ensure_run(RUN, train_args(), args.steps, threads=args.threads)
+        if r["status"] == "error":
+            sys.exit(f"training failed: {r['error']}")
+        here = (RUN / "checkpoints").exists()  # else finished in an earlier checkout
+        for step, checkpoint in checkpoints(RUN) if here else []:
+            if step not in done:
+                scored = score(checkpoint, step)
+                result["scores"] = sorted(result["scores"] + [scored],
+                                          key=lambda s: s["env_steps"])
+                done.add(step)
                 path.write_text(json.dumps(result, indent=1) + "\n")
-                print(json.dumps({k: v for k, v in result["scores"][-1].items()
-                                  if not k.endswith("_mse")}), flush=True)
-        if (RUN / "checkpoints").exists() and progress(RUN) >= args.steps:
+                print(json.dumps({k: v for k, v in scored.items() if not k.endswith("_mse")}),
+                      flush=True)
+        if here and progress(RUN) >= args.steps:
             out = RESULTS / "atari"
             out.mkdir(parents=True, exist_ok=True)
             strip(RUN, out / "real-vs-imagined-frame.png")

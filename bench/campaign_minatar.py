@@ -57,7 +57,8 @@ EVAL_EPISODES = 10
 # The `minatar` preset sized for this CPU: one world-model + actor-critic update every 8 env
 # steps instead of every step (train_ratio 64 with 16 x 32 sequences), a smaller imagination
 # batch, and the evaluation schedule above. The preset's own budget (50k env steps, one
-# update per step) is ~7 h per run on one core here; this one is ~25 min.
+# update per step) is ~7 h per run on one core here; this one took ~45 min per run with two
+# runs side by side on the 2 cores (1 thread each).
 OVERRIDES = ["run.train_ratio=64", "imagine.imag_batch=256", f"run.eval_every={EVAL_EVERY}",
              f"run.eval_episodes={EVAL_EPISODES}", "run.checkpoint_every=2000"]
 PEERS = ("DQN", "PPO")
@@ -98,15 +99,19 @@ def run_imagine(part: str, games: list[str], seeds: int, workers: int) -> None:
     from reverie.distributed.sweep import Sweep, run_sweep
 
     folders = [trial_folder(part, g, s) for g in games for s in range(seeds)]
-    done = threading.Event()
+    done, lock = threading.Event(), threading.Lock()
 
-    def archive() -> None:
+    def archive(folder: Path) -> None:
+        with lock:  # the periodic archiver and a trial's end may copy the same folder
+            if (folder / "config.yaml").exists():
+                keep(folder)
+
+    def archive_all() -> None:
         while not done.wait(300):
             for f in folders:
-                if (f / "config.yaml").exists():
-                    keep(f)
+                archive(f)
 
-    archiver = threading.Thread(target=archive, daemon=True)
+    archiver = threading.Thread(target=archive_all, daemon=True)
     archiver.start()
     grid = ["replay.sampler=uniform"] if part == "uniform" else []
     sweep = Sweep(preset="minatar", envs=[f"minatar:{g}" for g in games], seeds=seeds,
@@ -114,9 +119,7 @@ def run_imagine(part: str, games: list[str], seeds: int, workers: int) -> None:
                   workers=workers)
 
     def on_result(r: dict) -> None:
-        folder = RUNS / part / r["name"]
-        if (folder / "config.yaml").exists():
-            keep(folder)
+        archive(RUNS / part / r["name"])
         print(f"{part} {r['name']}: {r['status']}", flush=True)
 
     try:
@@ -124,8 +127,7 @@ def run_imagine(part: str, games: list[str], seeds: int, workers: int) -> None:
     finally:
         done.set()
         for f in folders:
-            if (f / "config.yaml").exists():
-                keep(f)
+            archive(f)
     print(json.dumps({k: v for k, v in summary.items() if k != "results"}), flush=True)
 
 

@@ -246,8 +246,11 @@ def campaign_minatar_table(results: Path) -> str | None:
                          f"{', all seeds > random' if m['above_random_all_seeds'] else ''})")
         rows.append(cells)
     lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
-    walls = {m: v["wall_s_median"] for ms in report["summary"].values()
-             for m, v in ms.items() if isinstance(v, dict)}
+    walls: dict[str, list[float]] = {}
+    for ms in report["summary"].values():
+        for m, v in ms.items():
+            if isinstance(v, dict):
+                walls.setdefault(m, []).append(v["wall_s_median"])
     note = (f"\nFinal score at {report['env_steps']:,} env steps: mean of the last two "
             f"evaluations ({report['eval_episodes']} greedy episodes each, every "
             f"{report['eval_every']:,} steps, reverie's evaluation seeds for every method), "
@@ -255,12 +258,13 @@ def campaign_minatar_table(results: Path) -> str | None:
             "\"all seeds > random\": every seed's final score is above the random policy's "
             "mean over 100 episodes. reverie: the `minatar` preset with "
             f"{', '.join(f'`{o}`' for o in report['imagine']['overrides'])}; "
-            f"peers: {report['peers']}. Median wall time per run: "
-            + ", ".join(f"{labels[m]} {walls[m] / 60:.1f} min" for m in labels if m in walls)
-            + ".")
+            f"peers: {report['peers']}. Median wall time per run over all games: "
+            + ", ".join(f"{labels[m]} {statistics.median(walls[m]) / 60:.1f} min"
+                        for m in labels if m in walls) + ".")
     if report["dfs_vs_uniform"]:
-        note += " DFS vs uniform (final score intervals): " + "; ".join(
-            f"{g}: {v}" for g, v in report["dfs_vs_uniform"].items()) + "."
+        note += (" DFS vs uniform, decided by the final score's intervals (with 2 seeds an "
+                 "interval spans about the two seeds' range): " + "; ".join(
+                     f"{g}: {v}" for g, v in report["dfs_vs_uniform"].items()) + ".")
     if report["missing"]:
         more = ", ..." if len(report["missing"]) > 10 else ""
         note += (f" Still missing: {len(report['missing'])} runs "

@@ -51,6 +51,7 @@ def policy(trained):
 def test_prediction_error_of_a_trained_model(policy):
     err = prediction_error(policy, windows=3, horizon=5)
     assert (err.key, err.context, err.windows) == ("vector", 4, 3)
+    assert prediction_error(policy, windows=3, horizon=5) == err  # seeded: reproducible
     assert len(err.model) == len(err.copy_last) == 5
     assert all(np.isfinite(err.model)) and all(v > 0 for v in err.model)
     summary = err.as_dict()
@@ -93,3 +94,12 @@ def test_eval_command_reports_the_prediction_error(trained, capsys):
     assert main(["eval", str(trained), "--prediction", "-1"]) == 2
     assert capsys.readouterr().err == ("reverie: error: --prediction must be >= 0 windows, "
                                        "got -1\n")
+
+
+def test_eval_prediction_needs_a_world_model(tmp_path, capsys):
+    out = tmp_path / "random"
+    Trainer(build_config("random", ["run.eval_episodes=0", "run.progress=false"],
+                         {"steps": 50}), out).train()
+    assert main(["eval", str(out), "--prediction", "2"]) == 2
+    assert capsys.readouterr().err == ("reverie: error: --prediction scores a world model; "
+                                       "agent 'random' has none (drop --prediction)\n")

@@ -193,3 +193,20 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert entry.step == 10 and payload["x"] == 1
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
         "ckpt-0000000010.pt", "manifest.json"]  # no temp file, no half checkpoint
+
+
+def test_resume_past_a_replay_sized_to_the_first_steps_says_so(tmp_path, capsys):
+    """The replay is allocated once, to the run's first run.steps; extending the run keeps
+    only the newest rows, and the resume says so in one line. progress.json follows."""
+    out = tmp_path / "short"
+    Trainer(tiny_config(steps=200), out).train()
+    assert json.loads((out / "progress.json").read_text()) == {"env_steps": 200}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--steps", "300", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "reverie: note: the replay holds 200 rows (sized to the run's run.steps when it " \
+           "was created)" in err and "create the run with --steps 300" in err
+    assert json.loads((out / "progress.json").read_text()) == {"env_steps": 300}
+    # a resume that stays within the replay says nothing about it
+    assert main(["train", "--resume", str(out), "--steps", "300", "--no-progress"]) == 0
+    assert "replay holds" not in capsys.readouterr().err

@@ -173,16 +173,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     policy = load(args.run)
     if args.prediction < 0:
         raise UserError(f"--prediction must be >= 0 windows, got {args.prediction}")
-    predicted = None
-    if args.prediction:
-        from reverie.eval.prediction import prediction_error
-
-        predicted = prediction_error(policy, windows=args.prediction, seed=args.seed).as_dict()
+    if args.prediction and not hasattr(policy.agent, "world"):
+        raise UserError(f"--prediction scores a world model; agent '{policy.cfg.agent}' has "
+                        "none (drop --prediction)")
     returns = policy.evaluate(args.episodes, seed=args.seed)
     result = {"run": str(args.run), "episodes": len(returns), "returns": returns,
               "mean": sum(returns) / len(returns)}
-    if predicted is not None:
-        result["prediction"] = predicted
+    if args.prediction:
+        from reverie.eval.prediction import prediction_error
+
+        try:
+            result["prediction"] = prediction_error(policy, windows=args.prediction,
+                                                    seed=args.seed).as_dict()
+        except UserError:
+            print(json.dumps(result), flush=True)  # the returns are not lost
+            raise
     text = json.dumps(result)
     print(text, flush=True)  # the result first: a failed save below must not lose it
     if args.out is not None:

@@ -59,11 +59,15 @@ def _scaled(x: np.ndarray, image: bool) -> np.ndarray:
 
 def prediction_error(policy, windows: int = 16, context: int | None = None,
                      horizon: int = 16, key: str | None = None, seed: int = 0,
-                     max_episode_steps: int = 2000) -> PredictionError:
+                     episode_steps: int = 1000, per_episode: int = 4) -> PredictionError:
     """Open-loop prediction error of `policy`'s world model over `windows` windows of
-    `context + horizon` steps, cut back to back from greedy episodes (seeds seed, seed+1, ...).
+    `context + horizon` steps: up to `per_episode` windows from each greedy episode (seeds
+    seed, seed + 1, ...; at most `episode_steps` steps each), spread evenly over it.
     context: the run's `imagine.context` by default; key: "image" if the env has images,
-    else its first vector key."""
+    else its first observation key. The model's samples are drawn from a generator seeded
+    with `seed`, so a checkpoint scores the same every time."""
+    import torch
+
     from reverie.eval.video import open_loop, rollout
 
     if not hasattr(policy.agent, "world"):
@@ -75,24 +79,29 @@ def prediction_error(policy, windows: int = 16, context: int | None = None,
     context = int(policy.cfg.imagine.context) if context is None else context
     span = context + horizon
     model_sum, copy_sum, n = np.zeros(horizon), np.zeros(horizon), 0
-    episode = 0
-    while n < windows:
-        needed = (windows - n) * span  # no longer an episode than the windows still need
-        _, observations, actions, _ = rollout(policy, min(max_episode_steps, needed),
-                                              seed=seed + episode)
-        episode += 1
-        if episode > 4 * windows + 10 and n == 0:
-            raise UserError(f"no episode lasted {span} steps; lower the context or horizon")
-        for start in range(0, len(actions) - span + 1, span):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for episode in range(4 * windows + 10):
             if n == windows:
                 break
-            obs, act = observations[start:start + span], actions[start:start + span]
-            predicted = open_loop(policy, obs, act, context, horizon)[key]
-            real = np.stack([np.asarray(o[key]) for o in obs])
-            image = key in images
-            m, c = window_errors(_scaled(real, image), _scaled(predicted, image), context)
-            model_sum += m
-            copy_sum += c
-            n += 1
+            _, observations, actions, _ = rollout(policy, episode_steps, seed=seed + episode,
+                                                  render=False)
+            fits = len(actions) // span
+            take = min(per_episode, fits, windows - n)
+            if take == 0:
+                continue
+            for start in np.linspace(0, len(actions) - span, take).round().astype(int):
+                obs = observations[start:start + span]
+                act = actions[start:start + span]
+                predicted = open_loop(policy, obs, act, context, horizon)[key]
+                real = np.stack([np.asarray(o[key]) for o in obs])
+                image = key in images
+                m, c = window_errors(_scaled(real, image), _scaled(predicted, image), context)
+                model_sum += m
+                copy_sum += c
+                n += 1
+    if n == 0:
+        raise UserError(f"no greedy episode lasted {span} steps (context {context} + horizon "
+                        f"{horizon}); lower --prediction's horizon or the run's context")
     return PredictionError(key=key, context=context, model=(model_sum / n).tolist(),
                            copy_last=(copy_sum / n).tolist(), windows=n)

@@ -112,7 +112,7 @@ def _progress(folder: Path) -> int:
     """The env steps `progress.json` records (0 if it is missing or unreadable)."""
     try:
         return int(json.loads((folder / PROGRESS).read_text())["env_steps"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):
         return 0
 
 

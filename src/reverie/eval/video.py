@@ -25,15 +25,15 @@ class CannotRender(Exception):
     """The env has no frames to show (no rgb_array render mode, or its renderer failed)."""
 
 
-def rollout(policy: Policy, steps: int, seed: int = 0):
+def rollout(policy: Policy, steps: int, seed: int = 0, render: bool = True):
     """Run the greedy policy for up to `steps` env steps of one episode.
 
     Returns (frames or None, observations, actions, note): frames is None when the env
-    cannot render, and note says why."""
-    env = policy.make_env(render=True)
+    cannot render (note says why) or when `render` is False."""
+    env = policy.make_env(render=render)
     obs, _ = env.reset(seed=seed)
-    frames: list[np.ndarray] | None = []
-    note = None
+    frames: list[np.ndarray] | None = [] if render else None
+    note = None if render else "not asked to render"
     observations, actions, state = [obs], [], None
     for _ in range(steps):
         action, state = policy.act(obs, state)

@@ -209,6 +209,8 @@ class Trainer:
         resume_from = self._load_checkpoint() if resume else None
         if not resume:  # the replay is sized once, when the run is created
             cfg.replay.capacity = int(min(cfg.replay.capacity, cfg.run.steps))
+        elif self.uses_replay:
+            self._note_capped_replay()
         self._prepare_folder()  # only once env and agent are known to work: no stray runs
         self.replay = self._make_replay() if self.uses_replay else None
         # config last: a folder without config.yaml is not a run, so a failed start leaves
@@ -221,10 +223,29 @@ class Trainer:
         self.act_state = self.agent.initial_state(self.num_envs)
         if resume_from is not None:
             self._restore(*resume_from)
+            self._write_progress()  # the checkpoint resumed from may be older than the file
         self.logger = RunLogger(self.out, resume_step=self.resumed_from)
         self._returns: list[float] = []
 
     # -- set-up ----------------------------------------------------------------------------
+    def _note_capped_replay(self) -> None:
+        """A resume that raises run.steps past a replay sized to the run's first run.steps
+        keeps only the newest rows: say so (the replay cannot grow once it is allocated)."""
+        from reverie.config import load_run_config
+
+        saved = load_run_config(self.out)  # before save_config records the new run.steps
+        cap, steps = int(self.cfg.replay.capacity), int(self.cfg.run.steps)
+        if steps > cap and cap >= int(saved.run.steps):
+            self._note(f"note: the replay holds {cap:,} rows (sized to the run's run.steps when "
+                       f"it was created), so from step {cap:,} on the newest rows replace the "
+                       f"oldest; to keep all {steps:,} steps, create the run with --steps "
+                       f"{steps} (or set replay.capacity) from the start")
+
+    def _write_progress(self) -> None:
+        """progress.json: the env steps of the newest checkpoint (folder.PROGRESS)."""
+        atomic_write_bytes(self.out / run_folder.PROGRESS,
+                           (json.dumps({"env_steps": int(self.count.env_steps)}) + "\n").encode())
+
     def _prepare_folder(self) -> None:
         if self._new_folder:
             run_folder.create(self.out)
@@ -271,8 +292,7 @@ class Trainer:
             self.replay.flush()
         self.logger.flush()
         self.store.save(self._payload(), self.count.env_steps)
-        atomic_write_bytes(self.out / run_folder.PROGRESS,
-                           (json.dumps({"env_steps": int(self.count.env_steps)}) + "\n").encode())
+        self._write_progress()
 
     def _load_checkpoint(self):
         """The newest verified checkpoint, checked against this run's config."""
