@@ -57,7 +57,7 @@ EVAL_EPISODES = 10
 # The `minatar` preset sized for this CPU: one world-model + actor-critic update every 8 env
 # steps instead of every step (train_ratio 64 with 16 x 32 sequences), a smaller imagination
 # batch, and the evaluation schedule above. The preset's own budget (50k env steps, one
-# update per step) is ~7 h per run on one core here; this one took ~45 min per run with two
+# update per step) is ~7 h per run on one core here; this one took ~50 min per run with two
 # runs side by side on the 2 cores (1 thread each).
 OVERRIDES = ["run.train_ratio=64", "imagine.imag_batch=256", f"run.eval_every={EVAL_EVERY}",
              f"run.eval_episodes={EVAL_EPISODES}", "run.checkpoint_every=2000"]
