@@ -41,6 +41,7 @@ from runlib import (  # noqa: E402
     keep,
     locate,
     progress,
+    random_policy_return,
     run_sb3,
     seed_mean_ci,
     wall_seconds,
@@ -150,23 +151,6 @@ def read(method: str, game: str, seed: int) -> dict | None:
             "wall_s": round(wall_seconds(read_jsonl(run / "timing.jsonl")), 1)}
 
 
-def random_return(game: str, episodes: int = 100) -> float:
-    """Mean return of uniformly random actions over `episodes` seeded episodes."""
-    from reverie.envs import make_env
-
-    env = make_env(f"minatar:{game}")
-    env.action_space.seed(0)
-    total = []
-    for episode in range(episodes):
-        env.reset(seed=episode)
-        done, ret = False, 0.0
-        while not done:
-            _, reward, term, trunc, _ = env.step(env.action_space.sample())
-            ret, done = ret + float(reward), term or trunc
-        total.append(ret)
-    return round(float(np.mean(total)), 3)
-
-
 def final(evals: list[tuple[int, float]]) -> float:
     """The run's final score: mean of its last two evaluations (one evaluation of 10
     episodes is noisy)."""
@@ -269,7 +253,7 @@ def report(seeds: list[int]) -> dict:
                if previous.exists() else {})
     for game in GAMES:
         if game not in randoms:
-            randoms[game] = random_return(game)
+            randoms[game] = round(random_policy_return(f"minatar:{game}"), 3)
     summary = summarise(runs, list(GAMES), methods, seeds, randoms)
     result = {
         "benchmark": "campaign_minatar", "env_steps": STEPS, "eval_every": EVAL_EVERY,

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cartpole import RESULTS, ROOT, run_reverie  # noqa: E402
-from runlib import seed_mean_ci  # noqa: E402
+from runlib import random_policy_return, seed_mean_ci  # noqa: E402
 
 # task -> (preset, env steps, extra overrides)
 TASKS = {
@@ -35,25 +35,6 @@ TASKS = {
     "minatar-breakout": ("minatar", 4000, ["run.train_ratio=128", "imagine.imag_batch=128",
                                            "run.eval_every=1000", "run.prefill=500"]),
 }
-
-
-def random_policy_return(preset: str, episodes: int = 100) -> float:
-    """Mean return of uniformly random actions on the preset's env (seeded episodes): the
-    level below which neither sampler has learned anything."""
-    from reverie.config import build_config
-    from reverie.envs import make_env
-
-    env = make_env(build_config(preset).env.id)
-    env.action_space.seed(0)
-    total = []
-    for episode in range(episodes):
-        env.reset(seed=episode)
-        done, ret = False, 0.0
-        while not done:
-            _, reward, term, trunc, _ = env.step(env.action_space.sample())
-            ret, done = ret + float(reward), term or trunc
-        total.append(ret)
-    return round(float(np.mean(total)), 2)
 
 
 def main() -> None:
@@ -109,9 +90,11 @@ def main() -> None:
     if previous.exists():  # results of tasks not run now stay in the report
         entries += [e for e in json.loads(previous.read_text())["runs"]
                     if e["task"] not in args.tasks]
+    from reverie.config import build_config
+
     tasks = [t for t in TASKS if any(e["task"] == t for e in entries)]
-    randoms = {t: {"mean_return_100_episodes": random_policy_return(TASKS[t][0])}
-               for t in tasks}
+    randoms = {t: {"mean_return_100_episodes": round(random_policy_return(
+        build_config(TASKS[t][0]).env.id), 2)} for t in tasks}
     summary = summarise(entries, tasks, randoms)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "dfs.json").write_text(json.dumps(

@@ -153,6 +153,26 @@ def run_sb3(algo: str, env_id: str, seed: int, steps: int, every: int, episodes:
     return record
 
 
+def random_policy_return(env_id: str, episodes: int = 100) -> float:
+    """Mean return of uniformly random actions on reverie's env `env_id` over `episodes`
+    seeded episodes: the level below which nothing has been learned."""
+    import numpy as np
+
+    from reverie.envs import make_env
+
+    env = make_env(env_id)
+    env.action_space.seed(0)
+    total = []
+    for episode in range(episodes):
+        env.reset(seed=episode)
+        done, ret = False, 0.0
+        while not done:
+            _, reward, term, trunc, _ = env.step(env.action_space.sample())
+            ret, done = ret + float(reward), term or trunc
+        total.append(ret)
+    return float(np.mean(total))
+
+
 def matmul_gflops(threads: int = 0, n: int = 1024, reps: int = 5) -> float:
     """This machine's fp32 matmul speed now (median of `reps` rounds of 10 n x n products, on
     `threads` torch threads, 0 = all cores), in GFLOP/s. A shared machine slowed by other
