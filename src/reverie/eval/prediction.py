@@ -77,7 +77,7 @@ def prediction_error(policy, windows: int = 16, context: int | None = None,
     if key not in policy.obs_spec:
         raise UserError(f"observation key '{key}' is not one of {sorted(policy.obs_spec)}")
     context = int(policy.cfg.imagine.context) if context is None else context
-    span = context + horizon
+    span, image = context + horizon, key in images
     model_sum, copy_sum, n = np.zeros(horizon), np.zeros(horizon), 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -95,7 +95,6 @@ def prediction_error(policy, windows: int = 16, context: int | None = None,
                 act = actions[start:start + span]
                 predicted = open_loop(policy, obs, act, context, horizon)[key]
                 real = np.stack([np.asarray(o[key]) for o in obs])
-                image = key in images
                 m, c = window_errors(_scaled(real, image), _scaled(predicted, image), context)
                 model_sum += m
                 copy_sum += c
