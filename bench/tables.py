@@ -229,16 +229,18 @@ def _ci_cell(est: dict, spec: str = ".2f") -> str:
     return f"{est['mean']:{spec}} [{low:{spec}}–{high:{spec}}]"
 
 
-def campaign_minatar_table(results: Path) -> str | None:
-    report, _ = load(results, "campaign_minatar")
+def campaign_table(results: Path, name: str, column: str) -> str | None:
+    """A bench/campaign.py campaign: per task (`column`), each method's final score."""
+    report, _ = load(results, f"campaign_{name}")
     if report is None:
         return None
-    labels = {"imagine": "reverie `imagine` (DFS)", "imagine-uniform": "reverie `imagine`, "
-              "uniform replay", "sb3-dqn": "SB3 DQN", "sb3-ppo": "SB3 PPO"}
-    head = ["game", "random policy", *labels.values()]
+    names = {"imagine": "reverie `imagine` (DFS)",
+             "imagine-uniform": "reverie `imagine`, uniform replay"}
+    labels = {m: names.get(m) or f"SB3 {m[4:].upper()}" for m in report["methods"]}
+    head = [column, "random policy", *labels.values()]
     rows = []
-    for game, methods in report["summary"].items():
-        cells = [game, f"{methods['random policy (100 episodes)']:.2f}"]
+    for task, methods in report["summary"].items():
+        cells = [task, f"{methods['random policy (100 episodes)']:.2f}"]
         for method in labels:
             m = methods.get(method)
             cells.append("–" if m is None else
@@ -256,11 +258,13 @@ def campaign_minatar_table(results: Path) -> str | None:
             f"{report['eval_every']:,} steps, reverie's evaluation seeds for every method), "
             "mean over seeds with its 95% bootstrap interval (`reverie.eval.stats`); "
             "\"all seeds > random\": every seed's final score is above the random policy's "
-            "mean over 100 episodes. reverie: the `minatar` preset with "
+            f"mean over 100 episodes. reverie: the `{report['imagine']['preset']}` preset with "
             f"{', '.join(f'`{o}`' for o in report['imagine']['overrides'])}; "
-            f"peers: {report['peers']}. Median wall time per run over all games: "
-            + ", ".join(f"{labels[m]} {statistics.median(walls[m]) / 60:.1f} min"
-                        for m in labels if m in walls) + ".")
+            f"peers: {report['peers']}.")
+    if walls:
+        note += (f" Median wall time per run over all {column}s: "
+                 + ", ".join(f"{labels[m]} {statistics.median(walls[m]) / 60:.1f} min"
+                             for m in labels if m in walls) + ".")
     if report["dfs_vs_uniform"]:
         note += (" DFS vs uniform, decided by the final score's intervals (with 2 seeds an "
                  "interval spans about the two seeds' range): " + "; ".join(
@@ -744,7 +748,8 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "cartpole_sweep": cartpole_sweep_table,
     "throughput": throughput_table,
     "dfs": dfs_table,
-    "campaign_minatar": campaign_minatar_table,
+    "campaign_minatar": lambda results: campaign_table(results, "minatar", "game"),
+    "campaign_dmc": lambda results: campaign_table(results, "dmc", "task"),
     "atari": atari_table,
     "drama_ablation": drama_ablation_table,
     "popgym": popgym_table,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -76,3 +77,33 @@ def test_runs_known_only_from_the_committed_json(roots, monkeypatch):
         "status": "done", "from_committed_json": True}
     with pytest.raises(AssertionError, match="trained again"):  # short of the steps: trains
         runlib.ensure_run(folder("T", "b", 1), ARGS, 500, earlier=earlier["T/b/s1"])
+
+
+def test_campaign_sweeps_archives_and_reports(roots):
+    """bench/campaign.py: a tiny campaign's sweep is archived as it trains and its report
+    reads the live folders, a peer's result file and, once the live folders are gone, the
+    archive, to the same summary."""
+    import campaign
+
+    c = campaign.Campaign(
+        name="tiny", suite="", title="Tiny", tasks=("CartPole-v1",), preset="random",
+        steps=200, eval_every=100, eval_episodes=1,
+        overrides=("run.eval_every=100", "run.eval_episodes=1"), peers=("PPO",),
+        uniform_tasks=("CartPole-v1",))
+    campaign.run_imagine(c, "imagine", ["CartPole-v1"], seeds=2, workers=1)
+    peer = c.peer_folder("PPO", "CartPole-v1", 0)
+    peer.mkdir(parents=True)
+    (peer / "sb3.json").write_text(json.dumps(
+        {"algo": "PPO", "env_steps": 200, "evals": [[100, 9.0], [200, 11.0]], "wall_s": 1.0}))
+    result = campaign.report(c, [0, 1], results=roots / "results")
+    summary = result["summary"]["CartPole-v1"]
+    assert summary["imagine"]["seeds"] == 2
+    assert summary["sb3-ppo"]["final_per_seed"] == [10.0]  # mean of the last two evaluations
+    assert result["missing"] == ["CartPole-v1/imagine-uniform/s0",
+                                 "CartPole-v1/imagine-uniform/s1", "CartPole-v1/sb3-ppo/s1"]
+    assert [s for s, _ in result["runs"]["CartPole-v1/imagine/s1"]["evals"]] == [100, 200]
+    assert (roots / "results" / "campaign_tiny.png").stat().st_size > 5000
+    shutil.rmtree(c.runs / "imagine")  # a new checkout: only the archive is left
+    again = campaign.report(c, [0, 1], results=roots / "results")
+    assert again["summary"] == result["summary"]
+    assert again["runs"] == result["runs"]

@@ -205,6 +205,27 @@ def test_bad_group_key_suggests(tmp_path, real_run, capsys):
     assert rc == 2 and "did you mean 'run.train_ratio'" in err and len(err.splitlines()) == 1
 
 
+def test_group_by_an_option_inside_a_kwargs_setting(tmp_path, capsys):
+    """rppo.backbone_kwargs.init-style keys: an option only some runs set groups those runs;
+    a misspelt key above the free-form part is still refused."""
+    root = tmp_path / "kw"
+    for i, head in enumerate((None, 8, 16)):  # gru takes no head_dim
+        sets = (("imagine.world.backbone=gru",) if head is None else
+                ("imagine.world.backbone=mamba2", f"imagine.world.backbone_kwargs.head_dim={head}"))
+        fake_run(root / f"r{i}", "CartPole-v1", i, [1.0, 2.0 + i], preset="cartpole", sets=sets)
+    out = tmp_path / "rep"
+    assert main(["report", str(root), "--out", str(out), "--group-by", "backbone",
+                 "--group-by", "imagine.world.backbone_kwargs.head_dim"]) == 0
+    text = (out / "report.md").read_text()
+    assert "3 groups" in text
+    assert "| mamba2/head_dim=8 |" in text and "| mamba2/head_dim=16 |" in text
+    assert "| gru |" in text  # the run without a head_dim
+    capsys.readouterr()
+    assert main(["report", str(root), "--out", str(out), "--group-by",
+                 "imagine.wrld.backbone_kwargs.head_dim"]) == 2
+    assert "did you mean" in capsys.readouterr().err
+
+
 def test_bad_folders_are_skipped_with_a_warning(tmp_path, real_run, capsys):
     import shutil
 

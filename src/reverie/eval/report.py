@@ -62,12 +62,17 @@ def _config_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
 
 
 def check_group_keys(keys: list[str], runs: list[Run]) -> None:
-    """A --group-by key must name a setting of at least one run (did-you-mean otherwise)."""
+    """A --group-by key must name a setting of at least one run (did-you-mean otherwise), or
+    an option inside a free-form `*_kwargs` setting that some run has (as `--set` accepts
+    them: rppo.backbone_kwargs.init names an option that only some backbones take)."""
     known = {"agent", "backbone"}
     for r in runs:
         known.update(_config_keys(r.cfg))
     for key in keys:
-        if key not in known:
+        parts = key.split(".")
+        free_form = any(parts[i].endswith("_kwargs") and ".".join(parts[:i + 1]) in known
+                        for i in range(len(parts) - 1))
+        if key not in known and not free_form:
             raise UserError(f"--group-by '{key}' is not a config key of any run"
                             f"{suggest(key, sorted(known))}; use 'agent', 'backbone' or a "
                             "dotted key such as run.train_ratio")
