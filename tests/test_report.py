@@ -351,3 +351,12 @@ def test_a_copy_of_a_runs_logs_is_finished_by_its_progress_file(tmp_path, capsys
     assert main(["report", str(copy), "--out", str(out), "--finished-only"]) == 2
     err = capsys.readouterr().err
     assert "unfinished (" in err and " of 250 env steps)" in err
+
+
+def test_interval_cells_print_large_scores_without_exponents():
+    from reverie.eval.report import _ci
+    from reverie.eval.stats import Estimate
+
+    assert _ci(Estimate(1000.0, 998.4, 1000.0), pct=False) == "1,000 [998, 1,000]"
+    assert _ci(Estimate(-160.2, -260.0, -96.48), pct=False) == "-160 [-260, -96.5]"
+    assert _ci(Estimate(0.4541, 0.434, 0.4712), pct=False) == "0.454 [0.434, 0.471]"

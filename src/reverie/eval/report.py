@@ -111,12 +111,13 @@ def make_groups(runs: list[Run], keys: list[str]) -> list[Group]:
 def _ci(e: Estimate, pct: bool) -> str:
     if pct:
         return f"{100 * e.value:.1f}% [{100 * e.low:.1f}, {100 * e.high:.1f}]"
-    return f"{e.value:.3g} [{e.low:.3g}, {e.high:.3g}]"
+    return f"{_num(e.value, 3)} [{_num(e.low, 3)}, {_num(e.high, 3)}]"
 
 
-def _num(x: float) -> str:
-    """4 significant digits, without exponents for the scores games give (e.g. 14,360)."""
-    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+def _num(x: float, digits: int = 4) -> str:
+    """`digits` significant digits, without exponents for the scores games and control tasks
+    give (14,360 and 1,000, not 1.436e+04 and 1e+03)."""
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.{digits}g}"
 
 
 def _n(count: int, noun: str) -> str:
