@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runlib import seed_mean_ci  # noqa: E402
+from runlib import RUNS_ROOT, run_sb3, seed_mean_ci  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -57,7 +57,8 @@ def same_command(run: Path, backbone: str, seed: int, steps: int, overrides: lis
     have = OmegaConf.to_container(load_run_config(run))
     for cfg in (want, have):
         cfg["run"]["progress"] = False  # display only
-        cfg["replay"].pop("capacity", None)  # derived from run.steps when the run is made
+        # runs made before replays could grow on resume recorded it capped at run.steps
+        cfg["replay"].pop("capacity", None)
         # compiled kernels round differently but compute the same thing (a run may even
         # change it on --resume); runs made before the default became auto say off
         cfg["run"].pop("compile", None)
@@ -122,39 +123,12 @@ def run_reverie(backbone: str, seed: int, steps: int, out: Path, overrides: list
 
 
 def run_ppo(seed: int, steps: int, eval_every: int = 1000, episodes: int = 5) -> dict:
-    import gymnasium as gym
-    import torch
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    torch.set_num_threads(1)
-    eval_env = gym.make("CartPole-v1")
-    curve: list[tuple[int, float]] = []
-
-    def evaluate(model) -> float:
-        total = []
-        for i in range(episodes):
-            obs, _ = eval_env.reset(seed=10_000 + 100 * len(curve) + i)
-            done, ret = False, 0.0
-            while not done:
-                action, _ = model.predict(obs, deterministic=True)
-                obs, r, term, trunc, _ = eval_env.step(action)
-                ret += float(r)
-                done = term or trunc
-            total.append(ret)
-        return float(np.mean(total))
-
-    class Every(BaseCallback):
-        def _on_step(self) -> bool:
-            if self.num_timesteps % eval_every == 0:
-                curve.append((self.num_timesteps, evaluate(self.model)))
-            return True
-
-    t0 = time.time()
-    model = PPO("MlpPolicy", "CartPole-v1", seed=seed, verbose=0, device="cpu")
-    model.learn(total_timesteps=steps, callback=Every())
-    return {"backbone": "sb3-ppo", "seed": seed, "wall_s": round(time.time() - t0, 1),
-            "eval_steps": [s for s, _ in curve], "eval_return": [r for _, r in curve]}
+    """SB3 PPO with its defaults, evaluated as reverie evaluates (`runlib.run_sb3`: the same
+    schedule and evaluation episode seeds); its curve is archived, so it is not rerun."""
+    r = run_sb3("PPO", "CartPole-v1", seed, steps, eval_every, episodes,
+                RUNS_ROOT / "cartpole" / "sb3-ppo" / f"s{seed}")
+    return {"backbone": "sb3-ppo", "seed": seed, "wall_s": r["wall_s"],
+            "eval_steps": [s for s, _ in r["evals"]], "eval_return": [v for _, v in r["evals"]]}
 
 
 def at_step(entry: dict, step: int) -> float | None:
@@ -217,7 +191,7 @@ def plot(entries: list[dict], path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backbones", nargs="+",
+    p.add_argument("--backbones", nargs="*",
                    default=["mamba2", "gru", "transformer", "mamba1", "ffm"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--other-seeds", nargs="+", type=int, default=[0],
