@@ -62,7 +62,7 @@ def test_final_observation_and_truncation_reach_agent_and_replay(tmp_path):
                        {"steps": 400})
     trainer = Trainer(cfg, tmp_path / "run")
     trainer.train()
-    replay = Replay.open(tmp_path / "run" / "replay", int(cfg.replay.capacity),
+    replay = Replay.open(tmp_path / "run" / "replay", trainer.replay.capacity,
                          {**trainer.obs_spec, "action": ((1,), "float32")})
     trunc, term, first = (np.asarray(replay.data[k][:400]) for k in
                           ("truncated", "terminal", "first"))

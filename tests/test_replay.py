@@ -229,3 +229,79 @@ def test_bad_input():
     with pytest.raises(ValueError, match="shape"):
         replay.add({**image_row(0), "action": np.zeros(2, np.float32)})
     assert len(replay) == 0
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "dfs"])
+def test_grown_replay_samples_as_one_created_that_large(tmp_path, sampler):
+    """grow(): 12 rows in a replay of 12, grown to 32, then 8 more rows: the same rows,
+    counters and samples as a replay created with 32 rows."""
+    from reverie.replay.buffer import grow
+
+    def feed(replay, ts):
+        for t in ts:
+            replay.add(image_row(t))
+            if t >= 4 and t % 3 == 2:
+                replay.sample(2, 4, purpose="train")
+                replay.sample(3, 2, purpose="imagine")
+
+    small = Replay(12, IMAGE_SPEC, directory=tmp_path / "a", sampler=sampler, seed=5)
+    large = Replay(32, IMAGE_SPEC, directory=tmp_path / "b", sampler=sampler, seed=5)
+    feed(small, range(12))
+    feed(large, range(12))
+    state = grow(tmp_path / "a", IMAGE_SPEC, roundtrip(small.state_dict()), 32)
+    del small
+    grown = Replay.open(tmp_path / "a", 32, IMAGE_SPEC, sampler=sampler, seed=0)
+    grown.load_state_dict(state)
+    feed(grown, range(12, 20))
+    feed(large, range(12, 20))
+    for key in grown.data:
+        np.testing.assert_array_equal(grown.data[key], large.data[key], err_msg=key)
+    a, b = grown.sample(6, 5, "train"), large.sample(6, 5, "train")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    if sampler == "dfs":
+        np.testing.assert_array_equal(grown.sampler.n, large.sampler.n)
+
+
+def test_growing_a_wrapped_replay_keeps_its_newest_rows_in_order(tmp_path):
+    from reverie.replay.buffer import grow
+
+    small = filled(13, 5, directory=tmp_path, sampler="dfs")  # rows 8..12, head at slot 3
+    state = grow(tmp_path, SPEC, roundtrip(small.state_dict()), 12)
+    del small
+    grown = Replay.open(tmp_path, 12, SPEC, sampler="dfs")
+    grown.load_state_dict(state)
+    assert len(grown) == 5 and grown.total_added == 13 and grown.pos == 1
+    stamps = np.asarray(grown.data["_stamp"])
+    assert stamps.tolist() == [12, -1, -1, -1, -1, -1, -1, -1, 8, 9, 10, 11]
+    t = grown.sample(32, 5)["vector"][..., 0].long()  # the one window: rows 8..12
+    np.testing.assert_array_equal(t, torch.arange(8, 13).expand(32, 5))
+
+
+def test_an_interrupted_growth_is_finished_by_the_next(tmp_path, monkeypatch):
+    """Each field file is replaced whole; a growth that dies between files leaves some at
+    the new size, and growing again from the same checkpoint completes it identically."""
+    import os
+
+    from reverie.replay import buffer
+    from reverie.replay.buffer import grow
+
+    for d in ("a", "b"):
+        filled(9, 9, directory=tmp_path / d).flush()
+    state = roundtrip(filled(9, 9).state_dict())
+    real, calls = os.replace, []
+
+    def dies_on_the_third(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:
+            raise OSError("killed")
+        real(src, dst)
+
+    monkeypatch.setattr(buffer.os, "replace", dies_on_the_third)
+    with pytest.raises(OSError):
+        grow(tmp_path / "a", SPEC, state, 20)
+    monkeypatch.undo()
+    assert {buffer._file_rows(p) for p in (tmp_path / "a").glob("*.npy")} == {9, 20}
+    grow(tmp_path / "a", SPEC, state, 20)
+    grow(tmp_path / "b", SPEC, state, 20)
+    for p in sorted((tmp_path / "b").glob("*.npy")):
+        np.testing.assert_array_equal(np.load(p), np.load(tmp_path / "a" / p.name), p.name)

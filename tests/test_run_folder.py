@@ -195,18 +195,47 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         "ckpt-0000000010.pt", "manifest.json"]  # no temp file, no half checkpoint
 
 
-def test_resume_past_a_replay_sized_to_the_first_steps_says_so(tmp_path, capsys):
-    """The replay is allocated once, to the run's first run.steps; extending the run keeps
-    only the newest rows, and the resume says so in one line. progress.json follows."""
-    out = tmp_path / "short"
+def test_resume_past_the_first_steps_grows_the_replay_exactly(tmp_path, capsys):
+    """The replay is allocated to the run's first run.steps (no more can be stored); a resume
+    that raises run.steps grows it, keeping every row, and the run goes on exactly as one
+    created with the larger run.steps. progress.json follows."""
+    out, direct = tmp_path / "short", tmp_path / "direct"
     Trainer(tiny_config(steps=200), out).train()
     assert json.loads((out / "progress.json").read_text()) == {"env_steps": 200}
+    assert np.load(out / "replay" / "action.npy", mmap_mode="r").shape[0] == 200
     capsys.readouterr()
     assert main(["train", "--resume", str(out), "--steps", "300", "--no-progress"]) == 0
     err = capsys.readouterr().err
-    assert "reverie: note: the replay holds 200 rows (sized to the run's run.steps when it " \
-           "was created)" in err and "create the run with --steps 300" in err
+    assert "reverie: the replay grew from 200 to 300 rows (run.steps 300); its rows are kept" \
+        in err and "replace the oldest" not in err
     assert json.loads((out / "progress.json").read_text()) == {"env_steps": 300}
-    # a resume that stays within the replay says nothing about it
+    Trainer(tiny_config(steps=300), direct).train()
+    assert (out / "metrics.jsonl").read_text() == (direct / "metrics.jsonl").read_text()
+    for name in ("_stamp", "vector", "action", "reward"):
+        np.testing.assert_array_equal(np.load(out / "replay" / f"{name}.npy"),
+                                      np.load(direct / "replay" / f"{name}.npy"), name)
+
+
+def test_a_replay_capacity_below_the_steps_is_said_once_and_can_be_raised(tmp_path, capsys):
+    """replay.capacity smaller than run.steps: a resume that extends the run past it says
+    so in one line with the fix; --set replay.capacity raises it (never lowers it)."""
+    out = tmp_path / "capped"
+    Trainer(tiny_config(steps=200, extra=["replay.capacity=200"]), out).train()
+    capsys.readouterr()
     assert main(["train", "--resume", str(out), "--steps", "300", "--no-progress"]) == 0
-    assert "replay holds" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "reverie: note: the replay holds 200 rows (replay.capacity), so from step 200 on " \
+           "the newest rows replace the oldest; to keep all 300 steps, resume with --set " \
+           "replay.capacity=300" in err and "grew" not in err
+    assert main(["train", "--resume", str(out), "--steps", "300", "--no-progress"]) == 0
+    assert "replay holds" not in capsys.readouterr().err  # said once, not at every resume
+    assert main(["train", "--resume", str(out), "--steps", "400", "--set",
+                 "replay.capacity=400", "--no-progress"]) == 0
+    assert "the replay grew from 200 to 400 rows" in capsys.readouterr().err
+    stamps = np.load(out / "replay" / "_stamp.npy")  # rows 100..399: the wrapped ring's
+    assert stamps[:100].tolist() == [-1] * 100  # newest 200 rows kept, then 100 new ones
+    assert stamps[100:].tolist() == list(range(100, 400))
+    assert main(["train", "--resume", str(out), "--steps", "500", "--set",
+                 "replay.capacity=300", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "can only be raised" in err and len(err.splitlines()) == 1

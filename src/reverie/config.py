@@ -47,7 +47,8 @@ MAX_THREADS = 256  # far past any CPU's cores; OpenMP crashes (SIGSEGV) on absur
 RESUME_KEYS = ("run.steps", "run.progress", "run.log_every", "run.eval_every",
                "run.eval_episodes", "run.eval_noop_max", "run.checkpoint_every",
                "run.keep_checkpoints",
-               "run.max_nan_retries", "run.threads", "run.device", "run.compile")
+               "run.max_nan_retries", "run.threads", "run.device", "run.compile",
+               "replay.capacity")  # raised only: the replay grows, keeping its rows
 
 
 

@@ -75,7 +75,7 @@ def trial_name(env: str, point: list[tuple[str, str]], seed: int) -> str:
 def _compared(cfg: DictConfig) -> dict:
     """The config minus what may legitimately differ between a sweep and its saved run."""
     data = OmegaConf.to_container(cfg, resolve=True)
-    for key in (*RESUME_KEYS, "replay.capacity"):  # capacity is capped at run.steps on start
+    for key in RESUME_KEYS:
         section, name = key.split(".", 1)
         data.get(section, {}).pop(name, None)
     return data

@@ -118,6 +118,65 @@ def _reserve(path: Path) -> None:
             ) from None
 
 
+def _file_rows(path: Path) -> int:
+    """Rows (first dimension) of a replay field file, from its .npy header."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        return int(read(f)[0][0])
+
+
+def grow(directory: str | Path, spec: Spec, state: dict[str, Any],
+         capacity: int) -> dict[str, Any]:
+    """Give an on-disk replay more rows: its files are rewritten at `capacity` rows and the
+    checkpoint's `state` (from `Replay.state_dict`, the smaller capacity) is returned remapped,
+    ready for `Replay.open(directory, capacity, spec, ...).load_state_dict(...)`.
+
+    The rows the checkpoint knows (global indices total_added − size ... total_added − 1)
+    move to the slots a replay of `capacity` rows would have written them to (global index
+    mod capacity), with their per-slot sampler counters, so the grown replay samples exactly
+    as one created with `capacity` rows would. Each file is replaced whole (written beside it,
+    then renamed) and a file already at `capacity` rows is left as it is, so an interrupted
+    growth is finished by running it again.
+    """
+    directory = Path(directory)
+    old, total, size = int(state["capacity"]), int(state["total_added"]), int(state["size"])
+    if capacity < old:
+        raise ValueError(f"a replay of {old} rows cannot shrink to {capacity}")
+    g = np.arange(total - size, total, dtype=np.int64)  # global indices of the known rows
+    for name, (shape, dtype) in _parse_spec(spec).items():
+        path = directory / f"{name}.npy"
+        rows = _file_rows(path) if path.is_file() else old
+        if rows == capacity:
+            continue
+        src = _open_existing(path, (rows, *shape), dtype)
+        tmp = path.with_name(path.name + ".grow")
+        dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(capacity, *shape))
+        try:
+            _reserve(tmp)  # a full disk fails here, not with SIGBUS on a mapped write
+        except ValueError:
+            del dst
+            tmp.unlink()
+            raise
+        if name == "_stamp":
+            dst[:] = -1
+        dst[g % capacity] = src[g % rows]
+        dst.flush()
+        del dst, src
+        os.replace(tmp, path)
+    remapped = dict(state, capacity=capacity)
+    sampler = {}
+    for key, value in state["sampler"].items():  # per-slot arrays move with their rows
+        if isinstance(value, torch.Tensor) and value.shape == (old,):
+            moved = torch.zeros(capacity, dtype=value.dtype)
+            moved[torch.from_numpy(g % capacity)] = value[torch.from_numpy(g % old)]
+            value = moved
+        sampler[key] = value
+    remapped["sampler"] = sampler
+    return remapped
+
+
 class Replay:
     """Ring buffer of `capacity` rows of one environment stream, sampled as [B, T] sequences.
 

@@ -44,6 +44,7 @@ from reverie.envs import image_keys, make_obs_spec
 from reverie.envs.actions import action_spec, random_actions
 from reverie.errors import UserError
 from reverie.replay import Replay
+from reverie.replay.buffer import grow
 from reverie.rng import (
     generator_state,
     global_rng_state,
@@ -207,12 +208,9 @@ class Trainer:
             run_folder.clear_start(self.out)
             self.resuming = resume = False
         resume_from = self._load_checkpoint() if resume else None
-        if not resume:  # the replay is sized once, when the run is created
-            cfg.replay.capacity = int(min(cfg.replay.capacity, cfg.run.steps))
-        elif self.uses_replay:
-            self._note_capped_replay()
+        self.replay_rows = self._replay_rows(resume_from)
         self._prepare_folder()  # only once env and agent are known to work: no stray runs
-        self.replay = self._make_replay() if self.uses_replay else None
+        self.replay = self._make_replay(resume_from) if self.uses_replay else None
         # config last: a folder without config.yaml is not a run, so a failed start leaves
         # nothing that blocks the next attempt; on resume it records a raised run.steps
         save_config(self.cfg, self.out / "config.yaml")
@@ -228,18 +226,29 @@ class Trainer:
         self._returns: list[float] = []
 
     # -- set-up ----------------------------------------------------------------------------
-    def _note_capped_replay(self) -> None:
-        """A resume that raises run.steps past a replay sized to the run's first run.steps
-        keeps only the newest rows: say so (the replay cannot grow once it is allocated)."""
-        from reverie.config import load_run_config
+    def _replay_rows(self, resume_from) -> int:
+        """Rows to allocate for the replay: replay.capacity, but no more than run.steps (a
+        run never stores more). A resumed run keeps its rows, grown to that size when a
+        raised run.steps (or replay.capacity) asks for more (`_make_replay`)."""
+        cfg = self.cfg
+        want = int(min(cfg.replay.capacity, cfg.run.steps))
+        if resume_from is None or not self.uses_replay or resume_from[0]["replay"] is None:
+            return want
+        have = int(resume_from[0]["replay"]["capacity"])
+        if int(cfg.replay.capacity) < have:
+            raise UserError(
+                f"replay.capacity={cfg.replay.capacity} is below the {have:,} rows this run's "
+                f"replay already holds; on resume it can only be raised (or left as it is)")
+        steps = int(cfg.run.steps)
+        if steps > max(want, have):  # the run will outgrow what replay.capacity allows
+            from reverie.config import load_run_config
 
-        saved = load_run_config(self.out)  # before save_config records the new run.steps
-        cap, steps = int(self.cfg.replay.capacity), int(self.cfg.run.steps)
-        if steps > cap and cap >= int(saved.run.steps):
-            self._note(f"note: the replay holds {cap:,} rows (sized to the run's run.steps when "
-                       f"it was created), so from step {cap:,} on the newest rows replace the "
-                       f"oldest; to keep all {steps:,} steps, create the run with --steps "
-                       f"{steps} (or set replay.capacity) from the start")
+            if int(load_run_config(self.out).run.steps) <= max(want, have):  # newly so
+                self._note(f"note: the replay holds {max(want, have):,} rows "
+                           f"(replay.capacity), so from step {max(want, have):,} on the newest "
+                           f"rows replace the oldest; to keep all {steps:,} steps, resume with "
+                           f"--set replay.capacity={steps}")
+        return max(want, have)
 
     def _write_progress(self) -> None:
         """progress.json: the env steps of the newest checkpoint (folder.PROGRESS)."""
@@ -252,12 +261,20 @@ class Trainer:
         if self._lock is None:
             self._lock = run_folder.lock(self.out)
 
-    def _make_replay(self) -> Replay:
+    def _make_replay(self, resume_from) -> Replay:
         rc = self.cfg.replay
-        capacity = int(rc.capacity)
+        capacity = self.replay_rows
         spec = {**self.obs_spec, "action": action_spec(self.action_space)}
         kwargs: dict[str, Any] = {"tau": float(rc.tau)} if rc.sampler == "dfs" else {}
         directory = self.out / "replay" if rc.on_disk else None
+        state = None if resume_from is None else resume_from[0]["replay"]
+        if state is not None and directory is not None and int(state["capacity"]) < capacity:
+            try:  # the checkpoint's state, remapped to the grown files, is what _restore loads
+                resume_from[0]["replay"] = grow(directory, spec, state, capacity)
+            except ValueError as e:
+                raise UserError(f"cannot grow the replay: {e}") from None
+            self._note(f"the replay grew from {int(state['capacity']):,} to {capacity:,} rows "
+                       f"(run.steps {int(self.cfg.run.steps):,}); its rows are kept")
         try:
             return Replay(capacity, spec, directory=directory, sampler=rc.sampler,
                           seed=int(self.cfg.seed), resume=self.resuming and rc.on_disk,
