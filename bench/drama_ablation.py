@@ -7,7 +7,8 @@ was learned (stability), on CartPole and MinAtar Breakout, 2 seeds, 10k env step
 
 Each run is `reverie train --preset P --env E --seed S --steps N --set ...` (the variant's
 overrides on top of the task's preset); finished runs with the same resolved config are reused
-(`run_reverie(..., reuse=True)` of bench/cartpole.py), and runs recorded in the committed JSON
+(`run_reverie(..., reuse=True)` of bench/cartpole.py; their logs are archived under
+bench/results/runs/drama-ablation/ by `runlib.keep`), and runs recorded in the committed JSON
 with the same overrides and steps are not run again, so the benchmark can be run in pieces,
 across checkouts, and by several processes at once (other seeds): each re-reads the JSON before
 it writes. Each entry records the run's `run.compile` (runs before the auto default: off).
@@ -28,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cartpole import RESULTS, ROOT, run_reverie  # noqa: E402
-from runlib import seed_mean_ci  # noqa: E402
+from runlib import RUNS_ROOT, keep, seed_mean_ci  # noqa: E402
 
 TASKS = {  # name -> (preset, env, eval every)
     "cartpole": ("cartpole", "CartPole-v1", 1000),
@@ -125,6 +126,10 @@ def main() -> None:
                 load0 = os.getloadavg()[0]
                 r = run_reverie("mamba2", seed, args.steps, Path(args.out) / task / variant,
                                 overrides, reuse=True, preset=preset)
+                folder = Path(args.out) / task / variant / f"mamba2-s{seed}"
+                if (folder / "config.yaml").exists() and folder.resolve().is_relative_to(
+                        RUNS_ROOT.resolve()):  # logs kept in bench/results/runs/ (runlib)
+                    keep(folder)
                 entry = dict(r, task=task, variant=variant, overrides=overrides,
                              compile=run_compile(Path(args.out) / task / variant /
                                                  f"mamba2-s{seed}"),
