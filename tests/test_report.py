@@ -360,3 +360,25 @@ def test_interval_cells_print_large_scores_without_exponents():
     assert _ci(Estimate(1000.0, 998.4, 1000.0), pct=False) == "1,000 [998, 1,000]"
     assert _ci(Estimate(-160.2, -260.0, -96.48), pct=False) == "-160 [-260, -96.5]"
     assert _ci(Estimate(0.4541, 0.434, 0.4712), pct=False) == "0.454 [0.434, 0.471]"
+
+
+def test_a_group_that_averages_variants_as_seeds_is_named(tmp_path, capsys):
+    """Two ablation variants with the same seed in one group: the report says which settings
+    tell them apart instead of averaging them as seeds silently."""
+    root = tmp_path / "abl"
+    fake_run(root / "a", "CartPole-v1", 0, [1.0, 2.0], preset="cartpole")
+    fake_run(root / "b", "CartPole-v1", 0, [1.0, 3.0], preset="cartpole",
+             sets=("imagine.world.free_bits_mode=batch",))
+    fake_run(root / "c", "CartPole-v1", 1, [1.0, 4.0], preset="cartpole")
+    out = tmp_path / "rep"
+    assert main(["report", str(root), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    line = ("group 'imagine/mamba2' has 2 runs of CartPole-v1 with seed 0, averaged as if they "
+            "were seeds; they differ in imagine.world.free_bits_mode: add --group-by for what "
+            "tells them apart")
+    assert f"reverie: warning: {line}" in captured.err
+    assert f"- {line}" in (out / "report.md").read_text()
+    assert json.loads(captured.out)["skipped"] == 0
+    assert main(["report", str(root), "--out", str(out), "--group-by", "backbone",
+                 "--group-by", "imagine.world.free_bits_mode"]) == 0
+    assert "averaged as if" not in capsys.readouterr().err

@@ -225,7 +225,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                                   finished_only=args.finished_only)
     for line in warnings:
         print(f"reverie: warning: {line}", file=sys.stderr)
-    print(json.dumps({"report": str(path), "skipped": len(warnings)}))
+    print(json.dumps({"report": str(path),
+                      "skipped": sum(w.startswith("skipped ") for w in warnings)}))
     return 0
 
 

@@ -108,6 +108,51 @@ def make_groups(runs: list[Run], keys: list[str]) -> list[Group]:
             for (k, label), envs in sorted(table.items(), key=natural)]
 
 
+def _leaves(cfg: DictConfig) -> dict[str, object]:
+    """Every setting of a config as {dotted key: value}."""
+    from omegaconf import OmegaConf
+
+    out: dict[str, object] = {}
+
+    def walk(node: object, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def mixed_groups(groups: list[Group]) -> list[str]:
+    """One line per group holding two runs of one env with the same seed: the grouping keys
+    miss what tells them apart (an ablation's variants averaged as seeds), so the line names
+    the settings in which they differ. Settings a resume may change are not counted."""
+    from reverie.config import RESUME_KEYS
+
+    lines = []
+    for g in groups:
+        for env, rs in sorted(g.runs.items()):
+            by_seed: dict[int, list[Run]] = defaultdict(list)
+            for r in rs:
+                by_seed[r.seed].append(r)
+            clash = next((v for _, v in sorted(by_seed.items()) if len(v) > 1), None)
+            if clash is None:
+                continue
+            leaves = [_leaves(r.cfg) for r in clash]
+            differ = sorted(k for k in set().union(*leaves) if k not in RESUME_KEYS
+                            and len({repr(c.get(k)) for c in leaves}) > 1)
+            what = (f"they differ in {', '.join(differ[:4])}"
+                    f"{f' (+{len(differ) - 4} more)' if len(differ) > 4 else ''}: add "
+                    "--group-by for what tells them apart" if differ else
+                    "their configs are identical (the same run twice?)")
+            lines.append(f"group '{g.label}' has {len(clash)} runs of {env} with seed "
+                         f"{clash[0].seed}, averaged as if they were seeds; {what}")
+            break
+    return lines
+
+
 def _ci(e: Estimate, pct: bool) -> str:
     if pct:
         return f"{100 * e.value:.1f}% [{100 * e.low:.1f}, {100 * e.high:.1f}]"
@@ -217,7 +262,8 @@ def write_report(paths: list[str | Path], out: str | Path,
                  group_by: list[str] | None = None,
                  notes: list[str] | None = None,
                  finished_only: bool = False) -> tuple[Path, list[str]]:
-    """Write `out/report.md` and its PNGs; returns (report path, skip warnings). `notes` are
+    """Write `out/report.md` and its PNGs; returns (report path, warnings: skipped folders and
+    groups that mix configurations, see `mixed_groups`). `notes` are
     markdown lines placed after the header (e.g. a sweep's trial outcomes); finished_only
     leaves out runs still short of their `run.steps`."""
     runs, warnings = load_runs(paths, finished_only)
@@ -245,6 +291,9 @@ def write_report(paths: list[str | Path], out: str | Path,
              "in the last 10% of its steps; POPGym runs score their MMER.", ""]
     if warnings:
         lines += [f"Skipped {len(warnings)} folder(s):", ""] + [f"- {w}" for w in warnings] + [""]
+    mixed = mixed_groups(groups)
+    if mixed:
+        lines += ["**Groups that mix configurations:**", ""] + [f"- {m}" for m in mixed] + [""]
     lines += list(notes or [])
     lines += ["## Aggregate scores", ""]
     for name, kind in kinds.items():
@@ -271,4 +320,4 @@ def write_report(paths: list[str | Path], out: str | Path,
     lines += ["## Runs", ""] + _runs_section(runs, keys, out)
     report = out / "report.md"
     report.write_text("\n".join(lines))
-    return report, warnings
+    return report, warnings + mixed
