@@ -6,7 +6,7 @@ trains (issue 13's campaign, part 3).
     python bench/campaign_atari.py --report-only     # JSON and plot from what was scored
 
 One run of `reverie train --preset atari100k` on Pong with the overrides below (sized for
-this CPU), created with its full budget (the replay is sized to the run's first run.steps)
+this CPU), created with its full budget
 and continued with `reverie train --resume` after an interruption (bench/runlib.py: an
 ordinary run folder under bench/runs/atari/, logs archived under bench/results/runs/atari/).
 It keeps a checkpoint every `EVERY` env steps; each is scored with `reverie.eval.prediction`
