@@ -46,13 +46,18 @@ TASKS = {
     "inverted-pendulum": ("InvertedPendulum-v5", 5000, 500, 5, "mbpo-inverted-pendulum"),
     "cartpole-swingup": ("dmc:cartpole-swingup", 10000, 1000, 5, "mbpo-dmc"),
 }
+# The imagine agent at the DMC campaign's CPU budget (bench/campaign_dmc.py): one update per
+# 16 env steps and 256 imagined starts, ~25 min per 10k-step run at 1 thread; the preset's own
+# cadence (one update per 2 env steps) took 1.5-3.6 h per run here.
+IMAGINE_BUDGET = ["--set", "run.train_ratio=64", "--set", "imagine.imag_batch=256"]
 # method -> reverie train flags (None: SB3 SAC); the imagine methods run on DMC only
 METHODS: dict[str, list[str] | None] = {
     "coplanner": ["--set", "mbpo.mode=coplanner"],
     "mbpo": ["--set", "mbpo.mode=mbpo"],
     "sb3-sac": None,
-    "imagine+coplanner": ["--preset", "dmc-proprio", "--set", "imagine.coplanner.mode=coplanner"],
-    "imagine": ["--preset", "dmc-proprio", "--set", "imagine.coplanner.mode=off"],
+    "imagine+coplanner": ["--preset", "dmc-proprio", *IMAGINE_BUDGET,
+                          "--set", "imagine.coplanner.mode=coplanner"],
+    "imagine": ["--preset", "dmc-proprio", *IMAGINE_BUDGET, "--set", "imagine.coplanner.mode=off"],
 }
 IMAGINE_TASKS = ("cartpole-swingup",)
 
