@@ -300,7 +300,7 @@ def test_an_interrupted_growth_is_finished_by_the_next(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         grow(tmp_path / "a", SPEC, state, 20)
     monkeypatch.undo()
-    assert {buffer._file_rows(p) for p in (tmp_path / "a").glob("*.npy")} == {9, 20}
+    assert {buffer.file_rows(p) for p in (tmp_path / "a").glob("*.npy")} == {9, 20}
     grow(tmp_path / "a", SPEC, state, 20)
     grow(tmp_path / "b", SPEC, state, 20)
     for p in sorted((tmp_path / "b").glob("*.npy")):

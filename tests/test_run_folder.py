@@ -239,3 +239,36 @@ def test_a_replay_capacity_below_the_steps_is_said_once_and_can_be_raised(tmp_pa
                  "replay.capacity=300", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "can only be raised" in err and len(err.splitlines()) == 1
+
+
+def test_a_growth_killed_between_files_is_finished_by_any_later_resume(tmp_path, monkeypatch,
+                                                                        capsys):
+    """Some replay files grown, others not (the process died between them): resuming, even
+    without raising --steps again, finishes the growth; the extended run still equals one
+    trained to the larger steps from the start."""
+    import os
+
+    from reverie.replay import buffer
+
+    out, direct = tmp_path / "short", tmp_path / "direct"
+    Trainer(tiny_config(steps=200), out).train()
+    real, calls = os.replace, []
+
+    def dies_on_the_second(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a kill would stop it
+        real(src, dst)
+
+    monkeypatch.setattr(buffer.os, "replace", dies_on_the_second)
+    assert main(["train", "--resume", str(out), "--steps", "300", "--no-progress"]) == 130
+    monkeypatch.undo()
+    rows = {buffer.file_rows(p) for p in (out / "replay").glob("*.npy")}
+    assert rows == {200, 300}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0  # same --steps as saved
+    assert "the replay grew from 200 to 300 rows" in capsys.readouterr().err
+    assert {buffer.file_rows(p) for p in (out / "replay").glob("*.npy")} == {300}
+    assert main(["train", "--resume", str(out), "--steps", "300", "--no-progress"]) == 0
+    Trainer(tiny_config(steps=300), direct).train()
+    assert (out / "metrics.jsonl").read_text() == (direct / "metrics.jsonl").read_text()

@@ -118,7 +118,7 @@ def _reserve(path: Path) -> None:
             ) from None
 
 
-def _file_rows(path: Path) -> int:
+def file_rows(path: Path) -> int:
     """Rows (first dimension) of a replay field file, from its .npy header."""
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
@@ -147,7 +147,7 @@ def grow(directory: str | Path, spec: Spec, state: dict[str, Any],
     g = np.arange(total - size, total, dtype=np.int64)  # global indices of the known rows
     for name, (shape, dtype) in _parse_spec(spec).items():
         path = directory / f"{name}.npy"
-        rows = _file_rows(path) if path.is_file() else old
+        rows = file_rows(path) if path.is_file() else old
         if rows == capacity:
             continue
         src = _open_existing(path, (rows, *shape), dtype)

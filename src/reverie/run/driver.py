@@ -44,7 +44,7 @@ from reverie.envs import image_keys, make_obs_spec
 from reverie.envs.actions import action_spec, random_actions
 from reverie.errors import UserError
 from reverie.replay import Replay
-from reverie.replay.buffer import grow
+from reverie.replay.buffer import file_rows, grow
 from reverie.rng import (
     generator_state,
     global_rng_state,
@@ -235,6 +235,8 @@ class Trainer:
         if resume_from is None or not self.uses_replay or resume_from[0]["replay"] is None:
             return want
         have = int(resume_from[0]["replay"]["capacity"])
+        if cfg.replay.on_disk:  # files a killed growth left larger: finish that growth
+            have = max([have] + [file_rows(p) for p in (self.out / "replay").glob("*.npy")])
         if int(cfg.replay.capacity) < have:
             raise UserError(
                 f"replay.capacity={cfg.replay.capacity} is below the {have:,} rows this run's "
