@@ -219,6 +219,9 @@ def plot(c: Campaign, runs: dict[str, dict], summary: dict, path: Path) -> None:
     grid = np.arange(c.eval_every, c.steps + 1, c.eval_every, dtype=float)
     handles = {}
     for ax, task in zip(axes[0], c.tasks):
+        if not any(k.startswith(f"{task}/") for k in runs):
+            ax.text(0.5, 0.8, "no runs yet", transform=ax.transAxes, ha="center",
+                    va="center", color="grey")
         for method in c.methods:
             curves = [runs[k] for k in runs if k.startswith(f"{task}/{method}/")]
             if not curves:
@@ -233,6 +236,7 @@ def plot(c: Campaign, runs: dict[str, dict], summary: dict, path: Path) -> None:
         if level is not None:
             handles["random policy"] = ax.axhline(level, color="grey", lw=1, ls="-.")
         ax.set_title(f"{c.title} {task}")
+        ax.set_xlim(0, c.steps / 1000)
         ax.set_xlabel("env steps (thousands)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("evaluation return")
