@@ -40,13 +40,17 @@ RUNS = ROOT / "bench" / "runs" / "popgym"
 TASKS = ["RepeatPreviousEasy", "RepeatFirstEasy", "CountRecallEasy", "AutoencodeEasy",
          "PositionOnlyCartPoleEasy", "NoisyPositionOnlyPendulumEasy"]
 SEEDS = {"ffm": [0, 1, 2], "gru": [0, 1, 2], "mamba2": [0], "transformer": [0],
-         "ffm-p1024": [0, 1, 2], "ffm-reference": [0]}
+         "ffm-p1024": [0, 1, 2], "ffm-reference": [0], "ffm-w256": [0], "gru-w256": [0]}
+# the widths of FFM's official POPGym setup (its ppo.py: memory 256, linear layers 128), the
+# rest of the preset unchanged
+WIDE = ["--set", "rppo.d_model=256", "--set", "rppo.hidden=128"]
 # memories that are a backbone with options: FFM with the paper's oscillation periods (4
 # spread over [1, 1024] steps; reverie's default before 2026-12-02, now [1, 16]: see
 # reverie.sequence.ffm.PERIODS) and FFM as the official code initialises it
 VARIANTS = {"ffm-p1024": ("ffm", ["--set", "rppo.backbone_kwargs.max_period=1024"]),
             "ffm-reference": ("ffm", ["--set", "rppo.backbone_kwargs.init=reference",
-                                      "--set", "rppo.backbone_kwargs.norm_affine=false"])}
+                                      "--set", "rppo.backbone_kwargs.norm_affine=false"]),
+            "ffm-w256": ("ffm", WIDE), "gru-w256": ("gru", WIDE)}
 
 
 def run_folder(task: str, backbone: str, seed: int) -> Path:
