@@ -12,7 +12,9 @@ ordinary run folder under bench/runs/atari/, logs archived under bench/results/r
 It keeps a checkpoint every `EVERY` env steps; each is scored with `reverie.eval.prediction`
 (the same as `reverie eval --prediction`): windows of 8 observed + 16 imagined steps from
 greedy episodes, mean squared error per pixel in [0, 1] at every imagined step, beside the
-copy-the-last-frame baseline on the same windows. The finished run also writes `reverie
+copy-the-last-frame baseline on the same windows, over all pixels and over the pixels that
+moved since the last observed frame (on Pong only the ball and the paddles move, so the
+baseline's all-pixel error is tiny). The finished run also writes `reverie
 watch`'s real-vs-imagined GIF and a PNG strip of one window (real, imagined, difference),
 committed under bench/results/atari/.
 """
@@ -118,28 +120,38 @@ def strip(run: Path, path: Path, context: int = 8, horizon: int = 16) -> None:
 
 
 def plot(result: dict, path: Path) -> None:
+    """Per imagined step, each scored checkpoint's error beside copy-the-last-frame's: over
+    all pixels, and over the pixels that moved since the last observed frame."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     scored = result["scores"]
     cmap = plt.get_cmap("viridis")
-    for i, s in enumerate(scored):
-        steps = np.arange(1, len(s["model_mse"]) + 1)
-        ax.plot(steps, s["model_mse"], color=cmap(i / max(1, len(scored) - 1)), marker="o",
-                ms=2, label=f"world model at {s['env_steps']:,} env steps")
-    if scored:
-        last = scored[-1]
-        ax.plot(np.arange(1, len(last["copy_last_mse"]) + 1), last["copy_last_mse"], "k--",
-                label="copy the last observed frame")
-    ax.set_xlabel("imagined step (after 8 observed frames)")
-    ax.set_ylabel("mean squared error per pixel ([0, 1] units)")
-    ax.set_title(f"{GAME}: open-loop frame prediction, {WINDOWS} windows of greedy play",
+    panels = (("model_mse", "copy_last_mse", "all pixels"),
+              ("model_mse_moving", "copy_last_mse_moving",
+               "pixels that moved since the last observed frame"))
+    for ax, (model_key, copy_key, title) in zip(axes, panels):
+        for i, s in enumerate(scored):
+            if s.get(model_key) is None:  # scored before the moving-pixel metric existed
+                continue
+            values = np.array([np.nan if v is None else v for v in s[model_key]])
+            ax.plot(np.arange(1, len(values) + 1), values,
+                    color=cmap(i / max(1, len(scored) - 1)), marker="o", ms=2,
+                    label=f"world model at {s['env_steps']:,} env steps")
+        if scored and scored[-1].get(copy_key) is not None:
+            base = np.array([np.nan if v is None else v for v in scored[-1][copy_key]])
+            ax.plot(np.arange(1, len(base) + 1), base, "k--",
+                    label="copy the last observed frame")
+        ax.set_xlabel("imagined step (after 8 observed frames)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean squared error per pixel ([0, 1] units)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{GAME}: open-loop frame prediction, {WINDOWS} windows of greedy play",
                  fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

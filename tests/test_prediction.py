@@ -11,7 +11,7 @@ from reverie.cli import main
 from reverie.config import build_config
 from reverie.errors import UserError
 from reverie.eval import video
-from reverie.eval.prediction import prediction_error, window_errors
+from reverie.eval.prediction import moving_errors, prediction_error, window_errors
 from reverie.run.driver import Trainer
 from reverie.run.policy import load
 from tiny import TINY_MODEL
@@ -30,6 +30,18 @@ def test_window_errors_by_hand():
         window_errors(real, predicted[:3], context=2)
     with pytest.raises(ValueError):
         window_errors(real, predicted, context=4)
+
+
+def test_moving_errors_by_hand():
+    """Only the elements that changed since the last observed step count: the copy-last
+    baseline's error there is the change itself, and a static background is left out."""
+    real = np.array([[0.0, 0.0, 5.0], [1.0, 1.0, 5.0], [2.0, 1.0, 5.0], [1.0, 1.0, 5.0]])
+    predicted = np.array([[9.0] * 3, [9.0] * 3, [2.0, 3.0, 0.0], [0.0, 1.0, 0.0]])
+    model, copy_last, count = moving_errors(real, predicted, context=2)
+    # last observed [1, 1, 5]; step 1 real [2, 1, 5]: element 0 moved; step 2 [1, 1, 5]: none
+    np.testing.assert_array_equal(count, [1, 0])
+    np.testing.assert_allclose(model, [0.0, 0.0])  # predicted 2 where the real value is 2
+    np.testing.assert_allclose(copy_last, [1.0, 0.0])
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +83,10 @@ def test_a_model_that_predicts_the_real_episode_has_no_error(policy, monkeypatch
     monkeypatch.setattr(video, "open_loop", perfect)
     err = prediction_error(policy, windows=4, horizon=3, context=2)
     assert calls == [(5, 5, 2, 3)] * 4
-    assert err.model == [0.0, 0.0, 0.0]
+    assert err.model == [0.0, 0.0, 0.0] and err.model_moving == [0.0, 0.0, 0.0]
     assert all(c > 0 for c in err.copy_last)  # CartPole moves every step
+    # over the moving elements only, the baseline's error is at least its overall one
+    assert all(m >= c for m, c in zip(err.copy_last_moving, err.copy_last))
 
 
 def test_bad_key_and_agents_without_a_world_model(policy, tmp_path):

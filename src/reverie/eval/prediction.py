@@ -9,6 +9,9 @@ predicted and the real observation k steps after the context (images in [0, 1] p
 units, vectors in observation units), averaged over windows. The baseline predicts every
 future observation to be the last one observed: on slowly changing frames it is hard to
 beat, and a model below it at every step has learned the dynamics, not just the background.
+Where little of the frame moves (Pong: the ball and the paddles), the baseline's error is
+tiny; the same errors over only the elements that changed since the last observed frame
+(`*_moving`, pooled over windows) show whether the model predicts the motion itself.
 """
 
 from __future__ import annotations
@@ -28,10 +31,16 @@ class PredictionError:
     model: list[float]  # [horizon] mean squared error of the model at imagined step 1..H
     copy_last: list[float]  # [horizon] the same for "the last observed frame, repeated"
     windows: int  # windows averaged over
+    # [horizon] the same over only the elements that differ from the last observed frame
+    # (pooled over windows; None at a step where nothing changed in any window)
+    model_moving: list[float | None] | None = None
+    copy_last_moving: list[float | None] | None = None
 
     def as_dict(self) -> dict:
         return {"key": self.key, "context": self.context, "windows": self.windows,
                 "model_mse": self.model, "copy_last_mse": self.copy_last,
+                "model_mse_moving": self.model_moving,
+                "copy_last_mse_moving": self.copy_last_moving,
                 "model_mse_mean": float(np.mean(self.model)),
                 "copy_last_mse_mean": float(np.mean(self.copy_last)),
                 "steps_model_better": int(sum(m < c for m, c in zip(self.model,
@@ -51,6 +60,21 @@ def window_errors(real: np.ndarray, predicted: np.ndarray,
     model = ((predicted[context:].reshape(len(future), -1) - future) ** 2).mean(1)
     copy_last = ((real[context - 1].reshape(1, -1) - future) ** 2).mean(1)
     return model, copy_last
+
+
+def moving_errors(real: np.ndarray, predicted: np.ndarray,
+                  context: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The squared errors of `window_errors` summed over only the elements of each imagined
+    step that differ from the last observed one: (model [horizon], copy-last [horizon],
+    number of such elements [horizon]), to be pooled over windows."""
+    real = np.asarray(real, np.float64)
+    predicted = np.asarray(predicted, np.float64)
+    future = real[context:].reshape(len(real) - context, -1)
+    last = real[context - 1].reshape(1, -1)
+    moving = future != last
+    model = np.where(moving, (predicted[context:].reshape(len(future), -1) - future) ** 2, 0.0)
+    copy_last = np.where(moving, (last - future) ** 2, 0.0)
+    return model.sum(1), copy_last.sum(1), moving.sum(1)
 
 
 def _scaled(x: np.ndarray, image: bool) -> np.ndarray:
@@ -79,6 +103,7 @@ def prediction_error(policy, windows: int = 16, context: int | None = None,
     context = int(policy.cfg.imagine.context) if context is None else context
     span, image = context + horizon, key in images
     model_sum, copy_sum, n = np.zeros(horizon), np.zeros(horizon), 0
+    moving_model, moving_copy, moving_n = np.zeros(horizon), np.zeros(horizon), np.zeros(horizon)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for episode in range(4 * windows + 10):
@@ -95,12 +120,22 @@ def prediction_error(policy, windows: int = 16, context: int | None = None,
                 act = actions[start:start + span]
                 predicted = open_loop(policy, obs, act, context, horizon)[key]
                 real = np.stack([np.asarray(o[key]) for o in obs])
-                m, c = window_errors(_scaled(real, image), _scaled(predicted, image), context)
+                real, predicted = _scaled(real, image), _scaled(predicted, image)
+                m, c = window_errors(real, predicted, context)
                 model_sum += m
                 copy_sum += c
+                m, c, k = moving_errors(real, predicted, context)
+                moving_model += m
+                moving_copy += c
+                moving_n += k
                 n += 1
     if n == 0:
         raise UserError(f"no greedy episode lasted {span} steps (context {context} + horizon "
                         f"{horizon}); lower --prediction's horizon or the run's context")
+    def pooled(sums: np.ndarray) -> list[float | None]:
+        return [float(x / k) if k else None for x, k in zip(sums, moving_n)]
+
     return PredictionError(key=key, context=context, model=(model_sum / n).tolist(),
-                           copy_last=(copy_sum / n).tolist(), windows=n)
+                           copy_last=(copy_sum / n).tolist(), windows=n,
+                           model_moving=pooled(moving_model),
+                           copy_last_moving=pooled(moving_copy))
