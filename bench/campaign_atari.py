@@ -181,7 +181,7 @@ def main() -> None:
                                           key=lambda s: s["env_steps"])
                 done.add(step)
                 path.write_text(json.dumps(result, indent=1) + "\n")
-                print(json.dumps({k: v for k, v in scored.items() if not k.endswith("_mse")}),
+                print(json.dumps({k: v for k, v in scored.items() if "_mse" not in k}),
                       flush=True)
         if here and progress(RUN) >= args.steps:
             out = RESULTS / "atari"
