@@ -95,6 +95,7 @@ def _run_peer(c: Campaign, algo: str, task: str, seed: int) -> dict:
 
 
 def run_peers(c: Campaign, tasks: list[str], seeds: list[int], workers: int) -> None:
+    runlib.require_sb3()
     jobs = [(algo, task, seed) for task in tasks for algo in c.peers for seed in seeds]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(_run_peer, c, *job): job for job in jobs}

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runlib import RUNS_ROOT, run_sb3, seed_mean_ci  # noqa: E402
+from runlib import RUNS_ROOT, require_sb3, run_sb3, seed_mean_ci  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -209,6 +209,8 @@ def main() -> None:
     p.add_argument("--report-only", action="store_true",
                    help="recompute the summary and plot from cartpole.json's runs")
     args = p.parse_args()
+    if args.ppo_steps and not args.report_only:
+        require_sb3()  # before hours of reverie runs, not after
     if args.report_only:
         report = json.loads((RESULTS / "cartpole.json").read_text())
         report["summary"] = summarise(report["runs"])

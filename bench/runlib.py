@@ -99,6 +99,15 @@ def ensure_run(run: Path, train_args: list[str], steps: int, threads: int = 1,
     return {"status": "trained", "wall_s": round(time.time() - t0, 1)}
 
 
+def require_sb3() -> None:
+    """Exit with one line naming the fix when Stable-Baselines3 (the peers) is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("stable_baselines3") is None:
+        sys.exit("bench: the Stable-Baselines3 peers need stable-baselines3; install the bench "
+                 "extra: .venv/bin/pip install -e '.[bench]' (make bench does)")
+
+
 def run_sb3(algo: str, env_id: str, seed: int, steps: int, every: int, episodes: int,
             out: Path, result: str = "sb3.json") -> dict:
     """A Stable-Baselines3 peer (`algo`: SAC, DQN, PPO, ...; its default hyper-parameters,
