@@ -205,3 +205,40 @@ def test_defaults_and_name():
     assert (blk.d_state, blk.d_inner, blk.head_dim, blk.n_heads, blk.d_conv) == (16, 128, 64, 2, 4)
     s = m.initial_state(3)[0]
     assert s["conv"].shape == (3, 3, 128 + 32) and s["ssm"].shape == (3, 2, 64, 16)
+
+
+@pytest.mark.parametrize("name", ["mamba1", "mamba2"])
+def test_conv_weight_is_column_major_and_stays_so(name):
+    """The conv weight is stored column-major (each tap's weights contiguous, for the
+    compiled step; bench/conv_layout.py); it computes what a row-major copy does, and keeps
+    its layout through an optimiser step and a state-dict round trip."""
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    kwargs = {"head_dim": 8} if name == "mamba2" else {}
+    model = make_backbone(name, d_model=16, n_layers=1, **kwargs)
+    (block,) = [m for m in model.modules() if hasattr(m, "conv_weight")]
+    C, K = block.conv_weight.shape
+    assert block.conv_weight.stride() == (1, C)
+    row = copy.deepcopy(model)
+    (row_block,) = [m for m in row.modules() if hasattr(m, "conv_weight")]
+    row_block.conv_weight = torch.nn.Parameter(row_block.conv_weight.detach().contiguous())
+    x = torch.randn(3, 5, 16)
+    reset = torch.zeros(3, 5, dtype=torch.bool)
+    reset[1, 2] = True
+    outs = [(m(x, m.initial_state(3), reset)[0], m.step(x[:, 0], m.initial_state(3))[0])
+            for m in (model, row)]  # the same function, value for value, in both paths
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model(x, model.initial_state(3), reset)[0].square().mean().backward()
+    opt.step()
+    assert block.conv_weight.stride() == (1, C)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = make_backbone(name, d_model=16, n_layers=1, **kwargs)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    (fresh_block,) = [m for m in fresh.modules() if hasattr(m, "conv_weight")]
+    assert fresh_block.conv_weight.stride() == (1, C)
+    assert torch.equal(fresh_block.conv_weight, block.conv_weight)

@@ -218,6 +218,14 @@ def segment_ids(reset: Tensor) -> Tensor:
     return reset.long().cumsum(dim=1)
 
 
+def column_major(weight: Tensor) -> Tensor:
+    """The same [C, K] values stored column-major (strides (1, C)): each tap's C weights are
+    contiguous, so the per-tap multiply-adds of `causal_conv_step` vectorise when compiled
+    (inductor reads a row-major tap element by element, 4 floats apart; bench/conv_layout.py).
+    Parameters keep this layout through optimiser steps and `load_state_dict`."""
+    return weight.t().contiguous().t()
+
+
 def causal_conv_step(
     x: Tensor, weight: Tensor, bias: Tensor, prefix: Tensor
 ) -> tuple[Tensor, Tensor]:

@@ -24,6 +24,7 @@ from reverie.sequence.base import (
     LayerState,
     causal_conv,
     causal_conv_step,
+    column_major,
 )
 from reverie.sequence.selective_scan import selective_scan
 
@@ -50,7 +51,8 @@ class Mamba1Block(Block):
         self.norm = nn.RMSNorm(d_model, eps=1e-5)
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)  # -> [x, z]
         bound = 1.0 / math.sqrt(d_conv)  # nn.Conv1d's default for a depthwise kernel
-        self.conv_weight = nn.Parameter(torch.empty(d_inner, d_conv).uniform_(-bound, bound))
+        self.conv_weight = nn.Parameter(column_major(
+            torch.empty(d_inner, d_conv).uniform_(-bound, bound)))
         self.conv_bias = nn.Parameter(torch.empty(d_inner).uniform_(-bound, bound))
         self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)  # -> [dt, B, C]
         self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)

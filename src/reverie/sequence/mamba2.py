@@ -21,6 +21,7 @@ from reverie.sequence.base import (
     LayerState,
     causal_conv,
     causal_conv_step,
+    column_major,
 )
 from reverie.sequence.ssd import ssd_chunked, ssd_step
 
@@ -61,7 +62,8 @@ class Mamba2Block(Block):
         # order of the projection: [z (d_inner), x (d_inner), B (N), C (N), dt (H)]
         self.in_proj = nn.Linear(d_model, 2 * d_inner + 2 * d_state + H, bias=False)
         bound = 1.0 / math.sqrt(d_conv)  # nn.Conv1d's default for a depthwise kernel
-        self.conv_weight = nn.Parameter(torch.empty(self.conv_dim, d_conv).uniform_(-bound, bound))
+        self.conv_weight = nn.Parameter(column_major(
+            torch.empty(self.conv_dim, d_conv).uniform_(-bound, bound)))
         self.conv_bias = nn.Parameter(torch.empty(self.conv_dim).uniform_(-bound, bound))
         # dt = softplus(dt_raw + dt_bias) starts log-uniform in [dt_min, dt_max] (paper init)
         dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
