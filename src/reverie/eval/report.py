@@ -109,13 +109,15 @@ def make_groups(runs: list[Run], keys: list[str]) -> list[Group]:
 
 
 def _leaves(cfg: DictConfig) -> dict[str, object]:
-    """Every setting of a config as {dotted key: value}."""
+    """Every setting of a config as {dotted key: value}. An empty mapping (a `*_kwargs`
+    setting left empty) holds no setting, so it is not one: a run that sets an option there
+    differs from one that does not in that option, not in the mapping as well."""
     from omegaconf import OmegaConf
 
     out: dict[str, object] = {}
 
     def walk(node: object, prefix: str) -> None:
-        if isinstance(node, dict) and node:
+        if isinstance(node, dict):
             for k, v in node.items():
                 walk(v, f"{prefix}{k}.")
         else:
