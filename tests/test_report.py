@@ -220,10 +220,17 @@ def test_group_by_an_option_inside_a_kwargs_setting(tmp_path, capsys):
     assert "3 groups" in text
     assert "| mamba2/head_dim=8 |" in text and "| mamba2/head_dim=16 |" in text
     assert "| gru |" in text  # the run without a head_dim
-    capsys.readouterr()
+    assert "groups nothing" not in capsys.readouterr().err  # some runs set head_dim
     assert main(["report", str(root), "--out", str(out), "--group-by",
                  "imagine.wrld.backbone_kwargs.head_dim"]) == 2
     assert "did you mean" in capsys.readouterr().err
+    # an option no run sets (here a typo) groups nothing, and says so with the close match
+    assert main(["report", str(root), "--out", str(out), "--group-by", "backbone",
+                 "--group-by", "imagine.world.backbone_kwargs.headdim"]) == 0
+    line = ("--group-by 'imagine.world.backbone_kwargs.headdim' is an option no run sets, so "
+            "it groups nothing (did you mean 'head_dim'?)")
+    assert f"reverie: warning: {line}" in capsys.readouterr().err
+    assert f"- {line}" in (out / "report.md").read_text()
 
 
 def test_bad_folders_are_skipped_with_a_warning(tmp_path, real_run, capsys):

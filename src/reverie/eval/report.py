@@ -61,21 +61,31 @@ def _config_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return out
 
 
-def check_group_keys(keys: list[str], runs: list[Run]) -> None:
+def check_group_keys(keys: list[str], runs: list[Run]) -> list[str]:
     """A --group-by key must name a setting of at least one run (did-you-mean otherwise), or
     an option inside a free-form `*_kwargs` setting that some run has (as `--set` accepts
-    them: rppo.backbone_kwargs.init names an option that only some backbones take)."""
+    them: rppo.backbone_kwargs.init names an option that only some backbones take). Such an
+    option that no run sets (a typo, or runs without it) groups nothing: returns one warning
+    line for each."""
     known = {"agent", "backbone"}
     for r in runs:
         known.update(_config_keys(r.cfg))
+    unused = []
     for key in keys:
+        if key in known:
+            continue
         parts = key.split(".")
-        free_form = any(parts[i].endswith("_kwargs") and ".".join(parts[:i + 1]) in known
-                        for i in range(len(parts) - 1))
-        if key not in known and not free_form:
+        free_form = [".".join(parts[:i + 1]) for i in range(len(parts) - 1)
+                     if parts[i].endswith("_kwargs") and ".".join(parts[:i + 1]) in known]
+        if not free_form:
             raise UserError(f"--group-by '{key}' is not a config key of any run"
                             f"{suggest(key, sorted(known))}; use 'agent', 'backbone' or a "
                             "dotted key such as run.train_ratio")
+        base = ".".join(parts[:-1])  # compare option names, not the shared prefix
+        options = sorted(k.rsplit(".", 1)[-1] for k in known if k.startswith(base + "."))
+        unused.append(f"--group-by '{key}' is an option no run sets, so it groups nothing"
+                      f"{suggest(parts[-1], options)}")
+    return unused
 
 
 def group_label(run: Run, keys: list[str]) -> str:
@@ -264,13 +274,14 @@ def write_report(paths: list[str | Path], out: str | Path,
                  group_by: list[str] | None = None,
                  notes: list[str] | None = None,
                  finished_only: bool = False) -> tuple[Path, list[str]]:
-    """Write `out/report.md` and its PNGs; returns (report path, warnings: skipped folders and
-    groups that mix configurations, see `mixed_groups`). `notes` are
+    """Write `out/report.md` and its PNGs; returns (report path, warnings: skipped folders,
+    groups that mix configurations (`mixed_groups`) and --group-by options no run sets
+    (`check_group_keys`)). `notes` are
     markdown lines placed after the header (e.g. a sweep's trial outcomes); finished_only
     leaves out runs still short of their `run.steps`."""
     runs, warnings = load_runs(paths, finished_only)
     keys = list(group_by or DEFAULT_GROUP_BY)
-    check_group_keys(keys, runs)
+    unused = check_group_keys(keys, runs)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file; choose a folder")
@@ -296,6 +307,8 @@ def write_report(paths: list[str | Path], out: str | Path,
     mixed = mixed_groups(groups)
     if mixed:
         lines += ["**Groups that mix configurations:**", ""] + [f"- {m}" for m in mixed] + [""]
+    if unused:
+        lines += [f"- {u}" for u in unused] + [""]
     lines += list(notes or [])
     lines += ["## Aggregate scores", ""]
     for name, kind in kinds.items():
@@ -322,4 +335,4 @@ def write_report(paths: list[str | Path], out: str | Path,
     lines += ["## Runs", ""] + _runs_section(runs, keys, out)
     report = out / "report.md"
     report.write_text("\n".join(lines))
-    return report, warnings + mixed
+    return report, warnings + mixed + unused
