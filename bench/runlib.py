@@ -104,8 +104,9 @@ def require_sb3() -> None:
     import importlib.util
 
     if importlib.util.find_spec("stable_baselines3") is None:
-        sys.exit("bench: the Stable-Baselines3 peers need stable-baselines3; install the bench "
-                 "extra: .venv/bin/pip install -e '.[bench]' (make bench does)")
+        print("bench: the Stable-Baselines3 peers need stable-baselines3; install the bench "
+              "extra: .venv/bin/pip install -e '.[bench]' (make bench does)", file=sys.stderr)
+        sys.exit(2)
 
 
 def run_sb3(algo: str, env_id: str, seed: int, steps: int, every: int, episodes: int,
