@@ -119,6 +119,11 @@ def strip(run: Path, path: Path, context: int = 8, horizon: int = 16) -> None:
     plt.close(fig)
 
 
+def as_curve(values: list[float | None]) -> np.ndarray:
+    """Per-step errors with None (no pixel moved at that step) as NaN, a gap in the plot."""
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
 def plot(result: dict, path: Path) -> None:
     """Per imagined step, each scored checkpoint's error beside copy-the-last-frame's: over
     all pixels, and over the pixels that moved since the last observed frame."""
@@ -137,12 +142,12 @@ def plot(result: dict, path: Path) -> None:
         for i, s in enumerate(scored):
             if s.get(model_key) is None:  # scored before the moving-pixel metric existed
                 continue
-            values = np.array([np.nan if v is None else v for v in s[model_key]])
+            values = as_curve(s[model_key])
             ax.plot(np.arange(1, len(values) + 1), values,
                     color=cmap(i / max(1, len(scored) - 1)), marker="o", ms=2,
                     label=f"world model at {s['env_steps']:,} env steps")
         if scored and scored[-1].get(copy_key) is not None:
-            base = np.array([np.nan if v is None else v for v in scored[-1][copy_key]])
+            base = as_curve(scored[-1][copy_key])
             ax.plot(np.arange(1, len(base) + 1), base, "k--",
                     label="copy the last observed frame")
         ax.set_xlabel("imagined step (after 8 observed frames)")
