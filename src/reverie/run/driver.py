@@ -164,6 +164,13 @@ class Trainer:
         self.out = Path(out)
         self.resuming = resume
         self._lock = None
+        try:
+            self._set_up(cfg, resume)
+        except BaseException:  # a failed start or resume frees the folder now, not at exit
+            self.release()
+            raise
+
+    def _set_up(self, cfg: DictConfig, resume: bool) -> None:
         self._new_folder = not resume  # a started-over run keeps its (checked) folder
         if resume:  # checked before touching any file; the lock comes before any write
             run_folder.check_no_links(self.out)
