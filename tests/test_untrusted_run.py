@@ -128,6 +128,17 @@ def test_no_loadable_checkpoint_but_history_is_refused(world, capsys):
     refused(["train", "--resume", run, "--steps", "400"], world, capsys, "nothing was changed")
 
 
+def test_resuming_an_archive_is_refused_and_leaves_it_as_it_was(world, capsys):
+    """An archived run (logs only, as bench/results/runs/ keeps them): no checkpoints, no lock
+    file; the refused resume must not leave the lock file behind either."""
+    run = world / "run"
+    shutil.rmtree(run / "checkpoints")
+    shutil.rmtree(run / "replay")
+    (run / ".lock").unlink()
+    refused(["train", "--resume", run, "--steps", "400"], world, capsys, "nothing was changed")
+    assert not (run / ".lock").exists()
+
+
 # 3. --out into a folder that is not a run -------------------------------------------------------
 def test_out_into_foreign_folder_is_refused(world, capsys):
     foreign = world / "mine"

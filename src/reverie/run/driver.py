@@ -164,9 +164,12 @@ class Trainer:
         self.out = Path(out)
         self.resuming = resume
         self._lock = None
+        stray_lock = resume and not (self.out / ".lock").exists()  # a folder never run here
         try:
             self._set_up(cfg, resume)
         except BaseException:  # a failed start or resume frees the folder now, not at exit
+            if stray_lock and self._lock is not None:  # and leaves it as it was (archives)
+                (self.out / ".lock").unlink(missing_ok=True)
             self.release()
             raise
 
