@@ -80,6 +80,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(reference, tmp_path):
     assert metrics(run) == metrics(reference)
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["env_steps"] == 2000
+    # the resumed run keeps the checkpoint cadence: it saves at the same steps
+    saved = [e.step for e in CheckpointStore(run / "checkpoints").entries()]
+    assert saved == [e.step for e in CheckpointStore(reference / "checkpoints").entries()]
 
 
 def test_kill_while_writing_a_checkpoint(reference, tmp_path):

@@ -499,8 +499,10 @@ class Trainer:
                                                           "episode/length": ep_len})
                         self.progress.episode(ep_return)
                     if c.env_steps >= c.next_checkpoint:
-                        self.checkpoint()
+                        # moved on before saving: a resume from this checkpoint then keeps
+                        # the cadence instead of saving again at its first step
                         c.next_checkpoint = c.env_steps + run.checkpoint_every
+                        self.checkpoint()
                     self.progress.update(c.env_steps, (c.env_steps - steps0)
                                          / max(time.time() - t0, 1e-9))
             self.checkpoint()
