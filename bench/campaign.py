@@ -147,7 +147,7 @@ def run_imagine(c: Campaign, part: str, tasks: list[str], seeds: int, workers: i
 def read(c: Campaign, method: str, task: str, seed: int) -> dict | None:
     """A run's evaluation curve, env steps reached and wall time (None if nothing logged)."""
     if method.startswith("sb3-"):
-        path = locate(c.peer_folder(method[4:].upper(), task, seed)) / "sb3.json"
+        path = locate(c.peer_folder(method[4:].upper(), task, seed)) / "external.json"
         if not path.exists():
             return None
         r = json.loads(path.read_text())

@@ -74,13 +74,13 @@ def train_args(task: str, method: str, seed: int) -> list[str]:
 def run_sac(task: str, seed: int, out: Path) -> dict:
     """SB3 SAC (defaults) with reverie's evaluation schedule and episode seeds."""
     env_id, steps, every, episodes, _ = TASKS[task]
-    return run_sb3("SAC", env_id, seed, steps, every, episodes, out, result="sac.json")
+    return run_sb3("SAC", env_id, seed, steps, every, episodes, out)
 
 
 def read(task: str, method: str, seed: int) -> dict | None:
     run = locate(RUNS / task / method / f"s{seed}")
     if method == "sb3-sac":
-        path = run / "sac.json"
+        path = run / "external.json"
         return json.loads(path.read_text()) if path.exists() else None
     if not (run / "metrics.jsonl").exists():
         return None

@@ -27,8 +27,9 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 RUNS_ROOT = BENCH / "runs"
 ARCHIVE = BENCH / "results" / "runs"
-# what a report reads of a run folder (sac.json, sb3.json: a Stable-Baselines3 peer's result)
-KEPT = ("config.yaml", "metrics.jsonl", "timing.jsonl", "sac.json", "sb3.json")
+# what a report reads of a run folder (external.json: a Stable-Baselines3 peer's result, in
+# the form `reverie report` reads for runs of other libraries, reverie.eval.runs)
+KEPT = ("config.yaml", "metrics.jsonl", "timing.jsonl", "external.json")
 
 
 def archived(run: Path) -> Path:
@@ -110,14 +111,15 @@ def require_sb3() -> None:
 
 
 def run_sb3(algo: str, env_id: str, seed: int, steps: int, every: int, episodes: int,
-            out: Path, result: str = "sb3.json") -> dict:
+            out: Path) -> dict:
     """A Stable-Baselines3 peer (`algo`: SAC, DQN, PPO, ...; its default hyper-parameters,
     MlpPolicy, 1 thread) trained for `steps` env steps on reverie's env `env_id`, evaluated
     as reverie evaluates: `episodes` greedy episodes every `every` env steps, seeded as
-    reverie seeds its evaluation episodes. Its curve is stored as JSON (`out/result`, archived
+    reverie seeds its evaluation episodes. Its curve is stored as `out/external.json` (the
+    form `reverie report` reads, so reports place the peer beside reverie's runs; archived
     with `keep`), so a finished run is not repeated."""
-    if (locate(out) / result).exists():
-        return json.loads((locate(out) / result).read_text())
+    if (locate(out) / "external.json").exists():
+        return json.loads((locate(out) / "external.json").read_text())
     import gymnasium as gym
     import numpy as np
     import stable_baselines3
@@ -155,10 +157,11 @@ def run_sb3(algo: str, env_id: str, seed: int, steps: int, every: int, episodes:
     model = getattr(stable_baselines3, algo)("MlpPolicy", train_env, seed=seed, verbose=0,
                                              device="cpu")
     model.learn(total_timesteps=steps, callback=Every())
-    record = {"algo": algo, "env_steps": steps, "evals": curve,
-              "wall_s": round(time.time() - t0, 1)}
+    record = {"agent": f"sb3-{algo.lower()}", "env": env_id, "seed": seed, "steps": steps,
+              "evals": curve, "wall_s": round(time.time() - t0, 1), "algo": algo,
+              "env_steps": steps}
     out.mkdir(parents=True, exist_ok=True)
-    (out / result).write_text(json.dumps(record))
+    (out / "external.json").write_text(json.dumps(record))
     keep(out)
     return record
 

@@ -93,8 +93,9 @@ def test_campaign_sweeps_archives_and_reports(roots):
     campaign.run_imagine(c, "imagine", ["CartPole-v1"], seeds=2, workers=1)
     peer = c.peer_folder("PPO", "CartPole-v1", 0)
     peer.mkdir(parents=True)
-    (peer / "sb3.json").write_text(json.dumps(
-        {"algo": "PPO", "env_steps": 200, "evals": [[100, 9.0], [200, 11.0]], "wall_s": 1.0}))
+    (peer / "external.json").write_text(json.dumps(
+        {"agent": "sb3-ppo", "env": "CartPole-v1", "seed": 0, "steps": 200, "algo": "PPO",
+         "env_steps": 200, "evals": [[100, 9.0], [200, 11.0]], "wall_s": 1.0}))
     result = campaign.report(c, [0, 1], results=roots / "results")
     summary = result["summary"]["CartPole-v1"]
     assert summary["imagine"]["seeds"] == 2
@@ -103,6 +104,11 @@ def test_campaign_sweeps_archives_and_reports(roots):
                                  "CartPole-v1/imagine-uniform/s1", "CartPole-v1/sb3-ppo/s1"]
     assert [s for s, _ in result["runs"]["CartPole-v1/imagine/s1"]["evals"]] == [100, 200]
     assert (roots / "results" / "campaign_tiny.png").stat().st_size > 5000
+    from reverie.eval.runs import load_runs  # `reverie report` reads the peer beside reverie
+
+    runs, _ = load_runs([c.runs])
+    assert sorted((r.cfg.agent, r.seed) for r in runs) == [("random", 0), ("random", 1),
+                                                          ("sb3-ppo", 0)]
     shutil.rmtree(c.runs / "imagine")  # a new checkout: only the archive is left
     again = campaign.report(c, [0, 1], results=roots / "results")
     assert again["summary"] == result["summary"]

@@ -389,3 +389,59 @@ def test_a_group_that_averages_variants_as_seeds_is_named(tmp_path, capsys):
     assert main(["report", str(root), "--out", str(out), "--group-by", "backbone",
                  "--group-by", "imagine.world.free_bits_mode"]) == 0
     assert "averaged as if" not in capsys.readouterr().err
+
+
+def external_run(folder: Path, env: str, seed: int, evals: list[float], agent: str = "sb3-ppo",
+                 every: int = 100, **extra) -> Path:
+    """A run of another library, as bench/runlib.run_sb3 writes it."""
+    folder.mkdir(parents=True)
+    record = {"agent": agent, "env": env, "seed": seed, "steps": every * len(evals),
+              "evals": [[every * (i + 1), v] for i, v in enumerate(evals)], **extra}
+    (folder / "external.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_external_runs_are_scored_and_grouped_beside_reverie_runs(tmp_path):
+    root = tmp_path / "mixed"
+    for seed in range(2):
+        fake_run(root / f"reverie-{seed}", "CartPole-v1", seed, [100.0, 400.0 + seed])
+        external_run(root / f"ppo-{seed}", "CartPole-v1", seed, [50.0, 200.0 + 10 * seed],
+                     wall_s=20.0)
+    external_run(root / "hns", "ALE/Pong-v5", 0, [0.0, 14.6])  # Pong's human score
+    runs, warnings = load_runs([root])
+    assert warnings == []
+    ppo = sorted((r for r in runs if r.cfg.agent == "sb3-ppo" and r.env == "CartPole-v1"),
+                 key=lambda r: r.seed)
+    assert [r.score for r in ppo] == [200.0, 210.0]  # the last evaluation
+    assert ppo[0].curve == [(100, 50.0), (200, 200.0)] and ppo[0].target_steps == 200
+    assert ppo[0].wall_s == 20.0 and ppo[0].steps_per_s == pytest.approx(10.0)
+    assert ppo[0].setting("backbone") == "-" and ppo[0].setting("run.train_ratio") == "?"
+    pong = next(r for r in runs if r.env == "ALE/Pong-v5")
+    assert pong.kind.name == "HNS" and pong.score == pytest.approx(1.0)
+    report, warnings = write_report([root], tmp_path / "rep", ["agent", "backbone"],
+                                    finished_only=True)
+    text = report.read_text()
+    assert "| CartPole-v1 | sb3-ppo | 2 | 205 ± 5 |" in text
+    assert "| CartPole-v1 | random | 2 |" in text
+
+
+@pytest.mark.parametrize("record, reason", [
+    ({"agent": "sb3-ppo", "env": "CartPole-v1", "seed": 0, "steps": 100}, "lacks evals"),
+    ({"agent": "imagine", "env": "CartPole-v1", "seed": 0, "steps": 100, "evals": [[100, 1.0]]},
+     "reverie's own agent 'imagine'"),
+    ({"agent": "ppo", "env": "CartPole-v1", "seed": "0", "steps": 100, "evals": [[100, 1.0]]},
+     "seed must be an integer"),
+    ({"agent": "ppo", "env": "CartPole-v1", "seed": 0, "steps": 100, "evals": []},
+     "non-empty list"),
+    ({"agent": "ppo", "env": "CartPole-v1", "seed": 0, "steps": 100,
+      "evals": [[100, float("nan")]]}, "finite"),
+    ([1, 2], "one JSON object"),
+])
+def test_a_malformed_external_run_is_skipped_with_its_reason(tmp_path, record, reason):
+    fake_run(tmp_path / "good", "CartPole-v1", 0, [1.0])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "external.json").write_text(json.dumps(record))
+    runs, warnings = load_runs([tmp_path])
+    assert [r.path.name for r in runs] == ["good"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"skipped {tmp_path / 'bad'}: ")
+    assert reason in warnings[0], warnings[0]

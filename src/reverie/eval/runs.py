@@ -3,6 +3,12 @@
 A folder that cannot be scored (empty, killed before it logged, written by another version,
 of an agent this reverie does not know, damaged logs) is skipped with a one-line reason;
 `load_runs` raises a UserError only when nothing usable is left.
+
+A run trained outside reverie (a baseline of another library, evaluated on reverie's env) is
+a folder holding `external.json`: {"agent": its name (e.g. "sb3-ppo"; not one of reverie's
+agents), "env": reverie's env id, "seed": int, "steps": the run's env-step budget,
+"evals": [[env step, mean evaluation return], ...], optional "wall_s"}. Reports score, group
+and plot it as they do reverie's runs with evaluations; `--group-by agent` sets it apart.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from reverie.eval.scores import ScoreKind, atari_game, human_normalized, score_k
 from reverie.run.folder import CONFIG, MARKER, PROGRESS
 from reverie.run.logger import METRICS, TIMING, read_jsonl
 
+EXTERNAL = "external.json"  # a run of another library (module docstring)
 FINAL_FRACTION = 0.1  # without evaluations: the training episodes of the last 10% of steps
 CURVE_POINTS = 20  # training-episode curves are averaged over windows of steps/20
 
@@ -49,6 +56,8 @@ class Run:
         if key == "backbone":
             from reverie.config import AGENTS
 
+            if self.cfg.agent not in AGENTS:  # an external run: its backbone is unknown
+                return "-"
             path = AGENTS[self.cfg.agent][3]
             return str(OmegaConf.select(self.cfg, f"{self.cfg.agent}.{path}")) if path else "-"
         value = OmegaConf.select(self.cfg, key, default="?")
@@ -122,6 +131,8 @@ def read_run(folder: Path) -> Run:
     from reverie.run.checkpoint import FORMAT
 
     folder = Path(folder)
+    if not (folder / CONFIG).exists() and (folder / EXTERNAL).exists():
+        return read_external(folder)
     if not (folder / CONFIG).exists():
         if not folder.is_dir() or not any(folder.iterdir()):
             raise UserError("empty folder")
@@ -146,19 +157,69 @@ def read_run(folder: Path) -> Run:
     else:
         raise UserError("no returns logged yet (no finished episode or evaluation)")
     final_raw = final_return(evals, episodes, last)
-    game = atari_game(env)
-    if kind.name == "HNS":
-        curve = [(s, human_normalized(v, game)) for s, v in raw_curve]
-        score = human_normalized(final_raw, game)
-    elif kind.name == "MMER":
-        curve = mmer_curve(raw_curve)  # the running max: MMER as of each step
-        score = mmer(raw_curve)
-    else:
-        curve, score = list(raw_curve), final_raw
+    curve, score = _in_score_units(kind, env, raw_curve, final_raw)
     wall, rate = _wall_time(timing)
     return Run(path=folder, cfg=cfg, env=env, seed=int(cfg.seed), env_steps=last,
                target_steps=steps, final_raw=final_raw, score=float(score), kind=kind,
                curve=curve, wall_s=wall, steps_per_s=rate, source=source)
+
+
+def _in_score_units(kind: ScoreKind, env: str, raw_curve: list[tuple[int, float]],
+                    final_raw: float) -> tuple[list[tuple[int, float]], float]:
+    """(curve, final score) in `kind`'s unit from raw returns."""
+    if kind.name == "HNS":
+        game = atari_game(env)
+        return ([(s, human_normalized(v, game)) for s, v in raw_curve],
+                human_normalized(final_raw, game))
+    if kind.name == "MMER":
+        return mmer_curve(raw_curve), mmer(raw_curve)  # the running max: MMER at each step
+    return list(raw_curve), final_raw
+
+
+def read_external(folder: Path) -> Run:
+    """Score a run of another library from its `external.json` (module docstring)."""
+    from reverie.config import AGENTS
+
+    try:
+        data = json.loads((folder / EXTERNAL).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"unreadable {EXTERNAL} ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{EXTERNAL} must hold one JSON object")
+    missing = [k for k in ("agent", "env", "seed", "steps", "evals") if k not in data]
+    if missing:
+        raise UserError(f"{EXTERNAL} lacks {', '.join(missing)}")
+    agent, env = data["agent"], data["env"]
+    if not isinstance(agent, str) or not agent or not isinstance(env, str) or not env:
+        raise UserError(f"{EXTERNAL}: agent and env must be non-empty strings")
+    if agent in AGENTS:
+        raise UserError(f"{EXTERNAL} names reverie's own agent '{agent}'; name the other "
+                        "library's agent (e.g. sb3-ppo)")
+    seed, steps = data["seed"], data["steps"]
+    if (not isinstance(seed, int) or isinstance(seed, bool) or not isinstance(steps, int)
+            or isinstance(steps, bool) or steps < 1):
+        raise UserError(f"{EXTERNAL}: seed must be an integer and steps a positive integer")
+    evals = data["evals"]
+    ok = isinstance(evals, list) and evals and all(
+        isinstance(e, list) and len(e) == 2 and isinstance(e[0], int)
+        and not isinstance(e[0], bool) and isinstance(e[1], (int, float))
+        and math.isfinite(float(e[1])) for e in evals)
+    if not ok:
+        raise UserError(f"{EXTERNAL}: evals must be a non-empty list of [env step, finite "
+                        "mean return] pairs")
+    wall = data.get("wall_s")
+    wall = float(wall) if isinstance(wall, (int, float)) and not isinstance(wall, bool) \
+        and math.isfinite(float(wall)) and wall > 0 else None
+    raw_curve = sorted((int(s), float(v)) for s, v in evals)
+    last = raw_curve[-1][0]
+    kind = score_kind(env)
+    final_raw = final_return(raw_curve, [], last)
+    curve, score = _in_score_units(kind, env, raw_curve, final_raw)
+    cfg = OmegaConf.create({"agent": agent, "env": {"id": env}, "seed": seed,
+                            "run": {"steps": steps}})
+    return Run(path=folder, cfg=cfg, env=env, seed=seed, env_steps=last, target_steps=steps,
+               final_raw=final_raw, score=float(score), kind=kind, curve=curve, wall_s=wall,
+               steps_per_s=last / wall if wall else None, source="eval")
 
 
 def final_return(evals: list[tuple[int, float]], episodes: list[tuple[int, float]],
@@ -191,7 +252,7 @@ def find_run_folders(path: Path) -> list[Path]:
 
 
 def _is_run(folder: Path) -> bool:
-    return any((folder / name).exists() for name in (CONFIG, MARKER, METRICS))
+    return any((folder / name).exists() for name in (CONFIG, MARKER, METRICS, EXTERNAL))
 
 
 def load_runs(paths: list[str | Path],
