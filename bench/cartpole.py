@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runlib import RUNS_ROOT, require_sb3, run_sb3, seed_mean_ci  # noqa: E402
+from runlib import RUNS_ROOT, keep, locate, require_sb3, run_sb3, seed_mean_ci  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -85,8 +85,9 @@ def run_reverie(backbone: str, seed: int, steps: int, out: Path, overrides: list
                 reuse: bool = False, preset: str = "cartpole") -> dict:
     """`reverie train --preset P --backbone B --seed S --steps N --set o ...` into out/B-sS."""
     run = out / f"{backbone}-s{seed}"
-    if reuse and (done := finished_run(run, backbone, seed, steps, overrides,
-                                       preset)) is not None:
+    archives = run.resolve().is_relative_to(RUNS_ROOT.resolve())  # bench/runs/: kept
+    if reuse and (done := finished_run(locate(run) if archives else run, backbone, seed, steps,
+                                       overrides, preset)) is not None:
         return done
     resume = reuse and same_command(run, backbone, seed, steps, overrides, preset) and any(
         (run / "checkpoints").glob("*"))
@@ -110,6 +111,8 @@ def run_reverie(backbone: str, seed: int, steps: int, out: Path, overrides: list
     wall = time.time() - t0
     if proc.returncode != 0:
         return {"backbone": backbone, "seed": seed, "error": proc.stderr.strip()[-800:]}
+    if archives:
+        keep(run)  # what a report needs of it, committed under bench/results/runs/
     evals = read_evals(run)
     out = {"backbone": backbone, "seed": seed, "wall_s": round(wall, 1),
            "eval_steps": [s for s, _ in evals], "eval_return": [r for _, r in evals]}
@@ -198,7 +201,7 @@ def main() -> None:
                    help="seeds for the backbones other than mamba2")
     p.add_argument("--steps", type=int, default=TARGET_STEPS)
     p.add_argument("--ppo-steps", type=int, default=10_000)
-    p.add_argument("--out", default=str(ROOT / "runs" / "bench-cartpole"))
+    p.add_argument("--out", default=str(RUNS_ROOT / "cartpole" / "reverie"))
     p.add_argument("--set", dest="extra", action="append", default=[])
     p.add_argument("--merge", action="store_true", help="add to an existing cartpole.json")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel")

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cartpole import RESULTS, ROOT, run_reverie  # noqa: E402
-from runlib import random_policy_return, seed_mean_ci  # noqa: E402
+from cartpole import RESULTS, run_reverie  # noqa: E402
+from runlib import RUNS_ROOT, random_policy_return, seed_mean_ci  # noqa: E402
 
 # task -> (preset, env steps, extra overrides)
 TASKS = {
@@ -44,7 +44,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--reuse-cartpole", action="store_true",
                    help="take the dfs CartPole runs from bench/results/cartpole.json (mamba2)")
-    p.add_argument("--out", default=str(ROOT / "runs" / "bench-dfs"))
+    p.add_argument("--out", default=str(RUNS_ROOT / "dfs"))
     p.add_argument("--reuse", action="store_true",
                    help="keep finished runs in --out whose resolved config matches")
     p.add_argument("--report-only", action="store_true",
