@@ -57,11 +57,14 @@ def locate(run: Path) -> Path:
 
 def progress(run: Path) -> int:
     """Env steps a run folder has reached: its newest checkpoint's step (0 if none); for an
-    archived run, the step recorded when it was kept. (The logged rows can end before it:
-    the last log row need not fall on the last step.)"""
+    archived run, the step recorded when it was kept; for a peer (`external.json`), the steps
+    it trained. (The logged rows can end before it: the last log row need not fall on the
+    last step.)"""
     from reverie.errors import UserError
     from reverie.run.checkpoint import CheckpointStore
 
+    if (run / "external.json").exists():
+        return int(json.loads((run / "external.json").read_text())["steps"])
     if not (run / "checkpoints").exists() and (run / "progress.json").exists():
         return int(json.loads((run / "progress.json").read_text())["env_steps"])
 
