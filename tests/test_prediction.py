@@ -110,6 +110,21 @@ def test_eval_command_reports_the_prediction_error(trained, capsys):
                                        "got -1\n")
 
 
+def test_eval_prediction_window_is_set_on_the_command_line(trained, capsys):
+    assert main(["eval", str(trained), "--episodes", "1", "--prediction", "2", "--context",
+                 "2", "--horizon", "3", "--out", str(trained / "pred.json")]) == 0
+    result = json.loads(capsys.readouterr().out)["prediction"]
+    assert result["context"] == 2 and len(result["model_mse"]) == 3
+    # longer than any CartPole episode: the error names the flags that fix it, and the
+    # evaluation's returns are printed before it
+    assert main(["eval", str(trained), "--episodes", "1", "--prediction", "1", "--horizon",
+                 "600", "--out", str(trained / "pred.json")]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["episodes"] == 1
+    assert captured.err.startswith("reverie: error: no greedy episode lasted 604 steps")
+    assert captured.err.strip().endswith("lower --horizon or --context")
+
+
 def test_eval_prediction_needs_a_world_model(tmp_path, capsys):
     out = tmp_path / "random"
     Trainer(build_config("random", ["run.eval_episodes=0", "run.progress=false"],

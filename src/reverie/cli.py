@@ -62,9 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=_int, default=12345)
     e.add_argument("--out", default=None, help="JSON path (default RUN/eval.json)")
     e.add_argument("--prediction", type=_int, default=0, metavar="WINDOWS",
-                   help="also score the world model's open-loop prediction of the next 16 "
-                        "observations over WINDOWS windows of greedy episodes, beside "
-                        "copying the last observed one (default 0: off)")
+                   help="also score the world model's open-loop prediction of the next "
+                        "--horizon observations after --context observed ones, over WINDOWS "
+                        "windows of greedy episodes, beside copying the last observed one "
+                        "(default 0: off)")
+    e.add_argument("--horizon", type=_positive_int, default=16,
+                   help="imagined steps per --prediction window (default 16)")
+    e.add_argument("--context", type=_positive_int, default=None,
+                   help="observed steps before each --prediction window (default: the run's "
+                        "imagine.context)")
 
     w = sub.add_parser("watch", help="GIF of the agent in its env, and the world model's "
                        "imagination beside the real episode")
@@ -183,8 +189,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from reverie.eval.prediction import prediction_error
 
         try:
-            result["prediction"] = prediction_error(policy, windows=args.prediction,
-                                                    seed=args.seed).as_dict()
+            result["prediction"] = prediction_error(
+                policy, windows=args.prediction, context=args.context, horizon=args.horizon,
+                seed=args.seed).as_dict()
         except UserError:
             print(json.dumps(result), flush=True)  # the returns are not lost
             raise

@@ -131,7 +131,7 @@ def prediction_error(policy, windows: int = 16, context: int | None = None,
                 n += 1
     if n == 0:
         raise UserError(f"no greedy episode lasted {span} steps (context {context} + horizon "
-                        f"{horizon}); lower --prediction's horizon or the run's context")
+                        f"{horizon}); lower --horizon or --context")
     def pooled(sums: np.ndarray) -> list[float | None]:
         return [float(x / k) if k else None for x, k in zip(sums, moving_n)]
 
