@@ -730,8 +730,12 @@ def drama_ablation_table(results: Path) -> str | None:
         lines.append(_row([s["task"], f"{s['variant']}: {sets}",
                            " ".join(str(x) for x in s["seeds"]), _with_ci(s, "final"),
                            _with_ci(s, "best"), _with_ci(s, "last3"), f"{s['wall_min']:.0f}"]))
-    note = (f"\nMamba-2 world model, the task's preset plus the variant, "
-            f"{report['steps']:,} env steps, greedy evaluation every 1,000 steps; returns are "
+    budgets = "; ".join(f"{task}: {t[3]:,} env steps, an evaluation every {t[2]:,}"
+                        + (f", with {' '.join(f'`{o}`' for o in t[4])}" if t[4] else "")
+                        for task, t in report["tasks"].items()
+                        if any(s["task"] == task for s in report["summary"].values()))
+    note = (f"\nMamba-2 world model, the task's preset plus the variant ({budgets}), greedy "
+            "evaluations; returns are "
             "means over the seeds listed, in brackets their 95% bootstrap interval over seeds "
             "(`reverie.eval.stats`; with 2–4 seeds it is wide and only as good as those seeds). "
             "A policy that peaks and then drifts shows a gap between best and the mean of the "
