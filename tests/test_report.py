@@ -408,6 +408,9 @@ def test_external_runs_are_scored_and_grouped_beside_reverie_runs(tmp_path):
         external_run(root / f"ppo-{seed}", "CartPole-v1", seed, [50.0, 200.0 + 10 * seed],
                      wall_s=20.0)
     external_run(root / "hns", "ALE/Pong-v5", 0, [0.0, 14.6])  # Pong's human score
+    pong_json = json.loads((root / "hns" / "external.json").read_text())
+    pong_json["evals"] = [[float(s), v] for s, v in pong_json["evals"]]  # 100.0: a step too
+    (root / "hns" / "external.json").write_text(json.dumps(pong_json))
     runs, warnings = load_runs([root])
     assert warnings == []
     ppo = sorted((r for r in runs if r.cfg.agent == "sb3-ppo" and r.env == "CartPole-v1"),
@@ -435,6 +438,8 @@ def test_external_runs_are_scored_and_grouped_beside_reverie_runs(tmp_path):
      "non-empty list"),
     ({"agent": "ppo", "env": "CartPole-v1", "seed": 0, "steps": 100,
       "evals": [[100, float("nan")]]}, "finite"),
+    ({"agent": "ppo", "env": "CartPole-v1", "seed": 0, "steps": 100,
+      "evals": [[100.5, 1.0]]}, "[env step, finite mean return]"),
     ([1, 2], "one JSON object"),
 ])
 def test_a_malformed_external_run_is_skipped_with_its_reason(tmp_path, record, reason):

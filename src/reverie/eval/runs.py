@@ -200,16 +200,17 @@ def read_external(folder: Path) -> Run:
             or isinstance(steps, bool) or steps < 1):
         raise UserError(f"{EXTERNAL}: seed must be an integer and steps a positive integer")
     evals = data["evals"]
+    def number(v: object) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
     ok = isinstance(evals, list) and evals and all(
-        isinstance(e, list) and len(e) == 2 and isinstance(e[0], int)
-        and not isinstance(e[0], bool) and isinstance(e[1], (int, float))
-        and math.isfinite(float(e[1])) for e in evals)
+        isinstance(e, list) and len(e) == 2 and number(e[0]) and float(e[0]).is_integer()
+        and e[0] >= 0 and number(e[1]) for e in evals)
     if not ok:
         raise UserError(f"{EXTERNAL}: evals must be a non-empty list of [env step, finite "
                         "mean return] pairs")
     wall = data.get("wall_s")
-    wall = float(wall) if isinstance(wall, (int, float)) and not isinstance(wall, bool) \
-        and math.isfinite(float(wall)) and wall > 0 else None
+    wall = float(wall) if number(wall) and wall > 0 else None
     raw_curve = sorted((int(s), float(v)) for s, v in evals)
     last = raw_curve[-1][0]
     kind = score_kind(env)
