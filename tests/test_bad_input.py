@@ -99,7 +99,13 @@ CASES = [
     ("atari game typo", ["train", "--preset", "atari100k", "--env", "ALE/Pongg-v5"],
      "did you mean 'ALE/Pong-v5'"),
     ("section overridden", ["train", "--set", "run=[]", "--set", "run.steps=3"], "override"),
+    ("missing preset file", ["train", "--preset", "{tmp}/mine.yaml"], "cannot read preset file"),
+    ("preset file is a list", ["train", "--preset", "{tmp}/list.yaml"], "must be a mapping"),
+    ("preset file bad YAML", ["train", "--preset", "{tmp}/broken.yaml"], "not valid YAML"),
+    ("preset file key typo", ["train", "--preset", "{tmp}/typo.yaml"], "did you mean 'run.steps'"),
 ]
+PRESET_FILES = {"list.yaml": "- run\n- steps\n", "broken.yaml": "run: {steps: [\n",
+                "typo.yaml": "base: random\nrun:\n  stpes: 10\n"}
 PREPARE = {
     "corrupt checkpoints": corrupt_all,
     "truncated checkpoints": truncate_all,
@@ -116,6 +122,8 @@ def test_bad_input(name, argv, fragment, finished_run, tmp_path, capsys, monkeyp
         PREPARE[name](run)
     if name == "missing extra":
         monkeypatch.setitem(sys.modules, "dm_control", None)  # import fails as if absent
+    for file, text in PRESET_FILES.items():
+        (tmp_path / file).write_text(text)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     argv = [a.replace("{run}", str(run)).replace("{tmp}", str(tmp_path)) for a in argv]
     code = main(argv)

@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train an agent; writes a run folder")
-    t.add_argument("--preset", default=None, help="named preset (default: cartpole)")
+    t.add_argument("--preset", default=None,
+                   help="a bundled preset (`reverie presets`) or your own YAML file "
+                        "(default: cartpole)")
     t.add_argument("--env", default=None, help="env spec, e.g. CartPole-v1, ALE/Pong-v5")
     t.add_argument("--backbone", default=None, help="gru | transformer | mamba1 | mamba2 | ffm")
     t.add_argument("--steps", type=_positive_int, default=None, help="env steps to train")
@@ -91,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sweep", help="a grid of `reverie train` runs (local processes or Ray), "
                        "then a report")
-    s.add_argument("--preset", default=None, help="named preset (default: cartpole)")
+    s.add_argument("--preset", default=None,
+                   help="a bundled preset (`reverie presets`) or your own YAML file "
+                        "(default: cartpole)")
     s.add_argument("--env", dest="envs", action="append", default=[], metavar="ENV",
                    help="env spec (repeatable; default: the preset's)")
     s.add_argument("--seeds", type=_positive_int, default=1, help="seeds 0..N-1 per setting")

@@ -112,14 +112,74 @@ def presets() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_preset(name: str) -> dict[str, Any]:
-    if name not in presets():
-        raise UserError(
-            f"unknown preset '{name}'{suggest(name, presets())}; "
-            f"choose one of: {', '.join(presets())}"
-        )
-    text = (resources.files("reverie") / "presets" / f"{name}.yaml").read_text()
-    return yaml.safe_load(text) or {}
+def is_preset_file(name: str) -> bool:
+    """A --preset naming a YAML file (a path or *.yaml / *.yml) rather than a bundled one."""
+    return name.endswith((".yaml", ".yml")) or "/" in name
+
+
+def load_preset(name: str, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A bundled preset by name, or the user's own YAML file of the same form. A file may
+    start from another preset with `base: <name or file>` (a relative file from its own
+    folder) and change only what differs; a backbone it changes drops the base's backbone
+    options, as --backbone does."""
+    if is_preset_file(name):
+        where = f"preset file '{name}'"
+        try:
+            text = Path(name).expanduser().read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            reason = getattr(e, "strerror", None) or "not UTF-8 text"
+            raise UserError(f"cannot read {where} ({reason}); pass a YAML file or a bundled "
+                            f"preset: {', '.join(presets())}") from None
+    else:
+        if name not in presets():
+            raise UserError(
+                f"unknown preset '{name}'{suggest(name, presets())}; choose one of: "
+                f"{', '.join(presets())}, or pass your own YAML file"
+            )
+        where = f"preset '{name}'"
+        text = (resources.files("reverie") / "presets" / f"{name}.yaml").read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UserError(f"{where} is not valid YAML ({str(e).splitlines()[0]})") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise UserError(f"{where} must be a mapping of settings (agent: ..., run: ...), not "
+                        f"a {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise UserError(f"{where}: base must name a preset or a YAML file")
+    if is_preset_file(base) and not Path(base).expanduser().is_absolute() \
+            and is_preset_file(name):
+        base = str(Path(name).expanduser().parent / base)
+    if base in (*_chain, name):
+        raise UserError(f"{where}: its bases form a cycle ({' -> '.join((*_chain, name, base))})")
+    return _over_base(load_preset(base, (*_chain, name)), data)
+
+
+def _over_base(base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """`data` merged over `base` key by key; a backbone that `data` changes starts without
+    the base's backbone options (they belong to the base's backbone)."""
+    try:
+        merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(base),
+                                                        OmegaConf.create(data)))
+    except OmegaConfBaseException as e:  # a section in one, a value in the other
+        raise UserError(f"a preset does not fit its base ({str(e).splitlines()[0]})") from None
+    agent = str(merged.get("agent", "imagine"))
+    backbone_key = AGENTS.get(agent, (None, None, None, None))[3]
+    if backbone_key:
+        path = f"{agent}.{backbone_key}"
+        mine, theirs = OmegaConf.create(data), OmegaConf.create(base)
+        backbone = OmegaConf.select(mine, path, default=None)
+        if backbone is not None and backbone != OmegaConf.select(theirs, path, default=None):
+            node = OmegaConf.create(merged)  # only the file's own options for its backbone
+            OmegaConf.update(node, path + "_kwargs",
+                             OmegaConf.select(mine, path + "_kwargs", default=None) or {},
+                             merge=False)
+            merged = OmegaConf.to_container(node)
+    return merged
 
 
 def agent_parts(name: str) -> tuple[type, type, str | None]:

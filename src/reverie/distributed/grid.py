@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from reverie.config import RESUME_KEYS, build_config, load_run_config
+from reverie.config import RESUME_KEYS, build_config, is_preset_file, load_run_config
 from reverie.errors import UserError
 
 
@@ -98,6 +98,8 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
                 threads: int | None) -> list[Trial]:
     """Every trial of the sweep, each config validated; UserError on the first bad one."""
     axes = parse_grid(grid)
+    if preset and is_preset_file(preset):  # trials may start in another working directory
+        preset = str(Path(preset).expanduser().resolve())
     sets = list(overrides)
     if threads and not any(s.split("=", 1)[0].strip() == "run.threads" for s in sets) \
             and "run.threads" not in (k for k, _ in axes):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reverie.config import is_preset_file
 from reverie.distributed.grid import Trial, make_trials, parse_grid
 from reverie.distributed.trial import run_trial
 from reverie.errors import UserError
@@ -79,7 +80,8 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
         raise UserError(f"unknown backend '{backend}'; choose local or ray")
     if address is not None and backend != "ray":
         raise UserError("--address joins a Ray cluster; add --backend ray")
-    out = Path(sweep.out or Path("sweeps") / (sweep.preset or "cartpole"))
+    name = sweep.preset or "cartpole"
+    out = Path(sweep.out or Path("sweeps") / (Path(name).stem if is_preset_file(name) else name))
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file; choose a folder")
     workers = sweep.workers or default_workers()

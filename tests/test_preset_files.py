@@ -1,0 +1,75 @@
+"""--preset FILE: the user's own presets, in the bundled presets' form, optionally on a base."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reverie.cli import main
+from reverie.config import build_config, load_preset
+from reverie.distributed.grid import make_trials
+from reverie.errors import UserError
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_a_preset_file_is_a_preset(tmp_path):
+    mine = write(tmp_path / "mine.yaml", "agent: random\nenv: {id: Acrobot-v1}\n"
+                                         "run: {steps: 123, train_ratio: 8}\n")
+    cfg = build_config(str(mine))
+    assert (cfg.agent, cfg.env.id, cfg.run.steps, cfg.run.train_ratio) == \
+        ("random", "Acrobot-v1", 123, 8)
+    # flags and --set still go on top, as with a bundled preset
+    cfg = build_config(str(mine), ["run.train_ratio=4"], {"steps": 50})
+    assert (cfg.run.steps, cfg.run.train_ratio) == (50, 4)
+
+
+def test_a_base_preset_is_changed_only_where_the_file_says(tmp_path):
+    mine = write(tmp_path / "mine.yml", "base: cartpole\nrun: {steps: 777}\n"
+                                        "imagine: {world: {stoch: 8}}\n")
+    cfg, cartpole = build_config(str(mine)), build_config("cartpole")
+    assert (cfg.run.steps, cfg.imagine.world.stoch) == (777, 8)
+    cfg.run.steps, cfg.imagine.world.stoch = cartpole.run.steps, cartpole.imagine.world.stoch
+    assert cfg == cartpole  # everything else is the base's
+
+
+def test_a_backbone_changed_over_a_base_drops_the_base_backbone_options(tmp_path):
+    # cartpole's mamba2 takes head_dim, which a GRU does not
+    assert load_preset("cartpole")["imagine"]["world"]["backbone_kwargs"] == {"head_dim": 32}
+    gru = write(tmp_path / "gru.yaml", "base: cartpole\nimagine: {world: {backbone: gru}}\n")
+    cfg = build_config(str(gru))
+    assert cfg.imagine.world.backbone == "gru" and dict(cfg.imagine.world.backbone_kwargs) == {}
+    assert cfg.imagine.world.d_model == build_config("cartpole").imagine.world.d_model
+    # options given with the new backbone are kept
+    ffm = write(tmp_path / "ffm.yaml", "base: cartpole\nimagine: {world: {backbone: ffm, "
+                                       "backbone_kwargs: {memory_size: 16}}}\n")
+    assert dict(build_config(str(ffm)).imagine.world.backbone_kwargs) == {"memory_size": 16}
+
+
+def test_bases_chain_from_the_files_own_folder_and_cycles_are_refused(tmp_path, monkeypatch):
+    write(tmp_path / "presets" / "small.yaml", "base: random\nrun: {steps: 40}\n")
+    write(tmp_path / "presets" / "smaller.yaml", "base: small.yaml\nrun: {train_ratio: 2}\n")
+    monkeypatch.chdir(tmp_path.parent)  # a relative base is read beside its file, not the cwd
+    cfg = build_config(str(tmp_path / "presets" / "smaller.yaml"))
+    assert (cfg.agent, cfg.run.steps, cfg.run.train_ratio) == ("random", 40, 2)
+    write(tmp_path / "a.yaml", "base: b.yaml\n")
+    write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(UserError, match="cycle"):
+        load_preset(str(tmp_path / "a.yaml"))
+
+
+def test_train_and_sweep_with_a_preset_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "fast.yaml", "base: random\nrun: {steps: 60, eval_episodes: 0}\n")
+    assert main(["train", "--preset", "fast.yaml", "--no-progress", "--out", "r"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["env_steps"] == 60
+    # a sweep's trials get the file's absolute path (they may start elsewhere)
+    trials = make_trials("fast.yaml", [], 2, None, [], [], tmp_path / "sweep", None)
+    assert [t.preset for t in trials] == [str(tmp_path / "fast.yaml")] * 2
+    assert [t.steps for t in trials] == [60, 60]
