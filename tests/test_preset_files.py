@@ -73,3 +73,15 @@ def test_train_and_sweep_with_a_preset_file(tmp_path, monkeypatch, capsys):
     trials = make_trials("fast.yaml", [], 2, None, [], [], tmp_path / "sweep", None)
     assert [t.preset for t in trials] == [str(tmp_path / "fast.yaml")] * 2
     assert [t.steps for t in trials] == [60, 60]
+
+
+def test_presets_command_describes_each_bundled_preset(capsys):
+    from reverie.config import presets
+
+    assert main(["presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["preset", "agent", "env", "steps", "about"]
+    rows = {line.split()[0]: line.split() for line in lines[1:-1]}
+    assert sorted(rows) == presets()
+    assert rows["cartpole"][1:4] == ["imagine", "CartPole-v1", "5,000"]
+    assert rows["popgym-ppo"][1] == "rppo" and "--preset FILE.yaml" in lines[-1]

@@ -270,9 +270,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return USAGE_EXIT
         if args.command == "presets":
-            from reverie.config import presets
+            from reverie.config import preset_summary, presets
 
-            print("\n".join(presets()))
+            print(f"{'preset':<24} {'agent':<8} {'env':<30} {'steps':>9}  about")
+            print("\n".join(preset_summary(name) for name in presets()))
+            print("(or --preset FILE.yaml: your own, optionally with base: <preset>)")
             return 0
         handler = {"train": cmd_train, "eval": cmd_eval, "watch": cmd_watch,
                    "report": cmd_report, "sweep": cmd_sweep}[args.command]

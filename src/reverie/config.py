@@ -112,6 +112,20 @@ def presets() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def preset_summary(name: str, width: int = 80) -> str:
+    """One line on a bundled preset: its agent, env, env steps and the first sentence of the
+    comment that opens its file (cut at `width` characters)."""
+    text = (resources.files("reverie") / "presets" / f"{name}.yaml").read_text()
+    comment = " ".join(line.lstrip("# ").strip() for line in text.splitlines()
+                       if line.startswith("#"))
+    cut = comment.find(". ")
+    sentence = (comment[:cut + 1] if cut >= 0 else comment).strip()
+    if len(sentence) > width:
+        sentence = sentence[:width].rsplit(" ", 1)[0].rstrip(",;:(") + " ..."
+    cfg = build_config(name)
+    return f"{name:<24} {cfg.agent:<8} {cfg.env.id:<30} {int(cfg.run.steps):>9,}  {sentence}"
+
+
 def is_preset_file(name: str) -> bool:
     """A --preset naming a YAML file (a path or *.yaml / *.yml) rather than a bundled one."""
     return name.endswith((".yaml", ".yml")) or "/" in name
