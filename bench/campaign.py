@@ -191,16 +191,22 @@ def summarise(c: Campaign, runs: dict[str, dict], seeds: list[int],
 
 
 def dfs_verdict(c: Campaign, summary: dict) -> dict:
-    """Per task: does DFS beat uniform? Decided by the intervals of the final score only."""
+    """Per task: does DFS beat uniform? Decided, for the final score and for the area under
+    the evaluation curve each, by whether their intervals are apart."""
     verdict = {}
     for task in c.uniform_tasks:
         a = summary.get(task, {}).get("imagine")
         b = summary.get(task, {}).get("imagine-uniform")
         if not a or not b:
             continue
-        (alo, ahi), (blo, bhi) = a["final"]["ci95"], b["final"]["ci95"]
-        verdict[task] = ("dfs better" if alo > bhi else "uniform better" if blo > ahi
-                         else "no difference resolved (intervals overlap)")
+        parts = []
+        for measure, name in (("final", "final"), ("auc", "area under the curve")):
+            (alo, ahi), (blo, bhi) = a[measure]["ci95"], b[measure]["ci95"]
+            said = ("DFS higher" if alo > bhi else "uniform higher" if blo > ahi
+                    else "no difference resolved")
+            parts.append(f"{name} {said} ({a[measure]['mean']:.2f} [{alo:.2f}–{ahi:.2f}] vs "
+                         f"{b[measure]['mean']:.2f} [{blo:.2f}–{bhi:.2f}])")
+        verdict[task] = ", ".join(parts)
     return verdict
 
 

@@ -266,8 +266,8 @@ def campaign_table(results: Path, name: str, column: str) -> str | None:
                  + ", ".join(f"{labels[m]} {statistics.median(walls[m]) / 60:.1f} min"
                              for m in labels if m in walls) + ".")
     if report["dfs_vs_uniform"]:
-        note += (" DFS vs uniform, decided by the final score's intervals (with 2 seeds an "
-                 "interval spans about the two seeds' range): " + "; ".join(
+        note += (" DFS vs uniform (DFS first), decided by whether the intervals are apart "
+                 "(with 2 seeds an interval spans about the two seeds' range): " + "; ".join(
                      f"{g}: {v}" for g, v in report["dfs_vs_uniform"].items()) + ".")
     if report["missing"]:
         more = ", ..." if len(report["missing"]) > 10 else ""
