@@ -322,6 +322,17 @@ def test_group_label_leaves_out_keys_a_run_does_not_have():
     assert group_label(run(), ["mbpo.mode"]) == "all"
 
 
+def test_replay_settings_label_only_agents_that_keep_a_replay(tmp_path):
+    from reverie.eval.report import group_label
+
+    fake_run(tmp_path / "random", "CartPole-v1", 0, [1.0], sets=("replay.sampler=uniform",))
+    fake_run(tmp_path / "rppo", "popgym-RepeatPreviousEasy-v0", 0, [0.5], preset="popgym-ppo")
+    runs = {r.path.name: r for r in load_runs([tmp_path])[0]}
+    keys = ["agent", "replay.sampler"]
+    assert group_label(runs["random"], keys) == "random/sampler=uniform"
+    assert group_label(runs["rppo"], keys) == "rppo"  # PPO keeps its own rollouts
+
+
 def test_finished_only_leaves_out_runs_still_training(tmp_path, capsys):
     root = tmp_path / "runs"
     fake_run(root / "done", "CartPole-v1", 0, [10.0, 20.0])

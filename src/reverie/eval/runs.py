@@ -60,6 +60,12 @@ class Run:
                 return "-"
             path = AGENTS[self.cfg.agent][3]
             return str(OmegaConf.select(self.cfg, f"{self.cfg.agent}.{path}")) if path else "-"
+        if key.startswith("replay."):
+            from reverie.config import AGENTS, agent_parts
+
+            if self.cfg.agent not in AGENTS or not getattr(agent_parts(self.cfg.agent)[1],
+                                                           "uses_replay", True):
+                return "-"  # an agent that keeps no sequence replay: the setting is unused
         value = OmegaConf.select(self.cfg, key, default="?")
         return str(value)
 
