@@ -117,7 +117,7 @@ def aggregates_png(groups: list[Group], out: Path, colors: dict) -> Path:
             ax.margins(x=0.08)
             unit = "HNS (%)" if kind.name == "HNS" else kind.label
             ax.set_xlabel(unit, fontsize=9)
-            ax.set_title(name + (" (lower is better)" if name == "optimality gap" else ""),
+            ax.set_title(name + ("\n(lower is better)" if name == "optimality gap" else ""),
                          fontsize=10)
             ax.grid(axis="x", alpha=0.3)
     fig.suptitle("Aggregate scores: bar = 95% CI, line = point estimate"
