@@ -195,7 +195,21 @@ def test_hundred_runs_and_group_by(tmp_path):
     assert main(["report", str(root), "--out", str(out), "--group-by", "run.train_ratio"]) == 0
     text = (out / "report.md").read_text()
     assert "100 runs, 4 envs, 2 groups" in text
-    assert "| train_ratio=8.0 | 4 | 52 |" in text
+    # raw returns are aggregated per env family: here each env is its own
+    assert "### return (CartPole-v1): return (raw, CartPole-v1)" in text
+    assert text.count("| train_ratio=8.0 | 1 | 13 |") == 4  # r000, r008, ... of each env
+
+
+def test_raw_returns_aggregate_within_a_suite_only(tmp_path):
+    for seed in range(2):
+        fake_run(tmp_path / f"b{seed}", "minatar:breakout", seed, [1.0, 2.0])
+        fake_run(tmp_path / f"a{seed}", "minatar:asterix", seed, [3.0, 4.0])
+        fake_run(tmp_path / f"c{seed}", "CartPole-v1", seed, [100.0, 500.0])
+    report, _ = write_report([tmp_path], tmp_path / "rep")
+    text = report.read_text()
+    # stratified over tasks: each task's seeds agree, so the mean of 2 and 4 has no spread
+    assert "| random | 2 | 4 | 3 [3, 3] |" in text.split("### return (minatar)")[1]
+    assert "| random | 1 | 2 | 500 [500, 500] |" in text.split("### return (CartPole-v1)")[1]
 
 
 def test_bad_group_key_suggests(tmp_path, real_run, capsys):

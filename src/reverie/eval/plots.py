@@ -173,14 +173,25 @@ def curves_png(groups: list[Group], out: Path, colors: dict) -> Path:
     return _save_with_legend(fig, handles, out / "curves.png")
 
 
+def _panel_grid(plt, n: int, ncols_max: int = 3):
+    """A figure of `n` panels, at most `ncols_max` per row (score kinds: one per suite)."""
+    ncols = min(ncols_max, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, layout="constrained",
+                             figsize=(5.2 * ncols + 0.5, 3.8 * nrows))
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.set_axis_off()
+    return fig, flat[:n]
+
+
 def sample_efficiency_png(groups: list[Group], out: Path, colors: dict) -> Path:
     plt = _plt()
     kinds = _kinds(groups)
-    fig, axes = plt.subplots(1, len(kinds), squeeze=False, layout="constrained",
-                             figsize=(5.2 * len(kinds) + 0.5, 3.8))
+    fig, panels = _panel_grid(plt, len(kinds))
     handles: dict[str, object] = {}
     for k, kind in enumerate(kinds):
-        ax = axes[0][k]
+        ax = panels[k]
         for g in [g for g in groups if g.kind.name == kind.name]:
             grid = _grid([r for rs in g.runs.values() for r in rs])
             per_task = [np.stack([value_at(r.curve, grid, r.env_steps) for r in rs])
@@ -204,11 +215,10 @@ def sample_efficiency_png(groups: list[Group], out: Path, colors: dict) -> Path:
 def profile_png(groups: list[Group], out: Path, colors: dict) -> Path:
     plt = _plt()
     kinds = _kinds(groups)
-    fig, axes = plt.subplots(1, len(kinds), squeeze=False, layout="constrained",
-                             figsize=(5.2 * len(kinds) + 0.5, 3.8))
+    fig, panels = _panel_grid(plt, len(kinds))
     handles: dict[str, object] = {}
     for k, kind in enumerate(kinds):
-        ax = axes[0][k]
+        ax = panels[k]
         mine = [g for g in groups if g.kind.name == kind.name]
         published: dict[str, list[np.ndarray]] = {}
         clipped = False

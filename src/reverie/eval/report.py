@@ -207,9 +207,9 @@ def _aggregate_section(groups: list[Group], kind: ScoreKind) -> list[str]:
             lines.append(f"| {p.name} (published, 100k steps; {note}) | {len(p.games)} | - | "
                          + " | ".join(cells) + " |")
     lines.append("")
-    if kind.name == "return" and len({e for g in groups for e in g.runs}) > 1:
-        lines += ["Raw returns of different envs are on different scales: read the per-task "
-                  "table, or aggregate envs of one family.", ""]
+    if kind.raw and len({e for g in groups for e in g.runs}) > 1:
+        lines += ["Raw returns of the tasks of one suite can still differ in scale: read the "
+                  "per-task table beside these.", ""]
     return lines
 
 
@@ -221,8 +221,7 @@ def _task_section(groups: list[Group]) -> list[str]:
         for env, rs in g.runs.items():
             raw = np.array([r.final_raw for r in rs])
             est = bootstrap_ci([np.array([r.score for r in rs])], mean_score, reps=REPS)
-            score = _ci(est, g.kind.name == "HNS") + ("" if g.kind.name == "return"
-                                                      else f" {g.kind.name}")
+            score = _ci(est, g.kind.name == "HNS") + ("" if g.kind.raw else f" {g.kind.name}")
             sources = sorted({r.source for r in rs})
             src = " + ".join("evaluations" if s == "eval" else "training episodes"
                              for s in sources)
@@ -295,8 +294,9 @@ def write_report(paths: list[str | Path], out: str | Path,
     kinds = {g.kind.name: g.kind for g in groups}
     envs = sorted({r.env for r in runs})
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    labels = {g.label for g in groups}
     lines = ["# reverie report", "",
-             f"{_n(len(runs), 'run')}, {_n(len(envs), 'env')}, {_n(len(groups), 'group')} "
+             f"{_n(len(runs), 'run')}, {_n(len(envs), 'env')}, {_n(len(labels), 'group')} "
              "(grouped by "
              f"{', '.join(keys)}); {now}. Intervals are 95% stratified-bootstrap intervals "
              f"over tasks x seeds ({REPS} resamples). A run's score is its last evaluation's "

@@ -37,14 +37,22 @@ _ATARI_ID = re.compile(r"^(?:ALE/)?([A-Za-z]+?)(?:NoFrameskip|Deterministic)?-v\
 class ScoreKind:
     """How a task's returns become a score: its name, unit and optimality-gap target."""
 
-    name: str  # "HNS" | "MMER" | "return"
+    name: str  # "HNS" | "MMER" | "return (<family>)": what a report aggregates together
     label: str  # axis label, with the unit
     gamma: float | None  # optimality-gap target; None where no common target exists
+    raw: bool = False  # raw returns, aggregated within one env family only
 
 
 HNS = ScoreKind("HNS", "human-normalised score (1 = human)", 1.0)
 MMER = ScoreKind("MMER", "MMER (POPGym, max 1)", 1.0)
-RAW = ScoreKind("return", "return (raw)", None)
+
+
+def raw_kind(env_id: str) -> ScoreKind:
+    """Raw returns of one env family: a suite's tasks ("minatar:breakout" -> minatar, "dmc:..."
+    -> dmc, whose returns share a scale) or the env itself (CartPole-v1). Returns of different
+    families are never aggregated together."""
+    family = env_id.split(":", 1)[0] if ":" in env_id else env_id
+    return ScoreKind(f"return ({family})", f"return (raw, {family})", None, raw=True)
 
 
 @cache
@@ -83,7 +91,7 @@ def score_kind(env_id: str) -> ScoreKind:
         return HNS
     if str(env_id).startswith("popgym-"):
         return MMER
-    return RAW
+    return raw_kind(str(env_id))
 
 
 def published_hns(agent: str, games: list[str] | None = None) -> dict[str, float]:
