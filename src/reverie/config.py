@@ -177,15 +177,14 @@ def _over_base(base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     """`data` merged over `base` key by key; a backbone that `data` changes starts without
     the base's backbone options (they belong to the base's backbone)."""
     try:
-        merged = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(base),
-                                                        OmegaConf.create(data)))
+        mine, theirs = OmegaConf.create(data), OmegaConf.create(base)
+        merged = OmegaConf.to_container(OmegaConf.merge(theirs, mine))
     except OmegaConfBaseException as e:  # a section in one, a value in the other
         raise UserError(f"a preset does not fit its base ({str(e).splitlines()[0]})") from None
     agent = str(merged.get("agent", "imagine"))
     backbone_key = AGENTS.get(agent, (None, None, None, None))[3]
     if backbone_key:
         path = f"{agent}.{backbone_key}"
-        mine, theirs = OmegaConf.create(data), OmegaConf.create(base)
         backbone = OmegaConf.select(mine, path, default=None)
         if backbone is not None and backbone != OmegaConf.select(theirs, path, default=None):
             node = OmegaConf.create(merged)  # only the file's own options for its backbone

@@ -53,19 +53,16 @@ class Run:
 
     def setting(self, key: str) -> str:
         """The run's value of a grouping key: 'agent', 'backbone' or any dotted config key."""
+        from reverie.config import AGENTS, agent_parts
+
+        agent = self.cfg.agent
+        ours = agent in AGENTS  # else an external run: its backbone and replay are unknown
         if key == "backbone":
-            from reverie.config import AGENTS
-
-            if self.cfg.agent not in AGENTS:  # an external run: its backbone is unknown
-                return "-"
-            path = AGENTS[self.cfg.agent][3]
-            return str(OmegaConf.select(self.cfg, f"{self.cfg.agent}.{path}")) if path else "-"
-        if key.startswith("replay."):
-            from reverie.config import AGENTS, agent_parts
-
-            if self.cfg.agent not in AGENTS or not getattr(agent_parts(self.cfg.agent)[1],
-                                                           "uses_replay", True):
-                return "-"  # an agent that keeps no sequence replay: the setting is unused
+            path = AGENTS[agent][3] if ours else None
+            return str(OmegaConf.select(self.cfg, f"{agent}.{path}")) if path else "-"
+        if key.startswith("replay.") and not (
+                ours and getattr(agent_parts(agent)[1], "uses_replay", True)):
+            return "-"  # an agent that keeps no sequence replay: the setting is unused
         value = OmegaConf.select(self.cfg, key, default="?")
         return str(value)
 
