@@ -435,8 +435,8 @@ def reverie_breakdown(s: dict, threads: int, backbone: str, preset: str = "cartp
 
     driver.plot_curve = lambda *a, **k: None  # once per run: not part of the steady state
     keep_freed_memory()  # as the `reverie` command does
-    a, b = window(s)
     if matched:
+        _, b = window(s)
         over = reverie_overrides(s, threads) + ["run.progress=false"]
         flags = {"backbone": backbone, "steps": b}
     else:

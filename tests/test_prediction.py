@@ -125,6 +125,16 @@ def test_eval_prediction_window_is_set_on_the_command_line(trained, capsys):
     assert captured.err.strip().endswith("lower --horizon or --context")
 
 
+def test_eval_window_flags_without_prediction_are_refused(trained, capsys):
+    # they would otherwise be ignored in silence: the user meant to score the model
+    assert main(["eval", str(trained), "--episodes", "1", "--horizon", "3"]) == 2
+    assert capsys.readouterr().err == (
+        "reverie: error: --horizon sets the --prediction windows; add --prediction N "
+        "(windows to score) or drop --horizon\n")
+    assert main(["eval", str(trained), "--context", "2", "--horizon", "3"]) == 2
+    assert "drop --horizon and --context" in capsys.readouterr().err
+
+
 def test_eval_prediction_needs_a_world_model(tmp_path, capsys):
     out = tmp_path / "random"
     Trainer(build_config("random", ["run.eval_episodes=0", "run.progress=false"],

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--horizon observations after --context observed ones, over WINDOWS "
                         "windows of greedy episodes, beside copying the last observed one "
                         "(default 0: off)")
-    e.add_argument("--horizon", type=_positive_int, default=16,
+    e.add_argument("--horizon", type=_positive_int, default=None,
                    help="imagined steps per --prediction window (default 16)")
     e.add_argument("--context", type=_positive_int, default=None,
                    help="observed steps before each --prediction window (default: the run's "
@@ -180,6 +180,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from reverie.run.policy import load
 
+    given = [f for f, v in (("--horizon", args.horizon), ("--context", args.context))
+             if v is not None]
+    if given and not args.prediction:  # would be ignored in silence
+        flags = " and ".join(given)
+        raise UserError(f"{flags} {'set' if len(given) > 1 else 'sets'} the --prediction "
+                        f"windows; add --prediction N (windows to score) or drop {flags}")
     policy = load(args.run)
     if args.prediction < 0:
         raise UserError(f"--prediction must be >= 0 windows, got {args.prediction}")
@@ -194,7 +200,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         try:
             result["prediction"] = prediction_error(
-                policy, windows=args.prediction, context=args.context, horizon=args.horizon,
+                policy, windows=args.prediction, context=args.context,
+                horizon=16 if args.horizon is None else args.horizon,
                 seed=args.seed).as_dict()
         except UserError:
             print(json.dumps(result), flush=True)  # the returns are not lost
