@@ -36,6 +36,7 @@ AGENTS: dict[str, tuple[str, str, str, str | None]] = {
 }
 SAMPLERS = ("uniform", "dfs")
 COMPILE_MODES = ("off", "auto", "on")
+PRECISIONS = ("fp32", "bf16")  # reverie.precision
 # YAML reads a bare on/off as a boolean, which run.compile (a string) stores as 'True'/'False'
 _COMPILE_SPELLINGS = {"on": "on", "true": "on", "off": "off", "false": "off",
                       "auto": "auto"}
@@ -48,6 +49,7 @@ RESUME_KEYS = ("run.steps", "run.progress", "run.log_every", "run.eval_every",
                "run.eval_episodes", "run.eval_noop_max", "run.checkpoint_every",
                "run.keep_checkpoints",
                "run.max_nan_retries", "run.threads", "run.device", "run.compile",
+               "run.precision",
                "replay.capacity")  # raised only: the replay grows, keeping its rows
 
 
@@ -87,6 +89,10 @@ class RunConfig:
     # auto: only what pays for itself in a default-length run on a cold cache (for `imagine`:
     # its imagined step with a backbone whose step gains, bench/compile.py); off: nothing
     compile: str = "auto"
+    # fp32, or bf16: mixed precision (torch.autocast; matmuls and convolutions in bfloat16,
+    # parameters, optimiser state and losses in float32; reverie/precision.py). Several times
+    # faster matmuls on CPUs with AMX/AVX512-BF16 and on recent GPUs (bench/precision.py)
+    precision: str = "fp32"
 
 
 @dataclass
@@ -392,6 +398,9 @@ def validate(cfg: DictConfig) -> None:
     if run.compile not in COMPILE_MODES:
         raise UserError(f"run.compile must be off, auto or on, got '{run.compile}'"
                         f"{suggest(str(run.compile), COMPILE_MODES)}")
+    if run.precision not in PRECISIONS:
+        raise UserError(f"run.precision must be fp32 or bf16, got '{run.precision}'"
+                        f"{suggest(str(run.precision), PRECISIONS)}")
     if cfg.replay.sampler not in SAMPLERS:
         raise UserError(
             f"unknown replay.sampler '{cfg.replay.sampler}'{suggest(cfg.replay.sampler, SAMPLERS)}"

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import Tensor, nn
 
+from reverie.nets.math import full
+
 
 def _sample_index(logits: Tensor, generator: torch.Generator | None) -> Tensor:
     """One draw per row of softmax(logits): logits [..., n] -> int64 [...]."""
@@ -151,7 +153,7 @@ class ActionHead(nn.Module):
                      if isinstance(space, spaces.MultiDiscrete) else None)
 
     def forward(self, features: Tensor) -> Distribution:
-        out = self.linear(features)
+        out = full(self.linear(features))  # float32 logits/means, also under bf16 autocast
         if isinstance(self.space, spaces.Discrete):
             return Categorical(out)
         if self.nvec is not None:

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reverie.nets.mlp import ToFull
+
 
 @dataclass
 class SACConfig:
@@ -108,6 +110,7 @@ def relu_mlp(in_dim: int, out_dim: int, hidden: int, layers: int) -> nn.Sequenti
         mods += [nn.Linear(d, hidden), nn.ReLU(inplace=True)]
         d = hidden
     mods.append(nn.Linear(d, out_dim))
+    mods.append(ToFull())  # float32 out, also under run.precision=bf16 (no parameters)
     return nn.Sequential(*mods)
 
 

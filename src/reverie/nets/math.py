@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from reverie.sequence.base import full  # noqa: F401  (re-exported: heads and losses use it)
+
 
 def symlog(x: Tensor) -> Tensor:
     """sign(x) · log(1 + |x|), elementwise."""
@@ -69,7 +71,7 @@ def two_hot_mean(logits: Tensor, bins: Tensor) -> Tensor:
     For odd `n` the two halves are summed mirror-pairwise (DreamerV3 does the same) so
     that equal probabilities over symmetric bins give exactly 0, not a rounding residue.
     """
-    probs = torch.softmax(logits, dim=-1)
+    probs = torch.softmax(full(logits), dim=-1)
     n = bins.shape[0]
     if n % 2 == 0:
         return (probs * bins).sum(-1)
@@ -81,7 +83,7 @@ def two_hot_mean(logits: Tensor, bins: Tensor) -> Tensor:
 
 def two_hot_loss(logits: Tensor, target: Tensor, bins: Tensor) -> Tensor:
     """Cross-entropy of `logits: [..., n]` against `two_hot(target: [...])` -> `[...]`."""
-    return -(two_hot(target, bins) * F.log_softmax(logits, dim=-1)).sum(-1)
+    return -(two_hot(target, bins) * F.log_softmax(full(logits), dim=-1)).sum(-1)
 
 
 def two_hot_value(logits: Tensor, bins: Tensor) -> Tensor:
@@ -97,6 +99,7 @@ def unimix(logits: Tensor, mix: float) -> Tensor:
     """
     if not 0.0 <= mix < 1.0:
         raise ValueError(f"unimix must be in [0, 1), got {mix}; use 0.01")
+    logits = full(logits)
     if mix == 0.0:
         return F.log_softmax(logits, dim=-1)
     probs = torch.softmax(logits, dim=-1)
@@ -106,12 +109,12 @@ def unimix(logits: Tensor, mix: float) -> Tensor:
 
 def categorical_kl(p_logits: Tensor, q_logits: Tensor) -> Tensor:
     """KL(p || q) of factored categoricals `[..., stoch, classes]`, summed over stoch: `[...]`."""
-    log_p = F.log_softmax(p_logits, dim=-1)
-    log_q = F.log_softmax(q_logits, dim=-1)
+    log_p = F.log_softmax(full(p_logits), dim=-1)
+    log_q = F.log_softmax(full(q_logits), dim=-1)
     return (log_p.exp() * (log_p - log_q)).sum(dim=(-2, -1))
 
 
 def categorical_entropy(logits: Tensor) -> Tensor:
     """Entropy of factored categoricals `[..., stoch, classes]`, summed over stoch: `[...]`."""
-    log_p = F.log_softmax(logits, dim=-1)
+    log_p = F.log_softmax(full(logits), dim=-1)
     return -(log_p.exp() * log_p).sum(dim=(-2, -1))

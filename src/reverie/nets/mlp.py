@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from reverie.nets.math import full
+
 
 class MLP(nn.Module):
     """`x: [..., in_dim] -> [..., out_dim]` (or `[..., hidden]` when `out_dim` is None).
@@ -41,6 +43,18 @@ class MLP(nn.Module):
         elif zero_init:
             raise ValueError("zero_init needs an out_dim (there is no output layer to zero)")
         self.net = nn.Sequential(*mods)
+        self.head = out_dim is not None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        y = self.net(x)
+        # a head's output leaves in float32 for the distribution math that reads it, also
+        # under run.precision=bf16; hidden features stay as computed for the next layer
+        return full(y) if self.head else y
+
+
+class ToFull(nn.Module):
+    """`reverie.nets.math.full` as a layer: the last module of a head built as a plain
+    nn.Sequential, so its output is float32 under run.precision=bf16 too."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return full(x)

@@ -43,6 +43,7 @@ from reverie.config import (
 from reverie.envs import image_keys, make_obs_spec
 from reverie.envs.actions import action_spec, random_actions
 from reverie.errors import UserError
+from reverie.precision import use_precision
 from reverie.replay import Replay
 from reverie.replay.buffer import file_rows, grow
 from reverie.rng import (
@@ -113,10 +114,11 @@ class Counters:
 def build_agent(cfg: DictConfig, obs_spec, action_space: spaces.Space, device: torch.device):
     _, agent_cls, _ = agent_parts(cfg.agent)
     try:
-        return agent_cls(obs_spec, action_space, to_object(cfg, cfg.agent), device,
-                         int(cfg.seed))
+        agent = agent_cls(obs_spec, action_space, to_object(cfg, cfg.agent), device,
+                          int(cfg.seed))
     except ValueError as e:  # components validate their own options and name the fix
         raise UserError(f"bad {cfg.agent} config: {e}") from None
+    return use_precision(agent, device, str(cfg.run.precision))
 
 
 def compile_agent(agent, name: str, note, mode: str = "on") -> None:

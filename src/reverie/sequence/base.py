@@ -176,6 +176,13 @@ class Backbone(nn.Module):
         return self.norm(x), tuple(new_state)
 
 
+def full(x: Tensor) -> Tensor:
+    """`x` in at least float32: a bfloat16/float16 tensor (what a layer returns under
+    `run.precision=bf16`'s autocast) is upcast, any other comes back as it is. Distribution
+    math and losses start from it (reverie.precision)."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
 @torch.compiler.disable
 def host_int(x: Tensor, round_up: bool = False) -> int:
     """int(x) of a one-element tensor, read eagerly: a data-dependent count or flag that

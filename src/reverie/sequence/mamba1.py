@@ -25,6 +25,7 @@ from reverie.sequence.base import (
     causal_conv,
     causal_conv_step,
     column_major,
+    full,
 )
 from reverie.sequence.selective_scan import selective_scan
 
@@ -84,7 +85,7 @@ class Mamba1Block(Block):
     def _ssm_inputs(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x: [..., d_inner] -> dt [..., d_inner] (> 0), B and C [..., d_state]."""
         dt_low, Bm, Cm = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], -1)
-        return F.softplus(self.dt_proj(dt_low)), Bm, Cm
+        return F.softplus(full(self.dt_proj(dt_low))), Bm, Cm  # float32 dt under bf16 too
 
     def forward(
         self, x: Tensor, state: LayerState, reset: Tensor | None

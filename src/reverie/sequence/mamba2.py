@@ -22,6 +22,7 @@ from reverie.sequence.base import (
     causal_conv,
     causal_conv_step,
     column_major,
+    full,
 )
 from reverie.sequence.ssd import ssd_chunked, ssd_step
 
@@ -88,7 +89,7 @@ class Mamba2Block(Block):
         w = self.in_proj.weight * self.norm_weight  # the norm's gain, folded into the GEMM
         zxbcdt = F.linear(rms_normalize(x), w)
         z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
-        return z, xBC, F.softplus(dt + self.dt_bias)
+        return z, xBC, F.softplus(full(dt) + self.dt_bias)  # dt in float32 under bf16 too
 
     def _output(self, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
         """Gated RMSNorm (norm of y·silu(z), Mamba-2's default) then out_proj, plus residual."""

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reverie.nets.math import full
 from reverie.world.ensemble import ensemble_disagreement
 
 
@@ -83,7 +84,7 @@ class DisagreementHeads(nn.Module):
             if i < self.n_hidden:
                 y = F.layer_norm(y, y.shape[-1:])
                 x = F.silu(torch.addcmul(self.norm_biases[i], y, self.norm_weights[i]))
-        y = y + self.out_bias
+        y = full(y + self.out_bias)  # float32 logits, also under run.precision=bf16
         return y.reshape(E, *lead, self.stoch, self.classes)
 
     def probs(self, x: Tensor) -> Tensor:

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reverie.nets.math import full
+
 # MBPO's L2 coefficients of the 4 hidden layers and the output layer.
 MBPO_WEIGHT_DECAY = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)
 # rows per block of a forward pass without autograd (see `EnsembleDynamics.forward`):
@@ -173,7 +175,7 @@ class EnsembleDynamics(nn.Module):
             x = torch.cat([self._layers_inplace(block, weights, biases)
                            for block in x.split(INFERENCE_ROWS, dim=1)], dim=1)
         d = self.obs_dim + 1
-        mean, logvar, logit = x.split([d, d, 1], dim=-1)
+        mean, logvar, logit = full(x).split([d, d, 1], dim=-1)  # float32 under bf16 too
         return mean, soft_bound_logvar(logvar, self.min_logvar, self.max_logvar), logit[..., 0]
 
     def _member_params(self, members: Tensor | None) -> tuple[list[Tensor], list[Tensor]]:
