@@ -4,6 +4,7 @@ bundled presets' sizes, and how far bf16's losses sit from fp32's.
     python bench/precision.py                       # cartpole, minatar, dmc-proprio, atari100k
     python bench/precision.py --presets cartpole --rounds 5
     python bench/precision.py --quick               # smoke test: 1 round, few updates, no files
+    python bench/precision.py --learning 0 1        # + the default CartPole run in bf16, seeds
 
 Per preset: `--rounds` rounds of fp32, bf16, fp32, bf16, ... each a fresh process that
 builds the preset's agent (seed 0, `--threads` torch threads, the preset's own
@@ -18,6 +19,11 @@ soon as the world model's weights differ, so they are not a rounding measure. Su
 median and min-max over rounds, and the per-round ratio fp32 / bf16 (> 1: bf16 is faster).
 The CPU's bf16 features (`amx_bf16`, `avx512_bf16` in /proc/cpuinfo) and its fp32 matmul
 speed are recorded: without them bf16 is emulated.
+
+`--learning SEED...`: whether bf16 still learns: the default `reverie train` (CartPole,
+Mamba-2, 5k env steps, 1 thread) with `--set run.precision=bf16`, one seed at a time,
+archived under bench/results/runs/precision/, beside `bench/cartpole.py`'s fp32 runs of the
+same seeds (cartpole.json); merged into precision.json's `learning`.
 
 Writes bench/results/precision.json and precision.png.
 """
@@ -116,6 +122,28 @@ def summarise(rounds: list[dict]) -> dict:
                                  / abs(first["fp32"]["wm/loss"]), 6)}}
 
 
+def learning(seeds: list[int]) -> int:
+    """The default CartPole run in bf16 (module doc), merged into precision.json."""
+    from cartpole import TARGET_STEPS, run_reverie
+    from runlib import RUNS_ROOT
+
+    path = RESULTS / "precision.json"
+    fp32 = {e["seed"]: e for e in json.loads((RESULTS / "cartpole.json").read_text())["runs"]
+            if e.get("backbone") == "mamba2" and "eval_return" in e}
+    for seed in seeds:
+        entry = run_reverie("mamba2", seed, TARGET_STEPS, RUNS_ROOT / "precision" / "cartpole",
+                            ["run.precision=bf16", "run.threads=1"], reuse=True)
+        entry = dict(entry, precision="bf16",
+                     fp32_eval_return=fp32.get(seed, {}).get("eval_return"))
+        print(json.dumps(entry), flush=True)
+        report = json.loads(path.read_text()) if path.exists() else {"benchmark": "precision"}
+        report["learning"] = [e for e in report.get("learning", []) if e["seed"] != seed]
+        report["learning"].append(entry)
+        report["learning"].sort(key=lambda e: e["seed"])
+        path.write_text(json.dumps(report, indent=1))
+    return 0
+
+
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -150,11 +178,15 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="1 round, 3 updates, no files")
+    p.add_argument("--learning", nargs="+", type=int, metavar="SEED",
+                   help="train the default CartPole run in bf16 for these seeds (only that)")
     p.add_argument("--worker", nargs=2, metavar=("PRESET", "PRECISION"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(measure(*args.worker, args.updates or 3, args.warmup, args.threads)))
         return 0
+    if args.learning:
+        return learning(args.learning)
     if args.quick:
         args.rounds, args.updates, args.warmup = 1, 3, 1
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -182,7 +214,10 @@ def main() -> int:
     if args.quick:
         return 0
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "precision.json").write_text(json.dumps(report, indent=1))
+    path = RESULTS / "precision.json"
+    if path.exists():  # the learning runs are recorded apart (--learning)
+        report["learning"] = json.loads(path.read_text()).get("learning", [])
+    path.write_text(json.dumps(report, indent=1))
     plot(report, RESULTS / "precision.png")
     return 0
 
