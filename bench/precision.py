@@ -2,23 +2,20 @@
 bundled presets' sizes, and how far bf16's losses sit from fp32's.
 
     python bench/precision.py                       # cartpole, minatar, dmc-proprio, atari100k
-    python bench/precision.py --presets cartpole --rounds 5
-    python bench/precision.py --quick               # smoke test: 1 round, few updates, no files
+    python bench/precision.py --presets cartpole --updates 30
+    python bench/precision.py --quick               # smoke test: 2 updates each, no files
     python bench/precision.py --learning 0 1        # + the default CartPole run in bf16, seeds
 
-Per preset: `--rounds` rounds of fp32, bf16, fp32, bf16, ... each a fresh process that
-builds the preset's agent (seed 0, `--threads` torch threads, the preset's own
-run.compile), fills its replay with
-`PRESETS`' prefill of real env steps through the driver (the data
-do not change the cost of an update), then times `--warmup` + `--updates` updates and
-reports the median of the last `--updates`. Both precisions see the same env steps and the
-same first batch (same seed), so the first update's world-model loss differs by rounding
-alone (reported per process in `first_losses`, and as `relative_loss_difference`); its
-actor-critic losses come from imagined rollouts, which sample other latents and actions as
-soon as the world model's weights differ, so they are not a rounding measure. Summaries:
-median and min-max over rounds, and the per-round ratio fp32 / bf16 (> 1: bf16 is faster).
-The CPU's bf16 features (`amx_bf16`, `avx512_bf16` in /proc/cpuinfo) and its fp32 matmul
-speed are recorded: without them bf16 is emulated.
+Per preset, one process: the preset's agent (seed 0, `--threads` torch threads, the preset's
+own run.compile) fills its replay with `PRESETS`' prefill of real env steps through the
+driver (the data do not change the cost of an update), then runs `--warmup` + `--updates`
+updates per precision in alternation, fp32, bf16, fp32, bf16, ... (`reverie.precision`'s
+autocast around each), so a load that changes during the measurement falls on both alike.
+Reported: median and min-max seconds per update of each, and of the ratios of neighbouring
+fp32/bf16 pairs (> 1: bf16 is faster). Rounding alone: the world-model loss of one replay
+batch with the same weights in both precisions (`wm_loss_relative_difference`). The CPU's
+bf16 features (`amx_bf16`, `avx512_bf16` in /proc/cpuinfo) and its fp32 matmul speed are
+recorded: without them bf16 is emulated.
 
 `--learning SEED...`: whether bf16 still learns: the default `reverie train` (CartPole,
 Mamba-2, 5k env steps, 1 thread) with `--set run.precision=bf16`, one seed at a time,
@@ -33,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,48 +49,58 @@ PRESETS = {  # preset -> (extra overrides, prefill env steps)
 LOSSES = ("wm/loss", "ac/actor_loss", "ac/critic_loss")
 
 
-def measure(preset: str, precision: str, updates: int, warmup: int, threads: int) -> dict:
-    """One process: the preset's agent at `precision`, seconds per update (module doc)."""
+def measure(preset: str, updates: int, warmup: int, threads: int) -> dict:
+    """One process: the preset's agent, updates alternating fp32 and bf16 (module doc)."""
     import torch
 
     from reverie.allocator import keep_freed_memory
     from reverie.config import build_config
+    from reverie.precision import autocast
     from reverie.run.driver import Trainer
 
     keep_freed_memory()  # as the `reverie` command does
     extra, prefill = PRESETS[preset]
     load0 = os.getloadavg()[0]
-    cfg = build_config(preset, [*extra, f"run.precision={precision}", f"run.threads={threads}",
-                                f"run.prefill={prefill}", "run.eval_episodes=0",
-                                "run.progress=false", "run.checkpoint_every=1000000000"],
-                       {"steps": prefill})
+    cfg = build_config(preset, [*extra, f"run.threads={threads}", f"run.prefill={prefill}",
+                                "run.eval_episodes=0", "run.progress=false",
+                                "run.checkpoint_every=1000000000"], {"steps": prefill})
+    cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory(prefix="bench-precision-") as tmp:
         trainer = Trainer(cfg, Path(tmp) / "run")
         trainer.train()  # prefill only: random actions into the replay
         agent, replay = trainer.agent, trainer.replay
+        # rounding alone: the world-model loss of one batch, same weights, both precisions
         torch.manual_seed(0)
-        t0 = time.perf_counter()
-        first = agent.update(replay)
-        first_s = time.perf_counter() - t0
-        times = []
-        for i in range(warmup + updates):
+        batch = agent._batch(replay.sample(agent.cfg.batch_size, agent.cfg.seq_len,
+                                           purpose="train"))
+        with torch.no_grad():
+            loss = {p: float(agent.world.loss_terms(batch)[0]) for p in ("fp32",)}
+            with autocast(cpu, "bf16"):
+                loss["bf16"] = float(agent.world.loss_terms(batch)[0])
+        times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        for i in range(2 * (warmup + updates)):  # fp32, bf16, fp32, bf16, ...
+            precision = ("fp32", "bf16")[i % 2]
             t0 = time.perf_counter()
-            agent.update(replay)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-    return {"preset": preset, "precision": precision, "threads": threads,
-            "first_update_s": round(first_s, 3),
-            "seconds_per_update": round(statistics.median(times), 4), "updates": updates,
-            "first_losses": {k: float(first[k]) for k in LOSSES if k in first},
+            with autocast(cpu, precision):
+                agent.update(replay)
+            if i >= 2 * warmup:
+                times[precision].append(time.perf_counter() - t0)
+    pairs = [a / b for a, b in zip(times["fp32"], times["bf16"])]
+    return {"preset": preset, "threads": threads, "updates": updates, "warmup": warmup,
+            "fp32": summary(times["fp32"]), "bf16": summary(times["bf16"]),
+            "ratio_fp32_over_bf16": summary(pairs, 3),
+            "wm_loss": loss,
+            "wm_loss_relative_difference": round(abs(loss["bf16"] - loss["fp32"])
+                                                 / abs(loss["fp32"]), 6),
             "loadavg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
 
 
-def run_worker(preset: str, precision: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", preset, precision, "--updates",
-           str(args.updates), "--warmup", str(args.warmup), "--threads", str(args.threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+def run_worker(preset: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--worker", preset, "--updates", str(args.updates),
+           "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
     if out.returncode != 0:
-        raise RuntimeError(f"worker {preset}/{precision} failed:\n{out.stderr[-2000:]}")
+        raise RuntimeError(f"worker {preset} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -104,22 +110,6 @@ def cpu_bf16_features() -> list[str]:
     except OSError:
         return []
     return sorted({f for f in flags if f in ("amx_bf16", "avx512_bf16", "amx_tile")})
-
-
-def summarise(rounds: list[dict]) -> dict:
-    per = {p: [r["seconds_per_update"] for r in rounds if r["precision"] == p]
-           for p in ("fp32", "bf16")}
-    ratios = [a["seconds_per_update"] / b["seconds_per_update"]
-              for a, b in zip([r for r in rounds if r["precision"] == "fp32"],
-                              [r for r in rounds if r["precision"] == "bf16"])]
-    first = {p: [r["first_losses"] for r in rounds if r["precision"] == p][0]
-             for p in ("fp32", "bf16")}
-    return {"fp32": summary(per["fp32"]), "bf16": summary(per["bf16"]),
-            "ratio_fp32_over_bf16": summary(ratios, 3),
-            "first_losses": first,
-            "relative_loss_difference": {
-                "wm/loss": round(abs(first["bf16"]["wm/loss"] - first["fp32"]["wm/loss"])
-                                 / abs(first["fp32"]["wm/loss"]), 6)}}
 
 
 def learning(seeds: list[int]) -> int:
@@ -172,42 +162,35 @@ def plot(report: dict, path: Path) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
-    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--updates", type=int, default=None,
-                   help="timed updates per process (default: 20, atari100k 3)")
+                   help="timed updates per precision (default: 15, atari100k 4)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="1 round, 3 updates, no files")
     p.add_argument("--learning", nargs="+", type=int, metavar="SEED",
                    help="train the default CartPole run in bf16 for these seeds (only that)")
-    p.add_argument("--worker", nargs=2, metavar=("PRESET", "PRECISION"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", metavar="PRESET", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(measure(*args.worker, args.updates or 3, args.warmup, args.threads)))
+        print(json.dumps(measure(args.worker, args.updates or 3, args.warmup, args.threads)))
         return 0
     if args.learning:
         return learning(args.learning)
     if args.quick:
-        args.rounds, args.updates, args.warmup = 1, 3, 1
+        args.updates, args.warmup = 2, 1
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from runlib import matmul_gflops
 
-    report = {"benchmark": "precision", "threads": args.threads, "rounds": args.rounds,
+    report = {"benchmark": "precision", "threads": args.threads,
               "cpu_bf16_features": cpu_bf16_features(), "cores": os.cpu_count(),
               "matmul_gflops_before": round(matmul_gflops(args.threads), 1),
-              "loadavg_1min_before": round(os.getloadavg()[0], 2), "presets": {}, "runs": []}
+              "loadavg_1min_before": round(os.getloadavg()[0], 2), "presets": {}}
     for preset in args.presets:
-        n = args.updates or (3 if preset == "atari100k" else 20)
-        rounds = []
-        for _ in range(args.rounds):
-            for precision in ("fp32", "bf16"):
-                r = run_worker(preset, precision, argparse.Namespace(
-                    updates=n, warmup=args.warmup, threads=args.threads))
-                print(json.dumps(r), flush=True)
-                rounds.append(r)
-        report["runs"] += rounds
-        report["presets"][preset] = summarise(rounds)
-        print(json.dumps({preset: report["presets"][preset]}), flush=True)
+        n = args.updates or (4 if preset == "atari100k" else 15)
+        r = run_worker(preset, argparse.Namespace(updates=n, warmup=args.warmup,
+                                                  threads=args.threads))
+        print(json.dumps(r), flush=True)
+        report["presets"][preset] = r
     report["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
     report["loaded"] = max(report["loadavg_1min_before"], report["loadavg_1min_after"]) > (
         os.cpu_count() or 1)

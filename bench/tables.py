@@ -744,6 +744,49 @@ def drama_ablation_table(results: Path) -> str | None:
     return "\n".join(lines) + "\n" + note
 
 
+def precision_table(results: Path) -> str | None:
+    report, _ = load(results, "precision")
+    if report is None:
+        return None
+    lines = []
+    if report.get("presets"):
+        head = ["preset", "s/update, fp32 (median, min–max)", "s/update, bf16",
+                "fp32 / bf16, neighbouring pairs (median, min–max)",
+                "world-model loss, bf16 vs fp32 (same weights, same batch)"]
+        lines += [_row(head), _row(["---"] * len(head))]
+        for name, r in report["presets"].items():
+            lines.append(_row([
+                f"`{name}`", _median_range(r["fp32"], ".3f"), _median_range(r["bf16"], ".3f"),
+                _median_range(r["ratio_fp32_over_bf16"], ".2f", "x"),
+                f"{100 * r['wm_loss_relative_difference']:.3f}% apart"]))
+        features = ", ".join(report["cpu_bf16_features"]) or "none (bf16 emulated)"
+        counts = sorted({(r["updates"], r["warmup"]) for r in report["presets"].values()})
+        lines.append(
+            "\nOne update of the world-model agent at each preset's sizes (minatar: Breakout, "
+            "dmc-proprio: walker-walk, atari100k: Pong), fp32 and bf16 updates alternating in "
+            "one process per preset after a prefill of real env steps ("
+            + "; ".join(f"{u} timed updates of each after {w} warm-up" for u, w in counts)
+            + f"); {report['threads']} torch thread(s), the preset's own run.compile; CPU bf16 "
+            f"features: {features}; fp32 matmul {report['matmul_gflops_before']} GFLOP/s on "
+            f"that thread count before; 1-min load {report['loadavg_1min_before']} before, "
+            f"{report['loadavg_1min_after']} after on {report['cores']} cores"
+            + (" (**loaded**: load > cores)." if report["loaded"] else "."))
+    if report.get("learning"):
+        head = ["seed", "bf16 eval returns (every 1k)", "fp32 (cartpole.py, same seed)",
+                "bf16 wall min"]
+        lines += ["", _row(head), _row(["---"] * len(head))]
+        for e in report["learning"]:
+            fp32 = e.get("fp32_eval_return")
+            lines.append(_row([
+                str(e["seed"]), ", ".join(f"{r:.0f}" for r in e.get("eval_return", [])) or "failed",
+                ", ".join(f"{r:.0f}" for r in fp32) if fp32 else "–",
+                f"{e['wall_s'] / 60:.1f}" if "wall_s" in e else "–"]))
+        lines.append("\nThe default `reverie train` (CartPole, Mamba-2, 5k env steps) with "
+                     "`--set run.precision=bf16 --set run.threads=1`, beside the fp32 runs of "
+                     "`bench/cartpole.py` (1 thread each); wall times are of a shared machine.")
+    return "\n".join(lines) if lines else None
+
+
 TABLES: dict[str, Callable[[Path], str | None]] = {
     "backbones": backbones_table,
     "cartpole": cartpole_table,
@@ -766,6 +809,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "compile": compile_table,
     "compile_auto": compile_auto_table,
     "ensemble_speed": ensemble_speed_table,
+    "precision": precision_table,
 }
 
 
