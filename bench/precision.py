@@ -90,8 +90,7 @@ def measure(preset: str, updates: int, warmup: int, threads: int) -> dict:
             "fp32": summary(times["fp32"]), "bf16": summary(times["bf16"]),
             "ratio_fp32_over_bf16": summary(pairs, 3),
             "wm_loss": loss,
-            "wm_loss_relative_difference": round(abs(loss["bf16"] - loss["fp32"])
-                                                 / abs(loss["fp32"]), 6),
+            "wm_loss_relative_difference": float(f"{abs(loss['bf16'] / loss['fp32'] - 1):.3g}"),
             "loadavg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
 
 

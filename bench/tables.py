@@ -758,7 +758,7 @@ def precision_table(results: Path) -> str | None:
             lines.append(_row([
                 f"`{name}`", _median_range(r["fp32"], ".3f"), _median_range(r["bf16"], ".3f"),
                 _median_range(r["ratio_fp32_over_bf16"], ".2f", "x"),
-                f"{100 * r['wm_loss_relative_difference']:.3f}% apart"]))
+                f"{100 * abs(r['wm_loss']['bf16'] / r['wm_loss']['fp32'] - 1):.2g}% apart"]))
         features = ", ".join(report["cpu_bf16_features"]) or "none (bf16 emulated)"
         counts = sorted({(r["updates"], r["warmup"]) for r in report["presets"].values()})
         lines.append(
