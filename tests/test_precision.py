@@ -102,7 +102,8 @@ def test_precision_typo_is_one_line_with_a_suggestion(capsys):
                                         r"\(did you mean 'bf16'\?\)"):
         build_config("cartpole", ["run.precision=bf61"])
     assert main(["train", "--set", "run.precision=fp16"]) == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "float16 is not offered" in err
 
 
 class MatmulDtypes(TorchFunctionMode):

@@ -37,6 +37,7 @@ AGENTS: dict[str, tuple[str, str, str, str | None]] = {
 SAMPLERS = ("uniform", "dfs")
 COMPILE_MODES = ("off", "auto", "on")
 PRECISIONS = ("fp32", "bf16")  # reverie.precision
+HALF_NAMES = ("fp16", "float16", "half", "16", "16-mixed")
 # YAML reads a bare on/off as a boolean, which run.compile (a string) stores as 'True'/'False'
 _COMPILE_SPELLINGS = {"on": "on", "true": "on", "off": "off", "false": "off",
                       "auto": "auto"}
@@ -399,8 +400,10 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"run.compile must be off, auto or on, got '{run.compile}'"
                         f"{suggest(str(run.compile), COMPILE_MODES)}")
     if run.precision not in PRECISIONS:
-        raise UserError(f"run.precision must be fp32 or bf16, got '{run.precision}'"
-                        f"{suggest(str(run.precision), PRECISIONS)}")
+        why = (" (float16 is not offered: its narrow exponent range needs loss scaling; "
+               "bf16 has float32's range)" if str(run.precision).lower() in HALF_NAMES
+               else suggest(str(run.precision), PRECISIONS))
+        raise UserError(f"run.precision must be fp32 or bf16, got '{run.precision}'{why}")
     if cfg.replay.sampler not in SAMPLERS:
         raise UserError(
             f"unknown replay.sampler '{cfg.replay.sampler}'{suggest(cfg.replay.sampler, SAMPLERS)}"
