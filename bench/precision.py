@@ -13,7 +13,7 @@ updates per precision in alternation, fp32, bf16, fp32, bf16, ... (`reverie.prec
 autocast around each), so a load that changes during the measurement falls on both alike.
 Reported: median and min-max seconds per update of each, and of the ratios of neighbouring
 fp32/bf16 pairs (> 1: bf16 is faster). Rounding alone: the world-model loss of one replay
-batch with the same weights in both precisions (`wm_loss_relative_difference`). The CPU's
+batch with the same weights in both precisions (`wm_loss`). The CPU's
 bf16 features (`amx_bf16`, `avx512_bf16` in /proc/cpuinfo) and its fp32 matmul speed are
 recorded: without them bf16 is emulated.
 
@@ -46,7 +46,6 @@ PRESETS = {  # preset -> (extra overrides, prefill env steps)
     "dmc-proprio": (["env.id=dmc:walker-walk"], 1100),
     "atari100k": (["env.id=ALE/Pong-v5"], 1100),
 }
-LOSSES = ("wm/loss", "ac/actor_loss", "ac/critic_loss")
 
 
 def measure(preset: str, updates: int, warmup: int, threads: int) -> dict:
@@ -74,7 +73,7 @@ def measure(preset: str, updates: int, warmup: int, threads: int) -> dict:
         batch = agent._batch(replay.sample(agent.cfg.batch_size, agent.cfg.seq_len,
                                            purpose="train"))
         with torch.no_grad():
-            loss = {p: float(agent.world.loss_terms(batch)[0]) for p in ("fp32",)}
+            loss = {"fp32": float(agent.world.loss_terms(batch)[0])}
             with autocast(cpu, "bf16"):
                 loss["bf16"] = float(agent.world.loss_terms(batch)[0])
         times: dict[str, list[float]] = {"fp32": [], "bf16": []}
@@ -90,13 +89,13 @@ def measure(preset: str, updates: int, warmup: int, threads: int) -> dict:
             "fp32": summary(times["fp32"]), "bf16": summary(times["bf16"]),
             "ratio_fp32_over_bf16": summary(pairs, 3),
             "wm_loss": loss,
-            "wm_loss_relative_difference": float(f"{abs(loss['bf16'] / loss['fp32'] - 1):.3g}"),
             "loadavg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
 
 
-def run_worker(preset: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", preset, "--updates", str(args.updates),
-           "--warmup", str(args.warmup), "--threads", str(args.threads)]
+def run_worker(preset: str, updates: int, warmup: int, threads: int) -> dict:
+    """`measure` in a fresh process: its JSON line."""
+    cmd = [sys.executable, __file__, "--worker", preset, "--updates", str(updates),
+           "--warmup", str(warmup), "--threads", str(threads)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
     if out.returncode != 0:
         raise RuntimeError(f"worker {preset} failed:\n{out.stderr[-2000:]}")
@@ -165,7 +164,8 @@ def main() -> int:
                    help="timed updates per precision (default: 15, atari100k 4)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="1 round, 3 updates, no files")
+    p.add_argument("--quick", action="store_true",
+                   help="2 timed updates of each after 1 warm-up, no files")
     p.add_argument("--learning", nargs="+", type=int, metavar="SEED",
                    help="train the default CartPole run in bf16 for these seeds (only that)")
     p.add_argument("--worker", metavar="PRESET", help=argparse.SUPPRESS)
@@ -177,7 +177,6 @@ def main() -> int:
         return learning(args.learning)
     if args.quick:
         args.updates, args.warmup = 2, 1
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from runlib import matmul_gflops
 
     report = {"benchmark": "precision", "threads": args.threads,
@@ -186,8 +185,7 @@ def main() -> int:
               "loadavg_1min_before": round(os.getloadavg()[0], 2), "presets": {}}
     for preset in args.presets:
         n = args.updates or (4 if preset == "atari100k" else 15)
-        r = run_worker(preset, argparse.Namespace(updates=n, warmup=args.warmup,
-                                                  threads=args.threads))
+        r = run_worker(preset, n, args.warmup, args.threads)
         print(json.dumps(r), flush=True)
         report["presets"][preset] = r
     report["loadavg_1min_after"] = round(os.getloadavg()[0], 2)

@@ -196,12 +196,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = {"run": str(args.run), "episodes": len(returns), "returns": returns,
               "mean": sum(returns) / len(returns)}
     if args.prediction:
-        from reverie.eval.prediction import prediction_error
+        from reverie.eval.prediction import HORIZON, prediction_error
 
         try:
             result["prediction"] = prediction_error(
                 policy, windows=args.prediction, context=args.context,
-                horizon=16 if args.horizon is None else args.horizon,
+                horizon=args.horizon or HORIZON,
                 seed=args.seed).as_dict()
         except UserError:
             print(json.dumps(result), flush=True)  # the returns are not lost

@@ -23,6 +23,8 @@ import numpy as np
 from reverie.envs import image_keys
 from reverie.errors import UserError
 
+HORIZON = 16  # imagined steps per window unless told (also `reverie eval --horizon`)
+
 
 @dataclass
 class PredictionError:
@@ -82,7 +84,7 @@ def _scaled(x: np.ndarray, image: bool) -> np.ndarray:
 
 
 def prediction_error(policy, windows: int = 16, context: int | None = None,
-                     horizon: int = 16, key: str | None = None, seed: int = 0,
+                     horizon: int = HORIZON, key: str | None = None, seed: int = 0,
                      episode_steps: int = 1000, per_episode: int = 4) -> PredictionError:
     """Open-loop prediction error of `policy`'s world model over `windows` windows of
     `context + horizon` steps: up to `per_episode` windows from each greedy episode (seeds
