@@ -30,14 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compile import summary  # noqa: E402
+from runlib import alternate, prefilled_agent, run_worker  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 PRESETS = {  # preset -> (extra overrides, prefill env steps)
@@ -52,22 +50,12 @@ def measure(preset: str, updates: int, warmup: int, threads: int) -> dict:
     """One process: the preset's agent, updates alternating fp32 and bf16 (module doc)."""
     import torch
 
-    from reverie.allocator import keep_freed_memory
-    from reverie.config import build_config
     from reverie.precision import autocast
-    from reverie.run.driver import Trainer
 
-    keep_freed_memory()  # as the `reverie` command does
     extra, prefill = PRESETS[preset]
     load0 = os.getloadavg()[0]
-    cfg = build_config(preset, [*extra, f"run.threads={threads}", f"run.prefill={prefill}",
-                                "run.eval_episodes=0", "run.progress=false",
-                                "run.checkpoint_every=1000000000"], {"steps": prefill})
     cpu = torch.device("cpu")
-    with tempfile.TemporaryDirectory(prefix="bench-precision-") as tmp:
-        trainer = Trainer(cfg, Path(tmp) / "run")
-        trainer.train()  # prefill only: random actions into the replay
-        agent, replay = trainer.agent, trainer.replay
+    with prefilled_agent(preset, extra, prefill, threads) as (agent, replay):
         # rounding alone: the world-model loss of one batch, same weights, both precisions
         torch.manual_seed(0)
         batch = agent._batch(replay.sample(agent.cfg.batch_size, agent.cfg.seq_len,
@@ -76,30 +64,20 @@ def measure(preset: str, updates: int, warmup: int, threads: int) -> dict:
             loss = {"fp32": float(agent.world.loss_terms(batch)[0])}
             with autocast(cpu, "bf16"):
                 loss["bf16"] = float(agent.world.loss_terms(batch)[0])
-        times: dict[str, list[float]] = {"fp32": [], "bf16": []}
-        for i in range(2 * (warmup + updates)):  # fp32, bf16, fp32, bf16, ...
-            precision = ("fp32", "bf16")[i % 2]
-            t0 = time.perf_counter()
-            with autocast(cpu, precision):
-                agent.update(replay)
-            if i >= 2 * warmup:
-                times[precision].append(time.perf_counter() - t0)
+
+        def update(precision: str):
+            def call() -> None:
+                with autocast(cpu, precision):
+                    agent.update(replay)
+            return call
+
+        times = alternate({p: update(p) for p in ("fp32", "bf16")}, updates, warmup)
     pairs = [a / b for a, b in zip(times["fp32"], times["bf16"])]
     return {"preset": preset, "threads": threads, "updates": updates, "warmup": warmup,
             "fp32": summary(times["fp32"]), "bf16": summary(times["bf16"]),
             "ratio_fp32_over_bf16": summary(pairs, 3),
             "wm_loss": loss,
             "loadavg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
-
-
-def run_worker(preset: str, updates: int, warmup: int, threads: int) -> dict:
-    """`measure` in a fresh process: its JSON line."""
-    cmd = [sys.executable, __file__, "--worker", preset, "--updates", str(updates),
-           "--warmup", str(warmup), "--threads", str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
-    if out.returncode != 0:
-        raise RuntimeError(f"worker {preset} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def cpu_bf16_features() -> list[str]:
@@ -185,7 +163,7 @@ def main() -> int:
               "loadavg_1min_before": round(os.getloadavg()[0], 2), "presets": {}}
     for preset in args.presets:
         n = args.updates or (4 if preset == "atari100k" else 15)
-        r = run_worker(preset, n, args.warmup, args.threads)
+        r = run_worker(__file__, preset, n, args.warmup, args.threads)
         print(json.dumps(r), flush=True)
         report["presets"][preset] = r
     report["loadavg_1min_after"] = round(os.getloadavg()[0], 2)

@@ -22,6 +22,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -210,6 +212,55 @@ def matmul_gflops(threads: int = 0, n: int = 1024, reps: int = 5) -> float:
     finally:
         torch.set_num_threads(before)
     return round(statistics.median(rates), 1)
+
+
+@contextmanager
+def prefilled_agent(preset: str, overrides: list[str], prefill: int,
+                    threads: int) -> Iterator[tuple]:
+    """(agent, replay) of `preset` as `reverie train` builds them (seed 0, `threads` torch
+    threads, glibc keeping freed memory as the `reverie` command does), the replay holding
+    `prefill` env steps of random actions through the driver: what an update costs does not
+    depend on the data. For measuring updates in one process (`alternate`)."""
+    import tempfile
+
+    from reverie.allocator import keep_freed_memory
+    from reverie.config import build_config
+    from reverie.run.driver import Trainer
+
+    keep_freed_memory()
+    cfg = build_config(preset, [*overrides, f"run.threads={threads}", f"run.prefill={prefill}",
+                                "run.eval_episodes=0", "run.progress=false",
+                                "run.checkpoint_every=1000000000"], {"steps": prefill})
+    with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
+        trainer = Trainer(cfg, Path(tmp) / "run")
+        trainer.train()  # prefill only: random actions into the replay
+        yield trainer.agent, trainer.replay
+
+
+def alternate(arms: dict[str, Callable[[], object]], rounds: int,
+              warmup: int) -> dict[str, list[float]]:
+    """Seconds of each arm's call, the arms taking turns (A B A B ...) for `warmup` untimed
+    and then `rounds` timed rounds, so that a load changing during the measurement falls on
+    every arm alike."""
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for i in range(warmup + rounds):
+        for name, call in arms.items():
+            t0 = time.perf_counter()
+            call()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def run_worker(script: str, preset: str, updates: int, warmup: int, threads: int) -> dict:
+    """`script --worker PRESET ...` (a bench's one-process measurement) in a fresh process:
+    the JSON of its last output line."""
+    cmd = [sys.executable, script, "--worker", preset, "--updates", str(updates),
+           "--warmup", str(warmup), "--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
+    if out.returncode != 0:
+        raise RuntimeError(f"worker {preset} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def seed_mean_ci(values: list[float]) -> dict:

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from reverie.errors import suggest
+from reverie.nets.optim import adam
 from reverie.planning.upmpc import PlanResult, UPMPCConfig, plan
 from reverie.sequence import State
 from reverie.world.disagreement import DisagreementHeads, transition_pairs
@@ -111,7 +112,7 @@ class LatentCoplanner:
             int(cfg.heads), int(cfg.head_hidden), int(cfg.head_layers),
         ).to(device)
         self.lr, self.grad_clip = float(cfg.lr), float(cfg.grad_clip)
-        self.opt = torch.optim.Adam(self.heads.parameters(), lr=self.lr)
+        self.opt = adam(self.heads.parameters(), self.lr)
         self.upmpc = UPMPCConfig(
             candidates=int(cfg.candidates),
             horizon=int(cfg.horizon),

@@ -56,6 +56,7 @@ from reverie.behavior.ppo import (
 from reverie.behavior.rollout import Rollout
 from reverie.errors import UserError
 from reverie.nets.mlp import MLP
+from reverie.nets.optim import adam
 from reverie.rng import generator_state, numpy_generator, set_generator_state
 from reverie.sequence import State, make_backbone
 
@@ -158,7 +159,7 @@ class RPPOAgent:
             torch.manual_seed(seed)
             self.net = RecurrentActorCritic(self.obs_dim + self.prev_action_dim, action_space,
                                             cfg).to(self.device)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, eps=1e-5)
+        self.opt = adam(self.net.parameters(), cfg.lr, eps=1e-5)
         self.gen = torch.Generator(device=self.device)  # action sampling
         self.gen.manual_seed(seed)
         self.rng = numpy_generator(seed)  # minibatch order

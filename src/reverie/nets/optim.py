@@ -67,12 +67,22 @@ class LaProp(torch.optim.Optimizer):
         return loss
 
 
+def adam(params: Iterable[Tensor], lr: float, eps: float = 1e-8) -> torch.optim.Adam:
+    """Adam, fused (one kernel over all parameters) where every parameter is on CPU or
+    CUDA: the same algorithm as torch's per-parameter loop, equal up to float rounding, 2-3x
+    less optimiser time on this CPU (bench/optimizer.py). The flag is saved with the
+    optimiser's state, so a checkpoint from before keeps its per-parameter loop on resume."""
+    params = list(params)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, eps=eps, fused=fused or None)
+
+
 def make_optimizer(
     name: str, params: Iterable[Tensor], lr: float, eps: float
 ) -> torch.optim.Optimizer:
     """`name` in OPTIMIZERS; betas are (0.9, 0.999) for both."""
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, eps=eps)
+        return adam(params, lr, eps)
     if name == "laprop":
         return LaProp(params, lr=lr, eps=eps)
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reverie.nets.math import full
+from reverie.nets.optim import adam
 
 # MBPO's L2 coefficients of the 4 hidden layers and the output layer.
 MBPO_WEIGHT_DECAY = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)
@@ -140,9 +141,7 @@ class EnsembleDynamics(nn.Module):
         self.register_buffer("input_mean", torch.zeros(obs_dim + action_dim))
         self.register_buffer("input_std", torch.ones(obs_dim + action_dim))
         self.register_buffer("elites", torch.arange(elites))
-        # fused (one kernel over all parameters) on CPU and CUDA: the same algorithm as the
-        # per-parameter loop, equal up to float rounding, less optimiser time per step
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr, fused=True)
+        self.optimizer = adam(self.parameters(), lr)
 
     # -- the network -------------------------------------------------------------------------
     def normalise(self, obs: Tensor, action: Tensor) -> Tensor:
