@@ -787,6 +787,41 @@ def precision_table(results: Path) -> str | None:
     return "\n".join(lines) if lines else None
 
 
+def optimizer_table(results: Path) -> str | None:
+    report, _ = load(results, "optimizer")
+    if report is None:
+        return None
+    head = ["preset", "parameters (tensors)", "s/update, Adam loop (median, min–max)",
+            "s/update, fused", "loop / fused per update", "ms per optimiser steps, loop",
+            "fused", "loop / fused per steps"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for name, r in report["presets"].items():
+        u, st = r["update"], r["step"]
+        ms = {arm: {k: 1e3 * v for k, v in st[arm].items() if k != "values"}
+              for arm in ("loop", "fused")}
+        lines.append(_row([
+            f"`{name}`", f"{r['parameters'] / 1e6:.2f}M ({r['tensors']})",
+            _median_range(u["loop"], ".3f"), _median_range(u["fused"], ".3f"),
+            _median_range(u["ratio_loop_over_fused"], ".2f", "x"),
+            _median_range(ms["loop"], ".1f"), _median_range(ms["fused"], ".1f"),
+            _median_range(st["ratio_loop_over_fused"], ".2f", "x")]))
+    counts = sorted({(r["updates"], r["warmup"]) for r in report["presets"].values()})
+    lines.append(
+        "\nOne update of the world-model agent at each preset's sizes (minatar: Breakout, "
+        "dmc-proprio: walker-walk) with two sets of Adam optimisers over the same parameters, "
+        "torch's per-parameter loop and the fused kernel, updates alternating in one process "
+        "per preset ("
+        + "; ".join(f"{u} timed updates of each after {w} warm-up" for u, w in counts)
+        + "); optimiser steps: the world model's, actor's and critic's `step()` together on "
+        f"fixed gradients, alternating, 5x as many rounds; {report['threads']} torch "
+        f"thread(s), the preset's own run.compile; fp32 matmul "
+        f"{report['matmul_gflops_before']} GFLOP/s before, {report['matmul_gflops_after']} "
+        f"after; 1-min load {report['loadavg_1min_before']} before, "
+        f"{report['loadavg_1min_after']} after on {report['cores']} cores"
+        + (" (**loaded**: load > cores)." if report["loaded"] else "."))
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Path], str | None]] = {
     "backbones": backbones_table,
     "cartpole": cartpole_table,
@@ -810,6 +845,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "compile_auto": compile_auto_table,
     "ensemble_speed": ensemble_speed_table,
     "precision": precision_table,
+    "optimizer": optimizer_table,
 }
 
 

@@ -69,7 +69,7 @@ class LaProp(torch.optim.Optimizer):
 
 def adam(params: Iterable[Tensor], lr: float, eps: float = 1e-8) -> torch.optim.Adam:
     """Adam, fused (one kernel over all parameters) where every parameter is on CPU or
-    CUDA: the same algorithm as torch's per-parameter loop, equal up to float rounding, 2-3x
+    CUDA: the same algorithm as torch's per-parameter loop, equal up to float rounding, ~3x
     less optimiser time on this CPU (bench/optimizer.py). The flag is saved with the
     optimiser's state, so a checkpoint from before keeps its per-parameter loop on resume."""
     params = list(params)
