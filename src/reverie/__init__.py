@@ -5,11 +5,12 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def load(path, device: str = "auto"):
-    """Load a trained agent: `reverie.load("runs/demo").act(obs) -> (action, state)`."""
+def load(path, device: str = "auto", best: bool = False):
+    """Load a trained agent: `reverie.load("runs/demo").act(obs) -> (action, state)`; the
+    run's newest checkpoint, or with `best=True` its agent of the best evaluation so far."""
     from reverie.run.policy import load as _load
 
-    return _load(path, device=device)
+    return _load(path, device=device, best=best)
 
 
 def keep_freed_memory() -> bool:

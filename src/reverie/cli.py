@@ -62,7 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run")
     e.add_argument("--episodes", type=_positive_int, default=10)
     e.add_argument("--seed", type=_int, default=12345)
-    e.add_argument("--out", default=None, help="JSON path (default RUN/eval.json)")
+    e.add_argument("--out", default=None,
+                   help="JSON path (default RUN/eval.json, with --best RUN/eval-best.json)")
+    e.add_argument("--best", action="store_true",
+                   help="the agent of the run's best evaluation (checkpoints/best.pt), not "
+                        "its latest")
     e.add_argument("--prediction", type=_int, default=0, metavar="WINDOWS",
                    help="also score the world model's open-loop prediction of the next "
                         "--horizon observations after --context observed ones, over WINDOWS "
@@ -78,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "imagination beside the real episode")
     w.add_argument("run")
     w.add_argument("--steps", type=_positive_int, default=300)
-    w.add_argument("--out", default=None, help="GIF path (default RUN/watch.gif)")
+    w.add_argument("--out", default=None,
+                   help="GIF path (default RUN/watch.gif, with --best RUN/watch-best.gif)")
+    w.add_argument("--best", action="store_true",
+                   help="the agent of the run's best evaluation (checkpoints/best.pt)")
 
     r = sub.add_parser("report", help="report.md + PNGs over run folders: scores with CIs, "
                        "curves, baselines")
@@ -186,15 +193,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         flags = " and ".join(given)
         raise UserError(f"{flags} {'set' if len(given) > 1 else 'sets'} the --prediction "
                         f"windows; add --prediction N (windows to score) or drop {flags}")
-    policy = load(args.run)
+    policy = load(args.run, best=args.best)
     if args.prediction < 0:
         raise UserError(f"--prediction must be >= 0 windows, got {args.prediction}")
     if args.prediction and not hasattr(policy.agent, "world"):
         raise UserError(f"--prediction scores a world model; agent '{policy.cfg.agent}' has "
                         "none (drop --prediction)")
     returns = policy.evaluate(args.episodes, seed=args.seed)
-    result = {"run": str(args.run), "episodes": len(returns), "returns": returns,
-              "mean": sum(returns) / len(returns)}
+    result = {"run": str(args.run), "checkpoint_step": policy.step,
+              **({"best": True, "training_eval_return": policy.eval_return}
+                 if args.best else {}),
+              "episodes": len(returns), "returns": returns, "mean": sum(returns) / len(returns)}
     if args.prediction:
         from reverie.eval.prediction import HORIZON, prediction_error
 
@@ -211,7 +220,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.out is not None:
         out = Path(args.out)
     elif Path(args.run).is_dir():
-        out = Path(args.run) / "eval.json"
+        out = Path(args.run) / ("eval-best.json" if args.best else "eval.json")
     else:
         return 0
     try:
@@ -228,7 +237,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from reverie.eval.video import watch
 
     notes: list[str] = []
-    out = watch(args.run, steps=args.steps, out=args.out, notes=notes)
+    out = watch(args.run, steps=args.steps, out=args.out, notes=notes, best=args.best)
     for note in notes:
         print(f"reverie: note: {note}", file=sys.stderr)
     print(json.dumps({"gif": [str(p) for p in out if p.suffix == ".gif"],

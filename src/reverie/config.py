@@ -48,7 +48,7 @@ MAX_THREADS = 256  # far past any CPU's cores; OpenMP crashes (SIGSEGV) on absur
 # the data it has (logging, evaluation, checkpoint cadence, the run's length, resources).
 RESUME_KEYS = ("run.steps", "run.progress", "run.log_every", "run.eval_every",
                "run.eval_episodes", "run.eval_noop_max", "run.checkpoint_every",
-               "run.keep_checkpoints",
+               "run.keep_checkpoints", "run.keep_best",
                "run.max_nan_retries", "run.threads", "run.device", "run.compile",
                "run.precision",
                "replay.capacity")  # raised only: the replay grows, keeping its rows
@@ -78,6 +78,9 @@ class RunConfig:
     eval_episodes: int = 5
     checkpoint_every: int = 1000  # taken at the first episode end after this many steps
     keep_checkpoints: int = 3
+    # keep the agent of the best evaluation so far in checkpoints/best.pt (beside the last
+    # `keep_checkpoints`): `reverie.load(run, best=True)`, `reverie eval/watch RUN --best`
+    keep_best: bool = True
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads; 0 = all cores
     num_envs: int = 1  # envs stepped together (on-policy agents); replay agents take 1

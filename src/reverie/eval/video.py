@@ -133,15 +133,15 @@ def vector_plot(real: np.ndarray, imagined: np.ndarray, context: int, path: Path
 
 
 def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
-          fps: int = 15, notes: list[str] | None = None) -> list[Path]:
+          fps: int = 15, notes: list[str] | None = None, best: bool = False) -> list[Path]:
     """Write what there is to see of a run: a GIF of the agent acting in its env (real
     frames), and for a world-model agent its open-loop imagination beside the real episode
     (a GIF for images, a plot per dimension for vectors). Reasons for anything not written
-    are appended to `notes`."""
-    policy = load(run)
+    are appended to `notes`. `best`: the run's agent of its best evaluation (`load`)."""
+    policy = load(run, best=best)
     notes = [] if notes is None else notes
     folder = Path(run) if Path(run).is_dir() else Path(run).parent.parent
-    gif = Path(out) if out else folder / "watch.gif"
+    gif = Path(out) if out else folder / ("watch-best.gif" if best else "watch.gif")
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     frames, observations, actions, note = rollout(policy, steps)

@@ -29,6 +29,9 @@ FORMAT = 2  # 2: any-step checkpoints (env episodes replayed), truncation flags
 # in a run folder is untrusted input, so an entry naming `../config.yaml` or `/etc/x` must never
 # be read, let alone unlinked by pruning.
 CHECKPOINT_NAME = re.compile(r"ckpt-(\d{1,19})\.pt")
+# The agent of the best evaluation so far, with that evaluation's step and return (weights and
+# optimiser state, no replay or RNG: it is for acting, not for resuming).
+BEST = "best.pt"
 
 
 class CheckpointError(UserError):
@@ -203,6 +206,29 @@ class CheckpointStore:
                 with contextlib.suppress(OSError):
                     target.unlink()
         return self.folder / name
+
+    def save_best(self, payload: dict[str, Any]) -> Path:
+        """Replace best.pt atomically (a kill leaves the previous best or the new one)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        atomic_write_bytes(self.folder / BEST, buf.getvalue())
+        return self.folder / BEST
+
+    def load_best(self) -> dict[str, Any]:
+        """best.pt's payload (its "best" entry holds the step and the evaluation return)."""
+        path = self.folder / BEST
+        if path.is_symlink() or not path.is_file():
+            raise CheckpointError(
+                f"no best checkpoint in {self.folder}: it is written at evaluations "
+                "(run.eval_episodes > 0, run.keep_best=true); drop --best to load the latest")
+        payload = load_file(path)
+        best = payload.get("best")
+        if not (isinstance(best, dict) and type(best.get("step")) is int
+                and isinstance(best.get("eval_return"), float)):
+            raise CheckpointError(f"{path} is not a best checkpoint (no step and return); "
+                                  "drop --best to load the latest")
+        return payload
 
     def load_latest(self) -> tuple[dict[str, Any], Entry, list[str]]:
         """The newest checkpoint whose checksum verifies, and warnings about skipped ones."""

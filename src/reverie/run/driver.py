@@ -106,6 +106,9 @@ class Counters:
     nan_rollbacks: int = 0
     next_checkpoint: int = 0
     agent_fresh: bool = True  # the agent has not acted yet (prefill is random)
+    # the best evaluation so far (checkpoints/best.pt holds its agent; run.keep_best)
+    best_return: float = float("-inf")
+    best_step: int = -1
 
     def state(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -318,6 +321,18 @@ class Trainer:
                            for k, v in self._window.items()},
         }
 
+    def _keep_if_best(self, eval_return: float) -> None:
+        """An evaluation above every earlier one (strictly: a tie keeps the earlier agent)
+        replaces checkpoints/best.pt with this agent (run.keep_best)."""
+        c = self.count
+        if not self.run.keep_best or not eval_return > c.best_return:
+            return
+        c.best_return, c.best_step = eval_return, c.env_steps
+        self.store.save_best({
+            "format": FORMAT, "agent_name": self.cfg.agent, "agent": self.agent.state_dict(),
+            "env_id": self.cfg.env.id, "config": OmegaConf.to_yaml(self.cfg),
+            "best": {"step": c.env_steps, "eval_return": eval_return}})
+
     def checkpoint(self) -> None:
         if self.replay is not None:
             self.replay.flush()
@@ -494,6 +509,7 @@ class Trainer:
                         self.logger.metrics(c.env_steps, {"eval/return": float(np.mean(ret)),
                                                           "eval/return_std": float(np.std(ret))})
                         self.progress.eval_return = float(np.mean(ret))
+                        self._keep_if_best(float(np.mean(ret)))
                     for ep_return, ep_len in finished:
                         c.episodes += 1
                         self._returns.append(ep_return)
@@ -532,7 +548,9 @@ class Trainer:
         c = self.count
         return {"run": str(self.out), "env_steps": c.env_steps, "grad_steps": c.grad_steps,
                 "episodes": c.episodes,
-                "last_returns": [round(r, 2) for r in self._returns[-5:]]}
+                "last_returns": [round(r, 2) for r in self._returns[-5:]],
+                **({"best_eval_return": round(c.best_return, 2), "best_eval_step": c.best_step}
+                   if c.best_step >= 0 else {})}
 
 
 # evaluation episodes run side by side, one batched `act` per step for all of them: at the

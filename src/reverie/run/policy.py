@@ -30,6 +30,8 @@ class Policy:
         self.cfg = cfg
         self.obs_spec = obs_spec
         self.env_id = env_id
+        self.step: int | None = None  # env steps the agent had trained for
+        self.eval_return: float | None = None  # its evaluation (a best checkpoint's)
 
     def _as_dict(self, obs: Any) -> dict[str, np.ndarray]:
         if isinstance(obs, dict):
@@ -63,10 +65,15 @@ class Policy:
                         seed=seed)
 
 
-def load(path: str | Path, device: str = "auto") -> Policy:
+def load(path: str | Path, device: str = "auto", best: bool = False) -> Policy:
     """Load the newest verified checkpoint of a run folder, or a given checkpoint file (also
-    one copied out of its run: checkpoints carry their run's config)."""
+    one copied out of its run: checkpoints carry their run's config). `best=True`: the run's
+    agent of its best evaluation so far (checkpoints/best.pt, run.keep_best); `Policy.step`
+    and `Policy.eval_return` then say which."""
     path = Path(path)
+    if best and path.is_file():
+        raise UserError(f"--best takes a run folder, not '{path}' (load a checkpoint file "
+                        "without --best)")
     if path.is_file():
         payload = load_file(path)
         run = path.parent.parent
@@ -79,7 +86,8 @@ def load(path: str | Path, device: str = "auto") -> Policy:
                             "checkpoints that carry their config; load it from RUN/checkpoints/")
     elif path.is_dir():
         check_no_links(path)
-        payload, _, _ = CheckpointStore(path / "checkpoints").load_latest()
+        store = CheckpointStore(path / "checkpoints")
+        payload = store.load_best() if best else store.load_latest()[0]
         cfg = load_run_config(path)
     else:
         raise UserError(f"no run or checkpoint at '{path}'; pass a run folder such as runs/demo")
@@ -90,4 +98,9 @@ def load(path: str | Path, device: str = "auto") -> Policy:
     obs_spec = make_obs_spec(env.observation_space)
     agent = build_agent(cfg, obs_spec, env.action_space, select_device(device))
     load_agent_state(agent, payload, str(path))
-    return Policy(agent, cfg, obs_spec, cfg.env.id)
+    policy = Policy(agent, cfg, obs_spec, cfg.env.id)
+    if isinstance(payload.get("best"), dict):
+        policy.step, policy.eval_return = payload["best"]["step"], payload["best"]["eval_return"]
+    elif isinstance(payload.get("counters"), dict):
+        policy.step = payload["counters"].get("env_steps")
+    return policy

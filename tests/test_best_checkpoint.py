@@ -1,0 +1,113 @@
+"""checkpoints/best.pt: the agent of a run's best evaluation so far (run.keep_best), kept
+across resumes, loaded by `reverie.load(run, best=True)` and `reverie eval/watch --best`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import reverie
+from reverie.cli import main
+from reverie.config import build_config
+from reverie.errors import UserError
+from reverie.run.checkpoint import BEST, CheckpointStore, load_file
+from reverie.run.driver import Trainer
+from tiny import TINY_MODEL
+
+TINY = [*TINY_MODEL, "imagine.world.backbone_kwargs={}", "run.train_ratio=16",
+        "run.prefill=100", "run.checkpoint_every=100", "run.eval_every=100",
+        "run.eval_episodes=2", "run.keep_checkpoints=10", "run.progress=false",
+        "run.threads=1"]
+
+
+def config(steps: int, extra: list[str] | None = None):
+    return build_config("cartpole", TINY + (extra or []), {"backbone": "gru", "steps": steps})
+
+
+def evaluations(run: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["eval/return"]) for r in rows if "eval/return" in r]
+
+
+def first_best(evals: list[tuple[int, float]]) -> tuple[int, float]:
+    best = max(v for _, v in evals)
+    return next((s, v) for s, v in evals if v == best)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> tuple[Path, dict]:
+    """Trained to 200 env steps, then resumed to 400: evaluations at 100, 200, 300, 400."""
+    out = tmp_path_factory.mktemp("best") / "run"
+    Trainer(config(200), out).train()
+    summary = Trainer(config(400), out, resume=True).train()
+    return out, summary
+
+
+def test_best_is_the_first_of_the_highest_evaluations_across_a_resume(run):
+    out, summary = run
+    evals = evaluations(out)
+    assert [s for s, _ in evals] == [100, 200, 300, 400]
+    step, value = first_best(evals)
+    policy = reverie.load(out, best=True)
+    assert (policy.step, policy.eval_return) == (step, value)
+    assert (summary["best_eval_step"], summary["best_eval_return"]) == (step, round(value, 2))
+    # the same agent as the regular checkpoint of that step (evaluated, then checkpointed)
+    entry = next(e for e in CheckpointStore(out / "checkpoints").entries() if e.step == step)
+    regular = load_file(out / "checkpoints" / entry.file)["agent"]
+    best = load_file(out / "checkpoints" / BEST)["agent"]
+    for key in ("world", "behavior"):
+        for name, tensor in regular[key].items():
+            torch.testing.assert_close(best[key][name], tensor, rtol=0, atol=0)
+    latest = reverie.load(out)
+    assert latest.step == 400 and latest.eval_return is None
+
+
+def test_only_a_higher_evaluation_replaces_the_best(run, tmp_path):
+    out, _ = run
+    trainer = Trainer(config(400), out, resume=True)
+    trainer.run = type("Run", (), {"keep_best": True})()
+    before = (out / "checkpoints" / BEST).read_bytes()
+    best = trainer.count.best_return
+    trainer._keep_if_best(best)  # a tie keeps the earlier agent
+    assert (out / "checkpoints" / BEST).read_bytes() == before
+    trainer.count.env_steps = 401
+    trainer._keep_if_best(best + 1.0)
+    replaced = reverie.load(out, best=True)
+    assert (replaced.step, replaced.eval_return) == (401, best + 1.0)
+    trainer.release()
+
+
+def test_eval_and_watch_take_best(tmp_path, capsys):
+    out = tmp_path / "run"
+    Trainer(config(200), out).train()
+    step, value = first_best(evaluations(out))
+    assert main(["eval", str(out), "--best", "--episodes", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["best"] is True and result["checkpoint_step"] == step
+    assert result["training_eval_return"] == value
+    assert json.loads((out / "eval-best.json").read_text()) == result
+    assert not (out / "eval.json").exists()  # the latest's result is a separate file
+    assert main(["watch", str(out), "--best", "--steps", "5"]) == 0
+    assert (out / "watch-best.gif").read_bytes()[:3] == b"GIF"
+
+
+def test_no_best_corrupt_best_and_files_get_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    summary = Trainer(config(200, ["run.keep_best=false"]), out).train()
+    assert "best_eval_step" not in summary and not (out / "checkpoints" / BEST).exists()
+    assert main(["eval", str(out), "--best"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no best checkpoint" in err and "drop --best" in err and len(err.splitlines()) == 1
+    (out / "checkpoints" / BEST).write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a reverie checkpoint"):
+        reverie.load(out, best=True)
+    latest = out / "checkpoints" / CheckpointStore(out / "checkpoints").entries()[-1].file
+    with pytest.raises(UserError, match="--best takes a run folder"):
+        reverie.load(latest, best=True)
+    (out / "checkpoints" / BEST).unlink()
+    (out / "checkpoints" / BEST).symlink_to(latest)  # never followed: the run is refused
+    with pytest.raises(UserError, match=r"holds a link \(checkpoints/best.pt\)"):
+        reverie.load(out, best=True)
