@@ -65,7 +65,7 @@ def test_best_is_the_first_of_the_highest_evaluations_across_a_resume(run):
     assert latest.step == 400 and latest.eval_return is None
 
 
-def test_only_a_higher_evaluation_replaces_the_best(run, tmp_path):
+def test_only_a_higher_evaluation_replaces_the_best(run):
     out, _ = run
     trainer = Trainer(config(400), out, resume=True)
     trainer.run = type("Run", (), {"keep_best": True})()
@@ -80,14 +80,13 @@ def test_only_a_higher_evaluation_replaces_the_best(run, tmp_path):
     trainer.release()
 
 
-def test_eval_and_watch_take_best(tmp_path, capsys):
-    out = tmp_path / "run"
-    Trainer(config(200), out).train()
-    step, value = first_best(evaluations(out))
+def test_eval_and_watch_take_best(run, capsys):
+    out, _ = run
+    best = reverie.load(out, best=True)
     assert main(["eval", str(out), "--best", "--episodes", "1"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["best"] is True and result["checkpoint_step"] == step
-    assert result["training_eval_return"] == value
+    assert result["best"] is True and result["checkpoint_step"] == best.step
+    assert result["training_eval_return"] == best.eval_return
     assert json.loads((out / "eval-best.json").read_text()) == result
     assert not (out / "eval.json").exists()  # the latest's result is a separate file
     assert main(["watch", str(out), "--best", "--steps", "5"]) == 0
@@ -96,8 +95,9 @@ def test_eval_and_watch_take_best(tmp_path, capsys):
 
 def test_no_best_corrupt_best_and_files_get_one_line(tmp_path, capsys):
     out = tmp_path / "run"
-    summary = Trainer(config(200, ["run.keep_best=false"]), out).train()
+    summary = Trainer(config(100, ["run.keep_best=false"]), out).train()
     assert "best_eval_step" not in summary and not (out / "checkpoints" / BEST).exists()
+    capsys.readouterr()  # the training's own notes
     assert main(["eval", str(out), "--best"]) == 2
     err = capsys.readouterr().err.strip()
     assert "no best checkpoint" in err and "drop --best" in err and len(err.splitlines()) == 1
