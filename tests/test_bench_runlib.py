@@ -113,3 +113,12 @@ def test_campaign_sweeps_archives_and_reports(roots):
     again = campaign.report(c, [0, 1], results=roots / "results")
     assert again["summary"] == result["summary"]
     assert again["runs"] == result["runs"]
+
+
+def test_alternate_takes_turns_and_times_only_the_timed_rounds():
+    calls = []
+    times = runlib.alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                             rounds=3, warmup=2)
+    assert calls == ["a", "b"] * 5  # A B A B ..., the warm-up rounds too
+    assert [len(v) for v in times.values()] == [3, 3]
+    assert all(t >= 0 for v in times.values() for t in v)
