@@ -18,7 +18,7 @@ from reverie.errors import UserError  # noqa: E402
 from reverie.run.driver import Trainer  # noqa: E402
 from tiny import TINY_MODEL  # noqa: E402
 
-TINY = [*TINY_MODEL, "imagine.world.backbone_kwargs={}", "run.train_ratio=64",
+TINY = [*TINY_MODEL, "imagine.world.backbone_kwargs={}", "run.train_ratio=16",
         "run.prefill=100", "run.checkpoint_every=100", "run.eval_every=600",
         "run.eval_episodes=1", "run.progress=false", "run.threads=1"]
 
