@@ -15,7 +15,8 @@ across checkouts, and by several processes at once (other seeds): each re-reads 
 it writes. Each entry records the run's `run.compile` (runs before the auto default: off).
 Reported per variant and task: final evaluation return, best evaluation, and the mean of the
 last three evaluations (a policy that peaks and then drifts shows a gap between best and
-last-three), each over seeds.
+last-three), each over seeds; drama_ablation.png: the evaluation curves, mean over seeds with
+a 95% bootstrap band, the preset's defaults drawn thicker.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cartpole import RESULTS, run_reverie  # noqa: E402
-from runlib import RUNS_ROOT, seed_mean_ci  # noqa: E402
+from runlib import RUNS_ROOT, plot_seed_curves, seed_mean_ci  # noqa: E402
 
 # name -> (preset, env, eval every, env steps, task overrides). MinAtar: Space Invaders, the
 # one game on which the agent beats the random policy (and SB3 DQN/PPO) at the campaign's CPU
@@ -42,6 +43,7 @@ TASKS = {
                                ["run.train_ratio=64", "imagine.imag_batch=256",
                                 "run.eval_episodes=10", "run.checkpoint_every=2000"]),
 }
+DEFAULTS = ("baseline", "targets-dreamerv3")  # the preset as it is (targets: dreamerv3)
 VARIANTS: dict[str, list[str]] = {
     "baseline": [],  # the preset as it is (targets: dreamerv3 since that became the default)
     # the default targets before this ablation chose dreamerv3 (the runs recorded as
@@ -92,6 +94,13 @@ def write(path: Path, entries: list[dict]) -> None:
     path.write_text(json.dumps({
         "benchmark": "drama-ablation", "variants": VARIANTS, "tasks": TASKS,
         "summary": summarise(entries), "runs": entries}, indent=1))
+    panels: dict[str, dict[str, list[dict]]] = {}
+    for e in sorted(entries, key=lambda e: (list(TASKS).index(e["task"]),
+                                            list(VARIANTS).index(e["variant"]), e["seed"])):
+        if "error" not in e and e.get("eval_return"):
+            panels.setdefault(e["task"], {}).setdefault(e["variant"], []).append(e)
+    if panels:
+        plot_seed_curves(panels, path.with_suffix(".png"), bold=DEFAULTS)
 
 
 def run_compile(run: Path) -> str | None:

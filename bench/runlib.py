@@ -263,6 +263,46 @@ def run_worker(script: str, preset: str, updates: int, warmup: int, threads: int
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def plot_seed_curves(panels: dict[str, dict[str, list[dict]]], path: Path,
+                     ylabel: str = "evaluation return", bold: tuple[str, ...] = ()) -> None:
+    """One panel per title, one line per label: the mean over the label's runs (entries with
+    `eval_steps` and `eval_return`, cut to the shortest) with its 95% bootstrap band over
+    seeds (`reverie.eval.curves.seed_band`; no band for one seed); the labels in `bold` drawn
+    thicker (the default); the legend below the panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from reverie.eval.curves import seed_band
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.2), squeeze=False)
+    handles: dict[str, object] = {}
+    for ax, (title, lines) in zip(axes[0], panels.items()):
+        for label, runs in lines.items():
+            n = min(len(e["eval_return"]) for e in runs)
+            vals = np.array([e["eval_return"][:n] for e in runs], dtype=float)
+            mean, low, high = seed_band(vals)
+            steps = runs[0]["eval_steps"][:n]
+            (line,) = ax.plot(steps, mean, marker="o", ms=3, lw=2.6 if label in bold else 1.2,
+                              label=f"{label} (n={len(runs)})")
+            if len(runs) > 1:
+                ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.12)
+            handles.setdefault(line.get_label(), line)
+        ax.set_title(f"{title} (bands: 95% bootstrap CI over seeds)", fontsize=10)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    ncol = min(3, len(handles)) or 1
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol, fontsize=8,
+               frameon=False)
+    rows = -(-len(handles) // ncol)
+    fig.tight_layout(rect=(0, 0.045 * rows + 0.02, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def seed_mean_ci(values: list[float]) -> dict:
     """Mean over seeds with its 95% bootstrap interval (`reverie.eval.stats`, one task)."""
     import numpy as np
