@@ -28,7 +28,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runlib import RUNS_ROOT, keep, locate, require_sb3, run_sb3, seed_mean_ci  # noqa: E402
+from runlib import (  # noqa: E402
+    RUNS_ROOT,
+    child_env,
+    keep,
+    locate,
+    require_sb3,
+    run_sb3,
+    seed_mean_ci,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -107,7 +115,8 @@ def run_reverie(backbone: str, seed: int, steps: int, out: Path, overrides: list
                backbone, "--seed", str(seed), "--steps", str(steps), "--out", str(run),
                "--no-progress", *(x for o in overrides for x in ("--set", o))]
     t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True,
+                          env=child_env())  # it ends if this script is killed
     wall = time.time() - t0
     if proc.returncode != 0:
         return {"backbone": backbone, "seed": seed, "error": proc.stderr.strip()[-800:]}

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from reverie.distributed.trial import child_env
+
 BENCH = Path(__file__).resolve().parent
 RUNS_ROOT = BENCH / "runs"
 ARCHIVE = BENCH / "results" / "runs"
@@ -97,7 +99,7 @@ def ensure_run(run: Path, train_args: list[str], steps: int, threads: int = 1,
         cmd = ["train", *train_args, "--out", str(run), *common]
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "reverie", *cmd], capture_output=True,
-                          text=True)
+                          text=True, env=child_env())  # it ends if this script is killed
     if (run / "config.yaml").exists():
         keep(run)
     if proc.returncode != 0:

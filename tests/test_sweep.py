@@ -196,3 +196,49 @@ def test_rerun_resumes_unfinished_trials(tmp_path, capsys):
     assert (folder / "metrics.jsonl").read_text().startswith(first)  # history kept
     manifest = json.loads((folder / "checkpoints" / "manifest.json").read_text())
     assert manifest["checkpoints"][-1]["step"] == 300
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (an orphan's zombie may wait for a reaper)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_trial_ends_when_whoever_started_it_is_killed(tmp_path):
+    """`reverie train` started with `child_env()` (as sweep trials and benchmark runs are)
+    gets SIGTERM when its parent dies, even by SIGKILL, instead of training on unseen and
+    holding its run folder's lock against a rerun."""
+    import subprocess
+    import textwrap
+
+    run = tmp_path / "run"
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import subprocess, sys
+        from reverie.distributed.trial import child_env
+        child = subprocess.Popen(
+            [sys.executable, "-m", "reverie", "train", "--preset", "random", "--env",
+             "CartPole-v1", "--steps", "100000000", "--set", "run.eval_episodes=0",
+             "--out", {str(run)!r}, "--no-progress"], env=child_env())
+        print(child.pid, flush=True)
+        child.wait()
+    """)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        deadline = time.time() + 120
+        while not (run / "config.yaml").exists():  # training has started
+            assert time.time() < deadline and _alive(child), "the child never started"
+            time.sleep(0.2)
+        assert _alive(child)
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + 30
+        while _alive(child) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child), "the trial outlived its parent"
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -277,7 +278,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from reverie.allocator import keep_freed_memory
+    from reverie.distributed.trial import PARENT_ENV, follow_parent
 
+    if PARENT_ENV in os.environ:  # started by a sweep or a benchmark: end with it
+        follow_parent()
     keep_freed_memory()  # large activations stay mapped between passes (allocator.py)
     parser = build_parser()
     try:

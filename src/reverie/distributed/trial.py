@@ -19,6 +19,36 @@ from typing import Any
 from reverie.distributed.grid import Trial
 
 NEW, PARTIAL, DONE = "new", "partial", "done"
+# Set by whoever starts `reverie train` as a child (`child_env`): the child ends with it.
+PARENT_ENV = "REVERIE_PARENT_PID"
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a `reverie` child process that must not outlive this process:
+    a sweep (or a benchmark) killed with SIGTERM or SIGKILL would otherwise leave its trials
+    training unseen, holding their run folders' locks, so that a rerun fails on them."""
+    return {**os.environ, PARENT_ENV: str(os.getpid())}
+
+
+def follow_parent() -> None:
+    """In a child started with `child_env`: receive SIGTERM when the parent dies (Linux's
+    PR_SET_PDEATHSIG; the run then resumes from its last checkpoint), or exit now if it is
+    already gone. A no-op elsewhere and when the variable is unset; grandchildren do not
+    inherit it."""
+    parent = os.environ.pop(PARENT_ENV, None)
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+    except (OSError, AttributeError):
+        return
+    if parent.isdigit() and os.getppid() != int(parent):  # it died before prctl took hold
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def trial_state(trial: Trial) -> str:
@@ -71,7 +101,7 @@ def run_trial(trial: Trial, retries: int,
             f.flush()
             rc = subprocess.call([sys.executable, "-m", "reverie", *args], stdout=f,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=os.environ.copy())
+                                 env=child_env())
         result["attempts"] += 1
         result["resumes"] += int(resume)
         result["returncodes"].append(rc)
