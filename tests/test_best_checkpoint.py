@@ -111,3 +111,24 @@ def test_no_best_corrupt_best_and_files_get_one_line(tmp_path, capsys):
     (out / "checkpoints" / BEST).symlink_to(latest)  # never followed: the run is refused
     with pytest.raises(UserError, match=r"holds a link \(checkpoints/best.pt\)"):
         reverie.load(out, best=True)
+
+
+def test_a_full_disk_keeps_the_previous_best(tmp_path, monkeypatch):
+    import errno
+
+    from reverie.run import checkpoint as ckpt_module
+
+    store = CheckpointStore(tmp_path / "checkpoints")
+    first = {"format": ckpt_module.FORMAT, "agent_name": "x", "agent": {},
+             "best": {"step": 10, "eval_return": 1.0}}
+    store.save_best(first)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_module.os, "fsync", full)
+    with pytest.raises(UserError, match="No space left on device"):
+        store.save_best({**first, "best": {"step": 20, "eval_return": 2.0}})
+    monkeypatch.undo()
+    assert store.load_best()["best"] == {"step": 10, "eval_return": 1.0}
+    assert sorted(p.name for p in store.folder.iterdir()) == [BEST]  # no temp file left
