@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compile import summary  # noqa: E402
-from runlib import alternate, matmul_gflops, prefilled_agent, run_worker  # noqa: E402
+from runlib import add_worker_arguments, alternate, matmul_gflops, prefilled_agent, run_worker  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 PRESETS = {  # preset -> (extra overrides, prefill env steps); Adam presets only
@@ -135,13 +135,8 @@ def plot(report: dict, path: Path) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     p.add_argument("--updates", type=int, default=15, help="timed updates per arm")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quick", action="store_true",
-                   help="2 timed updates of each after 1 warm-up, no files")
-    p.add_argument("--worker", metavar="PRESET", help=argparse.SUPPRESS)
+    add_worker_arguments(p, list(PRESETS))
     args = p.parse_args()
     if args.worker:
         print(json.dumps(measure(args.worker, args.updates, args.warmup, args.threads)))

@@ -254,6 +254,19 @@ def alternate(arms: dict[str, Callable[[], object]], rounds: int,
     return times
 
 
+def add_worker_arguments(p, presets: list[str]) -> None:
+    """The options every one-process-per-preset bench shares (`run_worker`): --presets,
+    --warmup, --threads, --quick and the hidden --worker PRESET."""
+    import argparse
+
+    p.add_argument("--presets", nargs="+", default=presets, choices=presets)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true",
+                   help="2 timed updates of each after 1 warm-up, no files")
+    p.add_argument("--worker", metavar="PRESET", help=argparse.SUPPRESS)
+
+
 def run_worker(script: str, preset: str, updates: int, warmup: int, threads: int) -> dict:
     """`script --worker PRESET ...` (a bench's one-process measurement) in a fresh process:
     the JSON of its last output line."""
