@@ -14,9 +14,10 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reverie.distributed.grid import Trial
+if TYPE_CHECKING:  # annotations only: `reverie` imports this module at start-up (follow_parent)
+    from reverie.distributed.grid import Trial
 
 NEW, PARTIAL, DONE = "new", "partial", "done"
 # Set by whoever starts `reverie train` as a child (`child_env`): the child ends with it.
