@@ -336,6 +336,42 @@ def test_group_label_leaves_out_keys_a_run_does_not_have():
     assert group_label(run(), ["mbpo.mode"]) == "all"
 
 
+def test_group_labels_name_a_setting_only_where_groups_differ_in_it():
+    from types import SimpleNamespace
+
+    from reverie.eval.report import group_labels
+
+    def run(**settings):
+        return SimpleNamespace(setting=lambda key: settings.get(key, "?"))
+
+    keys = ["agent", "backbone", "replay.sampler", "rppo.d_model", "mbpo.mode",
+            "run.precision"]
+    imagine = {"replay.sampler": "dfs", "run.precision": "fp32"}
+    runs = [
+        run(agent="imagine", backbone="mamba2", **imagine),
+        run(agent="imagine", backbone="mamba2", **{**imagine, "run.precision": "bf16"}),
+        run(agent="imagine", backbone="mamba2", **{**imagine, "replay.sampler": "uniform"}),
+        run(agent="imagine", backbone="gru", **imagine),
+        run(agent="rppo", backbone="ffm", **{"rppo.d_model": "64", "run.precision": "fp32"}),
+        run(agent="rppo", backbone="ffm", **{"rppo.d_model": "256", "run.precision": "fp32"}),
+        run(agent="rppo", backbone="gru", **{"rppo.d_model": "256", "run.precision": "fp32"}),
+        run(agent="mbpo", backbone="-", **{"mbpo.mode": "coplanner", "run.precision": "fp32"}),
+        run(agent="mbpo", backbone="-", **{"mbpo.mode": "mbpo", "run.precision": "fp32"}),
+    ]
+    assert group_labels(runs, keys) == [
+        "imagine/mamba2/sampler=dfs/precision=fp32", "imagine/mamba2/sampler=dfs/precision=bf16",
+        "imagine/mamba2/sampler=uniform/precision=fp32",
+        "imagine/gru",  # every gru run: dfs, fp32
+        "rppo/ffm/d_model=64", "rppo/ffm/d_model=256", "rppo/gru",
+        "mbpo/mode=coplanner", "mbpo/mode=mbpo"]
+    assert group_labels(runs[::-1], keys) == group_labels(runs, keys)[::-1]
+    # without agent and backbone among the keys, a key is named wherever it varies at all
+    assert group_labels(runs[:4], ["run.precision"]) == [
+        "precision=fp32", "precision=bf16", "precision=fp32", "precision=fp32"]
+    assert group_labels(runs[3:4] * 2, ["agent", "run.precision"]) == ["imagine", "imagine"]
+    assert group_labels(runs[3:4], ["run.precision"]) == ["all"]
+
+
 def test_replay_settings_label_only_agents_that_keep_a_replay(tmp_path):
     from reverie.eval.report import group_label
 

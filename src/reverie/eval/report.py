@@ -88,26 +88,47 @@ def check_group_keys(keys: list[str], runs: list[Run]) -> list[str]:
     return unused
 
 
-def group_label(run: Run, keys: list[str]) -> str:
+def group_label(run: Run, keys: list[str], shown: list[bool] | None = None) -> str:
     """E.g. 'rppo/ffm/init=reference'. A key the run does not have (another agent's
     setting, an unset option: '-' or '?') is left out of its label, so one report can group
-    mbpo runs by `mbpo.mode` and rppo runs by their backbone options."""
+    mbpo runs by `mbpo.mode` and rppo runs by their backbone options; so is a key whose
+    `shown` flag is False (`group_labels`)."""
     parts = []
-    for key in keys:
+    for i, key in enumerate(keys):
         value = run.setting(key)
-        if value in ("-", "?"):
+        if value in ("-", "?") or (shown is not None and not shown[i]):
             continue
         parts.append(value if key in ("agent", "backbone") else
                      f"{key.rsplit('.', 1)[-1]}={value}")
     return "/".join(parts) or "all"
 
 
+def group_labels(runs: list[Run], keys: list[str]) -> list[str]:
+    """The runs' labels, where a dotted key names its value only where runs of the same
+    agent and backbone (those of the two that are keys) differ in it.
+
+    So `--group-by run.precision` names fp32 and bf16 beside the mamba2 runs that were
+    compared in both, and nothing beside the gru runs that were all fp32. Two settings never
+    share a label: runs that differ in a key either differ in agent or backbone as well, or
+    both name their value of it.
+    """
+    scope_keys = [k for k in keys if k in ("agent", "backbone")]
+    scopes = [tuple(r.setting(k) for k in scope_keys) for r in runs]
+    seen: dict[tuple, set[str]] = defaultdict(set)
+    for r, scope in zip(runs, scopes):
+        for k in keys:
+            seen[(scope, k)].add(r.setting(k))
+    return [group_label(r, keys, [k in scope_keys or len(seen[(scope, k)]) > 1 for k in keys])
+            for r, scope in zip(runs, scopes)]
+
+
 def make_groups(runs: list[Run], keys: list[str]) -> list[Group]:
     """Groups per (score kind, label), in a stable order."""
     table: dict[tuple[str, str], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     kinds: dict[str, ScoreKind] = {}
-    for r in sorted(runs, key=lambda r: (r.env, r.seed, str(r.path))):
-        table[(r.kind.name, group_label(r, keys))][r.env].append(r)
+    ordered = sorted(runs, key=lambda r: (r.env, r.seed, str(r.path)))
+    for r, label in zip(ordered, group_labels(ordered, keys)):
+        table[(r.kind.name, label)][r.env].append(r)
         kinds[r.kind.name] = r.kind
     def natural(item):  # train_ratio=8 before train_ratio=16
         (k, label), _ = item
@@ -259,12 +280,13 @@ def _compute_section(groups: list[Group]) -> list[str]:
 def _runs_section(runs: list[Run], keys: list[str], out: Path) -> list[str]:
     lines = ["<details><summary>all runs</summary>", "",
              "| run | env | group | seed | steps | score |", "|---|---|---|---:|---:|---:|"]
+    label = {id(r): x for r, x in zip(runs, group_labels(runs, keys))}
     for r in sorted(runs, key=lambda r: str(r.path)):
         try:
             shown = Path(r.path).resolve().relative_to(out.resolve().parent)
         except ValueError:
             shown = r.path
-        lines.append(f"| {shown} | {r.env} | {group_label(r, keys)} | {r.seed} | "
+        lines.append(f"| {shown} | {r.env} | {label[id(r)]} | {r.seed} | "
                      f"{r.env_steps:,} | {_num(r.score)} |")
     return lines + ["", "</details>", ""]
 
@@ -298,7 +320,8 @@ def write_report(paths: list[str | Path], out: str | Path,
     lines = ["# reverie report", "",
              f"{_n(len(runs), 'run')}, {_n(len(envs), 'env')}, {_n(len(labels), 'group')} "
              "(grouped by "
-             f"{', '.join(keys)}); {now}. Intervals are 95% stratified-bootstrap intervals "
+             f"{', '.join(keys)}; a setting is named only where runs of one agent and backbone differ in it); "
+             f"{now}. Intervals are 95% stratified-bootstrap intervals "
              f"over tasks x seeds ({REPS} resamples). A run's score is its last evaluation's "
              "mean return, or without evaluations the mean return of its training episodes "
              "in the last 10% of its steps; POPGym runs score their MMER.", ""]
