@@ -452,6 +452,30 @@ def test_a_group_that_averages_variants_as_seeds_is_named(tmp_path, capsys):
     assert "averaged as if" not in capsys.readouterr().err
 
 
+def test_a_group_that_averages_different_budgets_is_named(tmp_path, capsys):
+    """A 10k and a 20k run of one agent: their final scores are not comparable, so the report
+    says so (also when the two share a seed and nothing else tells them apart)."""
+    root = tmp_path / "budgets"
+    external_run(root / "long0", "CartPole-v1", 0, [1.0, 2.0, 3.0, 4.0], agent="sb3-sac")
+    external_run(root / "short1", "CartPole-v1", 1, [1.0, 2.0], agent="sb3-sac")
+    out = tmp_path / "rep"
+    assert main(["report", str(root), "--out", str(out)]) == 0
+    line = ("group 'sb3-sac' averages final scores of CartPole-v1 from different budgets (200 "
+            "and 400 env steps); add --group-by run.steps to set them apart")
+    assert f"reverie: warning: {line}" in capsys.readouterr().err
+    assert f"- {line}" in (out / "report.md").read_text()
+    external_run(root / "short0", "CartPole-v1", 0, [1.0, 2.0], agent="sb3-sac")
+    assert main(["report", str(root), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert ("with seed 0, averaged as if they were seeds; they differ in their budgets (200 and "
+            "400 env steps): add --group-by run.steps to set them apart") in err
+    assert "averages final scores" not in err  # one line says it
+    assert main(["report", str(root), "--out", str(out), "--group-by", "agent",
+                 "--group-by", "run.steps"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert "sb3-sac/steps=200" in (out / "report.md").read_text()
+
+
 def external_run(folder: Path, env: str, seed: int, evals: list[float], agent: str = "sb3-ppo",
                  every: int = 100, **extra) -> Path:
     """A run of another library, as bench/runlib.run_sb3 writes it."""

@@ -158,31 +158,59 @@ def _leaves(cfg: DictConfig) -> dict[str, object]:
     return out
 
 
+def _budgets(runs: list[Run]) -> str | None:
+    """'10,000 and 20,000 env steps' when the runs' final scores come from budgets more than
+    5% apart (a vector env's last batch overshoots by a few steps); else None."""
+    steps = sorted({r.env_steps for r in runs})
+    if steps[-1] <= 1.05 * steps[0]:
+        return None
+    shown = [f"{s:,}" for s in steps]
+    return (f"{shown[0]} and {shown[1]}" if len(shown) == 2 else
+            f"{shown[0]} to {shown[-1]} ({len(shown)} budgets)") + " env steps"
+
+
 def mixed_groups(groups: list[Group]) -> list[str]:
-    """One line per group holding two runs of one env with the same seed: the grouping keys
-    miss what tells them apart (an ablation's variants averaged as seeds), so the line names
-    the settings in which they differ. Settings a resume may change are not counted."""
+    """A line for each way a group's runs should not be averaged as they are (the first env
+    where it shows):
+
+    - two runs of one env with the same seed: the grouping keys miss what tells them apart
+      (an ablation's variants averaged as seeds), so the line names the settings in which
+      they differ (settings a resume may change are not counted);
+    - runs scored at different budgets (a 10k and a 20k run of one agent): their final
+      scores are not comparable, and `--group-by run.steps` sets them apart."""
     from reverie.config import RESUME_KEYS
 
+    fix = "add --group-by run.steps to set them apart"
     lines = []
     for g in groups:
+        clash_line = budget_line = None  # the first of each per group
         for env, rs in sorted(g.runs.items()):
+            budgets = _budgets(rs)
+            if budgets and budget_line is None:
+                budget_line = (f"group '{g.label}' averages final scores of {env} from "
+                               f"different budgets ({budgets}); {fix}")
             by_seed: dict[int, list[Run]] = defaultdict(list)
             for r in rs:
                 by_seed[r.seed].append(r)
             clash = next((v for _, v in sorted(by_seed.items()) if len(v) > 1), None)
-            if clash is None:
+            if clash is None or clash_line is not None:
                 continue
             leaves = [_leaves(r.cfg) for r in clash]
             differ = sorted(k for k in set().union(*leaves) if k not in RESUME_KEYS
                             and len({repr(c.get(k)) for c in leaves}) > 1)
-            what = (f"they differ in {', '.join(differ[:4])}"
-                    f"{f' (+{len(differ) - 4} more)' if len(differ) > 4 else ''}: add "
-                    "--group-by for what tells them apart" if differ else
-                    "their configs are identical (the same run twice?)")
-            lines.append(f"group '{g.label}' has {len(clash)} runs of {env} with seed "
-                         f"{clash[0].seed}, averaged as if they were seeds; {what}")
-            break
+            if differ:
+                what = (f"they differ in {', '.join(differ[:4])}"
+                        f"{f' (+{len(differ) - 4} more)' if len(differ) > 4 else ''}: add "
+                        "--group-by for what tells them apart")
+            elif _budgets(clash):
+                what = f"they differ in their budgets ({_budgets(clash)}): {fix}"
+            else:
+                what = "their configs are identical (the same run twice?)"
+            clash_line = (f"group '{g.label}' has {len(clash)} runs of {env} with seed "
+                          f"{clash[0].seed}, averaged as if they were seeds; {what}")
+        if clash_line and fix in clash_line:
+            budget_line = None  # said already
+        lines += [x for x in (clash_line, budget_line) if x]
     return lines
 
 
@@ -329,7 +357,8 @@ def write_report(paths: list[str | Path], out: str | Path,
         lines += [f"Skipped {len(warnings)} folder(s):", ""] + [f"- {w}" for w in warnings] + [""]
     mixed = mixed_groups(groups)
     if mixed:
-        lines += ["**Groups that mix configurations:**", ""] + [f"- {m}" for m in mixed] + [""]
+        lines += (["**Groups that mix configurations or budgets:**", ""]
+                  + [f"- {m}" for m in mixed] + [""])
     if unused:
         lines += [f"- {u}" for u in unused] + [""]
     lines += list(notes or [])
