@@ -5,6 +5,9 @@ wall time per run and the returns it reaches, over seeds.
     python bench/default_run.py --seeds 0 --steps 1000
     python bench/default_run.py --alt run.compile=off   # default, alt, default, alt, ... per seed
     python bench/default_run.py --cold                  # each run on an empty inductor cache
+    python bench/default_run.py --alt-env MALLOC_MMAP_THRESHOLD_=131072 \
+        MALLOC_TRIM_THRESHOLD_=131072 --json default_run_allocator_ab.json
+        # the same command without reverie's allocator fix (reverie/allocator.py)
 
 This is what `make demo` trains, measured as a user runs it: the plain command with the
 preset's own thread setting, one run at a time (nothing else of this benchmark on the
@@ -63,6 +66,11 @@ def main() -> None:
     p.add_argument("--alt", nargs="+", default=[], metavar="KEY=VALUE",
                    help="also run every seed with these --set overrides, alternating with the "
                         "default run (default, alt, default, alt, ...)")
+    p.add_argument("--alt-env", nargs="+", default=[], metavar="NAME=VALUE",
+                   help="also run every seed with these environment variables, alternating "
+                        "with the default run (with --alt: both in the alt run)")
+    p.add_argument("--json", default="default_run.json",
+                   help="file name under bench/results/ (default: %(default)s)")
     p.add_argument("--cold", action="store_true",
                    help="every run starts from an empty inductor cache, as the first run of "
                         "a fresh install does (default: the user's cache, warm after a run)")
@@ -71,9 +79,16 @@ def main() -> None:
 
     cfg = build_config("cartpole", [], {"backbone": args.backbone, "steps": args.steps})
     build_config("cartpole", args.alt, {"backbone": args.backbone})  # a bad --alt fails now
+    if any("=" not in kv or not kv.split("=", 1)[0] for kv in args.alt_env):
+        p.error("--alt-env takes NAME=VALUE pairs")
+    alt_env = dict(kv.split("=", 1) for kv in args.alt_env)
+    if Path(args.json).name != args.json or not args.json.endswith(".json"):
+        p.error("--json takes a file name ending in .json (it is written to bench/results/)")
     prefill = int(cfg.run.prefill)
 
-    def one(seed: int, overrides: list[str], out: Path) -> dict:
+    def one(seed: int, overrides: list[str], out: Path, env: dict[str, str]) -> dict:
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)  # the child `reverie train` inherits them
         if args.cold:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
         load0, gflops = os.getloadavg()[0], matmul_gflops()
@@ -81,6 +96,12 @@ def main() -> None:
         r["matmul_gflops_before"] = gflops
         r["loadavg_1min_before"], r["loadavg_1min_after"] = load0, os.getloadavg()[0]
         r["overrides"], r["inductor_cache"] = overrides, "empty" if args.cold else "user's"
+        r["env"] = env
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
         if args.cold:
             shutil.rmtree(os.environ.pop("TORCHINDUCTOR_CACHE_DIR"), ignore_errors=True)
         if "error" not in r:
@@ -91,9 +112,9 @@ def main() -> None:
 
     runs, alt_runs = [], []
     for seed in args.seeds:
-        runs.append(one(seed, [], args.out))
-        if args.alt:
-            alt_runs.append(one(seed, args.alt, args.out / "alt"))
+        runs.append(one(seed, [], args.out, {}))
+        if args.alt or alt_env:
+            alt_runs.append(one(seed, args.alt, args.out / "alt", alt_env))
     walls, finals = walls_and_finals(runs, args.steps)
     cores = os.cpu_count() or 1
     result = {
@@ -117,12 +138,12 @@ def main() -> None:
                 None if len(finals) < len(args.seeds) else
                 statistics.mean(finals) >= TARGET_RETURN},
     }
-    if args.alt:
+    if args.alt or alt_env:
         alt_walls, alt_finals = walls_and_finals(alt_runs, args.steps)
         ratios = [b["wall_s"] / a["wall_s"] for a, b in zip(runs, alt_runs)
                   if "error" not in a and "error" not in b]
         result["alt"] = {
-            "overrides": args.alt, "runs": alt_runs,
+            "overrides": args.alt, "env": alt_env, "runs": alt_runs,
             "wall_s_median": statistics.median(alt_walls) if alt_walls else None,
             "wall_s_min": min(alt_walls, default=None), "wall_s_max": max(alt_walls, default=None),
             "final_return_mean": round(statistics.mean(alt_finals), 1) if alt_finals else None,
@@ -131,7 +152,7 @@ def main() -> None:
                 "min": round(min(ratios), 3) if ratios else None,
                 "max": round(max(ratios), 3) if ratios else None}}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "default_run.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / args.json).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "alt")}, indent=1))
 
 

@@ -656,8 +656,8 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def default_run_table(results: Path) -> str | None:
-    report, _ = load(results, "default_run")
+def default_run_table(results: Path, stem: str = "default_run") -> str | None:
+    report, _ = load(results, stem)
     if report is None:
         return None
     alt = report.get("alt")
@@ -667,7 +667,9 @@ def default_run_table(results: Path) -> str | None:
     lines = [_row(head), _row(["---"] * len(head))]
     pairs = [(r, "default") for r in report["runs"]]
     if alt:
-        label = "`" + " ".join(alt["overrides"]) + "`"
+        label = " ".join([f"`{' '.join(alt['overrides'])}`"] * bool(alt["overrides"])
+                         + ["env `" + " ".join(f"{k}={v}" for k, v in alt.get("env", {}).items())
+                            + "`"] * bool(alt.get("env")))
         pairs = [x for a, b in zip(report["runs"], alt["runs"])
                  for x in ((a, "default"), (b, label))]
     for r, label in pairs:
@@ -826,6 +828,8 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "backbones": backbones_table,
     "cartpole": cartpole_table,
     "default_run": default_run_table,
+    "default_run_allocator_ab": lambda results: default_run_table(results,
+                                                                  "default_run_allocator_ab"),
     "reliability": reliability_table,
     "cartpole_sweep": cartpole_sweep_table,
     "throughput": throughput_table,

@@ -8,13 +8,20 @@ Raising both thresholds keeps those pages mapped for the next pass. The `reverie
 does this at start-up; a library user calls `keep_freed_memory()` once, or starts Python
 with `MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647` in the
 environment. The cost is a process that keeps its peak memory until it exits.
+
+A process whose environment sets either glibc variable (`MALLOC_MMAP_THRESHOLD_`,
+`MALLOC_TRIM_THRESHOLD_`) keeps the user's choice: `keep_freed_memory()` then changes nothing.
+That is also how a whole training run is measured without the fix (bench/default_run.py
+--alt-env).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")  # glibc's own variables
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 KEEP = 2**31 - 1  # mallopt takes an int: 2 GiB, far above any single activation here
@@ -41,5 +48,8 @@ def set_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
 
 
 def keep_freed_memory() -> bool:
-    """Stop returning freed blocks to the OS (see the module doc). Returns whether it took."""
+    """Stop returning freed blocks to the OS (see the module doc). Returns whether it took;
+    False, changing nothing, where the environment sets glibc's thresholds itself."""
+    if any(name in os.environ for name in USER_SETTINGS):
+        return False
     return set_thresholds(KEEP, KEEP)

@@ -347,9 +347,8 @@ def write_report(paths: list[str | Path], out: str | Path,
     labels = {g.label for g in groups}
     lines = ["# reverie report", "",
              f"{_n(len(runs), 'run')}, {_n(len(envs), 'env')}, {_n(len(labels), 'group')} "
-             "(grouped by "
-             f"{', '.join(keys)}; a setting is named only where runs of one agent and backbone differ in it); "
-             f"{now}. Intervals are 95% stratified-bootstrap intervals "
+             f"(grouped by {', '.join(keys)}; a setting is named only where runs of one agent "
+             f"and backbone differ in it); {now}. Intervals are 95% stratified-bootstrap intervals "
              f"over tasks x seeds ({REPS} resamples). A run's score is its last evaluation's "
              "mean return, or without evaluations the mean return of its training episodes "
              "in the last 10% of its steps; POPGym runs score their MMER.", ""]
