@@ -341,8 +341,9 @@ def test_group_labels_name_a_setting_only_where_groups_differ_in_it():
 
     from reverie.eval.report import group_labels
 
-    def run(**settings):
-        return SimpleNamespace(setting=lambda key: settings.get(key, "?"))
+    def run(kind="return (CartPole-v1)", **settings):
+        return SimpleNamespace(setting=lambda key: settings.get(key, "?"),
+                               kind=SimpleNamespace(name=kind))
 
     keys = ["agent", "backbone", "replay.sampler", "rppo.d_model", "mbpo.mode",
             "run.precision"]
@@ -365,11 +366,18 @@ def test_group_labels_name_a_setting_only_where_groups_differ_in_it():
         "rppo/ffm/d_model=64", "rppo/ffm/d_model=256", "rppo/gru",
         "mbpo/mode=coplanner", "mbpo/mode=mbpo"]
     assert group_labels(runs[::-1], keys) == group_labels(runs, keys)[::-1]
-    # without agent and backbone among the keys, a key is named wherever it varies at all
+    # without agent and backbone among the keys, a key is named wherever it varies (per kind)
     assert group_labels(runs[:4], ["run.precision"]) == [
         "precision=fp32", "precision=bf16", "precision=fp32", "precision=fp32"]
     assert group_labels(runs[3:4] * 2, ["agent", "run.precision"]) == ["imagine", "imagine"]
     assert group_labels(runs[3:4], ["run.precision"]) == ["all"]
+    # a setting that differs between score kinds only (a 5k CartPole and a 20k MinAtar run)
+    # is not named: no aggregate spans both
+    minatar = run(kind="return (minatar)", agent="imagine", backbone="gru",
+                  **{**imagine, "run.steps": "20000"})
+    cartpole = run(agent="imagine", backbone="gru", **{**imagine, "run.steps": "5000"})
+    assert group_labels([cartpole, minatar], ["agent", "backbone", "run.steps"]) == [
+        "imagine/gru", "imagine/gru"]
 
 
 def test_replay_settings_label_only_agents_that_keep_a_replay(tmp_path):

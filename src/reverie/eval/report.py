@@ -105,15 +105,16 @@ def group_label(run: Run, keys: list[str], shown: list[bool] | None = None) -> s
 
 def group_labels(runs: list[Run], keys: list[str]) -> list[str]:
     """The runs' labels, where a dotted key names its value only where runs of the same
+    score kind (what one aggregate spans: HNS, MMER, the raw return of one env or family),
     agent and backbone (those of the two that are keys) differ in it.
 
-    So `--group-by run.precision` names fp32 and bf16 beside the mamba2 runs that were
-    compared in both, and nothing beside the gru runs that were all fp32. Two settings never
-    share a label: runs that differ in a key either differ in agent or backbone as well, or
-    both name their value of it.
+    So `--group-by run.precision` names fp32 and bf16 beside the CartPole mamba2 runs that
+    were compared in both, and nothing beside the gru runs, or MinAtar's, that were all fp32.
+    Two settings of one score kind never share a label: runs that differ in a key either
+    differ in agent or backbone as well, or both name their value of it.
     """
     scope_keys = [k for k in keys if k in ("agent", "backbone")]
-    scopes = [tuple(r.setting(k) for k in scope_keys) for r in runs]
+    scopes = [(r.kind.name, *(r.setting(k) for k in scope_keys)) for r in runs]
     seen: dict[tuple, set[str]] = defaultdict(set)
     for r, scope in zip(runs, scopes):
         for k in keys:
@@ -348,8 +349,9 @@ def write_report(paths: list[str | Path], out: str | Path,
     lines = ["# reverie report", "",
              f"{_n(len(runs), 'run')}, {_n(len(envs), 'env')}, {_n(len(labels), 'group')} "
              f"(grouped by {', '.join(keys)}; a setting is named only where runs of one agent "
-             f"and backbone differ in it); {now}. Intervals are 95% stratified-bootstrap intervals "
-             f"over tasks x seeds ({REPS} resamples). A run's score is its last evaluation's "
+             f"and backbone differ in it within a score kind); {now}. Intervals are 95% "
+             f"stratified-bootstrap intervals over tasks x seeds ({REPS} resamples). A run's "
+             "score is its last evaluation's "
              "mean return, or without evaluations the mean return of its training episodes "
              "in the last 10% of its steps; POPGym runs score their MMER.", ""]
     if warnings:
