@@ -469,19 +469,25 @@ def test_a_group_that_averages_different_budgets_is_named(tmp_path, capsys):
     out = tmp_path / "rep"
     assert main(["report", str(root), "--out", str(out)]) == 0
     line = ("group 'sb3-sac' averages final scores of CartPole-v1 from different budgets (200 "
-            "and 400 env steps); add --group-by run.steps to set them apart")
+            "and 400 env steps; add --group-by run.steps to set them apart)")
     assert f"reverie: warning: {line}" in capsys.readouterr().err
     assert f"- {line}" in (out / "report.md").read_text()
     external_run(root / "short0", "CartPole-v1", 0, [1.0, 2.0], agent="sb3-sac")
     assert main(["report", str(root), "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert ("with seed 0, averaged as if they were seeds; they differ in their budgets (200 and "
-            "400 env steps): add --group-by run.steps to set them apart") in err
+            "400 env steps; add --group-by run.steps to set them apart)") in err
     assert "averages final scores" not in err  # one line says it
     assert main(["report", str(root), "--out", str(out), "--group-by", "agent",
                  "--group-by", "run.steps"]) == 0
     assert "warning" not in capsys.readouterr().err
     assert "sb3-sac/steps=200" in (out / "report.md").read_text()
+    # the same budget, one run still short of it: --finished-only is the fix
+    external_run(tmp_path / "unfinished" / "a", "CartPole-v1", 0, [1.0, 2.0, 3.0], steps=300)
+    external_run(tmp_path / "unfinished" / "b", "CartPole-v1", 1, [1.0], steps=300)
+    assert main(["report", str(tmp_path / "unfinished"), "--out", str(out)]) == 0
+    assert ("from different budgets (100 and 300 env steps; some are unfinished: "
+            "--finished-only leaves them out)") in capsys.readouterr().err
 
 
 def external_run(folder: Path, env: str, seed: int, evals: list[float], agent: str = "sb3-ppo",

@@ -160,14 +160,19 @@ def _leaves(cfg: DictConfig) -> dict[str, object]:
 
 
 def _budgets(runs: list[Run]) -> str | None:
-    """'10,000 and 20,000 env steps' when the runs' final scores come from budgets more than
-    5% apart (a vector env's last batch overshoots by a few steps); else None."""
+    """'10,000 and 20,000 env steps; add --group-by ...' when the runs' final scores come from
+    budgets more than 5% apart (a vector env's last batch overshoots by a few steps), with
+    the fix: group by run.steps where the runs were given different budgets, leave out the
+    unfinished ones where they were not; else None."""
     steps = sorted({r.env_steps for r in runs})
     if steps[-1] <= 1.05 * steps[0]:
         return None
     shown = [f"{s:,}" for s in steps]
+    fix = ("add --group-by run.steps to set them apart"
+           if len({r.target_steps for r in runs}) > 1 else
+           "some are unfinished: --finished-only leaves them out")
     return (f"{shown[0]} and {shown[1]}" if len(shown) == 2 else
-            f"{shown[0]} to {shown[-1]} ({len(shown)} budgets)") + " env steps"
+            f"{shown[0]} to {shown[-1]} ({len(shown)} budgets)") + f" env steps; {fix}"
 
 
 def mixed_groups(groups: list[Group]) -> list[str]:
@@ -178,10 +183,10 @@ def mixed_groups(groups: list[Group]) -> list[str]:
       (an ablation's variants averaged as seeds), so the line names the settings in which
       they differ (settings a resume may change are not counted);
     - runs scored at different budgets (a 10k and a 20k run of one agent): their final
-      scores are not comparable, and `--group-by run.steps` sets them apart."""
+      scores are not comparable: `--group-by run.steps` sets different budgets apart,
+      `--finished-only` leaves out runs still short of theirs."""
     from reverie.config import RESUME_KEYS
 
-    fix = "add --group-by run.steps to set them apart"
     lines = []
     for g in groups:
         clash_line = budget_line = None  # the first of each per group
@@ -189,7 +194,7 @@ def mixed_groups(groups: list[Group]) -> list[str]:
             budgets = _budgets(rs)
             if budgets and budget_line is None:
                 budget_line = (f"group '{g.label}' averages final scores of {env} from "
-                               f"different budgets ({budgets}); {fix}")
+                               f"different budgets ({budgets})")
             by_seed: dict[int, list[Run]] = defaultdict(list)
             for r in rs:
                 by_seed[r.seed].append(r)
@@ -204,12 +209,12 @@ def mixed_groups(groups: list[Group]) -> list[str]:
                         f"{f' (+{len(differ) - 4} more)' if len(differ) > 4 else ''}: add "
                         "--group-by for what tells them apart")
             elif _budgets(clash):
-                what = f"they differ in their budgets ({_budgets(clash)}): {fix}"
+                what = f"they differ in their budgets ({_budgets(clash)})"
             else:
                 what = "their configs are identical (the same run twice?)"
             clash_line = (f"group '{g.label}' has {len(clash)} runs of {env} with seed "
                           f"{clash[0].seed}, averaged as if they were seeds; {what}")
-        if clash_line and fix in clash_line:
+        if clash_line and "budgets" in clash_line:
             budget_line = None  # said already
         lines += [x for x in (clash_line, budget_line) if x]
     return lines
