@@ -88,18 +88,17 @@ def check_group_keys(keys: list[str], runs: list[Run]) -> list[str]:
     return unused
 
 
-def group_label(run: Run, keys: list[str], shown: list[bool] | None = None) -> str:
+def group_label(run: Run, keys: list[str]) -> str:
     """E.g. 'rppo/ffm/init=reference'. A key the run does not have (another agent's
     setting, an unset option: '-' or '?') is left out of its label, so one report can group
-    mbpo runs by `mbpo.mode` and rppo runs by their backbone options; so is a key whose
-    `shown` flag is False (`group_labels`)."""
-    parts = []
-    for i, key in enumerate(keys):
-        value = run.setting(key)
-        if value in ("-", "?") or (shown is not None and not shown[i]):
-            continue
-        parts.append(value if key in ("agent", "backbone") else
-                     f"{key.rsplit('.', 1)[-1]}={value}")
+    mbpo runs by `mbpo.mode` and rppo runs by their backbone options."""
+    return _label(keys, [run.setting(k) for k in keys], [True] * len(keys))
+
+
+def _label(keys: list[str], values: list[str], shown: list[bool]) -> str:
+    """`group_label` of these values of `keys`, leaving out the keys not `shown`."""
+    parts = [value if key in ("agent", "backbone") else f"{key.rsplit('.', 1)[-1]}={value}"
+             for key, value, on in zip(keys, values, shown) if on and value not in ("-", "?")]
     return "/".join(parts) or "all"
 
 
@@ -113,14 +112,16 @@ def group_labels(runs: list[Run], keys: list[str]) -> list[str]:
     Two settings of one score kind never share a label: runs that differ in a key either
     differ in agent or backbone as well, or both name their value of it.
     """
-    scope_keys = [k for k in keys if k in ("agent", "backbone")]
-    scopes = [(r.kind.name, *(r.setting(k) for k in scope_keys)) for r in runs]
+    values = [[r.setting(k) for k in keys] for r in runs]
+    scoped = [k in ("agent", "backbone") for k in keys]
+    scopes = [(r.kind.name, *(v for v, s in zip(vs, scoped) if s))
+              for r, vs in zip(runs, values)]
     seen: dict[tuple, set[str]] = defaultdict(set)
-    for r, scope in zip(runs, scopes):
-        for k in keys:
-            seen[(scope, k)].add(r.setting(k))
-    return [group_label(r, keys, [k in scope_keys or len(seen[(scope, k)]) > 1 for k in keys])
-            for r, scope in zip(runs, scopes)]
+    for scope, vs in zip(scopes, values):
+        for k, v in zip(keys, vs):
+            seen[(scope, k)].add(v)
+    return [_label(keys, vs, [s or len(seen[(scope, k)]) > 1 for k, s in zip(keys, scoped)])
+            for scope, vs in zip(scopes, values)]
 
 
 def make_groups(runs: list[Run], keys: list[str]) -> list[Group]:
@@ -189,7 +190,7 @@ def mixed_groups(groups: list[Group]) -> list[str]:
 
     lines = []
     for g in groups:
-        clash_line = budget_line = None  # the first of each per group
+        clash_line = budget_line = None  # the first of each per group ("": none wanted)
         for env, rs in sorted(g.runs.items()):
             budgets = _budgets(rs)
             if budgets and budget_line is None:
@@ -208,14 +209,13 @@ def mixed_groups(groups: list[Group]) -> list[str]:
                 what = (f"they differ in {', '.join(differ[:4])}"
                         f"{f' (+{len(differ) - 4} more)' if len(differ) > 4 else ''}: add "
                         "--group-by for what tells them apart")
-            elif _budgets(clash):
-                what = f"they differ in their budgets ({_budgets(clash)})"
+            elif clash_budgets := _budgets(clash):
+                what = f"they differ in their budgets ({clash_budgets})"
+                budget_line = ""  # this line says it
             else:
                 what = "their configs are identical (the same run twice?)"
             clash_line = (f"group '{g.label}' has {len(clash)} runs of {env} with seed "
                           f"{clash[0].seed}, averaged as if they were seeds; {what}")
-        if clash_line and "budgets" in clash_line:
-            budget_line = None  # said already
         lines += [x for x in (clash_line, budget_line) if x]
     return lines
 
@@ -311,10 +311,11 @@ def _compute_section(groups: list[Group]) -> list[str]:
     return lines + [""]
 
 
-def _runs_section(runs: list[Run], keys: list[str], out: Path) -> list[str]:
+def _runs_section(groups: list[Group], out: Path) -> list[str]:
     lines = ["<details><summary>all runs</summary>", "",
              "| run | env | group | seed | steps | score |", "|---|---|---|---:|---:|---:|"]
-    label = {id(r): x for r, x in zip(runs, group_labels(runs, keys))}
+    label = {id(r): g.label for g in groups for rs in g.runs.values() for r in rs}
+    runs = [r for g in groups for rs in g.runs.values() for r in rs]
     for r in sorted(runs, key=lambda r: str(r.path)):
         try:
             shown = Path(r.path).resolve().relative_to(out.resolve().parent)
@@ -390,7 +391,7 @@ def write_report(paths: list[str | Path], out: str | Path,
     lines += ["## Compute", "", "Wall time is training time (evaluations included, start-up "
               "not) summed over the processes of resumed runs; env steps/s is env steps run per "
               "second of it, median over the runs.", ""] + _compute_section(groups)
-    lines += ["## Runs", ""] + _runs_section(runs, keys, out)
+    lines += ["## Runs", ""] + _runs_section(groups, out)
     report = out / "report.md"
     report.write_text("\n".join(lines))
     return report, warnings + mixed + unused
