@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cartpole import ROOT, TARGET_RETURN, run_reverie  # noqa: E402
@@ -87,23 +88,17 @@ def main() -> None:
     prefill = int(cfg.run.prefill)
 
     def one(seed: int, overrides: list[str], out: Path, env: dict[str, str]) -> dict:
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # the child `reverie train` inherits them
-        if args.cold:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
-        load0, gflops = os.getloadavg()[0], matmul_gflops()
-        r = run_reverie(args.backbone, seed, args.steps, out, overrides)
+        cold = tempfile.mkdtemp(prefix="inductor-cold-") if args.cold else None
+        child = {**env, **({"TORCHINDUCTOR_CACHE_DIR": cold} if cold else {})}
+        with mock.patch.dict(os.environ, child):  # the child `reverie train` inherits them
+            load0, gflops = os.getloadavg()[0], matmul_gflops()
+            r = run_reverie(args.backbone, seed, args.steps, out, overrides)
         r["matmul_gflops_before"] = gflops
         r["loadavg_1min_before"], r["loadavg_1min_after"] = load0, os.getloadavg()[0]
-        r["overrides"], r["inductor_cache"] = overrides, "empty" if args.cold else "user's"
+        r["overrides"], r["inductor_cache"] = overrides, "empty" if cold else "user's"
         r["env"] = env
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k)
-            else:
-                os.environ[k] = v
-        if args.cold:
-            shutil.rmtree(os.environ.pop("TORCHINDUCTOR_CACHE_DIR"), ignore_errors=True)
+        if cold:
+            shutil.rmtree(cold, ignore_errors=True)
         if "error" not in r:
             r["ms_per_env_step_after_prefill"] = per_step_ms(out / f"{args.backbone}-s{seed}",
                                                              prefill)

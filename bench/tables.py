@@ -667,9 +667,12 @@ def default_run_table(results: Path, stem: str = "default_run") -> str | None:
     lines = [_row(head), _row(["---"] * len(head))]
     pairs = [(r, "default") for r in report["runs"]]
     if alt:
-        label = " ".join([f"`{' '.join(alt['overrides'])}`"] * bool(alt["overrides"])
-                         + ["env `" + " ".join(f"{k}={v}" for k, v in alt.get("env", {}).items())
-                            + "`"] * bool(alt.get("env")))
+        parts = []
+        if alt["overrides"]:
+            parts.append(f"`{' '.join(alt['overrides'])}`")
+        if alt.get("env"):  # files written before --alt-env have none
+            parts.append("env `" + " ".join(f"{k}={v}" for k, v in alt["env"].items()) + "`")
+        label = " ".join(parts)
         pairs = [x for a, b in zip(report["runs"], alt["runs"])
                  for x in ((a, "default"), (b, label))]
     for r, label in pairs:
