@@ -80,12 +80,16 @@ def progress(run: Path) -> int:
 
 
 def ensure_run(run: Path, train_args: list[str], steps: int, threads: int = 1,
-               earlier: dict | None = None) -> dict:
+               earlier: dict | None = None, checkpoint_every: int | None = None) -> dict:
     """Train (or continue) `run` to `steps` env steps. train_args: the `reverie train` flags
     that create it (preset, env, seed, --set ...), used only when it does not exist yet.
     earlier: the run's result in the committed JSON, if any; a run finished there is not
-    trained again when neither its folder nor its archived copy is here."""
+    trained again when neither its folder nor its archived copy is here. checkpoint_every:
+    the run's checkpoint cadence (a key a resume may change), given on every call, so a run
+    stopped midway loses at most that many env steps."""
     common = ["--no-progress", "--steps", str(steps), "--set", f"run.threads={threads}"]
+    if checkpoint_every is not None:
+        common += ["--set", f"run.checkpoint_every={checkpoint_every}"]
     if (run / "config.yaml").exists():
         if progress(run) >= steps:
             keep(run)

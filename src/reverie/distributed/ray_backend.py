@@ -47,22 +47,30 @@ def _check_reachable(address: str) -> None:
 # Ray picks the machine's network address for a new instance unless clusters are "disabled"
 # (its setting for laptops), in which case every server binds to 127.0.0.1 only.
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Ray's raylet starts its workers at niceness 15 unless told otherwise; a trial (a child of
+# its worker) inherits it, and on a machine doing anything else it then gets a few percent
+# of a core (a 200-step random run took minutes beside two training runs). A local
+# instance's trials run at the sweep's own priority, as --backend local's do.
+NICENESS_ENV = "RAY_worker_niceness"
 
 
-def _loopback_only() -> Callable[[], None]:
-    """A local instance that listens on the loopback interface only, never the network;
-    returns the function that puts the settings back."""
+def _local_instance_settings() -> Callable[[], None]:
+    """A local instance that listens on the loopback interface only, never the network, and
+    whose workers run at this process's priority; returns the function that puts the
+    settings back."""
     from ray._private import ray_constants
 
-    before = os.environ.get(LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[LOOPBACK_ENV] = "0"  # read by Ray's processes as they start
+    env = {LOOPBACK_ENV: "0", NICENESS_ENV: "0"}  # read by Ray's processes as they start
+    before = {k: os.environ.get(k) for k in env}, ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(env)
     ray_constants.ENABLE_RAY_CLUSTER = False  # read by this process (Ray already imported)
 
     def restore() -> None:
-        if before[0] is None:
-            os.environ.pop(LOOPBACK_ENV, None)
-        else:
-            os.environ[LOOPBACK_ENV] = before[0]
+        for key, value in before[0].items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         ray_constants.ENABLE_RAY_CLUSTER = before[1]
 
     return restore
@@ -74,7 +82,7 @@ def _init(ray, address: str | None, workers: int) -> Callable[[], None]:
     env = {k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}
     try:
         if address is None:
-            restore = _loopback_only()
+            restore = _local_instance_settings()
             ray.init(num_cpus=workers, num_gpus=_local_gpus(), include_dashboard=False,
                      log_to_driver=False, configure_logging=False,
                      runtime_env={"env_vars": env} if env else None)
