@@ -27,9 +27,11 @@ demo: $(STAMP)
 	$(BIN)/reverie eval $(DEMO) --episodes 5
 	$(BIN)/reverie watch $(DEMO)
 
+# one test process per core (pytest-xdist): each test runs single-threaded (tests/conftest.py),
+# so a serial suite left the other cores idle
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -x tests
+	$(BIN)/python -m pytest -x -n auto tests
 
 # sheeprl (the DreamerV3 peer of bench/throughput.py) in its own venv, made only by `bench`;
 # torch first, so pip keeps the CPU build (see bench/peers/README.md).

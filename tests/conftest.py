@@ -1,7 +1,8 @@
-"""Test-suite settings: one intra-op thread (tiny tensors run fastest that way, and results do
-not depend on how many cores CI has), and torch.compile off (TORCH_COMPILE_DISABLE, torch's
-own switch, inherited by the CLI subprocesses): the default run.compile=auto would compile each
-test's tiny model once more; tests/test_compile.py turns it back on for its own tests."""
+"""Test-suite settings: one intra-op thread (tiny tensors run fastest that way, results do not
+depend on how many cores CI has, and `make test` runs one test process per core), and
+torch.compile off (TORCH_COMPILE_DISABLE, torch's own switch, inherited by the CLI
+subprocesses): the default run.compile=auto would compile each test's tiny model once more;
+tests/test_compile.py turns it back on for its own tests."""
 
 import os
 
