@@ -85,3 +85,20 @@ def test_presets_command_describes_each_bundled_preset(capsys):
     assert sorted(rows) == presets()
     assert rows["cartpole"][1:4] == ["imagine", "CartPole-v1", "5,000"]
     assert rows["popgym-ppo"][1] == "rppo" and "--preset FILE.yaml" in lines[-1]
+
+
+@pytest.mark.parametrize("agent", ["imagine", "mbpo", "rppo", "random"])
+def test_agent_flag_starts_from_that_agents_preset(agent, capsys):
+    """`--agent NAME` alone trains what `--preset <its preset>` trains; with --preset it only
+    checks that the preset is one of that agent's."""
+    from reverie.config import AGENT_PRESETS, agent_presets
+
+    preset = AGENT_PRESETS[agent]
+    assert main(["train", "--agent", agent, "--show-config"]) == 0
+    via_agent = capsys.readouterr().out
+    assert main(["train", "--preset", preset, "--show-config"]) == 0
+    assert via_agent == capsys.readouterr().out and f"agent: {agent}\n" in via_agent
+    assert agent_presets(agent)[0] == preset
+    for other in agent_presets(agent)[1:]:
+        assert main(["train", "--agent", agent, "--preset", other, "--show-config"]) == 0
+        assert f"agent: {agent}\n" in capsys.readouterr().out

@@ -39,6 +39,10 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
 
 
+AGENT_HELP = ("imagine | mbpo | rppo | random: without --preset, starts from the agent's "
+              "preset (cartpole, mbpo-pendulum, popgym-ppo, random)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="reverie", description="Sample-efficient model-based RL on a laptop CPU.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
@@ -46,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train an agent; writes a run folder")
     t.add_argument("--preset", default=None,
                    help="a bundled preset (`reverie presets`) or your own YAML file "
-                        "(default: cartpole)")
+                        "(default: cartpole, or the --agent's preset)")
+    t.add_argument("--agent", default=None, help=AGENT_HELP)
     t.add_argument("--env", default=None, help="env spec, e.g. CartPole-v1, ALE/Pong-v5")
     t.add_argument("--backbone", default=None, help="gru | transformer | mamba1 | mamba2 | ffm")
     t.add_argument("--steps", type=_positive_int, default=None, help="env steps to train")
@@ -103,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "then a report")
     s.add_argument("--preset", default=None,
                    help="a bundled preset (`reverie presets`) or your own YAML file "
-                        "(default: cartpole)")
+                        "(default: cartpole, or the --agent's preset)")
+    s.add_argument("--agent", default=None, help=AGENT_HELP)
     s.add_argument("--env", dest="envs", action="append", default=[], metavar="ENV",
                    help="env spec (repeatable; default: the preset's)")
     s.add_argument("--seeds", type=_positive_int, default=1, help="seeds 0..N-1 per setting")
@@ -141,14 +147,19 @@ def _default_out(cfg) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from reverie.config import apply_resume_overrides, build_config, load_run_config
+    from reverie.config import (
+        apply_resume_overrides,
+        build_config,
+        load_run_config,
+        preset_of_agent,
+    )
     from reverie.run.driver import Trainer
     from reverie.run.folder import check_no_links
 
     if args.resume:
         run = Path(args.resume)
-        fixed = {"--preset": args.preset, "--env": args.env, "--backbone": args.backbone,
-                 "--seed": args.seed, "--out": args.out}
+        fixed = {"--preset": args.preset, "--agent": args.agent, "--env": args.env,
+                 "--backbone": args.backbone, "--seed": args.seed, "--out": args.out}
         for flag, value in fixed.items():
             if value is not None:
                 raise UserError(
@@ -175,7 +186,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = list(args.overrides)
         if args.no_progress:
             overrides.append("run.progress=false")
-        cfg = build_config(args.preset or "cartpole", overrides, flags)
+        cfg = build_config(preset_of_agent(args.agent, args.preset) or "cartpole", overrides,
+                           flags)
         if args.show_config:
             print(OmegaConf.to_yaml(cfg), end="")
             return 0
@@ -259,11 +271,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from reverie.config import preset_of_agent
     from reverie.distributed.sweep import Sweep, run_sweep
 
-    sweep = Sweep(preset=args.preset, envs=list(args.envs), seeds=args.seeds, steps=args.steps,
-                  overrides=list(args.overrides), grid=list(args.grid), out=args.out,
-                  workers=args.workers, retries=args.retries)
+    sweep = Sweep(preset=preset_of_agent(args.agent, args.preset), envs=list(args.envs),
+                  seeds=args.seeds, steps=args.steps, overrides=list(args.overrides),
+                  grid=list(args.grid), out=args.out, workers=args.workers,
+                  retries=args.retries)
 
     def said(r: dict) -> None:
         extra = f" after {r['resumes']} resume(s)" if r["resumes"] else ""

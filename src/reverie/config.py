@@ -34,6 +34,10 @@ AGENTS: dict[str, tuple[str, str, str, str | None]] = {
     "mbpo": ("reverie.agents.mbpo", "MBPOConfig", "MBPOAgent", None),
     "rppo": ("reverie.agents.rppo", "RPPOConfig", "RPPOAgent", "backbone"),
 }
+# the preset `--agent NAME` starts from when no --preset is given: each learns something
+# real on this CPU (`reverie presets` lists the rest)
+AGENT_PRESETS = {"imagine": "cartpole", "random": "random", "mbpo": "mbpo-pendulum",
+                 "rppo": "popgym-ppo"}
 SAMPLERS = ("uniform", "dfs")
 COMPILE_MODES = ("off", "auto", "on")
 PRECISIONS = ("fp32", "bf16")  # reverie.precision
@@ -134,6 +138,32 @@ def preset_summary(name: str, width: int = 80) -> str:
         sentence = sentence[:width].rsplit(" ", 1)[0].rstrip(",;:(") + " ..."
     cfg = build_config(name)
     return f"{name:<24} {cfg.agent:<8} {cfg.env.id:<30} {int(cfg.run.steps):>9,}  {sentence}"
+
+
+def agent_presets(agent: str) -> list[str]:
+    """The bundled presets of `agent`, its `--agent` default first."""
+    names = [n for n in presets() if _preset_agent(n) == agent]
+    first = AGENT_PRESETS.get(agent)
+    return sorted(names, key=lambda n: n != first)
+
+
+def _preset_agent(name: str) -> str:
+    return str(load_preset(name).get("agent", "imagine"))
+
+
+def preset_of_agent(agent: str | None, preset: str | None) -> str | None:
+    """The preset a `--agent`/`--preset` pair trains: the agent's default preset when only
+    --agent is given; --preset unchanged, once checked to be a preset of that agent."""
+    if agent is None:
+        return preset
+    agent_parts(agent)  # unknown agents named as such, with a suggestion
+    if preset is None:
+        return AGENT_PRESETS[agent]
+    if (preset_agent := _preset_agent(preset)) != agent:
+        raise UserError(f"preset '{preset}' is for agent '{preset_agent}', not '{agent}'; drop "
+                        f"--agent, or pick a preset of {agent}: "
+                        f"{', '.join(agent_presets(agent))}")
+    return preset
 
 
 def is_preset_file(name: str) -> bool:
@@ -321,11 +351,19 @@ def build_config(
     preset_data = load_preset(preset) if preset else {}
     overrides = _parse_dotlist(list(overrides or []))
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    agent = str(preset_data.get("agent", "imagine"))
+    preset_agent = agent = str(preset_data.get("agent", "imagine"))
     for item in overrides:  # the agent must be known before the schema can be built
         k, v = item.split("=", 1)
         if k.strip() == "agent":
             agent = v.strip()
+    if agent != preset_agent and isinstance(preset_data.get(preset_agent), dict):
+        agent_parts(agent)  # an unknown name is said as such
+        others = agent_presets(agent)[1:]
+        raise UserError(
+            f"preset '{preset}' configures agent '{preset_agent}' (its {preset_agent}: section "
+            f"does not apply to {agent}); use --agent {agent} (preset {AGENT_PRESETS[agent]})"
+            + (f" or another preset of {agent}: {', '.join(others)}" if others else "")
+        )
     schema = _schema(agent)
     _, _, backbone_key = agent_parts(agent)
     for item in list(overrides):
