@@ -102,3 +102,13 @@ def test_agent_flag_starts_from_that_agents_preset(agent, capsys):
     for other in agent_presets(agent)[1:]:
         assert main(["train", "--agent", agent, "--preset", other, "--show-config"]) == 0
         assert f"agent: {agent}\n" in capsys.readouterr().out
+
+
+def test_an_agent_without_a_bundled_preset_is_told_to_bring_one(monkeypatch, capsys):
+    from reverie import config
+
+    monkeypatch.setitem(config.AGENTS, "mine", config.AGENTS["random"])  # a user's own agent
+    assert main(["train", "--agent", "mine"]) == 2
+    assert "has no bundled preset; give --preset FILE.yaml" in capsys.readouterr().err
+    assert main(["train", "--set", "agent=mine"]) == 2
+    assert "give --preset FILE.yaml holding agent: mine" in capsys.readouterr().err

@@ -158,6 +158,9 @@ def preset_of_agent(agent: str | None, preset: str | None) -> str | None:
         return preset
     agent_parts(agent)  # unknown agents named as such, with a suggestion
     if preset is None:
+        if agent not in AGENT_PRESETS:  # registered by a user, without a bundled preset
+            raise UserError(f"agent '{agent}' has no bundled preset; give --preset FILE.yaml "
+                            f"holding agent: {agent} and its settings")
         return AGENT_PRESETS[agent]
     if (preset_agent := _preset_agent(preset)) != agent:
         raise UserError(f"preset '{preset}' is for agent '{preset_agent}', not '{agent}'; drop "
@@ -358,10 +361,12 @@ def build_config(
             agent = v.strip()
     if agent != preset_agent and isinstance(preset_data.get(preset_agent), dict):
         agent_parts(agent)  # an unknown name is said as such
-        others = agent_presets(agent)[1:]
+        fix = (f"use --agent {agent} (preset {AGENT_PRESETS[agent]})"
+               if agent in AGENT_PRESETS else f"give --preset FILE.yaml holding agent: {agent}")
+        others = [n for n in agent_presets(agent) if n != AGENT_PRESETS.get(agent)]
         raise UserError(
             f"preset '{preset}' configures agent '{preset_agent}' (its {preset_agent}: section "
-            f"does not apply to {agent}); use --agent {agent} (preset {AGENT_PRESETS[agent]})"
+            f"does not apply to {agent}); {fix}"
             + (f" or another preset of {agent}: {', '.join(others)}" if others else "")
         )
     schema = _schema(agent)
