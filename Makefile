@@ -28,10 +28,10 @@ demo: $(STAMP)
 	$(BIN)/reverie watch $(DEMO)
 
 # one test process per core (pytest-xdist): each test runs single-threaded (tests/conftest.py),
-# so a serial suite left the other cores idle
+# so a serial suite left the other cores idle; at most 8 (each holds torch in memory)
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -x -n auto tests
+	$(BIN)/python -m pytest -x -n auto --maxprocesses 8 tests
 
 # sheeprl (the DreamerV3 peer of bench/throughput.py) in its own venv, made only by `bench`;
 # torch first, so pip keeps the CPU build (see bench/peers/README.md).

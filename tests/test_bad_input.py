@@ -73,9 +73,17 @@ CASES = [
     ("unknown agent", ["train", "--set", "agent=dreamer"], "unknown agent"),
     ("--agent typo", ["train", "--agent", "mbpoo"], "did you mean 'mbpo'"),
     ("--agent against its preset", ["train", "--agent", "mbpo", "--preset", "cartpole"],
-     "pick a preset of mbpo: mbpo-pendulum, "),
+     "--preset one of mbpo's: mbpo-pendulum, "),
     ("agent set over another agent's preset", ["train", "--set", "agent=mbpo"],
-     "use --agent mbpo (preset mbpo-pendulum) or another preset of mbpo: "),
+     "use --agent mbpo (preset mbpo-pendulum), or --preset one of mbpo's: "),
+    ("--agent against --set agent", ["train", "--agent", "random", "--set", "agent=imagine"],
+     "--agent random and agent=imagine (--set/--grid) disagree"),
+    ("sweep --agent against --grid agent", ["sweep", "--agent", "mbpo", "--grid",
+                                            "agent=mbpo,rppo", "--out", "{tmp}/sw"],
+     "disagree"),
+    ("--agent with a preset file naming no agent",
+     ["train", "--agent", "mbpo", "--preset", "{tmp}/no-agent.yaml"],
+     "names no agent (so it is imagine's); add `agent: mbpo` to it, or `base: mbpo-pendulum`"),
     ("--agent on a resume", ["train", "--resume", "{run}", "--agent", "rppo"],
      "--agent cannot be used with --resume"),
     ("sweep --agent against its preset", ["sweep", "--agent", "random", "--preset", "cartpole",
@@ -114,7 +122,8 @@ CASES = [
     ("preset file key typo", ["train", "--preset", "{tmp}/typo.yaml"], "did you mean 'run.steps'"),
 ]
 PRESET_FILES = {"list.yaml": "- run\n- steps\n", "broken.yaml": "run: {steps: [\n",
-                "typo.yaml": "base: random\nrun:\n  stpes: 10\n"}
+                "typo.yaml": "base: random\nrun:\n  stpes: 10\n",
+                "no-agent.yaml": "run: {steps: 100}\n"}
 PREPARE = {
     "corrupt checkpoints": corrupt_all,
     "truncated checkpoints": truncate_all,

@@ -153,28 +153,30 @@ def test_unreachable_ray_address_is_one_line(tmp_path, capsys):
     assert "--backend ray" in capsys.readouterr().err
 
 
-def test_ray_local_instance_runs_a_2x2_grid(tmp_path):
-    """The one Ray test: a real local instance (2 CPUs, loopback only), started as the sweep
-    starts it; its workers (and so the trials they start) run at this process's priority,
-    not Ray's default niceness 15. The sweep joins the running instance. Ray's start-up
+def test_ray_local_instance_runs_a_2x2_grid(tmp_path, monkeypatch):
+    """The one Ray test: a real local instance (2 CPUs, loopback only) started by the sweep,
+    whose workers (and so the trials they start) run at this process's priority, not Ray's
+    default niceness 15; shut down and its settings put back at the end. Ray's start-up
     makes it the slowest test here."""
     ray = pytest.importorskip("ray")
     from reverie.distributed import ray_backend
 
-    env_before = os.environ.get(ray_backend.NICENESS_ENV)
-    restore = ray_backend._init(ray, None, workers=2)
-    try:
-        worker_niceness = ray.get(ray.remote(num_cpus=1)(lambda: os.nice(0)).remote())
-        assert worker_niceness == os.nice(0)
-        out = tmp_path / "ray"
-        summary = run_sweep(Sweep(preset="random", envs=["CartPole-v1"], seeds=2, steps=200,
-                                  overrides=["run.eval_episodes=0"],
-                                  grid=["run.train_ratio=8,16"], out=str(out), workers=2),
-                            backend="ray")
-    finally:
-        ray.shutdown()
-        restore()
-    assert os.environ.get(ray_backend.NICENESS_ENV) == env_before  # settings put back
+    monkeypatch.delenv(ray_backend.NICENESS_ENV, raising=False)
+    niceness = []
+    real_init = ray_backend._init
+
+    def init_then_probe(*args, **kwargs):  # right after the sweep starts its instance
+        restore = real_init(*args, **kwargs)
+        niceness.append(ray.get(ray.remote(num_cpus=1)(lambda: os.nice(0)).remote()))
+        return restore
+
+    monkeypatch.setattr(ray_backend, "_init", init_then_probe)
+    out = tmp_path / "ray"
+    summary = run_sweep(Sweep(preset="random", envs=["CartPole-v1"], seeds=2, steps=200,
+                              overrides=["run.eval_episodes=0"], grid=["run.train_ratio=8,16"],
+                              out=str(out), workers=2), backend="ray")
+    assert niceness == [os.nice(0)]
+    assert not ray.is_initialized() and ray_backend.NICENESS_ENV not in os.environ
     assert (summary["backend"], summary["trials"], summary["finished"]) == ("ray", 4, 4)
     assert "4 runs, 1 env, 2 groups" in (out / "report" / "report.md").read_text()
 

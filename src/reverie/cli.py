@@ -186,8 +186,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = list(args.overrides)
         if args.no_progress:
             overrides.append("run.progress=false")
-        cfg = build_config(preset_of_agent(args.agent, args.preset) or "cartpole", overrides,
-                           flags)
+        preset = preset_of_agent(args.agent, args.preset, overrides)
+        cfg = build_config(preset or "cartpole", overrides, flags)
         if args.show_config:
             print(OmegaConf.to_yaml(cfg), end="")
             return 0
@@ -274,7 +274,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from reverie.config import preset_of_agent
     from reverie.distributed.sweep import Sweep, run_sweep
 
-    sweep = Sweep(preset=preset_of_agent(args.agent, args.preset), envs=list(args.envs),
+    preset = preset_of_agent(args.agent, args.preset, [*args.overrides, *args.grid])
+    sweep = Sweep(preset=preset, envs=list(args.envs),
                   seeds=args.seeds, steps=args.steps, overrides=list(args.overrides),
                   grid=list(args.grid), out=args.out, workers=args.workers,
                   retries=args.retries)

@@ -151,20 +151,32 @@ def _preset_agent(name: str) -> str:
     return str(load_preset(name).get("agent", "imagine"))
 
 
-def preset_of_agent(agent: str | None, preset: str | None) -> str | None:
+def preset_of_agent(agent: str | None, preset: str | None,
+                    settings: list[str] | tuple[str, ...] = ()) -> str | None:
     """The preset a `--agent`/`--preset` pair trains: the agent's default preset when only
-    --agent is given; --preset unchanged, once checked to be a preset of that agent."""
+    --agent is given; --preset unchanged, once checked to be a preset of that agent.
+    settings: the `--set`/`--grid` KEY=VALUE(S) given with them, which must not name
+    another agent."""
     if agent is None:
         return preset
     agent_parts(agent)  # unknown agents named as such, with a suggestion
+    for item in settings:
+        key, _, value = item.partition("=")
+        if key.strip() == "agent" and value.strip() != agent:
+            raise UserError(f"--agent {agent} and agent={value.strip()} (--set/--grid) "
+                            "disagree; drop one of them")
     if preset is None:
         if agent not in AGENT_PRESETS:  # registered by a user, without a bundled preset
             raise UserError(f"agent '{agent}' has no bundled preset; give --preset FILE.yaml "
                             f"holding agent: {agent} and its settings")
         return AGENT_PRESETS[agent]
+    if is_preset_file(preset) and "agent" not in load_preset(preset):
+        raise UserError(f"preset file '{preset}' names no agent (so it is imagine's); add "
+                        f"`agent: {agent}` to it, or `base: {AGENT_PRESETS.get(agent, '...')}` "
+                        "to start from that agent's preset")
     if (preset_agent := _preset_agent(preset)) != agent:
         raise UserError(f"preset '{preset}' is for agent '{preset_agent}', not '{agent}'; drop "
-                        f"--agent, or pick a preset of {agent}: "
+                        f"--agent, or --preset one of {agent}'s: "
                         f"{', '.join(agent_presets(agent))}")
     return preset
 
@@ -367,7 +379,7 @@ def build_config(
         raise UserError(
             f"preset '{preset}' configures agent '{preset_agent}' (its {preset_agent}: section "
             f"does not apply to {agent}); {fix}"
-            + (f" or another preset of {agent}: {', '.join(others)}" if others else "")
+            + (f", or --preset one of {agent}'s: {', '.join(others)}" if others else "")
         )
     schema = _schema(agent)
     _, _, backbone_key = agent_parts(agent)

@@ -60,7 +60,9 @@ def _local_instance_settings() -> Callable[[], None]:
     settings back."""
     from ray._private import ray_constants
 
-    env = {LOOPBACK_ENV: "0", NICENESS_ENV: "0"}  # read by Ray's processes as they start
+    env = {LOOPBACK_ENV: "0"}  # read by Ray's processes as they start
+    if NICENESS_ENV not in os.environ:  # a user's own setting is kept
+        env[NICENESS_ENV] = "0"
     before = {k: os.environ.get(k) for k in env}, ray_constants.ENABLE_RAY_CLUSTER
     os.environ.update(env)
     ray_constants.ENABLE_RAY_CLUSTER = False  # read by this process (Ray already imported)
@@ -99,6 +101,9 @@ def _init(ray, address: str | None, workers: int) -> Callable[[], None]:
         raise UserError(f"cannot join {where} ({str(e).splitlines()[0][:160]}); start one with "
                         "`ray start --head`, fix --address, or drop --address for a local Ray "
                         "instance") from None
+    except BaseException:  # anything else (Ctrl-C included): this process's settings back
+        restore()
+        raise
 
 
 def _local_gpus() -> int:
