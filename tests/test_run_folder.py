@@ -195,6 +195,25 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         "ckpt-0000000010.pt", "manifest.json"]  # no temp file, no half checkpoint
 
 
+def test_a_resume_takes_checkpoints_at_its_own_cadence(tmp_path):
+    """run.checkpoint_every may change on a resume, and the new cadence applies from the
+    checkpoint resumed from (before, the next checkpoint stayed where the old cadence had put
+    it: a 5k-step cadence lowered to 1k on resume still waited for step 5k)."""
+    out = tmp_path / "cadence"
+    random = ["--preset", "random", "--set", "run.eval_episodes=0", "--no-progress"]
+    assert main(["train", *random, "--steps", "300", "--set", "run.checkpoint_every=5000",
+                 "--out", str(out)]) == 0
+    assert [e.step for e in CheckpointStore(out / "checkpoints").entries()] == [0, 300]
+    assert main(["train", "--resume", str(out), "--steps", "900", "--no-progress",
+                 "--set", "run.checkpoint_every=200", "--set", "run.keep_checkpoints=10"]) == 0
+    steps = [e.step for e in CheckpointStore(out / "checkpoints").entries()]
+    # each at the first episode end >= 200 env steps after the one before (CartPole's
+    # random episodes are ~20 steps), then the final one
+    assert steps[:2] == [0, 300] and steps[-1] == 900 and len(steps) >= 5
+    gaps = np.diff(steps[1:-1])
+    assert (gaps >= 200).all() and (gaps < 300).all(), steps
+
+
 def test_resume_past_the_first_steps_grows_the_replay_exactly(tmp_path, capsys):
     """The replay is allocated to the run's first run.steps (no more can be stored); a resume
     that raises run.steps grows it, keeping every row, and the run goes on exactly as one

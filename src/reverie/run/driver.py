@@ -369,6 +369,9 @@ class Trainer:
         for note in self.envs.load_state_dict(payload["envs"]):
             self._note(note)
         self.count = Counters(**payload["counters"])
+        # run.checkpoint_every may change on a resume: the next checkpoint comes that many env
+        # steps after this one, not where the checkpoint's own cadence had put it
+        self.count.next_checkpoint = self.count.env_steps + int(self.cfg.run.checkpoint_every)
         self._window = {k: v.tolist() for k, v in payload["log_window"].items()}
         set_generator_state(self.rng, payload["driver_rng"])
         set_global_rng_state(payload["rng"])
