@@ -112,3 +112,14 @@ def test_an_agent_without_a_bundled_preset_is_told_to_bring_one(monkeypatch, cap
     assert "has no bundled preset; give --preset FILE.yaml" in capsys.readouterr().err
     assert main(["train", "--set", "agent=mine"]) == 2
     assert "give --preset FILE.yaml holding agent: mine" in capsys.readouterr().err
+
+
+def test_agent_flag_with_a_preset_file_that_names_no_agent(tmp_path, capsys):
+    """Such a file is imagine's (the schema's default agent): --agent imagine takes it as it
+    is; any other agent is told to name itself in the file."""
+    mine = write(tmp_path / "mine.yaml", "run: {steps: 123}\n")
+    assert main(["train", "--agent", "imagine", "--preset", str(mine), "--show-config"]) == 0
+    out = capsys.readouterr().out
+    assert "agent: imagine\n" in out and "steps: 123\n" in out
+    assert main(["train", "--agent", "rppo", "--preset", str(mine)]) == 2
+    assert "add `agent: rppo` to it, or `base: popgym-ppo`" in capsys.readouterr().err

@@ -170,15 +170,14 @@ def preset_of_agent(agent: str | None, preset: str | None,
             raise UserError(f"agent '{agent}' has no bundled preset; give --preset FILE.yaml "
                             f"holding agent: {agent} and its settings")
         return AGENT_PRESETS[agent]
+    if (preset_agent := _preset_agent(preset)) == agent:
+        return preset
     if is_preset_file(preset) and "agent" not in load_preset(preset):
         raise UserError(f"preset file '{preset}' names no agent (so it is imagine's); add "
                         f"`agent: {agent}` to it, or `base: {AGENT_PRESETS.get(agent, '...')}` "
                         "to start from that agent's preset")
-    if (preset_agent := _preset_agent(preset)) != agent:
-        raise UserError(f"preset '{preset}' is for agent '{preset_agent}', not '{agent}'; drop "
-                        f"--agent, or --preset one of {agent}'s: "
-                        f"{', '.join(agent_presets(agent))}")
-    return preset
+    raise UserError(f"preset '{preset}' is for agent '{preset_agent}', not '{agent}'; drop "
+                    f"--agent, or --preset one of {agent}'s: {', '.join(agent_presets(agent))}")
 
 
 def is_preset_file(name: str) -> bool:
