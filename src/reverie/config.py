@@ -142,13 +142,20 @@ def preset_summary(name: str, width: int = 80) -> str:
 
 def agent_presets(agent: str) -> list[str]:
     """The bundled presets of `agent`, its `--agent` default first."""
-    names = [n for n in presets() if _preset_agent(n) == agent]
+    names = [n for n in presets() if _agent_of(load_preset(n)) == agent]
     first = AGENT_PRESETS.get(agent)
     return sorted(names, key=lambda n: n != first)
 
 
-def _preset_agent(name: str) -> str:
-    return str(load_preset(name).get("agent", "imagine"))
+def _agent_of(preset_data: dict[str, Any]) -> str:
+    """The agent a loaded preset configures (imagine where it names none)."""
+    return str(preset_data.get("agent", "imagine"))
+
+
+def _agents_set(items: list[str] | tuple[str, ...]) -> list[str]:
+    """The values given to `agent` in KEY=VALUE items (--set, --grid), in order."""
+    return [value.strip() for key, _, value in (item.partition("=") for item in items)
+            if key.strip() == "agent"]
 
 
 def preset_of_agent(agent: str | None, preset: str | None,
@@ -160,19 +167,19 @@ def preset_of_agent(agent: str | None, preset: str | None,
     if agent is None:
         return preset
     agent_parts(agent)  # unknown agents named as such, with a suggestion
-    for item in settings:
-        key, _, value = item.partition("=")
-        if key.strip() == "agent" and value.strip() != agent:
-            raise UserError(f"--agent {agent} and agent={value.strip()} (--set/--grid) "
-                            "disagree; drop one of them")
+    for value in _agents_set(settings):
+        if value != agent:
+            raise UserError(f"--agent {agent} and agent={value} (--set/--grid) disagree; drop "
+                            "one of them")
     if preset is None:
         if agent not in AGENT_PRESETS:  # registered by a user, without a bundled preset
             raise UserError(f"agent '{agent}' has no bundled preset; give --preset FILE.yaml "
                             f"holding agent: {agent} and its settings")
         return AGENT_PRESETS[agent]
-    if (preset_agent := _preset_agent(preset)) == agent:
+    data = load_preset(preset)
+    if (preset_agent := _agent_of(data)) == agent:
         return preset
-    if is_preset_file(preset) and "agent" not in load_preset(preset):
+    if is_preset_file(preset) and "agent" not in data:
         raise UserError(f"preset file '{preset}' names no agent (so it is imagine's); add "
                         f"`agent: {agent}` to it, or `base: {AGENT_PRESETS.get(agent, '...')}` "
                         "to start from that agent's preset")
@@ -235,7 +242,7 @@ def _over_base(base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         merged = OmegaConf.to_container(OmegaConf.merge(theirs, mine))
     except OmegaConfBaseException as e:  # a section in one, a value in the other
         raise UserError(f"a preset does not fit its base ({str(e).splitlines()[0]})") from None
-    agent = str(merged.get("agent", "imagine"))
+    agent = _agent_of(merged)
     backbone_key = AGENTS.get(agent, (None, None, None, None))[3]
     if backbone_key:
         path = f"{agent}.{backbone_key}"
@@ -365,11 +372,9 @@ def build_config(
     preset_data = load_preset(preset) if preset else {}
     overrides = _parse_dotlist(list(overrides or []))
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    preset_agent = agent = str(preset_data.get("agent", "imagine"))
-    for item in overrides:  # the agent must be known before the schema can be built
-        k, v = item.split("=", 1)
-        if k.strip() == "agent":
-            agent = v.strip()
+    preset_agent = _agent_of(preset_data)
+    # the agent must be known before the schema can be built
+    agent = (_agents_set(overrides) or [preset_agent])[-1]
     if agent != preset_agent and isinstance(preset_data.get(preset_agent), dict):
         agent_parts(agent)  # an unknown name is said as such
         fix = (f"use --agent {agent} (preset {AGENT_PRESETS[agent]})"

@@ -314,14 +314,13 @@ def _compute_section(groups: list[Group]) -> list[str]:
 def _runs_section(groups: list[Group], out: Path) -> list[str]:
     lines = ["<details><summary>all runs</summary>", "",
              "| run | env | group | seed | steps | score |", "|---|---|---|---:|---:|---:|"]
-    label = {id(r): g.label for g in groups for rs in g.runs.values() for r in rs}
-    runs = [r for g in groups for rs in g.runs.values() for r in rs]
-    for r in sorted(runs, key=lambda r: str(r.path)):
+    labelled = [(r, g.label) for g in groups for rs in g.runs.values() for r in rs]
+    for r, label in sorted(labelled, key=lambda x: str(x[0].path)):
         try:
             shown = Path(r.path).resolve().relative_to(out.resolve().parent)
         except ValueError:
             shown = r.path
-        lines.append(f"| {shown} | {r.env} | {label[id(r)]} | {r.seed} | "
+        lines.append(f"| {shown} | {r.env} | {label} | {r.seed} | "
                      f"{r.env_steps:,} | {_num(r.score)} |")
     return lines + ["", "</details>", ""]
 
