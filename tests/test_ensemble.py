@@ -125,13 +125,16 @@ def test_fit_learns_a_linear_map_and_termination():
     model = _tiny(lr=3e-3)
     g = torch.Generator().manual_seed(0)
     obs, act = torch.randn(300, 2, generator=g), torch.randn(300, 1, generator=g)
-    terminal = (obs[:, 0] > 1.0).float()
+    # balanced classes: with terminal = x0 > 1 (16% positives) the head was still near 0.5 at
+    # x0 = 3 when early stopping (on the state error) ended the fit: above on some CPUs, below
+    # on others
+    terminal = (obs[:, 0] > 0.0).float()
     out = model.fit(obs, act, obs + act, obs[:, 1], terminal, g, batch_size=32, max_epochs=100)
     assert out["holdout_mse"] < 0.05 and math.isfinite(out["train_loss"])
     with torch.no_grad():
-        p = model.predict(torch.tensor([[-2.0, 0.0], [3.0, 0.0]]), torch.zeros(2, 1))
+        p = model.predict(torch.tensor([[-2.0, 0.0], [2.0, 0.0]]), torch.zeros(2, 1))
     elite = p.terminal_prob[model.elites]
-    assert (elite[:, 0] < 0.2).all() and (elite[:, 1] > 0.5).all()
+    assert (elite[:, 0] < 0.2).all() and (elite[:, 1] > 0.8).all()
 
 
 def test_elites_are_the_lowest_holdout_members():
