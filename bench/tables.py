@@ -827,6 +827,29 @@ def optimizer_table(results: Path) -> str | None:
     return "\n".join(lines)
 
 
+def matvec_table(results: Path) -> str | None:
+    report, _ = load(results, "matvec")
+    if report is None:
+        return None
+    head = ["where", "shape (m x v)", "column form (median, min–max)", "`matvec`",
+            "column / matvec"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    parts = [*report["kernels"].items(), *report.get("updates", {}).items()]
+    for name, r in parts:
+        unit, spec = ("µs", ".1f") if r["unit"] == "microseconds" else (" s/update", ".3f")
+        shape = f"{r['m']} x {r['v']}" if "m" in r else "whole update, run.compile=off"
+        lines.append(_row([name, shape, _median_range(r["column"], spec, unit),
+                           _median_range(r["matvec"], spec, unit),
+                           _median_range(r["ratio_column_over_matvec"], ".2f", "x")]))
+    load0, load1 = report["loadavg_1min_before_after"]
+    lines.append(
+        f"\nThe two forms alternating in one process ({report['rounds']} rounds after a "
+        f"warm-up, the order flipped every round), {report['threads']} torch thread; "
+        f"1-min load {load0} before, {load1} after on {report['cores']} cores"
+        + (" (**loaded**: load > cores)." if "note" in report else "."))
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Path], str | None]] = {
     "backbones": backbones_table,
     "cartpole": cartpole_table,
@@ -853,6 +876,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "ensemble_speed": ensemble_speed_table,
     "precision": precision_table,
     "optimizer": optimizer_table,
+    "matvec": matvec_table,
 }
 
 

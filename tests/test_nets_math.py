@@ -1,4 +1,5 @@
-"""Closed-form checks of reverie.nets: symlog, two-hot, categorical KL, unimix, MLP, CNN."""
+"""Closed-form checks of reverie.nets (symlog, two-hot, categorical KL, unimix, MLP, CNN) and of
+reverie.sequence.base.matvec."""
 
 from __future__ import annotations
 
@@ -144,3 +145,26 @@ def test_cnn_shapes_and_pixel_convention():
     assert (enc(img2)[0, 0] - e[0, 0]).abs().max() > 1e-6
     with pytest.raises(ValueError, match="64x64"):
         ConvEncoder((60, 60, 3))
+
+
+def test_matvec_equals_the_column_matmul_and_its_gradients():
+    """reverie.sequence.base.matvec (the Mamba steps' state readout and the scan backward's
+    products) against m @ v[..., None] on batched shapes, values and gradients."""
+    from reverie.sequence.base import matvec
+
+    g = torch.Generator().manual_seed(0)
+    for m_shape in [(5, 7), (3, 6, 4), (2, 3, 5, 8)]:
+        m = torch.randn(m_shape, generator=g, dtype=torch.float64, requires_grad=True)
+        v = torch.randn((*m_shape[:-2], m_shape[-1]), generator=g, dtype=torch.float64,
+                        requires_grad=True)
+        out = matvec(m, v)
+        ref = (m @ v.unsqueeze(-1)).squeeze(-1)
+        assert out.shape == m_shape[:-1]
+        torch.testing.assert_close(out, ref)
+        w = torch.randn(out.shape, generator=g, dtype=torch.float64)
+        got = torch.autograd.grad((out * w).sum(), (m, v))
+        want = torch.autograd.grad((ref * w).sum(), (m, v))
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
+    # a closed form: [[1, 2], [3, 4]] @ [1, 1] = [3, 7]
+    assert matvec(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.ones(2)).tolist() == [3.0, 7.0]

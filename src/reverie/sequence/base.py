@@ -183,6 +183,15 @@ def full(x: Tensor) -> Tensor:
     return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
 
 
+def matvec(m: Tensor, v: Tensor) -> Tensor:
+    """m @ v over any leading batch dimensions: m [..., R, K], v [..., K] -> [..., R].
+
+    Computed as the row vector vᵀ times mᵀ: torch's CPU matmul with a one-column result
+    (`m @ v[..., None]`) takes a slow path, 4-11x slower here at the shapes of the Mamba
+    steps' state readout and the selective scan's backward (bench/matvec.py)."""
+    return (v.unsqueeze(-2) @ m.transpose(-1, -2)).squeeze(-2)
+
+
 @torch.compiler.disable
 def host_int(x: Tensor, round_up: bool = False) -> int:
     """int(x) of a one-element tensor, read eagerly: a data-dependent count or flag that

@@ -26,6 +26,7 @@ from reverie.sequence.base import (
     causal_conv_step,
     column_major,
     full,
+    matvec,
 )
 from reverie.sequence.selective_scan import selective_scan
 
@@ -111,7 +112,7 @@ class Mamba1Block(Block):
         # h = exp(dt A) ⊙ h + (dt x) Bᵀ in one fresh [B, d_inner, N] buffer, updated in place
         h = torch.exp(dt.unsqueeze(-1) * A).mul_(state["ssm"])
         h.addcmul_((dt * xc).unsqueeze(-1), Bm[:, None])
-        y = (h @ Cm.unsqueeze(-1)).squeeze(-1) + self.D * xc
+        y = matvec(h, Cm) + self.D * xc
         y = y * F.silu(z)
         return x + self.out_proj(y), {"conv": new_conv, "ssm": h}
 

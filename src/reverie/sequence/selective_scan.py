@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from reverie.sequence.base import matvec
+
 # Upper bound on the elements of the per-group state buffer in the backward (64 MiB fp32).
 GROUP_ELEMENTS = 1 << 24
 
@@ -135,12 +137,12 @@ def _backward(dt, dtx, A, Bm, Cm, H0, dy, dh_last, L):
         for i in range(L):
             torch.mul(prev[i], dec.at(i, k0, k1), out=prev[i + 1])
             _add_input(prev[i + 1], dtxs[:, :, i], Bs[:, :, i])
-            dC[:, k0:k1, i] = (prev[i + 1] @ dys[:, :, i].unsqueeze(-1)).squeeze(-1)
+            dC[:, k0:k1, i] = matvec(prev[i + 1], dys[:, :, i])
         g = G_in[:, k0:k1].clone()
         for i in reversed(range(L)):
             g.addcmul_(dys[:, :, i].unsqueeze(-2), Cs[:, :, i].unsqueeze(-1))  # g_t
             d_dtx[:, k0:k1, i] = (Bs[:, :, i].unsqueeze(-2) @ g).squeeze(-2)
-            dB[:, k0:k1, i] = (g @ dtxs[:, :, i].unsqueeze(-1)).squeeze(-1)
+            dB[:, k0:k1, i] = matvec(g, dtxs[:, :, i])
             g.mul_(dec.at(i, k0, k1))  # now d_t g_t, the adjoint of h_{t-1}
             prev[i].mul_(g)  # d(log decay)_t = g_t d_t h_{t-1}
         if k0 == 0:
