@@ -59,3 +59,13 @@ def test_short_run_eval_and_watch(tmp_path, capsys):
     assert main(["watch", str(out), "--steps", "10"]) == 0
     gif = Path(json.loads(capsys.readouterr().out)["gif"][0])
     assert gif.read_bytes()[:3] == b"GIF"
+
+
+def test_dmc_small_is_the_cartpole_model_on_a_dmc_task():
+    """`dmc-small` (base: cartpole) keeps the cartpole preset's model and cadence and takes the
+    DMC run settings; a bundled preset's base chain resolves like a file's."""
+    small = build_config("dmc-small", [], {})
+    cart = build_config("cartpole", [], {})
+    assert small.env.id == "dmc:cartpole-swingup" and small.run.steps == 20000
+    assert (small.run.prefill, small.run.eval_every) == (1000, 2000)
+    assert small.imagine == cart.imagine and small.run.train_ratio == cart.run.train_ratio
