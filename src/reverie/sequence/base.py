@@ -187,7 +187,7 @@ def matvec(m: Tensor, v: Tensor) -> Tensor:
     """m @ v over any leading batch dimensions: m [..., R, K], v [..., K] -> [..., R].
 
     Computed as the row vector vᵀ times mᵀ: torch's CPU matmul with a one-column result
-    (`m @ v[..., None]`) takes a slow path, 4-11x slower here at the shapes of the Mamba
+    (`m @ v[..., None]`) takes a slow path, 3-10x slower here at the shapes of the Mamba
     steps' state readout and the selective scan's backward (bench/matvec.py)."""
     return (v.unsqueeze(-2) @ m.transpose(-1, -2)).squeeze(-2)
 
