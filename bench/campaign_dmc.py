@@ -26,7 +26,7 @@ from campaign import Campaign, main  # noqa: E402
 # 2 env steps, is ~40 h per run on one core here): one update every 16 env steps and 256
 # imagined starts. At that budget it did not learn cartpole-swingup in 10k env steps (70, 105
 # and 172 on 3 seeds, bench/coplanner.py's imagine runs), where `dmc-small` at about the same
-# wall time per run evaluated 259 at 10k and 304-439 at 17k-19k (one trial, seed 0); so the
+# wall time per run evaluated 259 at 10k and 337 at 20k (one trial, seed 0); so the
 # campaign runs `dmc-small`. About 35 min per 20k-step run at 1 thread here.
 DMC = Campaign(
     name="dmc", suite="dmc", title="DMC",

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compile import summary  # noqa: E402
 from reverie.sequence import base, mamba1, selective_scan, ssd  # noqa: E402
-from runlib import prefilled_agent  # noqa: E402
+from runlib import alternate, prefilled_agent  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 # name -> (m shape, v shape): the cartpole preset (d_model 128, head_dim 32, d_state 16,
@@ -50,20 +49,6 @@ def column(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (m @ v.unsqueeze(-1)).squeeze(-1)
 
 
-def alternate(arms: dict, rounds: int, calls: int) -> dict[str, list[float]]:
-    """Seconds per call of each arm, the arms in turn, the order flipped every round."""
-    times: dict[str, list[float]] = {name: [] for name in arms}
-    for r in range(rounds + 1):  # round 0 warms up
-        order = list(arms) if r % 2 else list(arms)[::-1]
-        for name in order:
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                arms[name]()
-            if r:
-                times[name].append((time.perf_counter() - t0) / calls)
-    return times
-
-
 def compare(times: dict[str, list[float]], scale: float, digits: int) -> dict:
     out = {name: summary([t * scale for t in ts], digits) for name, ts in times.items()}
     out["ratio_column_over_matvec"] = summary(
@@ -78,7 +63,7 @@ def kernels(rounds: int) -> dict:
         torch.testing.assert_close(base.matvec(m, v), column(m, v), rtol=1e-4, atol=1e-4)
         arms = {"column": lambda m=m, v=v: column(m, v),
                 "matvec": lambda m=m, v=v: base.matvec(m, v)}
-        times = alternate(arms, rounds, calls=20)
+        times = alternate(arms, rounds, warmup=1, calls=20, flip=True)
         result[name] = {"m": list(m_shape), "v": list(v_shape), "unit": "microseconds",
                         **compare(times, 1e6, 1)}
         print(name, json.dumps(result[name]["ratio_column_over_matvec"]), flush=True)
@@ -101,7 +86,7 @@ def updates(rounds: int) -> dict:
                 return lambda: (use(fn), agent.update(replay))
             try:
                 times = alternate({"column": arm(column), "matvec": arm(base.matvec)},
-                                  rounds, calls=2)
+                                  rounds, warmup=1, calls=2, flip=True)
             finally:
                 use(base.matvec)
         result[f"cartpole preset, {backbone}"] = {"unit": "seconds per update",

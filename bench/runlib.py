@@ -243,18 +243,21 @@ def prefilled_agent(preset: str, overrides: list[str], prefill: int,
         yield trainer.agent, trainer.replay
 
 
-def alternate(arms: dict[str, Callable[[], object]], rounds: int,
-              warmup: int) -> dict[str, list[float]]:
-    """Seconds of each arm's call, the arms taking turns (A B A B ...) for `warmup` untimed
-    and then `rounds` timed rounds, so that a load changing during the measurement falls on
-    every arm alike."""
+def alternate(arms: dict[str, Callable[[], object]], rounds: int, warmup: int,
+              calls: int = 1, flip: bool = False) -> dict[str, list[float]]:
+    """Seconds per call of each arm, the arms taking turns (A B A B ...) for `warmup` untimed
+    and then `rounds` timed rounds of `calls` calls each, so that a load changing during the
+    measurement falls on every arm alike; `flip` reverses the order every other round (B A
+    after A B), so that neither arm always runs first."""
     times: dict[str, list[float]] = {name: [] for name in arms}
     for i in range(warmup + rounds):
-        for name, call in arms.items():
+        order = list(arms)[::-1] if flip and i % 2 else list(arms)
+        for name in order:
             t0 = time.perf_counter()
-            call()
+            for _ in range(calls):
+                arms[name]()
             if i >= warmup:
-                times[name].append(time.perf_counter() - t0)
+                times[name].append((time.perf_counter() - t0) / calls)
     return times
 
 

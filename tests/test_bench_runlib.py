@@ -122,3 +122,11 @@ def test_alternate_takes_turns_and_times_only_the_timed_rounds():
     assert calls == ["a", "b"] * 5  # A B A B ..., the warm-up rounds too
     assert [len(v) for v in times.values()] == [3, 3]
     assert all(t >= 0 for v in times.values() for t in v)
+
+
+def test_alternate_flips_the_order_and_times_per_call():
+    calls = []
+    times = runlib.alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                             rounds=2, warmup=1, calls=2, flip=True)
+    assert calls == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
+    assert [len(v) for v in times.values()] == [2, 2]
