@@ -20,13 +20,18 @@ RANDOM = ["--preset", "random", "--no-progress", "--set", "run.checkpoint_every=
           "--set", "run.eval_episodes=1"]
 
 
+def _default_signals() -> None:
+    """In the child: Ctrl-C as in a terminal (a test run as a background job ignores it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def reverie(*args: str, env: dict | None = None, wait: bool = True):
     cmd = [sys.executable, "-m", "reverie", *args]
     full_env = {**os.environ, **(env or {})}
     if wait:
         return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=300)
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=full_env)
+                            env=full_env, preexec_fn=_default_signals)
 
 
 def metrics(run: Path) -> str:
@@ -41,13 +46,14 @@ def last_step(run: Path) -> int:
     return rows[-1]["step"] if rows else 0
 
 
-def kill_when(proc: subprocess.Popen, run: Path, step: int, timeout: float = 120) -> None:
+def kill_when(proc: subprocess.Popen, run: Path, step: int, timeout: float = 120,
+              sig: int = signal.SIGKILL) -> None:
     t0 = time.time()
     while last_step(run) < step:
         assert proc.poll() is None, proc.stderr.read()
         assert time.time() - t0 < timeout
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     proc.wait()
 
 
@@ -83,6 +89,54 @@ def test_sigkill_then_resume_matches_uninterrupted_run(reference, tmp_path):
     # the resumed run keeps the checkpoint cadence: it saves at the same steps
     saved = [e.step for e in CheckpointStore(run / "checkpoints").entries()]
     assert saved == [e.step for e in CheckpointStore(reference / "checkpoints").entries()]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_with_a_checkpoint_and_loses_nothing(reference, tmp_path, sig):
+    """The first signal ends the run after the current env step with a checkpoint there; the
+    resume continues from it and equals the uninterrupted
+    run, saving at the cadence's steps again."""
+    run = tmp_path / "stopped"
+    proc = reverie("train", *RANDOM, "--steps", "2000", "--out", str(run), wait=False)
+    kill_when(proc, run, 900, sig=sig)
+    err = proc.stderr.read()
+    name = signal.Signals(sig).name
+    assert proc.returncode == 2, err
+    assert f"stopped by {name} at env step" in err and "Traceback" not in err
+    assert "reverie: error:" in err.strip().splitlines()[-1]
+    stopped_at = CheckpointStore(run / "checkpoints").entries()[-1].step
+    assert f"at env step {stopped_at} with a checkpoint" in err
+    assert 900 <= stopped_at < 2000  # where the signal landed: usually between two of the
+    # cadence's checkpoints (the log is flushed at those, so the signal may come just after)
+    r = reverie("train", "--resume", str(run), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert metrics(run) == metrics(reference)
+    saved = {e.step for e in CheckpointStore(run / "checkpoints").entries()}
+    assert saved - {stopped_at} == {e.step for e in
+                                    CheckpointStore(reference / "checkpoints").entries()}
+
+
+def test_stop_on_signal_asks_once_then_interrupts_and_restores_handlers():
+    from reverie.run.stop import StopOnSignal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        seen = []
+        with StopOnSignal(seen.append) as stop:
+            assert stop.requested is None
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.requested == "SIGINT" and seen == ["SIGINT"]
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGTERM)  # the second one, of either kind
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ignored, as in a background job
+        with StopOnSignal() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.requested is None
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_kill_while_writing_a_checkpoint(reference, tmp_path):
@@ -134,6 +188,14 @@ def test_world_model_agent_resumes_bit_for_bit(tmp_path):
     r = reverie("train", "--resume", str(killed), "--no-progress")
     assert r.returncode == 0, r.stderr
     assert metrics(killed) == metrics(ref)
+    # stopped with Ctrl-C mid-training: the checkpoint of that step resumes exactly too
+    stopped = tmp_path / "stopped"
+    proc = reverie("train", *TINY_IMAGINE, "--out", str(stopped), wait=False)
+    kill_when(proc, stopped, 320, sig=signal.SIGINT)
+    assert proc.returncode == 2 and "with a checkpoint" in proc.stderr.read()
+    r = reverie("train", "--resume", str(stopped), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert metrics(stopped) == metrics(ref)
 
 
 def test_finished_run_can_be_extended(tmp_path):

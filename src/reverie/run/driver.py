@@ -10,7 +10,8 @@ with truncation flags and final observations, e.g. for on-policy rollouts),
 Exact resume. A checkpoint holds everything the future depends on (agent, optimisers, the
 agent's acting state, replay counters and RNG, driver counters, global RNG states, and each
 env's current episode as its seed and actions, see `run/collector.py`), so it can be taken
-at any step, and a resumed run writes exactly the metrics the uninterrupted one would have.
+at any step, and a resumed run writes exactly the metrics the uninterrupted one would have;
+Ctrl-C and SIGTERM stop the loop between two env steps and save one there (`run/stop.py`).
 The replay's rows live in memory-mapped files that are flushed before each checkpoint; rows
 written after it are simply overwritten again on resume.
 """
@@ -59,6 +60,7 @@ from reverie.run.checkpoint import FORMAT, CheckpointStore, atomic_write_bytes
 from reverie.run.collector import Collector, Transition, env_of, episode_seed
 from reverie.run.logger import LOGS, RunLogger, plot_curve, read_rows
 from reverie.run.progress import Progress
+from reverie.run.stop import StopOnSignal
 
 
 def select_device(name: str) -> torch.device:
@@ -369,9 +371,11 @@ class Trainer:
         for note in self.envs.load_state_dict(payload["envs"]):
             self._note(note)
         self.count = Counters(**payload["counters"])
-        # run.checkpoint_every may change on a resume: the next checkpoint comes that many env
-        # steps after this one, not where the checkpoint's own cadence had put it
-        self.count.next_checkpoint = self.count.env_steps + int(self.cfg.run.checkpoint_every)
+        # the checkpoint cadence goes on where it was (a checkpoint taken when a run was
+        # stopped falls between two of its steps), unless a run.checkpoint_every lowered on
+        # this resume brings the next one closer
+        self.count.next_checkpoint = min(self.count.next_checkpoint,
+                                         self.count.env_steps + int(self.cfg.run.checkpoint_every))
         self._window = {k: v.tolist() for k, v in payload["log_window"].items()}
         set_generator_state(self.rng, payload["driver_rng"])
         set_global_rng_state(payload["rng"])
@@ -494,9 +498,12 @@ class Trainer:
         if self.resumed_from is None:
             self.envs.start()
             self.checkpoint()  # step 0: the rollback target before any update
+        stop = StopOnSignal(lambda name: self._note(
+            f"{name}: stopping after this env step with a checkpoint (press Ctrl-C again to "
+            "stop at once, losing the steps since the last checkpoint)"))
         try:
-            with self.progress:
-                while c.env_steps < steps:
+            with stop, self.progress:
+                while c.env_steps < steps and not stop.requested:
                     before = c.env_steps
                     # a copy: agents may keep `first`, and the collector updates its own
                     action = self._act(self.envs.obs, self.envs.first.copy())
@@ -526,7 +533,16 @@ class Trainer:
                         self.checkpoint()
                     self.progress.update(c.env_steps, (c.env_steps - steps0)
                                          / max(time.time() - t0, 1e-9))
-            self.checkpoint()
+            entries = self.store.entries()
+            if not entries or entries[-1].step != c.env_steps:  # not just saved by the cadence
+                self.checkpoint()
+            if stop.requested and c.env_steps < steps:
+                self.logger.close()
+                self.release()
+                raise UserError(
+                    f"stopped by {stop.requested} at env step {c.env_steps} with a checkpoint; "
+                    f"continue with `reverie train --resume {self.out}`"
+                )
         except KeyboardInterrupt:
             self.logger.close()
             self.release()
