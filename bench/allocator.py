@@ -26,6 +26,7 @@ from torch import nn
 from backbones import machine_info  # bench/ is the script's directory
 from reverie.allocator import DEFAULT_MMAP, DEFAULT_TRIM, KEEP, set_thresholds
 from reverie.sequence import make_backbone
+from runlib import spread
 
 RESULTS = Path(__file__).parent / "results"
 SETTINGS = {"default": (DEFAULT_MMAP, DEFAULT_TRIM), "keep": (KEEP, KEEP)}
@@ -47,11 +48,6 @@ def tokens_per_s(fn, x: torch.Tensor, iters: int) -> float:
         fn(x).pow(2).mean().backward()
         times.append(time.perf_counter() - t0)
     return x.shape[0] * x.shape[1] / statistics.median(times)
-
-
-def summary(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3), "values": [round(v, 3) for v in values]}
 
 
 def main() -> None:
@@ -83,15 +79,15 @@ def main() -> None:
         "loadavg_1min_before": round(load0, 2), "loadavg_1min_after": round(load1, 2),
         "loaded": max(load0, load1) > (os.cpu_count() or 1),
         "models": {
-            m: {"tokens_per_s": {s: summary(v) for s, v in d.items()},
-                "ratio_keep_over_default": summary([k / dflt for k, dflt in
-                                                    zip(d["keep"], d["default"])])}
+            m: {"tokens_per_s": {s: spread(v, 3) for s, v in d.items()},
+                "ratio_keep_over_default": spread([k / dflt for k, dflt in
+                                                   zip(d["keep"], d["default"])], 3)}
             for m, d in rates.items()
         },
     }
     if "mamba2" in rates and "nn.GRU" in rates:
         result["mamba2_over_gru"] = {
-            s: summary([a / b for a, b in zip(rates["mamba2"][s], rates["nn.GRU"][s])])
+            s: spread([a / b for a, b in zip(rates["mamba2"][s], rates["nn.GRU"][s])], 3)
             for s in SETTINGS}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / ("allocator_quick.json" if args.quick else "allocator.json")

@@ -46,15 +46,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from runlib import spread  # bench/ is the script's directory
+
 RESULTS = Path(__file__).parent / "results"
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul",
               "aten::linear")
-
-
-def summary(values: list[float], digits: int = 4) -> dict:
-    return {"median": round(statistics.median(values), digits),
-            "min": round(min(values), digits), "max": round(max(values), digits),
-            "values": [round(v, digits) for v in values]}
 
 
 # -- one measurement, in its own process ----------------------------------------------------
@@ -303,9 +299,9 @@ def auto_benchmark(backbones: list[str], rounds: int, updates: int, warmup: int)
             loads = [x for r in [cold, warm, *runs["off"], *runs["step"]]
                      for x in r["loadavg_1min"]]
             out[bb] = {
-                "seconds_per_update": {m: summary(v) for m, v in spu.items()},
-                "speedup_off_over_step": summary([a / b for a, b in zip(spu["off"], spu["step"])],
-                                                 3),
+                "seconds_per_update": {m: spread(v, 4) for m, v in spu.items()},
+                "speedup_off_over_step": spread([a / b for a, b in zip(spu["off"], spu["step"])],
+                                                3),
                 "ms_per_update_by_part_median": {m: part_medians(rs) for m, rs in runs.items()},
                 "compile_s": {"cold": cold["compile_s"], "warm": warm["compile_s"]},
                 "saved_s_per_default_run": round(saved, 1),
@@ -388,9 +384,8 @@ def main() -> None:
             spu = {m: [r["seconds_per_update"] for r in rs] for m, rs in runs.items()}
             loads = [x for r in [cold, warm, *runs["off"], *runs["on"]] for x in r["loadavg_1min"]]
             agent[bb] = {
-                "seconds_per_update": {m: summary(v) for m, v in spu.items()},
-                "speedup_off_over_on": summary([a / b for a, b in zip(spu["off"], spu["on"])],
-                                               3),
+                "seconds_per_update": {m: spread(v, 4) for m, v in spu.items()},
+                "speedup_off_over_on": spread([a / b for a, b in zip(spu["off"], spu["on"])], 3),
                 "ms_per_update_by_part_median": {m: part_medians(rs) for m, rs in runs.items()},
                 "compile_s": {"cold": cold["compile_s"], "warm": warm["compile_s"],
                               "warm_runs": [r["compile_s"] for r in runs["on"]]},

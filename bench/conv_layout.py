@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runlib import matmul_gflops  # noqa: E402
+from runlib import matmul_gflops, spread  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROUNDS = 15
@@ -78,9 +78,7 @@ def main() -> None:
                     ms[k].append((time.perf_counter() - t0) / STEPS * 1e3)
             ratios = [r / c for r, c in zip(ms["row-major"], ms["column-major"])]
             out[f"{name}/{mode}"] = {
-                **{f"{k}_ms_per_step": {"median": round(statistics.median(v), 3),
-                                        "min": round(min(v), 3), "max": round(max(v), 3)}
-                   for k, v in ms.items()},
+                **{f"{k}_ms_per_step": spread(v, 3, keep=None) for k, v in ms.items()},
                 "speedup_median": round(statistics.median(ratios), 3),
                 "speedup_range": [round(min(ratios), 3), round(max(ratios), 3)],
                 "max_abs_output_difference": diff,

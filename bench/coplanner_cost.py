@@ -28,6 +28,7 @@ from gymnasium.spaces import Discrete
 
 from reverie.agents.imagine import ImagineAgent
 from reverie.config import build_config, to_object
+from runlib import spread  # bench/ is the script's directory
 
 RESULTS = Path(__file__).parent / "results"
 MODES = ("off", "conservative", "coplanner")
@@ -52,11 +53,6 @@ def build(mode: str, overrides: list[str]) -> ImagineAgent:
     cfg = build_config("cartpole", [*overrides, f"imagine.coplanner.mode={mode}"])
     cfg = to_object(cfg, "imagine")
     return ImagineAgent({"vector": ((4,), "float32")}, Discrete(2), cfg, torch.device("cpu"), 0)
-
-
-def summary(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4),
-            "max": round(max(values), 4), "values": [round(v, 4) for v in values]}
 
 
 def main() -> None:
@@ -99,11 +95,11 @@ def main() -> None:
         "preset": "cartpole", "overrides": args.set, "rounds": rounds, "updates_per_round": updates,
         "threads": torch.get_num_threads(), "load_avg_1min_before_after": load,
         "cores": os.cpu_count(),
-        "seconds_per_update": {m: summary(upd[m]) for m in MODES},
-        "ratio_to_off": {m: summary([a / b for a, b in zip(upd[m], upd["off"])])
+        "seconds_per_update": {m: spread(upd[m], 4) for m in MODES},
+        "ratio_to_off": {m: spread([a / b for a, b in zip(upd[m], upd["off"])], 4)
                          for m in MODES[1:]},
         "planner_model_steps_per_update": steps,
-        "seconds_per_act_explore": {m: summary(act[m]) for m in MODES},
+        "seconds_per_act_explore": {m: spread(act[m], 4) for m in MODES},
     }
     if max(load) > (os.cpu_count() or 1):
         result["note"] = "load average above the core count: numbers are noisy"

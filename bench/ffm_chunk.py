@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runlib import matmul_gflops  # noqa: E402
+from runlib import matmul_gflops, spread  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 # (name, batch, T, d_model): popgym-ppo's minibatch of 64-step sequences, the cartpole preset's
@@ -76,8 +76,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for c in args.chunks:
                 ms[c].append(round(time_once(c, B, T, D, calls), 2))
-        summary = {str(c): {"median": statistics.median(v), "min": min(v), "max": max(v),
-                            "values": v} for c, v in ms.items()}
+        summary = {str(c): spread(v) for c, v in ms.items()}
         best = min(args.chunks, key=lambda c: statistics.median(ms[c]))
         sizes.append({"name": name, "B": B, "T": T, "d_model": D, "ms_fwd_bwd": summary,
                       "fastest_chunk": best})

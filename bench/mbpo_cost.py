@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runlib import spread  # bench/ is the script's directory
+
 RESULTS = Path(__file__).resolve().parent / "results"
 SRC = Path(__file__).resolve().parent.parent / "src"
 PARTS = ("model_fit", "rollouts", "sac_update", "sac_batch", "act", "env", "other")
@@ -162,13 +164,8 @@ def revision(src: Path) -> str:
     return head + ("+changes" if git("status", "--porcelain", "--", ".") else "")
 
 
-def spread(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4),
-            "max": round(max(values), 4), "runs": values}
-
-
 def summarise(runs: list[dict]) -> dict:
-    out = {k: spread([r[k] for r in runs]) for k in
+    out = {k: spread([r[k] for r in runs], 4, keep="runs") for k in
            ("seconds_per_env_step", "cpu_seconds_per_env_step",
             "seconds_per_env_step_at_max_length", "model_fit_s", "rollout_generation_s")}
     out["model_epochs"] = [r["model_epochs"] for r in runs]

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runlib import PartTimer  # noqa: E402
+from runlib import PartTimer, spread  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -83,19 +83,15 @@ def main() -> None:
             print(json.dumps({"round": r, "backbone": b, **m}), flush=True)
     load1 = os.getloadavg()[0]
 
-    def stats(values: list[float]) -> dict:
-        return {"median": round(statistics.median(values), 2), "min": round(min(values), 2),
-                "max": round(max(values), 2)}
-
-    summary = {b: {"env_steps_per_s": stats([m["env_steps_per_s"] for m in ms]),
+    summary = {b: {"env_steps_per_s": spread([m["env_steps_per_s"] for m in ms], 2, keep=None),
                    "share_of_time": {k: round(statistics.median(
                        [m["seconds"][k] / m["wall_s"] for m in ms]), 3)
                        for k in (*PARTS, "other")}}
                for b, ms in runs.items()}
     ratios = {}
     if "ffm" in runs and "gru" in runs:
-        ratios["ffm/gru"] = stats([a["env_steps_per_s"] / b["env_steps_per_s"]
-                                   for a, b in zip(runs["ffm"], runs["gru"])])
+        ratios["ffm/gru"] = spread([a["env_steps_per_s"] / b["env_steps_per_s"]
+                                    for a, b in zip(runs["ffm"], runs["gru"])], 2, keep=None)
     result = {"benchmark": "rppo-throughput", "preset": "popgym-ppo", "task": args.task,
               "steps_per_measurement": args.steps, "rounds": args.rounds,
               "threads": args.threads, "loadavg_1min_before": round(load0, 2),

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -323,6 +324,18 @@ def plot_seed_curves(panels: dict[str, dict[str, list[dict]]], path: Path,
     fig.tight_layout(rect=(0, 0.045 * rows + 0.02, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def spread(values: list[float], digits: int | None = None, keep: str | None = "values") -> dict:
+    """Median, min and max of repeated measurements, rounded to `digits` (None: as they are),
+    and the measurements themselves under the key `keep` (None: left out)."""
+    def r(v: float) -> float:
+        return v if digits is None else round(v, digits)
+
+    out = {"median": r(statistics.median(values)), "min": r(min(values)), "max": r(max(values))}
+    if keep is not None:
+        out[keep] = [r(v) for v in values]
+    return out
 
 
 def seed_mean_ci(values: list[float]) -> dict:

@@ -130,3 +130,11 @@ def test_alternate_flips_the_order_and_times_per_call():
                              rounds=2, warmup=1, calls=2, flip=True)
     assert calls == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
     assert [len(v) for v in times.values()] == [2, 2]
+
+
+def test_spread_is_median_min_max_and_the_values():
+    assert runlib.spread([3.0, 1.0, 2.0, 10.0]) == {"median": 2.5, "min": 1.0, "max": 10.0,
+                                                    "values": [3.0, 1.0, 2.0, 10.0]}
+    assert runlib.spread([1.23456, 2.0, 0.5], 2, keep="runs") == {
+        "median": 1.23, "min": 0.5, "max": 2.0, "runs": [1.23, 2.0, 0.5]}
+    assert runlib.spread([4.0, 2.0], keep=None) == {"median": 3.0, "min": 2.0, "max": 4.0}
