@@ -34,7 +34,7 @@ RUNS_ROOT = BENCH / "runs"
 ARCHIVE = BENCH / "results" / "runs"
 # what a report reads of a run folder (external.json: a Stable-Baselines3 peer's result, in
 # the form `reverie report` reads for runs of other libraries, reverie.eval.runs)
-KEPT = ("config.yaml", "metrics.jsonl", "timing.jsonl", "external.json")
+KEPT = ("config.yaml", "metrics.jsonl", "timing.jsonl", "machine.jsonl", "external.json")
 
 
 def archived(run: Path) -> Path:

@@ -35,7 +35,7 @@ def test_finished_run_is_archived_read_back_and_not_retrained(roots, monkeypatch
     assert runlib.ensure_run(run, ARGS, 200)["status"] == "trained"
     kept = roots / "results" / "runs" / "suite" / "CartPole-s0"
     assert sorted(p.name for p in kept.iterdir()) == [
-        "config.yaml", "metrics.jsonl", "progress.json", "timing.jsonl"]
+        "config.yaml", "machine.jsonl", "metrics.jsonl", "progress.json", "timing.jsonl"]
     live_evals = runlib.evaluations(run)
     assert [s for s, _ in live_evals] == [100, 200]
     assert runlib.locate(run) == run

@@ -309,6 +309,45 @@ def test_wall_time_adds_up_resumed_processes():
     assert _wall_time(timing) == (pytest.approx(4.5), pytest.approx((90 + 75) / 4.5))
 
 
+def test_the_compute_table_names_each_rows_machines(real_run, tmp_path):
+    """A real run records its machine; a resume on another machine adds a row; runs from
+    before machines were recorded show '-'; fields from elsewhere cannot break the table."""
+    from reverie.run.machine import cpu_model, label
+
+    rows = [json.loads(x) for x in (real_run / "machine.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["step"] == 0 and rows[0]["device"] == "cpu"
+    assert rows[0]["cpu"] == cpu_model() and rows[0]["threads"] >= 1
+    here = label(rows[0])
+    a, b = fake_run(tmp_path / "a", "CartPole-v1", 0, [1.0]), fake_run(
+        tmp_path / "b", "CartPole-v1", 1, [2.0])
+    fake_run(tmp_path / "old" / "c", "Acrobot-v1", 0, [-100.0])
+    (a / "machine.jsonl").write_text(json.dumps({"step": 0, **rows[0]}) + "\n")
+    other = {"step": 50, "cpu": "Big|Iron <b>x</b>\n", "cores": 64, "threads": 8,
+             "device": "NVIDIA H200", "torch": "2.13.0"}
+    (b / "machine.jsonl").write_text(json.dumps({"step": 0, **rows[0]}) + "\n"
+                                     + json.dumps(other) + "\n")
+    assert label(other) == "BigIron bx/b · 64 cores · 8 threads · NVIDIA H200"
+    assert main(["report", str(a), str(b), str(tmp_path / "old"), "--out",
+                 str(tmp_path / "rep")]) == 0
+    text = (tmp_path / "rep" / "report.md").read_text()
+    cartpole = next(ln for ln in text.splitlines() if ln.startswith("| random | CartPole-v1 | 2"))
+    assert cartpole.endswith(f"| {here} (2); {label(other)} (1) |")
+    acrobot = next(ln for ln in text.splitlines() if ln.startswith("| random | Acrobot-v1 | 1"))
+    assert acrobot.endswith("| - |")
+
+
+def test_a_resume_records_its_machine_and_drops_rows_past_the_checkpoint(real_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(real_run, run)
+    with open(run / "machine.jsonl", "a") as f:  # a process that died before a checkpoint
+        f.write(json.dumps({"step": 999, "cpu": "lost"}) + "\n")
+    assert main(["train", "--resume", str(run), "--steps", "450", "--no-progress"]) == 0
+    rows = [json.loads(x) for x in (run / "machine.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 300]
+
+
 def test_popgym_runs_score_their_mmer(tmp_path):
     fake_run(tmp_path / "pg", "popgym-RepeatPreviousEasy-v0", 0, [-0.5, 0.2, 0.1])
     (run,), _ = load_runs([tmp_path / "pg"])

@@ -298,7 +298,7 @@ def _task_section(groups: list[Group]) -> list[str]:
 
 def _compute_section(groups: list[Group]) -> list[str]:
     lines = ["| group | env | runs | env steps reached / budget | wall time (mean, h:mm:ss) | "
-             "env steps/s (median) |", "|---|---|---:|---|---:|---:|"]
+             "env steps/s (median) | machines |", "|---|---|---:|---|---:|---:|---|"]
     for g in groups:
         for env, rs in sorted(g.runs.items()):
             reached = int(np.mean([r.env_steps for r in rs]))
@@ -307,8 +307,22 @@ def _compute_section(groups: list[Group]) -> list[str]:
             rates = [r.steps_per_s for r in rs if r.steps_per_s is not None]
             lines.append(f"| {g.label} | {env} | {len(rs)} | {reached:,} / {budget:,} | "
                          f"{_hms(float(np.mean(walls))) if walls else '-'} | "
-                         f"{f'{np.median(rates):.0f}' if rates else '-'} |")
+                         f"{f'{np.median(rates):.0f}' if rates else '-'} | "
+                         f"{_machines(rs)} |")
     return lines + [""]
+
+
+def _machines(runs: list) -> str:
+    """The machines of a table row's runs (how many runs each), '-' where none recorded."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        for m in r.machines:
+            counts[m] = counts.get(m, 0) + 1
+    if not counts:
+        return "-"
+    if len(counts) == 1 and sum(counts.values()) == len(runs):
+        return next(iter(counts))
+    return "; ".join(f"{m} ({n})" for m, n in counts.items())
 
 
 def _runs_section(groups: list[Group], out: Path) -> list[str]:
@@ -389,7 +403,9 @@ def write_report(paths: list[str | Path], out: str | Path,
             lines += [f"## {title}", "", f"![{captions[name]}]({figures[name].name})", ""]
     lines += ["## Compute", "", "Wall time is training time (evaluations included, start-up "
               "not) summed over the processes of resumed runs; env steps/s is env steps run per "
-              "second of it, median over the runs.", ""] + _compute_section(groups)
+              "second of it, median over the runs. Machines: what the runs trained on (CPU model, "
+              "logical cores, torch threads, GPU), with how many runs each where a row mixes "
+              "them; wall times compare only on the same machine.", ""] + _compute_section(groups)
     lines += ["## Runs", ""] + _runs_section(groups, out)
     report = out / "report.md"
     report.write_text("\n".join(lines))

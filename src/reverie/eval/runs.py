@@ -26,7 +26,7 @@ from reverie.errors import UserError
 from reverie.eval.mmer import mmer, mmer_curve
 from reverie.eval.scores import ScoreKind, atari_game, human_normalized, score_kind
 from reverie.run.folder import CONFIG, MARKER, PROGRESS
-from reverie.run.logger import METRICS, TIMING, read_jsonl
+from reverie.run.logger import MACHINE, METRICS, TIMING, read_jsonl
 
 EXTERNAL = "external.json"  # a run of another library (module docstring)
 FINAL_FRACTION = 0.1  # without evaluations: the training episodes of the last 10% of steps
@@ -50,6 +50,7 @@ class Run:
     wall_s: float | None = None
     steps_per_s: float | None = None
     source: str = "eval"  # "eval" (evaluation rows) or "train" (training episodes)
+    machines: tuple[str, ...] = ()  # what its processes trained on (`run/machine.py` labels)
 
     def setting(self, key: str) -> str:
         """The run's value of a grouping key: 'agent', 'backbone' or any dotted config key."""
@@ -164,7 +165,20 @@ def read_run(folder: Path) -> Run:
     wall, rate = _wall_time(timing)
     return Run(path=folder, cfg=cfg, env=env, seed=int(cfg.seed), env_steps=last,
                target_steps=steps, final_raw=final_raw, score=float(score), kind=kind,
-               curve=curve, wall_s=wall, steps_per_s=rate, source=source)
+               curve=curve, wall_s=wall, steps_per_s=rate, source=source,
+               machines=_machines(folder))
+
+
+def _machines(folder: Path) -> tuple[str, ...]:
+    """The distinct machines a run trained on, in order; () where none were recorded (runs
+    from before reverie recorded them) or the file is damaged (it only informs)."""
+    from reverie.run.machine import label
+
+    try:
+        rows = read_jsonl(folder / MACHINE)
+    except UserError:
+        return ()
+    return tuple(dict.fromkeys(label(r) for r in rows))
 
 
 def _in_score_units(kind: ScoreKind, env: str, raw_curve: list[tuple[int, float]],

@@ -59,6 +59,7 @@ from reverie.run import folder as run_folder
 from reverie.run.checkpoint import FORMAT, CheckpointStore, atomic_write_bytes
 from reverie.run.collector import Collector, Transition, env_of, episode_seed
 from reverie.run.logger import LOGS, RunLogger, plot_curve, read_rows
+from reverie.run.machine import describe as describe_machine
 from reverie.run.progress import Progress
 from reverie.run.stop import StopOnSignal
 
@@ -498,6 +499,7 @@ class Trainer:
         if self.resumed_from is None:
             self.envs.start()
             self.checkpoint()  # step 0: the rollback target before any update
+        self.logger.machine(c.env_steps, describe_machine(self.device))
         stop = StopOnSignal(lambda name: self._note(
             f"{name}: stopping after this env step with a checkpoint (press Ctrl-C again to "
             "stop at once, losing the steps since the last checkpoint)"))

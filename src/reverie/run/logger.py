@@ -2,7 +2,8 @@
 
 `metrics.jsonl` holds only quantities that are a function of the seed and config, so two
 runs with the same seed give byte-identical files; wall-clock quantities (wall time, env
-steps/s) go to `timing.jsonl` and TensorBoard. On resume both JSONL files are cut back to the
+steps/s) go to `timing.jsonl` and TensorBoard, the machine of each training process to
+`machine.jsonl`. On resume the JSONL files are cut back to the
 checkpoint's step (a half-written last line from a kill is dropped) and TensorBoard purges
 events after it, so no step is duplicated or missing.
 """
@@ -18,7 +19,8 @@ from reverie.errors import UserError
 
 METRICS = "metrics.jsonl"
 TIMING = "timing.jsonl"
-LOGS = (METRICS, TIMING)
+MACHINE = "machine.jsonl"  # one row per training process (`run/machine.py`)
+LOGS = (METRICS, TIMING, MACHINE)
 
 
 def read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -79,8 +81,8 @@ class RunLogger:
                  tensorboard: bool = True) -> None:
         self.folder = Path(folder)
         if resume_step is not None:
-            _truncate_jsonl(self.folder / METRICS, resume_step)
-            _truncate_jsonl(self.folder / TIMING, resume_step)
+            for name in LOGS:
+                _truncate_jsonl(self.folder / name, resume_step)
         self._metrics = open(self.folder / METRICS, "a", buffering=1)
         self._timing = open(self.folder / TIMING, "a", buffering=1)
         self._tb = None
@@ -99,6 +101,11 @@ class RunLogger:
         row = {"step": int(step), **{k: round(float(v), 4) for k, v in sorted(values.items())}}
         self._timing.write(json.dumps(row) + "\n")
         self._scalars(step, values)
+
+    def machine(self, step: int, row: dict[str, Any]) -> None:
+        """Record the machine of the process that trains from `step` on."""
+        with open(self.folder / MACHINE, "a") as f:
+            f.write(json.dumps({"step": int(step), **row}) + "\n")
 
     def _scalars(self, step: int, values: dict[str, Any]) -> None:
         if self._tb is None:
