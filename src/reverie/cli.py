@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="reverie", description="Sample-efficient model-based RL on a laptop CPU.")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train an agent; writes a run folder")
+    t = sub.add_parser("train", help="train an agent; writes a run folder",
+                       epilog="Ctrl-C (or SIGTERM) stops after the current env step with a "
+                              "checkpoint; --resume RUN continues exactly where it stopped.")
     t.add_argument("--preset", default=None,
                    help="a bundled preset (`reverie presets`) or your own YAML file "
                         "(default: cartpole, or the --agent's preset)")
