@@ -501,8 +501,9 @@ class Trainer:
             self.checkpoint()  # step 0: the rollback target before any update
         self.logger.machine(c.env_steps, describe_machine(self.device))
         stop = StopOnSignal(lambda name: self._note(
-            f"{name}: stopping after this env step with a checkpoint (press Ctrl-C again to "
-            "stop at once, losing the steps since the last checkpoint)"))
+            f"{name}: stopping with a checkpoint once this env step's updates (and evaluation, "
+            "if one is running) end; press Ctrl-C again to stop at once, losing the steps since "
+            "the last checkpoint"))
         try:
             with stop, self.progress:
                 while c.env_steps < steps and not stop.requested:
