@@ -27,8 +27,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from reverie.distributed.trial import child_env
-
 BENCH = Path(__file__).resolve().parent
 RUNS_ROOT = BENCH / "runs"
 ARCHIVE = BENCH / "results" / "runs"
@@ -102,6 +100,9 @@ def ensure_run(run: Path, train_args: list[str], steps: int, threads: int = 1,
         return {"status": "done", "from_committed_json": True}
     else:
         cmd = ["train", *train_args, "--out", str(run), *common]
+    from reverie.distributed.trial import child_env  # here: bench/mbpo_cost.py --ab runs
+    # this module against older checkouts, which do not have it
+
     t0 = time.time()
     proc = subprocess.run([sys.executable, "-m", "reverie", *cmd], capture_output=True,
                           text=True, env=child_env())  # it ends if this script is killed

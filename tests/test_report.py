@@ -341,11 +341,12 @@ def test_a_resume_records_its_machine_and_drops_rows_past_the_checkpoint(real_ru
 
     run = tmp_path / "run"
     shutil.copytree(real_run, run)
-    with open(run / "machine.jsonl", "a") as f:  # a process that died before a checkpoint
-        f.write(json.dumps({"step": 999, "cpu": "lost"}) + "\n")
+    with open(run / "machine.jsonl", "a") as f:  # processes that died before a checkpoint
+        f.write(json.dumps({"step": 300, "cpu": "lost"}) + "\n")  # (it started at 300)
+        f.write("{damaged\n" + json.dumps({"step": 999, "cpu": "lost"}) + "\n")
     assert main(["train", "--resume", str(run), "--steps", "450", "--no-progress"]) == 0
     rows = [json.loads(x) for x in (run / "machine.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [0, 300]
+    assert [r["step"] for r in rows] == [0, 300] and "lost" not in str(rows)
 
 
 def test_popgym_runs_score_their_mmer(tmp_path):

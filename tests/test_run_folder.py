@@ -178,6 +178,50 @@ def test_nan_loss_rolls_back_then_stops(tmp_path, monkeypatch):
     assert not warnings and payload["agent_name"] == "imagine"
 
 
+def test_a_rollback_after_a_stop_and_resume_goes_where_the_uninterrupted_runs_does(
+        tmp_path, monkeypatch):
+    """A stop saves a checkpoint between two of the cadence's; a non-finite loss after the
+    resume rolls back to the cadence's last one (as in the run never stopped), not to it."""
+    import os
+    import signal
+
+    from reverie.agents.imagine import ImagineAgent
+
+    real_update = ImagineAgent.update
+    state = {"trainer": None, "nan": False, "stop": None}
+
+    def flaky(self, replay):
+        step = state["trainer"].count.env_steps
+        if state["stop"] is not None and step >= state["stop"]:
+            state["stop"] = None
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: the loop stops after this step
+        metrics = real_update(self, replay)
+        if step >= 250 and not state["nan"]:
+            state["nan"] = True
+            metrics["wm/loss"] = float("nan")
+        return metrics
+
+    monkeypatch.setattr(ImagineAgent, "update", flaky)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        ref, stopped = tmp_path / "ref", tmp_path / "stopped"
+        state["trainer"] = Trainer(tiny_config(steps=400), ref)
+        state["trainer"].train()
+        state.update(nan=False, stop=230)
+        state["trainer"] = Trainer(tiny_config(steps=400), stopped)
+        with pytest.raises(UserError, match="stopped by SIGINT at env step 23"):
+            state["trainer"].train()
+        steps = [e.step for e in CheckpointStore(stopped / "checkpoints").entries()]
+        assert steps[-2:] == [200, steps[-1]] and 230 <= steps[-1] < 250
+        state["trainer"] = Trainer(tiny_config(steps=400), stopped, resume=True)
+        state["trainer"].train()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    text = (ref / "metrics.jsonl").read_text()
+    assert '"nan/rollback": 1' in text
+    assert (stopped / "metrics.jsonl").read_text() == text
+
+
 def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     store = CheckpointStore(tmp_path / "ckpt")
     store.save({"format": ckpt_module.FORMAT, "x": 1}, step=10)

@@ -231,12 +231,17 @@ class CheckpointStore:
                                   "drop --best to load the latest")
         return payload
 
-    def load_latest(self) -> tuple[dict[str, Any], Entry, list[str]]:
-        """The newest checkpoint whose checksum verifies, and warnings about skipped ones."""
+    def load_latest(self, at_most: int | None = None) -> tuple[dict[str, Any], Entry, list[str]]:
+        """The newest checkpoint whose checksum verifies, and warnings about skipped ones.
+        at_most: prefer checkpoints at or before this env step (newer ones are tried only
+        when none of those verifies)."""
         entries = self.entries()
         warnings = list(self.rebuild_notes)
         if not entries:
             raise CheckpointError(f"no checkpoint in {self.folder}; start a new run instead")
+        if at_most is not None:
+            entries = ([e for e in entries if e.step > at_most]
+                       + [e for e in entries if e.step <= at_most])
         for e in reversed(entries):
             path = self.folder / e.file
             try:

@@ -108,6 +108,9 @@ class Counters:
     eval_rounds: int = 0
     nan_rollbacks: int = 0
     next_checkpoint: int = 0
+    # the newest checkpoint of the cadence (or of step 0, or the end): where a non-finite loss
+    # rolls back to, also after a resume from a checkpoint a stop took between two of them
+    rollback_step: int = 0
     agent_fresh: bool = True  # the agent has not acted yet (prefill is random)
     # the best evaluation so far (checkpoints/best.pt holds its agent; run.keep_best)
     best_return: float = float("-inf")
@@ -235,6 +238,7 @@ class Trainer:
         self.rng = numpy_generator(int(cfg.seed) + 1)  # prefill actions
         self.count = Counters(next_checkpoint=int(cfg.run.checkpoint_every))
         self.resumed_from: int | None = None
+        self._saved_step: int | None = None  # the env step this process last saved
         self._window: dict[str, list[float]] = {}  # update metrics since the last log row
         self.act_state = self.agent.initial_state(self.num_envs)
         if resume_from is not None:
@@ -336,11 +340,16 @@ class Trainer:
             "env_id": self.cfg.env.id, "config": OmegaConf.to_yaml(self.cfg),
             "best": {"step": c.env_steps, "eval_return": eval_return}})
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, rollback_target: bool = True) -> None:
+        """Save everything at this env step; `rollback_target`: a checkpoint of the cadence
+        (not one taken because the run was stopped), where a non-finite loss rolls back to."""
+        if rollback_target:
+            self.count.rollback_step = self.count.env_steps
         if self.replay is not None:
             self.replay.flush()
         self.logger.flush()
         self.store.save(self._payload(), self.count.env_steps)
+        self._saved_step = self.count.env_steps
         self._write_progress()
 
     def _load_checkpoint(self):
@@ -371,12 +380,16 @@ class Trainer:
         self.act_state = payload["act_state"]
         for note in self.envs.load_state_dict(payload["envs"]):
             self._note(note)
-        self.count = Counters(**payload["counters"])
+        self.count = c = Counters(**payload["counters"])
+        if "rollback_step" not in payload["counters"]:  # written before stops saved one
+            c.rollback_step = c.env_steps
         # the checkpoint cadence goes on where it was (a checkpoint taken when a run was
         # stopped falls between two of its steps), unless a run.checkpoint_every lowered on
-        # this resume brings the next one closer
-        self.count.next_checkpoint = min(self.count.next_checkpoint,
-                                         self.count.env_steps + int(self.cfg.run.checkpoint_every))
+        # this resume brings the next one closer; checkpoints of earlier versions hold their
+        # own step there
+        every = int(self.cfg.run.checkpoint_every)
+        c.next_checkpoint = (min(c.next_checkpoint, c.env_steps + every)
+                             if c.next_checkpoint > c.env_steps else c.env_steps + every)
         self._window = {k: v.tolist() for k, v in payload["log_window"].items()}
         set_generator_state(self.rng, payload["driver_rng"])
         set_global_rng_state(payload["rng"])
@@ -393,7 +406,7 @@ class Trainer:
                 f"last good checkpoint is kept in {self.store.folder}; lower the learning rates "
                 "or raise the gradient clip"
             )
-        payload, entry, _ = self.store.load_latest()
+        payload, entry, _ = self.store.load_latest(at_most=self.count.rollback_step)
         load_agent_state(self.agent, payload, entry.file)
         self._note(f"{msg}; rolled the agent back to checkpoint step {entry.step}")
         self.logger.metrics(step, {"nan/rollback": self.count.nan_rollbacks, "nan/key": key})
@@ -536,10 +549,10 @@ class Trainer:
                         self.checkpoint()
                     self.progress.update(c.env_steps, (c.env_steps - steps0)
                                          / max(time.time() - t0, 1e-9))
-            entries = self.store.entries()
-            if not entries or entries[-1].step != c.env_steps:  # not just saved by the cadence
-                self.checkpoint()
-            if stop.requested and c.env_steps < steps:
+            stopped = stop.requested is not None and c.env_steps < steps
+            if self._saved_step != c.env_steps:  # else the cadence has just saved this step
+                self.checkpoint(rollback_target=not stopped)
+            if stopped:
                 self.logger.close()
                 self.release()
                 raise UserError(

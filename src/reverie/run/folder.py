@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from reverie.errors import UserError
-from reverie.run.logger import LOGS
+from reverie.run.logger import LOGS, MACHINE
 
 MARKER = ".reverie-run"  # written first into every folder reverie makes a run in
 CONFIG = "config.yaml"
@@ -102,7 +102,7 @@ def has_history(folder: Path) -> bool:
 
 def clear_start(folder: Path) -> None:
     """Delete what a run killed during start-up wrote after config.yaml (no history: checked)."""
-    for name in ("replay", "tb", *LOGS):
+    for name in ("replay", "tb", *LOGS, MACHINE):
         target = Path(folder) / name
         if target.is_dir():
             shutil.rmtree(target)

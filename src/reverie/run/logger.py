@@ -19,8 +19,19 @@ from reverie.errors import UserError
 
 METRICS = "metrics.jsonl"
 TIMING = "timing.jsonl"
-MACHINE = "machine.jsonl"  # one row per training process (`run/machine.py`)
-LOGS = (METRICS, TIMING, MACHINE)
+LOGS = (METRICS, TIMING)
+# one row per training process (`run/machine.py`): it only informs, so a damaged line is
+# dropped rather than stopping a resume
+MACHINE = "machine.jsonl"
+
+
+def _row(line: str) -> dict[str, Any] | None:
+    """A line's `{"step": int, ...}` object, or None."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and type(row.get("step")) is int else None
 
 
 def read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -40,12 +51,8 @@ def read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     for i, line in enumerate(lines):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-            ok = isinstance(row, dict) and type(row.get("step")) is int
-        except ValueError:
-            ok = False
-        if ok:
+        row = _row(line)
+        if row is not None:
             rows.append((line, row))
         elif i < len(lines) - 1:  # a complete line: outside damage, not a kill
             raise UserError(f"{path} line {i + 1} is not a metrics row ({line[:40]!r}); fix "
@@ -53,11 +60,18 @@ def read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
-def _truncate_jsonl(path: Path, last_step: int) -> None:
-    """Drop the rows written after the checkpoint at `last_step` (they will be written again)."""
+def _truncate_jsonl(path: Path, last_step: int, lenient: bool = False) -> None:
+    """Drop the rows written after the checkpoint at `last_step` (they will be written again);
+    `lenient`: drop damaged lines too, instead of the UserError `read_rows` gives."""
     if not path.exists():
         return
-    rows = read_rows(path)
+    try:
+        rows = read_rows(path)
+    except UserError:
+        if not lenient:
+            raise
+        rows = [(line, row) for line in path.read_text(errors="replace").split("\n")
+                if (row := _row(line)) is not None]
     keep = [line for line, row in rows if row["step"] <= last_step]
     text = "".join(k + "\n" for k in keep)
     if text == path.read_text():
@@ -83,6 +97,8 @@ class RunLogger:
         if resume_step is not None:
             for name in LOGS:
                 _truncate_jsonl(self.folder / name, resume_step)
+            # a process that started at the checkpoint's step left nothing after it
+            _truncate_jsonl(self.folder / MACHINE, resume_step - 1, lenient=True)
         self._metrics = open(self.folder / METRICS, "a", buffering=1)
         self._timing = open(self.folder / TIMING, "a", buffering=1)
         self._tb = None

@@ -53,4 +53,7 @@ class StopOnSignal:
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
         if self._on_request is not None:
-            self._on_request(self.requested)
+            try:  # e.g. a closed pipe (`reverie train | tee`, Ctrl-C ended tee): still stop
+                self._on_request(self.requested)
+            except Exception:  # noqa: BLE001 - a message must not break the clean stop
+                pass
