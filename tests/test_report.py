@@ -321,6 +321,10 @@ def test_the_compute_table_names_each_rows_machines(real_run, tmp_path):
     a, b = fake_run(tmp_path / "a", "CartPole-v1", 0, [1.0]), fake_run(
         tmp_path / "b", "CartPole-v1", 1, [2.0])
     fake_run(tmp_path / "old" / "c", "Acrobot-v1", 0, [-100.0])
+    fake_run(tmp_path / "old" / "d", "Pendulum-v1", 0, [-900.0])
+    fake_run(tmp_path / "old" / "e", "Pendulum-v1", 1, [-800.0])
+    (tmp_path / "old" / "e" / "machine.jsonl").write_text(json.dumps({"step": 0, **rows[0]})
+                                                          + "\n")
     (a / "machine.jsonl").write_text(json.dumps({"step": 0, **rows[0]}) + "\n")
     other = {"step": 50, "cpu": "Big|Iron <b>x</b>\n", "cores": 64, "threads": 8,
              "device": "NVIDIA H200", "torch": "2.13.0"}
@@ -331,9 +335,11 @@ def test_the_compute_table_names_each_rows_machines(real_run, tmp_path):
                  str(tmp_path / "rep")]) == 0
     text = (tmp_path / "rep" / "report.md").read_text()
     cartpole = next(ln for ln in text.splitlines() if ln.startswith("| random | CartPole-v1 | 2"))
-    assert cartpole.endswith(f"| {here} (2); {label(other)} (1) |")
+    assert cartpole.endswith(f"| {here} (2 runs); {label(other)} (1 run) |")
     acrobot = next(ln for ln in text.splitlines() if ln.startswith("| random | Acrobot-v1 | 1"))
     assert acrobot.endswith("| - |")
+    pendulum = next(ln for ln in text.splitlines() if ln.startswith("| random | Pendulum-v1 | 2"))
+    assert pendulum.endswith(f"| {here} (1 run); not recorded (1 run) |")
 
 
 def test_a_resume_records_its_machine_and_drops_rows_past_the_checkpoint(real_run, tmp_path):

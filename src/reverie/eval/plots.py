@@ -90,7 +90,10 @@ def aggregates_png(groups: list[Group], out: Path, colors: dict) -> Path:
         rows.append((kind, bars))
     n_bars = max(len(b) for _, b in rows)
     fig, axes = plt.subplots(len(rows), len(names), squeeze=False, layout="constrained",
-                             figsize=(3.1 * len(names) + 1.5, 0.9 + 0.38 * n_bars * len(rows)))
+                             # per row of panels: its bars, plus room for the titles
+                             # and the axis label (else one group's row collapses)
+                             figsize=(3.1 * len(names) + 1.5,
+                                      0.6 + len(rows) * (1.1 + 0.38 * n_bars)))
     for r, (kind, bars) in enumerate(rows):
         for c, name in enumerate(names):
             ax = axes[r][c]

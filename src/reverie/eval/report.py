@@ -318,11 +318,14 @@ def _machines(runs: list) -> str:
     for r in runs:
         for m in r.machines:
             counts[m] = counts.get(m, 0) + 1
+    unknown = sum(not r.machines for r in runs)
     if not counts:
         return "-"
-    if len(counts) == 1 and sum(counts.values()) == len(runs):
+    if len(counts) == 1 and not unknown and all(len(r.machines) == 1 for r in runs):
         return next(iter(counts))
-    return "; ".join(f"{m} ({n})" for m, n in counts.items())
+    return "; ".join([f"{m} ({n} run{'s' if n > 1 else ''})" for m, n in counts.items()]
+                     + ([f"not recorded ({unknown} run{'s' if unknown > 1 else ''})"]
+                        if unknown else []))
 
 
 def _runs_section(groups: list[Group], out: Path) -> list[str]:
