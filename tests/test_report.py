@@ -141,6 +141,7 @@ def real_run(tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.filterwarnings("error:constrained_layout not applied")
 def test_report_on_one_real_run(real_run, tmp_path, capsys):
     out = tmp_path / "rep"
     assert main(["report", str(real_run), "--out", str(out)]) == 0
@@ -309,6 +310,7 @@ def test_wall_time_adds_up_resumed_processes():
     assert _wall_time(timing) == (pytest.approx(4.5), pytest.approx((90 + 75) / 4.5))
 
 
+@pytest.mark.filterwarnings("error:constrained_layout not applied")
 def test_the_compute_table_names_each_rows_machines(real_run, tmp_path):
     """A real run records its machine; a resume on another machine adds a row; runs from
     before machines were recorded show '-'; fields from elsewhere cannot break the table."""
