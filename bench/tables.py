@@ -293,6 +293,31 @@ def atari_table(results: Path) -> str | None:
         f"\n\n{note}." if note else "")
 
 
+def campaign_atari_table(results: Path) -> str | None:
+    report, _ = load(results, "campaign_atari")
+    if report is None or not report.get("scores"):
+        return None
+    head = ["env steps", "model, all pixels (mean over the imagined steps)",
+            "copy the last frame", "imagined steps where the model is better"]
+    rows = [_row(head), _row(["---"] * len(head))]
+    for s in report["scores"]:
+        model, copy = s["model_mse"], s["copy_last_mse"]
+        worse = [i + 1 for i, (m, c) in enumerate(zip(model, copy)) if m >= c]
+        rows.append(_row([f"{s['env_steps']:,}", f"{sum(model) / len(model):.5f}",
+                          f"{sum(copy) / len(copy):.5f}",
+                          f"{len(model) - len(worse)} of {len(model)}"
+                          + (f" (not step{'s' if len(worse) > 1 else ''} "
+                             f"{', '.join(map(str, worse))})"
+                             if worse and len(worse) < len(model) else "")]))
+    wall = report.get("wall_s")
+    note = (f"{report['game']}, {report['windows']} windows of greedy play, 8 observed + "
+            f"{len(report['scores'][0]['model_mse'])} imagined frames; mean squared error per "
+            "pixel in [0, 1] units; each checkpoint scored on its own windows"
+            + (f"; training wall time {wall / 60:.0f} min at {report['threads']} threads"
+               if wall else ""))
+    return "\n".join(rows) + f"\n\n{note}."
+
+
 def popgym_table(results: Path) -> str | None:
     report, _ = load(results, "popgym")
     if report is None or not report["summary"]:
@@ -863,6 +888,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "campaign_minatar": lambda results: campaign_table(results, "minatar", "game"),
     "campaign_dmc": lambda results: campaign_table(results, "dmc", "task"),
     "atari": atari_table,
+    "campaign_atari": campaign_atari_table,
     "drama_ablation": drama_ablation_table,
     "popgym": popgym_table,
     "popgym_imagine": popgym_imagine_table,
