@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reverie.distributed.trial import child_env  # noqa: E402
 from runlib import (  # noqa: E402
     RUNS_ROOT,
-    child_env,
     keep,
     locate,
     require_sb3,

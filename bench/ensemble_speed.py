@@ -213,9 +213,9 @@ def main() -> None:
         worker(args)
         return
 
-    from allocator import summary  # bench/ is the script's directory
     from backbones import machine_info
     from reverie import allocator
+    from runlib import spread  # bench/ is the script's directory
 
     assert (M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, KEEP) == (
         allocator.M_TRIM_THRESHOLD, allocator.M_MMAP_THRESHOLD, allocator.KEEP)
@@ -246,14 +246,14 @@ def main() -> None:
         entry = {}
         for name, speeds, unit in (("train_step", train, "steps_per_s"),
                                    ("rollout_step", roll, "samples_per_s")):
-            ratio = summary([a / b for a, b in zip(speeds["reverie"], speeds["mbrl"])])
+            ratio = spread([a / b for a, b in zip(speeds["reverie"], speeds["mbrl"])], 3)
             entry[name] = {
-                **{s: {unit: summary(v)} for s, v in speeds.items()},
+                **{s: {unit: spread(v, 3)} for s, v in speeds.items()},
                 "ratio_reverie_over_mbrl": ratio, "target": TARGET,
                 "pass": ratio["median"] >= TARGET}
         entry["reverie_agent_rollout_step"] = {
-            "samples_per_s": summary(agent),
-            "ratio_over_mbrl_ts1": summary([a / b for a, b in zip(agent, roll["mbrl"])])}
+            "samples_per_s": spread(agent, 3),
+            "ratio_over_mbrl_ts1": spread([a / b for a, b in zip(agent, roll["mbrl"])], 3)}
         results[size] = {"obs_dim": SIZES[size][0], "action_dim": SIZES[size][1], **entry}
     result = {
         "benchmark": "ensemble_speed", "quick": args.quick,

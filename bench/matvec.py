@@ -26,9 +26,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compile import summary  # noqa: E402
 from reverie.sequence import base, mamba1, selective_scan, ssd  # noqa: E402
-from runlib import alternate, prefilled_agent  # noqa: E402
+from runlib import alternate, prefilled_agent, spread  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 # name -> (m shape, v shape): the cartpole preset (d_model 128, head_dim 32, d_state 16,
@@ -50,8 +49,8 @@ def column(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def compare(times: dict[str, list[float]], scale: float, digits: int) -> dict:
-    out = {name: summary([t * scale for t in ts], digits) for name, ts in times.items()}
-    out["ratio_column_over_matvec"] = summary(
+    out = {name: spread([t * scale for t in ts], digits) for name, ts in times.items()}
+    out["ratio_column_over_matvec"] = spread(
         [c / m for c, m in zip(times["column"], times["matvec"])], 2)
     return out
 

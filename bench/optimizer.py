@@ -28,8 +28,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compile import summary  # noqa: E402
-from runlib import add_worker_arguments, alternate, matmul_gflops, prefilled_agent, run_worker  # noqa: E402
+from runlib import (  # noqa: E402
+    add_worker_arguments,
+    alternate,
+    matmul_gflops,
+    prefilled_agent,
+    run_worker,
+    spread,
+)
 
 RESULTS = Path(__file__).parent / "results"
 PRESETS = {  # preset -> (extra overrides, prefill env steps); Adam presets only
@@ -100,8 +106,8 @@ def measure(preset: str, updates: int, warmup: int, threads: int) -> dict:
               "parameters": n_params, "tensors": len(params),
               "loadavg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
     for label, t in (("update", times), ("step", step_times)):
-        result[label] = {arm: summary(t[arm]) for arm in ARMS}
-        result[label]["ratio_loop_over_fused"] = summary(
+        result[label] = {arm: spread(t[arm], 4) for arm in ARMS}
+        result[label]["ratio_loop_over_fused"] = spread(
             [a / b for a, b in zip(t["loop"], t["fused"])], 3)
     return result
 

@@ -34,8 +34,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compile import summary  # noqa: E402
-from runlib import add_worker_arguments, alternate, prefilled_agent, run_worker  # noqa: E402
+from runlib import (  # noqa: E402
+    add_worker_arguments,
+    alternate,
+    prefilled_agent,
+    run_worker,
+    spread,
+)
 
 RESULTS = Path(__file__).parent / "results"
 PRESETS = {  # preset -> (extra overrides, prefill env steps)
@@ -74,8 +79,8 @@ def measure(preset: str, updates: int, warmup: int, threads: int) -> dict:
         times = alternate({p: update(p) for p in ("fp32", "bf16")}, updates, warmup)
     pairs = [a / b for a, b in zip(times["fp32"], times["bf16"])]
     return {"preset": preset, "threads": threads, "updates": updates, "warmup": warmup,
-            "fp32": summary(times["fp32"]), "bf16": summary(times["bf16"]),
-            "ratio_fp32_over_bf16": summary(pairs, 3),
+            "fp32": spread(times["fp32"], 4), "bf16": spread(times["bf16"], 4),
+            "ratio_fp32_over_bf16": spread(pairs, 3),
             "wm_loss": loss,
             "loadavg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
 

@@ -138,3 +138,19 @@ def test_spread_is_median_min_max_and_the_values():
     assert runlib.spread([1.23456, 2.0, 0.5], 2, keep="runs") == {
         "median": 1.23, "min": 0.5, "max": 2.0, "runs": [1.23, 2.0, 0.5]}
     assert runlib.spread([4.0, 2.0], keep=None) == {"median": 3.0, "min": 2.0, "max": 4.0}
+
+
+def test_every_benchmark_script_imports():
+    """The scripts share helpers (runlib, compile, backbones, ...): removing or moving one
+    must not leave another script failing at its first line. One process imports them all."""
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    names = sorted(p.stem for p in bench.glob("*.py"))
+    code = ("import importlib, sys\nsys.path.insert(0, sys.argv[1])\nbad = []\n"
+            "for n in sys.argv[2:]:\n"
+            "    try:\n        importlib.import_module(n)\n"
+            "    except Exception as e:\n        bad.append(f'{n}: {e!r}')\n"
+            "print('\\n'.join(bad))\nsys.exit(1 if bad else 0)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(bench), *names], capture_output=True,
+                       text=True, timeout=300, cwd=bench)
+    assert len(names) > 20
+    assert r.returncode == 0, r.stdout + r.stderr
