@@ -352,6 +352,8 @@ def test_a_resume_records_its_machine_and_drops_rows_past_the_checkpoint(real_ru
     with open(run / "machine.jsonl", "a") as f:  # processes that died before a checkpoint
         f.write(json.dumps({"step": 300, "cpu": "lost"}) + "\n")  # (it started at 300)
         f.write("{damaged\n" + json.dumps({"step": 999, "cpu": "lost"}) + "\n")
+    with open(run / "machine.jsonl", "ab") as f:
+        f.write(b"\xff\xfe not UTF-8\n")
     assert main(["train", "--resume", str(run), "--steps", "450", "--no-progress"]) == 0
     rows = [json.loads(x) for x in (run / "machine.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 300] and "lost" not in str(rows)

@@ -25,24 +25,17 @@ LOGS = (METRICS, TIMING)
 MACHINE = "machine.jsonl"
 
 
-def _row(line: str) -> dict[str, Any] | None:
-    """A line's `{"step": int, ...}` object, or None."""
-    try:
-        row = json.loads(line)
-    except ValueError:
-        return None
-    return row if isinstance(row, dict) and type(row.get("step")) is int else None
-
-
-def read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+def read_rows(path: Path, lenient: bool = False) -> list[tuple[str, dict[str, Any]]]:
     """(line, row) for every row of a JSONL log. The one line a kill can cut (the last, with
     no newline) is left out; any other line that is not a `{"step": int, ...}` object is a
-    one-line UserError naming the file and line, so no row is ever silently dropped."""
+    one-line UserError naming the file and line, so no row is ever silently dropped.
+    `lenient` (a log that only informs): damaged lines are dropped instead (bytes that are
+    not UTF-8 read as U+FFFD)."""
     path = Path(path)
     if not path.exists():
         return []
     try:
-        text = path.read_text()
+        text = path.read_text(errors="replace" if lenient else "strict")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {path} ({type(e).__name__}); restore it or move it "
                         "aside") from None
@@ -51,10 +44,14 @@ def read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     for i, line in enumerate(lines):
         if not line.strip():
             continue
-        row = _row(line)
-        if row is not None:
+        try:
+            row = json.loads(line)
+            ok = isinstance(row, dict) and type(row.get("step")) is int
+        except ValueError:
+            ok = False
+        if ok:
             rows.append((line, row))
-        elif i < len(lines) - 1:  # a complete line: outside damage, not a kill
+        elif i < len(lines) - 1 and not lenient:  # a complete line: outside damage
             raise UserError(f"{path} line {i + 1} is not a metrics row ({line[:40]!r}); fix "
                             "or delete that line, then run the command again")
     return rows
@@ -65,16 +62,10 @@ def _truncate_jsonl(path: Path, last_step: int, lenient: bool = False) -> None:
     `lenient`: drop damaged lines too, instead of the UserError `read_rows` gives."""
     if not path.exists():
         return
-    try:
-        rows = read_rows(path)
-    except UserError:
-        if not lenient:
-            raise
-        rows = [(line, row) for line in path.read_text(errors="replace").split("\n")
-                if (row := _row(line)) is not None]
+    rows = read_rows(path, lenient)
     keep = [line for line, row in rows if row["step"] <= last_step]
     text = "".join(k + "\n" for k in keep)
-    if text == path.read_text():
+    if text.encode() == path.read_bytes():
         return
     from reverie.run.checkpoint import atomic_write_bytes
 
