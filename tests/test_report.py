@@ -299,6 +299,39 @@ def test_final_return_without_evaluations_uses_the_last_tenth():
     assert final_return([], [(10, 3.0)], 100) == 3.0  # none that late: the last episode
     assert final_return([(50, 7.0), (100, 8.0)], episodes, 100) == 8.0  # the last evaluation
 
+def test_aggregate_panels_show_values_at_the_data_extremes(tmp_path):
+    """Every seed alike gives a zero-width interval; at the data's extreme (100% or 0% HNS,
+    CartPole's 500) it must be drawn inside the axes, not on the spine (a bar's sticky
+    left edge used to stop the margin there), and in the group's colour."""
+    from reverie.eval import plots
+    from reverie.eval.report import DEFAULT_GROUP_BY, make_groups
+
+    ref = atari_reference()["games"]
+    for backbone in ("gru", "ffm"):
+        for seed in range(2):
+            fake_run(tmp_path / f"pong-{backbone}-{seed}", "ALE/Pong-v5", seed,
+                     [ref["Pong"]["random"], ref["Pong"]["human" if backbone == "ffm"
+                                                     else "random"]],
+                     preset="cartpole", sets=(f"imagine.world.backbone={backbone}",))
+    for seed, last in enumerate([300.0, 500.0, 500.0]):  # CI [300, 500]: a real bar at 500
+        fake_run(tmp_path / f"cp-{seed}", "CartPole-v1", seed, [10.0, last])
+    groups = make_groups(load_runs([tmp_path])[0], list(DEFAULT_GROUP_BY))
+    fig = plots.aggregates_figure(groups, plots._colors([g.label for g in groups]))
+    fig.canvas.draw()
+    seen = 0
+    for ax in fig.axes:
+        for line in ax.lines:
+            lo, hi = ax.get_xlim()
+            for x in np.atleast_1d(line.get_xdata()):
+                assert lo < x < hi and min(x - lo, hi - x) > 0.02 * (hi - lo), ax.get_title()
+                seen += 1
+        dots = [ln for ln in ax.lines if ln.get_marker() == "o"]
+        if ax.get_xlabel() == "HNS (%)" and ax.get_title() == "mean":
+            assert sorted(d.get_xdata()[0] for d in dots) == pytest.approx([0.0, 100.0])
+    plots._plt().close(fig)
+    assert seen > 20
+
+
 
 def test_wall_time_adds_up_resumed_processes():
     from reverie.eval.runs import _wall_time

@@ -72,6 +72,16 @@ def _fmt_steps(ax) -> None:
 
 
 def aggregates_png(groups: list[Group], out: Path, colors: dict) -> Path:
+    fig = aggregates_figure(groups, colors)
+    path = out / "aggregates.png"
+    fig.savefig(path, dpi=DPI)
+    _plt().close(fig)
+    return path
+
+
+def aggregates_figure(groups: list[Group], colors: dict):
+    """Mean, median, IQM (and optimality gap) with their CIs, one row of panels per kind
+    of score; published agents as diamonds."""
     plt = _plt()
     kinds = _kinds(groups)
     names = ["mean", "median", "IQM"]
@@ -110,13 +120,18 @@ def aggregates_png(groups: list[Group], out: Path, colors: dict) -> Path:
                 y = len(bars) - 1 - i
                 if published:
                     ax.plot(e.value * scale, y, "D", color="0.35", ms=6)
-                else:
+                elif e.high > e.low:
                     ax.barh(y, (e.high - e.low) * scale, left=e.low * scale, height=0.6,
                             color=colors[label], alpha=0.85)
                     ax.plot([e.value * scale] * 2, [y - 0.3, y + 0.3], color="black", lw=1.5)
+                else:  # a zero-width interval (every seed alike, e.g. all at the maximum)
+                    ax.plot(e.value * scale, y, "o", color=colors[label], ms=7, mec="black")
             ax.set_yticks(range(len(bars)))
             ax.set_yticklabels([b[0] for b in reversed(bars)] if c == 0 else [])
             ax.set_ylim(-0.6, len(bars) - 0.4)
+            # a bar's left end is a "sticky" edge that margins do not pass: without this a
+            # value at the data's extreme (CartPole's 500, a 0% HNS) sat on the axis spine
+            ax.use_sticky_edges = False
             ax.margins(x=0.08)
             unit = "HNS (%)" if kind.name == "HNS" else kind.label
             ax.set_xlabel(unit, fontsize=9)
@@ -126,10 +141,7 @@ def aggregates_png(groups: list[Group], out: Path, colors: dict) -> Path:
     fig.suptitle("Aggregate scores: bar = 95% CI, line = point estimate"
                  + (", ◆ = published at its own budget" if any(k.name == "HNS" for k in kinds)
                     else ""), fontsize=10)
-    path = out / "aggregates.png"
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _grid(runs) -> np.ndarray:
