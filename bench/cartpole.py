@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -28,12 +27,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from reverie.distributed.trial import child_env  # noqa: E402
 from runlib import (  # noqa: E402
     RUNS_ROOT,
     keep,
     locate,
     require_sb3,
+    run_child,
     run_sb3,
     seed_mean_ci,
 )
@@ -115,8 +114,7 @@ def run_reverie(backbone: str, seed: int, steps: int, out: Path, overrides: list
                backbone, "--seed", str(seed), "--steps", str(steps), "--out", str(run),
                "--no-progress", *(x for o in overrides for x in ("--set", o))]
     t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True,
-                          env=child_env())  # it ends if this script is killed
+    proc = run_child(cmd)
     wall = time.time() - t0
     if proc.returncode != 0:
         return {"backbone": backbone, "seed": seed, "error": proc.stderr.strip()[-800:]}

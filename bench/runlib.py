@@ -100,17 +100,61 @@ def ensure_run(run: Path, train_args: list[str], steps: int, threads: int = 1,
         return {"status": "done", "from_committed_json": True}
     else:
         cmd = ["train", *train_args, "--out", str(run), *common]
-    from reverie.distributed.trial import child_env  # here: bench/mbpo_cost.py --ab runs
-    # this module against older checkouts, which do not have it
-
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "reverie", *cmd], capture_output=True,
-                          text=True, env=child_env())  # it ends if this script is killed
+    proc = run_child([sys.executable, "-m", "reverie", *cmd])
     if (run / "config.yaml").exists():
         keep(run)
     if proc.returncode != 0:
         return {"status": "error", "error": proc.stderr.strip()[-600:]}
     return {"status": "trained", "wall_s": round(time.time() - t0, 1)}
+
+
+def run_child(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run `cmd` (a `reverie train`) to its end, capturing its output; it ends if this
+    script is killed (`child_env`). At a Ctrl-C the run stops after its current env step
+    with a checkpoint there, and this script then exits with one line; a second Ctrl-C
+    kills the run. A terminal's Ctrl-C reaches the run itself (same process group); a
+    SIGINT sent to this script alone is passed on. (`subprocess.run` killed the run 0.25 s
+    after a Ctrl-C, long before it could save.) Called from a worker thread, only the
+    terminal's Ctrl-C reaches the run, as in `reverie sweep`."""
+    import signal
+
+    from reverie.distributed.trial import child_env  # here: bench/mbpo_cost.py --ab runs
+    # this module against older checkouts, which do not have it
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, env=child_env())
+    try:
+        out, err = proc.communicate()
+    except KeyboardInterrupt:
+        if not _terminal_foreground():
+            proc.send_signal(signal.SIGINT)  # the run did not get this one
+        try:
+            out, err = proc.communicate()
+        except KeyboardInterrupt:
+            proc.kill()
+            proc.wait()
+            raise SystemExit("bench: run killed at the second Ctrl-C; rerun the same "
+                             "command to continue from its last checkpoint") from None
+        last = (err.strip().splitlines() or ["(no message)"])[-1]
+        raise SystemExit(f"bench: stopped ({last}); rerun the same command to continue") \
+            from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _terminal_foreground() -> bool:
+    """Whether this process is in its terminal's foreground group: a Ctrl-C typed there
+    went to the whole group, children included."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def require_sb3() -> None:

@@ -154,3 +154,44 @@ def test_every_benchmark_script_imports():
                        text=True, timeout=300, cwd=bench)
     assert len(names) > 20
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_ctrl_c_stops_a_benchmark_run_with_a_checkpoint(tmp_path):
+    """A SIGINT to a benchmark script stops its `reverie train` child cleanly: a checkpoint
+    at the step where it stopped (not only the cadence's last one), and one line."""
+    import os
+    import signal
+    import time
+
+    from reverie.run.checkpoint import CheckpointStore
+
+    run = tmp_path / "runs" / "suite" / "CartPole-s0"
+    script = tmp_path / "bench_script.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(runlib.__file__).parent)!r})\n"
+        "import runlib\n"
+        f"runlib.ARCHIVE = runlib.Path({str(tmp_path / 'archive')!r})\n"
+        f"runlib.RUNS_ROOT = runlib.Path({str(tmp_path / 'runs')!r})\n"
+        f"runlib.ensure_run(runlib.Path({str(run)!r}), {ARGS!r}, 200000,\n"
+        "                  checkpoint_every=300)\n")
+    # its own session: no terminal, so the Ctrl-C comes to the script alone, as `kill -INT`
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        t0 = time.time()
+        while not any(e.step >= 900 for e in CheckpointStore(run / "checkpoints").entries()):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.time() - t0 < 120
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("bench: stopped (reverie: error: stopped by SIGINT at env step")
+    stopped_at = CheckpointStore(run / "checkpoints").entries()[-1].step
+    assert f"at env step {stopped_at} with a checkpoint" in line
