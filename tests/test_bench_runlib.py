@@ -44,7 +44,7 @@ def test_finished_run_is_archived_read_back_and_not_retrained(roots, monkeypatch
     assert runlib.locate(run) == kept
     assert runlib.progress(kept) == 200
     assert runlib.evaluations(runlib.locate(run)) == live_evals
-    monkeypatch.setattr(subprocess, "run", no_training)
+    monkeypatch.setattr(runlib, "run_child", no_training)
     assert runlib.ensure_run(run, ARGS, 200) == {"status": "done", "archived": True}
     # an archived run is a run folder that `reverie report` reads as it is
     assert main(["report", str(kept), "--out", str(roots / "report")]) == 0
@@ -72,7 +72,7 @@ def test_runs_known_only_from_the_committed_json(roots, monkeypatch):
     assert runs == {"T/b/s0": {**earlier["T/b/s0"], "from_committed_json": True},
                     "T/b/s1": {**earlier["T/b/s1"], "from_committed_json": True}}
     assert missing == ["T/b/s1 (200 of 500 steps)", "T/b/s2"]
-    monkeypatch.setattr(subprocess, "run", no_training)
+    monkeypatch.setattr(runlib, "run_child", no_training)
     assert runlib.ensure_run(folder("T", "b", 0), ARGS, 500, earlier=earlier["T/b/s0"]) == {
         "status": "done", "from_committed_json": True}
     with pytest.raises(AssertionError, match="trained again"):  # short of the steps: trains
