@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cartpole import RESULTS, run_reverie  # noqa: E402
-from runlib import RUNS_ROOT, plot_seed_curves, seed_mean_ci  # noqa: E402
+from cartpole import RESULTS, ROOT, finished_run, run_reverie  # noqa: E402
+from runlib import RUNS_ROOT, locate, plot_seed_curves, seed_mean_ci  # noqa: E402
 
 # name -> (preset, env, eval every, env steps, task overrides). MinAtar: Space Invaders, the
 # one game on which the agent beats the random policy (and SB3 DQN/PPO) at the campaign's CPU
@@ -43,6 +43,11 @@ TASKS = {
                                ["run.train_ratio=64", "imagine.imag_batch=256",
                                 "run.eval_episodes=10", "run.checkpoint_every=2000"]),
 }
+# Runs of other benchmarks that may be this benchmark's runs too: where one of them has the
+# same resolved config (`cartpole.same_command`: preset, overrides, seed, steps), it is
+# recorded instead of training it again (the campaign's Space Invaders runs are the
+# MinAtar baseline's, run for run).
+ELSEWHERE = {"minatar-space_invaders": "minatar/imagine/minatar_space_invaders__s{seed}"}
 DEFAULTS = ("baseline", "targets-dreamerv3")  # the preset as it is (targets: dreamerv3)
 VARIANTS: dict[str, list[str]] = {
     "baseline": [],  # the preset as it is (targets: dreamerv3 since that became the default)
@@ -142,12 +147,18 @@ def main() -> None:
                 if done:  # recorded in the committed JSON (run folders are not kept)
                     continue
                 load0 = os.getloadavg()[0]
-                # archived under bench/results/runs/drama-ablation/ by run_reverie (runlib.keep)
-                r = run_reverie("mamba2", seed, steps, Path(args.out) / task / variant,
-                                overrides, reuse=True, preset=preset)
+                run = Path(args.out) / task / variant / f"mamba2-s{seed}"
+                other = (locate(RUNS_ROOT / ELSEWHERE[task].format(seed=seed))
+                         if task in ELSEWHERE else None)
+                r = other and finished_run(other, "mamba2", seed, steps, overrides, preset)
+                if r:
+                    run = other
+                    r["same_run_as"] = str(other.relative_to(ROOT))
+                else:  # archived under bench/results/runs/drama-ablation/ (runlib.keep)
+                    r = run_reverie("mamba2", seed, steps, run.parent, overrides,
+                                    reuse=True, preset=preset)
                 entry = dict(r, task=task, variant=variant, overrides=overrides,
-                             compile=run_compile(Path(args.out) / task / variant /
-                                                 f"mamba2-s{seed}"),
+                             compile=run_compile(run),
                              loadavg_1min=[round(load0, 2), round(os.getloadavg()[0], 2)])
                 print(json.dumps({k: v for k, v in entry.items() if k != "eval_steps"}),
                       flush=True)

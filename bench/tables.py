@@ -771,6 +771,14 @@ def drama_ablation_table(results: Path) -> str | None:
             "A policy that peaks and then drifts shows a gap between best and the mean of the "
             "last three evaluations. Seeds 0–1 ran eagerly; runs recorded with "
             "`run.compile=auto` (the later default) differ from eager ones by float rounding.")
+    shared: dict[tuple[str, str], set[str]] = {}
+    for e in report["runs"]:
+        if e.get("same_run_as"):
+            where = str(Path(e["same_run_as"]).parent)
+            shared.setdefault((e["task"], where), set()).add(e["variant"])
+    for (task, where), variants in sorted(shared.items()):
+        note += (f" {task} {' and '.join(sorted(variants))}: the runs under `{where}`, whose "
+                 "config is the same (recorded, not trained again).")
     return "\n".join(lines) + "\n" + note
 
 
