@@ -207,6 +207,10 @@ def test_finished_run_can_be_extended(tmp_path):
     assert "steps: 600" in (run / "config.yaml").read_text()  # a later resume keeps it
     r = reverie("train", "--resume", str(run), "--no-progress")
     assert r.returncode == 0 and "already complete at 600" in r.stderr
+    config = (run / "config.yaml").read_text()
+    r = reverie("train", "--resume", str(run), "--steps", "100", "--no-progress")
+    assert r.returncode == 0 and "already complete at 600" in r.stderr
+    assert (run / "config.yaml").read_text() == config  # the budget stays 600, not 100
 
 
 def test_kill_before_the_first_checkpoint_starts_over(reference, tmp_path):

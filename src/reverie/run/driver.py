@@ -233,8 +233,12 @@ class Trainer:
         self._prepare_folder()  # only once env and agent are known to work: no stray runs
         self.replay = self._make_replay(resume_from) if self.uses_replay else None
         # config last: a folder without config.yaml is not a run, so a failed start leaves
-        # nothing that blocks the next attempt; on resume it records a raised run.steps
-        save_config(self.cfg, self.out / "config.yaml")
+        # nothing that blocks the next attempt; on resume it records a raised run.steps, but
+        # --steps below the steps already done trains nothing and leaves the config (and so
+        # the budget a report reads) as it was
+        if resume_from is None or int(cfg.run.steps) >= \
+                int(resume_from[0]["counters"]["env_steps"]):
+            save_config(self.cfg, self.out / "config.yaml")
         self.rng = numpy_generator(int(cfg.seed) + 1)  # prefill actions
         self.count = Counters(next_checkpoint=int(cfg.run.checkpoint_every))
         self.resumed_from: int | None = None
