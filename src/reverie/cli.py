@@ -39,6 +39,14 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
 
 
+def _seed(text: str) -> int:
+    value = _int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(
+            f"must be a non-negative integer below 2**32, got {value}")
+    return value
+
+
 AGENT_HELP = ("imagine | mbpo | rppo | random: without --preset, starts from the agent's "
               "preset (cartpole, mbpo-pendulum, popgym-ppo, random)")
 
@@ -69,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run's latest checkpoint; prints JSON")
     e.add_argument("run")
     e.add_argument("--episodes", type=_positive_int, default=10)
-    e.add_argument("--seed", type=_int, default=12345)
+    e.add_argument("--seed", type=_seed, default=12345,
+                   help="seed of the evaluation episodes (default 12345)")
     e.add_argument("--out", default=None,
                    help="JSON path (default RUN/eval.json, with --best RUN/eval-best.json)")
     e.add_argument("--best", action="store_true",

@@ -138,10 +138,18 @@ def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
     frames), and for a world-model agent its open-loop imagination beside the real episode
     (a GIF for images, a plot per dimension for vectors). Reasons for anything not written
     are appended to `notes`. `best`: the run's agent of its best evaluation (`load`)."""
+    if out is not None:  # checked before the episode is played: a mistake costs nothing
+        out = Path(out)
+        if out.suffix.lower() != ".gif" or out.is_dir():
+            raise UserError(f"--out must be a .gif file path, got '{out}' (the plots and the "
+                            "real-vs-imagined GIF are written beside it)")
+        if not out.parent.is_dir():
+            raise UserError(f"--out's folder '{out.parent}' does not exist; create it or "
+                            "choose another path")
     policy = load(run, best=best)
     notes = [] if notes is None else notes
     folder = Path(run) if Path(run).is_dir() else Path(run).parent.parent
-    gif = Path(out) if out else folder / ("watch-best.gif" if best else "watch.gif")
+    gif = out or folder / ("watch-best.gif" if best else "watch.gif")
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     frames, observations, actions, note = rollout(policy, steps)
