@@ -445,12 +445,17 @@ def validate(cfg: DictConfig) -> None:
     for key in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
         if run[key] <= 0:
             raise UserError(f"run.{key} must be positive, got {run[key]}")
-    if run.prefill < 0 or run.eval_episodes < 0 or run.threads < 0:
-        raise UserError("run.prefill, run.eval_episodes and run.threads must be >= 0")
+    for key in ("prefill", "eval_episodes", "threads"):
+        if run[key] < 0:
+            raise UserError(f"run.{key} must be >= 0, got {run[key]}")
     if run.eval_noop_max < 0:
         raise UserError(f"run.eval_noop_max must be >= 0, got {run.eval_noop_max}")
     if run.num_envs < 1:
         raise UserError(f"run.num_envs must be >= 1, got {run.num_envs}")
+    if run.num_envs != 1 and uses_replay(cfg.agent):
+        raise UserError(
+            f"agent '{cfg.agent}' trains on a sequence replay of one env stream; set "
+            "run.num_envs=1 (several envs are for agents that keep their own rollouts)")
     if run.threads > MAX_THREADS:
         raise UserError(f"run.threads={run.threads} is more than any CPU can use; set at most "
                         f"{MAX_THREADS} (0 = all cores)")

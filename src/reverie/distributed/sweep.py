@@ -71,6 +71,24 @@ def _run_local(trials: list[Trial], workers: int, retries: int,
     return results
 
 
+def check_sweep_folder(out: Path) -> None:
+    """May a sweep write into `out`? A new or empty folder, or an earlier sweep's (it has
+    sweep.json, or logs/ from its trials) to resume; never a run folder or someone else's."""
+    from reverie.run.folder import CONFIG, check_no_links
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file; choose a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if (out / CONFIG).exists():
+        raise UserError(f"--out '{out}' is a run folder (it has {CONFIG}); a sweep makes its "
+                        "runs inside its own folder: choose a new or empty --out")
+    if not ((out / "sweep.json").is_file() or (out / "logs").is_dir()):
+        raise UserError(f"'{out}' is not empty and is not a reverie sweep; choose a new or "
+                        "empty --out (or the folder of the sweep to continue)")
+    check_no_links(out)
+
+
 def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
               on_result: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Validate every trial, run them all, write sweep.json and the report; returns a summary."""
@@ -82,8 +100,7 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
         raise UserError("--address joins a Ray cluster; add --backend ray")
     name = sweep.preset or "cartpole"
     out = Path(sweep.out or Path("sweeps") / (Path(name).stem if is_preset_file(name) else name))
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out '{out}' is a file; choose a folder")
+    check_sweep_folder(out)
     workers = sweep.workers or default_workers()
     threads = max(1, (os.cpu_count() or 1) // workers)
     trials = make_trials(sweep.preset, sweep.envs, sweep.seeds, sweep.steps, sweep.overrides,

@@ -206,12 +206,8 @@ class Trainer:
         self.agent = build_agent(cfg, self.obs_spec, self.action_space, self.device)
         if cfg.run.compile != "off":
             compile_agent(self.agent, cfg.agent, self._note, cfg.run.compile)
+        # agents with a replay run on one env (config.validate checks run.num_envs)
         self.uses_replay = bool(getattr(self.agent, "uses_replay", True))
-        if self.uses_replay and self.num_envs != 1:
-            raise UserError(
-                f"agent '{cfg.agent}' trains on a sequence replay of one env stream; set "
-                "run.num_envs=1 (several envs are for agents that keep their own rollouts)"
-            )
         acfg = cfg[cfg.agent]
         self.replayed_per_update = int(acfg.get("batch_size", 1)) * int(acfg.get("seq_len", 1))
         self.min_rows = rows_per_sample(cfg)
