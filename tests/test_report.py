@@ -489,20 +489,23 @@ def test_finished_only_leaves_out_runs_still_training(tmp_path, capsys):
 
 
 def test_a_copy_of_a_runs_logs_is_finished_by_its_progress_file(tmp_path, capsys):
-    """The last log row can come before the last step (timing rows at 100 and 200, an
-    episode's end somewhere after; the run ends at 250); the checkpoint manifest knows
-    better, and so does progress.json, which a copy of the logs keeps."""
+    """The last log row can come before the last step (in runs made before the final
+    timing row: timing rows at 100 and 200, an episode's end somewhere after; the run ends
+    at 250); the checkpoint manifest knows better, and so does progress.json, which a copy
+    of the logs keeps."""
     run = tmp_path / "run"
     assert main(["train", "--preset", "random", "--no-progress", "--steps", "250",
                  "--set", "run.log_every=100", "--set", "run.eval_every=100",
                  "--set", "run.eval_episodes=1", "--out", str(run)]) == 0
     assert json.loads((run / "progress.json").read_text()) == {"env_steps": 250}
     steps = [json.loads(x)["step"] for x in (run / "timing.jsonl").read_text().splitlines()]
-    assert max(steps) == 200
+    assert steps == [100, 200, 250]  # the final row: the time after the last log row counts
     copy = tmp_path / "archive" / "run"
     copy.mkdir(parents=True)
     for name in ("config.yaml", "metrics.jsonl", "timing.jsonl", "progress.json"):
         (copy / name).write_bytes((run / name).read_bytes())
+    rows = (copy / "timing.jsonl").read_text().splitlines()
+    (copy / "timing.jsonl").write_text("".join(r + "\n" for r in rows[:2]))  # as runs before
     out = tmp_path / "rep"
     assert main(["report", str(copy), "--out", str(out), "--finished-only"]) == 0
     assert "1 run, 1 env" in (out / "report.md").read_text()

@@ -239,6 +239,7 @@ class Trainer:
         self.count = Counters(next_checkpoint=int(cfg.run.checkpoint_every))
         self.resumed_from: int | None = None
         self._saved_step: int | None = None  # the env step this process last saved
+        self._timed_step: int | None = None  # ... and last wrote a timing row at
         self._window: dict[str, list[float]] = {}  # update metrics since the last log row
         self.act_state = self.agent.initial_state(self.num_envs)
         if resume_from is not None:
@@ -482,11 +483,16 @@ class Trainer:
         row.update({k: float(np.mean(v)) for k, v in self._window.items()})
         self._window = {}
         self.logger.metrics(c.env_steps, row)
+        self._time(t0, steps0)
+
+    def _time(self, t0: float, steps0: int) -> None:
+        """A timing row: this process's wall time and env steps per second so far."""
         wall = time.time() - t0
-        self.logger.timing(c.env_steps, {
+        self.logger.timing(self.count.env_steps, {
             "time/wall": wall,
-            "time/env_steps_per_s": (c.env_steps - steps0) / max(wall, 1e-9),
+            "time/env_steps_per_s": (self.count.env_steps - steps0) / max(wall, 1e-9),
         })
+        self._timed_step = self.count.env_steps
 
     def evaluate(self, episodes: int | None = None) -> list[float]:
         """Greedy-policy returns on fresh episodes with deterministic seeds."""
@@ -550,6 +556,8 @@ class Trainer:
                     self.progress.update(c.env_steps, (c.env_steps - steps0)
                                          / max(time.time() - t0, 1e-9))
             stopped = stop.requested is not None and c.env_steps < steps
+            if self._timed_step != c.env_steps:  # the time since the last log row counts too
+                self._time(t0, steps0)
             if self._saved_step != c.env_steps:  # else the cadence has just saved this step
                 self.checkpoint(rollback_target=not stopped)
             if stopped:
