@@ -373,3 +373,13 @@ def test_popgym_rollout_and_update(env_id):
     assert all(envs[0].action_space.contains(a[0]) for a in actions)
     assert len(metrics) == 1
     assert_finite(metrics[0])
+
+
+def test_a_run_shorter_than_one_rollout_is_told_it_updates_nothing():
+    from reverie.config import build_config, training_notes
+
+    short = build_config("popgym-ppo", [], {"steps": 300})
+    (note,) = training_notes(short)
+    assert "shorter than one rollout" in note and "= 2048 env steps" in note
+    assert training_notes(build_config("popgym-ppo", [], {"steps": 2048})) == []
+    assert training_notes(build_config("popgym-ppo", ["run.num_envs=2"], {"steps": 300})) == []

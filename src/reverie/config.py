@@ -531,7 +531,8 @@ def training_notes(cfg: DictConfig) -> list[str]:
     if need and run.steps < need:
         return [f"run.steps={run.steps} is shorter than one training sequence ({need} rows): "
                 "no training will happen; raise --steps"]
-    return []
+    own = getattr(importlib.import_module(AGENTS[cfg.agent][0]), "training_notes", None)
+    return list(own(cfg)) if own is not None else []  # the agent's own, e.g. rollout size
 
 
 def apply_resume_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:

@@ -68,6 +68,16 @@ class RPPOConfigError(UserError, ValueError):
     """A bad `rppo` setting: a UserError for the CLI (exit 2), a ValueError for callers."""
 
 
+def training_notes(cfg: Any) -> list[str]:
+    """Legitimate settings under which the run updates nothing (`config.training_notes`)."""
+    one = int(cfg.rppo.rollout_length) * int(cfg.run.num_envs)
+    if int(cfg.run.steps) < one:
+        return [f"run.steps={cfg.run.steps} is shorter than one rollout (rppo.rollout_length="
+                f"{cfg.rppo.rollout_length} x run.num_envs={cfg.run.num_envs} = {one} env "
+                "steps): no update will happen; raise --steps"]
+    return []
+
+
 def validate_config(section: Any, cfg: Any = None) -> None:
     """Config-time check of the `rppo` section and, given the full run config `cfg`, of the
     run settings it depends on (`run.prefill` must be 0, `run.num_envs` sets N)."""

@@ -138,7 +138,8 @@ def aggregates_figure(groups: list[Group], colors: dict):
             ax.set_title(name + ("\n(lower is better)" if name == "optimality gap" else ""),
                          fontsize=10)
             ax.grid(axis="x", alpha=0.3)
-    fig.suptitle("Aggregate scores: bar = 95% CI, line = point estimate"
+    fig.suptitle("Aggregate scores: bar = 95% CI, line = point estimate (a dot where the "
+                 "CI has zero width)"
                  + (", ◆ = published at its own budget" if any(k.name == "HNS" for k in kinds)
                     else ""), fontsize=10)
     return fig
