@@ -110,6 +110,7 @@ CASES = [
     ("resume missing run", ["train", "--resume", "{tmp}/nope"], "no run there"),
     ("eval missing run", ["eval", "{tmp}/nope"], "no run or checkpoint"),
     ("watch missing run", ["watch", "{tmp}/nope"], "no run or checkpoint"),
+    ("eval a folder that is not a run", ["eval", "{tmp}"], "not a reverie run folder"),
     ("corrupt checkpoints", ["eval", "{run}"], "corrupt"),
     ("truncated checkpoints", ["train", "--resume", "{run}"], "corrupt"),
     ("checkpoint of another agent", ["train", "--resume", "{run}"], "from agent 'random'"),

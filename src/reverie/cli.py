@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=_seed, default=12345,
                    help="seed of the evaluation episodes (default 12345)")
     e.add_argument("--out", default=None,
-                   help="JSON path (default RUN/eval.json, with --best RUN/eval-best.json)")
+                   help="JSON path (default RUN/eval.json, with --best RUN/eval-best.json; "
+                        "the result of a checkpoint file is saved only with --out)")
     e.add_argument("--best", action="store_true",
                    help="the agent of the run's best evaluation (checkpoints/best.pt), not "
                         "its latest")
@@ -245,7 +246,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = Path(args.out)
     elif Path(args.run).is_dir():
         out = Path(args.run) / ("eval-best.json" if args.best else "eval.json")
-    else:
+    else:  # a checkpoint file: which run's eval.json it would belong in is not certain
+        print("reverie: note: the result of a checkpoint file is printed, not saved; add "
+              "--out FILE to save it", file=sys.stderr)
         return 0
     try:
         if out.is_symlink():

@@ -263,10 +263,10 @@ class CheckpointStore:
 def load_bytes(data: bytes, path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+    except Exception:  # noqa: BLE001 - any unpickling failure means a bad file
         raise CheckpointError(
-            f"{path} is not a reverie checkpoint ({type(e).__name__}); point at a run folder "
-            "or a checkpoint it wrote"
+            f"{path} is not a reverie checkpoint (it does not load as a torch checkpoint); "
+            "point at a run folder or a checkpoint it wrote"
         ) from None
     if not isinstance(payload, dict) or "format" not in payload:
         raise CheckpointError(f"{path} is not a reverie checkpoint (no format)")

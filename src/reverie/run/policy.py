@@ -85,6 +85,9 @@ def load(path: str | Path, device: str = "auto", best: bool = False) -> Policy:
             raise UserError(f"checkpoint '{path}' is outside its run folder and predates "
                             "checkpoints that carry their config; load it from RUN/checkpoints/")
     elif path.is_dir():
+        if not (path / "config.yaml").is_file():  # before scanning it for links: any folder
+            raise UserError(f"'{path}' is not a reverie run folder (no config.yaml); pass a "
+                            "run folder such as runs/demo, or a checkpoint file")
         check_no_links(path)
         store = CheckpointStore(path / "checkpoints")
         payload = store.load_best() if best else store.load_latest()[0]
