@@ -46,6 +46,8 @@ def test_unknown_task_names_a_valid_one():
         make_env("dmc:cartpole-flip")
     with pytest.raises(UserError, match="dmc:<domain>-<task>"):
         make_env("dmc:cartpole")
+    with pytest.raises(UserError, match="did you mean 'walker-walk'"):
+        make_env("dmc:walker-wlk")
 
 
 def test_short_run_eval_and_watch(tmp_path, capsys):

@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from reverie.errors import UserError
+from reverie.errors import UserError, suggest
 
 
 class DMCEnv(gym.Env):
@@ -30,8 +30,11 @@ class DMCEnv(gym.Env):
         try:
             self._env = suite.load(domain, task, task_kwargs={"random": 0})
         except (ValueError, KeyError, AttributeError):
+            names = [f"{d}-{t}" for d, t in suite.ALL_TASKS]
             valid = ", ".join(f"{d}-{t}" for d, t in suite.BENCHMARKING[:8])
-            raise UserError(f"unknown DMC task '{name}'; e.g. {valid}") from None
+            hint = suggest(name, names) or (f"; e.g. {valid} (all: "
+                                            "dm_control.suite.ALL_TASKS)")
+            raise UserError(f"unknown DMC task '{name}'{hint}") from None
         self.action_repeat = action_repeat
         self.render_size = render_size
         spec = self._env.action_spec()
