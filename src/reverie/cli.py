@@ -10,16 +10,33 @@ import os
 import sys
 from pathlib import Path
 
-from reverie.errors import UserError
+from reverie.errors import UserError, suggest
 
 USAGE_EXIT = 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line naming the fix, exit code 2."""
+    """argparse, but a usage mistake is one line naming the fix, exit code 2; no prefixes of
+    options (`sweep --seed 3` would have meant `--seeds 3`: three seeds, not seed 3)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserError(f"{message}; see `{self.prog} --help`")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """As argparse's, but an unknown option names its command's help and the option it
+        was probably meant to be (`reverie train --stpes 5`)."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            sub = self.commands.get(getattr(ns, "command", None), self)
+            options = [o for a in sub._actions for o in a.option_strings]
+            raise UserError(f"unrecognized arguments: {' '.join(extras)}"
+                            f"{suggest(extras[0].split('=')[0], options)}; "
+                            f"see `{sub.prog} --help`")
+        return ns
 
 
 def _positive_int(text: str) -> int:
@@ -140,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="times a crashed or killed trial is resumed (default 2)")
 
     sub.add_parser("presets", help="list the bundled presets")
+    p.commands = sub.choices  # name -> its parser, for the unknown-option error
     return p
 
 
