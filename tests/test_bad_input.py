@@ -84,6 +84,8 @@ CASES = [
     ("--agent with a preset file naming no agent",
      ["train", "--agent", "mbpo", "--preset", "{tmp}/no-agent.yaml"],
      "names no agent (so it is imagine's); add `agent: mbpo` to it, or `base: mbpo-pendulum`"),
+    ("--out on a resume", ["train", "--resume", "{run}", "--out", "{tmp}/elsewhere"],
+     "a run continues in its own folder"),
     ("--agent on a resume", ["train", "--resume", "{run}", "--agent", "rppo"],
      "--agent cannot be used with --resume"),
     ("sweep --agent against its preset", ["sweep", "--agent", "random", "--preset", "cartpole",

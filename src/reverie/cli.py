@@ -191,6 +191,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         fixed = {"--preset": args.preset, "--agent": args.agent, "--env": args.env,
                  "--backbone": args.backbone, "--seed": args.seed, "--out": args.out}
         for flag, value in fixed.items():
+            if flag == "--out" and value is not None:
+                raise UserError(f"--out cannot be used with --resume: a run continues in its "
+                                f"own folder ({run}); drop --out, or start a new run there")
             if value is not None:
                 raise UserError(
                     f"{flag} cannot be used with --resume: a run keeps the {flag[2:]} it was "
