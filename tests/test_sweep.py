@@ -206,12 +206,21 @@ def test_rerun_resumes_unfinished_trials(tmp_path, capsys):
     assert main([*args, "--steps", "200"]) == 0
     folder = out / trial_name("CartPole-v1", [], 0)
     first = (folder / "metrics.jsonl").read_text()
+    capsys.readouterr()
     assert main([*args, "--steps", "300"]) == 0  # the same sweep with a larger budget
     (result,) = sweep_json(out)["results"]
-    assert result["status"] == "finished" and result["resumes"] == 1
+    # an extension of a finished run, not a resume after a crash
+    assert result["status"] == "finished" and result["extended"] and result["resumes"] == 0
+    assert "finished (extended from its earlier run.steps)" in capsys.readouterr().err
     assert (folder / "metrics.jsonl").read_text().startswith(first)  # history kept
     manifest = json.loads((folder / "checkpoints" / "manifest.json").read_text())
     assert manifest["checkpoints"][-1]["step"] == 300
+    assert main([*args, "--steps", "100"]) == 0  # a smaller budget: kept, and said so
+    (result,) = sweep_json(out)["results"]
+    assert result["status"] == "skipped"
+    assert "skipped: trained to 300 env steps by an earlier sweep (this one asks 100)" in \
+        capsys.readouterr().err
+    assert "steps: 300" in (folder / "config.yaml").read_text()
 
 
 def _alive(pid: int) -> bool:

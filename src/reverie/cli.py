@@ -317,6 +317,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     def said(r: dict) -> None:
         extra = f" after {r['resumes']} resume(s)" if r["resumes"] else ""
+        if r.get("extended"):
+            extra = f" (extended from its earlier run.steps){extra}"
+        if r.get("note"):
+            extra = f": {r['note']}"
         if r["status"] == "failed":
             extra = f" after {r['attempts']} attempt(s): {r['error']}"
         print(f"reverie: trial {r['name']} {r['status']}{extra}", file=sys.stderr, flush=True)

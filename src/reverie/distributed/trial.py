@@ -52,17 +52,34 @@ def follow_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def last_checkpoint_step(folder: Path) -> int | None:
+    """The env step of the newest checkpoint in the run folder's manifest, or None."""
+    try:
+        manifest = json.loads((Path(folder) / "checkpoints" / "manifest.json").read_text())
+        return max(int(e["step"]) for e in manifest["checkpoints"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def trial_state(trial: Trial) -> str:
     """'done' (a checkpoint at the full budget), 'partial' (a run to resume) or 'new'."""
     folder = Path(trial.folder)
     if not (folder / "config.yaml").exists():
         return NEW
+    last = last_checkpoint_step(folder)
+    return DONE if last is not None and last >= trial.steps else PARTIAL
+
+
+def _own_budget_done(folder: Path) -> bool:
+    """Whether the run reached the run.steps in its config.yaml (a longer sweep extends it;
+    that is not a resume after a crash)."""
+    from reverie.config import load_run_config
+
+    last = last_checkpoint_step(folder)
     try:
-        manifest = json.loads((folder / "checkpoints" / "manifest.json").read_text())
-        last = max(int(e["step"]) for e in manifest["checkpoints"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return PARTIAL
-    return DONE if last >= trial.steps else PARTIAL
+        return last is not None and last >= int(load_run_config(folder).run.steps)
+    except Exception:  # noqa: BLE001 - an unreadable config: the resume will say why
+        return False
 
 
 def log_path(trial: Trial) -> Path:
@@ -91,7 +108,14 @@ def run_trial(trial: Trial, retries: int,
                               "resumes": 0, "returncodes": [], "error": ""}
     state = trial_state(trial)
     if state == DONE:
+        last = last_checkpoint_step(Path(trial.folder)) or 0
+        if last > trial.steps:
+            result["note"] = (f"trained to {last} env steps by an earlier sweep (this one asks "
+                              f"{trial.steps}); kept as it is")
         return {**result, "status": "skipped", "wall_s": 0.0}
+    extends = state == PARTIAL and _own_budget_done(Path(trial.folder))
+    if extends:
+        result["extended"] = True
     log = log_path(trial)
     log.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -104,7 +128,8 @@ def run_trial(trial: Trial, retries: int,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  env=child_env())
         result["attempts"] += 1
-        result["resumes"] += int(resume)
+        result["resumes"] += int(resume and not extends)  # an extension is not a resume
+        extends = False  # a later attempt follows a crash
         result["returncodes"].append(rc)
         state = trial_state(trial)
         if rc == 0 and state == DONE:
