@@ -635,3 +635,16 @@ def test_a_malformed_external_run_is_skipped_with_its_reason(tmp_path, record, r
     assert [r.path.name for r in runs] == ["good"]
     assert len(warnings) == 1 and warnings[0].startswith(f"skipped {tmp_path / 'bad'}: ")
     assert reason in warnings[0], warnings[0]
+
+
+def test_the_sample_efficiency_curve_ends_with_the_shortest_task():
+    """Tasks trained to different budgets: the aggregate over tasks stops where one of them
+    has no run left, instead of jumping when that task drops out."""
+    from reverie.eval.curves import iqm_band
+
+    long_task = np.array([[0.0, 0.1, 0.2, 0.3], [0.0, 0.1, 0.2, 0.3]])
+    short_task = np.array([[1.0, 1.0, np.nan, np.nan], [0.8, np.nan, np.nan, np.nan]])
+    mid, low, high = iqm_band([long_task, short_task], reps=50)
+    assert np.isfinite(mid[:2]).all() and np.isnan(mid[2:]).all()
+    assert mid[1] == pytest.approx(np.mean([0.1, 0.1, 1.0]))  # seed 1 of the short task ended
+    assert (low[:2] <= mid[:2]).all() and (mid[:2] <= high[:2]).all()

@@ -61,15 +61,16 @@ def seed_band(values: np.ndarray, reps: int = 500, confidence: float = 0.95,
 def iqm_band(per_task: list[np.ndarray], reps: int = 500, confidence: float = 0.95,
              seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """per_task: [seeds_t, G] (NaN = missing) -> IQM over tasks x seeds at each grid point with
-    a stratified-bootstrap band, each [G]; NaN where no run has a value."""
+    a stratified-bootstrap band, each [G]; NaN where a task has no run with a value (tasks
+    trained to different budgets: the curve ends with the shortest, instead of jumping
+    where a task drops out of the aggregate)."""
     G = per_task[0].shape[1]
     out = np.full((3, G), np.nan)
     alpha = (1.0 - confidence) / 2
     for g in range(G):
         rng = np.random.default_rng(seed)  # the same resamples at every step: a smooth band
         tasks = [v[:, g][np.isfinite(v[:, g])] for v in per_task]
-        tasks = [t for t in tasks if t.size]
-        if not tasks:
+        if not all(t.size for t in tasks):
             continue
         out[0, g] = interquartile_mean(tasks)
         boot = [t[rng.integers(0, t.size, size=(reps, t.size))] for t in tasks]
