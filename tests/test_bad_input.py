@@ -96,7 +96,9 @@ CASES = [
                                           "--out", "{tmp}"], "is not a reverie sweep"),
     ("sweep grid a replay agent cannot run", ["sweep", "--preset", "random", "--steps", "50",
                                               "--grid", "run.num_envs=1,2", "--out",
-                                              "{tmp}/sw"], "set run.num_envs=1"),
+                                              "{tmp}/sw"],
+     "set run.num_envs=1 (several envs are for agents that keep their own rollouts) (trial "
+     "run.num_envs=2)"),
     ("negative threads", ["train", "--set", "run.threads=-1"], "run.threads must be >= 0"),
     ("bad device", ["train", "--set", "run.device=tpu"], "run.device"),
     ("run.compile typo", ["train", "--set", "run.compile=onn"], "did you mean 'on'"),

@@ -114,8 +114,8 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
                 try:
                     cfg = build_config(preset or "cartpole", items, flags)
                 except UserError as e:
-                    where = f" (trial env={env}, {', '.join(f'{k}={v}' for k, v in point)})" \
-                        if point else ""
+                    what = ([f"env={env}"] if env else []) + [f"{k}={v}" for k, v in point]
+                    where = f" (trial {', '.join(what)})" if point else ""
                     raise UserError(f"{e}{where}") from None
                 name = trial_name(str(cfg.env.id), point, seed)
                 trial = Trial(name=name, folder=str(Path(out) / name), preset=preset or "cartpole",
