@@ -73,7 +73,7 @@ def test_load_a_checkpoint_file(run):
     assert action in (0, 1)
 
 
-def test_eval_and_watch_commands(run, capsys):
+def test_eval_and_watch_commands(run, capsys, tmp_path):
     assert main(["eval", str(run), "--episodes", "2"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["episodes"] == 2 and len(result["returns"]) == 2
@@ -90,6 +90,9 @@ def test_eval_and_watch_commands(run, capsys):
     # the world model's view of a vector env: a plot of real vs imagined per dimension
     plot = Path(written["plot"][0])
     assert plot.name == "watch-real-vs-imagined.png" and plot.read_bytes()[:4] == b"\x89PNG"
+    # an episode no longer than the observed context: said, as nothing imagined is shown
+    assert main(["watch", str(run), "--steps", "3", "--out", str(tmp_path / "short.gif")]) == 0
+    assert "its plot shows nothing imagined" in capsys.readouterr().err
 
 
 def test_open_loop_vectors_follow_the_recorded_actions(run):

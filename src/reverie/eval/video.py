@@ -180,6 +180,9 @@ def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
         imageio.mimsave(side, pairs, duration=1000 / fps, loop=0)
         written.append(side)
     vectors = [k for k in policy.obs_spec if k not in image_keys(policy.obs_spec)]
+    if vectors and len(observations) <= context:
+        notes.append(f"the episode ended after {len(observations)} steps, within the world "
+                     f"model's {context} observed ones: its plot shows nothing imagined")
     for key in vectors:
         real = np.stack([np.asarray(o[key], np.float32) for o in observations])
         name = f"{gif.stem}-real-vs-imagined" + ("" if len(vectors) == 1 else f"-{key}")
