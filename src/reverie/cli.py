@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
         was probably meant to be (`reverie train --stpes 5`)."""
         ns, extras = self.parse_known_args(args, namespace)
         if extras:
-            sub = self.commands.get(getattr(ns, "command", None), self)
+            sub = getattr(self, "commands", {}).get(getattr(ns, "command", None), self)
             options = [o for a in sub._actions for o in a.option_strings]
             raise UserError(f"unrecognized arguments: {' '.join(extras)}"
                             f"{suggest(extras[0].split('=')[0], options)}; "
