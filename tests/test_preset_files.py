@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import reverie
 from reverie.cli import main
 from reverie.config import build_config, load_preset
 from reverie.distributed.grid import make_trials
@@ -85,6 +86,20 @@ def test_presets_command_describes_each_bundled_preset(capsys):
     assert sorted(rows) == presets()
     assert rows["cartpole"][1:4] == ["imagine", "CartPole-v1", "5,000"]
     assert rows["popgym-ppo"][1] == "rppo" and "--preset FILE.yaml" in lines[-1]
+
+
+def test_presets_name_shows_the_whole_preset_and_version_says_what_runs(capsys):
+    from importlib import resources
+
+    assert main(["presets", "dmc-small"]) == 0
+    text = capsys.readouterr().out
+    assert text == (resources.files("reverie") / "presets" / "dmc-small.yaml").read_text()
+    assert main(["presets", "dmc-smal"]) == 2
+    assert "did you mean 'dmc-small'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(f"reverie {reverie.__version__} (torch ")
 
 
 @pytest.mark.parametrize("agent", ["imagine", "mbpo", "rppo", "random"])

@@ -68,8 +68,21 @@ AGENT_HELP = ("imagine | mbpo | rppo | random: without --preset, starts from the
               "preset (cartpole, mbpo-pendulum, popgym-ppo, random)")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from reverie import __version__
+
+    try:
+        torch = version("torch")
+    except PackageNotFoundError:
+        torch = "not installed"
+    return f"reverie {__version__} (torch {torch}, Python {sys.version.split()[0]})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="reverie", description="Sample-efficient model-based RL on a laptop CPU.")
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train an agent; writes a run folder",
@@ -156,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--retries", type=_int, default=2,
                    help="times a crashed or killed trial is resumed (default 2)")
 
-    sub.add_parser("presets", help="list the bundled presets")
+    pr = sub.add_parser("presets", help="list the bundled presets, or show one in full")
+    pr.add_argument("name", nargs="?", help="a preset to show: its file, comments included")
     p.commands = sub.choices  # name -> its parser, for the unknown-option error
     return p
 
@@ -343,12 +357,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return USAGE_EXIT
+        if args.command == "presets" and args.name:
+            from importlib import resources
+
+            from reverie.config import presets
+
+            if args.name not in presets():
+                raise UserError(f"unknown preset '{args.name}'{suggest(args.name, presets())}; "
+                                "`reverie presets` lists them")
+            print((resources.files("reverie") / "presets" / f"{args.name}.yaml").read_text(),
+                  end="")
+            return 0
         if args.command == "presets":
             from reverie.config import preset_summary, presets
 
             print(f"{'preset':<24} {'agent':<8} {'env':<30} {'steps':>9}  about")
             print("\n".join(preset_summary(name) for name in presets()))
-            print("(or --preset FILE.yaml: your own, optionally with base: <preset>)")
+            print("(`reverie presets NAME` shows one in full; or --preset FILE.yaml: your own, "
+                  "optionally with base: <preset>)")
             return 0
         handler = {"train": cmd_train, "eval": cmd_eval, "watch": cmd_watch,
                    "report": cmd_report, "sweep": cmd_sweep}[args.command]
