@@ -101,9 +101,11 @@ def ensure_run(run: Path, train_args: list[str], steps: int, threads: int = 1,
     else:
         cmd = ["train", *train_args, "--out", str(run), *common]
     t0 = time.time()
-    proc = run_child([sys.executable, "-m", "reverie", *cmd])
-    if (run / "config.yaml").exists():
-        keep(run)
+    try:
+        proc = run_child([sys.executable, "-m", "reverie", *cmd])
+    finally:  # also when stopped by Ctrl-C: the archive gets what the run did
+        if (run / "config.yaml").exists():
+            keep(run)
     if proc.returncode != 0:
         return {"status": "error", "error": proc.stderr.strip()[-600:]}
     return {"status": "trained", "wall_s": round(time.time() - t0, 1)}
@@ -111,50 +113,45 @@ def ensure_run(run: Path, train_args: list[str], steps: int, threads: int = 1,
 
 def run_child(cmd: list[str]) -> subprocess.CompletedProcess:
     """Run `cmd` (a `reverie train`) to its end, capturing its output; it ends if this
-    script is killed (`child_env`). At a Ctrl-C the run stops after its current env step
-    with a checkpoint there, and this script then exits with one line; a second Ctrl-C
-    kills the run. A terminal's Ctrl-C reaches the run itself (same process group); a
-    SIGINT sent to this script alone is passed on. (`subprocess.run` killed the run 0.25 s
-    after a Ctrl-C, long before it could save.) Called from a worker thread, only the
-    terminal's Ctrl-C reaches the run, as in `reverie sweep`."""
+    script is killed (`child_env`). From the main thread the run gets its own session, and
+    a Ctrl-C (or SIGINT) here is passed on as exactly one SIGINT: the run stops after its
+    current env step with a checkpoint there, and `BenchStopped` (a one-line exit) follows
+    once it has; a second Ctrl-C kills it. (`subprocess.run` killed the run 0.25 s after a
+    Ctrl-C, long before it could save.) From a worker thread (several runs at once, as
+    `reverie sweep` does) the run stays in this process group, so a terminal's Ctrl-C
+    reaches it directly and it stops the same way."""
     import signal
+    import threading
 
     from reverie.distributed.trial import child_env  # here: bench/mbpo_cost.py --ab runs
     # this module against older checkouts, which do not have it
 
+    main = threading.current_thread() is threading.main_thread()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True, env=child_env())
+                            stdin=subprocess.DEVNULL, text=True, env=child_env(),
+                            start_new_session=main)
     try:
         out, err = proc.communicate()
     except KeyboardInterrupt:
-        if not _terminal_foreground():
-            proc.send_signal(signal.SIGINT)  # the run did not get this one
+        proc.send_signal(signal.SIGINT)  # its own session: this is the only one it gets
         try:
             out, err = proc.communicate()
         except KeyboardInterrupt:
             proc.kill()
             proc.wait()
-            raise SystemExit("bench: run killed at the second Ctrl-C; rerun the same "
-                             "command to continue from its last checkpoint") from None
+            raise BenchStopped("bench: run killed at the second Ctrl-C; rerun the same "
+                               "command to continue from its last checkpoint") from None
+        if proc.returncode == 0:
+            raise BenchStopped("bench: interrupted as the run finished; rerun the same "
+                               "command to go on") from None
         last = (err.strip().splitlines() or ["(no message)"])[-1]
-        raise SystemExit(f"bench: stopped ({last}); rerun the same command to continue") \
+        raise BenchStopped(f"bench: stopped ({last}); rerun the same command to continue") \
             from None
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def _terminal_foreground() -> bool:
-    """Whether this process is in its terminal's foreground group: a Ctrl-C typed there
-    went to the whole group, children included."""
-    try:
-        fd = os.open("/dev/tty", os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        return os.tcgetpgrp(fd) == os.getpgrp()
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+class BenchStopped(SystemExit):
+    """A benchmark stopped by Ctrl-C once its training run had saved: exits with one line."""
 
 
 def require_sb3() -> None:

@@ -195,3 +195,5 @@ def test_ctrl_c_stops_a_benchmark_run_with_a_checkpoint(tmp_path):
     assert line.startswith("bench: stopped (reverie: error: stopped by SIGINT at env step")
     stopped_at = CheckpointStore(run / "checkpoints").entries()[-1].step
     assert f"at env step {stopped_at} with a checkpoint" in line
+    kept = tmp_path / "archive" / "suite" / "CartPole-s0" / "progress.json"  # archived too
+    assert json.loads(kept.read_text()) == {"env_steps": stopped_at}

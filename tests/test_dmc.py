@@ -46,7 +46,7 @@ def test_unknown_task_names_a_valid_one():
         make_env("dmc:cartpole-flip")
     with pytest.raises(UserError, match="dmc:<domain>-<task>"):
         make_env("dmc:cartpole")
-    with pytest.raises(UserError, match="did you mean 'walker-walk'"):
+    with pytest.raises(UserError, match="did you mean 'dmc:walker-walk'"):
         make_env("dmc:walker-wlk")
 
 

@@ -102,9 +102,12 @@ def test_checkpoint_mid_episode_resumes_exactly(recorder, tmp_path, num_envs):
 
 
 def test_replay_agents_refuse_several_envs(tmp_path):
+    with pytest.raises(UserError, match="run.num_envs=1"):  # the config says so at once
+        build_config("random", ["run.num_envs=2", *QUIET], {"steps": 10})
+    cfg = build_config("random", QUIET, {"steps": 10})
+    cfg.run.num_envs = 2  # changed after validation: the driver refuses it too
     with pytest.raises(UserError, match="run.num_envs=1"):
-        Trainer(build_config("random", ["run.num_envs=2", *QUIET], {"steps": 10}),
-                tmp_path / "run")
+        Trainer(cfg, tmp_path / "run")
 
 
 def test_multidiscrete_actions_run_end_to_end(tmp_path, capsys):

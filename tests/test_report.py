@@ -648,3 +648,6 @@ def test_the_sample_efficiency_curve_ends_with_the_shortest_task():
     assert np.isfinite(mid[:2]).all() and np.isnan(mid[2:]).all()
     assert mid[1] == pytest.approx(np.mean([0.1, 0.1, 1.0]))  # seed 1 of the short task ended
     assert (low[:2] <= mid[:2]).all() and (mid[:2] <= high[:2]).all()
+    # a task whose runs have no evaluation yet (still training) is left out, not a blank
+    not_yet = np.full((1, 4), np.nan)
+    np.testing.assert_array_equal(iqm_band([long_task, not_yet], reps=50)[0], long_task[0])

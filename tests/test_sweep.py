@@ -133,6 +133,15 @@ def test_sweep_into_another_sweeps_folder_is_refused(grid_2x2, capsys):
     assert rc == 2 and "other settings (run.prefill: 0 there, 5 in this sweep)" in err
 
 
+def test_a_linked_sweep_folder_is_refused_at_once(tmp_path, capsys):
+    """Not accepted empty and then refused on the re-run: refused from the start."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert main(["sweep", *TINY, "--out", str(tmp_path / "link")]) == 2
+    assert "is a link" in capsys.readouterr().err
+    assert not any((tmp_path / "real").iterdir())
+
+
 def test_ray_missing_names_the_extra(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     rc = main(["sweep", *TINY, "--backend", "ray", "--out", str(tmp_path / "r")])

@@ -68,21 +68,25 @@ AGENT_HELP = ("imagine | mbpo | rppo | random: without --preset, starts from the
               "preset (cartpole, mbpo-pendulum, popgym-ppo, random)")
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+class _Version(argparse.Action):
+    """`--version`: reverie's, torch's and Python's, looked up only when asked for."""
 
-    from reverie import __version__
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        torch = version("torch")
-    except PackageNotFoundError:
-        torch = "not installed"
-    return f"reverie {__version__} (torch {torch}, Python {sys.version.split()[0]})"
+        from reverie import __version__
+
+        try:
+            torch = version("torch")
+        except PackageNotFoundError:
+            torch = "not installed"
+        print(f"reverie {__version__} (torch {torch}, Python {sys.version.split()[0]})")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="reverie", description="Sample-efficient model-based RL on a laptop CPU.")
-    p.add_argument("--version", action="version", version=_version())
+    p.add_argument("--version", action=_Version, nargs=0, help="show versions and exit")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train an agent; writes a run folder",
@@ -207,7 +211,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         for flag, value in fixed.items():
             if flag == "--out" and value is not None:
                 raise UserError(f"--out cannot be used with --resume: a run continues in its "
-                                f"own folder ({run}); drop --out, or start a new run there")
+                                f"own folder ({run}); drop --out, or start a new run at "
+                                "--out without --resume")
             if value is not None:
                 raise UserError(
                     f"{flag} cannot be used with --resume: a run keeps the {flag[2:]} it was "

@@ -452,10 +452,7 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"run.eval_noop_max must be >= 0, got {run.eval_noop_max}")
     if run.num_envs < 1:
         raise UserError(f"run.num_envs must be >= 1, got {run.num_envs}")
-    if run.num_envs != 1 and uses_replay(cfg.agent):
-        raise UserError(
-            f"agent '{cfg.agent}' trains on a sequence replay of one env stream; set "
-            "run.num_envs=1 (several envs are for agents that keep their own rollouts)")
+    check_replay_envs(cfg.agent, uses_replay(cfg.agent), int(run.num_envs))
     if run.threads > MAX_THREADS:
         raise UserError(f"run.threads={run.threads} is more than any CPU can use; set at most "
                         f"{MAX_THREADS} (0 = all cores)")
@@ -504,6 +501,15 @@ def validate(cfg: DictConfig) -> None:
             check(cfg[cfg.agent], cfg)
         except ValueError as e:
             raise UserError(str(e).splitlines()[0]) from None
+
+
+def check_replay_envs(agent: str, replay: bool, num_envs: int) -> None:
+    """An agent that trains on the driver's replay takes one env stream (the driver stores
+    env 0 only): here for the config, and in the driver for the agent as built."""
+    if replay and num_envs != 1:
+        raise UserError(
+            f"agent '{agent}' trains on a sequence replay of one env stream; set "
+            "run.num_envs=1 (several envs are for agents that keep their own rollouts)")
 
 
 def uses_replay(agent: str) -> bool:

@@ -76,6 +76,9 @@ def check_sweep_folder(out: Path) -> None:
     sweep.json, or logs/ from its trials) to resume; never a run folder or someone else's."""
     from reverie.run.folder import CONFIG, check_no_links
 
+    if out.is_symlink():
+        raise UserError(f"--out '{out}' is a link; a sweep folder is never followed through "
+                        "one: give the folder it points to, or a new one")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file; choose a folder")
     if not out.is_dir() or not any(out.iterdir()):

@@ -112,6 +112,9 @@ def run_trial(trial: Trial, retries: int,
         if last > trial.steps:
             result["note"] = (f"trained to {last} env steps by an earlier sweep (this one asks "
                               f"{trial.steps}); kept as it is")
+            if not _own_budget_done(Path(trial.folder)):
+                result["note"] += (" (short of its own run.steps: rerun with that --steps "
+                                   "to finish it)")
         return {**result, "status": "skipped", "wall_s": 0.0}
     extends = state == PARTIAL and _own_budget_done(Path(trial.folder))
     if extends:

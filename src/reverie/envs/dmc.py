@@ -32,8 +32,8 @@ class DMCEnv(gym.Env):
         except (ValueError, KeyError, AttributeError):
             names = [f"{d}-{t}" for d, t in suite.ALL_TASKS]
             valid = ", ".join(f"{d}-{t}" for d, t in suite.BENCHMARKING[:8])
-            hint = suggest(name, names) or (f"; e.g. {valid} (all: "
-                                            "dm_control.suite.ALL_TASKS)")
+            hint = suggest(f"dmc:{name}", [f"dmc:{n}" for n in names]) or (
+                f"; e.g. {valid} (all: dm_control.suite.ALL_TASKS)")
             raise UserError(f"unknown DMC task '{name}'{hint}") from None
         self.action_repeat = action_repeat
         self.render_size = render_size

@@ -61,9 +61,12 @@ def seed_band(values: np.ndarray, reps: int = 500, confidence: float = 0.95,
 def iqm_band(per_task: list[np.ndarray], reps: int = 500, confidence: float = 0.95,
              seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """per_task: [seeds_t, G] (NaN = missing) -> IQM over tasks x seeds at each grid point with
-    a stratified-bootstrap band, each [G]; NaN where a task has no run with a value (tasks
-    trained to different budgets: the curve ends with the shortest, instead of jumping
-    where a task drops out of the aggregate)."""
+    a stratified-bootstrap band, each [G]; NaN where one of the tasks that have values at
+    all has no run with a value there: with tasks trained to different budgets the curve
+    ends with the shortest (and starts at the latest first evaluation) instead of jumping
+    where a task joins or drops out of the aggregate. A task with no values yet (a run
+    still before its first evaluation) is left out rather than blanking the curve."""
+    per_task = [v for v in per_task if np.isfinite(v).any()] or per_task
     G = per_task[0].shape[1]
     out = np.full((3, G), np.nan)
     alpha = (1.0 - confidence) / 2

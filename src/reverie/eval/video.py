@@ -181,8 +181,10 @@ def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
         written.append(side)
     vectors = [k for k in policy.obs_spec if k not in image_keys(policy.obs_spec)]
     if vectors and len(observations) <= context:
-        notes.append(f"the episode ended after {len(observations)} steps, within the world "
-                     f"model's {context} observed ones: its plot shows nothing imagined")
+        why = (f"--steps {steps} is" if len(actions) >= steps else
+               f"the episode ended after {len(observations)} steps,")
+        notes.append(f"{why} within the world model's {context} observed steps: its plot "
+                     f"shows nothing imagined (--steps above {context + horizon} shows it all)")
     for key in vectors:
         real = np.stack([np.asarray(o[key], np.float32) for o in observations])
         name = f"{gif.stem}-real-vs-imagined" + ("" if len(vectors) == 1 else f"-{key}")

@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from reverie.compiler import Compiler
 from reverie.config import (
     agent_parts,
+    check_replay_envs,
     rows_per_sample,
     save_config,
     to_object,
@@ -206,8 +207,10 @@ class Trainer:
         self.agent = build_agent(cfg, self.obs_spec, self.action_space, self.device)
         if cfg.run.compile != "off":
             compile_agent(self.agent, cfg.agent, self._note, cfg.run.compile)
-        # agents with a replay run on one env (config.validate checks run.num_envs)
         self.uses_replay = bool(getattr(self.agent, "uses_replay", True))
+        # again for the agent as built: a config changed after build_config, or an agent
+        # that decides per instance, would otherwise train on env 0 of N in silence
+        check_replay_envs(cfg.agent, self.uses_replay, self.num_envs)
         acfg = cfg[cfg.agent]
         self.replayed_per_update = int(acfg.get("batch_size", 1)) * int(acfg.get("seq_len", 1))
         self.min_rows = rows_per_sample(cfg)
