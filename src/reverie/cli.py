@@ -1,5 +1,6 @@
 """`reverie train | eval | watch | report | sweep`: the command line. User mistakes exit 2,
-with one line."""
+with one line; a run stopped by a signal exits with the shell's code for it (130 for
+Ctrl-C, 143 for SIGTERM), also with one line."""
 
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train an agent; writes a run folder",
                        epilog="Ctrl-C (or SIGTERM) stops after the current env step with a "
-                              "checkpoint; --resume RUN continues exactly where it stopped.")
+                              "checkpoint (exit 130, or 143); --resume RUN continues exactly "
+                              "where it stopped. Mistakes in the command exit 2.")
     t.add_argument("--preset", default=None,
                    help="a bundled preset (`reverie presets`) or your own YAML file "
                         "(default: cartpole, or the --agent's preset)")
@@ -386,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except UserError as e:
         print(f"reverie: error: {e}", file=sys.stderr)
-        return USAGE_EXIT
+        return getattr(e, "exit_code", USAGE_EXIT)  # a stop by a signal: 128 + its number
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
             raise

@@ -10,6 +10,17 @@ class UserError(Exception):
     """A mistake the user can fix; its message is one line that names the fix."""
 
 
+class Stopped(UserError):
+    """A run stopped by a signal (Ctrl-C, SIGTERM): one line like a user mistake, but the
+    shell's exit code of that signal (128 + its number: 130, 143), not 2."""
+
+    def __init__(self, message: str, signal_name: str) -> None:
+        import signal
+
+        super().__init__(message)
+        self.exit_code = 128 + int(signal.Signals[signal_name])
+
+
 def suggest(value: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest valid choice, or ''."""
     close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)

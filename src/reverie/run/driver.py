@@ -44,7 +44,7 @@ from reverie.config import (
 )
 from reverie.envs import image_keys, make_obs_spec
 from reverie.envs.actions import action_spec, random_actions
-from reverie.errors import UserError
+from reverie.errors import Stopped, UserError
 from reverie.precision import use_precision
 from reverie.replay import Replay
 from reverie.replay.buffer import file_rows, grow
@@ -566,19 +566,17 @@ class Trainer:
             if stopped:
                 self.logger.close()
                 self.release()
-                raise UserError(
+                raise Stopped(
                     f"stopped by {stop.requested} at env step {c.env_steps} with a checkpoint; "
-                    f"continue with `reverie train --resume {self.out}`"
-                )
+                    f"continue with `reverie train --resume {self.out}`", stop.requested)
         except KeyboardInterrupt:
             self.logger.close()
             self.release()
             entries = self.store.entries()
             last = entries[-1].step if entries else 0
-            raise UserError(
+            raise Stopped(
                 f"interrupted at env step {c.env_steps}; continue with `reverie train --resume "
-                f"{self.out}` (from the checkpoint at step {last})"
-            ) from None
+                f"{self.out}` (from the checkpoint at step {last})", "SIGINT") from None
         self.logger.close()
         plot_curve(self.out, title=f"{cfg.env.id} · {cfg.agent}")
         self.release()
