@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="run folder (default runs/<env>-<backbone>-s<seed>)")
     t.add_argument("--resume", default=None, metavar="RUN",
                    help="continue a killed or finished run (with --steps to extend it)")
-    t.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--show-config", action="store_true",
+                   help="print the resolved config and exit (its env is checked as training "
+                        "would)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="evaluate a run's latest checkpoint; prints JSON")
@@ -243,12 +245,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset = preset_of_agent(args.agent, args.preset, overrides)
         cfg = build_config(preset or "cartpole", overrides, flags)
         if args.show_config:
+            _check_env(cfg)  # what training would refuse, refused here too
             print(OmegaConf.to_yaml(cfg), end="")
             return 0
         trainer = Trainer(cfg, Path(args.out) if args.out else _default_out(cfg))
     summary = trainer.train()
     print(json.dumps(summary))
     return 0
+
+
+def _check_env(cfg) -> None:
+    """The config's env exists (did-you-mean otherwise) and suits the preset's observations."""
+    from reverie.envs import make_obs_spec
+    from reverie.run.collector import env_of
+    from reverie.run.driver import check_obs_kind
+
+    env = env_of(cfg)
+    try:
+        check_obs_kind(cfg, make_obs_spec(env.observation_space))
+    finally:
+        env.close()
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
