@@ -267,6 +267,9 @@ def test_missing_env_package_is_named(world, capsys, monkeypatch):
 
 def test_missing_mujoco_names_reverie_extra(world, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "mujoco", None)  # as if mujoco were not installed
+    for name in [m for m in sys.modules if m.startswith("gymnasium.envs.mujoco")]:
+        # an earlier test in this process may have built a MuJoCo env: import them afresh
+        monkeypatch.delitem(sys.modules, name)
     err = refused(["train", *FAST, "--env", "InvertedPendulum-v5", "--out", world / "new"],
                   world, capsys, "pip install 'reverie[mujoco]'")
     assert "needs a package that is not installed" in err
