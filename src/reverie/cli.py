@@ -381,15 +381,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return USAGE_EXIT
         if args.command == "presets" and args.name:
-            from importlib import resources
+            from reverie.config import preset_text
 
-            from reverie.config import presets
-
-            if args.name not in presets():
-                raise UserError(f"unknown preset '{args.name}'{suggest(args.name, presets())}; "
-                                "`reverie presets` lists them")
-            print((resources.files("reverie") / "presets" / f"{args.name}.yaml").read_text(),
-                  end="")
+            print(preset_text(args.name), end="")
             return 0
         if args.command == "presets":
             from reverie.config import preset_summary, presets

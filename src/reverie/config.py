@@ -126,10 +126,21 @@ def presets() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def preset_text(name: str) -> str:
+    """The file of a bundled preset, comments included; a UserError with a did-you-mean for
+    an unknown name."""
+    if name not in presets():
+        raise UserError(
+            f"unknown preset '{name}'{suggest(name, presets())}; choose one of: "
+            f"{', '.join(presets())}, or pass your own YAML file"
+        )
+    return (resources.files("reverie") / "presets" / f"{name}.yaml").read_text()
+
+
 def preset_summary(name: str, width: int = 80) -> str:
     """One line on a bundled preset: its agent, env, env steps and the first sentence of the
     comment that opens its file (cut at `width` characters)."""
-    text = (resources.files("reverie") / "presets" / f"{name}.yaml").read_text()
+    text = preset_text(name)
     comment = " ".join(line.lstrip("# ").strip() for line in text.splitlines()
                        if line.startswith("#"))
     cut = comment.find(". ")
@@ -206,13 +217,8 @@ def load_preset(name: str, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
             raise UserError(f"cannot read {where} ({reason}); pass a YAML file or a bundled "
                             f"preset: {', '.join(presets())}") from None
     else:
-        if name not in presets():
-            raise UserError(
-                f"unknown preset '{name}'{suggest(name, presets())}; choose one of: "
-                f"{', '.join(presets())}, or pass your own YAML file"
-            )
         where = f"preset '{name}'"
-        text = (resources.files("reverie") / "presets" / f"{name}.yaml").read_text()
+        text = preset_text(name)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -70,12 +70,11 @@ def trial_state(trial: Trial) -> str:
     return DONE if last is not None and last >= trial.steps else PARTIAL
 
 
-def _own_budget_done(folder: Path) -> bool:
-    """Whether the run reached the run.steps in its config.yaml (a longer sweep extends it;
-    that is not a resume after a crash)."""
+def _own_budget_done(folder: Path, last: int | None) -> bool:
+    """Whether the run, with its newest checkpoint at `last`, reached the run.steps in its
+    config.yaml (a longer sweep extends it; that is not a resume after a crash)."""
     from reverie.config import load_run_config
 
-    last = last_checkpoint_step(folder)
     try:
         return last is not None and last >= int(load_run_config(folder).run.steps)
     except Exception:  # noqa: BLE001 - an unreadable config: the resume will say why
@@ -107,16 +106,16 @@ def run_trial(trial: Trial, retries: int,
     result: dict[str, Any] = {"name": trial.name, "folder": trial.folder, "attempts": 0,
                               "resumes": 0, "returncodes": [], "error": ""}
     state = trial_state(trial)
+    last = last_checkpoint_step(Path(trial.folder))
     if state == DONE:
-        last = last_checkpoint_step(Path(trial.folder)) or 0
         if last > trial.steps:
             result["note"] = (f"trained to {last} env steps by an earlier sweep (this one asks "
                               f"{trial.steps}); kept as it is")
-            if not _own_budget_done(Path(trial.folder)):
+            if not _own_budget_done(Path(trial.folder), last):
                 result["note"] += (" (short of its own run.steps: rerun with that --steps "
                                    "to finish it)")
         return {**result, "status": "skipped", "wall_s": 0.0}
-    extends = state == PARTIAL and _own_budget_done(Path(trial.folder))
+    extends = state == PARTIAL and _own_budget_done(Path(trial.folder), last)
     if extends:
         result["extended"] = True
     log = log_path(trial)
