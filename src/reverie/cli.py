@@ -58,8 +58,10 @@ def _int(text: str) -> int:
 
 
 def _seed(text: str) -> int:
+    from reverie.config import MAX_SEED  # the bound `--seed` of train has (config.validate)
+
     value = _int(text)
-    if not 0 <= value < 2**32:
+    if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(
             f"must be a non-negative integer below 2**32, got {value}")
     return value
