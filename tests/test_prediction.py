@@ -116,11 +116,14 @@ def test_eval_prediction_window_is_set_on_the_command_line(trained, capsys):
     result = json.loads(capsys.readouterr().out)["prediction"]
     assert result["context"] == 2 and len(result["model_mse"]) == 3
     # longer than any CartPole episode: the error names the flags that fix it, and the
-    # evaluation's returns are printed before it
+    # evaluation's returns are printed and saved before it (without a prediction score)
+    (trained / "pred.json").unlink()
     assert main(["eval", str(trained), "--episodes", "1", "--prediction", "1", "--horizon",
                  "600", "--out", str(trained / "pred.json")]) == 2
     captured = capsys.readouterr()
     assert json.loads(captured.out)["episodes"] == 1
+    saved = json.loads((trained / "pred.json").read_text())
+    assert saved["episodes"] == 1 and "prediction" not in saved
     assert captured.err.startswith("reverie: error: no greedy episode lasted 604 steps")
     assert captured.err.strip().endswith("lower --horizon or --context")
 

@@ -297,9 +297,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 policy, windows=args.prediction, context=args.context,
                 horizon=args.horizon or HORIZON,
                 seed=args.seed).as_dict()
-        except UserError:
-            print(json.dumps(result), flush=True)  # the returns are not lost
+        except UserError:  # the episodes are played already: their returns are kept
+            _report_eval(args, result)
             raise
+    _report_eval(args, result)
+    return 0
+
+
+def _report_eval(args: argparse.Namespace, result: dict) -> None:
+    """Print an eval result, then save it where `reverie eval` saves (a failed save is a note)."""
     text = json.dumps(result)
     print(text, flush=True)  # the result first: a failed save below must not lose it
     if args.out is not None:
@@ -309,7 +315,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:  # a checkpoint file: which run's eval.json it would belong in is not certain
         print("reverie: note: the result of a checkpoint file is printed, not saved; add "
               "--out FILE to save it", file=sys.stderr)
-        return 0
+        return
     try:
         if out.is_symlink():
             raise OSError(errno.ELOOP, "a link, never written through")
@@ -317,7 +323,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except OSError as e:
         print(f"reverie: note: could not save {out} ({e.strerror}); the result is printed "
               "above (save it elsewhere with --out FILE)", file=sys.stderr)
-    return 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
