@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -131,6 +132,28 @@ def test_sweep_into_another_sweeps_folder_is_refused(grid_2x2, capsys):
                "--set", "run.prefill=5", "--out", str(grid_2x2)])
     err = capsys.readouterr().err
     assert rc == 2 and "other settings (run.prefill: 0 there, 5 in this sweep)" in err
+
+
+def test_rerun_with_another_grid_keeps_the_earlier_trials(tmp_path, capsys):
+    """A second --grid into the same folder adds its trials; sweep.json and the report keep
+    the first grid's trials (they used to drop out of both)."""
+    out = tmp_path / "grow"
+    assert main(["sweep", *TINY, "--grid", "run.train_ratio=8", "--out", str(out)]) == 0
+    assert main(["sweep", *TINY, "--grid", "run.train_ratio=16", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (summary["trials"], summary["finished"], summary["earlier_trials"]) == (1, 1, 1)
+    saved = sweep_json(out)
+    assert [r["name"] for r in saved["results"]] == [
+        trial_name("CartPole-v1", [("run.train_ratio", r)], 0) for r in ("16", "8")]
+    assert saved["grid_keys"] == ["run.train_ratio"]
+    text = (out / "report" / "report.md").read_text()
+    assert "2 runs, 1 env, 2 groups" in text
+    assert "| random/train_ratio=8.0 | 1 | 1 |" in text
+    assert "Also reported: 1 trials that an earlier run" in text
+    # a trial folder deleted by hand is no longer carried along
+    shutil.rmtree(out / saved["results"][1]["name"])
+    assert main(["sweep", *TINY, "--grid", "run.train_ratio=16", "--out", str(out)]) == 0
+    assert [r["name"] for r in sweep_json(out)["results"]] == [saved["results"][0]["name"]]
 
 
 def test_a_linked_sweep_folder_is_refused_at_once(tmp_path, capsys):

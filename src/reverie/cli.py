@@ -370,6 +370,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"reverie: trial {r['name']} {r['status']}{extra}", file=sys.stderr, flush=True)
 
     summary = run_sweep(sweep, backend=args.backend, address=args.address, on_result=said)
+    if summary.get("earlier_trials"):
+        print(f"reverie: note: sweep.json and the report also hold the {summary['earlier_trials']} "
+              "trial(s) an earlier run of this sweep made with other arguments", file=sys.stderr)
     print(json.dumps(summary))
     return 0 if summary["failed"] == 0 and "report_error" not in summary else 1
 

@@ -5,7 +5,9 @@
 
 The sweep folder holds one ordinary run folder per trial, `logs/<trial>.log` (each attempt's
 output), `sweep.json` (every trial's outcome) and `report/` (`reverie report` of the grid).
-Re-running the same command skips finished trials and resumes unfinished ones.
+Re-running the same command skips finished trials and resumes unfinished ones; a re-run
+with another grid (or envs, seeds) adds its trials, and sweep.json and the report keep
+the earlier ones.
 """
 
 from __future__ import annotations
@@ -125,25 +127,44 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
         raise
     order = {t.name: i for i, t in enumerate(trials)}
     results.sort(key=lambda r: order[r["name"]])
+    earlier, earlier_keys = _earlier_trials(out, set(order))
     counts = {s: sum(r["status"] == s for r in results) for s in ("finished", "skipped", "failed")}
     summary: dict[str, Any] = {"sweep": str(out), "backend": backend, "trials": len(trials),
                                **counts, "resumed": sum(r["resumes"] > 0 for r in results)}
-    (out / "sweep.json").write_text(json.dumps({**summary, "results": results}, indent=1) + "\n")
-    group_by = ["agent", "backbone"] + [k for k, _ in parse_grid(sweep.grid)
-                                        if k.rsplit(".", 1)[-1] != "backbone"]
+    if earlier:
+        summary["earlier_trials"] = len(earlier)
+    grid_keys = list(dict.fromkeys([*earlier_keys, *(k for k, _ in parse_grid(sweep.grid))]))
+    (out / "sweep.json").write_text(json.dumps(
+        {**summary, "grid_keys": grid_keys, "results": results + earlier}, indent=1) + "\n")
+    group_by = ["agent", "backbone"] + [k for k in grid_keys if k.rsplit(".", 1)[-1] != "backbone"]
     try:
         from reverie.eval.report import write_report
 
-        report, _ = write_report([t.folder for t in trials], out / "report", group_by,
-                                 notes=trial_notes(results))
+        report, _ = write_report([t.folder for t in trials] + [r["folder"] for r in earlier],
+                                 out / "report", group_by,
+                                 notes=trial_notes(results, earlier))
         summary["report"] = str(report)
     except UserError as e:
         summary["report_error"] = str(e)
     return summary
 
 
-def trial_notes(results: list[dict]) -> list[str]:
-    """The report's 'Sweep' section: every trial that was resumed or failed, by name."""
+def _earlier_trials(out: Path, current: set[str]) -> tuple[list[dict], list[str]]:
+    """Trials that an earlier run of a sweep into `out` made and this one does not name
+    (another --grid, --env or --seeds), whose run folders are still there, with the earlier
+    grid keys: they stay in sweep.json and the report instead of dropping out of both."""
+    try:
+        earlier = json.loads((out / "sweep.json").read_text())
+        kept = [{**r, "folder": str(out / r["name"])} for r in earlier["results"]
+                if r["name"] not in current and (out / r["name"] / "config.yaml").is_file()]
+        return kept, [str(k) for k in earlier.get("grid_keys", [])]
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or not one we can read
+        return [], []
+
+
+def trial_notes(results: list[dict], earlier: list[dict] = ()) -> list[str]:
+    """The report's 'Sweep' section: every trial that was resumed or failed, by name, and the
+    trials of earlier runs of the sweep that this run did not name."""
     resumed = [r for r in results if r["resumes"] > 0 and r["status"] == "finished"]
     failed = [r for r in results if r["status"] == "failed"]
     lines = ["## Sweep", "",
@@ -158,4 +179,8 @@ def trial_notes(results: list[dict]) -> list[str]:
             lines.append(f"| {r['name']} | {outcome} | {r['attempts']} | "
                          f"{', '.join(map(str, r['returncodes']))} | {r['error'] or '-'} |")
         lines.append("")
+    if earlier:
+        lines += [f"Also reported: {len(earlier)} trials that an earlier run of this sweep made "
+                  "with other arguments (another --grid, --env or --seeds): "
+                  f"{', '.join(r['name'] for r in earlier)}.", ""]
     return lines
