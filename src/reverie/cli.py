@@ -207,7 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         load_run_config,
         preset_of_agent,
     )
-    from reverie.run.driver import Trainer
+    from reverie.run.driver import Trainer, check_env
     from reverie.run.folder import check_no_links
 
     if args.resume:
@@ -247,26 +247,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset = preset_of_agent(args.agent, args.preset, overrides)
         cfg = build_config(preset or "cartpole", overrides, flags)
         if args.show_config:
-            _check_env(cfg)  # what training would refuse, refused here too
+            check_env(cfg)  # what training would refuse, refused here too
             print(OmegaConf.to_yaml(cfg), end="")
             return 0
         trainer = Trainer(cfg, Path(args.out) if args.out else _default_out(cfg))
     summary = trainer.train()
     print(json.dumps(summary))
     return 0
-
-
-def _check_env(cfg) -> None:
-    """The config's env exists (did-you-mean otherwise) and suits the preset's observations."""
-    from reverie.envs import make_obs_spec
-    from reverie.run.collector import env_of
-    from reverie.run.driver import check_obs_kind
-
-    env = env_of(cfg)
-    try:
-        check_obs_kind(cfg, make_obs_spec(env.observation_space))
-    finally:
-        env.close()
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -96,7 +96,10 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
 def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | None,
                 overrides: list[str], grid: list[str], out: Path,
                 threads: int | None) -> list[Trial]:
-    """Every trial of the sweep, each config validated; UserError on the first bad one."""
+    """Every trial of the sweep, each config and env validated; UserError on the first bad
+    one."""
+    from reverie.run.driver import check_env
+
     axes = parse_grid(grid)
     if preset and is_preset_file(preset):  # trials may start in another working directory
         preset = str(Path(preset).expanduser().resolve())
@@ -104,7 +107,7 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
     if threads and not any(s.split("=", 1)[0].strip() == "run.threads" for s in sets) \
             and "run.threads" not in (k for k, _ in axes):
         sets.append(f"run.threads={threads}")  # trials side by side share the cores
-    trials = []
+    trials, checked = [], set()
     for env in list(dict.fromkeys(envs)) or [None]:  # an env given twice runs once
         for point in itertools.product(*[[(k, v) for v in vs] for k, vs in axes]):
             point = list(point)
@@ -113,6 +116,11 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
                 flags = {"env": env, "steps": steps, "seed": seed}
                 try:
                     cfg = build_config(preset or "cartpole", items, flags)
+                    env_key = (cfg.env.id, cfg.env.image_size, cfg.env.obs,
+                               cfg.env.get("prev_reward", False))
+                    if env_key not in checked:  # each env once, before any trial starts
+                        check_env(cfg)
+                        checked.add(env_key)
                 except UserError as e:
                     what = ([f"env={env}"] if env else []) + [f"{k}={v}" for k, v in point]
                     where = f" (trial {', '.join(what)})" if point else ""

@@ -44,14 +44,6 @@ def default_workers() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
-def _check_envs(trials: list[Trial]) -> None:
-    """Every env id makes an env (the did-you-mean of `reverie train`), before any launch."""
-    from reverie.envs import make_env
-
-    for env in sorted({t.env for t in trials if t.env}):
-        make_env(env).close()
-
-
 def _run_local(trials: list[Trial], workers: int, retries: int,
                on_result: Callable[[dict], None]) -> list[dict]:
     stop = threading.Event()
@@ -110,7 +102,6 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
     threads = max(1, (os.cpu_count() or 1) // workers)
     trials = make_trials(sweep.preset, sweep.envs, sweep.seeds, sweep.steps, sweep.overrides,
                          sweep.grid, out, threads)
-    _check_envs(trials)
     on_result = on_result or (lambda r: None)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

@@ -168,6 +168,18 @@ def check_obs_kind(cfg: DictConfig, obs_spec) -> None:
         )
 
 
+def check_env(cfg: DictConfig) -> None:
+    """The config's env exists (did-you-mean otherwise) and suits the preset's observations:
+    what a run would refuse at its start, refused before one (show-config, sweeps)."""
+    from reverie.run.collector import env_of
+
+    env = env_of(cfg)
+    try:
+        check_obs_kind(cfg, make_obs_spec(env.observation_space))
+    finally:
+        env.close()
+
+
 class Trainer:
     """One run folder: `Trainer(cfg, out).train()`, or `Trainer.resume(out).train()`."""
 
