@@ -230,6 +230,18 @@ def test_a_trial_that_keeps_crashing_is_reported_failed(tmp_path, monkeypatch, c
     assert "no usable run" in summary["report_error"]
 
 
+def test_a_trial_with_a_bad_setting_is_not_retried(tmp_path):
+    """Exit code 2 is a mistake in the command: a second attempt would repeat it."""
+    from reverie.distributed.grid import Trial
+    from reverie.distributed.trial import run_trial
+
+    trial = Trial(name="bad", folder=str(tmp_path / "bad"), preset="random",
+                  env="CartPole-v1", seed=0, steps=50, overrides=("run.stpes=5",))
+    result = run_trial(trial, retries=2)
+    assert (result["status"], result["attempts"], result["returncodes"]) == ("failed", 1, [2])
+    assert "did you mean 'run.steps'" in result["error"]
+
+
 def test_rerun_resumes_unfinished_trials(tmp_path, capsys):
     """A trial whose run stopped short of the sweep's budget is resumed, not restarted."""
     out = tmp_path / "grow"

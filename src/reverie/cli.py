@@ -11,9 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from reverie.errors import UserError, suggest
-
-USAGE_EXIT = 2
+from reverie.errors import USAGE_EXIT, UserError, suggest
 
 
 class _Parser(argparse.ArgumentParser):

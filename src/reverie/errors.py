@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+USAGE_EXIT = 2  # the CLI's exit code for a UserError (a mistake in the command or config)
+
 
 class UserError(Exception):
     """A mistake the user can fix; its message is one line that names the fix."""

@@ -146,6 +146,13 @@ def _action_spec(space: spaces.Space) -> tuple[int, bool]:
     )
 
 
+def check_spaces(obs_spec: dict[str, tuple[tuple[int, ...], str]],
+                 action_space: spaces.Space) -> None:
+    """What the agent can act in (ValueError naming the fix); checked by the driver before a
+    run or sweep starts."""
+    _action_spec(action_space)
+
+
 def _fork_rng(device: torch.device) -> Any:
     """Fork the random stream of `device` (the CPU's, plus the GPU's on CUDA)."""
     if device.type == "cuda":

@@ -199,6 +199,14 @@ def _action_dim(space: spaces.Space) -> int:
     return int(space.shape[0])
 
 
+def check_spaces(obs_spec: dict[str, tuple[tuple[int, ...], str]],
+                 action_space: spaces.Space) -> None:
+    """What mbpo can model (ValueError naming the fix): 1-D vector observations and 1-D Box
+    actions in [-1, 1]; checked by the driver before a run or sweep starts."""
+    _obs_dim(obs_spec)
+    _action_dim(action_space)
+
+
 # -- the agent -------------------------------------------------------------------------------
 class MBPOAgent:
     """Ensemble dynamics + SAC on mixed real/model batches; see the module docstring."""

@@ -78,6 +78,22 @@ def training_notes(cfg: Any) -> list[str]:
     return []
 
 
+def check_spaces(obs_spec: dict[str, tuple[tuple[int, ...], str]],
+                 action_space: spaces.Space) -> None:
+    """What rppo can run (ValueError naming the fix): 1-D vector observations, and Box
+    actions in [-1, 1]; checked by the driver before a run or sweep starts."""
+    for key, (shape, dtype) in obs_spec.items():
+        if len(shape) != 1:
+            raise ValueError(f"rppo takes vector observations only, but '{key}' has shape "
+                             f"{tuple(shape)} ({dtype}); set env.obs=vector or flatten it "
+                             "(for images: the imagine agent)")
+    if isinstance(action_space, spaces.Box) and not (
+        np.all(action_space.low == -1.0) and np.all(action_space.high == 1.0)
+    ):
+        raise ValueError("continuous actions must lie in [-1, 1]; wrap the env with "
+                         "gymnasium.wrappers.RescaleAction(env, -1.0, 1.0)")
+
+
 def validate_config(section: Any, cfg: Any = None) -> None:
     """Config-time check of the `rppo` section and, given the full run config `cfg`, of the
     run settings it depends on (`run.prefill` must be 0, `run.num_envs` sets N)."""
@@ -152,16 +168,8 @@ class RPPOAgent:
         self.cfg = cfg
         self.device = torch.device(device)
         self.obs_keys = sorted(obs_spec)
-        for key, (shape, dtype) in obs_spec.items():
-            if len(shape) != 1:
-                raise ValueError(f"rppo takes vector observations only, but '{key}' has shape "
-                                 f"{tuple(shape)} ({dtype}); set env.obs=vector or flatten it")
+        check_spaces(obs_spec, action_space)
         self.obs_dim = sum(int(obs_spec[k][0][0]) for k in self.obs_keys)
-        if isinstance(action_space, spaces.Box) and not (
-            np.all(action_space.low == -1.0) and np.all(action_space.high == 1.0)
-        ):
-            raise ValueError("continuous actions must lie in [-1, 1]; wrap the env with "
-                             "gymnasium.wrappers.RescaleAction(env, -1.0, 1.0)")
         self.action_space = action_space
         self.prev_action_dim = action_features_size(action_space) if cfg.prev_action else 0
         # Parameters depend only on `seed`; the driver's global generator is left untouched.

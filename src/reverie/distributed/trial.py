@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reverie.errors import USAGE_EXIT
+
 if TYPE_CHECKING:  # annotations only: `reverie` imports this module at start-up (follow_parent)
     from reverie.distributed.grid import Trial
 
@@ -100,7 +102,8 @@ def run_trial(trial: Trial, retries: int,
 
     Returns {"name", "status": "skipped" | "finished" | "failed", "attempts", "resumes",
     "returncodes", "error", "wall_s"}. A trial already complete is skipped; one with a run
-    folder but no complete checkpoint is resumed, counting as its first attempt.
+    folder but no complete checkpoint is resumed, counting as its first attempt. A trial
+    that exits with code 2 (a bad setting) is not retried.
     """
     t0 = time.time()
     result: dict[str, Any] = {"name": trial.name, "folder": trial.folder, "attempts": 0,
@@ -136,7 +139,8 @@ def run_trial(trial: Trial, retries: int,
         state = trial_state(trial)
         if rc == 0 and state == DONE:
             return {**result, "status": "finished", "wall_s": round(time.time() - t0, 2)}
-        if result["attempts"] > retries or (stop is not None and stop()):
+        # exit code 2 is a mistake in the command (reverie's UserError): a retry repeats it
+        if result["attempts"] > retries or rc == USAGE_EXIT or (stop is not None and stop()):
             error = _last_error(log) or f"exit code {rc}"
             return {**result, "status": "failed", "error": error,
                     "wall_s": round(time.time() - t0, 2)}

@@ -18,6 +18,7 @@ written after it are simply overwritten again on resume.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import shutil
@@ -35,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from reverie.compiler import Compiler
 from reverie.config import (
+    AGENTS,
     agent_parts,
     check_replay_envs,
     rows_per_sample,
@@ -168,14 +170,26 @@ def check_obs_kind(cfg: DictConfig, obs_spec) -> None:
         )
 
 
+def check_spaces(cfg: DictConfig, obs_spec, action_space: spaces.Space) -> None:
+    """The env's spaces suit the agent (its module's optional `check_spaces(obs_spec,
+    action_space)`, which raises ValueError) and the preset's observation kind."""
+    check = getattr(importlib.import_module(AGENTS[cfg.agent][0]), "check_spaces", None)
+    if check is not None:
+        try:
+            check(obs_spec, action_space)
+        except ValueError as e:
+            raise UserError(f"agent {cfg.agent} cannot run env '{cfg.env.id}': {e}") from None
+    check_obs_kind(cfg, obs_spec)
+
+
 def check_env(cfg: DictConfig) -> None:
-    """The config's env exists (did-you-mean otherwise) and suits the preset's observations:
+    """The config's env exists (did-you-mean otherwise) and suits the agent and the preset:
     what a run would refuse at its start, refused before one (show-config, sweeps)."""
     from reverie.run.collector import env_of
 
     env = env_of(cfg)
     try:
-        check_obs_kind(cfg, make_obs_spec(env.observation_space))
+        check_spaces(cfg, make_obs_spec(env.observation_space), env.action_space)
     finally:
         env.close()
 
@@ -214,8 +228,8 @@ class Trainer:
         self.envs = Collector(lambda: env_of(cfg), self.num_envs, int(cfg.seed), cfg.env.id,
                               life_loss_terminal=bool(cfg.env.life_loss_terminal))
         self.obs_spec = make_obs_spec(self.envs.observation_space)
-        check_obs_kind(cfg, self.obs_spec)
         self.action_space = self.envs.action_space
+        check_spaces(cfg, self.obs_spec, self.action_space)
         self.agent = build_agent(cfg, self.obs_spec, self.action_space, self.device)
         if cfg.run.compile != "off":
             compile_agent(self.agent, cfg.agent, self._note, cfg.run.compile)
