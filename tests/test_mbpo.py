@@ -410,6 +410,19 @@ def test_presets_load_and_validate(preset):
     assert cfg.mbpo.mode in MODES and cfg.mbpo.warmup == cfg.run.prefill
 
 
+def test_runs_that_would_update_nothing_are_told_why():
+    """Both holds on the first update are named: the prefill and mbpo's own warm-up (lowering
+    the prefill alone, as the first note says, still trained nothing, silently)."""
+    from reverie.config import training_notes
+
+    notes = training_notes(build_config("mbpo-pendulum", [], {"steps": 300}))
+    assert [n.split(":")[0] for n in notes] == ["run.steps=300 <= run.prefill=500",
+                                                "run.steps=300 < mbpo.warmup=500"]
+    (note,) = training_notes(build_config("mbpo-pendulum", ["run.prefill=100"], {"steps": 300}))
+    assert note.endswith("raise --steps or lower mbpo.warmup (>= 2)")
+    assert training_notes(build_config("mbpo-pendulum", [], {"steps": 600})) == []
+
+
 def test_bad_mode_on_the_command_line_is_a_one_line_user_error():
     with pytest.raises(UserError, match="did you mean 'coplanner'"):
         build_config("mbpo-pendulum", ["mbpo.mode=coplaner"])

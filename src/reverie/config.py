@@ -536,15 +536,16 @@ def rows_per_sample(cfg: DictConfig) -> int:
 
 def training_notes(cfg: DictConfig) -> list[str]:
     """Legitimate settings under which a run trains nothing: said, not silently done."""
-    run, need = cfg.run, rows_per_sample(cfg)
+    run, need, notes = cfg.run, rows_per_sample(cfg), []
     if run.steps <= run.prefill:
-        return [f"run.steps={run.steps} <= run.prefill={run.prefill}: this run only collects "
-                "random data and does no training; raise --steps or lower run.prefill"]
-    if need and run.steps < need:
-        return [f"run.steps={run.steps} is shorter than one training sequence ({need} rows): "
-                "no training will happen; raise --steps"]
+        notes.append(f"run.steps={run.steps} <= run.prefill={run.prefill}: this run only "
+                     "collects random data and does no training; raise --steps or lower "
+                     "run.prefill")
+    elif need and run.steps < need:
+        notes.append(f"run.steps={run.steps} is shorter than one training sequence ({need} "
+                      "rows): no training will happen; raise --steps")
     own = getattr(importlib.import_module(AGENTS[cfg.agent][0]), "training_notes", None)
-    return list(own(cfg)) if own is not None else []  # the agent's own, e.g. rollout size
+    return notes + (list(own(cfg)) if own is not None else [])  # the agent's own: warm-up...
 
 
 def apply_resume_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:

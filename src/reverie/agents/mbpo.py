@@ -199,6 +199,16 @@ def _action_dim(space: spaces.Space) -> int:
     return int(space.shape[0])
 
 
+def training_notes(cfg: Any) -> list[str]:
+    """Legitimate settings under which the run updates nothing (`config.training_notes`)."""
+    steps, warmup = int(cfg.run.steps), int(cfg.mbpo.warmup)
+    if steps < warmup:
+        return [f"run.steps={steps} < mbpo.warmup={warmup}: mbpo fits its model and updates "
+                "only after mbpo.warmup real env steps, so this run trains nothing; raise "
+                "--steps or lower mbpo.warmup (>= 2)"]
+    return []
+
+
 def check_spaces(obs_spec: dict[str, tuple[tuple[int, ...], str]],
                  action_space: spaces.Space) -> None:
     """What mbpo can model (ValueError naming the fix): 1-D vector observations and 1-D Box
