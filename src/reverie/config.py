@@ -347,6 +347,19 @@ def _check_override_key(key: str, schema: DictConfig, agent: str) -> None:
                             f"{suggest(key, _keys(schema))}")
 
 
+def _check_used(key: str, agent: str) -> None:
+    """A --set of a key the agent never reads would be ignored in silence: refuse it. Agents
+    that keep their own transitions (`uses_replay = False`) read no `replay.` key, and those
+    with their own `updates_due` schedule (described by their `schedule`) no run.train_ratio."""
+    _, agent_cls, _ = agent_parts(agent)
+    if key.startswith("replay.") and not getattr(agent_cls, "uses_replay", True):
+        raise UserError(f"--set {key} has no effect on agent {agent}: it keeps its own "
+                        f"transitions (its own settings are under {agent}.); drop it")
+    if key == "run.train_ratio" and hasattr(agent_cls, "updates_due"):
+        raise UserError(f"--set run.train_ratio has no effect on agent {agent}: it keeps its own "
+                        f"update schedule ({getattr(agent_cls, 'schedule', 'updates_due')}); drop it")
+
+
 def _resolve(cfg: DictConfig, schema: DictConfig) -> DictConfig:
     """Resolve `${...}` interpolations once, so every later read sees plain values."""
     try:
@@ -396,6 +409,7 @@ def build_config(
     for item in list(overrides):
         key, value = (x.strip() for x in item.split("=", 1))
         _check_override_key(key, schema, agent)
+        _check_used(key, agent)
         if backbone_key and key == f"{agent}.{backbone_key}" and "backbone" not in flags:
             # same as --backbone: the preset's backbone options go with the preset's backbone
             overrides.remove(item)
@@ -552,6 +566,7 @@ def apply_resume_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """`--set`s given with --resume: only RESUME_KEYS may change; the result is validated."""
     for item in _parse_dotlist(list(overrides)):
         key = item.split("=", 1)[0].strip()
+        _check_used(key, cfg.agent)
         if key not in RESUME_KEYS:
             raise UserError(
                 f"--set {key} cannot change when resuming (the checkpoint was trained with the "

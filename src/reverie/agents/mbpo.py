@@ -222,6 +222,7 @@ class MBPOAgent:
     """Ensemble dynamics + SAC on mixed real/model batches; see the module docstring."""
 
     uses_replay = False  # real transitions arrive through `observe`
+    schedule = "mbpo.updates_per_step SAC updates per env step after mbpo.warmup"
 
     def __init__(
         self,

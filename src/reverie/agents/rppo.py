@@ -155,6 +155,8 @@ class RPPOAgent:
     """Recurrent PPO on the driver's on-policy rollouts; see the module docstring."""
 
     uses_replay = False  # the driver builds no replay and calls update(None)
+    schedule = ("one PPO update, rppo.epochs passes, per rollout of rppo.rollout_length x "
+                "run.num_envs env steps")
 
     def __init__(
         self,

@@ -83,8 +83,11 @@ def batch_obs(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 class Agent(Protocol):
     """What the driver drives (registered in `config.AGENTS`). Optional members:
     `uses_replay: bool` (default True), `observe(t: Transition) -> None`,
-    `updates_due(env_steps: int) -> int` (default: by `run.train_ratio`),
-    `compile(compiler: Compiler) -> None` (run.compile=on|auto, see `reverie.compiler`)."""
+    `updates_due(env_steps: int) -> int` (default: by `run.train_ratio`) with `schedule: str`
+    (says what sets it, for the error that refuses run.train_ratio),
+    `compile(compiler: Compiler) -> None` (run.compile=on|auto, see `reverie.compiler`).
+    The agent's module may define `check_spaces(obs_spec, action_space)` (raises ValueError
+    for an env it cannot run) and `training_notes(cfg) -> list[str]`."""
 
     def initial_state(self, n: int) -> Any: ...
 
