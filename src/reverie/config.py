@@ -356,8 +356,9 @@ def _check_used(key: str, agent: str) -> None:
         raise UserError(f"--set {key} has no effect on agent {agent}: it keeps its own "
                         f"transitions (its own settings are under {agent}.); drop it")
     if key == "run.train_ratio" and hasattr(agent_cls, "updates_due"):
+        schedule = getattr(agent_cls, "schedule", "updates_due")
         raise UserError(f"--set run.train_ratio has no effect on agent {agent}: it keeps its own "
-                        f"update schedule ({getattr(agent_cls, 'schedule', 'updates_due')}); drop it")
+                        f"update schedule ({schedule}); drop it")
 
 
 def _resolve(cfg: DictConfig, schema: DictConfig) -> DictConfig:
