@@ -93,6 +93,42 @@ def test_eval_and_watch_take_best(run, capsys):
     assert (out / "watch-best.gif").read_bytes()[:3] == b"GIF"
 
 
+def metric_rows(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_final_agent_is_evaluated_off_the_cadence_and_an_extension_trains_on_alike(
+        tmp_path):
+    """A run that ends between evaluations evaluates its final agent (a run shorter than
+    run.eval_every used to have none); that evaluation comes after the final checkpoint, so
+    extending the run trains exactly as a run to the longer budget from the start."""
+    short, straight = tmp_path / "short", tmp_path / "straight"
+    Trainer(config(150), short).train()
+    assert [s for s, _ in evaluations(short)] == [100, 150]
+    assert reverie.load(short, best=True).step in (100, 150)
+    summary = Trainer.resume(short, steps=300).train()  # as `reverie train --resume`
+    Trainer(config(300), straight).train()
+    extra = [r for r in metric_rows(short) if r["step"] == 150 and "eval/return" in r]
+    assert len(extra) == 1
+    assert [r for r in metric_rows(short) if r not in extra] == metric_rows(straight)
+    step, value = first_best(evaluations(short))
+    assert (summary["best_eval_step"], summary["best_eval_return"]) == (step, round(value, 2))
+    assert reverie.load(short, best=True).step == step
+    # a best agent found by that final evaluation is in best.pt only (after the checkpoint):
+    # a resume from the checkpoint of the same step takes its return as the best so far
+    store = CheckpointStore(short / "checkpoints")
+    payload = store.load_best()
+    for best_step, adopted in ((300, True), (200, False)):
+        store.save_best({**payload, "best": {"step": best_step, "eval_return": 1e9}})
+        trainer = Trainer(config(400), short, resume=True)
+        assert (trainer.count.best_return == 1e9) is adopted
+        trainer.release()
+    # a run shorter than run.eval_every is evaluated once, at its end
+    tiny = tmp_path / "tiny"
+    Trainer(config(60, ["run.prefill=50"]), tiny).train()
+    assert [s for s, _ in evaluations(tiny)] == [60]
+
+
 def test_no_best_corrupt_best_and_files_get_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     summary = Trainer(config(100, ["run.keep_best=false"]), out).train()

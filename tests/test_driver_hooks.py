@@ -98,7 +98,10 @@ def test_checkpoint_mid_episode_resumes_exactly(recorder, tmp_path, num_envs):
     resumed = Trainer(cfg, part, resume=True)
     assert resumed.resumed_from == 150 and not resumed.envs.first.all()
     resumed.train()
-    assert metrics(part) == metrics(full)
+    # the same, but for the first part's final evaluation (it ended between two, at 224)
+    first_end = '{"step": 224, "eval/return"'
+    assert [x for x in metrics(part).splitlines() if not x.startswith(first_end)] == \
+        metrics(full).splitlines()
 
 
 def test_replay_agents_refuse_several_envs(tmp_path):
@@ -174,7 +177,10 @@ def test_rppo_through_the_driver_resumes_exactly(tmp_path, backbone):
     resumed = Trainer(cfg, part, resume=True)
     assert resumed.resumed_from == 224
     resumed.train()
-    assert metrics(part) == metrics(full)
+    # the same, but for the first part's final evaluation (it ended between two, at 224)
+    first_end = '{"step": 224, "eval/return"'
+    assert [x for x in metrics(part).splitlines() if not x.startswith(first_end)] == \
+        metrics(full).splitlines()
 
 
 def test_rppo_refuses_random_prefill(tmp_path, capsys):

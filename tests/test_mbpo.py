@@ -30,7 +30,7 @@ from reverie.config import build_config
 from reverie.envs import make_env, make_obs_spec
 from reverie.errors import UserError
 from reverie.planning.upmpc import UPMPCConfig
-from reverie.run.checkpoint import CheckpointStore
+from reverie.run.checkpoint import CheckpointStore, load_file
 from reverie.run.collector import Transition as Step
 from test_reliability import kill_when
 from test_reliability import reverie as reverie_cli
@@ -443,6 +443,20 @@ def test_cli_train_end_to_end_then_load_and_act(tmp_path, capsys):
     policy = reverie.load(run)
     action, _ = policy.act({"vector": np.zeros(3, np.float32)})
     assert np.all(np.abs(action) <= 1.0)
+    # best.pt holds what acting needs, not the two buffers; it acts as its agent did
+    best = load_file(run / "checkpoints" / "best.pt")
+    assert "real" not in best["agent"] and "rollouts" not in best["agent"]
+    assert [r["step"] for r in rows if "eval/return" in r] == [60, 80]  # 80: the run's end
+    if best["best"]["step"] == 80:
+        greedy, _ = reverie.load(run, best=True).act({"vector": np.ones(3, np.float32)})
+        same, _ = policy.act({"vector": np.ones(3, np.float32)})
+        np.testing.assert_array_equal(greedy, same)
+    assert main(["eval", str(run), "--best", "--episodes", "1"]) == 0
+    capsys.readouterr()
+    assert main(["watch", str(run), "--steps", "5"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["plot"] == []
+    assert "agent mbpo has no latent world model: no real-vs-imagined view" in captured.err
 
 
 def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):

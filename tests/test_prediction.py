@@ -143,5 +143,6 @@ def test_eval_prediction_needs_a_world_model(tmp_path, capsys):
     Trainer(build_config("random", ["run.eval_episodes=0", "run.progress=false"],
                          {"steps": 50}), out).train()
     assert main(["eval", str(out), "--prediction", "2"]) == 2
-    assert capsys.readouterr().err == ("reverie: error: --prediction scores a world model; "
-                                       "agent 'random' has none (drop --prediction)\n")
+    assert capsys.readouterr().err == (
+        "reverie: error: --prediction scores a latent world model's open-loop prediction "
+        "(agent imagine); agent 'random' has none (drop --prediction)\n")

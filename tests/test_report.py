@@ -419,6 +419,24 @@ def test_group_label_leaves_out_keys_a_run_does_not_have():
     assert group_label(run(), ["mbpo.mode"]) == "all"
 
 
+def test_mbpo_and_coplanner_runs_are_apart_by_default(tmp_path):
+    """mbpo.mode makes another algorithm (plain MBPO vs COPlanner): the default grouping
+    keeps them apart instead of averaging them as if they were seeds; a report of one mode
+    names no mode."""
+    from reverie.eval.report import default_group_by, make_groups
+
+    for mode in ("mbpo", "coplanner"):
+        for seed in range(2):
+            fake_run(tmp_path / f"{mode}-{seed}", "Pendulum-v1", seed, [-1200.0, -300.0],
+                     preset="mbpo-pendulum", sets=(f"mbpo.mode={mode}",))
+    runs = load_runs([tmp_path])[0]
+    assert default_group_by(runs) == ["agent", "backbone", "mbpo.mode"]
+    groups = make_groups(runs, default_group_by(runs))
+    assert sorted(g.label for g in groups) == ["mbpo/mode=coplanner", "mbpo/mode=mbpo"]
+    one = load_runs([tmp_path / "coplanner-0", tmp_path / "coplanner-1"])[0]
+    assert [g.label for g in make_groups(one, default_group_by(one))] == ["mbpo"]
+
+
 def test_group_labels_name_a_setting_only_where_groups_differ_in_it():
     from types import SimpleNamespace
 
@@ -506,6 +524,9 @@ def test_a_copy_of_a_runs_logs_is_finished_by_its_progress_file(tmp_path, capsys
         (copy / name).write_bytes((run / name).read_bytes())
     rows = (copy / "timing.jsonl").read_text().splitlines()
     (copy / "timing.jsonl").write_text("".join(r + "\n" for r in rows[:2]))  # as runs before
+    rows = (copy / "metrics.jsonl").read_text().splitlines()  # ... and before a final eval
+    (copy / "metrics.jsonl").write_text("".join(
+        r + "\n" for r in rows if not ('"step": 250' in r and "eval/return" in r)))
     out = tmp_path / "rep"
     assert main(["report", str(copy), "--out", str(out), "--finished-only"]) == 0
     assert "1 run, 1 env" in (out / "report.md").read_text()

@@ -378,8 +378,10 @@ def test_popgym_rollout_and_update(env_id):
 def test_a_run_shorter_than_one_rollout_is_told_it_updates_nothing():
     from reverie.config import build_config, training_notes
 
-    short = build_config("popgym-ppo", [], {"steps": 300})
+    short = build_config("popgym-ppo", [], {"steps": 304})
     (note,) = training_notes(short)
     assert "shorter than one rollout" in note and "= 2048 env steps" in note
     assert training_notes(build_config("popgym-ppo", [], {"steps": 2048})) == []
+    (note,) = training_notes(build_config("popgym-ppo", [], {"steps": 2050}))
+    assert note.endswith("(all envs step together): the run ends at 2064 env steps")
     assert training_notes(build_config("popgym-ppo", ["run.num_envs=2"], {"steps": 300})) == []

@@ -64,6 +64,11 @@ def test_load_and_act(run):
     assert action2 in (0, 1)
     with pytest.raises(UserError, match="shape"):
         policy.act(np.zeros(5, np.float32))
+    with pytest.raises(UserError, match=r"missing keys \['vector'\]; make the env the way the "
+                       r"run did with policy.make_env\(\)"):
+        policy.act({"prev_reward": np.zeros(1, np.float32)})
+    obs, _ = policy.make_env().reset(seed=3)  # the run's own env
+    assert policy.act(obs)[0] == action
 
 
 def test_load_a_checkpoint_file(run):

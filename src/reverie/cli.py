@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_int, default=None)
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set run.train_ratio=512")
-    t.add_argument("--out", default=None, help="run folder (default runs/<env>-<backbone>-s<seed>)")
+    t.add_argument("--out", default=None,
+                   help="run folder (default runs/<env>-<backbone>-s<seed> for imagine, "
+                        "runs/<env>-<agent>[-<backbone>]-s<seed> for other agents)")
     t.add_argument("--resume", default=None, metavar="RUN",
                    help="continue a killed or finished run (with --steps to extend it)")
     t.add_argument("--show-config", action="store_true",
@@ -152,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out runs that have not reached their run.steps (still training)")
     r.add_argument("--group-by", dest="group_by", action="append", default=None, metavar="KEY",
                    help="group runs by a setting: agent, backbone or a dotted config key "
-                        "(repeatable; default: agent and backbone)")
+                        "(repeatable; default: agent, backbone and the settings that make another "
+                        "algorithm of an agent: mbpo.mode, imagine.coplanner.mode)")
 
     s = sub.add_parser("sweep", help="a grid of `reverie train` runs (local processes or Ray), "
                        "then a report")
@@ -200,13 +203,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from reverie.config import (
-        apply_resume_overrides,
         build_config,
-        load_run_config,
         preset_of_agent,
     )
-    from reverie.run.driver import Trainer, check_env
-    from reverie.run.folder import check_no_links
+    from reverie.run.driver import Trainer, check_env, resume_config
 
     if args.resume:
         run = Path(args.resume)
@@ -222,20 +222,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                     f"{flag} cannot be used with --resume: a run keeps the {flag[2:]} it was "
                     f"created with (see {run / 'config.yaml'}); drop {flag}, or start a new run"
                 )
-        if not (run / "config.yaml").exists():
-            raise UserError(f"cannot resume '{run}': no run there (missing config.yaml)")
-        check_no_links(run)
-        cfg = load_run_config(run)
         overrides = list(args.overrides)
-        if args.steps is not None:
-            overrides.append(f"run.steps={args.steps}")
         if args.no_progress:
             overrides.append("run.progress=false")
-        cfg = apply_resume_overrides(cfg, overrides)
-        if args.show_config:
-            print(OmegaConf.to_yaml(cfg), end="")
+        if args.show_config:  # the config the resume would train with
+            print(OmegaConf.to_yaml(resume_config(run, args.steps, overrides)), end="")
             return 0
-        trainer = Trainer(cfg, run, resume=True)
+        trainer = Trainer.resume(run, args.steps, overrides)
     else:
         flags = {"env": args.env, "backbone": args.backbone, "steps": args.steps,
                  "seed": args.seed}
@@ -267,8 +260,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.prediction < 0:
         raise UserError(f"--prediction must be >= 0 windows, got {args.prediction}")
     if args.prediction and not hasattr(policy.agent, "world"):
-        raise UserError(f"--prediction scores a world model; agent '{policy.cfg.agent}' has "
-                        "none (drop --prediction)")
+        raise UserError(f"--prediction scores a latent world model's open-loop prediction "
+                        f"(agent imagine); agent '{policy.cfg.agent}' has none (drop "
+                        "--prediction)")
     returns = policy.evaluate(args.episodes, seed=args.seed)
     result = {"run": str(args.run), "checkpoint_step": policy.step,
               **({"best": True, "training_eval_return": policy.eval_return}

@@ -130,6 +130,9 @@ def preset_text(name: str) -> str:
     """The file of a bundled preset, comments included; a UserError with a did-you-mean for
     an unknown name."""
     if name not in presets():
+        if name in AGENTS:  # `reverie presets mbpo`: the presets of that agent
+            raise UserError(f"'{name}' is an agent, not a preset; its presets: "
+                            f"{', '.join(agent_presets(name))}")
         raise UserError(
             f"unknown preset '{name}'{suggest(name, presets())}; choose one of: "
             f"{', '.join(presets())}, or pass your own YAML file"
@@ -329,6 +332,13 @@ def _parse_dotlist(items: list[str]) -> list[str]:
 def _check_override_key(key: str, schema: DictConfig, agent: str) -> None:
     """A dotted key whose prefix is a value, not a section (e.g. agent.x): say where it goes."""
     parts = key.split(".")
+    if len(parts) > 1 and parts[0] in AGENTS and parts[0] != agent:  # another agent's option
+        same_name = [k for k in _keys(schema)
+                     if k.startswith(f"{agent}.") and k.rsplit(".", 1)[-1] == parts[-1]]
+        close = f" (did you mean '{same_name[0]}'?)" if len(same_name) == 1 else ""
+        raise UserError(f"'{key}' is an option of agent {parts[0]}, and this run's agent is "
+                        f"{agent}{close}; train {parts[0]} with --agent {parts[0]}, or set "
+                        f"{agent}'s options under '{agent}.' (`--show-config` lists them)")
     node: Any = schema
     for i, part in enumerate(parts[:-1]):
         if not isinstance(node, DictConfig) or part not in node:
@@ -559,6 +569,10 @@ def training_notes(cfg: DictConfig) -> list[str]:
     elif need and run.steps < need:
         notes.append(f"run.steps={run.steps} is shorter than one training sequence ({need} "
                       "rows): no training will happen; raise --steps")
+    envs = int(run.get("num_envs", 1))
+    if run.steps % envs:
+        notes.append(f"run.steps={run.steps} is not a multiple of run.num_envs={envs} (all envs "
+                     f"step together): the run ends at {-(-run.steps // envs) * envs} env steps")
     own = getattr(importlib.import_module(AGENTS[cfg.agent][0]), "training_notes", None)
     return notes + (list(own(cfg)) if own is not None else [])  # the agent's own: warm-up...
 

@@ -146,6 +146,10 @@ def _action_spec(space: spaces.Space) -> tuple[int, bool]:
     )
 
 
+# settings that make another algorithm: reports group runs by them too (eval.report)
+REPORT_KEYS = ("imagine.coplanner.mode",)
+
+
 def check_spaces(obs_spec: dict[str, tuple[tuple[int, ...], str]],
                  action_space: spaces.Space) -> None:
     """What the agent can act in (ValueError naming the fix); checked by the driver before a

@@ -217,6 +217,10 @@ def check_spaces(obs_spec: dict[str, tuple[tuple[int, ...], str]],
     _action_dim(action_space)
 
 
+# settings that make another algorithm: reports group runs by them too (eval.report)
+REPORT_KEYS = ("mbpo.mode",)
+
+
 # -- the agent -------------------------------------------------------------------------------
 class MBPOAgent:
     """Ensemble dynamics + SAC on mixed real/model batches; see the module docstring."""
@@ -438,13 +442,17 @@ class MBPOAgent:
     # -- checkpointing ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything the future depends on, as tensors and primitives (weights_only=True)."""
+        return {**self.policy_state_dict(), "real": self.real.state_dict(),
+                "rollouts": self.rollouts.state_dict(),
+                "generations": [list(g) for g in self.generations]}
+
+    def policy_state_dict(self) -> dict[str, Any]:
+        """What acting needs (the driver's best.pt): `state_dict` without the two buffers,
+        which at MuJoCo sizes are most of a checkpoint (millions of model rows)."""
         return {
             "sac": self.sac.state_dict(),  # networks, α, optimisers, SAC's generator
             "model": self.model.state_dict(),  # weights, normalisation, elites
             "model_opt": self.model.optimizer.state_dict(),  # outside the module's state
-            "real": self.real.state_dict(),
-            "rollouts": self.rollouts.state_dict(),
-            "generations": [list(g) for g in self.generations],
             "generator": self.generator.get_state(),
             "counters": {"env_steps": self.env_steps, "due_until": self.due_until,
                          "model_trained_at": self.model_trained_at, "updates": self.updates},
@@ -453,12 +461,14 @@ class MBPOAgent:
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
+        """A full `state_dict`, or a `policy_state_dict` (the buffers then stay empty)."""
         self.sac.load_state_dict(d["sac"])
         self.model.load_state_dict(d["model"])
         self.model.optimizer.load_state_dict(d["model_opt"])
-        self.real.load_state_dict(d["real"])
-        self.rollouts.load_state_dict(d["rollouts"])
-        self.generations = [[int(a), int(b)] for a, b in d["generations"]]
+        if "real" in d:
+            self.real.load_state_dict(d["real"])
+            self.rollouts.load_state_dict(d["rollouts"])
+            self.generations = [[int(a), int(b)] for a, b in d["generations"]]
         self.generator.set_state(d["generator"])
         c = d["counters"]
         self.env_steps, self.due_until = int(c["env_steps"]), int(c["due_until"])

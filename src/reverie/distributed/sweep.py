@@ -127,13 +127,13 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
     grid_keys = list(dict.fromkeys([*earlier_keys, *(k for k, _ in parse_grid(sweep.grid))]))
     (out / "sweep.json").write_text(json.dumps(
         {**summary, "grid_keys": grid_keys, "results": results + earlier}, indent=1) + "\n")
-    group_by = ["agent", "backbone"] + [k for k in grid_keys if k.rsplit(".", 1)[-1] != "backbone"]
     try:
         from reverie.eval.report import write_report
 
         report, _ = write_report([t.folder for t in trials] + [r["folder"] for r in earlier],
-                                 out / "report", group_by,
-                                 notes=trial_notes(results, earlier))
+                                 out / "report", notes=trial_notes(results, earlier),
+                                 also_group_by=[k for k in grid_keys
+                                                if k.rsplit(".", 1)[-1] != "backbone"])
         summary["report"] = str(report)
     except UserError as e:
         summary["report_error"] = str(e)

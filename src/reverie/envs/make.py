@@ -158,7 +158,8 @@ def _make_gym(env_id: str, render: bool = False, noop_max: int = 30) -> gym.Env:
         hint = suggest(env_id, ids)
         raise UserError(
             f"unknown environment '{env_id}'{hint}: use a Gymnasium id (e.g. CartPole-v1), "
-            f"ALE/<Game>-v5, dmc:<domain>-<task>, minatar:<game> or popgym-<Name>-v0 "
+            "ALE/<Game>-v5, dmc:<domain>-<task>, minatar:<game> or "
+            f"popgym-<Name><Easy|Medium|Hard>-v0 "
             f"({type(e).__name__})"
         ) from None
 

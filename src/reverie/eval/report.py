@@ -61,6 +61,21 @@ def _config_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     return out
 
 
+def default_group_by(runs: list[Run]) -> list[str]:
+    """Agent and backbone, then the settings that make another algorithm of an agent in the
+    reports (its module's `REPORT_KEYS`, e.g. mbpo.mode: plain MBPO vs COPlanner); a label
+    names those only where runs differ in them (`group_labels`)."""
+    import importlib
+
+    from reverie.config import AGENTS
+
+    keys = list(DEFAULT_GROUP_BY)
+    for agent in sorted({r.cfg.agent for r in runs if r.cfg.agent in AGENTS}):
+        module = importlib.import_module(AGENTS[agent][0])
+        keys += [k for k in getattr(module, "REPORT_KEYS", ()) if k not in keys]
+    return keys
+
+
 def check_group_keys(keys: list[str], runs: list[Run]) -> list[str]:
     """A --group-by key must name a setting of at least one run (did-you-mean otherwise), or
     an option inside a free-form `*_kwargs` setting that some run has (as `--set` accepts
@@ -345,14 +360,17 @@ def _runs_section(groups: list[Group], out: Path) -> list[str]:
 def write_report(paths: list[str | Path], out: str | Path,
                  group_by: list[str] | None = None,
                  notes: list[str] | None = None,
-                 finished_only: bool = False) -> tuple[Path, list[str]]:
+                 finished_only: bool = False,
+                 also_group_by: list[str] = ()) -> tuple[Path, list[str]]:
     """Write `out/report.md` and its PNGs; returns (report path, warnings: skipped folders,
     groups that mix configurations (`mixed_groups`) and --group-by options no run sets
     (`check_group_keys`)). `notes` are
     markdown lines placed after the header (e.g. a sweep's trial outcomes); finished_only
-    leaves out runs still short of their `run.steps`."""
+    leaves out runs still short of their `run.steps`; `also_group_by`: keys added to
+    `group_by` (default: `default_group_by`), e.g. a sweep's grid."""
     runs, warnings = load_runs(paths, finished_only)
-    keys = list(group_by or DEFAULT_GROUP_BY)
+    keys = list(group_by or default_group_by(runs))
+    keys += [k for k in also_group_by if k not in keys]
     unused = check_group_keys(keys, runs)
     out = Path(out)
     if out.exists() and not out.is_dir():

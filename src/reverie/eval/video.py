@@ -163,6 +163,8 @@ def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
     else:
         notes.append(f"{policy.env_id} cannot render frames: {note}; no {gif.name} written")
     if not hasattr(policy.agent, "world"):
+        notes.append(f"agent {policy.cfg.agent} has no latent world model: no real-vs-imagined "
+                     "view (that is the imagine agent's)")
         return written
     context = int(policy.cfg.imagine.context)
     horizon = int(policy.cfg.imagine.horizon)

@@ -38,7 +38,9 @@ from reverie.compiler import Compiler
 from reverie.config import (
     AGENTS,
     agent_parts,
+    apply_resume_overrides,
     check_replay_envs,
+    load_run_config,
     rows_per_sample,
     save_config,
     to_object,
@@ -59,7 +61,13 @@ from reverie.rng import (
     set_global_rng_state,
 )
 from reverie.run import folder as run_folder
-from reverie.run.checkpoint import FORMAT, CheckpointStore, atomic_write_bytes
+from reverie.run.checkpoint import (
+    BEST,
+    FORMAT,
+    CheckpointError,
+    CheckpointStore,
+    atomic_write_bytes,
+)
 from reverie.run.collector import Collector, Transition, env_of, episode_seed
 from reverie.run.logger import LOGS, RunLogger, plot_curve, read_rows
 from reverie.run.machine import describe as describe_machine
@@ -197,8 +205,26 @@ def check_env(cfg: DictConfig) -> None:
         env.close()
 
 
+def resume_config(out: str | Path, steps: int | None = None,
+                  overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The saved config of the run in `out` with a resume's --steps and --sets applied."""
+    out = Path(out)
+    if not (out / "config.yaml").exists():
+        raise UserError(f"cannot resume '{out}': no run there (missing config.yaml)")
+    run_folder.check_no_links(out)
+    items = [*overrides, *([f"run.steps={steps}"] if steps is not None else [])]
+    return apply_resume_overrides(load_run_config(out), items)
+
+
 class Trainer:
     """One run folder: `Trainer(cfg, out).train()`, or `Trainer.resume(out).train()`."""
+
+    @classmethod
+    def resume(cls, out: str | Path, steps: int | None = None,
+               overrides: list[str] | tuple[str, ...] = ()) -> Trainer:
+        """The Trainer that continues the run in `out` (`reverie train --resume`): `steps`
+        raises its budget (an extension), `overrides` are `--set`s of RESUME_KEYS."""
+        return cls(resume_config(out, steps, overrides), Path(out), resume=True)
 
     def __init__(self, cfg: DictConfig, out: Path, resume: bool = False) -> None:
         self.cfg = cfg
@@ -272,6 +298,7 @@ class Trainer:
         self.resumed_from: int | None = None
         self._saved_step: int | None = None  # the env step this process last saved
         self._timed_step: int | None = None  # ... and last wrote a timing row at
+        self._evaluated_step: int | None = None  # ... and last evaluated at
         self._window: dict[str, list[float]] = {}  # update metrics since the last log row
         self.act_state = self.agent.initial_state(self.num_envs)
         if resume_from is not None:
@@ -361,6 +388,15 @@ class Trainer:
                            for k, v in self._window.items()},
         }
 
+    def _evaluate_and_log(self) -> None:
+        """Evaluate now: log eval/return, show it, keep the agent if it is the best so far."""
+        c, ret = self.count, self.evaluate()
+        self.logger.metrics(c.env_steps, {"eval/return": float(np.mean(ret)),
+                                          "eval/return_std": float(np.std(ret))})
+        self.progress.eval_return = float(np.mean(ret))
+        self._keep_if_best(float(np.mean(ret)))
+        self._evaluated_step = c.env_steps
+
     def _keep_if_best(self, eval_return: float) -> None:
         """An evaluation above every earlier one (strictly: a tie keeps the earlier agent)
         replaces checkpoints/best.pt with this agent (run.keep_best)."""
@@ -368,8 +404,11 @@ class Trainer:
         if not self.run.keep_best or not eval_return > c.best_return:
             return
         c.best_return, c.best_step = eval_return, c.env_steps
+        # what acting needs (an agent's optional `policy_state_dict`: mbpo leaves out its
+        # buffers), not the whole training state; `reverie eval/watch --best` load it
+        state = getattr(self.agent, "policy_state_dict", self.agent.state_dict)()
         self.store.save_best({
-            "format": FORMAT, "agent_name": self.cfg.agent, "agent": self.agent.state_dict(),
+            "format": FORMAT, "agent_name": self.cfg.agent, "agent": state,
             "env_id": self.cfg.env.id, "config": OmegaConf.to_yaml(self.cfg),
             "best": {"step": c.env_steps, "eval_return": eval_return}})
 
@@ -427,6 +466,21 @@ class Trainer:
         set_generator_state(self.rng, payload["driver_rng"])
         set_global_rng_state(payload["rng"])
         self.resumed_from = entry.step
+        self._adopt_final_best()
+
+    def _adopt_final_best(self) -> None:
+        """A run's final evaluation comes after its final checkpoint (`train`), so a best
+        agent it found is in best.pt but not in the checkpoint's counters: on an extension,
+        take its return as the best so far, or a worse later agent would replace it."""
+        c = self.count
+        if not (self.store.folder / BEST).is_file():
+            return
+        try:
+            best = self.store.load_best()["best"]
+        except CheckpointError:
+            return  # an unreadable best.pt: the next best evaluation replaces it
+        if best["step"] == c.env_steps and best["eval_return"] > c.best_return:
+            c.best_return, c.best_step = best["eval_return"], best["step"]
 
     def _rollback(self, key: str, value: Any) -> None:
         """A non-finite loss: reload the agent from the last good checkpoint, or give up."""
@@ -569,11 +623,7 @@ class Trainer:
                         self._log(t0, steps0)
                     if run.eval_episodes and (c.env_steps // run.eval_every
                                               > before // run.eval_every):
-                        ret = self.evaluate()
-                        self.logger.metrics(c.env_steps, {"eval/return": float(np.mean(ret)),
-                                                          "eval/return_std": float(np.std(ret))})
-                        self.progress.eval_return = float(np.mean(ret))
-                        self._keep_if_best(float(np.mean(ret)))
+                        self._evaluate_and_log()
                     for ep_return, ep_len in finished:
                         c.episodes += 1
                         self._returns.append(ep_return)
@@ -587,6 +637,14 @@ class Trainer:
                         self.checkpoint()
                     self.progress.update(c.env_steps, (c.env_steps - steps0)
                                          / max(time.time() - t0, 1e-9))
+                if (run.eval_episodes and stop.requested is None and c.env_steps >= steps
+                        and self._evaluated_step != c.env_steps):
+                    # the final agent is evaluated even off the run.eval_every cadence (else a
+                    # run shorter than it never is); after the final checkpoint, so that an
+                    # extension (--resume --steps) trains on exactly as if never stopped
+                    if self._saved_step != c.env_steps:
+                        self.checkpoint()
+                    self._evaluate_and_log()
             stopped = stop.requested is not None and c.env_steps < steps
             if self._timed_step != c.env_steps:  # the time since the last log row counts too
                 self._time(t0, steps0)

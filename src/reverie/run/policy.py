@@ -20,9 +20,10 @@ from reverie.run.folder import check_no_links
 class Policy:
     """A trained agent for one environment at a time.
 
-    `act(obs, state=None) -> (action, state)`: obs is the dict `make_env(...)` returns (or a
-    bare array for single-key observations); pass `state=None` on the first step of an
-    episode and the returned state afterwards.
+    `act(obs, state=None) -> (action, state)`: obs is the dict the env of `make_env()`
+    returns (or a bare array for single-key observations); pass `state=None` on the first
+    step of an episode and the returned state afterwards. Continuous actions are in [-1, 1]:
+    the env of `make_env()` rescales them to the task's own range.
     """
 
     def __init__(self, agent, cfg, obs_spec, env_id: str) -> None:
@@ -37,15 +38,16 @@ class Policy:
         if isinstance(obs, dict):
             missing = set(self.obs_spec) - set(obs)
             if missing:
-                raise UserError(f"observation is missing keys {sorted(missing)}")
+                raise UserError(f"observation is missing keys {sorted(missing)}; make the env "
+                                "the way the run did with policy.make_env()")
             return {k: np.asarray(obs[k]) for k in self.obs_spec}
         if len(self.obs_spec) != 1:
             raise UserError(f"pass a dict observation with keys {sorted(self.obs_spec)}")
         key, (shape, dtype) = next(iter(self.obs_spec.items()))
         arr = np.asarray(obs, dtype=dtype)
         if arr.shape != shape:
-            raise UserError(f"observation has shape {arr.shape}, expected {shape} "
-                            f"(use reverie.envs.make_env('{self.env_id}') to get it)")
+            raise UserError(f"observation has shape {arr.shape}, expected {shape} (make the "
+                            "env the way the run did with policy.make_env())")
         return {key: arr}
 
     def act(self, obs: Any, state: Any = None, explore: bool = False) -> tuple[Any, Any]:
@@ -58,6 +60,8 @@ class Policy:
         return action[0], state
 
     def make_env(self, render: bool = False):
+        """The env as the run built it (its wrappers, image size, prev_reward key; Box
+        actions rescaled to [-1, 1], the range `act` returns)."""
         return env_of(self.cfg, render=render)
 
     def evaluate(self, episodes: int, seed: int = 12345) -> list[float]:

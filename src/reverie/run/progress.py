@@ -69,7 +69,7 @@ class Progress:
         if now - self._last_line < self.every_s and step < self.total:
             return
         self._last_line = now
-        eta = (self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
+        eta = max(0, self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
         parts = [f"step {step}/{self.total}", f"{steps_per_s:.1f} steps/s",
                  f"ETA {eta / 60:.1f} min" if eta != float("inf") else "ETA ?"]
         if self.last_return is not None:
