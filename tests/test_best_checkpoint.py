@@ -115,14 +115,23 @@ def test_the_final_agent_is_evaluated_off_the_cadence_and_an_extension_trains_on
     assert (summary["best_eval_step"], summary["best_eval_return"]) == (step, round(value, 2))
     assert reverie.load(short, best=True).step == step
     # a best agent found by that final evaluation is in best.pt only (after the checkpoint):
-    # a resume from the checkpoint of the same step takes its return as the best so far
+    # a resume takes a higher return there as the best so far, and keeps its own otherwise
     store = CheckpointStore(short / "checkpoints")
     payload = store.load_best()
-    for best_step, adopted in ((300, True), (200, False)):
-        store.save_best({**payload, "best": {"step": best_step, "eval_return": 1e9}})
-        trainer = Trainer(config(400), short, resume=True)
-        assert (trainer.count.best_return == 1e9) is adopted
+    for best_return, adopted in ((1e9, True), (-1e9, False)):
+        store.save_best({**payload, "best": {"step": 300, "eval_return": best_return}})
+        trainer = Trainer.resume(short)
+        assert (trainer.count.best_return == best_return) is adopted
         trainer.release()
+    # the final evaluation is still due when the run was stopped or killed before it: a
+    # resume of the complete run runs it (and only then)
+    rows = (short / "metrics.jsonl").read_text().splitlines()
+    (short / "metrics.jsonl").write_text("".join(r + "\n" for r in rows
+                                                 if '"step": 300, "eval/return"' not in r))
+    Trainer.resume(short).train()
+    assert [s for s, _ in evaluations(short)][-1] == 300
+    Trainer.resume(short).train()
+    assert [s for s, _ in evaluations(short)].count(300) == 1
     # a run shorter than run.eval_every is evaluated once, at its end
     tiny = tmp_path / "tiny"
     Trainer(config(60, ["run.prefill=50"]), tiny).train()

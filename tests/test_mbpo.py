@@ -432,7 +432,8 @@ def test_bad_mode_on_the_command_line_is_a_one_line_user_error():
 
 def test_cli_train_end_to_end_then_load_and_act(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", *TINY_ARGS, "--steps", "80", "--out", str(run)]) == 0
+    assert main(["train", *TINY_ARGS, "--steps", "80", "--set", "run.checkpoint_every=20",
+                 "--out", str(run)]) == 0  # a checkpoint at each evaluation (60, 80)
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["grad_steps"] == (80 - 40 + 1) * 2  # G per env step from the warmup-th
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -447,10 +448,12 @@ def test_cli_train_end_to_end_then_load_and_act(tmp_path, capsys):
     best = load_file(run / "checkpoints" / "best.pt")
     assert "real" not in best["agent"] and "rollouts" not in best["agent"]
     assert [r["step"] for r in rows if "eval/return" in r] == [60, 80]  # 80: the run's end
-    if best["best"]["step"] == 80:
-        greedy, _ = reverie.load(run, best=True).act({"vector": np.ones(3, np.float32)})
-        same, _ = policy.act({"vector": np.ones(3, np.float32)})
-        np.testing.assert_array_equal(greedy, same)
+    entry = next(e for e in CheckpointStore(run / "checkpoints").entries()
+                 if e.step == best["best"]["step"])
+    of_step = reverie.load(run / "checkpoints" / entry.file)  # the same agent, in full
+    for x in (np.ones(3, np.float32), np.linspace(-1, 1, 3, dtype=np.float32)):
+        greedy, _ = reverie.load(run, best=True).act({"vector": x})
+        np.testing.assert_array_equal(greedy, of_step.act({"vector": x})[0])
     assert main(["eval", str(run), "--best", "--episodes", "1"]) == 0
     capsys.readouterr()
     assert main(["watch", str(run), "--steps", "5"]) == 0

@@ -86,6 +86,11 @@ def test_presets_command_describes_each_bundled_preset(capsys):
     assert sorted(rows) == presets()
     assert rows["cartpole"][1:4] == ["imagine", "CartPole-v1", "5,000"]
     assert rows["popgym-ppo"][1] == "rppo" and "--preset FILE.yaml" in lines[-1]
+    assert main(["presets", "mbpo"]) == 0  # an agent's name: its presets only
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[1:-1]] == [
+        "mbpo-pendulum", "mbpo-dmc", "mbpo-hopper", "mbpo-inverted-pendulum"]
+    assert {line.split()[1] for line in lines[1:-1]} == {"mbpo"}
 
 
 def test_presets_name_shows_the_whole_preset_and_version_says_what_runs(capsys):

@@ -237,5 +237,5 @@ def test_a_run_in_use_cannot_be_resumed_twice(reference, tmp_path):
         r = reverie("train", "--resume", str(run), "--no-progress")
     finally:
         held.close()
-    assert r.returncode == 2 and "in use by another reverie process" in r.stderr
+    assert r.returncode == 75 and "in use by another reverie process" in r.stderr
     assert metrics(run) == metrics(reference)  # nothing was touched

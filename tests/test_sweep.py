@@ -149,11 +149,17 @@ def test_rerun_with_another_grid_keeps_the_earlier_trials(tmp_path, capsys):
     text = (out / "report" / "report.md").read_text()
     assert "2 runs, 1 env, 2 groups" in text
     assert "| random/train_ratio=8.0 | 1 | 1 |" in text
-    assert "Also reported: 1 trials that an earlier run" in text
+    assert "Also reported: 1 trial(s) that an earlier run" in text
     # a trial folder deleted by hand is no longer carried along
     shutil.rmtree(out / saved["results"][1]["name"])
     assert main(["sweep", *TINY, "--grid", "run.train_ratio=16", "--out", str(out)]) == 0
     assert [r["name"] for r in sweep_json(out)["results"]] == [saved["results"][0]["name"]]
+    # a sweep.json written before grid_keys existed: the keys come from the trial names
+    older = sweep_json(out)
+    del older["grid_keys"]
+    (out / "sweep.json").write_text(json.dumps(older))
+    assert main(["sweep", *TINY, "--grid", "run.prefill=0", "--out", str(out)]) == 0
+    assert sweep_json(out)["grid_keys"] == ["run.train_ratio", "run.prefill"]
 
 
 def test_a_linked_sweep_folder_is_refused_at_once(tmp_path, capsys):
@@ -230,6 +236,16 @@ def test_a_trial_that_keeps_crashing_is_reported_failed(tmp_path, monkeypatch, c
     assert "no usable run" in summary["report_error"]
 
 
+def test_each_agent_of_a_grid_is_checked_against_the_env(tmp_path):
+    """The pre-check caches per env *and agent*: random runs CartPole, mbpo does not."""
+    from reverie.distributed.grid import make_trials
+
+    for order in ("random,mbpo", "mbpo,random"):
+        with pytest.raises(UserError, match="agent mbpo cannot run env 'CartPole-v1'"):
+            make_trials("random", ["CartPole-v1"], 1, 50, [], [f"agent={order}"], tmp_path,
+                        None)
+
+
 def test_a_trial_with_a_bad_setting_is_not_retried(tmp_path):
     """Exit code 2 is a mistake in the command: a second attempt would repeat it."""
     from reverie.distributed.grid import Trial
@@ -240,6 +256,31 @@ def test_a_trial_with_a_bad_setting_is_not_retried(tmp_path):
     result = run_trial(trial, retries=2)
     assert (result["status"], result["attempts"], result["returncodes"]) == ("failed", 1, [2])
     assert "did you mean 'run.steps'" in result["error"]
+
+
+def test_a_trial_whose_folder_is_busy_is_retried_after_a_wait(tmp_path, monkeypatch):
+    """Exit 75: another process holds the run folder (a killed sweep's trial still saving its
+    checkpoint): the trial is tried again once the folder is free, not failed."""
+    from reverie.distributed import trial as trial_module
+    from reverie.distributed.grid import Trial
+    from reverie.run.folder import lock
+
+    folder = tmp_path / "busy"
+    assert main(["train", "--preset", "random", "--no-progress", "--steps", "50", "--set",
+                 "run.eval_episodes=0", "--out", str(folder)]) == 0
+    trial = Trial(name="busy", folder=str(folder), preset="random", env="CartPole-v1", seed=0,
+                  steps=100, overrides=("run.eval_episodes=0",))
+    held = lock(folder)
+    waits = []
+
+    def wait(seconds):  # the holder lets go while the sweep waits
+        waits.append(seconds)
+        held.close()
+
+    monkeypatch.setattr(trial_module.time, "sleep", wait)
+    result = trial_module.run_trial(trial, retries=2)
+    assert (result["status"], result["returncodes"]) == ("finished", [75, 0])
+    assert waits == [trial_module.BUSY_WAIT_S]
 
 
 def test_rerun_resumes_unfinished_trials(tmp_path, capsys):

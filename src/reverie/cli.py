@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="times a crashed or killed trial is resumed (default 2)")
 
     pr = sub.add_parser("presets", help="list the bundled presets, or show one in full")
-    pr.add_argument("name", nargs="?", help="a preset to show: its file, comments included")
+    pr.add_argument("name", nargs="?", help="a preset to show (its file, comments included), "
+                    "or an agent's name: its presets")
     p.commands = sub.choices  # name -> its parser, for the unknown-option error
     return p
 
@@ -206,7 +207,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         build_config,
         preset_of_agent,
     )
-    from reverie.run.driver import Trainer, check_env, resume_config
+    from reverie.run.checks import check_env
+    from reverie.run.driver import Trainer, resume_config
 
     if args.resume:
         run = Path(args.resume)
@@ -356,6 +358,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if summary["failed"] == 0 and "report_error" not in summary else 1
 
 
+def cmd_presets(name: str | None) -> int:
+    """`reverie presets`: the table of bundled presets; `presets NAME`: one preset's file, or
+    for an agent's name the table of its presets."""
+    from reverie.config import AGENTS, agent_presets, preset_summary, preset_text, presets
+
+    if name and name not in AGENTS:
+        print(preset_text(name), end="")
+        return 0
+    print(f"{'preset':<24} {'agent':<8} {'env':<30} {'steps':>9}  about")
+    print("\n".join(preset_summary(n) for n in (agent_presets(name) if name else presets())))
+    print("(`reverie presets NAME` shows one in full; or --preset FILE.yaml: your own, "
+          "optionally with base: <preset>)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from reverie.allocator import keep_freed_memory
     from reverie.distributed.trial import PARENT_ENV, follow_parent
@@ -369,19 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return USAGE_EXIT
-        if args.command == "presets" and args.name:
-            from reverie.config import preset_text
-
-            print(preset_text(args.name), end="")
-            return 0
         if args.command == "presets":
-            from reverie.config import preset_summary, presets
-
-            print(f"{'preset':<24} {'agent':<8} {'env':<30} {'steps':>9}  about")
-            print("\n".join(preset_summary(name) for name in presets()))
-            print("(`reverie presets NAME` shows one in full; or --preset FILE.yaml: your own, "
-                  "optionally with base: <preset>)")
-            return 0
+            return cmd_presets(args.name)
         handler = {"train": cmd_train, "eval": cmd_eval, "watch": cmd_watch,
                    "report": cmd_report, "sweep": cmd_sweep}[args.command]
         return handler(args)

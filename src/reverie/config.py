@@ -130,9 +130,6 @@ def preset_text(name: str) -> str:
     """The file of a bundled preset, comments included; a UserError with a did-you-mean for
     an unknown name."""
     if name not in presets():
-        if name in AGENTS:  # `reverie presets mbpo`: the presets of that agent
-            raise UserError(f"'{name}' is an agent, not a preset; its presets: "
-                            f"{', '.join(agent_presets(name))}")
         raise UserError(
             f"unknown preset '{name}'{suggest(name, presets())}; choose one of: "
             f"{', '.join(presets())}, or pass your own YAML file"
@@ -276,6 +273,12 @@ def agent_parts(name: str) -> tuple[type, type, str | None]:
     return getattr(module, cfg_cls), getattr(module, agent_cls), backbone_key
 
 
+def agent_hook(agent: str, name: str, default: Any = None) -> Any:
+    """An optional module-level member of a registered agent's module (`validate_config`,
+    `training_notes`, `check_spaces`, `REPORT_KEYS`), or `default`."""
+    return getattr(importlib.import_module(AGENTS[agent][0]), name, default)
+
+
 def _schema(agent: str) -> DictConfig:
     cfg_cls, _, _ = agent_parts(agent)
     schema = OmegaConf.structured(Config)
@@ -363,12 +366,14 @@ def _check_used(key: str, agent: str) -> None:
     with their own `updates_due` schedule (described by their `schedule`) no run.train_ratio."""
     _, agent_cls, _ = agent_parts(agent)
     if key.startswith("replay.") and not getattr(agent_cls, "uses_replay", True):
-        raise UserError(f"--set {key} has no effect on agent {agent}: it keeps its own "
-                        f"transitions (its own settings are under {agent}.); drop it")
+        raise UserError(f"{key} has no effect on agent {agent}: it keeps its own transitions "
+                        f"(its own settings are under {agent}.); drop it (--set, --grid or "
+                        "your preset file)")
     if key == "run.train_ratio" and hasattr(agent_cls, "updates_due"):
         schedule = getattr(agent_cls, "schedule", "updates_due")
-        raise UserError(f"--set run.train_ratio has no effect on agent {agent}: it keeps its own "
-                        f"update schedule ({schedule}); drop it")
+        raise UserError(f"run.train_ratio has no effect on agent {agent}: it keeps its own "
+                        f"update schedule ({schedule}); drop it (--set, --grid or your preset "
+                        "file)")
 
 
 def _resolve(cfg: DictConfig, schema: DictConfig) -> DictConfig:
@@ -417,6 +422,9 @@ def build_config(
         )
     schema = _schema(agent)
     _, _, backbone_key = agent_parts(agent)
+    for section in ("replay", "run") if agent == preset_agent else ():
+        for name in preset_data.get(section) or {}:  # keys a preset sets for an agent that
+            _check_used(f"{section}.{name}", agent)  # never reads them
     for item in list(overrides):
         key, value = (x.strip() for x in item.split("=", 1))
         _check_override_key(key, schema, agent)
@@ -526,7 +534,7 @@ def validate(cfg: DictConfig) -> None:
                 f"unknown backbone '{name}'{suggest(name, BACKBONES)}; "
                 f"choose one of: {', '.join(BACKBONES)}"
             )
-    check = getattr(importlib.import_module(AGENTS[cfg.agent][0]), "validate_config", None)
+    check = agent_hook(cfg.agent, "validate_config")
     if check is not None:  # the agent's own checks, which may read the run section too
         try:
             check(cfg[cfg.agent], cfg)
@@ -573,7 +581,7 @@ def training_notes(cfg: DictConfig) -> list[str]:
     if run.steps % envs:
         notes.append(f"run.steps={run.steps} is not a multiple of run.num_envs={envs} (all envs "
                      f"step together): the run ends at {-(-run.steps // envs) * envs} env steps")
-    own = getattr(importlib.import_module(AGENTS[cfg.agent][0]), "training_notes", None)
+    own = agent_hook(cfg.agent, "training_notes")
     return notes + (list(own(cfg)) if own is not None else [])  # the agent's own: warm-up...
 
 

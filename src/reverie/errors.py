@@ -12,6 +12,13 @@ class UserError(Exception):
     """A mistake the user can fix; its message is one line that names the fix."""
 
 
+class Busy(UserError):
+    """A run folder another process holds: one line, exit code 75 (sysexits' EX_TEMPFAIL,
+    "try again later"), so that a sweep retries the trial where it does not retry a 2."""
+
+    exit_code = 75
+
+
 class Stopped(UserError):
     """A run stopped by a signal (Ctrl-C, SIGTERM): one line like a user mistake, but the
     shell's exit code of that signal (128 + its number: 130, 143), not 2."""

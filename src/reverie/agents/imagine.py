@@ -35,6 +35,7 @@ from reverie.agents.coplanner import CoplannerConfig, LatentCoplanner, mode_of
 from reverie.agents.coplanner import check_config as check_coplanner
 from reverie.behavior.actor_critic import ActorCritic, ActorCriticConfig
 from reverie.compiler import Compiler, run_eagerly
+from reverie.envs.actions import check_unit_box
 from reverie.errors import UserError, suggest
 from reverie.nets.optim import OPTIMIZERS, make_optimizer
 from reverie.sequence import State, contiguous_state
@@ -134,11 +135,7 @@ def _action_spec(space: spaces.Space) -> tuple[int, bool]:
     if isinstance(space, spaces.Discrete):
         return int(space.n), True
     if isinstance(space, spaces.Box) and len(space.shape) == 1:
-        if not (np.all(space.low == -1.0) and np.all(space.high == 1.0)):
-            raise ValueError(
-                "continuous actions must lie in [-1, 1]; wrap the env with "
-                "gymnasium.wrappers.RescaleAction(env, -1.0, 1.0)"
-            )
+        check_unit_box(space, "imagine")
         return int(space.shape[0]), False
     raise ValueError(
         f"ImagineAgent supports Discrete and 1-D Box action spaces, got {space}; "

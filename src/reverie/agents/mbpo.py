@@ -32,7 +32,8 @@ from gymnasium import spaces
 from torch import Tensor
 
 from reverie.behavior.sac import SAC, SACConfig
-from reverie.envs import image_keys
+from reverie.envs import vector_width
+from reverie.envs.actions import check_unit_box
 from reverie.errors import suggest
 from reverie.planning.upmpc import UPMPCConfig, plan
 from reverie.replay.transitions import TransitionRing
@@ -177,25 +178,11 @@ def validate_config(section: Any, cfg: Any = None) -> None:
                          "state-based env, or the imagine agent for images")
 
 
-def _obs_dim(obs_spec: dict[str, tuple[tuple[int, ...], str]]) -> int:
-    images = image_keys(obs_spec)
-    if images:
-        raise ValueError(f"mbpo models vector observations but the env gives images {images}; "
-                         "use a state-based env (env.obs=vector) or the imagine agent")
-    for key, (shape, _) in obs_spec.items():
-        if len(shape) != 1:
-            raise ValueError(f"mbpo needs 1-D vector observations, '{key}' has shape {shape}; "
-                             "flatten it with a wrapper")
-    return sum(int(shape[0]) for shape, _ in obs_spec.values())
-
-
 def _action_dim(space: spaces.Space) -> int:
     if not isinstance(space, spaces.Box) or len(space.shape) != 1:
         raise ValueError(f"mbpo needs continuous (1-D Box) actions, got {space}; for discrete "
                          "actions use the imagine agent")
-    if not (np.all(space.low == -1.0) and np.all(space.high == 1.0)):
-        raise ValueError("mbpo needs actions in [-1, 1]; make the env with reverie.envs.make_env "
-                         "(it rescales Box actions)")
+    check_unit_box(space, "mbpo")
     return int(space.shape[0])
 
 
@@ -213,7 +200,7 @@ def check_spaces(obs_spec: dict[str, tuple[tuple[int, ...], str]],
                  action_space: spaces.Space) -> None:
     """What mbpo can model (ValueError naming the fix): 1-D vector observations and 1-D Box
     actions in [-1, 1]; checked by the driver before a run or sweep starts."""
-    _obs_dim(obs_spec)
+    vector_width(obs_spec, "mbpo")
     _action_dim(action_space)
 
 
@@ -240,7 +227,8 @@ class MBPOAgent:
         self.cfg = cfg
         self.device = torch.device(device)
         self.obs_keys = sorted(obs_spec)
-        self.obs_dim, self.action_dim = _obs_dim(obs_spec), _action_dim(action_space)
+        self.obs_dim = vector_width(obs_spec, "mbpo")
+        self.action_dim = _action_dim(action_space)
         o, a, m = self.obs_dim, self.action_dim, cfg.model
         self.sac = SAC(o, a, cfg.sac, seed=seed, device=self.device)
         with torch.random.fork_rng(devices=[]):  # parameters depend on `seed` only

@@ -54,6 +54,8 @@ from reverie.behavior.ppo import (
     validate_ppo,
 )
 from reverie.behavior.rollout import Rollout
+from reverie.envs import vector_width
+from reverie.envs.actions import check_unit_box
 from reverie.errors import UserError
 from reverie.nets.mlp import MLP
 from reverie.nets.optim import adam
@@ -82,16 +84,8 @@ def check_spaces(obs_spec: dict[str, tuple[tuple[int, ...], str]],
                  action_space: spaces.Space) -> None:
     """What rppo can run (ValueError naming the fix): 1-D vector observations, and Box
     actions in [-1, 1]; checked by the driver before a run or sweep starts."""
-    for key, (shape, dtype) in obs_spec.items():
-        if len(shape) != 1:
-            raise ValueError(f"rppo takes vector observations only, but '{key}' has shape "
-                             f"{tuple(shape)} ({dtype}); set env.obs=vector or flatten it "
-                             "(for images: the imagine agent)")
-    if isinstance(action_space, spaces.Box) and not (
-        np.all(action_space.low == -1.0) and np.all(action_space.high == 1.0)
-    ):
-        raise ValueError("continuous actions must lie in [-1, 1]; wrap the env with "
-                         "gymnasium.wrappers.RescaleAction(env, -1.0, 1.0)")
+    vector_width(obs_spec, "rppo")
+    check_unit_box(action_space, "rppo")
 
 
 def validate_config(section: Any, cfg: Any = None) -> None:
@@ -171,7 +165,7 @@ class RPPOAgent:
         self.device = torch.device(device)
         self.obs_keys = sorted(obs_spec)
         check_spaces(obs_spec, action_space)
-        self.obs_dim = sum(int(obs_spec[k][0][0]) for k in self.obs_keys)
+        self.obs_dim = vector_width(obs_spec, "rppo")
         self.action_space = action_space
         self.prev_action_dim = action_features_size(action_space) if cfg.prev_action else 0
         # Parameters depend only on `seed`; the driver's global generator is left untouched.

@@ -98,7 +98,7 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
                 threads: int | None) -> list[Trial]:
     """Every trial of the sweep, each config and env validated; UserError on the first bad
     one."""
-    from reverie.run.driver import check_env
+    from reverie.run.checks import check_env
 
     axes = parse_grid(grid)
     if preset and is_preset_file(preset):  # trials may start in another working directory
@@ -116,8 +116,8 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
                 flags = {"env": env, "steps": steps, "seed": seed}
                 try:
                     cfg = build_config(preset or "cartpole", items, flags)
-                    env_key = (cfg.env.id, cfg.env.image_size, cfg.env.obs,
-                               cfg.env.get("prev_reward", False))
+                    env_key = (cfg.agent, cfg.env.id, cfg.env.image_size, cfg.env.obs,
+                               cfg.env.prev_reward)  # what check_env depends on
                     if env_key not in checked:  # each env once, before any trial starts
                         check_env(cfg)
                         checked.add(env_key)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,12 +148,15 @@ def _earlier_trials(out: Path, current: set[str]) -> tuple[list[dict], list[str]
         earlier = json.loads((out / "sweep.json").read_text())
         kept = [{**r, "folder": str(out / r["name"])} for r in earlier["results"]
                 if r["name"] not in current and (out / r["name"] / "config.yaml").is_file()]
-        return kept, [str(k) for k in earlier.get("grid_keys", [])]
-    except (OSError, ValueError, KeyError, TypeError):  # none yet, or not one we can read
+        # a sweep.json of an older version lists no grid keys: they are in the trial names
+        keys = earlier.get("grid_keys") or [part.split("=", 1)[0] for r in earlier["results"]
+                                            for part in r["name"].split("__") if "=" in part]
+        return kept, list(dict.fromkeys(str(k) for k in keys))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none, or unreadable
         return [], []
 
 
-def trial_notes(results: list[dict], earlier: list[dict] = ()) -> list[str]:
+def trial_notes(results: list[dict], earlier: Sequence[dict] = ()) -> list[str]:
     """The report's 'Sweep' section: every trial that was resumed or failed, by name, and the
     trials of earlier runs of the sweep that this run did not name."""
     resumed = [r for r in results if r["resumes"] > 0 and r["status"] == "finished"]
@@ -171,7 +174,7 @@ def trial_notes(results: list[dict], earlier: list[dict] = ()) -> list[str]:
                          f"{', '.join(map(str, r['returncodes']))} | {r['error'] or '-'} |")
         lines.append("")
     if earlier:
-        lines += [f"Also reported: {len(earlier)} trials that an earlier run of this sweep made "
+        lines += [f"Also reported: {len(earlier)} trial(s) that an earlier run of this sweep made "
                   "with other arguments (another --grid, --env or --seeds): "
                   f"{', '.join(r['name'] for r in earlier)}.", ""]
     return lines

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reverie.errors import USAGE_EXIT
+from reverie.errors import USAGE_EXIT, Busy
 
 if TYPE_CHECKING:  # annotations only: `reverie` imports this module at start-up (follow_parent)
     from reverie.distributed.grid import Trial
@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # annotations only: `reverie` imports this module at start-up
 NEW, PARTIAL, DONE = "new", "partial", "done"
 # Set by whoever starts `reverie train` as a child (`child_env`): the child ends with it.
 PARENT_ENV = "REVERIE_PARENT_PID"
+BUSY_WAIT_S = 10.0  # before retrying a trial whose run folder another process held
 
 
 def child_env() -> dict[str, str]:
@@ -103,7 +104,8 @@ def run_trial(trial: Trial, retries: int,
     Returns {"name", "status": "skipped" | "finished" | "failed", "attempts", "resumes",
     "returncodes", "error", "wall_s"}. A trial already complete is skipped; one with a run
     folder but no complete checkpoint is resumed, counting as its first attempt. A trial
-    that exits with code 2 (a bad setting) is not retried.
+    that exits with code 2 (a bad setting) is not retried; one whose run folder another
+    process holds (exit 75) is retried after a wait.
     """
     t0 = time.time()
     result: dict[str, Any] = {"name": trial.name, "folder": trial.folder, "attempts": 0,
@@ -144,3 +146,5 @@ def run_trial(trial: Trial, retries: int,
             error = _last_error(log) or f"exit code {rc}"
             return {**result, "status": "failed", "error": error,
                     "wall_s": round(time.time() - t0, 2)}
+        if rc == Busy.exit_code:  # e.g. a killed sweep's trial still saving its checkpoint
+            time.sleep(BUSY_WAIT_S * result["attempts"])

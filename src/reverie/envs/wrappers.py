@@ -111,3 +111,15 @@ def make_obs_spec(space: spaces.Dict) -> ObsSpec:
     """key -> (shape, dtype name) for replay and the world model's encoders."""
     return {k: (tuple(int(s) for s in v.shape), np.dtype(v.dtype).name)
             for k, v in space.spaces.items()}
+
+
+def vector_width(spec: ObsSpec, agent: str) -> int:
+    """The summed width of a spec's observations when all are 1-D vectors (what a
+    state-based agent such as mbpo or rppo flattens them to); ValueError naming the fix."""
+    for key, (shape, _) in spec.items():
+        if len(shape) != 1:
+            what = "images" if key in image_keys(spec) else f"'{key}' of shape {tuple(shape)}"
+            raise ValueError(f"{agent} takes 1-D vector observations, but the env gives {what}; "
+                             "use a state-based env (env.obs=vector), flatten it with a "
+                             "wrapper, or use the imagine agent")
+    return sum(int(shape[0]) for shape, _ in spec.values())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,14 +66,11 @@ def default_group_by(runs: list[Run]) -> list[str]:
     """Agent and backbone, then the settings that make another algorithm of an agent in the
     reports (its module's `REPORT_KEYS`, e.g. mbpo.mode: plain MBPO vs COPlanner); a label
     names those only where runs differ in them (`group_labels`)."""
-    import importlib
-
-    from reverie.config import AGENTS
+    from reverie.config import AGENTS, agent_hook
 
     keys = list(DEFAULT_GROUP_BY)
     for agent in sorted({r.cfg.agent for r in runs if r.cfg.agent in AGENTS}):
-        module = importlib.import_module(AGENTS[agent][0])
-        keys += [k for k in getattr(module, "REPORT_KEYS", ()) if k not in keys]
+        keys += [k for k in agent_hook(agent, "REPORT_KEYS", ()) if k not in keys]
     return keys
 
 
@@ -361,7 +359,7 @@ def write_report(paths: list[str | Path], out: str | Path,
                  group_by: list[str] | None = None,
                  notes: list[str] | None = None,
                  finished_only: bool = False,
-                 also_group_by: list[str] = ()) -> tuple[Path, list[str]]:
+                 also_group_by: Sequence[str] = ()) -> tuple[Path, list[str]]:
     """Write `out/report.md` and its PNGs; returns (report path, warnings: skipped folders,
     groups that mix configurations (`mixed_groups`) and --group-by options no run sets
     (`check_group_keys`)). `notes` are

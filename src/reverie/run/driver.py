@@ -18,7 +18,6 @@ written after it are simply overwritten again on resume.
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import shutil
@@ -36,7 +35,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from reverie.compiler import Compiler
 from reverie.config import (
-    AGENTS,
     agent_parts,
     apply_resume_overrides,
     check_replay_envs,
@@ -46,7 +44,7 @@ from reverie.config import (
     to_object,
     training_notes,
 )
-from reverie.envs import image_keys, make_obs_spec
+from reverie.envs import make_obs_spec
 from reverie.envs.actions import action_spec, random_actions
 from reverie.errors import Stopped, UserError
 from reverie.precision import use_precision
@@ -62,14 +60,14 @@ from reverie.rng import (
 )
 from reverie.run import folder as run_folder
 from reverie.run.checkpoint import (
-    BEST,
     FORMAT,
     CheckpointError,
     CheckpointStore,
     atomic_write_bytes,
 )
+from reverie.run.checks import check_spaces
 from reverie.run.collector import Collector, Transition, env_of, episode_seed
-from reverie.run.logger import LOGS, RunLogger, plot_curve, read_rows
+from reverie.run.logger import LOGS, METRICS, RunLogger, plot_curve, read_rows
 from reverie.run.machine import describe as describe_machine
 from reverie.run.progress import Progress
 from reverie.run.stop import StopOnSignal
@@ -93,9 +91,11 @@ class Agent(Protocol):
     `uses_replay: bool` (default True), `observe(t: Transition) -> None`,
     `updates_due(env_steps: int) -> int` (default: by `run.train_ratio`) with `schedule: str`
     (says what sets it, for the error that refuses run.train_ratio),
-    `compile(compiler: Compiler) -> None` (run.compile=on|auto, see `reverie.compiler`).
-    The agent's module may define `check_spaces(obs_spec, action_space)` (raises ValueError
-    for an env it cannot run) and `training_notes(cfg) -> list[str]`."""
+    `compile(compiler: Compiler) -> None` (run.compile=on|auto, see `reverie.compiler`),
+    `policy_state_dict() -> dict` (what acting needs, for best.pt; `load_state_dict` takes
+    it too). The agent's module may define `check_spaces(obs_spec, action_space)` (raises
+    ValueError for an env it cannot run), `training_notes(cfg) -> list[str]` and
+    `REPORT_KEYS` (settings that make another algorithm; see `config.agent_hook`)."""
 
     def initial_state(self, n: int) -> Any: ...
 
@@ -165,44 +165,6 @@ def load_agent_state(agent, payload: dict[str, Any], where: str) -> None:
             f"checkpoint {where} does not fit this run's model ({type(e).__name__}); "
             "was config.yaml edited after the run started?"
         ) from None
-
-
-def check_obs_kind(cfg: DictConfig, obs_spec) -> None:
-    images = image_keys(obs_spec)
-    if cfg.env.obs == "vector" and images:
-        raise UserError(
-            f"env '{cfg.env.id}' gives image observations but this preset is sized for vectors; "
-            "use --preset atari100k (or set env.obs=any)"
-        )
-    if cfg.env.obs == "image" and not images:
-        raise UserError(
-            f"env '{cfg.env.id}' gives vector observations but this preset is sized for images; "
-            "use --preset cartpole or dmc-proprio (or set env.obs=any)"
-        )
-
-
-def check_spaces(cfg: DictConfig, obs_spec, action_space: spaces.Space) -> None:
-    """The env's spaces suit the agent (its module's optional `check_spaces(obs_spec,
-    action_space)`, which raises ValueError) and the preset's observation kind."""
-    check = getattr(importlib.import_module(AGENTS[cfg.agent][0]), "check_spaces", None)
-    if check is not None:
-        try:
-            check(obs_spec, action_space)
-        except ValueError as e:
-            raise UserError(f"agent {cfg.agent} cannot run env '{cfg.env.id}': {e}") from None
-    check_obs_kind(cfg, obs_spec)
-
-
-def check_env(cfg: DictConfig) -> None:
-    """The config's env exists (did-you-mean otherwise) and suits the agent and the preset:
-    what a run would refuse at its start, refused before one (show-config, sweeps)."""
-    from reverie.run.collector import env_of
-
-    env = env_of(cfg)
-    try:
-        check_spaces(cfg, make_obs_spec(env.observation_space), env.action_space)
-    finally:
-        env.close()
 
 
 def resume_config(out: str | Path, steps: int | None = None,
@@ -469,18 +431,27 @@ class Trainer:
         self._adopt_final_best()
 
     def _adopt_final_best(self) -> None:
-        """A run's final evaluation comes after its final checkpoint (`train`), so a best
-        agent it found is in best.pt but not in the checkpoint's counters: on an extension,
-        take its return as the best so far, or a worse later agent would replace it."""
+        """best.pt can hold a better agent than the checkpoint's counters know of: a run's
+        final evaluation comes after its final checkpoint (`train`), and a kill can come
+        between an evaluation and the next checkpoint. Its return is the best so far on a
+        resume, or a worse later agent would replace it (a rerun that evaluates the same
+        agent again ties, and a tie keeps it)."""
         c = self.count
-        if not (self.store.folder / BEST).is_file():
-            return
         try:
             best = self.store.load_best()["best"]
         except CheckpointError:
-            return  # an unreadable best.pt: the next best evaluation replaces it
-        if best["step"] == c.env_steps and best["eval_return"] > c.best_return:
+            return  # none, or unreadable: the next best evaluation writes it
+        if best["eval_return"] > c.best_return:
             c.best_return, c.best_step = best["eval_return"], best["step"]
+
+    def _final_evaluation_missing(self) -> bool:
+        """Whether the run evaluates (run.eval_episodes) and metrics.jsonl has no evaluation
+        at its last env step (the final one, or one of the cadence there)."""
+        if not int(self.cfg.run.eval_episodes) or self._evaluated_step == self.count.env_steps:
+            return False
+        self.logger.flush()
+        return not any(row["step"] == self.count.env_steps and "eval/return" in row
+                       for _, row in read_rows(self.out / METRICS))
 
     def _rollback(self, key: str, value: Any) -> None:
         """A non-finite loss: reload the agent from the last good checkpoint, or give up."""
@@ -593,6 +564,12 @@ class Trainer:
         steps = int(cfg.run.steps)
         if self.resumed_from is not None and c.env_steps >= steps:
             self._note(f"run already complete at {c.env_steps} env steps; raise --steps to extend")
+            if self._final_evaluation_missing():  # stopped or killed before it ended
+                self._note("evaluating its final agent, which the run did not evaluate")
+                self.run = to_object(cfg, "run")
+                self.progress = Progress(steps, c.env_steps, enabled=False)
+                self._evaluate_and_log()
+                self.logger.close()
             self.release()
             return self.summary()
         for note in training_notes(cfg):
@@ -646,6 +623,9 @@ class Trainer:
                         self.checkpoint()
                     self._evaluate_and_log()
             stopped = stop.requested is not None and c.env_steps < steps
+            if stop.requested is not None and not stopped and self._final_evaluation_missing():
+                self._note(f"stopped by {stop.requested} before the final evaluation; "
+                           f"`reverie train --resume {self.out}` runs it")
             if self._timed_step != c.env_steps:  # the time since the last log row counts too
                 self._time(t0, steps0)
             if self._saved_step != c.env_steps:  # else the cadence has just saved this step

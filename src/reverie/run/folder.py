@@ -15,7 +15,7 @@ import fcntl
 import shutil
 from pathlib import Path
 
-from reverie.errors import UserError
+from reverie.errors import Busy, UserError
 from reverie.run.logger import LOGS, MACHINE
 
 MARKER = ".reverie-run"  # written first into every folder reverie makes a run in
@@ -123,7 +123,7 @@ def lock(folder: Path):
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.close()
-        raise UserError(
+        raise Busy(
             f"run folder '{folder}' is in use by another reverie process; stop that process "
             "(or let it finish) before resuming"
         ) from None

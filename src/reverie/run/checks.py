@@ -1,0 +1,49 @@
+"""Whether a config's env suits its agent and preset: checked where a run starts (the
+driver), and before one (`train --show-config`, the sweep's check of every env of a grid)."""
+
+from __future__ import annotations
+
+from gymnasium import spaces
+from omegaconf import DictConfig
+
+from reverie.config import agent_hook
+from reverie.envs import image_keys, make_obs_spec
+from reverie.errors import UserError
+from reverie.run.collector import env_of
+
+
+def check_obs_kind(cfg: DictConfig, obs_spec) -> None:
+    """The preset's observation kind (env.obs: vector | image | any) fits the env's."""
+    images = image_keys(obs_spec)
+    if cfg.env.obs == "vector" and images:
+        raise UserError(
+            f"env '{cfg.env.id}' gives image observations but this preset is sized for vectors; "
+            "use --preset atari100k (or set env.obs=any)"
+        )
+    if cfg.env.obs == "image" and not images:
+        raise UserError(
+            f"env '{cfg.env.id}' gives vector observations but this preset is sized for images; "
+            "use --preset cartpole or dmc-proprio (or set env.obs=any)"
+        )
+
+
+def check_spaces(cfg: DictConfig, obs_spec, action_space: spaces.Space) -> None:
+    """The env's spaces suit the agent (its module's optional `check_spaces(obs_spec,
+    action_space)`, which raises ValueError) and the preset's observation kind."""
+    check = agent_hook(cfg.agent, "check_spaces")
+    if check is not None:
+        try:
+            check(obs_spec, action_space)
+        except ValueError as e:
+            raise UserError(f"agent {cfg.agent} cannot run env '{cfg.env.id}': {e}") from None
+    check_obs_kind(cfg, obs_spec)
+
+
+def check_env(cfg: DictConfig) -> None:
+    """The config's env exists (did-you-mean otherwise) and suits the agent and the preset:
+    what a run would refuse at its start, refused before one (show-config, sweeps)."""
+    env = env_of(cfg)
+    try:
+        check_spaces(cfg, make_obs_spec(env.observation_space), env.action_space)
+    finally:
+        env.close()
