@@ -423,6 +423,17 @@ def test_runs_that_would_update_nothing_are_told_why():
     assert training_notes(build_config("mbpo-pendulum", [], {"steps": 600})) == []
 
 
+def test_keys_mbpo_never_reads_are_refused_on_resume_too():
+    from reverie.config import apply_resume_overrides
+
+    cfg = build_config("mbpo-pendulum")
+    with pytest.raises(UserError, match="replay.capacity has no effect on agent mbpo"):
+        apply_resume_overrides(cfg, ["replay.capacity=200000"])
+    with pytest.raises(UserError, match="mbpo.updates_per_step SAC updates per env step"):
+        build_config("mbpo-pendulum", ["run.train_ratio=8"])
+    assert apply_resume_overrides(cfg, ["run.steps=9000"]).run.steps == 9000
+
+
 def test_bad_mode_on_the_command_line_is_a_one_line_user_error():
     with pytest.raises(UserError, match="did you mean 'coplanner'"):
         build_config("mbpo-pendulum", ["mbpo.mode=coplaner"])
