@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 import reverie
 from reverie.cli import main
-from reverie.config import build_config, load_preset
+from reverie.config import AGENT_PRESETS, build_config, load_preset, parse_run_config, unread_keys
 from reverie.distributed.grid import make_trials
 from reverie.errors import UserError
 
@@ -143,3 +144,27 @@ def test_agent_flag_with_a_preset_file_that_names_no_agent(tmp_path, capsys):
     assert "agent: imagine\n" in out and "steps: 123\n" in out
     assert main(["train", "--agent", "rppo", "--preset", str(mine)]) == 2
     assert "add `agent: rppo` to it, or `base: popgym-ppo`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("agent", ["imagine", "mbpo", "rppo", "random"])
+def test_shown_config_is_a_preset_file_and_omits_keys_the_agent_never_reads(agent, tmp_path,
+                                                                           capsys):
+    """`--show-config > mine.yaml` then `--preset mine.yaml` trains the same run: the shown
+    config (as config.yaml) holds no key the agent would refuse as one it never reads."""
+    assert main(["train", "--agent", agent, "--show-config"]) == 0
+    shown = capsys.readouterr().out
+    (tmp_path / "mine.yaml").write_text(shown)
+    assert main(["train", "--preset", str(tmp_path / "mine.yaml"), "--show-config"]) == 0
+    assert capsys.readouterr().out == shown
+    data = yaml.safe_load(shown)
+    for key in unread_keys(agent):
+        *parents, leaf = key.split(".")
+        node = data
+        for name in parents:
+            node = node[name]
+        assert leaf not in node, key
+    if agent in ("mbpo", "rppo"):  # the keys these never read are the ones refused by --set
+        assert unread_keys(agent)[-1] == "run.train_ratio" and "train_ratio" not in shown
+    assert ("replay:" in shown) == (agent not in ("mbpo", "rppo"))
+    # what a run saves loads back to the whole config: the omitted keys at their defaults
+    assert parse_run_config(shown, "shown") == build_config(AGENT_PRESETS[agent])

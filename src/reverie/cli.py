@@ -201,12 +201,7 @@ def _default_out(cfg) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
-    from reverie.config import (
-        build_config,
-        preset_of_agent,
-    )
+    from reverie.config import build_config, config_yaml, preset_of_agent
     from reverie.run.checks import check_env
     from reverie.run.driver import Trainer, resume_config
 
@@ -228,7 +223,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.no_progress:
             overrides.append("run.progress=false")
         if args.show_config:  # the config the resume would train with
-            print(OmegaConf.to_yaml(resume_config(run, args.steps, overrides)), end="")
+            print(config_yaml(resume_config(run, args.steps, overrides)), end="")
             return 0
         trainer = Trainer.resume(run, args.steps, overrides)
     else:
@@ -241,7 +236,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = build_config(preset or "cartpole", overrides, flags)
         if args.show_config:
             check_env(cfg)  # what training would refuse, refused here too
-            print(OmegaConf.to_yaml(cfg), end="")
+            print(config_yaml(cfg), end="")
             return 0
         trainer = Trainer(cfg, Path(args.out) if args.out else _default_out(cfg))
     summary = trainer.train()

@@ -360,16 +360,25 @@ def _check_override_key(key: str, schema: DictConfig, agent: str) -> None:
                             f"{suggest(key, _keys(schema))}")
 
 
+def unread_keys(agent: str) -> list[str]:
+    """Config keys the agent never reads: `replay` (a whole section) for agents that keep
+    their own transitions (`uses_replay = False`), `run.train_ratio` for those with their own
+    `updates_due` schedule."""
+    _, agent_cls, _ = agent_parts(agent)
+    return ((["replay"] if not getattr(agent_cls, "uses_replay", True) else [])
+            + (["run.train_ratio"] if hasattr(agent_cls, "updates_due") else []))
+
+
 def _check_used(key: str, agent: str) -> None:
     """A --set of a key the agent never reads would be ignored in silence: refuse it. Agents
     that keep their own transitions (`uses_replay = False`) read no `replay.` key, and those
     with their own `updates_due` schedule (described by their `schedule`) no run.train_ratio."""
     _, agent_cls, _ = agent_parts(agent)
-    if key.startswith("replay.") and not getattr(agent_cls, "uses_replay", True):
+    if key.startswith("replay.") and "replay" in unread_keys(agent):
         raise UserError(f"{key} has no effect on agent {agent}: it keeps its own transitions "
                         f"(its own settings are under {agent}.); drop it (--set, --grid or "
                         "your preset file)")
-    if key == "run.train_ratio" and hasattr(agent_cls, "updates_due"):
+    if key == "run.train_ratio" and key in unread_keys(agent):
         schedule = getattr(agent_cls, "schedule", "updates_due")
         raise UserError(f"run.train_ratio has no effect on agent {agent}: it keeps its own "
                         f"update schedule ({schedule}); drop it (--set, --grid or your preset "
@@ -610,10 +619,23 @@ def to_object(cfg: DictConfig, section: str) -> Any:
     return OmegaConf.to_object(cfg[section])
 
 
+def config_yaml(cfg: DictConfig) -> str:
+    """The config as a run saves and shows it: without the keys its agent never reads (a
+    reader would take them for settings of the run); loading fills them back with defaults."""
+    data = OmegaConf.to_container(cfg)
+    for key in unread_keys(cfg.agent):
+        *parents, leaf = key.split(".")
+        node = data
+        for name in parents:
+            node = node[name]
+        node.pop(leaf, None)
+    return OmegaConf.to_yaml(OmegaConf.create(data))
+
+
 def save_config(cfg: DictConfig, path: Path) -> None:
     from reverie.run.checkpoint import atomic_write_bytes
 
-    atomic_write_bytes(Path(path), OmegaConf.to_yaml(cfg).encode())
+    atomic_write_bytes(Path(path), config_yaml(cfg).encode())
 
 
 def load_run_config(run_dir: Path) -> DictConfig:

@@ -31,13 +31,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from gymnasium import spaces
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from reverie.compiler import Compiler
 from reverie.config import (
     agent_parts,
     apply_resume_overrides,
     check_replay_envs,
+    config_yaml,
     load_run_config,
     rows_per_sample,
     save_config,
@@ -344,7 +345,7 @@ class Trainer:
             "rng": global_rng_state(),
             "env_id": self.cfg.env.id,
             # the resolved config, so a checkpoint copied out of its run still loads
-            "config": OmegaConf.to_yaml(self.cfg),
+            "config": config_yaml(self.cfg),
             # update metrics not yet logged: the next log row averages over them too
             "log_window": {k: torch.tensor(v, dtype=torch.float64)
                            for k, v in self._window.items()},
@@ -371,7 +372,7 @@ class Trainer:
         state = getattr(self.agent, "policy_state_dict", self.agent.state_dict)()
         self.store.save_best({
             "format": FORMAT, "agent_name": self.cfg.agent, "agent": state,
-            "env_id": self.cfg.env.id, "config": OmegaConf.to_yaml(self.cfg),
+            "env_id": self.cfg.env.id, "config": config_yaml(self.cfg),
             "best": {"step": c.env_steps, "eval_return": eval_return}})
 
     def checkpoint(self, rollback_target: bool = True) -> None:
