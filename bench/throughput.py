@@ -333,7 +333,7 @@ def _reverie_params(s: dict, threads: int, backbone: str) -> dict:
 
     from reverie.config import build_config
     from reverie.envs import make_env, make_obs_spec
-    from reverie.run.driver import build_agent
+    from reverie.run.agent import build_agent
 
     cfg = build_config("cartpole", reverie_overrides(s, threads), {"backbone": backbone})
     env = make_env(cfg.env.id, cfg.env.image_size)

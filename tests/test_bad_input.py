@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from reverie.cli import main
 from reverie.config import build_config, save_config
 from reverie.errors import UserError
-from reverie.run.driver import build_agent
+from reverie.run.agent import build_agent
 
 FAST = ["--preset", "random", "--no-progress", "--set", "run.eval_episodes=0"]
 

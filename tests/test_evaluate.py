@@ -6,7 +6,7 @@ import numpy as np
 
 from reverie.envs import make_env
 from reverie.run.collector import episode_seed
-from reverie.run.driver import evaluate
+from reverie.run.evaluation import evaluate
 
 
 class CountingAgent:

@@ -1,11 +1,12 @@
 """The training driver: act, store, train on the agent's cadence, log, evaluate, checkpoint.
 
-Agent-agnostic. An agent (see `Agent`) acts on a batch of `run.num_envs` envs and trains in
-`update`; what it needs from the driver it says with optional members: `uses_replay` (a
-sequence replay of the env stream, the default), `observe(transition)` (every vector step,
-with truncation flags and final observations, e.g. for on-policy rollouts),
-`updates_due(env_steps)` (its own update cadence; the default is `run.train_ratio`), and
-`compile(compiler)` (run.compile=on|auto: compiled tensor functions, `reverie.compiler`).
+Agent-agnostic. An agent (see `reverie.run.agent.Agent`) acts on a batch of `run.num_envs`
+envs and trains in `update`; what it needs from the driver it says with optional members:
+`uses_replay` (a sequence replay of the env stream, the default), `observe(transition)`
+(every vector step, with truncation flags and final observations, e.g. for on-policy
+rollouts), `updates_due(env_steps)` (its own update cadence; the default is
+`run.train_ratio`), and `compile(compiler)` (run.compile=on|auto: compiled tensor functions,
+`reverie.compiler`).
 
 Exact resume. A checkpoint holds everything the future depends on (agent, optimisers, the
 agent's acting state, replay counters and RNG, driver counters, global RNG states, and each
@@ -20,22 +21,17 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
-from gymnasium import spaces
 from omegaconf import DictConfig
 
-from reverie.compiler import Compiler
 from reverie.config import (
-    agent_parts,
     apply_resume_overrides,
     check_replay_envs,
     config_yaml,
@@ -48,9 +44,6 @@ from reverie.config import (
 from reverie.envs import make_obs_spec
 from reverie.envs.actions import action_spec, random_actions
 from reverie.errors import Stopped, UserError
-from reverie.precision import use_precision
-from reverie.replay import Replay
-from reverie.replay.buffer import file_rows, grow
 from reverie.rng import (
     generator_state,
     global_rng_state,
@@ -60,6 +53,7 @@ from reverie.rng import (
     set_global_rng_state,
 )
 from reverie.run import folder as run_folder
+from reverie.run.agent import build_agent, compile_agent, load_agent_state, select_device
 from reverie.run.checkpoint import (
     FORMAT,
     CheckpointError,
@@ -67,47 +61,13 @@ from reverie.run.checkpoint import (
     atomic_write_bytes,
 )
 from reverie.run.checks import check_spaces
-from reverie.run.collector import Collector, Transition, env_of, episode_seed
+from reverie.run.collector import Collector, Transition, env_of
+from reverie.run.evaluation import evaluate
 from reverie.run.logger import LOGS, METRICS, RunLogger, plot_curve, read_rows
 from reverie.run.machine import describe as describe_machine
 from reverie.run.progress import Progress
+from reverie.run.replay_setup import make_replay, replay_rows
 from reverie.run.stop import StopOnSignal
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("run.device=cuda but no CUDA device is visible; use run.device=cpu")
-    return torch.device(name)
-
-
-def batch_obs(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """One observation as a batch of one env."""
-    return {k: v[None] for k, v in obs.items()}
-
-
-class Agent(Protocol):
-    """What the driver drives (registered in `config.AGENTS`). Optional members:
-    `uses_replay: bool` (default True), `observe(t: Transition) -> None`,
-    `updates_due(env_steps: int) -> int` (default: by `run.train_ratio`) with `schedule: str`
-    (says what sets it, for the error that refuses run.train_ratio),
-    `compile(compiler: Compiler) -> None` (run.compile=on|auto, see `reverie.compiler`),
-    `policy_state_dict() -> dict` (what acting needs, for best.pt; `load_state_dict` takes
-    it too). The agent's module may define `check_spaces(obs_spec, action_space)` (raises
-    ValueError for an env it cannot run), `training_notes(cfg) -> list[str]` and
-    `REPORT_KEYS` (settings that make another algorithm; see `config.agent_hook`)."""
-
-    def initial_state(self, n: int) -> Any: ...
-
-    def act(self, obs: dict[str, np.ndarray], first: np.ndarray, state: Any,
-            explore: bool) -> tuple[np.ndarray, Any]: ...
-
-    def update(self, replay: Replay | None) -> dict[str, float]: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, d: dict[str, Any]) -> None: ...
 
 
 class NonFiniteLoss(Exception):
@@ -133,39 +93,6 @@ class Counters:
 
     def state(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def build_agent(cfg: DictConfig, obs_spec, action_space: spaces.Space, device: torch.device):
-    _, agent_cls, _ = agent_parts(cfg.agent)
-    try:
-        agent = agent_cls(obs_spec, action_space, to_object(cfg, cfg.agent), device,
-                          int(cfg.seed))
-    except ValueError as e:  # components validate their own options and name the fix
-        raise UserError(f"bad {cfg.agent} config: {e}") from None
-    return use_precision(agent, device, str(cfg.run.precision))
-
-
-def compile_agent(agent, name: str, note, mode: str = "on") -> None:
-    """run.compile=on|auto: the agent's optional `compile(compiler)` swaps its tensor
-    functions for compiled ones (see `reverie.compiler`; `compiler.mode` says which); an agent
-    without it runs as it is (said once with `on`, silently with `auto`)."""
-    compile_ = getattr(agent, "compile", None)
-    if compile_ is None:
-        if mode == "on":
-            note(f"note: run.compile: agent {name} has nothing to compile; it runs eagerly")
-        return
-    compile_(Compiler(note, mode))
-
-
-def load_agent_state(agent, payload: dict[str, Any], where: str) -> None:
-    """Load a checkpoint's agent state, or say in one line why it does not fit."""
-    try:
-        agent.load_state_dict(payload["agent"])
-    except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        raise UserError(
-            f"checkpoint {where} does not fit this run's model ({type(e).__name__}); "
-            "was config.yaml edited after the run started?"
-        ) from None
 
 
 def resume_config(out: str | Path, steps: int | None = None,
@@ -246,9 +173,15 @@ class Trainer:
             run_folder.clear_start(self.out)
             self.resuming = resume = False
         resume_from = self._load_checkpoint() if resume else None
-        self.replay_rows = self._replay_rows(resume_from)
+        payload = resume_from[0] if resume_from is not None and self.uses_replay else None
+        self.replay_rows = replay_rows(cfg, self.out, None if payload is None
+                                       else payload["replay"], self._note)
         self._prepare_folder()  # only once env and agent are known to work: no stray runs
-        self.replay = self._make_replay(resume_from) if self.uses_replay else None
+        self.replay = None
+        if self.uses_replay:
+            spec = {**self.obs_spec, "action": action_spec(self.action_space)}
+            self.replay = make_replay(cfg, self.out, spec, self.replay_rows, payload,
+                                      self.resuming, self._note)
         # config last: a folder without config.yaml is not a run, so a failed start leaves
         # nothing that blocks the next attempt; on resume it records a raised run.steps, but
         # --steps below the steps already done trains nothing and leaves the config (and so
@@ -271,32 +204,6 @@ class Trainer:
         self._returns: list[float] = []
 
     # -- set-up ----------------------------------------------------------------------------
-    def _replay_rows(self, resume_from) -> int:
-        """Rows to allocate for the replay: replay.capacity, but no more than run.steps (a
-        run never stores more). A resumed run keeps its rows, grown to that size when a
-        raised run.steps (or replay.capacity) asks for more (`_make_replay`)."""
-        cfg = self.cfg
-        want = int(min(cfg.replay.capacity, cfg.run.steps))
-        if resume_from is None or not self.uses_replay or resume_from[0]["replay"] is None:
-            return want
-        have = int(resume_from[0]["replay"]["capacity"])
-        if cfg.replay.on_disk:  # files a killed growth left larger: finish that growth
-            have = max([have] + [file_rows(p) for p in (self.out / "replay").glob("*.npy")])
-        if int(cfg.replay.capacity) < have:
-            raise UserError(
-                f"replay.capacity={cfg.replay.capacity} is below the {have:,} rows this run's "
-                f"replay already holds; on resume it can only be raised (or left as it is)")
-        steps = int(cfg.run.steps)
-        if steps > max(want, have):  # the run will outgrow what replay.capacity allows
-            from reverie.config import load_run_config
-
-            if int(load_run_config(self.out).run.steps) <= max(want, have):  # newly so
-                self._note(f"note: the replay holds {max(want, have):,} rows "
-                           f"(replay.capacity), so from step {max(want, have):,} on the newest "
-                           f"rows replace the oldest; to keep all {steps:,} steps, resume with "
-                           f"--set replay.capacity={steps}")
-        return max(want, have)
-
     def _write_progress(self) -> None:
         """progress.json: the env steps of the newest checkpoint (folder.PROGRESS)."""
         atomic_write_bytes(self.out / run_folder.PROGRESS,
@@ -307,29 +214,6 @@ class Trainer:
             run_folder.create(self.out)
         if self._lock is None:
             self._lock = run_folder.lock(self.out)
-
-    def _make_replay(self, resume_from) -> Replay:
-        rc = self.cfg.replay
-        capacity = self.replay_rows
-        spec = {**self.obs_spec, "action": action_spec(self.action_space)}
-        kwargs: dict[str, Any] = {"tau": float(rc.tau)} if rc.sampler == "dfs" else {}
-        directory = self.out / "replay" if rc.on_disk else None
-        state = None if resume_from is None else resume_from[0]["replay"]
-        if state is not None and directory is not None and int(state["capacity"]) < capacity:
-            try:  # the checkpoint's state, remapped to the grown files, is what _restore loads
-                resume_from[0]["replay"] = grow(directory, spec, state, capacity)
-            except ValueError as e:
-                raise UserError(f"cannot grow the replay: {e}") from None
-            self._note(f"the replay grew from {int(state['capacity']):,} to {capacity:,} rows "
-                       f"(run.steps {int(self.cfg.run.steps):,}); its rows are kept")
-        try:
-            return Replay(capacity, spec, directory=directory, sampler=rc.sampler,
-                          seed=int(self.cfg.seed), resume=self.resuming and rc.on_disk,
-                          **kwargs)
-        except ValueError as e:
-            if not self.resuming and directory is not None:
-                shutil.rmtree(directory, ignore_errors=True)  # ours, and half-made
-            raise UserError(str(e)) from None
 
     # -- checkpoints --------------------------------------------------------------------------
     def _payload(self) -> dict[str, Any]:
@@ -663,53 +547,3 @@ class Trainer:
                 "last_returns": [round(r, 2) for r in self._returns[-5:]],
                 **({"best_eval_return": round(c.best_return, 2), "best_eval_step": c.best_step}
                    if c.best_step >= 0 else {})}
-
-
-# evaluation episodes run side by side, one batched `act` per step for all of them: at the
-# batch sizes of acting, a call costs about the same for 1 row as for 16
-EVAL_PARALLEL = 16
-
-
-def evaluate(agent, make: Callable[[], Any], episodes: int, seed: int, round_: int = 0,
-             parallel: int = EVAL_PARALLEL) -> list[float]:
-    """Greedy returns of `episodes` episodes, in episode order, from envs that `make()` builds.
-
-    Episode i is seeded by (seed, round_, i) whatever `parallel` is; up to `parallel` of them
-    run at once as one batch of the agent (a finished row waits, its actions unused, until
-    the last of its wave ends). The agent's rows are independent, so the returns are those
-    of one episode at a time, up to the float rounding of batched matmuls.
-    """
-    if episodes <= 0:
-        return []
-    n_envs = max(1, min(int(parallel), episodes))
-    envs = [make() for _ in range(n_envs)]
-    returns: list[float] = []
-    try:
-        for start in range(0, episodes, n_envs):
-            wave = envs[:min(n_envs, episodes - start)]
-            returns += _episodes(agent, wave, seed, round_, start)
-    finally:
-        for env in envs:
-            env.close()
-    return returns
-
-
-def _episodes(agent, envs: list, seed: int, round_: int, start: int) -> list[float]:
-    """One episode in each env (episode numbers start, start+1, ...), acting as one batch."""
-    n = len(envs)
-    obs = [env.reset(seed=episode_seed(seed, round_ * 1000 + start + i, stream=1))[0]
-           for i, env in enumerate(envs)]
-    state = agent.initial_state(n)
-    first = np.ones(n, dtype=bool)
-    done = np.zeros(n, dtype=bool)
-    totals = [0.0] * n
-    while not done.all():
-        batch = {k: np.stack([o[k] for o in obs]) for k in obs[0]}
-        with torch.no_grad():
-            action, state = agent.act(batch, first.copy(), state, False)
-        first[:] = False
-        for i in np.flatnonzero(~done):
-            obs[i], reward, term, trunc, _ = envs[i].step(action[i])
-            totals[i] += float(reward)
-            done[i] = term or trunc
-    return totals

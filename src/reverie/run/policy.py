@@ -11,9 +11,10 @@ import torch
 from reverie.config import load_run_config, parse_run_config
 from reverie.envs import make_obs_spec
 from reverie.errors import UserError
+from reverie.run.agent import batch_obs, build_agent, load_agent_state, select_device
 from reverie.run.checkpoint import CheckpointStore, load_file
 from reverie.run.collector import env_of
-from reverie.run.driver import batch_obs, build_agent, evaluate, load_agent_state, select_device
+from reverie.run.evaluation import evaluate
 from reverie.run.folder import check_no_links
 
 

@@ -1,0 +1,66 @@
+"""A run's replay: how many rows it gets, its growth when a resume raises run.steps (or
+replay.capacity), and its creation in the run folder's `replay/`."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from reverie.config import load_run_config
+from reverie.errors import UserError
+from reverie.replay import Replay
+from reverie.replay.buffer import file_rows, grow
+
+
+def replay_rows(cfg: DictConfig, out: Path, saved: dict[str, Any] | None,
+                note: Callable[[str], None]) -> int:
+    """Rows to allocate: replay.capacity, but no more than run.steps (a run never stores
+    more). A resumed run (`saved`: its checkpoint's replay state) keeps its rows, grown to that
+    size when a raised run.steps (or replay.capacity) asks for more (`make_replay`)."""
+    want = int(min(cfg.replay.capacity, cfg.run.steps))
+    if saved is None:
+        return want
+    have = int(saved["capacity"])
+    if cfg.replay.on_disk:  # files a killed growth left larger: finish that growth
+        have = max([have] + [file_rows(p) for p in (out / "replay").glob("*.npy")])
+    if int(cfg.replay.capacity) < have:
+        raise UserError(
+            f"replay.capacity={cfg.replay.capacity} is below the {have:,} rows this run's "
+            f"replay already holds; on resume it can only be raised (or left as it is)")
+    steps = int(cfg.run.steps)
+    if steps > max(want, have):  # the run will outgrow what replay.capacity allows
+        if int(load_run_config(out).run.steps) <= max(want, have):  # newly so
+            note(f"note: the replay holds {max(want, have):,} rows (replay.capacity), so "
+                 f"from step {max(want, have):,} on the newest rows replace the oldest; to "
+                 f"keep all {steps:,} steps, resume with --set replay.capacity={steps}")
+    return max(want, have)
+
+
+def make_replay(cfg: DictConfig, out: Path, spec: dict, capacity: int,
+                payload: dict[str, Any] | None, resuming: bool,
+                note: Callable[[str], None]) -> Replay:
+    """The run's replay of `capacity` rows (`spec`: observation keys and "action"). On a resume
+    whose files hold fewer rows they are grown first, and the checkpoint `payload`'s replay
+    state is remapped to them (what the driver then loads)."""
+    rc = cfg.replay
+    kwargs: dict[str, Any] = {"tau": float(rc.tau)} if rc.sampler == "dfs" else {}
+    directory = out / "replay" if rc.on_disk else None
+    state = None if payload is None else payload["replay"]
+    if state is not None and directory is not None and int(state["capacity"]) < capacity:
+        try:
+            payload["replay"] = grow(directory, spec, state, capacity)
+        except ValueError as e:
+            raise UserError(f"cannot grow the replay: {e}") from None
+        note(f"the replay grew from {int(state['capacity']):,} to {capacity:,} rows "
+             f"(run.steps {int(cfg.run.steps):,}); its rows are kept")
+    try:
+        return Replay(capacity, spec, directory=directory, sampler=rc.sampler,
+                      seed=int(cfg.seed), resume=resuming and rc.on_disk, **kwargs)
+    except ValueError as e:
+        if not resuming and directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)  # ours, and half-made
+        raise UserError(str(e)) from None
