@@ -1,10 +1,13 @@
-# Every target creates .venv if missing and installs torch==2.13.0 (CPU build) before the
-# project, so pip never resolves an open-ended torch requirement to a CUDA build.
+# Every target creates .venv if missing and installs torch==2.13.0 alone before the project,
+# so pip never resolves an open-ended torch requirement (a CUDA build, gigabytes). Which build
+# the pin gets depends on the index: TORCH_PIP_ARGS="--index-url
+# https://download.pytorch.org/whl/cpu" asks for the CPU build where PyPI serves CUDA's.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 EXTRAS  ?= dev,minatar,popgym,atari,dmc,ray
+TORCH_PIP_ARGS ?=
 BENCH   := $(VENV)/.installed-bench
 DEMO    := runs/demo
 
@@ -15,7 +18,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0 $(TORCH_PIP_ARGS)
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 

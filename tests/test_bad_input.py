@@ -163,6 +163,13 @@ CASES = [
     ("watch --out in a missing folder", ["watch", "{run}", "--out", "{tmp}/nope/w.gif"],
      "does not exist"),
     ("unimix out of range", ["train", "--set", "imagine.world.unimix=1"], "unimix"),
+    # checked when the config is built (--show-config, a sweep's pre-check), not at build time
+    ("unknown actor-critic targets", ["train", "--set", "imagine.behavior.targets=dreamer",
+                                      "--show-config"], "did you mean 'dreamerv3'"),
+    ("unknown free-bits mode", ["train", "--set", "imagine.world.free_bits_mode=episode",
+                                "--show-config"], "imagine.world.free_bits_mode must be one of"),
+    ("world-model size shown", ["train", "--set", "imagine.world.mlp_layers=0", "--show-config"],
+     "imagine.world.mlp_layers must be >= 1"),
     ("discount out of range", ["train", "--set", "imagine.behavior.gamma=1.5"], "gamma"),
     ("atari game typo", ["train", "--preset", "atari100k", "--env", "ALE/Pongg-v5"],
      "did you mean 'ALE/Pong-v5'"),

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a run's latest checkpoint; prints JSON")
     e.add_argument("run")
-    e.add_argument("--episodes", type=_positive_int, default=10)
+    e.add_argument("--episodes", type=_positive_int, default=10,
+                   help="greedy evaluation episodes (default 10)")
     e.add_argument("--seed", type=_seed, default=12345,
                    help="seed of the evaluation episodes (default 12345)")
     e.add_argument("--out", default=None,
@@ -139,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("watch", help="GIF of the agent in its env, and the world model's "
                        "imagination beside the real episode")
     w.add_argument("run")
-    w.add_argument("--steps", type=_positive_int, default=300)
+    w.add_argument("--steps", type=_positive_int, default=300,
+                   help="env steps to film (default 300)")
     w.add_argument("--out", default=None,
                    help="GIF path (default RUN/watch.gif, with --best RUN/watch-best.gif)")
     w.add_argument("--best", action="store_true",

@@ -34,12 +34,14 @@ from torch import Tensor, nn
 from reverie.agents.coplanner import CoplannerConfig, LatentCoplanner, mode_of
 from reverie.agents.coplanner import check_config as check_coplanner
 from reverie.behavior.actor_critic import ActorCritic, ActorCriticConfig
+from reverie.behavior.actor_critic import check_config as check_behavior_config
 from reverie.compiler import Compiler, run_eagerly
 from reverie.envs.actions import check_unit_box
 from reverie.errors import UserError, suggest
 from reverie.nets.optim import OPTIMIZERS, make_optimizer
 from reverie.sequence import State, contiguous_state
 from reverie.world.latent import WorldModel, WorldModelConfig
+from reverie.world.latent import check_config as check_world_config
 
 AgentState = tuple[State, Tensor]  # (backbone state, h_{t−1} [N, deter_dim])
 
@@ -120,6 +122,8 @@ def _check(cfg: Any) -> None:
         if not low <= float(value) < high:
             raise ValueError(f"imagine.{name} must be in {text}, got {value}")
     check_coplanner(cfg.coplanner)
+    check_world_config(cfg.world)
+    check_behavior_config(cfg.behavior)
 
 
 def validate_config(cfg: Any, run_cfg: Any = None) -> None:

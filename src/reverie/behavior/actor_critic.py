@@ -43,6 +43,7 @@ from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from reverie.behavior.returns import ReturnNormalizer, lambda_returns
 from reverie.compiler import Compiler, run_eagerly
+from reverie.errors import suggest
 from reverie.nets.math import symlog, symlog_bins, two_hot_loss, two_hot_value, unimix
 from reverie.nets.mlp import MLP
 from reverie.nets.optim import make_optimizer
@@ -199,6 +200,18 @@ class Critic(nn.Module):
         return two_hot_loss(logits, symlog(target), self.bins)
 
 
+def check_config(cfg: ActorCriticConfig) -> None:
+    """The config's own checks: also run when a config is built."""
+    if not 0.0 < cfg.slow_critic_fraction <= 1.0:
+        raise ValueError(
+            "imagine.behavior.slow_critic_fraction must be in (0, 1], got "
+            f"{cfg.slow_critic_fraction}; use 0.02"
+        )
+    if cfg.targets not in TARGETS:
+        raise ValueError(f"imagine.behavior.targets must be one of {', '.join(TARGETS)}, got "
+                         f"{cfg.targets!r}{suggest(str(cfg.targets), TARGETS)}")
+
+
 class ActorCritic(nn.Module):
     """Actor, critic, slow critic, return normaliser and their optimisers."""
 
@@ -206,14 +219,7 @@ class ActorCritic(nn.Module):
         self, feat_dim: int, action_dim: int, discrete: bool, cfg: ActorCriticConfig
     ) -> None:
         super().__init__()
-        if not 0.0 < cfg.slow_critic_fraction <= 1.0:
-            raise ValueError(
-                f"slow_critic_fraction must be in (0, 1], got {cfg.slow_critic_fraction}; "
-                "use 0.02"
-            )
-        if cfg.targets not in TARGETS:
-            raise ValueError(f"behavior.targets must be one of {', '.join(TARGETS)}, got "
-                             f"{cfg.targets!r}")
+        check_config(cfg)
         self.cfg = cfg
         self.actor = Actor(
             feat_dim, action_dim, discrete, cfg.actor_hidden, cfg.actor_layers,

@@ -133,21 +133,26 @@ def _validate(obs_spec: dict, action_dim: int, cfg: WorldModelConfig) -> None:
             raise ValueError(f"observation key {k!r} clashes with a batch field; rename it")
     if action_dim <= 0:
         raise ValueError(f"action_dim must be a positive integer, got {action_dim}")
+    check_config(cfg)
+
+
+def check_config(cfg: WorldModelConfig) -> None:
+    """The config's own checks (no env needed): also run when a config is built."""
     for name in ("d_model", "n_layers", "stoch", "classes", "hidden", "reward_bins",
                  "cnn_depth", "cnn_embed_channels"):
         if int(getattr(cfg, name)) <= 0:
-            raise ValueError(f"world model {name} must be positive, got {getattr(cfg, name)}")
+            raise ValueError(f"imagine.world.{name} must be positive, got {getattr(cfg, name)}")
     if cfg.mlp_layers < 1:
-        raise ValueError(f"world model mlp_layers must be >= 1, got {cfg.mlp_layers}")
+        raise ValueError(f"imagine.world.mlp_layers must be >= 1, got {cfg.mlp_layers}")
     for name in ("kl_dyn", "kl_rep", "free_bits"):
         if float(getattr(cfg, name)) < 0:
-            raise ValueError(f"world model {name} must be >= 0, got {getattr(cfg, name)}")
+            raise ValueError(f"imagine.world.{name} must be >= 0, got {getattr(cfg, name)}")
     if cfg.free_bits_mode not in FREE_BITS_MODES:
-        raise ValueError(f"world model free_bits_mode must be one of "
+        raise ValueError(f"imagine.world.free_bits_mode must be one of "
                          f"{', '.join(FREE_BITS_MODES)}, got {cfg.free_bits_mode!r}"
                          f"{suggest(cfg.free_bits_mode, FREE_BITS_MODES)}")
     if int(cfg.prior_layers) < -1:
-        raise ValueError(f"world model prior_layers must be >= 0 (or -1 for mlp_layers), got "
+        raise ValueError(f"imagine.world.prior_layers must be >= 0 (or -1 for mlp_layers), got "
                          f"{cfg.prior_layers}")
 
 
