@@ -549,6 +549,10 @@ def validate(cfg: DictConfig) -> None:
             check(cfg[cfg.agent], cfg)
         except ValueError as e:
             raise UserError(str(e).splitlines()[0]) from None
+    try:  # the checks of its config dataclasses' own __post_init__ (e.g. SAC's), as building
+        to_object(cfg, cfg.agent)  # the agent would run them
+    except ValueError as e:
+        raise UserError(f"bad {cfg.agent} config: {str(e).splitlines()[0]}") from None
 
 
 def check_replay_envs(agent: str, replay: bool, num_envs: int) -> None:

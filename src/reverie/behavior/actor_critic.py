@@ -207,6 +207,10 @@ def check_config(cfg: ActorCriticConfig) -> None:
             "imagine.behavior.slow_critic_fraction must be in (0, 1], got "
             f"{cfg.slow_critic_fraction}; use 0.02"
         )
+    for name in ("lr_actor", "lr_critic"):
+        if not float(getattr(cfg, name)) > 0.0:
+            raise ValueError(f"imagine.behavior.{name} must be positive, got "
+                             f"{getattr(cfg, name)}")
     if cfg.targets not in TARGETS:
         raise ValueError(f"imagine.behavior.targets must be one of {', '.join(TARGETS)}, got "
                          f"{cfg.targets!r}{suggest(str(cfg.targets), TARGETS)}")

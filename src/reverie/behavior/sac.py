@@ -53,6 +53,10 @@ class SACConfig:
             raise ValueError("SAC hidden, layers and batch_size must be >= 1; use 256, 2, 256")
         if self.init_alpha <= 0.0:
             raise ValueError(f"SAC init_alpha must be positive, got {self.init_alpha}; use 1.0")
+        for name in ("lr_actor", "lr_critic", "lr_alpha"):
+            if not getattr(self, name) > 0.0:
+                raise ValueError(f"SAC {name} must be positive, got {getattr(self, name)}; "
+                                 "use 3e-4")
 
 
 # rows per block of an actor forward pass without autograd (see SquashedGaussianActor)
