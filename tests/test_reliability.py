@@ -119,20 +119,22 @@ def test_ctrl_c_or_sigterm_stops_with_a_checkpoint_and_loses_nothing(reference, 
 def test_stop_on_signal_asks_once_then_interrupts_and_restores_handlers():
     from reverie.run.stop import StopOnSignal
 
+    # raise_signal: to this thread, so the handler has run when the call returns (os.kill of
+    # the pid may land on another of the process's threads and trip it a little later)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         seen = []
         with StopOnSignal(seen.append) as stop:
             assert stop.requested is None
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
             assert stop.requested == "SIGINT" and seen == ["SIGINT"]
             with pytest.raises(KeyboardInterrupt):
-                os.kill(os.getpid(), signal.SIGTERM)  # the second one, of either kind
+                signal.raise_signal(signal.SIGTERM)  # the second one, of either kind
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # ignored, as in a background job
         with StopOnSignal() as stop:
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
             assert stop.requested is None
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:

@@ -190,7 +190,6 @@ def test_a_rollback_after_a_stop_and_resume_goes_where_the_uninterrupted_runs_do
         tmp_path, monkeypatch):
     """A stop saves a checkpoint between two of the cadence's; a non-finite loss after the
     resume rolls back to the cadence's last one (as in the run never stopped), not to it."""
-    import os
     import signal
 
     from reverie.agents.imagine import ImagineAgent
@@ -202,7 +201,7 @@ def test_a_rollback_after_a_stop_and_resume_goes_where_the_uninterrupted_runs_do
         step = state["trainer"].count.env_steps
         if state["stop"] is not None and step >= state["stop"]:
             state["stop"] = None
-            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: the loop stops after this step
+            signal.raise_signal(signal.SIGINT)  # as Ctrl-C: the loop stops after this step
         metrics = real_update(self, replay)
         if step >= 250 and not state["nan"]:
             state["nan"] = True
