@@ -216,3 +216,28 @@ def test_atari_evaluation_without_noop_starts():
 def test_eval_noop_max_is_validated(tmp_path, capsys):
     assert main(["train", "--set", "run.eval_noop_max=-1", "--out", str(tmp_path / "r")]) == 2
     assert "run.eval_noop_max" in capsys.readouterr().err
+
+
+def test_rppo_rollback_keeps_the_rollout_collected_since(tmp_path, monkeypatch):
+    """A non-finite loss rolls the agent back to a checkpoint taken inside a rollout (96 of
+    4 x 32 = 128 env steps); the envs go on, so the next rollout starts afresh at the
+    rollback (the next update 128 env steps later), not from the checkpoint's 24 old steps
+    joined to 8 new ones (an update at 160)."""
+    from reverie.agents.rppo import RPPOAgent
+
+    real_update, at = RPPOAgent.update, []
+
+    def flaky(self, replay=None):
+        at.append(trainer.count.env_steps)
+        metrics = real_update(self, replay)
+        if len(at) == 1:
+            metrics["ppo/policy_loss"] = float("nan")
+        return metrics
+
+    monkeypatch.setattr(RPPOAgent, "update", flaky)
+    trainer = Trainer(build_config("popgym-ppo", TINY_PPO, {"steps": 384, "backbone": "gru"}),
+                      tmp_path / "run")
+    trainer.train()
+    rows = [json.loads(x) for x in metrics(tmp_path / "run").splitlines()]
+    assert [r["nan/rollback"] for r in rows if "nan/rollback" in r] == [1]
+    assert at == [128, 256, 384]

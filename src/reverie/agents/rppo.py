@@ -361,6 +361,16 @@ class RPPOAgent:
                             for k, v in self._pending.items()}
         return d
 
+    def restore_learned(self, d: dict[str, Any]) -> None:
+        """A rollback after a non-finite loss: the checkpoint's networks, optimiser, counters
+        and generators, but the rollout collected since goes on — the envs and the acting
+        memory were not rolled back, so the checkpoint's partial rollout would join steps
+        from two times into one sequence."""
+        rollout, pending = self.rollout.state_dict(), self._pending
+        self.load_state_dict(d)
+        self.rollout.load_state_dict(rollout, self.device)
+        self._pending = pending
+
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.net.load_state_dict(d["net"])
         self.opt.load_state_dict(d["opt"])

@@ -36,7 +36,9 @@ class Agent(Protocol):
     (says what sets it, for the error that refuses run.train_ratio),
     `compile(compiler: Compiler) -> None` (run.compile=on|auto, see `reverie.compiler`),
     `policy_state_dict() -> dict` (what acting needs, for best.pt; `load_state_dict` takes
-    it too). The agent's module may define `check_spaces(obs_spec, action_space)` (raises
+    it too), `restore_learned(d)` (a rollback after a non-finite loss: load the checkpoint's
+    learned state but keep the data being collected, e.g. an on-policy rollout; default
+    `load_state_dict`). The agent's module may define `check_spaces(obs_spec, action_space)` (raises
     ValueError for an env it cannot run), `training_notes(cfg) -> list[str]` and
     `REPORT_KEYS` (settings that make another algorithm; see `config.agent_hook`)."""
 
@@ -76,10 +78,14 @@ def compile_agent(agent, name: str, note, mode: str = "on") -> None:
     compile_(Compiler(note, mode))
 
 
-def load_agent_state(agent, payload: dict[str, Any], where: str) -> None:
-    """Load a checkpoint's agent state, or say in one line why it does not fit."""
+def load_agent_state(agent, payload: dict[str, Any], where: str,
+                     rollback: bool = False) -> None:
+    """Load a checkpoint's agent state, or say in one line why it does not fit. `rollback`
+    (after a non-finite loss): through the agent's optional `restore_learned`, which keeps
+    the data it is collecting now (the envs go on from where they are)."""
+    load = getattr(agent, "restore_learned", None) if rollback else None
     try:
-        agent.load_state_dict(payload["agent"])
+        (load or agent.load_state_dict)(payload["agent"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
         raise UserError(
             f"checkpoint {where} does not fit this run's model ({type(e).__name__}); "

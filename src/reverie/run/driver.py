@@ -350,7 +350,7 @@ class Trainer:
                 "or raise the gradient clip"
             )
         payload, entry, _ = self.store.load_latest(at_most=self.count.rollback_step)
-        load_agent_state(self.agent, payload, entry.file)
+        load_agent_state(self.agent, payload, entry.file, rollback=True)
         self._note(f"{msg}; rolled the agent back to checkpoint step {entry.step}")
         self.logger.metrics(step, {"nan/rollback": self.count.nan_rollbacks, "nan/key": key})
 
