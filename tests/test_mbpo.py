@@ -483,3 +483,30 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path):
     r = reverie_cli("train", "--resume", str(killed), "--no-progress")
     assert r.returncode == 0, r.stderr
     assert (killed / "metrics.jsonl").read_text() == (ref / "metrics.jsonl").read_text()
+
+
+def test_nan_rollback_keeps_real_data_and_the_update_schedule(tmp_path, monkeypatch):
+    """A non-finite loss rolls mbpo back to its checkpoint at step 50; the env goes on, so the
+    real transitions since stay and each later env step still earns G = 2 updates (a rolled
+    back schedule paid the 30 steps since the checkpoint at once, and the real buffer lost
+    them)."""
+    from reverie.agents.mbpo import MBPOAgent
+    from reverie.run.driver import Trainer
+
+    real_update, steps = MBPOAgent.update, []
+
+    def flaky(self, replay=None):
+        steps.append(trainer.count.env_steps)
+        metrics = real_update(self, replay)
+        if trainer.count.env_steps == 80 and not trainer.count.nan_rollbacks:
+            metrics["sac/critic_loss"] = float("nan")
+        return metrics
+
+    monkeypatch.setattr(MBPOAgent, "update", flaky)
+    cfg = build_config("mbpo-pendulum", [*TINY_RUN, "run.eval_episodes=0"], {"steps": 100})
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.train()
+    assert trainer.count.nan_rollbacks == 1
+    per_step = {s: steps.count(s) for s in set(steps)}
+    assert set(per_step) == set(range(40, 101)) and set(per_step.values()) == {2}
+    assert len(trainer.agent.real) == 100 and trainer.agent.env_steps == 100

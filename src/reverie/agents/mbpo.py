@@ -448,6 +448,17 @@ class MBPOAgent:
             "act_scores": list(self.act_scores),
         }
 
+    def restore_learned(self, d: dict[str, Any]) -> None:
+        """A rollback after a non-finite loss: the checkpoint's networks, optimisers, model and
+        model rollouts (made by the good model), but the real transitions collected since and
+        the env-step schedule go on (the env was not rolled back); the model, fitted at the
+        checkpoint's step, is refitted on them when its schedule next comes."""
+        real = self.real.state_dict()  # a copy of the rows
+        env_steps, due_until = self.env_steps, self.due_until
+        self.load_state_dict(d)
+        self.real.load_state_dict(real)
+        self.env_steps, self.due_until = env_steps, due_until
+
     def load_state_dict(self, d: dict[str, Any]) -> None:
         """A full `state_dict`, or a `policy_state_dict` (the buffers then stay empty)."""
         self.sac.load_state_dict(d["sac"])
