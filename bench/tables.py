@@ -565,8 +565,9 @@ def ensemble_speed_table(results: Path) -> str | None:
             f"both; 1-min load {report['loadavg_1min_before']} before, "
             f"{report['loadavg_1min_after']} after on {report['cores']} cores"
             + (" (**loaded**: load > cores)." if report["loaded"] else ".")
-            + " The last row of each size is what reverie's MBPO agent calls (every elite on "
-            "every row, for COPlanner's disagreement), shown for information.")
+            + " The last row of each size is what reverie's MBPO agent calls in its "
+            "conservative modes (every elite on every row, for COPlanner's disagreement), "
+            "shown for information.")
     if quick:
         note += " **Smoke-test sizes (--quick).**"
     return ("\n".join(lines) + "\n" + note + "\n\n" + _row(["target", "result"]) + "\n"

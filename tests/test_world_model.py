@@ -323,3 +323,26 @@ def test_prior_head_can_be_drama_s_single_linear_layer():
                          small_world_model_config("gru", d_model=32, hidden=64, stoch=4,
                                                   classes=4))
     assert sum(isinstance(m, torch.nn.Linear) for m in default.prior_head.modules()) == 3
+
+
+def test_continuation_target_is_one_at_a_truncation():
+    """A time limit (the replay's `truncated`) does not end the MDP: the continuation head's
+    target there is 1, as everywhere but at `terminal` (closed form: BCE of its logits)."""
+    import torch.nn.functional as F
+
+    m = make(VEC, 3, True)
+    batch = random_batch(VEC, 2, 6, 3, True, seed=4)
+    batch["terminal"] = torch.zeros(2, 6, dtype=torch.bool)
+    batch["terminal"][1, 2] = True
+    batch["truncated"] = torch.zeros(2, 6, dtype=torch.bool)
+    batch["truncated"][0, 4] = True  # the replay hands both flags to the agent's batch
+    torch.manual_seed(0)
+    _, met, aux = m.loss(batch)
+    logits = m.cont_head(aux["h"]).squeeze(-1)
+    target = torch.ones(2, 6)
+    target[1, 2] = 0.0  # only the terminal step; the truncated one stays 1
+    expected = F.binary_cross_entropy_with_logits(logits, target).item()
+    assert abs(met["wm/cont"] - expected) < 1e-6
+    as_terminal = F.binary_cross_entropy_with_logits(
+        logits, target.index_put((torch.tensor([0]), torch.tensor([4])), torch.tensor(0.0))).item()
+    assert abs(as_terminal - expected) > 1e-3  # the test tells the two apart

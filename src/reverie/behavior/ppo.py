@@ -222,8 +222,8 @@ class PPOConfig:
     seq_len: int = 64  # steps per training sequence (L); T must be a multiple
     epochs: int = 4  # passes over the rollout per update
     num_minibatches: int = 2  # per epoch; must divide N·T/L (2 does for any N at these T, L)
-    lr: float = 2.5e-4  # constant (POPGym's RLlib PPO); no annealing: agents are not told
-    # the run's length
+    lr: float = 2.5e-4  # constant, no annealing (agents are not told the run's length); the
+    # popgym-ppo preset sets 5e-4
     gamma: float = 0.99
     lam: float = 0.95  # GAE λ
     clip: float = 0.2  # ε of the clipped surrogate

@@ -308,7 +308,7 @@ def build(d_model: int, n_layers: int, **kwargs: Any) -> Backbone:
     """A stack of `n_layers` pre-norm residual FFM blocks of width `d_model`.
 
     Options: memory_size m (traces, 32), context_size c (frequencies, 4), chunk_size
-    (steps per parallel chunk, 64), min_horizon / max_horizon (steps after which the
+    (steps per parallel chunk, 16), min_horizon / max_horizon (steps after which the
     fastest / slowest trace keeps 1% of an input at init, 1 / 1024), max_period (longest
     oscillation period at init: 16 with init "reverie", the paper's 1024 with "reference";
     see PERIODS), init ("reverie": α log-spaced in time scale over
