@@ -340,12 +340,13 @@ def popgym_table(results: Path) -> str | None:
                          f"{s['wall_s_mean'] / 60:.1f} min")
         rows.append(cells)
     rows.append(["**mean over the tasks above**"]
-                + [f"{sum(v) / len(v):.2f} over {len(v)} tasks" if v else "–"
+                + [f"{sum(v) / len(v):.2f} over {len(v)} tasks (normalised "
+                   f"{0.5 * sum(v) / len(v) + 0.5:.2f})" if v else "–"
                    for v in means.values()])
     lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
     note = (f"\nrecurrent PPO, `popgym-ppo` preset, {report['steps_per_run']:,} env steps per "
             "run; MMER = running max of the mean greedy evaluation return (POPGym returns are "
-            "in [-1, 1]); cells: mean over seeds [95% bootstrap interval over seeds, "
+            "in [-1, 1]; POPGym's normalised score is 0.5·MMER + 0.5); cells: mean over seeds [95% bootstrap interval over seeds, "
             "`reverie.eval.stats`], seeds, mean wall time (runs shared "
             "the machine with other work, so wall times are not a speed comparison — see the "
             "throughput table).")
