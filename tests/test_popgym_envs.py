@@ -24,6 +24,7 @@ NAMES = ("Autoencode", "Battleship", "Concentration", "CountRecall", "HigherLowe
          "NoisyPositionOnlyPendulum", "PositionOnlyCartPole", "PositionOnlyPendulum",
          "RepeatFirst", "RepeatPrevious", "VelocityOnlyCartpole")
 EASY = [f"popgym-{n}Easy-v0" for n in NAMES]
+EVERY = [f"popgym-{n}{d}-v0" for n in NAMES for d in ("Easy", "Medium", "Hard")]
 
 
 def _discrete_components(space: spaces.Space) -> int | None:
@@ -45,8 +46,8 @@ def test_every_id_is_listed():
     assert all(i.endswith(("Easy-v0", "Medium-v0", "Hard-v0")) for i in ids)
 
 
-@pytest.mark.parametrize("env_id", EASY)
-def test_easy_env_resets_and_steps(env_id):
+@pytest.mark.parametrize("env_id", EVERY)
+def test_every_env_resets_and_steps(env_id):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gymnasium's env checker nags about popgym's infos
         env = make_env(env_id)
