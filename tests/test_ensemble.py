@@ -137,6 +137,33 @@ def test_fit_learns_a_linear_map_and_termination():
     assert (elite[:, 0] < 0.2).all() and (elite[:, 1] > 0.8).all()
 
 
+def test_inputs_are_standardised_by_the_training_rows_statistics():
+    """fit sets input_mean/std from the training split (not the holdout) and a constant input
+    dim gets std 1; every prediction goes through them (shift the data and the stats: same
+    normalised inputs)."""
+    model = _tiny()
+    g = torch.Generator().manual_seed(3)
+    n = 50
+    obs = torch.stack([100 + 40 * torch.randn(n, generator=g), torch.full((n,), 7.0)], 1)
+    act = torch.randn(n, 1, generator=g) * 0.1
+    split = torch.Generator().manual_seed(11)
+    model.fit(obs, act, obs, torch.zeros(n), torch.zeros(n), torch.Generator().manual_seed(11),
+              max_epochs=1)
+    perm = torch.randperm(n, generator=split)  # fit's first draw: the holdout split
+    train = perm[max(1, int(n * 0.2)):]
+    x = torch.cat([obs, act], 1)[train]
+    mean, std = x.mean(0), x.std(0, correction=0)
+    assert torch.allclose(model.input_mean, mean) and model.input_std[1] == 1.0
+    assert torch.allclose(model.input_std[[0, 2]], std[[0, 2]])
+    probe_obs, probe_act = torch.tensor([[140.0, 7.0]]), torch.tensor([[0.2]])
+    expected = (torch.tensor([[140.0, 7.0, 0.2]]) - mean) / torch.where(std < 1e-6, 1.0, std)
+    assert torch.allclose(model.normalise(probe_obs, probe_act), expected)
+    with torch.no_grad():  # the forward pass reads the stats: other stats, other predictions
+        before = model.predict(probe_obs, probe_act).next_obs_mean.clone()
+        model.input_mean[0] += 40.0
+        assert not torch.allclose(model.predict(probe_obs, probe_act).next_obs_mean, before)
+
+
 def test_elites_are_the_lowest_holdout_members():
     model = _tiny(members=5, elites=2)
     _constant_members(model, [0.0, 3.0, 1.0, -0.5, 2.0], logvar=-5.0)
