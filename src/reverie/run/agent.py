@@ -38,9 +38,10 @@ class Agent(Protocol):
     `policy_state_dict() -> dict` (what acting needs, for best.pt; `load_state_dict` takes
     it too), `restore_learned(d)` (a rollback after a non-finite loss: load the checkpoint's
     learned state but keep the data being collected, e.g. an on-policy rollout; default
-    `load_state_dict`). The agent's module may define `check_spaces(obs_spec, action_space)` (raises
-    ValueError for an env it cannot run), `training_notes(cfg) -> list[str]` and
-    `REPORT_KEYS` (settings that make another algorithm; see `config.agent_hook`)."""
+    `load_state_dict`). The agent's module may define `check_spaces(obs_spec,
+    action_space)` (raises ValueError for an env it cannot run), `training_notes(cfg) ->
+    list[str]` and `REPORT_KEYS` (settings that make another algorithm; see
+    `config.agent_hook`)."""
 
     def initial_state(self, n: int) -> Any: ...
 
@@ -52,8 +53,6 @@ class Agent(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, d: dict[str, Any]) -> None: ...
-
-
 
 
 def build_agent(cfg: DictConfig, obs_spec, action_space: spaces.Space, device: torch.device):
@@ -91,5 +90,3 @@ def load_agent_state(agent, payload: dict[str, Any], where: str,
             f"checkpoint {where} does not fit this run's model ({type(e).__name__}); "
             "was config.yaml edited after the run started?"
         ) from None
-
-
