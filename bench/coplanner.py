@@ -49,6 +49,11 @@ TASKS = {
 # The imagine agent at the DMC campaign's CPU budget (bench/campaign_dmc.py): one update per
 # 16 env steps and 256 imagined starts, ~25 min per 10k-step run at 1 thread; the preset's own
 # cadence (one update per 2 env steps) took 1.5-3.6 h per run here.
+# At this budget `imagine` did not learn cartpole-swingup (70, 105, 172 on 3 seeds at 10k, near
+# random), so "imagine+coplanner" against it would compare against a baseline that does not
+# learn: before the imagine+coplanner runs (a GPU's worth: ~5 h per seed here), switch both
+# imagine methods to `--preset dmc-small` (it reached 259 at 10k and ~340 at 20k in the DMC
+# campaign) and rerun "imagine" with it.
 IMAGINE_BUDGET = ["--set", "run.train_ratio=64", "--set", "imagine.imag_batch=256"]
 # method -> reverie train flags (None: SB3 SAC); the imagine methods run on DMC only
 METHODS: dict[str, list[str] | None] = {

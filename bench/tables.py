@@ -346,8 +346,9 @@ def popgym_table(results: Path) -> str | None:
     lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
     note = (f"\nrecurrent PPO, `popgym-ppo` preset, {report['steps_per_run']:,} env steps per "
             "run; MMER = running max of the mean greedy evaluation return (POPGym returns are "
-            "in [-1, 1]; POPGym's normalised score is 0.5·MMER + 0.5); cells: mean over seeds [95% bootstrap interval over seeds, "
-            "`reverie.eval.stats`], seeds, mean wall time (runs shared "
+            "in [-1, 1]; POPGym's normalised score is 0.5·MMER + 0.5); cells: mean over seeds "
+            "[95% bootstrap interval over seeds, `reverie.eval.stats`], seeds, mean wall time "
+            "(runs shared "
             "the machine with other work, so wall times are not a speed comparison — see the "
             "throughput table).")
     if report["missing"]:
