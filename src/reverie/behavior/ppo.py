@@ -10,10 +10,10 @@ end flags of that transition: `terminated` (the MDP ended: no value after it) an
 counts). PPO: Schulman et al. 2017; GAE: Schulman et al. 2016; the value clipping and
 advantage normalisation follow the PPO2 / CleanRL implementations.
 
-For the collector: Gymnasium 1.x vector envs reset by default on the step *after* an
-episode ends (`AutoresetMode.NEXT_STEP`), which inserts a transition whose action is
-ignored; `AutoresetMode.SAME_STEP` returns the reset observation at once and the final
-one in `info["final_obs"]`, which is what `final_value` needs. Training sequences are
+The driver's collector (`run/collector.py`, a list of envs it steps and resets itself, so a
+resume can replay each env exactly) resets an env on the step its episode ends and hands the
+episode's final observation along (`Transition.next_obs`), which is what `final_value`
+needs; no transition with an ignored action is inserted. Training sequences are
 cut at t = 0, L, 2L, ... (`sequence_minibatches`); episode starts inside a sequence reach
 the backbone as its reset flags, `gather_sequences(first, batch, L)`.
 """
