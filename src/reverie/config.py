@@ -373,13 +373,13 @@ def _check_used(key: str, agent: str) -> None:
     """A --set of a key the agent never reads would be ignored in silence: refuse it. Agents
     that keep their own transitions (`uses_replay = False`) read no `replay.` key, and those
     with their own `updates_due` schedule (described by their `schedule`) no run.train_ratio."""
-    _, agent_cls, _ = agent_parts(agent)
-    if key.startswith("replay.") and "replay" in unread_keys(agent):
+    unread = unread_keys(agent)
+    if key.startswith("replay.") and "replay" in unread:
         raise UserError(f"{key} has no effect on agent {agent}: it keeps its own transitions "
                         f"(its own settings are under {agent}.); drop it (--set, --grid or "
                         "your preset file)")
-    if key == "run.train_ratio" and key in unread_keys(agent):
-        schedule = getattr(agent_cls, "schedule", "updates_due")
+    if key == "run.train_ratio" and key in unread:
+        schedule = getattr(agent_parts(agent)[1], "schedule", "updates_due")
         raise UserError(f"run.train_ratio has no effect on agent {agent}: it keeps its own "
                         f"update schedule ({schedule}); drop it (--set, --grid or your preset "
                         "file)")
