@@ -255,6 +255,20 @@ def test_unknown_targets_name_the_choices():
         ActorCritic(3, 2, True, ActorCriticConfig(targets="dramma"))
 
 
+@pytest.mark.parametrize("kw, match", [
+    ({"gamma": 0.0}, r"behavior.gamma must be in \(0, 1\]"),
+    ({"lam": 1.5}, r"behavior.lam must be in \[0, 1\]"),
+    ({"unimix": 1.0}, r"behavior.unimix must be in \[0, 1\)"),
+    ({"optimizer": "adamw"}, "behavior.optimizer must be one of adam, laprop"),
+])
+def test_the_constructor_refuses_what_cannot_train(kw, match):
+    """Library callers get the config checks too (not only the CLI's config build)."""
+    from reverie.behavior.actor_critic import ActorCritic, ActorCriticConfig
+
+    with pytest.raises(ValueError, match=match):
+        ActorCritic(3, 2, True, ActorCriticConfig(**kw))
+
+
 def test_running_norm_equals_the_pooled_mean_and_variance():
     """Drama's actor-input normaliser: after any sequence of batches, the statistics are the
     mean and (population) variance of all rows seen; forward does not change them."""

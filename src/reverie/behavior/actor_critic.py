@@ -46,7 +46,7 @@ from reverie.compiler import Compiler, run_eagerly
 from reverie.errors import suggest
 from reverie.nets.math import symlog, symlog_bins, two_hot_loss, two_hot_value, unimix
 from reverie.nets.mlp import MLP
-from reverie.nets.optim import make_optimizer
+from reverie.nets.optim import OPTIMIZERS, make_optimizer
 
 
 @dataclass
@@ -211,6 +211,15 @@ def check_config(cfg: ActorCriticConfig) -> None:
         if not float(getattr(cfg, name)) > 0.0:
             raise ValueError(f"imagine.behavior.{name} must be positive, got "
                              f"{getattr(cfg, name)}")
+    ranges = (("unimix", cfg.unimix, 0.0, 1.0, "[0, 1)"),
+              ("gamma", cfg.gamma, 1e-9, 1.0 + 1e-9, "(0, 1]"),
+              ("lam", cfg.lam, 0.0, 1.0 + 1e-9, "[0, 1]"))
+    for name, value, low, high, text in ranges:
+        if not low <= float(value) < high:
+            raise ValueError(f"imagine.behavior.{name} must be in {text}, got {value}")
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"imagine.behavior.optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                         f"got {cfg.optimizer!r}{suggest(cfg.optimizer, OPTIMIZERS)}")
     if cfg.targets not in TARGETS:
         raise ValueError(f"imagine.behavior.targets must be one of {', '.join(TARGETS)}, got "
                          f"{cfg.targets!r}{suggest(str(cfg.targets), TARGETS)}")

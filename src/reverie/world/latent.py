@@ -151,6 +151,8 @@ def check_config(cfg: WorldModelConfig) -> None:
         raise ValueError(f"imagine.world.free_bits_mode must be one of "
                          f"{', '.join(FREE_BITS_MODES)}, got {cfg.free_bits_mode!r}"
                          f"{suggest(cfg.free_bits_mode, FREE_BITS_MODES)}")
+    if not 0.0 <= float(cfg.unimix) < 1.0:
+        raise ValueError(f"imagine.world.unimix must be in [0, 1), got {cfg.unimix}")
     if int(cfg.prior_layers) < -1:
         raise ValueError(f"imagine.world.prior_layers must be >= 0 (or -1 for mlp_layers), got "
                          f"{cfg.prior_layers}")
