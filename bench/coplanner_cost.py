@@ -8,8 +8,10 @@
 Modes are measured in one process in alternation (the order rotates every round), each on a
 synthetic replay with CartPole's shapes (4-d observations, 2 actions): the cost does not
 depend on the data. Per mode: median and min-max over rounds of the median seconds per
-update; per-round ratios to `off`; the planner's extra model steps per update; seconds per
-act(explore=True) of one env (the optimistic planner runs there in mode coplanner).
+update; per-round ratios to `off`; the planner's extra model steps per update and per act;
+seconds per act(explore=True) of one env (the optimistic planner runs there in mode
+coplanner); the preset's env steps per update, which turn the per-update costs into costs per
+env step.
 Writes bench/results/coplanner_cost.json and .png; records the load average.
 """
 
@@ -55,6 +57,11 @@ def build(mode: str, overrides: list[str]) -> ImagineAgent:
     return ImagineAgent({"vector": ((4,), "float32")}, Discrete(2), cfg, torch.device("cpu"), 0)
 
 
+def env_steps_per_update(overrides: list[str]) -> float:
+    cfg = build_config("cartpole", overrides)
+    return cfg.imagine.batch_size * cfg.imagine.seq_len / cfg.run.train_ratio
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
@@ -73,6 +80,7 @@ def main() -> None:
     load = [os.getloadavg()[0]]
     upd: dict[str, list[float]] = {m: [] for m in MODES}
     act: dict[str, list[float]] = {m: [] for m in MODES}
+    act_steps: dict[str, float] = {}
     obs = {"vector": np.zeros((1, 4), np.float32)}
     for r in range(rounds):
         order = MODES[r % 3:] + MODES[: r % 3]
@@ -90,6 +98,8 @@ def main() -> None:
                 times.append(time.perf_counter() - t0)
                 first = np.zeros(1, bool)
             act[m].append(statistics.median(times))
+            cop = agents[m].coplanner  # its act counter restarts at every update
+            act_steps[m] = cop.act_model_steps / 20 if cop is not None else 0.0
     load.append(os.getloadavg()[0])
     result = {
         "preset": "cartpole", "overrides": args.set, "rounds": rounds, "updates_per_round": updates,
@@ -100,6 +110,9 @@ def main() -> None:
                          for m in MODES[1:]},
         "planner_model_steps_per_update": steps,
         "seconds_per_act_explore": {m: spread(act[m], 4) for m in MODES},
+        "planner_model_steps_per_act": act_steps,
+        # the preset's cadence: env steps per update = batch x seq_len / run.train_ratio
+        "env_steps_per_update": env_steps_per_update(args.set),
     }
     if max(load) > (os.cpu_count() or 1):
         result["note"] = "load average above the core count: numbers are noisy"

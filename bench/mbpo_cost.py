@@ -26,6 +26,16 @@ by preset, or preset@mode with --mode).
     python bench/mbpo_cost.py mbpo-pendulum mbpo-inverted-pendulum
     python bench/mbpo_cost.py mbpo-dmc --mode mbpo
     python bench/mbpo_cost.py mbpo-dmc --ab ../old-checkout/src --rounds 3
+    python bench/mbpo_cost.py mbpo-pendulum --modes mbpo conservative optimistic coplanner
+
+`--modes` is UP-MPC's cost: the modes of one preset, each in fresh processes, alternately,
+`--rounds` times; per mode the wall and CPU seconds per env step (and their ratios to the
+first mode, round by round) and the model evaluations per env step, counted by phase: `act`
+(UP-MPC's optimistic plan in the real env) and `rollouts` (generation of model data; UP-MPC's
+conservative plans included). A model evaluation is one state-action pair through the
+ensemble (`model_pairs_per_env_step`); `member_evals_per_env_step` weighs each pair by the
+members it runs (every elite for UP-MPC's step and for the u metric, one for MBPO's TS1
+step). Writes bench/results/upmpc_cost.json and .png.
 """
 
 from __future__ import annotations
@@ -98,6 +108,36 @@ def measure(preset: str, seed: int = 0, mode: str | None = None) -> dict:
         return nxt, term, trunc
 
     env_step = timed_call("env", env_step)
+    # model evaluations by phase: state-action pairs fed to the ensemble, and member
+    # evaluations (pairs x members run on each: every elite for UP-MPC's step and the u
+    # metric, one member per pair for plain MBPO's TS1 step)
+    phase = ["act"]
+    pairs = {"act": 0, "rollouts": 0}
+    members = {"act": 0, "rollouts": 0}
+    elites = agent.model.num_elites
+
+    def counted(fn, per_pair):
+        def call(obs_, action_, *args, **kwargs):
+            if on[0]:
+                pairs[phase[0]] += obs_.shape[0]
+                members[phase[0]] += obs_.shape[0] * per_pair
+            return fn(obs_, action_, *args, **kwargs)
+        return call
+
+    def in_phase(name, fn):
+        def call(*args, **kwargs):
+            phase[0] = name
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phase[0] = "act"
+        return call
+
+    agent.model.rollout_step = counted(agent.model.rollout_step, elites)
+    agent.model.disagreement = counted(agent.model.disagreement, elites)
+    agent.model.sample_next = counted(agent.model.sample_next, 1)
+    agent.generate_rollouts = in_phase("rollouts", agent.generate_rollouts)
+    rollout_rows = [0.0]
     load_start = os.getloadavg()[0]
     while step < cfg.warmup + cfg.model_train_every:
         if step == cfg.warmup:
@@ -115,6 +155,8 @@ def measure(preset: str, seed: int = 0, mode: str | None = None) -> dict:
             metrics = agent.update(None)
             if due:
                 timed = metrics
+                if on[0]:
+                    rollout_rows[0] += metrics["model/rollout_rows"]
             updates += 1
         obs = nxt
         if term or trunc:
@@ -137,6 +179,12 @@ def measure(preset: str, seed: int = 0, mode: str | None = None) -> dict:
         "rollout_length": length,
         "seconds_per_env_step_at_max_length": round((total / period) + extra, 4),
         "updates": updates,
+        "elites": elites,
+        # per env step of the timed period: the pairs that became model data (rollout
+        # rows), and the model evaluations of acting and of rollout generation
+        "rollout_rows_per_env_step": round(rollout_rows[0] / period, 2),
+        "model_pairs_per_env_step": {k: round(v / period, 2) for k, v in pairs.items()},
+        "member_evals_per_env_step": {k: round(v / period, 2) for k, v in members.items()},
         "parts": {k: {"s": round(v, 2), "share": round(v / total, 3)}
                   for k, v in spent.items()},
     }
@@ -200,6 +248,64 @@ def ab(old_src: Path, preset: str, mode: str | None, threads: int,
     }, after
 
 
+# -- the modes side by side: what UP-MPC costs --------------------------------------------------
+def compare_modes(preset: str, modes: list[str], threads: int, rounds: int) -> dict:
+    """Each mode in fresh processes, in alternation (the order rotates every round): wall and
+    CPU seconds per env step (median, min-max) and their per-round ratios to the first mode,
+    and the model evaluations per env step (counted, the same in every round for a seed)."""
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    for i in range(rounds):
+        for mode in modes[i % len(modes):] + modes[:i % len(modes)]:
+            r = run_isolated(SRC, preset, mode, threads)
+            runs[mode].append(r)
+            print(json.dumps({"round": i, "mode": mode, **r}), flush=True)
+    base = modes[0]
+    out: dict = {"preset": preset, "rounds": rounds, "threads": threads,
+                 "order": "alternating, rotated every round", "revision": revision(SRC),
+                 "cores": os.cpu_count(), "baseline": base, "modes": {}}
+    for mode, rs in runs.items():
+        out["modes"][mode] = {
+            **summarise(rs),
+            "ratio_to_baseline": {
+                k: spread([a[k] / b[k] for a, b in zip(rs, runs[base])], 2, keep=None)
+                for k in ("seconds_per_env_step", "cpu_seconds_per_env_step")},
+            "rollout_length": rs[0]["rollout_length"],
+            "elites": rs[0]["elites"],
+            "rollout_rows_per_env_step": rs[0]["rollout_rows_per_env_step"],
+            "model_pairs_per_env_step": rs[0]["model_pairs_per_env_step"],
+            "member_evals_per_env_step": rs[0]["member_evals_per_env_step"],
+        }
+    loads = [x for rs in runs.values() for r in rs for x in (r["load_avg"], r["load_avg_end"])]
+    out["load_avg_max"] = max(loads)
+    if max(loads) > (os.cpu_count() or 1):
+        out["note"] = "load average above the core count: wall times are noisy"
+    return out
+
+
+def plot_modes(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 3.2), squeeze=False)
+    for ax, (preset, entry) in zip(axes[0], results.items()):
+        modes = list(entry["modes"])
+        for offset, key, label in ((-0.2, "seconds_per_env_step", "wall"),
+                                   (0.2, "cpu_seconds_per_env_step", "CPU")):
+            v = [entry["modes"][m][key] for m in modes]
+            med = [x["median"] for x in v]
+            err = [[a - x["min"] for a, x in zip(med, v)], [x["max"] - a for a, x in zip(med, v)]]
+            ax.bar(np.arange(len(modes)) + offset, med, width=0.4, yerr=err, capsize=3,
+                   label=label)
+        ax.set_xticks(np.arange(len(modes)), modes, rotation=15)
+        ax.set_ylabel("seconds per env step")
+        ax.set_title(f"{preset}: UP-MPC cost (median, min-max)", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("presets", nargs="+")
@@ -209,7 +315,19 @@ def main() -> None:
     parser.add_argument("--ab", type=Path, default=None, metavar="OLD_SRC",
                         help="compare with the checkout whose src/ is OLD_SRC")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--modes", nargs="+", default=None, metavar="MODE",
+                        help="compare these mbpo.mode values (the first is the baseline) in "
+                             "alternating fresh processes; writes bench/results/upmpc_cost.*")
     args = parser.parse_args()
+    if args.modes is not None:
+        path = RESULTS / "upmpc_cost.json"
+        results = json.loads(path.read_text()) if path.exists() else {}
+        for preset in args.presets:
+            results[preset] = compare_modes(preset, args.modes, args.threads, args.rounds)
+            RESULTS.mkdir(exist_ok=True)
+            path.write_text(json.dumps(results, indent=1) + "\n")
+        plot_modes(results, path.with_suffix(".png"))
+        return
     path = RESULTS / "mbpo_cost.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     for preset in args.presets:

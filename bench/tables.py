@@ -501,6 +501,60 @@ def coplanner_table(results: Path) -> str | None:
     return "\n".join(lines) + "\n" + note
 
 
+def upmpc_cost_table(results: Path) -> str | None:
+    """UP-MPC's cost per env step in both agents: mbpo's modes (bench/mbpo_cost.py --modes)
+    and the imagination agent's (bench/coplanner_cost.py), extra model steps and wall time."""
+    mbpo, _ = load(results, "upmpc_cost")
+    imagine, _ = load(results, "coplanner_cost")
+    if imagine is not None and "env_steps_per_update" not in imagine:
+        imagine = None  # measured before the script recorded its per-env-step terms
+    if mbpo is None and imagine is None:
+        return None
+    head = ["agent (preset)", "mode", "wall s per env step (median, min–max)",
+            "x baseline (median, min–max)", "extra model steps per env step: data generation",
+            "extra model steps per env step: acting"]
+    rows, notes = [], []
+    for preset, entry in (mbpo or {}).items():
+        for mode, m in entry["modes"].items():
+            ratio = m["ratio_to_baseline"]["seconds_per_env_step"]
+            pairs = m["model_pairs_per_env_step"]
+            rows.append([f"mbpo ({preset})", f"`{mode}`",
+                         _median_range(m["seconds_per_env_step"], ".3f"),
+                         _median_range(ratio, ".1f", "x"),
+                         f"{pairs['rollouts'] - m['rollout_rows_per_env_step']:,.0f}",
+                         f"{pairs['act']:,.0f}"])
+        notes.append(
+            f"mbpo ({preset}): one model-refit period ({entry['rounds']} rounds, each mode a "
+            f"fresh process, alternating; {entry['threads']} torch thread(s); 1-min load up to "
+            f"{entry['load_avg_max']:.1f} on {entry['cores']} cores); a model step is one "
+            "state-action pair through the ensemble, and the extra ones are those beyond one "
+            "per rollout row kept as data (in mode `mbpo`: the u metric's evaluations of the "
+            "first 1,024 start rows); each planner step runs all "
+            f"{entry['modes'][entry['baseline']]['elites']} elites.")
+    if imagine is not None:
+        k = imagine["env_steps_per_update"]
+        base = imagine["seconds_per_update"]["off"]["median"]
+        for mode, upd in imagine["seconds_per_update"].items():
+            act = imagine["seconds_per_act_explore"][mode]
+            wall = {q: upd[q] / k + act[q] for q in ("median", "min", "max")}
+            ratio = (imagine["ratio_to_off"][mode] if mode != "off"
+                     else {"median": 1.0, "min": 1.0, "max": 1.0})
+            rows.append([f"imagine ({imagine['preset']})", f"`{mode}`",
+                         _median_range(wall, ".3f"), _median_range(ratio, ".1f", "x"),
+                         f"{imagine['planner_model_steps_per_update'][mode] / k:,.0f}",
+                         f"{imagine['planner_model_steps_per_act'][mode]:,.0f}"])
+        notes.append(
+            f"imagine ({imagine['preset']}): seconds per update / {k:g} env steps per update "
+            f"+ seconds per act (the ratio is per update; off: {base:.3f} s per update) on a "
+            f"synthetic replay, {imagine['rounds']} rounds alternating, "
+            f"{imagine['threads']} torch thread(s), 1-min load "
+            f"{max(imagine['load_avg_1min_before_after']):.1f} at most on {imagine['cores']} "
+            "cores; a model step is one backbone step of a batch row with the prior, the "
+            "disagreement heads and the actor around it.")
+    lines = [_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]
+    return "\n".join(lines) + "\n\n" + " ".join(notes)
+
+
 def allocator_table(results: Path) -> str | None:
     report, quick = load(results, "allocator")
     if report is None:
@@ -907,6 +961,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "ffm_chunk": ffm_chunk_table,
     "recall": recall_table,
     "coplanner": coplanner_table,
+    "upmpc_cost": upmpc_cost_table,
     "allocator": allocator_table,
     "compile": compile_table,
     "compile_auto": compile_auto_table,
