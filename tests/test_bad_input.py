@@ -95,10 +95,10 @@ CASES = [
     ("sweep into someone else's folder", ["sweep", "--preset", "random", "--steps", "50",
                                           "--out", "{tmp}"], "is not a reverie sweep"),
     ("sweep grid a replay agent cannot run", ["sweep", "--preset", "random", "--steps", "50",
-                                              "--grid", "run.num_envs=1,2", "--out",
+                                              "--set", "replay.capacity=40",
+                                              "--grid", "run.num_envs=1,4", "--out",
                                               "{tmp}/sw"],
-     "set run.num_envs=1 (several envs are for agents that keep their own rollouts) (trial "
-     "run.num_envs=2)"),
+     "set replay.capacity >= 64 (trial run.num_envs=4)"),
     ("negative threads", ["train", "--set", "run.threads=-1"], "run.threads must be >= 0"),
     ("bad device", ["train", "--set", "run.device=tpu"], "run.device"),
     ("run.compile typo", ["train", "--set", "run.compile=onn"], "did you mean 'on'"),

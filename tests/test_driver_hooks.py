@@ -101,13 +101,47 @@ def test_checkpoint_mid_episode_resumes_exactly(recorder, tmp_path, num_envs):
     assert metrics(part) == metrics(full)  # no evaluations (run.eval_episodes=0)
 
 
-def test_replay_agents_refuse_several_envs(tmp_path):
-    with pytest.raises(UserError, match="run.num_envs=1"):  # the config says so at once
-        build_config("random", ["run.num_envs=2", *QUIET], {"steps": 10})
-    cfg = build_config("random", QUIET, {"steps": 10})
-    cfg.run.num_envs = 2  # changed after validation: the driver refuses it too
-    with pytest.raises(UserError, match="run.num_envs=1"):
-        Trainer(cfg, tmp_path / "run")
+def test_replay_agents_store_each_env_in_its_own_stream(tmp_path):
+    cfg = build_config("random", [*QUIET, "run.num_envs=3", "run.checkpoint_every=1000"],
+                       {"steps": 240})
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.train()
+    replay = trainer.replay
+    assert replay.streams == 3 and replay.sizes.tolist() == [80, 80, 80]
+    # stream 1 holds env 1's steps in order: replay its first episode by hand
+    env, data = make_env("CartPole-v1"), replay.data
+    obs, _ = env.reset(seed=episode_seed(0, 1))  # env 1 starts the run's episode 1
+    for k in range(replay.segment, 2 * replay.segment):
+        assert data["first"][k] == (k == replay.segment)
+        assert np.array_equal(data["vector"][k], obs["vector"])
+        obs, reward, term, trunc, _ = env.step(int(data["action"][k]))
+        assert data["reward"][k] == reward and data["terminal"][k] == term
+        if term or trunc:
+            break
+    else:
+        raise AssertionError("no episode of env 1 ended in 80 steps")
+
+
+def test_world_model_agent_trains_on_several_envs_and_resumes_exactly(tmp_path):
+    from tiny import TINY_MODEL
+
+    extra = [*TINY_MODEL, *QUIET, "run.num_envs=2", "run.prefill=100", "run.train_ratio=16",
+             "run.checkpoint_every=100", "run.log_every=50", "run.threads=1"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    Trainer(build_config("cartpole", extra, {"steps": 400}), full).train()
+    rows = [json.loads(x) for x in metrics(full).splitlines()]
+    assert any("wm/loss" in row for row in rows)
+    Trainer(build_config("cartpole", extra, {"steps": 200}), part).train()
+    cfg = config.load_run_config(part)
+    cfg.run.steps = 400
+    Trainer(cfg, part, resume=True).train()  # the replay grows from 200 to 400 rows
+    assert metrics(part) == metrics(full)
+
+
+def test_a_replay_too_small_for_its_streams_names_the_fix():
+    fix = "leaves 10 rows each, fewer than one training sequence of 32; set replay.capacity >= 128"
+    with pytest.raises(UserError, match=fix):
+        build_config("cartpole", ["run.num_envs=4", "replay.capacity=40"])
 
 
 def test_multidiscrete_actions_run_end_to_end(tmp_path, capsys):

@@ -87,7 +87,7 @@ class RunConfig:
     keep_best: bool = True
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads; 0 = all cores
-    num_envs: int = 1  # envs stepped together (on-policy agents); replay agents take 1
+    num_envs: int = 1  # envs stepped together; a replay keeps one ring per env (mbpo takes 1)
     max_nan_retries: int = 3
     progress: bool = True
     # Atari evaluation: up to this many random no-op starts (the Atari100k protocol: 30;
@@ -500,7 +500,6 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"run.eval_noop_max must be >= 0, got {run.eval_noop_max}")
     if run.num_envs < 1:
         raise UserError(f"run.num_envs must be >= 1, got {run.num_envs}")
-    check_replay_envs(cfg.agent, uses_replay(cfg.agent), int(run.num_envs))
     if run.threads > MAX_THREADS:
         raise UserError(f"run.threads={run.threads} is more than any CPU can use; set at most "
                         f"{MAX_THREADS} (0 = all cores)")
@@ -523,11 +522,17 @@ def validate(cfg: DictConfig) -> None:
         )
     if cfg.replay.capacity <= 0 or not math.isfinite(cfg.replay.tau) or cfg.replay.tau <= 0:
         raise UserError("replay.capacity and replay.tau must be positive")
-    need = rows_per_sample(cfg)
+    need, envs = rows_per_sample(cfg), int(run.num_envs)
     if cfg.replay.capacity < need:
         raise UserError(
             f"replay.capacity={cfg.replay.capacity} cannot hold one training sequence of {need} "
             f"rows; set replay.capacity >= {need}"
+        )
+    if need and cfg.replay.capacity // envs < need:
+        raise UserError(
+            f"replay.capacity={cfg.replay.capacity} split over run.num_envs={envs} env streams "
+            f"leaves {cfg.replay.capacity // envs} rows each, fewer than one training sequence "
+            f"of {need}; set replay.capacity >= {need * envs}"
         )
     if cfg.env.obs not in OBS_KINDS:
         raise UserError(f"env.obs must be one of {', '.join(OBS_KINDS)}, got '{cfg.env.obs}'")
@@ -553,15 +558,6 @@ def validate(cfg: DictConfig) -> None:
         to_object(cfg, cfg.agent)  # the agent would run them
     except ValueError as e:
         raise UserError(f"bad {cfg.agent} config: {str(e).splitlines()[0]}") from None
-
-
-def check_replay_envs(agent: str, replay: bool, num_envs: int) -> None:
-    """An agent that trains on the driver's replay takes one env stream (the driver stores
-    env 0 only): here for the config, and in the driver for the agent as built."""
-    if replay and num_envs != 1:
-        raise UserError(
-            f"agent '{agent}' trains on a sequence replay of one env stream; set "
-            "run.num_envs=1 (several envs are for agents that keep their own rollouts)")
 
 
 def uses_replay(agent: str) -> bool:

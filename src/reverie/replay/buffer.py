@@ -1,4 +1,4 @@
-"""Sequence replay: a ring buffer of one environment stream, in memory or memory-mapped on disk.
+"""Sequence replay: a ring buffer per environment stream, in memory or memory-mapped on disk.
 
 Row t holds (obs_t, action_t, reward_t, terminal_t, truncated_t, first_t) — the STORM/Drama
 convention, plus a time-limit flag (truncated_t: the episode was cut after action_t, so its
@@ -20,6 +20,12 @@ not sampled and get overwritten as the resumed run writes again. A per-slot stam
 index of the row stored there) detects slots such later rows already overwrote, so a resumed
 replay never samples a row the checkpoint does not know about; their number is reported in
 `dropped_on_resume`.
+
+Several env streams (`streams=N`, one per env of a vector run) split the capacity into N
+equal segments, one ring each (stream i holds slots i·S .. i·S + S − 1, S = capacity / N):
+a window never mixes two envs' steps, and the sampler draws each batch from the valid starts
+of all streams together (DFS's counters and weights stay per slot, so its law is the one
+over all starts). Stamps count each stream's own rows.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import numpy as np
 import torch
 
 from reverie.errors import suggest
-from reverie.replay.dfs import PURPOSES, DFSSampler, window
+from reverie.replay.dfs import PURPOSES, DFSSampler
 from reverie.replay.uniform import UniformSampler
 from reverie.rng import generator_state, numpy_generator, set_generator_state
 
@@ -133,18 +139,31 @@ def grow(directory: str | Path, spec: Spec, state: dict[str, Any],
     checkpoint's `state` (from `Replay.state_dict`, the smaller capacity) is returned remapped,
     ready for `Replay.open(directory, capacity, spec, ...).load_state_dict(...)`.
 
-    The rows the checkpoint knows (global indices total_added − size ... total_added − 1)
-    move to the slots a replay of `capacity` rows would have written them to (global index
-    mod capacity), with their per-slot sampler counters, so the grown replay samples exactly
-    as one created with `capacity` rows would. Each file is replaced whole (written beside it,
-    then renamed) and a file already at `capacity` rows is left as it is, so an interrupted
-    growth is finished by running it again.
+    The rows the checkpoint knows (global indices total_added − size ... total_added − 1 of
+    each stream) move to the slots a replay of `capacity` rows would have written them to
+    (global index mod the stream's segment), with their per-slot sampler counters, so the
+    grown replay samples exactly as one created with `capacity` rows would. Each file is
+    replaced whole (written beside it, then renamed) and a file already at `capacity` rows is
+    left as it is, so an interrupted growth is finished by running it again.
     """
     directory = Path(directory)
-    old, total, size = int(state["capacity"]), int(state["total_added"]), int(state["size"])
+    old, total, size = int(state["capacity"]), state["total_added"], state["size"]
     if capacity < old:
         raise ValueError(f"a replay of {old} rows cannot shrink to {capacity}")
-    g = np.arange(total - size, total, dtype=np.int64)  # global indices of the known rows
+    streams = int(state.get("streams", 1))
+    if capacity % streams:
+        raise ValueError(f"a replay of {streams} streams needs a capacity that is a multiple "
+                         f"of {streams}, got {capacity}")
+    # each stream's known rows (its global indices total − size ... total − 1)
+    known = [(i, np.arange(t - n, t, dtype=np.int64))
+             for i, (t, n) in enumerate(zip(np.atleast_1d(total), np.atleast_1d(size)))]
+
+    def slots(rows: int) -> np.ndarray:
+        """Where a replay of `rows` rows (and this many streams) holds the known rows."""
+        seg = rows // streams
+        return np.concatenate([i * seg + g % seg for i, g in known])
+
+    src_old, dst = slots(old), slots(capacity)
     for name, (shape, dtype) in _parse_spec(spec).items():
         path = directory / f"{name}.npy"
         rows = file_rows(path) if path.is_file() else old
@@ -152,25 +171,25 @@ def grow(directory: str | Path, spec: Spec, state: dict[str, Any],
             continue
         src = _open_existing(path, (rows, *shape), dtype)
         tmp = path.with_name(path.name + ".grow")
-        dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(capacity, *shape))
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(capacity, *shape))
         try:
             _reserve(tmp)  # a full disk fails here, not with SIGBUS on a mapped write
         except ValueError:
-            del dst
+            del out
             tmp.unlink()
             raise
         if name == "_stamp":
-            dst[:] = -1
-        dst[g % capacity] = src[g % rows]
-        dst.flush()
-        del dst, src
+            out[:] = -1
+        out[dst] = src[slots(rows)]
+        out.flush()
+        del out, src
         os.replace(tmp, path)
     remapped = dict(state, capacity=capacity)
     sampler = {}
     for key, value in state["sampler"].items():  # per-slot arrays move with their rows
         if isinstance(value, torch.Tensor) and value.shape == (old,):
             moved = torch.zeros(capacity, dtype=value.dtype)
-            moved[torch.from_numpy(g % capacity)] = value[torch.from_numpy(g % old)]
+            moved[torch.from_numpy(dst)] = value[torch.from_numpy(src_old)]
             value = moved
         sampler[key] = value
     remapped["sampler"] = sampler
@@ -178,7 +197,8 @@ def grow(directory: str | Path, spec: Spec, state: dict[str, Any],
 
 
 class Replay:
-    """Ring buffer of `capacity` rows of one environment stream, sampled as [B, T] sequences.
+    """Ring buffer of `capacity` rows of `streams` environment streams (a ring of capacity /
+    streams rows each), sampled as [B, T] sequences of one stream each.
 
     spec: field -> (shape, dtype name) for the obs keys and "action"; "reward" float32,
     "terminal" bool and "first" bool are added. directory: None keeps numpy arrays in
@@ -186,6 +206,7 @@ class Replay:
     files already in `directory` (then call `load_state_dict`) instead of creating them.
     sampler: "uniform" or "dfs" (extra keyword arguments go to the sampler, e.g. tau=10).
     seed: all sampling randomness comes from one PCG64 generator owned by the replay.
+    streams: env streams (`add(row, stream=i)`); capacity must be a multiple of it.
     """
 
     def __init__(
@@ -196,23 +217,28 @@ class Replay:
         sampler: str = "uniform",
         seed: int = 0,
         resume: bool = False,
+        streams: int = 1,
         **sampler_kwargs: Any,
     ) -> None:
         if not isinstance(capacity, int) or capacity <= 0:
             raise ValueError(f"replay capacity must be a positive integer, got {capacity!r}")
+        if not isinstance(streams, int) or streams <= 0 or capacity % streams:
+            raise ValueError(f"replay streams must be a positive integer dividing the capacity "
+                             f"{capacity}, got {streams!r}")
         if sampler not in SAMPLERS:
             hint = suggest(sampler, SAMPLERS)
             raise ValueError(
                 f"unknown replay sampler '{sampler}'{hint}; choose one of: {', '.join(SAMPLERS)}"
             )
         self.capacity = capacity
+        self.streams, self.segment = streams, capacity // streams
         self.fields = _parse_spec(spec)
         self.spec = {k: v for k, v in self.fields.items() if k not in OWN_FIELDS}
         self.directory = None if directory is None else Path(directory)
         self.sampler = SAMPLERS[sampler](capacity, **sampler_kwargs)
         self.rng = numpy_generator(seed)
-        self.size = 0
-        self.total_added = 0
+        self.totals = np.zeros(streams, dtype=np.int64)  # rows each stream ever added
+        self.sizes = np.zeros(streams, dtype=np.int64)  # rows each stream holds
         self.dropped_on_resume = 0
         self.data = self._allocate(resume)
 
@@ -257,12 +283,27 @@ class Replay:
         return self.size
 
     @property
-    def pos(self) -> int:
-        """Write head: the slot the next `add` writes."""
-        return self.total_added % self.capacity
+    def size(self) -> int:
+        """Rows held, all streams together."""
+        return int(self.sizes.sum())
 
-    def add(self, row: dict[str, Any]) -> None:
-        """Append one transition: the spec keys plus "reward", "terminal", "first".
+    @property
+    def total_added(self) -> int:
+        """Rows ever added, all streams together."""
+        return int(self.totals.sum())
+
+    def head(self, stream: int = 0) -> int:
+        """Write head of a stream: the slot its next `add` writes."""
+        return stream * self.segment + int(self.totals[stream]) % self.segment
+
+    @property
+    def pos(self) -> int:
+        """Write head of stream 0 (the only one of a one-stream replay)."""
+        return self.head(0)
+
+    def add(self, row: dict[str, Any], stream: int = 0) -> None:
+        """Append one transition of env stream `stream`: the spec keys plus "reward",
+        "terminal", "first".
 
         Shapes must match the spec exactly; uint8 fields only take uint8 arrays (an image
         given as float would be silently truncated otherwise). Extra keys are ignored.
@@ -289,24 +330,37 @@ class Replay:
                     "pass the raw uint8 image"
                 )
             values[name] = value
-        slot = self.pos
+        if not 0 <= stream < self.streams:
+            raise ValueError(f"replay.add: stream {stream} of a replay of {self.streams}")
+        slot = self.head(stream)
         # Stamp first: a slot whose write was interrupted already reads as "newer than the
         # checkpoint" on resume and is dropped instead of sampled half-written.
-        self.data["_stamp"][slot] = self.total_added
+        self.data["_stamp"][slot] = self.totals[stream]
         for name, value in values.items():
             self.data[name][slot] = value
         self.sampler.on_write(slot)
-        self.total_added += 1
-        self.size = min(self.size + 1, self.capacity)
+        self.totals[stream] += 1
+        self.sizes[stream] = min(self.sizes[stream] + 1, self.segment)
 
-    def valid_starts(self, seq_len: int) -> tuple[int, int]:
-        """(oldest slot, count): starts of windows of seq_len rows not crossing the write head.
+    def valid_starts(self, seq_len: int, stream: int = 0) -> tuple[int, int]:
+        """(oldest slot, count) of a stream: starts of windows of seq_len rows not crossing
+        its write head.
 
-        The rows in age order are slots oldest, oldest+1, ... (mod capacity), so the starts
-        at age offsets 0 .. size − seq_len leave the whole window before the head.
+        The stream's rows in age order are slots oldest, oldest+1, ... (mod its segment), so
+        the starts at age offsets 0 .. size − seq_len leave the whole window before the head.
         """
-        oldest = (self.pos - self.size) % self.capacity
-        return oldest, self.size - seq_len + 1
+        base, size = stream * self.segment, int(self.sizes[stream])
+        oldest = base + (int(self.totals[stream]) - size) % self.segment
+        return oldest, size - seq_len + 1
+
+    def can_sample(self, seq_len: int) -> bool:
+        """Whether some stream holds a window of `seq_len` rows (what `sample` needs)."""
+        return int(self.sizes.max()) >= seq_len
+
+    def _slots(self, stream: int, oldest: int, count: int) -> np.ndarray:
+        """`count` consecutive slots of a stream's ring from slot `oldest`: [count]."""
+        base = stream * self.segment
+        return base + (oldest - base + np.arange(count, dtype=np.int64)) % self.segment
 
     def sample(
         self, batch_size: int, seq_len: int, purpose: str = "train"
@@ -322,18 +376,30 @@ class Replay:
             raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
         if not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if not isinstance(seq_len, int) or not 0 < seq_len <= self.capacity:
+        if not isinstance(seq_len, int) or not 0 < seq_len <= self.segment:
+            where = "capacity" if self.streams == 1 else "capacity / streams"
             raise ValueError(
-                f"seq_len must be an integer in [1, capacity={self.capacity}], got {seq_len!r}"
+                f"seq_len must be an integer in [1, {where}={self.segment}], got {seq_len!r}"
             )
-        if self.size < seq_len:
+        if not self.can_sample(seq_len):
+            most = int(self.sizes.max())
+            held = (f"replay holds {most} rows" if self.streams == 1
+                    else f"each env stream of the replay holds at most {most} rows")
             raise ValueError(
-                f"replay holds {self.size} rows but seq_len={seq_len} needs at least {seq_len}; "
-                f"add {seq_len - self.size} more steps before sampling (raise the prefill)"
+                f"{held} but seq_len={seq_len} needs at least {seq_len}; "
+                f"add {seq_len - most} more steps before sampling (raise the prefill)"
             )
-        oldest, count = self.valid_starts(seq_len)
-        starts = self.sampler.choose(oldest, count, batch_size, purpose, self.rng)
-        index = (starts[:, None] + np.arange(seq_len)) % self.capacity  # [B, T]
+        if self.streams == 1:  # the one ring: the sampler's own window form
+            oldest, count = self.valid_starts(seq_len)
+            starts = self.sampler.choose(oldest, count, batch_size, purpose, self.rng)
+        else:
+            valid = [(i, *self.valid_starts(seq_len, i)) for i in range(self.streams)]
+            slots = np.concatenate([self._slots(i, oldest, count)
+                                    for i, oldest, count in valid if count > 0])
+            starts = self.sampler.choose_from(slots, batch_size, purpose, self.rng)
+        base = starts - starts % self.segment
+        index = base[:, None] + (starts[:, None] - base[:, None]
+                                 + np.arange(seq_len)) % self.segment  # [B, T]
         batch = {
             name: torch.from_numpy(np.asarray(self.data[name][index]))
             for name in (*self.spec, "reward", "terminal", "truncated")
@@ -352,11 +418,13 @@ class Replay:
         """Positions, sampler counters and RNG state; flushes first so the rows it names are
         on disk. Only ints, strings, lists and tensors (safe for torch.load(weights_only))."""
         self.flush()
+        one = self.streams == 1  # a one-stream replay keeps the format of before streams
         return {
             "capacity": self.capacity,
             "fields": list(self.fields),
-            "size": self.size,
-            "total_added": self.total_added,
+            "streams": self.streams,
+            "size": self.size if one else [int(n) for n in self.sizes],
+            "total_added": self.total_added if one else [int(t) for t in self.totals],
             "rng": generator_state(self.rng),
             "sampler_name": self.sampler.name,
             "sampler": self.sampler.state_dict(),
@@ -370,27 +438,36 @@ class Replay:
                 f"replay checkpoint has capacity {d['capacity']} and fields {list(d['fields'])}"
                 f", this replay {self.capacity} and {list(self.fields)}; {fix}"
             )
+        if int(d.get("streams", 1)) != self.streams:
+            raise ValueError(
+                f"replay checkpoint has {d.get('streams', 1)} env streams, this replay "
+                f"{self.streams}; resume with the run.num_envs the run was created with"
+            )
         if d["sampler_name"] != self.sampler.name:
             raise ValueError(
                 f"replay checkpoint used sampler '{d['sampler_name']}', this replay "
                 f"'{self.sampler.name}'; {fix}"
             )
-        total, size = int(d["total_added"]), int(d["size"])
-        oldest = (total - size) % self.capacity
-        expected = np.arange(total - size, total, dtype=np.int64)
-        stamps = window(self.data["_stamp"], oldest, size)
-        if np.any(stamps < expected):
-            where = self.directory if self.directory is not None else "memory"
-            raise ValueError(
-                f"the replay rows of this checkpoint are not in {where}; reattach the run's "
-                "own replay directory with Replay.open(directory, ...) (an in-memory replay "
-                "cannot restore its rows: create it with directory=... to resume with data)"
-            )
-        newer = np.nonzero(stamps > expected)[0]
-        # Rows written after the checkpoint overwrote the oldest end of its window; keep only
-        # the rows after the last overwritten slot so every sampled window is one era.
-        keep = size - (int(newer[-1]) + 1 if newer.size else 0)
-        self.total_added, self.size = total, keep
-        self.dropped_on_resume = size - keep
+        totals = np.atleast_1d(np.asarray(d["total_added"], dtype=np.int64))
+        sizes = np.atleast_1d(np.asarray(d["size"], dtype=np.int64))
+        self.dropped_on_resume = 0
+        for i, (total, size) in enumerate(zip(totals.tolist(), sizes.tolist())):
+            expected = np.arange(total - size, total, dtype=np.int64)
+            oldest = i * self.segment + (total - size) % self.segment
+            stamps = self.data["_stamp"][self._slots(i, oldest, size)]
+            if np.any(stamps < expected):
+                where = self.directory if self.directory is not None else "memory"
+                raise ValueError(
+                    f"the replay rows of this checkpoint are not in {where}; reattach the "
+                    "run's own replay directory with Replay.open(directory, ...) (an "
+                    "in-memory replay cannot restore its rows: create it with directory=... "
+                    "to resume with data)"
+                )
+            newer = np.nonzero(stamps > expected)[0]
+            # Rows written after the checkpoint overwrote the oldest end of its window; keep
+            # only the rows after the last overwritten slot so every sampled window is one era.
+            keep = size - (int(newer[-1]) + 1 if newer.size else 0)
+            self.totals[i], self.sizes[i] = total, keep
+            self.dropped_on_resume += size - keep
         self.sampler.load_state_dict(d["sampler"])
         set_generator_state(self.rng, torch.as_tensor(d["rng"]))

@@ -74,6 +74,11 @@ def window(values: np.ndarray, oldest: int, count: int) -> np.ndarray:
     return np.concatenate([values[oldest:], values[: end - values.shape[0]]])
 
 
+def window_slots(oldest: int, count: int, capacity: int) -> np.ndarray:
+    """The slots of `window`: `count` slots of a ring of `capacity` from `oldest`: [count]."""
+    return (oldest + np.arange(count, dtype=np.int64)) % capacity
+
+
 class DFSSampler:
     """Drama's DFS: per-slot counters, train/imagine weights, draws without replacement.
 
@@ -112,19 +117,28 @@ class DFSSampler:
         self, oldest: int, count: int, batch_size: int, purpose: str, rng: np.random.Generator
     ) -> np.ndarray:
         """Pick `batch_size` start slots among the `count` valid ones from `oldest`: [B]."""
+        return self.choose_from(window_slots(oldest, count, self.capacity), batch_size,
+                                purpose, rng)
+
+    def choose_from(
+        self, slots: np.ndarray, batch_size: int, purpose: str, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Pick `batch_size` start slots among the valid ones `slots` [N] (any order, e.g. the
+        valid starts of several env streams): [B]."""
         if purpose == "train" and not self._fixed[0]:
             self.train_batch = batch_size
         elif purpose == "imagine" and not self._fixed[1]:
             self.imagine_batch = batch_size
-        n = window(self.n, oldest, count)
-        m_tilde = window(self.m, oldest, count) * self.m_scale() if purpose == "imagine" else n
+        count = slots.shape[0]
+        n = self.n[slots]
+        m_tilde = self.m[slots] * self.m_scale() if purpose == "imagine" else n
         logits = dfs_logits(n, m_tilde, self.tau, purpose)
         rounds, rest = divmod(batch_size, count)
         picks = [np.tile(np.arange(count, dtype=np.int64), rounds)] if rounds else []
         if rest:
             picks.append(draw_without_replacement(logits, rest, rng))
         offsets = np.concatenate(picks) if len(picks) > 1 else picks[0]
-        slots = (oldest + offsets) % self.capacity
+        slots = slots[offsets]
         # add.at, not +=, so a slot taken twice (only when rounds > 0) counts twice.
         np.add.at(self.n if purpose == "train" else self.m, slots, 1)
         return slots

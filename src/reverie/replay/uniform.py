@@ -21,6 +21,12 @@ class UniformSampler:
         """Pick `batch_size` start slots among the `count` valid ones from `oldest`: [B]."""
         return (oldest + rng.integers(0, count, size=batch_size)) % self.capacity
 
+    def choose_from(
+        self, slots: np.ndarray, batch_size: int, purpose: str, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Pick `batch_size` start slots among the valid ones `slots` [N]: [B]."""
+        return slots[rng.integers(0, slots.shape[0], size=batch_size)]
+
     def on_write(self, slot: int) -> None:
         """Uniform sampling keeps no per-slot history."""
 

@@ -33,7 +33,6 @@ from omegaconf import DictConfig
 
 from reverie.config import (
     apply_resume_overrides,
-    check_replay_envs,
     config_yaml,
     load_run_config,
     rows_per_sample,
@@ -153,9 +152,6 @@ class Trainer:
         if cfg.run.compile != "off":
             compile_agent(self.agent, cfg.agent, self._note, cfg.run.compile)
         self.uses_replay = bool(getattr(self.agent, "uses_replay", True))
-        # again for the agent as built: a config changed after build_config, or an agent
-        # that decides per instance, would otherwise train on env 0 of N in silence
-        check_replay_envs(cfg.agent, self.uses_replay, self.num_envs)
         acfg = cfg[cfg.agent]
         self.replayed_per_update = int(acfg.get("batch_size", 1)) * int(acfg.get("seq_len", 1))
         self.min_rows = rows_per_sample(cfg)
@@ -376,7 +372,7 @@ class Trainer:
         due = getattr(self.agent, "updates_due", None)
         if due is not None:
             return int(due(c.env_steps))
-        if c.env_steps < self.run.prefill or len(self.replay) < self.min_rows:
+        if c.env_steps < self.run.prefill or not self.replay.can_sample(self.min_rows):
             return 0
         c.credit += self.num_envs * self.run.train_ratio / self.replayed_per_update
         n = 0
@@ -403,11 +399,14 @@ class Trainer:
         return np.asarray(action)
 
     def _store(self, t: Transition) -> None:
-        """Hand one vector step to the replay (one env stream) and to the agent."""
+        """Hand one vector step to the replay (env i's row to its stream i) and to the agent."""
         if self.replay is not None:
-            self.replay.add({**{k: v[0] for k, v in t.obs.items()}, "action": t.action[0],
-                             "reward": float(t.reward[0]), "terminal": bool(t.terminated[0]),
-                             "truncated": bool(t.truncated[0]), "first": bool(t.first[0])})
+            for i in range(self.num_envs):
+                self.replay.add({**{k: v[i] for k, v in t.obs.items()}, "action": t.action[i],
+                                 "reward": float(t.reward[i]),
+                                 "terminal": bool(t.terminated[i]),
+                                 "truncated": bool(t.truncated[i]), "first": bool(t.first[i])},
+                                stream=i)
         observe = getattr(self.agent, "observe", None)
         if observe is not None:
             observe(t)

@@ -19,9 +19,12 @@ from reverie.replay.buffer import file_rows, grow
 def replay_rows(cfg: DictConfig, out: Path, saved: dict[str, Any] | None,
                 note: Callable[[str], None]) -> int:
     """Rows to allocate: replay.capacity, but no more than run.steps (a run never stores
-    more). A resumed run (`saved`: its checkpoint's replay state) keeps its rows, grown to that
-    size when a raised run.steps (or replay.capacity) asks for more (`make_replay`)."""
-    want = int(min(cfg.replay.capacity, cfg.run.steps))
+    more), a multiple of run.num_envs (one ring per env stream). A resumed run (`saved`: its
+    checkpoint's replay state) keeps its rows, grown to that size when a raised run.steps (or
+    replay.capacity) asks for more (`make_replay`)."""
+    envs = int(cfg.run.num_envs)  # one ring per env stream, of equal rows
+    want = int(min(cfg.replay.capacity, max(cfg.run.steps, envs)))
+    want -= want % envs
     if saved is None:
         return want
     have = int(saved["capacity"])
@@ -59,7 +62,8 @@ def make_replay(cfg: DictConfig, out: Path, spec: dict, capacity: int,
              f"(run.steps {int(cfg.run.steps):,}); its rows are kept")
     try:
         return Replay(capacity, spec, directory=directory, sampler=rc.sampler,
-                      seed=int(cfg.seed), resume=resuming and rc.on_disk, **kwargs)
+                      seed=int(cfg.seed), resume=resuming and rc.on_disk,
+                      streams=int(cfg.run.num_envs), **kwargs)
     except ValueError as e:
         if not resuming and directory is not None:
             shutil.rmtree(directory, ignore_errors=True)  # ours, and half-made
