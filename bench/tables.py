@@ -362,17 +362,17 @@ def popgym_imagine_table(results: Path) -> str | None:
     report, _ = load(results, "popgym_imagine")
     if report is None or not report["runs"]:
         return None
-    head = ["task", "memory", "env steps", "imagine MMER", "PPO's MMER (500k, target)",
+    head = ["task", "memory", "seed", "env steps", "imagine MMER", "PPO's MMER (500k, target)",
             "imagine steps to target", "PPO steps to target", "ratio", "wall"]
     rows = []
     for key, r in report["runs"].items():
-        task, memory, _ = key.split("/")
+        task, memory, seed = key.split("/")
 
         def steps(x):
             return "not reached" if x is None else f"{x:,.0f}"
 
         label = f"`{memory}`" + (f" ({r['memory_note']})" if r.get("memory_note") else "")
-        rows.append([task, label, f"{r['env_steps']:,}", f"{r['mmer']:.2f}",
+        rows.append([task, label, seed.lstrip("s"), f"{r['env_steps']:,}", f"{r['mmer']:.2f}",
                      "–" if r.get("target") is None else f"{r['target']:.2f}",
                      steps(r.get("imagine_steps_to_target")),
                      steps(r.get("ppo_steps_to_target")),
@@ -513,24 +513,36 @@ def upmpc_cost_table(results: Path) -> str | None:
     head = ["agent (preset)", "mode", "wall s per env step (median, min–max)",
             "x baseline (median, min–max)", "extra model steps per env step: data generation",
             "extra model steps per env step: acting"]
-    rows, notes = [], []
+    rows, notes, loads = [], [], []
     for preset, entry in (mbpo or {}).items():
         for mode, m in entry["modes"].items():
             ratio = m["ratio_to_baseline"]["seconds_per_env_step"]
             pairs = m["model_pairs_per_env_step"]
-            rows.append([f"mbpo ({preset})", f"`{mode}`",
+            rows.append([f"mbpo ({preset}, rollout length {m['rollout_length']:g})", f"`{mode}`",
                          _median_range(m["seconds_per_env_step"], ".3f"),
                          _median_range(ratio, ".1f", "x"),
                          f"{pairs['rollouts'] - m['rollout_rows_per_env_step']:,.0f}",
                          f"{pairs['act']:,.0f}"])
-        notes.append(
-            f"mbpo ({preset}): one model-refit period ({entry['rounds']} rounds, each mode a "
-            f"fresh process, alternating; {entry['threads']} torch thread(s); 1-min load up to "
-            f"{entry['load_avg_max']:.1f} on {entry['cores']} cores); a model step is one "
+        loads.append(f"{preset} up to {entry['load_avg_max']:.1f}")
+        longest = {m: v["seconds_per_env_step_at_max_length"]["median"]
+                   for m, v in entry["modes"].items()}
+        if max(longest.values()) > 1.05 * max(m["seconds_per_env_step"]["median"]
+                                              for m in entry["modes"].values()):
+            notes.append(
+                f"At {preset}'s longest rollouts (its schedule's last length; every rollout "
+                "step costs the same) the data generation's extra model steps scale with the "
+                "length, and the wall time per env step extrapolates to "
+                + ", ".join(f"{v:.2f} s ({m})" for m, v in longest.items()) + ".")
+    if mbpo:
+        first = next(iter(mbpo.values()))
+        notes.insert(0, (
+            "mbpo: one model-refit period per mode and round, each mode a fresh process, "
+            f"alternating ({first['rounds']} rounds, {first['threads']} torch thread(s); "
+            f"1-min load {', '.join(loads)} on {first['cores']} cores); a model step is one "
             "state-action pair through the ensemble, and the extra ones are those beyond one "
             "per rollout row kept as data (in mode `mbpo`: the u metric's evaluations of the "
-            "first 1,024 start rows); each planner step runs all "
-            f"{entry['modes'][entry['baseline']]['elites']} elites.")
+            "first 1,024 start rows); each UP-MPC step runs all "
+            f"{first['modes'][first['baseline']]['elites']} elites."))
     if imagine is not None:
         k = imagine["env_steps_per_update"]
         base = imagine["seconds_per_update"]["off"]["median"]
