@@ -567,6 +567,30 @@ def upmpc_cost_table(results: Path) -> str | None:
     return "\n".join(lines) + "\n\n" + " ".join(notes)
 
 
+def omp_wait_table(results: Path) -> str | None:
+    report, _ = load(results, "omp_wait")
+    if report is None:
+        return None
+    conditions = report["conditions"]
+    names = list(next(iter(conditions.values())))
+    label = {"quiet": "quiet machine", "beside": "beside a 1-thread training process"}
+    head = ["setting"] + [x for c in conditions
+                          for x in (f"{label[c]}: s/update (median, min–max)",
+                                    f"{label[c]}: default / setting")]
+    rows = [[n] + [x for c in conditions
+                   for x in (_median_range(conditions[c][n]["seconds_per_update"], ".3f"),
+                             _median_range(conditions[c][n]["ratio_to_default"], ".2f", "x"))]
+            for n in names]
+    loads = [x for c in conditions.values() for v in c.values() for pair in v["load_avg"]
+             for x in pair]
+    note = (f"\nOne update of the `{report['preset']}` preset's agent (run.compile off), median "
+            f"of {report['updates']} after a warm-up, each setting a fresh process, the settings "
+            f"alternating ({report['rounds']} rounds per condition); the neighbour runs the same "
+            f"agent's updates on 1 thread; 1-min load {min(loads):.1f}–{max(loads):.1f} on "
+            f"{report['cores']} cores.")
+    return "\n".join([_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]) + note
+
+
 def allocator_table(results: Path) -> str | None:
     report, quick = load(results, "allocator")
     if report is None:
@@ -975,6 +999,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "coplanner": coplanner_table,
     "upmpc_cost": upmpc_cost_table,
     "allocator": allocator_table,
+    "omp_wait": omp_wait_table,
     "compile": compile_table,
     "compile_auto": compile_auto_table,
     "ensemble_speed": ensemble_speed_table,
