@@ -124,6 +124,9 @@ def test_resume_with_another_number_of_streams_names_the_fix(tmp_path):
     replay.flush()
     with pytest.raises(ValueError, match="run.num_envs the run was created with"):
         Replay.open(tmp_path, 20, SPEC, streams=4).load_state_dict(state)
+    bad = dict(state, size=[5, 11])  # more rows than a ring of 10 holds
+    with pytest.raises(ValueError, match="do not fit 2 stream"):
+        Replay.open(tmp_path, 20, SPEC, streams=2).load_state_dict(bad)
 
 
 @pytest.mark.parametrize("sampler", ["uniform", "dfs"])

@@ -151,9 +151,9 @@ def grow(directory: str | Path, spec: Spec, state: dict[str, Any],
     if capacity < old:
         raise ValueError(f"a replay of {old} rows cannot shrink to {capacity}")
     streams = int(state.get("streams", 1))
-    if capacity % streams:
-        raise ValueError(f"a replay of {streams} streams needs a capacity that is a multiple "
-                         f"of {streams}, got {capacity}")
+    if old % streams or capacity % streams:
+        raise ValueError(f"a replay of {streams} streams needs capacities that are multiples "
+                         f"of {streams}, got {old} and {capacity}")
     # each stream's known rows (its global indices total − size ... total − 1)
     known = [(i, np.arange(t - n, t, dtype=np.int64))
              for i, (t, n) in enumerate(zip(np.atleast_1d(total), np.atleast_1d(size)))]
@@ -450,6 +450,10 @@ class Replay:
             )
         totals = np.atleast_1d(np.asarray(d["total_added"], dtype=np.int64))
         sizes = np.atleast_1d(np.asarray(d["size"], dtype=np.int64))
+        if (totals.shape != (self.streams,) or sizes.shape != (self.streams,)
+                or np.any(sizes < 0) or np.any(sizes > np.minimum(totals, self.segment))):
+            raise ValueError(f"replay checkpoint's row counts ({d['total_added']}, {d['size']}) "
+                             f"do not fit {self.streams} stream(s) of {self.segment} rows; {fix}")
         self.dropped_on_resume = 0
         for i, (total, size) in enumerate(zip(totals.tolist(), sizes.tolist())):
             expected = np.arange(total - size, total, dtype=np.int64)
