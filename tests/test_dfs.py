@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from reverie.replay import DFSSampler, Replay, dfs_logits, dfs_weights, draw_without_replacement
-from reverie.replay.dfs import window
+from reverie.replay.dfs import window_slots
 
 N_HAND = np.array([0, 1, 2, 10])
 M_HAND = np.array([0, 3, 1, 0])
@@ -88,7 +88,7 @@ def test_sampler_draws_what_the_formula_says_across_wrap():
     sampler.n[:] = np.arange(cap) % 5
     sampler.m[:] = (np.arange(cap) * 7) % 11
     oldest, count = 9, 8  # the valid window wraps: slots 9, 10, 11, 0, ..., 4
-    slots = window(np.arange(cap), oldest, count)
+    slots = window_slots(oldest, count, cap)
     np.testing.assert_array_equal(slots, [9, 10, 11, 0, 1, 2, 3, 4])
 
     sampler.choose(oldest, count, 4, "train", np.random.Generator(np.random.PCG64(9)))

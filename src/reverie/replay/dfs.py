@@ -66,16 +66,8 @@ def draw_without_replacement(logits: np.ndarray, k: int, rng: np.random.Generato
     return top[np.argsort(-keys[top], kind="stable")].astype(np.int64)
 
 
-def window(values: np.ndarray, oldest: int, count: int) -> np.ndarray:
-    """Values of `count` slots of a ring starting at slot `oldest`, in age order: [count]."""
-    end = oldest + count
-    if end <= values.shape[0]:
-        return values[oldest:end]
-    return np.concatenate([values[oldest:], values[: end - values.shape[0]]])
-
-
 def window_slots(oldest: int, count: int, capacity: int) -> np.ndarray:
-    """The slots of `window`: `count` slots of a ring of `capacity` from `oldest`: [count]."""
+    """`count` consecutive slots of a ring of `capacity` from slot `oldest`, in age order."""
     return (oldest + np.arange(count, dtype=np.int64)) % capacity
 
 
