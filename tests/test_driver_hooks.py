@@ -138,6 +138,27 @@ def test_world_model_agent_trains_on_several_envs_and_resumes_exactly(tmp_path):
     assert metrics(part) == metrics(full)
 
 
+def test_every_env_stream_keeps_all_its_steps(tmp_path):
+    """10 steps over 4 envs run 12 (all envs step together): each stream's 3 rows fit."""
+    cfg = build_config("random", [*QUIET, "run.num_envs=4", "run.checkpoint_every=1000"],
+                       {"steps": 10})
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.train()
+    assert trainer.replay.capacity == 12 and trainer.replay.sizes.tolist() == [3, 3, 3, 3]
+    assert trainer.replay.totals.tolist() == [3, 3, 3, 3]  # nothing overwritten
+
+
+def test_a_vector_run_too_short_per_env_says_it_trains_nothing():
+    cfg = build_config("cartpole", ["run.num_envs=16", "run.prefill=100"], {"steps": 1000})
+    notes = config.training_notes(cfg)  # 63 rows per env stream, sequences of 32: fine
+    assert not any("training sequence" in n for n in notes)
+    cfg = build_config("cartpole", ["run.num_envs=16", "run.prefill=100",
+                                    "imagine.seq_len=64"], {"steps": 1000})
+    assert ("run.steps=1000 gives 63 rows per env (16 envs share run.steps), shorter than one "
+            "training sequence (64 rows): no training will happen; raise --steps to at least "
+            "1024") in config.training_notes(cfg)
+
+
 def test_a_replay_too_small_for_its_streams_names_the_fix():
     fix = "leaves 10 rows each, fewer than one training sequence of 32; set replay.capacity >= 128"
     with pytest.raises(UserError, match=fix):

@@ -583,10 +583,13 @@ def training_notes(cfg: DictConfig) -> list[str]:
         notes.append(f"run.steps={run.steps} <= run.prefill={run.prefill}: this run only "
                      "collects random data and does no training; raise --steps or lower "
                      "run.prefill")
-    elif need and run.steps < need:
-        notes.append(f"run.steps={run.steps} is shorter than one training sequence ({need} "
-                      "rows): no training will happen; raise --steps")
     envs = int(run.get("num_envs", 1))
+    per_env = -(-run.steps // envs)  # rows each env's stream of the replay gets
+    if run.steps > run.prefill and need and per_env < need:
+        where = "" if envs == 1 else f" per env ({envs} envs share run.steps)"
+        notes.append(f"run.steps={run.steps} gives {per_env} rows{where}, shorter than one "
+                     f"training sequence ({need} rows): no training will happen; raise --steps "
+                     f"to at least {need * envs}")
     if run.steps % envs:
         notes.append(f"run.steps={run.steps} is not a multiple of run.num_envs={envs} (all envs "
                      f"step together): the run ends at {-(-run.steps // envs) * envs} env steps")

@@ -385,9 +385,11 @@ class Replay:
             most = int(self.sizes.max())
             held = (f"replay holds {most} rows" if self.streams == 1
                     else f"each env stream of the replay holds at most {most} rows")
+            more = (f"{seq_len - most} more steps" if self.streams == 1 else
+                    f"{seq_len - most} more steps per stream ({self.streams} streams)")
             raise ValueError(
                 f"{held} but seq_len={seq_len} needs at least {seq_len}; "
-                f"add {seq_len - most} more steps before sampling (raise the prefill)"
+                f"add {more} before sampling (raise the prefill)"
             )
         if self.streams == 1:  # the one ring: the sampler's own window form
             oldest, count = self.valid_starts(seq_len)

@@ -23,8 +23,9 @@ def replay_rows(cfg: DictConfig, out: Path, saved: dict[str, Any] | None,
     checkpoint's replay state) keeps its rows, grown to that size when a raised run.steps (or
     replay.capacity) asks for more (`make_replay`)."""
     envs = int(cfg.run.num_envs)  # one ring per env stream, of equal rows
-    want = int(min(cfg.replay.capacity, max(cfg.run.steps, envs)))
-    want -= want % envs
+    capacity = int(cfg.replay.capacity)
+    steps = -(-int(cfg.run.steps) // envs) * envs  # all envs step together: the run's steps
+    want = min(capacity - capacity % envs, steps)
     if saved is None:
         return want
     have = int(saved["capacity"])
@@ -34,7 +35,6 @@ def replay_rows(cfg: DictConfig, out: Path, saved: dict[str, Any] | None,
         raise UserError(
             f"replay.capacity={cfg.replay.capacity} is below the {have:,} rows this run's "
             f"replay already holds; on resume it can only be raised (or left as it is)")
-    steps = int(cfg.run.steps)
     if steps > max(want, have):  # the run will outgrow what replay.capacity allows
         if int(load_run_config(out).run.steps) <= max(want, have):  # newly so
             note(f"note: the replay holds {max(want, have):,} rows (replay.capacity), so "
