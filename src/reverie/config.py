@@ -576,6 +576,13 @@ def rows_per_sample(cfg: DictConfig) -> int:
     return max(int(section.get("seq_len", 1)), int(section.get("context", 1)))
 
 
+def run_env_steps(run: DictConfig) -> int:
+    """The env steps a run takes: run.steps rounded up to whole vector steps (all
+    run.num_envs envs step together)."""
+    envs = int(run.get("num_envs", 1))
+    return -(-int(run.steps) // envs) * envs
+
+
 def training_notes(cfg: DictConfig) -> list[str]:
     """Legitimate settings under which a run trains nothing: said, not silently done."""
     run, need, notes = cfg.run, rows_per_sample(cfg), []
@@ -584,7 +591,7 @@ def training_notes(cfg: DictConfig) -> list[str]:
                      "collects random data and does no training; raise --steps or lower "
                      "run.prefill")
     envs = int(run.get("num_envs", 1))
-    per_env = -(-run.steps // envs)  # rows each env's stream of the replay gets
+    per_env = run_env_steps(run) // envs  # rows each env's stream of the replay gets
     if run.steps > run.prefill and need and per_env < need:
         where = "" if envs == 1 else f" per env ({envs} envs share run.steps)"
         notes.append(f"run.steps={run.steps} gives {per_env} rows{where}, shorter than one "
@@ -592,7 +599,7 @@ def training_notes(cfg: DictConfig) -> list[str]:
                      f"to at least {need * envs}")
     if run.steps % envs:
         notes.append(f"run.steps={run.steps} is not a multiple of run.num_envs={envs} (all envs "
-                     f"step together): the run ends at {-(-run.steps // envs) * envs} env steps")
+                     f"step together): the run ends at {run_env_steps(run)} env steps")
     own = agent_hook(cfg.agent, "training_notes")
     return notes + (list(own(cfg)) if own is not None else [])  # the agent's own: warm-up...
 

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from reverie.errors import suggest
-from reverie.replay.dfs import PURPOSES, DFSSampler
+from reverie.replay.dfs import PURPOSES, DFSSampler, window_slots
 from reverie.replay.uniform import UniformSampler
 from reverie.rng import generator_state, numpy_generator, set_generator_state
 
@@ -360,7 +360,7 @@ class Replay:
     def _slots(self, stream: int, oldest: int, count: int) -> np.ndarray:
         """`count` consecutive slots of a stream's ring from slot `oldest`: [count]."""
         base = stream * self.segment
-        return base + (oldest - base + np.arange(count, dtype=np.int64)) % self.segment
+        return base + window_slots(oldest - base, count, self.segment)
 
     def sample(
         self, batch_size: int, seq_len: int, purpose: str = "train"

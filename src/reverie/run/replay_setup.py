@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from reverie.config import load_run_config
+from reverie.config import load_run_config, run_env_steps
 from reverie.errors import UserError
 from reverie.replay import Replay
 from reverie.replay.buffer import file_rows, grow
@@ -24,7 +24,7 @@ def replay_rows(cfg: DictConfig, out: Path, saved: dict[str, Any] | None,
     replay.capacity) asks for more (`make_replay`)."""
     envs = int(cfg.run.num_envs)  # one ring per env stream, of equal rows
     capacity = int(cfg.replay.capacity)
-    steps = -(-int(cfg.run.steps) // envs) * envs  # all envs step together: the run's steps
+    steps = run_env_steps(cfg.run)
     want = min(capacity - capacity % envs, steps)
     if saved is None:
         return want
