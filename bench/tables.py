@@ -823,7 +823,7 @@ def default_run_table(results: Path, stem: str = "default_run") -> str | None:
              + (" — **other work shared the machine**." if report["loaded"] else
                 " (the run's own threads; nothing else of mine ran)."))
     return ("\n".join(lines) + "\n" + note + "\n"
-            + targets_table(report["targets"].items()))
+            + (targets_table(report["targets"].items()) if report["targets"] else ""))
 
 
 def recall_table(results: Path) -> str | None:
@@ -982,6 +982,9 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "default_run": default_run_table,
     "default_run_allocator_ab": lambda results: default_run_table(results,
                                                                   "default_run_allocator_ab"),
+    **{name: (lambda results, name=name: default_run_table(results, name))
+       for name in ("default_run_gomp_ab", "default_run_gomp_ab_neighbour",
+                    "default_run_num_envs_ab")},
     "reliability": reliability_table,
     "cartpole_sweep": cartpole_sweep_table,
     "throughput": throughput_table,

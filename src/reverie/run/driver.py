@@ -19,7 +19,6 @@ written after it are simply overwritten again on resume.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -53,12 +52,7 @@ from reverie.rng import (
 )
 from reverie.run import folder as run_folder
 from reverie.run.agent import build_agent, compile_agent, load_agent_state, select_device
-from reverie.run.checkpoint import (
-    FORMAT,
-    CheckpointError,
-    CheckpointStore,
-    atomic_write_bytes,
-)
+from reverie.run.checkpoint import FORMAT
 from reverie.run.checks import check_spaces
 from reverie.run.collector import Collector, Transition, env_of
 from reverie.run.evaluation import evaluate
@@ -66,6 +60,7 @@ from reverie.run.logger import LOGS, METRICS, RunLogger, plot_curve, read_rows
 from reverie.run.machine import describe as describe_machine
 from reverie.run.progress import Progress
 from reverie.run.replay_setup import make_replay, replay_rows
+from reverie.run.saving import RunCheckpoints
 from reverie.run.stop import StopOnSignal
 
 
@@ -155,20 +150,10 @@ class Trainer:
         acfg = cfg[cfg.agent]
         self.replayed_per_update = int(acfg.get("batch_size", 1)) * int(acfg.get("seq_len", 1))
         self.min_rows = rows_per_sample(cfg)
-        self.store = CheckpointStore(self.out / "checkpoints", int(cfg.run.keep_checkpoints))
-        if resume and not self.store.entries():
-            if run_folder.has_history(self.out):
-                notes = "; ".join(self.store.rebuild_notes) or "no checkpoint loads"
-                raise UserError(
-                    f"cannot resume '{self.out}': it has logged rows or checkpoint files but no "
-                    f"checkpoint that loads ({notes}); nothing was changed — restore the "
-                    "checkpoints or start a new run with another --out"
-                )
-            # killed during start-up, before its first checkpoint: nothing to keep
-            self._note("no checkpoint yet; starting the run over from step 0")
-            run_folder.clear_start(self.out)
+        self.saved = RunCheckpoints(self.out, cfg, self._note)
+        if resume and not self.saved.any_to_resume():
             self.resuming = resume = False
-        resume_from = self._load_checkpoint() if resume else None
+        resume_from = self.saved.load_latest(self.uses_replay) if resume else None
         payload = resume_from[0] if resume_from is not None and self.uses_replay else None
         self.replay_rows = replay_rows(cfg, self.out, None if payload is None
                                        else payload["replay"], self._note)
@@ -195,16 +180,12 @@ class Trainer:
         self.act_state = self.agent.initial_state(self.num_envs)
         if resume_from is not None:
             self._restore(*resume_from)
-            self._write_progress()  # the checkpoint resumed from may be older than the file
+            # the checkpoint resumed from may be older than the file
+            self.saved.write_progress(self.count.env_steps)
         self.logger = RunLogger(self.out, resume_step=self.resumed_from)
         self._returns: list[float] = []
 
     # -- set-up ----------------------------------------------------------------------------
-    def _write_progress(self) -> None:
-        """progress.json: the env steps of the newest checkpoint (folder.PROGRESS)."""
-        atomic_write_bytes(self.out / run_folder.PROGRESS,
-                           (json.dumps({"env_steps": int(self.count.env_steps)}) + "\n").encode())
-
     def _prepare_folder(self) -> None:
         if self._new_folder:
             run_folder.create(self.out)
@@ -247,13 +228,7 @@ class Trainer:
         if not self.run.keep_best or not eval_return > c.best_return:
             return
         c.best_return, c.best_step = eval_return, c.env_steps
-        # what acting needs (an agent's optional `policy_state_dict`: mbpo leaves out its
-        # buffers), not the whole training state; `reverie eval/watch --best` load it
-        state = getattr(self.agent, "policy_state_dict", self.agent.state_dict)()
-        self.store.save_best({
-            "format": FORMAT, "agent_name": self.cfg.agent, "agent": state,
-            "env_id": self.cfg.env.id, "config": config_yaml(self.cfg),
-            "best": {"step": c.env_steps, "eval_return": eval_return}})
+        self.saved.save_best(self.agent, c.env_steps, eval_return)
 
     def checkpoint(self, rollback_target: bool = True) -> None:
         """Save everything at this env step; `rollback_target`: a checkpoint of the cadence
@@ -263,27 +238,8 @@ class Trainer:
         if self.replay is not None:
             self.replay.flush()
         self.logger.flush()
-        self.store.save(self._payload(), self.count.env_steps)
+        self.saved.save(self._payload(), self.count.env_steps)
         self._saved_step = self.count.env_steps
-        self._write_progress()
-
-    def _load_checkpoint(self):
-        """The newest verified checkpoint, checked against this run's config."""
-        payload, entry, warnings = self.store.load_latest()
-        for w in warnings:
-            self._note(w)
-        if payload.get("agent_name") != self.cfg.agent:
-            raise UserError(
-                f"checkpoint {entry.file} is from agent '{payload.get('agent_name')}' but the "
-                f"run config says '{self.cfg.agent}'; resume with the matching config"
-            )
-        if (self.uses_replay and not self.cfg.replay.on_disk
-                and payload["counters"]["env_steps"] > 0):
-            raise UserError(
-                "this run kept its replay in memory (replay.on_disk=false), so it cannot be "
-                "resumed with its data; start a new run with replay.on_disk=true"
-            )
-        return payload, entry
 
     def _restore(self, payload: dict[str, Any], entry) -> None:
         load_agent_state(self.agent, payload, entry.file)
@@ -317,12 +273,8 @@ class Trainer:
         between an evaluation and the next checkpoint. Its return is the best so far on a
         resume, or a worse later agent would replace it (a rerun that evaluates the same
         agent again ties, and a tie keeps it)."""
-        c = self.count
-        try:
-            best = self.store.load_best()["best"]
-        except CheckpointError:
-            return  # none, or unreadable: the next best evaluation writes it
-        if best["eval_return"] > c.best_return:
+        c, best = self.count, self.saved.best_saved()
+        if best is not None and best["eval_return"] > c.best_return:
             c.best_return, c.best_step = best["eval_return"], best["step"]
 
     def _final_evaluation_missing(self) -> bool:
@@ -342,10 +294,10 @@ class Trainer:
         if self.count.nan_rollbacks > int(self.cfg.run.max_nan_retries):
             raise UserError(
                 f"training diverged: {msg} after {self.count.nan_rollbacks - 1} rollbacks; the "
-                f"last good checkpoint is kept in {self.store.folder}; lower the learning rates "
+                f"last good checkpoint is kept in {self.saved.folder}; lower the learning rates "
                 "or raise the gradient clip"
             )
-        payload, entry, _ = self.store.load_latest(at_most=self.count.rollback_step)
+        payload, entry = self.saved.load_rollback(self.count.rollback_step)
         load_agent_state(self.agent, payload, entry.file, rollback=True)
         self._note(f"{msg}; rolled the agent back to checkpoint step {entry.step}")
         self.logger.metrics(step, {"nan/rollback": self.count.nan_rollbacks, "nan/key": key})
@@ -523,11 +475,10 @@ class Trainer:
         except KeyboardInterrupt:
             self.logger.close()
             self.release()
-            entries = self.store.entries()
-            last = entries[-1].step if entries else 0
             raise Stopped(
                 f"interrupted at env step {c.env_steps}; continue with `reverie train --resume "
-                f"{self.out}` (from the checkpoint at step {last})", "SIGINT") from None
+                f"{self.out}` (from the checkpoint at step {self.saved.latest_step()})",
+                "SIGINT") from None
         self.logger.close()
         plot_curve(self.out, title=f"{cfg.env.id} · {cfg.agent}")
         self.release()
