@@ -373,10 +373,12 @@ def cmd_presets(name: str | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     from reverie.allocator import keep_freed_memory
     from reverie.distributed.trial import PARENT_ENV, follow_parent
+    from reverie.openmp import shorten_spin_waits
 
     if PARENT_ENV in os.environ:  # started by a sweep or a benchmark: end with it
         follow_parent()
     keep_freed_memory()  # large activations stay mapped between passes (allocator.py)
+    shorten_spin_waits()  # OpenMP threads yield a shared core soon (openmp.py); before torch
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
