@@ -79,6 +79,9 @@ def main() -> None:
                         "with the default run (with --alt: both in the alt run)")
     p.add_argument("--json", default="default_run.json",
                    help="file name under bench/results/ (default: %(default)s)")
+    p.add_argument("--beside", default=None, metavar="TEXT",
+                   help="what else ran on the machine during the measurement, on purpose "
+                        "(e.g. 'a 1-thread reverie train run'), recorded in the JSON")
     p.add_argument("--cold", action="store_true",
                    help="every run starts from an empty inductor cache, as the first run of "
                         "a fresh install does (default: the user's cache, warm after a run)")
@@ -118,6 +121,16 @@ def main() -> None:
         runs.append(one(seed, args.base, args.out, {}))
         if args.alt or alt_env:
             alt_runs.append(one(seed, [*args.base, *args.alt], args.out / "alt", alt_env))
+        # after every round: a benchmark stopped part-way keeps the rounds it measured
+        result = summary(args, cfg, prefill, alt_env, runs, alt_runs)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / args.json).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "alt")}, indent=1))
+
+
+def summary(args: argparse.Namespace, cfg, prefill: int, alt_env: dict[str, str],
+            runs: list[dict], alt_runs: list[dict]) -> dict:
+    """The JSON of the rounds run so far (`seeds_missing`: the rounds still to come)."""
     walls, finals = walls_and_finals(runs, args.steps)
     cores = os.cpu_count() or 1
     result = {
@@ -126,6 +139,8 @@ def main() -> None:
         + "".join(f" --set {o}" for o in args.base), "steps": args.steps,
         "prefill": prefill, "threads": str(cfg.run.threads), "overrides": args.base, "cores": cores,
         "compile": str(cfg.run.compile), "inductor_cache": "empty" if args.cold else "user's",
+        "beside": args.beside,
+        "seeds_missing": [s for s in args.seeds if s not in {r["seed"] for r in runs}],
         "runs": runs,
         "wall_s_median": statistics.median(walls) if walls else None,
         "wall_s_min": min(walls, default=None), "wall_s_max": max(walls, default=None),
@@ -156,9 +171,7 @@ def main() -> None:
                 "median": round(statistics.median(ratios), 3) if ratios else None,
                 "min": round(min(ratios), 3) if ratios else None,
                 "max": round(max(ratios), 3) if ratios else None}}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / args.json).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "alt")}, indent=1))
+    return result
 
 
 if __name__ == "__main__":

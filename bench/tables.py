@@ -819,9 +819,14 @@ def default_run_table(results: Path, stem: str = "default_run") -> str | None:
     if probes:  # other tenants of a shared machine do not show in this VM's load average
         note += (f"; fp32 matmul before each run {min(probes):.0f}–{max(probes):.0f} GFLOP/s "
                  "(`runlib.matmul_gflops`)")
-    note += (f"; 1-min load {min(loads):.2f}–{max(loads):.2f}"
-             + (" — **other work shared the machine**." if report["loaded"] else
-                " (the run's own threads; nothing else of mine ran)."))
+    note += f"; 1-min load {min(loads):.2f}–{max(loads):.2f}"
+    if report.get("seeds_missing"):
+        note += f"; rounds still missing: seeds {', '.join(map(str, report['seeds_missing']))}"
+    if report.get("beside"):
+        note += f"; beside, on purpose: {report['beside']}."
+    else:
+        note += (" — **other work shared the machine**." if report["loaded"] else
+                 " (the run's own threads; nothing else of mine ran).")
     return ("\n".join(lines) + "\n" + note + "\n"
             + (targets_table(report["targets"].items()) if report["targets"] else ""))
 
