@@ -82,6 +82,8 @@ def main() -> None:
     p.add_argument("--beside", default=None, metavar="TEXT",
                    help="what else ran on the machine during the measurement, on purpose "
                         "(e.g. 'a 1-thread reverie train run'), recorded in the JSON")
+    p.add_argument("--default-label", default="default", metavar="TEXT",
+                   help="the default arm's name in the table (default: %(default)s)")
     p.add_argument("--cold", action="store_true",
                    help="every run starts from an empty inductor cache, as the first run of "
                         "a fresh install does (default: the user's cache, warm after a run)")
@@ -139,7 +141,7 @@ def summary(args: argparse.Namespace, cfg, prefill: int, alt_env: dict[str, str]
         + "".join(f" --set {o}" for o in args.base), "steps": args.steps,
         "prefill": prefill, "threads": str(cfg.run.threads), "overrides": args.base, "cores": cores,
         "compile": str(cfg.run.compile), "inductor_cache": "empty" if args.cold else "user's",
-        "beside": args.beside,
+        "beside": args.beside, "default_label": args.default_label,
         "seeds_missing": [s for s in args.seeds if s not in {r["seed"] for r in runs}],
         "runs": runs,
         "wall_s_median": statistics.median(walls) if walls else None,

@@ -783,7 +783,8 @@ def default_run_table(results: Path, stem: str = "default_run") -> str | None:
     if alt:
         head.insert(1, "config")
     lines = [_row(head), _row(["---"] * len(head))]
-    pairs = [(r, "default") for r in report["runs"]]
+    default = report.get("default_label", "default")
+    pairs = [(r, default) for r in report["runs"]]
     if alt:
         parts = []
         if alt["overrides"]:
@@ -792,7 +793,7 @@ def default_run_table(results: Path, stem: str = "default_run") -> str | None:
             parts.append("env `" + " ".join(f"{k}={v}" for k, v in alt["env"].items()) + "`")
         label = " ".join(parts)
         pairs = [x for a, b in zip(report["runs"], alt["runs"])
-                 for x in ((a, "default"), (b, label))]
+                 for x in ((a, default), (b, label))]
     for r, label in pairs:
         config = [label] if alt else []
         if "error" in r:
