@@ -38,6 +38,7 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cartpole import ROOT, TARGET_RETURN, run_reverie  # noqa: E402
+from reverie.openmp import SPINCOUNT, USER_SETTINGS  # noqa: E402
 from runlib import matmul_gflops  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -106,10 +107,13 @@ def main() -> None:
         with mock.patch.dict(os.environ, child):  # the child `reverie train` inherits them
             load0, gflops = os.getloadavg()[0], matmul_gflops()
             r = run_reverie(args.backbone, seed, args.steps, out, overrides)
+            set_by_user = {k: v for k, v in os.environ.items() if k in USER_SETTINGS}
         r["matmul_gflops_before"] = gflops
         r["loadavg_1min_before"], r["loadavg_1min_after"] = load0, os.getloadavg()[0]
         r["overrides"], r["inductor_cache"] = overrides, "empty" if cold else "user's"
         r["env"] = env
+        # what libgomp got: the child's own setting, else the one `reverie train` sets itself
+        r["openmp"] = set_by_user or {"GOMP_SPINCOUNT": f"{SPINCOUNT} (set by reverie)"}
         if cold:
             shutil.rmtree(cold, ignore_errors=True)
         if "error" not in r:

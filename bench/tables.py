@@ -806,16 +806,19 @@ def default_run_table(results: Path, stem: str = "default_run") -> str | None:
     loads = [x for r in runs for x in (r["loadavg_1min_before"], r["loadavg_1min_after"])]
     compiled = (f", run.compile={report['compile']} on the {report['inductor_cache']} inductor "
                 "cache" if "compile" in report else "")
+    def minutes(seconds: float | None) -> str:  # None: no run of that arm finished
+        return "n/a" if seconds is None else f"{seconds / 60:.2f}"
+
     note = (f"\n`{report['command']}`, one run at a time, run.threads={report['threads']} "
             f"(0 = all {report['cores']} cores){compiled}; wall time of the whole command, "
-            f"prefill and evaluations included; median {report['wall_s_median'] / 60:.2f} min "
-            f"({report['wall_s_min'] / 60:.2f}–{report['wall_s_max'] / 60:.2f})")
+            f"prefill and evaluations included; median {minutes(report['wall_s_median'])} min "
+            f"({minutes(report['wall_s_min'])}–{minutes(report['wall_s_max'])})")
     if alt:
         ratio = alt["wall_ratio_alt_over_default"]
         note += (f"; with {label} (run right after the same seed's default run): median "
-                 f"{alt['wall_s_median'] / 60:.2f} min, wall ratio to the default "
-                 f"{ratio['median']:.2f} ({ratio['min']:.2f}–{ratio['max']:.2f}), mean final "
-                 f"return {alt['final_return_mean']}")
+                 f"{minutes(alt['wall_s_median'])} min, wall ratio to the default "
+                 f"{_fmt(ratio['median'], '.2f')} ({_fmt(ratio['min'], '.2f')}–"
+                 f"{_fmt(ratio['max'], '.2f')}), mean final return {alt['final_return_mean']}")
     probes = [r["matmul_gflops_before"] for r in runs if "matmul_gflops_before" in r]
     if probes:  # other tenants of a shared machine do not show in this VM's load average
         note += (f"; fp32 matmul before each run {min(probes):.0f}–{max(probes):.0f} GFLOP/s "

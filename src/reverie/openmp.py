@@ -5,9 +5,9 @@ every barrier for `GOMP_SPINCOUNT` iterations (300,000 by default) before they s
 that nothing else uses, that saves a wake-up; on cores shared with any other busy process (a
 second run, a sweep's other trial, a build), a spinning thread burns the time slice its
 partner needs, and each of a training step's many small parallel regions then waits for a
-descheduled thread. Beside one single-thread neighbour on 2 cores, the default `reverie
-train` on 2 threads ran many times slower than alone; with `GOMP_SPINCOUNT=1000` it stayed
-near its quiet speed, and alone it ran as fast as before (README, "Two runs on one machine";
+descheduled thread. Beside one single-thread training run on 2 cores, every short default
+`reverie train` run (2 threads) took 16–21x as long with libgomp's spin as with
+`GOMP_SPINCOUNT=1000` (8 rounds), and alone the two were level (README, "Two runs on one machine";
 bench/omp_wait.py, bench/default_run.py --alt-env).
 
 The `reverie` command sets `GOMP_SPINCOUNT=1000` at start-up, before torch loads (libgomp
