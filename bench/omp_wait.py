@@ -38,13 +38,10 @@ SETTINGS = {
 }
 OMP_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 # the busy neighbour: another training process (this agent's updates, 1 thread, forever)
-BUSY = (f"import sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\nimport torch\n"
-        "from coplanner_cost import SyntheticReplay, build\ntorch.set_num_threads(1)\n"
-        "agent, replay = build('off', ['run.compile=off']), SyntheticReplay()\n"
-        "while True:\n    agent.update(replay)\n")
+BUSY = [sys.executable, __file__, "--worker", "1", "--forever"]
 
 
-def worker(threads: int, updates: int) -> None:
+def worker(threads: int, updates: int, forever: bool = False) -> None:
     import torch
 
     from coplanner_cost import SyntheticReplay, build
@@ -52,6 +49,8 @@ def worker(threads: int, updates: int) -> None:
     torch.set_num_threads(threads)
     agent, replay = build("off", ["run.compile=off"]), SyntheticReplay()
     agent.update(replay)
+    while forever:  # the neighbour: killed when its condition ends
+        agent.update(replay)
     times = []
     for _ in range(updates):
         t = time.perf_counter()
@@ -80,16 +79,16 @@ def main() -> None:
     p.add_argument("--conditions", nargs="+", default=["quiet", "beside"],
                    choices=["quiet", "beside"])
     p.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--forever", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker is not None:
-        worker(args.worker, args.updates)
+        worker(args.worker, args.updates, args.forever)
         return
     names = list(SETTINGS)
     result = {"preset": "cartpole", "rounds": args.rounds, "updates": args.updates,
               "cores": os.cpu_count(), "conditions": {}}
     for condition in args.conditions:
-        busy = (subprocess.Popen([sys.executable, "-c", BUSY]) if condition == "beside"
-                else None)
+        busy = subprocess.Popen(BUSY) if condition == "beside" else None
         try:
             runs: dict[str, list[dict]] = {n: [] for n in names}
             for r in range(args.rounds):

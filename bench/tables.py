@@ -989,11 +989,9 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "backbones": backbones_table,
     "cartpole": cartpole_table,
     "default_run": default_run_table,
-    "default_run_allocator_ab": lambda results: default_run_table(results,
-                                                                  "default_run_allocator_ab"),
     **{name: (lambda results, name=name: default_run_table(results, name))
-       for name in ("default_run_gomp_ab", "default_run_gomp_ab_neighbour",
-                    "default_run_num_envs_ab")},
+       for name in ("default_run_allocator_ab", "default_run_gomp_ab",
+                    "default_run_gomp_ab_neighbour", "default_run_num_envs_ab")},
     "reliability": reliability_table,
     "cartpole_sweep": cartpole_sweep_table,
     "throughput": throughput_table,
