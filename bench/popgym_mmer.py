@@ -13,6 +13,13 @@ resumable: a finished run is read back, an unfinished one is continued with `rev
 JSON says which runs are missing. MMER is computed from each run's evaluation returns (greedy
 policy, `run.eval_episodes` episodes every `run.eval_every` env steps) with
 `reverie.eval.mmer`, and reported raw (returns in [-1, 1]) and normalised (0.5·MMER + 0.5).
+
+POPGym's own MMER comes from training episodes (RLlib's mean return of the recent training
+episodes at each report), not greedy evaluations. Where a run's training episodes are logged
+(its metrics.jsonl, live or archived), the JSON also holds `mmer_train`: the running max of
+the mean return of the training episodes that ended in each window of `TRAIN_WINDOW` env
+steps (the evaluation interval: ~100 or more episodes per window on these tasks, about
+RLlib's 100-episode smoothing), so the two ways of scoring are compared on the same runs.
 """
 
 from __future__ import annotations
@@ -53,6 +60,9 @@ VARIANTS = {"ffm-p1024": ("ffm", ["--set", "rppo.backbone_kwargs.max_period=1024
             "ffm-w256": ("ffm", WIDE), "gru-w256": ("gru", WIDE)}
 
 
+TRAIN_WINDOW = 16_384  # env steps per training-episode window (= the preset's run.eval_every)
+
+
 def run_folder(task: str, backbone: str, seed: int) -> Path:
     return RUNS / f"{task}-{backbone}-s{seed}"
 
@@ -75,9 +85,13 @@ def read_run(run: Path) -> dict | None:
         return None
     timing = read_jsonl(run / "timing.jsonl")
     m = mmer_from_metrics(rows)
+    trained = any("episode/return" in r for r in rows)
+    m_train = (mmer_from_metrics(rows, key="episode/return", window_steps=TRAIN_WINDOW)
+               if trained else None)
     return {"env_steps": progress(run), "eval_steps": [s for s, _ in evals],
             "eval_return": [round(v, 4) for _, v in evals], "mmer": round(m, 4),
             "mmer_normalized": round(normalized_mmer(m), 4),
+            "mmer_train": None if m_train is None else round(m_train, 4),
             "wall_s": round(wall_seconds(timing), 1),
             "env_steps_per_s": round(timing[-1]["time/env_steps_per_s"], 1) if timing else None}
 
@@ -99,7 +113,15 @@ def report(tasks: list[str], seeds: dict[str, list[int]], steps: int) -> dict:
                     "mmer_min": min(r["mmer"] for r in done),
                     "mmer_max": max(r["mmer"] for r in done),
                     "wall_s_mean": round(statistics.mean(r["wall_s"] for r in done), 1)}
+                both = [r for r in done if r.get("mmer_train") is not None]
+                if both:  # the runs whose training episodes are logged: both scores
+                    summary[task][backbone]["both"] = {
+                        "seeds": len(both),
+                        "mmer_mean": round(statistics.mean(r["mmer"] for r in both), 4),
+                        "mmer_train_mean": round(statistics.mean(r["mmer_train"]
+                                                                 for r in both), 4)}
     return {"benchmark": "popgym", "preset": "popgym-ppo", "steps_per_run": steps,
+            "train_window_steps": TRAIN_WINDOW,
             "tasks": tasks, "seeds": seeds, "runs": runs, "summary": summary,
             "missing": missing, "loadavg_1min": round(os.getloadavg()[0], 2)}
 

@@ -355,7 +355,30 @@ def popgym_table(results: Path) -> str | None:
         note += f" Still missing: {len(report['missing'])} runs ({', '.join(report['missing'][:6])}"
         note += ", ...)." if len(report["missing"]) > 6 else ")."
     published = popgym_published_table(report["tasks"], report["steps_per_run"])
-    return "\n".join(lines) + "\n" + note + "\n\n" + published
+    return "\n".join(lines) + "\n" + note + "\n\n" + popgym_scoring_table(report) + published
+
+
+def popgym_scoring_table(report: dict) -> str:
+    """Greedy-evaluation MMER beside POPGym's own (training episodes), on the runs that
+    logged both; '' when none did."""
+    rows = []
+    for task in report["tasks"]:
+        for b, s in report["summary"].get(task, {}).items():
+            both = s.get("both")
+            if both:
+                diff = round(both["mmer_train_mean"] - both["mmer_mean"], 2) + 0.0  # no -0.00
+                rows.append([task, f"`{b}`", str(both["seeds"]), f"{both['mmer_mean']:.2f}",
+                             f"{both['mmer_train_mean']:.2f}", f"{diff:+.2f}"])
+    if not rows:
+        return ""
+    head = ["task", "memory", "seeds", "MMER, greedy evaluations", "MMER, training episodes",
+            "difference"]
+    window = report.get("train_window_steps")
+    note = ("\n\nThe same runs scored both ways (those whose training episodes are in their "
+            "archived metrics.jsonl): reverie's MMER from greedy evaluations, and POPGym's, from "
+            "the mean return of the training episodes (sampled actions) that ended in each "
+            f"window of {window:,} env steps; means over seeds.\n\n")
+    return "\n".join([_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]) + note
 
 
 def popgym_imagine_table(results: Path) -> str | None:

@@ -95,3 +95,22 @@ def test_tables_popgym_published_section(monkeypatch):
     assert "| RepeatFirstEasy | 0.90 ± 0.10 |" in md
     assert "| PositionOnlyCartPoleEasy | – |" in md
     assert "Table 9" in md
+
+
+def test_tables_popgym_scoring_section_shows_both_scores_of_the_same_runs():
+    tables = _tables()
+    report = {"tasks": ["RepeatFirstEasy", "CountRecallEasy"], "train_window_steps": 16_384,
+              "summary": {
+                  "RepeatFirstEasy": {
+                      "ffm": {"both": {"seeds": 3, "mmer_mean": 0.9333,
+                                       "mmer_train_mean": 0.8582}},
+                      "gru": {"mmer_mean": 1.0}},  # no training episodes logged: no row
+                  "CountRecallEasy": {
+                      "ffm": {"both": {"seeds": 1, "mmer_mean": -0.5, "mmer_train_mean": -0.5}}}}}
+    md = tables.popgym_scoring_table(report)
+    assert "| RepeatFirstEasy | `ffm` | 3 | 0.93 | 0.86 | -0.08 |" in md
+    assert "| CountRecallEasy | `ffm` | 1 | -0.50 | -0.50 | +0.00 |" in md
+    assert "`gru`" not in md and "16,384 env steps" in md
+    report["summary"]["RepeatFirstEasy"].pop("ffm")
+    report["summary"].pop("CountRecallEasy")
+    assert tables.popgym_scoring_table(report) == ""
