@@ -401,6 +401,35 @@ def test_popgym_runs_score_their_mmer(tmp_path):
     assert "### MMER" in report.read_text()
 
 
+def test_returns_chooses_evaluations_or_training_episodes(tmp_path, capsys):
+    """--returns train scores POPGym's way (training episodes, windows of run.steps/20 env
+    steps) even where evaluations exist; --returns eval skips a run without evaluations
+    with a reason that names the other choice."""
+    run = fake_run(tmp_path / "pg", "popgym-RepeatPreviousEasy-v0", 0, [-0.5, 0.9])  # 200 steps
+    episodes = [(5, -1.0), (10, 0.0), (15, 0.4), (100, 0.6), (200, -0.2)]  # windows of 10
+    with (run / "metrics.jsonl").open("a") as f:
+        f.writelines(json.dumps({"step": s, "episode/return": v}) + "\n" for s, v in episodes)
+    (auto,), _ = load_runs([run])
+    assert auto.source == "eval" and auto.score == pytest.approx(0.9)
+    (train,), _ = load_runs([run], returns="train")
+    assert train.source == "train"
+    assert train.curve == [(10, -0.5), (20, 0.4), (100, 0.6), (200, 0.6)]  # running max
+    assert train.score == pytest.approx(0.6)
+    report, _ = write_report([run], tmp_path / "rep", returns="train")
+    assert "training episodes |" in report.read_text()
+
+    bare = fake_run(tmp_path / "bare", "CartPole-v1", 0, [0.0])
+    (bare / "metrics.jsonl").write_text(json.dumps({"step": 9, "episode/return": 9.0}) + "\n")
+    (ok,), _ = load_runs([bare])  # auto: training episodes where there is no evaluation
+    assert ok.source == "train"
+    with pytest.raises(UserError, match="--returns train"):
+        load_runs([bare], returns="eval")
+    with pytest.raises(UserError, match="returns must be one of auto, eval, train"):
+        load_runs([bare], returns="greedy")
+    assert main(["report", str(bare), "--out", str(tmp_path / "r2"), "--returns", "eval"]) == 2
+    assert "--returns train" in capsys.readouterr().err
+
+
 def test_group_label_leaves_out_keys_a_run_does_not_have():
     from types import SimpleNamespace
 

@@ -154,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="folder for report.md and the PNGs")
     r.add_argument("--finished-only", action="store_true",
                    help="leave out runs that have not reached their run.steps (still training)")
+    r.add_argument("--returns", choices=["auto", "eval", "train"], default="auto",
+                   help="score runs from their greedy evaluations (eval), their training "
+                        "episodes (train: POPGym's MMER protocol, means over windows of "
+                        "run.steps/20 env steps), or evaluations where a run has them, else "
+                        "training episodes (auto, the default)")
     r.add_argument("--group-by", dest="group_by", action="append", default=None, metavar="KEY",
                    help="group runs by a setting: agent, backbone or a dotted config key "
                         "(repeatable; default: agent, backbone and the settings that make another "
@@ -319,7 +324,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from reverie.eval.report import write_report
 
     path, warnings = write_report(args.runs, args.out, args.group_by,
-                                  finished_only=args.finished_only)
+                                  finished_only=args.finished_only, returns=args.returns)
     for line in warnings:
         print(f"reverie: warning: {line}", file=sys.stderr)
     print(json.dumps({"report": str(path),

@@ -359,14 +359,17 @@ def write_report(paths: list[str | Path], out: str | Path,
                  group_by: list[str] | None = None,
                  notes: list[str] | None = None,
                  finished_only: bool = False,
-                 also_group_by: Sequence[str] = ()) -> tuple[Path, list[str]]:
+                 also_group_by: Sequence[str] = (),
+                 returns: str = "auto") -> tuple[Path, list[str]]:
     """Write `out/report.md` and its PNGs; returns (report path, warnings: skipped folders,
     groups that mix configurations (`mixed_groups`) and --group-by options no run sets
     (`check_group_keys`)). `notes` are
     markdown lines placed after the header (e.g. a sweep's trial outcomes); finished_only
     leaves out runs still short of their `run.steps`; `also_group_by`: keys added to
-    `group_by` (default: `default_group_by`), e.g. a sweep's grid."""
-    runs, warnings = load_runs(paths, finished_only)
+    `group_by` (default: `default_group_by`), e.g. a sweep's grid; `returns`: what runs are
+    scored from (`runs.RETURNS`: evaluations where there are any, else training episodes;
+    evaluations only; training episodes only, POPGym's protocol)."""
+    runs, warnings = load_runs(paths, finished_only, returns)
     keys = list(group_by or default_group_by(runs))
     keys += [k for k in also_group_by if k not in keys]
     unused = check_group_keys(keys, runs)

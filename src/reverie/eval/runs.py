@@ -23,7 +23,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from reverie.errors import UserError
-from reverie.eval.mmer import mmer, mmer_curve
+from reverie.eval.mmer import mmer, mmer_curve, window_means
 from reverie.eval.scores import ScoreKind, atari_game, human_normalized, score_kind
 from reverie.run.folder import CONFIG, MARKER, PROGRESS
 from reverie.run.logger import MACHINE, METRICS, TIMING, read_jsonl
@@ -31,6 +31,9 @@ from reverie.run.logger import MACHINE, METRICS, TIMING, read_jsonl
 EXTERNAL = "external.json"  # a run of another library (module docstring)
 FINAL_FRACTION = 0.1  # without evaluations: the training episodes of the last 10% of steps
 CURVE_POINTS = 20  # training-episode curves are averaged over windows of steps/20
+# what a run is scored from: evaluations where it has them, else training episodes ("auto");
+# evaluations only; training episodes only (POPGym's MMER comes from training episodes)
+RETURNS = ("auto", "eval", "train")
 
 
 @dataclass
@@ -77,14 +80,6 @@ def _finite(rows: list[dict], key: str) -> list[tuple[int, float]]:
     return out
 
 
-def _window_curve(episodes: list[tuple[int, float]], window: int) -> list[tuple[int, float]]:
-    """Mean return of the episodes that ended in each window of `window` env steps."""
-    sums: dict[int, list[float]] = {}
-    for step, ret in episodes:
-        sums.setdefault(max(step - 1, 0) // window, []).append(ret)
-    return [((k + 1) * window, float(np.mean(v))) for k, v in sorted(sums.items())]
-
-
 def _wall_time(timing: list[dict]) -> tuple[float | None, float | None]:
     """(wall seconds, env steps per second) of training over all of a run's processes.
 
@@ -129,13 +124,18 @@ def _progress(folder: Path) -> int:
         return 0
 
 
-def read_run(folder: Path) -> Run:
-    """Score one run folder; raises UserError with the reason it cannot be scored."""
+def read_run(folder: Path, returns: str = "auto") -> Run:
+    """Score one run folder from `returns` (one of RETURNS); raises UserError with the reason
+    it cannot be scored."""
     from reverie.config import load_run_config
     from reverie.run.checkpoint import FORMAT
 
+    _check_returns(returns)
     folder = Path(folder)
     if not (folder / CONFIG).exists() and (folder / EXTERNAL).exists():
+        if returns == "train":
+            raise UserError(f"{EXTERNAL} holds evaluations only, not the training episodes "
+                            "that --returns train scores")
         return read_external(folder)
     if not (folder / CONFIG).exists():
         if not folder.is_dir() or not any(folder.iterdir()):
@@ -150,14 +150,19 @@ def read_run(folder: Path) -> Run:
     timing = read_jsonl(folder / TIMING)
     env = str(cfg.env.id)
     kind = score_kind(env)
-    evals = _finite(rows, "eval/return")
-    episodes = _finite(rows, "episode/return")
+    evals = [] if returns == "train" else _finite(rows, "eval/return")
+    episodes = [] if returns == "eval" else _finite(rows, "episode/return")
     steps = int(cfg.run.steps)
     last = max([int(r["step"]) for r in rows + timing] + [checkpointed, _progress(folder)])
     if evals:
         raw_curve, source = evals, "eval"
     elif episodes:
-        raw_curve, source = _window_curve(episodes, max(1, steps // CURVE_POINTS)), "train"
+        raw_curve, source = window_means(episodes, max(1, steps // CURVE_POINTS)), "train"
+    elif returns == "eval":
+        raise UserError("no evaluation logged (run.eval_every); --returns train scores its "
+                        "training episodes")
+    elif returns == "train":
+        raise UserError("no training episode finished yet")
     else:
         raise UserError("no returns logged yet (no finished episode or evaluation)")
     final_raw = final_return(evals, episodes, last)
@@ -269,14 +274,21 @@ def find_run_folders(path: Path) -> list[Path]:
     return found
 
 
+def _check_returns(returns: str) -> None:
+    if returns not in RETURNS:
+        raise UserError(f"returns must be one of {', '.join(RETURNS)}, got '{returns}'")
+
+
 def _is_run(folder: Path) -> bool:
     return any((folder / name).exists() for name in (CONFIG, MARKER, METRICS, EXTERNAL))
 
 
-def load_runs(paths: list[str | Path],
-              finished_only: bool = False) -> tuple[list[Run], list[str]]:
+def load_runs(paths: list[str | Path], finished_only: bool = False,
+              returns: str = "auto") -> tuple[list[Run], list[str]]:
     """(scored runs, one warning line per folder skipped). UserError if no run is usable.
-    finished_only: skip runs that have not reached their `run.steps` (still training)."""
+    finished_only: skip runs that have not reached their `run.steps` (still training);
+    returns: what each run is scored from (RETURNS)."""
+    _check_returns(returns)
     runs, warnings = [], []
     for p in paths:
         p = Path(p)
@@ -291,7 +303,7 @@ def load_runs(paths: list[str | Path],
             warnings.append(f"skipped {p}: no run folders inside")
         for folder in folders:
             try:
-                run = read_run(folder)
+                run = read_run(folder, returns)
             except UserError as e:
                 warnings.append(f"skipped {folder}: {e}")
                 continue
