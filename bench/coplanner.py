@@ -55,14 +55,25 @@ TASKS = {
 # imagine methods to `--preset dmc-small` (it reached 259 at 10k and ~340 at 20k in the DMC
 # campaign) and rerun "imagine" with it.
 IMAGINE_BUDGET = ["--set", "run.train_ratio=64", "--set", "imagine.imag_batch=256"]
-# method -> reverie train flags (None: SB3 SAC); the imagine methods run on DMC only
+SMALL = ["--preset", "dmc-small"]
+# method -> reverie train flags (None: SB3 SAC); the imagine methods run on DMC only. The
+# imagine methods use `dmc-small` (cartpole-sized, one update per 4 env steps: it reached 259
+# at 10k and ~340 at 20k in a trial): the first imagine runs, at `dmc-proprio` with the DMC
+# campaign's budget (`imagine-proprio`: one update per 16 env steps, 256 imagined starts,
+# ~25 min per 10k-step run at 1 thread), did not learn cartpole-swingup (70, 105, 172 on 3
+# seeds at 10k), a baseline COPlanner could not be compared against. COPlanner's
+# conservative half plans every imagined step (K x H = 16 extra model steps each, ~22x an
+# update: bench/upmpc_cost.py), about 5 h per 10k-step run on one CPU thread; the optimistic
+# half alone plans only when acting.
 METHODS: dict[str, list[str] | None] = {
     "coplanner": ["--set", "mbpo.mode=coplanner"],
     "mbpo": ["--set", "mbpo.mode=mbpo"],
     "sb3-sac": None,
-    "imagine+coplanner": ["--preset", "dmc-proprio", *IMAGINE_BUDGET,
-                          "--set", "imagine.coplanner.mode=coplanner"],
-    "imagine": ["--preset", "dmc-proprio", *IMAGINE_BUDGET, "--set", "imagine.coplanner.mode=off"],
+    "imagine+coplanner": [*SMALL, "--set", "imagine.coplanner.mode=coplanner"],
+    "imagine+optimistic": [*SMALL, "--set", "imagine.coplanner.mode=optimistic"],
+    "imagine": [*SMALL, "--set", "imagine.coplanner.mode=off"],
+    "imagine-proprio": ["--preset", "dmc-proprio", *IMAGINE_BUDGET,
+                        "--set", "imagine.coplanner.mode=off"],
 }
 IMAGINE_TASKS = ("cartpole-swingup",)
 # env steps between checkpoints (the presets' 5k would lose half a 10k run to a stop)
@@ -100,12 +111,14 @@ def read(task: str, method: str, seed: int) -> dict | None:
 def earlier_summary(task: str, method: str, seeds: list[int]) -> dict | None:
     """The committed JSON's summary of `task` and `method`, over at least as many seeds as
     asked for, when none of its runs is here, live or archived (runs finished before
-    bench/runlib.py archived them)."""
+    bench/runlib.py archived them), and the JSON's method had the flags it has now."""
     if any(locate(RUNS / task / method / f"s{s}").exists() for s in range(10)):
         return None
     path = RESULTS / "coplanner.json"
-    earlier = json.loads(path.read_text()).get("summary", {}) if path.exists() else {}
-    entry = earlier.get(task, {}).get(method)
+    data = json.loads(path.read_text()) if path.exists() else {}
+    if data.get("methods", {}).get(method, "absent") != METHODS[method]:
+        return None  # the committed runs of this name were another setting
+    entry = data.get("summary", {}).get(task, {}).get(method)
     return entry if entry is not None and entry["seeds"] >= len(seeds) else None
 
 
