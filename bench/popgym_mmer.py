@@ -16,10 +16,12 @@ policy, `run.eval_episodes` episodes every `run.eval_every` env steps) with
 
 POPGym's own MMER comes from training episodes (RLlib's mean return of the recent training
 episodes at each report), not greedy evaluations. Where a run's training episodes are logged
-(its metrics.jsonl, live or archived), the JSON also holds `mmer_train`: the running max of
-the mean return of the training episodes that ended in each window of `TRAIN_WINDOW` env
-steps (the evaluation interval: ~100 or more episodes per window on these tasks, about
-RLlib's 100-episode smoothing), so the two ways of scoring are compared on the same runs.
+(its metrics.jsonl, live or archived), the JSON also holds `mmer_train`, the score
+`reverie report --returns train` gives: the running max of the mean return of the training
+episodes that ended in each window of the run's evaluation interval (16,384 env steps in
+the preset: a median of 80-90 episodes per window on the shortest-episode tasks, about
+RLlib's 100-episode smoothing; the last window, past 491,520, holds only the final 8,480
+steps), so the two ways of scoring are compared on the same runs.
 """
 
 from __future__ import annotations
@@ -60,9 +62,6 @@ VARIANTS = {"ffm-p1024": ("ffm", ["--set", "rppo.backbone_kwargs.max_period=1024
             "ffm-w256": ("ffm", WIDE), "gru-w256": ("gru", WIDE)}
 
 
-TRAIN_WINDOW = 16_384  # env steps per training-episode window (= the preset's run.eval_every)
-
-
 def run_folder(task: str, backbone: str, seed: int) -> Path:
     return RUNS / f"{task}-{backbone}-s{seed}"
 
@@ -76,7 +75,10 @@ def ensure(task: str, backbone: str, seed: int, steps: int, threads: int) -> dic
 
 
 def read_run(run: Path) -> dict | None:
+    from reverie.errors import UserError
     from reverie.eval.mmer import mmer_from_metrics, normalized_mmer
+    from reverie.eval.runs import read_run as score_run
+    from reverie.eval.runs import train_window
     from reverie.run.logger import read_jsonl
 
     rows = read_jsonl(run / "metrics.jsonl")
@@ -85,13 +87,16 @@ def read_run(run: Path) -> dict | None:
         return None
     timing = read_jsonl(run / "timing.jsonl")
     m = mmer_from_metrics(rows)
-    trained = any("episode/return" in r for r in rows)
-    m_train = (mmer_from_metrics(rows, key="episode/return", window_steps=TRAIN_WINDOW)
-               if trained else None)
+    try:  # POPGym's protocol, as `reverie report --returns train` scores it
+        scored = score_run(run, "train")
+        m_train, window = scored.score, train_window(scored.cfg)
+    except UserError:  # no finite training-episode return logged
+        m_train = window = None
     return {"env_steps": progress(run), "eval_steps": [s for s, _ in evals],
             "eval_return": [round(v, 4) for _, v in evals], "mmer": round(m, 4),
             "mmer_normalized": round(normalized_mmer(m), 4),
             "mmer_train": None if m_train is None else round(m_train, 4),
+            "mmer_train_window": window,
             "wall_s": round(wall_seconds(timing), 1),
             "env_steps_per_s": round(timing[-1]["time/env_steps_per_s"], 1) if timing else None}
 
@@ -121,7 +126,8 @@ def report(tasks: list[str], seeds: dict[str, list[int]], steps: int) -> dict:
                         "mmer_train_mean": round(statistics.mean(r["mmer_train"]
                                                                  for r in both), 4)}
     return {"benchmark": "popgym", "preset": "popgym-ppo", "steps_per_run": steps,
-            "train_window_steps": TRAIN_WINDOW,
+            "train_window_steps": sorted({r["mmer_train_window"] for r in runs.values()
+                                          if r.get("mmer_train_window")}),
             "tasks": tasks, "seeds": seeds, "runs": runs, "summary": summary,
             "missing": missing, "loadavg_1min": round(os.getloadavg()[0], 2)}
 

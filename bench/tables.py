@@ -366,18 +366,23 @@ def popgym_scoring_table(report: dict) -> str:
         for b, s in report["summary"].get(task, {}).items():
             both = s.get("both")
             if both:
-                diff = round(both["mmer_train_mean"] - both["mmer_mean"], 2) + 0.0  # no -0.00
+                # from the shown (rounded) values, so a row adds up; + 0.0: no -0.00
+                diff = round(round(both["mmer_train_mean"], 2) - round(both["mmer_mean"], 2),
+                             2) + 0.0
                 rows.append([task, f"`{b}`", str(both["seeds"]), f"{both['mmer_mean']:.2f}",
                              f"{both['mmer_train_mean']:.2f}", f"{diff:+.2f}"])
     if not rows:
         return ""
     head = ["task", "memory", "seeds", "MMER, greedy evaluations", "MMER, training episodes",
             "difference"]
-    window = report.get("train_window_steps")
+    windows = report.get("train_window_steps") or []
+    windows = windows if isinstance(windows, list) else [windows]
     note = ("\n\nThe same runs scored both ways (those whose training episodes are in their "
-            "archived metrics.jsonl): reverie's MMER from greedy evaluations, and POPGym's, from "
-            "the mean return of the training episodes (sampled actions) that ended in each "
-            f"window of {window:,} env steps; means over seeds.\n\n")
+            "archived metrics.jsonl): reverie's MMER from greedy evaluations, and POPGym's "
+            "(`reverie report --returns train`), from the mean return of the training episodes "
+            "(sampled actions) that ended in each window of "
+            + " or ".join(f"{w:,}" for w in windows) + " env steps (the run's evaluation "
+            "interval); means over seeds.\n\n")
     return "\n".join([_row(head), _row(["---"] * len(head))] + [_row(r) for r in rows]) + note
 
 
@@ -725,6 +730,7 @@ def compile_table(results: Path) -> str | None:
     prof = report.get("matmul_share") or {}
     if prof:
         any_run = next(iter(next(iter(prof.values())).values()))
+        loads = [r["loadavg_1min"] for modes in prof.values() for r in modes.values()]
         lines2 = [_row(["backbone", "compile", "forward+backward ms", "matmul share of op time"]),
                   _row(["---"] * 4)]
         for name, modes in prof.items():
@@ -734,7 +740,10 @@ def compile_table(results: Path) -> str | None:
         note += ("\n\n" + "\n".join(lines2) + f"\n\nB={any_run['B']}, T={any_run['T']}, "
                  f"D={any_run['D']}, {any_run['n_layers']} layers, no resets, torch.profiler: "
                  "self time of aten::mm, addmm, bmm, baddbmm, matmul and linear over the self "
-                 "time of all ops (a compiled region's fused kernels count as its own time).")
+                 "time of all ops (a compiled region's fused kernels count as its own time); "
+                 "one process per backbone and mode, 1 thread; 1-min load "
+                 + "–".join(f"{x:.2f}" for x in sorted({min(loads), max(loads)}))
+                 + " while profiling.")
     if quick:
         note += " **Smoke-test sizes (--quick).**"
     return "\n".join(lines) + "\n" + note

@@ -405,8 +405,9 @@ def test_returns_chooses_evaluations_or_training_episodes(tmp_path, capsys):
     """--returns train scores POPGym's way (training episodes, windows of run.steps/20 env
     steps) even where evaluations exist; --returns eval skips a run without evaluations
     with a reason that names the other choice."""
-    run = fake_run(tmp_path / "pg", "popgym-RepeatPreviousEasy-v0", 0, [-0.5, 0.9])  # 200 steps
-    episodes = [(5, -1.0), (10, 0.0), (15, 0.4), (100, 0.6), (200, -0.2)]  # windows of 10
+    run = fake_run(tmp_path / "pg", "popgym-RepeatPreviousEasy-v0", 0, [-0.5, 0.9],
+                   sets=("run.eval_every=10",))  # 200 steps; windows of run.eval_every
+    episodes = [(5, -1.0), (10, 0.0), (15, 0.4), (100, 0.6), (200, -0.2)]
     with (run / "metrics.jsonl").open("a") as f:
         f.writelines(json.dumps({"step": s, "episode/return": v}) + "\n" for s, v in episodes)
     (auto,), _ = load_runs([run])
@@ -416,18 +417,31 @@ def test_returns_chooses_evaluations_or_training_episodes(tmp_path, capsys):
     assert train.curve == [(10, -0.5), (20, 0.4), (100, 0.6), (200, 0.6)]  # running max
     assert train.score == pytest.approx(0.6)
     report, _ = write_report([run], tmp_path / "rep", returns="train")
-    assert "training episodes |" in report.read_text()
+    assert "training episodes |" in report.read_text() and "(--returns train)" in \
+        report.read_text()
 
     bare = fake_run(tmp_path / "bare", "CartPole-v1", 0, [0.0])
     (bare / "metrics.jsonl").write_text(json.dumps({"step": 9, "episode/return": 9.0}) + "\n")
     (ok,), _ = load_runs([bare])  # auto: training episodes where there is no evaluation
     assert ok.source == "train"
-    with pytest.raises(UserError, match="--returns train"):
+    with pytest.raises(UserError, match="no evaluation logged .*--returns train"):
         load_runs([bare], returns="eval")
+    (bare / "metrics.jsonl").write_text(json.dumps({"step": 9, "eval/return": 9.0}) + "\n")
+    with pytest.raises(UserError, match="no training episode logged .*--returns eval"):
+        load_runs([bare], returns="train")
+    (bare / "metrics.jsonl").write_text(json.dumps({"step": 9, "episode/return": 9.0}) + "\n")
     with pytest.raises(UserError, match="returns must be one of auto, eval, train"):
         load_runs([bare], returns="greedy")
     assert main(["report", str(bare), "--out", str(tmp_path / "r2"), "--returns", "eval"]) == 2
     assert "--returns train" in capsys.readouterr().err
+
+
+def test_training_curves_have_the_evaluation_interval_or_a_twentieth_of_the_run():
+    from reverie.eval.runs import train_window
+
+    assert train_window(_config("popgym-ppo", (), "popgym-RepeatPreviousEasy-v0", 500_000)) \
+        == 16_384
+    assert train_window(_config("random", ("run.eval_episodes=0",), "CartPole-v1", 5000)) == 250
 
 
 def test_group_label_leaves_out_keys_a_run_does_not_have():

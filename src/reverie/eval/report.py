@@ -33,6 +33,15 @@ from reverie.eval.stats import Estimate, aggregate, bootstrap_ci, mean_score
 
 DEFAULT_GROUP_BY = ("agent", "backbone")
 REPS = 2000
+# the report's sentence on what each run's score is, by `returns` (runs.RETURNS)
+SCORED_FROM = {
+    "auto": "A run's score is its last evaluation's mean return, or without evaluations the "
+            "mean return of its training episodes in the last 10% of its steps",
+    "eval": "A run's score is its last evaluation's mean return (--returns eval: runs "
+            "without evaluations are skipped)",
+    "train": "A run's score is the mean return of its training episodes in the last 10% of "
+             "its steps, curves from training episodes (--returns train)",
+}
 
 
 @dataclass
@@ -391,10 +400,8 @@ def write_report(paths: list[str | Path], out: str | Path,
              f"{_n(len(runs), 'run')}, {_n(len(envs), 'env')}, {_n(len(labels), 'group')} "
              f"(grouped by {', '.join(keys)}; a setting is named only where runs of one agent "
              f"and backbone differ in it within a score kind); {now}. Intervals are 95% "
-             f"stratified-bootstrap intervals over tasks x seeds ({REPS} resamples). A run's "
-             "score is its last evaluation's "
-             "mean return, or without evaluations the mean return of its training episodes "
-             "in the last 10% of its steps; POPGym runs score their MMER.", ""]
+             f"stratified-bootstrap intervals over tasks x seeds ({REPS} resamples). "
+             f"{SCORED_FROM[returns]}; POPGym runs score their MMER.", ""]
     if warnings:
         lines += [f"Skipped {len(warnings)} folder(s):", ""] + [f"- {w}" for w in warnings] + [""]
     mixed = mixed_groups(groups)

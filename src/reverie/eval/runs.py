@@ -30,7 +30,7 @@ from reverie.run.logger import MACHINE, METRICS, TIMING, read_jsonl
 
 EXTERNAL = "external.json"  # a run of another library (module docstring)
 FINAL_FRACTION = 0.1  # without evaluations: the training episodes of the last 10% of steps
-CURVE_POINTS = 20  # training-episode curves are averaged over windows of steps/20
+CURVE_POINTS = 20  # without evaluations, training-episode curves average steps/20 windows
 # what a run is scored from: evaluations where it has them, else training episodes ("auto");
 # evaluations only; training episodes only (POPGym's MMER comes from training episodes)
 RETURNS = ("auto", "eval", "train")
@@ -157,12 +157,15 @@ def read_run(folder: Path, returns: str = "auto") -> Run:
     if evals:
         raw_curve, source = evals, "eval"
     elif episodes:
-        raw_curve, source = window_means(episodes, max(1, steps // CURVE_POINTS)), "train"
+        raw_curve, source = window_means(episodes, train_window(cfg)), "train"
     elif returns == "eval":
-        raise UserError("no evaluation logged (run.eval_every); --returns train scores its "
-                        "training episodes")
+        other = " (--returns train scores its training episodes)" if _finite(
+            rows, "episode/return") else ""
+        raise UserError(f"no evaluation logged (run.eval_every){other}")
     elif returns == "train":
-        raise UserError("no training episode finished yet")
+        other = " (--returns eval scores its evaluations)" if _finite(
+            rows, "eval/return") else ""
+        raise UserError(f"no training episode logged (episode/return){other}")
     else:
         raise UserError("no returns logged yet (no finished episode or evaluation)")
     final_raw = final_return(evals, episodes, last)
@@ -272,6 +275,16 @@ def find_run_folders(path: Path) -> list[Path]:
             continue
         dirs.sort()
     return found
+
+
+def train_window(cfg: DictConfig) -> int:
+    """Env steps per point of a training-episode curve: the run's evaluation interval (so
+    both curves of a run have the same points; for POPGym, a report of RLlib's kind every
+    16,384 steps in the popgym-ppo preset), or run.steps/20 for a run without evaluations
+    (run.eval_episodes=0)."""
+    if int(cfg.run.eval_episodes) > 0:
+        return int(cfg.run.eval_every)
+    return max(1, int(cfg.run.steps) // CURVE_POINTS)
 
 
 def _check_returns(returns: str) -> None:
