@@ -25,13 +25,12 @@ from omegaconf.errors import (
 
 from reverie.errors import UserError, suggest
 from reverie.preset_files import (  # noqa: F401  (reverie.config's names before the split)
-    _agent_of,
-    _agents_set,
+    agent_of,
     agent_presets,
+    agents_set,
     is_preset_file,
     load_preset,
     preset_of_agent,
-    preset_summary,
     preset_text,
     presets,
 )
@@ -247,6 +246,20 @@ def _validated(cfg: DictConfig, where: str = "") -> DictConfig:
     return cfg
 
 
+def preset_summary(name: str, width: int = 80) -> str:
+    """One line on a bundled preset: its agent, env, env steps and the first sentence of the
+    comment that opens its file (cut at `width` characters)."""
+    text = preset_text(name)
+    comment = " ".join(line.lstrip("# ").strip() for line in text.splitlines()
+                       if line.startswith("#"))
+    cut = comment.find(". ")
+    sentence = (comment[:cut + 1] if cut >= 0 else comment).strip()
+    if len(sentence) > width:
+        sentence = sentence[:width].rsplit(" ", 1)[0].rstrip(",;:(") + " ..."
+    cfg = build_config(name)
+    return f"{name:<24} {cfg.agent:<8} {cfg.env.id:<30} {int(cfg.run.steps):>9,}  {sentence}"
+
+
 def build_config(
     preset: str | None = "cartpole",
     overrides: list[str] | None = None,
@@ -256,9 +269,9 @@ def build_config(
     preset_data = load_preset(preset) if preset else {}
     overrides = _parse_dotlist(list(overrides or []))
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    preset_agent = _agent_of(preset_data)
+    preset_agent = agent_of(preset_data)
     # the agent must be known before the schema can be built
-    agent = (_agents_set(overrides) or [preset_agent])[-1]
+    agent = (agents_set(overrides) or [preset_agent])[-1]
     if agent != preset_agent and isinstance(preset_data.get(preset_agent), dict):
         agent_parts(agent)  # an unknown name is said as such
         fix = (f"use --agent {agent} (preset {AGENT_PRESETS[agent]})"

@@ -32,35 +32,19 @@ def preset_text(name: str) -> str:
     return (resources.files("reverie") / "presets" / f"{name}.yaml").read_text()
 
 
-def preset_summary(name: str, width: int = 80) -> str:
-    """One line on a bundled preset: its agent, env, env steps and the first sentence of the
-    comment that opens its file (cut at `width` characters)."""
-    text = preset_text(name)
-    comment = " ".join(line.lstrip("# ").strip() for line in text.splitlines()
-                       if line.startswith("#"))
-    cut = comment.find(". ")
-    sentence = (comment[:cut + 1] if cut >= 0 else comment).strip()
-    if len(sentence) > width:
-        sentence = sentence[:width].rsplit(" ", 1)[0].rstrip(",;:(") + " ..."
-    from reverie.config import build_config
-
-    cfg = build_config(name)
-    return f"{name:<24} {cfg.agent:<8} {cfg.env.id:<30} {int(cfg.run.steps):>9,}  {sentence}"
-
-
 def agent_presets(agent: str) -> list[str]:
     """The bundled presets of `agent`, its `--agent` default first."""
-    names = [n for n in presets() if _agent_of(load_preset(n)) == agent]
+    names = [n for n in presets() if agent_of(load_preset(n)) == agent]
     first = AGENT_PRESETS.get(agent)
     return sorted(names, key=lambda n: n != first)
 
 
-def _agent_of(preset_data: dict[str, Any]) -> str:
+def agent_of(preset_data: dict[str, Any]) -> str:
     """The agent a loaded preset configures (imagine where it names none)."""
     return str(preset_data.get("agent", "imagine"))
 
 
-def _agents_set(items: list[str] | tuple[str, ...]) -> list[str]:
+def agents_set(items: list[str] | tuple[str, ...]) -> list[str]:
     """The values given to `agent` in KEY=VALUE items (--set, --grid), in order."""
     return [value.strip() for key, _, value in (item.partition("=") for item in items)
             if key.strip() == "agent"]
@@ -75,7 +59,7 @@ def preset_of_agent(agent: str | None, preset: str | None,
     if agent is None:
         return preset
     agent_parts(agent)  # unknown agents named as such, with a suggestion
-    for value in _agents_set(settings):
+    for value in agents_set(settings):
         if value != agent:
             raise UserError(f"--agent {agent} and agent={value} (--set/--grid) disagree; drop "
                             "one of them")
@@ -85,7 +69,7 @@ def preset_of_agent(agent: str | None, preset: str | None,
                             f"holding agent: {agent} and its settings")
         return AGENT_PRESETS[agent]
     data = load_preset(preset)
-    if (preset_agent := _agent_of(data)) == agent:
+    if (preset_agent := agent_of(data)) == agent:
         return preset
     if is_preset_file(preset) and "agent" not in data:
         raise UserError(f"preset file '{preset}' names no agent (so it is imagine's); add "
@@ -145,7 +129,7 @@ def _over_base(base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         merged = OmegaConf.to_container(OmegaConf.merge(theirs, mine))
     except OmegaConfBaseException as e:  # a section in one, a value in the other
         raise UserError(f"a preset does not fit its base ({str(e).splitlines()[0]})") from None
-    agent = _agent_of(merged)
+    agent = agent_of(merged)
     backbone_key = AGENTS.get(agent, (None, None, None, None))[3]
     if backbone_key:
         path = f"{agent}.{backbone_key}"
