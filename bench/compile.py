@@ -247,6 +247,13 @@ def run_profile(backbone: str, compiled: bool, cache: Path, quick: bool) -> dict
     return result
 
 
+def profile_both(backbones: list[str], tmp: Path, quick: bool) -> dict[str, dict]:
+    """The matmul share of each backbone with compile off and on, each in its own process
+    (the compiled one on a fresh inductor cache under `tmp`)."""
+    return {bb: {m: run_profile(bb, m == "on", tmp / f"profile-{bb}", quick)
+                 for m in ("off", "on")} for bb in backbones}
+
+
 # -- the whole benchmark ----------------------------------------------------------------------
 def plot(result: dict, path: Path) -> None:
     import matplotlib
@@ -340,6 +347,9 @@ def main() -> None:
     p.add_argument("--drift-child", nargs=2, metavar=("BACKBONE", "UPDATES"))
     p.add_argument("--drift-only", action="store_true",
                    help="only add the off-vs-on drift to an existing compile.json")
+    p.add_argument("--profiles-only", action="store_true",
+                   help="only (re)measure the matmul share of --profiles (compile off and on) "
+                        "into compile.json, keeping its other backbones and measurements")
     p.add_argument("--auto", action="store_true",
                    help="measure run.compile=auto's rule per backbone (the imagined step "
                         "alone vs eager) into compile_auto.json")
@@ -354,6 +364,16 @@ def main() -> None:
         return
     if args.drift_child:
         print(json.dumps(drift(args.drift_child[0], int(args.drift_child[1]))))
+        return
+    if args.profiles_only:
+        path = RESULTS / "compile.json"
+        result = json.loads(path.read_text())
+        with tempfile.TemporaryDirectory(prefix="reverie-compile-bench-") as tmp:
+            result.setdefault("matmul_share", {}).update(
+                profile_both(args.profiles, Path(tmp), args.quick))
+        if not args.quick:
+            path.write_text(json.dumps(result, indent=1) + "\n")
+            plot(result, RESULTS / "compile.png")
         return
     if args.drift_only:
         path = RESULTS / "compile.json"
@@ -400,11 +420,7 @@ def main() -> None:
         drifts = {bb: run_drift(bb, 3 if args.quick else args.drift_updates,
                                 Path(tmp) / f"cache-{bb}")
                   for bb in args.backbones if args.drift_updates}
-        profiles: dict[str, dict] = {}
-        for bb in args.profiles:
-            cache = Path(tmp) / f"profile-{bb}"
-            profiles[bb] = {m: run_profile(bb, m == "on", cache, args.quick)
-                            for m in ("off", "on")}
+        profiles = profile_both(args.profiles, Path(tmp), args.quick)
     import torch
 
     load1 = os.getloadavg()[0]

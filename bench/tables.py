@@ -1017,6 +1017,27 @@ def matvec_table(results: Path) -> str | None:
     return "\n".join(lines)
 
 
+def ssd_step_table(results: Path) -> str | None:
+    report, _ = load(results, "ssd_step")
+    if report is None:
+        return None
+    lines = [_row(["variant", "ms per call (median, min–max)", "x a copy of the state"]),
+             _row(["---"] * 3)]
+    for name, ms in report["ms"].items():
+        lines.append(_row([name, _median_range(ms, ".3f"),
+                           _median_range(report["x_copy"][name], ".2f", "x")]))
+    loaded = max(report["loadavg_1min_before"], report["loadavg_1min_after"]) > report["cores"]
+    lines.append(
+        f"\nOne Mamba-2 block's recurrent step on a {list(report['shape'])} fp32 state "
+        f"({report['state_mib']:.0f} MiB: the cartpole preset's imagination), the variants "
+        f"alternating in one process ({report['rounds']} rounds after a warm-up, the order "
+        f"reversed every round, median of {report['calls_per_round']} calls per round), "
+        f"{report['torch_threads']} torch thread, torch {report['torch']}; 1-min load "
+        f"{report['loadavg_1min_before']} before, {report['loadavg_1min_after']} after on "
+        f"{report['cores']} cores" + (" (**loaded**: load > cores)." if loaded else "."))
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Path], str | None]] = {
     "backbones": backbones_table,
     "cartpole": cartpole_table,
@@ -1048,6 +1069,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "precision": precision_table,
     "optimizer": optimizer_table,
     "matvec": matvec_table,
+    "ssd_step": ssd_step_table,
 }
 
 
