@@ -46,14 +46,9 @@ TASKS = {
     "inverted-pendulum": ("InvertedPendulum-v5", 5000, 500, 5, "mbpo-inverted-pendulum"),
     "cartpole-swingup": ("dmc:cartpole-swingup", 10000, 1000, 5, "mbpo-dmc"),
 }
-# The imagine agent at the DMC campaign's CPU budget (bench/campaign_dmc.py): one update per
-# 16 env steps and 256 imagined starts, ~25 min per 10k-step run at 1 thread; the preset's own
-# cadence (one update per 2 env steps) took 1.5-3.6 h per run here.
-# At this budget `imagine` did not learn cartpole-swingup (70, 105, 172 on 3 seeds at 10k, near
-# random), so "imagine+coplanner" against it would compare against a baseline that does not
-# learn: before the imagine+coplanner runs (a GPU's worth: ~5 h per seed here), switch both
-# imagine methods to `--preset dmc-small` (it reached 259 at 10k and ~340 at 20k in the DMC
-# campaign) and rerun "imagine" with it.
+# `imagine-proprio`: the DMC campaign's CPU budget for dmc-proprio (bench/campaign_dmc.py),
+# one update per 16 env steps and 256 imagined starts (its own cadence, one update per 2 env
+# steps, took 1.5-3.6 h per run here)
 IMAGINE_BUDGET = ["--set", "run.train_ratio=64", "--set", "imagine.imag_batch=256"]
 SMALL = ["--preset", "dmc-small"]
 # method -> reverie train flags (None: SB3 SAC); the imagine methods run on DMC only. The
