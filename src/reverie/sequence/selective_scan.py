@@ -174,6 +174,12 @@ class SelectiveScan(torch.autograd.Function):
         return (*grads, None)
 
 
+# Eager even inside a compiled graph (run.compile=on): dynamo unrolls the scan's loops over
+# the chunk into one large graph whose kernels ran its forward+backward 7x slower than eager
+# at the cartpole preset's sizes (54 vs 395 ms, B=16, T=32, D=128, 1 thread) after a 3-minute
+# compile, and 14x at T=256 (bench/compile.py's matmul-share profile); the code around the
+# scan still compiles.
+@torch.compiler.disable
 def selective_scan(
     dt: Tensor,
     dtx: Tensor,
