@@ -323,3 +323,18 @@ def test_continuous_planner_clips_actions_for_the_model():
     assert torch.equal(agent.coplanner.env_action(raw),
                        torch.tensor([[-1.0, 0.5], [1.0, -0.25]]))
     assert isinstance(SPACES["continuous"], spaces.Box)
+
+
+def test_mode_off_is_one_spelling_in_new_and_saved_configs():
+    """A bare `off` is YAML's false (stored as 'False'); configs say 'off' either way, so a
+    report groups runs set with `mode=off` and with the default together."""
+    from reverie.config import build_config, config_yaml, parse_run_config
+
+    cfg = build_config("cartpole", ["imagine.coplanner.mode=off"])
+    assert cfg.imagine.coplanner.mode == "off"
+    text = config_yaml(cfg).replace("mode: 'off'", "mode: 'False'").replace("mode: off",
+                                                                             "mode: 'False'")
+    assert "mode: 'False'" in text  # as runs saved before the spelling was made canonical
+    assert parse_run_config(text, "run").imagine.coplanner.mode == "off"
+    assert build_config("cartpole", ["imagine.coplanner.mode=optimistic"]) \
+        .imagine.coplanner.mode == "optimistic"

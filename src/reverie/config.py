@@ -330,6 +330,11 @@ def _normalise(cfg: DictConfig) -> None:
     mode = _COMPILE_SPELLINGS.get(str(cfg.run.compile).strip().lower())
     if mode is not None:
         cfg.run.compile = mode
+    # imagine.coplanner.mode: off (a bare `off` is YAML's false, stored as 'False'), so runs
+    # set either way are one setting in reports
+    cop = OmegaConf.select(cfg, "imagine.coplanner", default=None)
+    if cop is not None and str(cop.mode).strip().lower() in ("false", "off"):
+        cop.mode = "off"
 
 
 def validate(cfg: DictConfig) -> None:
