@@ -1,6 +1,6 @@
 """Is Mamba-2's recurrent step memory-bound? `ssd_step` beside a copy of its state.
 
-    python bench/ssd_step.py            # 7 rounds at the cartpole preset's imagination shape
+    python bench/ssd_step.py            # 9 rounds at the cartpole preset's imagination shape
     python bench/ssd_step.py --quick    # 2 rounds, no files
 
 One imagined step of the world-model agent runs `reverie.sequence.ssd.ssd_step` once per
@@ -44,7 +44,7 @@ def fused_step(x, dt, A, B, C, h):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--calls", type=int, default=50)
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
