@@ -433,7 +433,8 @@ def test_returns_chooses_evaluations_or_training_episodes(tmp_path, capsys):
     with pytest.raises(UserError, match="returns must be one of auto, eval, train"):
         load_runs([bare], returns="greedy")
     assert main(["report", str(bare), "--out", str(tmp_path / "r2"), "--returns", "eval"]) == 2
-    assert "--returns train" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--returns train" in err and "choose another --returns than eval" in err
 
 
 def test_training_curves_have_the_evaluation_interval_or_a_twentieth_of_the_run():

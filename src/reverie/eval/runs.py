@@ -328,6 +328,8 @@ def load_runs(paths: list[str | Path], finished_only: bool = False,
     if not runs:
         detail = f" ({warnings[0]})" if len(warnings) == 1 else \
             f" ({len(warnings)} folders skipped, first: {warnings[0]})" if warnings else ""
-        raise UserError(f"no usable run to report{detail}; point at run folders written by "
-                        "`reverie train` or a folder holding them")
+        fix = ("point at run folders written by `reverie train` or a folder holding them"
+               if returns == "auto" else f"choose another --returns than {returns}, or point "
+               "at run folders that log what it scores")
+        raise UserError(f"no usable run to report{detail}; {fix}")
     return runs, warnings
