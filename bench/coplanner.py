@@ -46,9 +46,8 @@ TASKS = {
     "inverted-pendulum": ("InvertedPendulum-v5", 5000, 500, 5, "mbpo-inverted-pendulum"),
     "cartpole-swingup": ("dmc:cartpole-swingup", 10000, 1000, 5, "mbpo-dmc"),
 }
-# `imagine-proprio`: the DMC campaign's CPU budget for dmc-proprio (bench/campaign_dmc.py),
-# one update per 16 env steps and 256 imagined starts (its own cadence, one update per 2 env
-# steps, took 1.5-3.6 h per run here)
+# the DMC campaign's CPU budget for dmc-proprio (bench/campaign_dmc.py); its own cadence, one
+# update per 2 env steps, took 1.5-3.6 h per run here
 IMAGINE_BUDGET = ["--set", "run.train_ratio=64", "--set", "imagine.imag_batch=256"]
 SMALL = ["--preset", "dmc-small"]
 # method -> reverie train flags (None: SB3 SAC); the imagine methods run on DMC only. The

@@ -94,7 +94,7 @@ def main() -> None:
         "ms": {n: spread([1000 * t for t in ts], 4) for n, ts in times.items()},
         "x_copy": {n: spread([t / c for t, c in zip(ts, copy)], 3) for n, ts in times.items()},
         "loadavg_1min_before": round(load0, 2), "loadavg_1min_after": round(load1, 2),
-        "cores": os.cpu_count(),
+        "cores": os.cpu_count(), "loaded": max(load0, load1) > (os.cpu_count() or 1),
     }
     print(json.dumps({n: v["median"] for n, v in result["ms"].items()}))
     if not args.quick:

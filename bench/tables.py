@@ -376,7 +376,6 @@ def popgym_scoring_table(report: dict) -> str:
     head = ["task", "memory", "seeds", "MMER, greedy evaluations", "MMER, training episodes",
             "difference"]
     windows = report.get("train_window_steps") or []
-    windows = windows if isinstance(windows, list) else [windows]
     note = ("\n\nThe same runs scored both ways (those whose training episodes are in their "
             "archived metrics.jsonl): reverie's MMER from greedy evaluations, and POPGym's "
             "(`reverie report --returns train`), from the mean return of the training episodes "
@@ -1026,7 +1025,6 @@ def ssd_step_table(results: Path) -> str | None:
     for name, ms in report["ms"].items():
         lines.append(_row([name, _median_range(ms, ".3f"),
                            _median_range(report["x_copy"][name], ".2f", "x")]))
-    loaded = max(report["loadavg_1min_before"], report["loadavg_1min_after"]) > report["cores"]
     lines.append(
         f"\nOne Mamba-2 block's recurrent step on a {list(report['shape'])} fp32 state "
         f"({report['state_mib']:.0f} MiB: the cartpole preset's imagination), the variants "
@@ -1034,7 +1032,8 @@ def ssd_step_table(results: Path) -> str | None:
         f"reversed every round, median of {report['calls_per_round']} calls per round), "
         f"{report['torch_threads']} torch thread, torch {report['torch']}; 1-min load "
         f"{report['loadavg_1min_before']} before, {report['loadavg_1min_after']} after on "
-        f"{report['cores']} cores" + (" (**loaded**: load > cores)." if loaded else "."))
+        f"{report['cores']} cores" + (" (**loaded**: load > cores)." if report["loaded"]
+                                      else "."))
     return "\n".join(lines)
 
 

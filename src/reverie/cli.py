@@ -156,8 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave out runs that have not reached their run.steps (still training)")
     r.add_argument("--returns", choices=["auto", "eval", "train"], default="auto",
                    help="score runs from their greedy evaluations (eval), their training "
-                        "episodes (train: POPGym's MMER protocol, means over windows of "
-                        "run.steps/20 env steps), or evaluations where a run has them, else "
+                        "episodes (train: POPGym's MMER protocol, means over windows of the "
+                        "run's evaluation interval), or evaluations where a run has them, else "
                         "training episodes (auto, the default)")
     r.add_argument("--group-by", dest="group_by", action="append", default=None, metavar="KEY",
                    help="group runs by a setting: agent, backbone or a dotted config key "

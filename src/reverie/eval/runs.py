@@ -150,8 +150,9 @@ def read_run(folder: Path, returns: str = "auto") -> Run:
     timing = read_jsonl(folder / TIMING)
     env = str(cfg.env.id)
     kind = score_kind(env)
-    evals = [] if returns == "train" else _finite(rows, "eval/return")
-    episodes = [] if returns == "eval" else _finite(rows, "episode/return")
+    logged_evals, logged_episodes = _finite(rows, "eval/return"), _finite(rows, "episode/return")
+    evals = [] if returns == "train" else logged_evals
+    episodes = [] if returns == "eval" else logged_episodes
     steps = int(cfg.run.steps)
     last = max([int(r["step"]) for r in rows + timing] + [checkpointed, _progress(folder)])
     if evals:
@@ -159,12 +160,10 @@ def read_run(folder: Path, returns: str = "auto") -> Run:
     elif episodes:
         raw_curve, source = window_means(episodes, train_window(cfg)), "train"
     elif returns == "eval":
-        other = " (--returns train scores its training episodes)" if _finite(
-            rows, "episode/return") else ""
+        other = " (--returns train scores its training episodes)" if logged_episodes else ""
         raise UserError(f"no evaluation logged (run.eval_every){other}")
     elif returns == "train":
-        other = " (--returns eval scores its evaluations)" if _finite(
-            rows, "eval/return") else ""
+        other = " (--returns eval scores its evaluations)" if logged_evals else ""
         raise UserError(f"no training episode logged (episode/return){other}")
     else:
         raise UserError("no returns logged yet (no finished episode or evaluation)")
