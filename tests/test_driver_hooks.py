@@ -101,6 +101,34 @@ def test_checkpoint_mid_episode_resumes_exactly(recorder, tmp_path, num_envs):
     assert metrics(part) == metrics(full)  # no evaluations (run.eval_episodes=0)
 
 
+def same_transitions(a, b) -> bool:
+    def same(x, y):
+        return (all(np.array_equal(x[k], y[k]) for k in x) and x.keys() == y.keys()
+                if isinstance(x, dict) else np.array_equal(x, y) and x.dtype == y.dtype)
+    return len(a) == len(b) and all(same(x, y) for s, t in zip(a, b) for x, y in zip(s, t))
+
+
+def test_async_vector_env_gives_the_sync_data_and_resumes_across_modes(recorder, tmp_path):
+    extra = ["run.checkpoint_every=45", "run.log_every=30"]
+    sync = Trainer(recorder_config(300, 2, extra), tmp_path / "sync")
+    sync.train()
+    workers = Trainer(recorder_config(300, 2, [*extra, "run.vector=async"]), tmp_path / "async")
+    assert type(workers.envs.venv).__name__ == "AsyncVectorEnv"
+    workers.train()
+    assert same_transitions(workers.agent.transitions, sync.agent.transitions)
+    assert metrics(workers.out) == metrics(sync.out)
+    assert workers.envs.venv.closed  # the run's end closed the worker processes
+    part = tmp_path / "part"
+    Trainer(recorder_config(150, 2, extra), part).train()  # sync, ends mid-episode
+    cfg = config.load_run_config(part)
+    cfg.run.steps, cfg.run.vector = 300, "async"  # replayed inside the workers
+    resumed = Trainer(cfg, part, resume=True)
+    assert not resumed.envs.first.all()
+    resumed.train()
+    assert metrics(part) == metrics(sync.out)
+    assert same_transitions(resumed.agent.transitions, sync.agent.transitions[-75:])
+
+
 def test_replay_agents_store_each_env_in_its_own_stream(tmp_path):
     cfg = build_config("random", [*QUIET, "run.num_envs=3", "run.checkpoint_every=1000"],
                        {"steps": 240})
@@ -179,6 +207,13 @@ def test_bad_num_envs(tmp_path, capsys):
     assert "run.num_envs" in capsys.readouterr().err
 
 
+def test_bad_vector_mode(tmp_path, capsys):
+    assert main(["train", "--set", "run.vector=asnyc", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "run.vector must be sync or async" in err and "did you mean 'async'" in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_life_loss_is_terminal_but_not_an_episode_start():
     envs = Collector(lambda: make_env("ALE/Breakout-v5"), 1, 0, "ALE/Breakout-v5",
                      life_loss_terminal=True)
@@ -188,11 +223,11 @@ def test_life_loss_is_terminal_but_not_an_episode_start():
     losses = 0
     for step in range(400):
         action = np.array([1 if step % 20 == 0 else 3])  # fire now and then, move right
-        lives = envs.envs[0].unwrapped.ale.lives()
+        lives = envs.venv.envs[0].unwrapped.ale.lives()
         t, finished = envs.step(action)
         p, _ = plain.step(action)
         assert np.array_equal(t.next_obs["image"], p.next_obs["image"])  # same game
-        lost = envs.envs[0].unwrapped.ale.lives() < lives and not finished
+        lost = envs.venv.envs[0].unwrapped.ale.lives() < lives and not finished
         assert bool(t.terminated[0]) == (lost or bool(p.terminated[0]))
         if lost:
             losses += 1

@@ -39,6 +39,7 @@ from reverie.registry import AGENT_PRESETS, AGENTS, agent_hook, agent_parts  # n
 SAMPLERS = ("uniform", "dfs")
 COMPILE_MODES = ("off", "auto", "on")
 PRECISIONS = ("fp32", "bf16")  # reverie.precision
+VECTOR_MODES = ("sync", "async")  # reverie.envs.vector
 HALF_NAMES = ("fp16", "float16", "half", "16", "16-mixed")
 # YAML reads a bare on/off as a boolean, which run.compile (a string) stores as 'True'/'False'
 _COMPILE_SPELLINGS = {"on": "on", "true": "on", "off": "off", "false": "off",
@@ -52,7 +53,7 @@ RESUME_KEYS = ("run.steps", "run.progress", "run.log_every", "run.eval_every",
                "run.eval_episodes", "run.eval_noop_max", "run.checkpoint_every",
                "run.keep_checkpoints", "run.keep_best",
                "run.max_nan_retries", "run.threads", "run.device", "run.compile",
-               "run.precision",
+               "run.precision", "run.vector",
                "replay.capacity")  # raised only: the replay grows, keeping its rows
 
 
@@ -86,6 +87,10 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads; 0 = all cores
     num_envs: int = 1  # envs stepped together; a replay keeps one ring per env (mbpo takes 1)
+    # the envs as Gymnasium's SyncVectorEnv (sync: all in this process) or AsyncVectorEnv
+    # (async: one worker process per env, worth it when an env step costs more than a pipe
+    # round trip and cores are free: bench/vector_env.py); both give the same data
+    vector: str = "sync"
     max_nan_retries: int = 3
     progress: bool = True
     # Atari evaluation: up to this many random no-op starts (the Atari100k protocol: 30;
@@ -358,6 +363,9 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"run.eval_noop_max must be >= 0, got {run.eval_noop_max}")
     if run.num_envs < 1:
         raise UserError(f"run.num_envs must be >= 1, got {run.num_envs}")
+    if run.vector not in VECTOR_MODES:
+        raise UserError(f"run.vector must be sync or async, got '{run.vector}'"
+                        f"{suggest(str(run.vector), VECTOR_MODES)}")
     if run.threads > MAX_THREADS:
         raise UserError(f"run.threads={run.threads} is more than any CPU can use; set at most "
                         f"{MAX_THREADS} (0 = all cores)")

@@ -1,11 +1,18 @@
-"""N environments stepped together, with the bookkeeping an exact resume needs.
+"""N environments stepped together through Gymnasium's vector API, with the bookkeeping an
+exact resume needs.
 
-Every episode starts with `reset(seed=episode_seed(seed, k))`, where k counts the episodes
-the run has started (envs take the next k in index order when they end), so one env gives
-the same episodes as before vectorisation. Environments cannot be snapshotted in general, so
-the collector keeps the actions of each env's current episode: a checkpoint can be taken at
-any step, and `load_state_dict` rebuilds every env by resetting it with its episode's seed
-and replaying those actions (Gymnasium envs are deterministic given the seed and actions).
+`run.vector` picks the vector env: `sync` (`gymnasium.vector.SyncVectorEnv`, every env in
+this process) or `async` (`AsyncVectorEnv`, one worker process per env: worth it when an env
+step costs more than a pipe round trip, e.g. Atari or DMC with cores to spare). Both run with
+Gymnasium's autoreset off: the collector resets each ended env itself, so that
+every episode starts with `reset(seed=episode_seed(seed, k))`, where k counts the episodes
+the run has started (envs take the next k in index order when they end) — one env gives
+the same episodes as before vectorisation, and `sync` and `async` give the same data.
+
+Environments cannot be snapshotted in general, so the collector keeps the actions of each
+env's current episode: a checkpoint can be taken at any step, and `load_state_dict` rebuilds
+every env by resetting it with its episode's seed and replaying those actions (Gymnasium envs
+are deterministic given the seed and actions), inside the env's own process.
 
 Each `step` returns a `Transition` batched over the envs: the observation the action was
 chosen at, the action, reward, both end flags and the observation after the action — for an
@@ -20,9 +27,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from reverie.envs import make_env
 from reverie.envs.actions import action_spec
+from reverie.envs.vector import env_of, vector_env
 from reverie.errors import UserError
+
+__all__ = ["Collector", "Transition", "env_of", "episode_seed", "stack"]
 
 Obs = dict[str, np.ndarray]
 
@@ -40,15 +49,6 @@ class Transition(NamedTuple):
     first: np.ndarray  # bool: `obs` starts an episode
 
 
-def env_of(cfg, *, evaluation: bool = False, render: bool = False):
-    """The env a run's config builds: the training env, or with `evaluation` the evaluation
-    env (up to run.eval_noop_max random no-op starts on Atari). The one builder from a config,
-    for the driver's evaluations, `reverie eval` and `reverie watch` alike."""
-    noop = {"noop_max": int(cfg.run.eval_noop_max)} if evaluation else {}
-    return make_env(cfg.env.id, cfg.env.image_size, render=render,
-                    prev_reward=bool(cfg.env.get("prev_reward", False)), **noop)
-
-
 def episode_seed(seed: int, episode: int, stream: int = 0) -> int:
     """Seed of the k-th episode of a stream (0: training, 1: evaluation)."""
     return int(np.random.SeedSequence([seed, stream, episode]).generate_state(1)[0])
@@ -59,74 +59,72 @@ def stack(rows: list[Obs]) -> Obs:
 
 
 class Collector:
-    """`num_envs` envs from one builder (`make`: the run's `env_of(cfg)`), stepped with a
-    batch of actions; `name` (the env spec) is what its errors call the env."""
+    """`num_envs` envs from one builder (`make`: the run's `env_of(cfg)`; picklable, e.g.
+    `partial(env_of, cfg)`, for `vector="async"`), stepped with a batch of actions; `name`
+    (the env spec) is what its errors call the env."""
 
     def __init__(self, make: Callable[[], Any], num_envs: int, seed: int, name: str,
-                 life_loss_terminal: bool = False) -> None:
+                 life_loss_terminal: bool = False, vector: str = "sync") -> None:
         self.env_id = name
         self.life_loss_terminal = life_loss_terminal
         self.seed = seed
         self.n = num_envs
-        self.envs = [make() for _ in range(num_envs)]
-        if life_loss_terminal and not hasattr(self.envs[0].unwrapped, "ale"):
+        self.venv = vector_env(make, num_envs, vector)
+        if life_loss_terminal and not self.venv.call("has_lives")[0]:
+            self.close()
             raise UserError(f"env.life_loss_terminal needs an env with lives (ALE/<Game>-v5); "
                             f"'{name}' has none: set env.life_loss_terminal=false")
-        self.observation_space = self.envs[0].observation_space
-        self.action_space = self.envs[0].action_space
+        self.observation_space = self.venv.single_observation_space
+        self.action_space = self.venv.single_action_space
         self.started = 0  # episodes started so far (the next episode's k)
         self.episode = np.zeros(num_envs, np.int64)  # each env's current episode k
         self.actions: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
         self.returns = np.zeros(num_envs, np.float64)
         self.lengths = np.zeros(num_envs, np.int64)
         self.first = np.ones(num_envs, bool)
-        self._obs: list[Obs] = []
+        self.obs: Obs = {}  # the current observation of every env, [N, ...]
 
-    @property
-    def obs(self) -> Obs:
-        """The current observation of every env, [N, ...]."""
-        return stack(self._obs)
-
-    def _reset(self, i: int) -> Obs:
+    def _next_episode(self, i: int) -> int:
+        """Env i starts the run's next episode -> that episode's reset seed."""
         k = self.started
         self.started += 1
         self.episode[i] = k
         self.actions[i] = []
         self.returns[i], self.lengths[i], self.first[i] = 0.0, 0, True
-        obs, _ = self.envs[i].reset(seed=episode_seed(self.seed, k))
-        return obs
+        return episode_seed(self.seed, k)
 
     def start(self) -> None:
         """Begin the run: every env starts its first episode."""
-        self._obs = [self._reset(i) for i in range(self.n)]
+        self.obs, _ = self.venv.reset(seed=[self._next_episode(i) for i in range(self.n)])
 
     def step(self, action: np.ndarray) -> tuple[Transition, list[tuple[float, int]]]:
         """Step every env with its action -> (the transition, (return, length) of each episode
         that ended, in env order). Ended envs are reset at once (their next obs is `first`)."""
         obs, first = self.obs, self.first.copy()
-        rewards = np.zeros(self.n, np.float32)
-        term = np.zeros(self.n, bool)
-        trunc = np.zeros(self.n, bool)
-        after: list[Obs] = []
-        finished = []
-        for i, env in enumerate(self.envs):
-            a = action[i]
-            nxt, r, te, tr, info = env.step(a)
-            self.actions[i].append(np.asarray(a))
+        after, reward, te, tr, info = self.venv.step(action)
+        for i in range(self.n):
+            self.actions[i].append(np.asarray(action[i]))
+        te, tr = np.asarray(te, bool), np.asarray(tr, bool)
+        term = te.copy()
+        if self.life_loss_terminal and "life_loss" in info:
             # a lost life ends the value (terminal) but not the episode: no reset, no `first`
-            lost = self.life_loss_terminal and bool(info.get("life_loss", False))
-            rewards[i], term[i], trunc[i] = float(r), bool(te) or lost, bool(tr) and not te
-            self.returns[i] += float(r)
-            self.lengths[i] += 1
-            self.first[i] = False
-            after.append(nxt)
-            if te or tr:
-                finished.append((float(self.returns[i]), int(self.lengths[i])))
-                self._obs[i] = self._reset(i)
-            else:
-                self._obs[i] = nxt
-        return Transition(obs, np.asarray(action), rewards, term, trunc, stack(after),
-                          first), finished
+            term |= np.asarray(info["life_loss"], bool) & np.asarray(info["_life_loss"], bool)
+        self.returns += reward
+        self.lengths += 1
+        self.first[:] = False
+        ended = te | tr
+        finished = [(float(self.returns[i]), int(self.lengths[i])) for i in np.flatnonzero(ended)]
+        if ended.any():
+            seeds = [self._next_episode(i) if e else None for i, e in enumerate(ended)]
+            self.obs, _ = self.venv.reset(seed=seeds, options={"reset_mask": ended})
+        else:
+            self.obs = after
+        return Transition(obs, np.asarray(action), np.asarray(reward, np.float32), term,
+                          tr & ~te, after, first), finished
+
+    def close(self) -> None:
+        """End the envs (an `async` vector env's worker processes with them)."""
+        self.venv.close()
 
     # -- exact resume ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -141,12 +139,13 @@ class Collector:
             "returns": torch.from_numpy(self.returns.copy()),
             "lengths": torch.from_numpy(self.lengths.copy()),
             "first": torch.from_numpy(self.first.copy()),
-            "obs": {k: torch.from_numpy(v) for k, v in self.obs.items()},
+            "obs": {k: torch.from_numpy(v.copy()) for k, v in self.obs.items()},
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> list[str]:
-        """Rebuild every env's current episode; returns notes (e.g. an env that replays
-        differently, so the resumed run is not bit-exact)."""
+        """Rebuild every env's current episode (each in its own process under `async`);
+        returns notes (e.g. an env that replays differently, so the resumed run is not
+        bit-exact)."""
         if len(d["actions"]) != self.n:
             raise UserError(f"the checkpoint holds {len(d['actions'])} envs but run.num_envs="
                             f"{self.n}; resume with the run's own config")
@@ -155,19 +154,18 @@ class Collector:
         self.returns = d["returns"].numpy().copy()
         self.lengths = d["lengths"].numpy().copy()
         self.first = d["first"].numpy().copy()
-        notes, self._obs = [], []
-        for i, env in enumerate(self.envs):
-            obs, _ = env.reset(seed=episode_seed(self.seed, int(self.episode[i])))
-            acts = list(d["actions"][i].numpy())
-            for a in acts:
-                obs, _, te, tr, _ = env.step(a)
-                if te or tr:
-                    raise UserError(f"env '{self.env_id}' ended an episode early while its "
-                                    "steps were replayed on resume: it is not deterministic "
-                                    "given its seed; this run cannot be resumed exactly")
-            self.actions[i] = acts
-            self._obs.append(obs)
+        self.actions = [list(a.numpy()) for a in d["actions"]]
+        plans = [(episode_seed(self.seed, int(k)), acts)
+                 for k, acts in zip(self.episode, self.actions)]
+        replayed = self.venv.call("replay", plans)
+        if any(ended for _, ended in replayed):
+            raise UserError(f"env '{self.env_id}' ended an episode early while its "
+                            "steps were replayed on resume: it is not deterministic "
+                            "given its seed; this run cannot be resumed exactly")
         saved = {k: v.numpy() for k, v in d["obs"].items()}
+        self.obs = {k: v.astype(saved[k].dtype, copy=False)
+                    for k, v in stack([obs for obs, _ in replayed]).items()}
+        notes = []
         if any(not np.array_equal(saved[k], v) for k, v in self.obs.items()):
             notes.append(f"env '{self.env_id}' replayed to a different observation on "
                          "resume (not deterministic given its seed): the resumed run continues "

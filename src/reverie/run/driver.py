@@ -23,6 +23,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,7 @@ class Trainer:
         self.out = Path(out)
         self.resuming = resume
         self._lock = None
+        self.envs: Collector | None = None
         stray_lock = resume and not (self.out / ".lock").exists()  # a folder never run here
         try:
             self._set_up(cfg, resume)
@@ -138,8 +140,9 @@ class Trainer:
         seed_everything(int(cfg.seed))
         self.device = select_device(cfg.run.device)
         self.num_envs = int(cfg.run.num_envs)
-        self.envs = Collector(lambda: env_of(cfg), self.num_envs, int(cfg.seed), cfg.env.id,
-                              life_loss_terminal=bool(cfg.env.life_loss_terminal))
+        self.envs = Collector(partial(env_of, cfg), self.num_envs, int(cfg.seed), cfg.env.id,
+                              life_loss_terminal=bool(cfg.env.life_loss_terminal),
+                              vector=str(cfg.run.vector))
         self.obs_spec = make_obs_spec(self.envs.observation_space)
         self.action_space = self.envs.action_space
         check_spaces(cfg, self.obs_spec, self.action_space)
@@ -485,7 +488,10 @@ class Trainer:
         return self.summary()
 
     def release(self) -> None:
-        """Give up the run folder's lock (the process may resume the run again later)."""
+        """Close the envs and give up the run folder's lock (the process may resume the run
+        again later)."""
+        if self.envs is not None:
+            self.envs.close()
         if self._lock is not None:
             self._lock.close()
             self._lock = None
