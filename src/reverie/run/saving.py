@@ -1,6 +1,6 @@
 """A run's checkpoints as the driver uses them: saves with `progress.json`, the checked load a
 resume starts from, the best agent so far (run.keep_best), and the checkpoint a non-finite loss
-rolls back to. What a checkpoint holds is the driver's to say (`Trainer._payload`); the files,
+rolls back to. What a checkpoint holds is the driver's to say (`run/checkpointing.py`); the files,
 their manifest and their checks are `run/checkpoint.py`'s."""
 
 from __future__ import annotations
