@@ -1037,6 +1037,30 @@ def ssd_step_table(results: Path) -> str | None:
     return "\n".join(lines)
 
 
+def vector_env_table(results: Path) -> str | None:
+    report, _ = load(results, "vector_env")
+    if report is None:
+        return None
+    lines = [_row(["env", "envs", "sync env steps/s", "async env steps/s",
+                   "async / sync", "start-up s (sync, async)", "same data"]),
+             _row(["---"] * 7)]
+    for c in report["cases"]:
+        rate = c["env_steps_per_s"]
+        lines.append(_row([f"`{c['env']}`", str(c["num_envs"]), _median_range(rate["sync"], ".0f"),
+                           _median_range(rate["async"], ".0f"),
+                           _median_range(c["async_over_sync"], ".2f", "x"),
+                           f"{c['start_s']['sync']}, {c['start_s']['async']}",
+                           "yes" if c["same_data"] else "**no**"]))
+    loads = [c[k] for c in report["cases"] for k in ("loadavg_1min_before", "loadavg_1min_after")]
+    lines.append(
+        f"\nThe collector alone (uniform random actions, no acting or learning) stepping N envs "
+        f"as `run.vector=sync` or `async`, the two alternating in one process ({report['rounds']} "
+        f"rounds after a warm-up, the order reversed every round); medians and min–max over "
+        f"rounds; 1-min load {min(loads)}–{max(loads)} on {report['cores']} cores"
+        + (" (**loaded**: load > cores)." if report["loaded"] else "."))
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Path], str | None]] = {
     "backbones": backbones_table,
     "cartpole": cartpole_table,
@@ -1069,6 +1093,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "optimizer": optimizer_table,
     "matvec": matvec_table,
     "ssd_step": ssd_step_table,
+    "vector_env": vector_env_table,
 }
 
 

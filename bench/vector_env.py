@@ -1,0 +1,144 @@
+"""Should a run set `run.vector=async`? The collector's env steps per second, sync vs async.
+
+    python bench/vector_env.py            # 4 envs x 2 vector sizes, 5 alternating rounds
+    python bench/vector_env.py --quick    # one env, 2 rounds, no files
+
+The driver steps its `run.num_envs` envs through one Gymnasium vector env: `sync`
+(SyncVectorEnv, every env in the training process) or `async` (AsyncVectorEnv, one worker
+process per env). For each env and number of envs, both collectors are built once (the async
+start-up, which forks a server and imports the env in every worker, is timed apart) and then
+take turns stepping with uniform random actions (A B, then B A, ...), each turn a fixed number
+of vector steps; env steps per second per turn, medians and min-max over the rounds, and the
+async / sync ratio per round. Before timing, the two are checked to give the same transitions
+(the collectors reset every episode with the same seeds). Acting and learning are left out:
+this is the env-stepping share of a run, which is what `run.vector` changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runlib import alternate, spread  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# env id -> image size (0: the env's vector observation); each is a bundled preset's env
+ENVS = {
+    "CartPole-v1": 0,
+    "popgym-RepeatPreviousEasy-v0": 0,
+    "dmc:cartpole-swingup": 0,
+    "ALE/Pong-v5": 64,
+}
+NUM_ENVS = (2, 8)
+VECTOR_STEPS = 200  # per turn, at 2 envs (scaled down for more envs: equal env steps)
+
+
+def make(env_id: str, image_size: int):
+    from reverie.envs import make_env
+
+    return make_env(env_id, image_size or 64)
+
+
+def collector(env_id: str, n: int, vector: str):
+    from reverie.run.collector import Collector
+
+    return Collector(partial(make, env_id, ENVS[env_id]), n, 0, env_id, vector=vector)
+
+
+def same_data(a, b, n: int, steps: int) -> bool:
+    """Both collectors, stepped with the same actions, give the same transitions."""
+    import numpy as np
+
+    from reverie.envs.actions import random_actions
+
+    rng = np.random.default_rng(1)
+    for _ in range(steps):
+        action = random_actions(a.action_space, n, rng)
+        (ta, fa), (tb, fb) = a.step(action), b.step(action)
+        for x, y in zip(ta, tb):
+            if isinstance(x, dict):
+                if any(not np.array_equal(x[k], y[k]) for k in x):
+                    return False
+            elif not np.array_equal(x, y):
+                return False
+        if fa != fb:
+            return False
+    return True
+
+
+def measure(env_id: str, n: int, rounds: int, vector_steps: int) -> dict:
+    import numpy as np
+
+    from reverie.envs.actions import random_actions
+
+    t0 = time.perf_counter()
+    sync = collector(env_id, n, "sync")
+    t1 = time.perf_counter()
+    workers = collector(env_id, n, "async")
+    t2 = time.perf_counter()
+    for c in (sync, workers):
+        c.start()
+    same = same_data(sync, workers, n, 50)
+    rng = np.random.default_rng(0)
+    actions = [random_actions(sync.action_space, n, rng) for _ in range(vector_steps)]
+
+    def turn(c):
+        for a in actions:
+            c.step(a)
+
+    load0 = os.getloadavg()[0]
+    secs = alternate({"sync": partial(turn, sync), "async": partial(turn, workers)},
+                     rounds, warmup=1, flip=True)
+    load1 = os.getloadavg()[0]
+    for c in (sync, workers):
+        c.close()
+    rate = {k: [n * vector_steps / s for s in v] for k, v in secs.items()}
+    return {
+        "env": env_id, "num_envs": n, "vector_steps_per_turn": vector_steps,
+        "same_data": same,
+        "start_s": {"sync": round(t1 - t0, 2), "async": round(t2 - t1, 2)},
+        "env_steps_per_s": {k: spread(v, 0) for k, v in rate.items()},
+        "async_over_sync": spread([a / s for a, s in zip(rate["async"], rate["sync"])], 2),
+        "loadavg_1min_before": round(load0, 2), "loadavg_1min_after": round(load1, 2),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    envs, sizes, rounds = ((["CartPole-v1"], (2,), 2) if args.quick
+                           else (args.envs, NUM_ENVS, args.rounds))
+    cases = []
+    for env_id in envs:
+        for n in sizes:
+            case = measure(env_id, n, rounds, max(VECTOR_STEPS * 2 // n, 20))
+            print(json.dumps({k: case[k] for k in ("env", "num_envs", "same_data")}
+                             | {k: v["median"] for k, v in case["env_steps_per_s"].items()}
+                             | {"ratio": case["async_over_sync"]["median"]}), flush=True)
+            cases.append(case)
+    loads = [c[k] for c in cases for k in ("loadavg_1min_before", "loadavg_1min_after")]
+    result = {
+        "benchmark": "vector_env", "rounds": rounds, "cases": cases, "cores": os.cpu_count(),
+        "loaded": max(loads) > (os.cpu_count() or 1),
+        "note": "random actions; env stepping only (no acting, no learning); 1 torch thread "
+                "in the training process",
+    }
+    if not args.quick:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "vector_env.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
