@@ -28,13 +28,20 @@ START_METHOD = ("forkserver" if "forkserver" in multiprocessing.get_all_start_me
 Plan = tuple[int, Sequence[Any]]  # (reset seed, actions since that reset)
 
 
-def env_of(cfg, *, evaluation: bool = False, render: bool = False):
-    """The env a run's config builds: the training env, or with `evaluation` the evaluation
-    env (up to run.eval_noop_max random no-op starts on Atari). The one builder from a config,
-    for training, the driver's evaluations, `reverie eval` and `reverie watch` alike."""
+def env_maker(cfg, *, evaluation: bool = False, render: bool = False) -> Callable[[], Any]:
+    """The builder of the env a run's config builds: the training env, or with `evaluation`
+    the evaluation env (up to run.eval_noop_max random no-op starts on Atari). Plain values
+    only, so that an `async` worker unpickles it without the config's own classes (the agents'
+    modules, and torch with them)."""
     noop = {"noop_max": int(cfg.run.eval_noop_max)} if evaluation else {}
-    return make_env(cfg.env.id, cfg.env.image_size, render=render,
-                    prev_reward=bool(cfg.env.get("prev_reward", False)), **noop)
+    return partial(make_env, str(cfg.env.id), int(cfg.env.image_size), render=render,
+                   prev_reward=bool(cfg.env.get("prev_reward", False)), **noop)
+
+
+def env_of(cfg, *, evaluation: bool = False, render: bool = False):
+    """The env of `env_maker`, built: the one builder from a config, for training, the
+    driver's evaluations, `reverie eval` and `reverie watch` alike."""
+    return env_maker(cfg, evaluation=evaluation, render=render)()
 
 
 def replay_episode(env, plan: Plan) -> tuple[Any, bool]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from reverie.config import (
 )
 from reverie.envs import make_obs_spec
 from reverie.envs.actions import action_spec, random_actions
+from reverie.envs.vector import env_maker
 from reverie.errors import Stopped, UserError
 from reverie.rng import (
     numpy_generator,
@@ -113,7 +113,7 @@ class Trainer(Checkpointing):
         seed_everything(int(cfg.seed))
         self.device = select_device(cfg.run.device)
         self.num_envs = int(cfg.run.num_envs)
-        self.envs = Collector(partial(env_of, cfg), self.num_envs, int(cfg.seed), cfg.env.id,
+        self.envs = Collector(env_maker(cfg), self.num_envs, int(cfg.seed), cfg.env.id,
                               life_loss_terminal=bool(cfg.env.life_loss_terminal),
                               vector=str(cfg.run.vector))
         self.obs_spec = make_obs_spec(self.envs.observation_space)
