@@ -10,7 +10,8 @@ start-up, which forks a server and imports the env in every worker, is timed apa
 take turns stepping with uniform random actions (A B, then B A, ...), each turn a fixed number
 of vector steps; env steps per second per turn, medians and min-max over the rounds, and the
 async / sync ratio per round. Before timing, the two are checked to give the same transitions
-(the collectors reset every episode with the same seeds). Acting and learning are left out:
+(stepped until every env has ended an episode, so that the resets with each episode's seed
+are compared too). Acting and learning are left out:
 this is the env-stepping share of a run, which is what `run.vector` changes.
 """
 
@@ -51,25 +52,25 @@ def collector(env_id: str, n: int, vector: str):
     return Collector(partial(make, env_id, ENVS[env_id]), n, 0, env_id, vector=vector)
 
 
-def same_data(a, b, n: int, steps: int) -> bool:
-    """Both collectors, stepped with the same actions, give the same transitions."""
+def same_data(a, b, n: int, cap: int = 20_000) -> dict:
+    """Both collectors, stepped with the same actions until every env has ended an episode
+    (so resets with the episode seeds are compared too; at most `cap` vector steps), give the
+    same transitions -> {'same', 'vector_steps', 'episodes'}."""
     import numpy as np
 
     from reverie.envs.actions import random_actions
 
-    rng = np.random.default_rng(1)
-    for _ in range(steps):
+    rng, ended, steps, same = np.random.default_rng(1), np.zeros(n, bool), 0, True
+    while not ended.all() and steps < cap:
         action = random_actions(a.action_space, n, rng)
         (ta, fa), (tb, fb) = a.step(action), b.step(action)
         for x, y in zip(ta, tb):
-            if isinstance(x, dict):
-                if any(not np.array_equal(x[k], y[k]) for k in x):
-                    return False
-            elif not np.array_equal(x, y):
-                return False
-        if fa != fb:
-            return False
-    return True
+            pairs = [(x[k], y[k]) for k in x] if isinstance(x, dict) else [(x, y)]
+            same &= all(np.array_equal(u, v) and u.dtype == v.dtype for u, v in pairs)
+        same &= fa == fb and all(np.array_equal(a.obs[k], b.obs[k]) for k in a.obs)
+        ended |= a.first
+        steps += 1
+    return {"same": bool(same), "vector_steps": steps, "all_envs_ended": bool(ended.all())}
 
 
 def measure(env_id: str, n: int, rounds: int, vector_steps: int) -> dict:
@@ -84,7 +85,7 @@ def measure(env_id: str, n: int, rounds: int, vector_steps: int) -> dict:
     t2 = time.perf_counter()
     for c in (sync, workers):
         c.start()
-    same = same_data(sync, workers, n, 50)
+    same = same_data(sync, workers, n)
     rng = np.random.default_rng(0)
     actions = [random_actions(sync.action_space, n, rng) for _ in range(vector_steps)]
 
@@ -101,7 +102,7 @@ def measure(env_id: str, n: int, rounds: int, vector_steps: int) -> dict:
     rate = {k: [n * vector_steps / s for s in v] for k, v in secs.items()}
     return {
         "env": env_id, "num_envs": n, "vector_steps_per_turn": vector_steps,
-        "same_data": same,
+        "same_data": same["same"] and same["all_envs_ended"], "same_data_check": same,
         "start_s": {"sync": round(t1 - t0, 2), "async": round(t2 - t1, 2)},
         "env_steps_per_s": {k: spread(v, 0) for k, v in rate.items()},
         "async_over_sync": spread([a / s for a, s in zip(rate["async"], rate["sync"])], 2),

@@ -4,6 +4,7 @@ own update cadence and rollouts (`observe`), checkpoints at any step with exact 
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,11 @@ def test_collector_gives_the_final_observation_not_the_reset_one():
     for _ in range(200):
         final, *_ = ref.step(np.zeros(1, np.float32))
     assert np.array_equal(t.next_obs["vector"][1], final["vector"])
+    # both ended on one step: they start the run's episodes 2 and 3, in env order
+    assert envs.episode.tolist() == [2, 3] and envs.started == 4
+    for i in range(2):
+        start, _ = ref.reset(seed=episode_seed(3, 2 + i))
+        assert np.array_equal(envs.obs["vector"][i], start["vector"])
 
 
 @pytest.mark.parametrize("num_envs", [1, 3])
@@ -108,25 +114,79 @@ def same_transitions(a, b) -> bool:
     return len(a) == len(b) and all(same(x, y) for s, t in zip(a, b) for x, y in zip(s, t))
 
 
-def test_async_vector_env_gives_the_sync_data_and_resumes_across_modes(recorder, tmp_path):
+@pytest.mark.parametrize("first, then", [("sync", "async"), ("async", "sync")])
+def test_async_vector_env_gives_the_sync_data_and_resumes_across_modes(recorder, tmp_path,
+                                                                         first, then):
     extra = ["run.checkpoint_every=45", "run.log_every=30"]
     sync = Trainer(recorder_config(300, 2, extra), tmp_path / "sync")
     sync.train()
-    workers = Trainer(recorder_config(300, 2, [*extra, "run.vector=async"]), tmp_path / "async")
-    assert type(workers.envs.venv).__name__ == "AsyncVectorEnv"
-    workers.train()
-    assert same_transitions(workers.agent.transitions, sync.agent.transitions)
-    assert metrics(workers.out) == metrics(sync.out)
-    assert workers.envs.venv.closed  # the run's end closed the worker processes
     part = tmp_path / "part"
-    Trainer(recorder_config(150, 2, extra), part).train()  # sync, ends mid-episode
+    half = Trainer(recorder_config(150, 2, [*extra, f"run.vector={first}"]), part)
+    half.train()  # ends mid-episode
+    assert same_transitions(half.agent.transitions, sync.agent.transitions[:75])
+    assert half.envs.venv.closed  # the run's end closed the envs (and async's workers)
     cfg = config.load_run_config(part)
-    cfg.run.steps, cfg.run.vector = 300, "async"  # replayed inside the workers
+    cfg.run.steps, cfg.run.vector = 300, then  # async: replayed inside the workers
     resumed = Trainer(cfg, part, resume=True)
+    assert type(resumed.envs.venv).__name__ == {"sync": "SyncVectorEnv",
+                                                "async": "AsyncVectorEnv"}[then]
     assert not resumed.envs.first.all()
     resumed.train()
     assert metrics(part) == metrics(sync.out)
     assert same_transitions(resumed.agent.transitions, sync.agent.transitions[-75:])
+
+
+def test_async_life_loss_matches_sync_over_several_envs():
+    def make():
+        return make_env("ALE/Breakout-v5")
+
+    sync = Collector(make, 2, 5, "ALE/Breakout-v5", life_loss_terminal=True)
+    workers = Collector(make, 2, 5, "ALE/Breakout-v5", life_loss_terminal=True, vector="async")
+    try:
+        sync.start()
+        workers.start()
+        rng, lost = np.random.default_rng(0), 0
+        for _ in range(300):
+            action = rng.integers(0, 4, 2)
+            (t, fs), (u, fw) = sync.step(action), workers.step(action)
+            assert same_transitions([t], [u]) and fs == fw
+            lost += int((t.terminated & ~sync.first).sum())  # terminal, and the episode goes on
+        assert lost >= 1
+    finally:
+        sync.close()
+        workers.close()
+
+
+def test_a_failed_run_closes_its_envs_and_frees_the_folder(recorder, tmp_path, monkeypatch):
+    from recording_agent import RecordingAgent
+
+    def fail(self, replay):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(RecordingAgent, "update", fail)
+    trainer = Trainer(recorder_config(300, 2, ["run.vector=async"]), tmp_path / "run")
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.train()
+    assert trainer.envs.venv.closed and trainer._lock is None
+
+
+def test_async_workers_build_envs_without_torch(tmp_path):
+    """The builder a worker unpickles holds plain values: no agent module, no torch."""
+    import pickle
+    import subprocess
+    import sys
+
+    from reverie.envs.vector import env_maker, worker_env
+
+    cfg = build_config("random", [], {})
+    path = tmp_path / "builder.pkl"
+    path.write_bytes(pickle.dumps(partial(worker_env, env_maker(cfg), 0, -1)))
+    code = ("import pickle, sys; from pathlib import Path; "
+            f"pickle.loads(Path({str(path)!r}).read_bytes()); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_replay_agents_store_each_env_in_its_own_stream(tmp_path):

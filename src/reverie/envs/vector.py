@@ -8,7 +8,7 @@ and the env's own packages.
 from __future__ import annotations
 
 import multiprocessing
-import signal
+import os
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -21,7 +21,7 @@ from reverie.envs.make import make_env
 from reverie.errors import UserError
 
 # a fresh interpreter per worker (forkserver) rather than a fork of a process whose torch
-# thread pools may be running; spawn where forkserver does not exist (macOS: both; Windows)
+# thread pools may be running; spawn where forkserver does not exist (Windows)
 START_METHOD = ("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
                 else "spawn")
 
@@ -59,41 +59,46 @@ def replay_episode(env, plan: Plan) -> tuple[Any, bool]:
 
 class Replayable(gym.Wrapper):
     """Env `index` of a vector env, with the methods the collector calls through
-    `VectorEnv.call` (which hands every env the same arguments)."""
+    `VectorEnv.call` (after `set_attr("plan", ...)`, which hands each env its own plan)."""
 
     def __init__(self, env, index: int) -> None:
         super().__init__(env)
         self.index = index
+        self.plan: Plan | None = None
 
-    def replay(self, plans: Sequence[Plan]) -> tuple[Any, bool]:
-        return replay_episode(self.env, plans[self.index])
+    def replay(self) -> tuple[Any, bool]:
+        assert self.plan is not None, "set_attr('plan', ...) first"
+        out, self.plan = replay_episode(self.env, self.plan), None
+        return out
 
     def has_lives(self) -> bool:
         return hasattr(self.env.unwrapped, "ale")
 
 
-def worker_env(make: Callable[[], Any], index: int) -> Replayable:
-    if multiprocessing.parent_process() is not None:
-        # an `async` worker: Ctrl-C is the driver's to handle (it stops with a checkpoint
-        # and then closes the workers); a worker that died of it would lose that step
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+def worker_env(make: Callable[[], Any], index: int, driver_pid: int) -> Replayable:
+    if os.getpid() != driver_pid and hasattr(os, "setpgrp"):
+        # an `async` worker leaves the driver's process group: Ctrl-C at a terminal and a
+        # SIGTERM to the group (a scheduler's preemption) reach only the driver, which stops
+        # with a checkpoint and then closes the workers itself
+        os.setpgrp()
     return Replayable(make(), index)
 
 
 def vector_env(make: Callable[[], Any], num_envs: int, mode: str = "sync"):
     """`num_envs` envs from `make` (picklable for `async`: e.g. `partial(env_of, cfg)`), with
     Gymnasium's autoreset off: the caller resets ended envs (with their episode's seed)."""
-    fns = [partial(worker_env, make, i) for i in range(num_envs)]
+    fns = [partial(worker_env, make, i, os.getpid()) for i in range(num_envs)]
     if mode == "async":
         try:
             return AsyncVectorEnv(fns, context=START_METHOD,
                                   autoreset_mode=AutoresetMode.DISABLED)
         except (ConnectionError, EOFError) as e:  # a worker died while starting
             raise UserError(
-                f"run.vector=async: an env worker process died while starting ({e!r}); a "
-                f"worker ({START_METHOD}) re-imports the main script, so a script that trains "
-                "must keep its top-level code under `if __name__ == \"__main__\":`; or set "
-                "run.vector=sync") from e
+                f"run.vector=async: an env worker process could not start or build the env "
+                f"({e!r}; its traceback is above). A worker ({START_METHOD}) re-imports the main "
+                "script and builds the env afresh: keep a script's top-level code under `if "
+                "__name__ == \"__main__\":` and register custom envs in an importable module; "
+                "or set run.vector=sync") from e
     if mode != "sync":
         raise ValueError(f"vector env mode must be one of {VECTOR_MODES}, got '{mode}'")
     return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.DISABLED)

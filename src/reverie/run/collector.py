@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from gymnasium.vector import AsyncVectorEnv
 
 from reverie.envs.actions import action_spec
 from reverie.envs.vector import env_of, vector_env
@@ -46,6 +47,8 @@ class Transition(NamedTuple):
     truncated: np.ndarray  # bool: a time limit cut the episode (bootstrap from next_obs)
     # (with env.life_loss_terminal, a lost life is `terminated` while the episode goes on)
     next_obs: Obs  # the observation after the action (an ended episode's final one)
+    # (arrays are shared, not copied: `next_obs` of one step may be `obs` of the next; treat
+    # them as read-only)
     first: np.ndarray  # bool: `obs` starts an episode
 
 
@@ -123,8 +126,12 @@ class Collector:
                           tr & ~te, after, first), finished
 
     def close(self) -> None:
-        """End the envs (an `async` vector env's worker processes with them)."""
-        self.venv.close()
+        """End the envs (an `async` vector env's worker processes with them; a step or replay
+        that an interrupt left pending is waited for 5 s, then its workers are terminated)."""
+        if isinstance(self.venv, AsyncVectorEnv):
+            self.venv.close(timeout=5)
+        else:
+            self.venv.close()
 
     # -- exact resume ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -155,9 +162,10 @@ class Collector:
         self.lengths = d["lengths"].numpy().copy()
         self.first = d["first"].numpy().copy()
         self.actions = [list(a.numpy()) for a in d["actions"]]
-        plans = [(episode_seed(self.seed, int(k)), acts)
-                 for k, acts in zip(self.episode, self.actions)]
-        replayed = self.venv.call("replay", plans)
+        # each env gets its own plan (not all of them, as `call`'s arguments would)
+        self.venv.set_attr("plan", [(episode_seed(self.seed, int(k)), a.numpy())
+                                    for k, a in zip(self.episode, d["actions"])])
+        replayed = self.venv.call("replay")
         if any(ended for _, ended in replayed):
             raise UserError(f"env '{self.env_id}' ended an episode early while its "
                             "steps were replayed on resume: it is not deterministic "

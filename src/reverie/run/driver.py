@@ -289,6 +289,14 @@ class Trainer(Checkpointing):
         return returns
 
     def train(self) -> dict[str, Any]:
+        """Train to run.steps -> the run's summary. However it ends (done, stopped, an error),
+        the envs are closed and the run folder's lock is given up."""
+        try:
+            return self._run()
+        finally:
+            self.release()
+
+    def _run(self) -> dict[str, Any]:
         cfg, c = self.cfg, self.count
         steps = int(cfg.run.steps)
         if self.resumed_from is not None and c.env_steps >= steps:
@@ -299,7 +307,6 @@ class Trainer(Checkpointing):
                 self.progress = Progress(steps, c.env_steps, enabled=False)
                 self._evaluate_and_log()
                 self.logger.close()
-            self.release()
             return self.summary()
         for note in training_notes(cfg):
             self._note(note)
@@ -361,20 +368,17 @@ class Trainer(Checkpointing):
                 self.checkpoint(rollback_target=not stopped)
             if stopped:
                 self.logger.close()
-                self.release()
                 raise Stopped(
                     f"stopped by {stop.requested} at env step {c.env_steps} with a checkpoint; "
                     f"continue with `reverie train --resume {self.out}`", stop.requested)
         except KeyboardInterrupt:
             self.logger.close()
-            self.release()
             raise Stopped(
                 f"interrupted at env step {c.env_steps}; continue with `reverie train --resume "
                 f"{self.out}` (from the checkpoint at step {self.saved.latest_step()})",
                 "SIGINT") from None
         self.logger.close()
         plot_curve(self.out, title=f"{cfg.env.id} · {cfg.agent}")
-        self.release()
         return self.summary()
 
     def release(self) -> None:
