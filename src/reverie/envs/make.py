@@ -73,8 +73,19 @@ def _make_minatar(game: str) -> gym.Env:
     from minatar.gym import BaseEnv
 
     env = BaseEnv(game, use_minimal_action_set=True)
-    env = gym.wrappers.TimeLimit(env, max_episode_steps=10_000)
+    env = gym.wrappers.TimeLimit(FreshStickyAction(env), max_episode_steps=10_000)
     return env
+
+
+class FreshStickyAction(gym.Wrapper):
+    """MinAtar's sticky actions (p = 0.1) repeat the previous action, and its `reset` keeps the
+    previous episode's last one: the start of an episode depended on the episode before, so an
+    env rebuilt from the episode's seed and actions (a resume) went another way. Every episode
+    starts as a fresh env's first one does (previous action 0)."""
+
+    def reset(self, **kwargs):
+        self.env.unwrapped.game.last_action = 0
+        return self.env.reset(**kwargs)
 
 
 def _make_dmc(name: str) -> gym.Env:
