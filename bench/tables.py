@@ -1041,23 +1041,33 @@ def vector_env_table(results: Path) -> str | None:
     report, _ = load(results, "vector_env")
     if report is None:
         return None
-    lines = [_row(["env", "envs", "sync env steps/s", "async env steps/s",
-                   "async / sync", "start-up s (sync, async)", "same data"]),
-             _row(["---"] * 7)]
-    for c in report["cases"]:
+    runs = report["runs"]
+    last = runs[-1]
+    head = ["env", "envs", *(f"async / sync, run {i + 1}" for i in range(len(runs))),
+            "sync env steps/s (last run)", "async env steps/s (last run)",
+            "start-up s, sync / async (last run)"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for k, c in enumerate(last["cases"]):
         rate = c["env_steps_per_s"]
-        lines.append(_row([f"`{c['env']}`", str(c["num_envs"]), _median_range(rate["sync"], ".0f"),
-                           _median_range(rate["async"], ".0f"),
-                           _median_range(c["async_over_sync"], ".2f", "x"),
-                           f"{c['start_s']['sync']}, {c['start_s']['async']}",
-                           "yes" if c["same_data"] else "**no**"]))
-    loads = [c[k] for c in report["cases"] for k in ("loadavg_1min_before", "loadavg_1min_after")]
+        ratios = [_median_range(r["cases"][k]["async_over_sync"], ".2f", "x") for r in runs]
+        lines.append(_row([f"`{c['env']}`", str(c["num_envs"]), *ratios,
+                           _median_range(rate["sync"], ".0f"), _median_range(rate["async"], ".0f"),
+                           f"{c['start_s']['sync']} / {c['start_s']['async']}"]))
+    notes = []
+    for i, r in enumerate(runs):
+        loads = [c[k] for c in r["cases"] for k in ("loadavg_1min_before", "loadavg_1min_after")]
+        checked = all("vector_steps" in c.get("same_data_check", {}) for c in r["cases"])
+        same = all(c["same_data"] for c in r["cases"])
+        notes.append(
+            f"run {i + 1} ({r['date']}): 1-min load {min(loads)}–{max(loads)} on {r['cores']} "
+            f"cores" + (" (**loaded**)" if r["loaded"] else "") + "; transitions of sync and "
+            "async " + ("equal" if same else "**not equal**")
+            + (" until every env had ended an episode" if checked else " over 50 vector steps"))
     lines.append(
-        f"\nThe collector alone (uniform random actions, no acting or learning) stepping N envs "
-        f"as `run.vector=sync` or `async`, the two alternating in one process ({report['rounds']} "
-        f"rounds after a warm-up, the order reversed every round); medians and min–max over "
-        f"rounds; 1-min load {min(loads)}–{max(loads)} on {report['cores']} cores"
-        + (" (**loaded**: load > cores)." if report["loaded"] else "."))
+        "\nThe collector alone (uniform random actions, no acting or learning) stepping N envs "
+        "as `run.vector=sync` or `async`, the two alternating in one process "
+        f"({last['rounds']} rounds after a warm-up, the order reversed every round); async / "
+        "sync per round, median and min–max; " + "; ".join(notes) + ".")
     return "\n".join(lines)
 
 

@@ -1,6 +1,8 @@
 """Should a run set `run.vector=async`? The collector's env steps per second, sync vs async.
 
-    python bench/vector_env.py            # 4 envs x 2 vector sizes, 5 alternating rounds
+    python bench/vector_env.py            # 4 envs x 2 vector sizes, 5 alternating rounds,
+                                          # added to the earlier runs in the JSON
+    python bench/vector_env.py --fresh    # the same, replacing the earlier runs
     python bench/vector_env.py --quick    # one env, 2 rounds, no files
 
 The driver steps its `run.num_envs` envs through one Gymnasium vector env: `sync`
@@ -115,6 +117,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--fresh", action="store_true", help="drop the earlier runs in the JSON")
     args = p.parse_args()
     import torch
 
@@ -130,16 +133,21 @@ def main() -> None:
                              | {"ratio": case["async_over_sync"]["median"]}), flush=True)
             cases.append(case)
     loads = [c[k] for c in cases for k in ("loadavg_1min_before", "loadavg_1min_after")]
-    result = {
-        "benchmark": "vector_env", "rounds": rounds, "cases": cases, "cores": os.cpu_count(),
-        "loaded": max(loads) > (os.cpu_count() or 1),
-        "note": "random actions; env stepping only (no acting, no learning); 1 torch thread "
-                "in the training process",
+    run = {
+        "date": time.strftime("%Y-%m-%d %H:%M"), "rounds": rounds, "cases": cases,
+        "cores": os.cpu_count(), "loaded": max(loads) > (os.cpu_count() or 1),
     }
-    if not args.quick:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "vector_env.json").write_text(json.dumps(result, indent=1) + "\n")
-
+    if args.quick:
+        return
+    path = RESULTS / "vector_env.json"
+    earlier = [] if args.fresh or not path.exists() else json.loads(path.read_text())["runs"]
+    result = {
+        "benchmark": "vector_env", "runs": [*earlier, run],
+        "note": "random actions; env stepping only (no acting, no learning); 1 torch thread "
+                "in the training process; each run measures every case afresh",
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
 
 if __name__ == "__main__":
     main()
