@@ -213,6 +213,15 @@ def test_resume_refuses_sets_that_change_learning(world, capsys):
             "cannot change when resuming")
 
 
+def test_resume_accepts_a_fixed_key_said_again_with_its_own_value(world, capsys):
+    before = snapshot(world)
+    assert main(["train", "--resume", str(world / "run"), "--set", "seed=0", "--set",
+                 "run.num_envs=1", "--show-config"]) == 0
+    assert "agent: random" in capsys.readouterr().out and snapshot(world) == before
+    refused(["train", "--resume", world / "run", "--set", "run.num_envs=2"], world, capsys,
+            "cannot change when resuming")
+
+
 def test_resume_show_config_prints_and_changes_nothing(world, capsys):
     before = snapshot(world)
     assert main(["train", "--resume", str(world / "run"), "--steps", "900",

@@ -9,7 +9,7 @@ and an unknown key is an error that suggests the closest valid one.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +202,14 @@ def _check_override_key(key: str, schema: DictConfig, agent: str) -> None:
                 )
             raise UserError(f"'{prefix}' is a value, not a section; so '{key}' does not exist"
                             f"{suggest(key, _keys(schema))}")
+    leaf = node._get_node(parts[-1]) if isinstance(node, DictConfig) and parts[-1] in node \
+        else None
+    if isinstance(leaf, DictConfig) and is_dataclass(OmegaConf.get_type(leaf)):
+        # a whole section set to one value: OmegaConf would fail, or, with a later key of the
+        # section set too, drop this one without a word
+        first = next(iter(leaf.keys()))
+        raise UserError(f"'{key}' is a section of settings, not one setting; set its keys, "
+                        f"e.g. --set {key}.{first}=... (`--show-config` lists them)")
 
 
 def unread_keys(agent: str) -> list[str]:
@@ -470,12 +478,31 @@ def training_notes(cfg: DictConfig) -> list[str]:
     return notes + (list(own(cfg)) if own is not None else [])  # the agent's own: warm-up...
 
 
+def _same_value(cfg: DictConfig, key: str, item: str) -> bool:
+    """Whether the override `item` (key=value) gives `key` the value it has in `cfg`."""
+    try:
+        given = OmegaConf.select(OmegaConf.from_dotlist([item]), key)
+        have = OmegaConf.select(cfg, key, throw_on_missing=False)
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError):
+        return False
+    if OmegaConf.is_config(have):
+        have = OmegaConf.to_container(have)
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    same_type = type(given) is type(have) or (number(given) and number(have))
+    return not OmegaConf.is_config(given) and same_type and given == have
+
+
 def apply_resume_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """`--set`s given with --resume: only RESUME_KEYS may change; the result is validated."""
-    for item in _parse_dotlist(list(overrides)):
+    overrides = _parse_dotlist(list(overrides))
+    for item in list(overrides):
         key = item.split("=", 1)[0].strip()
         _check_used(key, cfg.agent)
-        if key not in RESUME_KEYS:
+        if key not in RESUME_KEYS and _same_value(cfg, key, item):
+            overrides.remove(item)  # the run's own value, said again: nothing changes
+        elif key not in RESUME_KEYS:
             raise UserError(
                 f"--set {key} cannot change when resuming (the checkpoint was trained with the "
                 f"run's value); keys that can: {', '.join(RESUME_KEYS)}; or start a new run"
