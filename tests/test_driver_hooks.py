@@ -429,3 +429,18 @@ def test_episodes_depend_only_on_their_seed_and_actions(spec):
         actions = random_actions(used.action_space, 40, rng)
         assert same(trajectory(used, episode_seed(0, k), actions),
                     trajectory(make_env(spec), episode_seed(0, k), actions)), k
+
+
+def test_a_dead_async_worker_is_one_error_and_close_ends_the_rest():
+    from reverie.run.collector import EnvWorkerDied
+
+    envs = Collector(partial(make_env, "CartPole-v1"), 2, 0, "CartPole-v1", vector="async")
+    envs.start()
+    envs.step(np.array([0, 1]))
+    envs.venv.processes[0].kill()
+    envs.venv.processes[0].join()
+    with pytest.raises(EnvWorkerDied, match="env worker process of run.vector=async died"):
+        for _ in range(3):  # the pipe may take a step to report it
+            envs.step(np.array([0, 1]))
+    envs.close()
+    assert envs.venv.closed and not any(p.is_alive() for p in envs.venv.processes)

@@ -339,7 +339,8 @@ def build_config(
 
 
 def _normalise(cfg: DictConfig) -> None:
-    """Canonical spellings of values YAML may have turned into booleans (run.compile: on)."""
+    """Canonical spellings of values YAML may have turned into booleans (run.compile: on),
+    and of run.vector in any letter case."""
     mode = _COMPILE_SPELLINGS.get(str(cfg.run.compile).strip().lower())
     if mode is not None:
         cfg.run.compile = mode
@@ -348,6 +349,8 @@ def _normalise(cfg: DictConfig) -> None:
     cop = OmegaConf.select(cfg, "imagine.coplanner", default=None)
     if cop is not None and str(cop.mode).strip().lower() in ("false", "off"):
         cop.mode = "off"
+    if str(cfg.run.vector).strip().lower() in VECTOR_MODES:  # ASYNC, Sync: one spelling
+        cfg.run.vector = str(cfg.run.vector).strip().lower()
 
 
 def validate(cfg: DictConfig) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -93,6 +94,11 @@ def vector_env(make: Callable[[], Any], num_envs: int, mode: str = "sync"):
             return AsyncVectorEnv(fns, context=START_METHOD,
                                   autoreset_mode=AutoresetMode.DISABLED)
         except (ConnectionError, EOFError) as e:  # a worker died while starting
+            main = getattr(sys.modules.get("__main__"), "__file__", None)
+            if main == "<stdin>":
+                raise UserError("run.vector=async: env workers re-import the main script, and "
+                                "one read from standard input cannot be: run it from a file, "
+                                "or set run.vector=sync") from e
             raise UserError(
                 f"run.vector=async: an env worker process could not start or build the env "
                 f"({e!r}; its traceback is above). A worker ({START_METHOD}) re-imports the main "

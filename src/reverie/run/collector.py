@@ -35,6 +35,12 @@ from reverie.errors import UserError
 __all__ = ["Collector", "Transition", "env_of", "episode_seed", "stack"]
 
 Obs = dict[str, np.ndarray]
+# what a vector env raises when one of its worker processes is gone (killed, out of memory)
+WORKER_GONE = (BrokenPipeError, ConnectionResetError, EOFError)
+
+
+class EnvWorkerDied(UserError):
+    """An `async` env worker process died: the run stops, its last checkpoint stands."""
 
 
 class Transition(NamedTuple):
@@ -86,6 +92,7 @@ class Collector:
         self.lengths = np.zeros(num_envs, np.int64)
         self.first = np.ones(num_envs, bool)
         self.obs: Obs = {}  # the current observation of every env, [N, ...]
+        self.worker_died = False
 
     def _next_episode(self, i: int) -> int:
         """Env i starts the run's next episode -> that episode's reset seed."""
@@ -104,7 +111,12 @@ class Collector:
         """Step every env with its action -> (the transition, (return, length) of each episode
         that ended, in env order). Ended envs are reset at once (their next obs is `first`)."""
         obs, first = self.obs, self.first.copy()
-        after, reward, te, tr, info = self.venv.step(action)
+        try:
+            after, reward, te, tr, info = self.venv.step(action)
+        except WORKER_GONE as e:
+            self.worker_died = True
+            raise EnvWorkerDied(f"an env worker process of run.vector=async died ({e!r}: "
+                                "killed, or out of memory)") from None
         for i in range(self.n):
             self.actions[i].append(np.asarray(action[i]))
         te, tr = np.asarray(te, bool), np.asarray(tr, bool)
@@ -128,10 +140,19 @@ class Collector:
     def close(self) -> None:
         """End the envs (an `async` vector env's worker processes with them; a step or replay
         that an interrupt left pending is waited for 5 s, then its workers are terminated)."""
-        if isinstance(self.venv, AsyncVectorEnv):
-            self.venv.close(timeout=5)
-        else:
+        if not isinstance(self.venv, AsyncVectorEnv):
             self.venv.close()
+            return
+        try:
+            if self.worker_died:
+                raise BrokenPipeError  # the vector env would wait on the dead worker's step
+            self.venv.close(timeout=5)
+        except (*WORKER_GONE, OSError):  # a worker is gone: end the others without a word
+            for process in self.venv.processes:
+                if process.is_alive():
+                    process.kill()
+                process.join()
+            self.venv.closed = True
 
     # -- exact resume ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

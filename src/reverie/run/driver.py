@@ -49,7 +49,7 @@ from reverie.run import folder as run_folder
 from reverie.run.agent import build_agent, compile_agent, select_device
 from reverie.run.checkpointing import Checkpointing, Counters
 from reverie.run.checks import check_spaces
-from reverie.run.collector import Collector, Transition, env_of
+from reverie.run.collector import Collector, EnvWorkerDied, Transition, env_of
 from reverie.run.evaluation import evaluate
 from reverie.run.logger import LOGS, METRICS, RunLogger, plot_curve, read_rows
 from reverie.run.machine import describe as describe_machine
@@ -320,8 +320,9 @@ class Trainer(Checkpointing):
         self.logger.machine(c.env_steps, describe_machine(self.device))
         stop = StopOnSignal(lambda name: self._note(
             f"{name}: stopping with a checkpoint once this env step's updates (and evaluation, "
-            "if one is running) end; press Ctrl-C again to stop at once, losing the steps since "
-            "the last checkpoint"))
+            "if one is running) end; "
+            + ("press Ctrl-C again" if name == "SIGINT" else f"send {name} again")
+            + " to stop at once, losing the steps since the last checkpoint"))
         try:
             with stop, self.progress:
                 while c.env_steps < steps and not stop.requested:
@@ -371,6 +372,9 @@ class Trainer(Checkpointing):
                 raise Stopped(
                     f"stopped by {stop.requested} at env step {c.env_steps} with a checkpoint; "
                     f"continue with `reverie train --resume {self.out}`", stop.requested)
+        except EnvWorkerDied as e:
+            raise UserError(f"{e}; continue with `reverie train --resume {self.out}` (from the "
+                            f"checkpoint at step {self.saved.latest_step()})") from None
         except KeyboardInterrupt:
             self.logger.close()
             raise Stopped(
