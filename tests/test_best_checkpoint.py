@@ -65,6 +65,19 @@ def test_best_is_the_first_of_the_highest_evaluations_across_a_resume(run):
     assert latest.step == 400 and latest.eval_return is None
 
 
+def test_loading_past_a_truncated_newest_checkpoint_says_so(run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(run[0], out)
+    newest = max(CheckpointStore(out / "checkpoints").entries(), key=lambda e: e.step)
+    path = out / "checkpoints" / newest.file
+    path.write_bytes(path.read_bytes()[:100])
+    policy = reverie.load(out)
+    assert policy.step < newest.step
+    assert f"checkpoint {newest.file} is corrupt or truncated" in capsys.readouterr().err
+
+
 def test_only_a_higher_evaluation_replaces_the_best(run):
     out, _ = run
     trainer = Trainer(config(400), out, resume=True)

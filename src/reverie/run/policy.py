@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,12 @@ def load(path: str | Path, device: str = "auto", best: bool = False) -> Policy:
                             "run folder such as runs/demo, or a checkpoint file")
         check_no_links(path)
         store = CheckpointStore(path / "checkpoints")
-        payload = store.load_best() if best else store.load_latest()[0]
+        if best:
+            payload = store.load_best()
+        else:
+            payload, _, skipped = store.load_latest()
+            for text in skipped:  # e.g. the newest is truncated: say which agent this is
+                print(f"reverie: {text}", file=sys.stderr, flush=True)
         cfg = load_run_config(path)
     else:
         raise UserError(f"no run or checkpoint at '{path}'; pass a run folder such as runs/demo")
