@@ -61,6 +61,15 @@ def test_bases_chain_from_the_files_own_folder_and_cycles_are_refused(tmp_path, 
     monkeypatch.chdir(tmp_path.parent)  # a relative base is read beside its file, not the cwd
     cfg = build_config(str(tmp_path / "presets" / "smaller.yaml"))
     assert (cfg.agent, cfg.run.steps, cfg.run.train_ratio) == ("random", 40, 2)
+    # a misspelt bundled base is said with the file that names it, however deep in a chain
+    write(tmp_path / "presets" / "typo.yaml", "base: cartpol\n")
+    write(tmp_path / "presets" / "top.yaml", "base: typo.yaml\n")
+    with pytest.raises(UserError, match=r"preset file '.*typo\.yaml', its base: unknown preset "
+                                        r"'cartpol' \(did you mean 'cartpole'\?\)"):
+        load_preset(str(tmp_path / "presets" / "top.yaml"))
+    write(tmp_path / "empty.yaml", "")
+    with pytest.raises(UserError, match="is empty; write the settings that differ"):
+        load_preset(str(tmp_path / "empty.yaml"))
     write(tmp_path / "a.yaml", "base: b.yaml\n")
     write(tmp_path / "b.yaml", "base: a.yaml\n")
     with pytest.raises(UserError, match="cycle"):

@@ -104,7 +104,9 @@ def load_preset(name: str, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise UserError(f"{where} is not valid YAML ({str(e).splitlines()[0]})") from None
-    data = {} if data is None else data
+    if data is None:
+        raise UserError(f"{where} is empty; write the settings that differ from a preset, "
+                        "starting with e.g. `base: cartpole`")
     if not isinstance(data, dict):
         raise UserError(f"{where} must be a mapping of settings (agent: ..., run: ...), not "
                         f"a {type(data).__name__}")
@@ -118,7 +120,13 @@ def load_preset(name: str, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
         base = str(Path(name).expanduser().parent / base)
     if base in (*_chain, name):
         raise UserError(f"{where}: its bases form a cycle ({' -> '.join((*_chain, name, base))})")
-    return _over_base(load_preset(base, (*_chain, name)), data)
+    try:
+        base_data = load_preset(base, (*_chain, name))
+    except UserError as e:
+        if is_preset_file(base):  # a base file's own errors name that file
+            raise
+        raise UserError(f"{where}, its base: {e}") from None
+    return _over_base(base_data, data)
 
 
 def _over_base(base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
