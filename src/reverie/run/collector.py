@@ -2,8 +2,9 @@
 exact resume needs.
 
 `run.vector` picks the vector env: `sync` (`gymnasium.vector.SyncVectorEnv`, every env in
-this process) or `async` (`AsyncVectorEnv`, one worker process per env: worth it when an env
-step costs more than a pipe round trip, e.g. Atari or DMC with cores to spare). Both run with
+this process) or `async` (`AsyncVectorEnv`, one worker process per env: meant for env steps
+that cost more than a pipe round trip, on a machine with cores to spare; bench/vector_env.py
+measures it). Both run with
 Gymnasium's autoreset off: the collector resets each ended env itself, so that
 every episode starts with `reset(seed=episode_seed(seed, k))`, where k counts the episodes
 the run has started (envs take the next k in index order when they end) — one env gives
@@ -11,8 +12,9 @@ the same episodes as before vectorisation, and `sync` and `async` give the same 
 
 Environments cannot be snapshotted in general, so the collector keeps the actions of each
 env's current episode: a checkpoint can be taken at any step, and `load_state_dict` rebuilds
-every env by resetting it with its episode's seed and replaying those actions (Gymnasium envs
-are deterministic given the seed and actions), inside the env's own process.
+every env by resetting it with its episode's seed and replaying those actions, inside the
+env's own process: an episode must depend only on its seed and actions, not on the episodes the
+env ran before (tests/test_driver_hooks.py checks the bundled envs).
 
 Each `step` returns a `Transition` batched over the envs: the observation the action was
 chosen at, the action, reward, both end flags and the observation after the action — for an
