@@ -439,8 +439,42 @@ def test_a_dead_async_worker_is_one_error_and_close_ends_the_rest():
     envs.step(np.array([0, 1]))
     envs.venv.processes[0].kill()
     envs.venv.processes[0].join()
-    with pytest.raises(EnvWorkerDied, match="env worker process of run.vector=async died"):
+    with pytest.raises(EnvWorkerDied, match="env worker process 0 of run.vector=async died"):
         for _ in range(3):  # the pipe may take a step to report it
             envs.step(np.array([0, 1]))
     envs.close()
     assert envs.venv.closed and not any(p.is_alive() for p in envs.venv.processes)
+
+
+def test_a_dead_worker_ends_the_run_with_one_line_naming_resume(recorder, tmp_path, monkeypatch):
+    from reverie.run.collector import EnvWorkerDied
+
+    def die(self, action):
+        raise EnvWorkerDied("env worker process 1 of run.vector=async died (killed)")
+
+    monkeypatch.setattr(Collector, "step", die)
+    trainer = Trainer(recorder_config(100, 2, []), tmp_path / "run")
+    with pytest.raises(UserError) as e:
+        trainer.train()
+    assert type(e.value) is UserError and "\n" not in str(e.value)
+    assert f"continue with `reverie train --resume {trainer.out}` (from the checkpoint at " \
+           "step 0)" in str(e.value)
+
+
+def test_a_sync_envs_own_pipe_error_is_not_a_dead_worker():
+    def make():
+        env = make_env("CartPole-v1")
+        env.step = lambda a: (_ for _ in ()).throw(EOFError("simulator socket closed"))
+        return env
+
+    envs = Collector(make, 1, 0, "CartPole-v1")
+    envs.start()
+    with pytest.raises(EOFError, match="simulator socket closed"):
+        envs.step(np.array([0]))
+
+
+def test_vector_mode_in_any_letter_case():
+    assert build_config("random", ["run.vector=ASYNC"]).run.vector == "async"
+    # a dict-valued option is not a section: it may be set whole
+    cfg = build_config("cartpole", ["imagine.world.backbone_kwargs={d_state: 8}"])
+    assert cfg.imagine.world.backbone_kwargs.d_state == 8

@@ -222,6 +222,26 @@ def test_resume_accepts_a_fixed_key_said_again_with_its_own_value(world, capsys)
             "cannot change when resuming")
 
 
+@pytest.mark.parametrize("item, same", [
+    ("seed=0", True), ("seed=0.0", True), ("seed=false", False), ("seed=1", False),
+    ("run.bogus=null", False), ("run.num_envs=1", True), ("replay.sampler=dfs", True),
+    ("replay.sampler=uniform", False), ("random.batch_size=null", False)])
+def test_a_resume_value_counts_as_the_same_only_when_it_is(item, same):
+    from reverie.config import _same_value, build_config
+
+    cfg = build_config("random", ["replay.sampler=dfs"], {"seed": 0})
+    assert _same_value(cfg, item.split("=")[0], item) is same
+
+
+def test_mbpo_schedule_said_again_on_resume_is_the_same():
+    from reverie.config import _same_value, build_config
+
+    cfg = build_config("mbpo-pendulum", [])
+    schedule = list(cfg.mbpo.schedule)
+    item = f"mbpo.schedule=[{','.join(str(v) for v in schedule)}]"
+    assert _same_value(cfg, "mbpo.schedule", item)
+
+
 def test_resume_show_config_prints_and_changes_nothing(world, capsys):
     before = snapshot(world)
     assert main(["train", "--resume", str(world / "run"), "--steps", "900",

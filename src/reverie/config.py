@@ -176,8 +176,9 @@ def _parse_dotlist(items: list[str]) -> list[str]:
     return items
 
 
-def _check_override_key(key: str, schema: DictConfig, agent: str) -> None:
-    """A dotted key whose prefix is a value, not a section (e.g. agent.x): say where it goes."""
+def _check_override_key(key: str, schema: DictConfig, agent: str, value: str = "") -> None:
+    """A dotted key whose prefix is a value, not a section (e.g. agent.x), or a section given
+    a value that is not a mapping of its keys: say where it goes."""
     parts = key.split(".")
     if len(parts) > 1 and parts[0] in AGENTS and parts[0] != agent:  # another agent's option
         same_name = [k for k in _keys(schema)
@@ -204,12 +205,20 @@ def _check_override_key(key: str, schema: DictConfig, agent: str) -> None:
                             f"{suggest(key, _keys(schema))}")
     leaf = node._get_node(parts[-1]) if isinstance(node, DictConfig) and parts[-1] in node \
         else None
-    if isinstance(leaf, DictConfig) and is_dataclass(OmegaConf.get_type(leaf)):
+    if isinstance(leaf, DictConfig) and is_dataclass(OmegaConf.get_type(leaf)) \
+            and not _is_mapping(value):
         # a whole section set to one value: OmegaConf would fail, or, with a later key of the
         # section set too, drop this one without a word
         first = next(iter(leaf.keys()))
         raise UserError(f"'{key}' is a section of settings, not one setting; set its keys, "
                         f"e.g. --set {key}.{first}=... (`--show-config` lists them)")
+
+
+def _is_mapping(text: str) -> bool:
+    try:
+        return isinstance(yaml.safe_load(text), dict)
+    except yaml.YAMLError:
+        return False
 
 
 def unread_keys(agent: str) -> list[str]:
@@ -302,7 +311,7 @@ def build_config(
             _check_used(f"{section}.{name}", agent)  # never reads them
     for item in list(overrides):
         key, value = (x.strip() for x in item.split("=", 1))
-        _check_override_key(key, schema, agent)
+        _check_override_key(key, schema, agent, value)
         _check_used(key, agent)
         if backbone_key and key == f"{agent}.{backbone_key}" and "backbone" not in flags:
             # same as --backbone: the preset's backbone options go with the preset's backbone
@@ -483,18 +492,21 @@ def training_notes(cfg: DictConfig) -> list[str]:
 
 def _same_value(cfg: DictConfig, key: str, item: str) -> bool:
     """Whether the override `item` (key=value) gives `key` the value it has in `cfg`."""
+    absent = object()
     try:
         given = OmegaConf.select(OmegaConf.from_dotlist([item]), key)
-        have = OmegaConf.select(cfg, key, throw_on_missing=False)
+        have = OmegaConf.select(cfg, key, default=absent, throw_on_missing=False)
     except (OmegaConfBaseException, yaml.YAMLError, ValueError):
         return False
-    if OmegaConf.is_config(have):
-        have = OmegaConf.to_container(have)
+    if have is absent:  # an unknown key said with null is not "the same"
+        return False
+    given, have = (OmegaConf.to_container(v) if OmegaConf.is_config(v) else v
+                   for v in (given, have))
     def number(v: Any) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
     same_type = type(given) is type(have) or (number(given) and number(have))
-    return not OmegaConf.is_config(given) and same_type and given == have
+    return same_type and given == have
 
 
 def apply_resume_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:

@@ -23,7 +23,8 @@ ended episode its final observation (needed to bootstrap a time limit), not the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -107,18 +108,15 @@ class Collector:
 
     def start(self) -> None:
         """Begin the run: every env starts its first episode."""
-        self.obs, _ = self.venv.reset(seed=[self._next_episode(i) for i in range(self.n)])
+        with self._workers_alive():
+            self.obs, _ = self.venv.reset(seed=[self._next_episode(i) for i in range(self.n)])
 
     def step(self, action: np.ndarray) -> tuple[Transition, list[tuple[float, int]]]:
         """Step every env with its action -> (the transition, (return, length) of each episode
         that ended, in env order). Ended envs are reset at once (their next obs is `first`)."""
         obs, first = self.obs, self.first.copy()
-        try:
+        with self._workers_alive():
             after, reward, te, tr, info = self.venv.step(action)
-        except WORKER_GONE as e:
-            self.worker_died = True
-            raise EnvWorkerDied(f"an env worker process of run.vector=async died ({e!r}: "
-                                "killed, or out of memory)") from None
         for i in range(self.n):
             self.actions[i].append(np.asarray(action[i]))
         te, tr = np.asarray(te, bool), np.asarray(tr, bool)
@@ -133,11 +131,29 @@ class Collector:
         finished = [(float(self.returns[i]), int(self.lengths[i])) for i in np.flatnonzero(ended)]
         if ended.any():
             seeds = [self._next_episode(i) if e else None for i, e in enumerate(ended)]
-            self.obs, _ = self.venv.reset(seed=seeds, options={"reset_mask": ended})
+            with self._workers_alive():
+                self.obs, _ = self.venv.reset(seed=seeds, options={"reset_mask": ended})
         else:
             self.obs = after
         return Transition(obs, np.asarray(action), np.asarray(reward, np.float32), term,
                           tr & ~te, after, first), finished
+
+    @contextmanager
+    def _workers_alive(self) -> Iterator[None]:
+        """A pipe error of an `async` vector env whose worker process is gone becomes one
+        `EnvWorkerDied`; any other error (an env's own, also under `sync`) passes unchanged."""
+        try:
+            yield
+        except WORKER_GONE as e:
+            processes = getattr(self.venv, "processes", [])  # async only
+            for p in processes if all(p.exitcode is None for p in processes) else ():
+                p.join(timeout=0.5)  # a dead worker's status may take a moment to arrive
+            gone = [i for i, p in enumerate(processes) if p.exitcode is not None]
+            if not gone:
+                raise
+            self.worker_died = True
+            raise EnvWorkerDied(f"env worker process {gone[0]} of run.vector=async died "
+                                f"({e!r}: killed, or out of memory)") from None
 
     def close(self) -> None:
         """End the envs (an `async` vector env's worker processes with them; a step or replay
@@ -188,7 +204,8 @@ class Collector:
         # each env gets its own plan (not all of them, as `call`'s arguments would)
         self.venv.set_attr("plan", [(episode_seed(self.seed, int(k)), a.numpy())
                                     for k, a in zip(self.episode, d["actions"])])
-        replayed = self.venv.call("replay")
+        with self._workers_alive():
+            replayed = self.venv.call("replay")
         if any(ended for _, ended in replayed):
             raise UserError(f"env '{self.env_id}' ended an episode early while its "
                             "steps were replayed on resume: it is not deterministic "
