@@ -115,17 +115,16 @@ def test_eval_prediction_window_is_set_on_the_command_line(trained, capsys):
                  "2", "--horizon", "3", "--out", str(trained / "pred.json")]) == 0
     result = json.loads(capsys.readouterr().out)["prediction"]
     assert result["context"] == 2 and len(result["model_mse"]) == 3
-    # longer than any CartPole episode: the error names the flags that fix it, and the
-    # evaluation's returns are printed and saved before it (without a prediction score)
+    # longer than any CartPole episode (its time limit is 500 steps): refused before any
+    # episode is played, naming the flags that fix it; nothing is written
     (trained / "pred.json").unlink()
     assert main(["eval", str(trained), "--episodes", "1", "--prediction", "1", "--horizon",
                  "600", "--out", str(trained / "pred.json")]) == 2
     captured = capsys.readouterr()
-    assert json.loads(captured.out)["episodes"] == 1
-    saved = json.loads((trained / "pred.json").read_text())
-    assert saved["episodes"] == 1 and "prediction" not in saved
-    assert captured.err.startswith("reverie: error: no greedy episode lasted 604 steps")
-    assert captured.err.strip().endswith("lower --horizon or --context")
+    assert captured.out == "" and not (trained / "pred.json").exists()
+    assert captured.err == ("reverie: error: a --prediction window of 604 steps (context 4 + "
+                            "horizon 600) is longer than any episode here can be (500 steps); "
+                            "lower --horizon or --context\n")
 
 
 def test_eval_window_flags_without_prediction_are_refused(trained, capsys):

@@ -267,6 +267,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--prediction scores a latent world model's open-loop prediction "
                         f"(agent imagine); agent '{policy.cfg.agent}' has none (drop "
                         "--prediction)")
+    if args.prediction:  # before the episodes are played, not after
+        from reverie.eval.prediction import HORIZON, check_window
+
+        check_window(policy, args.context, args.horizon or HORIZON)
     returns = policy.evaluate(args.episodes, seed=args.seed)
     result = {"run": str(args.run), "checkpoint_step": policy.step,
               **({"best": True, "training_eval_return": policy.eval_return}

@@ -83,9 +83,30 @@ def _scaled(x: np.ndarray, image: bool) -> np.ndarray:
     return np.asarray(x, np.float64) / 255.0 if image else np.asarray(x, np.float64)
 
 
+EPISODE_STEPS = 1000  # the longest greedy episode played for windows
+
+
+def check_window(policy, context: int | None, horizon: int,
+                 episode_steps: int = EPISODE_STEPS) -> None:
+    """Refuse a window (context + horizon steps) longer than any episode can be: the env's
+    time limit where it has one, and the episodes' cap `episode_steps`."""
+    from reverie.run.collector import env_of
+
+    context = int(policy.cfg.imagine.context) if context is None else context
+    env = env_of(policy.cfg)
+    limit = getattr(env.spec, "max_episode_steps", None) if env.spec is not None else None
+    env.close()
+    longest = min(x for x in (limit, episode_steps) if x)
+    if context + horizon > longest:
+        raise UserError(f"a --prediction window of {context + horizon} steps (context "
+                        f"{context} + horizon {horizon}) is longer than any episode here can "
+                        f"be ({longest} steps); lower --horizon or --context")
+
+
 def prediction_error(policy, windows: int = 16, context: int | None = None,
                      horizon: int = HORIZON, key: str | None = None, seed: int = 0,
-                     episode_steps: int = 1000, per_episode: int = 4) -> PredictionError:
+                     episode_steps: int = EPISODE_STEPS,
+                     per_episode: int = 4) -> PredictionError:
     """Open-loop prediction error of `policy`'s world model over `windows` windows of
     `context + horizon` steps: up to `per_episode` windows from each greedy episode (seeds
     seed, seed + 1, ...; at most `episode_steps` steps each), spread evenly over it.
