@@ -110,6 +110,8 @@ CASES = [
     ("sweep --grid seed", ["sweep", "--preset", "random", "--grid", "seed=1,2", "--out",
                            "{tmp}/sw"], "drop --grid seed and use --seeds N"),
     ("run.vector typo", ["train", "--set", "run.vector=asnyc"], "did you mean 'async'"),
+    ("a top-level setting under a section", ["train", "--set", "run.seed=3"],
+     "unknown config key 'run.seed' (did you mean 'seed'?)"),
     ("bad device", ["train", "--set", "run.device=tpu"], "run.device"),
     ("run.compile typo", ["train", "--set", "run.compile=onn"], "did you mean 'on'"),
     ("bad image size", ["train", "--set", "env.image_size=50"], "image_size"),

@@ -158,7 +158,11 @@ def _keys(node: Any, prefix: str = "") -> list[str]:
 def _friendly(e: OmegaConfBaseException, schema: DictConfig) -> UserError:
     key = getattr(e, "full_key", None) or ""
     if isinstance(e, (ConfigKeyError, ConfigAttributeError)):
-        hint = suggest(key, _keys(schema))
+        keys = _keys(schema)
+        # a top-level setting put under a section (run.seed): the name is the better clue
+        same_name = [k for k in schema.keys() if "." in key and k == key.rsplit(".", 1)[-1]
+                     and not isinstance(schema._get_node(k), DictConfig)]
+        hint = f" (did you mean '{same_name[0]}'?)" if same_name else suggest(key, keys)
         return UserError(f"unknown config key '{key}'{hint}; see `reverie train --show-config`")
     if isinstance(e, InterpolationResolutionError):
         return UserError(f"bad value for '{key}': cannot resolve '${{...}}' "
