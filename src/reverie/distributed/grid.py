@@ -101,11 +101,12 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
     from reverie.run.checks import check_env
 
     axes = parse_grid(grid)
-    for key in [s.split("=", 1)[0].strip() for s in overrides] + [k for k, _ in axes]:
+    given = [("--set", s.split("=", 1)[0].strip()) for s in overrides] + \
+        [("--grid", k) for k, _ in axes]
+    for flag, key in given:
         if key == "seed":  # it would override each trial's own seed: the "seeds" would repeat
             raise UserError(f"a sweep sets each trial's seed itself (0 .. --seeds-1); drop "
-                            f"{'--set' if key not in dict(axes) else '--grid'} seed and use "
-                            "--seeds N")
+                            f"{flag} seed and use --seeds N")
     if preset and is_preset_file(preset):  # trials may start in another working directory
         preset = str(Path(preset).expanduser().resolve())
     sets = list(overrides)

@@ -86,7 +86,7 @@ def worker_env(make: Callable[[], Any], index: int, driver_pid: int) -> Replayab
 
 
 def vector_env(make: Callable[[], Any], num_envs: int, mode: str = "sync"):
-    """`num_envs` envs from `make` (picklable for `async`: e.g. `partial(env_of, cfg)`), with
+    """`num_envs` envs from `make` (picklable for `async`: `env_maker(cfg)`), with
     Gymnasium's autoreset off: the caller resets ended envs (with their episode's seed)."""
     fns = [partial(worker_env, make, i, os.getpid()) for i in range(num_envs)]
     if mode == "async":

@@ -90,11 +90,11 @@ def check_window(policy, context: int | None, horizon: int,
                  episode_steps: int = EPISODE_STEPS) -> None:
     """Refuse a window (context + horizon steps) longer than any episode can be: the env's
     time limit where it has one, and the episodes' cap `episode_steps`."""
-    from reverie.run.collector import env_of
+    from reverie.envs.vector import env_of
 
     context = int(policy.cfg.imagine.context) if context is None else context
     env = env_of(policy.cfg)
-    limit = getattr(env.spec, "max_episode_steps", None) if env.spec is not None else None
+    limit = getattr(env.spec, "max_episode_steps", None)  # spec None: no limit known
     env.close()
     longest = min(x for x in (limit, episode_steps) if x)
     if context + horizon > longest:

@@ -71,9 +71,9 @@ def stack(rows: list[Obs]) -> Obs:
 
 
 class Collector:
-    """`num_envs` envs from one builder (`make`: the run's `env_of(cfg)`; picklable, e.g.
-    `partial(env_of, cfg)`, for `vector="async"`), stepped with a batch of actions; `name`
-    (the env spec) is what its errors call the env."""
+    """`num_envs` envs from one builder (`make`: the run's `env_maker(cfg)`, which is also
+    picklable for `vector="async"`), stepped with a batch of actions; `name` (the env spec) is
+    what its errors call the env."""
 
     def __init__(self, make: Callable[[], Any], num_envs: int, seed: int, name: str,
                  life_loss_terminal: bool = False, vector: str = "sync") -> None:
@@ -161,16 +161,17 @@ class Collector:
         if not isinstance(self.venv, AsyncVectorEnv):
             self.venv.close()
             return
-        try:
-            if self.worker_died:
-                raise BrokenPipeError  # the vector env would wait on the dead worker's step
-            self.venv.close(timeout=5)
-        except (*WORKER_GONE, OSError):  # a worker is gone: end the others without a word
-            for process in self.venv.processes:
-                if process.is_alive():
-                    process.kill()
-                process.join()
-            self.venv.closed = True
+        if not self.worker_died:  # else it would wait on the dead worker's step
+            try:
+                self.venv.close(timeout=5)
+                return
+            except (EOFError, OSError):  # a worker is gone (pipe errors are OSErrors)
+                pass
+        for process in self.venv.processes:  # end the others without a word
+            if process.is_alive():
+                process.kill()
+            process.join()
+        self.venv.closed = True
 
     # -- exact resume ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
