@@ -116,6 +116,8 @@ CASES = [
     ("run.compile typo", ["train", "--set", "run.compile=onn"], "did you mean 'on'"),
     ("bad image size", ["train", "--set", "env.image_size=50"], "image_size"),
     ("set without =", ["train", "--set", "run.steps"], "key=value"),
+    ("set with an empty value", ["train", "--set", "run.vector="],
+     "--set run.vector= gives no value; write run.vector=VALUE"),
     ("unknown flag", ["train", "--stpes", "10"],
      "unrecognized arguments: --stpes 10 (did you mean '--steps'?); see `reverie train --help`"),
     ("an option's prefix is not the option", ["sweep", "--seed", "3", "--out", "{tmp}/sw"],

@@ -177,6 +177,10 @@ def _parse_dotlist(items: list[str]) -> list[str]:
     for item in items:
         if "=" not in item or item.startswith("="):
             raise UserError(f"--set expects key=value (e.g. run.steps=2000), got '{item}'")
+        key, value = item.split("=", 1)
+        if not value.strip():  # OmegaConf reads an empty value as None: say what to write
+            raise UserError(f"--set {key}= gives no value; write {key}=VALUE "
+                            f"(see `reverie train --show-config`; {key}=null for none)")
     return items
 
 
