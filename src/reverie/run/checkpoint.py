@@ -64,8 +64,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise UserError(
-            f"cannot write {path} ({e.strerror or e}); free disk space or choose a writable "
-            "--out; the previous checkpoint is intact"
+            f"cannot write {path} ({e.strerror or e}); free disk space or choose a writable run "
+            "folder (--out); the previous checkpoint is intact"
         ) from None
     _fsync_dir(path.parent)
 

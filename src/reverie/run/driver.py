@@ -300,7 +300,8 @@ class Trainer(Checkpointing):
         cfg, c = self.cfg, self.count
         steps = int(cfg.run.steps)
         if self.resumed_from is not None and c.env_steps >= steps:
-            self._note(f"run already complete at {c.env_steps} env steps; raise --steps to extend")
+            self._note(f"run already complete at {c.env_steps} env steps; raise --steps "
+                       "(run.steps) to extend")
             if self._final_evaluation_missing():  # stopped or killed before it ended
                 self._note("evaluating its final agent, which the run did not evaluate")
                 self.run = to_object(cfg, "run")

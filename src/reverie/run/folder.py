@@ -57,19 +57,19 @@ def check_new(folder: Path) -> None:
     """Read-only: may a new run be created in `folder`? Raises a UserError naming the fix."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise UserError(f"--out '{folder}' is a file, not a folder; choose another --out")
+        raise UserError(f"'{folder}' is a file, not a folder; choose another run folder (--out)")
     check_no_links(folder)
     if not folder.is_dir() or not any(folder.iterdir()):
         return
     if (folder / CONFIG).exists():
         raise UserError(
             f"run folder '{folder}' already holds a run; continue it with "
-            f"`reverie train --resume {folder}` or choose another --out"
+            f"`reverie train --resume {folder}` or choose another run folder (--out)"
         )
     if not _half_made(folder):
         raise UserError(
-            f"'{folder}' is not empty and is not a reverie run; choose a new or empty --out "
-            "(reverie never clears a folder it did not create)"
+            f"'{folder}' is not empty and is not a reverie run; choose a new or empty run "
+            "folder (--out) (reverie never clears a folder it did not create)"
         )
 
 
@@ -87,7 +87,8 @@ def create(folder: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise UserError(
-            f"run folder '{folder}' is not writable ({e.strerror}); choose another --out"
+            f"run folder '{folder}' is not writable ({e.strerror}); choose another run "
+            "folder (--out)"
         ) from None
 
 
@@ -117,7 +118,8 @@ def lock(folder: Path):
         handle = open(Path(folder) / ".lock", "a+")  # noqa: SIM115 - held until exit
     except OSError as e:
         raise UserError(
-            f"run folder '{folder}' is not writable ({e.strerror}); choose another --out"
+            f"run folder '{folder}' is not writable ({e.strerror}); choose another run "
+            "folder (--out)"
         ) from None
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

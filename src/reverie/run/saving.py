@@ -43,7 +43,7 @@ class RunCheckpoints:
             raise UserError(
                 f"cannot resume '{self.out}': it has logged rows or checkpoint files but no "
                 f"checkpoint that loads ({notes}); nothing was changed — restore the "
-                "checkpoints or start a new run with another --out"
+                "checkpoints or start a new run in another folder (--out)"
             )
         self._note("no checkpoint yet; starting the run over from step 0")
         run_folder.clear_start(self.out)
