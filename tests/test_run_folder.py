@@ -98,6 +98,13 @@ def test_eval_and_watch_commands(run, capsys, tmp_path):
     # an episode no longer than the observed context: said, as nothing imagined is shown
     assert main(["watch", str(run), "--steps", "3", "--out", str(tmp_path / "short.gif")]) == 0
     assert "its plot shows nothing imagined" in capsys.readouterr().err
+    # a checkpoint file's GIF and plot are named after it: the run's own watch.gif stays
+    before = gif.read_bytes()
+    ckpt = sorted((run / "checkpoints").glob("ckpt-*.pt"))[-1]
+    assert main(["watch", str(ckpt), "--steps", "5"]) == 0
+    names = sorted(Path(p).name for p in sum(json.loads(capsys.readouterr().out).values(), []))
+    assert names == [f"watch-{ckpt.stem}-real-vs-imagined.png", f"watch-{ckpt.stem}.gif"]
+    assert gif.read_bytes() == before
 
 
 def test_open_loop_vectors_follow_the_recorded_actions(run):
@@ -133,6 +140,52 @@ def test_watch_says_when_an_env_cannot_render(tmp_path, capsys):
         "reverie: note: popgym-RepeatFirstEasy-v0 cannot render frames: it has no rgb_array "
         "render mode; no watch.gif written"]
     assert not (out / "watch.gif").exists()
+
+
+@pytest.mark.parametrize("game", ["breakout", "asterix", "freeway", "seaquest",
+                                  "space_invaders"])
+def test_minatar_frames_are_the_games_grid(game):
+    """MinAtar's picture: each cell coloured by the last object channel that is on, black
+    where none is: one colour per channel index, a different one for each index."""
+    pytest.importorskip("minatar")
+    env = make_env(f"minatar:{game}", render=True)
+    env.reset(seed=1)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(40):
+        state = env.unwrapped.game.state()
+        n = state.shape[-1]
+        index = np.amax(state * np.arange(1, n + 1).reshape(1, 1, -1), 2)  # MinAtar's rule
+        frame = env.render()
+        assert frame.shape == (10, 10, 3) and frame.dtype == np.uint8
+        assert (frame[index == 0] == 0).all()
+        colours = {}
+        for v in np.unique(index):
+            cells = frame[index == v]
+            assert (cells == cells[0]).all()  # one colour per channel index...
+            colours[int(v)] = tuple(cells[0])
+        assert len(set(colours.values())) == len(colours)  # ...a different one for each
+        seen.update(colours)
+        _, _, term, trunc, _ = env.step(int(rng.integers(env.action_space.n)))
+        if term or trunc:
+            env.reset(seed=2)
+    assert len(seen) >= 3  # the background and at least two kinds of object were drawn
+
+
+def test_watch_minatar_films_the_game(tmp_path, capsys):
+    pytest.importorskip("minatar")
+    out = tmp_path / "breakout"
+    Trainer(tiny_config(steps=120, extra=["env.id=minatar:breakout",
+                                          "run.eval_episodes=0"]), out).train()
+    assert main(["watch", str(out), "--steps", "10"]) == 0
+    written = json.loads(capsys.readouterr().out)
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(written["gif"][0])
+    env = make_env("minatar:breakout", render=True)
+    env.reset(seed=0)  # watch films the episode of seed 0
+    first = env.render().repeat(25, 0).repeat(25, 1)
+    assert np.array_equal(frames[0][..., :3], first)
 
 
 def test_watch_image_env_writes_real_vs_imagined(tmp_path, capsys, monkeypatch):

@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--steps", type=_positive_int, default=300,
                    help="env steps to film (default 300)")
     w.add_argument("--out", default=None,
-                   help="GIF path (default RUN/watch.gif, with --best RUN/watch-best.gif)")
+                   help="GIF path (default RUN/watch.gif, with --best RUN/watch-best.gif, for "
+                        "a checkpoint file RUN/watch-<its name>.gif)")
     w.add_argument("--best", action="store_true",
                    help="the agent of the run's best evaluation (checkpoints/best.pt)")
 

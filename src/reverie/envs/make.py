@@ -60,7 +60,7 @@ def _make_atari(env_id: str, max_episode_frames: int = 108_000, noop_max: int = 
     return Atari100k(env, noop_max=noop_max)
 
 
-def _make_minatar(game: str) -> gym.Env:
+def _make_minatar(game: str, render: bool = False) -> gym.Env:
     _require("minatar", "minatar")
     if game not in MINATAR_GAMES:
         raise UserError(
@@ -73,8 +73,10 @@ def _make_minatar(game: str) -> gym.Env:
     from minatar.gym import BaseEnv
 
     env = BaseEnv(game, use_minimal_action_set=True)
-    env = gym.wrappers.TimeLimit(FreshStickyAction(env), max_episode_steps=10_000)
-    return env
+    env = FreshStickyAction(env)
+    if render:
+        env = MinAtarFrames(env)
+    return gym.wrappers.TimeLimit(env, max_episode_steps=10_000)
 
 
 class FreshStickyAction(gym.Wrapper):
@@ -86,6 +88,25 @@ class FreshStickyAction(gym.Wrapper):
     def reset(self, **kwargs):
         self.env.unwrapped.game.last_action = 0
         return self.env.reset(**kwargs)
+
+
+class MinAtarFrames(gym.Wrapper):
+    """rgb_array frames of a MinAtar game as MinAtar draws it: a 10x10 grid, each cell
+    coloured by the last of its object channels that is on (black where none is), in
+    evenly spaced colours of the cubehelix map. (MinAtar's own rgb_array mode needs seaborn,
+    which reverie does not install; this is the same picture through matplotlib.)"""
+
+    render_mode = "rgb_array"
+
+    def render(self) -> np.ndarray:
+        from matplotlib import colormaps
+
+        state = np.asarray(self.env.unwrapped.game.state(), bool)
+        n = state.shape[-1]
+        colours = colormaps["cubehelix"](np.linspace(0.0, 1.0, n + 2)[1:-1])[:, :3]
+        palette = np.concatenate([np.zeros((1, 3)), colours]) * 255
+        index = np.where(state.any(-1), n - np.argmax(state[..., ::-1], -1), 0)
+        return palette[index].round().astype(np.uint8)
 
 
 def _make_dmc(name: str) -> gym.Env:
@@ -186,7 +207,7 @@ def make_env(spec: str, image_size: int = 64, render: bool = False,
     if not isinstance(spec, str) or not spec:
         raise UserError("env must be a non-empty string such as 'CartPole-v1'")
     if spec.startswith("minatar:"):
-        env = _make_minatar(spec.split(":", 1)[1])
+        env = _make_minatar(spec.split(":", 1)[1], render)
     elif spec.startswith("dmc:"):
         env = _make_dmc(spec.split(":", 1)[1])
     else:

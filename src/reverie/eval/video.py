@@ -149,7 +149,10 @@ def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
     policy = load(run, best=best)
     notes = [] if notes is None else notes
     folder = Path(run) if Path(run).is_dir() else Path(run).parent.parent
-    gif = out or folder / ("watch-best.gif" if best else "watch.gif")
+    # a checkpoint file's GIF is named after it, not over the run's own watch.gif
+    name = (f"watch-{Path(run).stem}.gif" if Path(run).is_file() else
+            "watch-best.gif" if best else "watch.gif")
+    gif = out or folder / name
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
     frames, observations, actions, note = rollout(policy, steps)
