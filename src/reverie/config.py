@@ -355,6 +355,13 @@ def build_config(
     return _validated(_resolve(cfg, schema))
 
 
+def off_spelling(value: Any) -> str:
+    """A mode as a string, with YAML 1.1's reading of a bare `off` (false, which OmegaConf
+    stores as 'False' in a str field) mapped back to 'off'."""
+    text = str(value).strip()
+    return "off" if text.lower() in ("false", "off") else text
+
+
 def _normalise(cfg: DictConfig) -> None:
     """Canonical spellings of values YAML may have turned into booleans (run.compile: on),
     and of run.vector in any letter case."""
@@ -364,7 +371,7 @@ def _normalise(cfg: DictConfig) -> None:
     # imagine.coplanner.mode: off (a bare `off` is YAML's false, stored as 'False'), so runs
     # set either way are one setting in reports
     cop = OmegaConf.select(cfg, "imagine.coplanner", default=None)
-    if cop is not None and str(cop.mode).strip().lower() in ("false", "off"):
+    if cop is not None and off_spelling(cop.mode) == "off":
         cop.mode = "off"
     if str(cfg.run.vector).strip().lower() in VECTOR_MODES:  # ASYNC, Sync: one spelling
         cfg.run.vector = str(cfg.run.vector).strip().lower()

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from reverie.config import off_spelling
 from reverie.errors import suggest
 from reverie.nets.optim import adam
 from reverie.planning.upmpc import PlanResult, UPMPCConfig, plan
@@ -60,10 +61,9 @@ class CoplannerConfig:
 
 
 def mode_of(cfg: Any) -> str:
-    """The mode, with YAML 1.1's reading of a bare `off` (false, which OmegaConf stores as
-    'False' in a str field, e.g. from `--set imagine.coplanner.mode=off`) mapped back."""
-    mode = str(cfg.mode)
-    return "off" if mode in ("False", "false") else mode
+    """The mode of a config that may not have passed through `build_config` (a bare `off`
+    read by YAML as false)."""
+    return off_spelling(cfg.mode)
 
 
 def check_config(cfg: Any) -> None:
