@@ -116,6 +116,13 @@ CASES = [
     ("run.compile typo", ["train", "--set", "run.compile=onn"], "did you mean 'on'"),
     ("bad image size", ["train", "--set", "env.image_size=50"], "image_size"),
     ("set without =", ["train", "--set", "run.steps"], "key=value"),
+    ("empty --resume (an unset shell variable)", ["train", "--resume", ""],
+     "argument --resume: is empty"),
+    ("empty preset", ["train", "--preset", "", "--show-config"], "argument --preset: is empty"),
+    ("empty report folder", ["report", "{run}", "--out", ""], "argument --out: is empty"),
+    ("empty run to eval", ["eval", ""], "argument run: is empty"),
+    ("empty sweep folder", ["sweep", "--preset", "random", "--out", ""],
+     "argument --out: is empty"),
     ("set with an empty value", ["train", "--set", "run.vector="],
      "--set run.vector= gives no value; write run.vector=VALUE"),
     ("unknown flag", ["train", "--stpes", "10"],
@@ -275,3 +282,24 @@ def test_config_fuzzing_never_tracebacks(pairs):
             build_agent(cfg, {"vector": ((4,), "float32")}, Discrete(2), torch.device("cpu"))
     except UserError as e:
         assert "\n" not in str(e)
+
+
+def test_a_closed_pipe_is_no_traceback_and_loses_no_result(finished_run, tmp_path):
+    """`reverie eval RUN | head -c 1`, `reverie presets | head -1`: the reader stops reading;
+    the command ends quietly (141, the shell's code for SIGPIPE), its eval.json saved."""
+    import json
+    import os
+    import subprocess
+
+    run = copy_run(finished_run, tmp_path / "run")
+    (run / "eval.json").write_text("stale")
+    for argv in (["eval", str(run), "--episodes", "1"], ["presets"]):
+        read, write = os.pipe()
+        os.close(read)  # nobody reads: the first write of the result fails
+        try:
+            done = subprocess.run([sys.executable, "-m", "reverie", *argv], stdout=write,
+                                  stderr=subprocess.PIPE, text=True, timeout=300)
+        finally:
+            os.close(write)
+        assert done.returncode == 141 and done.stderr == "", done.stderr
+    assert json.loads((run / "eval.json").read_text())["episodes"] == 1

@@ -65,6 +65,14 @@ def _seed(text: str) -> int:
     return value
 
 
+def _given(text: str) -> str:
+    """A path or name that must not be empty: `--resume ""` (an unset shell variable) would
+    otherwise mean no value at all, e.g. a new run instead of the one to continue."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; give a value (is a shell variable unset?)")
+    return text
+
+
 AGENT_HELP = ("imagine | mbpo | rppo | random: without --preset, starts from the agent's "
               "preset (cartpole, mbpo-pendulum, popgym-ppo, random)")
 
@@ -94,20 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="Ctrl-C (or SIGTERM) stops after the current env step with a "
                               "checkpoint (exit 130, or 143); --resume RUN continues exactly "
                               "where it stopped. Mistakes in the command exit 2.")
-    t.add_argument("--preset", default=None,
+    t.add_argument("--preset", type=_given, default=None,
                    help="a bundled preset (`reverie presets`) or your own YAML file "
                         "(default: cartpole, or the --agent's preset)")
-    t.add_argument("--agent", default=None, help=AGENT_HELP)
-    t.add_argument("--env", default=None, help="env spec, e.g. CartPole-v1, ALE/Pong-v5")
-    t.add_argument("--backbone", default=None, help="gru | transformer | mamba1 | mamba2 | ffm")
+    t.add_argument("--agent", type=_given, default=None, help=AGENT_HELP)
+    t.add_argument("--env", type=_given, default=None,
+                   help="env spec, e.g. CartPole-v1, ALE/Pong-v5")
+    t.add_argument("--backbone", type=_given, default=None,
+                   help="gru | transformer | mamba1 | mamba2 | ffm")
     t.add_argument("--steps", type=_positive_int, default=None, help="env steps to train")
     t.add_argument("--seed", type=_int, default=None)
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set run.train_ratio=512")
-    t.add_argument("--out", default=None,
+    t.add_argument("--out", type=_given, default=None,
                    help="run folder (default runs/<env>-<backbone>-s<seed> for imagine, "
                         "runs/<env>-<agent>[-<backbone>]-s<seed> for other agents)")
-    t.add_argument("--resume", default=None, metavar="RUN",
+    t.add_argument("--resume", type=_given, default=None, metavar="RUN",
                    help="continue a killed or finished run (with --steps to extend it)")
     t.add_argument("--show-config", action="store_true",
                    help="print the resolved config and exit (its env is checked as training "
@@ -115,12 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="evaluate a run's latest checkpoint; prints JSON")
-    e.add_argument("run")
+    e.add_argument("run", type=_given)
     e.add_argument("--episodes", type=_positive_int, default=10,
                    help="greedy evaluation episodes (default 10)")
     e.add_argument("--seed", type=_seed, default=12345,
                    help="seed of the evaluation episodes (default 12345)")
-    e.add_argument("--out", default=None,
+    e.add_argument("--out", type=_given, default=None,
                    help="JSON path (default RUN/eval.json, with --best RUN/eval-best.json; "
                         "the result of a checkpoint file is saved only with --out)")
     e.add_argument("--best", action="store_true",
@@ -139,10 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("watch", help="GIF of the agent in its env, and the world model's "
                        "imagination beside the real episode")
-    w.add_argument("run")
+    w.add_argument("run", type=_given)
     w.add_argument("--steps", type=_positive_int, default=300,
                    help="env steps to film (default 300)")
-    w.add_argument("--out", default=None,
+    w.add_argument("--out", type=_given, default=None,
                    help="GIF path (default RUN/watch.gif, with --best RUN/watch-best.gif, for "
                         "a checkpoint file RUN/watch-<its name>.gif)")
     w.add_argument("--best", action="store_true",
@@ -150,9 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="report.md + PNGs over run folders: scores with CIs, "
                        "curves, baselines")
-    r.add_argument("runs", nargs="+", metavar="RUN_OR_DIR",
+    r.add_argument("runs", nargs="+", type=_given, metavar="RUN_OR_DIR",
                    help="run folders, or folders holding them (searched recursively)")
-    r.add_argument("--out", required=True, help="folder for report.md and the PNGs")
+    r.add_argument("--out", type=_given, required=True, help="folder for report.md and the PNGs")
     r.add_argument("--finished-only", action="store_true",
                    help="leave out runs that have not reached their run.steps (still training)")
     r.add_argument("--returns", choices=["auto", "eval", "train"], default="auto",
@@ -167,11 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sweep", help="a grid of `reverie train` runs (local processes or Ray), "
                        "then a report")
-    s.add_argument("--preset", default=None,
+    s.add_argument("--preset", type=_given, default=None,
                    help="a bundled preset (`reverie presets`) or your own YAML file "
                         "(default: cartpole, or the --agent's preset)")
-    s.add_argument("--agent", default=None, help=AGENT_HELP)
-    s.add_argument("--env", dest="envs", action="append", default=[], metavar="ENV",
+    s.add_argument("--agent", type=_given, default=None, help=AGENT_HELP)
+    s.add_argument("--env", type=_given, dest="envs", action="append", default=[], metavar="ENV",
                    help="env spec (repeatable; default: the preset's)")
     s.add_argument("--seeds", type=_positive_int, default=1, help="seeds 0..N-1 per setting")
     s.add_argument("--steps", type=_positive_int, default=None, help="env steps per trial")
@@ -180,17 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="a config key to vary (repeatable: the grid is their product)")
     s.add_argument("--backend", choices=("local", "ray"), default="local")
-    s.add_argument("--address", default=None,
+    s.add_argument("--address", type=_given, default=None,
                    help="Ray cluster to join (auto or HOST:PORT; default: a local Ray instance)")
-    s.add_argument("--out", default=None, help="sweep folder (default sweeps/<preset>)")
+    s.add_argument("--out", type=_given, default=None,
+                   help="sweep folder (default sweeps/<preset>)")
     s.add_argument("--workers", type=_positive_int, default=None,
                    help="trials at a time (default: CPU cores / 2, at least 1)")
     s.add_argument("--retries", type=_int, default=2,
                    help="times a crashed or killed trial is resumed (default 2)")
 
     pr = sub.add_parser("presets", help="list the bundled presets, or show one in full")
-    pr.add_argument("name", nargs="?", help="a preset to show (its file, comments included), "
-                    "or an agent's name: its presets")
+    pr.add_argument("name", nargs="?", type=_given,
+                    help="a preset to show (its file, comments included), or an agent's name: "
+                    "its presets")
     p.commands = sub.choices  # name -> its parser, for the unknown-option error
     return p
 
@@ -293,24 +305,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _report_eval(args: argparse.Namespace, result: dict) -> None:
-    """Print an eval result, then save it where `reverie eval` saves (a failed save is a note)."""
+    """Save an eval result where `reverie eval` saves (a failed save is a note after the
+    result), then print it: saved first, so a closed pipe (`| head`) cannot lose it."""
     text = json.dumps(result)
-    print(text, flush=True)  # the result first: a failed save below must not lose it
+    note = _save_eval(args, text)
+    print(text, flush=True)
+    if note:
+        print(f"reverie: note: {note}", file=sys.stderr)
+
+
+def _save_eval(args: argparse.Namespace, text: str) -> str | None:
+    """Write `text` to the eval JSON's path; returns a note when it is not saved."""
     if args.out is not None:
         out = Path(args.out)
     elif Path(args.run).is_dir():
         out = Path(args.run) / ("eval-best.json" if args.best else "eval.json")
     else:  # a checkpoint file: which run's eval.json it would belong in is not certain
-        print("reverie: note: the result of a checkpoint file is printed, not saved; add "
-              "--out FILE to save it", file=sys.stderr)
-        return
+        return "the result of a checkpoint file is printed, not saved; add --out FILE to save it"
     try:
         if out.is_symlink():
             raise OSError(errno.ELOOP, "a link, never written through")
         out.write_text(text + "\n")
     except OSError as e:
-        print(f"reverie: note: could not save {out} ({e.strerror}); the result is printed "
-              "above (save it elsewhere with --out FILE)", file=sys.stderr)
+        return (f"could not save {out} ({e.strerror}); the result is printed above (save it "
+                "elsewhere with --out FILE)")
+    return None
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -403,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"reverie: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", USAGE_EXIT)  # a stop by a signal: 128 + its number
+    except BrokenPipeError:  # `reverie presets | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 141  # the shell's code for SIGPIPE
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
             raise
