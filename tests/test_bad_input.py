@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -303,3 +304,20 @@ def test_a_closed_pipe_is_no_traceback_and_loses_no_result(finished_run, tmp_pat
             os.close(write)
         assert done.returncode == 141 and done.stderr == "", done.stderr
     assert json.loads((run / "eval.json").read_text())["episodes"] == 1
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    ({"step": 600}, "unknown flag 'step' (did you mean 'steps'?)"),
+    ({"bogus": 1}, "unknown flag 'bogus'"),
+    ({"steps": "600"}, "flag 'steps' must be an int, got str '600'"),
+    ({"seed": True}, "flag 'seed' must be an int, got bool True"),
+    ({"env": 3}, "flag 'env' must be a str"),
+])
+def test_build_config_says_what_is_wrong_with_its_flags(flags, fragment):
+    """The README's Python entry: a misspelt or mistyped flag is not ignored or converted."""
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        build_config("cartpole", [], flags)
+    import numpy as np
+
+    cfg = build_config("cartpole", [], {"steps": np.int64(600), "seed": None})
+    assert cfg.run.steps == 600 and type(cfg.run.steps) is int

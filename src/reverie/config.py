@@ -9,6 +9,7 @@ and an unknown key is an error that suggests the closest valid one.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -290,6 +291,29 @@ def preset_summary(name: str, width: int = 80) -> str:
     return f"{name:<24} {cfg.agent:<8} {cfg.env.id:<30} {int(cfg.run.steps):>9,}  {sentence}"
 
 
+FLAG_TYPES = {"env": str, "backbone": str, "steps": int, "seed": int}  # build_config's flags
+
+
+def _checked_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """The flags that are given (not None), each a known name of the right type: a library
+    caller's `{"step": 600}` or `{"steps": "600"}` is said, not ignored or converted."""
+    given = {}
+    for name, value in flags.items():
+        if name not in FLAG_TYPES:
+            raise UserError(f"unknown flag '{name}'{suggest(str(name), FLAG_TYPES)}; "
+                            f"build_config's flags are {', '.join(FLAG_TYPES)} (any other "
+                            "key goes in the overrides, e.g. 'run.train_ratio=512')")
+        if value is None:
+            continue
+        kind = FLAG_TYPES[name]
+        ok = isinstance(value, numbers.Integral) if kind is int else isinstance(value, kind)
+        if not ok or isinstance(value, bool):
+            raise UserError(f"flag '{name}' must be {'an' if kind is int else 'a'} "
+                            f"{kind.__name__}, got {type(value).__name__} {value!r}")
+        given[name] = int(value) if kind is int else value  # numpy integers too
+    return given
+
+
 def build_config(
     preset: str | None = "cartpole",
     overrides: list[str] | None = None,
@@ -298,7 +322,7 @@ def build_config(
     """Merge schema defaults, a preset, CLI flags (env, backbone, steps, seed) and `--set`s."""
     preset_data = load_preset(preset) if preset else {}
     overrides = _parse_dotlist(list(overrides or []))
-    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    flags = _checked_flags(flags or {})
     preset_agent = agent_of(preset_data)
     # the agent must be known before the schema can be built
     agent = (agents_set(overrides) or [preset_agent])[-1]
