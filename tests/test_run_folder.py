@@ -98,6 +98,12 @@ def test_eval_and_watch_commands(run, capsys, tmp_path):
     # an episode no longer than the observed context: said, as nothing imagined is shown
     assert main(["watch", str(run), "--steps", "3", "--out", str(tmp_path / "short.gif")]) == 0
     assert "its plot shows nothing imagined" in capsys.readouterr().err
+    # --seed films another episode (CartPole starts elsewhere)
+    assert main(["watch", str(run), "--steps", "5", "--seed", "3", "--out",
+                 str(tmp_path / "s3.gif")]) == 0
+    assert main(["watch", str(run), "--steps", "5", "--out", str(tmp_path / "s0.gif")]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "s3.gif").read_bytes() != (tmp_path / "s0.gif").read_bytes()
     # a checkpoint file's GIF and plot are named after it: the run's own watch.gif stays
     before = gif.read_bytes()
     ckpt = sorted((run / "checkpoints").glob("ckpt-*.pt"))[-1]
@@ -105,6 +111,16 @@ def test_eval_and_watch_commands(run, capsys, tmp_path):
     names = sorted(Path(p).name for p in sum(json.loads(capsys.readouterr().out).values(), []))
     assert names == [f"watch-{ckpt.stem}-real-vs-imagined.png", f"watch-{ckpt.stem}.gif"]
     assert gif.read_bytes() == before
+
+
+def test_plot_panels_go_to_the_dimensions_that_move():
+    from reverie.eval.video import shown_dims
+
+    real = np.zeros((20, 400), np.float32)
+    real[:, [390, 7, 150]] = np.random.default_rng(0).normal(size=(20, 3))
+    real[:, 42] = 1.0  # on throughout: no movement to show
+    assert shown_dims(real, 3).tolist() == [7, 150, 390]
+    assert shown_dims(real[:, :4], 16).tolist() == [0, 1, 2, 3]  # few dims: all, in order
 
 
 def test_open_loop_vectors_follow_the_recorded_actions(run):

@@ -151,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "imagination beside the real episode")
     w.add_argument("run", type=_given)
     w.add_argument("--steps", type=_positive_int, default=300,
-                   help="env steps to film (default 300)")
+                   help="env steps to film, at most one episode (default 300; the film ends "
+                        "where the episode does)")
+    w.add_argument("--seed", type=_seed, default=0,
+                   help="seed of the filmed episode (default 0)")
     w.add_argument("--out", type=_given, default=None,
                    help="GIF path (default RUN/watch.gif, with --best RUN/watch-best.gif, for "
                         "a checkpoint file RUN/watch-<its name>.gif)")
@@ -336,7 +339,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from reverie.eval.video import watch
 
     notes: list[str] = []
-    out = watch(args.run, steps=args.steps, out=args.out, notes=notes, best=args.best)
+    out = watch(args.run, steps=args.steps, out=args.out, notes=notes, best=args.best,
+                seed=args.seed)
     for note in notes:
         print(f"reverie: note: {note}", file=sys.stderr)
     print(json.dumps({"gif": [str(p) for p in out if p.suffix == ".gif"],

@@ -98,6 +98,15 @@ def open_loop(policy: Policy, observations, actions, context: int = 8,
     return out
 
 
+def shown_dims(real: np.ndarray, max_dims: int) -> np.ndarray:
+    """Which of real's [T, D] dimensions get a panel: all up to `max_dims`; beyond that
+    (MinAtar's 400 flattened cells) the `max_dims` that vary most over the episode, in their
+    order, since a panel of a cell that stays 0 shows nothing."""
+    if real.shape[1] <= max_dims:
+        return np.arange(real.shape[1])
+    return np.sort(np.argsort(-real.std(0), kind="stable")[:max_dims])
+
+
 def vector_plot(real: np.ndarray, imagined: np.ndarray, context: int, path: Path,
                 title: str, max_dims: int = 16) -> Path:
     """One panel per observation dimension: the real episode and the world model's open-loop
@@ -107,22 +116,25 @@ def vector_plot(real: np.ndarray, imagined: np.ndarray, context: int, path: Path
     plt = _plt()
     real = real.reshape(len(real), -1)
     imagined = imagined.reshape(len(imagined), -1)
-    dims = min(real.shape[1], max_dims)
+    shown = shown_dims(real[: len(imagined)], max_dims)
+    dims = len(shown)
     cols = min(4, dims)
     rows = -(-dims // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.2 * rows), squeeze=False)
     steps = np.arange(len(imagined))
-    for d, ax in enumerate(axes.flat):
-        if d >= dims:
+    for i, ax in enumerate(axes.flat):
+        if i >= dims:
             ax.axis("off")
             continue
+        d = shown[i]
         ax.plot(steps, real[: len(steps), d], color="k", lw=1.4, label="real")
         ax.plot(steps, imagined[:, d], color="C1", ls="--", lw=1.4, label="imagined")
         ax.axvline(context - 0.5, color="grey", lw=0.8, ls=":")
         ax.set_title(f"dim {d}", fontsize=8)
         ax.tick_params(labelsize=7)
     axes.flat[0].legend(fontsize=7)
-    more = f" (first {dims} of {real.shape[1]} dims)" if real.shape[1] > dims else ""
+    more = (f" ({dims} of {real.shape[1]} dims: those that vary most in the real episode)"
+            if real.shape[1] > dims else "")
     fig.suptitle(f"{title}: real vs open-loop imagined observations{more}; dotted line: "
                  "end of the observed context", fontsize=9)
     fig.supxlabel("env step", fontsize=8)
@@ -133,11 +145,13 @@ def vector_plot(real: np.ndarray, imagined: np.ndarray, context: int, path: Path
 
 
 def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
-          fps: int = 15, notes: list[str] | None = None, best: bool = False) -> list[Path]:
+          fps: int = 15, notes: list[str] | None = None, best: bool = False,
+          seed: int = 0) -> list[Path]:
     """Write what there is to see of a run: a GIF of the agent acting in its env (real
-    frames), and for a world-model agent its open-loop imagination beside the real episode
-    (a GIF for images, a plot per dimension for vectors). Reasons for anything not written
-    are appended to `notes`. `best`: the run's agent of its best evaluation (`load`)."""
+    frames) for up to `steps` env steps of the episode of `seed`, and for a world-model agent
+    its open-loop imagination beside the real episode (a GIF for images, a plot per
+    dimension for vectors). Reasons for anything not written are appended to `notes`.
+    `best`: the run's agent of its best evaluation (`load`)."""
     if out is not None:  # checked before the episode is played: a mistake costs nothing
         out = Path(out)
         if out.suffix.lower() != ".gif" or out.is_dir():
@@ -155,7 +169,7 @@ def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
     gif = out or folder / name
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame draws off-screen
     os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
-    frames, observations, actions, note = rollout(policy, steps)
+    frames, observations, actions, note = rollout(policy, steps, seed=seed)
     written = []
     if frames:
         factor = max(1, 256 // max(frames[0].shape[0], 1))
@@ -186,10 +200,14 @@ def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
         written.append(side)
     vectors = [k for k in policy.obs_spec if k not in image_keys(policy.obs_spec)]
     if vectors and len(observations) <= context:
-        why = (f"--steps {steps} is" if len(actions) >= steps else
-               f"the episode ended after {len(observations)} steps,")
-        notes.append(f"{why} within the world model's {context} observed steps: its plot "
-                     f"shows nothing imagined (--steps above {context + horizon} shows it all)")
+        if len(actions) >= steps:
+            notes.append(f"--steps {steps} is within the world model's {context} observed "
+                         "steps: its plot shows nothing imagined (--steps above "
+                         f"{context + horizon} shows it all)")
+        else:
+            notes.append(f"the episode ended after {len(observations)} steps, within the world "
+                         f"model's {context} observed steps: its plot shows nothing imagined "
+                         "(another --seed films another episode)")
     for key in vectors:
         real = np.stack([np.asarray(o[key], np.float32) for o in observations])
         name = f"{gif.stem}-real-vs-imagined" + ("" if len(vectors) == 1 else f"-{key}")
