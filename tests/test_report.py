@@ -275,9 +275,22 @@ def test_bad_folders_are_skipped_with_a_warning(tmp_path, real_run, capsys):
     assert "another reverie version" in reasons["old"]
     assert "empty folder" in reasons["empty"]
     assert all("\n" not in w for w in warnings)
+    (tmp_path / "notes.txt").write_text("x")
+    assert load_runs([root / "good", tmp_path / "notes.txt"])[1] == [
+        f"skipped {tmp_path / 'notes.txt'}: a file, not a run folder"]
     assert main(["report", str(root), "--out", str(tmp_path / "rep")]) == 0
     err = capsys.readouterr().err
     assert err.count("reverie: warning: skipped") == 6
+
+
+def test_a_report_is_not_written_into_a_run_folder(tmp_path, real_run, capsys):
+    """Its report.md and PNGs would be mixed into the run's own files."""
+    before = sorted(p.name for p in real_run.iterdir())
+    assert main(["report", str(real_run), "--out", str(real_run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"reverie: error: --out '{real_run}' is a run folder; write the report "
+                   f"beside it, e.g. --out {real_run.parent / (real_run.name + '-report')}")
+    assert sorted(p.name for p in real_run.iterdir()) == before
 
 
 def test_nothing_usable_is_a_one_line_error(tmp_path, capsys):

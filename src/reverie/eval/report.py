@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from reverie.errors import UserError, suggest
 from reverie.eval import plots
-from reverie.eval.runs import Run, load_runs
+from reverie.eval.runs import Run, is_run_folder, load_runs
 from reverie.eval.scores import (
     PUBLISHED,
     PUBLISHED_NAMES,
@@ -387,6 +387,9 @@ def write_report(paths: list[str | Path], out: str | Path,
         raise UserError(f"--out '{out}' is a file; choose a folder")
     if out.is_symlink():
         raise UserError(f"--out '{out}' is a link; point at the real folder")
+    if is_run_folder(out):  # its report.md and PNGs would be mixed into a run's own files
+        raise UserError(f"--out '{out}' is a run folder; write the report beside it, e.g. "
+                        f"--out {out.parent / (out.name + '-report')}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -263,12 +263,12 @@ def find_run_folders(path: Path) -> list[Path]:
     """`path` itself if it is a run folder, else every run folder and empty folder below it
     (links not followed; run folders are not searched inside)."""
     path = Path(path)
-    if _is_run(path) or not path.is_dir():
+    if is_run_folder(path) or not path.is_dir():
         return [path]
     found = []
     for root, dirs, _files in os.walk(path, followlinks=False):
         here = Path(root)
-        if here != path and (_is_run(here) or not (dirs or _files)):
+        if here != path and (is_run_folder(here) or not (dirs or _files)):
             found.append(here)  # a run, or an empty folder (reported as skipped)
             dirs[:] = []
             continue
@@ -291,7 +291,7 @@ def _check_returns(returns: str) -> None:
         raise UserError(f"returns must be one of {', '.join(RETURNS)}, got '{returns}'")
 
 
-def _is_run(folder: Path) -> bool:
+def is_run_folder(folder: Path) -> bool:
     return any((folder / name).exists() for name in (CONFIG, MARKER, METRICS, EXTERNAL))
 
 
@@ -307,7 +307,10 @@ def load_runs(paths: list[str | Path], finished_only: bool = False,
         if not p.exists():
             warnings.append(f"skipped {p}: no such file or folder")
             continue
-        if p.is_dir() and not _is_run(p) and not any(p.iterdir()):
+        if not p.is_dir():
+            warnings.append(f"skipped {p}: a file, not a run folder")
+            continue
+        if not is_run_folder(p) and not any(p.iterdir()):
             warnings.append(f"skipped {p}: empty folder")
             continue
         folders = find_run_folders(p)
