@@ -52,6 +52,7 @@ def test_local_2x2_grid_end_to_end(grid_2x2, capsys):
 
 def test_rerun_skips_finished_trials(grid_2x2, capsys):
     before = {p: p.stat().st_mtime_ns for p in grid_2x2.glob("*/metrics.jsonl")}
+    first = {r["name"]: r for r in sweep_json(grid_2x2)["results"]}
     t0 = time.time()
     assert main(["sweep", *TINY, "--seeds", "2", "--grid", "run.train_ratio=8,16",
                  "--workers", "2", "--out", str(grid_2x2)]) == 0
@@ -59,6 +60,29 @@ def test_rerun_skips_finished_trials(grid_2x2, capsys):
     assert (summary["skipped"], summary["finished"]) == (4, 0)
     assert {p: p.stat().st_mtime_ns for p in grid_2x2.glob("*/metrics.jsonl")} == before
     assert time.time() - t0 < 15  # no trial process was started
+    # the run that trained each trial stays on record (attempts, exit codes, wall time)
+    for r in sweep_json(grid_2x2)["results"]:
+        trained = {k: v for k, v in first[r["name"]].items() if k not in ("name", "folder")}
+        assert r["status"] == "skipped" and r["trained"] == trained
+        assert trained["status"] == "finished" and trained["wall_s"] > 0
+
+
+def test_a_skipped_trial_keeps_the_record_of_the_run_that_trained_it():
+    from reverie.distributed.sweep import _keep_history
+
+    trained = {"name": "a", "folder": "x/a", "status": "finished", "attempts": 2,
+               "returncodes": [137, 0], "wall_s": 9.5}
+    skip = {"name": "a", "status": "skipped", "attempts": 0, "returncodes": [], "wall_s": 0.0}
+    again = [dict(skip)]
+    _keep_history(again, {"a": trained})
+    assert again[0]["trained"] == {"status": "finished", "attempts": 2,
+                                   "returncodes": [137, 0], "wall_s": 9.5}
+    third = [dict(skip)]
+    _keep_history(third, {"a": again[0]})  # a third run: still the run that trained it
+    assert third[0]["trained"] == again[0]["trained"]
+    fresh = [{"name": "b", "status": "finished", "attempts": 1}]
+    _keep_history(fresh, {"b": trained})  # a trial that ran now has its own record
+    assert "trained" not in fresh[0]
 
 
 def _trial_pid(folder: Path) -> int | None:

@@ -119,6 +119,7 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
     order = {t.name: i for i, t in enumerate(trials)}
     results.sort(key=lambda r: order[r["name"]])
     earlier, earlier_keys = _earlier_trials(out, set(order))
+    _keep_history(results, _previous_results(out))
     counts = {s: sum(r["status"] == s for r in results) for s in ("finished", "skipped", "failed")}
     summary: dict[str, Any] = {"sweep": str(out), "backend": backend, "trials": len(trials),
                                **counts, "resumed": sum(r["resumes"] > 0 for r in results)}
@@ -138,6 +139,27 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
     except UserError as e:
         summary["report_error"] = str(e)
     return summary
+
+
+def _previous_results(out: Path) -> dict[str, dict]:
+    """The trial records of the sweep.json an earlier run of the sweep left, by name."""
+    try:
+        return {str(r["name"]): r for r in json.loads((out / "sweep.json").read_text())["results"]
+                if isinstance(r, dict) and "name" in r}
+    except (OSError, ValueError, KeyError, TypeError):  # none, or unreadable
+        return {}
+
+
+def _keep_history(results: list[dict], previous: dict[str, dict]) -> None:
+    """A trial skipped now (finished before) keeps the record of the run that trained it under
+    'trained' (its attempts, exit codes, wall time), instead of the skip's zeros."""
+    for r in results:
+        before = previous.get(r["name"])
+        if r["status"] != "skipped" or before is None:
+            continue
+        trained = before.get("trained") if before.get("status") == "skipped" else before
+        if isinstance(trained, dict):
+            r["trained"] = {k: v for k, v in trained.items() if k not in ("name", "folder")}
 
 
 def _earlier_trials(out: Path, current: set[str]) -> tuple[list[dict], list[str]]:
