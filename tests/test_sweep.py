@@ -376,3 +376,17 @@ def test_a_trial_ends_when_whoever_started_it_is_killed(tmp_path):
     finally:
         if _alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_notes_reverie_train_would_print_are_said_before_the_trials(tmp_path, capsys):
+    """A trial that trains nothing is said on the console, not only in its log file."""
+    out = tmp_path / "noted"
+    assert main(["sweep", *TINY, "--set", "run.prefill=300", "--grid", "run.num_envs=1,3",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[:2] == [
+        "reverie: note: every trial: run.steps=200 <= run.prefill=300: this run only collects "
+        "random data and does no training; raise --steps or lower run.prefill",
+        f"reverie: note: trial {trial_name('CartPole-v1', [('run.num_envs', '3')], 0)}: "
+        "run.steps=200 is not a multiple of run.num_envs=3 (all envs step together): the run "
+        "ends at 201 env steps"]

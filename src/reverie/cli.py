@@ -380,7 +380,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             extra = f" after {r['attempts']} attempt(s): {r['error']}"
         print(f"reverie: trial {r['name']} {r['status']}{extra}", file=sys.stderr, flush=True)
 
-    summary = run_sweep(sweep, backend=args.backend, address=args.address, on_result=said)
+    summary = run_sweep(sweep, backend=args.backend, address=args.address, on_result=said,
+                        on_note=lambda line: print(f"reverie: note: {line}", file=sys.stderr,
+                                                   flush=True))
     if summary.get("earlier_trials"):
         print(f"reverie: note: sweep.json and the report also hold the {summary['earlier_trials']} "
               "trial(s) an earlier run of this sweep made with other arguments", file=sys.stderr)

@@ -14,7 +14,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from reverie.config import RESUME_KEYS, build_config, is_preset_file, load_run_config
+from reverie.config import (
+    RESUME_KEYS,
+    build_config,
+    is_preset_file,
+    load_run_config,
+    training_notes,
+)
 from reverie.errors import UserError
 
 
@@ -95,9 +101,10 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
 
 def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | None,
                 overrides: list[str], grid: list[str], out: Path,
-                threads: int | None) -> list[Trial]:
+                threads: int | None, notes: dict[str, list[str]] | None = None) -> list[Trial]:
     """Every trial of the sweep, each config and env validated; UserError on the first bad
-    one."""
+    one. `notes`, if given, collects `config.training_notes` (a trial that will train
+    nothing, ...): note -> the names of the trials it concerns."""
     from reverie.run.checks import check_env
 
     axes = parse_grid(grid)
@@ -136,6 +143,8 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
                               env=env, seed=seed, steps=int(cfg.run.steps), overrides=tuple(items))
                 check_existing(trial, cfg)
                 trials.append(trial)
+                for note in training_notes(cfg) if notes is not None else ():
+                    notes.setdefault(note, []).append(name)
     return trials
 
 

@@ -87,8 +87,11 @@ def check_sweep_folder(out: Path) -> None:
 
 
 def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
-              on_result: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Validate every trial, run them all, write sweep.json and the report; returns a summary."""
+              on_result: Callable[[dict], None] | None = None,
+              on_note: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Validate every trial, run them all, write sweep.json and the report; returns a summary.
+    `on_note` gets, before any trial starts, one line per note `reverie train` would print
+    for a trial (a trial that will train nothing, ...), naming the trials it concerns."""
     if sweep.retries < 0:
         raise UserError(f"--retries must be >= 0, got {sweep.retries}")
     if backend not in ("local", "ray"):
@@ -100,8 +103,14 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
     check_sweep_folder(out)
     workers = sweep.workers or default_workers()
     threads = max(1, (os.cpu_count() or 1) // workers)
+    notes: dict[str, list[str]] = {}
     trials = make_trials(sweep.preset, sweep.envs, sweep.seeds, sweep.steps, sweep.overrides,
-                         sweep.grid, out, threads)
+                         sweep.grid, out, threads, notes)
+    for note, names in notes.items():
+        which = ("every trial" if len(names) == len(trials) else
+                 f"trial {names[0]}" if len(names) == 1 else
+                 f"{len(names)} trials ({names[0]}, ...)")
+        (on_note or (lambda line: None))(f"{which}: {note}")
     on_result = on_result or (lambda r: None)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
