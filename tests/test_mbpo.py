@@ -421,6 +421,11 @@ def test_runs_that_would_update_nothing_are_told_why():
     (note,) = training_notes(build_config("mbpo-pendulum", ["run.prefill=100"], {"steps": 300}))
     assert note.endswith("raise --steps or lower mbpo.warmup (>= 2)")
     assert training_notes(build_config("mbpo-pendulum", [], {"steps": 600})) == []
+    # the prefill lowered alone: training still starts at the warm-up, which is said
+    (note,) = training_notes(build_config("mbpo-pendulum", ["run.prefill=200"], {"steps": 600}))
+    assert note.startswith("mbpo.warmup=500 > run.prefill=200: the untrained policy acts from "
+                           "env step 200") and note.endswith("set mbpo.warmup=200 to train "
+                                                             "right after the prefill")
 
 
 def test_keys_mbpo_never_reads_are_refused_on_resume_too():
