@@ -149,6 +149,9 @@ def test_grid_syntax(item):
     with pytest.raises(UserError, match="key=v1,v2"):
         parse_grid([item])
     assert parse_grid(["a.b=1, 2"]) == [("a.b", ["1", "2"])]
+    with pytest.raises(UserError, match="--grid a.b lists 1 more than once; give each value "
+                                        "once"):
+        parse_grid(["a.b=1,2, 1"])
 
 
 def test_sweep_into_another_sweeps_folder_is_refused(grid_2x2, capsys):

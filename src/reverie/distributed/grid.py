@@ -59,10 +59,14 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
     for item in items:
         key, sep, values = item.partition("=")
         key = key.strip()
-        choices = list(dict.fromkeys(v.strip() for v in values.split(",")))  # no repeats
+        choices = [v.strip() for v in values.split(",")]
         if not sep or not key or not all(choices):
             raise UserError(f"--grid expects key=v1,v2,... (e.g. run.train_ratio=256,512), got "
                             f"'{item}'")
+        repeated = [v for i, v in enumerate(choices) if v in choices[:i]]
+        if repeated:  # the grid would hold one trial fewer than the command says
+            raise UserError(f"--grid {key} lists {repeated[0]} more than once; give each value "
+                            "once (more runs of a setting: --seeds N)")
         if key in (k for k, _ in out):
             raise UserError(f"--grid {key} is given twice; list all its values in one --grid")
         out.append((key, choices))

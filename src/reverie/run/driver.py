@@ -399,6 +399,7 @@ class Trainer(Checkpointing):
         c = self.count
         return {"run": str(self.out), "env_steps": c.env_steps, "grad_steps": c.grad_steps,
                 "episodes": c.episodes,
-                "last_returns": [round(r, 2) for r in self._returns[-5:]],
-                **({"best_eval_return": round(c.best_return, 2), "best_eval_step": c.best_step}
+                "last_returns": [round(r, 2) + 0.0 for r in self._returns[-5:]],  # no -0.0
+                **({"best_eval_return": round(c.best_return, 2) + 0.0,
+                    "best_eval_step": c.best_step}
                    if c.best_step >= 0 else {})}
