@@ -265,6 +265,7 @@ def test_action_spaces_act_and_update(kind):
     for key in ("ppo/policy_loss", "ppo/value_loss", "ppo/entropy", "ppo/approx_kl",
                 "ppo/clip_fraction", "ppo/explained_variance"):
         assert key in metrics[0]
+    assert metrics[0]["ppo/minibatch_steps"] == cfg.epochs * cfg.num_minibatches == 4
 
 
 def test_box_log_prob_is_of_the_unclipped_sample():

@@ -339,6 +339,9 @@ class RPPOAgent:
         metrics["ppo/value_mean"] = float(r["value"].mean())
         metrics["ppo/return_mean"] = float(ret.mean())
         metrics["ppo/rollout_reward_mean"] = float(r["reward"].mean())
+        # the driver's grad_steps counts updates (one per rollout); each is this many
+        # optimiser steps (SB3's n_updates counts these)
+        metrics["ppo/minibatch_steps"] = float(count)
         self.updates += 1
         self.rollout.clear()
         return metrics
