@@ -161,18 +161,20 @@ def test_watch_says_when_an_env_cannot_render(tmp_path, capsys):
 @pytest.mark.parametrize("game", ["breakout", "asterix", "freeway", "seaquest",
                                   "space_invaders"])
 def test_minatar_frames_are_the_games_grid(game):
-    """MinAtar's picture: each cell coloured by the last object channel that is on, black
-    where none is: one colour per channel index, a different one for each index."""
+    """MinAtar's picture, as watch films it: each cell coloured by the last object channel
+    that is on, black where none is: one colour per channel index, a different one for each."""
     pytest.importorskip("minatar")
+    from reverie.eval.video import _frame
+
     env = make_env(f"minatar:{game}", render=True)
-    env.reset(seed=1)
+    obs, _ = env.reset(seed=1)
     rng = np.random.default_rng(0)
     seen = set()
     for _ in range(40):
         state = env.unwrapped.game.state()
         n = state.shape[-1]
         index = np.amax(state * np.arange(1, n + 1).reshape(1, 1, -1), 2)  # MinAtar's rule
-        frame = env.render()
+        frame = _frame(env, obs)
         assert frame.shape == (10, 10, 3) and frame.dtype == np.uint8
         assert (frame[index == 0] == 0).all()
         colours = {}
@@ -182,9 +184,9 @@ def test_minatar_frames_are_the_games_grid(game):
             colours[int(v)] = tuple(cells[0])
         assert len(set(colours.values())) == len(colours)  # ...a different one for each
         seen.update(colours)
-        _, _, term, trunc, _ = env.step(int(rng.integers(env.action_space.n)))
+        obs, _, term, trunc, _ = env.step(int(rng.integers(env.action_space.n)))
         if term or trunc:
-            env.reset(seed=2)
+            obs, _ = env.reset(seed=2)
     assert len(seen) >= 3  # the background and at least two kinds of object were drawn
 
 
@@ -198,9 +200,11 @@ def test_watch_minatar_films_the_game(tmp_path, capsys):
     import imageio.v2 as imageio
 
     frames = imageio.mimread(written["gif"][0])
+    from reverie.eval.video import _frame
+
     env = make_env("minatar:breakout", render=True)
-    env.reset(seed=0)  # watch films the episode of seed 0
-    first = env.render().repeat(25, 0).repeat(25, 1)
+    obs, _ = env.reset(seed=0)  # watch films the episode of seed 0
+    first = _frame(env, obs).repeat(25, 0).repeat(25, 1)
     assert np.array_equal(frames[0][..., :3], first)
 
 

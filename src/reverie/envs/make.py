@@ -69,14 +69,18 @@ def _make_minatar(game: str, render: bool = False) -> gym.Env:
         )
     import logging
 
-    logging.getLogger().setLevel(logging.ERROR)  # minatar.gym warns about seaborn on import
-    from minatar.gym import BaseEnv
+    root = logging.getLogger()  # minatar.gym logs a warning where seaborn cannot be imported
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        from minatar.gym import BaseEnv
+    finally:
+        root.setLevel(level)  # the user's logging as it was
 
-    env = BaseEnv(game, use_minimal_action_set=True)
-    env = FreshStickyAction(env)
-    if render:
-        env = MinAtarFrames(env)
-    return gym.wrappers.TimeLimit(env, max_episode_steps=10_000)
+    # MinAtar draws its frames itself (rgb_array: the 10x10 grid, a colour per object channel)
+    env = BaseEnv(game, render_mode="rgb_array" if render else None,
+                  use_minimal_action_set=True)
+    return gym.wrappers.TimeLimit(FreshStickyAction(env), max_episode_steps=10_000)
 
 
 class FreshStickyAction(gym.Wrapper):
@@ -88,25 +92,6 @@ class FreshStickyAction(gym.Wrapper):
     def reset(self, **kwargs):
         self.env.unwrapped.game.last_action = 0
         return self.env.reset(**kwargs)
-
-
-class MinAtarFrames(gym.Wrapper):
-    """rgb_array frames of a MinAtar game as MinAtar draws it: a 10x10 grid, each cell
-    coloured by the last of its object channels that is on (black where none is), in
-    evenly spaced colours of the cubehelix map. (MinAtar's own rgb_array mode needs seaborn,
-    which reverie does not install; this is the same picture through matplotlib.)"""
-
-    render_mode = "rgb_array"
-
-    def render(self) -> np.ndarray:
-        from matplotlib import colormaps
-
-        state = np.asarray(self.env.unwrapped.game.state(), bool)
-        n = state.shape[-1]
-        colours = colormaps["cubehelix"](np.linspace(0.0, 1.0, n + 2)[1:-1])[:, :3]
-        palette = np.concatenate([np.zeros((1, 3)), colours]) * 255
-        index = np.where(state.any(-1), n - np.argmax(state[..., ::-1], -1), 0)
-        return palette[index].round().astype(np.uint8)
 
 
 def _make_dmc(name: str) -> gym.Env:

@@ -65,6 +65,8 @@ def _frame(env, obs) -> np.ndarray:
         raise CannotRender(f"its renderer failed ({type(e).__name__}: {first})") from None
     if not (isinstance(frame, np.ndarray) and frame.ndim == 3):
         raise CannotRender("its render() returned no RGB frame")
+    if frame.dtype.kind == "f":  # colours in [0, 1] (MinAtar's)
+        frame = (np.clip(frame, 0.0, 1.0) * 255).round().astype(np.uint8)
     return frame
 
 
