@@ -294,16 +294,31 @@ def test_a_closed_pipe_is_no_traceback_and_loses_no_result(finished_run, tmp_pat
 
     run = copy_run(finished_run, tmp_path / "run")
     (run / "eval.json").write_text("stale")
-    for argv in (["eval", str(run), "--episodes", "1"], ["presets"]):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered output
+    for argv in (["eval", str(run), "--episodes", "1"], ["presets"], ["report", str(run),
+                 "--out", str(tmp_path / "rep")], ["--help"]):
         read, write = os.pipe()
         os.close(read)  # nobody reads: the first write of the result fails
         try:
             done = subprocess.run([sys.executable, "-m", "reverie", *argv], stdout=write,
-                                  stderr=subprocess.PIPE, text=True, timeout=300)
+                                  stderr=subprocess.PIPE, text=True, timeout=300, env=env)
         finally:
             os.close(write)
-        assert done.returncode == 141 and done.stderr == "", done.stderr
+        assert done.returncode == 141 and done.stderr == "", (argv, done.stderr)
     assert json.loads((run / "eval.json").read_text())["episodes"] == 1
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch):
+    """Only a reader that has gone ends a command quietly: an env worker's or Ray's broken
+    pipe is an error as before."""
+    import reverie.cli as cli
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_presets", broken)
+    with pytest.raises(BrokenPipeError):
+        main(["presets"])
 
 
 @pytest.mark.parametrize("flags,fragment", [

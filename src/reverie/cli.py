@@ -406,6 +406,38 @@ def cmd_presets(name: str | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The CLI; its output is flushed before it returns, so a reader that has gone (`reverie
+    presets | head -1`) is met here, and ends the command quietly with 141 (SIGPIPE's shell
+    code) rather than with Python's error at exit."""
+    try:
+        try:
+            code = _main(argv)
+        except SystemExit:  # --help, --version: what they printed goes out now
+            sys.stdout.flush()
+            raise
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():  # another pipe (an env worker's, Ray's): not the reader's
+            raise
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+        return 141
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (its write end polls as an error)."""
+    try:
+        import select
+
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no real stdout
+        return False
+
+
+def _main(argv: list[str] | None) -> int:
     from reverie.allocator import keep_freed_memory
     from reverie.distributed.trial import PARENT_ENV, follow_parent
     from reverie.openmp import shorten_spin_waits
@@ -428,10 +460,6 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"reverie: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", USAGE_EXIT)  # a stop by a signal: 128 + its number
-    except BrokenPipeError:  # `reverie presets | head`: the reader has what it wanted
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
-        return 141  # the shell's code for SIGPIPE
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
             raise
