@@ -426,6 +426,9 @@ def test_runs_that_would_update_nothing_are_told_why():
     assert note.startswith("mbpo.warmup=500 > run.prefill=200: the untrained policy acts from "
                            "env step 200") and note.endswith("set mbpo.warmup=200 to train "
                                                              "right after the prefill")
+    # a warm-up already at its lowest (2) is not told to become what it is
+    assert training_notes(build_config("mbpo-pendulum", ["run.prefill=1", "mbpo.warmup=2"],
+                                       {"steps": 600})) == []
 
 
 def test_keys_mbpo_never_reads_are_refused_on_resume_too():

@@ -74,14 +74,18 @@ def test_a_skipped_trial_keeps_the_record_of_the_run_that_trained_it():
                "returncodes": [137, 0], "wall_s": 9.5}
     skip = {"name": "a", "status": "skipped", "attempts": 0, "returncodes": [], "wall_s": 0.0}
     again = [dict(skip)]
-    _keep_history(again, {"a": trained})
+    _keep_history(again, {"results": [trained]})
     assert again[0]["trained"] == {"status": "finished", "attempts": 2,
                                    "returncodes": [137, 0], "wall_s": 9.5}
     third = [dict(skip)]
-    _keep_history(third, {"a": again[0]})  # a third run: still the run that trained it
+    _keep_history(third, {"results": [again[0]]})  # a third run: still the run that trained it
     assert third[0]["trained"] == again[0]["trained"]
+    failed = [dict(skip)]  # failed then, finished since with `reverie train --resume`
+    _keep_history(failed, {"results": [{**trained, "status": "failed",
+                                       "returncodes": [137] * 3}]})
+    assert "trained" not in failed[0]
     fresh = [{"name": "b", "status": "finished", "attempts": 1}]
-    _keep_history(fresh, {"b": trained})  # a trial that ran now has its own record
+    _keep_history(fresh, {"results": [{**trained, "name": "b"}]})  # it ran now: its own record
     assert "trained" not in fresh[0]
 
 
@@ -393,3 +397,7 @@ def test_notes_reverie_train_would_print_are_said_before_the_trials(tmp_path, ca
         f"reverie: note: trial {trial_name('CartPole-v1', [('run.num_envs', '3')], 0)}: "
         "run.steps=200 is not a multiple of run.num_envs=3 (all envs step together): the run "
         "ends at 201 env steps"]
+    # run again: its finished trials are skipped, and nothing is said of them
+    assert main(["sweep", *TINY, "--set", "run.prefill=300", "--grid", "run.num_envs=1,3",
+                 "--out", str(out)]) == 0
+    assert "reverie: note:" not in capsys.readouterr().err

@@ -181,7 +181,7 @@ def _parse_dotlist(items: list[str]) -> list[str]:
         key, value = item.split("=", 1)
         if not value.strip():  # OmegaConf reads an empty value as None: say what to write
             raise UserError(f"--set {key}= gives no value; write {key}=VALUE "
-                            f"(see `reverie train --show-config`; {key}=null for none)")
+                            "(see `reverie train --show-config`)")
     return items
 
 

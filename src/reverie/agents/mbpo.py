@@ -193,7 +193,7 @@ def training_notes(cfg: Any) -> list[str]:
         return [f"run.steps={steps} < mbpo.warmup={warmup}: mbpo fits its model and updates "
                 "only after mbpo.warmup real env steps, so this run trains nothing; raise "
                 "--steps or lower mbpo.warmup (>= 2)"]
-    if warmup > prefill:  # e.g. run.prefill lowered alone: the two are separate settings
+    if warmup > max(prefill, 2):  # e.g. run.prefill lowered alone: two separate settings
         return [f"mbpo.warmup={warmup} > run.prefill={prefill}: the untrained policy acts "
                 f"from env step {prefill}, and the model is first fitted and SAC updated at "
                 f"{warmup}; set mbpo.warmup={max(prefill, 2)} to train right after the prefill"]

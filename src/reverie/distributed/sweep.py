@@ -23,7 +23,7 @@ from typing import Any
 
 from reverie.config import is_preset_file
 from reverie.distributed.grid import Trial, make_trials, parse_grid
-from reverie.distributed.trial import run_trial
+from reverie.distributed.trial import DONE, run_trial, trial_state
 from reverie.errors import UserError
 
 
@@ -106,7 +106,11 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
     notes: dict[str, list[str]] = {}
     trials = make_trials(sweep.preset, sweep.envs, sweep.seeds, sweep.steps, sweep.overrides,
                          sweep.grid, out, threads, notes)
+    done = {t.name for t in trials if trial_state(t) == DONE}  # skipped: nothing to say
     for note, names in notes.items():
+        names = [n for n in names if n not in done]
+        if not names:
+            continue
         which = ("every trial" if len(names) == len(trials) else
                  f"trial {names[0]}" if len(names) == 1 else
                  f"{len(names)} trials ({names[0]}, ...)")
@@ -127,8 +131,9 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
         raise
     order = {t.name: i for i, t in enumerate(trials)}
     results.sort(key=lambda r: order[r["name"]])
-    earlier, earlier_keys = _earlier_trials(out, set(order))
-    _keep_history(results, _previous_results(out))
+    previous = _previous_sweep(out)
+    earlier, earlier_keys = _earlier_trials(out, previous, set(order))
+    _keep_history(results, previous)
     counts = {s: sum(r["status"] == s for r in results) for s in ("finished", "skipped", "failed")}
     summary: dict[str, Any] = {"sweep": str(out), "backend": backend, "trials": len(trials),
                                **counts, "resumed": sum(r["resumes"] > 0 for r in results)}
@@ -150,40 +155,46 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
     return summary
 
 
-def _previous_results(out: Path) -> dict[str, dict]:
-    """The trial records of the sweep.json an earlier run of the sweep left, by name."""
+def _previous_sweep(out: Path) -> dict:
+    """The sweep.json an earlier run of the sweep left ({} if none or unreadable)."""
     try:
-        return {str(r["name"]): r for r in json.loads((out / "sweep.json").read_text())["results"]
-                if isinstance(r, dict) and "name" in r}
-    except (OSError, ValueError, KeyError, TypeError):  # none, or unreadable
+        earlier = json.loads((out / "sweep.json").read_text())
+        return earlier if isinstance(earlier, dict) else {}
+    except (OSError, ValueError):
         return {}
 
 
-def _keep_history(results: list[dict], previous: dict[str, dict]) -> None:
+def _keep_history(results: list[dict], previous: dict) -> None:
     """A trial skipped now (finished before) keeps the record of the run that trained it under
-    'trained' (its attempts, exit codes, wall time), instead of the skip's zeros."""
+    'trained' (its attempts, exit codes, wall time), instead of the skip's zeros.
+    `previous`: the earlier sweep.json."""
+    records = previous.get("results")
+    by_name = {r.get("name"): r for r in records if isinstance(r, dict)} \
+        if isinstance(records, list) else {}
     for r in results:
-        before = previous.get(r["name"])
+        before = by_name.get(r["name"])
         if r["status"] != "skipped" or before is None:
             continue
-        trained = before.get("trained") if before.get("status") == "skipped" else before
+        # the earlier run trained it (finished), or it was skipped then too and carries the
+        # record of the run before; a failed record (finished since by hand) is not that
+        trained = {"finished": before, "skipped": before.get("trained")}.get(before.get("status"))
         if isinstance(trained, dict):
             r["trained"] = {k: v for k, v in trained.items() if k not in ("name", "folder")}
 
 
-def _earlier_trials(out: Path, current: set[str]) -> tuple[list[dict], list[str]]:
-    """Trials that an earlier run of a sweep into `out` made and this one does not name
-    (another --grid, --env or --seeds), whose run folders are still there, with the earlier
-    grid keys: they stay in sweep.json and the report instead of dropping out of both."""
+def _earlier_trials(out: Path, earlier: dict, current: set[str]) -> tuple[list[dict], list[str]]:
+    """Trials that an earlier run of a sweep into `out` (its sweep.json: `earlier`) made and
+    this one does not name (another --grid, --env or --seeds), whose run folders are still
+    there, with the earlier grid keys: they stay in sweep.json and the report instead of
+    dropping out of both."""
     try:
-        earlier = json.loads((out / "sweep.json").read_text())
         kept = [{**r, "folder": str(out / r["name"])} for r in earlier["results"]
                 if r["name"] not in current and (out / r["name"] / "config.yaml").is_file()]
         # a sweep.json of an older version lists no grid keys: they are in the trial names
         keys = earlier.get("grid_keys") or [part.split("=", 1)[0] for r in earlier["results"]
                                             for part in r["name"].split("__") if "=" in part]
         return kept, list(dict.fromkeys(str(k) for k in keys))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none, or unreadable
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none, or malformed
         return [], []
 
 
