@@ -401,3 +401,32 @@ def test_notes_reverie_train_would_print_are_said_before_the_trials(tmp_path, ca
     assert main(["sweep", *TINY, "--set", "run.prefill=300", "--grid", "run.num_envs=1,3",
                  "--out", str(out)]) == 0
     assert "reverie: note:" not in capsys.readouterr().err
+
+
+def test_a_trial_killed_after_its_last_checkpoint_is_resumed_not_started_again(tmp_path,
+                                                                               monkeypatch):
+    """Killed (exit 137) after writing its final checkpoint: the next attempt is a resume
+    (which finishes the last evaluation), not a new run into its own folder (which exits 2)."""
+    from reverie.distributed import trial as trial_module
+    from reverie.distributed.grid import Trial
+
+    t = Trial(name="t", folder=str(tmp_path / "t"), preset="random", env=None, seed=0,
+              steps=100)
+    calls = []
+
+    def fake_call(cmd, **kwargs):
+        calls.append(cmd[3:])
+        folder = Path(t.folder)
+        if len(calls) == 1:  # the run trains to its end, then dies
+            (folder / "checkpoints").mkdir(parents=True)
+            (folder / "config.yaml").write_text("agent: random\n")
+            (folder / "checkpoints" / "manifest.json").write_text(
+                json.dumps({"checkpoints": [{"step": 100}]}))
+            return 137
+        return 0
+
+    monkeypatch.setattr(trial_module.subprocess, "call", fake_call)
+    result = trial_module.run_trial(t, retries=2)
+    assert [c[:2] for c in calls] == [["train", "--no-progress"], ["train", "--resume"]]
+    assert result["status"] == "finished" and result["returncodes"] == [137, 0]
+    assert result["resumes"] == 1

@@ -126,7 +126,9 @@ def run_trial(trial: Trial, retries: int,
     log = log_path(trial)
     log.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        resume = state == PARTIAL
+        # a run folder that is there is resumed, also one killed after its last checkpoint
+        # (DONE, exit code not 0): the resume finishes what the kill cut (its last evaluation)
+        resume = state != NEW
         args = trial.resume_args() if resume else trial.train_args()
         with open(log, "a") as f:
             f.write(f"\n=== attempt {result['attempts'] + 1}: reverie {' '.join(args)}\n")
