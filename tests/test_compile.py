@@ -165,10 +165,31 @@ def test_compiled_agent_matches_eager_within_float_rounding(request, monkeypatch
         replay = FakeReplay(SPACES["discrete"])
         runs[mode] = [agent.update(replay) for _ in range(3)]
         # compiling says so once, at the first update, and nothing fell back
-        assert len(notes) == (mode == "on") and all("compiles at the first update" in n
-                                                    for n in notes), notes
+        assert len(notes) == (mode == "on") and all("compiles at the first update: up to "
+                                                    "~2 min" in n for n in notes), notes
     assert counters["stats"]["unique_graphs"] >= graphs + 4  # it did compile
     for eager, compiled in zip(runs["off"], runs["on"]):
         assert eager.keys() == compiled.keys()
         for k in eager:
             assert math.isclose(eager[k], compiled[k], rel_tol=1e-4, abs_tol=1e-4), k
+
+
+def test_the_inductor_cache_is_reverie_s_unless_the_user_chose_one(tmp_path, monkeypatch):
+    """Importing torch._dynamo sets TORCHINDUCTOR_CACHE_DIR to torch's /tmp default before
+    any run compiles; that one is replaced by ~/.cache/reverie/inductor (README, "Cache"),
+    a folder the user set is kept, even when it is torch's default."""
+    import reverie
+    from reverie.compiler import _torch_default_cache_dir, use_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    ours = str(tmp_path / "reverie" / "inductor")
+    monkeypatch.setattr(reverie, "_INDUCTOR_CACHE_CHOSEN", False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", _torch_default_cache_dir())
+    assert use_cache_dir() == ours
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    assert use_cache_dir() == ours
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert use_cache_dir() == str(tmp_path / "mine")
+    monkeypatch.setattr(reverie, "_INDUCTOR_CACHE_CHOSEN", True)  # set before reverie's import
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", _torch_default_cache_dir())
+    assert use_cache_dir() == _torch_default_cache_dir()

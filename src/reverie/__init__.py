@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# Whether the user chose inductor's cache folder: importing torch._dynamo (reverie's models
+# do) sets TORCHINDUCTOR_CACHE_DIR to torch's /tmp default, which reverie.compiler then
+# replaces with ~/.cache/reverie/inductor unless the user had set it (README, "Cache").
+_INDUCTOR_CACHE_CHOSEN = "TORCHINDUCTOR_CACHE_DIR" in _os.environ
 
 
 def load(path, device: str = "auto", best: bool = False):

@@ -48,8 +48,25 @@ def default_cache_dir() -> Path:
 
 
 def use_cache_dir() -> str:
-    """Point inductor's caches at reverie's folder unless TORCHINDUCTOR_CACHE_DIR is set."""
-    return os.environ.setdefault(CACHE_ENV, str(default_cache_dir()))
+    """Point inductor's caches at reverie's folder unless the user set TORCHINDUCTOR_CACHE_DIR
+    (torch sets it to its own /tmp default when torch._dynamo is imported: that one is
+    replaced, since a folder in /tmp is lost at a reboot)."""
+    import reverie
+
+    current = os.environ.get(CACHE_ENV)
+    if current is None or (current == _torch_default_cache_dir()
+                           and not reverie._INDUCTOR_CACHE_CHOSEN):
+        os.environ[CACHE_ENV] = str(default_cache_dir())
+    return os.environ[CACHE_ENV]
+
+
+def _torch_default_cache_dir() -> str | None:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir as torch_default
+
+        return os.path.abspath(torch_default())
+    except Exception:  # noqa: BLE001 - a torch without it: nothing of torch's to replace
+        return None
 
 
 def run_eagerly(unit: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -102,7 +119,8 @@ class Compiler:
         if self.announced or torch._dynamo.config.disable:  # TORCH_COMPILE_DISABLE=1: eager
             return
         self.announced = True
-        self.note(f"note: run.compile={self.mode} compiles at the first update: up to ~30 s "
+        pause = "~30 s" if self.mode == "auto" else "~2 min"  # bench/compile.py: 32 s, 94 s
+        self.note(f"note: run.compile={self.mode} compiles at the first update: up to {pause} "
                   f"for a new model, seconds once cached in {self.cache_dir} "
                   "(run.compile=off skips it)")
 
