@@ -622,6 +622,17 @@ def test_a_group_that_averages_variants_as_seeds_is_named(tmp_path, capsys):
     assert main(["report", str(root), "--out", str(out), "--group-by", "backbone",
                  "--group-by", "imagine.world.free_bits_mode"]) == 0
     assert "averaged as if" not in capsys.readouterr().err
+    # bf16 vs fp32 (a setting a resume may change, but a different run): named, not called
+    # "identical", after what changes learning
+    fake_run(root / "d", "CartPole-v1", 1, [1.0, 4.0], preset="cartpole",
+             sets=("run.precision=bf16", "run.compile=on"))
+    assert main(["report", str(root / "c"), str(root / "d"), "--out", str(out)]) == 0
+    assert ("with seed 1, averaged as if they were seeds; they differ in run.compile, "
+            "run.precision: add --group-by") in capsys.readouterr().err
+    fake_run(root / "e", "CartPole-v1", 1, [1.0, 4.0], preset="cartpole",
+             sets=("run.precision=bf16", "imagine.horizon=8"))
+    assert main(["report", str(root / "c"), str(root / "e"), "--out", str(out)]) == 0
+    assert "they differ in imagine.horizon, run.precision: add" in capsys.readouterr().err
 
 
 def test_a_group_that_averages_different_budgets_is_named(tmp_path, capsys):

@@ -204,13 +204,16 @@ def mixed_groups(groups: list[Group]) -> list[str]:
 
     - two runs of one env with the same seed: the grouping keys miss what tells them apart
       (an ablation's variants averaged as seeds), so the line names the settings in which
-      they differ (settings a resume may change are not counted);
+      they differ (not counting the budget, said next, and the settings that change no
+      result: progress, logging and checkpoint cadence);
     - runs scored at different budgets (a 10k and a 20k run of one agent): their final
       scores are not comparable: `--group-by run.steps` sets different budgets apart,
       `--finished-only` leaves out runs still short of theirs."""
     from reverie.config import RESUME_KEYS
 
     lines = []
+    no_result = {"run.steps", "run.progress", "run.log_every", "run.checkpoint_every",
+                 "run.keep_checkpoints", "run.keep_best", "run.max_nan_retries"}
     for g in groups:
         clash_line = budget_line = None  # the first of each per group ("": none wanted)
         for env, rs in sorted(g.runs.items()):
@@ -225,8 +228,10 @@ def mixed_groups(groups: list[Group]) -> list[str]:
             if clash is None or clash_line is not None:
                 continue
             leaves = [_leaves(r.cfg) for r in clash]
-            differ = sorted(k for k in set().union(*leaves) if k not in RESUME_KEYS
-                            and len({repr(c.get(k)) for c in leaves}) > 1)
+            # what changes learning first, then what a resume may change (threads, precision)
+            differ = sorted((k for k in set().union(*leaves) if k not in no_result
+                             and len({repr(c.get(k)) for c in leaves}) > 1),
+                            key=lambda k: (k in RESUME_KEYS, k))
             if differ:
                 what = (f"they differ in {', '.join(differ[:4])}"
                         f"{f' (+{len(differ) - 4} more)' if len(differ) > 4 else ''}: add "
