@@ -168,3 +168,15 @@ def test_reset_state_returns_rows_to_initial(name):
     assert torch.allclose(y_reset[0], y_init[0], atol=1e-6)
     assert torch.allclose(y_reset[2], y_init[2], atol=1e-6)
     assert not torch.allclose(y_reset[1], y_init[1], atol=1e-4)
+
+
+def test_the_readme_backbone_snippet_runs_as_written():
+    """A user pastes it: it must run as it stands (its x and reset defined)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b.split("\n", 1)[1] for b in text.split("```")[1::2] if b.startswith("python")]
+    (snippet,) = [b for b in blocks if "make_backbone(" in b]
+    scope: dict = {}
+    exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 - the README's own code
+    assert scope["y"].shape == (16, 64, 512) and scope["y1"].shape == (16, 512)
