@@ -258,7 +258,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         preset = preset_of_agent(args.agent, args.preset, overrides)
         cfg = build_config(preset or "cartpole", overrides, flags)
         if args.show_config:
-            check_env(cfg)  # what training would refuse, refused here too
+            check_env(cfg, agent=True)  # what training would refuse, refused here too
             print(config_yaml(cfg), end="")
             return 0
         trainer = Trainer(cfg, Path(args.out) if args.out else _default_out(cfg))

@@ -39,11 +39,20 @@ def check_spaces(cfg: DictConfig, obs_spec, action_space: spaces.Space) -> None:
     check_obs_kind(cfg, obs_spec)
 
 
-def check_env(cfg: DictConfig) -> None:
+def check_env(cfg: DictConfig, agent: bool = False) -> None:
     """The config's env exists (did-you-mean otherwise) and suits the agent and the preset:
-    what a run would refuse at its start, refused before one (show-config, sweeps)."""
+    what a run would refuse at its start, refused before one (show-config, sweeps).
+    agent=True also builds the agent once on the CPU, so that options only its parts check
+    (a backbone's) are refused here as at a run's start."""
     env = env_of(cfg)
     try:
-        check_spaces(cfg, make_obs_spec(env.observation_space), env.action_space)
+        obs_spec = make_obs_spec(env.observation_space)
+        check_spaces(cfg, obs_spec, env.action_space)
+        if agent:
+            import torch
+
+            from reverie.run.agent import build_agent
+
+            build_agent(cfg, obs_spec, env.action_space, torch.device("cpu"))
     finally:
         env.close()

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from reverie.errors import suggest
@@ -40,6 +41,15 @@ def make_backbone(name: str, d_model: int = 256, n_layers: int = 2, **kwargs: An
     if not isinstance(n_layers, int) or n_layers <= 0:
         raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
     module = importlib.import_module(_MODULES[name])
+    params = inspect.signature(module.build).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):  # gru names its own refusal
+        options = [k for k, p in params.items() if k not in ("d_model", "n_layers")
+                   and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        for key in kwargs:
+            if key not in options:
+                raise ValueError(f"backbone '{name}' has no option '{key}'"
+                                 f"{suggest(key, options)}; its options: "
+                                 f"{', '.join(options) or 'none'}")
     try:
         return module.build(d_model=d_model, n_layers=n_layers, **kwargs)
     except TypeError as e:
