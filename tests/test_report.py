@@ -473,7 +473,11 @@ def test_group_label_leaves_out_keys_a_run_does_not_have():
         "rppo/ffm/init=reference"
     assert group_label(run(agent="mbpo", backbone="-", **{"mbpo.mode": "coplanner"}), keys) == \
         "mbpo/mode=coplanner"
-    assert group_label(run(), ["mbpo.mode"]) == "all"
+    # a run without the only key (an imagine run grouped by mbpo.mode) is labelled by its
+    # agent, not 'all', which reads as the aggregate of every run
+    assert group_label(run(agent="imagine"), ["mbpo.mode"]) == "imagine"
+    assert group_label(run(agent="mbpo", **{"mbpo.mode": "mbpo"}), ["mbpo.mode"]) == \
+        "mode=mbpo"
 
 
 def test_mbpo_and_coplanner_runs_are_apart_by_default(tmp_path):

@@ -114,14 +114,17 @@ def group_label(run: Run, keys: list[str]) -> str:
     """E.g. 'rppo/ffm/init=reference'. A key the run does not have (another agent's
     setting, an unset option: '-' or '?') is left out of its label, so one report can group
     mbpo runs by `mbpo.mode` and rppo runs by their backbone options."""
-    return _label(keys, [run.setting(k) for k in keys], [True] * len(keys))
+    return _label(keys, [run.setting(k) for k in keys], [True] * len(keys), run)
 
 
-def _label(keys: list[str], values: list[str], shown: list[bool]) -> str:
-    """`group_label` of these values of `keys`, leaving out the keys not `shown`."""
+def _label(keys: list[str], values: list[str], shown: list[bool], run: Run) -> str:
+    """`group_label` of these values of `keys`, leaving out the keys not `shown`. Nothing
+    left: 'all' where the keys name nothing that sets the runs apart, the run's agent where
+    it lacks a key (a random run among runs grouped by imagine.world.backbone)."""
     parts = [value if key in ("agent", "backbone") else f"{key.rsplit('.', 1)[-1]}={value}"
              for key, value, on in zip(keys, values, shown) if on and value not in ("-", "?")]
-    return "/".join(parts) or "all"
+    absent = any(value in ("-", "?") for value in values)
+    return "/".join(parts) or (run.setting("agent") if absent else "all")
 
 
 def group_labels(runs: list[Run], keys: list[str]) -> list[str]:
@@ -142,8 +145,8 @@ def group_labels(runs: list[Run], keys: list[str]) -> list[str]:
     for scope, vs in zip(scopes, values):
         for k, v in zip(keys, vs):
             seen[(scope, k)].add(v)
-    return [_label(keys, vs, [s or len(seen[(scope, k)]) > 1 for k, s in zip(keys, scoped)])
-            for scope, vs in zip(scopes, values)]
+    return [_label(keys, vs, [s or len(seen[(scope, k)]) > 1 for k, s in zip(keys, scoped)], r)
+            for r, scope, vs in zip(runs, scopes, values)]
 
 
 def make_groups(runs: list[Run], keys: list[str]) -> list[Group]:
