@@ -174,7 +174,7 @@ def test_defaults_and_shapes():
         ({"chunk_size": -1}, "chunk_size must be a positive integer"),
         ({"dt_rank": "big"}, "dt_rank must be 'auto' or a positive integer"),
         ({"d_conv": 0}, "d_conv must be a positive integer"),
-        ({"heads": 2}, "bad option"),
+        ({"heads": 2}, "backbone .mamba1. has no option .heads."),
     ],
 )
 def test_bad_options(kwargs, match):
