@@ -415,3 +415,26 @@ def test_a_growth_killed_between_files_is_finished_by_any_later_resume(tmp_path,
     assert main(["train", "--resume", str(out), "--steps", "300", "--no-progress"]) == 0
     Trainer(tiny_config(steps=300), direct).train()
     assert (out / "metrics.jsonl").read_text() == (direct / "metrics.jsonl").read_text()
+
+
+def test_the_last_updates_are_logged_and_an_extension_logs_as_if_never_stopped(tmp_path):
+    """A run that ends off the run.log_every cadence logs its last updates in a tail row
+    (a short run had no loss in metrics.jsonl at all); a resume that extends the run drops
+    that row and logs as the uninterrupted run does; a resume that only re-checks keeps it."""
+    extra = ["run.log_every=100", "run.eval_episodes=0"]
+
+    def rows(run):
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    short = tmp_path / "short"
+    Trainer(tiny_config(250, extra=extra), short).train()
+    (tail,) = [r for r in rows(short) if r.get("window") == "tail"]
+    assert tail["step"] == 250 and tail["grad_steps"] > 0 and "wm/loss" in tail
+    before = rows(short)
+    Trainer.resume(short, 250, []).train()  # already complete: nothing dropped
+    assert rows(short) == before
+    Trainer.resume(short, 400, []).train()
+    straight = tmp_path / "straight"
+    Trainer(tiny_config(400, extra=extra), straight).train()
+    assert rows(short) == rows(straight)
+    assert not any(r.get("window") == "tail" for r in rows(straight))  # 400: on the cadence

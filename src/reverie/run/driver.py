@@ -51,7 +51,7 @@ from reverie.run.checkpointing import Checkpointing, Counters
 from reverie.run.checks import check_spaces
 from reverie.run.collector import Collector, EnvWorkerDied, Transition, env_of
 from reverie.run.evaluation import evaluate
-from reverie.run.logger import LOGS, METRICS, RunLogger, plot_curve, read_rows
+from reverie.run.logger import LOGS, METRICS, TAIL, TAIL_KEY, RunLogger, plot_curve, read_rows
 from reverie.run.machine import describe as describe_machine
 from reverie.run.progress import Progress
 from reverie.run.replay_setup import make_replay, replay_rows
@@ -158,7 +158,8 @@ class Trainer(Checkpointing):
             self._restore(*resume_from)
             # the checkpoint resumed from may be older than the file
             self.saved.write_progress(self.count.env_steps)
-        self.logger = RunLogger(self.out, resume_step=self.resumed_from)
+        self.logger = RunLogger(self.out, resume_step=self.resumed_from,
+                                extends=self.count.env_steps < int(cfg.run.steps))
         self._returns: list[float] = []
 
     # -- set-up ----------------------------------------------------------------------------
@@ -256,7 +257,11 @@ class Trainer(Checkpointing):
         if observe is not None:
             observe(t)
 
-    def _log(self, t0: float, steps0: int) -> None:
+    def _log(self, t0: float, steps0: int, tail: bool = False) -> None:
+        """A metrics row: counters and the means of the update metrics since the last row.
+        tail: the run's last updates, off the run.log_every cadence, logged at its end; the
+        row says `"window": "tail"`, and a resume that extends the run replaces it (the
+        checkpoint keeps those updates' metrics for the next row, as if never stopped)."""
         c = self.count
         row: dict[str, Any] = {
             "env_steps": c.env_steps,
@@ -267,6 +272,8 @@ class Trainer(Checkpointing):
             row["train_ratio"] = c.grad_steps * self.replayed_per_update / max(1, c.env_steps)
             row["replay_size"] = len(self.replay)
         row.update({k: float(np.mean(v)) for k, v in self._window.items()})
+        if tail:
+            row[TAIL_KEY] = TAIL
         self._window = {}
         self.logger.metrics(c.env_steps, row)
         self._time(t0, steps0)
@@ -368,6 +375,8 @@ class Trainer(Checkpointing):
                 self._time(t0, steps0)
             if self._saved_step != c.env_steps:  # else the cadence has just saved this step
                 self.checkpoint(rollback_target=not stopped)
+            if not stopped and self._window:  # after the checkpoint, which keeps the window
+                self._log(t0, steps0, tail=True)
             if stopped:
                 self.logger.close()
                 raise Stopped(

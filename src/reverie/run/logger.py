@@ -20,6 +20,8 @@ from reverie.errors import UserError
 METRICS = "metrics.jsonl"
 TIMING = "timing.jsonl"
 LOGS = (METRICS, TIMING)
+# the metrics row of a run's last updates, written at its end off the run.log_every cadence
+TAIL_KEY, TAIL = "window", "tail"
 # one row per training process (`run/machine.py`): it only informs, so a damaged line is
 # dropped rather than stopping a resume
 MACHINE = "machine.jsonl"
@@ -57,13 +59,17 @@ def read_rows(path: Path, lenient: bool = False) -> list[tuple[str, dict[str, An
     return rows
 
 
-def _truncate_jsonl(path: Path, last_step: int, lenient: bool = False) -> None:
-    """Drop the rows written after the checkpoint at `last_step` (they will be written again);
-    `lenient`: drop damaged lines too, instead of the UserError `read_rows` gives."""
+def _truncate_jsonl(path: Path, last_step: int, lenient: bool = False,
+                    keep_tail: bool = True) -> None:
+    """Drop the rows written after the checkpoint at `last_step` (they will be written again),
+    and unless `keep_tail`, a run's tail row at that step (a resume that extends the run puts
+    those updates in its next row); `lenient`: drop damaged lines too, instead of the
+    UserError `read_rows` gives."""
     if not path.exists():
         return
     rows = read_rows(path, lenient)
-    keep = [line for line, row in rows if row["step"] <= last_step]
+    keep = [line for line, row in rows if row["step"] < last_step
+            or (row["step"] == last_step and (keep_tail or row.get(TAIL_KEY) != TAIL))]
     text = "".join(k + "\n" for k in keep)
     if text.encode() == path.read_bytes():
         return
@@ -83,11 +89,12 @@ class RunLogger:
     """Append-only metrics for one run folder."""
 
     def __init__(self, folder: Path, resume_step: int | None = None,
-                 tensorboard: bool = True) -> None:
+                 tensorboard: bool = True, extends: bool = False) -> None:
+        """extends: the resume trains on past `resume_step` (its tail row is replaced)."""
         self.folder = Path(folder)
         if resume_step is not None:
             for name in LOGS:
-                _truncate_jsonl(self.folder / name, resume_step)
+                _truncate_jsonl(self.folder / name, resume_step, keep_tail=not extends)
             # a process that started at the checkpoint's step left nothing after it
             _truncate_jsonl(self.folder / MACHINE, resume_step - 1, lenient=True)
         self._metrics = open(self.folder / METRICS, "a", buffering=1)
