@@ -276,7 +276,8 @@ class Trainer(Checkpointing):
             row[TAIL_KEY] = TAIL
         self._window = {}
         self.logger.metrics(c.env_steps, row)
-        self._time(t0, steps0)
+        if not tail:  # the run's end has written its timing row already
+            self._time(t0, steps0)
 
     def _time(self, t0: float, steps0: int) -> None:
         """A timing row: this process's wall time and env steps per second so far."""
