@@ -107,6 +107,7 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
     trials = make_trials(sweep.preset, sweep.envs, sweep.seeds, sweep.steps, sweep.overrides,
                          sweep.grid, out, threads, notes)
     done = {t.name for t in trials if trial_state(t) == DONE}  # skipped: nothing to say
+    say = on_note or (lambda line: None)
     for note, names in notes.items():
         names = [n for n in names if n not in done]
         if not names:
@@ -114,7 +115,7 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
         which = ("every trial" if len(names) == len(trials) else
                  f"trial {names[0]}" if len(names) == 1 else
                  f"{len(names)} trials ({names[0]}, ...)")
-        (on_note or (lambda line: None))(f"{which}: {note}")
+        say(f"{which}: {note}")
     on_result = on_result or (lambda r: None)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)

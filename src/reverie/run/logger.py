@@ -68,8 +68,9 @@ def _truncate_jsonl(path: Path, last_step: int, lenient: bool = False,
     if not path.exists():
         return
     rows = read_rows(path, lenient)
-    keep = [line for line, row in rows if row["step"] < last_step
-            or (row["step"] == last_step and (keep_tail or row.get(TAIL_KEY) != TAIL))]
+    # a tail row is a run's last row, so it can only be at `last_step`
+    keep = [line for line, row in rows
+            if row["step"] <= last_step and (keep_tail or row.get(TAIL_KEY) != TAIL)]
     text = "".join(k + "\n" for k in keep)
     if text.encode() == path.read_bytes():
         return
