@@ -197,7 +197,7 @@ def test_hundred_runs_and_group_by(tmp_path):
     text = (out / "report.md").read_text()
     assert "100 runs, 4 envs, 2 groups" in text
     # raw returns are aggregated per env family: here each env is its own
-    assert "### return (CartPole-v1): return (raw, CartPole-v1)" in text
+    assert "### return (raw, CartPole-v1)\n" in text
     assert text.count("| train_ratio=8.0 | 1 | 13 |") == 4  # r000, r008, ... of each env
 
 
@@ -209,8 +209,8 @@ def test_raw_returns_aggregate_within_a_suite_only(tmp_path):
     report, _ = write_report([tmp_path], tmp_path / "rep")
     text = report.read_text()
     # stratified over tasks: each task's seeds agree, so the mean of 2 and 4 has no spread
-    assert "| random | 2 | 4 | 3 [3, 3] |" in text.split("### return (minatar)")[1]
-    assert "| random | 1 | 2 | 500 [500, 500] |" in text.split("### return (CartPole-v1)")[1]
+    assert "| random | 2 | 4 | 3 [3, 3] |" in text.split("### return (raw, minatar)")[1]
+    assert "| random | 1 | 2 | 500 [500, 500] |" in text.split("### return (raw, CartPole-v1)")[1]
 
 
 def test_bad_group_key_suggests(tmp_path, real_run, capsys):
@@ -745,3 +745,43 @@ def test_the_sample_efficiency_curve_ends_with_the_shortest_task():
     # a task whose runs have no evaluation yet (still training) is left out, not a blank
     not_yet = np.full((1, 4), np.nan)
     np.testing.assert_array_equal(iqm_band([long_task, not_yet], reps=50)[0], long_task[0])
+
+
+def test_long_group_labels_keep_the_legend_inside_the_figure():
+    """Six ~35-character labels under two panels were laid out 4 to a row and cut off at
+    both edges of curves.png."""
+    from reverie.eval import plots
+
+    plt = plots._plt()
+    fig, axes = plt.subplots(1, 2, layout="constrained", figsize=(8.5, 3.6))
+    labels = [f"imagine/mamba2/mode=coplanner-{i}-variant" for i in range(6)]
+    handles = [axes[0].plot([0, 1], [i, i])[0] for i in range(6)]
+    plots._legend_below(fig, handles, labels)
+    fig.canvas.draw()
+    legend = fig.legends[0].get_window_extent()
+    assert legend.x0 >= 0 and legend.x1 <= fig.bbox.width
+    assert 1 < plots.legend_columns(labels, fig.get_figwidth()) < 4
+    assert plots.legend_columns(["a", "b"], 8.5) == 2
+    plt.close(fig)
+
+
+def test_hns_curves_are_in_percent_and_a_flat_curve_is_not_magnified(tmp_path, monkeypatch):
+    """Pong at -21 throughout: HNS -0.85%, in the same unit as the tables, on an axis of a
+    readable range (matplotlib's own limits for a constant were +-0.0004)."""
+    from reverie.eval import plots
+    from reverie.eval.report import DEFAULT_GROUP_BY, make_groups
+
+    for seed in range(2):
+        fake_run(tmp_path / f"pong-{seed}", "ALE/Pong-v5", seed, [-21.0, -21.0])
+    groups = make_groups(load_runs([tmp_path])[0], list(DEFAULT_GROUP_BY))
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: saved.append(fig))
+    plots.curves_png(groups, tmp_path, plots._colors([g.label for g in groups]))
+    ax = saved[0].axes[0]
+    ref = atari_reference()["games"]["Pong"]
+    hns = 100 * (-21.0 - ref["random"]) / (ref["human"] - ref["random"])
+    assert ax.lines[0].get_ydata() == pytest.approx([hns] * len(ax.lines[0].get_ydata()))
+    low, high = ax.get_ylim()
+    assert low < hns < high and high - low >= 2.0
+    assert "%" in ax.get_ylabel()
+    plots._plt().close(saved[0])

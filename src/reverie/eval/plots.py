@@ -44,18 +44,47 @@ def _colors(labels: list[str]) -> dict[str, tuple]:
     return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
 
 
-def _save_with_legend(fig, handles: dict, path: Path) -> Path:
+def _save_with_legend(fig, handles: dict, path: Path, ncol_max: int = 4) -> Path:
     """One legend under the panels (label -> artist), then write the PNG and free the figure."""
-    _legend_below(fig, list(handles.values()), list(handles))
-    fig.savefig(path, dpi=DPI)
-    _plt().close(fig)
+    _legend_below(fig, list(handles.values()), list(handles), ncol_max)
+    _save(fig, path)
     return path
+
+
+def _save(fig, path: Path) -> None:
+    # "tight" grows the canvas to whatever was drawn: a legend wider than the panels (long
+    # group labels) is kept whole instead of cut at the figure's edge
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.1)
+    _plt().close(fig)
+
+
+LEGEND_FONT = 9  # points
+# inches per character of a legend label at LEGEND_FONT (DejaVu Sans averages ~0.6 em), and
+# per entry for its line sample and the gaps around it
+CHAR_IN, ENTRY_IN = 0.6 * LEGEND_FONT / 72, 0.75
+
+
+def legend_columns(labels: list[str], width_in: float, ncol_max: int = 4) -> int:
+    """How many legend columns fit `width_in` inches: a column is as wide as the longest label."""
+    entry = ENTRY_IN + CHAR_IN * max(len(label) for label in labels)
+    return max(1, min(ncol_max, len(labels), int(width_in // entry)))
 
 
 def _legend_below(fig, handles, labels, ncol_max: int = 4) -> None:
     if handles:
-        fig.legend(handles, labels, loc="outside lower center",
-                   ncol=min(ncol_max, len(labels)), frameon=False, fontsize=9)
+        ncol = legend_columns(labels, fig.get_figwidth(), ncol_max)
+        fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False,
+                   fontsize=LEGEND_FONT)
+
+
+def _flat_ylim(ax, values: list[np.ndarray]) -> None:
+    """A panel whose curves are all one value (Pong at -21 throughout) gets a range around it
+    instead of matplotlib's +-0.0004, whose ticks read as if the value moved."""
+    finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.array([])
+    if finite.size and np.ptp(finite) <= 1e-9 * max(1.0, float(np.abs(finite).max())):
+        y = float(finite[0])
+        d = max(0.1 * abs(y), 1.0)
+        ax.set_ylim(y - d, y + d)
 
 
 def _kinds(groups: list[Group]) -> list:
@@ -72,10 +101,8 @@ def _fmt_steps(ax) -> None:
 
 
 def aggregates_png(groups: list[Group], out: Path, colors: dict) -> Path:
-    fig = aggregates_figure(groups, colors)
     path = out / "aggregates.png"
-    fig.savefig(path, dpi=DPI)
-    _plt().close(fig)
+    _save(aggregates_figure(groups, colors), path)
     return path
 
 
@@ -112,7 +139,7 @@ def aggregates_figure(groups: list[Group], colors: dict):
                 ax.text(0.5, 0.5, "no common target\nfor raw returns", ha="center",
                         va="center", fontsize=9, transform=ax.transAxes)
                 continue
-            scale = 100.0 if kind.name == "HNS" else 1.0
+            scale = kind.scale
             for i, (label, est, published) in enumerate(bars):
                 if name not in est:  # Drama publishes only its mean and median
                     continue
@@ -133,7 +160,7 @@ def aggregates_figure(groups: list[Group], colors: dict):
             # value at the data's extreme (CartPole's 500, a 0% HNS) sat on the axis spine
             ax.use_sticky_edges = False
             ax.margins(x=0.08)
-            unit = "HNS (%)" if kind.name == "HNS" else kind.label
+            unit = f"{kind.name} (%)" if kind.percent else kind.label
             ax.set_xlabel(unit, fontsize=9)
             ax.set_title(name + ("\n(lower is better)" if name == "optimality gap" else ""),
                          fontsize=10)
@@ -162,6 +189,7 @@ def curves_png(groups: list[Group], out: Path, colors: dict) -> Path:
     for i, env in enumerate(envs):
         ax = axes[i // ncols][i % ncols]
         kind = None
+        shown: list[np.ndarray] = []
         for g in groups:
             runs = g.runs.get(env)
             if not runs:
@@ -169,7 +197,8 @@ def curves_png(groups: list[Group], out: Path, colors: dict) -> Path:
             kind = g.kind
             grid = _grid(runs)
             values = np.stack([value_at(r.curve, grid, r.env_steps) for r in runs])
-            mean, low, high = seed_band(values)
+            mean, low, high = (kind.scale * v for v in seed_band(values))
+            shown.append(mean)
             ok = np.isfinite(mean)
             (line,) = ax.plot(grid[ok], mean[ok], color=colors[g.label], lw=1.6,
                               marker="o" if ok.sum() <= 12 else None, ms=3)
@@ -177,6 +206,7 @@ def curves_png(groups: list[Group], out: Path, colors: dict) -> Path:
                 ax.fill_between(grid[ok], low[ok], high[ok], color=colors[g.label], alpha=0.2,
                                 lw=0)
             handles[g.label] = line
+        _flat_ylim(ax, shown)
         ax.set_title(env, fontsize=10)
         ax.set_xlabel("env steps", fontsize=9)
         if kind is not None and (i % ncols == 0 or kinds_seen[-1] != kind.name):
@@ -208,11 +238,13 @@ def sample_efficiency_png(groups: list[Group], out: Path, colors: dict) -> Path:
     handles: dict[str, object] = {}
     for k, kind in enumerate(kinds):
         ax = panels[k]
+        shown: list[np.ndarray] = []
         for g in [g for g in groups if g.kind.name == kind.name]:
             grid = _grid([r for rs in g.runs.values() for r in rs])
             per_task = [np.stack([value_at(r.curve, grid, r.env_steps) for r in rs])
                         for _, rs in sorted(g.runs.items())]
-            mid, low, high = iqm_band(per_task)
+            mid, low, high = (kind.scale * v for v in iqm_band(per_task))
+            shown.append(mid)
             ok = np.isfinite(mid)
             (line,) = ax.plot(grid[ok], mid[ok], color=colors[g.label], lw=1.6,
                               marker="o" if ok.sum() <= 12 else None, ms=3)
@@ -220,6 +252,7 @@ def sample_efficiency_png(groups: list[Group], out: Path, colors: dict) -> Path:
                 ax.fill_between(grid[ok], low[ok], high[ok], color=colors[g.label], alpha=0.2,
                                 lw=0)
             handles[g.label] = line
+        _flat_ylim(ax, shown)
         ax.set_xlabel("env steps", fontsize=9)
         ax.set_ylabel(f"IQM {kind.label}", fontsize=9)
         ax.set_title(f"{kind.name}: IQM over tasks x seeds", fontsize=10)
@@ -252,31 +285,28 @@ def profile_png(groups: list[Group], out: Path, colors: dict) -> Path:
         # would squash them into a sliver
         taus = np.linspace(lo - pad, hi + 3 * pad, 201)
         clipped = any(float(x[0]) > taus[-1] for v in published.values() for x in v)
+        shown = kind.scale * taus  # the x axis in the unit the tables use (HNS in %)
         for g in mine:
             p, low, high = profile_with_ci(g.scores(), taus)
-            (line,) = ax.plot(taus, p, color=colors[g.label], lw=1.6, drawstyle="steps-post")
+            (line,) = ax.plot(shown, p, color=colors[g.label], lw=1.6, drawstyle="steps-post")
             if g.n_runs > 1:
-                ax.fill_between(taus, low, high, color=colors[g.label], alpha=0.2, lw=0,
+                ax.fill_between(shown, low, high, color=colors[g.label], alpha=0.2, lw=0,
                                 step="post")
             handles[g.label] = line
         styles = iter([("--", "0.25"), (":", "0.1"), ("-.", "0.45"), ((0, (5, 1, 1, 1)), "0.6")])
         for name, scores in published.items():
             p, _, _ = profile_with_ci(scores, taus, reps=1)
             ls, shade = next(styles)
-            (line,) = ax.plot(taus, p, color=shade, lw=1.2, ls=ls, drawstyle="steps-post")
+            (line,) = ax.plot(shown, p, color=shade, lw=1.2, ls=ls, drawstyle="steps-post")
             handles[name] = line
         ax.set_xlabel(f"threshold τ ({kind.label})", fontsize=9)
         ax.set_ylabel("fraction of runs with score > τ", fontsize=9)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_xlim(taus[0], taus[-1])
+        ax.set_xlim(shown[0], shown[-1])
         ax.set_title(f"{kind.name}: performance profile"
                      + (" (published tails go on past the axis)" if clipped else ""), fontsize=10)
         ax.grid(alpha=0.3)
-    _legend_below(fig, list(handles.values()), list(handles), ncol_max=3)
-    path = out / "profile.png"
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save_with_legend(fig, handles, out / "profile.png", ncol_max=3)
 
 
 def write_all(groups: list[Group], out: Path) -> dict[str, Path]:

@@ -274,9 +274,10 @@ def _hms(seconds: float | None) -> str:
 
 
 def _aggregate_section(groups: list[Group], kind: ScoreKind) -> list[str]:
-    pct = kind.name == "HNS"
+    pct = kind.percent
     names = ["mean", "median", "IQM"] + (["optimality gap"] if kind.gamma is not None else [])
-    lines = [f"### {kind.name}: {kind.label}", "",
+    # a raw return's label already names its family ("return (raw, dmc)")
+    lines = [f"### {kind.label if kind.raw else f'{kind.name}: {kind.label}'}", "",
              "| group | tasks | runs | " + " | ".join(names) + " |",
              "|---|---:|---:|" + "---|" * len(names)]
     for g in groups:
@@ -288,7 +289,7 @@ def _aggregate_section(groups: list[Group], kind: ScoreKind) -> list[str]:
         for p in published_rows(games):
             cells = [f"{100 * p.values[n]:.1f}%" if n in p.values else "-" for n in names]
             note = "all 26 games, paper's aggregate" if p.name == "Drama" else \
-                f"{len(p.games)} games, mean of its seeds"
+                f"{_n(len(p.games), 'game')}, mean of its seeds"
             lines.append(f"| {p.name} (published, 100k steps; {note}) | {len(p.games)} | - | "
                          + " | ".join(cells) + " |")
     lines.append("")
@@ -306,7 +307,7 @@ def _task_section(groups: list[Group]) -> list[str]:
         for env, rs in g.runs.items():
             raw = np.array([r.final_raw for r in rs])
             est = bootstrap_ci([np.array([r.score for r in rs])], mean_score, reps=REPS)
-            score = _ci(est, g.kind.name == "HNS") + ("" if g.kind.raw else f" {g.kind.name}")
+            score = _ci(est, g.kind.percent) + ("" if g.kind.raw else f" {g.kind.name}")
             sources = sorted({r.source for r in rs})
             src = " + ".join("evaluations" if s == "eval" else "training episodes"
                              for s in sources)

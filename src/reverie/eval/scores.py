@@ -41,9 +41,15 @@ class ScoreKind:
     label: str  # axis label, with the unit
     gamma: float | None  # optimality-gap target; None where no common target exists
     raw: bool = False  # raw returns, aggregated within one env family only
+    percent: bool = False  # shown as a percentage (x 100) in every table and figure
+
+    @property
+    def scale(self) -> float:
+        """The factor from a score to what tables and figures show (100 for a percentage)."""
+        return 100.0 if self.percent else 1.0
 
 
-HNS = ScoreKind("HNS", "human-normalised score (1 = human)", 1.0)
+HNS = ScoreKind("HNS", "human-normalised score (%, 100 = human)", 1.0, percent=True)
 MMER = ScoreKind("MMER", "MMER (POPGym, max 1)", 1.0)
 
 
