@@ -112,6 +112,10 @@ def test_presets_name_shows_the_whole_preset_and_version_says_what_runs(capsys):
     assert text == (resources.files("reverie") / "presets" / "dmc-small.yaml").read_text()
     assert main(["presets", "dmc-smal"]) == 2
     assert "did you mean 'dmc-small'" in capsys.readouterr().err
+    # 'random' names an agent and its one preset: the preset in full, not a one-row table
+    assert main(["presets", "random"]) == 0
+    text = capsys.readouterr().out
+    assert text == (resources.files("reverie") / "presets" / "random.yaml").read_text()
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0
@@ -174,3 +178,14 @@ def test_shown_config_is_a_preset_file_and_omits_keys_the_agent_never_reads(agen
     assert ("replay:" in shown) == (agent not in ("mbpo", "rppo"))
     # what a run saves loads back to the whole config: the omitted keys at their defaults
     assert parse_run_config(shown, "shown") == build_config(AGENT_PRESETS[agent])
+
+
+def test_presets_of_a_users_file_and_a_bad_key_in_one_name_the_file(tmp_path, capsys):
+    mine = write(tmp_path / "my.yaml", "base: cartpole\nimagine:\n  horizn: 8\n")
+    assert main(["presets", str(mine)]) == 2  # not "unknown preset ..., or pass your own file"
+    err = capsys.readouterr().err
+    assert f"run `reverie train --preset {mine} --show-config`" in err
+    assert len(err.splitlines()) == 1
+    with pytest.raises(UserError, match=rf"in preset {mine}: unknown config key "
+                                        r"'imagine.horizn' \(did you mean 'imagine.horizon'"):
+        build_config(str(mine))

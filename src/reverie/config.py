@@ -351,6 +351,9 @@ def build_config(
             flags["backbone"] = value
     try:
         cfg = OmegaConf.merge(schema, preset_data)
+    except OmegaConfBaseException as e:  # a key or value of the preset file itself
+        raise UserError(f"in preset {preset}: {_friendly(e, schema)}") from None
+    try:
         if "env" in flags:
             cfg.env.id = flags["env"]
         if "steps" in flags:
