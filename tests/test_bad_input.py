@@ -342,3 +342,20 @@ def test_build_config_says_what_is_wrong_with_its_flags(flags, fragment):
 
     cfg = build_config("cartpole", [], {"steps": np.int64(600), "seed": None})
     assert cfg.run.steps == 600 and type(cfg.run.steps) is int
+
+
+def test_more_threads_than_cores_is_said_once(tmp_path, monkeypatch, capsys):
+    """run.threads=64 on a 2-core machine trained, slower, without a word."""
+    from reverie.run import machine
+
+    monkeypatch.setattr(machine, "usable_cores", lambda: 1)
+    assert machine.threads_note(1) is None
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train", *FAST, "--steps", "20", "--set", "run.threads=2",
+                     "--out", str(tmp_path / "run")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert err.count("run.threads=2 is more than the 1 core this process may use") == 1
+    assert "set run.threads=1 or 0 (all cores)" in err

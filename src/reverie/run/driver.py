@@ -53,6 +53,7 @@ from reverie.run.collector import Collector, EnvWorkerDied, Transition, env_of
 from reverie.run.evaluation import evaluate
 from reverie.run.logger import LOGS, METRICS, TAIL, TAIL_KEY, RunLogger, plot_curve, read_rows
 from reverie.run.machine import describe as describe_machine
+from reverie.run.machine import threads_note
 from reverie.run.progress import Progress
 from reverie.run.replay_setup import make_replay, replay_rows
 from reverie.run.saving import RunCheckpoints
@@ -110,6 +111,8 @@ class Trainer(Checkpointing):
             run_folder.check_new(self.out)  # read-only: nothing is created before env + agent
         if cfg.run.threads:
             torch.set_num_threads(int(cfg.run.threads))
+            if (note := threads_note(int(cfg.run.threads))) is not None:
+                self._note(note)
         seed_everything(int(cfg.seed))
         self.device = select_device(cfg.run.device)
         self.num_envs = int(cfg.run.num_envs)

@@ -29,6 +29,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS says, e.g. under
+    taskset or a container's cpuset), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def threads_note(threads: int) -> str | None:
+    """A note for run.threads above the usable cores (oversubscribed threads wait for each
+    other at every parallel region: slower, not faster), else None."""
+    cores = usable_cores()
+    if threads <= cores:
+        return None
+    return (f"run.threads={threads} is more than the {cores} core{'s' if cores > 1 else ''} "
+            f"this process may use: the extra threads only wait for each other and slow "
+            f"training; set run.threads={cores} or 0 (all cores)")
+
+
 def describe(device: torch.device) -> dict[str, Any]:
     """This process's machine as a `machine.jsonl` row (without its step)."""
     gpu = "cpu"
