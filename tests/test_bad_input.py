@@ -359,3 +359,4 @@ def test_more_threads_than_cores_is_said_once(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("run.threads=2 is more than the 1 core this process may use") == 1
     assert "set run.threads=1 or 0 (all cores)" in err
+

@@ -438,3 +438,20 @@ def test_the_last_updates_are_logged_and_an_extension_logs_as_if_never_stopped(t
     Trainer(tiny_config(400, extra=extra), straight).train()
     assert rows(short) == rows(straight)
     assert not any(r.get("window") == "tail" for r in rows(straight))  # 400: on the cadence
+
+
+def test_a_resume_summarises_the_episodes_before_it(tmp_path):
+    """A resumed run's last_returns were only the episodes after the resume ([] for a run
+    already complete); they are the run's last five, as an uninterrupted run reports."""
+    cfg = build_config("random", ["run.eval_episodes=0", "run.progress=false",
+                                  "run.checkpoint_every=100"], {"steps": 300})
+    straight = Trainer(cfg, tmp_path / "straight").train()
+    short = build_config("random", ["run.eval_episodes=0", "run.progress=false",
+                                    "run.checkpoint_every=100"], {"steps": 200})
+    first = Trainer(short, tmp_path / "split").train()
+    assert len(first["last_returns"]) == 5
+    again = Trainer(short, tmp_path / "split", resume=True).train()  # already complete
+    assert again["last_returns"] == first["last_returns"]
+    extended = Trainer(cfg, tmp_path / "split", resume=True).train()
+    assert extended["last_returns"] == straight["last_returns"]
+    assert extended["episodes"] == straight["episodes"]

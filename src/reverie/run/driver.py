@@ -163,7 +163,12 @@ class Trainer(Checkpointing):
             self.saved.write_progress(self.count.env_steps)
         self.logger = RunLogger(self.out, resume_step=self.resumed_from,
                                 extends=self.count.env_steps < int(cfg.run.steps))
-        self._returns: list[float] = []
+        # the summary ends with the run's last episodes, those before a resume included (a
+        # resume of a finished run said "last_returns": []); the logger has dropped the rows
+        # past the checkpoint by now
+        self._returns: list[float] = [] if resume_from is None else [
+            float(row["episode/return"]) for _, row in read_rows(self.out / METRICS)
+            if "episode/return" in row][-5:]
 
     # -- set-up ----------------------------------------------------------------------------
     def _prepare_folder(self) -> None:
