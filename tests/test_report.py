@@ -347,7 +347,7 @@ def test_aggregate_panels_show_values_at_the_data_extremes(tmp_path):
 
 
 def test_wall_time_adds_up_resumed_processes():
-    from reverie.eval.runs import _wall_time
+    from reverie.run.logger import training_wall as _wall_time
 
     timing = [{"step": s, "time/wall": w, "time/env_steps_per_s": r}
               for s, w, r in [(1, 1.0, 10), (2, 2.0, 20), (3, 3.0, 30), (4, 0.5, 40),

@@ -455,3 +455,23 @@ def test_a_resume_summarises_the_episodes_before_it(tmp_path):
     extended = Trainer(cfg, tmp_path / "split", resume=True).train()
     assert extended["last_returns"] == straight["last_returns"]
     assert extended["episodes"] == straight["episodes"]
+
+
+def test_run_wall_goes_on_across_a_resume(tmp_path):
+    """time/wall restarts with each process (TensorBoard drew a saw-tooth); time/run_wall is
+    the run's training time so far, and what a report reads as its wall time."""
+    from reverie.eval.runs import load_runs
+    from reverie.run.logger import read_jsonl
+
+    sets = ["run.eval_episodes=0", "run.progress=false", "run.log_every=50"]
+    Trainer(build_config("random", sets, {"steps": 200}), tmp_path / "r").train()
+    Trainer(build_config("random", sets, {"steps": 400}), tmp_path / "r", resume=True).train()
+    rows = read_jsonl(tmp_path / "r" / "timing.jsonl")
+    assert [r["step"] for r in rows] == list(range(50, 401, 50))
+    walls = [r["time/wall"] for r in rows]
+    totals = [r["time/run_wall"] for r in rows]
+    assert walls[4] < walls[3]  # the second process started its own clock
+    assert all(b > a for a, b in zip(totals, totals[1:]))
+    assert totals[4] == pytest.approx(walls[3] + walls[4], abs=2e-4)  # rounded in the file
+    run = load_runs([tmp_path / "r"])[0][0]
+    assert run.wall_s == pytest.approx(totals[-1], abs=1e-3)

@@ -26,7 +26,7 @@ from reverie.errors import UserError
 from reverie.eval.mmer import mmer, mmer_curve, window_means
 from reverie.eval.scores import ScoreKind, atari_game, human_normalized, score_kind
 from reverie.run.folder import CONFIG, MARKER, PROGRESS
-from reverie.run.logger import MACHINE, METRICS, TIMING, read_jsonl
+from reverie.run.logger import MACHINE, METRICS, TIMING, read_jsonl, training_wall
 
 EXTERNAL = "external.json"  # a run of another library (module docstring)
 FINAL_FRACTION = 0.1  # without evaluations: the training episodes of the last 10% of steps
@@ -78,29 +78,6 @@ def _finite(rows: list[dict], key: str) -> list[tuple[int, float]]:
         if isinstance(v, (int, float)) and math.isfinite(float(v)):
             out.append((int(r["step"]), float(v)))
     return out
-
-
-def _wall_time(timing: list[dict]) -> tuple[float | None, float | None]:
-    """(wall seconds, env steps per second) of training over all of a run's processes.
-
-    Each row holds its process's wall time since it started training and that process's
-    average rate so far; both restart when a run is resumed, so a drop in `time/wall` ends
-    one process's segment."""
-    segments: list[tuple[float, float]] = []  # (wall, rate) at each segment's last row
-    last: tuple[float, float] | None = None
-    for r in timing:
-        wall, rate = r.get("time/wall"), r.get("time/env_steps_per_s")
-        if not isinstance(wall, (int, float)) or not isinstance(rate, (int, float)):
-            continue
-        if last is not None and wall < last[0]:
-            segments.append(last)
-        last = (float(wall), float(rate))
-    if last is None:
-        return None, None
-    segments.append(last)
-    total = sum(w for w, _ in segments)
-    steps = sum(w * r for w, r in segments)
-    return total, (steps / total if total > 0 else None)
 
 
 def _manifest(folder: Path) -> tuple[object | None, int]:
@@ -169,7 +146,7 @@ def read_run(folder: Path, returns: str = "auto") -> Run:
         raise UserError("no returns logged yet (no finished episode or evaluation)")
     final_raw = final_return(evals, episodes, last)
     curve, score = _in_score_units(kind, env, raw_curve, final_raw)
-    wall, rate = _wall_time(timing)
+    wall, rate = training_wall(timing)
     return Run(path=folder, cfg=cfg, env=env, seed=int(cfg.seed), env_steps=last,
                target_steps=steps, final_raw=final_raw, score=float(score), kind=kind,
                curve=curve, wall_s=wall, steps_per_s=rate, source=source,

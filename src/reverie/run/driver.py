@@ -51,7 +51,17 @@ from reverie.run.checkpointing import Checkpointing, Counters
 from reverie.run.checks import check_spaces
 from reverie.run.collector import Collector, EnvWorkerDied, Transition, env_of
 from reverie.run.evaluation import evaluate
-from reverie.run.logger import LOGS, METRICS, TAIL, TAIL_KEY, RunLogger, plot_curve, read_rows
+from reverie.run.logger import (
+    LOGS,
+    METRICS,
+    TAIL,
+    TAIL_KEY,
+    TIMING,
+    RunLogger,
+    plot_curve,
+    read_rows,
+    training_wall,
+)
 from reverie.run.machine import describe as describe_machine
 from reverie.run.machine import threads_note
 from reverie.run.progress import Progress
@@ -169,6 +179,10 @@ class Trainer(Checkpointing):
         self._returns: list[float] = [] if resume_from is None else [
             float(row["episode/return"]) for _, row in read_rows(self.out / METRICS)
             if "episode/return" in row][-5:]
+        # the training wall time of the processes before this one (TensorBoard's
+        # time/run_wall goes on from it instead of restarting at 0 like time/wall)
+        self._wall_before = 0.0 if resume_from is None else \
+            training_wall([row for _, row in read_rows(self.out / TIMING)])[0] or 0.0
 
     # -- set-up ----------------------------------------------------------------------------
     def _prepare_folder(self) -> None:
@@ -292,6 +306,7 @@ class Trainer(Checkpointing):
         wall = time.time() - t0
         self.logger.timing(self.count.env_steps, {
             "time/wall": wall,
+            "time/run_wall": self._wall_before + wall,  # over all of the run's processes
             "time/env_steps_per_s": (self.count.env_steps - steps0) / max(wall, 1e-9),
         })
         self._timed_step = self.count.env_steps

@@ -175,3 +175,27 @@ def plot_curve(folder: Path, title: str = "") -> Path | None:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def training_wall(timing: list[dict[str, Any]]) -> tuple[float | None, float | None]:
+    """(wall seconds, env steps per second) of training over all of a run's processes.
+
+    Each row holds its process's wall time since it started training and that process's
+    average rate so far; both restart when a run is resumed, so a drop in `time/wall` ends
+    one process's segment (rows also carry `time/run_wall`, the run's total so far, for
+    TensorBoard and other readers of the file)."""
+    segments: list[tuple[float, float]] = []  # (wall, rate) at each segment's last row
+    last: tuple[float, float] | None = None
+    for r in timing:
+        wall, rate = r.get("time/wall"), r.get("time/env_steps_per_s")
+        if not isinstance(wall, (int, float)) or not isinstance(rate, (int, float)):
+            continue
+        if last is not None and wall < last[0]:
+            segments.append(last)
+        last = (float(wall), float(rate))
+    if last is None:
+        return None, None
+    segments.append(last)
+    total = sum(w for w, _ in segments)
+    steps = sum(w * r for w, r in segments)
+    return total, (steps / total if total > 0 else None)
