@@ -360,3 +360,21 @@ def test_more_threads_than_cores_is_said_once(tmp_path, monkeypatch, capsys):
     assert err.count("run.threads=2 is more than the 1 core this process may use") == 1
     assert "set run.threads=1 or 0 (all cores)" in err
 
+
+
+@pytest.mark.parametrize("name, count, said", [
+    ("cuda:1", 0, "run.device=cuda:1 but no CUDA device is visible"),
+    ("cuda:2", 2, "run.device=cuda:2 but this machine has 2 CUDA devices (cuda:0..cuda:1)"),
+    ("cuda:x", 1, "run.device=cuda:x is not a device; use cuda or cuda:N"),
+])
+def test_a_cuda_device_that_is_not_there_is_named(name, count, said, monkeypatch):
+    """The message said run.device=cuda whatever was asked; a GPU index past the last one
+    got as far as torch's CUDA error."""
+    from reverie.run.agent import select_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    with pytest.raises(UserError, match=re.escape(said)):
+        select_device(name)
+    if count:
+        assert select_device("cuda:0") == torch.device("cuda", 0)

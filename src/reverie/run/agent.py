@@ -20,8 +20,17 @@ def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("run.device=cuda but no CUDA device is visible; use run.device=cpu")
-    return torch.device(name)
+        raise UserError(f"run.device={name} but no CUDA device is visible; use run.device=cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # "cuda:x", "cuda:-1"
+        raise UserError(f"run.device={name} is not a device; use cuda or cuda:N (N from 0)") \
+            from None
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.index is not None and device.index >= count:
+        raise UserError(f"run.device={name} but this machine has {count} CUDA device"
+                        f"{'' if count == 1 else 's'} (cuda:0..cuda:{count - 1}); use one of them")
+    return device
 
 
 def batch_obs(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
