@@ -232,6 +232,14 @@ def test_watch_image_env_writes_real_vs_imagined(tmp_path, capsys, monkeypatch):
 
     frames = imageio.mimread(gifs[1])
     assert len(frames) == 12 and frames[0].shape[1] > frames[0].shape[0]  # side by side
+    # a caption strip says which half is which, and the model's frames from the 4th on
+    # (imagine.context=4) are imagined: said in red there, in black while observed
+    def red(frame) -> bool:
+        strip = np.asarray(frame)[:video.CAPTION_PX, frame.shape[1] // 2:, :3].astype(int)
+        return bool(((strip[..., 0] > 150) & (strip[..., 1] < 80)).any())
+
+    assert [red(f) for f in frames] == [False] * 4 + [True] * 8
+    assert (np.asarray(frames[0])[:video.CAPTION_PX, :40, :3] < 100).any()  # "real"
 
 
 def test_nan_loss_rolls_back_then_stops(tmp_path, monkeypatch):

@@ -100,6 +100,26 @@ def open_loop(policy: Policy, observations, actions, context: int = 8,
     return out
 
 
+CAPTION_PX = 14  # the caption strip above a real-vs-imagined frame
+
+
+def captioned(pair: np.ndarray, t: int, context: int) -> np.ndarray:
+    """A real | model frame pair with a strip above it saying which is which and whether
+    step `t` was observed by the model (its frame a reconstruction) or imagined from actions
+    alone (and how far ahead): without it the two halves and the switch read alike."""
+    from PIL import Image, ImageDraw
+
+    width = pair.shape[1]
+    strip = Image.new("RGB", (width, CAPTION_PX), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    model = (f"reconstructed (observed, t={t})" if t < context
+             else f"imagined (t={t}, {t - context + 1} ahead)")
+    draw.text((3, 1), "real", fill=(0, 0, 0))
+    # imagined frames in red, so the switch from observing to imagining is seen at a glance
+    draw.text((width // 2 + 3, 1), model, fill=(0, 0, 0) if t < context else (200, 0, 0))
+    return np.concatenate([np.asarray(strip), pair], axis=0)
+
+
 def shown_dims(real: np.ndarray, max_dims: int) -> np.ndarray:
     """Which of real's [T, D] dimensions get a panel: all up to `max_dims`; beyond that
     (MinAtar's 400 flattened cells) the `max_dims` that vary most over the episode, in their
@@ -196,7 +216,8 @@ def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
         imagined = predicted["image"]
         real = np.stack([o["image"] for o in observations])
         gap = np.full((real.shape[1], 2, 3), 255, np.uint8)
-        pairs = [upscale(np.concatenate([r, gap, m], axis=1), 4) for r, m in zip(real, imagined)]
+        pairs = [captioned(upscale(np.concatenate([r, gap, m], axis=1), 4), t, context)
+                 for t, (r, m) in enumerate(zip(real, imagined))]
         side = gif.with_name(gif.stem + "-real-vs-imagined.gif")
         imageio.mimsave(side, pairs, duration=1000 / fps, loop=0)
         written.append(side)
