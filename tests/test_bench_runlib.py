@@ -192,7 +192,7 @@ def test_ctrl_c_stops_a_benchmark_run_with_a_checkpoint(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 1 and "Traceback" not in err, err
     line = err.strip().splitlines()[-1]
-    assert line.startswith("bench: stopped (reverie: error: stopped by SIGINT at env step")
+    assert line.startswith("bench: stopped (reverie: stopped by SIGINT at env step")
     stopped_at = CheckpointStore(run / "checkpoints").entries()[-1].step
     assert f"at env step {stopped_at} with a checkpoint" in line
     kept = tmp_path / "archive" / "suite" / "CartPole-s0" / "progress.json"  # archived too

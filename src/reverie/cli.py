@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from reverie.errors import USAGE_EXIT, UserError, suggest
+from reverie.errors import USAGE_EXIT, Stopped, UserError, suggest
 
 
 class _Parser(argparse.ArgumentParser):
@@ -463,8 +463,8 @@ def _main(argv: list[str] | None) -> int:
         handler = {"train": cmd_train, "eval": cmd_eval, "watch": cmd_watch,
                    "report": cmd_report, "sweep": cmd_sweep}[args.command]
         return handler(args)
-    except UserError as e:
-        print(f"reverie: error: {e}", file=sys.stderr)
+    except UserError as e:  # a stop by a signal is asked for, not an error: said without one
+        print(f"reverie: {'' if isinstance(e, Stopped) else 'error: '}{e}", file=sys.stderr)
         return getattr(e, "exit_code", USAGE_EXIT)  # a stop by a signal: 128 + its number
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
