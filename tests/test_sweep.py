@@ -241,11 +241,15 @@ def test_ray_local_instance_runs_a_2x2_grid(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ray_backend, "_init", init_then_probe)
     out = tmp_path / "ray"
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
     summary = run_sweep(Sweep(preset="random", envs=["CartPole-v1"], seeds=2, steps=200,
                               overrides=["run.eval_episodes=0"], grid=["run.train_ratio=8,16"],
                               out=str(out), workers=2), backend="ray")
     assert niceness == [os.nice(0)]
     assert not ray.is_initialized() and ray_backend.NICENESS_ENV not in os.environ
+    # Ray's SIGTERM handler, left by ray.shutdown, is gone: a run trained later in this
+    # process stops with a checkpoint at a SIGTERM (it killed this test process's suite)
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
     assert (summary["backend"], summary["trials"], summary["finished"]) == ("ray", 4, 4)
     assert "4 runs, 1 env, 2 groups" in (out / "report" / "report.md").read_text()
 
@@ -432,3 +436,19 @@ def test_a_trial_killed_after_its_last_checkpoint_is_resumed_not_started_again(t
     assert [c[:2] for c in calls] == [["train", "--no-progress"], ["train", "--resume"]]
     assert result["status"] == "finished" and result["returncodes"] == [137, 0]
     assert result["resumes"] == 1
+
+
+def test_a_trials_error_is_its_last_attempts(tmp_path):
+    """The log holds every attempt of every sweep: an old attempt's error line was reported
+    for a later attempt that was stopped by a signal (no 'error:' in its line)."""
+    from reverie.distributed.trial import ATTEMPT_HEADER, _last_error
+
+    log = tmp_path / "t.log"
+    log.write_text(f"\n{ATTEMPT_HEADER}1: reverie train ...\n"
+                   "reverie: error: env worker 0 died\n"
+                   f"\n{ATTEMPT_HEADER}2: reverie train --resume ...\n"
+                   "reverie: stopped by SIGTERM at env step 300 with a checkpoint; ...\n")
+    assert _last_error(log).startswith("reverie: stopped by SIGTERM at env step 300")
+    log.write_text(log.read_text() + f"\n{ATTEMPT_HEADER}3: reverie train --resume ...\n"
+                   "progress\nreverie: error: disk full\nmore output\n")
+    assert _last_error(log) == "reverie: error: disk full"

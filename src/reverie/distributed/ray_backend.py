@@ -8,7 +8,9 @@ A task asks for the CPUs its run uses (and a share of the GPUs where the cluster
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -120,6 +122,7 @@ def run_ray(trials: list[Trial], workers: int, retries: int, address: str | None
     """Run every trial as a Ray task, at most `workers` at a time; results as they finish."""
     ray = import_ray()
     started_here = not ray.is_initialized()
+    handlers = _signal_handlers()
     restore = _init(ray, address, workers) if started_here else (lambda: None)
     try:
         resources = ray.cluster_resources()
@@ -153,6 +156,22 @@ def run_ray(trials: list[Trial], workers: int, retries: int, address: str | None
         if started_here:
             ray.shutdown()
             restore()
+            _set_signal_handlers(handlers)
+
+
+def _signal_handlers() -> dict[int, Any]:
+    """This process's SIGINT and SIGTERM handlers: ray.init replaces SIGTERM's with its own
+    and ray.shutdown leaves it there, so that a run trained later in the same process
+    (a library user's) would die at a SIGTERM instead of stopping with a checkpoint
+    (`run/stop.py` takes over only the default handlers)."""
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _set_signal_handlers(handlers: dict[int, Any]) -> None:
+    if threading.current_thread() is threading.main_thread():  # only it may set them
+        for sig, handler in handlers.items():
+            if handler is not None:  # None: set outside Python, cannot be put back
+                signal.signal(sig, handler)
 
 
 def _threads(trial: Trial) -> int:
