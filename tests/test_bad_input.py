@@ -361,7 +361,6 @@ def test_more_threads_than_cores_is_said_once(tmp_path, monkeypatch, capsys):
     assert "set run.threads=1 or 0 (all cores)" in err
 
 
-
 @pytest.mark.parametrize("name, count, said", [
     ("cuda:1", 0, "run.device=cuda:1 but no CUDA device is visible"),
     ("cuda:2", 2, "run.device=cuda:2 but this machine has 2 CUDA devices (cuda:0..cuda:1)"),
@@ -378,3 +377,4 @@ def test_a_cuda_device_that_is_not_there_is_named(name, count, said, monkeypatch
         select_device(name)
     if count:
         assert select_device("cuda:0") == torch.device("cuda", 0)
+    assert select_device("cpu:0") == torch.device("cpu", 0)  # the Python API's; no GPU check

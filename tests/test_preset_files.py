@@ -180,7 +180,8 @@ def test_shown_config_is_a_preset_file_and_omits_keys_the_agent_never_reads(agen
     assert parse_run_config(shown, "shown") == build_config(AGENT_PRESETS[agent])
 
 
-def test_presets_of_a_users_file_and_a_bad_key_in_one_name_the_file(tmp_path, capsys):
+def test_presets_of_a_users_file_and_a_bad_key_in_one_name_the_file(tmp_path, capsys,
+                                                                   monkeypatch):
     mine = write(tmp_path / "my.yaml", "base: cartpole\nimagine:\n  horizn: 8\n")
     assert main(["presets", str(mine)]) == 2  # not "unknown preset ..., or pass your own file"
     err = capsys.readouterr().err
@@ -189,3 +190,17 @@ def test_presets_of_a_users_file_and_a_bad_key_in_one_name_the_file(tmp_path, ca
     with pytest.raises(UserError, match=rf"in preset {mine}: unknown config key "
                                         r"'imagine.horizn' \(did you mean 'imagine.horizon'"):
         build_config(str(mine))
+    # the key may sit in a base file: both are named
+    top = write(tmp_path / "top.yaml", "base: my.yaml\n")
+    with pytest.raises(UserError, match=rf"in preset {top} or a base it names: unknown"):
+        build_config(str(top))
+    # a section given a value was a TypeError traceback
+    for text in ("base: cartpole\nrun: 5\n", "agent: imagine\nrun: [1, 2]\n"):
+        bad = write(tmp_path / "bad.yaml", text)
+        with pytest.raises(UserError, match=r"'run' must be a section of settings"):
+            build_config(str(bad))
+    # a stray file named like a bundled preset does not hide it (as for --preset)
+    write(tmp_path / "cwd" / "cartpole", "not a preset")
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert main(["presets", "cartpole"]) == 0
+    assert capsys.readouterr().out.startswith("#")

@@ -785,3 +785,12 @@ def test_hns_curves_are_in_percent_and_a_flat_curve_is_not_magnified(tmp_path, m
     assert low < hns < high and high - low >= 2.0
     assert "%" in ax.get_ylabel()
     plots._plt().close(saved[0])
+    # flat means whose seeds differ keep their band in view
+    for seed, value in enumerate([100.0, 300.0]):
+        fake_run(tmp_path / f"cp-{seed}", "CartPole-v1", seed, [value, value])
+    groups = make_groups(load_runs([tmp_path / "cp-0", tmp_path / "cp-1"])[0],
+                         list(DEFAULT_GROUP_BY))
+    plots.curves_png(groups, tmp_path, plots._colors([g.label for g in groups]))
+    low, high = saved[1].axes[0].get_ylim()
+    assert low <= 100.0 and high >= 300.0
+    plots._plt().close(saved[1])

@@ -452,10 +452,10 @@ def test_a_resume_summarises_the_episodes_before_it(tmp_path):
     """A resumed run's last_returns were only the episodes after the resume ([] for a run
     already complete); they are the run's last five, as an uninterrupted run reports."""
     cfg = build_config("random", ["run.eval_episodes=0", "run.progress=false",
-                                  "run.checkpoint_every=100"], {"steps": 300})
+                                  "run.checkpoint_every=50"], {"steps": 200})
     straight = Trainer(cfg, tmp_path / "straight").train()
     short = build_config("random", ["run.eval_episodes=0", "run.progress=false",
-                                    "run.checkpoint_every=100"], {"steps": 200})
+                                    "run.checkpoint_every=50"], {"steps": 150})
     first = Trainer(short, tmp_path / "split").train()
     assert len(first["last_returns"]) == 5
     again = Trainer(short, tmp_path / "split", resume=True).train()  # already complete
@@ -483,3 +483,22 @@ def test_run_wall_goes_on_across_a_resume(tmp_path):
     assert totals[4] == pytest.approx(walls[3] + walls[4], abs=2e-4)  # rounded in the file
     run = load_runs([tmp_path / "r"])[0][0]
     assert run.wall_s == pytest.approx(totals[-1], abs=1e-3)
+
+
+def test_run_wall_keeps_a_process_shorter_than_the_next_ones_first_row(tmp_path):
+    """A first process that wrote one row at 10 steps: the resumed one's first row, 190
+    steps later, showed a larger time/wall, so the two read as one process and the first's
+    time was lost (and carried into time/run_wall by the next resume)."""
+    from reverie.run.logger import read_jsonl, training_wall
+
+    sets = ["run.eval_episodes=0", "run.progress=false", "run.log_every=200"]
+    for steps in (10, 400, 600):
+        Trainer(build_config("random", sets, {"steps": steps}), tmp_path / "r",
+                resume=steps > 10).train()
+    rows = read_jsonl(tmp_path / "r" / "timing.jsonl")
+    assert [r["step"] for r in rows] == [10, 200, 400, 600]
+    first = rows[0]["time/wall"]
+    assert rows[1]["time/run_wall"] == pytest.approx(first + rows[1]["time/wall"], abs=2e-4)
+    assert rows[3]["time/run_wall"] == pytest.approx(
+        first + rows[2]["time/wall"] + rows[3]["time/wall"], abs=3e-4)
+    assert training_wall(rows)[0] == pytest.approx(rows[3]["time/run_wall"], abs=3e-4)

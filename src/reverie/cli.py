@@ -393,15 +393,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_presets(name: str | None) -> int:
     """`reverie presets`: the table of bundled presets; `presets NAME`: one preset's file, or
     for an agent's name the table of its presets."""
-    from reverie.config import AGENTS, agent_presets, preset_summary, preset_text, presets
+    from reverie.config import (
+        AGENTS,
+        agent_presets,
+        is_preset_file,
+        preset_summary,
+        preset_text,
+        presets,
+    )
 
-    if name and (name.endswith((".yaml", ".yml")) or Path(name).is_file()):
+    if name and is_preset_file(name):
         raise UserError(f"`reverie presets` shows the bundled presets; for what {name} sets, "
                         f"run `reverie train --preset {name} --show-config`")
-    if name and (name not in AGENTS or name in presets()):
-        others = [n for n in agent_presets(name) if n != name] if name in AGENTS else []
-        if others:  # an agent and a preset of one name: the preset, and where the rest are
-            print(f"(agent '{name}' also has the presets: {', '.join(others)})", file=sys.stderr)
+    if name and (name not in AGENTS or name in presets()):  # 'random': agent and preset
         print(preset_text(name), end="")
         return 0
     print(f"{'preset':<24} {'agent':<8} {'env':<30} {'steps':>9}  about")

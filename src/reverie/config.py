@@ -29,6 +29,7 @@ from reverie.preset_files import (  # noqa: F401  (reverie.config's names before
     agent_of,
     agent_presets,
     agents_set,
+    has_base_file,
     is_preset_file,
     load_preset,
     preset_of_agent,
@@ -351,8 +352,9 @@ def build_config(
             flags["backbone"] = value
     try:
         cfg = OmegaConf.merge(schema, preset_data)
-    except OmegaConfBaseException as e:  # a key or value of the preset file itself
-        raise UserError(f"in preset {preset}: {_friendly(e, schema)}") from None
+    except OmegaConfBaseException as e:  # a key or value of the preset's own files
+        files = f"{preset} or a base it names" if preset and has_base_file(preset) else preset
+        raise UserError(f"in preset {files}: {_friendly(e, schema)}") from None
     try:
         if "env" in flags:
             cfg.env.id = flags["env"]

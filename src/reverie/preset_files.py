@@ -84,11 +84,44 @@ def is_preset_file(name: str) -> bool:
     return name.endswith((".yaml", ".yml")) or "/" in name
 
 
+SCALAR_KEYS = ("agent", "seed", "base")  # a preset's top-level keys that are not sections
+
+
 def load_preset(name: str, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
     """A bundled preset by name, or the user's own YAML file of the same form. A file may
     start from another preset with `base: <name or file>` (a relative file from its own
     folder) and change only what differs; a backbone it changes drops the base's backbone
     options, as --backbone does."""
+    where, data = _read_preset(name)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise UserError(f"{where}: base must name a preset or a YAML file")
+    if is_preset_file(base) and not Path(base).expanduser().is_absolute() \
+            and is_preset_file(name):
+        base = str(Path(name).expanduser().parent / base)
+    if base in (*_chain, name):
+        raise UserError(f"{where}: its bases form a cycle ({' -> '.join((*_chain, name, base))})")
+    try:
+        base_data = load_preset(base, (*_chain, name))
+    except UserError as e:
+        if is_preset_file(base):  # a base file's own errors name that file
+            raise
+        raise UserError(f"{where}, its base: {e}") from None
+    return _over_base(base_data, data)
+
+
+def has_base_file(name: str) -> bool:
+    """Whether the preset `name` starts from another YAML file (`base: other.yaml`): its
+    settings then come from more than one of the user's files (bundled bases are checked)."""
+    base = _read_preset(name)[1].get("base")
+    return isinstance(base, str) and is_preset_file(base)
+
+
+def _read_preset(name: str) -> tuple[str, dict[str, Any]]:
+    """(how errors name it, its settings as written, `base:` included) of one preset file or
+    bundled preset; a UserError for one that is unreadable, empty or not of a preset's form."""
     if is_preset_file(name):
         where = f"preset file '{name}'"
         try:
@@ -110,23 +143,11 @@ def load_preset(name: str, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{where} must be a mapping of settings (agent: ..., run: ...), not "
                         f"a {type(data).__name__}")
-    base = data.pop("base", None)
-    if base is None:
-        return data
-    if not isinstance(base, str) or not base:
-        raise UserError(f"{where}: base must name a preset or a YAML file")
-    if is_preset_file(base) and not Path(base).expanduser().is_absolute() \
-            and is_preset_file(name):
-        base = str(Path(name).expanduser().parent / base)
-    if base in (*_chain, name):
-        raise UserError(f"{where}: its bases form a cycle ({' -> '.join((*_chain, name, base))})")
-    try:
-        base_data = load_preset(base, (*_chain, name))
-    except UserError as e:
-        if is_preset_file(base):  # a base file's own errors name that file
-            raise
-        raise UserError(f"{where}, its base: {e}") from None
-    return _over_base(base_data, data)
+    for key, value in data.items():
+        if key not in SCALAR_KEYS and value is not None and not isinstance(value, dict):
+            raise UserError(f"{where}: '{key}' must be a section of settings (its keys "
+                            f"indented below it), not {value!r}")
+    return where, data
 
 
 def _over_base(base: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:

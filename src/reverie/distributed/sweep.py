@@ -13,7 +13,6 @@ the earlier ones.
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -25,6 +24,7 @@ from reverie.config import is_preset_file
 from reverie.distributed.grid import Trial, make_trials, parse_grid
 from reverie.distributed.trial import DONE, run_trial, trial_state
 from reverie.errors import UserError
+from reverie.run.machine import usable_cores
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Sweep:
 
 
 def default_workers() -> int:
-    return max(1, (os.cpu_count() or 2) // 2)
+    return max(1, usable_cores() // 2)
 
 
 def _run_local(trials: list[Trial], workers: int, retries: int,
@@ -102,7 +102,7 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
     out = Path(sweep.out or Path("sweeps") / (Path(name).stem if is_preset_file(name) else name))
     check_sweep_folder(out)
     workers = sweep.workers or default_workers()
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, usable_cores() // workers)
     notes: dict[str, list[str]] = {}
     trials = make_trials(sweep.preset, sweep.envs, sweep.seeds, sweep.steps, sweep.overrides,
                          sweep.grid, out, threads, notes)

@@ -88,11 +88,18 @@ def log_path(trial: Trial) -> Path:
     return Path(trial.folder).parent / "logs" / f"{trial.name}.log"
 
 
+ATTEMPT_HEADER = "=== attempt "  # starts each attempt's output in a trial's log
+
+
 def _last_error(log: Path) -> str:
+    """The last attempt's error line (or its last line: a stop by a signal, a crash's
+    exception); the log holds every attempt of every sweep, appended."""
     try:
         lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return ""
+    starts = [i for i, ln in enumerate(lines) if ln.startswith(ATTEMPT_HEADER)]
+    lines = lines[starts[-1] + 1:] if starts else lines
     errors = [ln for ln in lines if ln.startswith("reverie: error:")]
     return (errors or lines or [""])[-1].strip()[:300]
 
@@ -131,7 +138,7 @@ def run_trial(trial: Trial, retries: int,
         resume = state != NEW
         args = trial.resume_args() if resume else trial.train_args()
         with open(log, "a") as f:
-            f.write(f"\n=== attempt {result['attempts'] + 1}: reverie {' '.join(args)}\n")
+            f.write(f"\n{ATTEMPT_HEADER}{result['attempts'] + 1}: reverie {' '.join(args)}\n")
             f.flush()
             rc = subprocess.call([sys.executable, "-m", "reverie", *args], stdout=f,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -78,8 +78,9 @@ def _legend_below(fig, handles, labels, ncol_max: int = 4) -> None:
 
 
 def _flat_ylim(ax, values: list[np.ndarray]) -> None:
-    """A panel whose curves are all one value (Pong at -21 throughout) gets a range around it
-    instead of matplotlib's +-0.0004, whose ticks read as if the value moved."""
+    """A panel whose curves and bands (`values`: all that is drawn) are one value throughout
+    (Pong at -21) gets a range around it instead of matplotlib's +-0.0004, whose ticks read
+    as if the value moved."""
     finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.array([])
     if finite.size and np.ptp(finite) <= 1e-9 * max(1.0, float(np.abs(finite).max())):
         y = float(finite[0])
@@ -198,7 +199,7 @@ def curves_png(groups: list[Group], out: Path, colors: dict) -> Path:
             grid = _grid(runs)
             values = np.stack([value_at(r.curve, grid, r.env_steps) for r in runs])
             mean, low, high = (kind.scale * v for v in seed_band(values))
-            shown.append(mean)
+            shown += [mean, low, high] if len(runs) > 1 else [mean]  # what is drawn
             ok = np.isfinite(mean)
             (line,) = ax.plot(grid[ok], mean[ok], color=colors[g.label], lw=1.6,
                               marker="o" if ok.sum() <= 12 else None, ms=3)
@@ -244,7 +245,7 @@ def sample_efficiency_png(groups: list[Group], out: Path, colors: dict) -> Path:
             per_task = [np.stack([value_at(r.curve, grid, r.env_steps) for r in rs])
                         for _, rs in sorted(g.runs.items())]
             mid, low, high = (kind.scale * v for v in iqm_band(per_task))
-            shown.append(mid)
+            shown += [mid, low, high] if g.n_runs > 1 else [mid]  # what is drawn
             ok = np.isfinite(mid)
             (line,) = ax.plot(grid[ok], mid[ok], color=colors[g.label], lw=1.6,
                               marker="o" if ok.sum() <= 12 else None, ms=3)

@@ -26,10 +26,11 @@ def select_device(name: str) -> torch.device:
     except RuntimeError:  # "cuda:x", "cuda:-1"
         raise UserError(f"run.device={name} is not a device; use cuda or cuda:N (N from 0)") \
             from None
-    count = torch.cuda.device_count() if device.type == "cuda" else 0
-    if device.index is not None and device.index >= count:
+    if device.type == "cuda" and device.index is not None \
+            and device.index >= (count := torch.cuda.device_count()):
+        have = "cuda:0" if count == 1 else f"cuda:0..cuda:{count - 1}"
         raise UserError(f"run.device={name} but this machine has {count} CUDA device"
-                        f"{'' if count == 1 else 's'} (cuda:0..cuda:{count - 1}); use one of them")
+                        f"{'' if count == 1 else 's'} ({have}); use one of them")
     return device
 
 

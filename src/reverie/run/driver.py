@@ -181,8 +181,15 @@ class Trainer(Checkpointing):
             if "episode/return" in row][-5:]
         # the training wall time of the processes before this one (TensorBoard's
         # time/run_wall goes on from it instead of restarting at 0 like time/wall)
-        self._wall_before = 0.0 if resume_from is None else \
-            training_wall([row for _, row in read_rows(self.out / TIMING)])[0] or 0.0
+        self._wall_before = 0.0 if resume_from is None else self._wall_so_far()
+
+    def _wall_so_far(self) -> float:
+        """The run's training wall time before this process: its last timing row's
+        time/run_wall, or the sum of the segments of a log written before that key."""
+        rows = [row for _, row in read_rows(self.out / TIMING)]
+        if rows and isinstance(rows[-1].get("time/run_wall"), (int, float)):
+            return float(rows[-1]["time/run_wall"])
+        return training_wall(rows)[0] or 0.0
 
     # -- set-up ----------------------------------------------------------------------------
     def _prepare_folder(self) -> None:
@@ -413,8 +420,8 @@ class Trainer(Checkpointing):
             self.logger.close()
             raise Stopped(
                 f"interrupted at env step {c.env_steps}; continue with `reverie train --resume "
-                f"{self.out}` (from the checkpoint at step {self.saved.latest_step()})",
-                "SIGINT") from None
+                f"{self.out}` (from the checkpoint at step {self.saved.latest_step()}; the "
+                "steps after it are run again)", "SIGINT") from None
         self.logger.close()
         plot_curve(self.out, title=f"{cfg.env.id} · {cfg.agent}")
         return self.summary()

@@ -177,25 +177,35 @@ def plot_curve(folder: Path, title: str = "") -> Path | None:
     return out
 
 
+# the files round seconds to 4 decimals: a process's offset varies by that much at most, and
+# the processes before a resume wrote a row, so ran far longer than this
+OFFSET_TOLERANCE_S = 1e-3
+
+
 def training_wall(timing: list[dict[str, Any]]) -> tuple[float | None, float | None]:
     """(wall seconds, env steps per second) of training over all of a run's processes.
 
-    Each row holds its process's wall time since it started training and that process's
-    average rate so far; both restart when a run is resumed, so a drop in `time/wall` ends
-    one process's segment (rows also carry `time/run_wall`, the run's total so far, for
-    TensorBoard and other readers of the file)."""
+    Each row holds its process's wall time since it started training (`time/wall`) and that
+    process's average rate so far; both restart when a run is resumed. A process's rows
+    share one offset `time/run_wall - time/wall` (the time of the processes before it), so a
+    change of offset, or in older logs without `time/run_wall` a drop in `time/wall`, ends
+    one process's segment."""
     segments: list[tuple[float, float]] = []  # (wall, rate) at each segment's last row
-    last: tuple[float, float] | None = None
+    last: tuple[float, float, float | None] | None = None  # (wall, rate, offset)
     for r in timing:
-        wall, rate = r.get("time/wall"), r.get("time/env_steps_per_s")
+        wall, rate, total = r.get("time/wall"), r.get("time/env_steps_per_s"), \
+            r.get("time/run_wall")
         if not isinstance(wall, (int, float)) or not isinstance(rate, (int, float)):
             continue
-        if last is not None and wall < last[0]:
-            segments.append(last)
-        last = (float(wall), float(rate))
+        offset = float(total) - float(wall) if isinstance(total, (int, float)) else None
+        if last is not None and (wall < last[0] or (
+                offset is not None and last[2] is not None
+                and abs(offset - last[2]) > OFFSET_TOLERANCE_S)):
+            segments.append(last[:2])
+        last = (float(wall), float(rate), offset)
     if last is None:
         return None, None
-    segments.append(last)
-    total = sum(w for w, _ in segments)
+    segments.append(last[:2])
+    total_wall = sum(w for w, _ in segments)
     steps = sum(w * r for w, r in segments)
-    return total, (steps / total if total > 0 else None)
+    return total_wall, (steps / total_wall if total_wall > 0 else None)

@@ -13,9 +13,11 @@ import os
 import platform
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
 
 
 def cpu_model() -> str:
@@ -51,6 +53,8 @@ def threads_note(threads: int) -> str | None:
 
 def describe(device: torch.device) -> dict[str, Any]:
     """This process's machine as a `machine.jsonl` row (without its step)."""
+    import torch  # here: a sweep's head process reads usable_cores without loading torch
+
     gpu = "cpu"
     if device.type == "cuda":
         gpu = torch.cuda.get_device_name(device)
