@@ -145,3 +145,44 @@ def test_eval_prediction_needs_a_world_model(tmp_path, capsys):
     assert capsys.readouterr().err == (
         "reverie: error: --prediction scores a latent world model's open-loop prediction "
         "(agent imagine); agent 'random' has none (drop --prediction)\n")
+
+
+def test_a_failed_prediction_prints_the_returns_and_keeps_the_saved_result(trained, capsys,
+                                                                          monkeypatch):
+    """Windows no greedy episode is long enough for are found only after the episodes are
+    played: their returns are printed, but an exit 2 touches nothing on disk (the run's
+    eval.json with an earlier prediction was overwritten)."""
+    from reverie.eval import prediction
+
+    saved = trained / "eval.json"
+    saved.write_text('{"earlier": true}\n')
+
+    def too_short(*args, **kwargs):
+        raise UserError("no greedy episode lasted 20 steps")
+
+    monkeypatch.setattr(prediction, "prediction_error", too_short)
+    assert main(["eval", str(trained), "--episodes", "1", "--prediction", "2"]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["episodes"] == 1
+    assert captured.err == ("reverie: error: no greedy episode lasted 20 steps (the returns "
+                            "above are not saved)\n")
+    assert saved.read_text() == '{"earlier": true}\n'
+
+
+def test_eval_out_in_a_missing_folder_is_refused_before_playing(trained, tmp_path, capsys):
+    assert main(["eval", str(trained), "--episodes", "1",
+                 "--out", str(tmp_path / "nowhere" / "e.json")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "--out's folder" in captured.err
+    assert main(["eval", str(trained), "--episodes", "1", "--out", str(tmp_path)]) == 2
+    assert "a file path for the JSON" in capsys.readouterr().err
+
+
+def test_the_main_observation_is_the_envs_own_not_the_added_previous_reward():
+    from reverie.envs import main_key
+
+    vector, reward = ((4,), "float32"), ((1,), "float32")
+    # gymnasium's Dict space sorts its keys: prev_reward comes before vector
+    assert main_key({"prev_reward": reward, "vector": vector}) == "vector"
+    assert main_key({"image": ((64, 64, 3), "uint8"), "prev_reward": reward}) == "image"
+    assert main_key({"prev_reward": reward}) == "prev_reward"  # nothing else to score

@@ -111,6 +111,13 @@ def test_eval_and_watch_commands(run, capsys, tmp_path):
     names = sorted(Path(p).name for p in sum(json.loads(capsys.readouterr().out).values(), []))
     assert names == [f"watch-{ckpt.stem}-real-vs-imagined.png", f"watch-{ckpt.stem}.gif"]
     assert gif.read_bytes() == before
+    # one copied out of its run: beside the file (was two folders up, outside its folder)
+    lone = tmp_path / "out" / "kept" / "lone.pt"
+    lone.parent.mkdir(parents=True)
+    lone.write_bytes(ckpt.read_bytes())
+    assert main(["watch", str(lone), "--steps", "5"]) == 0
+    written = sum(json.loads(capsys.readouterr().out).values(), [])
+    assert {Path(p).parent for p in written} == {lone.parent}
 
 
 def test_plot_panels_go_to_the_dimensions_that_move():

@@ -276,6 +276,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         flags = " and ".join(given)
         raise UserError(f"{flags} {'set' if len(given) > 1 else 'sets'} the --prediction "
                         f"windows; add --prediction N (windows to score) or drop {flags}")
+    if args.out is not None:  # checked before the episodes are played
+        out = Path(args.out)
+        if out.is_dir():
+            raise UserError(f"--out must be a file path for the JSON, got the folder '{out}'")
+        if not out.parent.is_dir():
+            raise UserError(f"--out's folder '{out.parent}' does not exist; create it or "
+                            "choose another path")
     policy = load(args.run, best=args.best)
     if args.prediction < 0:
         raise UserError(f"--prediction must be >= 0 windows, got {args.prediction}")
@@ -300,9 +307,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 policy, windows=args.prediction, context=args.context,
                 horizon=args.horizon or HORIZON,
                 seed=args.seed).as_dict()
-        except UserError:  # the episodes are played already: their returns are kept
-            _report_eval(args, result)
-            raise
+        except UserError as e:  # the returns are printed, not saved over an earlier result
+            print(json.dumps(result), flush=True)
+            raise UserError(f"{e} (the returns above are not saved)") from None
     _report_eval(args, result)
     return 0
 

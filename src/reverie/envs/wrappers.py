@@ -107,6 +107,16 @@ def image_keys(spec: ObsSpec) -> list[str]:
     return [k for k, (shape, dtype) in spec.items() if len(shape) == 3 and dtype == "uint8"]
 
 
+def main_key(spec: ObsSpec) -> str:
+    """The observation a user means by "the observation" (scored by `reverie eval
+    --prediction`, plotted under the plain name by `reverie watch`): the image where there
+    is one, else the first key that is not an input reverie adds (`prev_reward`)."""
+    if "image" in image_keys(spec):
+        return "image"
+    own = [k for k in spec if k != PreviousReward.KEY]
+    return (own or list(spec))[0]
+
+
 def make_obs_spec(space: spaces.Dict) -> ObsSpec:
     """key -> (shape, dtype name) for replay and the world model's encoders."""
     return {k: (tuple(int(s) for s in v.shape), np.dtype(v.dtype).name)

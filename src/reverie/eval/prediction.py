@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reverie.envs import image_keys
+from reverie.envs import image_keys, main_key
 from reverie.errors import UserError
 
 HORIZON = 16  # imagined steps per window unless told (also `reverie eval --horizon`)
@@ -110,9 +110,10 @@ def prediction_error(policy, windows: int = 16, context: int | None = None,
     """Open-loop prediction error of `policy`'s world model over `windows` windows of
     `context + horizon` steps: up to `per_episode` windows from each greedy episode (seeds
     seed, seed + 1, ...; at most `episode_steps` steps each), spread evenly over it.
-    context: the run's `imagine.context` by default; key: "image" if the env has images,
-    else its first observation key. The model's samples are drawn from a generator seeded
-    with `seed`, so a checkpoint scores the same every time."""
+    context: the run's `imagine.context` by default; key: `envs.main_key` by default (the
+    image, else the env's own first observation key, not prev_reward). The model's samples
+    are drawn from a generator seeded with `seed`, so a checkpoint scores the same every
+    time."""
     import torch
 
     from reverie.eval.video import open_loop, rollout
@@ -120,7 +121,7 @@ def prediction_error(policy, windows: int = 16, context: int | None = None,
     if not hasattr(policy.agent, "world"):
         raise UserError(f"agent '{policy.cfg.agent}' has no world model to score")
     images = image_keys(policy.obs_spec)
-    key = key or ("image" if "image" in images else next(iter(policy.obs_spec)))
+    key = key or main_key(policy.obs_spec)
     if key not in policy.obs_spec:
         raise UserError(f"observation key '{key}' is not one of {sorted(policy.obs_spec)}")
     context = int(policy.cfg.imagine.context) if context is None else context

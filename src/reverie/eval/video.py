@@ -12,7 +12,7 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 
-from reverie.envs import image_keys
+from reverie.envs import image_keys, main_key
 from reverie.errors import UserError
 from reverie.run.policy import Policy, load
 
@@ -166,6 +166,17 @@ def vector_plot(real: np.ndarray, imagined: np.ndarray, context: int, path: Path
     return path
 
 
+def _folder_of(checkpoint: Path) -> Path:
+    """Where the GIFs of a checkpoint file go: its run folder for one inside the run's
+    checkpoints/, else the file's own folder (a checkpoint copied out of its run)."""
+    from reverie.eval.runs import is_run_folder
+
+    parent = checkpoint.parent
+    if parent.name == "checkpoints" and is_run_folder(parent.parent):
+        return parent.parent
+    return parent
+
+
 def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
           fps: int = 15, notes: list[str] | None = None, best: bool = False,
           seed: int = 0) -> list[Path]:
@@ -184,7 +195,7 @@ def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
                             "choose another path")
     policy = load(run, best=best)
     notes = [] if notes is None else notes
-    folder = Path(run) if Path(run).is_dir() else Path(run).parent.parent
+    folder = Path(run) if Path(run).is_dir() else _folder_of(Path(run))
     # a checkpoint file's GIF is named after it, not over the run's own watch.gif
     name = (f"watch-{Path(run).stem}.gif" if Path(run).is_file() else
             "watch-best.gif" if best else "watch.gif")
@@ -233,7 +244,8 @@ def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
                          "(another --seed films another episode)")
     for key in vectors:
         real = np.stack([np.asarray(o[key], np.float32) for o in observations])
-        name = f"{gif.stem}-real-vs-imagined" + ("" if len(vectors) == 1 else f"-{key}")
+        plain = len(vectors) == 1 or key == main_key(policy.obs_spec)
+        name = f"{gif.stem}-real-vs-imagined" + ("" if plain else f"-{key}")
         written.append(vector_plot(real, predicted[key][:context + horizon],
                                    min(context, len(real)), gif.with_name(name + ".png"),
                                    policy.env_id))
