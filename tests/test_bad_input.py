@@ -101,6 +101,15 @@ CASES = [
                                               "{tmp}/sw"],
      "set replay.capacity >= 64 (trial run.num_envs=4)"),
     ("negative threads", ["train", "--set", "run.threads=-1"], "run.threads must be >= 0"),
+    ("a flag and a --set of its key disagree (the --set won in silence)",
+     ["train", "--steps", "500", "--set", "run.steps=700"],
+     "--steps 500 and --set run.steps=700 both set run.steps; give one of them"),
+    ("--backbone against --set of the backbone",
+     ["train", "--backbone", "gru", "--set", "imagine.world.backbone=mamba2"],
+     "--backbone gru and --set imagine.world.backbone=mamba2 both set imagine.world.backbone"),
+    ("--env against --set env.id", ["sweep", "--env", "Pendulum-v1", "--set",
+                                    "env.id=CartPole-v1", "--out", "{tmp}/sw"],
+     "--env Pendulum-v1 and --set env.id=CartPole-v1 both set env.id"),
     ("a whole section set to a value, then one of its keys",
      ["train", "--set", "env=Acrobot-v1", "--set", "env.prev_reward=true"],
      "'env' is a section of settings, not one setting; set its keys, e.g. --set env.id="),
@@ -378,3 +387,10 @@ def test_a_cuda_device_that_is_not_there_is_named(name, count, said, monkeypatch
     if count:
         assert select_device("cuda:0") == torch.device("cuda", 0)
     assert select_device("cpu:0") == torch.device("cpu", 0)  # the Python API's; no GPU check
+
+
+def test_a_flag_and_a_set_that_agree_are_accepted():
+    """A sweep's trial gets --steps and its grid's --set run.steps=... with one value."""
+    cfg = build_config("cartpole", ["run.steps=500", "seed=3", "env.id=Acrobot-v1"],
+                       {"steps": 500, "seed": 3, "env": "Acrobot-v1"})
+    assert (cfg.run.steps, cfg.seed, cfg.env.id) == (500, 3, "Acrobot-v1")

@@ -175,6 +175,27 @@ def _friendly(e: OmegaConfBaseException, schema: DictConfig) -> UserError:
     return UserError(f"bad config: {str(e).splitlines()[0]}")
 
 
+def _check_flags_agree(flags: dict[str, Any], overrides: list[str], agent: str,
+                       backbone_key: str | None) -> None:
+    """A flag and a --set of the same key with different values: which one the user meant is
+    not knowable (the --set won, silently)."""
+    keys = {"env": "env.id", "steps": "run.steps", "seed": "seed"}
+    if backbone_key:
+        keys["backbone"] = f"{agent}.{backbone_key}"
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        flag = next((f for f, k in keys.items() if k == key and flags.get(f) is not None), None)
+        if flag is None:
+            continue
+        try:
+            given = OmegaConf.select(OmegaConf.from_dotlist([item]), key)
+        except (OmegaConfBaseException, yaml.YAMLError, ValueError):
+            continue  # a malformed value is said by the merge, with its own message
+        if str(given) != str(flags[flag]):
+            raise UserError(f"--{flag} {flags[flag]} and --set {item.strip()} both set {key}; "
+                            "give one of them")
+
+
 def _parse_dotlist(items: list[str]) -> list[str]:
     for item in items:
         if "=" not in item or item.startswith("="):
@@ -350,6 +371,7 @@ def build_config(
             # same as --backbone: the preset's backbone options go with the preset's backbone
             overrides.remove(item)
             flags["backbone"] = value
+    _check_flags_agree(flags, overrides, agent, backbone_key)
     try:
         cfg = OmegaConf.merge(schema, preset_data)
     except OmegaConfBaseException as e:  # a key or value of the preset's own files
