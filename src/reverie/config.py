@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -171,7 +172,12 @@ def _friendly(e: OmegaConfBaseException, schema: DictConfig) -> UserError:
                          f"({type(e).__name__}); write the value itself")
     if isinstance(e, ValidationError):
         msg = str(e).splitlines()[0]
-        return UserError(f"bad value for '{key}': {msg}")
+        want, default = _expected(schema, key)
+        value = re.match(r"Value '(.*?)'", msg)
+        if want is None or value is None:
+            return UserError(f"bad value for '{key}': {msg}")
+        return UserError(f"bad value for '{key}': '{value.group(1)}' is not {want}; write "
+                         f"e.g. {key}={default}")
     return UserError(f"bad config: {str(e).splitlines()[0]}")
 
 
@@ -194,6 +200,25 @@ def _check_flags_agree(flags: dict[str, Any], overrides: list[str], agent: str,
         if str(given) != str(flags[flag]):
             raise UserError(f"--{flag} {flags[flag]} and --set {item.strip()} both set {key}; "
                             "give one of them")
+
+
+# what a typed setting takes, by its OmegaConf node type
+EXPECTED = {"IntegerNode": "a whole number", "FloatNode": "a number",
+            "BooleanNode": "true or false"}
+
+
+def _expected(schema: DictConfig, key: str) -> tuple[str | None, Any]:
+    """(what `key` takes in words, its default) for a typed setting, else (None, None)."""
+    parent, _, name = key.rpartition(".")
+    try:
+        node = (OmegaConf.select(schema, parent) if parent else schema)._get_node(name)
+    except Exception:  # noqa: BLE001 - not a plain setting of the schema: say it generally
+        return None, None
+    want = EXPECTED.get(type(node).__name__)
+    if want is None:
+        return None, None
+    default = node._value()
+    return want, str(default).lower() if isinstance(default, bool) else default
 
 
 def _parse_dotlist(items: list[str]) -> list[str]:
