@@ -198,7 +198,7 @@ def test_hundred_runs_and_group_by(tmp_path):
     assert "100 runs, 4 envs, 2 groups" in text
     # raw returns are aggregated per env family: here each env is its own
     assert "### return (raw, CartPole-v1)\n" in text
-    assert text.count("| train_ratio=8.0 | 1 | 13 |") == 4  # r000, r008, ... of each env
+    assert text.count("| train_ratio=8 | 1 | 13 |") == 4  # r000, r008, ... of each env
 
 
 def test_raw_returns_aggregate_within_a_suite_only(tmp_path):
@@ -638,6 +638,24 @@ def test_a_group_that_averages_variants_as_seeds_is_named(tmp_path, capsys):
              sets=("run.precision=bf16", "imagine.horizon=8"))
     assert main(["report", str(root / "c"), str(root / "e"), "--out", str(out)]) == 0
     assert "they differ in imagine.horizon, run.precision: add" in capsys.readouterr().err
+    # of different seeds, but also of different settings: a backbone comparison grouped by
+    # agent alone averaged mamba2 and gru without a word; threads and precision (settings a
+    # resume may change) are not counted here, nor is the seed
+    fake_run(root / "f", "CartPole-v1", 2, [1.0, 4.0], preset="cartpole",
+             sets=("imagine.world.backbone=gru", "run.threads=1"))
+    fake_run(root / "g", "CartPole-v1", 3, [1.0, 4.0], preset="cartpole",
+             sets=("run.threads=2",))
+    assert main(["report", str(root / "f"), str(root / "g"), "--out", str(out),
+                 "--group-by", "agent"]) == 0
+    err = capsys.readouterr().err
+    assert ("group 'imagine' averages runs of CartPole-v1 that differ in "
+            "imagine.world.backbone, imagine.world.backbone_kwargs.head_dim: add --group-by"
+            ) in err
+    assert "| CartPole-v1 | imagine | 2 |" in (out / "report.md").read_text()
+    assert main(["report", str(root / "f"), str(root / "g"), "--out", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err  # by backbone too (the default)
+    assert main(["report", str(root / "a"), str(root / "b"), "--out", str(out)]) == 0
+    assert "| CartPole-v1 | imagine/mamba2 | 2 (1 seed) |" in (out / "report.md").read_text()
 
 
 def test_a_group_that_averages_different_budgets_is_named(tmp_path, capsys):

@@ -46,8 +46,8 @@ def test_local_2x2_grid_end_to_end(grid_2x2, capsys):
         assert manifest["checkpoints"][-1]["step"] == 200
     text = (grid_2x2 / "report" / "report.md").read_text()
     assert "4 runs, 1 env, 2 groups" in text
-    assert "| random/train_ratio=8.0 | 1 | 2 |" in text
-    assert "| random/train_ratio=16.0 | 1 | 2 |" in text
+    assert "| random/train_ratio=8 | 1 | 2 |" in text
+    assert "| random/train_ratio=16 | 1 | 2 |" in text
 
 
 def test_rerun_skips_finished_trials(grid_2x2, capsys):
@@ -179,7 +179,7 @@ def test_rerun_with_another_grid_keeps_the_earlier_trials(tmp_path, capsys):
     assert saved["grid_keys"] == ["run.train_ratio"]
     text = (out / "report" / "report.md").read_text()
     assert "2 runs, 1 env, 2 groups" in text
-    assert "| random/train_ratio=8.0 | 1 | 1 |" in text
+    assert "| random/train_ratio=8 | 1 | 1 |" in text
     assert "Also reported: 1 trial(s) that an earlier run" in text
     # a trial folder deleted by hand is no longer carried along
     shutil.rmtree(out / saved["results"][1]["name"])

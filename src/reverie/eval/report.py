@@ -228,6 +228,14 @@ def mixed_groups(groups: list[Group]) -> list[str]:
             for r in rs:
                 by_seed[r.seed].append(r)
             clash = next((v for _, v in sorted(by_seed.items()) if len(v) > 1), None)
+            if clash is None and clash_line is None:  # seeds apart, but settings too?
+                leaves = [_leaves(r.cfg) for r in rs]
+                differ = sorted(k for k in set().union(*leaves)
+                                if k not in no_result and k not in RESUME_KEYS and k != "seed"
+                                and len({repr(c.get(k)) for c in leaves}) > 1)
+                if differ:
+                    clash_line = (f"group '{g.label}' averages runs of {env} that differ in "
+                                  f"{_some(differ)}: add --group-by for what tells them apart")
             if clash is None or clash_line is not None:
                 continue
             leaves = [_leaves(r.cfg) for r in clash]
@@ -236,9 +244,7 @@ def mixed_groups(groups: list[Group]) -> list[str]:
                              and len({repr(c.get(k)) for c in leaves}) > 1),
                             key=lambda k: (k in RESUME_KEYS, k))
             if differ:
-                what = (f"they differ in {', '.join(differ[:4])}"
-                        f"{f' (+{len(differ) - 4} more)' if len(differ) > 4 else ''}: add "
-                        "--group-by for what tells them apart")
+                what = f"they differ in {_some(differ)}: add --group-by for what tells them apart"
             elif clash_budgets := _budgets(clash):
                 what = f"they differ in their budgets ({clash_budgets})"
                 budget_line = ""  # this line says it
@@ -248,6 +254,12 @@ def mixed_groups(groups: list[Group]) -> list[str]:
                           f"{clash[0].seed}, averaged as if they were seeds; {what}")
         lines += [x for x in (clash_line, budget_line) if x]
     return lines
+
+
+def _some(keys: list[str], shown: int = 4) -> str:
+    """The first `shown` keys, and how many more."""
+    more = f" (+{len(keys) - shown} more)" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
 
 
 def _ci(e: Estimate, pct: bool) -> str:
@@ -300,7 +312,7 @@ def _aggregate_section(groups: list[Group], kind: ScoreKind) -> list[str]:
 
 
 def _task_section(groups: list[Group]) -> list[str]:
-    lines = ["| env | group | seeds | final return (mean ± sd) | score [95% CI] | from |",
+    lines = ["| env | group | runs | final return (mean ± sd) | score [95% CI] | from |",
              "|---|---|---:|---:|---|---|"]
     rows = []
     for g in groups:
@@ -311,7 +323,9 @@ def _task_section(groups: list[Group]) -> list[str]:
             sources = sorted({r.source for r in rs})
             src = " + ".join("evaluations" if s == "eval" else "training episodes"
                              for s in sources)
-            rows.append((env, g.label, f"| {env} | {g.label} | {len(rs)} | "
+            seeds = len({r.seed for r in rs})  # fewer than runs: see the mixed-group lines
+            count = f"{len(rs)}" if seeds == len(rs) else f"{len(rs)} ({_n(seeds, 'seed')})"
+            rows.append((env, g.label, f"| {env} | {g.label} | {count} | "
                          f"{_num(raw.mean())} ± {_num(raw.std())} | {score} | {src} |"))
     lines += [row for _, _, row in sorted(rows)]
     games = sorted({atari_game(env) for g in groups for env in g.runs} - {None})

@@ -68,7 +68,8 @@ class Run:
                 ours and getattr(agent_parts(agent)[1], "uses_replay", True)):
             return "-"  # an agent that keeps no sequence replay: the setting is unused
         value = OmegaConf.select(self.cfg, key, default="?")
-        return str(value)
+        # a float setting holding a whole number reads as one (train_ratio=128, not 128.0)
+        return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _finite(rows: list[dict], key: str) -> list[tuple[int, float]]:
@@ -307,7 +308,10 @@ def load_runs(paths: list[str | Path], finished_only: bool = False,
     if not runs:
         detail = f" ({warnings[0]})" if len(warnings) == 1 else \
             f" ({len(warnings)} folders skipped, first: {warnings[0]})" if warnings else ""
-        fix = ("point at run folders written by `reverie train` or a folder holding them"
+        unfinished = [w for w in warnings if ": unfinished (" in w]
+        fix = ("drop --finished-only to report runs still training" if warnings and
+               len(unfinished) == len(warnings) else
+               "point at run folders written by `reverie train` or a folder holding them"
                if returns == "auto" else f"choose another --returns than {returns}, or point "
                "at run folders that log what it scores")
         raise UserError(f"no usable run to report{detail}; {fix}")
