@@ -400,3 +400,21 @@ def test_a_flag_and_a_set_that_agree_are_accepted():
     cfg = build_config("cartpole", ["run.steps=500", "seed=3", "env.id=Acrobot-v1"],
                        {"steps": 500, "seed": 3, "env": "Acrobot-v1"})
     assert (cfg.run.steps, cfg.seed, cfg.env.id) == (500, 3, "Acrobot-v1")
+
+
+def test_a_refused_env_id_is_one_line_without_gymnasiums_warning():
+    """ALE/Breakout-v4: Gymnasium warned "out of date" before refusing it, so the refusal
+    came after two lines of its coloured warning; an env it does make keeps its warning."""
+    import warnings
+
+    from reverie.envs import make_env
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UserError, match="did you mean 'ALE/Breakout-v5'"):
+            make_env("ALE/Breakout-v4")
+    assert caught == []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_env("CartPole-v0").close()
+    assert any("out of date" in str(w.message) for w in caught)

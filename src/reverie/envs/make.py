@@ -17,6 +17,7 @@ Spec strings:
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -156,6 +157,17 @@ def _extra_of(env_id: str) -> str | None:
 def _make_gym(env_id: str, render: bool = False, noop_max: int = 30) -> gym.Env:
     if env_id.startswith("popgym-"):
         _check_popgym_id(env_id)
+    # Gymnasium warns before it refuses an id (ALE/Breakout-v4: "out of date ..." and then
+    # DeprecatedEnv): its warnings are shown only for an env it makes, so that a refusal is
+    # reverie's one line
+    with warnings.catch_warnings(record=True) as caught:
+        env = _make_registered(env_id, render, noop_max)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return env
+
+
+def _make_registered(env_id: str, render: bool, noop_max: int) -> gym.Env:
     try:
         if env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4"):
             return _make_atari(env_id, noop_max=noop_max)
