@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -240,6 +241,11 @@ def test_ray_local_instance_runs_a_2x2_grid(tmp_path, monkeypatch):
         return restore
 
     monkeypatch.setattr(ray_backend, "_init", init_then_probe)
+    notices: list[logging.LogRecord] = []  # Ray's "ray" logger does not propagate to root
+    notice_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    handler = logging.Handler()
+    handler.emit = notices.append
+    notice_logger.addHandler(handler)
     out = tmp_path / "ray"
     handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
     summary = run_sweep(Sweep(preset="random", envs=["CartPole-v1"], seeds=2, steps=200,
@@ -250,6 +256,10 @@ def test_ray_local_instance_runs_a_2x2_grid(tmp_path, monkeypatch):
     # Ray's SIGTERM handler, left by ray.shutdown, is gone: a run trained later in this
     # process stops with a checkpoint at a SIGTERM (it killed this test process's suite)
     assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
+    # Ray's token-authentication notice (about clusters others can reach) is not printed
+    # for this loopback-only instance
+    notice_logger.removeHandler(handler)
+    assert not [r for r in notices if "Token authentication" in r.getMessage()]
     assert (summary["backend"], summary["trials"], summary["finished"]) == ("ray", 4, 4)
     assert "4 runs, 1 env, 2 groups" in (out / "report" / "report.md").read_text()
 

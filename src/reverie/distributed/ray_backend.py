@@ -7,6 +7,7 @@ A task asks for the CPUs its run uses (and a share of the GPUs where the cluster
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -56,6 +57,9 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 NICENESS_ENV = "RAY_worker_niceness"
 
 
+AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
 def _local_instance_settings() -> Callable[[], None]:
     """A local instance that listens on the loopback interface only, never the network, and
     whose workers run at this process's priority; returns the function that puts the
@@ -87,9 +91,17 @@ def _init(ray, address: str | None, workers: int) -> Callable[[], None]:
     try:
         if address is None:
             restore = _local_instance_settings()
-            ray.init(num_cpus=workers, num_gpus=_local_gpus(), include_dashboard=False,
-                     log_to_driver=False, configure_logging=False,
-                     runtime_env={"env_vars": env} if env else None)
+            # its token-authentication notice, a line without context on a sweep's console,
+            # is about clusters others can reach: this instance listens on loopback only
+            notice = logging.getLogger(AUTH_NOTICE_LOGGER)
+            level = notice.level
+            notice.setLevel(logging.ERROR)
+            try:
+                ray.init(num_cpus=workers, num_gpus=_local_gpus(), include_dashboard=False,
+                         log_to_driver=False, configure_logging=False,
+                         runtime_env={"env_vars": env} if env else None)
+            finally:
+                notice.setLevel(level)
         else:
             if address != "auto":
                 _check_reachable(address)
