@@ -151,6 +151,23 @@ def test_bad_input_messages(name):
         m.step(torch.randn(2, 3, 16), m.initial_state(2))
 
 
+@pytest.mark.parametrize("name, option", [
+    ("mamba2", "head_dim"), ("mamba2", "d_state"), ("mamba1", "d_state"),
+    ("transformer", "n_heads"), ("transformer", "context"), ("ffm", "memory_size")])
+def test_true_is_not_a_count(name, option):
+    """YAML's `true` for a size (`--set ...head_dim=true`) built mamba2 with head_dim=1 and
+    the transformer with one head, silently."""
+    with pytest.raises(ValueError, match=rf"{option}.* must be a positive (integer|divisor)"):
+        make_backbone(name, d_model=32, n_layers=1, **{option: True})
+    with pytest.raises(ValueError, match="d_model must be a positive integer"):
+        make_backbone(name, d_model=True, n_layers=1)
+
+
+def test_transformer_dropout_of_the_wrong_type_is_said_as_such():
+    with pytest.raises(ValueError, match=r"dropout must be a number in \[0, 1\), got 'abc'"):
+        make_backbone("transformer", d_model=32, n_layers=1, dropout="abc")
+
+
 def test_unknown_backbone_lists_valid_names():
     with pytest.raises(ValueError, match="mamba2") as e:
         make_backbone("mamba3")

@@ -22,6 +22,7 @@ from reverie.sequence.base import (
     contiguous_state,
     detach_state,
     index_state,
+    positive_int,
 )
 
 BACKBONES: tuple[str, ...] = ("gru", "transformer", "mamba1", "mamba2", "ffm")
@@ -36,9 +37,9 @@ def make_backbone(name: str, d_model: int = 256, n_layers: int = 2, **kwargs: An
         raise ValueError(
             f"unknown backbone '{name}'{hint}; choose one of: {', '.join(BACKBONES)}"
         )
-    if not isinstance(d_model, int) or d_model <= 0:
+    if not positive_int(d_model):
         raise ValueError(f"d_model must be a positive integer, got {d_model!r}")
-    if not isinstance(n_layers, int) or n_layers <= 0:
+    if not positive_int(n_layers):
         raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
     module = importlib.import_module(_MODULES[name])
     params = inspect.signature(module.build).parameters

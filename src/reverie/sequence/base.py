@@ -15,7 +15,7 @@ may influence any output at or after t.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -174,6 +174,12 @@ class Backbone(nn.Module):
             x, s = block.step(x, s)
             new_state.append(s)
         return self.norm(x), tuple(new_state)
+
+
+def positive_int(value: Any) -> bool:
+    """Whether a backbone option is a positive integer (True and False are not: YAML's
+    `true` would build a model of 1 head or a state of size 1)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def full(x: Tensor) -> Tensor:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reverie.errors import suggest
-from reverie.sequence.base import Backbone, Block, LayerState, host_int
+from reverie.sequence.base import Backbone, Block, LayerState, host_int, positive_int
 
 
 def decay_powers(alpha: Tensor, omega: Tensor, n: int, dtype: torch.dtype) -> Tensor:
@@ -326,7 +326,7 @@ def build(d_model: int, n_layers: int, **kwargs: Any) -> Backbone:
         opt["max_period"] = PERIODS.get(opt["init"], PERIODS["reference"])
     for key in ("memory_size", "context_size", "chunk_size"):
         v = opt[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        if not positive_int(v):
             raise ValueError(f"ffm {key} must be a positive integer, got {v!r}")
     for key in ("min_horizon", "max_horizon", "max_period"):
         v = opt[key]

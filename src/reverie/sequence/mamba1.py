@@ -27,6 +27,7 @@ from reverie.sequence.base import (
     column_major,
     full,
     matvec,
+    positive_int,
 )
 from reverie.sequence.selective_scan import selective_scan
 
@@ -138,11 +139,11 @@ def build(
     """
     for key, val in (("d_state", d_state), ("expand", expand), ("d_conv", d_conv),
                      ("chunk_size", chunk_size)):
-        if not isinstance(val, int) or isinstance(val, bool) or val <= 0:
+        if not positive_int(val):
             raise ValueError(f"mamba1 {key} must be a positive integer, got {val!r}")
     if dt_rank == "auto":
         dt_rank = math.ceil(d_model / 16)
-    elif not isinstance(dt_rank, int) or isinstance(dt_rank, bool) or dt_rank <= 0:
+    elif not positive_int(dt_rank):
         raise ValueError(f"mamba1 dt_rank must be 'auto' or a positive integer, got {dt_rank!r}")
     blocks = [
         Mamba1Block(d_model, d_state, expand, d_conv, dt_rank, chunk_size)

@@ -23,6 +23,7 @@ from reverie.sequence.base import (
     causal_conv_step,
     column_major,
     full,
+    positive_int,
 )
 from reverie.sequence.ssd import ssd_chunked, ssd_step
 
@@ -149,7 +150,7 @@ def build(
     """
     for key, val in (("d_state", d_state), ("expand", expand), ("head_dim", head_dim),
                      ("chunk_size", chunk_size), ("d_conv", d_conv)):
-        if not isinstance(val, int) or val <= 0:
+        if not positive_int(val):
             raise ValueError(f"mamba2 {key} must be a positive integer, got {val!r}")
     d_inner = expand * d_model
     if d_inner % head_dim:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reverie.sequence.base import Backbone, Block, LayerState, host_int
+from reverie.sequence.base import Backbone, Block, LayerState, host_int, positive_int
 
 ROPE_BASE = 10_000.0
 
@@ -238,12 +238,12 @@ def build(
 ) -> Backbone:
     """STORM-style Transformer: `n_layers` pre-norm blocks, `n_heads` heads, a window and
     KV cache of `context` tokens (current one included), rotary or learned positions."""
-    if not isinstance(n_heads, int) or n_heads <= 0 or d_model % n_heads:
+    if not positive_int(n_heads) or d_model % n_heads:
         raise ValueError(
             f"n_heads={n_heads!r} must be a positive divisor of d_model={d_model}; "
             "pick e.g. n_heads=8 with d_model a multiple of 8"
         )
-    if not isinstance(context, int) or context <= 0:
+    if not positive_int(context):
         raise ValueError(f"context must be a positive integer (e.g. 64), got {context!r}")
     if positions not in ("rotary", "learned"):
         raise ValueError(f"positions must be 'rotary' or 'learned', got {positions!r}")
@@ -252,8 +252,9 @@ def build(
             f"rotary positions need an even head size, got d_model/n_heads = "
             f"{d_model // n_heads}; change n_heads or use positions='learned'"
         )
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+            or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
     blocks = [TransformerBlock(d_model, n_heads, context, positions, dropout)
               for _ in range(n_layers)]
     return Transformer(d_model, blocks)
