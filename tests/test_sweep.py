@@ -291,6 +291,20 @@ def test_each_agent_of_a_grid_is_checked_against_the_env(tmp_path):
                         None)
 
 
+def test_a_backbone_option_one_grid_point_refuses_stops_the_sweep_before_training(
+        tmp_path, capsys):
+    """ffm's memory_size under a grid of ffm and gru: the ffm trial trained first, then the
+    gru trial failed ("gru takes no options") and the sweep exited 1."""
+    out = tmp_path / "sw"
+    rc = main(["sweep", "--preset", "cartpole", "--grid", "imagine.world.backbone=ffm,gru",
+               "--set", "imagine.world.backbone_kwargs.memory_size=16", "--seeds", "1",
+               "--steps", "300", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "gru takes no options" in err
+    assert "(trial imagine.world.backbone=gru)" in err
+    assert not out.exists()
+
+
 def test_a_trial_with_a_bad_setting_is_not_retried(tmp_path):
     """Exit code 2 is a mistake in the command: a second attempt would repeat it."""
     from reverie.distributed.grid import Trial

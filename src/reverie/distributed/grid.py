@@ -133,10 +133,13 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
                 flags = {"env": env, "steps": steps, "seed": seed}
                 try:
                     cfg = build_config(preset or "cartpole", items, flags)
+                    # what check_env depends on: the env, and the agent's own settings (a
+                    # backbone option only the backbone checks, e.g. ffm's memory_size under
+                    # a grid of backbones); each once, before any trial starts
                     env_key = (cfg.agent, cfg.env.id, cfg.env.image_size, cfg.env.obs,
-                               cfg.env.prev_reward)  # what check_env depends on
-                    if env_key not in checked:  # each env once, before any trial starts
-                        check_env(cfg)
+                               cfg.env.prev_reward, repr(cfg.get(cfg.agent)))
+                    if env_key not in checked:
+                        check_env(cfg, agent=True)
                         checked.add(env_key)
                 except UserError as e:
                     what = ([f"env={env}"] if env else []) + [f"{k}={v}" for k, v in point]
