@@ -39,9 +39,20 @@ def _plt():
 
 
 def _colors(labels: list[str]) -> dict[str, tuple]:
-    plt = _plt()
-    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    # tab10 cycled rather than tab20, whose light/dark pairs of one hue suggest groups that
+    # belong together; the line styles below tell the cycles apart
+    cmap = _plt().get_cmap("tab10")
     return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
+
+
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def _line_styles(groups: list[Group]) -> dict[str, str]:
+    """A dash pattern per group label, cycling so that neighbours differ: two groups with the
+    same curve (one hidden under the other when both were solid) both stay visible."""
+    labels = list(dict.fromkeys(g.label for g in groups))
+    return {label: LINE_STYLES[i % len(LINE_STYLES)] for i, label in enumerate(labels)}
 
 
 def _save_with_legend(fig, handles: dict, path: Path, ncol_max: int = 4) -> Path:
@@ -162,6 +173,9 @@ def aggregates_figure(groups: list[Group], colors: dict):
             ax.use_sticky_edges = False
             ax.margins(x=0.08)
             unit = f"{kind.name} (%)" if kind.percent else kind.label
+            if name == "optimality gap":  # how far below the target, not a score
+                unit = f"{kind.name} gap to {kind.gamma * kind.scale:g}" + \
+                    (" (%)" if kind.percent else "")
             ax.set_xlabel(unit, fontsize=9)
             ax.set_title(name + ("\n(lower is better)" if name == "optimality gap" else ""),
                          fontsize=10)
@@ -180,6 +194,7 @@ def _grid(runs) -> np.ndarray:
 
 def curves_png(groups: list[Group], out: Path, colors: dict) -> Path:
     plt = _plt()
+    dashes = _line_styles(groups)
     envs = sorted({e for g in groups for e in g.runs})
     ncols = min(4, len(envs))
     nrows = math.ceil(len(envs) / ncols)
@@ -202,7 +217,7 @@ def curves_png(groups: list[Group], out: Path, colors: dict) -> Path:
             shown += [mean, low, high] if len(runs) > 1 else [mean]  # what is drawn
             ok = np.isfinite(mean)
             (line,) = ax.plot(grid[ok], mean[ok], color=colors[g.label], lw=1.6,
-                              marker="o" if ok.sum() <= 12 else None, ms=3)
+                              ls=dashes[g.label], marker="o" if ok.sum() <= 12 else None, ms=3)
             if len(runs) > 1:
                 ax.fill_between(grid[ok], low[ok], high[ok], color=colors[g.label], alpha=0.2,
                                 lw=0)
@@ -234,6 +249,7 @@ def _panel_grid(plt, n: int, ncols_max: int = 3):
 
 def sample_efficiency_png(groups: list[Group], out: Path, colors: dict) -> Path:
     plt = _plt()
+    dashes = _line_styles(groups)
     kinds = _kinds(groups)
     fig, panels = _panel_grid(plt, len(kinds))
     handles: dict[str, object] = {}
@@ -248,7 +264,7 @@ def sample_efficiency_png(groups: list[Group], out: Path, colors: dict) -> Path:
             shown += [mid, low, high] if g.n_runs > 1 else [mid]  # what is drawn
             ok = np.isfinite(mid)
             (line,) = ax.plot(grid[ok], mid[ok], color=colors[g.label], lw=1.6,
-                              marker="o" if ok.sum() <= 12 else None, ms=3)
+                              ls=dashes[g.label], marker="o" if ok.sum() <= 12 else None, ms=3)
             if g.n_runs > 1:
                 ax.fill_between(grid[ok], low[ok], high[ok], color=colors[g.label], alpha=0.2,
                                 lw=0)
@@ -264,6 +280,7 @@ def sample_efficiency_png(groups: list[Group], out: Path, colors: dict) -> Path:
 
 def profile_png(groups: list[Group], out: Path, colors: dict) -> Path:
     plt = _plt()
+    dashes = _line_styles(groups)
     kinds = _kinds(groups)
     fig, panels = _panel_grid(plt, len(kinds))
     handles: dict[str, object] = {}
@@ -289,7 +306,8 @@ def profile_png(groups: list[Group], out: Path, colors: dict) -> Path:
         shown = kind.scale * taus  # the x axis in the unit the tables use (HNS in %)
         for g in mine:
             p, low, high = profile_with_ci(g.scores(), taus)
-            (line,) = ax.plot(shown, p, color=colors[g.label], lw=1.6, drawstyle="steps-post")
+            (line,) = ax.plot(shown, p, color=colors[g.label], lw=1.6, ls=dashes[g.label],
+                              drawstyle="steps-post")
             if g.n_runs > 1:
                 ax.fill_between(shown, low, high, color=colors[g.label], alpha=0.2, lw=0,
                                 step="post")

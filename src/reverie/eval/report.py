@@ -289,7 +289,10 @@ def _aggregate_section(groups: list[Group], kind: ScoreKind) -> list[str]:
     pct = kind.percent
     names = ["mean", "median", "IQM"] + (["optimality gap"] if kind.gamma is not None else [])
     # a raw return's label already names its family ("return (raw, dmc)")
-    lines = [f"### {kind.label if kind.raw else f'{kind.name}: {kind.label}'}", "",
+    # a label that starts with the name already says it ("return (raw, dmc)", "MMER (...)")
+    heading = kind.label if kind.label.startswith(kind.name.split(" ")[0]) else \
+        f"{kind.name}: {kind.label}"
+    lines = [f"### {heading}", "",
              "| group | tasks | runs | " + " | ".join(names) + " |",
              "|---|---:|---:|" + "---|" * len(names)]
     for g in groups:
