@@ -204,3 +204,13 @@ def test_presets_of_a_users_file_and_a_bad_key_in_one_name_the_file(tmp_path, ca
     monkeypatch.chdir(tmp_path / "cwd")
     assert main(["presets", "cartpole"]) == 0
     assert capsys.readouterr().out.startswith("#")
+
+
+def test_backbone_of_names_the_agents_backbone_or_none():
+    """Used by the default run folder name and the run's curve.png title."""
+    from reverie.config import backbone_of
+
+    assert backbone_of(build_config("cartpole", [], {"backbone": "gru"})) == "gru"
+    assert backbone_of(build_config("popgym-ppo")) == "ffm"
+    assert backbone_of(build_config("random")) is None
+    assert backbone_of(build_config("mbpo-pendulum")) is None

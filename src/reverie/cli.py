@@ -211,12 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _default_out(cfg) -> Path:
-    from omegaconf import OmegaConf
+    from reverie.config import backbone_of
 
-    from reverie.config import agent_parts
-
-    _, _, key = agent_parts(cfg.agent)
-    backbone = (OmegaConf.select(cfg, f"{cfg.agent}.{key}", default=None) if key else None)
+    backbone = backbone_of(cfg)
     if backbone is None or cfg.agent != "imagine":  # the default agent keeps short names
         backbone = cfg.agent if backbone is None else f"{cfg.agent}-{backbone}"
     name = f"{cfg.env.id}-{backbone}-s{cfg.seed}".replace("/", "_").replace(":", "_")

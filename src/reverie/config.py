@@ -560,6 +560,12 @@ def run_env_steps(run: DictConfig) -> int:
     return -(-int(run.steps) // envs) * envs
 
 
+def backbone_of(cfg: DictConfig) -> str | None:
+    """The backbone the run's agent uses, or None for an agent without one."""
+    _, _, key = agent_parts(cfg.agent)
+    return OmegaConf.select(cfg, f"{cfg.agent}.{key}", default=None) if key else None
+
+
 def training_notes(cfg: DictConfig) -> list[str]:
     """Legitimate settings under which a run trains nothing: said, not silently done."""
     run, need, notes = cfg.run, rows_per_sample(cfg), []

@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 
 from reverie.config import (
     apply_resume_overrides,
+    backbone_of,
     load_run_config,
     rows_per_sample,
     save_config,
@@ -423,7 +424,9 @@ class Trainer(Checkpointing):
                 f"{self.out}` (from the checkpoint at step {self.saved.latest_step()}; the "
                 "steps after it are run again)", "SIGINT") from None
         self.logger.close()
-        plot_curve(self.out, title=f"{cfg.env.id} · {cfg.agent}")
+        backbone = backbone_of(cfg)  # the curve of a backbone comparison says which
+        plot_curve(self.out, title=f"{cfg.env.id} · {cfg.agent}"
+                   + (f" ({backbone})" if backbone else ""))
         return self.summary()
 
     def release(self) -> None:
