@@ -812,3 +812,20 @@ def test_hns_curves_are_in_percent_and_a_flat_curve_is_not_magnified(tmp_path, m
     low, high = saved[1].axes[0].get_ylim()
     assert low <= 100.0 and high >= 300.0
     plots._plt().close(saved[1])
+
+
+def test_runs_that_never_updated_are_named(tmp_path, capsys):
+    """A sweep at --steps below the prefill trains nothing: its report ranked the backbones'
+    initial weights without a word."""
+    root = tmp_path / "runs"
+    for seed, updates in enumerate([0, 0, 12]):
+        run = fake_run(root / f"r{seed}", "CartPole-v1", seed, [20.0, 30.0])
+        with (run / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps({"step": 200, "grad_steps": updates}) + "\n")
+    out = tmp_path / "rep"
+    assert main(["report", str(root / "r0"), str(root / "r1"), "--out", str(out)]) == 0
+    line = ("group 'random' has runs of CartPole-v1 that never updated (0 gradient steps; "
+            "run.steps within the prefill or warm-up): their scores are the untrained agent's")
+    assert f"reverie: warning: {line}" in capsys.readouterr().err
+    assert main(["report", str(root / "r2"), "--out", str(out)]) == 0
+    assert "never updated" not in capsys.readouterr().err

@@ -211,7 +211,8 @@ def mixed_groups(groups: list[Group]) -> list[str]:
       result: progress, logging and checkpoint cadence);
     - runs scored at different budgets (a 10k and a 20k run of one agent): their final
       scores are not comparable: `--group-by run.steps` sets different budgets apart,
-      `--finished-only` leaves out runs still short of theirs."""
+      `--finished-only` leaves out runs still short of theirs;
+    - runs that never updated (their scores are the initial weights')."""
     from reverie.config import RESUME_KEYS
 
     lines = []
@@ -253,6 +254,11 @@ def mixed_groups(groups: list[Group]) -> list[str]:
             clash_line = (f"group '{g.label}' has {len(clash)} runs of {env} with seed "
                           f"{clash[0].seed}, averaged as if they were seeds; {what}")
         lines += [x for x in (clash_line, budget_line) if x]
+        untrained = sorted({r.env for rs in g.runs.values() for r in rs if r.grad_steps == 0})
+        if untrained:  # e.g. a sweep's --steps below the prefill: scores of initial weights
+            lines.append(f"group '{g.label}' has runs of {', '.join(untrained)} that never "
+                         "updated (0 gradient steps; run.steps within the prefill or warm-up): "
+                         "their scores are the untrained agent's")
     return lines
 
 

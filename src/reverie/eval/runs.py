@@ -54,6 +54,7 @@ class Run:
     steps_per_s: float | None = None
     source: str = "eval"  # "eval" (evaluation rows) or "train" (training episodes)
     machines: tuple[str, ...] = ()  # what its processes trained on (`run/machine.py` labels)
+    grad_steps: int | None = None  # updates it made (metrics rows); None where not logged
 
     def setting(self, key: str) -> str:
         """The run's value of a grouping key: 'agent', 'backbone' or any dotted config key."""
@@ -151,7 +152,9 @@ def read_run(folder: Path, returns: str = "auto") -> Run:
     return Run(path=folder, cfg=cfg, env=env, seed=int(cfg.seed), env_steps=last,
                target_steps=steps, final_raw=final_raw, score=float(score), kind=kind,
                curve=curve, wall_s=wall, steps_per_s=rate, source=source,
-               machines=_machines(folder))
+               machines=_machines(folder),
+               grad_steps=max((int(r["grad_steps"]) for r in rows
+                               if isinstance(r.get("grad_steps"), int)), default=None))
 
 
 def _machines(folder: Path) -> tuple[str, ...]:
