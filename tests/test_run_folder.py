@@ -509,3 +509,19 @@ def test_run_wall_keeps_a_process_shorter_than_the_next_ones_first_row(tmp_path)
     assert rows[3]["time/run_wall"] == pytest.approx(
         first + rows[2]["time/wall"] + rows[3]["time/wall"], abs=3e-4)
     assert training_wall(rows)[0] == pytest.approx(rows[3]["time/run_wall"], abs=3e-4)
+
+
+def test_a_run_records_its_agents_size_and_the_report_shows_it(run, tmp_path):
+    """A backbone comparison at one width differs in parameters: each process records the
+    agent's count beside its machine, and the report's compute table shows it."""
+    from reverie.eval.report import write_report
+    from reverie.run.agent import num_params
+    from reverie.run.logger import read_jsonl
+
+    rows = read_jsonl(run / "machine.jsonl")
+    agent = reverie.load(run, device="cpu").agent
+    count = num_params(agent)
+    world = sum(p.numel() for p in agent.world.parameters())
+    assert rows[-1]["params"] == count > world > 0  # the world model and the actor-critic
+    report, _ = write_report([run], tmp_path / "rep")
+    assert f"| {count / 1e6:.2f}M |" in report.read_text()

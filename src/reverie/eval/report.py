@@ -352,7 +352,8 @@ def _task_section(groups: list[Group]) -> list[str]:
 
 def _compute_section(groups: list[Group]) -> list[str]:
     lines = ["| group | env | runs | env steps reached / budget | wall time (mean, h:mm:ss) | "
-             "env steps/s (median) | machines |", "|---|---|---:|---|---:|---:|---|"]
+             "env steps/s (median) | parameters | machines |",
+             "|---|---|---:|---|---:|---:|---:|---|"]
     for g in groups:
         for env, rs in sorted(g.runs.items()):
             reached = int(np.mean([r.env_steps for r in rs]))
@@ -362,8 +363,18 @@ def _compute_section(groups: list[Group]) -> list[str]:
             lines.append(f"| {g.label} | {env} | {len(rs)} | {reached:,} / {budget:,} | "
                          f"{_hms(float(np.mean(walls))) if walls else '-'} | "
                          f"{f'{np.median(rates):.0f}' if rates else '-'} | "
-                         f"{_machines(rs)} |")
+                         f"{_params(rs)} | {_machines(rs)} |")
     return lines + [""]
+
+
+def _params(runs: list) -> str:
+    """The runs' agent size ('1.46M', a range where they differ), '-' where not recorded."""
+    counts = sorted({r.params for r in runs if r.params is not None})
+    if not counts:
+        return "-"
+    size = [f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k" if n else "0"
+            for n in (counts[0], counts[-1])]
+    return size[0] if len(counts) == 1 else f"{size[0]}–{size[1]}"
 
 
 def _machines(runs: list) -> str:
@@ -467,9 +478,11 @@ def write_report(paths: list[str | Path], out: str | Path,
             lines += [f"## {title}", "", f"![{captions[name]}]({figures[name].name})", ""]
     lines += ["## Compute", "", "Wall time is training time (evaluations included, start-up "
               "not) summed over the processes of resumed runs; env steps/s is env steps run per "
-              "second of it, median over the runs. Machines: what the runs trained on (CPU model, "
-              "logical cores, torch threads, GPU), with how many runs each where a row mixes "
-              "them; wall times compare only on the same machine.", ""] + _compute_section(groups)
+              "second of it, median over the runs. Parameters: the agent's (all its networks, "
+              "target copies included), as its run recorded them. Machines: what the runs "
+              "trained on (CPU model, logical cores, torch threads, GPU), with how many runs "
+              "each where a row mixes them; wall times compare only on the same machine.",
+              ""] + _compute_section(groups)
     lines += ["## Runs", ""] + _runs_section(groups, out)
     report = out / "report.md"
     report.write_text("\n".join(lines))

@@ -55,6 +55,7 @@ class Run:
     source: str = "eval"  # "eval" (evaluation rows) or "train" (training episodes)
     machines: tuple[str, ...] = ()  # what its processes trained on (`run/machine.py` labels)
     grad_steps: int | None = None  # updates it made (metrics rows); None where not logged
+    params: int | None = None  # the agent's parameter count (machine.jsonl), if recorded
 
     def setting(self, key: str) -> str:
         """The run's value of a grouping key: 'agent', 'backbone' or any dotted config key."""
@@ -152,7 +153,7 @@ def read_run(folder: Path, returns: str = "auto") -> Run:
     return Run(path=folder, cfg=cfg, env=env, seed=int(cfg.seed), env_steps=last,
                target_steps=steps, final_raw=final_raw, score=float(score), kind=kind,
                curve=curve, wall_s=wall, steps_per_s=rate, source=source,
-               machines=_machines(folder),
+               machines=_machines(folder), params=_params(folder),
                grad_steps=max((int(r["grad_steps"]) for r in rows
                                if isinstance(r.get("grad_steps"), int)), default=None))
 
@@ -167,6 +168,17 @@ def _machines(folder: Path) -> tuple[str, ...]:
     except UserError:
         return ()
     return tuple(dict.fromkeys(label(r) for r in rows))
+
+
+def _params(folder: Path) -> int | None:
+    """The agent's parameter count its last process recorded, or None (runs from before
+    reverie recorded it, a damaged file)."""
+    try:
+        rows = read_jsonl(folder / MACHINE)
+    except UserError:
+        return None
+    counts = [r["params"] for r in rows if isinstance(r.get("params"), int)]
+    return counts[-1] if counts else None
 
 
 def _in_score_units(kind: ScoreKind, env: str, raw_curve: list[tuple[int, float]],

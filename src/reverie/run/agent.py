@@ -75,6 +75,25 @@ def build_agent(cfg: DictConfig, obs_spec, action_space: spaces.Space, device: t
     return use_precision(agent, device, str(cfg.run.precision))
 
 
+def num_params(agent) -> int:
+    """The size of an agent: every parameter of the torch modules it holds (target and slow
+    copies included), each counted once (a module shared by two parts, or a compiled wrapper
+    of one, counts once)."""
+    seen: dict[int, int] = {}
+
+    def walk(obj: Any, depth: int) -> None:
+        # reverie's own helper objects hold modules too (mbpo's SAC: actor and critics)
+        for part in vars(obj).values():
+            if isinstance(part, torch.nn.Module):
+                seen.update((id(p), p.numel()) for p in part.parameters())
+            elif depth and type(part).__module__.startswith("reverie.") \
+                    and hasattr(part, "__dict__"):
+                walk(part, depth - 1)
+
+    walk(agent, 2)
+    return sum(seen.values())
+
+
 def compile_agent(agent, name: str, note, mode: str = "on") -> None:
     """run.compile=on|auto: the agent's optional `compile(compiler)` swaps its tensor
     functions for compiled ones (see `reverie.compiler`; `compiler.mode` says which); an agent

@@ -47,7 +47,7 @@ from reverie.rng import (
     seed_everything,
 )
 from reverie.run import folder as run_folder
-from reverie.run.agent import build_agent, compile_agent, select_device
+from reverie.run.agent import build_agent, compile_agent, num_params, select_device
 from reverie.run.checkpointing import Checkpointing, Counters
 from reverie.run.checks import check_spaces
 from reverie.run.collector import Collector, EnvWorkerDied, Transition, env_of
@@ -357,7 +357,9 @@ class Trainer(Checkpointing):
         if self.resumed_from is None:
             self.envs.start()
             self.checkpoint()  # step 0: the rollback target before any update
-        self.logger.machine(c.env_steps, describe_machine(self.device))
+        # with the weights it trains: a backbone comparison at one width differs in size
+        self.logger.machine(c.env_steps, {**describe_machine(self.device),
+                                          "params": num_params(self.agent)})
         stop = StopOnSignal(lambda name: self._note(
             f"{name}: stopping with a checkpoint once this env step's updates (and evaluation, "
             "if one is running) end; "

@@ -4,7 +4,8 @@ Wall time is only comparable between runs on the same kind of machine (one CPU h
 times another at fp32 matmuls), so `reverie report` shows each row's machines beside its
 wall time. A row: {"step": the env step the process started at, "cpu": model name, "cores":
 logical cores, "threads": torch's intra-op threads, "device": "cpu" or the GPU's name,
-"torch": version}.
+"torch": version}, and from the driver "params": the agent's parameter count
+(`run.agent.num_params`).
 """
 
 from __future__ import annotations
