@@ -150,33 +150,33 @@ def read_run(folder: Path, returns: str = "auto") -> Run:
     final_raw = final_return(evals, episodes, last)
     curve, score = _in_score_units(kind, env, raw_curve, final_raw)
     wall, rate = training_wall(timing)
+    machine_rows = _machine_rows(folder)  # read once: machines and the agent's size
     return Run(path=folder, cfg=cfg, env=env, seed=int(cfg.seed), env_steps=last,
                target_steps=steps, final_raw=final_raw, score=float(score), kind=kind,
                curve=curve, wall_s=wall, steps_per_s=rate, source=source,
-               machines=_machines(folder), params=_params(folder),
+               machines=_machines(machine_rows), params=_params(machine_rows),
                grad_steps=max((int(r["grad_steps"]) for r in rows
                                if isinstance(r.get("grad_steps"), int)), default=None))
 
 
-def _machines(folder: Path) -> tuple[str, ...]:
-    """The distinct machines a run trained on, in order; () where none were recorded (runs
-    from before reverie recorded them) or the file is damaged (it only informs)."""
+def _machine_rows(folder: Path) -> list[dict]:
+    """The run's machine.jsonl rows; [] where none were recorded (runs from before reverie
+    recorded them) or the file is damaged (it only informs)."""
+    try:
+        return read_jsonl(folder / MACHINE)
+    except UserError:
+        return []
+
+
+def _machines(rows: list[dict]) -> tuple[str, ...]:
+    """The distinct machines a run trained on, in order, from its machine rows."""
     from reverie.run.machine import label
 
-    try:
-        rows = read_jsonl(folder / MACHINE)
-    except UserError:
-        return ()
     return tuple(dict.fromkeys(label(r) for r in rows))
 
 
-def _params(folder: Path) -> int | None:
-    """The agent's parameter count its last process recorded, or None (runs from before
-    reverie recorded it, a damaged file)."""
-    try:
-        rows = read_jsonl(folder / MACHINE)
-    except UserError:
-        return None
+def _params(rows: list[dict]) -> int | None:
+    """The agent's parameter count its last process recorded, or None."""
     counts = [r["params"] for r in rows if isinstance(r.get("params"), int)]
     return counts[-1] if counts else None
 
