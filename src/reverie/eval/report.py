@@ -230,20 +230,14 @@ def mixed_groups(groups: list[Group]) -> list[str]:
                 by_seed[r.seed].append(r)
             clash = next((v for _, v in sorted(by_seed.items()) if len(v) > 1), None)
             if clash is None and clash_line is None:  # seeds apart, but settings too?
-                leaves = [_leaves(r.cfg) for r in rs]
-                differ = sorted(k for k in set().union(*leaves)
-                                if k not in no_result and k not in RESUME_KEYS and k != "seed"
-                                and len({repr(c.get(k)) for c in leaves}) > 1)
+                differ = sorted(_differing(rs, no_result | set(RESUME_KEYS) | {"seed"}))
                 if differ:
                     clash_line = (f"group '{g.label}' averages runs of {env} that differ in "
                                   f"{_some(differ)}: add --group-by for what tells them apart")
             if clash is None or clash_line is not None:
                 continue
-            leaves = [_leaves(r.cfg) for r in clash]
             # what changes learning first, then what a resume may change (threads, precision)
-            differ = sorted((k for k in set().union(*leaves) if k not in no_result
-                             and len({repr(c.get(k)) for c in leaves}) > 1),
-                            key=lambda k: (k in RESUME_KEYS, k))
+            differ = sorted(_differing(clash, no_result), key=lambda k: (k in RESUME_KEYS, k))
             if differ:
                 what = f"they differ in {_some(differ)}: add --group-by for what tells them apart"
             elif clash_budgets := _budgets(clash):
@@ -260,6 +254,13 @@ def mixed_groups(groups: list[Group]) -> list[str]:
                          "updated (0 gradient steps; run.steps within the prefill or warm-up): "
                          "their scores are the untrained agent's")
     return lines
+
+
+def _differing(runs: list[Run], skip: set[str]) -> list[str]:
+    """The config keys (dotted leaves) whose values differ between `runs`, but `skip`."""
+    leaves = [_leaves(r.cfg) for r in runs]
+    return [k for k in set().union(*leaves)
+            if k not in skip and len({repr(c.get(k)) for c in leaves}) > 1]
 
 
 def _some(keys: list[str], shown: int = 4) -> str:
@@ -294,7 +295,6 @@ def _hms(seconds: float | None) -> str:
 def _aggregate_section(groups: list[Group], kind: ScoreKind) -> list[str]:
     pct = kind.percent
     names = ["mean", "median", "IQM"] + (["optimality gap"] if kind.gamma is not None else [])
-    # a raw return's label already names its family ("return (raw, dmc)")
     # a label that starts with the name already says it ("return (raw, dmc)", "MMER (...)")
     heading = kind.label if kind.label.startswith(kind.name.split(" ")[0]) else \
         f"{kind.name}: {kind.label}"
