@@ -265,6 +265,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from reverie.run.folder import check_out_parent
     from reverie.run.policy import load
 
     given = [f for f, v in (("--horizon", args.horizon), ("--context", args.context))
@@ -277,9 +278,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         out = Path(args.out)
         if out.is_dir():
             raise UserError(f"--out must be a file path for the JSON, got the folder '{out}'")
-        if not out.parent.is_dir():
-            raise UserError(f"--out's folder '{out.parent}' does not exist; create it or "
-                            "choose another path")
+        check_out_parent(out)
     policy = load(args.run, best=args.best)
     if args.prediction < 0:
         raise UserError(f"--prediction must be >= 0 windows, got {args.prediction}")

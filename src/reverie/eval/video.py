@@ -14,6 +14,7 @@ import torch
 
 from reverie.envs import image_keys, main_key
 from reverie.errors import UserError
+from reverie.run.folder import check_out_parent
 from reverie.run.policy import Policy, load
 
 
@@ -190,9 +191,7 @@ def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
         if out.suffix.lower() != ".gif" or out.is_dir():
             raise UserError(f"--out must be a .gif file path, got '{out}' (the plots and the "
                             "real-vs-imagined GIF are written beside it)")
-        if not out.parent.is_dir():
-            raise UserError(f"--out's folder '{out.parent}' does not exist; create it or "
-                            "choose another path")
+        check_out_parent(out)
     policy = load(run, best=best)
     notes = [] if notes is None else notes
     folder = Path(run) if Path(run).is_dir() else _folder_of(Path(run))

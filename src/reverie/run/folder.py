@@ -130,3 +130,11 @@ def lock(folder: Path):
             "(or let it finish) before resuming"
         ) from None
     return handle
+
+
+def check_out_parent(out: Path) -> None:
+    """A file a command writes (`--out`) must go into a folder that exists: said before any
+    work is done, not as a failed save after it."""
+    if not out.parent.is_dir():
+        raise UserError(f"--out's folder '{out.parent}' does not exist; create it or choose "
+                        "another path")
