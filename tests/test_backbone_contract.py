@@ -197,3 +197,62 @@ def test_the_readme_backbone_snippet_runs_as_written():
     scope: dict = {}
     exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 - the README's own code
     assert scope["y"].shape == (16, 64, 512) and scope["y1"].shape == (16, 512)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_an_empty_sequence_gives_no_output_and_keeps_the_state(name):
+    """T=0 failed with each backbone's own error (nn.GRU's, a division by zero, a conv
+    kernel larger than its input); ffm alone returned an empty result."""
+    m = build(name)
+    with torch.no_grad():
+        _, s = m(torch.randn(2, 5, 16))
+        y, s2 = m(torch.randn(2, 0, 16), s, torch.zeros(2, 0, dtype=torch.bool))
+    assert y.shape == (2, 0, 16)
+    for a, b in zip(s, s2):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_a_bfloat16_model_runs_and_follows_its_float32_twin(name):
+    """`.to(torch.bfloat16)` failed for mamba1 and mamba2 (their float32 dt met bfloat16
+    operands in a matmul): they scan in float32 and return bf16 outputs and states."""
+    ref = build(name)
+    low = build(name).to(torch.bfloat16)
+    with torch.no_grad():  # the twin holds the bf16 model's weights, rounded, in float32
+        for p, q in zip(ref.parameters(), low.parameters()):
+            p.copy_(q.float())
+    x = torch.randn(2, 9, 16)
+    reset = torch.zeros(2, 9, dtype=torch.bool)
+    reset[1, 4] = True
+    y, s = low(x.bfloat16(), None, reset)
+    y_ref, _ = ref(x, None, reset)
+    assert y.dtype == torch.bfloat16
+    assert all(v.dtype == low.initial_state(2)[0][k].dtype for layer in s
+               for k, v in layer.items())
+    assert (y.float() - y_ref).abs().max().item() < 0.1 * y_ref.abs().max().item()
+    y1, _ = low.step(x[:, 0].bfloat16(), low.initial_state(2))
+    y1_ref, _ = ref.step(x[:, 0], ref.initial_state(2))
+    assert y1.dtype == torch.bfloat16
+    assert (y1.float() - y1_ref).abs().max().item() < 0.1 * y1_ref.abs().max().item()
+    y.float().square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in low.parameters())
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_under_autocast_the_residual_stream_keeps_its_dtype(name):
+    """mamba2's fused out-projection ran its residual add under autocast in bf16, so
+    every later block of a stack read a bf16 stream; the others keep float32."""
+    m = build(name)
+    x = torch.randn(2, 7, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        block = m.blocks[0]
+        y, _ = block(x, m.initial_state(2)[0], None)
+        y1, _ = block.step(x[:, 0], m.initial_state(2)[0])
+    assert y.dtype == y1.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_input_of_another_dtype_is_a_one_line_error(name):
+    m = build(name)
+    with pytest.raises(ValueError, match=r"torch.float32 parameters but x is torch.float64"):
+        m(torch.randn(2, 3, 16, dtype=torch.float64))

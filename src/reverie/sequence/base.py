@@ -123,6 +123,12 @@ class Backbone(nn.Module):
                 f"{x.shape[-1]}; project inputs to {self.d_model} or rebuild with "
                 f"d_model={x.shape[-1]}"
             )
+        p = self._param()
+        if x.dtype != p.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(
+                f"{self.name} has {p.dtype} parameters but x is {x.dtype}; pass "
+                f"x.to({p.dtype}) or convert the model with .to({x.dtype})"
+            )
 
     def _check_state(self, state: State, batch_size: int) -> None:
         if not isinstance(state, tuple) or len(state) != self.n_layers:
@@ -159,6 +165,8 @@ class Backbone(nn.Module):
             # without a reset
             if not torch.compiler.is_compiling() and not host_int(reset.any()):
                 reset = None
+        if T == 0:  # an empty sequence: no output, and the state comes back as it was
+            return self.norm(x), state
         new_state = []
         for block, s in zip(self.blocks, state):
             x, s = block(x, s, reset)
@@ -182,11 +190,16 @@ def positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+def low_precision(x: Tensor) -> bool:
+    """Whether `x` is bfloat16 or float16."""
+    return x.dtype in (torch.bfloat16, torch.float16)
+
+
 def full(x: Tensor) -> Tensor:
     """`x` in at least float32: a bfloat16/float16 tensor (what a layer returns under
     `run.precision=bf16`'s autocast) is upcast, any other comes back as it is. Distribution
     math and losses start from it (reverie.precision)."""
-    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+    return x.float() if low_precision(x) else x
 
 
 def matvec(m: Tensor, v: Tensor) -> Tensor:
