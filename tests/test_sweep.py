@@ -476,3 +476,28 @@ def test_a_trials_error_is_its_last_attempts(tmp_path):
     log.write_text(log.read_text() + f"\n{ATTEMPT_HEADER}3: reverie train --resume ...\n"
                    "progress\nreverie: error: disk full\nmore output\n")
     assert _last_error(log) == "reverie: error: disk full"
+
+
+def test_a_trial_that_failed_before_writing_its_folder_is_reported_failed_not_skipped(
+        tmp_path, monkeypatch, capsys):
+    """Its report listed it twice: failed in the Sweep section, and "skipped ...: no such
+    file or folder" at the top."""
+    from reverie.distributed import sweep as sweep_module
+
+    real = sweep_module.run_trial
+
+    def fail_seed_1(trial, retries, stop=None):
+        if trial.seed == 1:  # as a trial whose process died before it made its folder
+            return {"name": trial.name, "folder": trial.folder, "status": "failed",
+                    "attempts": 1, "resumes": 0, "returncodes": [1], "error": "boom",
+                    "wall_s": 0.0}
+        return real(trial, retries, stop)
+
+    monkeypatch.setattr(sweep_module, "run_trial", fail_seed_1)
+    out = tmp_path / "sw"
+    rc = main(["sweep", *TINY, "--seeds", "2", "--out", str(out)])
+    capsys.readouterr()
+    assert rc == 1
+    report = (out / "report" / "report.md").read_text()
+    assert "1 run, 1 env" in report and "| boom |" in report
+    assert "Skipped" not in report and "no such file" not in report

@@ -146,7 +146,11 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
     try:
         from reverie.eval.report import write_report
 
-        report, _ = write_report([t.folder for t in trials] + [r["folder"] for r in earlier],
+        # a trial that failed before writing its folder (a bad --set) is in the Sweep
+        # section as failed, with its error: not also "skipped: no such file or folder"
+        failed = {r["name"] for r in results if r["status"] == "failed"}
+        folders = [t.folder for t in trials if t.name not in failed or Path(t.folder).exists()]
+        report, _ = write_report(folders + [r["folder"] for r in earlier],
                                  out / "report", notes=trial_notes(results, earlier),
                                  also_group_by=[k for k in grid_keys
                                                 if k.rsplit(".", 1)[-1] != "backbone"])
