@@ -829,3 +829,15 @@ def test_runs_that_never_updated_are_named(tmp_path, capsys):
     assert f"reverie: warning: {line}" in capsys.readouterr().err
     assert main(["report", str(root / "r2"), "--out", str(out)]) == 0
     assert "never updated" not in capsys.readouterr().err
+
+
+def test_a_task_of_one_run_shows_no_spread(tmp_path):
+    """It read "418.6 ± 0 | 419 [419, 419]", as if a spread had been measured."""
+    fake_run(tmp_path / "one", "CartPole-v1", 0, [100.0, 418.6])
+    for seed in range(2):
+        fake_run(tmp_path / f"two{seed}", "Acrobot-v1", seed, [-300.0, -100.0 - seed])
+    report, _ = write_report([tmp_path], tmp_path / "rep")
+    rows = {line.split(" | ")[0]: line for line in report.read_text().splitlines()
+            if line.startswith(("| CartPole-v1 |", "| Acrobot-v1 |"))}
+    assert "| 1 | 418.6 | 419 (one run) |" in rows["| CartPole-v1"]
+    assert "| 2 | -100.5 ± 0.5 | -100 [-101, -100] |" in rows["| Acrobot-v1"]

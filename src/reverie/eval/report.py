@@ -328,14 +328,18 @@ def _task_section(groups: list[Group]) -> list[str]:
         for env, rs in g.runs.items():
             raw = np.array([r.final_raw for r in rs])
             est = bootstrap_ci([np.array([r.score for r in rs])], mean_score, reps=REPS)
-            score = _ci(est, g.kind.percent) + ("" if g.kind.raw else f" {g.kind.name}")
+            # one run has no spread: "418.6 ± 0" and "419 [419, 419]" read as measured ones
+            score = (_ci(est, g.kind.percent) if len(rs) > 1 else
+                     _ci(est, g.kind.percent).split(" [")[0] + " (one run)")
+            score += "" if g.kind.raw else f" {g.kind.name}"
             sources = sorted({r.source for r in rs})
             src = " + ".join("evaluations" if s == "eval" else "training episodes"
                              for s in sources)
             seeds = len({r.seed for r in rs})  # fewer than runs: see the mixed-group lines
             count = f"{len(rs)}" if seeds == len(rs) else f"{len(rs)} ({_n(seeds, 'seed')})"
+            spread = f" ± {_num(raw.std())}" if len(rs) > 1 else ""
             rows.append((env, g.label, f"| {env} | {g.label} | {count} | "
-                         f"{_num(raw.mean())} ± {_num(raw.std())} | {score} | {src} |"))
+                         f"{_num(raw.mean())}{spread} | {score} | {src} |"))
     lines += [row for _, _, row in sorted(rows)]
     games = sorted({atari_game(env) for g in groups for env in g.runs} - {None})
     if games:
