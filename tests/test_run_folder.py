@@ -525,3 +525,36 @@ def test_a_run_records_its_agents_size_and_the_report_shows_it(run, tmp_path):
     assert rows[-1]["params"] == count > world > 0  # the world model and the actor-critic
     report, _ = write_report([run], tmp_path / "rep")
     assert f"| {count / 1e6:.2f}M |" in report.read_text()
+
+
+def test_tensorboard_drops_an_extended_runs_tail_point_and_keeps_its_evaluation(tmp_path):
+    """metrics.jsonl dropped the tail row an extension replaces; TensorBoard kept its points
+    (a loss at the old end, off the log cadence, beside the extension's rows)."""
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from reverie.run.logger import RunLogger
+
+    def scalars():
+        acc = EventAccumulator(str(tmp_path / "tb"))
+        acc.Reload()
+        return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+    first = RunLogger(tmp_path)
+    for step in (100, 200):
+        first.metrics(step, {"wm/loss": step / 100})
+    first.metrics(250, {"eval/return": 9.0})
+    first.metrics(250, {"wm/loss": 2.5, "window": "tail"})
+    first.close()
+    time.sleep(1.1)  # event files are named by the second they were opened in
+    second = RunLogger(tmp_path, resume_step=250, extends=True)
+    second.metrics(300, {"wm/loss": 3.0})
+    second.close()
+    assert scalars() == {"wm/loss": [(100, 1.0), (200, 2.0), (300, 3.0)],
+                         "eval/return": [(250, 9.0)]}
+    time.sleep(1.1)
+    third = RunLogger(tmp_path, resume_step=200)  # a crash after the checkpoint at 200
+    third.metrics(300, {"wm/loss": 3.5})
+    third.close()
+    assert scalars() == {"wm/loss": [(100, 1.0), (200, 2.0), (300, 3.5)], "eval/return": []}

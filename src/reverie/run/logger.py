@@ -5,7 +5,7 @@ runs with the same seed give byte-identical files; wall-clock quantities (wall t
 steps/s) go to `timing.jsonl` and TensorBoard, the machine of each training process to
 `machine.jsonl`. On resume the JSONL files are cut back to the
 checkpoint's step (a half-written last line from a kill is dropped) and TensorBoard purges
-events after it, so no step is duplicated or missing.
+events after it (and a tail row an extension replaces), so no step is duplicated or missing.
 """
 
 from __future__ import annotations
@@ -104,8 +104,16 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            purge = None if resume_step is None else resume_step + 1
+            # TensorBoard hides what an earlier process logged at or past `purge`: past the
+            # checkpoint, and for an extension its tail row's points at the checkpoint's step
+            # too; that step's other rows (its evaluation) are logged again below
+            purge = None if resume_step is None else resume_step + (0 if extends else 1)
             self._tb = SummaryWriter(str(self.folder / "tb"), purge_step=purge)
+            for name in LOGS if extends else ():
+                path = self.folder / name
+                for row in read_jsonl(path) if path.exists() else []:
+                    if row["step"] == resume_step:
+                        self._scalars(resume_step, {k: v for k, v in row.items() if k != "step"})
 
     def metrics(self, step: int, values: dict[str, Any]) -> None:
         row = {"step": int(step), **{k: _clean(v) for k, v in sorted(values.items())}}
