@@ -212,10 +212,14 @@ class PPOConfig:
     The number of parallel envs N is not here: it is the driver's `run.num_envs`, and the
     agent learns it from the first rollout step.
 
-    Defaults follow CleanRL's `ppo_atari_lstm` / POPGym for a CPU-sized run. POPGym's own
-    runs used RLlib PPO with 64 envs x 1024-step fragments, 8 minibatches of 8 sequences of
-    1024 steps, γ 0.99, vf_coef 1.0; here the rollout and sequences are shorter so an update
-    fits in a laptop's memory.
+    Defaults are CleanRL's `ppo_atari_lstm` (γ 0.99, GAE λ 0.95, clip 0.2 with PPO2 value
+    clipping, entropy 0.01, vf_coef 0.5, 4 epochs, gradient norm 0.5, per-minibatch
+    advantage normalisation), sized for a CPU. POPGym's runs used RLlib's PPO instead: 64
+    envs x 1024-step fragments (65,536 env steps per update, minibatches of 8,192), backprop
+    through 1024-step sequences, λ 1.0, clip 0.3, a squared-error value loss clamped at 10,
+    no entropy bonus, vf_coef 1.0, 30 epochs, lr 5e-5, no gradient clipping and an adaptive
+    KL penalty (0.2, target 0.01): scores at these defaults compare memories with each other,
+    not with POPGym's published numbers.
     """
 
     rollout_length: int = 128  # steps per env per update (T)
