@@ -108,12 +108,14 @@ def test_bootstrap_resamples_per_member_and_members_end_up_different():
     assert (w[0] - w[1]).abs().max() > 1e-4 and (w[1] - w[2]).abs().max() > 1e-4
 
 
-def test_early_stopping_stops_after_patience_epochs_without_improvement():
+def test_early_stopping_stops_once_more_than_patience_epochs_did_not_improve():
+    """MBPO stops when its epochs since the last improvement exceed max_epochs_since_update
+    (5): after 6 epochs without one. reverie stopped after 5, one epoch early."""
     model = _tiny(lr=1e-12)  # learns nothing: only epoch 1 "improves" (from no best at all)
     g = torch.Generator().manual_seed(0)
     obs, act = torch.randn(100, 2, generator=g), torch.randn(100, 1, generator=g)
     out = model.fit(obs, act, obs, obs[:, 0], torch.zeros(100), g, patience=3, max_epochs=50)
-    assert out["epochs"] == 4.0
+    assert out["epochs"] == 1.0 + 4.0  # the improving epoch, then 4 (> 3) without
     out = model.fit(obs, act, obs, obs[:, 0], torch.zeros(100), g, patience=5, max_epochs=2)
     assert out["epochs"] == 2.0
     best = torch.tensor([1.0, 1.0, math.inf])

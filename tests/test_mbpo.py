@@ -32,6 +32,7 @@ from reverie.errors import UserError
 from reverie.planning.upmpc import UPMPCConfig
 from reverie.run.checkpoint import CheckpointStore, load_file
 from reverie.run.collector import Transition as Step
+from reverie.world.termination import rule_of_env
 from test_reliability import kill_when
 from test_reliability import reverie as reverie_cli
 
@@ -281,6 +282,40 @@ def test_rollouts_stop_where_the_model_predicts_termination():
     assert (rows["obs"][64:, 0] <= 0).all() and agent.model.calls == 3
 
 
+@pytest.mark.parametrize("mode", ["mbpo", "coplanner"])
+def test_a_termination_rule_ends_rollouts_on_the_predicted_next_state(mode):
+    """MBPO ends Hopper's model rollouts with Hopper's rule on the sampled next state, not a
+    head that predicts termination from (s, a): with `mbpo.termination` the learned head is
+    ignored (here it says "never") and the rule decides, in the rollouts and in UP-MPC."""
+    agent = agent_for(tiny(mode, termination="inverted_pendulum", rollout_batch=64,
+                           rollout_chunk=64, schedule=[0, 0, 3, 3]))
+    fill_real(agent, 30)
+    agent.model = UncertainAboutBigActions()  # its head never predicts termination
+    agent.generate_rollouts()
+    rows = agent.rollouts.rows()
+    ended = rows["next_obs"][:, 1].abs() > 0.2
+    assert torch.equal(rows["terminal"], ended.float()) and ended.any() and not ended.all()
+    first = rows["next_obs"][:64]  # the second step starts from the first one's survivors
+    torch.testing.assert_close(rows["obs"][64:64 + int((first[:, 1].abs() <= 0.2).sum())],
+                               first[first[:, 1].abs() <= 0.2], rtol=0, atol=0)
+    _, _, _, term = agent._model_step(rows["obs"][:8], rows["action"][:8])  # UP-MPC's step
+    assert term.dtype == torch.bool
+
+
+def test_a_termination_rule_for_another_env_is_refused():
+    section = OmegaConf.merge(OmegaConf.structured(MBPOConfig), {"termination": "hopper"})
+    validate_config(section, run_cfg(env={"id": "Hopper-v5"}))
+    with pytest.raises(ValueError, match=re.escape(
+            "mbpo.termination=hopper is Hopper's rule, but the env is Walker2d-v5; set "
+            "mbpo.termination=walker2d (or learned)")):
+        validate_config(section, run_cfg(env={"id": "Walker2d-v5"}))
+    with pytest.raises(ValueError, match=re.escape("the env is Pendulum-v1; set "
+                                                   "mbpo.termination=learned")):
+        validate_config(section, run_cfg(env={"id": "Pendulum-v1"}))
+    with pytest.raises(ValueError, match="did you mean 'hopper'"):
+        validate_config(OmegaConf.merge(section, {"termination": "hoper"}), run_cfg())
+
+
 @pytest.mark.parametrize("mode", ["coplanner", "conservative"])
 def test_acting_is_optimistic_upmpc_once_the_model_is_trained(mode):
     agent, stub, samples = stubbed(mode)
@@ -408,6 +443,8 @@ def test_presets_load_and_validate(preset):
     cfg = build_config(preset)
     assert cfg.agent == "mbpo" and cfg.run.num_envs == 1 and cfg.env.obs == "vector"
     assert cfg.mbpo.mode in MODES and cfg.mbpo.warmup == cfg.run.prefill
+    # the MuJoCo tasks that end episodes end model rollouts by their own rule, as MBPO
+    assert cfg.mbpo.termination == (rule_of_env(cfg.env.id) or "learned")
 
 
 def test_runs_that_would_update_nothing_are_told_why():

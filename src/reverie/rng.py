@@ -14,6 +14,12 @@ import torch
 _MASK = (1 << 32) - 1
 
 
+def substream(seed: int, *path: int) -> int:
+    """A 32-bit seed for one of a run's independent random streams: `seed` and `path`
+    through numpy's SeedSequence, so streams of one run share no draws."""
+    return int(np.random.SeedSequence([seed, *path]).generate_state(1)[0])
+
+
 def numpy_generator(seed: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(seed))
 

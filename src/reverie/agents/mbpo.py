@@ -10,8 +10,10 @@ env step (`observe`) and asks how many updates are due (`updates_due`: G per env
      `rollout_length(schedule, epoch)` (epochs of `epoch_length` env steps since warm-up).
      Each rollout step's action is the SAC policy's sample (mode mbpo/optimistic) or UP-MPC's
      conservative choice (mode conservative/coplanner: score − λ_c · disagreement); the
-     next state comes from a random elite per row (TS1); rows the model predicts terminal
-     stop. The model buffer keeps the rollouts of the last `retain_epochs` epochs;
+     next state comes from a random elite per row (TS1); rows that end stop (the task's
+     termination rule on the predicted state, `mbpo.termination`, as MBPO does; else the
+     ensemble's termination head). The model buffer keeps the rollouts of the last
+     `retain_epochs` epochs;
   2. one SAC gradient step on a batch with a `real_ratio` share of real transitions and the
      rest from the model buffer.
 
@@ -37,7 +39,11 @@ from reverie.envs.actions import check_unit_box
 from reverie.errors import suggest
 from reverie.planning.upmpc import UPMPCConfig, plan
 from reverie.replay.transitions import TransitionRing
+from reverie.rng import substream
 from reverie.world.ensemble import EnsembleDynamics
+from reverie.world.termination import CHOICES as TERMINATIONS
+from reverie.world.termination import RULES as TERMINATION_RULES
+from reverie.world.termination import rule_of_env
 
 if TYPE_CHECKING:
     from reverie.run.collector import Transition
@@ -62,7 +68,7 @@ class EnsembleConfig:
     batch_size: int = 256
     holdout: float = 0.2  # fraction of the real data held out for early stopping
     max_holdout: int = 5000
-    patience: int = 5  # epochs without a >1% holdout improvement before stopping
+    patience: int = 5  # stop after more than this many epochs without a >1% holdout gain
     max_epochs: int = 1000  # cap on epochs per fit (MBPO: none; a CPU preset may want one)
 
 
@@ -87,6 +93,10 @@ class MBPOConfig:
     epoch_length: int = 1000  # env steps per MBPO epoch
     retain_epochs: int = 1  # the model buffer keeps this many epochs of rollouts
     capacity: int = 1_000_000  # real transitions kept
+    # what ends a model rollout: `learned` (the ensemble's termination head) or a MuJoCo
+    # task's known rule on the predicted next state, as MBPO does (reverie.world.termination:
+    # hopper | walker2d | ant | humanoid | inverted_pendulum)
+    termination: str = "learned"
 
 
 # -- MBPO's formulas -------------------------------------------------------------------------
@@ -162,6 +172,10 @@ def _check(c: Any) -> None:
                              f"{getattr(u, name)}")
     if int(c.sac.batch_size) < 1:
         raise ValueError(f"mbpo.sac.batch_size must be >= 1, got {c.sac.batch_size}")
+    if c.termination not in TERMINATIONS:
+        raise ValueError(f"unknown mbpo.termination '{c.termination}'"
+                         f"{suggest(str(c.termination), TERMINATIONS)}; choose one of: "
+                         f"{', '.join(TERMINATIONS)}")
 
 
 def validate_config(section: Any, cfg: Any = None) -> None:
@@ -176,6 +190,13 @@ def validate_config(section: Any, cfg: Any = None) -> None:
     if cfg.get("env") is not None and cfg.env.get("obs") == "image":
         raise ValueError("mbpo models vector observations; set env.obs=vector and use a "
                          "state-based env, or the imagine agent for images")
+    env_id = str(cfg.env.get("id", "")) if cfg.get("env") is not None else ""
+    rule = section.termination
+    if rule in TERMINATION_RULES and rule_of_env(env_id) != rule:
+        own = rule_of_env(env_id)
+        raise ValueError(f"mbpo.termination={rule} is {TERMINATION_RULES[rule][1]}'s rule, but "
+                         f"the env is {env_id}; set mbpo.termination="
+                         f"{own or 'learned'}" + (" (or learned)" if own else ""))
 
 
 def _action_dim(space: spaces.Space) -> int:
@@ -236,13 +257,12 @@ class MBPOAgent:
         o, a, m = self.obs_dim, self.action_dim, cfg.model
         self.sac = SAC(o, a, cfg.sac, seed=seed, device=self.device)
         with torch.random.fork_rng(devices=[]):  # parameters depend on `seed` only
-            torch.manual_seed(seed)
+            torch.manual_seed(substream(seed, 3))  # not SAC's initial draws (its `seed`)
             self.model = EnsembleDynamics(o, a, m.members, m.elites, m.hidden, m.layers,
                                           lr=m.lr)
         self.model.to(self.device)  # in place: the optimiser keeps its parameters
         # model fits, rollout starts, batches and model samples (SAC samples with its own)
-        stream = int(np.random.SeedSequence([seed, 7]).generate_state(1)[0])
-        self.generator = torch.Generator(device=self.device).manual_seed(stream)
+        self.generator = torch.Generator(device=self.device).manual_seed(substream(seed, 7))
         fields = {"obs": ((o,), torch.float32), "action": ((a,), torch.float32),
                   "reward": ((), torch.float32), "next_obs": ((o,), torch.float32),
                   "terminal": ((), torch.float32)}
@@ -255,6 +275,8 @@ class MBPOAgent:
         self.updates = 0
         self.model_metrics: dict[str, float] = {}  # of the last fit and rollout generation
         self.act_scores: list[float] = [0.0, 0.0]  # Σ best optimistic score, acts planned
+        rule = TERMINATION_RULES.get(cfg.termination)
+        self.terminal_rule = None if rule is None else rule[0]
 
     # -- acting -------------------------------------------------------------------------------
     def initial_state(self, n: int) -> None:
@@ -272,12 +294,20 @@ class MBPOAgent:
     def _model_step(self, state: Tensor, action: Tensor) -> tuple[Tensor, ...]:
         """UP-MPC's step: every elite samples (for u), a random elite's sample is the next
         state (TS1): (next_obs, reward, u, terminal)."""
-        return self.model.rollout_step(state, action, self.generator)
+        next_obs, reward, u, term = self.model.rollout_step(state, action, self.generator)
+        return next_obs, reward, u, self._ended(next_obs, term)
 
     def _ts1_step(self, state: Tensor, action: Tensor) -> tuple[Tensor, ...]:
         """Plain MBPO's step: each row through its own random elite only (TS1), no u:
         (next_obs, reward, terminal)."""
-        return self.model.sample_next(state, action, self.generator, mode="ts1")
+        next_obs, reward, term = self.model.sample_next(state, action, self.generator,
+                                                        mode="ts1")
+        return next_obs, reward, self._ended(next_obs, term)
+
+    def _ended(self, next_obs: Tensor, learned: Tensor) -> Tensor:
+        """Which model steps end their rollout: the task's rule on the sampled next state
+        (`mbpo.termination`), else the ensemble's termination head."""
+        return learned if self.terminal_rule is None else self.terminal_rule(next_obs)
 
     def _policy_sample(self, state: Tensor) -> Tensor:
         return self.sac.act(state, explore=True)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from reverie.nets.mlp import ToFull
 from reverie.nets.optim import adam
+from reverie.rng import substream
 
 
 @dataclass
@@ -195,7 +196,8 @@ class SAC:
         self.critic_opt = adam(self.critic.parameters(), cfg.lr_critic)
         self.alpha_opt = adam([self.log_alpha], cfg.lr_alpha)
         self._actor_params = list(self.actor.parameters())
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        # its own stream: seeded with `seed` itself, its draws were the initial weights'
+        self.generator = torch.Generator(device=self.device).manual_seed(substream(seed, 1))
 
     # -- what the action space decides (overridden by DiscreteSAC) ------------------------------
     @staticmethod

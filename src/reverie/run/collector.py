@@ -34,6 +34,7 @@ from gymnasium.vector import AsyncVectorEnv
 from reverie.envs.actions import action_spec
 from reverie.envs.vector import env_of, vector_env
 from reverie.errors import UserError
+from reverie.rng import substream
 
 __all__ = ["Collector", "Transition", "env_of", "episode_seed", "stack"]
 
@@ -63,7 +64,7 @@ class Transition(NamedTuple):
 
 def episode_seed(seed: int, episode: int, stream: int = 0) -> int:
     """Seed of the k-th episode of a stream (0: training, 1: evaluation)."""
-    return int(np.random.SeedSequence([seed, stream, episode]).generate_state(1)[0])
+    return substream(seed, stream, episode)
 
 
 def stack(rows: list[Obs]) -> Obs:

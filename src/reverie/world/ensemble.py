@@ -381,7 +381,9 @@ class EnsembleDynamics(nn.Module):
         min_improvement: float = 0.01,
     ) -> dict[str, float]:
         """Train on transitions `obs [N,O], action [N,A], next_obs [N,O], reward [N],
-        terminal [N]` until the holdout MSE stops improving; then pick the elites.
+        terminal [N]` until the holdout MSE stops improving (no member better by more than
+        `min_improvement` for more than `patience` epochs in a row, MBPO's
+        max_epochs_since_update); then pick the elites.
 
         Returns {"train_loss", "holdout_mse" (elite mean), "epochs"}.
         """
@@ -414,7 +416,7 @@ class EnsembleDynamics(nn.Module):
         best_params = [p.detach().clone() for p in params]
         best = torch.full((self.members,), math.inf, device=dev)
         since, epoch, train_loss = 0, 0, float("nan")
-        while epoch < max_epochs and since < patience:
+        while epoch < max_epochs and since <= patience:
             shuffle = torch.rand(idx.shape, generator=generator, device=generator.device)
             order = torch.argsort(shuffle, dim=1)
             idx = idx.gather(1, order.to(dev))
