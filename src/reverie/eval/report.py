@@ -202,58 +202,78 @@ def _budgets(runs: list[Run]) -> str | None:
 
 
 def mixed_groups(groups: list[Group]) -> list[str]:
-    """A line for each way a group's runs should not be averaged as they are (the first env
-    where it shows):
+    """Lines for each way a group's runs should not be averaged as they are, per env (up to
+    `SHOWN_ENVS` envs a group, then how many more):
 
     - two runs of one env with the same seed: the grouping keys miss what tells them apart
       (an ablation's variants averaged as seeds), so the line names the settings in which
       they differ (not counting the budget, said next, and the settings that change no
-      result: progress, logging and checkpoint cadence);
+      result: progress, logging and checkpoint cadence); runs of different seeds that
+      differ in a setting too;
     - runs scored at different budgets (a 10k and a 20k run of one agent): their final
       scores are not comparable: `--group-by run.steps` sets different budgets apart,
       `--finished-only` leaves out runs still short of theirs;
     - runs that never updated (their scores are the initial weights')."""
-    from reverie.config import RESUME_KEYS
-
     lines = []
-    no_result = {"run.steps", "run.progress", "run.log_every", "run.checkpoint_every",
-                 "run.keep_checkpoints", "run.keep_best", "run.max_nan_retries"}
     for g in groups:
-        clash_line = budget_line = None  # the first of each per group ("": none wanted)
+        clashes, budgets = [], []
         for env, rs in sorted(g.runs.items()):
-            budgets = _budgets(rs)
-            if budgets and budget_line is None:
-                budget_line = (f"group '{g.label}' averages final scores of {env} from "
-                               f"different budgets ({budgets})")
-            by_seed: dict[int, list[Run]] = defaultdict(list)
-            for r in rs:
-                by_seed[r.seed].append(r)
-            clash = next((v for _, v in sorted(by_seed.items()) if len(v) > 1), None)
-            if clash is None and clash_line is None:  # seeds apart, but settings too?
-                differ = sorted(_differing(rs, no_result | set(RESUME_KEYS) | {"seed"}))
-                if differ:
-                    clash_line = (f"group '{g.label}' averages runs of {env} that differ in "
-                                  f"{_some(differ)}: add --group-by for what tells them apart")
-            if clash is None or clash_line is not None:
-                continue
-            # what changes learning first, then what a resume may change (threads, precision)
-            differ = sorted(_differing(clash, no_result), key=lambda k: (k in RESUME_KEYS, k))
-            if differ:
-                what = f"they differ in {_some(differ)}: add --group-by for what tells them apart"
-            elif clash_budgets := _budgets(clash):
-                what = f"they differ in their budgets ({clash_budgets})"
-                budget_line = ""  # this line says it
-            else:
-                what = "their configs are identical (the same run twice?)"
-            clash_line = (f"group '{g.label}' has {len(clash)} runs of {env} with seed "
-                          f"{clash[0].seed}, averaged as if they were seeds; {what}")
-        lines += [x for x in (clash_line, budget_line) if x]
+            clash, budget_said = _env_clash(g.label, env, rs)
+            if clash:
+                clashes.append(clash)
+            if (spread := _budgets(rs)) and not budget_said:
+                budgets.append(f"{env} ({spread})")
+        lines += _first(clashes, f"group '{g.label}' mixes runs in {{}} more env(s) too")
+        if budgets:
+            lines.append(f"group '{g.label}' averages final scores from different budgets: "
+                         + "; ".join(budgets[:SHOWN_ENVS])
+                         + (f"; and {len(budgets) - SHOWN_ENVS} more env(s)"
+                            if len(budgets) > SHOWN_ENVS else ""))
         untrained = sorted({r.env for rs in g.runs.values() for r in rs if r.grad_steps == 0})
         if untrained:  # e.g. a sweep's --steps below the prefill: scores of initial weights
             lines.append(f"group '{g.label}' has runs of {', '.join(untrained)} that never "
                          "updated (0 gradient steps; run.steps within the prefill or warm-up): "
                          "their scores are the untrained agent's")
     return lines
+
+
+SHOWN_ENVS = 3  # mixed-group lines per group before "and N more"
+# settings that change no result (besides the budget, which has its own line)
+NO_RESULT = {"run.steps", "run.progress", "run.log_every", "run.checkpoint_every",
+             "run.keep_checkpoints", "run.keep_best", "run.max_nan_retries"}
+
+
+def _first(lines: list[str], more: str) -> list[str]:
+    """The first SHOWN_ENVS lines, then `more` with the count of the rest."""
+    rest = len(lines) - SHOWN_ENVS
+    return lines[:SHOWN_ENVS] + ([more.format(rest)] if rest > 0 else [])
+
+
+def _env_clash(label: str, env: str, rs: list[Run]) -> tuple[str | None, bool]:
+    """(the line for runs of one env a group should not average as seeds, or None;
+    whether that line already says the runs' budgets differ)."""
+    from reverie.config import RESUME_KEYS
+
+    by_seed: dict[int, list[Run]] = defaultdict(list)
+    for r in rs:
+        by_seed[r.seed].append(r)
+    clash = next((v for _, v in sorted(by_seed.items()) if len(v) > 1), None)
+    if clash is None:  # seeds apart, but settings too?
+        differ = sorted(_differing(rs, NO_RESULT | set(RESUME_KEYS) | {"seed"}))
+        return (f"group '{label}' averages runs of {env} that differ in {_some(differ)}: add "
+                "--group-by for what tells them apart" if differ else None), False
+    # what changes learning first, then what a resume may change (threads, precision)
+    differ = sorted(_differing(clash, NO_RESULT), key=lambda k: (k in RESUME_KEYS, k))
+    budget_said = False
+    if differ:
+        what = f"they differ in {_some(differ)}: add --group-by for what tells them apart"
+    elif clash_budgets := _budgets(clash):
+        what = f"they differ in their budgets ({clash_budgets})"
+        budget_said = _budgets(rs) == clash_budgets
+    else:
+        what = "their configs are identical (the same run twice?)"
+    return (f"group '{label}' has {len(clash)} runs of {env} with seed {clash[0].seed}, "
+            f"averaged as if they were seeds; {what}"), budget_said
 
 
 def _differing(runs: list[Run], skip: set[str]) -> list[str]:
@@ -360,15 +380,21 @@ def _compute_section(groups: list[Group]) -> list[str]:
              "|---|---|---:|---|---:|---:|---:|---|"]
     for g in groups:
         for env, rs in sorted(g.runs.items()):
-            reached = int(np.mean([r.env_steps for r in rs]))
-            budget = int(np.mean([r.target_steps for r in rs]))
+            reached = _span([r.env_steps for r in rs])
+            budget = _span([r.target_steps for r in rs])
             walls = [r.wall_s for r in rs if r.wall_s is not None]
             rates = [r.steps_per_s for r in rs if r.steps_per_s is not None]
-            lines.append(f"| {g.label} | {env} | {len(rs)} | {reached:,} / {budget:,} | "
+            lines.append(f"| {g.label} | {env} | {len(rs)} | {reached} / {budget} | "
                          f"{_hms(float(np.mean(walls))) if walls else '-'} | "
                          f"{f'{np.median(rates):.0f}' if rates else '-'} | "
                          f"{_params(rs)} | {_machines(rs)} |")
     return lines + [""]
+
+
+def _span(values: list[int]) -> str:
+    """'20,000', or '2,048–20,000' where the runs differ (a mean would be no run's)."""
+    low, high = min(values), max(values)
+    return f"{low:,}" if low == high else f"{low:,}–{high:,}"
 
 
 def _params(runs: list) -> str:
