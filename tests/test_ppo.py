@@ -219,6 +219,15 @@ def test_config_validation_names_the_fix():
     validate_ppo(PPOConfig())
     with pytest.raises(ValueError, match="multiple of rppo.seq_len.*rollout_length to 64"):
         validate_ppo(PPOConfig(rollout_length=100, seq_len=64))
+    # seq_len set alone: the divisor of the rollout nearest it (not a new rollout length)
+    with pytest.raises(ValueError, match=r"set seq_len to 128, or rollout_length to 100"):
+        validate_ppo(PPOConfig(rollout_length=128, seq_len=100))
+    with pytest.raises(ValueError, match=r"rppo.lr must be positive, got -1.0; the popgym-ppo "
+                                         r"preset uses 5e-4"):
+        validate_ppo(PPOConfig(lr=-1.0))
+    with pytest.raises(ValueError, match=r"rppo.lam must be in \[0, 1\], got 2.0; the default "
+                                         r"is 0.95"):
+        validate_ppo(PPOConfig(lam=2.0))
     validate_ppo(PPOConfig(), num_envs=1)  # 1·128/64 = 2 sequences, 2 minibatches
     with pytest.raises(ValueError, match="num_envs.* must be >= 1"):
         validate_ppo(PPOConfig(), num_envs=0)

@@ -19,3 +19,16 @@ def test_plain_progress_is_throttled_but_always_prints_the_end(capsys):
             p.update(step, 10.0)
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["reverie: step 100/100  10.0 steps/s  ETA 0.0 min"]
+
+
+def test_the_final_evaluation_is_shown_after_the_last_step(capsys):
+    """The run's final evaluation comes after its last step's line: the last line showed the
+    evaluation before it (eval -0.36 where the summary said 0.46)."""
+    with Progress(100, enabled=True, every_s=3600.0) as p:
+        p.evaluation(-0.36)
+        for step in range(1, 101):
+            p.update(step, 10.0)
+        p.evaluation(0.46)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "reverie: step 100/100  10.0 steps/s  ETA 0.0 min  eval 0.46"
+    assert len(err) == 2  # mid-run evaluations wait for the next throttled line

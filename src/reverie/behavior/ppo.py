@@ -274,20 +274,28 @@ def validate_ppo(cfg: PPOConfig, num_envs: int | None = None) -> None:
                          f"; choose one of: {', '.join(BACKBONES)}")
     if cfg.rollout_length % cfg.seq_len:
         lo = cfg.rollout_length // cfg.seq_len * cfg.seq_len or cfg.seq_len
+        # the divisor of the rollout nearest the asked length: a user who set seq_len alone
+        # keeps the rollout they had
+        near = min((d for d in range(1, cfg.rollout_length + 1) if cfg.rollout_length % d == 0),
+                   key=lambda d: (abs(d - cfg.seq_len), -d))
         raise ValueError(
             f"rppo.rollout_length ({cfg.rollout_length}) must be a multiple of rppo.seq_len "
-            f"({cfg.seq_len}); e.g. set rollout_length to {lo}"
+            f"({cfg.seq_len}); e.g. set seq_len to {near}, or rollout_length to {lo}"
         )
     if num_envs is not None:
         check_minibatches(cfg, num_envs)
     if not cfg.lr > 0:
-        raise ValueError(f"rppo.lr must be positive, got {cfg.lr}")
+        raise ValueError(f"rppo.lr must be positive, got {cfg.lr}; the popgym-ppo preset uses "
+                         "5e-4")
     for key in ("gamma", "lam"):
         if not 0.0 <= getattr(cfg, key) <= 1.0:
-            raise ValueError(f"rppo.{key} must be in [0, 1], got {getattr(cfg, key)}")
+            raise ValueError(f"rppo.{key} must be in [0, 1], got {getattr(cfg, key)}; the "
+                             f"default is {getattr(PPOConfig, key)}")
     for key in ("clip", "value_clip", "max_grad_norm"):
         if not getattr(cfg, key) > 0:
-            raise ValueError(f"rppo.{key} must be positive, got {getattr(cfg, key)}")
+            raise ValueError(f"rppo.{key} must be positive, got {getattr(cfg, key)}; the "
+                             f"default is {getattr(PPOConfig, key)}")
     for key in ("vf_coef", "ent_coef"):
         if not getattr(cfg, key) >= 0:
-            raise ValueError(f"rppo.{key} must be >= 0, got {getattr(cfg, key)}")
+            raise ValueError(f"rppo.{key} must be >= 0, got {getattr(cfg, key)}; the default "
+                             f"is {getattr(PPOConfig, key)}")

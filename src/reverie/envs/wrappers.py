@@ -130,6 +130,6 @@ def vector_width(spec: ObsSpec, agent: str) -> int:
         if len(shape) != 1:
             what = "images" if key in image_keys(spec) else f"'{key}' of shape {tuple(shape)}"
             raise ValueError(f"{agent} takes 1-D vector observations, but the env gives {what}; "
-                             "use a state-based env (env.obs=vector), flatten it with a "
-                             "wrapper, or use the imagine agent")
+                             "use a state-based env, flatten them with a Gymnasium "
+                             "wrapper, or use the imagine agent (it learns from images)")
     return sum(int(shape[0]) for shape, _ in spec.values())

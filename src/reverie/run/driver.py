@@ -204,7 +204,7 @@ class Trainer(Checkpointing):
         c, ret = self.count, self.evaluate()
         self.logger.metrics(c.env_steps, {"eval/return": float(np.mean(ret)),
                                           "eval/return_std": float(np.std(ret))})
-        self.progress.eval_return = float(np.mean(ret))
+        self.progress.evaluation(float(np.mean(ret)))
         self._keep_if_best(float(np.mean(ret)))
         self._evaluated_step = c.env_steps
 

@@ -24,6 +24,7 @@ class Progress:
         self._last_line = time.monotonic()
         self.last_return: float | None = None
         self.eval_return: float | None = None
+        self._shown: tuple[int, float] | None = None  # (step, steps/s) of the last update
         self.console = Console(stderr=True)
         self._bar = None
         if enabled:
@@ -51,9 +52,23 @@ class Progress:
     def episode(self, ret: float) -> None:
         self.last_return = ret
 
+    def evaluation(self, mean_return: float) -> None:
+        """Show a new evaluation at once: the final one comes after the run's last step
+        was shown, and the last line would keep the evaluation before it."""
+        self.eval_return = mean_return
+        if self._bar is None or self._shown is None:
+            return
+        step, steps_per_s = self._shown
+        if self._plain:
+            if step >= self.total:
+                self._line(step, steps_per_s, force=True)
+            return
+        self.update(step, steps_per_s)
+
     def update(self, step: int, steps_per_s: float) -> None:
         if self._bar is None:
             return
+        self._shown = (step, steps_per_s)
         if self._plain:
             self._line(step, steps_per_s)
             return
@@ -64,9 +79,9 @@ class Progress:
             parts.append(f"eval {self.eval_return:8.2f}")
         self._bar.update(self._task, completed=step, info="  ".join(parts))
 
-    def _line(self, step: int, steps_per_s: float) -> None:
+    def _line(self, step: int, steps_per_s: float, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self._last_line < self.every_s and step < self.total:
+        if now - self._last_line < self.every_s and step < self.total and not force:
             return
         self._last_line = now
         eta = max(0, self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
