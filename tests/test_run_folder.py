@@ -52,6 +52,17 @@ def test_run_folder_contents(run):
     assert timing[-1]["time/env_steps_per_s"] > 0
 
 
+def test_the_readme_python_api_snippet_runs_as_written(run):
+    """A user pastes it (their run folder for runs/demo): it plays one greedy episode."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b.split("\n", 1)[1] for b in text.split("```")[1::2] if b.startswith("python")]
+    (snippet,) = [b for b in blocks if "reverie.load(" in b]
+    scope: dict = {}
+    code = snippet.replace('"runs/demo"', repr(str(run)))
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own code
+    assert scope["done"] and scope["best"].step > 0
+
+
 def test_load_and_act(run):
     policy = reverie.load(run)
     env = make_env("CartPole-v1")
