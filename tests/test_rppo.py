@@ -311,7 +311,7 @@ def test_config_errors_name_the_fix():
     with pytest.raises(ValueError, match="divisor of 4"):  # N learnt at the first rollout step
         agent = make_agent(small_cfg(num_minibatches=3))
         Collector(make_envs(2), agent).act(agent)
-    with pytest.raises(ValueError, match="env.obs=vector"):
+    with pytest.raises(ValueError, match="use a state-based env, flatten them with a Gym"):
         RPPOAgent({"image": ((64, 64, 3), "uint8")}, spaces.Discrete(2), small_cfg(), "cpu", 0)
     with pytest.raises(ValueError, match="RescaleAction"):
         RPPOAgent({"vector": ((4,), "float32")}, spaces.Box(0.0, 2.0, (2,)), small_cfg(), "cpu", 0)
