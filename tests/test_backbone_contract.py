@@ -213,9 +213,22 @@ def test_an_empty_sequence_gives_no_output_and_keeps_the_state(name):
 
 
 @pytest.mark.parametrize("name", BACKBONES)
-def test_a_bfloat16_model_runs_and_follows_its_float32_twin(name):
+def test_a_bfloat16_model_runs_and_follows_its_float32_twin(name, monkeypatch):
     """`.to(torch.bfloat16)` failed for mamba1 and mamba2 (their float32 dt met bfloat16
     operands in a matmul): they scan in float32 and return bf16 outputs and states."""
+    import importlib
+
+    scans = {"mamba1": "selective_scan", "mamba2": "ssd_chunked"}
+    seen: list[torch.dtype] = []
+    if name in scans:  # the scan itself gets float32 operands only
+        module = importlib.import_module(f"reverie.sequence.{name}")
+        scan = getattr(module, scans[name])
+
+        def spy(*args, **kwargs):
+            seen.extend(a.dtype for a in args if isinstance(a, torch.Tensor))
+            return scan(*args, **kwargs)
+
+        monkeypatch.setattr(module, scans[name], spy)
     ref = build(name)
     low = build(name).to(torch.bfloat16)
     with torch.no_grad():  # the twin holds the bf16 model's weights, rounded, in float32
@@ -236,6 +249,8 @@ def test_a_bfloat16_model_runs_and_follows_its_float32_twin(name):
     assert (y1.float() - y1_ref).abs().max().item() < 0.1 * y1_ref.abs().max().item()
     y.float().square().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in low.parameters())
+    if name in scans:
+        assert seen and set(seen) <= {torch.float32, torch.bool}
 
 
 @pytest.mark.parametrize("name", BACKBONES)

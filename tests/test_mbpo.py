@@ -314,6 +314,13 @@ def test_a_termination_rule_for_another_env_is_refused():
         validate_config(section, run_cfg(env={"id": "Pendulum-v1"}))
     with pytest.raises(ValueError, match="did you mean 'hopper'"):
         validate_config(OmegaConf.merge(section, {"termination": "hoper"}), run_cfg())
+    # with the previous reward beside it, observation 0 is that reward, not the height: a
+    # healthy hopper read as fallen, every rollout one step long
+    with pytest.raises(ValueError, match="set env.prev_reward=false or mbpo.termination=learned"):
+        validate_config(section, run_cfg(env={"id": "Hopper-v5", "prev_reward": True}))
+    two = {"prev_reward": ((1,), "float32"), "vector": ((11,), "float32")}
+    with pytest.raises(ValueError, match="set env.prev_reward=false or mbpo.termination=learned"):
+        MBPOAgent(two, BOX, tiny(termination="hopper"), torch.device("cpu"), 0)
 
 
 @pytest.mark.parametrize("mode", ["coplanner", "conservative"])

@@ -707,6 +707,20 @@ def test_every_env_a_group_mixes_is_named_not_only_the_first(tmp_path, capsys):
     # the compute table gives the range, not a mean that no run has
     assert "| CartPole-v1 | 2 | 200–300 / 200–300 |" in (tmp_path / "rep" / "report.md").read_text()
 
+    # past SHOWN_ENVS envs, a count; a label with braces (a dict-valued --group-by) is text
+    many = tmp_path / "many"  # one suite (minatar): one group over its 4 games
+    for game in ("breakout", "asterix", "freeway", "seaquest"):
+        fake_run(many / game / "a", f"minatar:{game}", 0, [1.0, 2.0], preset="minatar")
+        fake_run(many / game / "b", f"minatar:{game}", 0, [1.0, 2.0], preset="minatar",
+                 sets=("imagine.horizon=8",))
+    fake_run(many / "c", "minatar:breakout", 1, [1.0, 2.0], preset="minatar",
+             sets=("imagine.world.backbone_kwargs.head_dim=16",))  # the label names it
+    assert main(["report", str(many), "--out", str(tmp_path / "rep2"), "--group-by",
+                 "imagine.world.backbone_kwargs"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("averaged as if they were seeds; they differ in imagine.horizon") == 3
+    assert "group 'backbone_kwargs={'head_dim': 32}' mixes runs in 1 more env(s) too" in err
+
 
 def external_run(folder: Path, env: str, seed: int, evals: list[float], agent: str = "sb3-ppo",
                  every: int = 100, **extra) -> Path:

@@ -565,7 +565,16 @@ def test_tensorboard_drops_an_extended_runs_tail_point_and_keeps_its_evaluation(
     assert scalars() == {"wm/loss": [(100, 1.0), (200, 2.0), (300, 3.0)],
                          "eval/return": [(250, 9.0)]}
     time.sleep(1.1)
-    third = RunLogger(tmp_path, resume_step=200)  # a crash after the checkpoint at 200
+    # a crash after the checkpoint at 200 (the driver resumes an unfinished run as one that
+    # goes on: extends): the points past 200 go, 200's are logged again
+    third = RunLogger(tmp_path, resume_step=200, extends=True)
     third.metrics(300, {"wm/loss": 3.5})
     third.close()
     assert scalars() == {"wm/loss": [(100, 1.0), (200, 2.0), (300, 3.5)], "eval/return": []}
+    time.sleep(1.1)
+    # a finished run resumed for its final evaluation only: nothing at or before 300 goes
+    fourth = RunLogger(tmp_path, resume_step=300)
+    fourth.metrics(300, {"eval/return": 4.0})
+    fourth.close()
+    assert scalars() == {"wm/loss": [(100, 1.0), (200, 2.0), (300, 3.5)],
+                         "eval/return": [(300, 4.0)]}

@@ -15,8 +15,10 @@ _MASK = (1 << 32) - 1
 
 
 def substream(seed: int, *path: int) -> int:
-    """A 32-bit seed for one of a run's independent random streams: `seed` and `path`
-    through numpy's SeedSequence, so streams of one run share no draws."""
+    """A 32-bit seed for one of a run's random streams: `seed` and `path` through numpy's
+    SeedSequence. It pads with zeros ([s, k] gives what [s, k, 0] does), and paths (0, e)
+    and (1, e) are the env episodes' (`run.collector.episode_seed`), so an agent's own
+    streams take a first id of 2 or more."""
     return int(np.random.SeedSequence([seed, *path]).generate_state(1)[0])
 
 

@@ -192,6 +192,10 @@ def validate_config(section: Any, cfg: Any = None) -> None:
                          "state-based env, or the imagine agent for images")
     env_id = str(cfg.env.get("id", "")) if cfg.get("env") is not None else ""
     rule = section.termination
+    if rule in TERMINATION_RULES and cfg.get("env") is not None and cfg.env.get("prev_reward"):
+        raise ValueError(f"mbpo.termination={rule} reads the task's own observation, which "
+                         "env.prev_reward=true extends; set env.prev_reward=false or "
+                         "mbpo.termination=learned")
     if rule in TERMINATION_RULES and rule_of_env(env_id) != rule:
         own = rule_of_env(env_id)
         raise ValueError(f"mbpo.termination={rule} is {TERMINATION_RULES[rule][1]}'s rule, but "
@@ -276,6 +280,10 @@ class MBPOAgent:
         self.model_metrics: dict[str, float] = {}  # of the last fit and rollout generation
         self.act_scores: list[float] = [0.0, 0.0]  # Σ best optimistic score, acts planned
         rule = TERMINATION_RULES.get(cfg.termination)
+        if rule is not None and len(self.obs_keys) != 1:  # a rule reads one task's vector
+            raise ValueError(f"mbpo.termination={cfg.termination} reads the task's own "
+                             f"observation, but the env gives {self.obs_keys}; set "
+                             "env.prev_reward=false or mbpo.termination=learned")
         self.terminal_rule = None if rule is None else rule[0]
 
     # -- acting -------------------------------------------------------------------------------

@@ -197,7 +197,7 @@ class SAC:
         self.alpha_opt = adam([self.log_alpha], cfg.lr_alpha)
         self._actor_params = list(self.actor.parameters())
         # its own stream: seeded with `seed` itself, its draws were the initial weights'
-        self.generator = torch.Generator(device=self.device).manual_seed(substream(seed, 1))
+        self.generator = torch.Generator(device=self.device).manual_seed(substream(seed, 11))
 
     # -- what the action space decides (overridden by DiscreteSAC) ------------------------------
     @staticmethod

@@ -223,7 +223,10 @@ def mixed_groups(groups: list[Group]) -> list[str]:
                 clashes.append(clash)
             if (spread := _budgets(rs)) and not budget_said:
                 budgets.append(f"{env} ({spread})")
-        lines += _first(clashes, f"group '{g.label}' mixes runs in {{}} more env(s) too")
+        lines += clashes[:SHOWN_ENVS]
+        if len(clashes) > SHOWN_ENVS:
+            lines.append(f"group '{g.label}' mixes runs in {len(clashes) - SHOWN_ENVS} more "
+                         "env(s) too")
         if budgets:
             lines.append(f"group '{g.label}' averages final scores from different budgets: "
                          + "; ".join(budgets[:SHOWN_ENVS])
@@ -241,12 +244,6 @@ SHOWN_ENVS = 3  # mixed-group lines per group before "and N more"
 # settings that change no result (besides the budget, which has its own line)
 NO_RESULT = {"run.steps", "run.progress", "run.log_every", "run.checkpoint_every",
              "run.keep_checkpoints", "run.keep_best", "run.max_nan_retries"}
-
-
-def _first(lines: list[str], more: str) -> list[str]:
-    """The first SHOWN_ENVS lines, then `more` with the count of the rest."""
-    rest = len(lines) - SHOWN_ENVS
-    return lines[:SHOWN_ENVS] + ([more.format(rest)] if rest > 0 else [])
 
 
 def _env_clash(label: str, env: str, rs: list[Run]) -> tuple[str | None, bool]:

@@ -107,7 +107,9 @@ class Mamba2Block(Block):
     def _output(self, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
         """Gated RMSNorm (norm of y·silu(z), Mamba-2's default) then out_proj, plus residual."""
         w = self.out_proj.weight * self.out_norm_weight
-        g = rms_normalize(F.silu(z) * y.to(x.dtype))
+        if low_precision(self.A_log):  # a bf16 block: its float32 scan output back to bf16
+            y = y.to(x.dtype)
+        g = rms_normalize(F.silu(z) * y)
         if torch.is_autocast_enabled(x.device.type):
             # autocast would run addmm's residual add in bf16 too: the residual stream stays
             # in x's dtype, as every other backbone's does
