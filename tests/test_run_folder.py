@@ -578,3 +578,22 @@ def test_tensorboard_drops_an_extended_runs_tail_point_and_keeps_its_evaluation(
     fourth.close()
     assert scalars() == {"wm/loss": [(100, 1.0), (200, 2.0), (300, 3.5)],
                          "eval/return": [(300, 4.0)]}
+
+
+def test_gymnasium_mujoco_envs_render_without_a_display(tmp_path):
+    """`reverie watch` of a Hopper run wrote no GIF ("an OpenGL platform library has not been
+    loaded": GLFW needs a display); DMC already rendered headless with EGL."""
+    pytest.importorskip("mujoco")
+    import os
+    import subprocess
+    import sys
+
+    code = ("from reverie.envs import make_env; e = make_env('InvertedPendulum-v5', "
+            "render=True); e.reset(seed=0); f = e.render(); e.close(); "
+            "print(f.shape, f.dtype, f.max())")
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "DISPLAY")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-500:]
+    shape, dtype, top = out.stdout.split(") ")[0] + ")", *out.stdout.split(") ")[1].split()
+    assert shape.endswith(", 3)") and dtype == "uint8" and int(top) > 0

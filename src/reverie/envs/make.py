@@ -17,6 +17,7 @@ Spec strings:
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
 
 import gymnasium as gym
@@ -172,6 +173,10 @@ def _make_registered(env_id: str, render: bool, noop_max: int) -> gym.Env:
         if env_id.startswith("ALE/") or env_id.endswith("NoFrameskip-v4"):
             return _make_atari(env_id, noop_max=noop_max)
         kwargs = {"render_mode": "rgb_array"} if render and _renders(env_id) else {}
+        if render and _extra_of(env_id) == "mujoco":
+            # headless rendering for `reverie watch`, as for DMC: MuJoCo's default (GLFW)
+            # needs a display
+            os.environ.setdefault("MUJOCO_GL", "egl")
         if env_id.startswith("popgym-"):
             # the passive checker warns that popgym's reset and step share one info dict
             kwargs["disable_env_checker"] = True
