@@ -504,6 +504,11 @@ def test_cli_train_end_to_end_then_load_and_act(tmp_path, capsys):
     assert trained and all(math.isfinite(v) for r in trained for v in r.values()
                            if isinstance(v, float))
     assert "upmpc/rollout_score" in trained[-1] and "upmpc/act_score" in trained[-1]
+    # states are logged as they are at the row's step, not averaged over its window (a row
+    # read 375.5 real transitions after 500 steps, and a blend of two fits' row counts)
+    for r in trained:
+        assert r["mbpo/real_buffer"] == r["step"]
+        assert r["model/fit_rows"] == float(int(r["model/fit_rows"])) <= r["step"]
     policy = reverie.load(run)
     action, _ = policy.act({"vector": np.zeros(3, np.float32)})
     assert np.all(np.abs(action) <= 1.0)

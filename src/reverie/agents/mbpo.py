@@ -242,6 +242,9 @@ class MBPOAgent:
     """Ensemble dynamics + SAC on mixed real/model batches; see the module docstring."""
 
     uses_replay = False  # real transitions arrive through `observe`
+    # the last model fit's and rollout generation's numbers and the buffers' sizes: a log
+    # row gives them as they are, not averaged with the fits before in its window
+    latest_metrics = ("model/", "mbpo/")
     schedule = "mbpo.updates_per_step SAC updates per env step after mbpo.warmup"
 
     def __init__(

@@ -48,7 +48,9 @@ class Agent(Protocol):
     `policy_state_dict() -> dict` (what acting needs, for best.pt; `load_state_dict` takes
     it too), `restore_learned(d)` (a rollback after a non-finite loss: load the checkpoint's
     learned state but keep the data being collected, e.g. an on-policy rollout; default
-    `load_state_dict`). The agent's module may define `check_spaces(obs_spec,
+    `load_state_dict`), `latest_metrics: tuple[str, ...]` (prefixes of the update metrics
+    that are states, logged as their last value in a row instead of the window's mean).
+    The agent's module may define `check_spaces(obs_spec,
     action_space)` (raises ValueError for an env it cannot run), `training_notes(cfg) ->
     list[str]` and `REPORT_KEYS` (settings that make another algorithm; see
     `config.agent_hook`)."""

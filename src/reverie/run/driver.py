@@ -288,7 +288,8 @@ class Trainer(Checkpointing):
             observe(t)
 
     def _log(self, t0: float, steps0: int, tail: bool = False) -> None:
-        """A metrics row: counters and the means of the update metrics since the last row.
+        """A metrics row: counters and the means of the update metrics since the last row
+        (the last value of those the agent's `latest_metrics` prefixes name).
         tail: the run's last updates, off the run.log_every cadence, logged at its end; the
         row says `"window": "tail"`, and a resume that extends the run replaces it (the
         checkpoint keeps those updates' metrics for the next row, as if never stopped)."""
@@ -301,7 +302,11 @@ class Trainer(Checkpointing):
         if self.replay is not None:
             row["train_ratio"] = c.grad_steps * self.replayed_per_update / max(1, c.env_steps)
             row["replay_size"] = len(self.replay)
-        row.update({k: float(np.mean(v)) for k, v in self._window.items()})
+        # what an agent says is a state (a buffer's size, its last model fit's numbers) is
+        # logged as it is at the row's step; per-update quantities as their mean
+        latest = tuple(getattr(self.agent, "latest_metrics", ()))
+        row.update({k: float(v[-1] if k.startswith(latest) else np.mean(v))
+                    for k, v in self._window.items()})
         if tail:
             row[TAIL_KEY] = TAIL
         self._window = {}
