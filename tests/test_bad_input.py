@@ -130,6 +130,13 @@ CASES = [
      "unknown config key 'run.seed' (did you mean 'seed'?)"),
     ("bad device", ["train", "--set", "run.device=tpu"], "run.device"),
     ("run.compile typo", ["train", "--set", "run.compile=onn"], "did you mean 'on'"),
+    # YAML reads off/on as booleans: the error quoted them back as 'False' / 'True'
+    ("a mode YAML reads as a boolean", ["train", "--agent", "mbpo", "--set", "mbpo.mode=off",
+                                        "--show-config"],
+     "unknown mbpo.mode 'off'; choose one of: mbpo, conservative, optimistic, coplanner (mbpo: "
+     "plain MBPO, no UP-MPC)"),
+    ("imagine's mode YAML reads as a boolean", ["train", "--set", "imagine.coplanner.mode=on"],
+     "imagine.coplanner.mode must be one of off, conservative, optimistic, coplanner, got 'on'"),
     ("bad image size", ["train", "--set", "env.image_size=50"], "image_size"),
     ("set without =", ["train", "--set", "run.steps"], "key=value"),
     ("empty --resume (an unset shell variable)", ["train", "--resume", ""],

@@ -221,6 +221,26 @@ def _expected(schema: DictConfig, key: str) -> tuple[str | None, Any]:
     return want, str(default).lower() if isinstance(default, bool) else default
 
 
+# what YAML 1.1 reads as a boolean: `--set mbpo.mode=off` arrived as 'False'
+YAML_BOOL_WORDS = {"on", "off", "yes", "no", "y", "n", "true", "false"}
+
+
+def _as_text(overrides: list[str], schema: DictConfig) -> list[str]:
+    """`--set`s of a text setting whose value YAML would read as a boolean, quoted: the
+    value stays the word given (its error, if any, quotes it back), not 'False'."""
+    out = []
+    for item in overrides:
+        key, value = (x.strip() for x in item.split("=", 1))
+        parent, _, name = key.rpartition(".")
+        try:
+            node = (OmegaConf.select(schema, parent) if parent else schema)._get_node(name)
+        except Exception:  # noqa: BLE001 - not a plain setting: left to the merge to judge
+            node = None
+        text = type(node).__name__ == "StringNode" and value.lower() in YAML_BOOL_WORDS
+        out.append(f"{key}='{value}'" if text else item)
+    return out
+
+
 def _parse_dotlist(items: list[str]) -> list[str]:
     for item in items:
         if "=" not in item or item.startswith("="):
@@ -397,6 +417,7 @@ def build_config(
             overrides.remove(item)
             flags["backbone"] = value
     _check_flags_agree(flags, overrides, agent, backbone_key)
+    overrides = _as_text(overrides, schema)
     try:
         cfg = OmegaConf.merge(schema, preset_data)
     except OmegaConfBaseException as e:  # a key or value of the preset's own files
@@ -621,7 +642,7 @@ def apply_resume_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
             )
     schema = _schema(cfg.agent)
     try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(_as_text(overrides, schema)))
     except OmegaConfBaseException as e:
         raise _friendly(e, schema) from None
     except yaml.YAMLError as e:

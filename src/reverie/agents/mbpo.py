@@ -129,7 +129,7 @@ def _check(c: Any) -> None:
     """Raise ValueError naming the fix for a section that cannot work."""
     if c.mode not in MODES:
         raise ValueError(f"unknown mbpo.mode '{c.mode}'{suggest(c.mode, MODES)}; choose one "
-                         f"of: {', '.join(MODES)}")
+                         f"of: {', '.join(MODES)} (mbpo: plain MBPO, no UP-MPC)")
     positive = ("updates_per_step", "model_train_every", "rollout_batch", "rollout_chunk",
                 "epoch_length", "retain_epochs", "capacity")
     for name in positive:
