@@ -214,3 +214,15 @@ def test_backbone_of_names_the_agents_backbone_or_none():
     assert backbone_of(build_config("popgym-ppo")) == "ffm"
     assert backbone_of(build_config("random")) is None
     assert backbone_of(build_config("mbpo-pendulum")) is None
+
+
+def test_a_runs_title_names_what_makes_another_algorithm_of_its_agent():
+    """curve.png of a COPlanner run was titled "Pendulum-v1 · mbpo", as a plain MBPO run's."""
+    from reverie.config import run_title
+
+    assert run_title(build_config("mbpo-pendulum")) == "Pendulum-v1 · mbpo (mode=coplanner)"
+    assert run_title(build_config("mbpo-pendulum", ["mbpo.mode=mbpo"])) == "Pendulum-v1 · mbpo"
+    assert run_title(build_config("cartpole", ["imagine.coplanner.mode=optimistic"])) == \
+        "CartPole-v1 · imagine (mamba2, mode=optimistic)"
+    assert run_title(build_config("cartpole")) == "CartPole-v1 · imagine (mamba2)"
+    assert run_title(build_config("random")) == "CartPole-v1 · random"

@@ -587,6 +587,20 @@ def backbone_of(cfg: DictConfig) -> str | None:
     return OmegaConf.select(cfg, f"{cfg.agent}.{key}", default=None) if key else None
 
 
+def run_title(cfg: DictConfig) -> str:
+    """'CartPole-v1 · imagine (mamba2)': the env, the agent, its backbone, and the settings
+    that make another algorithm of it where they are not its default (`REPORT_KEYS`:
+    'Pendulum-v1 · mbpo (mode=coplanner)'), so a comparison's curves say which is which."""
+    schema = _schema(cfg.agent)
+    parts = [backbone_of(cfg)] + [
+        f"{key.rsplit('.', 1)[-1]}={value}"
+        for key in agent_hook(cfg.agent, "REPORT_KEYS", ())
+        if (value := OmegaConf.select(cfg, key, default=None))
+        != OmegaConf.select(schema, key, default=None)]
+    shown = ", ".join(str(p) for p in parts if p)
+    return f"{cfg.env.id} · {cfg.agent}" + (f" ({shown})" if shown else "")
+
+
 def training_notes(cfg: DictConfig) -> list[str]:
     """Legitimate settings under which a run trains nothing: said, not silently done."""
     run, need, notes = cfg.run, rows_per_sample(cfg), []

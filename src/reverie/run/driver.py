@@ -31,9 +31,9 @@ from omegaconf import DictConfig
 
 from reverie.config import (
     apply_resume_overrides,
-    backbone_of,
     load_run_config,
     rows_per_sample,
+    run_title,
     save_config,
     to_object,
     training_notes,
@@ -431,9 +431,7 @@ class Trainer(Checkpointing):
                 f"{self.out}` (from the checkpoint at step {self.saved.latest_step()}; the "
                 "steps after it are run again)", "SIGINT") from None
         self.logger.close()
-        backbone = backbone_of(cfg)  # the curve of a backbone comparison says which
-        plot_curve(self.out, title=f"{cfg.env.id} · {cfg.agent}"
-                   + (f" ({backbone})" if backbone else ""))
+        plot_curve(self.out, title=run_title(cfg))
         return self.summary()
 
     def release(self) -> None:
