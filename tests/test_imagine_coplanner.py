@@ -283,7 +283,8 @@ def test_every_backbone_updates_and_acts_in_every_mode(backbone):
 @pytest.mark.parametrize("override,needle", [
     ("imagine.coplanner.mode=conservatve", "did you mean 'conservative'"),
     ("imagine.coplanner.heads=1", "imagine.coplanner.heads must be >= 2"),
-    ("imagine.coplanner.candidates=0", "imagine.coplanner.candidates must be >= 1"),
+    ("imagine.coplanner.candidates=0",
+     "imagine.coplanner.candidates must be >= 1, got 0; the default is 4"),
     ("imagine.coplanner.lambda_optimistic=-1", "imagine.coplanner.lambda_optimistic"),
     ("imagine.coplanner.gamma_reward=1.5", "imagine.coplanner.gamma_reward must be in (0, 1]"),
     ("imagine.coplanner.lr=0", "imagine.coplanner.lr must be positive"),

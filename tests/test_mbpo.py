@@ -403,6 +403,7 @@ def run_cfg(**sections):
     ({"schedule": [20, 150, 0, 15]}, "1 <= min_len"),
     ({"upmpc": {"candidates": 0}}, "mbpo.upmpc.candidates must be >= 1"),
     ({"upmpc": {"horizon": 0}}, "mbpo.upmpc.horizon must be >= 1"),
+    ({"upmpc": {"lambda_optimistic": -1.0}}, "got -1.0; COPlanner's MBPO setting is 1.0"),
     ({"updates_per_step": 0}, "mbpo.updates_per_step must be >= 1"),
     ({"warmup": 1}, "mbpo.warmup must be >= 2"),
     ({"model": {"elites": 9}}, "cannot exceed mbpo.model.members"),
@@ -484,6 +485,10 @@ def test_keys_mbpo_never_reads_are_refused_on_resume_too():
     with pytest.raises(UserError, match="mbpo.updates_per_step SAC updates per env step"):
         build_config("mbpo-pendulum", ["run.train_ratio=8"])
     assert apply_resume_overrides(cfg, ["run.steps=9000"]).run.steps == 9000
+    # the keys a resume may change, as listed to an mbpo run: not the replay it does not have
+    with pytest.raises(UserError, match="keys that can: run.steps") as e:
+        apply_resume_overrides(cfg, ["mbpo.warmup=5"])
+    assert "replay.capacity" not in str(e.value) and str(e.value).count("run.") > 10
 
 
 def test_bad_mode_on_the_command_line_is_a_one_line_user_error():

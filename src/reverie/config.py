@@ -650,9 +650,11 @@ def apply_resume_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         if key not in RESUME_KEYS and _same_value(cfg, key, item):
             overrides.remove(item)  # the run's own value, said again: nothing changes
         elif key not in RESUME_KEYS:
+            unread = unread_keys(cfg.agent)  # an mbpo run has no replay to grow
+            can = [k for k in RESUME_KEYS if k.split(".")[0] not in unread and k not in unread]
             raise UserError(
                 f"--set {key} cannot change when resuming (the checkpoint was trained with the "
-                f"run's value); keys that can: {', '.join(RESUME_KEYS)}; or start a new run"
+                f"run's value); keys that can: {', '.join(can)}; or start a new run"
             )
     schema = _schema(cfg.agent)
     try:

@@ -79,7 +79,8 @@ def check_config(cfg: Any) -> None:
                       ("horizon", 1)):
         if int(getattr(cfg, name)) < low:
             raise ValueError(f"imagine.coplanner.{name} must be >= {low}, got "
-                             f"{getattr(cfg, name)}")
+                             f"{getattr(cfg, name)}; the default is "
+                             f"{getattr(CoplannerConfig, name)}")
     for name in ("lambda_conservative", "lambda_optimistic"):
         value = float(getattr(cfg, name))
         if not (math.isfinite(value) and value >= 0.0):

@@ -169,7 +169,8 @@ def _check(c: Any) -> None:
     for name in ("lambda_conservative", "lambda_optimistic"):
         if float(getattr(u, name)) < 0.0:
             raise ValueError(f"mbpo.upmpc.{name} must be >= 0 (the mode sets its sign), got "
-                             f"{getattr(u, name)}")
+                             f"{getattr(u, name)}; COPlanner's MBPO setting is "
+                             f"{getattr(UPMPCConfig, name)}")
     if int(c.sac.batch_size) < 1:
         raise ValueError(f"mbpo.sac.batch_size must be >= 1, got {c.sac.batch_size}")
     if c.termination not in TERMINATIONS:
