@@ -75,6 +75,11 @@ def test_load_and_act(run):
     assert action2 in (0, 1)
     with pytest.raises(UserError, match="shape"):
         policy.act(np.zeros(5, np.float32))
+    # a batch of observations, as a dict too, was torch's "mat1 and mat2 shapes cannot be
+    # multiplied" from inside the network
+    with pytest.raises(UserError, match=r"observation 'vector' has shape \(3, 4\), expected "
+                       r"\(4,\) \(act takes one env's observation: call it per env\)"):
+        policy.act({"vector": np.zeros((3, 4), np.float32)})
     with pytest.raises(UserError, match=r"missing keys \['vector'\]; make the env the way the "
                        r"run did with policy.make_env\(\)"):
         policy.act({"prev_reward": np.zeros(1, np.float32)})

@@ -42,15 +42,21 @@ class Policy:
             if missing:
                 raise UserError(f"observation is missing keys {sorted(missing)}; make the env "
                                 "the way the run did with policy.make_env()")
-            return {k: np.asarray(obs[k]) for k in self.obs_spec}
-        if len(self.obs_spec) != 1:
+            arrays = {k: np.asarray(obs[k]) for k in self.obs_spec}
+        elif len(self.obs_spec) != 1:
             raise UserError(f"pass a dict observation with keys {sorted(self.obs_spec)}")
-        key, (shape, dtype) = next(iter(self.obs_spec.items()))
-        arr = np.asarray(obs, dtype=dtype)
-        if arr.shape != shape:
-            raise UserError(f"observation has shape {arr.shape}, expected {shape} (make the "
-                            "env the way the run did with policy.make_env())")
-        return {key: arr}
+        else:
+            key, (_, dtype) = next(iter(self.obs_spec.items()))
+            arrays = {key: np.asarray(obs, dtype=dtype)}
+        for key, arr in arrays.items():
+            shape = tuple(self.obs_spec[key][0])
+            if arr.shape != shape:
+                many = " (act takes one env's observation: call it per env)" \
+                    if arr.shape[1:] == shape else ""
+                raise UserError(f"observation '{key}' has shape {arr.shape}, expected {shape}"
+                                f"{many}; make the env the way the run did with "
+                                "policy.make_env()")
+        return arrays
 
     def act(self, obs: Any, state: Any = None, explore: bool = False) -> tuple[Any, Any]:
         first = state is None
