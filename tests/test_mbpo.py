@@ -502,8 +502,12 @@ def test_cli_train_end_to_end_then_load_and_act(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *TINY_ARGS, "--steps", "80", "--set", "run.checkpoint_every=20",
                  "--out", str(run)]) == 0  # a checkpoint at each evaluation (60, 80)
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["grad_steps"] == (80 - 40 + 1) * 2  # G per env step from the warmup-th
+    # the silent first fit is announced, and a fit cut by max_epochs (3 here) said once
+    assert captured.err.count("reverie: mbpo: fitting the model on 40 real transitions") == 1
+    assert captured.err.count("stopped at mbpo.model.max_epochs=3 before its holdout") == 1
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     trained = [r for r in rows if "sac/critic_loss" in r]
     assert trained and all(math.isfinite(v) for r in trained for v in r.values()

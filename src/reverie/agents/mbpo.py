@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -246,6 +246,7 @@ class MBPOAgent:
     # the last model fit's and rollout generation's numbers and the buffers' sizes: a log
     # row gives them as they are, not averaged with the fits before in its window
     latest_metrics = ("model/", "mbpo/")
+    note: Callable[[str], None] | None = None  # set by the driver: one line to the user
     schedule = "mbpo.updates_per_step SAC updates per env step after mbpo.warmup"
 
     def __init__(
@@ -283,6 +284,7 @@ class MBPOAgent:
         self.updates = 0
         self.model_metrics: dict[str, float] = {}  # of the last fit and rollout generation
         self.act_scores: list[float] = [0.0, 0.0]  # Σ best optimistic score, acts planned
+        self.capped_told = False  # a fit capped by max_epochs is said once
         rule = TERMINATION_RULES.get(cfg.termination)
         if rule is not None and len(self.obs_keys) != 1:  # a rule reads one task's vector
             raise ValueError(f"mbpo.termination={cfg.termination} reads the task's own "
@@ -376,6 +378,10 @@ class MBPOAgent:
     def train_model(self) -> dict[str, float]:
         """Fit the ensemble on every real transition (MBPO's early stopping)."""
         m, n = self.cfg.model, len(self.real)
+        if self.model_trained_at < 0 and self.note is not None:
+            self.note(f"mbpo: fitting the model on {n:,} real transitions, then "
+                      f"{self.cfg.rollout_batch:,} model rollouts; the first fit is the longest "
+                      "(no progress until it ends)")
         rows = self.real.rows()
         fit = self.model.fit(
             rows["obs"], rows["action"], rows["next_obs"], rows["reward"], rows["terminal"],
@@ -383,6 +389,12 @@ class MBPOAgent:
             max_holdout=m.max_holdout, max_epochs=m.max_epochs, patience=m.patience,
         )
         self.model_trained_at = self.env_steps
+        if fit["epochs"] >= m.max_epochs and not self.capped_told and self.note is not None:
+            self.capped_told = True  # once a run (a process): every later fit may be capped
+            self.note(f"mbpo: the model fit stopped at mbpo.model.max_epochs={m.max_epochs} "
+                      "before its holdout loss stopped improving: its predicted spread (the "
+                      "uncertainty UP-MPC weighs) may still be its initial one; raise "
+                      "mbpo.model.max_epochs for a converged model")
         return {"model/holdout_mse": fit["holdout_mse"], "model/train_loss": fit["train_loss"],
                 "model/epochs": fit["epochs"], "model/fit_rows": float(n)}
 

@@ -49,7 +49,9 @@ class Agent(Protocol):
     it too), `restore_learned(d)` (a rollback after a non-finite loss: load the checkpoint's
     learned state but keep the data being collected, e.g. an on-policy rollout; default
     `load_state_dict`), `latest_metrics: tuple[str, ...]` (prefixes of the update metrics
-    that are states, logged as their last value in a row instead of the window's mean).
+    that are states, logged as their last value in a row instead of the window's mean),
+    `note: Callable[[str], None] | None` (the driver sets it: one line to the user, e.g.
+    before a long silent step).
     The agent's module may define `check_spaces(obs_spec,
     action_space)` (raises ValueError for an env it cannot run), `training_notes(cfg) ->
     list[str]` and `REPORT_KEYS` (settings that make another algorithm; see

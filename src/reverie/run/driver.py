@@ -136,6 +136,8 @@ class Trainer(Checkpointing):
         self.agent = build_agent(cfg, self.obs_spec, self.action_space, self.device)
         if cfg.run.compile != "off":
             compile_agent(self.agent, cfg.agent, self._note, cfg.run.compile)
+        if hasattr(self.agent, "note"):  # an agent that tells the user what it is doing
+            self.agent.note = self._note
         self.uses_replay = bool(getattr(self.agent, "uses_replay", True))
         acfg = cfg[cfg.agent]
         self.replayed_per_update = int(acfg.get("batch_size", 1)) * int(acfg.get("seq_len", 1))
