@@ -110,6 +110,18 @@ def test_eval_command_reports_the_prediction_error(trained, capsys):
                                        "got -1\n")
 
 
+def test_fewer_windows_than_asked_are_said(trained, capsys):
+    """`"windows": 1` came back for --prediction 3 without a word."""
+    assert main(["eval", str(trained), "--episodes", "1", "--prediction", "3", "--horizon",
+                 "40", "--out", str(trained / "pred.json")]) == 0
+    captured = capsys.readouterr()
+    scored = json.loads(captured.out)["prediction"]["windows"]
+    assert 1 <= scored < 3  # the barely trained policy's episodes are short
+    assert captured.err == (f"reverie: note: --prediction scored {scored} of 3 windows: the "
+                            "greedy episodes held no more windows of 4 observed + 40 imagined "
+                            "steps (up to 4 an episode); lower --context/--horizon for more\n")
+
+
 def test_eval_prediction_window_is_set_on_the_command_line(trained, capsys):
     assert main(["eval", str(trained), "--episodes", "1", "--prediction", "2", "--context",
                  "2", "--horizon", "3", "--out", str(trained / "pred.json")]) == 0

@@ -875,3 +875,13 @@ def test_a_task_of_one_run_shows_no_spread(tmp_path):
             if line.startswith(("| CartPole-v1 |", "| Acrobot-v1 |"))}
     assert "| 1 | 418.6 | 419 (one run) |" in rows["| CartPole-v1"]
     assert "| 2 | -100.5 ± 0.5 | -100 [-101, -100] |" in rows["| Acrobot-v1"]
+
+
+def test_a_folder_of_links_to_runs_says_links_are_not_followed(tmp_path, capsys):
+    run = fake_run(tmp_path / "runs" / "a", "CartPole-v1", 0, [1.0, 2.0])
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "a").symlink_to(run)
+    assert main(["report", str(tmp_path / "links"), "--out", str(tmp_path / "rep")]) == 2
+    assert "no run folders inside (links are not followed: name a linked run folder " \
+           "itself)" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "links" / "a"), "--out", str(tmp_path / "rep")]) == 0

@@ -307,6 +307,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(json.dumps(result), flush=True)
             raise UserError(f"{e} (the returns above are not saved)") from None
     _report_eval(args, result)
+    pred = result.get("prediction", {})
+    if pred.get("windows", args.prediction) < args.prediction:
+        print(f"reverie: note: --prediction scored {pred['windows']} of {args.prediction} "
+              f"windows: the greedy episodes held no more windows of {pred['context']} observed "
+              f"+ {len(pred['model_mse'])} imagined steps (up to 4 an episode); lower "
+              "--context/--horizon for more", file=sys.stderr)
     return 0
 
 

@@ -308,7 +308,9 @@ def load_runs(paths: list[str | Path], finished_only: bool = False,
             continue
         folders = find_run_folders(p)
         if not folders:
-            warnings.append(f"skipped {p}: no run folders inside")
+            links = any(c.is_symlink() for c in p.rglob("*"))
+            warnings.append(f"skipped {p}: no run folders inside" + (
+                " (links are not followed: name a linked run folder itself)" if links else ""))
         for folder in folders:
             try:
                 run = read_run(folder, returns)
