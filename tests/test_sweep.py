@@ -427,6 +427,10 @@ def test_notes_reverie_train_would_print_are_said_before_the_trials(tmp_path, ca
         f"reverie: note: trial {trial_name('CartPole-v1', [('run.num_envs', '3')], 0)}: "
         "run.steps=200 is not a multiple of run.num_envs=3 (all envs step together): the run "
         "ends at 201 env steps"]
+    # what to expect before the first trial ends (a sweep printed nothing until then)
+    assert err[2].startswith("reverie: note: 2 of 2 trial(s) to run (0 finished before), ")
+    assert err[2].endswith(f"on local; each writes {out / 'logs'}/<trial>.log and a line here "
+                           "when it ends")
     # run again: its finished trials are skipped, and nothing is said of them
     assert main(["sweep", *TINY, "--set", "run.prefill=300", "--grid", "run.num_envs=1,3",
                  "--out", str(out)]) == 0

@@ -116,6 +116,10 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
                  f"trial {names[0]}" if len(names) == 1 else
                  f"{len(names)} trials ({names[0]}, ...)")
         say(f"{which}: {note}")
+    if len(done) < len(trials):  # what to expect before the first trial ends
+        say(f"{len(trials) - len(done)} of {len(trials)} trial(s) to run ({len(done)} finished "
+            f"before), {min(workers, len(trials))} at a time on {backend}; each writes "
+            f"{out / 'logs'}/<trial>.log and a line here when it ends")
     on_result = on_result or (lambda r: None)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
