@@ -130,8 +130,10 @@ def _local_gpus() -> int:
 
 
 def run_ray(trials: list[Trial], workers: int, retries: int, address: str | None,
-            on_result: Callable[[dict], None]) -> list[dict[str, Any]]:
-    """Run every trial as a Ray task, at most `workers` at a time; results as they finish."""
+            on_result: Callable[[dict], None],
+            on_start: Callable[[], None] = lambda: None) -> list[dict[str, Any]]:
+    """Run every trial as a Ray task, at most `workers` at a time; results as they finish.
+    `on_start` is called once Ray is up, before the first trial."""
     ray = import_ray()
     started_here = not ray.is_initialized()
     handlers = _signal_handlers()
@@ -144,6 +146,7 @@ def run_ray(trials: list[Trial], workers: int, retries: int, address: str | None
         cpus = 1 if address is None else max(1, _threads(trials[0]))
         task = ray.remote(num_cpus=cpus, num_gpus=min(1.0, gpus / workers) if gpus else 0,
                           max_retries=0)(run_trial)
+        on_start()
         pending = list(trials)
         running: dict[Any, Trial] = {}
         results: list[dict[str, Any]] = []

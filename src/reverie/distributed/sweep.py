@@ -45,7 +45,9 @@ def default_workers() -> int:
 
 
 def _run_local(trials: list[Trial], workers: int, retries: int,
-               on_result: Callable[[dict], None]) -> list[dict]:
+               on_result: Callable[[dict], None],
+               on_start: Callable[[], None] = lambda: None) -> list[dict]:
+    on_start()
     stop = threading.Event()
     results = []
     pool = ThreadPoolExecutor(max_workers=workers)  # each thread waits on one trial process
@@ -116,10 +118,12 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
                  f"trial {names[0]}" if len(names) == 1 else
                  f"{len(names)} trials ({names[0]}, ...)")
         say(f"{which}: {note}")
-    if len(done) < len(trials):  # what to expect before the first trial ends
-        say(f"{len(trials) - len(done)} of {len(trials)} trial(s) to run ({len(done)} finished "
-            f"before), {min(workers, len(trials))} at a time on {backend}; each writes "
-            f"{out / 'logs'}/<trial>.log and a line here when it ends")
+    def started() -> None:  # once the backend is up: what to expect before a trial ends
+        if len(done) < len(trials):
+            say(f"{len(trials) - len(done)} of {len(trials)} trial(s) to run ({len(done)} "
+                f"finished before), {min(workers, len(trials))} at a time on {backend}; each "
+                f"writes {out / 'logs'}/<trial>.log and a line here when it ends")
+
     on_result = on_result or (lambda r: None)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -127,9 +131,9 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
         if backend == "ray":
             from reverie.distributed.ray_backend import run_ray
 
-            results = run_ray(trials, workers, sweep.retries, address, on_result)
+            results = run_ray(trials, workers, sweep.retries, address, on_result, started)
         else:
-            results = _run_local(trials, workers, sweep.retries, on_result)
+            results = _run_local(trials, workers, sweep.retries, on_result, started)
     except UserError:
         if created and not any(out.iterdir()):
             out.rmdir()  # e.g. Ray unreachable: leave no empty sweep folder behind
