@@ -207,13 +207,19 @@ EXPECTED = {"IntegerNode": "a whole number", "FloatNode": "a number",
             "BooleanNode": "true or false"}
 
 
-def _expected(schema: DictConfig, key: str) -> tuple[str | None, Any]:
-    """(what `key` takes in words, its default) for a typed setting, else (None, None)."""
+def _schema_node(schema: DictConfig, key: str) -> Any:
+    """The schema's node of a dotted setting (its type says what it takes), None if `key` is
+    not a plain setting of the schema."""
     parent, _, name = key.rpartition(".")
     try:
-        node = (OmegaConf.select(schema, parent) if parent else schema)._get_node(name)
-    except Exception:  # noqa: BLE001 - not a plain setting of the schema: say it generally
-        return None, None
+        return (OmegaConf.select(schema, parent) if parent else schema)._get_node(name)
+    except Exception:  # noqa: BLE001 - not a plain setting of the schema
+        return None
+
+
+def _expected(schema: DictConfig, key: str) -> tuple[str | None, Any]:
+    """(what `key` takes in words, its default) for a typed setting, else (None, None)."""
+    node = _schema_node(schema, key)
     want = EXPECTED.get(type(node).__name__)
     if want is None:
         return None, None
@@ -231,11 +237,7 @@ def _as_text(overrides: list[str], schema: DictConfig) -> list[str]:
     out = []
     for item in overrides:
         key, value = (x.strip() for x in item.split("=", 1))
-        parent, _, name = key.rpartition(".")
-        try:
-            node = (OmegaConf.select(schema, parent) if parent else schema)._get_node(name)
-        except Exception:  # noqa: BLE001 - not a plain setting: left to the merge to judge
-            node = None
+        node = _schema_node(schema, key)  # None: left to the merge to judge
         text = type(node).__name__ == "StringNode" and value.lower() in YAML_BOOL_WORDS
         out.append(f"{key}='{value}'" if text else item)
     return out
