@@ -195,6 +195,14 @@ def low_precision(x: Tensor) -> bool:
     return x.dtype in (torch.bfloat16, torch.float16)
 
 
+def scan_operands(param: Tensor, *operands: Tensor) -> tuple[Tensor, ...]:
+    """A selective scan's operands, upcast to float32 where the block's parameters (`param`)
+    are bf16/fp16 (`.to(torch.bfloat16)`): the scan's dt is float32 under bf16 anyway, so
+    such a block scans in float32, as autocast's float32 parameters do; it returns its output
+    and state in its own dtype. Other blocks' operands come back as they are."""
+    return tuple(full(t) for t in operands) if low_precision(param) else operands
+
+
 def full(x: Tensor) -> Tensor:
     """`x` in at least float32: a bfloat16/float16 tensor (what a layer returns under
     `run.precision=bf16`'s autocast) is upcast, any other comes back as it is. Distribution

@@ -26,9 +26,9 @@ from reverie.sequence.base import (
     causal_conv_step,
     column_major,
     full,
-    low_precision,
     matvec,
     positive_int,
+    scan_operands,
 )
 from reverie.sequence.selective_scan import selective_scan
 
@@ -90,17 +90,6 @@ class Mamba1Block(Block):
         dt_low, Bm, Cm = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], -1)
         return F.softplus(full(self.dt_proj(dt_low))), Bm, Cm  # float32 dt under bf16 too
 
-    def _scan_operands(
-        self, Bm: Tensor, Cm: Tensor, h: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """A, B, C and the state for the scan. dt is float32 under bf16 (`_ssm_inputs`), so
-        a block whose parameters are bf16/fp16 (`.to(torch.bfloat16)`) scans in float32,
-        as autocast's float32 parameters do; its output and state return to its dtype."""
-        A = -torch.exp(self.A_log)
-        if low_precision(self.A_log):
-            return full(A), full(Bm), full(Cm), full(h)
-        return A, Bm, Cm, h
-
     def forward(
         self, x: Tensor, state: LayerState, reset: Tensor | None
     ) -> tuple[Tensor, LayerState]:
@@ -109,7 +98,7 @@ class Mamba1Block(Block):
         xc, prefix = causal_conv(xi, self.conv_weight, self.conv_bias, state["conv"], reset)
         xc = F.silu(xc)
         dt, Bm, Cm = self._ssm_inputs(xc)
-        A, Bm, Cm, h = self._scan_operands(Bm, Cm, state["ssm"])
+        A, Bm, Cm, h = scan_operands(self.A_log, -torch.exp(self.A_log), Bm, Cm, state["ssm"])
         y, h = selective_scan(dt, dt * xc, A, Bm, Cm, h, reset, self.chunk_size)
         y = torch.addcmul(y, xc, self.D) * F.silu(z)
         new_state = {"conv": prefix, "ssm": h.to(state["ssm"].dtype)}
@@ -121,7 +110,7 @@ class Mamba1Block(Block):
         xc, new_conv = causal_conv_step(xi, self.conv_weight, self.conv_bias, state["conv"])
         xc = F.silu(xc)
         dt, Bm, Cm = self._ssm_inputs(xc)
-        A, Bm, Cm, h = self._scan_operands(Bm, Cm, state["ssm"])
+        A, Bm, Cm, h = scan_operands(self.A_log, -torch.exp(self.A_log), Bm, Cm, state["ssm"])
         # h = exp(dt A) ⊙ h + (dt x) Bᵀ in one fresh [B, d_inner, N] buffer, updated in place
         h = torch.exp(dt.unsqueeze(-1) * A).mul_(h)
         h.addcmul_((dt * xc).unsqueeze(-1), Bm[:, None])

@@ -25,6 +25,7 @@ from reverie.sequence.base import (
     full,
     low_precision,
     positive_int,
+    scan_operands,
 )
 from reverie.sequence.ssd import ssd_chunked, ssd_step
 
@@ -93,17 +94,6 @@ class Mamba2Block(Block):
         z, xBC, dt = zxbcdt.split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
         return z, xBC, F.softplus(full(dt) + self.dt_bias)  # dt in float32 under bf16 too
 
-    def _scan_operands(
-        self, xs: Tensor, B: Tensor, C: Tensor, h: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """x, A, B, C, D and the state for the scan. dt is float32 under bf16 (`_input`), so a
-        block whose parameters are bf16/fp16 (`.to(torch.bfloat16)`) scans in float32, as
-        autocast's float32 parameters do; its output and state return to its dtype."""
-        A = -torch.exp(self.A_log)
-        if low_precision(self.A_log):
-            return full(xs), full(A), full(B), full(C), full(self.D), full(h)
-        return xs, A, B, C, self.D, h
-
     def _output(self, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
         """Gated RMSNorm (norm of y·silu(z), Mamba-2's default) then out_proj, plus residual."""
         w = self.out_proj.weight * self.out_norm_weight
@@ -125,7 +115,8 @@ class Mamba2Block(Block):
         z, xBC, dt = self._input(x)
         conv, new_conv = causal_conv(xBC, self.conv_weight, self.conv_bias, state["conv"], reset)
         xs, B, C = F.silu(conv).split([self.d_inner, N, N], dim=-1)
-        xs, A, B, C, D, h = self._scan_operands(xs.reshape(Bt, T, H, P), B, C, state["ssm"])
+        xs, A, B, C, D, h = scan_operands(self.A_log, xs.reshape(Bt, T, H, P),
+                                          -torch.exp(self.A_log), B, C, self.D, state["ssm"])
         y, h = ssd_chunked(xs, dt, A, B, C, self.chunk_size, h, reset, D)
         out = self._output(x, y.reshape(Bt, T, self.d_inner), z)
         return out, {"conv": new_conv, "ssm": h.to(state["ssm"].dtype)}
@@ -137,7 +128,8 @@ class Mamba2Block(Block):
         z, xBC, dt = self._input(x)
         conv, new_conv = causal_conv_step(xBC, self.conv_weight, self.conv_bias, state["conv"])
         xs, B, C = F.silu(conv).split([self.d_inner, N, N], dim=-1)
-        xs, A, B, C, D, h = self._scan_operands(xs.reshape(Bt, H, P), B, C, state["ssm"])
+        xs, A, B, C, D, h = scan_operands(self.A_log, xs.reshape(Bt, H, P),
+                                          -torch.exp(self.A_log), B, C, self.D, state["ssm"])
         y, h = ssd_step(xs, dt, A, B, C, h)
         y = y + xs * D[:, None]
         out = self._output(x, y.reshape(Bt, self.d_inner), z)
