@@ -286,10 +286,15 @@ def _some(keys: list[str], shown: int = 4) -> str:
     return ", ".join(keys[:shown]) + more
 
 
+def _point(x: float, pct: bool) -> str:
+    """A score as the tables print it: a percentage to 0.1, else 3 significant digits."""
+    return f"{100 * x:.1f}%" if pct else _num(x, 3)
+
+
 def _ci(e: Estimate, pct: bool) -> str:
     if pct:
-        return f"{100 * e.value:.1f}% [{100 * e.low:.1f}, {100 * e.high:.1f}]"
-    return f"{_num(e.value, 3)} [{_num(e.low, 3)}, {_num(e.high, 3)}]"
+        return f"{_point(e.value, pct)} [{100 * e.low:.1f}, {100 * e.high:.1f}]"
+    return f"{_point(e.value, pct)} [{_num(e.low, 3)}, {_num(e.high, 3)}]"
 
 
 def _num(x: float, digits: int = 4) -> str:
@@ -347,7 +352,7 @@ def _task_section(groups: list[Group]) -> list[str]:
             est = bootstrap_ci([np.array([r.score for r in rs])], mean_score, reps=REPS)
             # one run has no spread: "418.6 ± 0" and "419 [419, 419]" read as measured ones
             score = (_ci(est, g.kind.percent) if len(rs) > 1 else
-                     _ci(est, g.kind.percent).split(" [")[0] + " (one run)")
+                     _point(est.value, g.kind.percent) + " (one run)")
             score += "" if g.kind.raw else f" {g.kind.name}"
             sources = sorted({r.source for r in rs})
             src = " + ".join("evaluations" if s == "eval" else "training episodes"
