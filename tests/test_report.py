@@ -346,6 +346,27 @@ def test_aggregate_panels_show_values_at_the_data_extremes(tmp_path):
 
 
 
+def test_aggregate_labels_say_when_a_group_covers_fewer_tasks(tmp_path):
+    """A group run on fewer of a row's tasks averages other tasks than its neighbours:
+    its tick label says how many (the report's table has a `tasks` column; the plot too)."""
+    from reverie.eval import plots
+    from reverie.eval.report import DEFAULT_GROUP_BY, make_groups
+
+    for backbone, games in (("gru", ("Pong", "Breakout")), ("ffm", ("Pong",))):
+        for game in games:
+            for seed in range(2):
+                fake_run(tmp_path / f"{game}-{backbone}-{seed}", f"ALE/{game}-v5", seed,
+                         [0.0, 1.0 + seed], preset="cartpole",
+                         sets=(f"imagine.world.backbone={backbone}",))
+    groups = make_groups(load_runs([tmp_path])[0], list(DEFAULT_GROUP_BY))
+    fig = plots.aggregates_figure(groups, plots._colors([g.label for g in groups]))
+    ticks = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    plots._plt().close(fig)
+    assert "imagine/ffm (1 of 2 tasks)" in ticks
+    assert "imagine/gru" in ticks and not any("gru (" in t for t in ticks)
+    assert any(t.endswith("(published)") for t in ticks)  # published rows keep their names
+
+
 def test_wall_time_adds_up_resumed_processes():
     from reverie.run.logger import training_wall as _wall_time
 

@@ -129,21 +129,25 @@ def aggregates_figure(groups: list[Group], colors: dict):
     rows = []
     for kind in kinds:
         mine = [g for g in groups if g.kind.name == kind.name]
+        tasks = len({e for g in mine for e in g.runs})
         bars = [(g.label, aggregate(g.scores(), reps=2000, gamma=kind.gamma), False)
                 for g in mine]
+        # a group over fewer of the row's tasks averages other tasks: its label says so
+        tick_names = {g.label: g.label if len(g.runs) == tasks else
+                       f"{g.label} ({len(g.runs)} of {tasks} tasks)" for g in mine}
         if kind.name == "HNS":
             games = sorted({atari_game(e) for g in mine for e in g.runs})
             for p in published_rows(games):
                 est = {n: Estimate(v, v, v) for n, v in p.values.items()}
                 bars.append((f"{p.name} (published)", est, True))
-        rows.append((kind, bars))
-    n_bars = max(len(b) for _, b in rows)
+        rows.append((kind, bars, tick_names))
+    n_bars = max(len(b) for _, b, _ in rows)
     fig, axes = plt.subplots(len(rows), len(names), squeeze=False, layout="constrained",
                              # per row of panels: its bars, plus room for the titles
                              # and the axis label (else one group's row collapses)
                              figsize=(3.1 * len(names) + 1.5,
                                       0.6 + len(rows) * (1.1 + 0.38 * n_bars)))
-    for r, (kind, bars) in enumerate(rows):
+    for r, (kind, bars, tick_names) in enumerate(rows):
         for c, name in enumerate(names):
             ax = axes[r][c]
             if name == "optimality gap" and kind.gamma is None:
@@ -166,7 +170,8 @@ def aggregates_figure(groups: list[Group], colors: dict):
                 else:  # a zero-width interval (every seed alike, e.g. all at the maximum)
                     ax.plot(e.value * scale, y, "o", color=colors[label], ms=7, mec="black")
             ax.set_yticks(range(len(bars)))
-            ax.set_yticklabels([b[0] for b in reversed(bars)] if c == 0 else [])
+            ax.set_yticklabels([tick_names.get(b[0], b[0]) for b in reversed(bars)] if c == 0
+                               else [])
             ax.set_ylim(-0.6, len(bars) - 0.4)
             # a bar's left end is a "sticky" edge that margins do not pass: without this a
             # value at the data's extreme (CartPole's 500, a 0% HNS) sat on the axis spine
