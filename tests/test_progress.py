@@ -32,3 +32,23 @@ def test_the_final_evaluation_is_shown_after_the_last_step(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "reverie: step 100/100  10.0 steps/s  ETA 0.0 min  eval 0.46"
     assert len(err) == 2  # mid-run evaluations wait for the next throttled line
+
+
+def test_the_terminal_bar_keeps_its_numbers_on_80_columns(monkeypatch):
+    """On an 80-column terminal rich shrank the step counter to '12345/1…': the bar gives
+    way to the numbers."""
+    import io
+
+    from rich.console import Console
+
+    monkeypatch.setenv("COLUMNS", "80")
+    p = Progress(100000, enabled=True)
+    p.episode(-20.0)
+    p.evaluation(-21.0)
+    p._bar.update(p._task, completed=12345,
+                  info="  ".join(p._info(16.5)))
+    out = io.StringIO()
+    Console(file=out, width=80, color_system=None).print(p._bar.make_tasks_table(p._bar.tasks))
+    line = out.getvalue().rstrip("\n")
+    assert "12345/100000" in line and "return -20.00" in line and "eval -21.00" in line
+    assert "…" not in line and len(line) <= 80

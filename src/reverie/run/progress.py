@@ -28,9 +28,11 @@ class Progress:
         self.console = Console(stderr=True)
         self._bar = None
         if enabled:
+            # the bar takes what the text leaves (~70 columns: "train", the 12345/100000
+            # counter, the info, the ETA), so an 80-column terminal cuts none of the numbers
             self._bar = RichProgress(
                 TextColumn("[bold]train"),
-                BarColumn(),
+                BarColumn(bar_width=max(5, min(40, self.console.width - 70))),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"),
                 TimeRemainingColumn(),
@@ -72,12 +74,15 @@ class Progress:
         if self._plain:
             self._line(step, steps_per_s)
             return
-        parts = [f"{steps_per_s:6.1f} steps/s"]
+        self._bar.update(self._task, completed=step, info="  ".join(self._info(steps_per_s)))
+
+    def _info(self, steps_per_s: float) -> list[str]:
+        parts = [f"{steps_per_s:.1f} steps/s"]
         if self.last_return is not None:
-            parts.append(f"return {self.last_return:8.2f}")
+            parts.append(f"return {self.last_return:.2f}")
         if self.eval_return is not None:
-            parts.append(f"eval {self.eval_return:8.2f}")
-        self._bar.update(self._task, completed=step, info="  ".join(parts))
+            parts.append(f"eval {self.eval_return:.2f}")
+        return parts
 
     def _line(self, step: int, steps_per_s: float, force: bool = False) -> None:
         now = time.monotonic()
@@ -85,12 +90,9 @@ class Progress:
             return
         self._last_line = now
         eta = max(0, self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
-        parts = [f"step {step}/{self.total}", f"{steps_per_s:.1f} steps/s",
-                 f"ETA {eta / 60:.1f} min" if eta != float("inf") else "ETA ?"]
-        if self.last_return is not None:
-            parts.append(f"return {self.last_return:.2f}")
-        if self.eval_return is not None:
-            parts.append(f"eval {self.eval_return:.2f}")
+        info = self._info(steps_per_s)
+        parts = [f"step {step}/{self.total}", info[0],
+                 f"ETA {eta / 60:.1f} min" if eta != float("inf") else "ETA ?", *info[1:]]
         print("reverie: " + "  ".join(parts), file=sys.stderr, flush=True)
 
     def note(self, text: str) -> None:
