@@ -189,6 +189,51 @@ def test_causal_conv_with_prefix_and_resets_matches_loop():
     assert torch.allclose(tail, buf, atol=1e-6)
 
 
+
+def test_tap_gradients_match_the_double_sum():
+    """The conv's weight gradient in cache-sized blocks (a short last block included) is
+    out[c, k] = sum over b, t of g[b, t, c] xp[b, t + k, c]."""
+    from reverie.sequence.base import tap_gradients
+
+    g = torch.Generator().manual_seed(2)
+    for B, T, C, K, rows in [(3, 7, 5, 4, 64), (1, 1, 2, 4, 64), (16, 37, 6, 4, 64),
+                             (2, 9, 3, 2, 4)]:
+        grad = torch.randn(B, T, C, generator=g, dtype=torch.float64)
+        xp = torch.randn(B, T + K - 1, C, generator=g, dtype=torch.float64)
+        want = torch.zeros(C, K, dtype=torch.float64)
+        for b in range(B):
+            for t in range(T):
+                for k in range(K):
+                    want[:, k] += grad[b, t] * xp[b, t + k]
+        got = tap_gradients(grad, xp, rows)
+        assert torch.allclose(got, want, atol=1e-12), (B, T, C, K)
+        assert got.stride() == (1, C)  # column-major like the conv weights
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 3, 4), (1, 1, 4, 4), (20, 9, 3, 2)])
+def test_causal_conv_gradients_without_resets(shape):
+    """The reset-free path's own backward (oneDNN's input gradient, `tap_gradients` for the
+    weights) passes gradcheck for x, the prefix, the weights and the bias, and in float32
+    gives what autograd through the plain conv gives."""
+    from reverie.sequence.base import _depthwise
+
+    B, T, C, K = shape
+    g = torch.Generator().manual_seed(3)
+    args = [torch.randn(B, T, C, generator=g), torch.randn(B, K - 1, C, generator=g),
+            torch.randn(C, K, generator=g).t().contiguous().t(), torch.randn(C, generator=g)]
+    f64 = [a.double().requires_grad_() for a in args]
+    assert torch.autograd.gradcheck(
+        lambda x, pre, w, b: causal_conv(x, w, b, pre, None)[0], tuple(f64))
+    f32 = [a.clone().requires_grad_() for a in args]
+    x, pre, w, b = f32
+    y = causal_conv(x, w, b, pre, None)[0]
+    assert y.grad_fn.name().endswith("_DepthwiseConvBackward")  # the path under test
+    cot = torch.randn(y.shape, generator=g)
+    got = torch.autograd.grad(y, f32, cot)
+    want = torch.autograd.grad(_depthwise(torch.cat([pre, x], 1), w, b), f32, cot)
+    for a, c in zip(got, want):
+        assert torch.allclose(a, c, atol=1e-5, rtol=1e-5)
+
 def test_bad_options_name_the_fix():
     with pytest.raises(ValueError, match=r"head_dim.*use one of \[1, 2, 4, 8, 16, 32\]"):
         make_backbone("mamba2", d_model=16, head_dim=12)
