@@ -367,6 +367,29 @@ def test_aggregate_labels_say_when_a_group_covers_fewer_tasks(tmp_path):
     assert any(t.endswith("(published)") for t in ticks)  # published rows keep their names
 
 
+def test_a_run_named_twice_is_counted_once(tmp_path, monkeypatch):
+    """`report s1 ./s1` or a folder and its parent: each run once (a copy of a seed would
+    narrow the intervals)."""
+    for seed in range(2):
+        fake_run(tmp_path / "s1" / f"cp-{seed}", "CartPole-v1", seed, [10.0, 20.0 + seed])
+    monkeypatch.chdir(tmp_path)
+    runs, _ = load_runs([tmp_path / "s1", Path("s1"), Path("s1") / "cp-0", tmp_path])
+    assert sorted(r.seed for r in runs) == [0, 1]
+
+
+@pytest.mark.parametrize("text", ["", "agent: random\nseed: 0\nenv:\n  id: CartPole-v1\n"])
+def test_a_cut_config_is_skipped_not_filled_with_defaults(tmp_path, text):
+    """An empty config.yaml was reported as an imagine/mamba2 run; one cut short got the
+    schema's defaults for what it lost (a false mixed-settings warning, a finished run called
+    unfinished). Skipped, with the fix named."""
+    fake_run(tmp_path / "good", "CartPole-v1", 0, [10.0, 20.0])
+    bad = fake_run(tmp_path / "bad", "CartPole-v1", 1, [10.0, 20.0])
+    (bad / "config.yaml").write_text(text)
+    runs, warnings = load_runs([tmp_path])
+    assert [r.seed for r in runs] == [0]
+    assert len(warnings) == 1 and "is incomplete" in warnings[0] and "restore it" in warnings[0]
+
+
 def test_wall_time_adds_up_resumed_processes():
     from reverie.run.logger import training_wall as _wall_time
 

@@ -194,6 +194,47 @@ def test_rerun_with_another_grid_keeps_the_earlier_trials(tmp_path, capsys):
     assert sweep_json(out)["grid_keys"] == ["run.train_ratio", "run.prefill"]
 
 
+
+def test_a_folder_with_a_logs_folder_is_not_taken_for_a_sweep(tmp_path, capsys):
+    """A project folder with logs/ and report/ of its own was taken for an earlier sweep, and
+    its report/report.md overwritten. A sweep folder is known by its marker (or sweep.json,
+    or a trial's log beside that trial's run folder: a sweep of a version before the marker
+    that was stopped before writing sweep.json)."""
+    proj = tmp_path / "proj"
+    (proj / "logs").mkdir(parents=True)
+    (proj / "logs" / "app.log").write_text("mine\n")
+    (proj / "report").mkdir()
+    (proj / "report" / "report.md").write_text("my paper report\n")
+    assert main(["sweep", *TINY, "--out", str(proj)]) == 2
+    assert "is not a reverie sweep" in capsys.readouterr().err
+    assert (proj / "report" / "report.md").read_text() == "my paper report\n"
+    from reverie.distributed.sweep import SWEEP_MARKER, check_sweep_folder
+    from reverie.run.folder import MARKER
+
+    (proj / "app").mkdir()
+    (proj / "app" / MARKER).write_text("")  # the log's trial: an older sweep's folder
+    check_sweep_folder(proj)
+    done = tmp_path / "done"
+    assert main(["sweep", *TINY, "--out", str(done)]) == 0
+    assert (done / SWEEP_MARKER).is_file()
+
+
+def test_a_second_copy_of_a_running_sweep_is_refused(tmp_path, capsys):
+    from reverie.distributed.sweep import SWEEP_MARKER, _lock
+
+    out = tmp_path / "sw"
+    out.mkdir()
+    (out / SWEEP_MARKER).write_text("")
+    held = _lock(out)  # a first copy of the sweep, running
+    try:
+        assert main(["sweep", *TINY, "--out", str(out)]) == 75
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("reverie: error: another reverie sweep is running in")
+        assert len(err.splitlines()) == 1 and not (out / "sweep.json").exists()
+    finally:
+        held.close()
+    assert main(["sweep", *TINY, "--out", str(out)]) == 0
+
 def test_a_linked_sweep_folder_is_refused_at_once(tmp_path, capsys):
     """Not accepted empty and then refused on the re-run: refused from the start."""
     (tmp_path / "real").mkdir()

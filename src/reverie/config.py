@@ -715,9 +715,19 @@ def parse_run_config(text: str, where: str) -> DictConfig:
                         "checkpoints and replay are untouched)") from None
     if not isinstance(data, dict):
         raise UserError(f"{where} is not a reverie config; point at a run folder")
-    agent = data.get("agent", "imagine")
+    agent = data.get("agent")
     if not isinstance(agent, str):
-        raise UserError(f"{where}: agent must be a name ({', '.join(AGENTS)}), got {agent!r}")
+        raise UserError(f"{where}: agent must be a name ({', '.join(AGENTS)}), got {agent!r}"
+                        if agent is not None else
+                        f"{where} is incomplete (no agent); restore it from a copy (its run's "
+                        "checkpoints keep one, `config` in every checkpoint file)")
+    # reverie writes every section: a file without one was cut (a copy that stopped short),
+    # and the schema's defaults would fill it in silently
+    missing = [k for k in ("env", "run", agent) if k not in data and agent in AGENTS]
+    if missing:
+        raise UserError(f"{where} is incomplete (no {', '.join(missing)}); restore it from a "
+                        "copy (its run's checkpoints keep one, `config` in every checkpoint "
+                        "file)")
     schema = _schema(agent)
     try:
         cfg = OmegaConf.merge(schema, data)

@@ -13,6 +13,7 @@ the earlier ones.
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -23,7 +24,7 @@ from typing import Any
 from reverie.config import is_preset_file
 from reverie.distributed.grid import Trial, make_trials, parse_grid
 from reverie.distributed.trial import DONE, run_trial, trial_state
-from reverie.errors import UserError
+from reverie.errors import Busy, UserError
 from reverie.run.machine import usable_cores
 
 
@@ -67,9 +68,25 @@ def _run_local(trials: list[Trial], workers: int, retries: int,
     return results
 
 
+SWEEP_MARKER = ".reverie-sweep"  # written first into every folder a sweep runs in
+
+
+def _is_sweep(out: Path) -> bool:
+    """An earlier sweep's folder: its marker, its sweep.json, or (a sweep of a version before
+    the marker, stopped before its sweep.json) a trial's log in logs/ beside that trial's
+    run folder. A logs/ folder alone is anybody's."""
+    from reverie.run.folder import MARKER
+
+    if (out / SWEEP_MARKER).is_file() or (out / "sweep.json").is_file():
+        return True
+    logs = out / "logs"
+    return logs.is_dir() and any((out / log.stem / MARKER).is_file()
+                                 for log in logs.glob("*.log"))
+
+
 def check_sweep_folder(out: Path) -> None:
-    """May a sweep write into `out`? A new or empty folder, or an earlier sweep's (it has
-    sweep.json, or logs/ from its trials) to resume; never a run folder or someone else's."""
+    """May a sweep write into `out`? A new or empty folder, or an earlier sweep's to resume
+    (`_is_sweep`); never a run folder or someone else's."""
     from reverie.run.folder import CONFIG, check_no_links
 
     if out.is_symlink():
@@ -82,10 +99,29 @@ def check_sweep_folder(out: Path) -> None:
     if (out / CONFIG).exists():
         raise UserError(f"--out '{out}' is a run folder (it has {CONFIG}); a sweep makes its "
                         "runs inside its own folder: choose a new or empty --out")
-    if not ((out / "sweep.json").is_file() or (out / "logs").is_dir()):
+    if not _is_sweep(out):
         raise UserError(f"'{out}' is not empty and is not a reverie sweep; choose a new or "
                         "empty --out (or the folder of the sweep to continue)")
     check_no_links(out)
+
+
+LOCK = ".sweep-lock"
+
+
+def _lock(out: Path):
+    """Hold the sweep folder for this process (released when the returned file is closed):
+    a second copy of the sweep started on the same folder would resume the same trials
+    and overwrite sweep.json."""
+    import fcntl
+
+    f = open(out / LOCK, "a")  # noqa: SIM115 - closed by the caller, which holds it
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise Busy(f"another reverie sweep is running in '{out}'; wait for it to end (or stop "
+                   "it), then run this command again") from None
+    return f
 
 
 def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
@@ -127,17 +163,28 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
     on_result = on_result or (lambda r: None)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    (out / SWEEP_MARKER).write_text("a reverie sweep folder\n")
+    lock = _lock(out)
     try:
-        if backend == "ray":
-            from reverie.distributed.ray_backend import run_ray
+        try:
+            if backend == "ray":
+                from reverie.distributed.ray_backend import run_ray
 
-            results = run_ray(trials, workers, sweep.retries, address, on_result, started)
-        else:
-            results = _run_local(trials, workers, sweep.retries, on_result, started)
-    except UserError:
-        if created and not any(out.iterdir()):
-            out.rmdir()  # e.g. Ray unreachable: leave no empty sweep folder behind
-        raise
+                results = run_ray(trials, workers, sweep.retries, address, on_result, started)
+            else:
+                results = _run_local(trials, workers, sweep.retries, on_result, started)
+        except UserError:
+            if created and {p.name for p in out.iterdir()} <= {SWEEP_MARKER, LOCK}:
+                shutil.rmtree(out)  # e.g. Ray unreachable: leave no empty sweep folder behind
+            raise
+        return _finish(sweep, out, backend, trials, results)
+    finally:
+        lock.close()
+
+
+def _finish(sweep: Sweep, out: Path, backend: str, trials: list[Trial],
+            results: list[dict]) -> dict[str, Any]:
+    """sweep.json and the report of a sweep whose trials have run; returns the summary."""
     order = {t.name: i for i, t in enumerate(trials)}
     results.sort(key=lambda r: order[r["name"]])
     previous = _previous_sweep(out)

@@ -295,6 +295,7 @@ def load_runs(paths: list[str | Path], finished_only: bool = False,
     returns: what each run is scored from (RETURNS)."""
     _check_returns(returns)
     runs, warnings = [], []
+    seen: set[Path] = set()  # a run named twice (`report s1 ./s1`, a folder and its parent)
     for p in paths:
         p = Path(p)
         if not p.exists():
@@ -312,6 +313,9 @@ def load_runs(paths: list[str | Path], finished_only: bool = False,
             warnings.append(f"skipped {p}: no run folders inside" + (
                 " (links are not followed: name a linked run folder itself)" if links else ""))
         for folder in folders:
+            if folder.resolve() in seen:  # counted once: a copy of a seed narrows the CIs
+                continue
+            seen.add(folder.resolve())
             try:
                 run = read_run(folder, returns)
             except UserError as e:
