@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from reverie.run.progress import Progress
 
 
@@ -52,3 +54,27 @@ def test_the_terminal_bar_keeps_its_numbers_on_80_columns(monkeypatch):
     line = out.getvalue().rstrip("\n")
     assert "12345/100000" in line and "return -20.00" in line and "eval -21.00" in line
     assert "…" not in line and len(line) <= 80
+
+
+def test_the_rate_and_eta_follow_the_last_minute_not_the_prefill(capsys, monkeypatch):
+    """A fast random prefill (800 steps/s) then training at 2 steps/s: the rate since the
+    start said minutes were left where hours were."""
+    import reverie.run.progress as progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    with Progress(20000, enabled=True, every_s=3600.0) as p:
+        step = 0
+        for _ in range(10):  # 1,000 prefill steps in 1.25 s
+            now[0] += 0.125
+            step += 100
+            p.update(step, step / now[0])
+        for _ in range(200):  # then 2 steps/s for 200 s
+            now[0] += 1.0
+            step += 2
+            p.update(step, step / now[0])
+        p._line(step, p._shown[1], force=True)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "2.0 steps/s" in last  # since the start it would be 6.9
+    eta_min = float(last.split("ETA ")[1].split(" min")[0])
+    assert eta_min == pytest.approx((20000 - step) / 2 / 60, rel=0.02)

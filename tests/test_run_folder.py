@@ -47,6 +47,9 @@ def test_run_folder_contents(run):
     logged = [r for r in rows if "grad_steps" in r]
     assert logged[-1]["grad_steps"] > 0 and "wm/loss" in logged[-1]
     assert "imag/return" in logged[-1] and "train_ratio" in logged[-1]
+    # replayed steps per env step after the prefill: the setting (16), not diluted by the
+    # 100 random prefill steps (it read 16 x 200 / 300 = 10.7)
+    assert logged[-1]["train_ratio"] == pytest.approx(16, rel=0.05)
     assert any("eval/return" in r for r in rows)
     timing = [json.loads(x) for x in (run / "timing.jsonl").read_text().splitlines()]
     assert timing[-1]["time/env_steps_per_s"] > 0

@@ -302,7 +302,10 @@ class Trainer(Checkpointing):
             "episodes": c.episodes,
         }
         if self.replay is not None:
-            row["train_ratio"] = c.grad_steps * self.replayed_per_update / max(1, c.env_steps)
+            # replayed steps per env step since training began (run.train_ratio's meaning;
+            # over all env steps the random prefill would dilute it)
+            trained = c.env_steps - min(int(self.run.prefill), c.env_steps)
+            row["train_ratio"] = c.grad_steps * self.replayed_per_update / max(1, trained)
             row["replay_size"] = len(self.replay)
         # what an agent says is a state (a buffer's size, its last model fit's numbers) is
         # logged as it is at the row's step; per-update quantities as their mean

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import deque
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
+
+RATE_WINDOW_S = 60.0  # the shown rate (and ETA) is over about the last minute
 
 
 class Progress:
@@ -25,6 +28,7 @@ class Progress:
         self.last_return: float | None = None
         self.eval_return: float | None = None
         self._shown: tuple[int, float] | None = None  # (step, steps/s) of the last update
+        self._samples: deque[tuple[float, int]] = deque()  # (time, step), for the rate
         self.console = Console(stderr=True)
         self._bar = None
         if enabled:
@@ -67,9 +71,22 @@ class Progress:
             return
         self.update(step, steps_per_s)
 
+    def _recent_rate(self, step: int, steps_per_s: float) -> float:
+        """Env steps/s over about the last RATE_WINDOW_S seconds: the rate since the start
+        (`steps_per_s`) counts the random prefill, many times faster than training, and
+        made the ETA minutes where hours were left. The given rate until a second passed."""
+        now = time.monotonic()
+        if not self._samples or now - self._samples[-1][0] >= 0.5:
+            self._samples.append((now, step))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW_S:
+            self._samples.popleft()
+        t_old, step_old = self._samples[0]
+        return (step - step_old) / (now - t_old) if now - t_old >= 1.0 else steps_per_s
+
     def update(self, step: int, steps_per_s: float) -> None:
         if self._bar is None:
             return
+        steps_per_s = self._recent_rate(step, steps_per_s)
         self._shown = (step, steps_per_s)
         if self._plain:
             self._line(step, steps_per_s)
