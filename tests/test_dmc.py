@@ -71,3 +71,23 @@ def test_dmc_small_is_the_cartpole_model_on_a_dmc_task():
     assert small.env.id == "dmc:cartpole-swingup" and small.run.steps == 20000
     assert (small.run.prefill, small.run.eval_every) == (1000, 2000)
     assert small.imagine == cart.imagine and small.run.train_ratio == cart.run.train_ratio
+
+
+@pytest.mark.parametrize("backend", ["egll", "osmesa"])
+def test_a_mujoco_gl_back_end_that_cannot_start_is_one_line(tmp_path, backend):
+    """dm_control loads MUJOCO_GL's back-end as it is imported: a misspelt value, or osmesa
+    on a machine without libOSMesa, ended every DMC command in a traceback (exit 1)."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "reverie", "train", "--preset", "dmc-proprio", "--env",
+         "dmc:reacher-easy", "--steps", "10", "--no-progress", "--out", str(tmp_path / "r")],
+        env={**os.environ, "MUJOCO_GL": backend}, capture_output=True, text=True, timeout=300)
+    if proc.returncode == 0:
+        pytest.skip(f"MUJOCO_GL={backend} starts on this machine")
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr
+    assert err[0].startswith(f"reverie: error: dm_control cannot start with MUJOCO_GL={backend}")
+    assert "unset MUJOCO_GL" in err[0]

@@ -19,7 +19,16 @@ class DMCEnv(gym.Env):
     def __init__(self, name: str, action_repeat: int = 2, render_size: int = 64) -> None:
         # headless rendering for `reverie watch`: MuJoCo's default (GLFW) needs a display
         os.environ.setdefault("MUJOCO_GL", "egl")
-        from dm_control import suite
+        try:
+            from dm_control import suite
+        except (AttributeError, ImportError, OSError, RuntimeError) as e:
+            # dm_control loads the MUJOCO_GL back-end as it is imported (osmesa without
+            # libOSMesa: an AttributeError deep inside PyOpenGL; a misspelt value: RuntimeError)
+            raise UserError(
+                f"dm_control cannot start with MUJOCO_GL={os.environ.get('MUJOCO_GL')} "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+                "unset MUJOCO_GL (reverie then uses egl), or set one that this machine has: "
+                "egl, or osmesa where libOSMesa is installed") from None
 
         if "-" not in name:
             raise UserError(
@@ -71,5 +80,5 @@ class DMCEnv(gym.Env):
         except Exception as e:  # noqa: BLE001 - any OpenGL back-end failure reads the same
             raise UserError(
                 f"cannot render DMC frames with MUJOCO_GL={os.environ.get('MUJOCO_GL')} "
-                f"({type(e).__name__}); set MUJOCO_GL=egl, or osmesa for software rendering"
+                f"({type(e).__name__}); set MUJOCO_GL=egl, or osmesa where libOSMesa is installed"
             ) from None
