@@ -205,3 +205,17 @@ def test_compiled_graphs_leave_the_scan_eager():
     ops = [n for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
     assert graphs and len(ops) <= 4  # dt * 1.0 and the two sums and their add, no scan
     assert torch.allclose(out, fn(*args))
+
+
+def test_bf16_autocast_runs_the_fused_norm_without_a_warning():
+    """Under run.precision=bf16 a block's input arrives in bf16: nn.RMSNorm's float32 gain
+    sent it to torch's unfused path with a UserWarning on every call (train, eval, watch)."""
+    import warnings
+
+    m = make_backbone("mamba1", d_model=32, n_layers=2)
+    x = torch.randn(2, 8, 32).to(torch.bfloat16)
+    with warnings.catch_warnings(), torch.autocast("cpu", dtype=torch.bfloat16):
+        warnings.simplefilter("error")
+        y, state = m(x, m.initial_state(2), None)
+        m.step(x[:, 0], state)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()

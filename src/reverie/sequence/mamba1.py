@@ -90,11 +90,17 @@ class Mamba1Block(Block):
         dt_low, Bm, Cm = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], -1)
         return F.softplus(full(self.dt_proj(dt_low))), Bm, Cm  # float32 dt under bf16 too
 
+    def _norm(self, x: Tensor) -> Tensor:
+        """RMSNorm with its gain in x's dtype: under bf16 autocast x arrives in bf16, and
+        nn.RMSNorm's float32 gain sent it to torch's unfused path with a warning per call."""
+        n = self.norm
+        return F.rms_norm(x, n.normalized_shape, n.weight.to(x.dtype), n.eps)
+
     def forward(
         self, x: Tensor, state: LayerState, reset: Tensor | None
     ) -> tuple[Tensor, LayerState]:
         """x: [B, T, D], reset: [B, T] bool or None -> ([B, T, D], new state)."""
-        xi, z = self.in_proj(self.norm(x)).chunk(2, dim=-1)
+        xi, z = self.in_proj(self._norm(x)).chunk(2, dim=-1)
         xc, prefix = causal_conv(xi, self.conv_weight, self.conv_bias, state["conv"], reset)
         xc = F.silu(xc)
         dt, Bm, Cm = self._ssm_inputs(xc)
@@ -106,7 +112,7 @@ class Mamba1Block(Block):
 
     def step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
         """x: [B, D] -> ([B, D], new state); one recurrence step (Mamba paper, Alg. 2)."""
-        xi, z = self.in_proj(self.norm(x)).chunk(2, dim=-1)
+        xi, z = self.in_proj(self._norm(x)).chunk(2, dim=-1)
         xc, new_conv = causal_conv_step(xi, self.conv_weight, self.conv_bias, state["conv"])
         xc = F.silu(xc)
         dt, Bm, Cm = self._ssm_inputs(xc)
