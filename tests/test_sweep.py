@@ -137,6 +137,42 @@ def test_killed_trial_is_resumed_and_reported(tmp_path):
     assert "4,000 / 4,000" in text  # the resumed run is scored over its whole budget
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_sweep_stops_its_trials_once_with_their_checkpoints(tmp_path, sig):
+    """`kill SWEEP` (or Ctrl-C): each running trial gets the signal once and stops with a
+    checkpoint at the step it reached (SIGTERM to the sweep used to reach a trial twice,
+    its second 'stop at once' losing the steps since its last checkpoint); the sweep ends
+    with the signal's exit code and one line; its next run resumes the trial."""
+    import subprocess
+
+    out = tmp_path / "sw"
+    args = ["sweep", "--preset", "random", "--env", "CartPole-v1", "--steps", "100000000",
+            "--set", "run.eval_episodes=0", "--set", "run.checkpoint_every=100000000",
+            "--out", str(out)]
+    sweep = subprocess.Popen([sys.executable, "-m", "reverie", *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    folder = out / trial_name("CartPole-v1", [], 0)
+    deadline = time.time() + 120
+    while not (folder / "timing.jsonl").exists() or \
+            (folder / "timing.jsonl").read_text().count("\n") < 2:
+        assert time.time() < deadline and sweep.poll() is None, sweep.stderr.read()
+        time.sleep(0.1)
+    sweep.send_signal(sig)
+    _, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 128 + sig, err
+    name = signal.Signals(sig).name
+    assert err.strip().splitlines()[-1].startswith(f"reverie: sweep stopped by {name}; its "
+                                                   "running trials stopped with their "
+                                                   "checkpoints")
+    log = (out / "logs" / f"{folder.name}.log").read_text()
+    assert f"stopped by {name} at env step" in log and "interrupted" not in log
+    step = json.loads((folder / "checkpoints" / "manifest.json").read_text())[
+        "checkpoints"][-1]["step"]
+    assert step > 0  # the step it reached, not its first checkpoint's
+    assert main([*args[:5], "--steps", str(step + 50), *args[7:]]) == 0
+    (result,) = sweep_json(out)["results"]
+    assert result["status"] == "finished" and result["resumes"] == 1
+
 def test_bad_grid_key_suggests_and_launches_nothing(tmp_path, capsys):
     out = tmp_path / "bad"
     rc = main(["sweep", *TINY, "--grid", "run.trian_ratio=8,16", "--out", str(out)])
@@ -489,8 +525,8 @@ def test_a_trial_killed_after_its_last_checkpoint_is_resumed_not_started_again(t
               steps=100)
     calls = []
 
-    def fake_call(cmd, **kwargs):
-        calls.append(cmd[3:])
+    def fake_call(args, log_file):
+        calls.append(args)
         folder = Path(t.folder)
         if len(calls) == 1:  # the run trains to its end, then dies
             (folder / "checkpoints").mkdir(parents=True)
@@ -500,7 +536,7 @@ def test_a_trial_killed_after_its_last_checkpoint_is_resumed_not_started_again(t
             return 137
         return 0
 
-    monkeypatch.setattr(trial_module.subprocess, "call", fake_call)
+    monkeypatch.setattr(trial_module, "_run_child", fake_call)
     result = trial_module.run_trial(t, retries=2)
     assert [c[:2] for c in calls] == [["train", "--no-progress"], ["train", "--resume"]]
     assert result["status"] == "finished" and result["returncodes"] == [137, 0]

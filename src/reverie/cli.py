@@ -387,6 +387,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             extra = f": {r['note']}"
         if r["status"] == "failed":
             extra = f" after {r['attempts']} attempt(s): {r['error']}"
+        if r["status"] == "stopped":
+            extra = " with its checkpoint (resumed by the next run of this sweep)"
         print(f"reverie: trial {r['name']} {r['status']}{extra}", file=sys.stderr, flush=True)
 
     summary = run_sweep(sweep, backend=args.backend, address=args.address, on_result=said,

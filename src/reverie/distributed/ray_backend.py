@@ -17,7 +17,7 @@ from typing import Any
 
 from reverie.distributed.grid import Trial
 from reverie.distributed.trial import run_trial
-from reverie.errors import UserError
+from reverie.errors import Stopped, UserError
 
 INSTALL = "pip install 'reverie[ray]'"
 
@@ -154,7 +154,13 @@ def run_ray(trials: list[Trial], workers: int, retries: int, address: str | None
             while pending and len(running) < workers:
                 trial = pending.pop(0)
                 running[task.remote(trial, retries)] = trial
-            done, _ = ray.wait(list(running), num_returns=1)
+            try:
+                done, _ = ray.wait(list(running), num_returns=1)
+            except KeyboardInterrupt:
+                _stop(ray, list(running))
+                raise Stopped("sweep stopped by SIGINT; its running trials stopped with their "
+                              "checkpoints: run the same command again to resume them "
+                              "(finished trials are kept)", "SIGINT") from None
             for ref in done:
                 trial = running.pop(ref)
                 try:
@@ -172,6 +178,20 @@ def run_ray(trials: list[Trial], workers: int, retries: int, address: str | None
             ray.shutdown()
             restore()
             _set_signal_handlers(handlers)
+
+
+STOP_WAIT_S = 120.0  # for the running trials to save their checkpoints after a Ctrl-C
+
+
+def _stop(ray, refs: list) -> None:
+    """Cancel the running trials' tasks: each task's `reverie train` gets SIGTERM
+    (`trial._run_child`) and saves a checkpoint, which this waits for (up to STOP_WAIT_S)."""
+    for ref in refs:
+        ray.cancel(ref, force=False)
+    try:
+        ray.wait(refs, num_returns=len(refs), timeout=STOP_WAIT_S)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+        pass
 
 
 def _signal_handlers() -> dict[int, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -23,9 +24,10 @@ from typing import Any
 
 from reverie.config import is_preset_file
 from reverie.distributed.grid import Trial, make_trials, parse_grid
-from reverie.distributed.trial import DONE, run_trial, trial_state
-from reverie.errors import Busy, UserError
+from reverie.distributed.trial import DONE, run_trial, signal_trials, trial_state
+from reverie.errors import Busy, Stopped, UserError
 from reverie.run.machine import usable_cores
+from reverie.run.stop import StopOnSignal
 
 
 @dataclass
@@ -48,23 +50,38 @@ def default_workers() -> int:
 def _run_local(trials: list[Trial], workers: int, retries: int,
                on_result: Callable[[dict], None],
                on_start: Callable[[], None] = lambda: None) -> list[dict]:
-    on_start()
+    """Every trial in a pool of `workers` threads, each waiting on one trial process.
+
+    The first Ctrl-C or SIGTERM starts no more trials and passes the signal on to the
+    running ones, once (they stop with a checkpoint; a sweep killed outright ends them by
+    `follow_parent`); a second one passes it on again (they stop at once). Either way the
+    sweep then ends with `Stopped`: its next run resumes them."""
     stop = threading.Event()
-    results = []
-    pool = ThreadPoolExecutor(max_workers=workers)  # each thread waits on one trial process
-    futures = [pool.submit(run_trial, t, retries, stop.is_set) for t in trials]
-    try:
-        for future in as_completed(futures):
-            results.append(future.result())
-            on_result(results[-1])
-    except KeyboardInterrupt:
-        stop.set()  # the trials got the same Ctrl-C: no resume attempts after it
+
+    def stopping(name: str) -> None:
+        stop.set()
         for f in futures:
-            f.cancel()
+            f.cancel()  # those not started yet
+        signal_trials(signal.Signals[name])
+
+    on_start()
+    results = []
+    pool = ThreadPoolExecutor(max_workers=workers)
+    futures = [pool.submit(run_trial, t, retries, stop.is_set) for t in trials]
+    with StopOnSignal(stopping) as stopper:
+        try:
+            for future in as_completed(futures):
+                if not future.cancelled():
+                    results.append(future.result())
+                    on_result(results[-1])
+        except KeyboardInterrupt:  # a second signal, or a Ctrl-C this process could not catch
+            signal_trials(signal.Signals[stopper.requested or "SIGINT"])
+            stopper.requested = stopper.requested or "SIGINT"
         pool.shutdown(wait=True)
-        raise UserError("sweep interrupted; run the same command again to resume it "
-                        "(finished trials are kept)") from None
-    pool.shutdown(wait=True)
+    if stopper.requested:
+        raise Stopped(f"sweep stopped by {stopper.requested}; its running trials stopped with "
+                      "their checkpoints: run the same command again to resume them "
+                      "(finished trials are kept)", stopper.requested)
     return results
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,7 +45,6 @@ def follow_parent() -> None:
     if not parent or not sys.platform.startswith("linux"):
         return
     import ctypes
-    import signal
 
     pr_set_pdeathsig = 1
     try:
@@ -53,6 +54,44 @@ def follow_parent() -> None:
         return
     if parent.isdigit() and os.getppid() != int(parent):  # it died before prctl took hold
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+# The trial processes this process is waiting on, for a sweep to pass a stop on to them:
+# each runs in a session of its own, so a Ctrl-C at the terminal reaches the sweep alone,
+# which stops each trial exactly once (a second signal would stop it without a checkpoint).
+_live: set[subprocess.Popen] = set()
+_live_lock = threading.Lock()
+
+
+def signal_trials(signum: int) -> None:
+    """Send `signum` to every trial process running now (a sweep's stop)."""
+    with _live_lock:
+        procs = list(_live)
+    for proc in procs:
+        try:
+            proc.send_signal(signum)
+        except OSError:  # it has just ended
+            pass
+
+
+def _run_child(args: list[str], log_file) -> int:
+    """`python -m reverie ARGS` with its output in `log_file`; its exit code. Interrupted
+    here (a Ray task cancelled by its sweep's Ctrl-C), the child gets SIGTERM and is waited
+    for: it stops with a checkpoint."""
+    proc = subprocess.Popen([sys.executable, "-m", "reverie", *args], stdout=log_file,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=child_env(), start_new_session=True)
+    with _live_lock:
+        _live.add(proc)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+        raise
+    finally:
+        with _live_lock:
+            _live.discard(proc)
 
 
 def last_checkpoint_step(folder: Path) -> int | None:
@@ -108,7 +147,8 @@ def run_trial(trial: Trial, retries: int,
               stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Run `trial` until it finishes or has been resumed `retries` times.
 
-    Returns {"name", "status": "skipped" | "finished" | "failed", "attempts", "resumes",
+    Returns {"name", "status": "skipped" | "finished" | "failed" | "stopped", "attempts",
+    "resumes",
     "returncodes", "error", "wall_s"}. A trial already complete is skipped; one with a run
     folder but no complete checkpoint is resumed, counting as its first attempt. A trial
     that exits with code 2 (a bad setting) is not retried; one whose run folder another
@@ -140,9 +180,7 @@ def run_trial(trial: Trial, retries: int,
         with open(log, "a") as f:
             f.write(f"\n{ATTEMPT_HEADER}{result['attempts'] + 1}: reverie {' '.join(args)}\n")
             f.flush()
-            rc = subprocess.call([sys.executable, "-m", "reverie", *args], stdout=f,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env=child_env())
+            rc = _run_child(args, f)
         result["attempts"] += 1
         result["resumes"] += int(resume and not extends)  # an extension is not a resume
         extends = False  # a later attempt follows a crash
@@ -150,8 +188,11 @@ def run_trial(trial: Trial, retries: int,
         state = trial_state(trial)
         if rc == 0 and state == DONE:
             return {**result, "status": "finished", "wall_s": round(time.time() - t0, 2)}
+        if stop is not None and stop():  # the sweep was stopped: resumed by its next run
+            return {**result, "status": "stopped", "error": _last_error(log),
+                    "wall_s": round(time.time() - t0, 2)}
         # exit code 2 is a mistake in the command (reverie's UserError): a retry repeats it
-        if result["attempts"] > retries or rc == USAGE_EXIT or (stop is not None and stop()):
+        if result["attempts"] > retries or rc == USAGE_EXIT:
             error = _last_error(log) or f"exit code {rc}"
             return {**result, "status": "failed", "error": error,
                     "wall_s": round(time.time() - t0, 2)}
