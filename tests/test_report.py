@@ -220,6 +220,18 @@ def test_bad_group_key_suggests(tmp_path, real_run, capsys):
     assert rc == 2 and "did you mean 'run.train_ratio'" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("key", ["run", "random"])
+def test_a_section_is_not_a_group_key(tmp_path, real_run, capsys, key):
+    """`--group-by run` labelled groups with the section dumped as a dict (and squashed the
+    plots): a section is refused, with keys inside it named."""
+    rc = main(["report", str(real_run), "--out", str(tmp_path / "r"), "--group-by", key])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert f"--group-by '{key}' is a section of settings, not one setting; name one of its " \
+        f"keys, e.g. {key}." in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_group_by_an_option_inside_a_kwargs_setting(tmp_path, capsys):
     """rppo.backbone_kwargs.init-style keys: an option only some runs set groups those runs;
     a misspelt key above the free-form part is still refused."""
@@ -907,6 +919,11 @@ def test_runs_that_never_updated_are_named(tmp_path, capsys):
     assert f"reverie: warning: {line}" in capsys.readouterr().err
     assert main(["report", str(root / "r2"), "--out", str(out)]) == 0
     assert "never updated" not in capsys.readouterr().err
+    # a run that ended inside its prefill logs no update row at all: named too, in report.md
+    fake_run(root / "r3", "CartPole-v1", 3, [20.0, 30.0], sets=("run.prefill=500",))
+    assert main(["report", str(root / "r3"), "--out", str(out)]) == 0
+    assert f"reverie: warning: {line}" in capsys.readouterr().err
+    assert line in (out / "report.md").read_text()
 
 
 def test_a_task_of_one_run_shows_no_spread(tmp_path):

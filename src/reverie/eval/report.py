@@ -92,8 +92,14 @@ def check_group_keys(keys: list[str], runs: list[Run]) -> list[str]:
     known = {"agent", "backbone"}
     for r in runs:
         known.update(_config_keys(r.cfg))
+    sections = {k for k in known if k != "agent" and any(o.startswith(k + ".") for o in known)
+                and not k.rsplit(".", 1)[-1].endswith("_kwargs")}
     unused = []
     for key in keys:
+        if key in sections:  # its label would be the whole section, dumped as a dict
+            inside = sorted(o for o in known if o.startswith(key + ".") and o not in sections)
+            raise UserError(f"--group-by '{key}' is a section of settings, not one setting; "
+                            f"name one of its keys, e.g. {', '.join(inside[:3])}")
         if key in known:
             continue
         parts = key.split(".")
@@ -484,7 +490,7 @@ def write_report(paths: list[str | Path], out: str | Path,
         lines += [f"Skipped {len(warnings)} folder(s):", ""] + [f"- {w}" for w in warnings] + [""]
     mixed = mixed_groups(groups)
     if mixed:
-        lines += (["**Groups that mix configurations or budgets:**", ""]
+        lines += (["**Groups that mix configurations or budgets, or never trained:**", ""]
                   + [f"- {m}" for m in mixed] + [""])
     if unused:
         lines += [f"- {u}" for u in unused] + [""]

@@ -155,8 +155,17 @@ def read_run(folder: Path, returns: str = "auto") -> Run:
                target_steps=steps, final_raw=final_raw, score=float(score), kind=kind,
                curve=curve, wall_s=wall, steps_per_s=rate, source=source,
                machines=_machines(machine_rows), params=_params(machine_rows),
-               grad_steps=max((int(r["grad_steps"]) for r in rows
-                               if isinstance(r.get("grad_steps"), int)), default=None))
+               grad_steps=_grad_steps(rows, cfg, last))
+
+
+def _grad_steps(rows: list[dict], cfg: DictConfig, last: int) -> int | None:
+    """Updates the run made, from its metrics rows; 0 for a run that ended within its random
+    prefill (it logs no update row at all); None where not logged."""
+    logged = max((int(r["grad_steps"]) for r in rows if isinstance(r.get("grad_steps"), int)),
+                 default=None)
+    if logged is None and last <= int(cfg.run.get("prefill", 0)):
+        return 0
+    return logged
 
 
 def _machine_rows(folder: Path) -> list[dict]:
