@@ -118,8 +118,12 @@ def _config(preset: str, sets: tuple[str, ...], env: str, steps: int):
 
 def fake_run(folder: Path, env: str, seed: int, evals: list[float], preset: str = "random",
              sets: tuple[str, ...] = (), every: int = 100) -> Path:
-    """A finished run folder as `reverie train` leaves it, without training (fast)."""
+    """A finished run folder as `reverie train` leaves it, without training (fast). Its rows
+    log no updates: run.prefill is 0 unless `sets` says otherwise, so that it is not taken
+    for a run that ended inside its prefill."""
     folder.mkdir(parents=True)
+    if not any(item.startswith("run.prefill=") for item in sets):
+        sets = (*sets, "run.prefill=0")
     cfg = _config(preset, sets, env, every * len(evals)).copy()
     cfg.seed = seed
     save_config(cfg, folder / "config.yaml")
