@@ -271,6 +271,26 @@ def test_a_second_copy_of_a_running_sweep_is_refused(tmp_path, capsys):
         held.close()
     assert main(["sweep", *TINY, "--out", str(out)]) == 0
 
+
+def test_a_rerun_with_other_resumable_settings_says_what_it_does_with_them(tmp_path, capsys):
+    """A re-run with another evaluation protocol (or any setting a resume may change)
+    skipped its finished trials in silence, and resumed unfinished ones without it: a
+    finished trial keeps what it ran with, and says so; an unfinished one resumes with it."""
+    out = tmp_path / "sw"
+    assert main(["sweep", *TINY, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["sweep", *TINY, "--set", "run.log_every=50", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert ("every trial finished before with other settings (run.log_every: 250 there, 50 "
+            "in this sweep): kept as they are") in err
+    folder = out / trial_name("CartPole-v1", [], 0)
+    assert "log_every: 250" in (folder / "config.yaml").read_text()
+    args = ["sweep", *TINY[:5], "300", *TINY[6:], "--set", "run.log_every=50", "--out", str(out)]
+    assert main(args) == 0
+    assert ("every trial will resume with this sweep's settings (run.log_every: 250 there, 50 "
+            "in this sweep)") in capsys.readouterr().err
+    assert "log_every: 50" in (folder / "config.yaml").read_text()
+
 def test_a_linked_sweep_folder_is_refused_at_once(tmp_path, capsys):
     """Not accepted empty and then refused on the re-run: refused from the start."""
     (tmp_path / "real").mkdir()

@@ -35,6 +35,11 @@ class Trial:
     seed: int
     steps: int  # the run's env-step budget (run.steps)
     overrides: tuple[str, ...] = field(default_factory=tuple)  # --set items, grid included
+    # settings a resume may change (config.RESUME_KEYS) that this sweep gives other values
+    # than the trial's run folder has: a resume applies them (--set), as `reverie train
+    # --resume --set` does; ["key: old there, new in this sweep", ...] in `changed`
+    resume_sets: tuple[str, ...] = field(default_factory=tuple)
+    changed: tuple[str, ...] = field(default_factory=tuple)
 
     def train_args(self) -> list[str]:
         """`reverie train` arguments that start this trial from scratch."""
@@ -50,7 +55,10 @@ class Trial:
 
     def resume_args(self) -> list[str]:
         """`reverie train` arguments that continue this trial from its last checkpoint."""
-        return ["train", "--resume", self.folder, "--no-progress", "--steps", str(self.steps)]
+        args = ["train", "--resume", self.folder, "--no-progress", "--steps", str(self.steps)]
+        for item in self.resume_sets:
+            args += ["--set", item]
+        return args
 
 
 def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
@@ -146,22 +154,38 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
                     where = f" (trial {', '.join(what)})" if point else ""
                     raise UserError(f"{e}{where}") from None
                 name = trial_name(str(cfg.env.id), point, seed)
-                trial = Trial(name=name, folder=str(Path(out) / name), preset=preset or "cartpole",
-                              env=env, seed=seed, steps=int(cfg.run.steps), overrides=tuple(items))
-                check_existing(trial, cfg)
-                trials.append(trial)
+                folder = Path(out) / name
+                changed = check_existing(folder, cfg)
+                trials.append(Trial(
+                    name=name, folder=str(folder), preset=preset or "cartpole", env=env,
+                    seed=seed, steps=int(cfg.run.steps), overrides=tuple(items),
+                    resume_sets=tuple(f"{k}={new}" for k, _, new in changed),
+                    changed=tuple(f"{k}: {old} there, {new} in this sweep"
+                                  for k, old, new in changed)))
                 for note in training_notes(cfg) if notes is not None else ():
                     notes.setdefault(note, []).append(name)
     return trials
 
 
-def check_existing(trial: Trial, cfg: DictConfig) -> None:
-    """A folder that already holds this trial must hold the same settings."""
-    folder = Path(trial.folder)
+def check_existing(folder: Path, cfg: DictConfig) -> list[tuple[str, str, str]]:
+    """A folder that already holds this trial must hold the same settings, but for those a
+    resume may change: returns those that differ, [(key, saved value, this sweep's)]
+    (run.steps aside: the sweep's --steps, handled on its own; and run.progress: trials
+    run with --no-progress)."""
     if not (folder / "config.yaml").exists():
-        return
+        return []
     saved = load_run_config(folder)
     diff = _first_difference(_compared(saved), _compared(cfg))
     if diff:
         raise UserError(f"'{folder}' holds a run with other settings ({diff}); it belongs to "
                         "another sweep: choose another --out")
+    changed = []
+    for key in RESUME_KEYS:
+        old, new = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
+        if key not in ("run.steps", "run.progress") and old != new:  # trials: --no-progress
+            changed.append((key, _yaml_value(old), _yaml_value(new)))
+    return changed
+
+
+def _yaml_value(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -167,10 +167,9 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
         names = [n for n in names if n not in done]
         if not names:
             continue
-        which = ("every trial" if len(names) == len(trials) else
-                 f"trial {names[0]}" if len(names) == 1 else
-                 f"{len(names)} trials ({names[0]}, ...)")
-        say(f"{which}: {note}")
+        say(f"{_trials(names, len(trials))}: {note}")
+    _say_changed(trials, done, say)
+
     def started() -> None:  # once the backend is up: what to expect before a trial ends
         if len(done) < len(trials):
             say(f"{len(trials) - len(done)} of {len(trials)} trial(s) to run ({len(done)} "
@@ -197,6 +196,30 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
         return _finish(sweep, out, backend, trials, results)
     finally:
         lock.close()
+
+
+def _trials(names: list[str], total: int) -> str:
+    return ("every trial" if len(names) == total else f"trial {names[0]}" if len(names) == 1
+            else f"{len(names)} trials ({names[0]}, ...)")
+
+
+def _say_changed(trials: list[Trial], done: set[str], say: Callable[[str], None]) -> None:
+    """Settings a resume may change that this run of the sweep gives other values than its
+    trials' folders have: an unfinished trial resumes with them; a finished one keeps what
+    it ran with, which is said (a changed evaluation protocol was dropped in silence)."""
+    by_change: dict[tuple[bool, tuple[str, ...]], list[str]] = {}
+    for t in trials:
+        changed = tuple(c for c in t.changed if not c.startswith("run.threads:"))
+        if changed:
+            by_change.setdefault((t.name in done, changed), []).append(t.name)
+    for (finished, changed), names in by_change.items():
+        which = _trials(names, len(trials))
+        if finished:
+            say(f"{which} finished before with other settings ({'; '.join(changed)}): kept "
+                "as they are (a finished trial is not run again; a new --out runs the grid "
+                "with this sweep's)")
+        else:
+            say(f"{which} will resume with this sweep's settings ({'; '.join(changed)})")
 
 
 def _finish(sweep: Sweep, out: Path, backend: str, trials: list[Trial],
