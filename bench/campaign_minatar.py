@@ -21,7 +21,7 @@ from campaign import Campaign, main  # noqa: E402
 # The `minatar` preset sized for this CPU: one world-model + actor-critic update every 8 env
 # steps instead of every step (train_ratio 64 with 16 x 32 sequences), a smaller imagination
 # batch, and an evaluation of 10 episodes every 2k steps. The preset's own budget (50k env
-# steps, one update per step) is ~7 h per run on one core here; this one took ~50 min per
+# steps, one update per step) is more than 17 h per run on one core here; this one took ~50 min per
 # run with two runs side by side on the 2 cores (1 thread each).
 MINATAR = Campaign(
     name="minatar", suite="minatar", title="MinAtar",

@@ -82,7 +82,7 @@ class RunConfig:
     log_every: int = 250
     eval_every: int = 1000
     eval_episodes: int = 5
-    checkpoint_every: int = 1000  # taken at the first episode end after this many steps
+    checkpoint_every: int = 1000  # env steps between checkpoints (at any step, mid-episode too)
     keep_checkpoints: int = 3
     # keep the agent of the best evaluation so far in checkpoints/best.pt (beside the last
     # `keep_checkpoints`): `reverie.load(run, best=True)`, `reverie eval/watch RUN --best`
