@@ -78,3 +78,15 @@ def test_the_rate_and_eta_follow_the_last_minute_not_the_prefill(capsys, monkeyp
     assert "2.0 steps/s" in last  # since the start it would be 6.9
     eta_min = float(last.split("ETA ")[1].split(" min")[0])
     assert eta_min == pytest.approx((20000 - step) / 2 / 60, rel=0.02)
+
+
+def test_the_end_is_one_line_with_the_final_evaluation(capsys):
+    """The last step printed twice: first with the evaluation before, then with the final
+    one."""
+    with Progress(100, enabled=True, every_s=3600.0, final_eval=True) as p:
+        p.evaluation(-0.36)
+        for step in range(1, 101):
+            p.update(step, 10.0)
+        p.evaluation(0.46)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["reverie: step 100/100  10.0 steps/s  ETA 0.0 min  eval 0.46"]

@@ -109,6 +109,7 @@ def test_ctrl_c_or_sigterm_stops_with_a_checkpoint_and_loses_nothing(reference, 
     assert f"at env step {stopped_at} with a checkpoint" in err
     assert 900 <= stopped_at < 2000  # where the signal landed: usually between two of the
     # cadence's checkpoints (the log is flushed at those, so the signal may come just after)
+    assert (run / "curve.png").is_file()  # plotted as the run went and at the stop
     r = reverie("train", "--resume", str(run), "--no-progress")
     assert r.returncode == 0, r.stderr
     assert metrics(run) == metrics(reference)

@@ -33,6 +33,7 @@ from reverie.config import (
     apply_resume_overrides,
     load_run_config,
     rows_per_sample,
+    run_env_steps,
     run_title,
     save_config,
     to_object,
@@ -360,7 +361,12 @@ class Trainer(Checkpointing):
             return self.summary()
         for note in training_notes(cfg):
             self._note(note)
-        self.progress = Progress(steps, c.env_steps, enabled=bool(cfg.run.progress))
+        # the total the counter reaches: with N envs stepping together that is run.steps
+        # rounded up to whole vector steps (it read 312/310); the final evaluation's line
+        # is the last one (the end's line before it showed the evaluation before)
+        self.progress = Progress(run_env_steps(cfg.run), c.env_steps,
+                                 enabled=bool(cfg.run.progress),
+                                 final_eval=bool(cfg.run.eval_episodes))
         t0, steps0 = time.time(), c.env_steps
         # plain values for the hot loop (an OmegaConf attribute read costs ~0.3 ms)
         run = self.run = to_object(cfg, "run")
@@ -401,6 +407,7 @@ class Trainer(Checkpointing):
                         # the cadence instead of saving again at its first step
                         c.next_checkpoint = c.env_steps + run.checkpoint_every
                         self.checkpoint()
+                        self._plot(cfg)  # curve.png as the run goes, not only at its end
                     self.progress.update(c.env_steps, (c.env_steps - steps0)
                                          / max(time.time() - t0, 1e-9))
                 if (run.eval_episodes and stop.requested is None and c.env_steps >= steps
@@ -423,6 +430,7 @@ class Trainer(Checkpointing):
                 self._log(t0, steps0, tail=True)
             if stopped:
                 self.logger.close()
+                self._plot(cfg)
                 raise Stopped(
                     f"stopped by {stop.requested} at env step {c.env_steps} with a checkpoint; "
                     f"continue with `reverie train --resume {self.out}`", stop.requested)
@@ -436,8 +444,16 @@ class Trainer(Checkpointing):
                 f"{self.out}` (from the checkpoint at step {self.saved.latest_step()}; the "
                 "steps after it are run again)", "SIGINT") from None
         self.logger.close()
-        plot_curve(self.out, title=run_title(cfg))
+        self._plot(cfg)
         return self.summary()
+
+    def _plot(self, cfg: DictConfig) -> None:
+        """curve.png from the logs so far; a plotting failure (a full disk, a broken font
+        cache) never ends a run."""
+        try:
+            plot_curve(self.out, title=run_title(cfg))
+        except (OSError, RuntimeError, ValueError) as e:
+            self._note(f"curve.png not written ({type(e).__name__}: {e})")
 
     def release(self) -> None:
         """Close the envs and give up the run folder's lock (the process may resume the run

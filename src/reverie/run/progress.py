@@ -19,9 +19,11 @@ class Progress:
     """Wraps rich's progress bar; a no-op when disabled (tests, CI logs)."""
 
     def __init__(self, total: int, done: int = 0, enabled: bool = True,
-                 every_s: float = 10.0) -> None:
+                 every_s: float = 10.0, final_eval: bool = False) -> None:
         self.enabled = enabled
         self.total = total
+        # a final evaluation follows the last step: the plain line of the end waits for it
+        self.final_eval = final_eval
         self.every_s = every_s
         self._plain = enabled and not sys.stderr.isatty()
         self._last_line = time.monotonic()
@@ -103,7 +105,8 @@ class Progress:
 
     def _line(self, step: int, steps_per_s: float, force: bool = False) -> None:
         now = time.monotonic()
-        if now - self._last_line < self.every_s and step < self.total and not force:
+        if not force and (step >= self.total and self.final_eval
+                          or now - self._last_line < self.every_s and step < self.total):
             return
         self._last_line = now
         eta = max(0, self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
