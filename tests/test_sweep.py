@@ -320,6 +320,34 @@ def test_unreachable_ray_address_is_one_line(tmp_path, capsys):
     assert "--backend ray" in capsys.readouterr().err
 
 
+def test_an_address_that_answers_but_is_not_ray_is_one_line(tmp_path, capsys):
+    """A port that accepts connections but is no Ray cluster (a web server, the dashboard's
+    port) kept Ray retrying for minutes with its C++ warnings: refused at once."""
+    pytest.importorskip("ray")
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Quiet(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # the server's own lines are not the sweep's
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        t0 = time.time()
+        rc = main(["sweep", *TINY, "--backend", "ray", "--address", address,
+                   "--out", str(tmp_path / "r")])
+        err = capsys.readouterr().err.strip()
+    finally:
+        server.shutdown()
+    assert rc == 2 and len(err.splitlines()) == 1 and time.time() - t0 < 20
+    assert f"{address} answers, but not as a Ray cluster" in err
+    assert not (tmp_path / "r").exists()
+    # an IPv6 literal in brackets is an address, not a host name
+    assert main(["sweep", *TINY, "--backend", "ray", "--address", "[::1]:1",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "Name or service not known" not in capsys.readouterr().err
+
 def test_ray_local_instance_runs_a_2x2_grid(tmp_path, monkeypatch):
     """The one Ray test: a real local instance (2 CPUs, loopback only) started by the sweep,
     whose workers (and so the trials they start) run at this process's priority, not Ray's

@@ -39,12 +39,41 @@ def _check_reachable(address: str) -> None:
     if not sep or not port.isdigit():
         raise UserError(f"--address must be auto or HOST:PORT (e.g. 10.0.0.5:6379), got "
                         f"'{address}'")
+    host = host.strip("[]")  # an IPv6 literal, [::1]:6379
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        with socket.create_connection((host, int(port)), timeout=5) as conn:
+            speaks_grpc = _answers_http2(conn)
     except OSError as e:
         raise UserError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}); start "
                         "one with `ray start --head` there, fix --address, or drop --address "
                         "for a local Ray instance") from None
+    if not speaks_grpc:  # Ray would retry it for minutes, printing its C++ warnings
+        raise UserError(f"{address} answers, but not as a Ray cluster (no gRPC there: a "
+                        "dashboard's or another server's port?); give the head's GCS port "
+                        "(6379 unless `ray start --head --port` said otherwise), or ray:// "
+                        "with its client port (10001)")
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def _answers_http2(conn: socket.socket) -> bool:
+    """Whether the server behind `conn` speaks HTTP/2, as Ray's gRPC servers (the GCS, the
+    client server) do: to the client's connection preface an HTTP/2 server answers with a
+    SETTINGS frame (type 4, the 4th byte of its 9-byte header); an HTTP/1 server with
+    'HTTP/1.x 400', others with nothing."""
+    conn.settimeout(5)
+    try:
+        conn.sendall(HTTP2_PREFACE + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))  # + empty SETTINGS
+        head = b""
+        while len(head) < 9:
+            chunk = conn.recv(9 - len(head))
+            if not chunk:
+                break
+            head += chunk
+    except OSError:
+        return False
+    return len(head) == 9 and head[3] == 4
 
 
 # Ray picks the machine's network address for a new instance unless clusters are "disabled"
