@@ -406,6 +406,22 @@ def test_a_cut_config_is_skipped_not_filled_with_defaults(tmp_path, text):
     assert len(warnings) == 1 and "is incomplete" in warnings[0] and "restore it" in warnings[0]
 
 
+def test_tables_order_numbers_as_numbers(tmp_path):
+    """The per-task and Runs tables sorted labels and paths as text (train_ratio=16 before
+    =8), where the aggregate table read numbers as numbers."""
+    for ratio in (16, 8):
+        fake_run(tmp_path / f"r{ratio}", "CartPole-v1", 0, [10.0, 20.0],
+                 sets=(f"run.train_ratio={ratio}",))
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "rep"), "--group-by",
+                 "agent", "--group-by", "run.train_ratio"]) == 0
+    text = (tmp_path / "rep" / "report.md").read_text()
+    sections = {part.split("\n", 1)[0]: part for part in text.split("\n## ")[1:]}
+    for name in ("Aggregate scores", "Per-task scores", "Runs"):
+        part = sections[name]
+        assert part.index("train_ratio=8 ") < part.index("train_ratio=16 "), part
+    assert sections["Runs"].index("| r8 |") < sections["Runs"].index("| r16 |")
+
+
 def test_wall_time_adds_up_resumed_processes():
     from reverie.run.logger import training_wall as _wall_time
 

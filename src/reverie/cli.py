@@ -162,7 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the agent of the run's best evaluation (checkpoints/best.pt)")
 
     r = sub.add_parser("report", help="report.md + PNGs over run folders: scores with CIs, "
-                       "curves, baselines")
+                       "curves, baselines",
+                       description="Score run folders (final greedy evaluation; HNS for "
+                       "Atari, MMER for POPGym) and write OUT/report.md with aggregates and "
+                       "95% bootstrap intervals over tasks x seeds, per-task scores, learning "
+                       "curves, sample efficiency, performance profiles and compute. OUT's "
+                       "report.md and PNGs are rewritten; run folders are only read.")
     r.add_argument("runs", nargs="+", type=_given, metavar="RUN_OR_DIR",
                    help="run folders, or folders holding them (searched recursively)")
     r.add_argument("--out", type=_given, required=True, help="folder for report.md and the PNGs")
@@ -179,20 +184,30 @@ def build_parser() -> argparse.ArgumentParser:
                         "algorithm of an agent: mbpo.mode, imagine.coplanner.mode)")
 
     s = sub.add_parser("sweep", help="a grid of `reverie train` runs (local processes or Ray), "
-                       "then a report")
+                       "then a report",
+                       description="Run envs x --grid values x seeds, each an ordinary "
+                       "`reverie train` run folder under --out, then `reverie report` of them "
+                       "into OUT/report. Running the same command again skips finished trials "
+                       "and resumes unfinished ones from their checkpoints; a crashed trial is "
+                       "resumed up to --retries times. Ctrl-C stops the running trials with "
+                       "their checkpoints.")
     s.add_argument("--preset", type=_given, default=None,
                    help="a bundled preset (`reverie presets`) or your own YAML file "
                         "(default: cartpole, or the --agent's preset)")
     s.add_argument("--agent", type=_given, default=None, help=AGENT_HELP)
     s.add_argument("--env", type=_given, dest="envs", action="append", default=[], metavar="ENV",
                    help="env spec (repeatable; default: the preset's)")
-    s.add_argument("--seeds", type=_positive_int, default=1, help="seeds 0..N-1 per setting")
-    s.add_argument("--steps", type=_positive_int, default=None, help="env steps per trial")
+    s.add_argument("--seeds", type=_positive_int, default=1,
+                   help="seeds 0..N-1 per setting (default 1)")
+    s.add_argument("--steps", type=_positive_int, default=None,
+                   help="env steps per trial (default: the preset's run.steps)")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key in every trial")
     s.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="a config key to vary (repeatable: the grid is their product)")
-    s.add_argument("--backend", choices=("local", "ray"), default="local")
+    s.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: processes on this machine (the default); ray: Ray tasks, on a "
+                        "local Ray instance or the cluster of --address")
     s.add_argument("--address", type=_given, default=None,
                    help="Ray cluster to join (auto or HOST:PORT; default: a local Ray instance)")
     s.add_argument("--out", type=_given, default=None,

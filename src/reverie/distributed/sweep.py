@@ -304,7 +304,8 @@ def trial_notes(results: list[dict], earlier: Sequence[dict] = ()) -> list[str]:
     resumed = [r for r in results if r["resumes"] > 0 and r["status"] == "finished"]
     failed = [r for r in results if r["status"] == "failed"]
     lines = ["## Sweep", "",
-             f"{len(results)} trials: {sum(r['status'] == 'finished' for r in results)} run "
+             f"{len(results)} trial{'s' if len(results) != 1 else ''}: "
+             f"{sum(r['status'] == 'finished' for r in results)} run "
              f"now, {sum(r['status'] == 'skipped' for r in results)} already finished (skipped), "
              f"{len(resumed)} finished after a resume, {len(failed)} failed.", ""]
     if resumed or failed:

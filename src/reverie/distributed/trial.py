@@ -193,7 +193,9 @@ def run_trial(trial: Trial, retries: int,
                     "wall_s": round(time.time() - t0, 2)}
         # exit code 2 is a mistake in the command (reverie's UserError): a retry repeats it
         if result["attempts"] > retries or rc == USAGE_EXIT:
-            error = _last_error(log) or f"exit code {rc}"
+            error = _last_error(log) or (f"killed by {signal.Signals(-rc).name}" if rc < 0
+                                         and -rc in signal.valid_signals()
+                                         else f"exit code {rc}")
             return {**result, "status": "failed", "error": error,
                     "wall_s": round(time.time() - t0, 2)}
         if rc == Busy.exit_code:  # e.g. a killed sweep's trial still saving its checkpoint

@@ -163,13 +163,15 @@ def make_groups(runs: list[Run], keys: list[str]) -> list[Group]:
     for r, label in zip(ordered, group_labels(ordered, keys)):
         table[(r.kind.name, label)][r.env].append(r)
         kinds[r.kind.name] = r.kind
-    def natural(item):  # train_ratio=8 before train_ratio=16
-        (k, label), _ = item
-        return k, [(0, float(t), "") if t.replace(".", "", 1).isdigit() else (1, 0.0, t)
-                   for t in re.split(r"(\d+(?:\.\d+)?)", label)]
-
     return [Group(label, kinds[k], dict(envs))
-            for (k, label), envs in sorted(table.items(), key=natural)]
+            for (k, label), envs in sorted(table.items(),
+                                           key=lambda item: (item[0][0], natural(item[0][1])))]
+
+
+def natural(text: str) -> list[tuple[int, float, str]]:
+    """Sort key that reads numbers as numbers: train_ratio=8 before train_ratio=16."""
+    return [(0, float(t), "") if t.replace(".", "", 1).isdigit() else (1, 0.0, t)
+            for t in re.split(r"(\d+(?:\.\d+)?)", text)]
 
 
 def _leaves(cfg: DictConfig) -> dict[str, object]:
@@ -352,7 +354,7 @@ def _task_section(groups: list[Group]) -> list[str]:
     lines = ["| env | group | runs | final return (mean ± sd) | score [95% CI] | from |",
              "|---|---|---:|---:|---|---|"]
     rows = []
-    for g in groups:
+    for i, g in enumerate(groups):
         for env, rs in g.runs.items():
             raw = np.array([r.final_raw for r in rs])
             est = bootstrap_ci([np.array([r.score for r in rs])], mean_score, reps=REPS)
@@ -366,9 +368,9 @@ def _task_section(groups: list[Group]) -> list[str]:
             seeds = len({r.seed for r in rs})  # fewer than runs: see the mixed-group lines
             count = f"{len(rs)}" if seeds == len(rs) else f"{len(rs)} ({_n(seeds, 'seed')})"
             spread = f" ± {_num(raw.std())}" if len(rs) > 1 else ""
-            rows.append((env, g.label, f"| {env} | {g.label} | {count} | "
+            rows.append((env, i, f"| {env} | {g.label} | {count} | "
                          f"{_num(raw.mean())}{spread} | {score} | {src} |"))
-    lines += [row for _, _, row in sorted(rows)]
+    lines += [row for _, _, row in sorted(rows)]  # by env, then in the groups' order
     games = sorted({atari_game(env) for g in groups for env in g.runs} - {None})
     if games:
         ref = atari_reference()["games"]
@@ -435,7 +437,7 @@ def _runs_section(groups: list[Group], out: Path) -> list[str]:
     lines = ["<details><summary>all runs</summary>", "",
              "| run | env | group | seed | steps | score |", "|---|---|---|---:|---:|---:|"]
     labelled = [(r, g.label) for g in groups for rs in g.runs.values() for r in rs]
-    for r, label in sorted(labelled, key=lambda x: str(x[0].path)):
+    for r, label in sorted(labelled, key=lambda x: natural(str(x[0].path))):
         try:
             shown = Path(r.path).resolve().relative_to(out.resolve().parent)
         except ValueError:
