@@ -605,3 +605,26 @@ def test_gymnasium_mujoco_envs_render_without_a_display(tmp_path):
     assert out.returncode == 0, out.stderr[-500:]
     shape, dtype, top = out.stdout.split(") ")[0] + ")", *out.stdout.split(") ")[1].split()
     assert shape.endswith(", 3)") and dtype == "uint8" and int(top) > 0
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_watch_captions_fit_their_half_of_the_frame(monkeypatch, size):
+    """At env.image_size=32 the caption 'reconstructed (observed, t=3)' was cut at the
+    frame's edge: the longest caption that fits its half is drawn."""
+    import numpy as np
+    from PIL import ImageDraw
+
+    from reverie.eval.video import captioned
+
+    drawn = []
+    real_text = ImageDraw.ImageDraw.text
+
+    def text(self, xy, t, *args, **kwargs):
+        drawn.append((xy[0], self.textlength(t)))
+        return real_text(self, xy, t, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", text)
+    width = (2 * size + 2) * 4  # real | gap | model, upscaled 4x as `reverie watch` does
+    for t in (3, 15):
+        captioned(np.zeros((size * 4, width, 3), np.uint8), t, context=8)
+    assert len(drawn) == 4 and all(x + length <= width for x, length in drawn)

@@ -113,8 +113,10 @@ def captioned(pair: np.ndarray, t: int, context: int) -> np.ndarray:
     width = pair.shape[1]
     strip = Image.new("RGB", (width, CAPTION_PX), (255, 255, 255))
     draw = ImageDraw.Draw(strip)
-    model = (f"reconstructed (observed, t={t})" if t < context
-             else f"imagined (t={t}, {t - context + 1} ahead)")
+    # the longest caption that fits its half (small frames, env.image_size=32, cut it)
+    fits = [f"reconstructed (observed, t={t})", f"observed t={t}"] if t < context else \
+        [f"imagined (t={t}, {t - context + 1} ahead)", f"imagined t={t} (+{t - context + 1})"]
+    model = next((c for c in fits if draw.textlength(c) + 6 <= width - width // 2), fits[-1])
     draw.text((3, 1), "real", fill=(0, 0, 0))
     # imagined frames in red, so the switch from observing to imagining is seen at a glance
     draw.text((width // 2 + 3, 1), model, fill=(0, 0, 0) if t < context else (200, 0, 0))
