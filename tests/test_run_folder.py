@@ -628,3 +628,13 @@ def test_watch_captions_fit_their_half_of_the_frame(monkeypatch, size):
     for t in (3, 15):
         captioned(np.zeros((size * 4, width, 3), np.uint8), t, context=8)
     assert len(drawn) == 4 and all(x + length <= width for x, length in drawn)
+
+
+def test_the_film_ends_on_the_state_after_the_last_action(run):
+    """A 6-step episode gave 6 frames, each before its action: the fall itself was never
+    shown."""
+    from reverie.eval.video import rollout
+
+    frames, observations, actions, note = rollout(reverie.load(run), 500)
+    assert note is None and len(frames) == len(actions) + 1 == len(observations) + 1
+    assert not np.array_equal(frames[-1], frames[-2])

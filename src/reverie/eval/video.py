@@ -30,7 +30,8 @@ def rollout(policy: Policy, steps: int, seed: int = 0, render: bool = True):
     """Run the greedy policy for up to `steps` env steps of one episode.
 
     Returns (frames or None, observations, actions, note): frames is None when the env
-    cannot render (note says why) or when `render` is False."""
+    cannot render (note says why) or when `render` is False; else one frame per action, and
+    the state after the last one (the pole down, the game over) as the film's last frame."""
     env = policy.make_env(render=render)
     obs, _ = env.reset(seed=seed)
     frames: list[np.ndarray] | None = [] if render else None
@@ -48,6 +49,11 @@ def rollout(policy: Policy, steps: int, seed: int = 0, render: bool = True):
         if term or trunc:
             break
         observations.append(obs)
+    if frames:
+        try:
+            frames.append(_frame(env, obs))
+        except CannotRender:  # rendered before, not after the end: the film stops a frame early
+            pass
     return frames, observations[: len(actions)], actions, note
 
 
