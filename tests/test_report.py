@@ -742,7 +742,7 @@ def test_a_group_that_averages_different_budgets_is_named(tmp_path, capsys):
     external_run(root / "short1", "CartPole-v1", 1, [1.0, 2.0], agent="sb3-sac")
     out = tmp_path / "rep"
     assert main(["report", str(root), "--out", str(out)]) == 0
-    line = ("group 'sb3-sac' averages final scores from different budgets: CartPole-v1 (200 "
+    line = ("group 'sb3-sac' averages final scores taken at different env steps: CartPole-v1 (200 "
             "and 400 env steps; add --group-by run.steps to set them apart)")
     assert f"reverie: warning: {line}" in capsys.readouterr().err
     assert f"- {line}" in (out / "report.md").read_text()
@@ -760,7 +760,8 @@ def test_a_group_that_averages_different_budgets_is_named(tmp_path, capsys):
     external_run(tmp_path / "unfinished" / "a", "CartPole-v1", 0, [1.0, 2.0, 3.0], steps=300)
     external_run(tmp_path / "unfinished" / "b", "CartPole-v1", 1, [1.0], steps=300)
     assert main(["report", str(tmp_path / "unfinished"), "--out", str(out)]) == 0
-    assert ("from different budgets: CartPole-v1 (100 and 300 env steps; some are unfinished: "
+    assert ("taken at different env steps: CartPole-v1 (100 and 300 env steps; some are "
+            "unfinished: "
             "--finished-only leaves them out)") in capsys.readouterr().err
 
 
@@ -778,7 +779,7 @@ def test_every_env_a_group_mixes_is_named_not_only_the_first(tmp_path, capsys):
     assert "2 runs of CartPole-v1 with seed 0, averaged as if they were seeds; they differ " \
            "in their budgets (" in err
     assert "averages runs of Acrobot-v1 that differ in env.prev_reward" in err
-    assert "averages final scores from different budgets: Acrobot-v1 (" in err
+    assert "averages final scores taken at different env steps: Acrobot-v1 (" in err
     assert "budgets: CartPole-v1" not in err  # its clash line said it
     # the compute table gives the range, not a mean that no run has
     assert "| CartPole-v1 | 2 | 200–300 / 200–300 |" in (tmp_path / "rep" / "report.md").read_text()

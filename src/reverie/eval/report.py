@@ -206,7 +206,7 @@ def _budgets(runs: list[Run]) -> str | None:
            if len({r.target_steps for r in runs}) > 1 else
            "some are unfinished: --finished-only leaves them out")
     return (f"{shown[0]} and {shown[1]}" if len(shown) == 2 else
-            f"{shown[0]} to {shown[-1]} ({len(shown)} budgets)") + f" env steps; {fix}"
+            f"{shown[0]} to {shown[-1]} ({len(shown)} different)") + f" env steps; {fix}"
 
 
 def mixed_groups(groups: list[Group]) -> list[str]:
@@ -236,7 +236,7 @@ def mixed_groups(groups: list[Group]) -> list[str]:
             lines.append(f"group '{g.label}' mixes runs in {len(clashes) - SHOWN_ENVS} more "
                          "env(s) too")
         if budgets:
-            lines.append(f"group '{g.label}' averages final scores from different budgets: "
+            lines.append(f"group '{g.label}' averages final scores taken at different env steps: "
                          + "; ".join(budgets[:SHOWN_ENVS])
                          + (f"; and {len(budgets) - SHOWN_ENVS} more env(s)"
                             if len(budgets) > SHOWN_ENVS else ""))
