@@ -228,6 +228,9 @@ def test_causal_conv_gradients_without_resets(shape):
     x, pre, w, b = f32
     y = causal_conv(x, w, b, pre, None)[0]
     assert y.grad_fn.name().endswith("_DepthwiseConvBackward")  # the path under test
+    bf16 = [a.to(torch.bfloat16).requires_grad_() for a in args]
+    y16 = causal_conv(bf16[0], bf16[2], bf16[3], bf16[1], None)[0]
+    assert not y16.grad_fn.name().endswith("_DepthwiseConvBackward")  # sums would round
     cot = torch.randn(y.shape, generator=g)
     got = torch.autograd.grad(y, f32, cot)
     want = torch.autograd.grad(_depthwise(torch.cat([pre, x], 1), w, b), f32, cot)

@@ -90,3 +90,15 @@ def test_the_end_is_one_line_with_the_final_evaluation(capsys):
         p.evaluation(0.46)
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["reverie: step 100/100  10.0 steps/s  ETA 0.0 min  eval 0.46"]
+
+
+def test_the_end_line_comes_when_the_last_evaluation_was_the_cadences(capsys):
+    """An evaluation of the cadence on the last step comes before that step's update, and
+    then no final one follows: the end line waited for one and never came."""
+    with Progress(100, enabled=True, every_s=3600.0, final_eval=True) as p:
+        for step in range(1, 100):
+            p.update(step, 10.0)
+        p.evaluation(0.46)  # the cadence's, at step 100, before its update
+        p.update(100, 10.0)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["reverie: step 100/100  10.0 steps/s  ETA 0.0 min  eval 0.46"]

@@ -173,6 +173,50 @@ def test_a_stopped_sweep_stops_its_trials_once_with_their_checkpoints(tmp_path, 
     (result,) = sweep_json(out)["results"]
     assert result["status"] == "finished" and result["resumes"] == 1
 
+def _long_run_args(folder: Path) -> list[str]:
+    return ["train", "--preset", "random", "--env", "CartPole-v1", "--steps", "100000000",
+            "--set", "run.eval_episodes=0", "--no-progress", "--out", str(folder)]
+
+
+def test_an_interrupted_wait_stops_the_trial_with_its_checkpoint(tmp_path):
+    """Ray's cancel interrupts a task by `interrupt_main`, which a blocking wait on the trial
+    process never saw (the trial trained on until Ray killed it, without a checkpoint):
+    the wait is in steps, and the interrupted one stops the trial with SIGTERM."""
+    import _thread
+
+    from reverie.distributed.trial import _run_child
+
+    folder = tmp_path / "run"
+    threading.Timer(8.0, _thread.interrupt_main).start()
+    t0 = time.time()
+    with open(tmp_path / "log", "w") as log, pytest.raises(KeyboardInterrupt):
+        _run_child(_long_run_args(folder), log)
+    assert time.time() - t0 < 60
+    text = (tmp_path / "log").read_text()
+    assert "stopped by SIGTERM at env step" in text, text
+    assert json.loads((folder / "checkpoints" / "manifest.json").read_text())[
+        "checkpoints"][-1]["step"] > 0
+
+
+def test_a_trial_started_after_the_stop_gets_it_and_none_starts_once_stopped(tmp_path,
+                                                                               monkeypatch):
+    from reverie.distributed import trial as trial_module
+    from reverie.distributed.grid import Trial
+
+    trial_module.signal_trials(signal.SIGTERM)  # a stop, before this trial's process exists
+    try:
+        t0 = time.time()
+        with open(tmp_path / "log", "w") as log:
+            rc = trial_module._run_child(_long_run_args(tmp_path / "run"), log)
+        assert rc in (128 + signal.SIGTERM, -signal.SIGTERM) and time.time() - t0 < 60
+    finally:
+        trial_module.reset_stop()
+    monkeypatch.setattr(trial_module, "_run_child", lambda *a: pytest.fail("started"))
+    t = Trial(name="t", folder=str(tmp_path / "t"), preset="random", env=None, seed=0,
+              steps=100)
+    result = trial_module.run_trial(t, retries=2, stop=lambda: True)
+    assert result["status"] == "stopped" and result["attempts"] == 0
+
 def test_bad_grid_key_suggests_and_launches_nothing(tmp_path, capsys):
     out = tmp_path / "bad"
     rc = main(["sweep", *TINY, "--grid", "run.trian_ratio=8,16", "--out", str(out)])

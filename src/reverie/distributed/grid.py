@@ -182,8 +182,11 @@ def check_existing(folder: Path, cfg: DictConfig) -> list[tuple[str, str, str]]:
     changed = []
     for key in RESUME_KEYS:
         old, new = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
-        if key not in ("run.steps", "run.progress") and old != new:  # trials: --no-progress
-            changed.append((key, _yaml_value(old), _yaml_value(new)))
+        if key in ("run.steps", "run.progress") or old == new:  # trials: --no-progress
+            continue
+        if key == "replay.capacity" and new < old:  # raised only (by hand here): kept
+            continue
+        changed.append((key, _yaml_value(old), _yaml_value(new)))
     return changed
 
 

@@ -47,7 +47,8 @@ def _check_reachable(address: str) -> None:
         raise UserError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}); start "
                         "one with `ray start --head` there, fix --address, or drop --address "
                         "for a local Ray instance") from None
-    if not speaks_grpc:  # Ray would retry it for minutes, printing its C++ warnings
+    tls = os.environ.get("RAY_USE_TLS", "").lower() in ("1", "true")  # no plaintext preface
+    if not speaks_grpc and not tls:  # Ray would retry it for minutes, with C++ warnings
         raise UserError(f"{address} answers, but not as a Ray cluster (no gRPC there: a "
                         "dashboard's or another server's port?); give the head's GCS port "
                         "(6379 unless `ray start --head --port` said otherwise), or ray:// "

@@ -24,7 +24,7 @@ from typing import Any
 
 from reverie.config import is_preset_file
 from reverie.distributed.grid import Trial, make_trials, parse_grid
-from reverie.distributed.trial import DONE, run_trial, signal_trials, trial_state
+from reverie.distributed.trial import DONE, reset_stop, run_trial, signal_trials, trial_state
 from reverie.errors import Busy, Stopped, UserError
 from reverie.run.machine import usable_cores
 from reverie.run.stop import StopOnSignal
@@ -65,9 +65,11 @@ def _run_local(trials: list[Trial], workers: int, retries: int,
         signal_trials(signal.Signals[name])
 
     on_start()
+    reset_stop()
     results = []
     pool = ThreadPoolExecutor(max_workers=workers)
     futures = [pool.submit(run_trial, t, retries, stop.is_set) for t in trials]
+    at_once = False
     with StopOnSignal(stopping) as stopper:
         try:
             for future in as_completed(futures):
@@ -75,13 +77,16 @@ def _run_local(trials: list[Trial], workers: int, retries: int,
                     results.append(future.result())
                     on_result(results[-1])
         except KeyboardInterrupt:  # a second signal, or a Ctrl-C this process could not catch
-            signal_trials(signal.Signals[stopper.requested or "SIGINT"])
+            at_once = stopper.requested is not None
             stopper.requested = stopper.requested or "SIGINT"
+            stopping(stopper.requested)  # again: the trials stop at once
         pool.shutdown(wait=True)
     if stopper.requested:
-        raise Stopped(f"sweep stopped by {stopper.requested}; its running trials stopped with "
-                      "their checkpoints: run the same command again to resume them "
-                      "(finished trials are kept)", stopper.requested)
+        how = ("at once, from their last checkpoints" if at_once else
+               "with their checkpoints")
+        raise Stopped(f"sweep stopped by {stopper.requested}; its running trials stopped {how}: "
+                      "run the same command again to resume them (finished trials are kept)",
+                      stopper.requested)
     return results
 
 

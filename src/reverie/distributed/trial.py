@@ -61,17 +61,28 @@ def follow_parent() -> None:
 # which stops each trial exactly once (a second signal would stop it without a checkpoint).
 _live: set[subprocess.Popen] = set()
 _live_lock = threading.Lock()
+_stop_signal: int | None = None  # set by `signal_trials`: a trial started after it gets it too
 
 
 def signal_trials(signum: int) -> None:
-    """Send `signum` to every trial process running now (a sweep's stop)."""
+    """Send `signum` to every trial process running now, and to any started later by this
+    process until `reset_stop` (a sweep's stop)."""
+    global _stop_signal
     with _live_lock:
+        _stop_signal = signum
         procs = list(_live)
     for proc in procs:
         try:
             proc.send_signal(signum)
         except OSError:  # it has just ended
             pass
+
+
+def reset_stop() -> None:
+    """A new sweep in this process: no stop asked yet."""
+    global _stop_signal
+    with _live_lock:
+        _stop_signal = None
 
 
 def _run_child(args: list[str], log_file) -> int:
@@ -83,11 +94,21 @@ def _run_child(args: list[str], log_file) -> int:
                             env=child_env(), start_new_session=True)
     with _live_lock:
         _live.add(proc)
+        if _stop_signal is not None:  # the sweep stopped while this one was starting
+            proc.send_signal(_stop_signal)
     try:
-        return proc.wait()
+        while True:  # in steps: Ray's cancel interrupts between them, not in a blocking wait
+            try:
+                return proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGTERM)
-        proc.wait()
+        while proc.poll() is None:  # its checkpoint; a repeated cancel does not cut it
+            try:
+                proc.wait(timeout=0.5)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                pass
         raise
     finally:
         with _live_lock:
@@ -173,6 +194,9 @@ def run_trial(trial: Trial, retries: int,
     log = log_path(trial)
     log.parent.mkdir(parents=True, exist_ok=True)
     while True:
+        if stop is not None and stop():  # the sweep stopped before this attempt began
+            return {**result, "status": "stopped", "error": _last_error(log),
+                    "wall_s": round(time.time() - t0, 2)}
         # a run folder that is there is resumed, also one killed after its last checkpoint
         # (DONE, exit code not 0): the resume finishes what the kill cut (its last evaluation)
         resume = state != NEW
@@ -199,4 +223,6 @@ def run_trial(trial: Trial, retries: int,
             return {**result, "status": "failed", "error": error,
                     "wall_s": round(time.time() - t0, 2)}
         if rc == Busy.exit_code:  # e.g. a killed sweep's trial still saving its checkpoint
-            time.sleep(BUSY_WAIT_S * result["attempts"])
+            wait_until = time.time() + BUSY_WAIT_S * result["attempts"]
+            while time.time() < wait_until and not (stop is not None and stop()):
+                time.sleep(0.2)

@@ -18,17 +18,22 @@ class DMCEnv(gym.Env):
 
     def __init__(self, name: str, action_repeat: int = 2, render_size: int = 64) -> None:
         # headless rendering for `reverie watch`: MuJoCo's default (GLFW) needs a display
+        users = "MUJOCO_GL" in os.environ
         os.environ.setdefault("MUJOCO_GL", "egl")
         try:
             from dm_control import suite
         except (AttributeError, ImportError, OSError, RuntimeError) as e:
             # dm_control loads the MUJOCO_GL back-end as it is imported (osmesa without
             # libOSMesa: an AttributeError deep inside PyOpenGL; a misspelt value: RuntimeError)
+            why = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+            gl = os.environ.get("MUJOCO_GL")
             raise UserError(
-                f"dm_control cannot start with MUJOCO_GL={os.environ.get('MUJOCO_GL')} "
-                f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
-                "unset MUJOCO_GL (reverie then uses egl), or set one that this machine has: "
-                "egl, or osmesa where libOSMesa is installed") from None
+                f"dm_control cannot start with MUJOCO_GL={gl} ({why}); unset MUJOCO_GL "
+                "(reverie then uses egl), or set one that this machine has: egl, or osmesa "
+                "where libOSMesa is installed" if users else
+                f"dm_control cannot start ({why}) with MUJOCO_GL={gl}, which reverie sets "
+                "for headless rendering: set MUJOCO_GL=osmesa where libOSMesa is installed, "
+                "or reinstall the dmc extra (pip install 'reverie[dmc]')") from None
 
         if "-" not in name:
             raise UserError(

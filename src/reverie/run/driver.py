@@ -87,6 +87,9 @@ def resume_config(out: str | Path, steps: int | None = None,
     return apply_resume_overrides(load_run_config(out), items)
 
 
+PLOT_EVERY_S = 60.0  # curve.png at a checkpoint at most this often (a redraw reads all logs)
+
+
 class Trainer(Checkpointing):
     """One run folder: `Trainer(cfg, out).train()`, or `Trainer.resume(out).train()`."""
 
@@ -368,6 +371,7 @@ class Trainer(Checkpointing):
                                  enabled=bool(cfg.run.progress),
                                  final_eval=bool(cfg.run.eval_episodes))
         t0, steps0 = time.time(), c.env_steps
+        self._plotted = time.monotonic()  # the first curve.png after PLOT_EVERY_S
         # plain values for the hot loop (an OmegaConf attribute read costs ~0.3 ms)
         run = self.run = to_object(cfg, "run")
         if self.resumed_from is None:
@@ -407,7 +411,8 @@ class Trainer(Checkpointing):
                         # the cadence instead of saving again at its first step
                         c.next_checkpoint = c.env_steps + run.checkpoint_every
                         self.checkpoint()
-                        self._plot(cfg)  # curve.png as the run goes, not only at its end
+                        if time.monotonic() - self._plotted >= PLOT_EVERY_S:
+                            self._plot(cfg)  # curve.png as the run goes, not only at its end
                     self.progress.update(c.env_steps, (c.env_steps - steps0)
                                          / max(time.time() - t0, 1e-9))
                 if (run.eval_episodes and stop.requested is None and c.env_steps >= steps
@@ -450,6 +455,7 @@ class Trainer(Checkpointing):
     def _plot(self, cfg: DictConfig) -> None:
         """curve.png from the logs so far; a plotting failure (a full disk, a broken font
         cache) never ends a run."""
+        self._plotted = time.monotonic()
         try:
             plot_curve(self.out, title=run_title(cfg))
         except (OSError, RuntimeError, ValueError) as e:

@@ -22,8 +22,10 @@ class Progress:
                  every_s: float = 10.0, final_eval: bool = False) -> None:
         self.enabled = enabled
         self.total = total
-        # a final evaluation follows the last step: the plain line of the end waits for it
+        # a final evaluation may follow the last step: the plain line of the end waits for
+        # it (and is printed on leaving where none came: the cadence's fell on that step)
         self.final_eval = final_eval
+        self._end_pending: tuple[int, float] | None = None
         self.every_s = every_s
         self._plain = enabled and not sys.stderr.isatty()
         self._last_line = time.monotonic()
@@ -54,6 +56,8 @@ class Progress:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._end_pending is not None:  # no final evaluation came after the last step
+            self._line(*self._end_pending, force=True)
         if self._bar is not None:
             self._bar.__exit__(*exc)
 
@@ -105,9 +109,12 @@ class Progress:
 
     def _line(self, step: int, steps_per_s: float, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and (step >= self.total and self.final_eval
-                          or now - self._last_line < self.every_s and step < self.total):
+        if not force and step >= self.total and self.final_eval:
+            self._end_pending = (step, steps_per_s)
             return
+        if not force and now - self._last_line < self.every_s and step < self.total:
+            return
+        self._end_pending = None
         self._last_line = now
         eta = max(0, self.total - step) / steps_per_s if steps_per_s > 0 else float("inf")
         info = self._info(steps_per_s)

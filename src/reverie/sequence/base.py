@@ -357,8 +357,11 @@ def causal_conv(
     xp = torch.cat([prefix, x], dim=1)  # [B, K-1+T, C]; input s sits at row s + K-1
     tail = xp[:, T:]
     if reset is None:
+        # the blocked weight gradient for eager CPU float32/float64 only: in bf16 its sums
+        # would round at every block (oneDNN accumulates in float32)
         if torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type) \
-                or not (x.dtype == weight.dtype == bias.dtype) or x.device.type != "cpu":
+                or not (x.dtype == weight.dtype == bias.dtype) or x.device.type != "cpu" \
+                or x.dtype not in (torch.float32, torch.float64):
             return _depthwise(xp, weight, bias), tail
         return _DepthwiseConv.apply(xp, weight, bias), tail
     # input s is visible to output t iff s >= the latest reset at or before t; rows
