@@ -501,11 +501,11 @@ def test_a_trial_whose_folder_is_busy_is_retried_after_a_wait(tmp_path, monkeypa
     held = lock(folder)
     waits = []
 
-    def wait(seconds):  # the holder lets go while the sweep waits
+    def wait(seconds, stop):  # the holder lets go while the sweep waits
         waits.append(seconds)
         held.close()
 
-    monkeypatch.setattr(trial_module.time, "sleep", wait)
+    monkeypatch.setattr(trial_module, "_wait_busy", wait)
     result = trial_module.run_trial(trial, retries=2)
     assert (result["status"], result["returncodes"]) == ("finished", [75, 0])
     assert waits == [trial_module.BUSY_WAIT_S]

@@ -115,6 +115,13 @@ def _run_child(args: list[str], log_file) -> int:
             _live.discard(proc)
 
 
+def _wait_busy(seconds: float, stop: Callable[[], bool] | None) -> None:
+    """Wait `seconds` for a run folder another process holds, or until the sweep stops."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until and not (stop is not None and stop()):
+        time.sleep(min(0.2, max(0.0, until - time.monotonic())))
+
+
 def last_checkpoint_step(folder: Path) -> int | None:
     """The env step of the newest checkpoint in the run folder's manifest, or None."""
     try:
@@ -223,6 +230,4 @@ def run_trial(trial: Trial, retries: int,
             return {**result, "status": "failed", "error": error,
                     "wall_s": round(time.time() - t0, 2)}
         if rc == Busy.exit_code:  # e.g. a killed sweep's trial still saving its checkpoint
-            wait_until = time.time() + BUSY_WAIT_S * result["attempts"]
-            while time.time() < wait_until and not (stop is not None and stop()):
-                time.sleep(0.2)
+            _wait_busy(BUSY_WAIT_S * result["attempts"], stop)
