@@ -23,6 +23,10 @@ RESULTS = Path(__file__).parent / "results"
 T_TARGET = "1024"
 
 
+def _runs(n: int) -> str:
+    return f"{n} run" if n == 1 else f"{n} runs"
+
+
 def load(results: Path, stem: str) -> tuple[dict | None, bool]:
     """The full result `stem.json`, else the smoke-test `stem_quick.json` (flagged True)."""
     for name, quick in ((f"{stem}.json", False), (f"{stem}_quick.json", True)):
@@ -271,7 +275,7 @@ def campaign_table(results: Path, name: str, column: str) -> str | None:
                      f"{g}: {v}" for g, v in report["dfs_vs_uniform"].items()) + ".")
     if report["missing"]:
         more = ", ..." if len(report["missing"]) > 10 else ""
-        note += (f" Still missing: {len(report['missing'])} runs "
+        note += (f" Still missing: {_runs(len(report['missing']))} "
                  f"({', '.join(report['missing'][:10])}{more}).")
     return "\n".join(lines) + "\n" + note
 
@@ -352,7 +356,8 @@ def popgym_table(results: Path) -> str | None:
             "the machine with other work, so wall times are not a speed comparison — see the "
             "throughput table).")
     if report["missing"]:
-        note += f" Still missing: {len(report['missing'])} runs ({', '.join(report['missing'][:6])}"
+        note += (f" Still missing: {_runs(len(report['missing']))} "
+                 f"({', '.join(report['missing'][:6])}")
         note += ", ...)." if len(report["missing"]) > 6 else ")."
     published = popgym_published_table(report["tasks"], report["steps_per_run"])
     return "\n".join(lines) + "\n" + note + "\n\n" + popgym_scoring_table(report) + published
@@ -414,7 +419,7 @@ def popgym_imagine_table(results: Path) -> str | None:
             "steps, so its count is an upper bound by up to that much); ratio = PPO's steps / "
             f"imagine's. Task settings beside the preset: {overrides or 'none'}.")
     if report["missing"]:
-        note += (f" Still missing: {len(report['missing'])} runs "
+        note += (f" Still missing: {_runs(len(report['missing']))} "
                  f"({', '.join(report['missing'])}).")
     return "\n".join(lines) + "\n" + note
 
@@ -523,7 +528,7 @@ def coplanner_table(results: Path) -> str | None:
             "Runs shared the 2-core machine with other benchmarks.")
     if report["missing"]:
         more = ", ..." if len(report["missing"]) > 8 else ""
-        note += (f" Still missing: {len(report['missing'])} runs "
+        note += (f" Still missing: {_runs(len(report['missing']))} "
                  f"({', '.join(report['missing'][:8])}{more}).")
     return "\n".join(lines) + "\n" + note
 
