@@ -115,7 +115,7 @@ def strip(run: Path, path: Path, context: int = 8, horizon: int = 16) -> None:
                  f"{context} frames, then imagines {horizon} from the actions alone",
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -154,11 +154,14 @@ def plot(result: dict, path: Path) -> None:
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mean squared error per pixel ([0, 1] units)")
-    axes[0].legend(fontsize=7)
+    # below the panels: a dozen checkpoints' entries inside a panel covered its curves
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, -0.02 - 0.035 * ((len(labels) + 3) // 4)))
     fig.suptitle(f"{GAME}: open-loop frame prediction, {WINDOWS} windows of greedy play",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -23,8 +23,12 @@ RESULTS = Path(__file__).parent / "results"
 T_TARGET = "1024"
 
 
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _runs(n: int) -> str:
-    return f"{n} run" if n == 1 else f"{n} runs"
+    return _plural(n, "run")
 
 
 def load(results: Path, stem: str) -> tuple[dict | None, bool]:
@@ -317,7 +321,8 @@ def campaign_atari_table(results: Path) -> str | None:
     note = (f"{report['game']}, {report['windows']} windows of greedy play, 8 observed + "
             f"{len(report['scores'][0]['model_mse'])} imagined frames; mean squared error per "
             "pixel in [0, 1] units; each checkpoint scored on its own windows"
-            + (f"; training wall time {wall / 60:.0f} min at {report['threads']} threads"
+            + (f"; training wall time {wall / 60:.0f} min at "
+               + report.get("threads_note", _plural(report["threads"], "thread"))
                if wall else ""))
     return "\n".join(rows) + f"\n\n{note}."
 
