@@ -149,8 +149,11 @@ def test_a_stopped_sweep_stops_its_trials_once_with_their_checkpoints(tmp_path, 
     args = ["sweep", "--preset", "random", "--env", "CartPole-v1", "--steps", "100000000",
             "--set", "run.eval_episodes=0", "--set", "run.checkpoint_every=100000000",
             "--out", str(out)]
+    # SIGINT as a terminal's job has it: a suite started in the background (`make test &`)
+    # passes on an ignored SIGINT, which the sweep then keeps ignoring (run/stop.py)
     sweep = subprocess.Popen([sys.executable, "-m", "reverie", *args],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     folder = out / trial_name("CartPole-v1", [], 0)
     deadline = time.time() + 120
     while not (folder / "timing.jsonl").exists() or \
