@@ -161,7 +161,11 @@ def test_a_stopped_sweep_stops_its_trials_once_with_their_checkpoints(tmp_path, 
         assert time.time() < deadline and sweep.poll() is None, sweep.stderr.read()
         time.sleep(0.1)
     sweep.send_signal(sig)
-    _, err = sweep.communicate(timeout=120)
+    try:
+        _, err = sweep.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        sweep.kill()  # its trial ends with it (follow_parent)
+        raise
     assert sweep.returncode == 128 + sig, err
     name = signal.Signals(sig).name
     assert err.strip().splitlines()[-1].startswith(f"reverie: sweep stopped by {name}; its "
@@ -187,13 +191,26 @@ def test_an_interrupted_wait_stops_the_trial_with_its_checkpoint(tmp_path):
     the wait is in steps, and the interrupted one stops the trial with SIGTERM."""
     import _thread
 
+    from reverie.distributed import trial as trial_module
     from reverie.distributed.trial import _run_child
 
     folder = tmp_path / "run"
-    threading.Timer(8.0, _thread.interrupt_main).start()
+    # interrupt_main does nothing where SIGINT is ignored (a suite run in the background)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(8.0, _thread.interrupt_main)
+    # never a hang: if the interrupt is not seen, the trial is killed after a minute
+    guard = threading.Timer(60.0, lambda: trial_module.signal_trials(signal.SIGKILL))
+    timer.start()
+    guard.start()
     t0 = time.time()
-    with open(tmp_path / "log", "w") as log, pytest.raises(KeyboardInterrupt):
-        _run_child(_long_run_args(folder), log)
+    try:
+        with open(tmp_path / "log", "w") as log, pytest.raises(KeyboardInterrupt):
+            _run_child(_long_run_args(folder), log)
+    finally:
+        guard.cancel()
+        timer.cancel()
+        trial_module.reset_stop()
+        signal.signal(signal.SIGINT, previous)
     assert time.time() - t0 < 60
     text = (tmp_path / "log").read_text()
     assert "stopped by SIGTERM at env step" in text, text
