@@ -306,10 +306,11 @@ def _earlier_trials(out: Path, earlier: dict, current: set[str]) -> tuple[list[d
 def trial_notes(results: list[dict], earlier: Sequence[dict] = ()) -> list[str]:
     """The report's 'Sweep' section: every trial that was resumed or failed, by name, and the
     trials of earlier runs of the sweep that this run did not name."""
+    from reverie.eval.report import _n  # the report's plural, for the report's section
     resumed = [r for r in results if r["resumes"] > 0 and r["status"] == "finished"]
     failed = [r for r in results if r["status"] == "failed"]
     lines = ["## Sweep", "",
-             f"{len(results)} trial{'s' if len(results) != 1 else ''}: "
+             f"{_n(len(results), 'trial')}: "
              f"{sum(r['status'] == 'finished' for r in results)} run "
              f"now, {sum(r['status'] == 'skipped' for r in results)} already finished (skipped), "
              f"{len(resumed)} finished after a resume, {len(failed)} failed.", ""]
