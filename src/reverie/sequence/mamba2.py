@@ -30,14 +30,67 @@ from reverie.sequence.base import (
 from reverie.sequence.ssd import ssd_chunked, ssd_step
 
 
-def rms_normalize(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """x / sqrt(mean(x²) + eps) over the last dim; the gain is folded into the next Linear.
+def _rms_scale(g: Tensor, eps: float) -> Tensor:
+    """1 / sqrt(mean(g²) + eps) over the last dim, [..., 1]: one read of g (vector_norm),
+    where the pow/mean/rsqrt chain of `torch.rms_norm` makes passes of its own on CPU."""
+    n = torch.linalg.vector_norm(g, dim=-1, keepdim=True)
+    return torch.rsqrt(n.square() / g.shape[-1] + eps)
 
-    One read for the norm (vector_norm) and one pass for the scaling, where the
-    pow/mean/rsqrt/mul chain of `torch.rms_norm` makes four passes on CPU.
+
+class _FusedRMSNorm(torch.autograd.Function):
+    """`rms_normalize` with a hand-written backward that works in place.
+
+    out = g r with g = silu(z) y (or g = y without a gate) and r = rms_scale(g). Autograd
+    of the composite form saves silu(z), g and the norm and makes about a dozen passes over
+    [B, T, d] in backward, most into fresh buffers; this saves z, y, out and r, and its
+    backward is a row dot product and five in-place passes:
+
+        dg = r (dout - out mean(dout out))     (the mean over the last dim)
+        dy = dg silu(z),   dz = dg y silu'(z)
     """
-    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    return x * torch.rsqrt(n.square() / x.shape[-1] + eps)
+
+    @staticmethod
+    def forward(ctx, y: Tensor, z: Tensor | None, eps: float) -> Tensor:
+        if z is None:
+            r = _rms_scale(y, eps)
+            out = y * r
+            ctx.save_for_backward(None, None, out, r)
+            return out
+        g = F.silu(z).mul_(y)
+        r = _rms_scale(g, eps)
+        out = g.mul_(r)
+        ctx.save_for_backward(y, z, out, r)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        y, z, out, r = ctx.saved_tensors
+        c = torch.linalg.vecdot(dout, out).unsqueeze(-1).mul_(r / out.shape[-1])
+        dg = (dout * r).addcmul_(out, c, value=-1.0)
+        if z is None:
+            return dg, None, None
+        need_y, need_z, _ = ctx.needs_input_grad
+        dy = F.silu(z).mul_(dg) if need_y else None
+        dz = None
+        if need_z:  # silu'(z) times dg y, in dg's buffer
+            dz = torch.ops.aten.silu_backward.grad_input(dg.mul_(y), z, grad_input=dg)
+        return dy, dz, None
+
+
+def rms_normalize(y: Tensor, gate: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """RMSNorm of y (of silu(gate) y when a gate is given, Mamba-2's gated norm) over the
+    last dim, without gain: the gain is folded into the next Linear.
+
+    Eager float32/float64 runs `_FusedRMSNorm`; compiled graphs (inductor fuses the
+    composite itself), autocast and bf16 run the composite form.
+    """
+    if (torch.compiler.is_compiling() or torch.is_autocast_enabled(y.device.type)
+            or y.dtype not in (torch.float32, torch.float64)
+            or (gate is not None and gate.dtype != y.dtype)):
+        g = y if gate is None else F.silu(gate) * y
+        return g * _rms_scale(g, eps)
+    return _FusedRMSNorm.apply(y, gate, eps)
 
 
 class Mamba2Block(Block):
@@ -99,7 +152,7 @@ class Mamba2Block(Block):
         w = self.out_proj.weight * self.out_norm_weight
         if low_precision(self.A_log):  # a bf16 block: its float32 scan output back to bf16
             y = y.to(x.dtype)
-        g = rms_normalize(F.silu(z) * y)
+        g = rms_normalize(y, gate=z)
         if torch.is_autocast_enabled(x.device.type):
             # autocast would run addmm's residual add in bf16 too: the residual stream stays
             # in x's dtype, as every other backbone's does
