@@ -19,12 +19,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from reverie.eval.report import _n as _plural  # the report's plural, for every table
+
 RESULTS = Path(__file__).parent / "results"
 T_TARGET = "1024"
 
-
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _runs(n: int) -> str:
