@@ -383,6 +383,24 @@ def test_aggregate_labels_say_when_a_group_covers_fewer_tasks(tmp_path):
     assert any(t.endswith("(published)") for t in ticks)  # published rows keep their names
 
 
+def test_aggregate_x_labels_fit_their_panel(tmp_path):
+    """A long env id in a raw-return row's unit ("return (raw, InvertedPendulum-v5)") ran
+    into the next panel's label: it breaks after the comma; short ones stay on one line."""
+    from reverie.eval import plots
+    from reverie.eval.report import DEFAULT_GROUP_BY, make_groups
+
+    for env, name in (("InvertedPendulum-v5", "ip"), ("CartPole-v1", "cp")):
+        for seed in range(2):
+            fake_run(tmp_path / f"{name}-{seed}", env, seed, [1.0, 2.0 + seed])
+    groups = make_groups(load_runs([tmp_path])[0], list(DEFAULT_GROUP_BY))
+    fig = plots.aggregates_figure(groups, plots._colors([g.label for g in groups]))
+    fig.canvas.draw()
+    labels = {ax.get_xlabel() for ax in fig.axes if ax.get_xlabel()}
+    plots._plt().close(fig)
+    assert "return (raw,\nInvertedPendulum-v5)" in labels
+    assert "return (raw, CartPole-v1)" in labels
+
+
 def test_a_run_named_twice_is_counted_once(tmp_path, monkeypatch):
     """`report s1 ./s1` or a folder and its parent: each run once (a copy of a seed would
     narrow the intervals)."""

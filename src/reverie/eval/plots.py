@@ -181,6 +181,8 @@ def aggregates_figure(groups: list[Group], colors: dict):
             if name == "optimality gap":  # how far below the target, not a score
                 unit = f"{kind.name} gap to {kind.gamma * kind.scale:g}" + \
                     (" (%)" if kind.percent else "")
+            if len(unit) > 28:  # "return (raw, InvertedPendulum-v5)" ran into its neighbour
+                unit = unit.replace(", ", ",\n", 1)
             ax.set_xlabel(unit, fontsize=9)
             ax.set_title(name + ("\n(lower is better)" if name == "optimality gap" else ""),
                          fontsize=10)
