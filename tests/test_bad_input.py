@@ -110,6 +110,34 @@ CASES = [
     ("a flag and a --set of its key disagree (the --set won in silence)",
      ["train", "--steps", "500", "--set", "run.steps=700"],
      "--steps 500 and --set run.steps=700 both set run.steps; give one of them"),
+    ("a resume's --steps and a --set of run.steps disagree (the flag won in silence)",
+     ["train", "--resume", "{run}", "--steps", "500", "--set", "run.steps=700"],
+     "--steps 500 and --set run.steps=700 both set run.steps; give one of them"),
+    ("a misspelt key on a resume (it was called a key that cannot change)",
+     ["train", "--resume", "{run}", "--set", "run.eval_evry=100"],
+     "unknown config key 'run.eval_evry' (did you mean 'run.eval_every'?)"),
+    ("a setting whose default is null (the message suggested the text None)",
+     ["train", "--agent", "mbpo", "--set", "mbpo.sac.target_entropy=abc", "--show-config"],
+     "'abc' is not a number; write e.g. mbpo.sac.target_entropy=null"),
+    ("a number for a list (omegaconf's node classes in the message)",
+     ["train", "--agent", "mbpo", "--set", "mbpo.schedule=5", "--show-config"],
+     "bad value for 'mbpo.schedule': it takes a list; write e.g. mbpo.schedule=[20,150,1,1]"),
+    ("a word in a list of numbers", ["train", "--agent", "mbpo", "--set",
+                                     "mbpo.schedule=[1,2,a,4]", "--show-config"],
+     "bad value for 'mbpo.schedule[2]': 'a' is not a whole number"),
+    ("a number for a mapping", ["train", "--agent", "rppo", "--set", "rppo.backbone_kwargs=5",
+                                "--show-config"],
+     "bad value for 'rppo.backbone_kwargs': it takes a mapping; write e.g. "
+     "rppo.backbone_kwargs={}"),
+    ("a width the backbone's default option does not divide (which key sets it?)",
+     ["train", "--agent", "rppo", "--set", "rppo.backbone=mamba2", "--set", "rppo.d_model=30",
+      "--show-config"], "(backbone options: --set rppo.backbone_kwargs.OPTION=VALUE)"),
+    ("SAC's log-std bounds crossed (the clamp pinned log sigma in silence)",
+     ["train", "--agent", "mbpo", "--set", "mbpo.sac.log_std_min=5", "--show-config"],
+     "SAC log_std_min (5.0) must be below log_std_max (2.0)"),
+    ("env.obs=image for a vector env and an agent whose presets are not sized by it",
+     ["train", "--agent", "rppo", "--set", "env.obs=image", "--show-config"],
+     "gives vector observations but env.obs=image; set env.obs=vector (or any), or drop"),
     ("--backbone against --set of the backbone",
      ["train", "--backbone", "gru", "--set", "imagine.world.backbone=mamba2"],
      "--backbone gru and --set imagine.world.backbone=mamba2 both set imagine.world.backbone"),
@@ -400,6 +428,20 @@ def test_a_cuda_device_that_is_not_there_is_named(name, count, said, monkeypatch
     if count:
         assert select_device("cuda:0") == torch.device("cuda", 0)
     assert select_device("cpu:0") == torch.device("cpu", 0)  # the Python API's; no GPU check
+
+
+def test_no_progress_is_the_commands_and_a_resume_that_trains_nothing_writes_nothing(
+        finished_run, tmp_path, capsys):
+    """--no-progress was saved into config.yaml, so every later resume of the run (and the
+    config used as a preset) showed no progress, with no flag to undo it; and a resume that
+    trains nothing (the run is complete) rewrote config.yaml with its --sets anyway."""
+    run = copy_run(finished_run, tmp_path / "run")  # made with --no-progress
+    text = (run / "config.yaml").read_text()
+    assert "progress: true" in text
+    assert main(["train", "--resume", str(run), "--no-progress",
+                 "--set", "run.eval_every=100"]) == 0
+    assert "already complete" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == text
 
 
 def test_a_flag_and_a_set_that_agree_are_accepted():

@@ -255,8 +255,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                     f"created with (see {run / 'config.yaml'}); drop {flag}, or start a new run"
                 )
         overrides = list(args.overrides)
-        if args.no_progress:
-            overrides.append("run.progress=false")
         if args.show_config:  # the config the resume would train with
             print(config_yaml(resume_config(run, args.steps, overrides)), end="")
             return 0
@@ -265,8 +263,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         flags = {"env": args.env, "backbone": args.backbone, "steps": args.steps,
                  "seed": args.seed}
         overrides = list(args.overrides)
-        if args.no_progress:
-            overrides.append("run.progress=false")
         preset = preset_of_agent(args.agent, args.preset, overrides)
         cfg = build_config(preset or "cartpole", overrides, flags)
         if args.show_config:
@@ -274,6 +270,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(config_yaml(cfg), end="")
             return 0
         trainer = Trainer(cfg, Path(args.out) if args.out else _default_out(cfg))
+    # --no-progress is this command's, not the run's: kept out of config.yaml, so that a
+    # later resume (or the config used as a preset) shows progress again
+    trainer.show_progress = not args.no_progress
     summary = trainer.train()
     print(json.dumps(summary))
     return 0

@@ -8,6 +8,7 @@ and an unknown key is an error that suggests the closest valid one.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import re
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
     ConfigAttributeError,
     ConfigKeyError,
@@ -174,6 +175,14 @@ def _friendly(e: OmegaConfBaseException, schema: DictConfig) -> UserError:
         msg = str(e).splitlines()[0]
         want, default = _expected(schema, key)
         value = re.match(r"Value '(.*?)'", msg)
+        if want in ("a list", "a mapping"):  # omegaconf's words name its node classes
+            return UserError(f"bad value for '{key}': it takes {want}; write e.g. "
+                             f"{key}={default}")
+        conv = re.match(r"Value '(.*?)' of type '\w+' could not be converted to (\w+)", msg)
+        if want is None and conv is not None:  # an element of a list (mbpo.schedule[2])
+            want = EXPECTED.get(f"{conv.group(2)}Node")
+            if want is not None:
+                return UserError(f"bad value for '{key}': '{conv.group(1)}' is not {want}")
         if want is None or value is None:
             return UserError(f"bad value for '{key}': {msg}")
         return UserError(f"bad value for '{key}': '{value.group(1)}' is not {want}; write "
@@ -181,7 +190,7 @@ def _friendly(e: OmegaConfBaseException, schema: DictConfig) -> UserError:
     return UserError(f"bad config: {str(e).splitlines()[0]}")
 
 
-def _check_flags_agree(flags: dict[str, Any], overrides: list[str], agent: str,
+def check_flags_agree(flags: dict[str, Any], overrides: list[str], agent: str,
                        backbone_key: str | None) -> None:
     """A flag and a --set of the same key with different values: which one the user meant is
     not knowable (the --set won, silently)."""
@@ -204,7 +213,7 @@ def _check_flags_agree(flags: dict[str, Any], overrides: list[str], agent: str,
 
 # what a typed setting takes, by its OmegaConf node type
 EXPECTED = {"IntegerNode": "a whole number", "FloatNode": "a number",
-            "BooleanNode": "true or false"}
+            "BooleanNode": "true or false", "ListConfig": "a list", "DictConfig": "a mapping"}
 
 
 def _schema_node(schema: DictConfig, key: str) -> Any:
@@ -223,7 +232,12 @@ def _expected(schema: DictConfig, key: str) -> tuple[str | None, Any]:
     want = EXPECTED.get(type(node).__name__)
     if want is None:
         return None, None
+    if isinstance(node, (ListConfig, DictConfig)):  # written as --set takes it: [20,100,1,15]
+        default = OmegaConf.to_container(node)
+        return want, json.dumps(default, separators=(",", ":")).replace('"', "")
     default = node._value()
+    if default is None:  # YAML's null: `None` would arrive as the text 'None'
+        return want, "null"
     return want, str(default).lower() if isinstance(default, bool) else default
 
 
@@ -418,7 +432,7 @@ def build_config(
             # same as --backbone: the preset's backbone options go with the preset's backbone
             overrides.remove(item)
             flags["backbone"] = value
-    _check_flags_agree(flags, overrides, agent, backbone_key)
+    check_flags_agree(flags, overrides, agent, backbone_key)
     overrides = _as_text(overrides, schema)
     try:
         cfg = OmegaConf.merge(schema, preset_data)
@@ -643,6 +657,18 @@ def _same_value(cfg: DictConfig, key: str, item: str) -> bool:
     return same_type and given == have
 
 
+def _check_known(item: str, agent: str) -> None:
+    """Refuse `item` (key=value) whose key the agent's schema does not have, naming the
+    closest key (its value is checked elsewhere)."""
+    schema = _schema(agent)
+    try:
+        OmegaConf.merge(schema, OmegaConf.from_dotlist([item]))
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        raise _friendly(e, schema) from None
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError):
+        pass
+
+
 def apply_resume_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """`--set`s given with --resume: only RESUME_KEYS may change; the result is validated."""
     overrides = _parse_dotlist(list(overrides))
@@ -652,6 +678,7 @@ def apply_resume_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
         if key not in RESUME_KEYS and _same_value(cfg, key, item):
             overrides.remove(item)  # the run's own value, said again: nothing changes
         elif key not in RESUME_KEYS:
+            _check_known(item, cfg.agent)  # a misspelt key is said as such, not as "cannot change"
             unread = unread_keys(cfg.agent)  # an mbpo run has no replay to grow
             can = [k for k in RESUME_KEYS if k.split(".")[0] not in unread and k not in unread]
             raise UserError(

@@ -123,6 +123,7 @@ class RecurrentActorCritic(nn.Module):
         super().__init__()
         self.encoder = MLP(in_dim, cfg.d_model, cfg.hidden, 1)
         self.backbone = make_backbone(cfg.backbone, d_model=cfg.d_model, n_layers=cfg.n_layers,
+                                      options_key="rppo.backbone_kwargs",
                                       **dict(cfg.backbone_kwargs))
         self.actor = MLP(cfg.d_model, None, cfg.hidden, 1)
         self.action_head = ActionHead(action_space, cfg.hidden)

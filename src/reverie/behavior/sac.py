@@ -58,6 +58,9 @@ class SACConfig:
             if not getattr(self, name) > 0.0:
                 raise ValueError(f"SAC {name} must be positive, got {getattr(self, name)}; "
                                  "use 3e-4")
+        if not self.log_std_min < self.log_std_max:  # the clamp would pin log σ to the max
+            raise ValueError(f"SAC log_std_min ({self.log_std_min}) must be below log_std_max "
+                             f"({self.log_std_max}); use -20 and 2")
 
 
 # rows per block of an actor forward pass without autograd (see SquashedGaussianActor)

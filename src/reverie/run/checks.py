@@ -14,17 +14,16 @@ from reverie.run.collector import env_of
 
 def check_obs_kind(cfg: DictConfig, obs_spec) -> None:
     """The preset's observation kind (env.obs: vector | image | any) fits the env's."""
-    images = image_keys(obs_spec)
-    if cfg.env.obs == "vector" and images:
-        raise UserError(
-            f"env '{cfg.env.id}' gives image observations but this preset is sized for vectors; "
-            "use --preset atari100k (or set env.obs=any)"
-        )
-    if cfg.env.obs == "image" and not images:
-        raise UserError(
-            f"env '{cfg.env.id}' gives vector observations but this preset is sized for images; "
-            "use --preset cartpole or dmc-proprio (or set env.obs=any)"
-        )
+    kind = "image" if image_keys(obs_spec) else "vector"
+    if cfg.env.obs in (kind, "any"):
+        return
+    if cfg.agent == "imagine":  # its presets are sized for one kind or the other
+        fix = "--preset atari100k" if kind == "image" else "--preset cartpole or dmc-proprio"
+        raise UserError(f"env '{cfg.env.id}' gives {kind} observations but this preset is "
+                        f"sized for {cfg.env.obs}s; use {fix} (or set env.obs=any)")
+    raise UserError(f"env '{cfg.env.id}' gives {kind} observations but env.obs={cfg.env.obs}; "
+                    f"set env.obs={kind} (or any), or drop the setting that made it "
+                    f"{cfg.env.obs}")
 
 
 def check_spaces(cfg: DictConfig, obs_spec, action_space: spaces.Space) -> None:

@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 
 from reverie.config import (
     apply_resume_overrides,
+    check_flags_agree,
     load_run_config,
     rows_per_sample,
     run_env_steps,
@@ -83,6 +84,8 @@ def resume_config(out: str | Path, steps: int | None = None,
     if not (out / "config.yaml").exists():
         raise UserError(f"cannot resume '{out}': no run there (missing config.yaml)")
     run_folder.check_no_links(out)
+    if steps is not None:  # `--steps 1500 --set run.steps=1600`: which one was meant?
+        check_flags_agree({"steps": steps}, list(overrides), "", None)
     items = [*overrides, *([f"run.steps={steps}"] if steps is not None else [])]
     return apply_resume_overrides(load_run_config(out), items)
 
@@ -92,6 +95,8 @@ PLOT_EVERY_S = 60.0  # curve.png at a checkpoint at most this often (a redraw re
 
 class Trainer(Checkpointing):
     """One run folder: `Trainer(cfg, out).train()`, or `Trainer.resume(out).train()`."""
+
+    show_progress = True  # False: this process shows none, whatever run.progress says
 
     @classmethod
     def resume(cls, out: str | Path, steps: int | None = None,
@@ -161,9 +166,9 @@ class Trainer(Checkpointing):
                                       self.resuming, self._note)
         # config last: a folder without config.yaml is not a run, so a failed start leaves
         # nothing that blocks the next attempt; on resume it records a raised run.steps, but
-        # --steps below the steps already done trains nothing and leaves the config (and so
+        # --steps at or below the steps already done trains nothing and leaves the config (and so
         # the budget a report reads) as it was
-        if resume_from is None or int(cfg.run.steps) >= \
+        if resume_from is None or int(cfg.run.steps) > \
                 int(resume_from[0]["counters"]["env_steps"]):
             save_config(self.cfg, self.out / "config.yaml")
         self.rng = numpy_generator(int(cfg.seed) + 1)  # prefill actions
@@ -368,7 +373,7 @@ class Trainer(Checkpointing):
         # rounded up to whole vector steps (it read 312/310); the final evaluation's line
         # is the last one (the end's line before it showed the evaluation before)
         self.progress = Progress(run_env_steps(cfg.run), c.env_steps,
-                                 enabled=bool(cfg.run.progress),
+                                 enabled=bool(cfg.run.progress) and self.show_progress,
                                  final_eval=bool(cfg.run.eval_episodes))
         t0, steps0 = time.time(), c.env_steps
         self._plotted = time.monotonic()  # the first curve.png after PLOT_EVERY_S

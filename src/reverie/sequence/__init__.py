@@ -30,8 +30,13 @@ BACKBONES: tuple[str, ...] = ("gru", "transformer", "mamba1", "mamba2", "ffm")
 _MODULES = {name: f"reverie.sequence.{name}" for name in BACKBONES}
 
 
-def make_backbone(name: str, d_model: int = 256, n_layers: int = 2, **kwargs: Any) -> Backbone:
-    """Build a backbone by name; extra keyword arguments go to that backbone."""
+def make_backbone(name: str, d_model: int = 256, n_layers: int = 2, *,
+                  options_key: str | None = None, **kwargs: Any) -> Backbone:
+    """Build a backbone by name; extra keyword arguments go to that backbone.
+
+    options_key: the config key those options come from (e.g. "rppo.backbone_kwargs"), named
+    in the error when the backbone refuses an option's value (its default included).
+    """
     if name not in _MODULES:
         hint = suggest(name, BACKBONES)
         raise ValueError(
@@ -55,6 +60,10 @@ def make_backbone(name: str, d_model: int = 256, n_layers: int = 2, **kwargs: An
         return module.build(d_model=d_model, n_layers=n_layers, **kwargs)
     except TypeError as e:
         raise ValueError(f"bad option for backbone '{name}': {e}") from None
+    except ValueError as e:
+        if options_key is None:
+            raise
+        raise ValueError(f"{e} (backbone options: --set {options_key}.OPTION=VALUE)") from None
 
 
 __all__ = [

@@ -211,7 +211,7 @@ class WorldModel(nn.Module):
         )
         self.backbone = make_backbone(
             cfg.backbone, d_model=self.deter_dim, n_layers=int(cfg.n_layers),
-            **dict(cfg.backbone_kwargs),
+            options_key="imagine.world.backbone_kwargs", **dict(cfg.backbone_kwargs),
         )
         prior_layers = layers if int(cfg.prior_layers) < 0 else int(cfg.prior_layers)
         self.prior_head = MLP(self.deter_dim, self.stoch_dim, hidden, prior_layers)
