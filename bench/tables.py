@@ -69,12 +69,17 @@ def backbone_targets(report: dict, T: str) -> list[tuple[str, bool | None]]:
         return models.get(name, {}).get("train", {}).get(t, {}).get("train_tokens_per_s_rounds")
 
     def ratio_at_least(a: str, b: str, k: float) -> tuple[str, str, bool | None]:
-        """(T it was decided at, how, pass/miss/None). Where b failed at T in every round
-        (mambapy runs out of memory at T=1024), the longest T at which both ran decides."""
+        """(T it was decided at, how, pass/miss/None). Where b failed at T in any round
+        (mambapy runs out of memory at T=1024 in most), the longest T at which both ran in
+        every round decides: a ratio from fewer rounds is not a median over them."""
         r = ratios.get(f"{a}/{b}@T={T}")
-        if r is not None:
+        n_rounds = report.get("rounds")
+        if r is not None and len(r.get("per_round", [])) in (n_rounds, None):
             return (T, f" (median {r['median']:.2f}x, rounds {r['min']:.2f}–{r['max']:.2f}x)",
                     r["median"] >= k)
+        ran = len(rounds(b, T) or [])
+        failed = (f"{b} failed at T={T}" if not ran else
+                  f"{b} ran at T={T} in {ran} of {n_rounds} rounds")
         lengths = sorted(models.get(b, {}).get("train", {}), key=int, reverse=True)
         for t in lengths:
             x, y = rounds(a, t), rounds(b, t)
@@ -82,7 +87,7 @@ def backbone_targets(report: dict, T: str) -> list[tuple[str, bool | None]]:
                 per = [u / v for u, v in zip(x, y)]
                 med = statistics.median(per)
                 return (t, f" (median {med:.2f}x, rounds {min(per):.2f}–{max(per):.2f}x; "
-                           f"{b} failed at T={T})", med >= k)
+                           f"{failed})", med >= k)
         x, y = _tps(models.get(a, {}), T), _tps(models.get(b, {}), T)
         return T, "", None if x is None or y is None else x >= k * y
 
@@ -123,6 +128,12 @@ def backbones_table(results: Path) -> str | None:
                  f"allocator: {report['allocator']}; 1-min load average "
                  f"{report['loadavg_1min_before']} before, {report['loadavg_1min_after']} after"
                  + (" — **the machine was loaded (load > cores)**." if report["loaded"] else "."))
+        partial = [f"{name} at T={t} in {len(e['train_tokens_per_s_rounds'])} of "
+                   f"{report['rounds']} rounds ({_plural(e['errors'], 'failure')})"
+                   for name, m in models.items() for t, e in m["train"].items()
+                   if e.get("errors") and e.get("train_tokens_per_s_rounds")]
+        if partial:  # a median over the rounds that ran
+            note += f" Measured in fewer rounds: {'; '.join(partial)}."
     else:
         note += " One measurement per model (before alternating rounds existed)."
     if quick:
