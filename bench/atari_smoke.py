@@ -8,6 +8,10 @@ wall time of the full protocol (100k env steps at one update per env step).
 
     python bench/atari_smoke.py                    # ~5 min on 2 cores
     python bench/atari_smoke.py --from-run runs/atari-smoke   # summarise an existing run
+    git worktree add /tmp/base <commit>
+    python bench/atari_smoke.py --baseline-src /tmp/base/src --rounds 3
+        # seconds per update of this tree and of the older one at /tmp/base, alternating
+        # (A B A B ..., the order reversed every round) -> bench/results/atari_ab.json
 """
 
 from __future__ import annotations
@@ -43,11 +47,14 @@ def as_typed(cmd: list[str]) -> list[str]:
     return shown
 
 
-def summarise(run: Path, cmd: list[str] | None, watch_s: float | None) -> dict:
+def summarise(run: Path, cmd: list[str] | None, watch_s: float | None,
+              after: int = 1000) -> dict:
+    """The run's numbers; seconds per update from the first timing row at or after env step
+    `after` (1000: the end of the prefill) to its last row."""
     rows = [json.loads(x) for x in (run / "timing.jsonl").read_text().splitlines()]
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     grad = [r for r in metrics if "grad_steps" in r]
-    first = next(r for r in rows if r["step"] >= 1000)
+    first = next(r for r in rows if r["step"] >= after)
     last = rows[-1]
     steps = last["step"] - first["step"]
     per_update = (last["time/wall"] - first["time/wall"]) / max(steps, 1)
@@ -59,8 +66,9 @@ def summarise(run: Path, cmd: list[str] | None, watch_s: float | None) -> dict:
         "env_steps": last["step"],
         "grad_steps": grad[-1]["grad_steps"] if grad else 0,
         "seconds_per_update": round(per_update, 2),
-        "note": "seconds per update measured between the first and last logged step after "
-                "the first update (excludes start-up); one update per env step as in the preset",
+        "note": f"seconds per update measured between the first logged step at or after "
+                f"{after} and the last (excludes start-up); one update per env step as in "
+                "the preset",
         "full_protocol_hours_extrapolated": round(full_hours, 1),
         "full_protocol_days_extrapolated": round(full_hours / 24, 1),
         "gifs": gifs,
@@ -69,18 +77,73 @@ def summarise(run: Path, cmd: list[str] | None, watch_s: float | None) -> dict:
     }
 
 
+WARMUP = 4  # updates before the timed ones in --baseline-src runs (one log row: log_every 4)
+
+
+def alternate(args: argparse.Namespace) -> dict:
+    """Seconds per update of this tree ("current") and of the reverie source at
+    --baseline-src ("baseline"), each a fresh run, alternating round by round."""
+    import shutil
+    import statistics
+
+    base_src = Path(args.baseline_src).resolve()
+    if not (base_src / "reverie" / "__init__.py").is_file():
+        sys.exit(f"--baseline-src {base_src}: no reverie package there (give a tree's src/)")
+    commit = subprocess.run(["git", "-C", str(base_src), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip() or None
+    per: dict[str, list[float]] = {"current": [], "baseline": []}
+    loads = [round(os.getloadavg()[0], 2)]
+    for r in range(args.rounds):
+        for side in (("current", "baseline") if r % 2 == 0 else ("baseline", "current")):
+            run = Path(args.out).with_name(f"atari-ab-{side}")
+            shutil.rmtree(run, ignore_errors=True)
+            env = dict(os.environ)
+            if side == "baseline":  # the older package first on the path, same venv
+                env["PYTHONPATH"] = str(base_src)
+            subprocess.run(command(run, args.updates + WARMUP, args.threads), check=True,
+                           env=env)
+            # after the first WARMUP updates: the first one compiles (run.compile=auto)
+            per[side].append(summarise(run, None, None, 1000 + WARMUP)["seconds_per_update"])
+            loads.append(round(os.getloadavg()[0], 2))
+            print(f"round {r} {side}: {per[side][-1]} s/update", file=sys.stderr, flush=True)
+    ratios = [b / c for b, c in zip(per["baseline"], per["current"])]
+
+    def spread(v: list[float]) -> dict:
+        return {"median": round(statistics.median(v), 3), "min": round(min(v), 3),
+                "max": round(max(v), 3), "rounds": v}
+
+    return {"benchmark": "atari_ab",
+            "command": as_typed(command(Path(args.out), args.updates + WARMUP, args.threads)),
+            "baseline_commit": commit, "rounds": args.rounds, "torch_threads": args.threads,
+            "seconds_per_update": {k: spread(v) for k, v in per.items()},
+            "speedup_baseline_over_current": spread([round(x, 3) for x in ratios]),
+            "loadavg_1min": loads,
+            "timed": f"updates {WARMUP + 1}-{WARMUP + args.updates} of each run (the first "
+                     f"{WARMUP} include run.compile=auto's compile)",
+            "loaded": max(loads) > 1.5 * (os.cpu_count() or 1)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--updates", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "runs" / "atari-smoke"))
     p.add_argument("--from-run", default=None, help="summarise this existing run instead")
+    p.add_argument("--baseline-src", default=None, metavar="DIR",
+                   help="alternate with the reverie package under DIR (an older tree's src/)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of --baseline-src")
     args = p.parse_args()
+    if args.baseline_src:
+        result = alternate(args)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "atari_ab.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
+        return
     if args.from_run:
         run, cmd, watch_s = Path(args.from_run), None, None
     else:
         run = Path(args.out)
-        cmd = command(run, args.updates, args.threads)
+        cmd = command(run, args.updates + WARMUP, args.threads)
         load0 = os.getloadavg()[0]
         subprocess.run(cmd, check=True)
         load1 = os.getloadavg()[0]
@@ -88,7 +151,10 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "reverie", "watch", str(run), "--steps", "64"],
                        check=True)
         watch_s = time.time() - t0
-    result = summarise(run, cmd, watch_s)
+    # after the first WARMUP updates: the first one compiles (run.compile=auto), which the
+    # window of the 2026-12-02 measurement (9.7 s per update) included
+    result = summarise(run, cmd, watch_s, 1000 + WARMUP)
+    result["timed"] = f"updates {WARMUP + 1} on (the first {WARMUP} include the compile)"
     if cmd is not None:
         result["torch_threads"] = args.threads
         result["loadavg_1min"] = [round(load0, 2), round(load1, 2)]

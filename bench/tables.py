@@ -306,9 +306,36 @@ def atari_table(results: Path) -> str | None:
            f"{report['seconds_per_update']:.1f}",
            f"{report['full_protocol_hours_extrapolated']:.0f} h "
            f"({report['full_protocol_days_extrapolated']:.0f} days)"]
-    note = report.get("conditions", "")
+    note = report.get("conditions", "")  # written by hand into the JSON of 2026-12-02
+    if not note and "torch_threads" in report:
+        loads = report.get("loadavg_1min") or []
+        note = (f"{_plural(report['torch_threads'], 'torch thread')}, atari100k preset at "
+                f"Drama's 16x128 sequences; timed: {report.get('timed', 'after the prefill')}"
+                + (f"; 1-min load {min(loads)}–{max(loads)}" if loads else ""))
     return "\n".join([_row(head), _row(["---"] * len(head)), _row(row)]) + (
         f"\n\n{note}." if note else "")
+
+
+def atari_ab_table(results: Path) -> str | None:
+    report, _ = load(results, "atari_ab")
+    if report is None:
+        return None
+    spu, ratio = report["seconds_per_update"], report["speedup_baseline_over_current"]
+    head = ["code", "s / update (median, min–max)", "100k-step protocol (extrapolated)"]
+    rows = [_row(head), _row(["---"] * len(head))]
+    for side, name in (("baseline", f"commit {report['baseline_commit']}"),
+                       ("current", "this tree")):
+        v = spu[side]
+        rows.append(_row([name, f"{v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f})",
+                          f"{v['median'] * 100_000 / 3600:.0f} h"]))
+    loads = report["loadavg_1min"]
+    note = (f"`{' '.join(report['command'])}` (--steps counts the prefill), each side a fresh "
+            f"run, {report['rounds']} rounds alternating (the order reversed every round); "
+            f"timed: {report['timed']}; {report['torch_threads']} torch threads; speed-up "
+            f"(baseline / this tree) per round: median {ratio['median']:.2f}x "
+            f"({ratio['min']:.2f}–{ratio['max']:.2f}x); 1-min load {min(loads)}–{max(loads)}"
+            + (" (**loaded**)" if report.get("loaded") else ""))
+    return "\n".join(rows) + f"\n\n{note}.\n"
 
 
 def campaign_atari_table(results: Path) -> str | None:
@@ -1105,6 +1132,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "campaign_minatar": lambda results: campaign_table(results, "minatar", "game"),
     "campaign_dmc": lambda results: campaign_table(results, "dmc", "task"),
     "atari": atari_table,
+    "atari_ab": atari_ab_table,
     "campaign_atari": campaign_atari_table,
     "drama_ablation": drama_ablation_table,
     "popgym": popgym_table,
