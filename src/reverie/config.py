@@ -232,6 +232,8 @@ def _expected(schema: DictConfig, key: str) -> tuple[str | None, Any]:
     want = EXPECTED.get(type(node).__name__)
     if want is None:
         return None, None
+    if isinstance(node, DictConfig) and is_dataclass(OmegaConf.get_type(node)):
+        return None, None  # a section of settings (said by _check_override_key), not a mapping
     if isinstance(node, (ListConfig, DictConfig)):  # written as --set takes it: [20,100,1,15]
         default = OmegaConf.to_container(node)
         return want, json.dumps(default, separators=(",", ":")).replace('"', "")
