@@ -77,7 +77,11 @@ def summarise(run: Path, cmd: list[str] | None, watch_s: float | None,
     }
 
 
-WARMUP = 4  # updates before the timed ones in --baseline-src runs (one log row: log_every 4)
+# The first update comes at env step 1000, the end of the prefill, and compiles
+# (run.compile=auto); the first timing row after the prefill, at 1000 + WARMUP, follows
+# WARMUP + 1 updates, and the timed window starts there (log_every 4: one row)
+WARMUP = 4
+TIMED = f"updates {{}} (the first {WARMUP + 1} include run.compile=auto's compile)"
 
 
 def alternate(args: argparse.Namespace) -> dict:
@@ -118,8 +122,7 @@ def alternate(args: argparse.Namespace) -> dict:
             "seconds_per_update": {k: spread(v) for k, v in per.items()},
             "speedup_baseline_over_current": spread([round(x, 3) for x in ratios]),
             "loadavg_1min": loads,
-            "timed": f"updates {WARMUP + 1}-{WARMUP + args.updates} of each run (the first "
-                     f"{WARMUP} include run.compile=auto's compile)",
+            "timed": TIMED.format(f"{WARMUP + 2}-{WARMUP + 1 + args.updates} of each run"),
             "loaded": max(loads) > 1.5 * (os.cpu_count() or 1)}
 
 
@@ -154,7 +157,7 @@ def main() -> None:
     # after the first WARMUP updates: the first one compiles (run.compile=auto), which the
     # window of the 2026-12-02 measurement (9.7 s per update) included
     result = summarise(run, cmd, watch_s, 1000 + WARMUP)
-    result["timed"] = f"updates {WARMUP + 1} on (the first {WARMUP} include the compile)"
+    result["timed"] = TIMED.format(f"{WARMUP + 2} on")
     if cmd is not None:
         result["torch_threads"] = args.threads
         result["loadavg_1min"] = [round(load0, 2), round(load1, 2)]

@@ -74,16 +74,19 @@ def backbone_targets(report: dict, T: str) -> list[tuple[str, bool | None]]:
         every round decides: a ratio from fewer rounds is not a median over them."""
         r = ratios.get(f"{a}/{b}@T={T}")
         n_rounds = report.get("rounds")
-        if r is not None and len(r.get("per_round", [])) in (n_rounds, None):
+        per = None if r is None else r.get("per_round")
+        if r is not None and (n_rounds is None or per is None or len(per) == n_rounds):
             return (T, f" (median {r['median']:.2f}x, rounds {r['min']:.2f}–{r['max']:.2f}x)",
                     r["median"] >= k)
-        ran = len(rounds(b, T) or [])
-        failed = (f"{b} failed at T={T}" if not ran else
-                  f"{b} ran at T={T} in {ran} of {n_rounds} rounds")
+        short = min((a, b), key=lambda m: len(rounds(m, T) or []))
+        ran = len(rounds(short, T) or [])
+        failed = (f"{short} failed at T={T}" if not ran else
+                  f"{short} ran at T={T} in {ran} of {n_rounds} rounds")
         lengths = sorted(models.get(b, {}).get("train", {}), key=int, reverse=True)
         for t in lengths:
             x, y = rounds(a, t), rounds(b, t)
-            if x and y and len(x) == len(y):
+            # the per-round lists drop failed rounds: only full lists pair round with round
+            if x and y and len(x) == len(y) == (n_rounds or len(x)):
                 per = [u / v for u, v in zip(x, y)]
                 med = statistics.median(per)
                 return (t, f" (median {med:.2f}x, rounds {min(per):.2f}–{max(per):.2f}x; "

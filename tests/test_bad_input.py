@@ -131,7 +131,19 @@ CASES = [
      "rppo.backbone_kwargs={}"),
     ("a width the backbone's default option does not divide (which key sets it?)",
      ["train", "--agent", "rppo", "--set", "rppo.backbone=mamba2", "--set", "rppo.d_model=30",
-      "--show-config"], "(backbone options: --set rppo.backbone_kwargs.OPTION=VALUE)"),
+      "--show-config"], "use one of [1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60] (backbone options live in "
+     "rppo.backbone_kwargs)"),
+    ("a mapping for a list setting (it said: set leaf keys such as run.steps)",
+     ["train", "--agent", "mbpo", "--set", "mbpo.schedule={a: 1}", "--show-config"],
+     "bad value for 'mbpo.schedule': it takes a list; write e.g. mbpo.schedule=[20,150,1,1]"),
+    ("another agent's option on a resume (it said: unknown config key 'rppo')",
+     ["train", "--resume", "{run}", "--set", "rppo.d_model=64"],
+     "'rppo.d_model' is an option of agent rppo, and this run's agent is random"),
+    ("an option gru does not take, from the rppo config",
+     ["train", "--agent", "rppo", "--set", "rppo.backbone=gru", "--set",
+      "rppo.backbone_kwargs.foo=1", "--show-config"],
+     "gru takes no options, got ['foo']; remove them (only d_model and n_layers apply) "
+     "(backbone options live in rppo.backbone_kwargs)"),
     ("SAC's log-std bounds crossed (the clamp pinned log sigma in silence)",
      ["train", "--agent", "mbpo", "--set", "mbpo.sac.log_std_min=5", "--show-config"],
      "SAC log_std_min (5.0) must be below log_std_max (2.0)"),
@@ -442,6 +454,32 @@ def test_no_progress_is_the_commands_and_a_resume_that_trains_nothing_writes_not
                  "--set", "run.eval_every=100"]) == 0
     assert "already complete" in capsys.readouterr().err
     assert (run / "config.yaml").read_text() == text
+
+
+def test_a_resume_that_only_runs_the_missing_final_evaluation_records_its_settings(tmp_path,
+                                                                                  capsys):
+    """A complete run without its final evaluation, resumed with run.eval_episodes=2: the
+    evaluation it then runs is logged, so config.yaml must say 2 (a report reads it), while
+    a lower --steps does not shrink the budget it records."""
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "--steps", "120", "--out", str(run)]) == 0  # no evaluations
+    assert main(["train", "--resume", str(run), "--steps", "60",
+                 "--set", "run.eval_episodes=2"]) == 0
+    assert "evaluating its final agent" in capsys.readouterr().err
+    text = (run / "config.yaml").read_text()
+    assert "eval_episodes: 2" in text and "steps: 120" in text
+    assert '"eval/return"' in (run / "metrics.jsonl").read_text()
+
+
+def test_a_broadcast_gate_takes_the_composite_norm():
+    """The fused gated RMSNorm needs the gate's shape; a smaller gate broadcasts as before."""
+    from reverie.sequence.mamba2 import rms_normalize
+
+    y, z = torch.randn(3, 4, 8), torch.randn(1, 4, 8)
+    got = rms_normalize(y, z)
+    g = torch.nn.functional.silu(z) * y
+    assert torch.allclose(got, g / torch.sqrt(g.pow(2).mean(-1, keepdim=True) + 1e-5),
+                          atol=1e-6)
 
 
 def test_a_flag_and_a_set_that_agree_are_accepted():

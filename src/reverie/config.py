@@ -465,9 +465,26 @@ def build_config(
         raise UserError(f"cannot parse an override value ({type(e).__name__}); quote plain "
                         "text values, e.g. --set env.id=CartPole-v1") from None
     except (ValueError, TypeError) as e:  # e.g. a section and its key both overridden
-        raise UserError(f"conflicting overrides ({str(e).splitlines()[0]}); set leaf keys "
-                        "such as run.steps=2000") from None
+        raise _container_mismatch(overrides, schema) or UserError(
+            f"conflicting overrides ({str(e).splitlines()[0]}); set leaf keys such as "
+            "run.steps=2000") from None
     return _validated(_resolve(cfg, schema))
+
+
+def _container_mismatch(overrides: list[str], schema: DictConfig) -> UserError | None:
+    """A mapping given to a list setting or a list to a mapping (OmegaConf: "Cannot merge
+    incompatible container types"): the setting and what it takes, else None."""
+    for item in overrides:
+        key, _, text = item.partition("=")
+        want, default = _expected(schema, key.strip())
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            continue
+        if (want, type(value)) in (("a list", dict), ("a mapping", list)):
+            return UserError(f"bad value for '{key.strip()}': it takes {want}; write e.g. "
+                             f"{key.strip()}={default}")
+    return None
 
 
 def off_spelling(value: Any) -> str:
@@ -663,6 +680,8 @@ def _check_known(item: str, agent: str) -> None:
     """Refuse `item` (key=value) whose key the agent's schema does not have, naming the
     closest key (its value is checked elsewhere)."""
     schema = _schema(agent)
+    key, _, value = item.partition("=")
+    _check_override_key(key.strip(), schema, agent, value)  # another agent's option, a section
     try:
         OmegaConf.merge(schema, OmegaConf.from_dotlist([item]))
     except (ConfigKeyError, ConfigAttributeError) as e:

@@ -362,6 +362,11 @@ class Trainer(Checkpointing):
                        "(run.steps) to extend")
             if self._final_evaluation_missing():  # stopped or killed before it ended
                 self._note("evaluating its final agent, which the run did not evaluate")
+                # with this resume's evaluation settings, which config.yaml must then say
+                # (a report reads them); its budget stays the run's own, a lower --steps aside
+                kept = self.cfg.copy()
+                kept.run.steps = max(int(load_run_config(self.out).run.steps), c.env_steps)
+                save_config(kept, self.out / "config.yaml")
                 self.run = to_object(cfg, "run")
                 self.progress = Progress(steps, c.env_steps, enabled=False)
                 self._evaluate_and_log()

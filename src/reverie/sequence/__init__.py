@@ -35,7 +35,7 @@ def make_backbone(name: str, d_model: int = 256, n_layers: int = 2, *,
     """Build a backbone by name; extra keyword arguments go to that backbone.
 
     options_key: the config key those options come from (e.g. "rppo.backbone_kwargs"), named
-    in the error when the backbone refuses an option's value (its default included).
+    in the error when the backbone refuses an option or its value (its default included).
     """
     if name not in _MODULES:
         hint = suggest(name, BACKBONES)
@@ -46,6 +46,15 @@ def make_backbone(name: str, d_model: int = 256, n_layers: int = 2, *,
         raise ValueError(f"d_model must be a positive integer, got {d_model!r}")
     if not positive_int(n_layers):
         raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
+    try:
+        return _build(name, d_model, n_layers, kwargs)
+    except ValueError as e:
+        if options_key is None:
+            raise
+        raise ValueError(f"{e} (backbone options live in {options_key})") from None
+
+
+def _build(name: str, d_model: int, n_layers: int, kwargs: dict[str, Any]) -> Backbone:
     module = importlib.import_module(_MODULES[name])
     params = inspect.signature(module.build).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):  # gru names its own refusal
@@ -60,10 +69,6 @@ def make_backbone(name: str, d_model: int = 256, n_layers: int = 2, *,
         return module.build(d_model=d_model, n_layers=n_layers, **kwargs)
     except TypeError as e:
         raise ValueError(f"bad option for backbone '{name}': {e}") from None
-    except ValueError as e:
-        if options_key is None:
-            raise
-        raise ValueError(f"{e} (backbone options: --set {options_key}.OPTION=VALUE)") from None
 
 
 __all__ = [

@@ -82,12 +82,14 @@ def rms_normalize(y: Tensor, gate: Tensor | None = None, eps: float = 1e-5) -> T
     """RMSNorm of y (of silu(gate) y when a gate is given, Mamba-2's gated norm) over the
     last dim, without gain: the gain is folded into the next Linear.
 
-    Eager float32/float64 runs `_FusedRMSNorm`; compiled graphs (inductor fuses the
-    composite itself), autocast and bf16 run the composite form.
+    Eager float32/float64 with a gate of y's shape runs `_FusedRMSNorm`, which is
+    first-order only (no double backward or forward-mode AD; its output is saved, so it must
+    not be modified in place); compiled graphs (inductor fuses the composite itself),
+    autocast, bf16 and a broadcast gate run the composite form.
     """
     if (torch.compiler.is_compiling() or torch.is_autocast_enabled(y.device.type)
             or y.dtype not in (torch.float32, torch.float64)
-            or (gate is not None and gate.dtype != y.dtype)):
+            or (gate is not None and (gate.dtype != y.dtype or gate.shape != y.shape))):
         g = y if gate is None else F.silu(gate) * y
         return g * _rms_scale(g, eps)
     return _FusedRMSNorm.apply(y, gate, eps)
