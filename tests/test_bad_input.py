@@ -131,7 +131,8 @@ CASES = [
      "rppo.backbone_kwargs={}"),
     ("a width the backbone's default option does not divide (which key sets it?)",
      ["train", "--agent", "rppo", "--set", "rppo.backbone=mamba2", "--set", "rppo.d_model=30",
-      "--show-config"], "use one of [1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60] (backbone options live in "
+      "--show-config"],
+     "use one of [1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60] (backbone options live in "
      "rppo.backbone_kwargs)"),
     ("a mapping for a list setting (it said: set leaf keys such as run.steps)",
      ["train", "--agent", "mbpo", "--set", "mbpo.schedule={a: 1}", "--show-config"],
