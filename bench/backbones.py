@@ -36,6 +36,7 @@ FLOPs per token of the forward pass (fwd+bwd counted as 3x forward), per layer, 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -302,6 +303,10 @@ def main() -> None:
     cfg = QUICK if args.quick else FULL
     torch.set_num_threads(args.threads)
     models = args.models or [*BACKBONES, *PEERS]
+    if "mambapy" in models and importlib.util.find_spec("mambapy") is None:
+        # every round would record an import error (make test's venv has no bench extra)
+        p.error("mambapy is not installed: run `make bench` (or pip install 'reverie[bench]'), "
+                "or leave it out with --models")
     peak = matmul_peak_flops(256) if args.quick else best_matmul_peak()
     load0 = os.getloadavg()[0]
     # A B A B ...: every round measures every model once per T (fresh subprocess each), the
