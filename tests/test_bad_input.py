@@ -472,6 +472,19 @@ def test_a_resume_that_only_runs_the_missing_final_evaluation_records_its_settin
     assert '"eval/return"' in (run / "metrics.jsonl").read_text()
 
 
+def test_load_takes_a_torch_device_or_none_and_refuses_devices_reverie_does_not_run_on(
+        finished_run):
+    """reverie.load(run, device=...) from Python: torch.device("cpu") and None raised
+    AttributeError; "meta" loaded a policy that could not act."""
+    import reverie
+
+    for device in (torch.device("cpu"), None, "cpu"):
+        reverie.load(finished_run, device=device)  # raised AttributeError for the first two
+    for device in ("meta", "mps"):
+        with pytest.raises(UserError, match="reverie runs on cpu or cuda"):
+            reverie.load(finished_run, device=device)
+
+
 def test_a_broadcast_gate_takes_the_composite_norm():
     """The fused gated RMSNorm needs the gate's shape; a smaller gate broadcasts as before."""
     from reverie.sequence.mamba2 import rms_normalize

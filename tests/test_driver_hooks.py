@@ -350,6 +350,52 @@ def test_a_finished_trainer_releases_its_run_for_a_resume_in_the_same_process(tm
     assert Trainer(cfg, tmp_path / "run", resume=True).train()["env_steps"] == 80
 
 
+def test_a_trainer_in_python_leaves_the_process_as_it_found_it(tmp_path):
+    """From a walk-through of reverie as a library: run.threads stayed set after a run (a
+    later run with run.threads=0, all cores, and the caller's torch ran on 1 thread); a
+    second train() of one Trainer failed on a closed log file; a Trainer built and never
+    trained was blamed on "another reverie process"; one string of overrides was read
+    letter by letter."""
+    import torch
+
+    from reverie.errors import Busy
+
+    before = torch.get_num_threads()
+    other = 2 if before == 1 else 1
+    trainer = Trainer(build_config("random", [*QUIET, f"run.threads={other}"], {"steps": 50}),
+                      tmp_path / "run")
+    assert torch.get_num_threads() == other  # the run's own setting while it trains
+    trainer.train()
+    assert torch.get_num_threads() == before
+    with pytest.raises(UserError, match="already trained .* Trainer.resume"):
+        trainer.train()
+    held = Trainer.resume(tmp_path / "run", steps=80)
+    with pytest.raises(Busy, match="held by a Trainer in this process .* release"):
+        Trainer.resume(tmp_path / "run", steps=80)
+    held.release()
+    assert Trainer.resume(tmp_path / "run", steps=80).train()["env_steps"] == 80
+    with pytest.raises(UserError, match=r"a list of 'key=value' strings, e\.g\. \['run"):
+        build_config("random", "run.steps=100")
+    with pytest.raises(UserError, match="a list of 'key=value' strings"):
+        Trainer.resume(tmp_path / "run", overrides="run.eval_every=10")
+
+
+def test_a_reset_mask_must_have_the_states_batch():
+    """A [1] mask broadcast and reset every row of the state in silence."""
+    import torch
+
+    from reverie.sequence import make_backbone
+
+    m = make_backbone("gru", d_model=8, n_layers=1)
+    state = m.initial_state(3)
+    with pytest.raises(ValueError, match=r"mask of shape \[B\] = \(3,\)"):
+        m.reset_state(state, torch.tensor([True]))
+    out = m.reset_state([{k: v + 1 for k, v in layer.items()} for layer in state],
+                        [True, False, False])  # a list is a mask too
+    assert all(v[0].abs().sum() == 0 and v[1:].abs().sum() > 0
+               for layer in out for v in layer.values())
+
+
 def test_atari_evaluation_without_noop_starts():
     """run.eval_noop_max=0 (Drama's evaluation): an episode starts at the game's first frame;
     the Atari100k protocol plays 1..30 random no-ops first."""

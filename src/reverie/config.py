@@ -259,6 +259,14 @@ def _as_text(overrides: list[str], schema: DictConfig) -> list[str]:
     return out
 
 
+def listed_overrides(overrides: Any) -> list[str]:
+    """Python callers' overrides as a list: one string would be read letter by letter."""
+    if isinstance(overrides, str):
+        raise UserError(f"overrides must be a list of 'key=value' strings, e.g. "
+                        f"[{overrides!r}], not one string")
+    return list(overrides)
+
+
 def _parse_dotlist(items: list[str]) -> list[str]:
     for item in items:
         if "=" not in item or item.startswith("="):
@@ -406,7 +414,7 @@ def build_config(
 ) -> DictConfig:
     """Merge schema defaults, a preset, CLI flags (env, backbone, steps, seed) and `--set`s."""
     preset_data = load_preset(preset) if preset else {}
-    overrides = _parse_dotlist(list(overrides or []))
+    overrides = _parse_dotlist(listed_overrides(overrides or []))
     flags = _checked_flags(flags or {})
     preset_agent = agent_of(preset_data)
     # the agent must be known before the schema can be built
@@ -692,7 +700,7 @@ def _check_known(item: str, agent: str) -> None:
 
 def apply_resume_overrides(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """`--set`s given with --resume: only RESUME_KEYS may change; the result is validated."""
-    overrides = _parse_dotlist(list(overrides))
+    overrides = _parse_dotlist(listed_overrides(overrides))
     for item in list(overrides):
         key = item.split("=", 1)[0].strip()
         _check_used(key, cfg.agent)

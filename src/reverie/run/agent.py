@@ -16,7 +16,8 @@ from reverie.precision import use_precision
 from reverie.replay import Replay
 
 
-def select_device(name: str) -> torch.device:
+def select_device(name: str | torch.device | None) -> torch.device:
+    name = "auto" if name is None else str(name)  # Python callers: None, a torch.device
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -26,6 +27,8 @@ def select_device(name: str) -> torch.device:
     except RuntimeError:  # "cuda:x", "cuda:-1"
         raise UserError(f"run.device={name} is not a device; use cuda or cuda:N (N from 0)") \
             from None
+    if device.type not in ("cpu", "cuda"):  # mps, meta, ...: reverie runs on CPU and CUDA
+        raise UserError(f"run.device={name}: reverie runs on cpu or cuda; use one of them")
     if device.type == "cuda" and device.index is not None \
             and device.index >= (count := torch.cuda.device_count()):
         have = "cuda:0" if count == 1 else f"cuda:0..cuda:{count - 1}"

@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 from reverie.config import (
     apply_resume_overrides,
     check_flags_agree,
+    listed_overrides,
     load_run_config,
     rows_per_sample,
     run_env_steps,
@@ -84,8 +85,9 @@ def resume_config(out: str | Path, steps: int | None = None,
     if not (out / "config.yaml").exists():
         raise UserError(f"cannot resume '{out}': no run there (missing config.yaml)")
     run_folder.check_no_links(out)
+    overrides = listed_overrides(overrides)
     if steps is not None:  # `--steps 1500 --set run.steps=1600`: which one was meant?
-        check_flags_agree({"steps": steps}, list(overrides), "", None)
+        check_flags_agree({"steps": steps}, overrides, "", None)
     items = [*overrides, *([f"run.steps={steps}"] if steps is not None else [])]
     return apply_resume_overrides(load_run_config(out), items)
 
@@ -110,6 +112,8 @@ class Trainer(Checkpointing):
         self.out = Path(out)
         self.resuming = resume
         self._lock = None
+        self._threads_before: int | None = None
+        self._finished = False
         self.envs: Collector | None = None
         stray_lock = resume and not (self.out / ".lock").exists()  # a folder never run here
         try:
@@ -129,6 +133,7 @@ class Trainer(Checkpointing):
             self._lock = run_folder.lock(self.out)
         else:
             run_folder.check_new(self.out)  # read-only: nothing is created before env + agent
+        self._threads_before = torch.get_num_threads()  # the caller's, back at release()
         if cfg.run.threads:
             torch.set_num_threads(int(cfg.run.threads))
             if (note := threads_note(int(cfg.run.threads))) is not None:
@@ -349,9 +354,13 @@ class Trainer(Checkpointing):
     def train(self) -> dict[str, Any]:
         """Train to run.steps -> the run's summary. However it ends (done, stopped, an error),
         the envs are closed and the run folder's lock is given up."""
+        if self._finished:  # its logs are closed: a second train() would fail midway
+            raise UserError(f"this Trainer has already trained {self.out}; continue the run "
+                            "with Trainer.resume(out, steps=...).train()")
         try:
             return self._run()
         finally:
+            self._finished = True
             self.release()
 
     def _run(self) -> dict[str, Any]:
@@ -479,6 +488,10 @@ class Trainer(Checkpointing):
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+        if self._threads_before is not None:  # the caller's thread count back: a later run
+            # with run.threads=0 (all cores), or the caller's own torch, must not inherit ours
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
 
     def summary(self) -> dict[str, Any]:
         c = self.count

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import shutil
 from pathlib import Path
+from typing import IO
 
 from reverie.errors import Busy, UserError
 from reverie.run.logger import LOGS, MACHINE
@@ -111,6 +112,9 @@ def clear_start(folder: Path) -> None:
             target.unlink()
 
 
+_HELD: dict[str, IO[str]] = {}  # run folder -> this process's lock file on it (closed: freed)
+
+
 def lock(folder: Path):
     """Hold an exclusive lock on a run folder for this process's lifetime (the kernel drops
     it when the process dies, even by SIGKILL), so two processes never write one run."""
@@ -121,14 +125,21 @@ def lock(folder: Path):
             f"run folder '{folder}' is not writable ({e.strerror}); choose another run "
             "folder (--out)"
         ) from None
+    key = str(Path(folder).resolve())
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.close()
+        mine = _HELD.get(key)
+        if mine is not None and not mine.closed:  # a Trainer of this process, never trained
+            raise Busy(f"run folder '{folder}' is held by a Trainer in this process that was "
+                       "neither trained nor released; call its release() (train() releases "
+                       "it when it ends)") from None
         raise Busy(
             f"run folder '{folder}' is in use by another reverie process; stop that process "
             "(or let it finish) before resuming"
         ) from None
+    _HELD[key] = handle
     return handle
 
 

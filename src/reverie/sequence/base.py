@@ -95,6 +95,11 @@ class Backbone(nn.Module):
 
     def reset_state(self, state: State, mask: Tensor) -> State:
         """Rows where `mask: [B] bool` is True return to the initial (zero) state."""
+        mask = torch.as_tensor(mask)
+        batch = next(v.shape[0] for layer in state for v in layer.values())
+        if mask.shape != (batch,):  # a [1] mask broadcast and reset every row in silence
+            raise ValueError(f"reset_state needs a mask of shape [B] = ({batch},) for this "
+                             f"state, got shape {tuple(mask.shape)}")
         keep = (~mask.bool()).to(self._param().device)
         out = []
         for layer in state:
