@@ -496,6 +496,15 @@ def test_a_broadcast_gate_takes_the_composite_norm():
                           atol=1e-6)
 
 
+def test_a_backbone_set_twice_takes_the_last_as_any_key_does():
+    """The first `imagine.world.backbone=` became the --backbone flag, so a second one was
+    refused as "--backbone gru and --set ... both set" though no flag was given."""
+    cfg = build_config("cartpole", ["imagine.world.backbone=gru", "imagine.world.backbone=ffm"])
+    assert cfg.imagine.world.backbone == "ffm"
+    with pytest.raises(UserError, match="--backbone ffm and --set imagine.world.backbone=gru"):
+        build_config("cartpole", ["imagine.world.backbone=gru"], {"backbone": "ffm"})
+
+
 def test_a_flag_and_a_set_that_agree_are_accepted():
     """A sweep's trial gets --steps and its grid's --set run.steps=... with one value."""
     cfg = build_config("cartpole", ["run.steps=500", "seed=3", "env.id=Acrobot-v1"],

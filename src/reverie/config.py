@@ -434,12 +434,14 @@ def build_config(
     for section in ("replay", "run") if agent == preset_agent else ():
         for name in preset_data.get(section) or {}:  # keys a preset sets for an agent that
             _check_used(f"{section}.{name}", agent)  # never reads them
+    backbone_flag = "backbone" in flags
     for item in list(overrides):
         key, value = (x.strip() for x in item.split("=", 1))
         _check_override_key(key, schema, agent, value)
         _check_used(key, agent)
-        if backbone_key and key == f"{agent}.{backbone_key}" and "backbone" not in flags:
-            # same as --backbone: the preset's backbone options go with the preset's backbone
+        if backbone_key and key == f"{agent}.{backbone_key}" and not backbone_flag:
+            # same as --backbone: the preset's backbone options go with the preset's backbone;
+            # said twice, the last one counts, as for any key
             overrides.remove(item)
             flags["backbone"] = value
     check_flags_agree(flags, overrides, agent, backbone_key)
