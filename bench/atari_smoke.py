@@ -88,7 +88,8 @@ def alternate(args: argparse.Namespace) -> dict:
     """Seconds per update of this tree ("current") and of the reverie source at
     --baseline-src ("baseline"), each a fresh run, alternating round by round."""
     import shutil
-    import statistics
+
+    from runlib import spread  # bench/ is the script's directory
 
     base_src = Path(args.baseline_src).resolve()
     if not (base_src / "reverie" / "__init__.py").is_file():
@@ -111,16 +112,11 @@ def alternate(args: argparse.Namespace) -> dict:
             loads.append(round(os.getloadavg()[0], 2))
             print(f"round {r} {side}: {per[side][-1]} s/update", file=sys.stderr, flush=True)
     ratios = [b / c for b, c in zip(per["baseline"], per["current"])]
-
-    def spread(v: list[float]) -> dict:
-        return {"median": round(statistics.median(v), 3), "min": round(min(v), 3),
-                "max": round(max(v), 3), "rounds": v}
-
     return {"benchmark": "atari_ab",
             "command": as_typed(command(Path(args.out), args.updates + WARMUP, args.threads)),
             "baseline_commit": commit, "rounds": args.rounds, "torch_threads": args.threads,
-            "seconds_per_update": {k: spread(v) for k, v in per.items()},
-            "speedup_baseline_over_current": spread([round(x, 3) for x in ratios]),
+            "seconds_per_update": {k: spread(v, 3, "rounds") for k, v in per.items()},
+            "speedup_baseline_over_current": spread(ratios, 3, "rounds"),
             "loadavg_1min": loads,
             "timed": TIMED.format(f"{WARMUP + 2}-{WARMUP + 1 + args.updates} of each run"),
             "loaded": max(loads) > 1.5 * (os.cpu_count() or 1)}
