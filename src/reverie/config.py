@@ -485,15 +485,15 @@ def _container_mismatch(overrides: list[str], schema: DictConfig) -> UserError |
     """A mapping given to a list setting or a list to a mapping (OmegaConf: "Cannot merge
     incompatible container types"): the setting and what it takes, else None."""
     for item in overrides:
-        key, _, text = item.partition("=")
-        want, default = _expected(schema, key.strip())
+        key, _, text = (part.strip() for part in item.partition("="))
+        want, default = _expected(schema, key)
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             continue
         if (want, type(value)) in (("a list", dict), ("a mapping", list)):
-            return UserError(f"bad value for '{key.strip()}': it takes {want}; write e.g. "
-                             f"{key.strip()}={default}")
+            return UserError(f"bad value for '{key}': it takes {want}; write e.g. "
+                             f"{key}={default}")
     return None
 
 
