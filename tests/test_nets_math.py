@@ -147,6 +147,46 @@ def test_cnn_shapes_and_pixel_convention():
         ConvEncoder((60, 60, 3))
 
 
+def test_cnn_chunked_encoding_and_channels_last_decoder_match_the_plain_layers(monkeypatch):
+    """Without autograd the encoder runs NO_GRAD_CHUNK images at a time; with autograd in one
+    pass; both equal the layers applied to the whole NCHW batch. The decoder's channels-last
+    maps give the NCHW decoder's images and gradients, and its [..., H, W, C] output needs no
+    copy."""
+    from reverie.nets import cnn
+
+    torch.manual_seed(0)
+    enc = ConvEncoder((32, 16, 3), depth=4, embed_channels=8)
+    img = torch.randint(0, 256, (2, 5, 32, 16, 3), dtype=torch.uint8)
+    x = img.reshape(10, 32, 16, 3).permute(0, 3, 1, 2).contiguous().float() / 255.0 - 0.5
+    with torch.no_grad():
+        want = enc.net(x).reshape(2, 5, -1)
+    calls = []
+    embed = enc._embed
+    monkeypatch.setattr(enc, "_embed", lambda part: calls.append(len(part)) or embed(part))
+    monkeypatch.setattr(cnn, "NO_GRAD_CHUNK", 4)
+    with torch.no_grad():
+        chunked = enc(img)
+    assert calls == [4, 4, 2]
+    assert torch.allclose(chunked, want, atol=1e-5)
+    calls.clear()
+    with_grad = enc(img)
+    assert calls == [10] and with_grad.requires_grad
+    assert torch.allclose(with_grad, want, atol=1e-5)
+
+    dec = ConvDecoder(6, (32, 16, 3), depth=4, embed_channels=8)
+    z = torch.randn(3, 6)
+    out = dec(z)
+    assert out.shape == (3, 32, 16, 3) and out.is_contiguous()
+    out.square().sum().backward()
+    grads = [p.grad.clone() for p in dec.parameters()]
+    dec.zero_grad()
+    plain = dec.net(dec.stem(z).reshape(3, 8, 2, 1).contiguous()).permute(0, 2, 3, 1)
+    assert torch.allclose(out, plain, atol=1e-5)
+    plain.square().sum().backward()
+    for g, p in zip(grads, dec.parameters()):
+        assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-5)
+
+
 def test_matvec_equals_the_column_matmul_and_its_gradients():
     """reverie.sequence.base.matvec (the Mamba steps' state readout and the scan backward's
     products) against m @ v[..., None] on batched shapes, values and gradients."""
