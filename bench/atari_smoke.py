@@ -12,6 +12,11 @@ wall time of the full protocol (100k env steps at one update per env step).
     python bench/atari_smoke.py --baseline-src /tmp/base/src --rounds 3
         # seconds per update of this tree and of the older one at /tmp/base, alternating
         # (A B A B ..., the order reversed every round) -> bench/results/atari_ab.json
+    python bench/atari_smoke.py --bound-only      # FLOPs per update over the matmul peak
+
+Each JSON also gets the compute bound: the FLOPs of one update (torch's FlopCounterMode) over
+the machine's fp32 matmul peak, the fewest seconds per update that any implementation of the
+same update could take on this machine.
 """
 
 from __future__ import annotations
@@ -96,6 +101,8 @@ def alternate(args: argparse.Namespace) -> dict:
         sys.exit(f"--baseline-src {base_src}: no reverie package there (give a tree's src/)")
     commit = subprocess.run(["git", "-C", str(base_src), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip() or None
+    here = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip() or None
     per: dict[str, list[float]] = {"current": [], "baseline": []}
     loads = [round(os.getloadavg()[0], 2)]
     for r in range(args.rounds):
@@ -114,12 +121,44 @@ def alternate(args: argparse.Namespace) -> dict:
     ratios = [b / c for b, c in zip(per["baseline"], per["current"])]
     return {"benchmark": "atari_ab",
             "command": as_typed(command(Path(args.out), args.updates + WARMUP, args.threads)),
-            "baseline_commit": commit, "rounds": args.rounds, "torch_threads": args.threads,
+            "baseline_commit": commit, "current_commit": here, "rounds": args.rounds,
+            "torch_threads": args.threads,
             "seconds_per_update": {k: spread(v, 3, "rounds") for k, v in per.items()},
             "speedup_baseline_over_current": spread(ratios, 3, "rounds"),
             "loadavg_1min": loads,
             "timed": TIMED.format(f"{WARMUP + 2}-{WARMUP + 1 + args.updates} of each run"),
             "loaded": max(loads) > 1.5 * (os.cpu_count() or 1)}
+
+
+def compute_bound(threads: int) -> dict:
+    """The FLOPs of one update of the preset (runlib.update_flops) over this machine's fp32
+    matmul peak (throughput.matmul_peak): the fewest seconds per update that any
+    implementation of the same update could take here, with zero time for everything but
+    its matmuls and convolutions."""
+    from runlib import update_flops
+    from throughput import matmul_peak
+
+    flops = update_flops("atari100k", ["run.prefill=300", "run.steps=301",
+                                       "run.eval_episodes=0", f"run.threads={threads}",
+                                       "run.checkpoint_every=1000000000"])
+    peak, source = matmul_peak()
+    return {"flops_per_update": flops, "matmul_peak_flops": peak, "peak_source": source,
+            "min_seconds_per_update": round(flops / peak, 2)}
+
+
+def with_bound(path: Path, threads: int) -> dict:
+    """Add the compute bound to the report at `path` (and its fraction of peak per side)."""
+    report = json.loads(path.read_text())
+    bound = compute_bound(threads)
+    spu = report.get("seconds_per_update")
+    if isinstance(spu, dict):  # atari_ab: per side
+        bound["fraction_of_peak"] = {k: round(bound["min_seconds_per_update"] / v["median"], 3)
+                                     for k, v in spu.items()}
+    elif spu:
+        bound["fraction_of_peak"] = round(bound["min_seconds_per_update"] / spu, 3)
+    report["compute_bound"] = bound
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    return report
 
 
 def main() -> None:
@@ -131,12 +170,20 @@ def main() -> None:
     p.add_argument("--baseline-src", default=None, metavar="DIR",
                    help="alternate with the reverie package under DIR (an older tree's src/)")
     p.add_argument("--rounds", type=int, default=3, help="rounds of --baseline-src")
+    p.add_argument("--bound-only", action="store_true",
+                   help="only add the compute bound (FLOPs per update over the matmul peak) "
+                        "to the existing atari_smoke.json and atari_ab.json")
     args = p.parse_args()
+    if args.bound_only:
+        for name in ("atari_smoke.json", "atari_ab.json"):
+            if (RESULTS / name).exists():
+                print(name, with_bound(RESULTS / name, args.threads)["compute_bound"])
+        return
     if args.baseline_src:
         result = alternate(args)
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "atari_ab.json").write_text(json.dumps(result, indent=1) + "\n")
-        print(json.dumps(result, indent=1))
+        print(json.dumps(with_bound(RESULTS / "atari_ab.json", args.threads), indent=1))
         return
     if args.from_run:
         run, cmd, watch_s = Path(args.from_run), None, None
@@ -159,7 +206,7 @@ def main() -> None:
         result["loadavg_1min"] = [round(load0, 2), round(load1, 2)]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "atari_smoke.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+    print(json.dumps(with_bound(RESULTS / "atari_smoke.json", args.threads), indent=1))
 
 
 if __name__ == "__main__":

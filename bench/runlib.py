@@ -286,6 +286,42 @@ def prefilled_agent(preset: str, overrides: list[str], prefill: int,
         yield trainer.agent, trainer.replay
 
 
+def update_flops(preset: str, overrides: list[str], flags: dict | None = None) -> int:
+    """Matmul/conv/attention FLOPs (forward + backward) of one update of `preset` as `reverie
+    train` builds it with these overrides and command flags, counted by torch's
+    FlopCounterMode on the first update of a short in-process run (the overrides set its
+    prefill and steps). Counted eagerly (run.compile=off): the counter sees aten operators,
+    not a compiled graph's kernels, and compiling changes no operator's FLOPs."""
+    import tempfile
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from reverie.config import build_config
+    from reverie.run.driver import Trainer
+
+    cfg = build_config(preset, [*overrides, "run.compile=off", "run.progress=false"],
+                       flags or {})
+    counted: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-flops-") as tmp:
+        trainer = Trainer(cfg, Path(tmp) / "run")
+        update = trainer.agent.update
+
+        def counting_update(replay):
+            if counted:
+                return update(replay)
+            mode = FlopCounterMode(display=False)
+            with mode:
+                out = update(replay)
+            counted["total"] = int(mode.get_total_flops())
+            return out
+
+        trainer.agent.update = counting_update
+        with torch.random.fork_rng(devices=[]):
+            trainer.train()
+    return counted["total"]
+
+
 def alternate(arms: dict[str, Callable[[], object]], rounds: int, warmup: int,
               calls: int = 1, flip: bool = False) -> dict[str, list[float]]:
     """Seconds per call of each arm, the arms taking turns (A B A B ...) for `warmup` untimed

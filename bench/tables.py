@@ -315,8 +315,21 @@ def atari_table(results: Path) -> str | None:
         note = (f"{_plural(report['torch_threads'], 'torch thread')}, atari100k preset at "
                 f"Drama's 16x128 sequences; timed: {report.get('timed', 'after the prefill')}"
                 + (f"; 1-min load {min(loads)}–{max(loads)}" if loads else ""))
+    note = "; ".join(filter(None, [note, _atari_bound(report.get("compute_bound"),
+                                                      report["seconds_per_update"])]))
     return "\n".join([_row(head), _row(["---"] * len(head)), _row(row)]) + (
         f"\n\n{note}." if note else "")
+
+
+def _atari_bound(bound: dict | None, seconds: float) -> str:
+    """The compute-bound sentence of the Atari tables (bench/atari_smoke.py compute_bound)."""
+    if not bound:
+        return ""
+    return (f"compute bound: {bound['flops_per_update'] / 1e9:,.0f} GFLOP per update "
+            f"(matmuls and convolutions, forward + backward) at the fp32 matmul peak of "
+            f"{bound['matmul_peak_flops'] / 1e9:.0f} GFLOP/s ({bound['peak_source']}) take "
+            f"{bound['min_seconds_per_update']:.2f} s, so {seconds:.2f} s per update is "
+            f"{bound['min_seconds_per_update'] / seconds:.2f} of peak")
 
 
 def atari_ab_table(results: Path) -> str | None:
@@ -327,7 +340,8 @@ def atari_ab_table(results: Path) -> str | None:
     head = ["code", "s / update (median, min–max)", "100k-step protocol (extrapolated)"]
     rows = [_row(head), _row(["---"] * len(head))]
     for side, name in (("baseline", f"commit {report['baseline_commit']}"),
-                       ("current", "this tree")):
+                       ("current", "this tree" + (f" (commit {report['current_commit']})"
+                                                  if report.get("current_commit") else ""))):
         v = spu[side]
         rows.append(_row([name, f"{v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f})",
                           f"{v['median'] * 100_000 / 3600:.0f} h"]))
@@ -337,7 +351,9 @@ def atari_ab_table(results: Path) -> str | None:
             f"timed: {report['timed']}; {report['torch_threads']} torch threads; speed-up "
             f"(baseline / this tree) per round: median {ratio['median']:.2f}x "
             f"({ratio['min']:.2f}–{ratio['max']:.2f}x); 1-min load {min(loads)}–{max(loads)}"
-            + (" (**loaded**)" if report.get("loaded") else ""))
+            + (" (**loaded**)" if report.get("loaded") else "")
+            + "; " * bool(report.get("compute_bound"))
+            + _atari_bound(report.get("compute_bound"), spu["current"]["median"]))
     return "\n".join(rows) + f"\n\n{note}.\n"
 
 

@@ -352,37 +352,15 @@ def _reverie_params(s: dict, threads: int, backbone: str) -> dict:
 
 
 def reverie_update_flops(s: dict, backbone: str, extra: tuple[str, ...] = ()) -> int:
-    """Matmul/conv/attention FLOPs of one reverie update (forward + backward), counted by
-    torch's FlopCounterMode on a real update of a short in-process run at the same sizes."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from reverie.config import build_config
-    from reverie.run.driver import Trainer
+    """Matmul/conv/attention FLOPs of one reverie update (forward + backward) at the same
+    sizes (runlib.update_flops)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from runlib import update_flops
 
     starts = SEQ_LEN * 2
     over = reverie_overrides(s, 1) + [f"run.prefill={starts}",
-                                      f"run.steps={starts + s['update_every']}",
-                                      "run.progress=false", *extra]
-    cfg = build_config("cartpole", over, {"backbone": backbone})
-    counted: dict[str, int] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-flops-") as tmp:
-        trainer = Trainer(cfg, Path(tmp) / "run")
-        update = trainer.agent.update
-
-        def counting_update(replay):
-            if counted:
-                return update(replay)
-            mode = FlopCounterMode(display=False)
-            with mode:
-                out = update(replay)
-            counted["total"] = int(mode.get_total_flops())
-            return out
-
-        trainer.agent.update = counting_update
-        with torch.random.fork_rng(devices=[]):
-            trainer.train()
-    return counted["total"]
+                                      f"run.steps={starts + s['update_every']}", *extra]
+    return update_flops("cartpole", over, {"backbone": backbone})
 
 
 def compute_bound(report: dict, peak_flops: float, peak_source: str) -> dict:
