@@ -12,6 +12,8 @@ wall time of the full protocol (100k env steps at one update per env step).
     python bench/atari_smoke.py --baseline-src /tmp/base/src --rounds 3
         # seconds per update of this tree and of the older one at /tmp/base, alternating
         # (A B A B ..., the order reversed every round) -> bench/results/atari_ab.json
+    python bench/atari_smoke.py --current-set run.compile=on --baseline-set run.compile=auto \
+        --name atari_compile_ab                   # this tree with two settings, alternating
     python bench/atari_smoke.py --bound-only      # FLOPs per update over the matmul peak
 
 Each JSON also gets the compute bound: the FLOPs of one update (torch's FlopCounterMode) over
@@ -33,11 +35,12 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
 
-def command(out: Path, updates: int, threads: int) -> list[str]:
+def command(out: Path, updates: int, threads: int, sets: list[str] | None = None) -> list[str]:
+    extra = [arg for kv in sets or [] for arg in ("--set", kv)]
     return [sys.executable, "-m", "reverie", "train", "--preset", "atari100k",
             "--env", "ALE/Pong-v5", "--steps", str(1000 + updates), "--set", "run.prefill=1000",
             "--set", "run.eval_episodes=0", "--set", "run.log_every=4",
-            "--set", f"run.threads={threads}", "--out", str(out), "--no-progress"]
+            "--set", f"run.threads={threads}", *extra, "--out", str(out), "--no-progress"]
 
 
 def as_typed(cmd: list[str]) -> list[str]:
@@ -90,19 +93,26 @@ TIMED = f"updates {{}} (the first {WARMUP + 1} include run.compile=auto's compil
 
 
 def alternate(args: argparse.Namespace) -> dict:
-    """Seconds per update of this tree ("current") and of the reverie source at
-    --baseline-src ("baseline"), each a fresh run, alternating round by round."""
+    """Seconds per update of this tree ("current", with --current-set) and of the reverie
+    source at --baseline-src or this tree with --baseline-set ("baseline"), each a fresh
+    run, alternating round by round."""
     import shutil
 
     from runlib import spread  # bench/ is the script's directory
 
-    base_src = Path(args.baseline_src).resolve()
-    if not (base_src / "reverie" / "__init__.py").is_file():
-        sys.exit(f"--baseline-src {base_src}: no reverie package there (give a tree's src/)")
-    commit = subprocess.run(["git", "-C", str(base_src), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip() or None
-    here = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True).stdout.strip() or None
+    def head(tree: Path) -> str | None:
+        return subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True).stdout.strip() or None
+
+    base_src = None
+    if args.baseline_src:
+        base_src = Path(args.baseline_src).resolve()
+        if not (base_src / "reverie" / "__init__.py").is_file():
+            sys.exit(f"--baseline-src {base_src}: no reverie package there (give a tree's "
+                     "src/)")
+    here = head(ROOT)
+    commit = head(base_src) if base_src else here
+    sets = {"current": args.current_set or [], "baseline": args.baseline_set or []}
     per: dict[str, list[float]] = {"current": [], "baseline": []}
     loads = [round(os.getloadavg()[0], 2)]
     for r in range(args.rounds):
@@ -110,10 +120,10 @@ def alternate(args: argparse.Namespace) -> dict:
             run = Path(args.out).with_name(f"atari-ab-{side}")
             shutil.rmtree(run, ignore_errors=True)
             env = dict(os.environ)
-            if side == "baseline":  # the older package first on the path, same venv
+            if side == "baseline" and base_src:  # the older package first on the path
                 env["PYTHONPATH"] = str(base_src)
-            subprocess.run(command(run, args.updates + WARMUP, args.threads), check=True,
-                           env=env)
+            subprocess.run(command(run, args.updates + WARMUP, args.threads, sets[side]),
+                           check=True, env=env)
             # after the first WARMUP updates: the first one compiles (run.compile=auto)
             per[side].append(summarise(run, None, None, 1000 + WARMUP)["seconds_per_update"])
             loads.append(round(os.getloadavg()[0], 2))
@@ -121,7 +131,9 @@ def alternate(args: argparse.Namespace) -> dict:
     ratios = [b / c for b, c in zip(per["baseline"], per["current"])]
     return {"benchmark": "atari_ab",
             "command": as_typed(command(Path(args.out), args.updates + WARMUP, args.threads)),
-            "baseline_commit": commit, "current_commit": here, "rounds": args.rounds,
+            "baseline_commit": commit, "current_commit": here,
+            "current_sets": sets["current"], "baseline_sets": sets["baseline"],
+            "rounds": args.rounds,
             "torch_threads": args.threads,
             "seconds_per_update": {k: spread(v, 3, "rounds") for k, v in per.items()},
             "speedup_baseline_over_current": spread(ratios, 3, "rounds"),
@@ -169,21 +181,28 @@ def main() -> None:
     p.add_argument("--from-run", default=None, help="summarise this existing run instead")
     p.add_argument("--baseline-src", default=None, metavar="DIR",
                    help="alternate with the reverie package under DIR (an older tree's src/)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of --baseline-src")
+    p.add_argument("--baseline-set", action="append", metavar="KEY=VALUE",
+                   help="alternate with this tree run with this --set (repeatable), or add "
+                        "it to the --baseline-src side")
+    p.add_argument("--current-set", action="append", metavar="KEY=VALUE",
+                   help="a --set of this tree's side of the alternation (repeatable)")
+    p.add_argument("--name", default="atari_ab",
+                   help="the alternation's JSON: bench/results/NAME.json (default atari_ab)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the alternation")
     p.add_argument("--bound-only", action="store_true",
                    help="only add the compute bound (FLOPs per update over the matmul peak) "
-                        "to the existing atari_smoke.json and atari_ab.json")
+                        "to the existing atari_*.json (smoke run, alternations)")
     args = p.parse_args()
     if args.bound_only:
-        for name in ("atari_smoke.json", "atari_ab.json"):
-            if (RESULTS / name).exists():
-                print(name, with_bound(RESULTS / name, args.threads)["compute_bound"])
+        for path in sorted(RESULTS.glob("atari_*.json")):  # the smoke run and alternations
+            print(path.name, with_bound(path, args.threads)["compute_bound"])
         return
-    if args.baseline_src:
+    if args.baseline_src or args.baseline_set:
         result = alternate(args)
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "atari_ab.json").write_text(json.dumps(result, indent=1) + "\n")
-        print(json.dumps(with_bound(RESULTS / "atari_ab.json", args.threads), indent=1))
+        path = RESULTS / f"{args.name}.json"
+        path.write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(with_bound(path, args.threads), indent=1))
         return
     if args.from_run:
         run, cmd, watch_s = Path(args.from_run), None, None

@@ -332,25 +332,38 @@ def _atari_bound(bound: dict | None, seconds: float) -> str:
             f"{bound['min_seconds_per_update'] / seconds:.2f} of peak")
 
 
-def atari_ab_table(results: Path) -> str | None:
-    report, _ = load(results, "atari_ab")
+def atari_ab_table(results: Path, name: str = "atari_ab") -> str | None:
+    """bench/atari_smoke.py's alternation of two codes (--baseline-src) or two settings
+    (--baseline-set / --current-set) of the atari100k preset."""
+    report, _ = load(results, name)
     if report is None:
         return None
     spu, ratio = report["seconds_per_update"], report["speedup_baseline_over_current"]
+
+    def label(side: str) -> str:
+        commit = report.get(f"{side}_commit")
+        same = commit == report.get("current_commit") or side == "current"
+        text = ("this tree" + (f" (commit {commit})" if commit else "") if same
+                else f"commit {commit}")
+        sets = report.get(f"{side}_sets") or []
+        return text + "".join(f", `--set {kv}`" for kv in sets)
+
     head = ["code", "s / update (median, min–max)", "100k-step protocol (extrapolated)"]
     rows = [_row(head), _row(["---"] * len(head))]
-    for side, name in (("baseline", f"commit {report['baseline_commit']}"),
-                       ("current", "this tree" + (f" (commit {report['current_commit']})"
-                                                  if report.get("current_commit") else ""))):
+    for side in ("baseline", "current"):
         v = spu[side]
-        rows.append(_row([name, f"{v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f})",
+        rows.append(_row([label(side), f"{v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f})",
                           f"{v['median'] * 100_000 / 3600:.0f} h"]))
     loads = report["loadavg_1min"]
-    note = (f"`{' '.join(report['command'])}` (--steps counts the prefill), each side a fresh "
-            f"run, {report['rounds']} rounds alternating (the order reversed every round); "
-            f"timed: {report['timed']}; {report['torch_threads']} torch threads; speed-up "
-            f"(baseline / this tree) per round: median {ratio['median']:.2f}x "
-            f"({ratio['min']:.2f}–{ratio['max']:.2f}x); 1-min load {min(loads)}–{max(loads)}"
+    own = "; each side adds its own --sets" if any(
+        report.get(f"{side}_sets") for side in ("baseline", "current")) else ""
+    note = (f"`{' '.join(report['command'])}` (--steps counts the prefill{own}), each side a "
+            f"fresh run, {report['rounds']} rounds alternating (the "
+            f"order reversed every round); timed: {report['timed']}; "
+            f"{report['torch_threads']} torch threads; the second row's speed-up over the first "
+            f"(first row's seconds / second row's) per round: median {ratio['median']:.2f}x "
+            f"({ratio['min']:.2f}–{ratio['max']:.2f}x); "
+            f"1-min load {min(loads)}–{max(loads)}"
             + (" (**loaded**)" if report.get("loaded") else "")
             + "; " * bool(report.get("compute_bound"))
             + _atari_bound(report.get("compute_bound"), spu["current"]["median"]))
@@ -1152,6 +1165,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "campaign_dmc": lambda results: campaign_table(results, "dmc", "task"),
     "atari": atari_table,
     "atari_ab": atari_ab_table,
+    "atari_compile_ab": lambda results: atari_ab_table(results, "atari_compile_ab"),
     "campaign_atari": campaign_atari_table,
     "drama_ablation": drama_ablation_table,
     "popgym": popgym_table,

@@ -22,3 +22,39 @@ def test_coplanner_bench_trusts_a_committed_summary_only_for_todays_flags(tmp_pa
     assert bench.earlier_summary("pendulum", "mbpo", [0, 1, 2]) == {"seeds": 3}
     assert bench.earlier_summary("pendulum", "imagine", [0, 1, 2]) is None
     assert bench.earlier_summary("pendulum", "mbpo", [0, 1, 2, 3]) is None  # too few seeds
+
+
+def _bench_module(name: str):
+    path = Path(__file__).parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_atari_alternation_labels_each_side_by_its_code_and_sets(tmp_path, monkeypatch):
+    """An alternation of two settings of one tree says which --set each row ran with; one of
+    an older tree says its commit; the compute bound is read against this tree's median."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "bench"))
+    smoke, tables = _bench_module("atari_smoke"), _bench_module("tables")
+    cmd = smoke.command(Path("/tmp/x"), 12, 2, ["run.compile=on"])
+    assert cmd[cmd.index("run.compile=on") - 1] == "--set" and cmd[-3:] == ["--out", "/tmp/x",
+                                                                          "--no-progress"]
+    assert "run.compile=on" not in smoke.command(Path("/tmp/x"), 12, 2)
+    spread = {"median": 2.0, "min": 1.9, "max": 2.1, "rounds": [2.0]}
+    report = {"command": ["reverie", "train"], "rounds": 1, "timed": "updates 6-13",
+              "torch_threads": 2, "loadavg_1min": [1.0], "current_commit": "abc1234",
+              "seconds_per_update": {"baseline": {**spread, "median": 3.0}, "current": spread},
+              "speedup_baseline_over_current": {**spread, "median": 1.5},
+              "compute_bound": {"flops_per_update": 10**12, "matmul_peak_flops": 5e11,
+                                "peak_source": "test", "min_seconds_per_update": 1.0}}
+    two_sets = {**report, "baseline_commit": "abc1234", "baseline_sets": ["run.compile=auto"],
+                "current_sets": ["run.compile=on"]}
+    (tmp_path / "atari_compile_ab.json").write_text(json.dumps(two_sets))
+    table = tables.atari_ab_table(tmp_path, "atari_compile_ab")
+    assert "| this tree (commit abc1234), `--set run.compile=auto` | 3.00" in table
+    assert "| this tree (commit abc1234), `--set run.compile=on` | 2.00" in table
+    assert "median 1.50x" in table and "2.00 s per update is 0.50 of peak" in table
+    (tmp_path / "atari_ab.json").write_text(json.dumps({**report, "baseline_commit": "7fb615e"}))
+    table = tables.atari_ab_table(tmp_path)
+    assert "| commit 7fb615e | 3.00" in table and "| this tree (commit abc1234) | 2.00" in table
