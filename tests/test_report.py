@@ -68,6 +68,19 @@ def test_batched_estimators_equal_one_replicate_at_a_time(name):
         assert np.isin(drawn, task).all()
 
 
+def test_bootstrap_ci_refuses_a_flat_list_of_numbers():
+    """[1, 2, 3] read as three tasks of one seed gave an interval of zero width in silence."""
+    for flat in ([1.0, 2.0, 3.0], np.array([1.0, 2.0, 3.0]), [np.float64(1.0), 2.0]):
+        with pytest.raises(ValueError, match=r"one array of seed scores per task, e\.g\."):
+            stats.bootstrap_ci(flat, stats.mean_score, reps=10)
+        with pytest.raises(ValueError, match="per task"):
+            stats.aggregate(flat, reps=10)
+    one_task = stats.bootstrap_ci([[1.0, 2.0, 3.0]], stats.mean_score, reps=200)
+    assert one_task.low < 2.0 < one_task.high
+    two_d = stats.bootstrap_ci(np.array([[1.0, 2.0], [3.0, 5.0]]), stats.mean_score, reps=200)
+    assert two_d.value == pytest.approx(2.75) and two_d.low < two_d.high
+
+
 def test_bootstrap_ci_contains_the_true_mean_and_covers_about_95_percent():
     rng = np.random.default_rng(0)
     scores = [rng.normal(3.0, 1.0, size=10) for _ in range(5)]

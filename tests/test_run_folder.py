@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import reverie
 from reverie.cli import main
@@ -76,6 +77,15 @@ def test_load_and_act(run):
     assert again == action
     action2, state = policy.act(obs["vector"], state)  # a bare array works for one key
     assert action2 in (0, 1)
+    # a state that act did not return: one line, not the agent's ValueError/TypeError
+    flat = torch.utils._pytree.tree_flatten(state)[0]
+    for bad in ("x", (state, state), [flat[0]], torch.zeros(1),
+                torch.utils._pytree.tree_map(lambda t: t[0] if t.dim() > 1 else t, state)):
+        with pytest.raises(UserError, match=r"state is not one that act returned .*pass "
+                           r"state=None at an episode's first step"):
+            policy.act(obs, bad)
+    for _ in range(3):  # the states act returns keep being taken
+        action2, state = policy.act(obs, state)
     with pytest.raises(UserError, match="shape"):
         policy.act(np.zeros(5, np.float32))
     # a batch of observations, as a dict too, was torch's "mat1 and mat2 shapes cannot be

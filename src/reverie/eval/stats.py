@@ -92,7 +92,16 @@ def bootstrap_ci(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> Estimate:
-    """`estimator` on `scores` and its stratified-bootstrap percentile interval."""
+    """`estimator` on `scores` and its stratified-bootstrap percentile interval.
+
+    scores: one array of seed scores per task, e.g. `[[1., 2., 3.]]` for one task of three
+    seeds; a flat list of numbers is refused (read as tasks of one seed each, it would give
+    an interval of zero width)."""
+    if isinstance(scores, np.ndarray) and scores.ndim < 2 or any(
+            np.ndim(s) == 0 for s in scores):
+        raise ValueError("scores must be one array of seed scores per task, e.g. "
+                         "[[1.0, 2.0, 3.0]] for one task of 3 seeds; got single numbers "
+                         "where a task's scores should be")
     scores = [np.asarray(s, dtype=float).reshape(-1) for s in scores]
     if not scores or any(s.size == 0 for s in scores):
         raise ValueError("every task needs at least one score")

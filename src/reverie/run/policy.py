@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils._pytree import tree_flatten
 
 from reverie.config import load_run_config, parse_run_config
 from reverie.envs import make_obs_spec
@@ -58,10 +59,26 @@ class Policy:
                                 "policy.make_env()")
         return arrays
 
+    def _check_state(self, state: Any) -> None:
+        """`state` must have the form of the states `act` returns (the agent's own: nested
+        tuples/dicts of one-row tensors), else one line instead of the agent's raw error."""
+        want, want_spec = tree_flatten(self.agent.initial_state(1))
+        got, got_spec = tree_flatten(state)
+        same = got_spec == want_spec and all(
+            type(g) is type(w) if not isinstance(w, torch.Tensor) else
+            isinstance(g, torch.Tensor) and g.dtype == w.dtype and g.dim() == w.dim()
+            and g.shape[:1] == w.shape[:1] for g, w in zip(got, want))
+        if not same:
+            raise UserError(f"state is not one that act returned (got {type(state).__name__}); "
+                            "pass state=None at an episode's first step and the state act "
+                            "returned after that")
+
     def act(self, obs: Any, state: Any = None, explore: bool = False) -> tuple[Any, Any]:
         first = state is None
         if first:
             state = self.agent.initial_state(1)
+        else:
+            self._check_state(state)
         with torch.no_grad():
             action, state = self.agent.act(batch_obs(self._as_dict(obs)), np.array([first]),
                                            state, explore)
