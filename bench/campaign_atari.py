@@ -165,6 +165,10 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _threads(n: int) -> str:
+    return f"{n} torch thread{'s' if n != 1 else ''}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=STEPS)
@@ -207,6 +211,14 @@ def main() -> None:
         result["wall_s"] = round(wall_seconds(read_jsonl(run / "timing.jsonl")), 1)
         result["evals"] = [[r["step"], r["eval/return"]] for r in
                            read_jsonl(run / "metrics.jsonl") if "eval/return" in r]
+    if (run / "machine.jsonl").exists():  # what the run's processes ran with, not --threads
+        used = sorted({r["threads"] for r in read_jsonl(run / "machine.jsonl")
+                       if "threads" in r})
+        result["threads"] = used[0] if len(used) == 1 else used
+        result["threads_note"] = (
+            " or ".join(_threads(n) for n in used)
+            + " (every training process, as the run's machine.jsonl records), with other "
+            "work on the machine for part of it")
     path.write_text(json.dumps(result, indent=1) + "\n")
     plot(result, RESULTS / "campaign_atari.png")
     print(json.dumps({k: v for k, v in result.items() if k != "scores"}, indent=1))
