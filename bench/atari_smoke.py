@@ -15,6 +15,7 @@ wall time of the full protocol (100k env steps at one update per env step).
     python bench/atari_smoke.py --current-set run.compile=on --baseline-set run.compile=auto \
         --name atari_compile_ab                   # this tree with two settings, alternating
     python bench/atari_smoke.py --bound-only      # FLOPs per update over the matmul peak
+    python bench/atari_smoke.py --breakdown       # where an update's time goes
 
 Each JSON also gets the compute bound: the FLOPs of one update (torch's FlopCounterMode) over
 the machine's fp32 matmul peak, the fewest seconds per update that any implementation of the
@@ -33,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+SCRATCH = ROOT / "runs" / "atari-smoke"  # the smoke run's default folder
 
 
 def command(out: Path, updates: int, threads: int, sets: list[str] | None = None) -> list[str]:
@@ -158,6 +160,16 @@ def compute_bound(threads: int) -> dict:
             "min_seconds_per_update": round(flops / peak, 2)}
 
 
+def breakdown(threads: int, updates: int) -> dict:
+    """Where an update's time goes (throughput.reverie_breakdown, in this process): the
+    preset as `command` runs it, timed from update WARMUP + 2 on, like the smoke run."""
+    from throughput import reverie_breakdown
+
+    return reverie_breakdown({}, threads, "mamba2", preset="atari100k", matched=False,
+                             steps=1000 + WARMUP + updates, skip=WARMUP + 1,
+                             overrides=("run.prefill=1000",))
+
+
 def with_bound(path: Path, threads: int) -> dict:
     """Add the compute bound to the report at `path` (and its fraction of peak per side)."""
     report = json.loads(path.read_text())
@@ -177,7 +189,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--updates", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(ROOT / "runs" / "atari-smoke"))
+    p.add_argument("--out", default=str(SCRATCH),
+                   help="the smoke run's folder (default runs/atari-smoke, replaced on every "
+                        "run; another folder must not exist yet)")
     p.add_argument("--from-run", default=None, help="summarise this existing run instead")
     p.add_argument("--baseline-src", default=None, metavar="DIR",
                    help="alternate with the reverie package under DIR (an older tree's src/)")
@@ -189,10 +203,20 @@ def main() -> None:
     p.add_argument("--name", default="atari_ab",
                    help="the alternation's JSON: bench/results/NAME.json (default atari_ab)")
     p.add_argument("--rounds", type=int, default=3, help="rounds of the alternation")
+    p.add_argument("--breakdown", action="store_true",
+                   help="only measure where an update's time goes (one in-process run) and "
+                        "add it to atari_smoke.json")
     p.add_argument("--bound-only", action="store_true",
                    help="only add the compute bound (FLOPs per update over the matmul peak) "
                         "to the existing atari_*.json (smoke run, alternations)")
     args = p.parse_args()
+    if args.breakdown:
+        path = RESULTS / "atari_smoke.json"
+        report = json.loads(path.read_text())
+        report["breakdown"] = breakdown(args.threads, args.updates)
+        path.write_text(json.dumps(report, indent=1) + "\n")
+        print(json.dumps(report["breakdown"], indent=1))
+        return
     if args.bound_only:
         for path in sorted(RESULTS.glob("atari_*.json")):  # the smoke run and alternations
             print(path.name, with_bound(path, args.threads)["compute_bound"])
@@ -208,6 +232,10 @@ def main() -> None:
         run, cmd, watch_s = Path(args.from_run), None, None
     else:
         run = Path(args.out)
+        if run.resolve() == SCRATCH.resolve():  # this script's own folder: measured anew
+            import shutil
+
+            shutil.rmtree(run, ignore_errors=True)
         cmd = command(run, args.updates + WARMUP, args.threads)
         load0 = os.getloadavg()[0]
         subprocess.run(cmd, check=True)

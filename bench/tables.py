@@ -316,9 +316,21 @@ def atari_table(results: Path) -> str | None:
                 f"Drama's 16x128 sequences; timed: {report.get('timed', 'after the prefill')}"
                 + (f"; 1-min load {min(loads)}–{max(loads)}" if loads else ""))
     note = "; ".join(filter(None, [note, _atari_bound(report.get("compute_bound"),
-                                                      report["seconds_per_update"])]))
+                                                      report["seconds_per_update"]),
+                                   _atari_breakdown(report.get("breakdown"))]))
     return "\n".join([_row(head), _row(["---"] * len(head)), _row(row)]) + (
         f"\n\n{note}." if note else "")
+
+
+def _atari_breakdown(b: dict | None) -> str:
+    """Where an update's time went (bench/atari_smoke.py --breakdown)."""
+    if not b:
+        return ""
+    parts = ", ".join(f"{part} {ms / 1000:.2f} s ({100 * b['share'][part]:.0f}%)"
+                      for part, ms in b["ms_per_update"].items() if b["share"][part] >= 0.01)
+    return (f"where an update's time goes (one in-process run, {b['updates']} updates from "
+            f"update {b['skipped_updates'] + 1} on, {b['seconds_per_update']:.2f} s each, 1-min "
+            f"load {b['loadavg_1min']}): {parts}")
 
 
 def _atari_bound(bound: dict | None, seconds: float) -> str:

@@ -399,11 +399,13 @@ BREAKDOWN_NESTED = {"update": ["replay sample", "world-model step", "imagination
 
 
 def reverie_breakdown(s: dict, threads: int, backbone: str, preset: str = "cartpole",
-                      matched: bool = True, steps: int | None = None) -> dict:
+                      matched: bool = True, steps: int | None = None, skip: int = 0,
+                      overrides: tuple[str, ...] = ()) -> dict:
     """Seconds per part of one in-process run: the matched sizes of this benchmark (or the
-    preset as it is, matched=False), timed from the first update to the end. Parts are
-    disjoint: 'world-model step' is backward + optimiser (its forward is its own part),
-    'update' is what the agent's update does besides its parts."""
+    preset as it is with `overrides`, matched=False), timed from update `skip` + 1 (the
+    first after the prefill by default) to the end. Parts are disjoint: 'world-model step' is
+    backward + optimiser (its forward is its own part), 'update' is what the agent's update
+    does besides its parts."""
     sys.path.insert(0, str(ROOT / "bench"))
     from reverie.allocator import keep_freed_memory
     from reverie.config import build_config
@@ -419,7 +421,7 @@ def reverie_breakdown(s: dict, threads: int, backbone: str, preset: str = "cartp
         flags = {"backbone": backbone, "steps": b}
     else:
         over = ["run.progress=false", "run.eval_episodes=0", f"run.threads={threads}",
-                "run.checkpoint_every=1000000000"]
+                "run.checkpoint_every=1000000000", *overrides]
         flags = {"backbone": backbone, "steps": steps}
     cfg = build_config(preset, over, flags)
     timer = PartTimer()
@@ -437,23 +439,26 @@ def reverie_breakdown(s: dict, threads: int, backbone: str, preset: str = "cartp
             timer.wrap(obj, name, part)
         first: dict[str, float] = {}
         update = agent.update
+        calls = [0]
 
-        def mark_first(replay):  # the clock starts at the first update, after prefill
-            if not first:
+        def mark_first(replay):  # the clock starts at update skip + 1, after prefill
+            calls[0] += 1
+            if not first and calls[0] > skip:
                 first["t"] = time.perf_counter()
                 for k in timer.seconds:
                     first[k] = timer.seconds[k]
+                first["updates"] = timer.calls.get("update", 0)
             return update(replay)
 
         agent.update = mark_first
         trainer.train()
         wall = time.perf_counter() - first["t"]
-        updates = timer.calls["update"]
+        updates = timer.calls["update"] - int(first.pop("updates"))
     since = {k: v - first.get(k, 0.0) for k, v in timer.seconds.items()}
     timer.seconds = since
     parts = timer.exclusive(BREAKDOWN_NESTED, wall)
     return {"backbone": backbone, "preset": preset, "matched_sizes": matched,
-            "updates": updates, "wall_s_from_first_update": round(wall, 2),
+            "updates": updates, "skipped_updates": skip, "wall_s_from_first_update": round(wall, 2),
             "seconds_per_update": round(wall / max(updates, 1), 4),
             "share": {k: round(v / wall, 4) for k, v in sorted(parts.items(),
                                                                 key=lambda kv: -kv[1])},

@@ -58,3 +58,19 @@ def test_atari_alternation_labels_each_side_by_its_code_and_sets(tmp_path, monke
     (tmp_path / "atari_ab.json").write_text(json.dumps({**report, "baseline_commit": "7fb615e"}))
     table = tables.atari_ab_table(tmp_path)
     assert "| commit 7fb615e | 3.00" in table and "| this tree (commit abc1234) | 2.00" in table
+    assert "each side adds its own" not in table  # no --sets on either side
+    smoke = {"command": ["reverie", "train"], "env_steps": 1012, "grad_steps": 13,
+             "seconds_per_update": 2.0, "full_protocol_hours_extrapolated": 55.6,
+             "full_protocol_days_extrapolated": 2.3, "torch_threads": 2, "timed": "updates 6 on",
+             "loadavg_1min": [1.0, 1.2], "compute_bound": report["compute_bound"],
+             "breakdown": {"updates": 8, "skipped_updates": 5, "seconds_per_update": 2.1,
+                           "loadavg_1min": 1.1,
+                           "ms_per_update": {"imagination": 1050.0, "world-model step": 1000.0,
+                                             "logging": 0.5},
+                           "share": {"imagination": 0.5, "world-model step": 0.476,
+                                     "logging": 0.0002}}}
+    (tmp_path / "atari_smoke.json").write_text(json.dumps(smoke))
+    table = tables.atari_table(tmp_path)
+    assert "8 updates from update 6 on, 2.10 s each" in table
+    assert "imagination 1.05 s (50%), world-model step 1.00 s (48%)" in table
+    assert "logging" not in table  # parts under 1% are left out
