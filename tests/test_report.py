@@ -375,6 +375,20 @@ def test_aggregate_panels_show_values_at_the_data_extremes(tmp_path):
 
 
 
+def test_profile_thresholds_around_one_value_and_up_to_the_target():
+    from reverie.eval.plots import profile_thresholds
+
+    taus = profile_thresholds([-500.0, -500.0], None)  # Acrobot: every run at the floor
+    assert taus[0] == pytest.approx(-525.0) and taus[-1] == pytest.approx(-425.0)
+    taus = profile_thresholds([0.0], None)
+    assert taus[0] == pytest.approx(-0.05) and taus[-1] == pytest.approx(0.15)
+    taus = profile_thresholds([100.0, 300.0], None)  # 5% of the range before, 15% after
+    assert taus[0] == pytest.approx(90.0) and taus[-1] == pytest.approx(330.0)
+    taus = profile_thresholds([0.2, 0.4], 1.0)  # HNS: from 0 up to human level
+    assert taus[0] == pytest.approx(-0.05) and taus[-1] == pytest.approx(1.15)
+    assert len(taus) == 201
+
+
 def test_aggregate_labels_say_when_a_group_covers_fewer_tasks(tmp_path):
     """A group run on fewer of a row's tasks averages other tasks than its neighbours:
     its tick label says how many (the report's table has a `tasks` column; the plot too)."""

@@ -285,6 +285,19 @@ def sample_efficiency_png(groups: list[Group], out: Path, colors: dict) -> Path:
     return _save_with_legend(fig, handles, out / "sample_efficiency.png")
 
 
+def profile_thresholds(scores: list[float], gamma: float | None) -> np.ndarray:
+    """The performance profile's thresholds τ: the runs' scores (up to `gamma`, the target,
+    and from 0 where there is one) with 5% of their range before and 15% after. Runs that
+    all score one value v get ±5% of |v| (at least 0.05) around it: Acrobot's -500 for
+    every run spans -525 to -425 (±50% of |v| drew -750 to +250, a return no run can
+    have)."""
+    lo, hi = min(scores), max(scores)
+    if gamma is not None:  # show the way up to the target (human level, MMER 1)
+        lo, hi = min(lo, 0.0), max(hi, gamma)
+    pad = 0.05 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1.0)
+    return np.linspace(lo - pad, hi + 3 * pad, 201)
+
+
 def profile_png(groups: list[Group], out: Path, colors: dict) -> Path:
     plt = _plt()
     dashes = _line_styles(groups)
@@ -301,14 +314,10 @@ def profile_png(groups: list[Group], out: Path, colors: dict) -> Path:
             published = {f"{PUBLISHED_NAMES[a]} (published)":
                          [np.array([v]) for v in published_hns(a, games).values()]
                          for a in PUBLISHED}
-        ours = [float(s) for g in mine for s in np.concatenate(g.scores())]
-        lo, hi = min(ours), max(ours)
-        if kind.gamma is not None:  # show the way up to the target (human level, MMER 1)
-            lo, hi = min(lo, 0.0), max(hi, kind.gamma)
-        pad = 0.05 * (hi - lo) if hi > lo else 0.5 * max(abs(hi), 1.0)
         # the axis follows reverie's runs: published agents' far tails (HNS 7 on Boxing)
         # would squash them into a sliver
-        taus = np.linspace(lo - pad, hi + 3 * pad, 201)
+        taus = profile_thresholds([float(s) for g in mine for s in np.concatenate(g.scores())],
+                                  kind.gamma)
         clipped = any(float(x[0]) > taus[-1] for v in published.values() for x in v)
         shown = kind.scale * taus  # the x axis in the unit the tables use (HNS in %)
         for g in mine:
