@@ -773,6 +773,12 @@ def test_a_group_that_averages_variants_as_seeds_is_named(tmp_path, capsys):
             "imagine.world.backbone, imagine.world.backbone_kwargs.head_dim: add --group-by"
             ) in err
     assert "| CartPole-v1 | imagine | 2 |" in (out / "report.md").read_text()
+    # a key given twice groups once (its label read imagine/imagine)
+    assert main(["report", str(root / "f"), str(root / "g"), "--out", str(out),
+                 "--group-by", "agent", "--group-by", "agent"]) == 0
+    capsys.readouterr()
+    text = (out / "report.md").read_text()
+    assert "| CartPole-v1 | imagine | 2 |" in text and "grouped by agent;" in text
     assert main(["report", str(root / "f"), str(root / "g"), "--out", str(out)]) == 0
     assert "warning" not in capsys.readouterr().err  # by backbone too (the default)
     assert main(["report", str(root / "a"), str(root / "b"), "--out", str(out)]) == 0
@@ -805,9 +811,18 @@ def test_a_group_that_averages_different_budgets_is_named(tmp_path, capsys):
     external_run(tmp_path / "unfinished" / "a", "CartPole-v1", 0, [1.0, 2.0, 3.0], steps=300)
     external_run(tmp_path / "unfinished" / "b", "CartPole-v1", 1, [1.0], steps=300)
     assert main(["report", str(tmp_path / "unfinished"), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
     assert ("taken at different env steps: CartPole-v1 (100 and 300 env steps; some are "
             "unfinished: "
-            "--finished-only leaves them out)") in capsys.readouterr().err
+            "--finished-only leaves them out)") in err
+    assert "unfinished run" not in err  # one line says it
+    # every run equally short (a stopped sweep): scored in silence before
+    external_run(tmp_path / "stopped" / "a", "CartPole-v1", 0, [1.0], steps=300)
+    external_run(tmp_path / "stopped" / "b", "CartPole-v1", 1, [2.0], steps=300)
+    assert main(["report", str(tmp_path / "stopped"), "--out", str(out)]) == 0
+    assert ("group 'sb3-ppo' scores 2 unfinished runs (CartPole-v1 seed 0 at 100 of 300, "
+            "CartPole-v1 seed 1 at 100 of 300 env steps): --finished-only leaves them "
+            "out") in capsys.readouterr().err
 
 
 def test_every_env_a_group_mixes_is_named_not_only_the_first(tmp_path, capsys):

@@ -138,7 +138,7 @@ def test_killed_trial_is_resumed_and_reported(tmp_path):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_stopped_sweep_stops_its_trials_once_with_their_checkpoints(tmp_path, sig):
+def test_a_stopped_sweep_stops_its_trials_once_with_their_checkpoints(tmp_path, sig, capsys):
     """`kill SWEEP` (or Ctrl-C): each running trial gets the signal once and stops with a
     checkpoint at the step it reached (SIGTERM to the sweep used to reach a trial twice,
     its second 'stop at once' losing the steps since its last checkpoint); the sweep ends
@@ -179,6 +179,8 @@ def test_a_stopped_sweep_stops_its_trials_once_with_their_checkpoints(tmp_path, 
     assert main([*args[:5], "--steps", str(step + 50), *args[7:]]) == 0
     (result,) = sweep_json(out)["results"]
     assert result["status"] == "finished" and result["resumes"] == 1
+    assert "1 of 1 trial(s) to run (0 finished before, 1 of them resumed), " in \
+        capsys.readouterr().err
 
 def _long_run_args(folder: Path) -> list[str]:
     return ["train", "--preset", "random", "--env", "CartPole-v1", "--steps", "100000000",
@@ -257,6 +259,22 @@ def test_grid_syntax(item):
     with pytest.raises(UserError, match="--grid a.b lists 1 more than once; give each value "
                                         "once"):
         parse_grid(["a.b=1,2, 1"])
+    # one number spelt twice ran the same trial twice, averaged as seeds in the report
+    with pytest.raises(UserError, match=r"--grid run.train_ratio lists 128 and 128\.0, the "
+                                        "same value; give each value once"):
+        parse_grid(["run.train_ratio=128,128.0"])
+    assert parse_grid(["a=1,true,one"]) == [("a", ["1", "true", "one"])]  # all different
+
+
+def test_a_key_in_both_set_and_grid_is_refused(tmp_path, capsys):
+    """--set imagine.world.backbone=gru with --grid imagine.world.backbone=gru,mamba2 ran
+    the grid's values and dropped the --set in silence."""
+    out = tmp_path / "both"
+    rc = main(["sweep", *TINY, "--set", "run.train_ratio=8", "--grid", "run.train_ratio=8,16",
+               "--out", str(out)])
+    assert rc == 2 and capsys.readouterr().err.strip() == (
+        "reverie: error: --set and --grid both set run.train_ratio; give it in one of them")
+    assert not out.exists()
 
 
 def test_sweep_into_another_sweeps_folder_is_refused(grid_2x2, capsys):
@@ -453,6 +471,62 @@ def test_ray_local_instance_runs_a_2x2_grid(tmp_path, monkeypatch):
     assert "4 runs, 1 env, 2 groups" in (out / "report" / "report.md").read_text()
 
 
+def test_a_ray_sweep_stopped_by_sigterm_stops_its_trial_with_its_checkpoint(tmp_path):
+    """SIGTERM to a --backend ray sweep hit ray.init's handler (a crash report, exit 1) and
+    Ray killed the trial without a checkpoint; and where the sweep was started with SIGINT
+    ignored (`nohup ... &`), Ray's workers ignored it too, so ray.cancel's interrupt never
+    reached the trial. Now: exit 143, the trial stopped at the step it reached."""
+    import subprocess
+
+    pytest.importorskip("ray")
+    out = tmp_path / "sw"
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "reverie", "sweep", "--preset", "random", "--env",
+         "CartPole-v1", "--steps", "100000000", "--set", "run.eval_episodes=0",
+         "--set", "run.checkpoint_every=100000000", "--backend", "ray", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # a background job
+    folder = out / trial_name("CartPole-v1", [], 0)
+    try:
+        deadline = time.time() + 180
+        while not (folder / "timing.jsonl").exists() or \
+                (folder / "timing.jsonl").read_text().count("\n") < 2:
+            assert time.time() < deadline and sweep.poll() is None, sweep.stderr.read()
+            time.sleep(0.2)
+        sweep.send_signal(signal.SIGTERM)
+        _, err = sweep.communicate(timeout=150)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1].startswith(
+        "reverie: sweep stopped by SIGTERM; its running trials stopped with their checkpoints")
+    log = (out / "logs" / f"{folder.name}.log").read_text()
+    assert "stopped by SIGTERM at env step" in log and "interrupted" not in log, log
+    step = json.loads((folder / "checkpoints" / "manifest.json").read_text())[
+        "checkpoints"][-1]["step"]
+    assert step > 0
+
+
+def test_a_ray_sweep_without_address_starts_its_own_instance(tmp_path, monkeypatch):
+    """Without --address, ray.init() joined a Ray instance already running on the machine and
+    refused the sweep's num_cpus for it ("cannot join None"): the sweep starts its own."""
+    ray = pytest.importorskip("ray")
+    from reverie.distributed import ray_backend
+
+    calls = []
+
+    def init(**kwargs):
+        calls.append(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(ray, "init", init)
+    with pytest.raises(UserError, match=r"cannot start a local Ray instance \(stop here\); "
+                                        "join a running cluster with --address auto"):
+        ray_backend._init(ray, None, 2)
+    assert calls[0]["address"] == "local" and calls[0]["num_cpus"] == 2
+
+
 def test_a_trial_that_keeps_crashing_is_reported_failed(tmp_path, monkeypatch, capsys):
     # fault injection (run/checkpoint.py): every attempt is SIGKILLed writing its first
     # checkpoint, so the resume fails the same way and the retries run out
@@ -602,6 +676,57 @@ def test_a_trial_ends_when_whoever_started_it_is_killed(tmp_path):
     finally:
         if _alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_trial_whose_sweep_is_killed_stops_once_with_its_checkpoint(tmp_path):
+    """A trial started from a pool thread (as a sweep's are) whose sweep is killed with
+    SIGKILL is told so once per exiting thread of the sweep: it stopped at the first and
+    took the second as "stop at once", losing the steps since its last checkpoint. It stops
+    with a checkpoint at the step it reached, as after one SIGTERM."""
+    import subprocess
+    import textwrap
+
+    run, log = tmp_path / "run", tmp_path / "trial.log"
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import subprocess, sys, threading, time
+        from reverie.distributed.trial import child_env
+        def start():
+            with open({str(log)!r}, "w") as f:
+                child = subprocess.Popen(
+                    [sys.executable, "-m", "reverie", "train", "--preset", "random", "--env",
+                     "CartPole-v1", "--steps", "100000000", "--set", "run.eval_episodes=0",
+                     "--set", "run.checkpoint_every=100000000", "--out", {str(run)!r},
+                     "--no-progress"], env=child_env(), stderr=f, start_new_session=True)
+                print(child.pid, flush=True)
+                child.wait()
+        workers = [threading.Thread(target=start)] + [
+            threading.Thread(target=time.sleep, args=(600,), daemon=True) for _ in range(3)]
+        for w in workers:
+            w.start()
+        workers[0].join()
+    """)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        deadline = time.time() + 120
+        while not (run / "timing.jsonl").exists() or \
+                (run / "timing.jsonl").read_text().count("\n") < 2:
+            assert time.time() < deadline and _alive(child), "the trial never trained"
+            time.sleep(0.1)
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + 60
+        while _alive(child) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child), "the trial outlived its sweep"
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
+    text = log.read_text()
+    assert "stopped by SIGTERM at env step" in text and "interrupted" not in text, text
+    step = json.loads((run / "checkpoints" / "manifest.json").read_text())[
+        "checkpoints"][-1]["step"]
+    assert step > 0  # the step it reached, not its first checkpoint's
 
 
 def test_notes_reverie_train_would_print_are_said_before_the_trials(tmp_path, capsys):

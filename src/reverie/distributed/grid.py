@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from reverie.config import (
@@ -71,14 +72,32 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
         if not sep or not key or not all(choices):
             raise UserError(f"--grid expects key=v1,v2,... (e.g. run.train_ratio=256,512), got "
                             f"'{item}'")
-        repeated = [v for i, v in enumerate(choices) if v in choices[:i]]
-        if repeated:  # the grid would hold one trial fewer than the command says
-            raise UserError(f"--grid {key} lists {repeated[0]} more than once; give each value "
-                            "once (more runs of a setting: --seeds N)")
+        values = [_value(v) for v in choices]  # 128 and 128.0 are one setting
+        for i, value in enumerate(values):
+            if value in values[:i]:  # the grid would run one setting twice
+                first = choices[values.index(value)]
+                what = (f"{first} and {choices[i]}, the same value" if first != choices[i]
+                        else f"{first} more than once")
+                raise UserError(f"--grid {key} lists {what}; give each value once (more runs "
+                                "of a setting: --seeds N)")
         if key in (k for k, _ in out):
             raise UserError(f"--grid {key} is given twice; list all its values in one --grid")
         out.append((key, choices))
     return out
+
+
+def _value(text: str) -> tuple:
+    """A grid value as the config will read it, for telling repeats apart: YAML's 128 and
+    128.0 are one number; true stays apart from 1, and a string from a number."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return ("text", text)
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, (int, float)):
+        return ("number", float(value))
+    return ("text", text)
 
 
 def _slug(text: str) -> str:
@@ -126,6 +145,9 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
         if key == "seed":  # it would override each trial's own seed: the "seeds" would repeat
             raise UserError(f"a sweep sets each trial's seed itself (0 .. --seeds-1); drop "
                             f"{flag} seed and use --seeds N")
+    both = [k for f, k in given if f == "--set" and ("--grid", k) in given]
+    if both:  # the grid's value would win in silence
+        raise UserError(f"--set and --grid both set {both[0]}; give it in one of them")
     if preset and is_preset_file(preset):  # trials may start in another working directory
         preset = str(Path(preset).expanduser().resolve())
     sets = list(overrides)

@@ -85,6 +85,10 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # of a core (a 200-step random run took minutes beside two training runs). A local
 # instance's trials run at the sweep's own priority, as --backend local's do.
 NICENESS_ENV = "RAY_worker_niceness"
+# Ray kills a worker's child processes when the worker exits (SIGKILL, no checkpoint); a
+# local instance leaves that to the trials themselves, which stop with a checkpoint when
+# their worker dies (`trial.follow_parent`)
+CHILDREN_ENV = "RAY_kill_child_processes_on_worker_exit"
 
 
 AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
@@ -97,8 +101,9 @@ def _local_instance_settings() -> Callable[[], None]:
     from ray._private import ray_constants
 
     env = {LOOPBACK_ENV: "0"}  # read by Ray's processes as they start
-    if NICENESS_ENV not in os.environ:  # a user's own setting is kept
-        env[NICENESS_ENV] = "0"
+    for key in (NICENESS_ENV, CHILDREN_ENV):
+        if key not in os.environ:  # a user's own setting is kept
+            env[key] = "0"
     before = {k: os.environ.get(k) for k in env}, ray_constants.ENABLE_RAY_CLUSTER
     os.environ.update(env)
     ray_constants.ENABLE_RAY_CLUSTER = False  # read by this process (Ray already imported)
@@ -127,7 +132,10 @@ def _init(ray, address: str | None, workers: int) -> Callable[[], None]:
             level = notice.level
             notice.setLevel(logging.ERROR)
             try:
-                ray.init(num_cpus=workers, num_gpus=_local_gpus(), include_dashboard=False,
+                # address "local": a new instance even where one runs already (ray.init()
+                # would join that one, and refuse num_cpus for it)
+                ray.init(address="local", num_cpus=workers, num_gpus=_local_gpus(),
+                         include_dashboard=False,
                          log_to_driver=False, configure_logging=False,
                          runtime_env={"env_vars": env} if env else None)
             finally:
@@ -140,11 +148,14 @@ def _init(ray, address: str | None, workers: int) -> Callable[[], None]:
     except UserError:
         raise
     except (ConnectionError, RuntimeError, ValueError) as e:
-        where = "a running Ray cluster (auto)" if address == "auto" else address
         restore()
-        raise UserError(f"cannot join {where} ({str(e).splitlines()[0][:160]}); start one with "
-                        "`ray start --head`, fix --address, or drop --address for a local Ray "
-                        "instance") from None
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        if address is None:
+            raise UserError(f"cannot start a local Ray instance ({reason}); join a running "
+                            "cluster with --address auto, or use --backend local") from None
+        where = "a running Ray cluster (auto)" if address == "auto" else address
+        raise UserError(f"cannot join {where} ({reason}); start one with `ray start --head`, "
+                        "fix --address, or drop --address for a local Ray instance") from None
     except BaseException:  # anything else (Ctrl-C included): this process's settings back
         restore()
         raise
@@ -175,42 +186,70 @@ def run_ray(trials: list[Trial], workers: int, retries: int, address: str | None
         # for the threads its run uses
         cpus = 1 if address is None else max(1, _threads(trials[0]))
         task = ray.remote(num_cpus=cpus, num_gpus=min(1.0, gpus / workers) if gpus else 0,
-                          max_retries=0)(run_trial)
+                          max_retries=0)(_ray_trial)
         on_start()
         pending = list(trials)
         running: dict[Any, Trial] = {}
         results: list[dict[str, Any]] = []
-        while pending or running:
-            while pending and len(running) < workers:
-                trial = pending.pop(0)
-                running[task.remote(trial, retries)] = trial
-            try:
+        # ray.init's own SIGTERM handler prints a crash report and exits, and Ray then kills
+        # the trials without their checkpoints: SIGTERM stops the sweep as Ctrl-C does
+        _TERMINATED.clear()
+        _set_signal_handlers({signal.SIGTERM: _terminate})
+        try:
+            while pending or running:
+                while pending and len(running) < workers:
+                    trial = pending.pop(0)
+                    running[task.remote(trial, retries)] = trial
                 done, _ = ray.wait(list(running), num_returns=1)
-            except KeyboardInterrupt:
-                _stop(ray, list(running))
-                raise Stopped("sweep stopped by SIGINT; its running trials stopped with their "
-                              "checkpoints: run the same command again to resume them "
-                              "(finished trials are kept)", "SIGINT") from None
-            for ref in done:
-                trial = running.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayError as e:  # the worker itself died
-                    result = {"name": trial.name, "folder": trial.folder, "status": "failed",
-                              "attempts": 0, "resumes": 0, "returncodes": [],
-                              "error": f"Ray task failed: {str(e).splitlines()[0][:200]}",
-                              "wall_s": 0.0}
-                results.append(result)
-                on_result(result)
+                for ref in done:
+                    trial = running.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except ray.exceptions.RayError as e:  # the worker itself died
+                        result = {"name": trial.name, "folder": trial.folder,
+                                  "status": "failed", "attempts": 0, "resumes": 0,
+                                  "returncodes": [], "wall_s": 0.0, "error":
+                                  f"Ray task failed: {str(e).splitlines()[0][:200]}"}
+                    results.append(result)
+                    on_result(result)
+        except KeyboardInterrupt:
+            name = "SIGTERM" if _TERMINATED else "SIGINT"
+            _stop(ray, list(running))
+            raise Stopped(f"sweep stopped by {name}; its running trials stopped with their "
+                          "checkpoints: run the same command again to resume them "
+                          "(finished trials are kept)", name) from None
         return results
     finally:
+        _set_signal_handlers(handlers)  # SIGTERM's handler as it was before the sweep
         if started_here:
             ray.shutdown()
             restore()
-            _set_signal_handlers(handlers)
+            _set_signal_handlers(handlers)  # ray.shutdown leaves ray.init's in place
+
+
+def _ray_trial(trial: Trial, retries: int) -> dict[str, Any]:
+    """`run_trial` as a Ray task, with Python handling SIGINT in its worker: `_stop`'s
+    `ray.cancel` interrupts the task by simulating a SIGINT, which does nothing where SIGINT
+    is ignored, as it is in every process a sweep started in the background (`nohup`, `&`)
+    starts, Ray's workers included: the trial then trained on until Ray killed it."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    return run_trial(trial, retries)
 
 
 STOP_WAIT_S = 120.0  # for the running trials to save their checkpoints after a Ctrl-C
+
+
+_TERMINATED: list[str] = []  # "SIGTERM" once `_terminate` has run
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM to a Ray sweep: a KeyboardInterrupt, as Ctrl-C's (Ray's waits pass only that
+    on; another exception from a handler comes out of them as a SystemError), marked as
+    SIGTERM's."""
+    _TERMINATED.append("SIGTERM")
+    raise KeyboardInterrupt
 
 
 def _stop(ray, refs: list) -> None:
@@ -220,7 +259,7 @@ def _stop(ray, refs: list) -> None:
         ray.cancel(ref, force=False)
     try:
         ray.wait(refs, num_returns=len(refs), timeout=STOP_WAIT_S)
-    except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+    except KeyboardInterrupt:  # a second stop: stop waiting
         pass
 
 

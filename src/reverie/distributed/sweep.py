@@ -24,7 +24,14 @@ from typing import Any
 
 from reverie.config import is_preset_file
 from reverie.distributed.grid import Trial, make_trials, parse_grid
-from reverie.distributed.trial import DONE, reset_stop, run_trial, signal_trials, trial_state
+from reverie.distributed.trial import (
+    DONE,
+    PARTIAL,
+    reset_stop,
+    run_trial,
+    signal_trials,
+    trial_state,
+)
 from reverie.errors import Busy, Stopped, UserError
 from reverie.run.machine import usable_cores
 from reverie.run.stop import StopOnSignal
@@ -166,7 +173,9 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
     notes: dict[str, list[str]] = {}
     trials = make_trials(sweep.preset, sweep.envs, sweep.seeds, sweep.steps, sweep.overrides,
                          sweep.grid, out, threads, notes)
-    done = {t.name for t in trials if trial_state(t) == DONE}  # skipped: nothing to say
+    states = {t.name: trial_state(t) for t in trials}
+    done = {n for n, state in states.items() if state == DONE}  # skipped: nothing to say
+    partial = sum(state == PARTIAL for state in states.values())  # resumed
     say = on_note or (lambda line: None)
     for note, names in notes.items():
         names = [n for n in names if n not in done]
@@ -177,8 +186,10 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
 
     def started() -> None:  # once the backend is up: what to expect before a trial ends
         if len(done) < len(trials):
+            resumed = f", {partial} of them resumed" if partial else ""
             say(f"{len(trials) - len(done)} of {len(trials)} trial(s) to run ({len(done)} "
-                f"finished before), {min(workers, len(trials))} at a time on {backend}; each "
+                f"finished before{resumed}), {min(workers, len(trials))} at a time on "
+                f"{backend}; each "
                 f"writes {out / 'logs'}/<trial>.log and a line here when it ends")
 
     on_result = on_result or (lambda r: None)

@@ -37,21 +37,25 @@ def child_env() -> dict[str, str]:
 
 
 def follow_parent() -> None:
-    """In a child started with `child_env`: receive SIGTERM when the parent dies (Linux's
-    PR_SET_PDEATHSIG; the run then resumes from its last checkpoint), or exit now if it is
-    already gone. A no-op elsewhere and when the variable is unset; grandchildren do not
-    inherit it."""
+    """In a child started with `child_env`: stop with a checkpoint when the parent dies
+    (Linux's PR_SET_PDEATHSIG with `run.stop.PARENT_GONE`, which a training run takes as one
+    SIGTERM however often it comes), or exit now if the parent is already gone. A no-op
+    elsewhere and when the variable is unset; grandchildren do not inherit it."""
     parent = os.environ.pop(PARENT_ENV, None)
     if not parent or not sys.platform.startswith("linux"):
         return
     import ctypes
 
+    from reverie.run import stop
+
     pr_set_pdeathsig = 1
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+        if libc.prctl(pr_set_pdeathsig, int(stop.PARENT_GONE)) != 0:
+            return
     except (OSError, AttributeError):
         return
+    stop.follows_parent = True
     if parent.isdigit() and os.getppid() != int(parent):  # it died before prctl took hold
         os.kill(os.getpid(), signal.SIGTERM)
 

@@ -240,6 +240,13 @@ def mixed_groups(groups: list[Group]) -> list[str]:
                          + "; ".join(budgets[:SHOWN_ENVS])
                          + (f"; and {len(budgets) - SHOWN_ENVS} more env(s)"
                             if len(budgets) > SHOWN_ENVS else ""))
+        short = [r for rs in g.runs.values() for r in rs if r.env_steps < r.target_steps]
+        if short and not budgets:  # all alike short (a stopped sweep): said nowhere else
+            some = ", ".join(f"{r.env} seed {r.seed} at {r.env_steps:,} of {r.target_steps:,}"
+                             for r in short[:SHOWN_ENVS])
+            more = f" and {len(short) - SHOWN_ENVS} more" if len(short) > SHOWN_ENVS else ""
+            lines.append(f"group '{g.label}' scores {_n(len(short), 'unfinished run')} "
+                         f"({some}{more} env steps): --finished-only leaves them out")
         untrained = sorted({r.env for rs in g.runs.values() for r in rs if r.grad_steps == 0})
         if untrained:  # e.g. a sweep's --steps below the prefill: scores of initial weights
             lines.append(f"group '{g.label}' has runs of {', '.join(untrained)} that never "
@@ -462,7 +469,7 @@ def write_report(paths: list[str | Path], out: str | Path,
     scored from (`runs.RETURNS`: evaluations where there are any, else training episodes;
     evaluations only; training episodes only, POPGym's protocol)."""
     runs, warnings = load_runs(paths, finished_only, returns)
-    keys = list(group_by or default_group_by(runs))
+    keys = list(dict.fromkeys(group_by or default_group_by(runs)))  # a key given twice: once
     keys += [k for k in also_group_by if k not in keys]
     unused = check_group_keys(keys, runs)
     out = Path(out)

@@ -20,6 +20,13 @@ from types import FrameType
 from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# What a run started by a sweep or a benchmark gets when its parent dies
+# (`trial.follow_parent`). Linux sends it each time the run is handed to a new parent, once
+# per exiting thread of a parent killed with SIGKILL: it asks for a stop like SIGTERM (and
+# the run then ends with SIGTERM's exit code), and its repeats are ignored, where a second
+# SIGTERM means "stop at once" and loses the steps since the last checkpoint.
+PARENT_GONE = getattr(signal, "SIGUSR2", None)
+follows_parent = False  # set by `trial.follow_parent` in such a run
 
 
 class StopOnSignal:
@@ -36,11 +43,14 @@ class StopOnSignal:
         if threading.current_thread() is not threading.main_thread():
             return self
         defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
-        for sig in SIGNALS:
+        handlers = {sig: self._handle for sig in SIGNALS}
+        if follows_parent and PARENT_GONE is not None:
+            defaults[PARENT_GONE], handlers[PARENT_GONE] = signal.SIG_DFL, self._parent_gone
+        for sig, handler in handlers.items():
             previous = signal.getsignal(sig)
             if previous is defaults[sig]:
                 self._saved[sig] = previous
-                signal.signal(sig, self._handle)
+                signal.signal(sig, handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -51,7 +61,14 @@ class StopOnSignal:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested is not None:
             raise KeyboardInterrupt
-        self.requested = signal.Signals(signum).name
+        self._request(signal.Signals(signum).name)
+
+    def _parent_gone(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is None:  # repeats: the same parent's death, reported again
+            self._request("SIGTERM")
+
+    def _request(self, name: str) -> None:
+        self.requested = name
         if self._on_request is not None:
             try:  # e.g. a closed pipe (`reverie train | tee`, Ctrl-C ended tee): still stop
                 self._on_request(self.requested)
