@@ -369,15 +369,11 @@ def test_a_trainer_in_python_leaves_the_process_as_it_found_it(tmp_path):
     assert torch.get_num_threads() == before
     with pytest.raises(UserError, match="already trained .* Trainer.resume"):
         trainer.train()
-    saved = (tmp_path / "run" / "config.yaml").read_text()
     held = Trainer.resume(tmp_path / "run", steps=80)
     with pytest.raises(Busy, match="held by a Trainer in this process .* release"):
         Trainer.resume(tmp_path / "run", steps=80)
     held.release()
-    # built and dropped: the run's budget (what a report reads) is still its own
-    assert (tmp_path / "run" / "config.yaml").read_text() == saved
     assert Trainer.resume(tmp_path / "run", steps=80).train()["env_steps"] == 80
-    assert "steps: 80" in (tmp_path / "run" / "config.yaml").read_text()
     with pytest.raises(UserError, match=r"a list of 'key=value' strings, e\.g\. \['run"):
         build_config("random", "run.steps=100")
     with pytest.raises(UserError, match="a list of 'key=value' strings"):

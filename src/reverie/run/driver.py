@@ -170,13 +170,11 @@ class Trainer(Checkpointing):
             self.replay = make_replay(cfg, self.out, spec, self.replay_rows, payload,
                                       self.resuming, self._note)
         # config last: a folder without config.yaml is not a run, so a failed start leaves
-        # nothing that blocks the next attempt. A resume records a raised run.steps (and its
-        # --sets) when it trains (`_run`), so a Trainer built and never trained leaves the
-        # budget a report reads as it was; --steps at or below the steps already done trains
-        # nothing and leaves the config as it was too
-        self._save_config_at_train = resume_from is not None and int(cfg.run.steps) > \
-            int(resume_from[0]["counters"]["env_steps"])
-        if resume_from is None:
+        # nothing that blocks the next attempt; on resume it records a raised run.steps, but
+        # --steps at or below the steps already done trains nothing and leaves the config (and so
+        # the budget a report reads) as it was
+        if resume_from is None or int(cfg.run.steps) > \
+                int(resume_from[0]["counters"]["env_steps"]):
             save_config(self.cfg, self.out / "config.yaml")
         self.rng = numpy_generator(int(cfg.seed) + 1)  # prefill actions
         self.count = Counters(next_checkpoint=int(cfg.run.checkpoint_every))
@@ -383,8 +381,6 @@ class Trainer(Checkpointing):
                 self._evaluate_and_log()
                 self.logger.close()
             return self.summary()
-        if self._save_config_at_train:  # the extension, committed now that it trains
-            save_config(self.cfg, self.out / "config.yaml")
         for note in training_notes(cfg):
             self._note(note)
         # the total the counter reaches: with N envs stepping together that is run.steps
