@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 SCRATCH = ROOT / "runs" / "atari-smoke"  # the smoke run's default folder
+MARK = ".atari-smoke"  # in a run folder this script made, which its next run replaces
 
 
 def command(out: Path, updates: int, threads: int, sets: list[str] | None = None) -> list[str]:
@@ -134,6 +135,7 @@ def alternate(args: argparse.Namespace) -> dict:
     return {"benchmark": "atari_ab",
             "command": as_typed(command(Path(args.out), args.updates + WARMUP, args.threads)),
             "baseline_commit": commit, "current_commit": here,
+            "baseline_is_this_tree": base_src is None,
             "current_sets": sets["current"], "baseline_sets": sets["baseline"],
             "rounds": args.rounds,
             "torch_threads": args.threads,
@@ -190,8 +192,8 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(SCRATCH),
-                   help="the smoke run's folder (default runs/atari-smoke, replaced on every "
-                        "run; another folder must not exist yet)")
+                   help="the smoke run's folder (default runs/atari-smoke; a smoke run of "
+                        "this script there is replaced, anything else is refused)")
     p.add_argument("--from-run", default=None, help="summarise this existing run instead")
     p.add_argument("--baseline-src", default=None, metavar="DIR",
                    help="alternate with the reverie package under DIR (an older tree's src/)")
@@ -210,6 +212,10 @@ def main() -> None:
                    help="only add the compute bound (FLOPs per update over the matmul peak) "
                         "to the existing atari_*.json (smoke run, alternations)")
     args = p.parse_args()
+    if (args.current_set or args.name != "atari_ab") and not (args.baseline_src
+                                                               or args.baseline_set):
+        p.error("--current-set and --name are for an alternation: add --baseline-src DIR or "
+                "--baseline-set KEY=VALUE")
     if args.breakdown:
         path = RESULTS / "atari_smoke.json"
         report = json.loads(path.read_text())
@@ -232,13 +238,17 @@ def main() -> None:
         run, cmd, watch_s = Path(args.from_run), None, None
     else:
         run = Path(args.out)
-        if run.resolve() == SCRATCH.resolve():  # this script's own folder: measured anew
+        if (run / MARK).is_file():  # a smoke run this script made: measured anew
             import shutil
 
-            shutil.rmtree(run, ignore_errors=True)
+            shutil.rmtree(run)
+        elif run.exists():
+            p.error(f"{run} exists and is not a smoke run of this script; move it away or "
+                    "give another --out")
         cmd = command(run, args.updates + WARMUP, args.threads)
         load0 = os.getloadavg()[0]
         subprocess.run(cmd, check=True)
+        (run / MARK).write_text("a smoke run of bench/atari_smoke.py, replaced by its next\n")
         load1 = os.getloadavg()[0]
         t0 = time.time()
         subprocess.run([sys.executable, "-m", "reverie", "watch", str(run), "--steps", "64"],

@@ -354,7 +354,8 @@ def atari_ab_table(results: Path, name: str = "atari_ab") -> str | None:
 
     def label(side: str) -> str:
         commit = report.get(f"{side}_commit")
-        same = commit == report.get("current_commit") or side == "current"
+        same = side == "current" or report.get(
+            "baseline_is_this_tree", commit is not None and commit == report.get("current_commit"))
         text = ("this tree" + (f" (commit {commit})" if commit else "") if same
                 else f"commit {commit}")
         sets = report.get(f"{side}_sets") or []

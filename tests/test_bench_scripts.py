@@ -59,6 +59,10 @@ def test_atari_alternation_labels_each_side_by_its_code_and_sets(tmp_path, monke
     table = tables.atari_ab_table(tmp_path)
     assert "| commit 7fb615e | 3.00" in table and "| this tree (commit abc1234) | 2.00" in table
     assert "each side adds its own" not in table  # no --sets on either side
+    # a worktree of this very commit (or no git at all) is still the other tree
+    (tmp_path / "atari_ab.json").write_text(json.dumps(
+        {**report, "baseline_commit": "abc1234", "baseline_is_this_tree": False}))
+    assert "| commit abc1234 | 3.00" in tables.atari_ab_table(tmp_path)
     smoke = {"command": ["reverie", "train"], "env_steps": 1012, "grad_steps": 13,
              "seconds_per_update": 2.0, "full_protocol_hours_extrapolated": 55.6,
              "full_protocol_days_extrapolated": 2.3, "torch_threads": 2, "timed": "updates 6 on",

@@ -143,6 +143,30 @@ def test_stop_on_signal_asks_once_then_interrupts_and_restores_handlers():
         signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="no SIGUSR2 here")
+def test_a_dead_parents_signal_asks_once_however_often_it_comes(monkeypatch):
+    """A sweep's trial hears of its sweep's death once per exiting thread of the sweep: the
+    first asks for a stop as SIGTERM would, the repeats (during the run and after, while it
+    saves) are ignored instead of meaning "stop at once"; a real SIGTERM still does."""
+    from reverie.run import stop
+
+    monkeypatch.setattr(stop, "follows_parent", True)
+    previous = signal.getsignal(stop.PARENT_GONE)
+    try:
+        seen = []
+        with stop.StopOnSignal(seen.append) as s:
+            signal.raise_signal(stop.PARENT_GONE)
+            signal.raise_signal(stop.PARENT_GONE)  # no KeyboardInterrupt
+            assert s.requested == "SIGTERM" and seen == ["SIGTERM"]
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGTERM)
+        assert signal.getsignal(stop.PARENT_GONE) is signal.SIG_IGN  # after the run too
+        signal.raise_signal(stop.PARENT_GONE)  # ignored: the process lives on
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(stop.PARENT_GONE, previous)
+
+
 def test_kill_while_writing_a_checkpoint(reference, tmp_path):
     run = tmp_path / "midwrite"
     target = CheckpointStore(reference / "checkpoints").entries()[-2]

@@ -79,6 +79,11 @@ def test_bootstrap_ci_refuses_a_flat_list_of_numbers():
     assert one_task.low < 2.0 < one_task.high
     two_d = stats.bootstrap_ci(np.array([[1.0, 2.0], [3.0, 5.0]]), stats.mean_score, reps=200)
     assert two_d.value == pytest.approx(2.75) and two_d.low < two_d.high
+    ragged = np.empty(2, dtype=object)  # tasks with different numbers of seeds
+    ragged[0], ragged[1] = np.array([1.0, 2.0]), np.array([3.0, 5.0, 4.0])
+    assert stats.bootstrap_ci(ragged, stats.mean_score, reps=50).value == pytest.approx(2.75)
+    gen = (np.array(t) for t in ([1.0, 2.0], [3.0, 5.0]))
+    assert stats.bootstrap_ci(gen, stats.mean_score, reps=50).value == pytest.approx(2.75)
 
 
 def test_bootstrap_ci_contains_the_true_mean_and_covers_about_95_percent():

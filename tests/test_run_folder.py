@@ -100,6 +100,27 @@ def test_load_and_act(run):
     np.testing.assert_array_equal(own["vector"], obs["vector"])
 
 
+def test_a_bf16_policy_takes_the_states_it_returns():
+    """A run.precision=bf16 agent acts under autocast and returns bf16 states (Mamba-2's h):
+    the state check took them for foreign ones (`reverie watch` of a bf16 run failed)."""
+    from reverie.envs import make_obs_spec
+    from reverie.run.agent import build_agent, select_device
+    from reverie.run.collector import env_of
+    from reverie.run.policy import Policy
+
+    cfg = build_config("cartpole", ["run.precision=bf16", "run.compile=off"], {})
+    env = env_of(cfg)
+    spec = make_obs_spec(env.observation_space)
+    policy = Policy(build_agent(cfg, spec, env.action_space, select_device("cpu")), cfg, spec,
+                    cfg.env.id)
+    obs, _ = env.reset(seed=0)
+    _, state = policy.act(obs)
+    assert any(t.dtype == torch.bfloat16 for t in torch.utils._pytree.tree_flatten(state)[0])
+    for _ in range(3):
+        action, state = policy.act(obs, state)
+        assert action in (0, 1)
+
+
 def test_load_a_checkpoint_file(run):
     entry = CheckpointStore(run / "checkpoints").entries()[0]
     policy = reverie.load(run / "checkpoints" / entry.file)

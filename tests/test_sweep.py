@@ -179,7 +179,7 @@ def test_a_stopped_sweep_stops_its_trials_once_with_their_checkpoints(tmp_path, 
     assert main([*args[:5], "--steps", str(step + 50), *args[7:]]) == 0
     (result,) = sweep_json(out)["results"]
     assert result["status"] == "finished" and result["resumes"] == 1
-    assert "1 of 1 trial(s) to run (0 finished before, 1 of them resumed), " in \
+    assert "1 of 1 trial(s) to run (0 finished before, 1 of them continued), " in \
         capsys.readouterr().err
 
 def _long_run_args(folder: Path) -> list[str]:
@@ -263,7 +263,11 @@ def test_grid_syntax(item):
     with pytest.raises(UserError, match=r"--grid run.train_ratio lists 128 and 128\.0, the "
                                         "same value; give each value once"):
         parse_grid(["run.train_ratio=128,128.0"])
-    assert parse_grid(["a=1,true,one"]) == [("a", ["1", "true", "one"])]  # all different
+    with pytest.raises(UserError, match=r"lists 1e-3 and 0\.001, the same value"):
+        parse_grid(["imagine.lr_world=1e-3,0.001"])
+    with pytest.raises(UserError, match="lists null and ~, the same value"):
+        parse_grid(["a=null,~"])
+    assert parse_grid(["a=1,true,one,null"]) == [("a", ["1", "true", "one", "null"])]
 
 
 def test_a_key_in_both_set_and_grid_is_refused(tmp_path, capsys):

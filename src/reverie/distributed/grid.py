@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from reverie.config import (
@@ -87,17 +86,18 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
 
 
 def _value(text: str) -> tuple:
-    """A grid value as the config will read it, for telling repeats apart: YAML's 128 and
-    128.0 are one number; true stays apart from 1, and a string from a number."""
+    """A grid value as the config reads it (OmegaConf's dotlist grammar), for telling
+    repeats apart: 128, 128.0 and 1.28e2 are one number; true stays apart from 1, null from
+    a string, a number from a word."""
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = OmegaConf.from_dotlist([f"v={text}"])["v"]
+    except Exception:  # noqa: BLE001 - what the config cannot read is refused later, by it
         return ("text", text)
-    if isinstance(value, bool):
-        return ("bool", value)
+    if isinstance(value, bool) or value is None:
+        return ("literal", value)
     if isinstance(value, (int, float)):
         return ("number", float(value))
-    return ("text", text)
+    return ("text", str(value))
 
 
 def _slug(text: str) -> str:

@@ -85,10 +85,6 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # of a core (a 200-step random run took minutes beside two training runs). A local
 # instance's trials run at the sweep's own priority, as --backend local's do.
 NICENESS_ENV = "RAY_worker_niceness"
-# Ray kills a worker's child processes when the worker exits (SIGKILL, no checkpoint); a
-# local instance leaves that to the trials themselves, which stop with a checkpoint when
-# their worker dies (`trial.follow_parent`)
-CHILDREN_ENV = "RAY_kill_child_processes_on_worker_exit"
 
 
 AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
@@ -101,9 +97,8 @@ def _local_instance_settings() -> Callable[[], None]:
     from ray._private import ray_constants
 
     env = {LOOPBACK_ENV: "0"}  # read by Ray's processes as they start
-    for key in (NICENESS_ENV, CHILDREN_ENV):
-        if key not in os.environ:  # a user's own setting is kept
-            env[key] = "0"
+    if NICENESS_ENV not in os.environ:  # a user's own setting is kept
+        env[NICENESS_ENV] = "0"
     before = {k: os.environ.get(k) for k in env}, ray_constants.ENABLE_RAY_CLUSTER
     os.environ.update(env)
     ray_constants.ENABLE_RAY_CLUSTER = False  # read by this process (Ray already imported)
@@ -255,11 +250,11 @@ def _terminate(signum, frame) -> None:
 def _stop(ray, refs: list) -> None:
     """Cancel the running trials' tasks: each task's `reverie train` gets SIGTERM
     (`trial._run_child`) and saves a checkpoint, which this waits for (up to STOP_WAIT_S)."""
-    for ref in refs:
-        ray.cancel(ref, force=False)
     try:
+        for ref in refs:
+            ray.cancel(ref, force=False)
         ray.wait(refs, num_returns=len(refs), timeout=STOP_WAIT_S)
-    except KeyboardInterrupt:  # a second stop: stop waiting
+    except KeyboardInterrupt:  # a second stop: stop waiting (ray.shutdown ends the trials)
         pass
 
 

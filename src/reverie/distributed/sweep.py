@@ -175,7 +175,7 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
                          sweep.grid, out, threads, notes)
     states = {t.name: trial_state(t) for t in trials}
     done = {n for n, state in states.items() if state == DONE}  # skipped: nothing to say
-    partial = sum(state == PARTIAL for state in states.values())  # resumed
+    partial = sum(state == PARTIAL for state in states.values())  # resumed or extended
     say = on_note or (lambda line: None)
     for note, names in notes.items():
         names = [n for n in names if n not in done]
@@ -186,7 +186,7 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
 
     def started() -> None:  # once the backend is up: what to expect before a trial ends
         if len(done) < len(trials):
-            resumed = f", {partial} of them resumed" if partial else ""
+            resumed = f", {partial} of them continued" if partial else ""
             say(f"{len(trials) - len(done)} of {len(trials)} trial(s) to run ({len(done)} "
                 f"finished before{resumed}), {min(workers, len(trials))} at a time on "
                 f"{backend}; each "

@@ -97,8 +97,12 @@ def bootstrap_ci(
     scores: one array of seed scores per task, e.g. `[[1., 2., 3.]]` for one task of three
     seeds; a flat list of numbers is refused (read as tasks of one seed each, it would give
     an interval of zero width)."""
-    if isinstance(scores, np.ndarray) and scores.ndim < 2 or any(
-            np.ndim(s) == 0 for s in scores):
+    if isinstance(scores, np.ndarray) and scores.dtype != object:
+        flat = scores.ndim < 2  # [tasks, seeds] is fine
+    else:
+        scores = list(scores)  # a generator is read once
+        flat = any(np.ndim(s) == 0 for s in scores)
+    if flat:
         raise ValueError("scores must be one array of seed scores per task, e.g. "
                          "[[1.0, 2.0, 3.0]] for one task of 3 seeds; got single numbers "
                          "where a task's scores should be")

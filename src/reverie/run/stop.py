@@ -64,7 +64,11 @@ class StopOnSignal:
         self._request(signal.Signals(signum).name)
 
     def _parent_gone(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested is None:  # repeats: the same parent's death, reported again
+        # its repeats (the same parent's death, reported again) are ignored from now on, also
+        # after this context, while the run saves its checkpoint and exits
+        signal.signal(signum, signal.SIG_IGN)
+        self._saved.pop(signum, None)
+        if self.requested is None:
             self._request("SIGTERM")
 
     def _request(self, name: str) -> None:
