@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from gymnasium.spaces import Discrete
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from reverie.cli import main
@@ -342,6 +342,7 @@ VALUES = st.one_of(st.integers(-10, 10**6), st.floats(allow_nan=True), st.text(m
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(KEYS), VALUES), max_size=4))
+@example([("imagine.world.backbone", "0\n0")])  # found by the fuzzer: a two-line error
 def test_config_fuzzing_never_tracebacks(pairs):
     overrides = [f"{k}={v}" for k, v in pairs]
     try:

@@ -588,7 +588,7 @@ def validate(cfg: DictConfig) -> None:
         name = OmegaConf.select(cfg, f"{cfg.agent}.{backbone_key}")
         if name not in BACKBONES:
             raise UserError(
-                f"unknown backbone '{name}'{suggest(name, BACKBONES)}; "
+                f"unknown backbone {str(name)!r}{suggest(str(name), BACKBONES)}; "
                 f"choose one of: {', '.join(BACKBONES)}"
             )
     check = agent_hook(cfg.agent, "validate_config")

@@ -40,7 +40,7 @@ def make_backbone(name: str, d_model: int = 256, n_layers: int = 2, *,
     if name not in _MODULES:
         hint = suggest(name, BACKBONES)
         raise ValueError(
-            f"unknown backbone '{name}'{hint}; choose one of: {', '.join(BACKBONES)}"
+            f"unknown backbone {str(name)!r}{hint}; choose one of: {', '.join(BACKBONES)}"
         )
     if not positive_int(d_model):
         raise ValueError(f"d_model must be a positive integer, got {d_model!r}")
