@@ -285,7 +285,8 @@ def test_sweep_into_another_sweeps_folder_is_refused(grid_2x2, capsys):
     rc = main(["sweep", *TINY, "--seeds", "2", "--grid", "run.train_ratio=8,16",
                "--set", "run.prefill=5", "--out", str(grid_2x2)])
     err = capsys.readouterr().err
-    assert rc == 2 and "other settings (run.prefill: 0 there, 5 in this sweep)" in err
+    assert rc == 2 and ("other settings (run.prefill: 0 there, 5 in this sweep), which a resume "
+                        "cannot change: give this sweep another --out") in err
 
 
 def test_rerun_with_another_grid_keeps_the_earlier_trials(tmp_path, capsys):

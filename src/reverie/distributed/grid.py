@@ -199,8 +199,9 @@ def check_existing(folder: Path, cfg: DictConfig) -> list[tuple[str, str, str]]:
     saved = load_run_config(folder)
     diff = _first_difference(_compared(saved), _compared(cfg))
     if diff:
-        raise UserError(f"'{folder}' holds a run with other settings ({diff}); it belongs to "
-                        "another sweep: choose another --out")
+        raise UserError(f"'{folder}' holds a run with other settings ({diff}), which a "
+                        "resume cannot change: give this sweep another --out, or the settings "
+                        "that folder's sweep ran with")
     changed = []
     for key in RESUME_KEYS:
         old, new = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)

@@ -104,7 +104,13 @@ class Trainer(Checkpointing):
     def resume(cls, out: str | Path, steps: int | None = None,
                overrides: list[str] | tuple[str, ...] = ()) -> Trainer:
         """The Trainer that continues the run in `out` (`reverie train --resume`): `steps`
-        raises its budget (an extension), `overrides` are `--set`s of RESUME_KEYS."""
+        raises its budget (an extension), `overrides` are `--set`s of RESUME_KEYS.
+
+        Building it already commits the resume to the run folder, as `reverie train
+        --resume` does before its first step: the logs are cut back to the checkpoint it
+        continues from, the replay grows to a raised budget, and config.yaml records that
+        budget. A Trainer built and never trained leaves the run extended but untrained (a
+        later resume continues it); call `train()` right after building, as the CLI does."""
         return cls(resume_config(out, steps, overrides), Path(out), resume=True)
 
     def __init__(self, cfg: DictConfig, out: Path, resume: bool = False) -> None:
