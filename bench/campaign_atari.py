@@ -165,10 +165,6 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _threads(n: int) -> str:
-    return f"{n} torch thread{'s' if n != 1 else ''}"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=STEPS)
@@ -203,6 +199,7 @@ def main() -> None:
                             "96", "--out", str(RUN / "watch.gif")], check=True)
             shutil.copy2(RUN / "watch-real-vs-imagined.gif", out / "pong-real-vs-imagined.gif")
             keep(RUN)
+    from reverie.eval.report import _n  # the report's plural
     from reverie.run.logger import read_jsonl
     from runlib import locate
 
@@ -216,7 +213,7 @@ def main() -> None:
                        if "threads" in r})
         result["threads"] = used[0] if len(used) == 1 else used
         result["threads_note"] = (
-            " or ".join(_threads(n) for n in used)
+            " or ".join(_n(n, "torch thread") for n in used)
             + " (every training process, as the run's machine.jsonl records), with other "
             "work on the machine for part of it")
     path.write_text(json.dumps(result, indent=1) + "\n")
