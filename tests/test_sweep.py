@@ -646,6 +646,26 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _kill_parent_then_wait_for(parent, child: int, started, what: str, seconds: float) -> None:
+    """Once `started()` (the child trains), SIGKILL `parent` and wait up to `seconds` for
+    `child` (`what`) to end by itself; a child still alive is killed after the check."""
+    try:
+        deadline = time.time() + 120
+        while not started():
+            assert time.time() < deadline and _alive(child), f"the {what} never trained"
+            time.sleep(0.1)
+        assert _alive(child)
+        parent.kill()
+        parent.wait()
+        deadline = time.time() + seconds
+        while _alive(child) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child), f"the {what} outlived its parent"
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_trial_ends_when_whoever_started_it_is_killed(tmp_path):
     """`reverie train` started with `child_env()` (as sweep trials and benchmark runs are)
@@ -666,21 +686,7 @@ def test_a_trial_ends_when_whoever_started_it_is_killed(tmp_path):
         child.wait()
     """)], stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
-    try:
-        deadline = time.time() + 120
-        while not (run / "config.yaml").exists():  # training has started
-            assert time.time() < deadline and _alive(child), "the child never started"
-            time.sleep(0.2)
-        assert _alive(child)
-        parent.kill()
-        parent.wait()
-        deadline = time.time() + 30
-        while _alive(child) and time.time() < deadline:
-            time.sleep(0.1)
-        assert not _alive(child), "the trial outlived its parent"
-    finally:
-        if _alive(child):
-            os.kill(child, signal.SIGKILL)
+    _kill_parent_then_wait_for(parent, child, (run / "config.yaml").exists, "trial", 30)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
@@ -712,21 +718,12 @@ def test_a_trial_whose_sweep_is_killed_stops_once_with_its_checkpoint(tmp_path):
         workers[0].join()
     """)], stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
-    try:
-        deadline = time.time() + 120
-        while not (run / "timing.jsonl").exists() or \
-                (run / "timing.jsonl").read_text().count("\n") < 2:
-            assert time.time() < deadline and _alive(child), "the trial never trained"
-            time.sleep(0.1)
-        parent.kill()
-        parent.wait()
-        deadline = time.time() + 60
-        while _alive(child) and time.time() < deadline:
-            time.sleep(0.1)
-        assert not _alive(child), "the trial outlived its sweep"
-    finally:
-        if _alive(child):
-            os.kill(child, signal.SIGKILL)
+
+    def logged() -> bool:  # its first logged steps
+        timing = run / "timing.jsonl"
+        return timing.exists() and timing.read_text().count("\n") >= 2
+
+    _kill_parent_then_wait_for(parent, child, logged, "trial", 60)
     text = log.read_text()
     assert "stopped by SIGTERM at env step" in text and "interrupted" not in text, text
     step = json.loads((run / "checkpoints" / "manifest.json").read_text())[
