@@ -36,6 +36,7 @@ class Policy:
         self.env_id = env_id
         self.step: int | None = None  # env steps the agent had trained for
         self.eval_return: float | None = None  # its evaluation (a best checkpoint's)
+        self._state_form: tuple | None = None  # initial_state(1) flattened (_check_state)
 
     def _as_dict(self, obs: Any) -> dict[str, np.ndarray]:
         if isinstance(obs, dict):
@@ -62,7 +63,9 @@ class Policy:
     def _check_state(self, state: Any) -> None:
         """`state` must have the form of the states `act` returns (the agent's own: nested
         tuples/dicts of one-row tensors), else one line instead of the agent's raw error."""
-        want, want_spec = tree_flatten(self.agent.initial_state(1))
+        if self._state_form is None:  # the agent's form, once: act is called every step
+            self._state_form = tree_flatten(self.agent.initial_state(1))
+        want, want_spec = self._state_form
         got, got_spec = tree_flatten(state)
         same = got_spec == want_spec and all(
             type(g) is type(w) if not isinstance(w, torch.Tensor) else
