@@ -214,16 +214,28 @@ def test_world_model_agent_trains_on_several_envs_and_resumes_exactly(tmp_path):
     from tiny import TINY_MODEL
 
     extra = [*TINY_MODEL, *QUIET, "run.num_envs=2", "run.prefill=100", "run.train_ratio=16",
-             "run.checkpoint_every=100", "run.log_every=50", "run.threads=1"]
+             "run.checkpoint_every=100", "run.log_every=75", "run.threads=1"]
     full, part = tmp_path / "full", tmp_path / "part"
     Trainer(build_config("cartpole", extra, {"steps": 400}), full).train()
     rows = [json.loads(x) for x in metrics(full).splitlines()]
     assert any("wm/loss" in row for row in rows)
     Trainer(build_config("cartpole", extra, {"steps": 200}), part).train()
+    # a resume built and dropped leaves the run as it was: building one cut the logs (this
+    # finished run's tail row), grew the replay and wrote the raised budget before train()
+    before = folder_bytes(part)
+    assert any('"window": "tail"' in line for line in metrics(part).splitlines())
+    Trainer.resume(part, steps=400).release()
+    assert folder_bytes(part) == before
     cfg = config.load_run_config(part)
     cfg.run.steps = 400
     Trainer(cfg, part, resume=True).train()  # the replay grows from 200 to 400 rows
     assert metrics(part) == metrics(full)
+
+
+def folder_bytes(run: Path) -> dict[str, bytes]:
+    """Every file of a run folder but its lock, by relative path."""
+    return {str(f.relative_to(run)): f.read_bytes() for f in sorted(run.rglob("*"))
+            if f.is_file() and f.name != ".lock"}
 
 
 def test_every_env_stream_keeps_all_its_steps(tmp_path):

@@ -78,11 +78,6 @@ class Checkpointing:
 
     def _restore(self, payload: dict[str, Any], entry) -> None:
         load_agent_state(self.agent, payload, entry.file)
-        if self.replay is not None:
-            try:
-                self.replay.load_state_dict(payload["replay"])
-            except ValueError as e:
-                raise UserError(f"cannot resume the replay: {e}") from None
         self.act_state = payload["act_state"]
         for note in self.envs.load_state_dict(payload["envs"]):
             self._note(note)

@@ -45,6 +45,7 @@ from reverie.envs import make_obs_spec
 from reverie.envs.actions import action_spec, random_actions
 from reverie.envs.vector import env_maker
 from reverie.errors import Stopped, UserError
+from reverie.replay import Replay
 from reverie.rng import (
     numpy_generator,
     seed_everything,
@@ -106,11 +107,10 @@ class Trainer(Checkpointing):
         """The Trainer that continues the run in `out` (`reverie train --resume`): `steps`
         raises its budget (an extension), `overrides` are `--set`s of RESUME_KEYS.
 
-        Building it already commits the resume to the run folder, as `reverie train
-        --resume` does before its first step: the logs are cut back to the checkpoint it
-        continues from, the replay grows to a raised budget, and config.yaml records that
-        budget. A Trainer built and never trained leaves the run extended but untrained (a
-        later resume continues it); call `train()` right after building, as the CLI does."""
+        Building it reads the run and loads its checkpoint but writes nothing there except
+        the folder's lock (given up by `release()`); `train()` commits the resume: the logs
+        are cut back to the checkpoint it continues from, the replay grows to a raised
+        budget, and config.yaml records that budget."""
         return cls(resume_config(out, steps, overrides), Path(out), resume=True)
 
     def __init__(self, cfg: DictConfig, out: Path, resume: bool = False) -> None:
@@ -121,14 +121,20 @@ class Trainer(Checkpointing):
         self._threads_before: int | None = None
         self._finished = False
         self.envs: Collector | None = None
-        stray_lock = resume and not (self.out / ".lock").exists()  # a folder never run here
+        # a folder never run here (an archive): a failed resume leaves it without a lock file
+        self._stray_lock = resume and not (self.out / ".lock").exists()
         try:
             self._set_up(cfg, resume)
-        except BaseException:  # a failed start or resume frees the folder now, not at exit
-            if stray_lock and self._lock is not None:  # and leaves it as it was (archives)
-                (self.out / ".lock").unlink(missing_ok=True)
-            self.release()
+        except BaseException:
+            self._failed_start()
             raise
+
+    def _failed_start(self) -> None:
+        """A failed start or resume frees the folder now, not at exit, and leaves an archive's
+        folder as it was."""
+        if self._stray_lock and self._lock is not None:
+            (self.out / ".lock").unlink(missing_ok=True)
+        self.release()
 
     def _set_up(self, cfg: DictConfig, resume: bool) -> None:
         self._new_folder = not resume  # a started-over run keeps its (checked) folder
@@ -170,18 +176,9 @@ class Trainer(Checkpointing):
         self.replay_rows = replay_rows(cfg, self.out, None if payload is None
                                        else payload["replay"], self._note)
         self._prepare_folder()  # only once env and agent are known to work: no stray runs
-        self.replay = None
-        if self.uses_replay:
-            spec = {**self.obs_spec, "action": action_spec(self.action_space)}
-            self.replay = make_replay(cfg, self.out, spec, self.replay_rows, payload,
-                                      self.resuming, self._note)
-        # config last: a folder without config.yaml is not a run, so a failed start leaves
-        # nothing that blocks the next attempt; on resume it records a raised run.steps, but
-        # --steps at or below the steps already done trains nothing and leaves the config (and so
-        # the budget a report reads) as it was
-        if resume_from is None or int(cfg.run.steps) > \
-                int(resume_from[0]["counters"]["env_steps"]):
-            save_config(self.cfg, self.out / "config.yaml")
+        self.replay: Replay | None = None  # made by train() (`_open`), as is the logger
+        self.logger: RunLogger | None = None
+        self._resume_from = resume_from
         self.rng = numpy_generator(int(cfg.seed) + 1)  # prefill actions
         self.count = Counters(next_checkpoint=int(cfg.run.checkpoint_every))
         self.resumed_from: int | None = None
@@ -191,25 +188,50 @@ class Trainer(Checkpointing):
         self._window: dict[str, list[float]] = {}  # update metrics since the last log row
         self.act_state = self.agent.initial_state(self.num_envs)
         if resume_from is not None:
-            self._restore(*resume_from)
-            # the checkpoint resumed from may be older than the file
-            self.saved.write_progress(self.count.env_steps)
-        self.logger = RunLogger(self.out, resume_step=self.resumed_from,
-                                extends=self.count.env_steps < int(cfg.run.steps))
+            self._restore(*resume_from)  # in memory: the replay's state is loaded by `_open`
         # the summary ends with the run's last episodes, those before a resume included (a
-        # resume of a finished run said "last_returns": []); the logger has dropped the rows
-        # past the checkpoint by now
+        # resume of a finished run said "last_returns": []): the rows up to the checkpoint
         self._returns: list[float] = [] if resume_from is None else [
             float(row["episode/return"]) for _, row in read_rows(self.out / METRICS)
-            if "episode/return" in row][-5:]
+            if "episode/return" in row and row["step"] <= self.resumed_from][-5:]
         # the training wall time of the processes before this one (TensorBoard's
         # time/run_wall goes on from it instead of restarting at 0 like time/wall)
         self._wall_before = 0.0 if resume_from is None else self._wall_so_far()
 
+    def _open(self) -> None:
+        """What a run writes before its first step, done by train() (not at construction,
+        so that a Trainer built and never trained leaves a resumed run as it was): the
+        replay (on a resume grown to a raised budget, its checkpoint state loaded), config.yaml,
+        the logs (cut back to the checkpoint a resume continues from)."""
+        cfg, resume_from = self.cfg, self._resume_from
+        payload = resume_from[0] if resume_from is not None and self.uses_replay else None
+        if self.uses_replay:
+            spec = {**self.obs_spec, "action": action_spec(self.action_space)}
+            self.replay = make_replay(cfg, self.out, spec, self.replay_rows, payload,
+                                      self.resuming, self._note)
+            if payload is not None:
+                try:
+                    self.replay.load_state_dict(payload["replay"])
+                except ValueError as e:
+                    raise UserError(f"cannot resume the replay: {e}") from None
+        # config after the replay: a folder without config.yaml is not a run, so a failed
+        # start leaves nothing that blocks the next attempt; on resume it records a raised
+        # run.steps, but --steps at or below the steps already done trains nothing and leaves
+        # the config (and so the budget a report reads) as it was
+        if resume_from is None or int(cfg.run.steps) > \
+                int(resume_from[0]["counters"]["env_steps"]):
+            save_config(cfg, self.out / "config.yaml")
+        if resume_from is not None:  # the checkpoint resumed from may be older than the file
+            self.saved.write_progress(self.count.env_steps)
+        self.logger = RunLogger(self.out, resume_step=self.resumed_from,
+                                extends=self.count.env_steps < int(cfg.run.steps))
+        self._resume_from = None  # its payload (the replay's arrays) is not kept
+
     def _wall_so_far(self) -> float:
         """The run's training wall time before this process: its last timing row's
-        time/run_wall, or the sum of the segments of a log written before that key."""
-        rows = [row for _, row in read_rows(self.out / TIMING)]
+        time/run_wall, or the sum of the segments of a log written before that key; rows up
+        to the checkpoint resumed from (those after it are cut by `_open`)."""
+        rows = [row for _, row in read_rows(self.out / TIMING) if row["step"] <= self.resumed_from]
         if rows and isinstance(rows[-1].get("time/run_wall"), (int, float)):
             return float(rows[-1]["time/run_wall"])
         return training_wall(rows)[0] or 0.0
@@ -363,6 +385,12 @@ class Trainer(Checkpointing):
         if self._finished:  # its logs are closed: a second train() would fail midway
             raise UserError(f"this Trainer has already trained {self.out}; continue the run "
                             "with Trainer.resume(out, steps=...).train()")
+        try:
+            self._open()
+        except BaseException:
+            self._finished = True
+            self._failed_start()
+            raise
         try:
             return self._run()
         finally:
