@@ -182,6 +182,51 @@ def test_a_stopped_sweep_stops_its_trials_once_with_their_checkpoints(tmp_path, 
     assert "1 of 1 trial(s) to run (0 finished before, 1 of them continued), " in \
         capsys.readouterr().err
 
+def test_a_stopped_sweep_keeps_the_records_of_its_ended_trials(tmp_path):
+    """A stopped sweep wrote no sweep.json: the record of a trial that finished before the
+    stop (its attempts, exit codes, wall time) was lost, as the next run only skips it. Now
+    sweep.json holds what ended, marked stopped, and the next run carries the record on."""
+    import subprocess
+
+    out = tmp_path / "sw"
+    args = ["sweep", "--preset", "random", "--env", "CartPole-v1", "--set",
+            "run.eval_episodes=0", "--set", "run.checkpoint_every=100000000", "--out", str(out)]
+    short, long_ = (out / trial_name("CartPole-v1", [("run.steps", v)], 0)
+                    for v in ("300", "100000000"))
+    err_path = tmp_path / "err"
+    with open(err_path, "w") as err:
+        sweep = subprocess.Popen(
+            [sys.executable, "-m", "reverie", *args, "--grid", "run.steps=300,100000000",
+             "--workers", "2"], stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.time() + 120
+        while f"trial {short.name} finished" not in err_path.read_text() or \
+                not (long_ / "timing.jsonl").exists():
+            assert time.time() < deadline and sweep.poll() is None, err_path.read_text()
+            time.sleep(0.1)
+        sweep.send_signal(signal.SIGTERM)
+        try:
+            assert sweep.wait(timeout=120) == 128 + signal.SIGTERM, err_path.read_text()
+        except subprocess.TimeoutExpired:
+            sweep.kill()
+            raise
+    stopped = sweep_json(out)
+    assert stopped["stopped"] == "SIGTERM" and "report" not in stopped
+    assert (stopped["finished"], stopped["unfinished"]) == (1, 1)
+    records = {r["name"]: r for r in stopped["results"]}
+    assert records[short.name]["status"] == "finished"
+    assert records[long_.name]["status"] == "stopped"
+    assert not (out / "report").exists()
+    # the next run names the short trial only: it skips it with the stopped run's record
+    summary = run_sweep(Sweep(preset="random", envs=["CartPole-v1"], seeds=1,
+                              overrides=["run.eval_episodes=0",
+                                         "run.checkpoint_every=100000000"],
+                              grid=["run.steps=300"], out=str(out)))
+    assert summary["skipped"] == 1 and "stopped" not in summary
+    (result,) = [r for r in sweep_json(out)["results"] if r["name"] == short.name]
+    assert result["status"] == "skipped"
+    assert result["trained"]["returncodes"] == records[short.name]["returncodes"] == [0]
+
+
 def _long_run_args(folder: Path) -> list[str]:
     return ["train", "--preset", "random", "--env", "CartPole-v1", "--steps", "100000000",
             "--set", "run.eval_episodes=0", "--no-progress", "--out", str(folder)]

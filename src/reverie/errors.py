@@ -27,6 +27,7 @@ class Stopped(UserError):
         import signal
 
         super().__init__(message)
+        self.signal_name = signal_name
         self.exit_code = 128 + int(signal.Signals[signal_name])
 
 

@@ -197,14 +197,23 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
     out.mkdir(parents=True, exist_ok=True)
     (out / SWEEP_MARKER).write_text("a reverie sweep folder\n")
     lock = _lock(out)
+    ended: list[dict] = []  # the trials' outcomes as they come: a stopped sweep keeps them
+
+    def record(result: dict) -> None:
+        ended.append(result)
+        on_result(result)
+
     try:
         try:
             if backend == "ray":
                 from reverie.distributed.ray_backend import run_ray
 
-                results = run_ray(trials, workers, sweep.retries, address, on_result, started)
+                results = run_ray(trials, workers, sweep.retries, address, record, started)
             else:
-                results = _run_local(trials, workers, sweep.retries, on_result, started)
+                results = _run_local(trials, workers, sweep.retries, record, started)
+        except Stopped as e:
+            _finish(sweep, out, backend, trials, ended, stopped=e.signal_name)
+            raise
         except UserError:
             if created and {p.name for p in out.iterdir()} <= {SWEEP_MARKER, LOCK}:
                 shutil.rmtree(out)  # e.g. Ray unreachable: leave no empty sweep folder behind
@@ -239,8 +248,11 @@ def _say_changed(trials: list[Trial], done: set[str], say: Callable[[str], None]
 
 
 def _finish(sweep: Sweep, out: Path, backend: str, trials: list[Trial],
-            results: list[dict]) -> dict[str, Any]:
-    """sweep.json and the report of a sweep whose trials have run; returns the summary."""
+            results: list[dict], stopped: str | None = None) -> dict[str, Any]:
+    """sweep.json and the report of a sweep whose trials have run; returns the summary.
+    `stopped` (the signal that stopped the sweep): sweep.json of the trials that ended
+    before it (so that their records outlive the stop: the next run, which skips them,
+    carries them on), marked stopped, and no report."""
     order = {t.name: i for i, t in enumerate(trials)}
     results.sort(key=lambda r: order[r["name"]])
     previous = _previous_sweep(out)
@@ -249,11 +261,21 @@ def _finish(sweep: Sweep, out: Path, backend: str, trials: list[Trial],
     counts = {s: sum(r["status"] == s for r in results) for s in ("finished", "skipped", "failed")}
     summary: dict[str, Any] = {"sweep": str(out), "backend": backend, "trials": len(trials),
                                **counts, "resumed": sum(r["resumes"] > 0 for r in results)}
+    if stopped is not None:
+        summary["stopped"] = stopped
+        # stopped on their way (a local sweep's records say "stopped") or not started
+        summary["unfinished"] = len(trials) - sum(counts.values())
+        # this sweep's trials that the stop came before: their earlier records, if any, stay
+        ended = {r["name"] for r in results}
+        results = results + [r for r in _records(previous)
+                             if r.get("name") in order and r["name"] not in ended]
     if earlier:
         summary["earlier_trials"] = len(earlier)
     grid_keys = list(dict.fromkeys([*earlier_keys, *(k for k, _ in parse_grid(sweep.grid))]))
     (out / "sweep.json").write_text(json.dumps(
         {**summary, "grid_keys": grid_keys, "results": results + earlier}, indent=1) + "\n")
+    if stopped is not None:
+        return summary
     try:
         from reverie.eval.report import write_report
 
@@ -280,13 +302,17 @@ def _previous_sweep(out: Path) -> dict:
         return {}
 
 
+def _records(previous: dict) -> list[dict]:
+    """The trial records of an earlier sweep.json ([] where it holds none)."""
+    records = previous.get("results")
+    return [r for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+
+
 def _keep_history(results: list[dict], previous: dict) -> None:
     """A trial skipped now (finished before) keeps the record of the run that trained it under
     'trained' (its attempts, exit codes, wall time), instead of the skip's zeros.
     `previous`: the earlier sweep.json."""
-    records = previous.get("results")
-    by_name = {r.get("name"): r for r in records if isinstance(r, dict)} \
-        if isinstance(records, list) else {}
+    by_name = {r.get("name"): r for r in _records(previous)}
     for r in results:
         before = by_name.get(r["name"])
         if r["status"] != "skipped" or before is None:
