@@ -901,6 +901,27 @@ def test_external_runs_are_scored_and_grouped_beside_reverie_runs(tmp_path):
     assert "| CartPole-v1 | random | 2 |" in text
 
 
+def test_an_external_run_whose_budget_ends_between_evaluations_is_finished(tmp_path, capsys):
+    """10,000 steps evaluated every 3,000: the last evaluation is at 9,000 and the next would
+    have come after the budget, so the run trained to it; one that stopped at 6,000 (an
+    evaluation was due at 9,000) is unfinished."""
+    root = tmp_path / "runs"
+    external_run(root / "done", "CartPole-v1", 0, [1.0, 2.0, 3.0], every=3000, steps=10_000,
+                 wall_s=100.0)
+    runs, warnings = load_runs([root], finished_only=True)
+    assert warnings == [] and runs[0].env_steps == 10_000
+    assert runs[0].steps_per_s == pytest.approx(100.0)
+    out = tmp_path / "rep"
+    assert main(["report", str(root), "--out", str(out)]) == 0
+    assert "unfinished" not in capsys.readouterr().err
+    assert "| 1 | 10,000 / 10,000 |" in (out / "report.md").read_text()
+    # the control: stopped one evaluation short
+    external_run(root / "stopped", "CartPole-v1", 1, [1.0, 2.0], every=3000, steps=10_000)
+    runs, warnings = load_runs([root], finished_only=True)
+    assert [r.path.name for r in runs] == ["done"]
+    assert warnings == [f"skipped {root / 'stopped'}: unfinished (6,000 of 10,000 env steps)"]
+
+
 @pytest.mark.parametrize("record, reason", [
     ({"agent": "sb3-ppo", "env": "CartPole-v1", "seed": 0, "steps": 100}, "lacks evals"),
     ({"agent": "imagine", "env": "CartPole-v1", "seed": 0, "steps": 100, "evals": [[100, 1.0]]},

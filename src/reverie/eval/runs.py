@@ -44,7 +44,7 @@ class Run:
     cfg: DictConfig
     env: str
     seed: int
-    env_steps: int  # steps the run reached (its last logged step)
+    env_steps: int  # steps the run reached (its last logged step; external: `read_external`)
     target_steps: int  # run.steps
     final_raw: float  # the run's final return (see `final_return`)
     score: float  # final score in `kind`'s unit
@@ -239,14 +239,20 @@ def read_external(folder: Path) -> Run:
     wall = float(wall) if number(wall) and wall > 0 else None
     raw_curve = sorted((int(s), float(v)) for s, v in evals)
     last = raw_curve[-1][0]
+    # a budget that is no multiple of the evaluation interval ends between evaluations (10,000
+    # steps evaluated every 3,000: the last at 9,000): a run whose next evaluation would have
+    # fallen past its budget trained to it (the interval: the spacing of its last two evals,
+    # or from step 0 for one)
+    interval = last - max((s for s, _ in raw_curve if s < last), default=0)
+    reached = max(last, steps) if last + interval > steps else last
     kind = score_kind(env)
     final_raw = final_return(raw_curve, [], last)
     curve, score = _in_score_units(kind, env, raw_curve, final_raw)
     cfg = OmegaConf.create({"agent": agent, "env": {"id": env}, "seed": seed,
                             "run": {"steps": steps}})
-    return Run(path=folder, cfg=cfg, env=env, seed=seed, env_steps=last, target_steps=steps,
+    return Run(path=folder, cfg=cfg, env=env, seed=seed, env_steps=reached, target_steps=steps,
                final_raw=final_raw, score=float(score), kind=kind, curve=curve, wall_s=wall,
-               steps_per_s=last / wall if wall else None, source="eval")
+               steps_per_s=reached / wall if wall else None, source="eval")
 
 
 def final_return(evals: list[tuple[int, float]], episodes: list[tuple[int, float]],
