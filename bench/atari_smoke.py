@@ -101,11 +101,7 @@ def alternate(args: argparse.Namespace) -> dict:
     run, alternating round by round."""
     import shutil
 
-    from runlib import spread  # bench/ is the script's directory
-
-    def head(tree: Path) -> str | None:
-        return subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True).stdout.strip() or None
+    from runlib import revision, spread  # bench/ is the script's directory
 
     base_src = None
     if args.baseline_src:
@@ -113,8 +109,8 @@ def alternate(args: argparse.Namespace) -> dict:
         if not (base_src / "reverie" / "__init__.py").is_file():
             sys.exit(f"--baseline-src {base_src}: no reverie package there (give a tree's "
                      "src/)")
-    here = head(ROOT)
-    commit = head(base_src) if base_src else here
+    here = revision(ROOT / "src")  # the code each side times: a tree's src/
+    commit = revision(base_src) if base_src else here
     sets = {"current": args.current_set or [], "baseline": args.baseline_set or []}
     per: dict[str, list[float]] = {"current": [], "baseline": []}
     loads = [round(os.getloadavg()[0], 2)]
@@ -148,16 +144,16 @@ def alternate(args: argparse.Namespace) -> dict:
 
 def compute_bound(threads: int) -> dict:
     """The FLOPs of one update of the preset (runlib.update_flops) over this machine's fp32
-    matmul peak (throughput.matmul_peak): the fewest seconds per update that any
-    implementation of the same update could take here, with zero time for everything but
-    its matmuls and convolutions."""
+    matmul peak on `threads` torch threads (throughput.matmul_peak; `peak_source` says which):
+    the fewest seconds per update that any implementation of the same update could take
+    here, with zero time for everything but its matmuls and convolutions."""
     from runlib import update_flops
     from throughput import matmul_peak
 
     flops = update_flops("atari100k", ["run.prefill=300", "run.steps=301",
                                        "run.eval_episodes=0", f"run.threads={threads}",
                                        "run.checkpoint_every=1000000000"])
-    peak, source = matmul_peak()
+    peak, source = matmul_peak(threads)
     return {"flops_per_update": flops, "matmul_peak_flops": peak, "peak_source": source,
             "min_seconds_per_update": round(flops / peak, 2)}
 

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runlib import spread  # bench/ is the script's directory
+from runlib import revision, spread  # bench/ is the script's directory
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SRC = Path(__file__).resolve().parent.parent / "src"
@@ -200,16 +200,6 @@ def run_isolated(src: Path, preset: str, mode: str | None, threads: int) -> dict
     if proc.returncode != 0:
         raise RuntimeError(f"{src}: {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def revision(src: Path) -> str:
-    """The checkout's commit, "+changes" where files under `src` differ from it."""
-    def git(*args: str) -> str:
-        proc = subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True)
-        return proc.stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "?"
-    return head + ("+changes" if git("status", "--porcelain", "--", ".") else "")
 
 
 def summarise(runs: list[dict]) -> dict:

@@ -263,6 +263,17 @@ def matmul_gflops(threads: int = 0, n: int = 1024, reps: int = 5) -> float:
     return round(statistics.median(rates), 1)
 
 
+def revision(src: Path) -> str:
+    """The checkout's commit ("?" outside git), "+changes" where files under `src` differ from
+    it: what a timing ran, for the JSON that records it."""
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True)
+        return proc.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "?"
+    return head + ("+changes" if git("status", "--porcelain", "--", ".") else "")
+
+
 @contextmanager
 def prefilled_agent(preset: str, overrides: list[str], prefill: int,
                     threads: int) -> Iterator[tuple]:

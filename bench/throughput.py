@@ -649,19 +649,31 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def matmul_peak() -> tuple[float, str]:
-    """The fp32 matmul peak measured by bench/backbones.py on a quiet machine, else now."""
+def matmul_peak(threads: int | None = None) -> tuple[float, str]:
+    """(fp32 matmul peak, where it comes from): the one bench/backbones.py measured on a quiet
+    machine, else measured now; with `threads`, only a peak of that many torch threads (one
+    of 2 threads is no bound for a run on 4), else measured now on `threads`."""
     path = RESULTS / "backbones.json"
     if path.exists():
-        peak = json.loads(path.read_text()).get("matmul_peak_flops")
-        if peak:
-            return float(peak), "bench/results/backbones.json, 2 threads"
+        report = json.loads(path.read_text())
+        peak, at = report.get("matmul_peak_flops"), report.get("machine", {}).get("torch_threads")
+        if peak and threads in (None, at):
+            return float(peak), f"bench/results/backbones.json, {_threads(at)}"
     import torch
 
     sys.path.insert(0, str(ROOT / "bench"))
     from backbones import best_matmul_peak
 
-    return best_matmul_peak(), f"measured now, {torch.get_num_threads()} threads"
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        return best_matmul_peak(), f"measured now, {_threads(torch.get_num_threads())}"
+    finally:
+        torch.set_num_threads(before)
+
+
+def _threads(n: int | None) -> str:
+    return "? threads" if n is None else f"{n} thread{'' if n == 1 else 's'}"
 
 
 def add_bound(path: Path) -> int:

@@ -197,3 +197,27 @@ def test_ctrl_c_stops_a_benchmark_run_with_a_checkpoint(tmp_path):
     assert f"at env step {stopped_at} with a checkpoint" in line
     kept = tmp_path / "archive" / "suite" / "CartPole-s0" / "progress.json"  # archived too
     assert json.loads(kept.read_text()) == {"env_steps": stopped_at}
+
+
+def test_revision_is_the_commit_marked_where_src_has_changes(tmp_path):
+    """The one revision helper of bench/ (atari_smoke.py and mbpo_cost.py record it): a
+    change outside `src` (a results file) does not mark it, one inside does."""
+    tree = tmp_path / "tree"
+    (tree / "src").mkdir(parents=True)
+    (tree / "src" / "a.py").write_text("x = 1\n")
+    (tree / "notes.md").write_text("n\n")
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tree), "-c", "user.name=t", "-c",
+                               "user.email=t@t", *args], check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    assert runlib.revision(tree / "src") == "?"  # not a git checkout
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "one")
+    head = git("rev-parse", "--short", "HEAD")
+    (tree / "notes.md").write_text("changed\n")
+    assert runlib.revision(tree / "src") == head
+    (tree / "src" / "a.py").write_text("x = 2\n")
+    assert runlib.revision(tree / "src") == f"{head}+changes"

@@ -78,3 +78,34 @@ def test_atari_alternation_labels_each_side_by_its_code_and_sets(tmp_path, monke
     assert "8 updates from update 6 on, 2.10 s each" in table
     assert "imagination 1.05 s (50%), world-model step 1.00 s (48%)" in table
     assert "logging" not in table  # parts under 1% are left out
+
+
+def test_atari_compute_bound_uses_a_peak_of_the_runs_own_thread_count(tmp_path, monkeypatch):
+    """backbones.json's peak was measured on 2 threads: it bounds a run on 2 threads, and a
+    run on 1 thread gets a peak measured on 1 thread, each named in `peak_source`."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "bench"))
+    import torch
+
+    import backbones
+    import runlib
+    import throughput
+
+    smoke = _bench_module("atari_smoke")
+    (tmp_path / "backbones.json").write_text(json.dumps(
+        {"matmul_peak_flops": 4e11, "machine": {"torch_threads": 2}}))
+    monkeypatch.setattr(throughput, "RESULTS", tmp_path)
+    monkeypatch.setattr(runlib, "update_flops", lambda preset, overrides: 10**12)
+    measured_on = []
+
+    def best_matmul_peak() -> float:  # the measurement, without its seconds of GEMMs
+        measured_on.append(torch.get_num_threads())
+        return 1e11
+
+    monkeypatch.setattr(backbones, "best_matmul_peak", best_matmul_peak)
+    before = torch.get_num_threads()
+    bound = smoke.compute_bound(2)
+    assert bound["peak_source"] == "bench/results/backbones.json, 2 threads"
+    assert bound["min_seconds_per_update"] == 2.5 and measured_on == []
+    bound = smoke.compute_bound(1)
+    assert bound["peak_source"] == "measured now, 1 thread" and measured_on == [1]
+    assert bound["min_seconds_per_update"] == 10.0 and torch.get_num_threads() == before
