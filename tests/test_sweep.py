@@ -551,6 +551,12 @@ def test_a_ray_sweep_stopped_by_sigterm_stops_its_trial_with_its_checkpoint(tmp_
     assert sweep.returncode == 128 + signal.SIGTERM, err
     assert err.strip().splitlines()[-1].startswith(
         "reverie: sweep stopped by SIGTERM; its running trials stopped with their checkpoints")
+    # the trial's own line, as a local sweep prints it (a Ray sweep printed none), and its
+    # record in the stopped sweep's sweep.json
+    assert f"reverie: trial {folder.name} stopped with its checkpoint" in err, err
+    (record,) = sweep_json(out)["results"]
+    assert record["status"] == "stopped" and record["attempts"] == 1
+    assert record["returncodes"] == [128 + signal.SIGTERM]
     log = (out / "logs" / f"{folder.name}.log").read_text()
     assert "stopped by SIGTERM at env step" in log and "interrupted" not in log, log
     step = json.loads((folder / "checkpoints" / "manifest.json").read_text())[

@@ -209,7 +209,9 @@ def run_ray(trials: list[Trial], workers: int, retries: int, address: str | None
                     on_result(result)
         except KeyboardInterrupt:
             name = "SIGTERM" if _TERMINATED else "SIGINT"
-            _stop(ray, list(running))
+            for result in _stop(ray, list(running)):  # each trial's line, as a local sweep's
+                results.append(result)
+                on_result(result)
             raise Stopped(f"sweep stopped by {name}; its running trials stopped with their "
                           "checkpoints: run the same command again to resume them "
                           "(finished trials are kept)", name) from None
@@ -230,7 +232,7 @@ def _ray_trial(trial: Trial, retries: int) -> dict[str, Any]:
     if threading.current_thread() is threading.main_thread() and \
             signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    return run_trial(trial, retries)
+    return run_trial(trial, retries, interruptible=True)
 
 
 STOP_WAIT_S = 120.0  # for the running trials to save their checkpoints after a Ctrl-C
@@ -247,15 +249,23 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _stop(ray, refs: list) -> None:
+def _stop(ray, refs: list) -> list[dict[str, Any]]:
     """Cancel the running trials' tasks: each task's `reverie train` gets SIGTERM
-    (`trial._run_child`) and saves a checkpoint, which this waits for (up to STOP_WAIT_S)."""
+    (`trial._run_child`) and saves a checkpoint, which this waits for (up to STOP_WAIT_S).
+    Returns the records of the tasks that ended ("stopped", or "finished" by then)."""
     try:
         for ref in refs:
             ray.cancel(ref, force=False)
-        ray.wait(refs, num_returns=len(refs), timeout=STOP_WAIT_S)
+        ended, _ = ray.wait(refs, num_returns=len(refs), timeout=STOP_WAIT_S)
+        records = []
+        for ref in ended:
+            try:
+                records.append(ray.get(ref))
+            except ray.exceptions.RayError:  # cancelled before its trial started
+                pass
+        return records
     except KeyboardInterrupt:  # a second stop: stop waiting (ray.shutdown ends the trials)
-        pass
+        return []
 
 
 def _signal_handlers() -> dict[int, Any]:

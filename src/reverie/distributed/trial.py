@@ -89,6 +89,14 @@ def reset_stop() -> None:
         _stop_signal = None
 
 
+class TrialInterrupted(KeyboardInterrupt):
+    """`_run_child` was interrupted and its child has stopped, with exit code `returncode`."""
+
+    def __init__(self, returncode: int) -> None:
+        super().__init__()
+        self.returncode = returncode
+
+
 def _run_child(args: list[str], log_file) -> int:
     """`python -m reverie ARGS` with its output in `log_file`; its exit code. Interrupted
     here (a Ray task cancelled by its sweep's Ctrl-C), the child gets SIGTERM and is waited
@@ -113,7 +121,7 @@ def _run_child(args: list[str], log_file) -> int:
                 proc.wait(timeout=0.5)
             except (subprocess.TimeoutExpired, KeyboardInterrupt):
                 pass
-        raise
+        raise TrialInterrupted(proc.returncode) from None
     finally:
         with _live_lock:
             _live.discard(proc)
@@ -175,9 +183,11 @@ def _last_error(log: Path) -> str:
     return (errors or lines or [""])[-1].strip()[:300]
 
 
-def run_trial(trial: Trial, retries: int,
-              stop: Callable[[], bool] | None = None) -> dict[str, Any]:
-    """Run `trial` until it finishes or has been resumed `retries` times.
+def run_trial(trial: Trial, retries: int, stop: Callable[[], bool] | None = None,
+              interruptible: bool = False) -> dict[str, Any]:
+    """Run `trial` until it finishes or has been resumed `retries` times. `interruptible`
+    (a Ray task, which its sweep's stop interrupts): an interrupt stops the trial with its
+    checkpoint and returns its "stopped" record instead of raising.
 
     Returns {"name", "status": "skipped" | "finished" | "failed" | "stopped", "attempts",
     "resumes",
@@ -215,7 +225,12 @@ def run_trial(trial: Trial, retries: int,
         with open(log, "a") as f:
             f.write(f"\n{ATTEMPT_HEADER}{result['attempts'] + 1}: reverie {' '.join(args)}\n")
             f.flush()
-            rc = _run_child(args, f)
+            try:
+                rc = _run_child(args, f)
+            except TrialInterrupted as e:
+                if not interruptible:
+                    raise
+                rc, stop = e.returncode, (lambda: True)
         result["attempts"] += 1
         result["resumes"] += int(resume and not extends)  # an extension is not a resume
         extends = False  # a later attempt follows a crash
