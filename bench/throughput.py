@@ -682,7 +682,8 @@ def add_bound(path: Path) -> int:
         print(f"no {path}; run python bench/throughput.py first", file=sys.stderr)
         return 2
     report = json.loads(path.read_text())
-    report["compute_bound"] = compute_bound(report, *matmul_peak())
+    report["compute_bound"] = compute_bound(
+        report, *matmul_peak(report.get("settings", {}).get("torch_threads")))
     report["markdown"] = markdown(report)
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(report["markdown"])
@@ -795,7 +796,7 @@ def main() -> int:
                       "system once, alternating the order)",
         "differences": DIFFERENCES,
     }
-    report["compute_bound"] = compute_bound(report, *matmul_peak())
+    report["compute_bound"] = compute_bound(report, *matmul_peak(settings["torch_threads"]))
     stem = "throughput_quick" if args.quick else "throughput"
     earlier = args.out / f"{stem}.json"
     if earlier.exists():  # the --breakdown measurement is separate: keep it
