@@ -71,9 +71,12 @@ def ssd_chunked(
     reset: [Bt, T] bool or None (True at t: the state is zeroed before step t's input);
     D: [H] skip weight or None (y_t += D x_t).
     Returns y: [Bt, T, H, P] and the final state h_T: [Bt, H, P, N].
+
+    Eager float32/float64 on CPU runs `_SSD`, whose backward is written by hand (first order
+    only: no double backward or forward-mode AD); compiled graphs, autocast and other
+    devices differentiate the same forward (`_forward`) by autograd.
     """
-    Bt, T, H, P = x.shape
-    N = B.shape[-1]
+    T = x.shape[1]
     Q = min(chunk_size, T)  # short sequences (imagination contexts) need no padding
     pad = (-T) % Q
     if pad:
@@ -84,41 +87,55 @@ def ssd_chunked(
         C = F.pad(C, (0, 0, 0, pad))
         if reset is not None:
             reset = F.pad(reset, (0, pad))
-    nc = (T + pad) // Q
-    dtype = x.dtype
+    masks = (None, None, None) if reset is None else reset_masks(reset, Q, x.dtype)
+    operands = (x, dt, A, B, C, h0, D)
+    if (torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type)
+            or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
+            or any(t is not None and t.dtype != x.dtype for t in operands)):
+        y, h, _ = _forward(*operands, *masks, Q)
+    else:
+        y, h = _SSD.apply(*operands, *masks, Q)
+    return y[:, :T], h
 
-    # Heads-first chunk layout [Bt, nc, H, Q, .]: the only big copy is x_h (one pass);
-    # dt and the decays are folded into the small [Q, Q] / [Q, N] operands instead of x.
+
+def _forward(x, dt, A, B, C, h0, D, same, tail, head, Q: int):
+    """The chunked scan over T a multiple of Q, and what its backward (`_SSD`) reuses.
+
+    Heads-first chunk layout [Bt, nc, H, Q, .]: the only big copy is x_h (one pass); dt and
+    the decays are folded into the small [Q, Q] / [Q, N] operands instead of x."""
+    Bt, T, H, P = x.shape
+    N = B.shape[-1]
+    nc = T // Q
     x_h = x.reshape(Bt, nc, Q, H, P).transpose(2, 3).contiguous()  # [Bt, nc, H, Q, P]
     dt_h = dt.reshape(Bt, nc, Q, H).transpose(2, 3)  # [Bt, nc, H, Q]
     a_cum = (dt_h * A[:, None]).cumsum(-1)  # inclusive log-decay from chunk start, <= 0
     Bc = B.reshape(Bt, nc, Q, N)
     Cc = C.reshape(Bt, nc, Q, N)
-    if reset is not None:
-        same, tail, head = reset_masks(reset, Q, dtype)
 
     # -- intra-chunk: y_i = sum_{j<=i} (C_i·B_j) L[i, j] dt_j x_j, C·Bᵀ shared by heads
     causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
     CB = Cc @ Bc.transpose(-1, -2)  # [Bt, nc, Q, Q]
-    CB = CB * (same * causal) if reset is not None else CB.masked_fill(~causal, 0.0)
+    CB = CB * (same * causal) if same is not None else CB.masked_fill(~causal, 0.0)
     if D is None:
         CBdt = CB.unsqueeze(2) * dt_h.unsqueeze(-2)  # [Bt, nc, H, Q, Q]
     else:
         # the skip term D x_i rides on the diagonal (L[i, i] = 1): no extra passes over y
-        diag = D[:, None, None] * torch.eye(Q, dtype=dtype, device=x.device)  # [H, Q, Q]
+        diag = D[:, None, None] * torch.eye(Q, dtype=x.dtype, device=x.device)  # [H, Q, Q]
         CBdt = torch.addcmul(diag, CB.unsqueeze(2), dt_h.unsqueeze(-2))
-    M = torch.exp(segsum(a_cum)) * CBdt
+    L = torch.exp(segsum(a_cum))
+    M = L * CBdt
 
     # -- chunk-end states from each chunk's own inputs: S_c = sum_j decay(j->end) dt_j x_j B_jᵀ
-    w_tail = torch.exp(a_cum[..., -1:] - a_cum) * dt_h  # [Bt, nc, H, Q]
-    if reset is not None:
-        w_tail = w_tail * tail.unsqueeze(2)
+    e_tail = torch.exp(a_cum[..., -1:] - a_cum)  # [Bt, nc, H, Q]
+    if tail is not None:
+        e_tail = e_tail * tail.unsqueeze(2)
+    w_tail = e_tail * dt_h
     Bw = Bc.unsqueeze(2) * w_tail.unsqueeze(-1)  # [Bt, nc, H, Q, N]
     S = x_h.transpose(-1, -2) @ Bw  # [Bt, nc, H, P, N]
 
     # -- pass states between chunks: h_c = decay_c h_{c-1} + S_c (T/Q small updates)
     chunk_decay = torch.exp(a_cum[..., -1])  # [Bt, nc, H]
-    if reset is not None:
+    if head is not None:
         chunk_decay = chunk_decay * head[..., -1:]
     h = x.new_zeros(Bt, H, P, N) if h0 is None else h0
     h_in = []
@@ -131,12 +148,107 @@ def ssd_chunked(
     # heads ([Q, N] @ [N, H*P]); the per-head decay is applied to its output afterwards
     y_state = (Cc @ h_in.view(Bt, nc, H * P, N).transpose(-1, -2)).view(Bt, nc, Q, H, P)
     w_head = torch.exp(a_cum)  # [Bt, nc, H, Q]
-    if reset is not None:
+    if head is not None:
         w_head = w_head * head.unsqueeze(2)
-    y = y_state * w_head.transpose(2, 3).unsqueeze(-1)  # [Bt, nc, Q, H, P], contiguous
-    y.add_((M @ x_h).transpose(2, 3))
-    y = y.view(Bt, nc * Q, H, P)
-    return y[:, :T], h
+    w_head_t = w_head.transpose(2, 3).unsqueeze(-1)
+    if torch.is_grad_enabled():  # autograd (the composite form), which takes no out=
+        y = y_state * w_head_t  # [Bt, nc, Q, H, P], contiguous
+        y.add_((M @ x_h).transpose(2, 3))
+    else:  # one pass, written over y_state (which nothing else reads)
+        y = torch.addcmul((M @ x_h).transpose(2, 3), y_state, w_head_t, out=y_state)
+    saved = (x_h, dt_h, CB, L, M, e_tail, w_tail, Bw, chunk_decay, h_in, w_head)
+    return y.reshape(Bt, nc * Q, H, P), h, saved
+
+
+class _SSD(torch.autograd.Function):
+    """`_forward` with a hand-written backward (eager CPU float; see `ssd_chunked`).
+
+    Autograd of the composite makes a dozen passes over the [Bt, nc, H, Q, Q] decay
+    products (clamp and exp gradients, two products per factor) and adds the two gradients
+    of x_h in a pass of its own. Here, with M = L ⊙ G (L = exp(segsum), G = C·Bᵀ dt + D):
+    the log-decay gradient is dM ⊙ M (dL ⊙ L), G's is dM ⊙ L, written over dM, and x's
+    second gradient accumulates into its first in the GEMM (baddbmm). Every term is the
+    chain rule of `_forward`, checked against its autograd in float64 (tests/test_mamba2.py).
+    """
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, h0, D, same, tail, head, Q):
+        with torch.no_grad():
+            y, h, saved = _forward(x, dt, A, B, C, h0, D, same, tail, head, Q)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(A, B, C, same, *saved)
+        ctx.shape, ctx.Q, ctx.has_D, ctx.has_h0 = x.shape, Q, D is not None, h0 is not None
+        return y, h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy, dhT):
+        A, B, C, same, x_h, dt_h, CB, L, M, e_tail, w_tail, Bw, decay, h_in, w_head = \
+            ctx.saved_tensors
+        Bt, T, H, P = ctx.shape
+        Q, N = ctx.Q, B.shape[-1]
+        nc = T // Q
+        Bc, Cc = B.reshape(Bt, nc, Q, N), C.reshape(Bt, nc, Q, N)
+        if dy is None:  # only the final state is used
+            dy = x_h.new_zeros(Bt, T, H, P)
+        dy_h = dy.reshape(Bt, nc, Q, H, P).transpose(2, 3).contiguous()  # [Bt, nc, H, Q, P]
+
+        # -- the incoming states' term: y_state[i] = w_head[i] C_i h_inᵀ
+        E = dy_h @ h_in  # [Bt, nc, H, Q, N]
+        dC = (E * w_head.unsqueeze(-1)).sum(2)  # [Bt, nc, Q, N]
+        dh_in = dy_h.transpose(-1, -2) @ (Cc.unsqueeze(2) * w_head.unsqueeze(-1))
+        da_cum = torch.linalg.vecdot(E, Cc.unsqueeze(2)).mul_(w_head)  # w_head = exp(a_cum)
+        del E
+
+        # -- intra-chunk: y = M x_h with M = L ⊙ G
+        dM = dy_h @ x_h.transpose(-1, -2)  # [Bt, nc, H, Q, Q]
+        dx_h = M.transpose(-1, -2) @ dy_h  # [Bt, nc, H, Q, P]
+        dseg = dM * M  # the gradient of segsum (dL ⊙ L); zero above the diagonal, as M is
+        da_cum += dseg.sum(-1)
+        da_cum -= dseg.sum(-2)
+        del dseg
+        dG = dM.mul_(L)
+        dD = dG.diagonal(0, -2, -1).sum((0, 1, 3)) if ctx.has_D else None  # L[i, i] = 1
+        ddt_h = (dG * CB.unsqueeze(2)).sum(-2)  # [Bt, nc, H, Q]: G = C·Bᵀ dt_j (+ D)
+        dCB = (dG * dt_h.unsqueeze(-2)).sum(2)  # [Bt, nc, Q, Q]
+        del dG
+        causal = torch.ones(Q, Q, dtype=torch.bool, device=dCB.device).tril()
+        dCB = dCB * (same * causal) if same is not None else dCB.masked_fill_(~causal, 0.0)
+        dC += dCB @ Bc
+        dB = dCB.transpose(-1, -2) @ Cc
+
+        # -- the states between chunks, backwards: g is the gradient of the state after
+        # chunk c (h_c = decay_c h_{c-1} + S_c, and h_{c-1} is chunk c's h_in)
+        g = torch.zeros_like(h_in[:, 0]) if dhT is None else dhT
+        dS, ddecay = [], []
+        for c in range(nc - 1, -1, -1):
+            dS.append(g)
+            ddecay.append(torch.linalg.vecdot(g.flatten(-2), h_in[:, c].flatten(-2)))
+            g = torch.addcmul(dh_in[:, c], decay[:, c, :, None, None], g)
+        dh0 = g if ctx.has_h0 else None
+        dS = torch.stack(dS[::-1], 1)  # [Bt, nc, H, P, N]
+
+        # -- chunk-end states S = x_hᵀ Bw, Bw = B w_tail: x's second gradient accumulates
+        # into its first in the GEMM
+        dx_h.view(-1, Q, P).baddbmm_(Bw.view(-1, Q, N), dS.view(-1, P, N).transpose(1, 2))
+        dBw = x_h @ dS  # [Bt, nc, H, Q, N]
+        dB += (dBw * w_tail.unsqueeze(-1)).sum(2)
+        dw_tail = torch.linalg.vecdot(dBw, Bc.unsqueeze(2))  # [Bt, nc, H, Q]
+        del dBw
+        ddt_h += dw_tail * e_tail  # w_tail = e_tail dt, e_tail = exp(a_cum[-1] - a_cum)
+        t = dw_tail.mul_(w_tail)
+        da_cum -= t
+        # a_cum[-1] moves every tail decay of its chunk and the chunk's decay
+        da_cum[..., -1] += t.sum(-1) + torch.stack(ddecay[::-1], 1) * decay
+
+        # -- a_cum = cumsum(dt A): the gradient of a cumulative sum is a reversed one
+        da = da_cum.flip(-1).cumsum(-1).flip(-1)
+        ddt_h += da * A[:, None]
+        dA = (da * dt_h).sum((0, 1, 3))
+        dx = dx_h.transpose(2, 3).reshape(Bt, T, H, P)
+        ddt = ddt_h.transpose(2, 3).reshape(Bt, T, H)
+        return (dx, ddt, dA, dB.reshape(Bt, T, N), dC.reshape(Bt, T, N), dh0, dD,
+                None, None, None, None)
 
 
 def ssd_step(
