@@ -428,8 +428,14 @@ def reverie_breakdown(s: dict, threads: int, backbone: str, preset: str = "cartp
     with tempfile.TemporaryDirectory(prefix="bench-breakdown-") as tmp:
         trainer = Trainer(cfg, Path(tmp) / "run")
         agent = trainer.agent
+        open_run = trainer._open
+
+        def opened() -> None:  # the replay is made when train() starts
+            open_run()
+            timer.wrap(trainer.replay, "sample", "replay sample")
+
+        trainer._open = opened
         for obj, name, part in (
-                (trainer.replay, "sample", "replay sample"),
                 (agent.world, "loss_terms", "world-model forward"),
                 (agent, "train_world", "world-model step"),
                 (agent, "imagine", "imagination"), (agent.behavior, "update", "actor-critic"),

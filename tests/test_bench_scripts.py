@@ -109,3 +109,19 @@ def test_atari_compute_bound_uses_a_peak_of_the_runs_own_thread_count(tmp_path, 
     bound = smoke.compute_bound(1)
     assert bound["peak_source"] == "measured now, 1 thread" and measured_on == [1]
     assert bound["min_seconds_per_update"] == 10.0 and torch.get_num_threads() == before
+
+
+def test_the_breakdown_times_the_replay_made_when_training_starts(monkeypatch):
+    """reverie_breakdown wrapped trainer.replay.sample right after building the Trainer; the
+    replay is made when train() starts now, so it failed on None: it wraps it then."""
+    from reverie.run import driver
+    from tiny import TINY_MODEL
+
+    # the breakdown turns off the driver's curve.png for good (a bench process): put it back
+    monkeypatch.setattr(driver, "plot_curve", driver.plot_curve)
+
+    throughput = _bench_module("throughput")
+    out = throughput.reverie_breakdown(
+        {}, 1, "gru", matched=False, steps=160,
+        overrides=(*TINY_MODEL, "run.prefill=100", "run.train_ratio=16", "replay.on_disk=false"))
+    assert out["updates"] > 0 and out["ms_per_update"]["replay sample"] > 0
