@@ -385,6 +385,8 @@ def test_a_trainer_in_python_leaves_the_process_as_it_found_it(tmp_path):
     with pytest.raises(Busy, match="held by a Trainer in this process .* release"):
         Trainer.resume(tmp_path / "run", steps=80)
     held.release()
+    with pytest.raises(UserError, match="has released .* build a new one"):
+        held.train()  # it would write the folder without its lock
     assert Trainer.resume(tmp_path / "run", steps=80).train()["env_steps"] == 80
     with pytest.raises(UserError, match=r"a list of 'key=value' strings, e\.g\. \['run"):
         build_config("random", "run.steps=100")

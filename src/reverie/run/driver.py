@@ -107,10 +107,11 @@ class Trainer(Checkpointing):
         """The Trainer that continues the run in `out` (`reverie train --resume`): `steps`
         raises its budget (an extension), `overrides` are `--set`s of RESUME_KEYS.
 
-        Building it reads the run and loads its checkpoint but writes nothing there except
-        the folder's lock (given up by `release()`); `train()` commits the resume: the logs
-        are cut back to the checkpoint it continues from, the replay grows to a raised
-        budget, and config.yaml records that budget."""
+        Building it reads the run and loads its checkpoint; in the folder it takes the lock
+        (given up by `release()`) and clears only what a start killed before its first
+        checkpoint left. `train()` commits the resume: the logs are cut back to the
+        checkpoint it continues from, the replay grows to a raised budget, and config.yaml
+        records that budget."""
         return cls(resume_config(out, steps, overrides), Path(out), resume=True)
 
     def __init__(self, cfg: DictConfig, out: Path, resume: bool = False) -> None:
@@ -178,7 +179,10 @@ class Trainer(Checkpointing):
         self._prepare_folder()  # only once env and agent are known to work: no stray runs
         self.replay: Replay | None = None  # made by train() (`_open`), as is the logger
         self.logger: RunLogger | None = None
-        self._resume_from = resume_from
+        # what `_open` needs of the checkpoint (not its agent state, loaded by now)
+        self._resume_replay = None if payload is None else {"replay": payload["replay"]}
+        self._resume_steps = None if resume_from is None else \
+            int(resume_from[0]["counters"]["env_steps"])
         self.rng = numpy_generator(int(cfg.seed) + 1)  # prefill actions
         self.count = Counters(next_checkpoint=int(cfg.run.checkpoint_every))
         self.resumed_from: int | None = None
@@ -203,8 +207,7 @@ class Trainer(Checkpointing):
         so that a Trainer built and never trained leaves a resumed run as it was): the
         replay (on a resume grown to a raised budget, its checkpoint state loaded), config.yaml,
         the logs (cut back to the checkpoint a resume continues from)."""
-        cfg, resume_from = self.cfg, self._resume_from
-        payload = resume_from[0] if resume_from is not None and self.uses_replay else None
+        cfg, payload = self.cfg, self._resume_replay
         if self.uses_replay:
             spec = {**self.obs_spec, "action": action_spec(self.action_space)}
             self.replay = make_replay(cfg, self.out, spec, self.replay_rows, payload,
@@ -218,14 +221,13 @@ class Trainer(Checkpointing):
         # start leaves nothing that blocks the next attempt; on resume it records a raised
         # run.steps, but --steps at or below the steps already done trains nothing and leaves
         # the config (and so the budget a report reads) as it was
-        if resume_from is None or int(cfg.run.steps) > \
-                int(resume_from[0]["counters"]["env_steps"]):
+        if self._resume_steps is None or int(cfg.run.steps) > self._resume_steps:
             save_config(cfg, self.out / "config.yaml")
-        if resume_from is not None:  # the checkpoint resumed from may be older than the file
+        if self._resume_steps is not None:  # the checkpoint resumed from may be older
             self.saved.write_progress(self.count.env_steps)
         self.logger = RunLogger(self.out, resume_step=self.resumed_from,
                                 extends=self.count.env_steps < int(cfg.run.steps))
-        self._resume_from = None  # its payload (the replay's arrays) is not kept
+        self._resume_replay = None  # the replay's arrays, loaded now
 
     def _wall_so_far(self) -> float:
         """The run's training wall time before this process: its last timing row's
@@ -385,6 +387,9 @@ class Trainer(Checkpointing):
         if self._finished:  # its logs are closed: a second train() would fail midway
             raise UserError(f"this Trainer has already trained {self.out}; continue the run "
                             "with Trainer.resume(out, steps=...).train()")
+        if self._lock is None:  # released: another process may hold the folder by now
+            raise UserError(f"this Trainer has released {self.out}; build a new one "
+                            "(Trainer.resume(out) for a run that has started) to train it")
         try:
             self._open()
         except BaseException:
