@@ -284,6 +284,29 @@ def test_a_trial_started_after_the_stop_gets_it_and_none_starts_once_stopped(tmp
     result = trial_module.run_trial(t, retries=2, stop=lambda: True)
     assert result["status"] == "stopped" and result["attempts"] == 0
 
+def test_an_interrupt_between_a_trials_attempts_still_gives_its_record(tmp_path, monkeypatch):
+    """Ray's cancel interrupts a task wherever it is: in the wait after an attempt found its
+    folder busy it escaped run_trial, and the stopped trial had no record (no line, nothing in
+    sweep.json). A Ray task's run_trial (interruptible) returns the stopped record; the
+    local backend's (which a cancel never reaches) lets the interrupt through."""
+    from reverie.distributed import trial as trial_module
+    from reverie.distributed.grid import Trial
+    from reverie.errors import Busy
+
+    def busy_wait(seconds, stop):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trial_module, "_run_child", lambda *a: Busy.exit_code)
+    monkeypatch.setattr(trial_module, "_wait_busy", busy_wait)
+    t = Trial(name="t", folder=str(tmp_path / "t"), preset="random", env=None, seed=0,
+              steps=100)
+    result = trial_module.run_trial(t, retries=2, interruptible=True)
+    assert result["status"] == "stopped"
+    assert result["attempts"] == 1 and result["returncodes"] == [Busy.exit_code]
+    with pytest.raises(KeyboardInterrupt):
+        trial_module.run_trial(t, retries=2)
+
+
 def test_bad_grid_key_suggests_and_launches_nothing(tmp_path, capsys):
     out = tmp_path / "bad"
     rc = main(["sweep", *TINY, "--grid", "run.trian_ratio=8,16", "--out", str(out)])

@@ -186,6 +186,7 @@ def run_ray(trials: list[Trial], workers: int, retries: int, address: str | None
         pending = list(trials)
         running: dict[Any, Trial] = {}
         results: list[dict[str, Any]] = []
+        reported: set[str] = set()  # trials whose record on_result has had
         # ray.init's own SIGTERM handler prints a crash report and exits, and Ray then kills
         # the trials without their checkpoints: SIGTERM stops the sweep as Ctrl-C does
         _TERMINATED.clear()
@@ -197,7 +198,7 @@ def run_ray(trials: list[Trial], workers: int, retries: int, address: str | None
                     running[task.remote(trial, retries)] = trial
                 done, _ = ray.wait(list(running), num_returns=1)
                 for ref in done:
-                    trial = running.pop(ref)
+                    trial = running[ref]
                     try:
                         result = ray.get(ref)
                     except ray.exceptions.RayError as e:  # the worker itself died
@@ -207,11 +208,14 @@ def run_ray(trials: list[Trial], workers: int, retries: int, address: str | None
                                   f"Ray task failed: {str(e).splitlines()[0][:200]}"}
                     results.append(result)
                     on_result(result)
+                    reported.add(trial.name)
+                    del running[ref]  # after its record: a stop now still finds it
         except KeyboardInterrupt:
             name = "SIGTERM" if _TERMINATED else "SIGINT"
             for result in _stop(ray, list(running)):  # each trial's line, as a local sweep's
-                results.append(result)
-                on_result(result)
+                if result["name"] not in reported:
+                    results.append(result)
+                    on_result(result)
             raise Stopped(f"sweep stopped by {name}; its running trials stopped with their "
                           "checkpoints: run the same command again to resume them "
                           "(finished trials are kept)", name) from None
@@ -253,19 +257,19 @@ def _stop(ray, refs: list) -> list[dict[str, Any]]:
     """Cancel the running trials' tasks: each task's `reverie train` gets SIGTERM
     (`trial._run_child`) and saves a checkpoint, which this waits for (up to STOP_WAIT_S).
     Returns the records of the tasks that ended ("stopped", or "finished" by then)."""
+    records: list[dict[str, Any]] = []
     try:
         for ref in refs:
             ray.cancel(ref, force=False)
         ended, _ = ray.wait(refs, num_returns=len(refs), timeout=STOP_WAIT_S)
-        records = []
         for ref in ended:
             try:
                 records.append(ray.get(ref))
             except ray.exceptions.RayError:  # cancelled before its trial started
                 pass
-        return records
     except KeyboardInterrupt:  # a second stop: stop waiting (ray.shutdown ends the trials)
-        return []
+        pass
+    return records
 
 
 def _signal_handlers() -> dict[int, Any]:

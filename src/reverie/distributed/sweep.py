@@ -77,17 +77,24 @@ def _run_local(trials: list[Trial], workers: int, retries: int,
     pool = ThreadPoolExecutor(max_workers=workers)
     futures = [pool.submit(run_trial, t, retries, stop.is_set) for t in trials]
     at_once = False
+    recorded: set = set()
     with StopOnSignal(stopping) as stopper:
         try:
             for future in as_completed(futures):
                 if not future.cancelled():
                     results.append(future.result())
+                    recorded.add(future)
                     on_result(results[-1])
         except KeyboardInterrupt:  # a second signal, or a Ctrl-C this process could not catch
             at_once = stopper.requested is not None
             stopper.requested = stopper.requested or "SIGINT"
             stopping(stopper.requested)  # again: the trials stop at once
         pool.shutdown(wait=True)
+    for future in futures:  # those that ended after a second signal left the loop
+        if future.done() and not future.cancelled() and future not in recorded \
+                and future.exception() is None:
+            results.append(future.result())
+            on_result(results[-1])
     if stopper.requested:
         how = ("at once, from their last checkpoints" if at_once else
                "with their checkpoints")
@@ -212,7 +219,10 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
             else:
                 results = _run_local(trials, workers, sweep.retries, record, started)
         except Stopped as e:
-            _finish(sweep, out, backend, trials, ended, stopped=e.signal_name)
+            try:
+                _finish(sweep, out, backend, trials, ended, stopped=e.signal_name)
+            except OSError:  # e.g. a full disk: the stop's own line and exit code stand
+                pass
             raise
         except UserError:
             if created and {p.name for p in out.iterdir()} <= {SWEEP_MARKER, LOCK}:

@@ -104,11 +104,11 @@ def _run_child(args: list[str], log_file) -> int:
     proc = subprocess.Popen([sys.executable, "-m", "reverie", *args], stdout=log_file,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env=child_env(), start_new_session=True)
-    with _live_lock:
-        _live.add(proc)
-        if _stop_signal is not None:  # the sweep stopped while this one was starting
-            proc.send_signal(_stop_signal)
-    try:
+    try:  # from here on an interrupt stops the child (Ray's cancel can come at any line)
+        with _live_lock:
+            _live.add(proc)
+            if _stop_signal is not None:  # the sweep stopped while this one was starting
+                proc.send_signal(_stop_signal)
         while True:  # in steps: Ray's cancel interrupts between them, not in a blocking wait
             try:
                 return proc.wait(timeout=0.5)
@@ -214,39 +214,45 @@ def run_trial(trial: Trial, retries: int, stop: Callable[[], bool] | None = None
         result["extended"] = True
     log = log_path(trial)
     log.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        if stop is not None and stop():  # the sweep stopped before this attempt began
-            return {**result, "status": "stopped", "error": _last_error(log),
-                    "wall_s": round(time.time() - t0, 2)}
-        # a run folder that is there is resumed, also one killed after its last checkpoint
-        # (DONE, exit code not 0): the resume finishes what the kill cut (its last evaluation)
-        resume = state != NEW
-        args = trial.resume_args() if resume else trial.train_args()
-        with open(log, "a") as f:
-            f.write(f"\n{ATTEMPT_HEADER}{result['attempts'] + 1}: reverie {' '.join(args)}\n")
-            f.flush()
-            try:
-                rc = _run_child(args, f)
-            except TrialInterrupted as e:
-                if not interruptible:
-                    raise
-                rc, stop = e.returncode, (lambda: True)
-        result["attempts"] += 1
-        result["resumes"] += int(resume and not extends)  # an extension is not a resume
-        extends = False  # a later attempt follows a crash
-        result["returncodes"].append(rc)
-        state = trial_state(trial)
-        if rc == 0 and state == DONE:
-            return {**result, "status": "finished", "wall_s": round(time.time() - t0, 2)}
-        if stop is not None and stop():  # the sweep was stopped: resumed by its next run
-            return {**result, "status": "stopped", "error": _last_error(log),
-                    "wall_s": round(time.time() - t0, 2)}
-        # exit code 2 is a mistake in the command (reverie's UserError): a retry repeats it
-        if result["attempts"] > retries or rc == USAGE_EXIT:
-            error = _last_error(log) or (f"killed by {signal.Signals(-rc).name}" if rc < 0
-                                         and -rc in signal.valid_signals()
-                                         else f"exit code {rc}")
-            return {**result, "status": "failed", "error": error,
-                    "wall_s": round(time.time() - t0, 2)}
-        if rc == Busy.exit_code:  # e.g. a killed sweep's trial still saving its checkpoint
-            _wait_busy(BUSY_WAIT_S * result["attempts"], stop)
+    try:
+        while True:
+            if stop is not None and stop():  # the sweep stopped before this attempt began
+                return {**result, "status": "stopped", "error": _last_error(log),
+                        "wall_s": round(time.time() - t0, 2)}
+            # a run folder that is there is resumed, also one killed after its last checkpoint
+            # (DONE, exit code not 0): the resume finishes what the kill cut (its last evaluation)
+            resume = state != NEW
+            args = trial.resume_args() if resume else trial.train_args()
+            with open(log, "a") as f:
+                f.write(f"\n{ATTEMPT_HEADER}{result['attempts'] + 1}: reverie {' '.join(args)}\n")
+                f.flush()
+                try:
+                    rc = _run_child(args, f)
+                except TrialInterrupted as e:
+                    if not interruptible:
+                        raise
+                    rc, stop = e.returncode, (lambda: True)
+            result["attempts"] += 1
+            result["resumes"] += int(resume and not extends)  # an extension is not a resume
+            extends = False  # a later attempt follows a crash
+            result["returncodes"].append(rc)
+            state = trial_state(trial)
+            if rc == 0 and state == DONE:
+                return {**result, "status": "finished", "wall_s": round(time.time() - t0, 2)}
+            if stop is not None and stop():  # the sweep was stopped: resumed by its next run
+                return {**result, "status": "stopped", "error": _last_error(log),
+                        "wall_s": round(time.time() - t0, 2)}
+            # exit code 2 is a mistake in the command (reverie's UserError): a retry repeats it
+            if result["attempts"] > retries or rc == USAGE_EXIT:
+                error = _last_error(log) or (f"killed by {signal.Signals(-rc).name}" if rc < 0
+                                             and -rc in signal.valid_signals()
+                                             else f"exit code {rc}")
+                return {**result, "status": "failed", "error": error,
+                        "wall_s": round(time.time() - t0, 2)}
+            if rc == Busy.exit_code:  # e.g. a killed sweep's trial still saving its checkpoint
+                _wait_busy(BUSY_WAIT_S * result["attempts"], stop)
+    except KeyboardInterrupt:  # between children (a wait, the log): none runs
+        if not interruptible:
+            raise
+        return {**result, "status": "stopped", "error": _last_error(log),
+                "wall_s": round(time.time() - t0, 2)}

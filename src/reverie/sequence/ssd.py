@@ -211,7 +211,7 @@ class _SSD(torch.autograd.Function):
         dD = dG.diagonal(0, -2, -1).sum((0, 1, 3)) if ctx.has_D else None  # L[i, i] = 1
         ddt_h = (dG * CB.unsqueeze(2)).sum(-2)  # [Bt, nc, H, Q]: G = C·Bᵀ dt_j (+ D)
         dCB = (dG * dt_h.unsqueeze(-2)).sum(2)  # [Bt, nc, Q, Q]
-        del dG
+        del dM, dG  # one buffer
         causal = torch.ones(Q, Q, dtype=torch.bool, device=dCB.device).tril()
         dCB = dCB * (same * causal) if same is not None else dCB.masked_fill_(~causal, 0.0)
         dC += dCB @ Bc
