@@ -920,6 +920,11 @@ def test_an_external_run_whose_budget_ends_between_evaluations_is_finished(tmp_p
     runs, warnings = load_runs([root], finished_only=True)
     assert [r.path.name for r in runs] == ["done"]
     assert warnings == [f"skipped {root / 'stopped'}: unfinished (6,000 of 10,000 env steps)"]
+    # one evaluation tells no interval: a crash after it (at 6,000) is not a finished run
+    (root / "stopped").rename(tmp_path / "aside")
+    external_run(root / "one", "CartPole-v1", 2, [1.0], every=6000, steps=10_000)
+    runs, warnings = load_runs([root], finished_only=True)
+    assert warnings == [f"skipped {root / 'one'}: unfinished (6,000 of 10,000 env steps)"]
 
 
 @pytest.mark.parametrize("record, reason", [

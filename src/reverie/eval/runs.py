@@ -241,10 +241,10 @@ def read_external(folder: Path) -> Run:
     last = raw_curve[-1][0]
     # a budget that is no multiple of the evaluation interval ends between evaluations (10,000
     # steps evaluated every 3,000: the last at 9,000): a run whose next evaluation would have
-    # fallen past its budget trained to it (the interval: the spacing of its last two evals,
-    # or from step 0 for one)
-    interval = last - max((s for s, _ in raw_curve if s < last), default=0)
-    reached = max(last, steps) if last + interval > steps else last
+    # fallen past its budget trained to it (the interval: the spacing of its last two
+    # evaluations; a run with one is finished only at its budget)
+    before = [s for s, _ in raw_curve if s < last]
+    reached = max(last, steps) if before and last + (last - before[-1]) > steps else last
     kind = score_kind(env)
     final_raw = final_return(raw_curve, [], last)
     curve, score = _in_score_units(kind, env, raw_curve, final_raw)
