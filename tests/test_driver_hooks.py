@@ -387,6 +387,11 @@ def test_a_trainer_in_python_leaves_the_process_as_it_found_it(tmp_path):
     held.release()
     with pytest.raises(UserError, match="has released .* build a new one"):
         held.train()  # it would write the folder without its lock
+    dropped = Trainer.resume(tmp_path / "run", overrides=[f"run.threads={other}"])
+    assert torch.get_num_threads() == other
+    del dropped  # a notebook cell run again: the folder and the thread count come back
+    Trainer.resume(tmp_path / "run").release()
+    assert torch.get_num_threads() == before
     assert Trainer.resume(tmp_path / "run", steps=80).train()["env_steps"] == 80
     with pytest.raises(UserError, match=r"a list of 'key=value' strings, e\.g\. \['run"):
         build_config("random", "run.steps=100")
@@ -538,3 +543,45 @@ def test_vector_mode_in_any_letter_case():
     # a dict-valued option is not a section: it may be set whole
     cfg = build_config("cartpole", ["imagine.world.backbone_kwargs={d_state: 8}"])
     assert cfg.imagine.world.backbone_kwargs.d_state == 8
+
+
+def test_an_evaluation_from_outside_leaves_the_runs_own_as_they_were(tmp_path):
+    """From a walk-through: `trainer.evaluate()` before train() moved the run's evaluation
+    round, so its own evaluations (and best.pt) differed from a run never evaluated from
+    outside; and a config edited after build_config (run.eval_every = 0) reached the run
+    loop (a ZeroDivisionError traceback, after config.yaml was written)."""
+    from tiny import TINY_MODEL
+
+    extra = [*TINY_MODEL, "run.progress=false", "run.prefill=100", "run.train_ratio=16",
+             "run.eval_every=100", "run.eval_episodes=2", "run.threads=1"]
+    Trainer(build_config("cartpole", extra, {"steps": 200}), tmp_path / "plain").train()
+    probed = Trainer(build_config("cartpole", extra, {"steps": 200}), tmp_path / "probed")
+    first = probed.evaluate(3)
+    assert probed.evaluate(3) == first and len(first) == 3  # the same episodes again
+    probed.train()
+    assert metrics(tmp_path / "probed") == metrics(tmp_path / "plain")
+    with pytest.raises(UserError, match="episodes must be >= 0"):
+        Trainer.resume(tmp_path / "plain").evaluate(-1)
+    cfg = build_config("cartpole", extra, {"steps": 200})
+    cfg.run.eval_every = 0
+    with pytest.raises(UserError, match="the config: run.eval_every must be positive"):
+        Trainer(cfg, tmp_path / "edited")
+    assert not (tmp_path / "edited").exists()
+
+
+def test_a_resume_with_steps_below_the_budget_says_so(tmp_path, capsys):
+    """From a walk-through: a run stopped at 200 of 600 steps, resumed with --steps 150, was
+    called "already complete"; with --steps 300 its budget fell from 600 to 300 in silence
+    (a Stable-Baselines3 user reads --steps as steps to add)."""
+    cfg = build_config("random", [*QUIET, "run.checkpoint_every=100"], {"steps": 200})
+    Trainer(cfg, tmp_path / "run").train()
+    cfg.run.steps = 600  # as a run of 600 steps stopped after its checkpoint at 200
+    config.save_config(cfg, tmp_path / "run" / "config.yaml")
+    capsys.readouterr()
+    assert Trainer.resume(tmp_path / "run", steps=150).train()["env_steps"] == 200
+    err = capsys.readouterr().err
+    assert "--steps 150 is not above the 200 env steps this run has trained" in err
+    assert "budget of 600" in err and "already complete" not in err
+    assert config.load_run_config(tmp_path / "run").run.steps == 600
+    assert Trainer.resume(tmp_path / "run", steps=300).train()["env_steps"] == 300
+    assert "run.steps lowered from 600 to 300" in capsys.readouterr().err

@@ -496,8 +496,11 @@ def test_the_last_updates_are_logged_and_an_extension_logs_as_if_never_stopped(t
     (tail,) = [r for r in rows(short) if r.get("window") == "tail"]
     assert tail["step"] == 250 and tail["grad_steps"] > 0 and "wm/loss" in tail
     before = rows(short)
+    files = sorted(f.relative_to(short) for f in short.rglob("*") if f.is_file())
     Trainer.resume(short, 250, []).train()  # already complete: nothing dropped
     assert rows(short) == before
+    # nor added: it opened a TensorBoard writer, an empty events file at every such resume
+    assert sorted(f.relative_to(short) for f in short.rglob("*") if f.is_file()) == files
     Trainer.resume(short, 400, []).train()
     straight = tmp_path / "straight"
     Trainer(tiny_config(400, extra=extra), straight).train()

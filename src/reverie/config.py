@@ -762,6 +762,17 @@ def load_run_config(run_dir: Path) -> DictConfig:
     return parse_run_config(text, str(path))
 
 
+def checked_config(cfg: Any) -> DictConfig:
+    """A config handed to the library (`Trainer(cfg, out)`), possibly edited after
+    `build_config` (`cfg.run.eval_every = 0`), checked as its saved config.yaml will be when
+    the run is resumed, evaluated or reported: a setting the command line refuses is
+    refused here too, before the run folder holds anything."""
+    if not isinstance(cfg, DictConfig):
+        raise UserError(f"a config from reverie.config.build_config (or load_run_config) is "
+                        f"needed, got {type(cfg).__name__}")
+    return parse_run_config(config_yaml(cfg), "the config")
+
+
 def parse_run_config(text: str, where: str) -> DictConfig:
     """Parse a saved config (a run's config.yaml, or the copy inside a checkpoint)."""
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from omegaconf import DictConfig
 from reverie.config import (
     apply_resume_overrides,
     check_flags_agree,
+    checked_config,
     listed_overrides,
     load_run_config,
     rows_per_sample,
@@ -96,6 +98,18 @@ def resume_config(out: str | Path, steps: int | None = None,
 PLOT_EVERY_S = 60.0  # curve.png at a checkpoint at most this often (a redraw reads all logs)
 
 
+def _let_go(envs: Collector | None, lock, threads_before: int | None) -> None:
+    """What a Trainer holds, given back: its envs closed, its run folder's lock, and the
+    caller's torch thread count (a later run with run.threads=0, all cores, or the caller's
+    own torch must not inherit the run's)."""
+    if envs is not None:
+        envs.close()
+    if lock is not None:
+        lock.close()
+    if threads_before is not None:
+        torch.set_num_threads(threads_before)
+
+
 class Trainer(Checkpointing):
     """One run folder: `Trainer(cfg, out).train()`, or `Trainer.resume(out).train()`."""
 
@@ -115,6 +129,7 @@ class Trainer(Checkpointing):
         return cls(resume_config(out, steps, overrides), Path(out), resume=True)
 
     def __init__(self, cfg: DictConfig, out: Path, resume: bool = False) -> None:
+        cfg = checked_config(cfg)  # edited after build_config: checked as the CLI checks it
         self.cfg = cfg
         self.out = Path(out)
         self.resuming = resume
@@ -124,11 +139,16 @@ class Trainer(Checkpointing):
         self.envs: Collector | None = None
         # a folder never run here (an archive): a failed resume leaves it without a lock file
         self._stray_lock = resume and not (self.out / ".lock").exists()
+        self._dropped: weakref.finalize | None = None
         try:
             self._set_up(cfg, resume)
         except BaseException:
             self._failed_start()
             raise
+        # a Trainer dropped without train() or release() (a notebook's `t = Trainer(...)`
+        # run again) gives the folder and the thread count back when it is collected
+        self._dropped = weakref.finalize(self, _let_go, self.envs, self._lock,
+                                         self._threads_before)
 
     def _failed_start(self) -> None:
         """A failed start or resume frees the folder now, not at exit, and leaves an archive's
@@ -222,12 +242,23 @@ class Trainer(Checkpointing):
         # run.steps, but --steps at or below the steps already done trains nothing and leaves
         # the config (and so the budget a report reads) as it was
         if self._resume_steps is None or int(cfg.run.steps) > self._resume_steps:
+            if self._resume_steps is not None and \
+                    int(cfg.run.steps) < (budget := int(load_run_config(self.out).run.steps)):
+                self._note(f"run.steps lowered from {budget} to {cfg.run.steps}: --steps is "
+                           "the run's budget (its total env steps), not steps to add")
             save_config(cfg, self.out / "config.yaml")
         if self._resume_steps is not None:  # the checkpoint resumed from may be older
             self.saved.write_progress(self.count.env_steps)
-        self.logger = RunLogger(self.out, resume_step=self.resumed_from,
-                                extends=self.count.env_steps < int(cfg.run.steps))
+        if self.resumed_from is None or self.count.env_steps < int(cfg.run.steps):
+            self._open_logs()  # (a complete run's resume opens them only to evaluate)
         self._resume_replay = None  # the replay's arrays, loaded now
+
+    def _open_logs(self) -> None:
+        """The run's logs, cut back to the checkpoint a resume continues from (TensorBoard's
+        writer adds an events file: a resume of a complete run that has nothing to do opens
+        none)."""
+        self.logger = RunLogger(self.out, resume_step=self.resumed_from,
+                                extends=self.count.env_steps < int(self.cfg.run.steps))
 
     def _wall_so_far(self) -> float:
         """The run's training wall time before this process: its last timing row's
@@ -248,6 +279,7 @@ class Trainer(Checkpointing):
     def _evaluate_and_log(self) -> None:
         """Evaluate now: log eval/return, show it, keep the agent if it is the best so far."""
         c, ret = self.count, self.evaluate()
+        c.eval_rounds += 1  # the next evaluation plays other episodes
         self.logger.metrics(c.env_steps, {"eval/return": float(np.mean(ret)),
                                           "eval/return_std": float(np.std(ret))})
         self.progress.evaluation(float(np.mean(ret)))
@@ -268,7 +300,8 @@ class Trainer(Checkpointing):
         at its last env step (the final one, or one of the cadence there)."""
         if not int(self.cfg.run.eval_episodes) or self._evaluated_step == self.count.env_steps:
             return False
-        self.logger.flush()
+        if self.logger is not None:
+            self.logger.flush()
         return not any(row["step"] == self.count.env_steps and "eval/return" in row
                        for _, row in read_rows(self.out / METRICS))
 
@@ -374,12 +407,14 @@ class Trainer(Checkpointing):
         self._timed_step = self.count.env_steps
 
     def evaluate(self, episodes: int | None = None) -> list[float]:
-        """Greedy-policy returns on fresh episodes with deterministic seeds."""
+        """Greedy-policy returns on fresh episodes with deterministic seeds (those of the
+        run's next evaluation). The run's own evaluations go on as they would without this
+        call: a run evaluated from outside logs what one never evaluated logs."""
         n = int(self.cfg.run.eval_episodes if episodes is None else episodes)
-        returns = evaluate(self.agent, lambda: env_of(self.cfg, evaluation=True), n,
-                           seed=int(self.cfg.seed), round_=self.count.eval_rounds)
-        self.count.eval_rounds += 1
-        return returns
+        if n < 0:
+            raise UserError(f"episodes must be >= 0, got {n}")
+        return evaluate(self.agent, lambda: env_of(self.cfg, evaluation=True), n,
+                        seed=int(self.cfg.seed), round_=self.count.eval_rounds)
 
     def train(self) -> dict[str, Any]:
         """Train to run.steps -> the run's summary. However it ends (done, stopped, an error),
@@ -406,9 +441,14 @@ class Trainer(Checkpointing):
         cfg, c = self.cfg, self.count
         steps = int(cfg.run.steps)
         if self.resumed_from is not None and c.env_steps >= steps:
+            budget = int(load_run_config(self.out).run.steps)
             self._note(f"run already complete at {c.env_steps} env steps; raise --steps "
-                       "(run.steps) to extend")
+                       "(run.steps) to extend" if c.env_steps >= budget else
+                       f"--steps {steps} is not above the {c.env_steps} env steps this run "
+                       f"has trained: nothing to train (leave --steps out to train on to its "
+                       f"budget of {budget})")
             if self._final_evaluation_missing():  # stopped or killed before it ended
+                self._open_logs()
                 self._note("evaluating its final agent, which the run did not evaluate")
                 # with this resume's evaluation settings, which config.yaml must then say
                 # (a report reads them); its budget stays the run's own, a lower --steps aside
@@ -521,16 +561,11 @@ class Trainer(Checkpointing):
 
     def release(self) -> None:
         """Close the envs and give up the run folder's lock (the process may resume the run
-        again later)."""
-        if self.envs is not None:
-            self.envs.close()
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
-        if self._threads_before is not None:  # the caller's thread count back: a later run
-            # with run.threads=0 (all cores), or the caller's own torch, must not inherit ours
-            torch.set_num_threads(self._threads_before)
-            self._threads_before = None
+        again later); a Trainer dropped without it does this when it is collected."""
+        _let_go(self.envs, self._lock, self._threads_before)
+        self._lock = self._threads_before = None
+        if self._dropped is not None:
+            self._dropped.detach()
 
     def summary(self) -> dict[str, Any]:
         c = self.count

@@ -12,6 +12,7 @@ edit it), so these checks run before reverie writes or deletes anything there:
 from __future__ import annotations
 
 import fcntl
+import gc
 import shutil
 from pathlib import Path
 from typing import IO
@@ -127,7 +128,13 @@ def lock(folder: Path):
         ) from None
     key = str(Path(folder).resolve())
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            if _HELD.get(key) is None or _HELD[key].closed:
+                raise
+            gc.collect()  # a Trainer of this process dropped untrained lets go when collected
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         handle.close()
         mine = _HELD.get(key)
