@@ -169,9 +169,10 @@ def breakdown(threads: int, updates: int) -> dict:
 
 
 def with_bound(path: Path, threads: int) -> dict:
-    """Add the compute bound to the report at `path` (and its fraction of peak per side)."""
+    """Add the compute bound to the report at `path` (and its fraction of peak per side), at
+    the thread count its runs recorded (`threads` for one that records none)."""
     report = json.loads(path.read_text())
-    bound = compute_bound(threads)
+    bound = compute_bound(int(report.get("torch_threads") or threads))
     spu = report.get("seconds_per_update")
     if isinstance(spu, dict):  # atari_ab: per side
         bound["fraction_of_peak"] = {k: round(bound["min_seconds_per_update"] / v["median"], 3)
@@ -219,7 +220,7 @@ def main() -> None:
         path.write_text(json.dumps(report, indent=1) + "\n")
         print(json.dumps(report["breakdown"], indent=1))
         return
-    if args.bound_only:
+    if args.bound_only:  # each at its own runs' thread count
         for path in sorted(RESULTS.glob("atari_*.json")):  # the smoke run and alternations
             print(path.name, with_bound(path, args.threads)["compute_bound"])
         return

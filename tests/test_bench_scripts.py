@@ -109,6 +109,11 @@ def test_atari_compute_bound_uses_a_peak_of_the_runs_own_thread_count(tmp_path, 
     bound = smoke.compute_bound(1)
     assert bound["peak_source"] == "measured now, 1 thread" and measured_on == [1]
     assert bound["min_seconds_per_update"] == 10.0 and torch.get_num_threads() == before
+    # --bound-only: each JSON at the thread count its runs recorded, not --threads'
+    report = tmp_path / "atari_x.json"
+    report.write_text(json.dumps({"torch_threads": 1, "seconds_per_update": 20.0}))
+    bound = smoke.with_bound(report, 2)["compute_bound"]
+    assert bound["peak_source"] == "measured now, 1 thread" and bound["fraction_of_peak"] == 0.5
 
 
 def test_the_breakdown_times_the_replay_made_when_training_starts(monkeypatch):

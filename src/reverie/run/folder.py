@@ -66,7 +66,8 @@ def check_new(folder: Path) -> None:
     if (folder / CONFIG).exists():
         raise UserError(
             f"run folder '{folder}' already holds a run; continue it with "
-            f"`reverie train --resume {folder}` or choose another run folder (--out)"
+            f"`reverie train --resume {folder}` (Trainer.resume in Python) or choose another "
+            "run folder (--out)"
         )
     if not _half_made(folder):
         raise UserError(
