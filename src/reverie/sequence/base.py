@@ -289,6 +289,18 @@ def causal_conv_step(
     return y, window[:, 1:]
 
 
+def eager_float(x: Tensor, *others: Tensor | None, cpu: bool = False) -> bool:
+    """Whether a hand-written autograd Function may run on `x` (and `others`, None skipped):
+    eager (compiled graphs fuse the composite form themselves), without autocast, float32 or
+    float64 with every operand of x's dtype, and on the CPU where `cpu` (a Function tuned
+    and tested there only). Elsewhere its callers run the composite form under autograd."""
+    return (not torch.compiler.is_compiling()
+            and not torch.is_autocast_enabled(x.device.type)
+            and x.dtype in (torch.float32, torch.float64)
+            and all(t.dtype == x.dtype for t in others if t is not None)
+            and (not cpu or x.device.type == "cpu"))
+
+
 def _depthwise(xp: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """y[:, t] = bias + sum_k weight[:, k] xp[:, t + k]: xp [B, T+K-1, C] -> y [B, T, C].
 
@@ -364,9 +376,7 @@ def causal_conv(
     if reset is None:
         # the blocked weight gradient for eager CPU float32/float64 only: in bf16 its sums
         # would round at every block (oneDNN accumulates in float32)
-        if torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type) \
-                or not (x.dtype == weight.dtype == bias.dtype) or x.device.type != "cpu" \
-                or x.dtype not in (torch.float32, torch.float64):
+        if not eager_float(x, weight, bias, cpu=True):
             return _depthwise(xp, weight, bias), tail
         return _DepthwiseConv.apply(xp, weight, bias), tail
     # input s is visible to output t iff s >= the latest reset at or before t; rows

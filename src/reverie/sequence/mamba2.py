@@ -22,6 +22,7 @@ from reverie.sequence.base import (
     causal_conv,
     causal_conv_step,
     column_major,
+    eager_float,
     full,
     low_precision,
     positive_int,
@@ -87,9 +88,7 @@ def rms_normalize(y: Tensor, gate: Tensor | None = None, eps: float = 1e-5) -> T
     not be modified in place); compiled graphs (inductor fuses the composite itself),
     autocast, bf16 and a broadcast gate run the composite form.
     """
-    if (torch.compiler.is_compiling() or torch.is_autocast_enabled(y.device.type)
-            or y.dtype not in (torch.float32, torch.float64)
-            or (gate is not None and (gate.dtype != y.dtype or gate.shape != y.shape))):
+    if not eager_float(y, gate) or (gate is not None and gate.shape != y.shape):
         g = y if gate is None else F.silu(gate) * y
         return g * _rms_scale(g, eps)
     return _FusedRMSNorm.apply(y, gate, eps)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reverie.sequence.base import matvec
+from reverie.sequence.base import eager_float, matvec
 
 
 def segsum(a_cum: Tensor) -> Tensor:
@@ -51,6 +51,14 @@ def reset_masks(
     tail = seg == seg[..., -1:]
     head = seg == 0
     return same.to(dtype), tail.to(dtype), head.to(dtype)
+
+
+def _within_segments(t: Tensor, same: Tensor | None) -> Tensor:
+    """t [..., Q, Q] with its entries (i, j) zeroed unless j <= i and no reset falls in
+    (j, i] (`same`, from `reset_masks`): the pairs an input reaches an output in-chunk."""
+    Q = t.shape[-1]
+    causal = torch.ones(Q, Q, dtype=torch.bool, device=t.device).tril()
+    return t * (same * causal) if same is not None else t.masked_fill(~causal, 0.0)
 
 
 def ssd_chunked(
@@ -89,12 +97,10 @@ def ssd_chunked(
             reset = F.pad(reset, (0, pad))
     masks = (None, None, None) if reset is None else reset_masks(reset, Q, x.dtype)
     operands = (x, dt, A, B, C, h0, D)
-    if (torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type)
-            or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64)
-            or any(t is not None and t.dtype != x.dtype for t in operands)):
-        y, h, _ = _forward(*operands, *masks, Q)
-    else:
+    if eager_float(*operands, cpu=True):
         y, h = _SSD.apply(*operands, *masks, Q)
+    else:
+        y, h, _ = _forward(*operands, *masks, Q)
     return y[:, :T], h
 
 
@@ -113,9 +119,7 @@ def _forward(x, dt, A, B, C, h0, D, same, tail, head, Q: int):
     Cc = C.reshape(Bt, nc, Q, N)
 
     # -- intra-chunk: y_i = sum_{j<=i} (C_i·B_j) L[i, j] dt_j x_j, C·Bᵀ shared by heads
-    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    CB = Cc @ Bc.transpose(-1, -2)  # [Bt, nc, Q, Q]
-    CB = CB * (same * causal) if same is not None else CB.masked_fill(~causal, 0.0)
+    CB = _within_segments(Cc @ Bc.transpose(-1, -2), same)  # [Bt, nc, Q, Q]
     if D is None:
         CBdt = CB.unsqueeze(2) * dt_h.unsqueeze(-2)  # [Bt, nc, H, Q, Q]
     else:
@@ -212,8 +216,7 @@ class _SSD(torch.autograd.Function):
         ddt_h = (dG * CB.unsqueeze(2)).sum(-2)  # [Bt, nc, H, Q]: G = C·Bᵀ dt_j (+ D)
         dCB = (dG * dt_h.unsqueeze(-2)).sum(2)  # [Bt, nc, Q, Q]
         del dM, dG  # one buffer
-        causal = torch.ones(Q, Q, dtype=torch.bool, device=dCB.device).tril()
-        dCB = dCB * (same * causal) if same is not None else dCB.masked_fill_(~causal, 0.0)
+        dCB = _within_segments(dCB, same)
         dC += dCB @ Bc
         dB = dCB.transpose(-1, -2) @ Cc
 
