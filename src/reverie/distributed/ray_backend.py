@@ -186,7 +186,6 @@ def run_ray(trials: list[Trial], workers: int, retries: int, address: str | None
         pending = list(trials)
         running: dict[Any, Trial] = {}
         results: list[dict[str, Any]] = []
-        reported: set[str] = set()  # trials whose record on_result has had
         # ray.init's own SIGTERM handler prints a crash report and exits, and Ray then kills
         # the trials without their checkpoints: SIGTERM stops the sweep as Ctrl-C does
         _TERMINATED.clear()
@@ -206,12 +205,12 @@ def run_ray(trials: list[Trial], workers: int, retries: int, address: str | None
                                   "status": "failed", "attempts": 0, "resumes": 0,
                                   "returncodes": [], "wall_s": 0.0, "error":
                                   f"Ray task failed: {str(e).splitlines()[0][:200]}"}
-                    results.append(result)
                     on_result(result)
-                    reported.add(trial.name)
+                    results.append(result)  # the trials reported so far
                     del running[ref]  # after its record: a stop now still finds it
         except KeyboardInterrupt:
             name = "SIGTERM" if _TERMINATED else "SIGINT"
+            reported = {r["name"] for r in results}
             for result in _stop(ray, list(running)):  # each trial's line, as a local sweep's
                 if result["name"] not in reported:
                     results.append(result)

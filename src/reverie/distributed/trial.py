@@ -214,11 +214,16 @@ def run_trial(trial: Trial, retries: int, stop: Callable[[], bool] | None = None
         result["extended"] = True
     log = log_path(trial)
     log.parent.mkdir(parents=True, exist_ok=True)
+
+    def ended(status: str, error: str | None = None) -> dict[str, Any]:
+        return {**result, "status": status, **({} if error is None else {"error": error}),
+                "wall_s": round(time.time() - t0, 2)}
+
+    interrupted = False  # a Ray task's interrupted child has stopped with its checkpoint
     try:
         while True:
             if stop is not None and stop():  # the sweep stopped before this attempt began
-                return {**result, "status": "stopped", "error": _last_error(log),
-                        "wall_s": round(time.time() - t0, 2)}
+                return ended("stopped", _last_error(log))
             # a run folder that is there is resumed, also one killed after its last checkpoint
             # (DONE, exit code not 0): the resume finishes what the kill cut (its last evaluation)
             resume = state != NEW
@@ -231,28 +236,25 @@ def run_trial(trial: Trial, retries: int, stop: Callable[[], bool] | None = None
                 except TrialInterrupted as e:
                     if not interruptible:
                         raise
-                    rc, stop = e.returncode, (lambda: True)
+                    rc, interrupted = e.returncode, True
             result["attempts"] += 1
             result["resumes"] += int(resume and not extends)  # an extension is not a resume
             extends = False  # a later attempt follows a crash
             result["returncodes"].append(rc)
             state = trial_state(trial)
             if rc == 0 and state == DONE:
-                return {**result, "status": "finished", "wall_s": round(time.time() - t0, 2)}
-            if stop is not None and stop():  # the sweep was stopped: resumed by its next run
-                return {**result, "status": "stopped", "error": _last_error(log),
-                        "wall_s": round(time.time() - t0, 2)}
+                return ended("finished")
+            if interrupted or (stop is not None and stop()):  # resumed by the sweep's next run
+                return ended("stopped", _last_error(log))
             # exit code 2 is a mistake in the command (reverie's UserError): a retry repeats it
             if result["attempts"] > retries or rc == USAGE_EXIT:
                 error = _last_error(log) or (f"killed by {signal.Signals(-rc).name}" if rc < 0
                                              and -rc in signal.valid_signals()
                                              else f"exit code {rc}")
-                return {**result, "status": "failed", "error": error,
-                        "wall_s": round(time.time() - t0, 2)}
+                return ended("failed", error)
             if rc == Busy.exit_code:  # e.g. a killed sweep's trial still saving its checkpoint
                 _wait_busy(BUSY_WAIT_S * result["attempts"], stop)
     except KeyboardInterrupt:  # between children (a wait, the log): none runs
         if not interruptible:
             raise
-        return {**result, "status": "stopped", "error": _last_error(log),
-                "wall_s": round(time.time() - t0, 2)}
+        return ended("stopped", _last_error(log))
