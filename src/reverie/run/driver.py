@@ -201,8 +201,6 @@ class Trainer(Checkpointing):
         self.logger: RunLogger | None = None
         # what `_open` needs of the checkpoint (not its agent state, loaded by now)
         self._resume_replay = None if payload is None else {"replay": payload["replay"]}
-        self._resume_steps = None if resume_from is None else \
-            int(resume_from[0]["counters"]["env_steps"])
         self.rng = numpy_generator(int(cfg.seed) + 1)  # prefill actions
         self.count = Counters(next_checkpoint=int(cfg.run.checkpoint_every))
         self.resumed_from: int | None = None
@@ -241,15 +239,16 @@ class Trainer(Checkpointing):
         # start leaves nothing that blocks the next attempt; on resume it records a raised
         # run.steps, but --steps at or below the steps already done trains nothing and leaves
         # the config (and so the budget a report reads) as it was
-        if self._resume_steps is None or int(cfg.run.steps) > self._resume_steps:
-            if self._resume_steps is not None and \
+        resumed = self.resumed_from  # the checkpoint's env step (None: a new run)
+        if resumed is None or int(cfg.run.steps) > resumed:
+            if resumed is not None and \
                     int(cfg.run.steps) < (budget := int(load_run_config(self.out).run.steps)):
                 self._note(f"run.steps lowered from {budget} to {cfg.run.steps}: --steps is "
                            "the run's budget (its total env steps), not steps to add")
             save_config(cfg, self.out / "config.yaml")
-        if self._resume_steps is not None:  # the checkpoint resumed from may be older
+        if resumed is not None:  # the checkpoint resumed from may be older than the file
             self.saved.write_progress(self.count.env_steps)
-        if self.resumed_from is None or self.count.env_steps < int(cfg.run.steps):
+        if resumed is None or self.count.env_steps < int(cfg.run.steps):
             self._open_logs()  # (a complete run's resume opens them only to evaluate)
         self._resume_replay = None  # the replay's arrays, loaded now
 
