@@ -267,3 +267,42 @@ def test_a_run_in_use_cannot_be_resumed_twice(reference, tmp_path):
         held.close()
     assert r.returncode == 75 and "in use by another reverie process" in r.stderr
     assert metrics(run) == metrics(reference)  # nothing was touched
+
+
+def test_a_stop_in_the_budgets_last_env_step_is_a_stop_before_the_final_evaluation(
+        tmp_path, monkeypatch, capsys):
+    """A stop that landed in the budget's last env step skipped the final evaluation (off the
+    evaluation cadence, after the final checkpoint) with a note and exit code 0: a sweep then
+    recorded the trial finished and skipped it ever after, its report scoring the evaluation
+    before. It is a stop (the signal's exit code, one line naming the resume), and the resume
+    runs the evaluation, whose row equals an uninterrupted run's."""
+    from reverie.cli import main
+    from reverie.run.collector import Collector
+
+    args = ["train", *RANDOM, "--steps", "250", "--set", "run.eval_every=200"]
+    ref = tmp_path / "ref"
+    assert main([*args, "--out", str(ref)]) == 0
+    step = Collector.step
+    calls = [0]
+
+    def step_then_stop(self, action):
+        out = step(self, action)
+        calls[0] += 1
+        if calls[0] == 250:  # the budget's last env step (one env)
+            signal.raise_signal(signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(Collector, "step", step_then_stop)
+    run = tmp_path / "stopped"
+    capsys.readouterr()
+    assert main([*args, "--out", str(run)]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"reverie: stopped by SIGTERM at env step 250 before its final "
+                       f"evaluation; run it with `reverie train --resume {run}`")
+    assert CheckpointStore(run / "checkpoints").entries()[-1].step == 250
+    assert '"step": 250, "eval/return"' not in metrics(run)
+    monkeypatch.setattr(Collector, "step", step)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    final = [json.loads(x) for x in metrics(run).splitlines() if '"eval/return"' in x]
+    assert final == [json.loads(x) for x in metrics(ref).splitlines() if '"eval/return"' in x]
+    assert [r["step"] for r in final] == [200, 250]

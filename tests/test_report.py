@@ -176,6 +176,25 @@ def test_report_on_one_real_run(real_run, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["skipped"] == 0
 
 
+def test_a_run_stopped_before_its_final_evaluation_is_said_to_be_scored_early(tmp_path,
+                                                                               capsys):
+    """A run at its budget without its final evaluation (stopped between the final checkpoint
+    and the evaluation) was scored from the evaluation before as if that were its end, in
+    silence: the report and the command say so and name the resume that runs it."""
+    run = fake_run(tmp_path / "a", "CartPole-v1", 0, [10.0, 20.0], every=100)  # budget 200
+    whole = fake_run(tmp_path / "b", "CartPole-v1", 1, [10.0, 30.0], every=100)
+    metrics = run / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n"
+                       + json.dumps({"step": 200, "episode/return": 12.0}) + "\n")
+    out = tmp_path / "rep"
+    assert main(["report", str(run), str(whole), "--out", str(out)]) == 0
+    line = (f"{run}: stopped at 200 env steps before its final evaluation, scored from the one "
+            f"at 100; `reverie train --resume {run}` runs it")
+    text = (out / "report.md").read_text()
+    assert f"- {line}" in text and str(whole) + ":" not in text
+    assert f"reverie: warning: {line}" in capsys.readouterr().err
+
+
 def test_atari_grid_report_scores_hns_beside_published_agents(tmp_path):
     ref = atari_reference()["games"]
     root = tmp_path / "grid"

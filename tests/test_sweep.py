@@ -895,3 +895,32 @@ def test_a_trial_that_failed_before_writing_its_folder_is_reported_failed_not_sk
     report = (out / "report" / "report.md").read_text()
     assert "1 run, 1 env" in report and "| boom |" in report
     assert "Skipped" not in report and "no such file" not in report
+
+
+def test_a_trial_stopped_before_its_final_evaluation_is_resumed_to_run_it(tmp_path):
+    """A trial at its budget without its final evaluation (stopped or killed between the
+    final checkpoint and the evaluation) counted as done: every later run of the sweep skipped
+    it, and its report scored the evaluation before. It is resumed, and the resume runs just
+    the evaluation."""
+    from reverie.distributed.grid import Trial
+    from reverie.distributed.trial import DONE, UNEVALUATED, run_trial, trial_state
+
+    t = Trial(name="t", folder=str(tmp_path / "t"), preset="random", env="CartPole-v1",
+              seed=0, steps=150, overrides=("run.eval_every=100", "run.eval_episodes=1"))
+    assert run_trial(t, retries=0)["status"] == "finished"
+    assert trial_state(t) == DONE
+    metrics = Path(t.folder) / "metrics.jsonl"
+    rows = metrics.read_text().splitlines()
+    final = [r for r in rows if r.startswith('{"step": 150, "eval/return"')]
+    assert len(final) == 1
+    metrics.write_text("\n".join(r for r in rows if r not in final) + "\n")
+    assert trial_state(t) == UNEVALUATED
+    again = run_trial(t, retries=0)
+    assert (again["status"], again["resumes"], again["returncodes"]) == ("finished", 1, [0])
+    assert trial_state(t) == DONE
+    assert sum(r.startswith('{"step": 150, "eval/return"')
+               for r in metrics.read_text().splitlines()) == 1
+    # a run that does not evaluate is done at its budget
+    t0 = Trial(name="t0", folder=str(tmp_path / "t0"), preset="random", env="CartPole-v1",
+               seed=0, steps=150, overrides=("run.eval_episodes=0",))
+    assert run_trial(t0, retries=0)["status"] == "finished" and trial_state(t0) == DONE

@@ -27,6 +27,7 @@ from reverie.distributed.grid import Trial, make_trials, parse_grid
 from reverie.distributed.trial import (
     DONE,
     PARTIAL,
+    UNEVALUATED,
     reset_stop,
     run_trial,
     signal_trials,
@@ -182,7 +183,8 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
                          sweep.grid, out, threads, notes)
     states = {t.name: trial_state(t) for t in trials}
     done = {n for n, state in states.items() if state == DONE}  # skipped: nothing to say
-    partial = sum(state == PARTIAL for state in states.values())  # resumed or extended
+    # resumed, extended, or left to run a missing final evaluation
+    partial = sum(state in (PARTIAL, UNEVALUATED) for state in states.values())
     say = on_note or (lambda line: None)
     for note, names in notes.items():
         names = [n for n in names if n not in done]

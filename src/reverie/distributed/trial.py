@@ -23,7 +23,7 @@ from reverie.errors import USAGE_EXIT, Busy
 if TYPE_CHECKING:  # annotations only: `reverie` imports this module at start-up (follow_parent)
     from reverie.distributed.grid import Trial
 
-NEW, PARTIAL, DONE = "new", "partial", "done"
+NEW, PARTIAL, UNEVALUATED, DONE = "new", "partial", "unevaluated", "done"
 # Set by whoever starts `reverie train` as a child (`child_env`): the child ends with it.
 PARENT_ENV = "REVERIE_PARENT_PID"
 BUSY_WAIT_S = 10.0  # before retrying a trial whose run folder another process held
@@ -144,12 +144,30 @@ def last_checkpoint_step(folder: Path) -> int | None:
 
 
 def trial_state(trial: Trial) -> str:
-    """'done' (a checkpoint at the full budget), 'partial' (a run to resume) or 'new'."""
+    """'done' (a checkpoint at the full budget, and the final evaluation of a run that
+    evaluates), 'partial' (a run to resume), 'unevaluated' (at its own budget, stopped before
+    its final evaluation: a resume runs just that) or 'new'."""
     folder = Path(trial.folder)
     if not (folder / "config.yaml").exists():
         return NEW
     last = last_checkpoint_step(folder)
-    return DONE if last is not None and last >= trial.steps else PARTIAL
+    if last is None or last < trial.steps:
+        return PARTIAL
+    return UNEVALUATED if _final_evaluation_missing(folder, last) else DONE
+
+
+def _final_evaluation_missing(folder: Path, last: int) -> bool:
+    """Whether the run evaluates, its newest checkpoint (`last`) is at its own budget and
+    metrics.jsonl has no evaluation there."""
+    from reverie.config import load_run_config
+    from reverie.run.logger import evaluated_at
+
+    try:
+        run = load_run_config(folder).run
+        return (int(run.eval_episodes) > 0 and last == int(run.steps)
+                and not evaluated_at(folder, last))
+    except Exception:  # noqa: BLE001 - an unreadable config or log: done as far as a sweep
+        return False  # can tell (the report says what it cannot read)
 
 
 def _own_budget_done(folder: Path, last: int | None) -> bool:
@@ -225,7 +243,8 @@ def run_trial(trial: Trial, retries: int, stop: Callable[[], bool] | None = None
             if stop is not None and stop():  # the sweep stopped before this attempt began
                 return ended("stopped", _last_error(log))
             # a run folder that is there is resumed, also one killed after its last checkpoint
-            # (DONE, exit code not 0): the resume finishes what the kill cut (its last evaluation)
+            # (UNEVALUATED, or DONE with an exit code not 0): the resume finishes what the kill
+            # cut (its final evaluation, its tail row)
             resume = state != NEW
             args = trial.resume_args() if resume else trial.train_args()
             with open(log, "a") as f:

@@ -209,6 +209,14 @@ def _budgets(runs: list[Run]) -> str | None:
             f"{shown[0]} to {shown[-1]} ({len(shown)} different)") + f" env steps; {fix}"
 
 
+def unevaluated_runs(runs: list[Run]) -> list[str]:
+    """A line for each run that reached its budget but was stopped before its final
+    evaluation: its score is an earlier evaluation's."""
+    return [f"{r.path}: stopped at {r.env_steps:,} env steps before its final evaluation, "
+            f"scored from the one at {r.scored_before_end:,}; `reverie train --resume "
+            f"{r.path}` runs it" for r in runs if r.scored_before_end is not None]
+
+
 def mixed_groups(groups: list[Group]) -> list[str]:
     """Lines for each way a group's runs should not be averaged as they are, per env (up to
     `SHOWN_ENVS` envs a group, then how many more):
@@ -461,8 +469,8 @@ def write_report(paths: list[str | Path], out: str | Path,
                  also_group_by: Sequence[str] = (),
                  returns: str = "auto") -> tuple[Path, list[str]]:
     """Write `out/report.md` and its PNGs; returns (report path, warnings: skipped folders,
-    groups that mix configurations (`mixed_groups`) and --group-by options no run sets
-    (`check_group_keys`)). `notes` are
+    groups that mix configurations (`mixed_groups`), runs scored from an evaluation before
+    their end (`unevaluated_runs`) and --group-by options no run sets (`check_group_keys`)). `notes` are
     markdown lines placed after the header (e.g. a sweep's trial outcomes); finished_only
     leaves out runs still short of their `run.steps`; `also_group_by`: keys added to
     `group_by` (default: `default_group_by`), e.g. a sweep's grid; `returns`: what runs are
@@ -501,6 +509,10 @@ def write_report(paths: list[str | Path], out: str | Path,
     if mixed:
         lines += (["**Groups that mix configurations or budgets, or never trained:**", ""]
                   + [f"- {m}" for m in mixed] + [""])
+    early = unevaluated_runs(runs)
+    if early:
+        lines += ["**Runs scored from an evaluation before their end:**", ""] + [
+            f"- {e}" for e in early] + [""]
     if unused:
         lines += [f"- {u}" for u in unused] + [""]
     lines += list(notes or [])
@@ -533,4 +545,4 @@ def write_report(paths: list[str | Path], out: str | Path,
     lines += ["## Runs", ""] + _runs_section(groups, out)
     report = out / "report.md"
     report.write_text("\n".join(lines))
-    return report, warnings + mixed + unused
+    return report, warnings + mixed + early + unused

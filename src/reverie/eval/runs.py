@@ -56,6 +56,9 @@ class Run:
     machines: tuple[str, ...] = ()  # what its processes trained on (`run/machine.py` labels)
     grad_steps: int | None = None  # updates it made (metrics rows); None where not logged
     params: int | None = None  # the agent's parameter count (machine.jsonl), if recorded
+    # a run at its budget that was stopped before its final evaluation: the step of the
+    # evaluation it is scored from instead (None: scored at its end, or not from evaluations)
+    scored_before_end: int | None = None
 
     def setting(self, key: str) -> str:
         """The run's value of a grouping key: 'agent', 'backbone' or any dotted config key."""
@@ -149,13 +152,16 @@ def read_run(folder: Path, returns: str = "auto") -> Run:
         raise UserError("no returns logged yet (no finished episode or evaluation)")
     final_raw = final_return(evals, episodes, last)
     curve, score = _in_score_units(kind, env, raw_curve, final_raw)
+    last_eval = max((s for s, _ in evals), default=None)
+    early = (last_eval if last_eval is not None and last >= steps and last_eval < last
+             and int(cfg.run.eval_episodes) > 0 else None)
     wall, rate = training_wall(timing)
     machine_rows = _machine_rows(folder)  # read once: machines and the agent's size
     return Run(path=folder, cfg=cfg, env=env, seed=int(cfg.seed), env_steps=last,
                target_steps=steps, final_raw=final_raw, score=float(score), kind=kind,
                curve=curve, wall_s=wall, steps_per_s=rate, source=source,
                machines=_machines(machine_rows), params=_params(machine_rows),
-               grad_steps=_grad_steps(rows, cfg, last))
+               grad_steps=_grad_steps(rows, cfg, last), scored_before_end=early)
 
 
 def _grad_steps(rows: list[dict], cfg: DictConfig, last: int) -> int | None:

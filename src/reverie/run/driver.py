@@ -65,6 +65,7 @@ from reverie.run.logger import (
     TAIL_KEY,
     TIMING,
     RunLogger,
+    evaluated_at,
     plot_curve,
     read_rows,
     training_wall,
@@ -301,8 +302,7 @@ class Trainer(Checkpointing):
             return False
         if self.logger is not None:
             self.logger.flush()
-        return not any(row["step"] == self.count.env_steps and "eval/return" in row
-                       for _, row in read_rows(self.out / METRICS))
+        return not evaluated_at(self.out, self.count.env_steps)
 
     # -- the loop ------------------------------------------------------------------------------
     def _note(self, text: str) -> None:
@@ -521,21 +521,23 @@ class Trainer(Checkpointing):
                         self.checkpoint()
                     self._evaluate_and_log()
             stopped = stop.requested is not None and c.env_steps < steps
-            if stop.requested is not None and not stopped and self._final_evaluation_missing():
-                self._note(f"stopped by {stop.requested} before the final evaluation; "
-                           f"`reverie train --resume {self.out}` runs it")
+            # a stop in the budget's last env step skips the final evaluation: still a stop
+            # (its exit code, not 0: a sweep then resumes the trial to run the evaluation)
+            unevaluated = (stop.requested is not None and not stopped
+                           and self._final_evaluation_missing())
             if self._timed_step != c.env_steps:  # the time since the last log row counts too
                 self._time(t0, steps0)
             if self._saved_step != c.env_steps:  # else the cadence has just saved this step
                 self.checkpoint(rollback_target=not stopped)
             if not stopped and self._window:  # after the checkpoint, which keeps the window
                 self._log(t0, steps0, tail=True)
-            if stopped:
+            if stopped or unevaluated:
                 self.logger.close()
                 self._plot(cfg)
-                raise Stopped(
-                    f"stopped by {stop.requested} at env step {c.env_steps} with a checkpoint; "
-                    f"continue with `reverie train --resume {self.out}`", stop.requested)
+                what = ("before its final evaluation; run it" if unevaluated
+                        else "with a checkpoint; continue")
+                raise Stopped(f"stopped by {stop.requested} at env step {c.env_steps} {what} "
+                              f"with `reverie train --resume {self.out}`", stop.requested)
         except EnvWorkerDied as e:
             raise UserError(f"{e}; continue with `reverie train --resume {self.out}` (from the "
                             f"checkpoint at step {self.saved.latest_step()})") from None

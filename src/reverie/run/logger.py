@@ -156,6 +156,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [row for _, row in read_rows(path)]
 
 
+def evaluated_at(folder: Path, step: int) -> bool:
+    """Whether the run folder's metrics.jsonl holds an evaluation at env step `step`."""
+    return any(row["step"] == step and "eval/return" in row
+               for _, row in read_rows(Path(folder) / METRICS))
+
+
 def plot_curve(folder: Path, title: str = "") -> Path | None:
     """curve.png: training episode returns and evaluation returns against env steps."""
     rows = read_jsonl(Path(folder) / METRICS)
