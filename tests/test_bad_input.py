@@ -428,7 +428,7 @@ def test_more_threads_than_cores_is_said_once(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("name, count, said", [
     ("cuda:1", 0, "run.device=cuda:1 but no CUDA device is visible"),
     ("cuda:2", 2, "run.device=cuda:2 but this machine has 2 CUDA devices (cuda:0..cuda:1)"),
-    ("cuda:x", 1, "run.device=cuda:x is not a device; use cuda or cuda:N"),
+    ("cuda:x", 1, "run.device=cuda:x is not a device; use cpu, cuda or cuda:N"),
 ])
 def test_a_cuda_device_that_is_not_there_is_named(name, count, said, monkeypatch):
     """The message said run.device=cuda whatever was asked; a GPU index past the last one
@@ -482,8 +482,11 @@ def test_load_takes_a_torch_device_or_none_and_refuses_devices_reverie_does_not_
     for device in (torch.device("cpu"), None, "cpu"):
         reverie.load(finished_run, device=device)  # raised AttributeError for the first two
     for device in ("meta", "mps"):
-        with pytest.raises(UserError, match="reverie runs on cpu or cuda"):
+        with pytest.raises(UserError, match="^device=.*: reverie runs on cpu or cuda"):
             reverie.load(finished_run, device=device)
+    # named as the argument it is (the config's run.device is a training run's), with cpu
+    with pytest.raises(UserError, match=re.escape("device=tpu is not a device; use cpu, cuda")):
+        reverie.load(finished_run, device="tpu")
 
 
 def test_a_broadcast_gate_takes_the_composite_norm():

@@ -16,23 +16,25 @@ from reverie.precision import use_precision
 from reverie.replay import Replay
 
 
-def select_device(name: str | torch.device | None) -> torch.device:
+def select_device(name: str | torch.device | None, setting: str = "run.device") -> torch.device:
+    """The torch device `name` names ("auto" or None: CUDA where there is one, else the CPU);
+    a UserError naming `setting` (the config key, or a Python argument) for anything else."""
     name = "auto" if name is None else str(name)  # Python callers: None, a torch.device
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"run.device={name} but no CUDA device is visible; use run.device=cpu")
+        raise UserError(f"{setting}={name} but no CUDA device is visible; use {setting}=cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:  # "cuda:x", "cuda:-1"
-        raise UserError(f"run.device={name} is not a device; use cuda or cuda:N (N from 0)") \
+    except RuntimeError:  # "cuda:x", "cuda:-1", "tpu"
+        raise UserError(f"{setting}={name} is not a device; use cpu, cuda or cuda:N (N from 0)") \
             from None
     if device.type not in ("cpu", "cuda"):  # mps, meta, ...: reverie runs on CPU and CUDA
-        raise UserError(f"run.device={name}: reverie runs on cpu or cuda; use one of them")
+        raise UserError(f"{setting}={name}: reverie runs on cpu or cuda; use one of them")
     if device.type == "cuda" and device.index is not None \
             and device.index >= (count := torch.cuda.device_count()):
         have = "cuda:0" if count == 1 else f"cuda:0..cuda:{count - 1}"
-        raise UserError(f"run.device={name} but this machine has {count} CUDA device"
+        raise UserError(f"{setting}={name} but this machine has {count} CUDA device"
                         f"{'' if count == 1 else 's'} ({have}); use one of them")
     return device
 

@@ -138,7 +138,7 @@ def load(path: str | Path, device: str = "auto", best: bool = False) -> Policy:
                         f"the run config says '{cfg.agent}'")
     env = env_of(cfg)
     obs_spec = make_obs_spec(env.observation_space)
-    agent = build_agent(cfg, obs_spec, env.action_space, select_device(device))
+    agent = build_agent(cfg, obs_spec, env.action_space, select_device(device, "device"))
     load_agent_state(agent, payload, str(path))
     policy = Policy(agent, cfg, obs_spec, cfg.env.id)
     if isinstance(payload.get("best"), dict):
