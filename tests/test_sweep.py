@@ -924,3 +924,29 @@ def test_a_trial_stopped_before_its_final_evaluation_is_resumed_to_run_it(tmp_pa
     t0 = Trial(name="t0", folder=str(tmp_path / "t0"), preset="random", env="CartPole-v1",
                seed=0, steps=150, overrides=("run.eval_episodes=0",))
     assert run_trial(t0, retries=0)["status"] == "finished" and trial_state(t0) == DONE
+
+
+def test_a_grid_key_added_with_the_earlier_trials_value_reuses_their_folders(tmp_path,
+                                                                             capsys):
+    """A rerun that adds a grid key, one of whose values is what the earlier trials ran with
+    (here the preset's own batch size), trained those runs again under new names, and the
+    report averaged each twice. The grid point with the earlier settings takes the earlier
+    trial's folder (skipped: finished) and only the new value trains."""
+    out = tmp_path / "s"
+    assert main(["sweep", *TINY, "--seeds", "1", "--grid", "run.train_ratio=8,16",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["sweep", *TINY, "--seeds", "1", "--grid", "run.train_ratio=8,16",
+                 "--grid", "random.batch_size=16,8", "--out", str(out)]) == 0
+    cap = capsys.readouterr()
+    summary = json.loads(cap.out)
+    assert (summary["trials"], summary["skipped"], summary["finished"]) == (4, 2, 2)
+    assert "have the settings of an earlier run's trials" in cap.err
+    folders = sorted(p.name for p in out.iterdir() if (p / "config.yaml").exists())
+    assert folders == sorted([trial_name("CartPole-v1", [("run.train_ratio", r)], 0)
+                              for r in ("8", "16")]
+                             + [trial_name("CartPole-v1", [("run.train_ratio", r),
+                                                           ("random.batch_size", "8")], 0)
+                                for r in ("8", "16")])
+    assert "4 runs, 1 env, 4 groups" in (out / "report" / "report.md").read_text()
+    assert "earlier_trials" not in sweep_json(out)  # both earlier trials are this grid's

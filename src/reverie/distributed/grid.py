@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -40,6 +40,9 @@ class Trial:
     # --resume --set` does; ["key: old there, new in this sweep", ...] in `changed`
     resume_sets: tuple[str, ...] = field(default_factory=tuple)
     changed: tuple[str, ...] = field(default_factory=tuple)
+    # the grid's own name for a trial with the settings of an earlier run's trial, whose name
+    # and folder it takes (`make_trials`' reusable); "" for the others
+    alias: str = ""
 
     def train_args(self) -> list[str]:
         """`reverie train` arguments that start this trial from scratch."""
@@ -132,10 +135,14 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
 
 def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | None,
                 overrides: list[str], grid: list[str], out: Path,
-                threads: int | None, notes: dict[str, list[str]] | None = None) -> list[Trial]:
+                threads: int | None, notes: dict[str, list[str]] | None = None,
+                reusable: list[Path] = ()) -> list[Trial]:
     """Every trial of the sweep, each config and env validated; UserError on the first bad
     one. `notes`, if given, collects `config.training_notes` (a trial that will train
-    nothing, ...): note -> the names of the trials it concerns."""
+    nothing, ...): note -> the names of the trials it concerns. `reusable`: run folders of
+    an earlier run of the sweep; a trial without a folder of its own whose settings one of
+    them holds (a grid key added with the value those trials had) takes that folder (and
+    name) instead of training the same run again under a new name."""
     from reverie.run.checks import check_env
 
     axes = parse_grid(grid)
@@ -154,7 +161,7 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
     if threads and not any(s.split("=", 1)[0].strip() == "run.threads" for s in sets) \
             and "run.threads" not in (k for k, _ in axes):
         sets.append(f"run.threads={threads}")  # trials side by side share the cores
-    trials, checked = [], set()
+    trials, checked, configs = [], set(), []
     for env in list(dict.fromkeys(envs)) or [None]:  # an env given twice runs once
         for point in itertools.product(*[[(k, v) for v in vs] for k, vs in axes]):
             point = list(point)
@@ -184,9 +191,38 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
                     resume_sets=tuple(f"{k}={new}" for k, _, new in changed),
                     changed=tuple(f"{k}: {old} there, {new} in this sweep"
                                   for k, old, new in changed)))
+                configs.append(cfg)
                 for note in training_notes(cfg) if notes is not None else ():
                     notes.setdefault(note, []).append(name)
-    return trials
+    return _reuse(trials, configs, reusable)
+
+
+def _reuse(trials: list[Trial], configs: list[DictConfig], reusable: list[Path]) -> list[Trial]:
+    """`trials` with each new one whose settings a `reusable` folder (not a trial of this
+    grid) holds moved into that folder (`make_trials`)."""
+    names = {t.name for t in trials}
+    others: dict[Path, dict] = {}
+    for folder in reusable:
+        if folder.name not in names and (folder / "config.yaml").is_file():
+            try:
+                others[folder] = _compared(load_run_config(folder))
+            except UserError:  # a damaged earlier trial: the report says so
+                continue
+    if not others:
+        return trials
+    out = []
+    for t, cfg in zip(trials, configs):
+        mine = None if (Path(t.folder) / "config.yaml").exists() else _compared(cfg)
+        same = next((f for f, saved in others.items() if saved == mine), None)
+        if same is not None:
+            del others[same]  # one trial per folder
+            changed = check_existing(same, cfg)
+            t = replace(t, name=same.name, folder=str(same), alias=t.name,
+                        resume_sets=tuple(f"{k}={new}" for k, _, new in changed),
+                        changed=tuple(f"{k}: {old} there, {new} in this sweep"
+                                      for k, old, new in changed))
+        out.append(t)
+    return out
 
 
 def check_existing(folder: Path, cfg: DictConfig) -> list[tuple[str, str, str]]:

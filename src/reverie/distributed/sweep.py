@@ -180,7 +180,8 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
     threads = max(1, usable_cores() // workers)
     notes: dict[str, list[str]] = {}
     trials = make_trials(sweep.preset, sweep.envs, sweep.seeds, sweep.steps, sweep.overrides,
-                         sweep.grid, out, threads, notes)
+                         sweep.grid, out, threads, notes,
+                         reusable=_trial_folders(out, _previous_sweep(out)))
     states = {t.name: trial_state(t) for t in trials}
     done = {n for n, state in states.items() if state == DONE}  # skipped: nothing to say
     # resumed, extended, or left to run a missing final evaluation
@@ -192,6 +193,14 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
             continue
         say(f"{_trials(names, len(trials))}: {note}")
     _say_changed(trials, done, say)
+    aliased = [t for t in trials if t.alias]
+    if aliased:
+        say(f"{_trials([t.alias for t in aliased], len(trials))} of this grid "
+            f"{'has' if len(aliased) == 1 else 'have'} the settings of an earlier run's "
+            f"trial{'s' if len(aliased) > 1 else ''} ({aliased[0].alias} = {aliased[0].name}"
+            f"{', ...' if len(aliased) > 1 else ''}): "
+            f"{'its folder is' if len(aliased) == 1 else 'their folders are'} used, not "
+            "trained again")
 
     def started() -> None:  # once the backend is up: what to expect before a trial ends
         if len(done) < len(trials):
@@ -312,6 +321,14 @@ def _previous_sweep(out: Path) -> dict:
         return earlier if isinstance(earlier, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+def _trial_folders(out: Path, previous: dict) -> list[Path]:
+    """The run folders of an earlier sweep.json's trials inside `out` (a name that is not one
+    plain folder name, or a link, is not followed: sweep.json is a file anyone may edit)."""
+    names = [r.get("name") for r in _records(previous)]
+    return [out / n for n in names if isinstance(n, str) and n not in ("", ".", "..")
+            and Path(n).name == n and not (out / n).is_symlink()]
 
 
 def _records(previous: dict) -> list[dict]:
