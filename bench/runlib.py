@@ -205,7 +205,9 @@ def run_sb3(algo: str, env_id: str, seed: int, steps: int, every: int, episodes:
         def _on_step(self) -> bool:
             if self.num_timesteps % every == 0:
                 curve.append((self.num_timesteps, evaluate(self.model)))
-            return True
+            # False ends learn() at the budget: on-policy algorithms (PPO's 2048-step
+            # rollouts) would otherwise round it up to whole rollouts
+            return self.num_timesteps < steps
 
     t0 = time.time()
     model = getattr(stable_baselines3, algo)("MlpPolicy", train_env, seed=seed, verbose=0,
@@ -213,7 +215,7 @@ def run_sb3(algo: str, env_id: str, seed: int, steps: int, every: int, episodes:
     model.learn(total_timesteps=steps, callback=Every())
     record = {"agent": f"sb3-{algo.lower()}", "env": env_id, "seed": seed, "steps": steps,
               "evals": curve, "wall_s": round(time.time() - t0, 1), "algo": algo,
-              "env_steps": steps}
+              "env_steps": int(model.num_timesteps)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "external.json").write_text(json.dumps(record))
     keep(out)
