@@ -950,3 +950,34 @@ def test_a_grid_key_added_with_the_earlier_trials_value_reuses_their_folders(tmp
                                 for r in ("8", "16")])
     assert "4 runs, 1 env, 4 groups" in (out / "report" / "report.md").read_text()
     assert "earlier_trials" not in sweep_json(out)  # both earlier trials are this grid's
+
+
+def test_a_ray_trial_still_running_after_the_stop_wait_gets_a_record():
+    """A Ray trial that had not stopped STOP_WAIT_S after a stop (Ray's shutdown then ends
+    it) got no line and no record: the sweep said nothing about it."""
+    from reverie.distributed import ray_backend
+    from reverie.distributed.grid import Trial
+
+    class FakeRay:
+        class exceptions:
+            RayError = RuntimeError
+
+        cancelled: list = []
+
+        def cancel(self, ref, force):
+            self.cancelled.append(ref)
+
+        def wait(self, refs, num_returns, timeout):
+            assert timeout == ray_backend.STOP_WAIT_S
+            return refs[:1], refs[1:]  # the first ended in time, the second did not
+
+        def get(self, ref):
+            return {"name": "a", "status": "stopped", "resumes": 0}
+
+    trials = {f"ref-{n}": Trial(name=n, folder=f"s/{n}", preset="random", env=None, seed=0,
+                                steps=100) for n in ("a", "b")}
+    fake = FakeRay()
+    records = ray_backend._stop(fake, trials)
+    assert fake.cancelled == ["ref-a", "ref-b"]
+    assert [(r["name"], r["status"]) for r in records] == [("a", "stopped"), ("b", "stopped")]
+    assert "ended by Ray" in records[1]["note"] and records[1]["folder"] == "s/b"

@@ -402,7 +402,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if r["status"] == "failed":
             extra = f" after {r['attempts']} attempt(s): {r['error']}"
         if r["status"] == "stopped":
-            extra = " with its checkpoint (resumed by the next run of this sweep)"
+            extra = f": {r['note']}" if r.get("note") else \
+                " with its checkpoint (resumed by the next run of this sweep)"
         print(f"reverie: trial {r['name']} {r['status']}{extra}", file=sys.stderr, flush=True)
 
     summary = run_sweep(sweep, backend=args.backend, address=args.address, on_result=said,

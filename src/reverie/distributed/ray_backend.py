@@ -211,7 +211,7 @@ def run_ray(trials: list[Trial], workers: int, retries: int, address: str | None
         except KeyboardInterrupt:
             name = "SIGTERM" if _TERMINATED else "SIGINT"
             reported = {r["name"] for r in results}
-            for result in _stop(ray, list(running)):  # each trial's line, as a local sweep's
+            for result in _stop(ray, running):  # each trial's line, as a local sweep's
                 if result["name"] not in reported:
                     results.append(result)
                     on_result(result)
@@ -252,22 +252,32 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _stop(ray, refs: list) -> list[dict[str, Any]]:
-    """Cancel the running trials' tasks: each task's `reverie train` gets SIGTERM
-    (`trial._run_child`) and saves a checkpoint, which this waits for (up to STOP_WAIT_S).
-    Returns the records of the tasks that ended ("stopped", or "finished" by then)."""
+def _stop(ray, running: dict) -> list[dict[str, Any]]:
+    """Cancel the running trials' tasks (`running`: task ref -> Trial): each task's `reverie
+    train` gets SIGTERM (`trial._run_child`) and saves a checkpoint, which this waits for (up
+    to STOP_WAIT_S). Returns the records of the tasks that ended ("stopped", or "finished" by
+    then), and a "stopped" one for each trial still running at the end of the wait (Ray's
+    shutdown ends it; it resumes from its last checkpoint)."""
     records: list[dict[str, Any]] = []
+    refs = list(running)
     try:
         for ref in refs:
             ray.cancel(ref, force=False)
-        ended, _ = ray.wait(refs, num_returns=len(refs), timeout=STOP_WAIT_S)
+        ended, late = ray.wait(refs, num_returns=len(refs), timeout=STOP_WAIT_S)
         for ref in ended:
             try:
                 records.append(ray.get(ref))
             except ray.exceptions.RayError:  # cancelled before its trial started
                 pass
     except KeyboardInterrupt:  # a second stop: stop waiting (ray.shutdown ends the trials)
-        pass
+        return records
+    for ref in late:
+        trial = running[ref]
+        records.append({"name": trial.name, "folder": trial.folder, "status": "stopped",
+                        "attempts": 0, "resumes": 0, "returncodes": [], "wall_s": 0.0,
+                        "error": "", "note": f"still running {STOP_WAIT_S:.0f} s after the "
+                        "stop, ended by Ray: the next run of this sweep resumes it from its last "
+                        "checkpoint"})
     return records
 
 

@@ -470,9 +470,9 @@ def write_report(paths: list[str | Path], out: str | Path,
                  returns: str = "auto") -> tuple[Path, list[str]]:
     """Write `out/report.md` and its PNGs; returns (report path, warnings: skipped folders,
     groups that mix configurations (`mixed_groups`), runs scored from an evaluation before
-    their end (`unevaluated_runs`) and --group-by options no run sets (`check_group_keys`)). `notes` are
-    markdown lines placed after the header (e.g. a sweep's trial outcomes); finished_only
-    leaves out runs still short of their `run.steps`; `also_group_by`: keys added to
+    their end (`unevaluated_runs`) and --group-by options no run sets (`check_group_keys`)).
+    `notes` are markdown lines placed after the header (e.g. a sweep's trial outcomes);
+    finished_only leaves out runs still short of their `run.steps`; `also_group_by`: keys added to
     `group_by` (default: `default_group_by`), e.g. a sweep's grid; `returns`: what runs are
     scored from (`runs.RETURNS`: evaluations where there are any, else training episodes;
     evaluations only; training episodes only, POPGym's protocol)."""
