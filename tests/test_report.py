@@ -195,6 +195,28 @@ def test_a_run_stopped_before_its_final_evaluation_is_said_to_be_scored_early(tm
     assert f"reverie: warning: {line}" in capsys.readouterr().err
 
 
+def test_an_extended_run_scores_as_a_run_trained_to_its_budget_at_once(tmp_path):
+    """A run of 250 steps extended to 400 kept its first part's end evaluation (at 250, off the
+    eval_every=200 cadence) in metrics.jsonl, and the report counted it: an extra curve point,
+    and a higher score where the score is a running maximum (POPGym's MMER). The report leaves
+    an end evaluation out once the run has trained past it."""
+    from reverie.eval.runs import read_run
+
+    common = ["--preset", "random", "--no-progress", "--set", "run.eval_every=200",
+              "--set", "run.eval_episodes=2"]
+    straight, extended = tmp_path / "straight", tmp_path / "extended"
+    assert main(["train", *common, "--steps", "400", "--out", str(straight)]) == 0
+    assert main(["train", *common, "--steps", "250", "--out", str(extended)]) == 0
+    assert [p[0] for p in read_run(extended).curve] == [200, 250]  # its own end: scored
+    assert main(["train", "--resume", str(extended), "--steps", "400", "--no-progress"]) == 0
+    rows = [json.loads(x) for x in (extended / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("eval")) for r in rows if "eval/return" in r] == [
+        (200, None), (250, "end"), (400, None)]  # kept in the run's own log
+    a, b = read_run(straight), read_run(extended)
+    assert b.curve == a.curve and [p[0] for p in b.curve] == [200, 400]
+    assert (b.score, b.final_raw) == (a.score, a.final_raw)
+
+
 def test_atari_grid_report_scores_hns_beside_published_agents(tmp_path):
     ref = atari_reference()["games"]
     root = tmp_path / "grid"

@@ -910,16 +910,19 @@ def test_a_trial_stopped_before_its_final_evaluation_is_resumed_to_run_it(tmp_pa
     assert run_trial(t, retries=0)["status"] == "finished"
     assert trial_state(t) == DONE
     metrics = Path(t.folder) / "metrics.jsonl"
-    rows = metrics.read_text().splitlines()
-    final = [r for r in rows if r.startswith('{"step": 150, "eval/return"')]
-    assert len(final) == 1
-    metrics.write_text("\n".join(r for r in rows if r not in final) + "\n")
+
+    def final(text: str) -> list[str]:
+        return [r for r in text.splitlines()
+                if json.loads(r)["step"] == 150 and "eval/return" in json.loads(r)]
+
+    rows = metrics.read_text()
+    assert len(final(rows)) == 1
+    metrics.write_text("".join(r + "\n" for r in rows.splitlines() if r not in final(rows)))
     assert trial_state(t) == UNEVALUATED
     again = run_trial(t, retries=0)
     assert (again["status"], again["resumes"], again["returncodes"]) == ("finished", 1, [0])
     assert trial_state(t) == DONE
-    assert sum(r.startswith('{"step": 150, "eval/return"')
-               for r in metrics.read_text().splitlines()) == 1
+    assert len(final(metrics.read_text())) == 1
     # a run that does not evaluate is done at its budget
     t0 = Trial(name="t0", folder=str(tmp_path / "t0"), preset="random", env="CartPole-v1",
                seed=0, steps=150, overrides=("run.eval_episodes=0",))

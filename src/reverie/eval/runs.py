@@ -26,7 +26,15 @@ from reverie.errors import UserError
 from reverie.eval.mmer import mmer, mmer_curve, window_means
 from reverie.eval.scores import ScoreKind, atari_game, human_normalized, score_kind
 from reverie.run.folder import CONFIG, MARKER, PROGRESS
-from reverie.run.logger import MACHINE, METRICS, TIMING, read_jsonl, training_wall
+from reverie.run.logger import (
+    END_EVAL,
+    END_KEY,
+    MACHINE,
+    METRICS,
+    TIMING,
+    read_jsonl,
+    training_wall,
+)
 
 EXTERNAL = "external.json"  # a run of another library (module docstring)
 FINAL_FRACTION = 0.1  # without evaluations: the training episodes of the last 10% of steps
@@ -133,11 +141,16 @@ def read_run(folder: Path, returns: str = "auto") -> Run:
     timing = read_jsonl(folder / TIMING)
     env = str(cfg.env.id)
     kind = score_kind(env)
-    logged_evals, logged_episodes = _finite(rows, "eval/return"), _finite(rows, "episode/return")
-    evals = [] if returns == "train" else logged_evals
-    episodes = [] if returns == "eval" else logged_episodes
     steps = int(cfg.run.steps)
     last = max([int(r["step"]) for r in rows + timing] + [checkpointed, _progress(folder)])
+    # the end evaluation of a shorter budget the run was extended from: a run trained to this
+    # budget at once never made it (it would add a curve point, and raise an MMER)
+    scored = [r for r in rows if not (r.get(END_KEY) == END_EVAL
+                                      and int(r["step"]) < last)]
+    logged_evals, logged_episodes = (_finite(scored, "eval/return"),
+                                     _finite(rows, "episode/return"))
+    evals = [] if returns == "train" else logged_evals
+    episodes = [] if returns == "eval" else logged_episodes
     if evals:
         raw_curve, source = evals, "eval"
     elif episodes:

@@ -59,6 +59,8 @@ from reverie.run.checks import check_spaces
 from reverie.run.collector import Collector, EnvWorkerDied, Transition, env_of
 from reverie.run.evaluation import evaluate
 from reverie.run.logger import (
+    END_EVAL,
+    END_KEY,
     LOGS,
     METRICS,
     TAIL,
@@ -276,12 +278,16 @@ class Trainer(Checkpointing):
         if self._lock is None:
             self._lock = run_folder.lock(self.out)
 
-    def _evaluate_and_log(self) -> None:
-        """Evaluate now: log eval/return, show it, keep the agent if it is the best so far."""
+    def _evaluate_and_log(self, end: bool = False) -> None:
+        """Evaluate now: log eval/return, show it, keep the agent if it is the best so far.
+        `end`: the final agent's evaluation off the run.eval_every cadence, marked so in its
+        row ("eval": "end"): an extension of the run trains past it, and `reverie report`
+        then leaves it out, as a run trained to the longer budget at once never made it."""
         c, ret = self.count, self.evaluate()
         c.eval_rounds += 1  # the next evaluation plays other episodes
         self.logger.metrics(c.env_steps, {"eval/return": float(np.mean(ret)),
-                                          "eval/return_std": float(np.std(ret))})
+                                          "eval/return_std": float(np.std(ret)),
+                                          **({END_KEY: END_EVAL} if end else {})})
         self.progress.evaluation(float(np.mean(ret)))
         self._keep_if_best(float(np.mean(ret)))
         self._evaluated_step = c.env_steps
@@ -456,7 +462,7 @@ class Trainer(Checkpointing):
                 save_config(kept, self.out / "config.yaml")
                 self.run = to_object(cfg, "run")
                 self.progress = Progress(steps, c.env_steps, enabled=False)
-                self._evaluate_and_log()
+                self._evaluate_and_log(end=True)
                 self.logger.close()
             return self.summary()
         for note in training_notes(cfg):
@@ -519,7 +525,7 @@ class Trainer(Checkpointing):
                     # extension (--resume --steps) trains on exactly as if never stopped
                     if self._saved_step != c.env_steps:
                         self.checkpoint()
-                    self._evaluate_and_log()
+                    self._evaluate_and_log(end=True)
             stopped = stop.requested is not None and c.env_steps < steps
             # a stop in the budget's last env step skips the final evaluation: still a stop
             # (its exit code, not 0: a sweep then resumes the trial to run the evaluation)

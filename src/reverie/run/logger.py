@@ -18,6 +18,8 @@ from typing import Any
 from reverie.errors import UserError
 
 METRICS = "metrics.jsonl"
+# the mark of the final agent's evaluation row where it is off the run.eval_every cadence
+END_KEY, END_EVAL = "eval", "end"
 TIMING = "timing.jsonl"
 LOGS = (METRICS, TIMING)
 # the metrics row of a run's last updates, written at its end off the run.log_every cadence
