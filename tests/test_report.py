@@ -217,6 +217,22 @@ def test_an_extended_run_scores_as_a_run_trained_to_its_budget_at_once(tmp_path)
     assert (b.score, b.final_raw) == (a.score, a.final_raw)
 
 
+def test_a_run_shorter_than_its_log_cadence_that_never_updated_is_flagged(tmp_path, capsys):
+    """rppo with a budget below one rollout (no prefill: the prefill rule does not apply) and
+    below run.log_every logged no counters row, so the report could not tell that it never
+    updated and scored its untrained agent in silence. Such a run writes its tail row."""
+    run = tmp_path / "run"
+    assert main(["train", "--agent", "rppo", "--env", "CartPole-v1", "--steps", "32",
+                 "--no-progress", "--set", "run.num_envs=2", "--set", "run.eval_episodes=1",
+                 "--out", str(run)]) == 0
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["grad_steps"], r["window"]) for r in rows if "grad_steps" in r] == [
+        (32, 0, "tail")]
+    capsys.readouterr()
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    assert "never updated (0 gradient steps" in capsys.readouterr().err
+
+
 def test_atari_grid_report_scores_hns_beside_published_agents(tmp_path):
     ref = atari_reference()["games"]
     root = tmp_path / "grid"
@@ -1068,7 +1084,7 @@ def test_runs_that_never_updated_are_named(tmp_path, capsys):
     out = tmp_path / "rep"
     assert main(["report", str(root / "r0"), str(root / "r1"), "--out", str(out)]) == 0
     line = ("group 'random' has runs of CartPole-v1 that never updated (0 gradient steps; "
-            "run.steps within the prefill or warm-up): their scores are the untrained agent's")
+            "run.steps within the prefill, warm-up or first rollout): their scores are the untrained agent's")
     assert f"reverie: warning: {line}" in capsys.readouterr().err
     assert main(["report", str(root / "r2"), "--out", str(out)]) == 0
     assert "never updated" not in capsys.readouterr().err

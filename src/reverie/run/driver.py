@@ -216,9 +216,14 @@ class Trainer(Checkpointing):
             self._restore(*resume_from)  # in memory: the replay's state is loaded by `_open`
         # the summary ends with the run's last episodes, those before a resume included (a
         # resume of a finished run said "last_returns": []): the rows up to the checkpoint
-        self._returns: list[float] = [] if resume_from is None else [
-            float(row["episode/return"]) for _, row in read_rows(self.out / METRICS)
-            if "episode/return" in row and row["step"] <= self.resumed_from][-5:]
+        kept = [] if resume_from is None else [
+            row for _, row in read_rows(self.out / METRICS) if row["step"] <= self.resumed_from]
+        self._returns: list[float] = [float(row["episode/return"]) for row in kept
+                                      if "episode/return" in row][-5:]
+        # whether a counters row (grad_steps) is on record: a run that would end without one
+        # (shorter than run.log_every, no update) writes its tail row anyway, so that a report
+        # can tell that it never updated
+        self._counted = any("grad_steps" in row and row.get(TAIL_KEY) != TAIL for row in kept)
         # the training wall time of the processes before this one (TensorBoard's
         # time/run_wall goes on from it instead of restarting at 0 like time/wall)
         self._wall_before = 0.0 if resume_from is None else self._wall_so_far()
@@ -397,6 +402,7 @@ class Trainer(Checkpointing):
         if tail:
             row[TAIL_KEY] = TAIL
         self._window = {}
+        self._counted = True
         self.logger.metrics(c.env_steps, row)
         if not tail:  # the run's end has written its timing row already
             self._time(t0, steps0)
@@ -535,7 +541,8 @@ class Trainer(Checkpointing):
                 self._time(t0, steps0)
             if self._saved_step != c.env_steps:  # else the cadence has just saved this step
                 self.checkpoint(rollback_target=not stopped)
-            if not stopped and self._window:  # after the checkpoint, which keeps the window
+            if not stopped and (self._window or not self._counted):  # after the checkpoint,
+                # which keeps the window
                 self._log(t0, steps0, tail=True)
             if stopped or unevaluated:
                 self.logger.close()
