@@ -323,9 +323,10 @@ TINY_PPO = ["run.num_envs=4", "rppo.rollout_length=32", "rppo.seq_len=16", "rppo
 
 def without_final_eval(text: str, step: int) -> list[str]:
     """metrics.jsonl lines less the one final evaluation of a first part that ended at
-    `step`, between two evaluations (asserted to be there)."""
+    `step`, between two evaluations (asserted to be there, marked as the end's)."""
     lines = text.splitlines()
-    kept = [x for x in lines if not x.startswith(f'{{"step": {step}, "eval/return"')]
+    kept = [x for x in lines if not x.startswith(f'{{"step": {step}, "eval": "end", '
+                                                 '"eval/return"')]
     assert len(kept) == len(lines) - 1
     return kept
 

@@ -307,3 +307,18 @@ def test_a_stop_in_the_budgets_last_env_step_is_a_stop_before_the_final_evaluati
     final = [json.loads(x) for x in metrics(run).splitlines() if '"eval/return"' in x]
     assert final == [json.loads(x) for x in metrics(ref).splitlines() if '"eval/return"' in x]
     assert [(r["step"], r.get("eval")) for r in final] == [(200, None), (250, "end")]
+
+
+def test_every_counters_row_counts_the_episodes_that_ended_by_its_step(tmp_path):
+    """The log row of a step where an episode ended said one episode fewer than the episode
+    rows up to that step (the episodes were counted after the row was written)."""
+    from reverie.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", *RANDOM, "--steps", "300", "--set", "run.log_every=1",
+                 "--out", str(run)]) == 0
+    rows = [json.loads(x) for x in metrics(run).splitlines()]
+    ends = [r["step"] for r in rows if "episode/return" in r]
+    counted = [r for r in rows if "episodes" in r]
+    assert len(counted) == 300 and len(ends) >= 5
+    assert all(r["episodes"] == sum(s <= r["step"] for s in ends) for r in counted)

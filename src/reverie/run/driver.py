@@ -504,17 +504,22 @@ class Trainer(Checkpointing):
                     self._store(t)
                     c.env_steps += self.num_envs
                     self._train()
-                    if c.env_steps // run.log_every > before // run.log_every:
-                        self._log(t0, steps0)
-                    if run.eval_episodes and (c.env_steps // run.eval_every
-                                              > before // run.eval_every):
-                        self._evaluate_and_log()
+                    # the episodes that ended in this step count in its rows (the log row at
+                    # it said one episode fewer), and the progress line is at this step when an
+                    # evaluation here shows (it showed the step before)
                     for ep_return, ep_len in finished:
                         c.episodes += 1
                         self._returns.append(ep_return)
                         self.logger.metrics(c.env_steps, {"episode/return": ep_return,
                                                           "episode/length": ep_len})
                         self.progress.episode(ep_return)
+                    self.progress.update(c.env_steps, (c.env_steps - steps0)
+                                         / max(time.time() - t0, 1e-9))
+                    if c.env_steps // run.log_every > before // run.log_every:
+                        self._log(t0, steps0)
+                    if run.eval_episodes and (c.env_steps // run.eval_every
+                                              > before // run.eval_every):
+                        self._evaluate_and_log()
                     if c.env_steps >= c.next_checkpoint:
                         # moved on before saving: a resume from this checkpoint then keeps
                         # the cadence instead of saving again at its first step
@@ -522,8 +527,6 @@ class Trainer(Checkpointing):
                         self.checkpoint()
                         if time.monotonic() - self._plotted >= PLOT_EVERY_S:
                             self._plot(cfg)  # curve.png as the run goes, not only at its end
-                    self.progress.update(c.env_steps, (c.env_steps - steps0)
-                                         / max(time.time() - t0, 1e-9))
                 if (run.eval_episodes and stop.requested is None and c.env_steps >= steps
                         and self._evaluated_step != c.env_steps):
                     # the final agent is evaluated even off the run.eval_every cadence (else a
