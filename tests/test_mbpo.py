@@ -270,6 +270,23 @@ def test_mbpo_mode_steps_by_ts1_and_logs_u_on_the_first_rollouts_only(monkeypatc
     assert metrics["model/rollout_rows"] >= 64 and metrics["model/rollout_uncertainty"] > 0
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_capped_model_fit_is_said_once_in_the_words_of_the_mode(mode):
+    """A fit cut by max_epochs said its spread was "the uncertainty UP-MPC weighs" in plain
+    MBPO too, which runs no UP-MPC."""
+    agent = agent_for(tiny(mode, model=EnsembleConfig(members=3, elites=2, hidden=16,
+                                                      layers=2, batch_size=32, max_epochs=1,
+                                                      patience=5)))
+    said: list[str] = []
+    agent.note = said.append
+    fill_real(agent, 64)
+    agent.train_model()
+    agent.train_model()
+    capped = [s for s in said if "stopped at mbpo.model.max_epochs=1" in s]
+    assert len(capped) == 1
+    assert ("UP-MPC" in capped[0]) == (mode != "mbpo")
+
+
 def test_rollouts_stop_where_the_model_predicts_termination():
     agent = agent_for(tiny(rollout_batch=64, rollout_chunk=64, schedule=[0, 0, 3, 3]))
     fill_real(agent, 30)

@@ -1084,7 +1084,8 @@ def test_runs_that_never_updated_are_named(tmp_path, capsys):
     out = tmp_path / "rep"
     assert main(["report", str(root / "r0"), str(root / "r1"), "--out", str(out)]) == 0
     line = ("group 'random' has runs of CartPole-v1 that never updated (0 gradient steps; "
-            "run.steps within the prefill, warm-up or first rollout): their scores are the untrained agent's")
+            "run.steps within the prefill, warm-up or first rollout): their scores are the "
+            "untrained agent's")
     assert f"reverie: warning: {line}" in capsys.readouterr().err
     assert main(["report", str(root / "r2"), "--out", str(out)]) == 0
     assert "never updated" not in capsys.readouterr().err

@@ -391,9 +391,11 @@ class MBPOAgent:
         self.model_trained_at = self.env_steps
         if fit["epochs"] >= m.max_epochs and not self.capped_told and self.note is not None:
             self.capped_told = True  # once a run (a process): every later fit may be capped
+            spread = ("its predicted spread (the uncertainty UP-MPC weighs) may still be its "
+                      "initial one" if self.cfg.mode != "mbpo" else
+                      "its rollouts come from a model still improving")
             self.note(f"mbpo: the model fit stopped at mbpo.model.max_epochs={m.max_epochs} "
-                      "before its holdout loss stopped improving: its predicted spread (the "
-                      "uncertainty UP-MPC weighs) may still be its initial one; raise "
+                      f"before its holdout loss stopped improving: {spread}; raise "
                       "mbpo.model.max_epochs for a converged model")
         return {"model/holdout_mse": fit["holdout_mse"], "model/train_loss": fit["train_loss"],
                 "model/epochs": fit["epochs"], "model/fit_rows": float(n)}

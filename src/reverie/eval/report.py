@@ -258,9 +258,8 @@ def mixed_groups(groups: list[Group]) -> list[str]:
         untrained = sorted({r.env for rs in g.runs.values() for r in rs if r.grad_steps == 0})
         if untrained:  # e.g. a sweep's --steps below the prefill: scores of initial weights
             lines.append(f"group '{g.label}' has runs of {', '.join(untrained)} that never "
-                         "updated (0 gradient steps; run.steps within the prefill, warm-up or first "
-                         "rollout): "
-                         "their scores are the untrained agent's")
+                         "updated (0 gradient steps; run.steps within the prefill, warm-up or "
+                         "first rollout): their scores are the untrained agent's")
     return lines
 
 
