@@ -132,7 +132,7 @@ def test_killed_trial_is_resumed_and_reported(tmp_path):
     manifest = json.loads((folder / "checkpoints" / "manifest.json").read_text())
     assert manifest["checkpoints"][-1]["step"] == 4000
     text = (out / "report" / "report.md").read_text()
-    assert "1 finished after a resume" in text
+    assert "1 trial: 1 run now (1 of them after a resume), 0 already finished" in text
     assert f"| {folder.name} | resumed 1x, finished | 2 | -9, 0 |" in text
     assert "4,000 / 4,000" in text  # the resumed run is scored over its whole budget
 
@@ -179,7 +179,7 @@ def test_a_stopped_sweep_stops_its_trials_once_with_their_checkpoints(tmp_path, 
     assert main([*args[:5], "--steps", str(step + 50), *args[7:]]) == 0
     (result,) = sweep_json(out)["results"]
     assert result["status"] == "finished" and result["resumes"] == 1
-    assert "1 of 1 trial(s) to run (0 finished before, 1 of them continued), " in \
+    assert "1 of 1 trial(s) to run (1 continued from its run folder, 0 finished before), " in \
         capsys.readouterr().err
 
 def test_a_stopped_sweep_keeps_the_records_of_its_ended_trials(tmp_path):

@@ -204,9 +204,11 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
 
     def started() -> None:  # once the backend is up: what to expect before a trial ends
         if len(done) < len(trials):
-            resumed = f", {partial} of them continued" if partial else ""
-            say(f"{len(trials) - len(done)} of {len(trials)} trial(s) to run ({len(done)} "
-                f"finished before{resumed}), {min(workers, len(trials))} at a time on "
+            # "1 of them continued" read as if said of the finished ones
+            folders = "its run folder" if partial == 1 else "their run folders"
+            resumed = f"{partial} continued from {folders}, " if partial else ""
+            say(f"{len(trials) - len(done)} of {len(trials)} trial(s) to run ({resumed}"
+                f"{len(done)} finished before), {min(workers, len(trials))} at a time on "
                 f"{backend}; each "
                 f"writes {out / 'logs'}/<trial>.log and a line here when it ends")
 
@@ -377,9 +379,9 @@ def trial_notes(results: list[dict], earlier: Sequence[dict] = ()) -> list[str]:
     failed = [r for r in results if r["status"] == "failed"]
     lines = ["## Sweep", "",
              f"{_n(len(results), 'trial')}: "
-             f"{sum(r['status'] == 'finished' for r in results)} run "
-             f"now, {sum(r['status'] == 'skipped' for r in results)} already finished (skipped), "
-             f"{len(resumed)} finished after a resume, {len(failed)} failed.", ""]
+             f"{sum(r['status'] == 'finished' for r in results)} run now ({len(resumed)} of "
+             f"them after a resume), {sum(r['status'] == 'skipped' for r in results)} already "
+             f"finished (skipped), {len(failed)} failed.", ""]
     if resumed or failed:
         lines += ["| trial | outcome | attempts | exit codes | last error |",
                   "|---|---|---:|---|---|"]
