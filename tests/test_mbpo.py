@@ -513,6 +513,12 @@ def test_bad_mode_on_the_command_line_is_a_one_line_user_error():
         build_config("mbpo-pendulum", ["mbpo.mode=coplaner"])
     with pytest.raises(UserError, match="run.num_envs=1"):
         build_config("mbpo-pendulum", ["run.num_envs=2"])
+    # null leaked OmegaConf's "Incompatible value 'None' for field of type 'str'"
+    with pytest.raises(UserError, match=re.escape("bad value for 'mbpo.mode': null is not a "
+                                                  "string; write e.g. mbpo.mode=")):
+        build_config("mbpo-pendulum", ["mbpo.mode=null"])
+    with pytest.raises(UserError, match=re.escape("'run.steps': null is not a whole number")):
+        build_config("mbpo-pendulum", ["run.steps=~"])
 
 
 def test_cli_train_end_to_end_then_load_and_act(tmp_path, capsys):

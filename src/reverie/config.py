@@ -183,6 +183,10 @@ def _friendly(e: OmegaConfBaseException, schema: DictConfig) -> UserError:
             want = EXPECTED.get(f"{conv.group(2)}Node")
             if want is not None:
                 return UserError(f"bad value for '{key}': '{conv.group(1)}' is not {want}")
+        none = re.match(r"Incompatible value 'None' for field of type", msg)
+        if none is not None and want is not None:  # null (~) for a setting that needs one
+            return UserError(f"bad value for '{key}': null is not {want}; write e.g. "
+                             f"{key}={default}")
         if want is None or value is None:
             return UserError(f"bad value for '{key}': {msg}")
         return UserError(f"bad value for '{key}': '{value.group(1)}' is not {want}; write "
@@ -212,7 +216,7 @@ def check_flags_agree(flags: dict[str, Any], overrides: list[str], agent: str,
 
 
 # what a typed setting takes, by its OmegaConf node type
-EXPECTED = {"IntegerNode": "a whole number", "FloatNode": "a number",
+EXPECTED = {"IntegerNode": "a whole number", "FloatNode": "a number", "StringNode": "a string",
             "BooleanNode": "true or false", "ListConfig": "a list", "DictConfig": "a mapping"}
 
 
