@@ -188,6 +188,10 @@ def test_eval_out_in_a_missing_folder_is_refused_before_playing(trained, tmp_pat
     assert captured.out == "" and "--out's folder" in captured.err
     assert main(["eval", str(trained), "--episodes", "1", "--out", str(tmp_path)]) == 2
     assert "a file path for the JSON" in capsys.readouterr().err
+    # a folder not there yet, named with a trailing /: a file of its name was written
+    assert main(["eval", str(trained), "--episodes", "1", "--out", f"{tmp_path / 'new'}/"]) == 2
+    assert f"e.g. --out {tmp_path / 'new' / 'eval.json'}" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 def test_the_main_observation_is_the_envs_own_not_the_added_previous_reward():

@@ -290,8 +290,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         f"windows; add --prediction N (windows to score) or drop {flags}")
     if args.out is not None:  # checked before the episodes are played
         out = Path(args.out)
-        if out.is_dir():
-            raise UserError(f"--out must be a file path for the JSON, got the folder '{out}'")
+        # a trailing / names a folder too (Path drops it: a file of that name was written)
+        if out.is_dir() or args.out.endswith(("/", os.sep)):
+            raise UserError(f"--out must be a file path for the JSON, got the folder "
+                            f"'{args.out}'; e.g. --out {out / 'eval.json'}")
         check_out_parent(out)
     policy = load(args.run, best=args.best)
     if args.prediction < 0:
