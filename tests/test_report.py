@@ -297,6 +297,13 @@ def test_bad_group_key_suggests(tmp_path, real_run, capsys):
                "run.trainratio"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "did you mean 'run.train_ratio'" in err and len(err.splitlines()) == 1
+    # another agent's setting got the nearest key of these runs ("did you mean
+    # 'rppo.d_model'?" for mbpo.mode on rppo runs)
+    rc = main(["report", str(real_run), "--out", str(tmp_path / "r"), "--group-by",
+               "mbpo.mode"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "'mbpo.mode' is a setting of agent mbpo, and no run here is one " \
+        "(random)" in err and "did you mean" not in err
 
 
 @pytest.mark.parametrize("key", ["run", "random"])

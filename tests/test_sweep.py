@@ -984,3 +984,10 @@ def test_a_ray_trial_still_running_after_the_stop_wait_gets_a_record():
     assert fake.cancelled == ["ref-a", "ref-b"]
     assert [(r["name"], r["status"]) for r in records] == [("a", "stopped"), ("b", "stopped")]
     assert "ended by Ray" in records[1]["note"] and records[1]["folder"] == "s/b"
+
+
+def test_train_flags_a_sweep_takes_as_settings_are_said_so(capsys):
+    """`reverie sweep --backbone gru` was answered "did you mean '--backend'?"."""
+    assert main(["sweep", "--agent", "rppo", "--backbone", "gru"]) == 2
+    err = capsys.readouterr().err
+    assert "a sweep takes the backbone as a setting" in err and "--backend" not in err

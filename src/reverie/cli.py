@@ -30,12 +30,23 @@ class _Parser(argparse.ArgumentParser):
         was probably meant to be (`reverie train --stpes 5`)."""
         ns, extras = self.parse_known_args(args, namespace)
         if extras:
-            sub = getattr(self, "commands", {}).get(getattr(ns, "command", None), self)
+            command = getattr(ns, "command", None)
+            sub = getattr(self, "commands", {}).get(command, self)
             options = [o for a in sub._actions for o in a.option_strings]
-            raise UserError(f"unrecognized arguments: {' '.join(extras)}"
-                            f"{suggest(extras[0].split('=')[0], options)}; "
+            flag = extras[0].split("=")[0]
+            hint = OTHER_COMMANDS_FLAGS.get((command, flag)) or suggest(flag, options)
+            raise UserError(f"unrecognized arguments: {' '.join(extras)}{hint}; "
                             f"see `{sub.prog} --help`")
         return ns
+
+
+# flags of `reverie train` that another command takes in its own way: said instead of the
+# nearest of its flags (`sweep --backbone` was "did you mean '--backend'?")
+OTHER_COMMANDS_FLAGS = {
+    ("sweep", "--backbone"): " (a sweep takes the backbone as a setting: --set or --grid of "
+                             "the agent's backbone key, e.g. --grid "
+                             "imagine.world.backbone=gru,mamba2 or --set rppo.backbone=ffm)",
+}
 
 
 def _positive_int(text: str) -> int:

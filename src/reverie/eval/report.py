@@ -106,6 +106,13 @@ def check_group_keys(keys: list[str], runs: list[Run]) -> list[str]:
         free_form = [".".join(parts[:i + 1]) for i in range(len(parts) - 1)
                      if parts[i].endswith("_kwargs") and ".".join(parts[:i + 1]) in known]
         if not free_form:
+            from reverie.config import AGENTS
+
+            agents = sorted({str(r.cfg.agent) for r in runs})
+            if parts[0] in AGENTS and parts[0] not in agents:  # another agent's setting
+                raise UserError(f"--group-by '{key}' is a setting of agent {parts[0]}, and "
+                                f"no run here is one ({', '.join(agents)}); group by a "
+                                "setting these runs have, e.g. agent or backbone")
             raise UserError(f"--group-by '{key}' is not a config key of any run"
                             f"{suggest(key, sorted(known))}; use 'agent', 'backbone' or a "
                             "dotted key such as run.train_ratio")
