@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,13 @@ def test_presets_of_a_users_file_and_a_bad_key_in_one_name_the_file(tmp_path, ca
     top = write(tmp_path / "top.yaml", "base: my.yaml\n")
     with pytest.raises(UserError, match=rf"in preset {top} or a base it names: unknown"):
         build_config(str(top))
+    # another agent's section: said as --set says it (it was "unknown config key 'rppo'
+    # (did you mean 'mbpo'?)")
+    other = write(tmp_path / "other.yaml", "base: mbpo-pendulum\nrppo:\n  backbone: gru\n")
+    with pytest.raises(UserError, match=re.escape(
+            f"in preset {other}: its 'rppo:' section holds options of agent "
+            "rppo, and its agent is mbpo; set agent: rppo, or put mbpo's options under")):
+        build_config(str(other))
     # a section given a value was a TypeError traceback
     for text in ("base: cartpole\nrun: 5\n", "agent: imagine\nrun: [1, 2]\n"):
         bad = write(tmp_path / "bad.yaml", text)

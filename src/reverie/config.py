@@ -450,10 +450,15 @@ def build_config(
             flags["backbone"] = value
     check_flags_agree(flags, overrides, agent, backbone_key)
     overrides = _as_text(overrides, schema)
+    files = f"{preset} or a base it names" if preset and has_base_file(preset) else preset
+    other = [k for k in preset_data if k in AGENTS and k != agent]
+    if other:  # said as `--set` says it (OmegaConf: "unknown key 'rppo' (did you mean 'mbpo'?)")
+        raise UserError(f"in preset {files}: its '{other[0]}:' section holds options of agent "
+                        f"{other[0]}, and its agent is {agent}; set agent: {other[0]}, or put "
+                        f"{agent}'s options under '{agent}:' (`--show-config` lists them)")
     try:
         cfg = OmegaConf.merge(schema, preset_data)
     except OmegaConfBaseException as e:  # a key or value of the preset's own files
-        files = f"{preset} or a base it names" if preset and has_base_file(preset) else preset
         raise UserError(f"in preset {files}: {_friendly(e, schema)}") from None
     try:
         if "env" in flags:
