@@ -237,7 +237,9 @@ def test_finished_run_can_be_extended(tmp_path):
     assert r.returncode == 0 and "already complete at 600" in r.stderr
     config = (run / "config.yaml").read_text()
     r = reverie("train", "--resume", str(run), "--steps", "100", "--no-progress")
-    assert r.returncode == 0 and "already complete at 600" in r.stderr
+    # said as what it is (it was "already complete ...; raise --steps", not naming the 100)
+    assert r.returncode == 0 and ("--steps 100 is below the 600 env steps of this complete "
+                                  "run: nothing to train") in r.stderr
     assert (run / "config.yaml").read_text() == config  # the budget stays 600, not 100
 
 

@@ -454,7 +454,11 @@ class Trainer(Checkpointing):
         if self.resumed_from is not None and c.env_steps >= steps:
             budget = int(load_run_config(self.out).run.steps)
             self._note(f"run already complete at {c.env_steps} env steps; raise --steps "
-                       "(run.steps) to extend" if c.env_steps >= budget else
+                       "(run.steps) to extend" if c.env_steps >= budget
+                       and (steps == budget or steps >= c.env_steps) else
+                       f"--steps {steps} is below the {c.env_steps} env steps of this complete "
+                       f"run: nothing to train (raise it above {c.env_steps} to extend the run)"
+                       if c.env_steps >= budget else
                        f"--steps {steps} is not above the {c.env_steps} env steps this run "
                        f"has trained: nothing to train (leave --steps out to train on to its "
                        f"budget of {budget})")
