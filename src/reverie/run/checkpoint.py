@@ -220,9 +220,9 @@ class CheckpointStore:
         path = self.folder / BEST
         if path.is_symlink() or not path.is_file():
             raise CheckpointError(
-                f"no best checkpoint in {self.folder}: it is written at evaluations "
-                "(run.eval_episodes > 0, run.keep_best=true; runs trained before reverie kept "
-                "it have none); drop --best to load the latest")
+                f"no best checkpoint in {self.folder}: it is written at evaluations of a run "
+                "with run.eval_episodes > 0 and run.keep_best=true (and by reverie versions "
+                "that keep it); drop --best to load the latest")
         payload = load_file(path)
         best = payload.get("best")
         if not (isinstance(best, dict) and type(best.get("step")) is int
