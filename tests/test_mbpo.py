@@ -491,6 +491,13 @@ def test_runs_that_would_update_nothing_are_told_why():
     # a warm-up already at its lowest (2) is not told to become what it is
     assert training_notes(build_config("mbpo-pendulum", ["run.prefill=1", "mbpo.warmup=2"],
                                        {"steps": 600})) == []
+    # one UP-MPC candidate plans nothing, at the planner's cost (it was accepted in silence)
+    (note,) = training_notes(build_config("mbpo-pendulum", ["mbpo.upmpc.candidates=1"],
+                                          {"steps": 600}))
+    assert note.startswith("mbpo.upmpc.candidates=1 with mbpo.mode=coplanner: UP-MPC's one "
+                           "candidate is the policy's own action")
+    assert training_notes(build_config("mbpo-pendulum", ["mbpo.upmpc.candidates=1",
+                                                         "mbpo.mode=mbpo"], {"steps": 600})) == []
 
 
 def test_keys_mbpo_never_reads_are_refused_on_resume_too():

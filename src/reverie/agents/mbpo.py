@@ -213,17 +213,24 @@ def _action_dim(space: spaces.Space) -> int:
 
 
 def training_notes(cfg: Any) -> list[str]:
-    """Legitimate settings under which the run updates nothing (`config.training_notes`)."""
+    """Legitimate settings under which the run updates nothing, or plans nothing
+    (`config.training_notes`)."""
     steps, warmup, prefill = int(cfg.run.steps), int(cfg.mbpo.warmup), int(cfg.run.prefill)
+    notes = []
     if steps < warmup:
-        return [f"run.steps={steps} < mbpo.warmup={warmup}: mbpo fits its model and updates "
-                "only after mbpo.warmup real env steps, so this run trains nothing; raise "
-                "--steps or lower mbpo.warmup (>= 2)"]
-    if warmup > max(prefill, 2):  # e.g. run.prefill lowered alone: two separate settings
-        return [f"mbpo.warmup={warmup} > run.prefill={prefill}: the untrained policy acts "
-                f"from env step {prefill}, and the model is first fitted and SAC updated at "
-                f"{warmup}; set mbpo.warmup={max(prefill, 2)} to train right after the prefill"]
-    return []
+        notes.append(f"run.steps={steps} < mbpo.warmup={warmup}: mbpo fits its model and "
+                     "updates only after mbpo.warmup real env steps, so this run trains "
+                     "nothing; raise --steps or lower mbpo.warmup (>= 2)")
+    elif warmup > max(prefill, 2):  # e.g. run.prefill lowered alone: two separate settings
+        notes.append(f"mbpo.warmup={warmup} > run.prefill={prefill}: the untrained policy acts "
+                     f"from env step {prefill}, and the model is first fitted and SAC updated "
+                     f"at {warmup}; set mbpo.warmup={max(prefill, 2)} to train right after the "
+                     "prefill")
+    if cfg.mbpo.mode != "mbpo" and int(cfg.mbpo.upmpc.candidates) == 1:
+        notes.append(f"mbpo.upmpc.candidates=1 with mbpo.mode={cfg.mbpo.mode}: UP-MPC's one "
+                     "candidate is the policy's own action, so it chooses nothing (the run "
+                     "learns as mode mbpo) and still pays for its lookahead; COPlanner uses 5")
+    return notes
 
 
 def check_spaces(obs_spec: dict[str, tuple[tuple[int, ...], str]],
