@@ -192,9 +192,11 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
                     changed=tuple(f"{k}: {old} there, {new} in this sweep"
                                   for k, old, new in changed)))
                 configs.append(cfg)
-                for note in training_notes(cfg) if notes is not None else ():
-                    notes.setdefault(note, []).append(name)
-    return _reuse(trials, configs, reusable)
+    trials = _reuse(trials, configs, reusable)
+    for trial, cfg in zip(trials, configs) if notes is not None else ():
+        for note in training_notes(cfg):  # by the name the trial runs under
+            notes.setdefault(note, []).append(trial.name)
+    return trials
 
 
 def _reuse(trials: list[Trial], configs: list[DictConfig], reusable: list[Path]) -> list[Trial]:
