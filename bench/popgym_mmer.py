@@ -88,10 +88,10 @@ def read_run(run: Path) -> dict | None:
     from reverie.eval.mmer import mmer_from_metrics, normalized_mmer
     from reverie.eval.runs import read_run as score_run
     from reverie.eval.runs import train_window
-    from reverie.run.logger import read_jsonl
+    from reverie.run.logger import read_jsonl, scored_evaluations
 
     rows = read_jsonl(run / "metrics.jsonl")
-    evals = [(r["step"], r["eval/return"]) for r in rows if "eval/return" in r]
+    evals = [(r["step"], r["eval/return"]) for r in scored_evaluations(rows)]
     if not evals:
         return None
     timing = read_jsonl(run / "timing.jsonl")

@@ -86,11 +86,14 @@ def ensure_run(run: Path, train_args: list[str], steps: int, threads: int = 1,
     trained again when neither its folder nor its archived copy is here. checkpoint_every:
     the run's checkpoint cadence (a key a resume may change), given on every call, so a run
     stopped midway loses at most that many env steps."""
+    from reverie.distributed.trial import final_evaluation_missing_in
+
     common = ["--no-progress", "--steps", str(steps), "--set", f"run.threads={threads}"]
     if checkpoint_every is not None:
         common += ["--set", f"run.checkpoint_every={checkpoint_every}"]
     if (run / "config.yaml").exists():
-        if progress(run) >= steps:
+        # done at its budget, unless stopped before its final evaluation (the resume runs it)
+        if progress(run) >= steps and not final_evaluation_missing_in(run, progress(run)):
             keep(run)
             return {"status": "done"}
         cmd = ["train", "--resume", str(run), *common]
@@ -450,10 +453,10 @@ def wall_seconds(timing: list[dict]) -> float:
 
 def evaluations(run: Path) -> list[tuple[int, float]]:
     """(step, mean evaluation return) of a run."""
-    from reverie.run.logger import read_jsonl
+    from reverie.run.logger import read_jsonl, scored_evaluations
 
-    return [(r["step"], r["eval/return"]) for r in read_jsonl(run / "metrics.jsonl")
-            if "eval/return" in r]
+    return [(r["step"], r["eval/return"])
+            for r in scored_evaluations(read_jsonl(run / "metrics.jsonl"))]
 
 
 class PartTimer:

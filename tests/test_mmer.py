@@ -58,3 +58,27 @@ def test_steps_to_reach_is_the_first_step_at_or_above_the_target():
     assert steps_to_reach(points, -1.0) == 1000
     assert steps_to_reach(points, 0.95) is None
     assert steps_to_reach([], 0.0) is None
+
+
+def test_an_end_evaluation_the_run_trained_past_is_not_scored(tmp_path, monkeypatch):
+    """An extended run's first end evaluation (marked "eval": "end") raised its MMER and was a
+    point of curve.png; the run's own last end evaluation still counts."""
+    from reverie.run.logger import plot_curve, scored_evaluations
+
+    rows = [{"step": 200, "eval/return": 0.1}, {"step": 250, "eval": "end", "eval/return": 0.9},
+            {"step": 400, "eval/return": 0.2}, {"step": 450, "eval": "end", "eval/return": 0.3}]
+    assert [r["step"] for r in scored_evaluations(rows)] == [200, 400, 450]
+    assert [r["step"] for r in scored_evaluations(rows, last=500)] == [200, 400]
+    assert mmer_from_metrics(rows) == 0.3
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    import matplotlib.axes
+
+    saved, plot = [], matplotlib.axes.Axes.plot
+
+    def keep(ax, *args, **kwargs):
+        saved.append(args)
+        return plot(ax, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", keep)
+    plot_curve(tmp_path)
+    assert [list(a[0]) for a in saved] == [[200, 400, 450]]  # the evaluations' line

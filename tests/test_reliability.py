@@ -306,9 +306,23 @@ def test_a_stop_in_the_budgets_last_env_step_is_a_stop_before_the_final_evaluati
                    for r in map(json.loads, metrics(run).splitlines()))
     monkeypatch.setattr(Collector, "step", step)
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
-    final = [json.loads(x) for x in metrics(run).splitlines() if '"eval/return"' in x]
-    assert final == [json.loads(x) for x in metrics(ref).splitlines() if '"eval/return"' in x]
+    assert metrics(run) == metrics(ref)  # the evaluation, then the tail row, as uninterrupted
+    final = [json.loads(x) for x in metrics(ref).splitlines() if '"eval/return"' in x]
     assert [(r["step"], r.get("eval")) for r in final] == [(200, None), (250, "end")]
+    # a resume to a lower --steps of a run stopped midway evaluates nothing (its agent there
+    # is not its final one): the run then ends as the uninterrupted one
+    run = tmp_path / "midway"
+    calls[0] = 0
+    monkeypatch.setattr(Collector, "step", step_then_stop)
+    assert main([*args, "--steps", "400", "--out", str(run)]) == 128 + signal.SIGTERM
+    monkeypatch.setattr(Collector, "step", step)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--steps", "240", "--no-progress"]) == 0
+    assert "evaluating" not in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    ref400 = tmp_path / "ref400"
+    assert main([*args, "--steps", "400", "--out", str(ref400)]) == 0
+    assert metrics(run) == metrics(ref400)
 
 
 def test_every_counters_row_counts_the_episodes_that_ended_by_its_step(tmp_path):

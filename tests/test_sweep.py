@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -927,6 +928,24 @@ def test_a_trial_stopped_before_its_final_evaluation_is_resumed_to_run_it(tmp_pa
     t0 = Trial(name="t0", folder=str(tmp_path / "t0"), preset="random", env="CartPole-v1",
                seed=0, steps=150, overrides=("run.eval_episodes=0",))
     assert run_trial(t0, retries=0)["status"] == "finished" and trial_state(t0) == DONE
+    # this sweep evaluating nothing (a resume would not evaluate): done as it is, not a
+    # resume that can never make it done (it failed after every retry)
+    metrics.write_text("".join(r + "\n" for r in rows.splitlines() if r not in final(rows)))
+    quiet = replace(t, resume_sets=("run.eval_episodes=0",))
+    assert trial_state(quiet) == DONE and run_trial(quiet, retries=0)["status"] == "skipped"
+    # 4 envs: 250 steps end at 252, the final checkpoint's step; its evaluation missing is
+    # seen there too (it was taken for done), and the resume keeps the budget of 250
+    t4 = Trial(name="t4", folder=str(tmp_path / "t4"), preset="random", env="CartPole-v1",
+               seed=0, steps=250, overrides=("run.eval_every=100", "run.eval_episodes=1",
+                                             "run.num_envs=4"))
+    assert run_trial(t4, retries=0)["status"] == "finished"
+    m4 = Path(t4.folder) / "metrics.jsonl"
+    rows4 = m4.read_text().splitlines()
+    m4.write_text("".join(r + "\n" for r in rows4 if not (
+        json.loads(r)["step"] == 252 and "eval/return" in json.loads(r))))
+    assert trial_state(t4) == UNEVALUATED
+    assert run_trial(t4, retries=0)["status"] == "finished" and trial_state(t4) == DONE
+    assert "steps: 250" in (Path(t4.folder) / "config.yaml").read_text()
 
 
 def test_a_grid_key_added_with_the_earlier_trials_value_reuses_their_folders(tmp_path,
@@ -953,6 +972,17 @@ def test_a_grid_key_added_with_the_earlier_trials_value_reuses_their_folders(tmp
                                 for r in ("8", "16")])
     assert "4 runs, 1 env, 4 groups" in (out / "report" / "report.md").read_text()
     assert "earlier_trials" not in sweep_json(out)  # both earlier trials are this grid's
+    # a grid over a setting a resume may change reuses only the folder of its own value (it
+    # matched every value, the first took the folder and the matching one trained again)
+    out2 = tmp_path / "e"
+    assert main(["sweep", *TINY, "--seeds", "1", "--out", str(out2)]) == 0  # eval_episodes=0
+    assert main(["sweep", *TINY[:-2], "--seeds", "1", "--grid", "run.eval_episodes=1,0",
+                 "--out", str(out2)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["skipped"], summary["finished"]) == (1, 1)
+    folders = sorted(p.name for p in out2.iterdir() if (p / "config.yaml").exists())
+    assert folders == sorted(["CartPole-v1__s0",
+                              trial_name("CartPole-v1", [("run.eval_episodes", "1")], 0)])
 
 
 def test_a_ray_trial_still_running_after_the_stop_wait_gets_a_record():

@@ -112,13 +112,25 @@ def trial_name(env: str, point: list[tuple[str, str]], seed: int) -> str:
     return "__".join([_slug(env), *(_slug(f"{k}={v}") for k, v in point), f"s{seed}"])
 
 
-def _compared(cfg: DictConfig) -> dict:
-    """The config minus what may legitimately differ between a sweep and its saved run."""
+def _without(cfg: DictConfig, keys: tuple[str, ...]) -> dict:
+    """The resolved config as plain data, less the dotted `keys`."""
     data = OmegaConf.to_container(cfg, resolve=True)
-    for key in RESUME_KEYS:
+    for key in keys:
         section, name = key.split(".", 1)
         data.get(section, {}).pop(name, None)
     return data
+
+
+def _compared(cfg: DictConfig) -> dict:
+    """The config minus what may legitimately differ between a sweep and its saved run."""
+    return _without(cfg, RESUME_KEYS)
+
+
+def _settings(cfg: DictConfig) -> dict:
+    """The config minus what a sweep sets itself (its trials' budget, progress and threads):
+    two trials whose settings are equal are one run. Exact otherwise: a setting a resume may
+    change (run.eval_episodes) is still a grid point's own."""
+    return _without(cfg, ("run.steps", "run.progress", "run.threads"))
 
 
 def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
@@ -207,14 +219,14 @@ def _reuse(trials: list[Trial], configs: list[DictConfig], reusable: list[Path])
     for folder in reusable:
         if folder.name not in names and (folder / "config.yaml").is_file():
             try:
-                others[folder] = _compared(load_run_config(folder))
+                others[folder] = _settings(load_run_config(folder))
             except UserError:  # a damaged earlier trial: the report says so
                 continue
     if not others:
         return trials
     out = []
     for t, cfg in zip(trials, configs):
-        mine = None if (Path(t.folder) / "config.yaml").exists() else _compared(cfg)
+        mine = None if (Path(t.folder) / "config.yaml").exists() else _settings(cfg)
         same = next((f for f, saved in others.items() if saved == mine), None)
         if same is not None:
             del others[same]  # one trial per folder

@@ -328,9 +328,14 @@ def _previous_sweep(out: Path) -> dict:
 def _trial_folders(out: Path, previous: dict) -> list[Path]:
     """The run folders of an earlier sweep.json's trials inside `out` (a name that is not one
     plain folder name, or a link, is not followed: sweep.json is a file anyone may edit)."""
-    names = [r.get("name") for r in _records(previous)]
-    return [out / n for n in names if isinstance(n, str) and n not in ("", ".", "..")
-            and Path(n).name == n and not (out / n).is_symlink()]
+    return [out / r["name"] for r in _records(previous) if _inside(out, r.get("name"))]
+
+
+def _inside(out: Path, name: object) -> bool:
+    """Whether a trial name from sweep.json is one plain folder name inside `out`, not a
+    link (not '..', a path, an absolute path)."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
+            and not (out / name).is_symlink())
 
 
 def _records(previous: dict) -> list[dict]:
@@ -362,7 +367,8 @@ def _earlier_trials(out: Path, earlier: dict, current: set[str]) -> tuple[list[d
     dropping out of both."""
     try:
         kept = [{**r, "folder": str(out / r["name"])} for r in earlier["results"]
-                if r["name"] not in current and (out / r["name"] / "config.yaml").is_file()]
+                if _inside(out, r["name"]) and r["name"] not in current
+                and (out / r["name"] / "config.yaml").is_file()]
         # a sweep.json of an older version lists no grid keys: they are in the trial names
         keys = earlier.get("grid_keys") or [part.split("=", 1)[0] for r in earlier["results"]
                                             for part in r["name"].split("__") if "=" in part]

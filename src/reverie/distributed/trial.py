@@ -153,21 +153,30 @@ def trial_state(trial: Trial) -> str:
     last = last_checkpoint_step(folder)
     if last is None or last < trial.steps:
         return PARTIAL
-    return UNEVALUATED if _final_evaluation_missing(folder, last) else DONE
+    # the sweep's own run.eval_episodes where it gives one (a resume applies it: 0 evaluates
+    # nothing, so the trial is done as it is)
+    given = [item.split("=", 1)[1] for item in trial.resume_sets
+             if item.startswith("run.eval_episodes=")]
+    episodes = int(given[-1]) if given else None
+    return UNEVALUATED if final_evaluation_missing_in(folder, last, episodes) else DONE
 
 
-def _final_evaluation_missing(folder: Path, last: int) -> bool:
-    """Whether the run evaluates, its newest checkpoint (`last`) is at its own budget and
-    metrics.jsonl has no evaluation there."""
+def final_evaluation_missing_in(folder: Path, last: int,
+                                eval_episodes: int | None = None) -> bool:
+    """`logger.final_evaluation_missing` of a run folder whose newest checkpoint is at `last`
+    (`eval_episodes`: the evaluation a resume would run, default its config's). An
+    unreadable config or log: False (done as far as a sweep can tell; the report says what
+    it cannot read)."""
     from reverie.config import load_run_config
-    from reverie.run.logger import evaluated_at
+    from reverie.run.logger import METRICS, final_evaluation_missing, read_jsonl
 
     try:
         run = load_run_config(folder).run
-        return (int(run.eval_episodes) > 0 and last == int(run.steps)
-                and not evaluated_at(folder, last))
-    except Exception:  # noqa: BLE001 - an unreadable config or log: done as far as a sweep
-        return False  # can tell (the report says what it cannot read)
+        episodes = int(run.eval_episodes) if eval_episodes is None else eval_episodes
+        return final_evaluation_missing(read_jsonl(Path(folder) / METRICS), last,
+                                        int(run.steps), episodes)
+    except Exception:  # noqa: BLE001 - see the docstring
+        return False
 
 
 def _own_budget_done(folder: Path, last: int | None) -> bool:

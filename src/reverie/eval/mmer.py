@@ -16,6 +16,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from reverie.run.logger import scored_evaluations
+
 
 def mmer_curve(points: Iterable[tuple[int, float]]) -> list[tuple[int, float]]:
     """Running maximum of (step, mean return) points, in step order; NaN/inf points skipped."""
@@ -95,6 +97,9 @@ def mmer_from_metrics(
     each row is one training episode, averaged per `window_steps` env steps (required).
     Values logged as strings (non-finite floats) are skipped.
     """
+    rows = list(rows)
+    if key == "eval/return":  # not an end evaluation the run trained past
+        rows = scored_evaluations(rows)
     points = []
     for row in rows:
         if key not in row:

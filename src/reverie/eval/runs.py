@@ -27,12 +27,12 @@ from reverie.eval.mmer import mmer, mmer_curve, window_means
 from reverie.eval.scores import ScoreKind, atari_game, human_normalized, score_kind
 from reverie.run.folder import CONFIG, MARKER, PROGRESS
 from reverie.run.logger import (
-    END_EVAL,
-    END_KEY,
     MACHINE,
     METRICS,
     TIMING,
+    final_evaluation_missing,
     read_jsonl,
+    scored_evaluations,
     training_wall,
 )
 
@@ -143,11 +143,9 @@ def read_run(folder: Path, returns: str = "auto") -> Run:
     kind = score_kind(env)
     steps = int(cfg.run.steps)
     last = max([int(r["step"]) for r in rows + timing] + [checkpointed, _progress(folder)])
-    # the end evaluation of a shorter budget the run was extended from: a run trained to this
-    # budget at once never made it (it would add a curve point, and raise an MMER)
-    scored = [r for r in rows if not (r.get(END_KEY) == END_EVAL
-                                      and int(r["step"]) < last)]
-    logged_evals, logged_episodes = (_finite(scored, "eval/return"),
+    # not the end evaluation of a shorter budget the run was extended from (an extra curve
+    # point, a raised MMER)
+    logged_evals, logged_episodes = (_finite(scored_evaluations(rows, last), "eval/return"),
                                      _finite(rows, "episode/return"))
     evals = [] if returns == "train" else logged_evals
     episodes = [] if returns == "eval" else logged_episodes
@@ -165,9 +163,8 @@ def read_run(folder: Path, returns: str = "auto") -> Run:
         raise UserError("no returns logged yet (no finished episode or evaluation)")
     final_raw = final_return(evals, episodes, last)
     curve, score = _in_score_units(kind, env, raw_curve, final_raw)
-    last_eval = max((s for s, _ in evals), default=None)
-    early = (last_eval if last_eval is not None and last >= steps and last_eval < last
-             and int(cfg.run.eval_episodes) > 0 else None)
+    early = (max(s for s, _ in evals) if evals and final_evaluation_missing(
+        rows, last, steps, int(cfg.run.eval_episodes)) else None)
     wall, rate = training_wall(timing)
     machine_rows = _machine_rows(folder)  # read once: machines and the agent's size
     return Run(path=folder, cfg=cfg, env=env, seed=int(cfg.seed), env_steps=last,

@@ -67,8 +67,9 @@ from reverie.run.logger import (
     TAIL_KEY,
     TIMING,
     RunLogger,
-    evaluated_at,
+    final_evaluation_missing,
     plot_curve,
+    read_jsonl,
     read_rows,
     training_wall,
 )
@@ -260,6 +261,31 @@ class Trainer(Checkpointing):
             self._open_logs()  # (a complete run's resume opens them only to evaluate)
         self._resume_replay = None  # the replay's arrays, loaded now
 
+    def _finish_end(self, budget: int) -> None:
+        """What a run at its budget stopped or killed after its final checkpoint did not
+        write: its final evaluation, then its tail row, in an uninterrupted run's order."""
+        c = self.count
+        evaluate = self._final_evaluation_missing(budget)
+        tail = (bool(self._window) or not self._counted) and not any(
+            row["step"] == c.env_steps and row.get(TAIL_KEY) == TAIL
+            for row in read_jsonl(self.out / METRICS))
+        if not (evaluate or tail):
+            return
+        self._open_logs()
+        if evaluate:
+            self._note("evaluating its final agent, which the run did not evaluate")
+            # with this resume's evaluation settings, which config.yaml must then say (a
+            # report reads them); its budget stays the run's own, a lower --steps aside
+            kept = self.cfg.copy()
+            kept.run.steps = budget
+            save_config(kept, self.out / "config.yaml")
+            self.run = to_object(self.cfg, "run")
+            self.progress = Progress(int(self.cfg.run.steps), c.env_steps, enabled=False)
+            self._evaluate_and_log(end=True)
+        if tail:
+            self._log(0.0, c.env_steps, tail=True)
+        self.logger.close()
+
     def _open_logs(self) -> None:
         """The run's logs, cut back to the checkpoint a resume continues from (TensorBoard's
         writer adds an events file: a resume of a complete run that has nothing to do opens
@@ -306,14 +332,15 @@ class Trainer(Checkpointing):
         c.best_return, c.best_step = eval_return, c.env_steps
         self.saved.save_best(self.agent, c.env_steps, eval_return)
 
-    def _final_evaluation_missing(self) -> bool:
-        """Whether the run evaluates (run.eval_episodes) and metrics.jsonl has no evaluation
-        at its last env step (the final one, or one of the cadence there)."""
-        if not int(self.cfg.run.eval_episodes) or self._evaluated_step == self.count.env_steps:
+    def _final_evaluation_missing(self, budget: int) -> bool:
+        """Whether the run evaluates (run.eval_episodes), has reached `budget` (its run.steps)
+        and metrics.jsonl has no evaluation at its last env step (`final_evaluation_missing`)."""
+        if self._evaluated_step == self.count.env_steps:
             return False
         if self.logger is not None:
             self.logger.flush()
-        return not evaluated_at(self.out, self.count.env_steps)
+        return final_evaluation_missing(read_jsonl(self.out / METRICS), self.count.env_steps,
+                                        budget, int(self.cfg.run.eval_episodes))
 
     # -- the loop ------------------------------------------------------------------------------
     def _note(self, text: str) -> None:
@@ -462,18 +489,8 @@ class Trainer(Checkpointing):
                        f"--steps {steps} is not above the {c.env_steps} env steps this run "
                        f"has trained: nothing to train (leave --steps out to train on to its "
                        f"budget of {budget})")
-            if self._final_evaluation_missing():  # stopped or killed before it ended
-                self._open_logs()
-                self._note("evaluating its final agent, which the run did not evaluate")
-                # with this resume's evaluation settings, which config.yaml must then say
-                # (a report reads them); its budget stays the run's own, a lower --steps aside
-                kept = self.cfg.copy()
-                kept.run.steps = max(int(load_run_config(self.out).run.steps), c.env_steps)
-                save_config(kept, self.out / "config.yaml")
-                self.run = to_object(cfg, "run")
-                self.progress = Progress(steps, c.env_steps, enabled=False)
-                self._evaluate_and_log(end=True)
-                self.logger.close()
+            if c.env_steps >= budget:  # an earlier step's agent is not the run's final one
+                self._finish_end(budget)
             return self.summary()
         for note in training_notes(cfg):
             self._note(note)
@@ -543,13 +560,14 @@ class Trainer(Checkpointing):
             # a stop in the budget's last env step skips the final evaluation: still a stop
             # (its exit code, not 0: a sweep then resumes the trial to run the evaluation)
             unevaluated = (stop.requested is not None and not stopped
-                           and self._final_evaluation_missing())
+                           and self._final_evaluation_missing(steps))
             if self._timed_step != c.env_steps:  # the time since the last log row counts too
                 self._time(t0, steps0)
             if self._saved_step != c.env_steps:  # else the cadence has just saved this step
                 self.checkpoint(rollback_target=not stopped)
-            if not stopped and (self._window or not self._counted):  # after the checkpoint,
-                # which keeps the window
+            # after the checkpoint, which keeps the window; not before a missing final
+            # evaluation (the resume writes both, in this order)
+            if not (stopped or unevaluated) and (self._window or not self._counted):
                 self._log(t0, steps0, tail=True)
             if stopped or unevaluated:
                 self.logger.close()

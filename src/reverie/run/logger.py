@@ -158,17 +158,33 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [row for _, row in read_rows(path)]
 
 
-def evaluated_at(folder: Path, step: int) -> bool:
-    """Whether the run folder's metrics.jsonl holds an evaluation at env step `step`."""
-    return any(row["step"] == step and "eval/return" in row
-               for _, row in read_rows(Path(folder) / METRICS))
+def final_evaluation_missing(rows: list[dict[str, Any]], last: int, steps: int,
+                             eval_episodes: int) -> bool:
+    """Whether a run that evaluates (`eval_episodes` > 0) and has reached its budget (its
+    last env step `last` >= `steps`, its run.steps) has no evaluation at `last` among its
+    metrics `rows`: it was stopped or killed between its final checkpoint and its final
+    evaluation. The one rule of the driver, sweeps and reports."""
+    return (eval_episodes > 0 and last >= steps
+            and not any(row["step"] >= last and "eval/return" in row for row in rows))
+
+
+def scored_evaluations(rows: list[dict[str, Any]], last: int | None = None
+                       ) -> list[dict[str, Any]]:
+    """The evaluation rows (`eval/return`) that score a run whose last env step is `last`
+    (default: its last row's): all but an end evaluation it has trained past (END_KEY: the
+    end of a shorter budget the run was extended from, which a run trained to the longer
+    budget at once never made)."""
+    if last is None:
+        last = max((int(row["step"]) for row in rows), default=0)
+    return [row for row in rows if "eval/return" in row
+            and not (row.get(END_KEY) == END_EVAL and int(row["step"]) < last)]
 
 
 def plot_curve(folder: Path, title: str = "") -> Path | None:
     """curve.png: training episode returns and evaluation returns against env steps."""
     rows = read_jsonl(Path(folder) / METRICS)
     train = [(r["step"], r["episode/return"]) for r in rows if "episode/return" in r]
-    evals = [(r["step"], r["eval/return"]) for r in rows if "eval/return" in r]
+    evals = [(r["step"], r["eval/return"]) for r in scored_evaluations(rows)]
     if not train and not evals:
         return None
     import matplotlib
