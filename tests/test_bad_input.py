@@ -462,15 +462,27 @@ def test_a_resume_that_only_runs_the_missing_final_evaluation_records_its_settin
                                                                                   capsys):
     """A complete run without its final evaluation, resumed with run.eval_episodes=2: the
     evaluation it then runs is logged, so config.yaml must say 2 (a report reads it), while
-    a lower --steps does not shrink the budget it records."""
+    a lower --steps does not shrink the budget it records. A run that never evaluated gets
+    no evaluation from a resume that asks for one (none missed; appended, it would be no
+    uninterrupted run's)."""
     run = tmp_path / "run"
-    assert main(["train", *FAST, "--steps", "120", "--out", str(run)]) == 0  # no evaluations
+    assert main(["train", *FAST, "--steps", "120", "--set", "run.eval_episodes=1",
+                 "--set", "run.eval_every=1000", "--out", str(run)]) == 0
+    metrics = run / "metrics.jsonl"
+    metrics.write_text("".join(x + "\n" for x in metrics.read_text().splitlines()
+                               if '"eval/return"' not in x))
     assert main(["train", "--resume", str(run), "--steps", "60",
                  "--set", "run.eval_episodes=2"]) == 0
     assert "evaluating its final agent" in capsys.readouterr().err
     text = (run / "config.yaml").read_text()
     assert "eval_episodes: 2" in text and "steps: 120" in text
-    assert '"eval/return"' in (run / "metrics.jsonl").read_text()
+    assert '"eval/return"' in metrics.read_text()
+    never = tmp_path / "never"
+    assert main(["train", *FAST, "--steps", "120", "--out", str(never)]) == 0  # no evaluations
+    files = {p: p.read_bytes() for p in never.rglob("*") if p.is_file()}
+    assert main(["train", "--resume", str(never), "--set", "run.eval_episodes=2"]) == 0
+    assert "evaluating" not in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in never.rglob("*") if p.is_file()} == files
 
 
 def test_load_takes_a_torch_device_or_none_and_refuses_devices_reverie_does_not_run_on(

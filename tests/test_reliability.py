@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -338,3 +339,24 @@ def test_every_counters_row_counts_the_episodes_that_ended_by_its_step(tmp_path)
     counted = [r for r in rows if "episodes" in r]
     assert len(counted) == 300 and len(ends) >= 5
     assert all(r["episodes"] == sum(s <= r["step"] for s in ends) for r in counted)
+
+
+def test_a_run_killed_before_its_tail_row_gets_it_from_the_resume(tmp_path):
+    """Killed after its final checkpoint and before the row of its last updates (no final
+    evaluation to run): the resume wrote nothing (and once it wrote the row, it crashed on a
+    setting it had not read yet). It writes the row, as the uninterrupted run did."""
+    from reverie.cli import main
+
+    ref = tmp_path / "ref"
+    args = ["train", "--preset", "random", "--no-progress", "--steps", "250",
+            "--set", "run.log_every=100", "--set", "run.eval_episodes=0"]
+    assert main([*args, "--out", str(ref)]) == 0
+    rows = metrics(ref).splitlines()
+    assert '"window": "tail"' in rows[-1]
+    run = tmp_path / "killed"
+    shutil.copytree(ref, run)
+    (run / "metrics.jsonl").write_text("".join(x + "\n" for x in rows[:-1]))
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert metrics(run) == metrics(ref)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # written once
+    assert metrics(run) == metrics(ref)

@@ -983,6 +983,19 @@ def test_a_grid_key_added_with_the_earlier_trials_value_reuses_their_folders(tmp
     folders = sorted(p.name for p in out2.iterdir() if (p / "config.yaml").exists())
     assert folders == sorted(["CartPole-v1__s0",
                               trial_name("CartPole-v1", [("run.eval_episodes", "1")], 0)])
+    # a setting that changes no result (the checkpoint cadence) does not make another run;
+    # gridded, it tells the points apart (one keeps the folder, the other trains)
+    out3 = tmp_path / "c"
+    assert main(["sweep", *TINY, "--seeds", "1", "--out", str(out3)]) == 0
+    capsys.readouterr()
+    assert main(["sweep", *TINY, "--seeds", "1", "--set", "run.checkpoint_every=100",
+                 "--grid", "random.batch_size=16,8", "--out", str(out3)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["skipped"], summary["finished"]) == (1, 1)
+    assert main(["sweep", *TINY, "--seeds", "1", "--grid", "run.checkpoint_every=1000,50",
+                 "--out", str(out3)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["skipped"], summary["finished"]) == (1, 1)  # 1000: the default's folder
 
 
 def test_a_ray_trial_still_running_after_the_stop_wait_gets_a_record():

@@ -59,6 +59,11 @@ RESUME_KEYS = ("run.steps", "run.progress", "run.log_every", "run.eval_every",
                "run.max_nan_retries", "run.threads", "run.device", "run.compile",
                "run.precision", "run.vector",
                "replay.capacity")  # raised only: the replay grows, keeping its rows
+# settings that change no result of a run (its budget aside, which does): reports and sweeps
+# take runs that differ only in them for one
+NO_RESULT_KEYS = frozenset({"run.steps", "run.progress", "run.log_every",
+                            "run.checkpoint_every", "run.keep_checkpoints", "run.keep_best",
+                            "run.max_nan_retries"})
 
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from reverie.config import (
+    NO_RESULT_KEYS,
     RESUME_KEYS,
     build_config,
     is_preset_file,
@@ -126,11 +127,12 @@ def _compared(cfg: DictConfig) -> dict:
     return _without(cfg, RESUME_KEYS)
 
 
-def _settings(cfg: DictConfig) -> dict:
-    """The config minus what a sweep sets itself (its trials' budget, progress and threads):
-    two trials whose settings are equal are one run. Exact otherwise: a setting a resume may
+def _settings(cfg: DictConfig, grid_keys: set[str]) -> dict:
+    """The config minus what changes no result (logging and checkpoint cadence, the budget:
+    `NO_RESULT_KEYS`) and the threads a sweep sets itself, unless the grid sets them: two
+    trials whose settings are equal are one run. Exact otherwise: a setting a resume may
     change (run.eval_episodes) is still a grid point's own."""
-    return _without(cfg, ("run.steps", "run.progress", "run.threads"))
+    return _without(cfg, tuple(sorted((NO_RESULT_KEYS | {"run.threads"}) - grid_keys)))
 
 
 def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
@@ -204,14 +206,15 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
                     changed=tuple(f"{k}: {old} there, {new} in this sweep"
                                   for k, old, new in changed)))
                 configs.append(cfg)
-    trials = _reuse(trials, configs, reusable)
+    trials = _reuse(trials, configs, reusable, {k for k, _ in axes})
     for trial, cfg in zip(trials, configs) if notes is not None else ():
         for note in training_notes(cfg):  # by the name the trial runs under
             notes.setdefault(note, []).append(trial.name)
     return trials
 
 
-def _reuse(trials: list[Trial], configs: list[DictConfig], reusable: list[Path]) -> list[Trial]:
+def _reuse(trials: list[Trial], configs: list[DictConfig], reusable: list[Path],
+           grid_keys: set[str]) -> list[Trial]:
     """`trials` with each new one whose settings a `reusable` folder (not a trial of this
     grid) holds moved into that folder (`make_trials`)."""
     names = {t.name for t in trials}
@@ -219,14 +222,14 @@ def _reuse(trials: list[Trial], configs: list[DictConfig], reusable: list[Path])
     for folder in reusable:
         if folder.name not in names and (folder / "config.yaml").is_file():
             try:
-                others[folder] = _settings(load_run_config(folder))
+                others[folder] = _settings(load_run_config(folder), grid_keys)
             except UserError:  # a damaged earlier trial: the report says so
                 continue
     if not others:
         return trials
     out = []
     for t, cfg in zip(trials, configs):
-        mine = None if (Path(t.folder) / "config.yaml").exists() else _settings(cfg)
+        mine = None if (Path(t.folder) / "config.yaml").exists() else _settings(cfg, grid_keys)
         same = next((f for f, saved in others.items() if saved == mine), None)
         if same is not None:
             del others[same]  # one trial per folder

@@ -164,17 +164,17 @@ def trial_state(trial: Trial) -> str:
 def final_evaluation_missing_in(folder: Path, last: int,
                                 eval_episodes: int | None = None) -> bool:
     """`logger.final_evaluation_missing` of a run folder whose newest checkpoint is at `last`
-    (`eval_episodes`: the evaluation a resume would run, default its config's). An
+    (`eval_episodes`: the evaluation a resume would run, `logger.end_episodes`). An
     unreadable config or log: False (done as far as a sweep can tell; the report says what
     it cannot read)."""
     from reverie.config import load_run_config
-    from reverie.run.logger import METRICS, final_evaluation_missing, read_jsonl
+    from reverie.run.logger import METRICS, end_episodes, final_evaluation_missing, read_jsonl
 
     try:
         run = load_run_config(folder).run
-        episodes = int(run.eval_episodes) if eval_episodes is None else eval_episodes
         return final_evaluation_missing(read_jsonl(Path(folder) / METRICS), last,
-                                        int(run.steps), episodes)
+                                        int(run.steps),
+                                        end_episodes(int(run.eval_episodes), eval_episodes))
     except Exception:  # noqa: BLE001 - see the docstring
         return False
 

@@ -271,26 +271,23 @@ def mixed_groups(groups: list[Group]) -> list[str]:
 
 
 SHOWN_ENVS = 3  # mixed-group lines per group before "and N more"
-# settings that change no result (besides the budget, which has its own line)
-NO_RESULT = {"run.steps", "run.progress", "run.log_every", "run.checkpoint_every",
-             "run.keep_checkpoints", "run.keep_best", "run.max_nan_retries"}
 
 
 def _env_clash(label: str, env: str, rs: list[Run]) -> tuple[str | None, bool]:
     """(the line for runs of one env a group should not average as seeds, or None;
     whether that line already says the runs' budgets differ)."""
-    from reverie.config import RESUME_KEYS
+    from reverie.config import NO_RESULT_KEYS, RESUME_KEYS  # (the budget has its own line)
 
     by_seed: dict[int, list[Run]] = defaultdict(list)
     for r in rs:
         by_seed[r.seed].append(r)
     clash = next((v for _, v in sorted(by_seed.items()) if len(v) > 1), None)
     if clash is None:  # seeds apart, but settings too?
-        differ = sorted(_differing(rs, NO_RESULT | set(RESUME_KEYS) | {"seed"}))
+        differ = sorted(_differing(rs, NO_RESULT_KEYS | set(RESUME_KEYS) | {"seed"}))
         return (f"group '{label}' averages runs of {env} that differ in {_some(differ)}: add "
                 "--group-by for what tells them apart" if differ else None), False
     # what changes learning first, then what a resume may change (threads, precision)
-    differ = sorted(_differing(clash, NO_RESULT), key=lambda k: (k in RESUME_KEYS, k))
+    differ = sorted(_differing(clash, NO_RESULT_KEYS), key=lambda k: (k in RESUME_KEYS, k))
     budget_said = False
     if differ:
         what = f"they differ in {_some(differ)}: add --group-by for what tells them apart"

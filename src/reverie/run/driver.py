@@ -67,6 +67,7 @@ from reverie.run.logger import (
     TAIL_KEY,
     TIMING,
     RunLogger,
+    end_episodes,
     final_evaluation_missing,
     plot_curve,
     read_jsonl,
@@ -266,12 +267,16 @@ class Trainer(Checkpointing):
         write: its final evaluation, then its tail row, in an uninterrupted run's order."""
         c = self.count
         evaluate = self._final_evaluation_missing(budget)
-        tail = (bool(self._window) or not self._counted) and not any(
-            row["step"] == c.env_steps and row.get(TAIL_KEY) == TAIL
-            for row in read_jsonl(self.out / METRICS))
+        logged = any(row["step"] == c.env_steps and row.get(TAIL_KEY) == TAIL
+                     for row in read_jsonl(self.out / METRICS))
+        # its tail row goes after the evaluation: one that a stop wrote before it (a folder
+        # of an earlier reverie) is dropped (extends) and written again after it
+        tail = (bool(self._window) or not self._counted) and (evaluate or not logged)
         if not (evaluate or tail):
             return
-        self._open_logs()
+        self.logger = RunLogger(self.out, resume_step=self.resumed_from,
+                                extends=evaluate and logged)
+        self.run = to_object(self.cfg, "run")  # what `_log` and `evaluate` read
         if evaluate:
             self._note("evaluating its final agent, which the run did not evaluate")
             # with this resume's evaluation settings, which config.yaml must then say (a
@@ -279,7 +284,6 @@ class Trainer(Checkpointing):
             kept = self.cfg.copy()
             kept.run.steps = budget
             save_config(kept, self.out / "config.yaml")
-            self.run = to_object(self.cfg, "run")
             self.progress = Progress(int(self.cfg.run.steps), c.env_steps, enabled=False)
             self._evaluate_and_log(end=True)
         if tail:
@@ -339,8 +343,10 @@ class Trainer(Checkpointing):
             return False
         if self.logger is not None:
             self.logger.flush()
+        episodes = end_episodes(int(load_run_config(self.out).run.eval_episodes),
+                                int(self.cfg.run.eval_episodes))
         return final_evaluation_missing(read_jsonl(self.out / METRICS), self.count.env_steps,
-                                        budget, int(self.cfg.run.eval_episodes))
+                                        budget, episodes)
 
     # -- the loop ------------------------------------------------------------------------------
     def _note(self, text: str) -> None:

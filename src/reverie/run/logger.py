@@ -168,6 +168,13 @@ def final_evaluation_missing(rows: list[dict[str, Any]], last: int, steps: int,
             and not any(row["step"] >= last and "eval/return" in row for row in rows))
 
 
+def end_episodes(saved: int, given: int | None = None) -> int:
+    """The episodes of a resumed run's missing final evaluation: the resume's (`given`), or
+    the run's own (`saved`); none for a run that does not evaluate (saved 0: it missed none,
+    and an evaluation appended to it would be no uninterrupted run's)."""
+    return 0 if saved <= 0 else saved if given is None else given
+
+
 def scored_evaluations(rows: list[dict[str, Any]], last: int | None = None
                        ) -> list[dict[str, Any]]:
     """The evaluation rows (`eval/return`) that score a run whose last env step is `last`
