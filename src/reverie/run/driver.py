@@ -316,8 +316,9 @@ class Trainer(Checkpointing):
     def _evaluate_and_log(self, end: bool = False) -> None:
         """Evaluate now: log eval/return, show it, keep the agent if it is the best so far.
         `end`: the final agent's evaluation off the run.eval_every cadence, marked so in its
-        row ("eval": "end"): an extension of the run trains past it, and `reverie report`
-        then leaves it out, as a run trained to the longer budget at once never made it."""
+        row ("eval": "end"): an extension of the run trains past it, and scores and curves
+        then leave it out (`logger.scored_evaluations`), as a run trained to the longer budget
+        at once never made it."""
         c, ret = self.count, self.evaluate()
         c.eval_rounds += 1  # the next evaluation plays other episodes
         self.logger.metrics(c.env_steps, {"eval/return": float(np.mean(ret)),
