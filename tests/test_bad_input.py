@@ -275,7 +275,7 @@ CASES = [
     ("a zero learning rate", ["train", "--set", "imagine.behavior.lr_critic=0", "--show-config"],
      "imagine.behavior.lr_critic must be positive"),
     ("a SAC setting shown", ["train", "--agent", "mbpo", "--set", "mbpo.sac.gamma=2",
-                             "--show-config"], "bad mbpo config: SAC gamma must be in [0, 1]"),
+                             "--show-config"], "bad mbpo.sac config: SAC gamma must be in [0, 1]"),
     ("a negative SAC learning rate", ["train", "--agent", "mbpo", "--set", "mbpo.sac.lr_actor=-1",
                                       "--show-config"], "SAC lr_actor must be positive"),
     ("discount out of range", ["train", "--set", "imagine.behavior.gamma=1.5"], "gamma"),

@@ -613,8 +613,22 @@ def validate(cfg: DictConfig) -> None:
             raise UserError(str(e).splitlines()[0]) from None
     try:  # the checks of its config dataclasses' own __post_init__ (e.g. SAC's), as building
         to_object(cfg, cfg.agent)  # the agent would run them
-    except ValueError as e:
-        raise UserError(f"bad {cfg.agent} config: {str(e).splitlines()[0]}") from None
+    except ValueError as e:  # named by the section that refuses it (mbpo.sac: "SAC gamma ...")
+        section = _refusing_section(cfg[cfg.agent], str(cfg.agent))
+        raise UserError(f"bad {section} config: {str(e).splitlines()[0]}") from None
+
+
+def _refusing_section(node: DictConfig, path: str) -> str:
+    """The dotted path of the innermost dataclass section of `node` whose own checks raise
+    ValueError (`path` itself where none of its subsections does)."""
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and is_dataclass(OmegaConf.get_type(child)):
+            try:
+                OmegaConf.to_object(child)
+            except ValueError:
+                return _refusing_section(child, f"{path}.{key}")
+    return path
 
 
 def uses_replay(agent: str) -> bool:
