@@ -544,3 +544,16 @@ def test_a_refused_env_id_is_one_line_without_gymnasiums_warning():
         warnings.simplefilter("always")
         make_env("CartPole-v0").close()
     assert any("out of date" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("args, fix", [
+    (["--preset", "atari100k", "--env", "minatar:breakout"], "--preset minatar"),
+    (["--preset", "cartpole", "--set", "env.obs=image"], "--preset cartpole"),
+])
+def test_an_observation_kind_the_env_does_not_give_names_the_preset_for_the_env(args, fix,
+                                                                                capsys):
+    """The world-model agent's message blamed "this preset" (also for the user's own --set
+    env.obs=image) and offered cartpole or dmc-proprio for any vector env (a MinAtar one too)."""
+    assert main(["train", *args, "--show-config"]) == 2
+    err = capsys.readouterr().err
+    assert "(from the preset or --set)" in err and f"use {fix} (or set env.obs=any)" in err

@@ -447,6 +447,9 @@ def test_a_replay_capacity_below_the_steps_is_said_once_and_can_be_raised(tmp_pa
                  "replay.capacity=300", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "can only be raised" in err and len(err.splitlines()) == 1
+    # the room the files have, not rows the replay holds (said "already holds" of a run
+    # stopped with fewer rows than its files have room for)
+    assert "below the 400 rows this run's replay has room for" in err
 
 
 def test_a_growth_killed_between_files_is_finished_by_any_later_resume(tmp_path, monkeypatch,

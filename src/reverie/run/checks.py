@@ -18,9 +18,15 @@ def check_obs_kind(cfg: DictConfig, obs_spec) -> None:
     if cfg.env.obs in (kind, "any"):
         return
     if cfg.agent == "imagine":  # its presets are sized for one kind or the other
-        fix = "--preset atari100k" if kind == "image" else "--preset cartpole or dmc-proprio"
-        raise UserError(f"env '{cfg.env.id}' gives {kind} observations but this preset is "
-                        f"sized for {cfg.env.obs}s; use {fix} (or set env.obs=any)")
+        env_id = str(cfg.env.id)
+        fix = ("--preset atari100k" if kind == "image" else "--preset minatar"
+               if env_id.startswith("minatar:") else "--preset dmc-proprio"
+               if env_id.startswith("dmc:") else "--preset cartpole")
+        # env.obs says what the run is sized for (its preset's, or a --set): it does not turn
+        # an env's observations into the other kind (DMC and MinAtar give vectors only)
+        raise UserError(f"env '{env_id}' gives {kind} observations, and env.obs={cfg.env.obs} "
+                        f"(from the preset or --set) sizes the run for {cfg.env.obs}s; an env "
+                        f"gives one kind only: use {fix} (or set env.obs=any)")
     raise UserError(f"env '{cfg.env.id}' gives {kind} observations but env.obs={cfg.env.obs}; "
                     f"set env.obs={kind} (or any), or drop the setting that made it "
                     f"{cfg.env.obs}")

@@ -34,7 +34,8 @@ def replay_rows(cfg: DictConfig, out: Path, saved: dict[str, Any] | None,
     if int(cfg.replay.capacity) < have:
         raise UserError(
             f"replay.capacity={cfg.replay.capacity} is below the {have:,} rows this run's "
-            f"replay already holds; on resume it can only be raised (or left as it is)")
+            f"replay has room for (its files); on resume it can only be raised (or left as "
+            f"it is)")
     if steps > max(want, have):  # the run will outgrow what replay.capacity allows
         if int(load_run_config(out).run.steps) <= max(want, have):  # newly so
             note(f"note: the replay holds {max(want, have):,} rows (replay.capacity), so "
