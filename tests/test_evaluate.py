@@ -81,3 +81,25 @@ def test_evaluation_env_takes_the_runs_no_op_setting_and_training_env_the_defaul
     cfg = build_config("atari100k", ["env.id=ALE/Pong-v5", "run.eval_noop_max=0"])
     assert noops(env_of(cfg, evaluation=True)) == 0
     assert noops(env_of(cfg)) == 30
+
+
+def test_reverie_eval_says_its_progress_during_a_long_evaluation(tmp_path, monkeypatch,
+                                                                 capsys):
+    """`reverie eval` printed nothing until its episodes ended (minutes for an Atari agent
+    that never fires): a line every EVAL_PROGRESS_S on stderr, the JSON on stdout as before."""
+    import json
+
+    from reverie import cli
+
+    finished_run = tmp_path / "run"
+    assert cli.main(["train", "--preset", "random", "--no-progress", "--steps", "100",
+                     "--set", "run.eval_episodes=0", "--out", str(finished_run)]) == 0
+    clock = iter(range(0, 10**6, 11))  # 11 s per reading: every step is due a line
+    monkeypatch.setattr(cli.time, "monotonic", lambda: float(next(clock)))
+    assert cli.main(["eval", str(finished_run), "--episodes", "2"]) == 0
+    out, err = capsys.readouterr()
+    lines = [x for x in err.splitlines() if x.startswith("reverie: evaluating: ")]
+    steps = [int(x.split()[2].replace(",", "")) for x in lines]
+    assert len(lines) >= 10 and steps == sorted(steps) and steps[0] >= 1
+    assert lines[-1].endswith("2 of 2 episodes ended")
+    assert json.loads(out.strip().splitlines()[-1])["episodes"] == 2

@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from reverie.errors import USAGE_EXIT, Stopped, UserError, suggest
@@ -317,7 +318,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from reverie.eval.prediction import HORIZON, check_window
 
         check_window(policy, args.context, args.horizon or HORIZON)
-    returns = policy.evaluate(args.episodes, seed=args.seed)
+    returns = policy.evaluate(args.episodes, seed=args.seed,
+                              on_step=_eval_progress(args.episodes))
     result = {"run": str(args.run), "checkpoint_step": policy.step,
               **({"best": True, "training_eval_return": policy.eval_return}
                  if args.best else {}),
@@ -351,6 +353,24 @@ def _report_eval(args: argparse.Namespace, result: dict) -> None:
     print(text, flush=True)
     if note:
         print(f"reverie: note: {note}", file=sys.stderr)
+
+
+EVAL_PROGRESS_S = 10.0  # between `reverie eval`'s progress lines
+
+
+def _eval_progress(episodes: int):
+    """A line on stderr every EVAL_PROGRESS_S while the greedy episodes play: a long one
+    (an Atari agent that never fires plays to the 108k-frame cap) was minutes of silence."""
+    last = [time.monotonic()]
+
+    def said(steps: int, ended: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= EVAL_PROGRESS_S:
+            last[0] = now
+            print(f"reverie: evaluating: {steps:,} env steps played, {ended} of {episodes} "
+                  "episodes ended", file=sys.stderr, flush=True)
+
+    return said
 
 
 def _save_eval(args: argparse.Namespace, text: str) -> str | None:

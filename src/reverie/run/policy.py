@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +95,12 @@ class Policy:
         actions rescaled to [-1, 1], the range `act` returns)."""
         return env_of(self.cfg, render=render)
 
-    def evaluate(self, episodes: int, seed: int = 12345) -> list[float]:
+    def evaluate(self, episodes: int, seed: int = 12345,
+                 on_step: Callable[[int, int], None] | None = None) -> list[float]:
+        """Greedy returns of `episodes` episodes; `on_step(env steps played, episodes ended)`
+        after each step of them (`run.evaluation.evaluate`)."""
         return evaluate(self.agent, lambda: env_of(self.cfg, evaluation=True), episodes,
-                        seed=seed)
+                        seed=seed, on_step=on_step)
 
 
 def load(path: str | Path, device: str = "auto", best: bool = False) -> Policy:
