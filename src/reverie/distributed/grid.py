@@ -198,13 +198,10 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
                     raise UserError(f"{e}{where}") from None
                 name = trial_name(str(cfg.env.id), point, seed)
                 folder = Path(out) / name
-                changed = check_existing(folder, cfg)
                 trials.append(Trial(
                     name=name, folder=str(folder), preset=preset or "cartpole", env=env,
                     seed=seed, steps=int(cfg.run.steps), overrides=tuple(items),
-                    resume_sets=tuple(f"{k}={new}" for k, _, new in changed),
-                    changed=tuple(f"{k}: {old} there, {new} in this sweep"
-                                  for k, old, new in changed)))
+                    **_resume_changes(folder, cfg)))
                 configs.append(cfg)
     trials = _reuse(trials, configs, reusable, {k for k, _ in axes})
     for trial, cfg in zip(trials, configs) if notes is not None else ():
@@ -233,13 +230,18 @@ def _reuse(trials: list[Trial], configs: list[DictConfig], reusable: list[Path],
         same = next((f for f, saved in others.items() if saved == mine), None)
         if same is not None:
             del others[same]  # one trial per folder
-            changed = check_existing(same, cfg)
             t = replace(t, name=same.name, folder=str(same), alias=t.name,
-                        resume_sets=tuple(f"{k}={new}" for k, _, new in changed),
-                        changed=tuple(f"{k}: {old} there, {new} in this sweep"
-                                      for k, old, new in changed))
+                        **_resume_changes(same, cfg))
         out.append(t)
     return out
+
+
+def _resume_changes(folder: Path, cfg: DictConfig) -> dict[str, tuple[str, ...]]:
+    """A Trial's resume_sets and changed for the trial `cfg` in `folder` (`check_existing`)."""
+    changed = check_existing(folder, cfg)
+    return {"resume_sets": tuple(f"{k}={new}" for k, _, new in changed),
+            "changed": tuple(f"{k}: {old} there, {new} in this sweep"
+                             for k, old, new in changed)}
 
 
 def check_existing(folder: Path, cfg: DictConfig) -> list[tuple[str, str, str]]:

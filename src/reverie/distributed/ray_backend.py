@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from reverie.distributed.grid import Trial
-from reverie.distributed.trial import run_trial
+from reverie.distributed.trial import run_trial, trial_record
 from reverie.errors import Stopped, UserError
 
 INSTALL = "pip install 'reverie[ray]'"
@@ -201,10 +201,9 @@ def run_ray(trials: list[Trial], workers: int, retries: int, address: str | None
                     try:
                         result = ray.get(ref)
                     except ray.exceptions.RayError as e:  # the worker itself died
-                        result = {"name": trial.name, "folder": trial.folder,
-                                  "status": "failed", "attempts": 0, "resumes": 0,
-                                  "returncodes": [], "wall_s": 0.0, "error":
-                                  f"Ray task failed: {str(e).splitlines()[0][:200]}"}
+                        result = trial_record(
+                            trial, status="failed", wall_s=0.0,
+                            error=f"Ray task failed: {str(e).splitlines()[0][:200]}")
                     on_result(result)
                     results.append(result)  # the trials reported so far
                     del running[ref]  # after its record: a stop now still finds it
@@ -272,12 +271,10 @@ def _stop(ray, running: dict) -> list[dict[str, Any]]:
     except KeyboardInterrupt:  # a second stop: stop waiting (ray.shutdown ends the trials)
         return records
     for ref in late:
-        trial = running[ref]
-        records.append({"name": trial.name, "folder": trial.folder, "status": "stopped",
-                        "attempts": 0, "resumes": 0, "returncodes": [], "wall_s": 0.0,
-                        "error": "", "note": f"still running {STOP_WAIT_S:.0f} s after the "
-                        "stop, ended by Ray: the next run of this sweep resumes it from its last "
-                        "checkpoint"})
+        records.append(trial_record(
+            running[ref], status="stopped", wall_s=0.0,
+            note=f"still running {STOP_WAIT_S:.0f} s after the stop, ended by Ray: the next "
+                 "run of this sweep resumes it from its last checkpoint"))
     return records
 
 

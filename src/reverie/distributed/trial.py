@@ -210,6 +210,13 @@ def _last_error(log: Path) -> str:
     return (errors or lines or [""])[-1].strip()[:300]
 
 
+def trial_record(trial: Trial, **fields: Any) -> dict[str, Any]:
+    """A trial's record before any attempt (`run_trial`'s, or a backend's for a trial it
+    ended itself), with `fields` set."""
+    return {"name": trial.name, "folder": trial.folder, "attempts": 0, "resumes": 0,
+            "returncodes": [], "error": "", **fields}
+
+
 def run_trial(trial: Trial, retries: int, stop: Callable[[], bool] | None = None,
               interruptible: bool = False) -> dict[str, Any]:
     """Run `trial` until it finishes or has been resumed `retries` times. `interruptible`
@@ -224,8 +231,7 @@ def run_trial(trial: Trial, retries: int, stop: Callable[[], bool] | None = None
     process holds (exit 75) is retried after a wait.
     """
     t0 = time.time()
-    result: dict[str, Any] = {"name": trial.name, "folder": trial.folder, "attempts": 0,
-                              "resumes": 0, "returncodes": [], "error": ""}
+    result = trial_record(trial)
     state = trial_state(trial)
     last = last_checkpoint_step(Path(trial.folder))
     if state == DONE:

@@ -265,10 +265,9 @@ class Trainer(Checkpointing):
     def _finish_end(self, budget: int) -> None:
         """What a run at its budget stopped or killed after its final checkpoint did not
         write: its final evaluation, then its tail row, in an uninterrupted run's order."""
-        c = self.count
-        evaluate = self._final_evaluation_missing(budget)
-        logged = any(row["step"] == c.env_steps and row.get(TAIL_KEY) == TAIL
-                     for row in read_jsonl(self.out / METRICS))
+        c, rows = self.count, read_jsonl(self.out / METRICS)  # no logger is open here
+        evaluate = self._final_evaluation_missing(budget, rows)
+        logged = any(row["step"] == c.env_steps and row.get(TAIL_KEY) == TAIL for row in rows)
         # its tail row goes after the evaluation: one that a stop wrote before it (a folder
         # of an earlier reverie) is dropped (extends) and written again after it
         tail = (bool(self._window) or not self._counted) and (evaluate or not logged)
@@ -337,17 +336,20 @@ class Trainer(Checkpointing):
         c.best_return, c.best_step = eval_return, c.env_steps
         self.saved.save_best(self.agent, c.env_steps, eval_return)
 
-    def _final_evaluation_missing(self, budget: int) -> bool:
+    def _final_evaluation_missing(self, budget: int,
+                                  rows: list[dict[str, Any]] | None = None) -> bool:
         """Whether the run evaluates (run.eval_episodes), has reached `budget` (its run.steps)
-        and metrics.jsonl has no evaluation at its last env step (`final_evaluation_missing`)."""
+        and metrics.jsonl (its `rows`, if read already) has no evaluation at its last env
+        step (`final_evaluation_missing`)."""
         if self._evaluated_step == self.count.env_steps:
             return False
-        if self.logger is not None:
-            self.logger.flush()
+        if rows is None:
+            if self.logger is not None:
+                self.logger.flush()
+            rows = read_jsonl(self.out / METRICS)
         episodes = end_episodes(int(load_run_config(self.out).run.eval_episodes),
                                 int(self.cfg.run.eval_episodes))
-        return final_evaluation_missing(read_jsonl(self.out / METRICS), self.count.env_steps,
-                                        budget, episodes)
+        return final_evaluation_missing(rows, self.count.env_steps, budget, episodes)
 
     # -- the loop ------------------------------------------------------------------------------
     def _note(self, text: str) -> None:
