@@ -6,6 +6,7 @@ compile time with a cold and a warm cache, and the matmul share of two backbones
     python bench/compile.py --quick         # smoke test: 1 round, few updates, no files
     python bench/compile.py --drift-only    # add the off-vs-on drift to compile.json
     python bench/compile.py --auto          # run.compile=auto's rule -> compile_auto.json
+    python bench/compile.py --isa           # vector ISA trusted vs probed -> compile_isa.json
 
 Per backbone: one process with compile on and an empty inductor cache (cold: the first
 update pays tracing, code generation and C++ compilation), one more on that cache (warm),
@@ -31,7 +32,13 @@ step compiled alone (mode "step") vs eager, cold and warm compile time as above,
 rounds alternating off and step; the step pays on a cold cache when (median off − median
 step) x 1125 updates (a default 5000-step run) exceeds the cold compile time.
 
-Writes bench/results/compile.json and compile.png (`--auto`: compile_auto.json).
+`--isa`: the compile time of run.compile=auto (mamba2's imagined step) with the CPU's vector
+ISA trusted (reverie's default, src/reverie/compiler.py) vs probed (inductor's own dry
+compiles of a probe library per ISA), `--rounds` rounds alternating the two, each a process
+on an empty cache (cold) and one more on that cache (warm).
+
+Writes bench/results/compile.json and compile.png (`--auto`: compile_auto.json, `--isa`:
+compile_isa.json and .md).
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from pathlib import Path
 from runlib import spread  # bench/ is the script's directory
 
 RESULTS = Path(__file__).parent / "results"
+ISA_ENV = "REVERIE_BENCH_ISA"  # --isa's child: "probed" turns reverie's ISA trust off
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul",
               "aten::linear")
 
@@ -68,6 +76,10 @@ def measure(mode: str, backbone: str, updates: int, warmup: int) -> dict:
 
     keep_freed_memory()  # as the `reverie` command does
     torch.set_num_threads(1)
+    if os.environ.get(ISA_ENV) == "probed":  # --isa: inductor's probes, as without reverie
+        from reverie import compiler as compiler_module
+
+        compiler_module.TRUSTING = compiler_module.OPTIONS
     load0 = os.getloadavg()[0]
     cfg = to_object(build_config("cartpole", [], {"backbone": backbone}), "imagine")
     torch.manual_seed(0)
@@ -103,7 +115,10 @@ def measure(mode: str, backbone: str, updates: int, warmup: int) -> dict:
             times.append(time.perf_counter() - t0)
     median = statistics.median(times)
     parts = {k: round(1000 * (v - before[k]) / updates, 1) for k, v in timer.seconds.items()}
-    return {"mode": mode, "backbone": backbone, "first_update_s": round(first, 3),
+    from torch._inductor.cpu_vec_isa import pick_vec_isa  # the ISA its kernels were built for
+
+    isa = str(pick_vec_isa()) if mode != "off" else None
+    return {"mode": mode, "backbone": backbone, "first_update_s": round(first, 3), "isa": isa,
             "seconds_per_update": round(median, 4), "ms_per_update_by_part": parts,
             "compile_s": round(first - median, 2) if mode != "off" else None,
             "fell_back": bool(compiler is not None and compiler.eager), "notes": notes,
@@ -152,8 +167,10 @@ def part_medians(runs: list[dict]) -> dict[str, float]:
             for k in parts}
 
 
-def run_child(mode: str, backbone: str, updates: int, warmup: int, cache: Path) -> dict:
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1"}
+def run_child(mode: str, backbone: str, updates: int, warmup: int, cache: Path,
+              isa: str = "trusted") -> dict:
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "OMP_NUM_THREADS": "1",
+           ISA_ENV: isa}
     cmd = [sys.executable, __file__, "--child", mode, backbone, str(updates), str(warmup)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -332,6 +349,67 @@ def auto_benchmark(backbones: list[str], rounds: int, updates: int, warmup: int)
             "agent": out}
 
 
+def isa_benchmark(rounds: int, updates: int, warmup: int, backbone: str = "mamba2") -> dict:
+    """Cold and warm compile time of run.compile=auto with the vector ISA trusted vs probed
+    (module doc), rounds alternating the two."""
+    from reverie.agents.imagine import AUTO_COMPILE_STEP
+
+    assert backbone in AUTO_COMPILE_STEP, backbone
+    cores = os.cpu_count() or 1
+    load0 = os.getloadavg()[0]
+    runs: dict[str, dict[str, list[dict]]] = {m: {"cold": [], "warm": []}
+                                              for m in ("trusted", "probed")}
+    with tempfile.TemporaryDirectory(prefix="reverie-compile-isa-") as tmp:
+        for r in range(rounds):
+            for isa in ("trusted", "probed"):
+                cache = Path(tmp) / f"{isa}-{r}"
+                for temp in ("cold", "warm"):
+                    runs[isa][temp].append(run_child("step", backbone, updates, warmup, cache,
+                                                     isa))
+    load1 = os.getloadavg()[0]
+    compile_s = {isa: {t: spread([x["compile_s"] for x in rs], 2) for t, rs in by.items()}
+                 for isa, by in runs.items()}
+    saved = {t: spread([p["compile_s"] - q["compile_s"]
+                        for p, q in zip(runs["probed"][t], runs["trusted"][t])], 2)
+             for t in ("cold", "warm")}
+    every = [x for by in runs.values() for rs in by.values() for x in rs]
+    loads = [load0, load1] + [v for x in every for v in x["loadavg_1min"]]
+    import torch
+
+    return {"benchmark": "compile_isa", "preset": "cartpole", "backbone": backbone,
+            "compile": "auto (the imagined step)", "torch": torch.__version__,
+            "isa_picked": {isa: sorted({x["isa"] for rs in by.values() for x in rs})
+                           for isa, by in runs.items()}, "cores": cores, "rounds": rounds,
+            "torch_threads": 1, "compile_s": compile_s, "saved_s_per_round": saved,
+            "fell_back": any(x["fell_back"] for x in every),
+            "loadavg_1min_before": round(load0, 2), "loadavg_1min_after": round(load1, 2),
+            "loadavg_1min_max": round(max(loads), 2), "loaded": max(loads) > cores,
+            "runs": runs}
+
+
+def isa_markdown(r: dict) -> str:
+    c = r["compile_s"]
+
+    def cell(s: dict) -> str:
+        return f"{s['median']:.1f} ({s['min']:.1f}–{s['max']:.1f})"
+
+    rows = [f"| {isa} | {cell(c[isa]['cold'])} | {cell(c[isa]['warm'])} |"
+            for isa in ("probed", "trusted")]
+    rows.append(f"| probed − trusted, per round | {cell(r['saved_s_per_round']['cold'])} | "
+                f"{cell(r['saved_s_per_round']['warm'])} |")
+    return "\n".join([
+        "| vector ISA | compile s, cold cache | compile s, warm cache |", "| --- | --- | --- |",
+        *rows, "",
+        f"`{r['preset']}` preset, {r['backbone']}, run.compile={r['compile']}: compile s = "
+        "first update − median update, each a fresh process; cold: an empty inductor cache, "
+        f"warm: a second process on it. {r['rounds']} rounds alternating probed and trusted; "
+        f"median (min–max). ISA of the kernels: probed {', '.join(r['isa_picked']['probed'])}"
+        f", trusted {', '.join(r['isa_picked']['trusted'])}; torch {r['torch']}, "
+        f"{r['torch_threads']} torch thread, {r['cores']} cores; 1-min load "
+        f"{r['loadavg_1min_before']} before, {r['loadavg_1min_after']} after, at most "
+        f"{r['loadavg_1min_max']}{' (**loaded**)' if r['loaded'] else ''}.", ""])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
@@ -353,7 +431,18 @@ def main() -> None:
     p.add_argument("--auto", action="store_true",
                    help="measure run.compile=auto's rule per backbone (the imagined step "
                         "alone vs eager) into compile_auto.json")
+    p.add_argument("--isa", action="store_true",
+                   help="compile time with the vector ISA trusted vs probed -> compile_isa.json")
     args = p.parse_args()
+    if args.isa:
+        updates, warmup = (2, 1) if args.quick else (5, 1)
+        result = isa_benchmark(1 if args.quick else args.rounds, updates, warmup)
+        print(isa_markdown(result))
+        if not args.quick:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            (RESULTS / "compile_isa.json").write_text(json.dumps(result, indent=1) + "\n")
+            (RESULTS / "compile_isa.md").write_text(isa_markdown(result))
+        return
     if args.auto:
         bbs = args.backbones if args.backbones != ["mamba2", "gru"] else list(AUTO_BACKBONES)
         result = auto_benchmark(bbs, args.rounds, args.updates, args.warmup)

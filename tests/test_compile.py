@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -91,9 +95,87 @@ def test_compile_fallback_when_the_first_call_fails(eager_metrics, tmp_path, cap
     err = capsys.readouterr().err
     assert err.count(NOTE) == 1
     assert f"{NOTE} (RuntimeError: CppCompileError: no C++ compiler)\n" in err
-    assert calls == ["loss_terms"]  # tried once, then eager for good
+    # a C++ compile error: tried trusting the CPU's vector ISA, then once more with inductor's
+    # ISA probes, then eager for good
+    assert calls == ["loss_terms", "loss_terms"]
     assert any("wm/loss" in json.loads(row) for row in on.splitlines())
     assert on == eager_metrics
+
+
+def test_only_a_cpp_compile_error_is_compiled_again_before_eager(monkeypatch):
+    """Another failure (an op inductor cannot lower) goes eager at once: a second compile
+    would fail alike and cost its time; the C++ one is retried with the ISA probes, once."""
+    from reverie import compiler as compiler_module
+
+    calls: list[dict] = []
+
+    def failing_compile(fn, **kwargs):
+        def compiled(*args, **kw):
+            calls.append(kwargs["options"])
+            raise RuntimeError(message)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    for message, tries in (("LoweringException: no lowering for aten.foo", 1),
+                           ("BackendCompilerFailed: CppCompileError: C++ compile error", 2)):
+        calls.clear()
+        notes: list[str] = []
+        c = Compiler(notes.append, "on")
+        f = c.wrap(lambda x: x + 1)
+        assert c.run(f, 1) == 2 and c.eager
+        assert calls == [compiler_module.TRUSTING, compiler_module.OPTIONS][:tries]
+        assert notes[-1] == f"note: run.compile=on fell back to eager (RuntimeError: {message})"
+
+
+FAKE_CXX = """#!/bin/sh
+# the first compile fails (as on a compiler that cannot build the ISA the CPU's flags name),
+# and so does every one for AVX-512 or AMX; queries (--version, -v) and the rest go to g++
+for a in "$@"; do
+  case "$a" in -mavx512*|-mamx*) echo "fake: no $a" >&2; exit 1;; esac
+done
+case "$*" in *.cpp*) if [ ! -e "{marker}" ]; then : > "{marker}"; exit 1; fi;; esac
+exec g++ "$@"
+"""
+
+RETRY = """
+import json, torch
+import torch._inductor.config as ic
+from torch._inductor.cpu_vec_isa import pick_vec_isa
+from reverie.compiler import OPTIONS, Compiler
+notes = []
+c = Compiler(notes.append, "on")
+f = c.wrap(lambda x: (x.sin() * 2).exp())
+x = torch.randn(64)
+with ic.patch({{"cpp.cxx": (None, "{cxx}")}}):
+    y = c.run(lambda: f(x))
+    isa = str(pick_vec_isa())
+print(json.dumps({{"notes": notes, "eager": c.eager, "probed": c.options == OPTIONS,
+                  "isa": isa, "close": torch.allclose(y, (x.sin() * 2).exp())}}))
+"""
+
+
+@pytest.mark.compile
+def test_a_cpp_compile_error_while_trusting_the_isa_compiles_again_with_the_probes(tmp_path):
+    """reverie trusts the CPU's flags for the vector ISA (no probe libraries: seconds of every
+    first compile); a compiler that cannot build that ISA fails the first compile, and the
+    unit is compiled once more with inductor's probes, which pick an ISA it can build: still
+    compiled, no note. A fresh process and inductor cache (~10 s), a fake g++ in front of the
+    real one."""
+    if shutil.which("g++") is None:
+        pytest.skip("no g++ on this machine: nothing compiles")
+    cxx = tmp_path / "g++"
+    cxx.write_text(FAKE_CXX.format(marker=tmp_path / "failed-once"))
+    cxx.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_COMPILE_DISABLE"}
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor")
+    out = subprocess.run([sys.executable, "-c", RETRY.format(cxx=cxx)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.splitlines()[-1])
+    assert (tmp_path / "failed-once").exists()  # the trusted compile did fail
+    assert got["probed"] and not got["eager"] and got["close"], got
+    assert "avx512" not in got["isa"] and "amx" not in got["isa"], got
+    assert len(got["notes"]) == 1 and "compiles at the first update" in got["notes"][0]
 
 
 def test_compiling_is_announced_once_and_not_under_torch_compile_disable(monkeypatch):

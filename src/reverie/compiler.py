@@ -15,6 +15,15 @@ no C++ compiler, an op inductor cannot lower, any exception), the random state i
 every wrapped function turns eager for good, the unit runs again eagerly, and one note says
 so: the run goes on as with `run.compile=off`.
 
+The CPU's vector ISA: inductor would first dry-compile and load a probe library for every ISA
+the CPU's flags name (AMX, AVX-512, AVX2 here: ~8 s of a first compile on this machine, and
+~1 s of every later process's), to learn which of them the C++ compiler can build. reverie
+trusts the CPU's flags instead (inductor's `cpp.vec_isa_ok`) and pays for the probes only
+where that fails: when a compile fails with a C++ compile error, the unit is compiled once more
+with the probes (which pick an ISA the compiler can build), then falls back to eager as above.
+inductor keeps the ISA list it made for the whole process, so a library user's own
+torch.compile after reverie's in the same process trusts it too.
+
 Compiled graphs are cached on disk by inductor (its FX-graph and AOT-autograd caches), in
 `~/.cache/reverie/inductor` unless `TORCHINDUCTOR_CACHE_DIR` names another folder, so a
 second run of the same model pays tracing but not code generation and C++ compilation.
@@ -37,6 +46,8 @@ import torch
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 # inductor options of every compiled function: torch's random stream, not inductor's
 OPTIONS = {"fallback_random": True}
+# ... and, until a C++ compile fails, the vector ISA the CPU's flags name, unprobed (module doc)
+TRUSTING = {**OPTIONS, "cpp.vec_isa_ok": True}
 
 T = TypeVar("T")
 
@@ -80,6 +91,31 @@ def _reason(e: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def _cpp_compile_failure(e: BaseException) -> bool:
+    """Whether `e` (or an exception it was raised from) is inductor's C++ compile error."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if type(cur).__name__ == "CppCompileError" or "CppCompileError" in str(cur):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _forget_isa_list() -> None:
+    """Drop what inductor remembers of the vector ISAs it trusted (its ISA list and each ISA's
+    verdict, functools caches of torch._inductor.cpu_vec_isa), so the next compile probes."""
+    try:
+        from torch._inductor import cpu_vec_isa
+    except Exception:  # noqa: BLE001 - a torch without it: nothing to drop
+        return
+    for obj in vars(cpu_vec_isa).values():
+        for fn in [obj, *(vars(obj).values() if isinstance(obj, type) else ())]:
+            if callable(getattr(fn, "cache_clear", None)):
+                fn.cache_clear()
+
+
 class Compiler:
     """Wraps functions with torch.compile and runs the units that call them (module doc).
 
@@ -92,24 +128,37 @@ class Compiler:
         self.reason: str | None = None
         self.announced = False  # the "compiling" note is said once, at the first compile
         self.cache_dir = use_cache_dir()
+        self.options = TRUSTING  # OPTIONS once a C++ compile failed (module doc)
+        self._compiled: list[list[Any]] = []  # [fn, dynamic, compiled fn] per wrapped fn
+
+    def _compile(self, fn: Callable[..., T], dynamic: bool | None) -> Callable[..., T]:
+        try:
+            return torch.compile(fn, dynamic=dynamic, options=self.options)
+        except Exception as e:  # torch.compile itself unavailable on this platform
+            self.fall_back(e)
+            return fn
 
     def wrap(self, fn: Callable[..., T], dynamic: bool | None = False) -> Callable[..., T]:
         """fn compiled at its first call, or fn itself once eager. dynamic=False: one graph
         per input shape, for functions whose shapes the config fixes; None: torch's default
         (static until a size changes, then symbolic)."""
-        try:
-            compiled = torch.compile(fn, dynamic=dynamic, options=OPTIONS)
-        except Exception as e:  # torch.compile itself unavailable on this platform
-            self.fall_back(e)
-            compiled = fn
+        entry = [fn, dynamic, self._compile(fn, dynamic)]
+        self._compiled.append(entry)
 
         def call(*args: Any, **kwargs: Any) -> T:
             if self.eager:
                 return fn(*args, **kwargs)
             self.announce()
-            return compiled(*args, **kwargs)
+            return entry[2](*args, **kwargs)
 
         return call
+
+    def _probe_isa(self) -> None:
+        """Compile every wrapped function anew with inductor's ISA probes (module doc)."""
+        self.options = OPTIONS
+        _forget_isa_list()
+        for entry in self._compiled:
+            entry[2] = self._compile(entry[0], entry[1])
 
     def announce(self) -> None:
         """Say once, before the first compile, why the first update takes longer (a user
@@ -132,12 +181,23 @@ class Compiler:
             return unit(*args, **kwargs)
         rng = torch.get_rng_state()
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        try:
-            return unit(*args, **kwargs)
-        except Exception as e:
+
+        def rewind() -> None:
             torch.set_rng_state(rng)
             if cuda is not None:
                 torch.cuda.set_rng_state_all(cuda)
+
+        try:
+            return unit(*args, **kwargs)
+        except Exception as e:
+            if self.options is TRUSTING and _cpp_compile_failure(e) and not self.eager:
+                rewind()  # maybe the ISA the CPU's flags name: once more, with the probes
+                self._probe_isa()
+                try:
+                    return unit(*args, **kwargs)
+                except Exception as again:  # noqa: BLE001 - not the ISA: eager below
+                    e = again
+            rewind()
             self.eager = True
             out = unit(*args, **kwargs)
             self.fall_back(e)
