@@ -512,6 +512,62 @@ def test_a_dead_async_worker_is_one_error_and_close_ends_the_rest():
     assert envs.venv.closed and not any(p.is_alive() for p in envs.venv.processes)
 
 
+KILLED_DRIVER = """
+import os, signal
+from functools import partial
+from reverie.envs import make_env
+from reverie.envs.vector import vector_env
+
+if __name__ == "__main__":
+    envs = vector_env(partial(make_env, "CartPole-v1"), 2, "async")
+    envs.reset(seed=0)
+    print("stepped", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_the_workers_of_a_killed_driver_exit_without_tracebacks(tmp_path):
+    """kill -9 of a run.vector=async driver: each worker finds its pipe closed and exits
+    quietly (gymnasium's worker printed an EOFError and a BrokenPipeError traceback each).
+    The workers share the driver's stderr, so it closes once they are all gone."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "driver.py"
+    script.write_text(KILLED_DRIVER)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == -signal.SIGKILL and out.stdout == "stepped\n", out
+    assert "Traceback" not in out.stderr and "Error" not in out.stderr, out.stderr
+
+
+def test_the_driver_pipe_turns_only_a_closed_pipe_into_a_quiet_exit():
+    from reverie.envs.vector import _DriverPipe
+
+    class Pipe:
+        closed = False
+
+        def __init__(self, error):
+            self.error = error
+
+        def recv(self):
+            raise self.error
+
+        def send(self, obj):
+            raise self.error
+
+    quiet = [("recv", EOFError()), ("recv", ConnectionResetError()),
+             ("send", BrokenPipeError()), ("send", ConnectionResetError())]
+    for method, error in quiet:
+        with pytest.raises(SystemExit) as e:
+            getattr(_DriverPipe(Pipe(error)), method)(*([1] if method == "send" else []))
+        assert e.value.code == 0, (method, error)
+    with pytest.raises(ValueError, match="pickling failed"):  # not a closed pipe: as it is
+        _DriverPipe(Pipe(ValueError("pickling failed"))).send(1)
+    assert _DriverPipe(Pipe(None)).closed is False  # the rest is the pipe's own
+
+
 def test_a_dead_worker_ends_the_run_with_one_line_naming_resume(recorder, tmp_path, monkeypatch):
     from reverie.run.collector import EnvWorkerDied
 

@@ -85,13 +85,46 @@ def worker_env(make: Callable[[], Any], index: int, driver_pid: int) -> Replayab
     return Replayable(make(), index)
 
 
+class _DriverPipe:
+    """A worker's end of its pipe to the driver: the driver gone (killed, so the pipe is
+    closed at its end) ends the worker quietly. gymnasium's worker reports any exception to
+    the driver over this same pipe (and prints two tracebacks per worker when it cannot);
+    SystemExit is not an Exception, so it passes its handler, closes the env, and exits."""
+
+    def __init__(self, pipe) -> None:
+        self._pipe = pipe
+
+    def recv(self):
+        try:
+            return self._pipe.recv()
+        except (EOFError, ConnectionResetError):
+            raise SystemExit(0) from None
+
+    def send(self, obj) -> None:
+        try:
+            self._pipe.send(obj)
+        except (BrokenPipeError, ConnectionResetError):
+            raise SystemExit(0) from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._pipe, name)
+
+
+def quiet_worker(index, env_fn, pipe, *args) -> None:
+    """gymnasium's `async` worker, with its pipe in `_DriverPipe`: an env worker of a driver
+    killed with SIGKILL exits without a traceback."""
+    from gymnasium.vector.async_vector_env import _async_worker
+
+    _async_worker(index, env_fn, _DriverPipe(pipe), *args)
+
+
 def vector_env(make: Callable[[], Any], num_envs: int, mode: str = "sync"):
     """`num_envs` envs from `make` (picklable for `async`: `env_maker(cfg)`), with
     Gymnasium's autoreset off: the caller resets ended envs (with their episode's seed)."""
     fns = [partial(worker_env, make, i, os.getpid()) for i in range(num_envs)]
     if mode == "async":
         try:
-            return AsyncVectorEnv(fns, context=START_METHOD,
+            return AsyncVectorEnv(fns, context=START_METHOD, worker=quiet_worker,
                                   autoreset_mode=AutoresetMode.DISABLED)
         except (ConnectionError, EOFError) as e:  # a worker died while starting
             main = getattr(sys.modules.get("__main__"), "__file__", None)
