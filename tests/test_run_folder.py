@@ -178,6 +178,26 @@ def test_plot_panels_go_to_the_dimensions_that_move():
     real[:, 42] = 1.0  # on throughout: no movement to show
     assert shown_dims(real, 3).tolist() == [7, 150, 390]
     assert shown_dims(real[:, :4], 16).tolist() == [0, 1, 2, 3]  # few dims: all, in order
+    # fewer moving cells than panels: the still ones get none (the 16 panels held 13 of them)
+    assert shown_dims(real, 16).tolist() == [7, 150, 390]
+    assert shown_dims(np.ones((5, 400)), 16).tolist() == [0]  # nothing moves: one panel
+
+
+def test_the_plot_of_an_episode_within_the_context_says_nothing_was_imagined(tmp_path,
+                                                                             monkeypatch):
+    import matplotlib.figure
+
+    from reverie.eval import video
+
+    titles: list[str] = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle",
+                        lambda self, t, **k: titles.append(t))
+    real = np.random.default_rng(0).normal(size=(12, 4))
+    for steps in (12, 5):  # an episode longer than the 8-step context, and one within it
+        video.vector_plot(real[:steps], real[:steps] + 0.1, 8, tmp_path / f"{steps}.png", "x")
+    assert "real vs open-loop imagined observations" in titles[0]
+    assert "real vs reconstructed observations (the episode ended within the 8 observed " \
+           "steps: nothing imagined)" in titles[1]
 
 
 def test_open_loop_vectors_follow_the_recorded_actions(run):

@@ -132,10 +132,14 @@ def captioned(pair: np.ndarray, t: int, context: int) -> np.ndarray:
 def shown_dims(real: np.ndarray, max_dims: int) -> np.ndarray:
     """Which of real's [T, D] dimensions get a panel: all up to `max_dims`; beyond that
     (MinAtar's 400 flattened cells) the `max_dims` that vary most over the episode, in their
-    order, since a panel of a cell that stays 0 shows nothing."""
+    order, and none that does not vary, since a panel of a cell that stays 0 shows nothing."""
     if real.shape[1] <= max_dims:
         return np.arange(real.shape[1])
-    return np.sort(np.argsort(-real.std(0), kind="stable")[:max_dims])
+    spread = real.std(0)
+    # cells that never change are left out even when fewer than max_dims change (at least one
+    # panel is drawn)
+    top = np.argsort(-spread, kind="stable")[:max(1, min(max_dims, int((spread > 0).sum())))]
+    return np.sort(top)
 
 
 def vector_plot(real: np.ndarray, imagined: np.ndarray, context: int, path: Path,
@@ -166,8 +170,13 @@ def vector_plot(real: np.ndarray, imagined: np.ndarray, context: int, path: Path
     axes.flat[0].legend(fontsize=7)
     more = (f" ({dims} of {real.shape[1]} dims: those that vary most in the real episode)"
             if real.shape[1] > dims else "")
-    fig.suptitle(f"{title}: real vs open-loop imagined observations{more}; dotted line: "
-                 "end of the observed context", fontsize=9)
+    if len(imagined) > context:
+        what = "open-loop imagined observations"
+    else:  # the episode ended within the context: every model step is a reconstruction
+        what = (f"reconstructed observations (the episode ended within the {context} "
+                "observed steps: nothing imagined)")
+    fig.suptitle(f"{title}: real vs {what}{more}; dotted line: end of the observed context",
+                 fontsize=9)
     fig.supxlabel("env step", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
