@@ -606,3 +606,19 @@ def test_nan_rollback_keeps_real_data_and_the_update_schedule(tmp_path, monkeypa
     per_step = {s: steps.count(s) for s in set(steps)}
     assert set(per_step) == set(range(40, 101)) and set(per_step.values()) == {2}
     assert len(trainer.agent.real) == 100 and trainer.agent.env_steps == 100
+
+
+def test_default_run_folders_name_the_mbpo_mode_other_than_mbpo():
+    """Two modes of one preset, env and seed are two runs: without --out the second went to
+    the first's folder and was refused there."""
+    from reverie.cli import _default_out
+
+    def folder(preset: str, *sets: str) -> str:
+        return str(_default_out(build_config(preset, list(sets), {})))
+
+    assert folder("mbpo-pendulum") == "runs/Pendulum-v1-mbpo-coplanner-s0"
+    assert folder("mbpo-pendulum", "mbpo.mode=mbpo") == "runs/Pendulum-v1-mbpo-s0"
+    assert folder("mbpo-pendulum", "mbpo.mode=optimistic", "seed=3") == \
+        "runs/Pendulum-v1-mbpo-optimistic-s3"
+    assert folder("cartpole") == "runs/CartPole-v1-mamba2-s0"  # the other agents: as they were
+    assert folder("popgym-ppo") == "runs/popgym-RepeatPreviousEasy-v0-rppo-ffm-s0"

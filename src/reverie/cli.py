@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any config key, e.g. --set run.train_ratio=512")
     t.add_argument("--out", type=_given, default=None,
                    help="run folder (default runs/<env>-<backbone>-s<seed> for imagine, "
-                        "runs/<env>-<agent>[-<backbone>]-s<seed> for other agents)")
+                        "runs/<env>-<agent>[-<backbone>]-s<seed> for other agents; mbpo's "
+                        "agent part names a mode other than mbpo: mbpo-coplanner)")
     t.add_argument("--resume", type=_given, default=None, metavar="RUN",
                    help="continue a killed or finished run (with --steps to extend it)")
     t.add_argument("--show-config", action="store_true",
@@ -241,8 +242,11 @@ def _default_out(cfg) -> Path:
     from reverie.config import backbone_of
 
     backbone = backbone_of(cfg)
+    agent = cfg.agent
+    if agent == "mbpo" and cfg.mbpo.mode != "mbpo":  # one mode's run is not another's
+        agent = f"mbpo-{cfg.mbpo.mode}"
     if backbone is None or cfg.agent != "imagine":  # the default agent keeps short names
-        backbone = cfg.agent if backbone is None else f"{cfg.agent}-{backbone}"
+        backbone = agent if backbone is None else f"{agent}-{backbone}"
     name = f"{cfg.env.id}-{backbone}-s{cfg.seed}".replace("/", "_").replace(":", "_")
     return Path("runs") / name
 
