@@ -228,6 +228,30 @@ def test_a_stopped_sweep_keeps_the_records_of_its_ended_trials(tmp_path):
     assert result["trained"]["returncodes"] == records[short.name]["returncodes"] == [0]
 
 
+def test_a_stopped_sweep_says_its_report_is_an_earlier_runs(tmp_path, monkeypatch):
+    """A stopped sweep writes no report: the report/ beside its sweep.json is of the last run
+    that ended, and the stop's line says so."""
+    from reverie.distributed import sweep as sweep_module
+    from reverie.errors import Stopped
+
+    out = tmp_path / "sw"
+    base = dict(preset="random", envs=["CartPole-v1"], seeds=1, out=str(out),
+                overrides=["run.eval_episodes=0", "run.checkpoint_every=100000000"])
+    run_sweep(Sweep(**base, grid=["run.steps=100"]))
+    assert (out / "report" / "report.md").is_file()
+
+    def stopped(*args, **kwargs):
+        raise Stopped("sweep stopped by SIGTERM; its running trials stopped with their "
+                      "checkpoints: run the same command again to resume them", "SIGTERM")
+
+    monkeypatch.setattr(sweep_module, "_run_local", stopped)
+    with pytest.raises(Stopped) as e:
+        run_sweep(Sweep(**base, grid=["run.steps=100,200"]))
+    assert str(e.value).endswith(f"resume them; {out / 'report'} is still the report of an "
+                                 "earlier run of this sweep") and e.value.exit_code == 143
+    assert sweep_json(out)["stopped"] == "SIGTERM"
+
+
 def _long_run_args(folder: Path) -> list[str]:
     return ["train", "--preset", "random", "--env", "CartPole-v1", "--steps", "100000000",
             "--set", "run.eval_episodes=0", "--no-progress", "--out", str(folder)]

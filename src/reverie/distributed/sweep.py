@@ -236,6 +236,9 @@ def run_sweep(sweep: Sweep, backend: str = "local", address: str | None = None,
                 _finish(sweep, out, backend, trials, ended, stopped=e.signal_name)
             except OSError:  # e.g. a full disk: the stop's own line and exit code stand
                 pass
+            if (out / "report").is_dir():  # a stopped sweep writes none: that one is older
+                raise Stopped(f"{e}; {out / 'report'} is still the report of an earlier run "
+                              "of this sweep", e.signal_name) from None
             raise
         except UserError:
             if created and {p.name for p in out.iterdir()} <= {SWEEP_MARKER, LOCK}:
