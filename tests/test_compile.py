@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from reverie import compiler as compiler_module
 from reverie.agents.imagine import ImagineAgent
 from reverie.cli import main
 from reverie.compiler import Compiler
@@ -91,91 +92,209 @@ def test_compile_fallback_when_the_first_call_fails(eager_metrics, tmp_path, cap
         return compiled
 
     monkeypatch.setattr(torch, "compile", failing_compile)
+    # a C++ compile error while trusting the CPU's vector ISA, where the probes pick another
+    # one: compiled once more with that, then eager for good (the probes and the marker of
+    # the real function are the subject of the tests below)
+    monkeypatch.setattr(compiler_module, "_picked_isa", lambda trusting: str(trusting))
+    monkeypatch.setattr(compiler_module, "_trust_failed", False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     on = metrics_of(tmp_path / "on", ["run.compile=on"])
     err = capsys.readouterr().err
     assert err.count(NOTE) == 1
     assert f"{NOTE} (RuntimeError: CppCompileError: no C++ compiler)\n" in err
-    # a C++ compile error: tried trusting the CPU's vector ISA, then once more with inductor's
-    # ISA probes, then eager for good
     assert calls == ["loss_terms", "loss_terms"]
     assert any("wm/loss" in json.loads(row) for row in on.splitlines())
     assert on == eager_metrics
 
 
-def test_only_a_cpp_compile_error_is_compiled_again_before_eager(monkeypatch):
-    """Another failure (an op inductor cannot lower) goes eager at once: a second compile
-    would fail alike and cost its time; the C++ one is retried with the ISA probes, once."""
-    from reverie import compiler as compiler_module
-
+@pytest.fixture
+def isa_world(monkeypatch, tmp_path):
+    """A fake torch.compile whose compiled calls succeed or raise as told, probes that pick
+    another ISA than the CPU's flags name, and this test's own cache folder and trust."""
     calls: list[dict] = []
+    fail: list[str | None] = [None]
 
-    def failing_compile(fn, **kwargs):
+    def fake_compile(fn, **kwargs):
         def compiled(*args, **kw):
             calls.append(kwargs["options"])
-            raise RuntimeError(message)
+            if fail[0] is not None:
+                error = RuntimeError(fail[0])
+                if "ImportError: " in fail[0]:  # as inductor raises a load failure
+                    error.__cause__ = ImportError(fail[0].split("ImportError: ", 1)[1])
+                raise error
+            return fn(*args, **kw)
         return compiled
 
-    monkeypatch.setattr(torch, "compile", failing_compile)
-    for message, tries in (("LoweringException: no lowering for aten.foo", 1),
-                           ("BackendCompilerFailed: CppCompileError: C++ compile error", 2)):
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(compiler_module, "_picked_isa",
+                        lambda trusting: "avx512" if trusting else "avx2")
+    monkeypatch.setattr(compiler_module, "_trust_failed", False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    (tmp_path / "inductor").mkdir()
+    return calls, fail, tmp_path / "inductor" / compiler_module.ISA_MARKER
+
+
+def test_only_an_isa_failure_before_any_compiled_call_compiles_again(isa_world):
+    """An op inductor cannot lower goes eager at once (a second compile would fail alike);
+    a C++ compile error or a library that does not load, while the trusted ISA has not yet
+    worked, is compiled again with the probes' ISA, once; after a compiled call has
+    returned, the ISA is proven and a C++ error is not its fault."""
+    calls, fail, marker = isa_world
+    T, O = compiler_module.TRUSTING, compiler_module.OPTIONS
+    for message, tries in (("LoweringException: no lowering for aten.foo", [T]),
+                           ("BackendCompilerFailed: CppCompileError: C++ compile error", [T, O]),
+                           ("InductorError: ImportError: /c/x.so: undefined symbol: Sleef_x",
+                            [T, O])):
         calls.clear()
+        fail[0] = message
         notes: list[str] = []
+        compiler_module._trust_failed = False
+        marker.unlink(missing_ok=True)
         c = Compiler(notes.append, "on")
         f = c.wrap(lambda x: x + 1)
         assert c.run(f, 1) == 2 and c.eager
-        assert calls == [compiler_module.TRUSTING, compiler_module.OPTIONS][:tries]
+        assert calls == tries, message
         assert notes[-1] == f"note: run.compile=on fell back to eager (RuntimeError: {message})"
+    # proven: a compiled call returned, then a C++ error (a recompile for a new shape)
+    calls.clear()
+    compiler_module._trust_failed = False
+    marker.unlink()
+    c = Compiler(lambda n: None, "on")
+    f = c.wrap(lambda x: x + 1)
+    fail[0] = None
+    assert c.run(f, 1) == 2 and not c.eager and c.trust_proven
+    fail[0] = "CppCompileError: C++ compile error"
+    assert c.run(f, 1) == 2 and c.eager
+    assert calls == [T, T] and not marker.exists()
+
+
+def test_a_failed_trust_is_remembered_and_a_retry_that_works_stays_compiled(isa_world):
+    calls, fail, marker = isa_world
+    fail[0] = "CppCompileError: C++ compile error"
+    c = Compiler(lambda n: None, "on")
+    f = c.wrap(lambda x: x * 3)
+
+    def unit(x):  # the first (trusted) compile fails, the retry's works
+        out = f(x)
+        return out
+
+    real = torch.compile
+    first = [True]
+
+    def once(fn, **kwargs):
+        compiled = real(fn, **kwargs)
+
+        def call(*a, **k):
+            if first[0]:
+                first[0] = False
+                return compiled(*a, **k)
+            fail[0] = None
+            return compiled(*a, **k)
+        return call
+
+    c._compiled[0][2] = once(c._compiled[0][0], options=c.options)
+    torch.compile = once  # the retry compiles through it too
+    try:
+        assert c.run(unit, 2) == 6 and not c.eager and c.options == compiler_module.OPTIONS
+    finally:
+        torch.compile = real
+    assert compiler_module._trust_failed
+    assert json.loads(marker.read_text()) == {"torch": torch.__version__, "trusted": "avx512",
+                                              "probed": "avx2"}
+    # a later Compiler of this process, or of another process with this torch, probes
+    assert Compiler(lambda n: None, "on").options == compiler_module.OPTIONS
+    compiler_module._trust_failed = False
+    assert Compiler(lambda n: None, "on").options == compiler_module.OPTIONS  # the marker
+    marker.write_text(json.dumps({"torch": "0.0.1"}))  # another torch: trust again
+    assert Compiler(lambda n: None, "on").options is compiler_module.TRUSTING
+
+
+def test_probes_that_pick_the_trusted_isa_leave_it_and_go_eager(isa_world, monkeypatch):
+    calls, fail, marker = isa_world
+    monkeypatch.setattr(compiler_module, "_picked_isa", lambda trusting: "avx2")
+    fail[0] = "CppCompileError: C++ compile error"
+    c = Compiler(lambda n: None, "on")
+    f = c.wrap(lambda x: x + 1)
+    assert c.run(f, 1) == 2 and c.eager
+    assert calls == [compiler_module.TRUSTING]  # not compiled again for the same ISA
+    assert not marker.exists() and not compiler_module._trust_failed
+
+
+def test_a_users_own_vec_isa_setting_is_kept(isa_world):
+    """TORCHINDUCTOR_VEC_ISA_OK=0 (inductor's switch for no vectorisation) or any value the
+    user gave inductor's config: reverie does not trust over it."""
+    import torch._inductor.config as inductor_config
+
+    for value in (False, True):  # (monkeypatch's undo would delete the config entry)
+        with inductor_config.patch({"cpp.vec_isa_ok": value}):
+            assert Compiler(lambda n: None, "on").options == compiler_module.OPTIONS
+    assert Compiler(lambda n: None, "on").options is compiler_module.TRUSTING
 
 
 FAKE_CXX = """#!/bin/sh
-# the first compile fails (as on a compiler that cannot build the ISA the CPU's flags name),
-# and so does every one for AVX-512 or AMX; queries (--version, -v) and the rest go to g++
+# a g++ that cannot build AVX-512 or AMX code; queries (--version, -v) and the rest go to g++
 for a in "$@"; do
   case "$a" in -mavx512*|-mamx*) echo "fake: no $a" >&2; exit 1;; esac
 done
-case "$*" in *.cpp*) if [ ! -e "{marker}" ]; then : > "{marker}"; exit 1; fi;; esac
 exec g++ "$@"
 """
 
 RETRY = """
 import json, torch
 import torch._inductor.config as ic
+# the CPU's flags name AVX-512 (whatever this machine has), its compiler cannot build it
+torch.cpu._is_avx512_supported = lambda: True
+torch.cpu._is_vnni_supported = lambda: False
+torch.cpu._is_amx_tile_supported = lambda: False
 from torch._inductor.cpu_vec_isa import pick_vec_isa
-from reverie.compiler import OPTIONS, Compiler
+from reverie.compiler import OPTIONS, TRUSTING, Compiler
 notes = []
 c = Compiler(notes.append, "on")
+trusting = c.options is TRUSTING
 f = c.wrap(lambda x: (x.sin() * 2).exp())
 x = torch.randn(64)
 with ic.patch({{"cpp.cxx": (None, "{cxx}")}}):
-    y = c.run(lambda: f(x))
+    y = c.run(f, x)
     isa = str(pick_vec_isa())
-print(json.dumps({{"notes": notes, "eager": c.eager, "probed": c.options == OPTIONS,
-                  "isa": isa, "close": torch.allclose(y, (x.sin() * 2).exp())}}))
+print(json.dumps({{"notes": notes, "eager": c.eager, "trusting": trusting,
+                  "probed": c.options == OPTIONS, "isa": isa,
+                  "close": torch.allclose(y, (x.sin() * 2).exp())}}))
 """
 
 
 @pytest.mark.compile
 def test_a_cpp_compile_error_while_trusting_the_isa_compiles_again_with_the_probes(tmp_path):
-    """reverie trusts the CPU's flags for the vector ISA (no probe libraries: seconds of every
-    first compile); a compiler that cannot build that ISA fails the first compile, and the
-    unit is compiled once more with inductor's probes, which pick an ISA it can build: still
-    compiled, no note. A fresh process and inductor cache (~10 s), a fake g++ in front of the
-    real one."""
-    if shutil.which("g++") is None:
-        pytest.skip("no g++ on this machine: nothing compiles")
+    """reverie trusts the CPU's flags for the vector ISA (fewer probe libraries: seconds of
+    every first compile); a compiler that cannot build that ISA fails the first compile, and
+    the unit is compiled once more with the ISA inductor's probes pick: still compiled, no
+    note, and the next process probes from the start. A fresh process and inductor cache
+    (~10 s), a fake g++ in front of the real one, the CPU's flags naming AVX-512."""
+    import platform
+
+    if shutil.which("g++") is None or platform.machine() not in ("x86_64", "AMD64") \
+            or not torch.cpu._is_avx2_supported():
+        pytest.skip("needs g++ and an x86 CPU with AVX2")
     cxx = tmp_path / "g++"
-    cxx.write_text(FAKE_CXX.format(marker=tmp_path / "failed-once"))
+    cxx.write_text(FAKE_CXX)
     cxx.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k != "TORCH_COMPILE_DISABLE"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TORCH_COMPILE_DISABLE", "TORCHINDUCTOR_VEC_ISA_OK")}
     env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor")
-    out = subprocess.run([sys.executable, "-c", RETRY.format(cxx=cxx)], env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    got = json.loads(out.stdout.splitlines()[-1])
-    assert (tmp_path / "failed-once").exists()  # the trusted compile did fail
-    assert got["probed"] and not got["eager"] and got["close"], got
-    assert "avx512" not in got["isa"] and "amx" not in got["isa"], got
+
+    def child() -> dict:
+        out = subprocess.run([sys.executable, "-c", RETRY.format(cxx=cxx)], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.splitlines()[-1])
+
+    got = child()
+    assert got["trusting"] and got["probed"] and not got["eager"] and got["close"], got
+    assert got["isa"] == "avx2", got
     assert len(got["notes"]) == 1 and "compiles at the first update" in got["notes"][0]
+    marker = json.loads((tmp_path / "inductor" / compiler_module.ISA_MARKER).read_text())
+    assert (marker["trusted"], marker["probed"]) == ("avx512", "avx2")
+    again = child()  # the marker: no trusted compile to fail first
+    assert not again["trusting"] and not again["eager"] and again["isa"] == "avx2", again
 
 
 def test_compiling_is_announced_once_and_not_under_torch_compile_disable(monkeypatch):

@@ -15,14 +15,20 @@ no C++ compiler, an op inductor cannot lower, any exception), the random state i
 every wrapped function turns eager for good, the unit runs again eagerly, and one note says
 so: the run goes on as with `run.compile=off`.
 
-The CPU's vector ISA: inductor would first dry-compile and load a probe library for every ISA
-the CPU's flags name (AMX, AVX-512, AVX2 here: ~8 s of a first compile on this machine, and
-~1 s of every later process's), to learn which of them the C++ compiler can build. reverie
-trusts the CPU's flags instead (inductor's `cpp.vec_isa_ok`) and pays for the probes only
-where that fails: when a compile fails with a C++ compile error, the unit is compiled once more
-with the probes (which pick an ISA the compiler can build), then falls back to eager as above.
-inductor keeps the ISA list it made for the whole process, so a library user's own
-torch.compile after reverie's in the same process trusts it too.
+The CPU's vector ISA: before its first compile, inductor dry-compiles and loads a probe
+library for each vector ISA the CPU's flags name (AMX, AVX-512, AVX2 here), to learn which
+ones the C++ compiler can build and torch's libraries can load. reverie lets inductor trust
+the CPU's flags for the base ISAs (its `cpp.vec_isa_ok`; the probes of AMX, VNNI and
+AVX-512 bf16 still run: 6 probe builds instead of 10), which saves ~6 s of a first compile
+on this machine and ~1 s of every later process's (bench/compile.py --isa). Where that fails
+before any compiled call has succeeded — a C++ compile error, or a compiled library that
+does not load — the probes are run after all (inductor's ISA caches cleared); if they pick
+another ISA, the unit is compiled once more with it, and trusting is off from then on for
+the process and, through a marker file in the inductor cache folder, for later processes
+with this torch; if they pick the same one, the ISA was not the fault and the run falls back
+to eager as above. A user's own `TORCHINDUCTOR_VEC_ISA_OK` (or inductor config) is left as
+it is: no trusting then. inductor keeps its ISA list for the whole process, so a library
+user's own torch.compile after reverie's in the same process trusts it too.
 
 Compiled graphs are cached on disk by inductor (its FX-graph and AOT-autograd caches), in
 `~/.cache/reverie/inductor` unless `TORCHINDUCTOR_CACHE_DIR` names another folder, so a
@@ -36,6 +42,7 @@ rounding (README, "Compiled kernels").
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -46,8 +53,10 @@ import torch
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 # inductor options of every compiled function: torch's random stream, not inductor's
 OPTIONS = {"fallback_random": True}
-# ... and, until a C++ compile fails, the vector ISA the CPU's flags name, unprobed (module doc)
+# ... and, until that fails, the vector ISA the CPU's flags name, unprobed (module doc)
 TRUSTING = {**OPTIONS, "cpp.vec_isa_ok": True}
+ISA_MARKER = "reverie-isa-untrusted.json"  # in the inductor cache: trusting failed there
+_trust_failed = False  # ... or in this process
 
 T = TypeVar("T")
 
@@ -91,29 +100,67 @@ def _reason(e: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def _cpp_compile_failure(e: BaseException) -> bool:
-    """Whether `e` (or an exception it was raised from) is inductor's C++ compile error."""
+def _isa_failure(e: BaseException) -> bool:
+    """Whether `e` (or an exception it was raised from) may come from the vector ISA: inductor's
+    C++ compile error, or a compiled library that does not load (a torch built without the
+    AVX-512 symbols)."""
     seen: set[int] = set()
     cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if type(cur).__name__ == "CppCompileError" or "CppCompileError" in str(cur):
+        text = str(cur)
+        if type(cur).__name__ == "CppCompileError" or "CppCompileError" in text:
+            return True
+        if isinstance(cur, (ImportError, OSError)) and (".so" in text
+                                                        or "undefined symbol" in text):
             return True
         cur = cur.__cause__ or cur.__context__
     return False
 
 
 def _forget_isa_list() -> None:
-    """Drop what inductor remembers of the vector ISAs it trusted (its ISA list and each ISA's
-    verdict, functools caches of torch._inductor.cpu_vec_isa), so the next compile probes."""
+    """Drop what inductor remembers of the vector ISAs (its ISA list and each ISA's verdict:
+    the functools caches of what torch._inductor.cpu_vec_isa defines), so the next compile
+    probes. Only this process's: a torch without that module has nothing to drop."""
     try:
         from torch._inductor import cpu_vec_isa
-    except Exception:  # noqa: BLE001 - a torch without it: nothing to drop
+    except Exception:  # noqa: BLE001
         return
+    ours = cpu_vec_isa.__name__
     for obj in vars(cpu_vec_isa).values():
+        if getattr(obj, "__module__", None) != ours:  # imported there, not its own
+            continue
         for fn in [obj, *(vars(obj).values() if isinstance(obj, type) else ())]:
             if callable(getattr(fn, "cache_clear", None)):
                 fn.cache_clear()
+
+
+def _picked_isa(trusting: bool) -> str:
+    """The vector ISA inductor picks, trusting the CPU's flags or probing (its caches may
+    answer without probing again)."""
+    from torch._inductor import config
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    with config.patch({"cpp.vec_isa_ok": True if trusting else None}):
+        return str(pick_vec_isa())
+
+
+def _trusting(cache_dir: str) -> bool:
+    """Whether to trust the CPU's flags for the ISA: not where the user set inductor's
+    vec_isa_ok, nor once trusting failed in this process or, with this torch, on this
+    machine (the marker in the cache folder)."""
+    try:
+        from torch._inductor import config
+
+        if config.cpp.vec_isa_ok is not None or _trust_failed:
+            return False
+    except Exception:  # noqa: BLE001 - a torch without inductor: nothing compiles anyway
+        return False
+    try:
+        marker = json.loads((Path(cache_dir) / ISA_MARKER).read_text())
+        return marker.get("torch") != torch.__version__
+    except (OSError, ValueError, AttributeError):  # none (or unreadable): trust
+        return True
 
 
 class Compiler:
@@ -128,7 +175,9 @@ class Compiler:
         self.reason: str | None = None
         self.announced = False  # the "compiling" note is said once, at the first compile
         self.cache_dir = use_cache_dir()
-        self.options = TRUSTING  # OPTIONS once a C++ compile failed (module doc)
+        # inductor's options: TRUSTING until trusting the ISA fails, or OPTIONS (module doc)
+        self.options = TRUSTING if _trusting(self.cache_dir) else OPTIONS
+        self.trust_proven = False  # a compiled call returned while trusting: the ISA works
         self._compiled: list[list[Any]] = []  # [fn, dynamic, compiled fn] per wrapped fn
 
     def _compile(self, fn: Callable[..., T], dynamic: bool | None) -> Callable[..., T]:
@@ -149,16 +198,33 @@ class Compiler:
             if self.eager:
                 return fn(*args, **kwargs)
             self.announce()
-            return entry[2](*args, **kwargs)
+            out = entry[2](*args, **kwargs)
+            self.trust_proven = True
+            return out
 
         return call
 
-    def _probe_isa(self) -> None:
-        """Compile every wrapped function anew with inductor's ISA probes (module doc)."""
+    def _stop_trusting(self) -> bool:
+        """After a failure that may be the trusted ISA's: probe (module doc). True when the
+        probes pick another ISA, and every wrapped function is compiled anew for it; False
+        when they pick the same (the ISA is not the fault)."""
+        global _trust_failed
+
         self.options = OPTIONS
+        trusted = _picked_isa(trusting=True)  # what the failed compile was built for
         _forget_isa_list()
+        probed = _picked_isa(trusting=False)
+        if probed == trusted:
+            return False
+        _trust_failed = True
+        try:  # later processes of this torch need not fail first (a full disk: they will)
+            (Path(self.cache_dir) / ISA_MARKER).write_text(json.dumps(
+                {"torch": torch.__version__, "trusted": trusted, "probed": probed}) + "\n")
+        except OSError:
+            pass
         for entry in self._compiled:
             entry[2] = self._compile(entry[0], entry[1])
+        return True
 
     def announce(self) -> None:
         """Say once, before the first compile, why the first update takes longer (a user
@@ -190,13 +256,14 @@ class Compiler:
         try:
             return unit(*args, **kwargs)
         except Exception as e:
-            if self.options is TRUSTING and _cpp_compile_failure(e) and not self.eager:
-                rewind()  # maybe the ISA the CPU's flags name: once more, with the probes
-                self._probe_isa()
-                try:
-                    return unit(*args, **kwargs)
-                except Exception as again:  # noqa: BLE001 - not the ISA: eager below
-                    e = again
+            if (self.options is TRUSTING and not self.trust_proven and not self.eager
+                    and _isa_failure(e)):
+                rewind()  # maybe the ISA the CPU's flags name: probe, maybe compile again
+                if self._stop_trusting():
+                    try:
+                        return unit(*args, **kwargs)
+                    except Exception as again:  # noqa: BLE001 - not the ISA: eager below
+                        e = again
             rewind()
             self.eager = True
             out = unit(*args, **kwargs)
