@@ -187,12 +187,19 @@ def test_a_run_stopped_before_its_final_evaluation_is_said_to_be_scored_early(tm
     metrics.write_text(metrics.read_text().splitlines()[0] + "\n"
                        + json.dumps({"step": 200, "episode/return": 12.0}) + "\n")
     out = tmp_path / "rep"
+    # an archive of its logs (no checkpoint: bench/results/runs/) cannot be run
     assert main(["report", str(run), str(whole), "--out", str(out)]) == 0
-    line = (f"{run}: stopped at 200 env steps before its final evaluation, scored from the one "
-            f"at 100; `reverie train --resume {run}` runs it")
+    line = (f"{run}: ended at 200 env steps without its final evaluation, scored from the one "
+            f"at 100; no checkpoint of it is kept to run it")
     text = (out / "report.md").read_text()
     assert f"- {line}" in text and str(whole) + ":" not in text
     assert f"reverie: warning: {line}" in capsys.readouterr().err
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "ckpt-0000000200.pt").write_bytes(b"")
+    assert main(["report", str(run), str(whole), "--out", str(tmp_path / "rep2")]) == 0
+    line = line.replace("no checkpoint of it is kept to run it",
+                        f"`reverie train --resume {run}` runs it")
+    assert f"- {line}" in (tmp_path / "rep2" / "report.md").read_text()
 
 
 def test_an_extended_run_scores_as_a_run_trained_to_its_budget_at_once(tmp_path):

@@ -470,6 +470,13 @@ def test_a_replay_capacity_below_the_steps_is_said_once_and_can_be_raised(tmp_pa
     # the room the files have, not rows the replay holds (said "already holds" of a run
     # stopped with fewer rows than its files have room for)
     assert "below the 400 rows this run's replay has room for" in err
+    # --show-config shows what the resume would train with: not a config it refuses
+    assert main(["train", "--resume", str(out), "--set", "replay.capacity=300",
+                 "--show-config"]) == 2
+    assert "below the 400 rows this run's replay has room for" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "--set", "replay.capacity=500",
+                 "--show-config"]) == 0
+    assert "capacity: 500" in capsys.readouterr().out
 
 
 def test_a_growth_killed_between_files_is_finished_by_any_later_resume(tmp_path, monkeypatch,

@@ -272,7 +272,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                 )
         overrides = list(args.overrides)
         if args.show_config:  # the config the resume would train with
-            print(config_yaml(resume_config(run, args.steps, overrides)), end="")
+            cfg = resume_config(run, args.steps, overrides)
+            if (run / "replay").is_dir() and "replay" in cfg:  # what the resume would refuse
+                from reverie.run.replay_setup import check_capacity, rows_on_disk
+
+                check_capacity(cfg, rows_on_disk(cfg, run))
+            print(config_yaml(cfg), end="")
             return 0
         trainer = Trainer.resume(run, args.steps, overrides)
     else:

@@ -94,7 +94,7 @@ class RunConfig:
     # `keep_checkpoints`): `reverie.load(run, best=True)`, `reverie eval/watch RUN --best`
     keep_best: bool = True
     device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # torch intra-op threads; 0 = all cores
+    threads: int = 0  # torch intra-op threads; 0 = torch's as it is (all cores, fresh)
     num_envs: int = 1  # envs stepped together; a replay keeps one ring per env (mbpo takes 1)
     # the envs as Gymnasium's SyncVectorEnv (sync: all in this process) or AsyncVectorEnv
     # (async: one worker process per env, worth it when an env step costs more than a pipe

@@ -217,11 +217,19 @@ def _budgets(runs: list[Run]) -> str | None:
 
 
 def unevaluated_runs(runs: list[Run]) -> list[str]:
-    """A line for each run that reached its budget but was stopped before its final
-    evaluation: its score is an earlier evaluation's."""
-    return [f"{r.path}: stopped at {r.env_steps:,} env steps before its final evaluation, "
-            f"scored from the one at {r.scored_before_end:,}; `reverie train --resume "
-            f"{r.path}` runs it" for r in runs if r.scored_before_end is not None]
+    """A line for each run that reached its budget without its final evaluation (stopped
+    before it, or trained by a reverie that did not evaluate a run's end): its score is an
+    earlier evaluation's. The resume that runs it is named where the run kept a checkpoint
+    (an archive of a run's logs cannot be run)."""
+    def fix(r: Run) -> str:
+        ckpts = Path(r.path) / "checkpoints"
+        if ckpts.is_dir() and any(p.name.startswith("ckpt-") for p in ckpts.iterdir()):
+            return f"`reverie train --resume {r.path}` runs it"
+        return "no checkpoint of it is kept to run it"
+
+    return [f"{r.path}: ended at {r.env_steps:,} env steps without its final evaluation, "
+            f"scored from the one at {r.scored_before_end:,}; {fix(r)}"
+            for r in runs if r.scored_before_end is not None]
 
 
 def mixed_groups(groups: list[Group]) -> list[str]:

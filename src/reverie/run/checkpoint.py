@@ -178,7 +178,8 @@ class CheckpointStore:
             entries.append(Entry(path.name, step, sha256(data), len(data)))
         if entries:
             self.rebuild_notes.append(f"no manifest in {self.folder}; rebuilt it from "
-                                      f"{len(entries)} verified checkpoint file(s)")
+                                      f"{len(entries)} verified checkpoint file(s) (in memory: "
+                                      "the run's next checkpoint writes it)")
         return sorted(entries, key=lambda e: e.step)
 
     def _write_manifest(self, entries: list[Entry]) -> None:

@@ -28,20 +28,31 @@ def replay_rows(cfg: DictConfig, out: Path, saved: dict[str, Any] | None,
     want = min(capacity - capacity % envs, steps)
     if saved is None:
         return want
-    have = int(saved["capacity"])
-    if cfg.replay.on_disk:  # files a killed growth left larger: finish that growth
-        have = max([have] + [file_rows(p) for p in (out / "replay").glob("*.npy")])
-    if int(cfg.replay.capacity) < have:
-        raise UserError(
-            f"replay.capacity={cfg.replay.capacity} is below the {have:,} rows this run's "
-            f"replay has room for (its files); on resume it can only be raised (or left as "
-            f"it is)")
+    # files a killed growth left larger than the checkpoint says: finish that growth
+    have = max(int(saved["capacity"]), rows_on_disk(cfg, out))
+    check_capacity(cfg, have)
     if steps > max(want, have):  # the run will outgrow what replay.capacity allows
         if int(load_run_config(out).run.steps) <= max(want, have):  # newly so
             note(f"note: the replay holds {max(want, have):,} rows (replay.capacity), so "
                  f"from step {max(want, have):,} on the newest rows replace the oldest; to "
                  f"keep all {steps:,} steps, resume with --set replay.capacity={steps}")
     return max(want, have)
+
+
+def rows_on_disk(cfg: DictConfig, out: Path) -> int:
+    """The rows a run's replay files have room for (0: no files, or a replay in memory)."""
+    if not cfg.replay.on_disk:
+        return 0
+    return max([0] + [file_rows(p) for p in (Path(out) / "replay").glob("*.npy")])
+
+
+def check_capacity(cfg: DictConfig, have: int) -> None:
+    """A resume may raise replay.capacity, never lower it below the rows the replay has."""
+    if int(cfg.replay.capacity) < have:
+        raise UserError(
+            f"replay.capacity={cfg.replay.capacity} is below the {have:,} rows this run's "
+            f"replay has room for (its files); on resume it can only be raised (or left as "
+            f"it is)")
 
 
 def make_replay(cfg: DictConfig, out: Path, spec: dict, capacity: int,
