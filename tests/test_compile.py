@@ -220,6 +220,22 @@ def test_probes_that_pick_the_trusted_isa_leave_it_and_go_eager(isa_world, monke
     assert not marker.exists() and not compiler_module._trust_failed
 
 
+def test_probes_that_raise_leave_the_run_eager_with_the_first_reason(isa_world, monkeypatch):
+    calls, fail, marker = isa_world
+
+    def broken(trusting):
+        raise AttributeError("inductor moved pick_vec_isa")
+
+    monkeypatch.setattr(compiler_module, "_picked_isa", broken)
+    fail[0] = "CppCompileError: C++ compile error"
+    notes: list[str] = []
+    c = Compiler(notes.append, "on")
+    f = c.wrap(lambda x: x + 1)
+    assert c.run(f, 1) == 2 and c.eager and not marker.exists()
+    assert notes[-1] == ("note: run.compile=on fell back to eager (RuntimeError: "
+                         "CppCompileError: C++ compile error)")
+
+
 def test_a_users_own_vec_isa_setting_is_kept(isa_world):
     """TORCHINDUCTOR_VEC_ISA_OK=0 (inductor's switch for no vectorisation) or any value the
     user gave inductor's config: reverie does not trust over it."""
