@@ -615,7 +615,19 @@ def validate(cfg: DictConfig) -> None:
         to_object(cfg, cfg.agent)  # the agent would run them
     except ValueError as e:  # named by the section that refuses it (mbpo.sac: "SAC gamma ...")
         section = _refusing_section(cfg[cfg.agent], str(cfg.agent))
-        raise UserError(f"bad {section} config: {str(e).splitlines()[0]}") from None
+        raise UserError(_keyed(str(e).splitlines()[0], section,
+                               OmegaConf.select(cfg, section))) from None
+
+
+def _keyed(message: str, section: str, node: Any) -> str:
+    """A dataclass check's message in the words of the config: "SAC gamma must be ..." of
+    section mbpo.sac is "mbpo.sac.gamma must be ..."; a message that does not start with one
+    of the section's keys after its label is "bad mbpo.sac config: <message>"."""
+    label, _, rest = message.partition(" ")
+    key, _, tail = rest.partition(" ")
+    if label and tail and isinstance(node, DictConfig) and key in node:
+        return f"{section}.{key} {tail}"
+    return f"bad {section} config: {message}"
 
 
 def _refusing_section(node: DictConfig, path: str) -> str:
