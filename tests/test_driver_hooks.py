@@ -512,6 +512,17 @@ def test_a_dead_async_worker_is_one_error_and_close_ends_the_rest():
     assert envs.venv.closed and not any(p.is_alive() for p in envs.venv.processes)
 
 
+def raising_env(spec: str):
+    """CartPole whose step raises the EOFError a simulator's closed socket would."""
+    env = make_env(spec)
+
+    def step(action):
+        raise EOFError("simulator socket closed")
+
+    env.step = step
+    return env
+
+
 KILLED_DRIVER = """
 import os, signal
 from functools import partial
@@ -540,6 +551,29 @@ def test_the_workers_of_a_killed_driver_exit_without_tracebacks(tmp_path):
                          timeout=120)
     assert out.returncode == -signal.SIGKILL and out.stdout == "stepped\n", out
     assert "Traceback" not in out.stderr and "Error" not in out.stderr, out.stderr
+
+
+def test_gymnasium_s_async_worker_takes_its_pipe_third():
+    """quiet_worker wraps the third argument of gymnasium's private worker: a gymnasium that
+    moves it must fail here, not in silence."""
+    import inspect
+
+    from gymnasium.vector.async_vector_env import _async_worker
+
+    assert list(inspect.signature(_async_worker).parameters)[:3] == ["index", "env_fn", "pipe"]
+
+
+def test_an_async_env_s_own_eof_error_is_its_own_not_a_dead_worker():
+    """An env raising EOFError in a worker (a simulator's socket): gymnasium reports it and the
+    worker ends with exit code 0; it was called a killed worker (EnvWorkerDied)."""
+    envs = Collector(partial(raising_env, "CartPole-v1"), 2, 0, "CartPole-v1", vector="async")
+    envs.start()
+    try:
+        with pytest.raises(EOFError, match="simulator socket closed"):
+            for _ in range(3):
+                envs.step(np.array([0, 1]))
+    finally:
+        envs.close()
 
 
 def test_the_driver_pipe_turns_only_a_closed_pipe_into_a_quiet_exit():

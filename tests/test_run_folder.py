@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -181,10 +182,17 @@ def test_plot_panels_go_to_the_dimensions_that_move():
     # fewer moving cells than panels: the still ones get none (the 16 panels held 13 of them)
     assert shown_dims(real, 16).tolist() == [7, 150, 390]
     assert shown_dims(np.ones((5, 400)), 16).tolist() == [0]  # nothing moves: one panel
+    # a constant that floats do not hold exactly (its std is not 0) is still a still cell
+    tenths = np.full((7, 40), np.float32(0.1))
+    tenths[:, 3] = np.arange(7)
+    assert tenths.std(0)[0] > 0 and shown_dims(tenths, 16).tolist() == [3]
 
 
-def test_the_plot_of_an_episode_within_the_context_says_nothing_was_imagined(tmp_path,
-                                                                             monkeypatch):
+def test_the_plot_of_steps_within_the_context_says_nothing_was_imagined(run, tmp_path,
+                                                                       monkeypatch):
+    """`reverie watch --steps 3` of a model observing 8 steps: its plot says all 3 steps are
+    within the model's 8 observed steps (it said "the episode ended within the 3 observed
+    steps"); a longer film's plot says imagined."""
     import matplotlib.figure
 
     from reverie.eval import video
@@ -192,12 +200,12 @@ def test_the_plot_of_an_episode_within_the_context_says_nothing_was_imagined(tmp
     titles: list[str] = []
     monkeypatch.setattr(matplotlib.figure.Figure, "suptitle",
                         lambda self, t, **k: titles.append(t))
-    real = np.random.default_rng(0).normal(size=(12, 4))
-    for steps in (12, 5):  # an episode longer than the 8-step context, and one within it
-        video.vector_plot(real[:steps], real[:steps] + 0.1, 8, tmp_path / f"{steps}.png", "x")
-    assert "real vs open-loop imagined observations" in titles[0]
-    assert "real vs reconstructed observations (the episode ended within the 8 observed " \
-           "steps: nothing imagined)" in titles[1]
+    context = int(reverie.load(run).cfg.imagine.context)
+    video.watch(run, steps=3, out=tmp_path / "short.gif")
+    video.watch(run, steps=context + 4, out=tmp_path / "long.gif")
+    assert f"real vs reconstructed observations (all 3 steps are within the model's {context} " \
+           "observed steps: nothing imagined)" in titles[0], titles
+    assert "real vs open-loop imagined observations" in titles[1], titles
 
 
 def test_open_loop_vectors_follow_the_recorded_actions(run):
@@ -477,6 +485,10 @@ def test_a_replay_capacity_below_the_steps_is_said_once_and_can_be_raised(tmp_pa
     assert main(["train", "--resume", str(out), "--set", "replay.capacity=500",
                  "--show-config"]) == 0
     assert "capacity: 500" in capsys.readouterr().out
+    # a run killed in start-up (replay files, no checkpoint) starts over on resume: no refusal
+    shutil.rmtree(out / "checkpoints")
+    assert main(["train", "--resume", str(out), "--set", "replay.capacity=300",
+                 "--show-config"]) == 0
 
 
 def test_a_growth_killed_between_files_is_finished_by_any_later_resume(tmp_path, monkeypatch,
@@ -650,6 +662,18 @@ def test_tensorboard_drops_an_extended_runs_tail_point_and_keeps_its_evaluation(
     fourth.close()
     assert scalars() == {"wm/loss": [(100, 1.0), (200, 2.0), (300, 3.5)],
                          "eval/return": [(300, 4.0)]}
+
+
+def test_a_logger_closed_twice_is_closed_once(tmp_path):
+    """A second Ctrl-C while a stop draws its plot closed the logs again: the flush of a
+    closed file raised ValueError out of the stop (rc 1, the resume line lost)."""
+    from reverie.run.logger import RunLogger
+
+    logger = RunLogger(tmp_path)
+    logger.metrics(100, {"wm/loss": 1.0})
+    logger.close()
+    logger.close()
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 100, "wm/loss": 1.0}
 
 
 def test_gymnasium_mujoco_envs_render_without_a_display(tmp_path):

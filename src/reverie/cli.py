@@ -273,7 +273,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = list(args.overrides)
         if args.show_config:  # the config the resume would train with
             cfg = resume_config(run, args.steps, overrides)
-            if (run / "replay").is_dir() and "replay" in cfg:  # what the resume would refuse
+            # what the resume would refuse: a run with a checkpoint (one killed in start-up
+            # starts over instead) whose replay files have more rows than replay.capacity
+            ckpts = run / "checkpoints"
+            if "replay" in cfg and (run / "replay").is_dir() and ckpts.is_dir() and any(
+                    p.name.startswith("ckpt-") for p in ckpts.iterdir()):
                 from reverie.run.replay_setup import check_capacity, rows_on_disk
 
                 check_capacity(cfg, rows_on_disk(cfg, run))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from reverie.errors import UserError, suggest
 from reverie.eval import plots
@@ -223,9 +223,11 @@ def unevaluated_runs(runs: list[Run]) -> list[str]:
     (an archive of a run's logs cannot be run)."""
     def fix(r: Run) -> str:
         ckpts = Path(r.path) / "checkpoints"
-        if ckpts.is_dir() and any(p.name.startswith("ckpt-") for p in ckpts.iterdir()):
-            return f"`reverie train --resume {r.path}` runs it"
-        return "no checkpoint of it is kept to run it"
+        if not (ckpts.is_dir() and any(p.name.startswith("ckpt-") for p in ckpts.iterdir())):
+            return "no checkpoint of it is kept to run it"
+        if OmegaConf.select(r.cfg, "replay.on_disk", default=True) is False:
+            return "its replay was kept in memory (replay.on_disk=false): it cannot be resumed"
+        return f"`reverie train --resume {r.path}` runs it"
 
     return [f"{r.path}: ended at {r.env_steps:,} env steps without its final evaluation, "
             f"scored from the one at {r.scored_before_end:,}; {fix(r)}"

@@ -135,10 +135,11 @@ def shown_dims(real: np.ndarray, max_dims: int) -> np.ndarray:
     order, and none that does not vary, since a panel of a cell that stays 0 shows nothing."""
     if real.shape[1] <= max_dims:
         return np.arange(real.shape[1])
-    spread = real.std(0)
     # cells that never change are left out even when fewer than max_dims change (at least one
-    # panel is drawn)
-    top = np.argsort(-spread, kind="stable")[:max(1, min(max_dims, int((spread > 0).sum())))]
+    # panel is drawn); "change" is exact, since a constant's std is not always 0 in floats
+    moves = (real != real[:1]).any(0)
+    spread = np.where(moves, real.std(0), -1.0)
+    top = np.argsort(-spread, kind="stable")[:max(1, min(max_dims, int(moves.sum())))]
     return np.sort(top)
 
 
@@ -157,6 +158,7 @@ def vector_plot(real: np.ndarray, imagined: np.ndarray, context: int, path: Path
     rows = -(-dims // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.2 * rows), squeeze=False)
     steps = np.arange(len(imagined))
+    observed = min(context, len(steps))  # the model's context, or all of a shorter episode
     for i, ax in enumerate(axes.flat):
         if i >= dims:
             ax.axis("off")
@@ -164,7 +166,7 @@ def vector_plot(real: np.ndarray, imagined: np.ndarray, context: int, path: Path
         d = shown[i]
         ax.plot(steps, real[: len(steps), d], color="k", lw=1.4, label="real")
         ax.plot(steps, imagined[:, d], color="C1", ls="--", lw=1.4, label="imagined")
-        ax.axvline(context - 0.5, color="grey", lw=0.8, ls=":")
+        ax.axvline(observed - 0.5, color="grey", lw=0.8, ls=":")
         ax.set_title(f"dim {d}", fontsize=8)
         ax.tick_params(labelsize=7)
     axes.flat[0].legend(fontsize=7)
@@ -172,9 +174,9 @@ def vector_plot(real: np.ndarray, imagined: np.ndarray, context: int, path: Path
             if real.shape[1] > dims else "")
     if len(imagined) > context:
         what = "open-loop imagined observations"
-    else:  # the episode ended within the context: every model step is a reconstruction
-        what = (f"reconstructed observations (the episode ended within the {context} "
-                "observed steps: nothing imagined)")
+    else:  # all of it within the context (an episode that short, or --steps): reconstructions
+        what = (f"reconstructed observations (all {len(imagined)} steps are within the "
+                f"model's {context} observed steps: nothing imagined)")
     fig.suptitle(f"{title}: real vs {what}{more}; dotted line: end of the observed context",
                  fontsize=9)
     fig.supxlabel("env step", fontsize=8)
@@ -262,7 +264,6 @@ def watch(run: str | Path, steps: int = 300, out: str | Path | None = None,
         real = np.stack([np.asarray(o[key], np.float32) for o in observations])
         plain = len(vectors) == 1 or key == main_key(policy.obs_spec)
         name = f"{gif.stem}-real-vs-imagined" + ("" if plain else f"-{key}")
-        written.append(vector_plot(real, predicted[key][:context + horizon],
-                                   min(context, len(real)), gif.with_name(name + ".png"),
-                                   policy.env_id))
+        written.append(vector_plot(real, predicted[key][:context + horizon], context,
+                                   gif.with_name(name + ".png"), policy.env_id))
     return written

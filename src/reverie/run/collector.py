@@ -149,7 +149,9 @@ class Collector:
             processes = getattr(self.venv, "processes", [])  # async only
             for p in processes if all(p.exitcode is None for p in processes) else ():
                 p.join(timeout=0.5)  # a dead worker's status may take a moment to arrive
-            gone = [i for i, p in enumerate(processes) if p.exitcode is not None]
+            # a worker that reported its env's own error (EOFError from a simulator's socket)
+            # ended with exit code 0 after the driver re-raised that error: not a death
+            gone = [i for i, p in enumerate(processes) if p.exitcode not in (None, 0)]
             if not gone:
                 raise
             self.worker_died = True

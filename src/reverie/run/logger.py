@@ -146,6 +146,9 @@ class RunLogger:
             self._tb.flush()
 
     def close(self) -> None:
+        """Flush and close the logs; again (a second Ctrl-C during a stop) it does nothing."""
+        if self._metrics.closed:
+            return
         self.flush()
         self._metrics.close()
         self._timing.close()
