@@ -275,9 +275,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg = resume_config(run, args.steps, overrides)
             # what the resume would refuse: a run with a checkpoint (one killed in start-up
             # starts over instead) whose replay files have more rows than replay.capacity
-            ckpts = run / "checkpoints"
-            if "replay" in cfg and (run / "replay").is_dir() and ckpts.is_dir() and any(
-                    p.name.startswith("ckpt-") for p in ckpts.iterdir()):
+            from reverie.run.folder import has_checkpoint
+
+            if "replay" in cfg and (run / "replay").is_dir() and has_checkpoint(run):
                 from reverie.run.replay_setup import check_capacity, rows_on_disk
 
                 check_capacity(cfg, rows_on_disk(cfg, run))

@@ -221,9 +221,10 @@ def unevaluated_runs(runs: list[Run]) -> list[str]:
     before it, or trained by a reverie that did not evaluate a run's end): its score is an
     earlier evaluation's. The resume that runs it is named where the run kept a checkpoint
     (an archive of a run's logs cannot be run)."""
+    from reverie.run.folder import has_checkpoint
+
     def fix(r: Run) -> str:
-        ckpts = Path(r.path) / "checkpoints"
-        if not (ckpts.is_dir() and any(p.name.startswith("ckpt-") for p in ckpts.iterdir())):
+        if not has_checkpoint(r.path):
             return "no checkpoint of it is kept to run it"
         if OmegaConf.select(r.cfg, "replay.on_disk", default=True) is False:
             return "its replay was kept in memory (replay.on_disk=false): it cannot be resumed"

@@ -100,7 +100,12 @@ def has_history(folder: Path) -> bool:
     folder = Path(folder)
     if any((folder / name).is_file() and (folder / name).stat().st_size > 0 for name in LOGS):
         return True
-    ckpts = folder / "checkpoints"
+    return has_checkpoint(folder)
+
+
+def has_checkpoint(folder: Path) -> bool:
+    """Whether the run in `folder` kept a checkpoint file (a resume can start from it)."""
+    ckpts = Path(folder) / "checkpoints"
     return ckpts.is_dir() and any(p.name.startswith("ckpt-") for p in ckpts.iterdir())
 
 
