@@ -283,7 +283,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per measurement")
     p.add_argument("--models", nargs="*", default=None, help="subset of models to run")
-    p.add_argument("--rounds", type=int, default=5, help="alternating rounds (A B A B ...)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="alternating rounds (A B A B ...); default 5, 1 with --quick")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's allocator thresholds at their defaults in the workers")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -291,6 +292,8 @@ def main() -> None:
     p.add_argument("--T", type=int, help=argparse.SUPPRESS)
     p.add_argument("--step", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 5
     if args.worker:
         worker(args)
         return

@@ -6,7 +6,7 @@ the same (greedy, 5 episodes every 1000 env steps). Finished runs whose resolved
 matches are kept (`--reuse` semantics of bench/cartpole.py), so variants can be added later.
 
     python bench/cartpole_sweep.py                          # every variant, seeds 0 1 2
-    python bench/cartpole_sweep.py --variants slow-critic-0.1 --seeds 0
+    python bench/cartpole_sweep.py --variants imag-256+slow-critic-0.1 --seeds 0
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ imagination path): row-major [C, K] (each tap's weights 4 floats apart) against 
 `run.compile=auto` compiles it and eager.
 
     python bench/conv_layout.py            # writes bench/results/conv_layout.json
+    python bench/conv_layout.py --rounds 2 --out /tmp/conv_layout.json   # a quick look
 
 Row-major, inductor reads each tap's weight element by element, so the conv + SiLU of the
 fused step kernel runs as a scalar loop; column-major it vectorises. The same values in both
@@ -14,6 +15,7 @@ at the `cartpole` preset's sizes and its imagination batch.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import os
@@ -41,6 +43,15 @@ def row_major(model):
 
 
 def main() -> None:
+    global ROUNDS
+    p = argparse.ArgumentParser(description="The Mamba blocks' depthwise conv weight layout in "
+                                "their recurrent step: row- vs column-major, timed.")
+    p.add_argument("--rounds", type=int, default=ROUNDS,
+                   help=f"alternating rounds per layout and mode (default {ROUNDS})")
+    p.add_argument("--out", type=Path, default=RESULTS / "conv_layout.json",
+                   help="the JSON written (default bench/results/conv_layout.json)")
+    args = p.parse_args()
+    ROUNDS = args.rounds
     import torch
 
     import reverie
@@ -89,8 +100,8 @@ def main() -> None:
               "threads": 1, "d_model": 128, "n_layers": 2, "loadavg_1min": load,
               "loaded": max(load) > (os.cpu_count() or 1), "matmul_gflops_1_thread": gflops,
               "results": out}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "conv_layout.json").write_text(json.dumps(result, indent=1) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

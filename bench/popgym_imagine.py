@@ -161,11 +161,20 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def reported_seeds() -> set[int]:
+    """The seeds the committed popgym_imagine.json reports (none if it is missing)."""
+    try:
+        return {int(s) for s in json.loads((RESULTS / "popgym_imagine.json").read_text())["seeds"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
 def write(args: argparse.Namespace) -> None:
-    # the default grid and whatever this call adds: a partial call must not drop the others
+    # the default grid and whatever this call adds, and the seeds reported before: a partial
+    # call (--report-only, or one seed trained on) must not drop the others
     result = report(TASKS + [t for t in args.tasks if t not in TASKS],
                     BACKBONES + [b for b in args.backbones if b not in BACKBONES],
-                    sorted(set(args.seeds) | {0}), args.steps)
+                    sorted(set(args.seeds) | {0} | reported_seeds()), args.steps)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "popgym_imagine.json").write_text(json.dumps(result, indent=1))
     plot(result, RESULTS / "popgym_imagine.png")
