@@ -563,6 +563,7 @@ def test_gymnasium_s_async_worker_takes_its_pipe_third():
     assert list(inspect.signature(_async_worker).parameters)[:3] == ["index", "env_fn", "pipe"]
 
 
+@pytest.mark.filterwarnings("ignore:.*ERROR:UserWarning")  # gymnasium's report of it
 def test_an_async_env_s_own_eof_error_is_its_own_not_a_dead_worker():
     """An env raising EOFError in a worker (a simulator's socket): gymnasium reports it and the
     worker ends with exit code 0; it was called a killed worker (EnvWorkerDied)."""
