@@ -35,6 +35,7 @@ from runlib import (  # noqa: E402
     run_sb3,
     seed_mean_ci,
     wall_seconds,
+    write_result,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,9 +223,8 @@ def write(args: argparse.Namespace) -> None:
     result = {"benchmark": "coplanner", "tasks": TASKS, "methods": METHODS, "seeds": seeds,
               "loadavg_1min": round(os.getloadavg()[0], 2),
               **summarise(list(TASKS), list(METHODS), seeds)}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "coplanner.json").write_text(json.dumps(result, indent=1))
-    plot(result, RESULTS / "coplanner.png")
+    if write_result(RESULTS / "coplanner.json", result):
+        plot(result, RESULTS / "coplanner.png")
 
 
 if __name__ == "__main__":

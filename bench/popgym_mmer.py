@@ -41,6 +41,7 @@ from runlib import (  # noqa: E402
     recorded,
     seed_mean_ci,
     wall_seconds,
+    write_result,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,9 +208,8 @@ def write(args: argparse.Namespace, seeds: dict[str, list[int]]) -> None:
     tasks = TASKS + [t for t in args.tasks if t not in TASKS]
     grid = {b: sorted(set(SEEDS.get(b, [])) | set(seeds.get(b, []))) for b in {**SEEDS, **seeds}}
     result = report(tasks, grid, args.steps)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "popgym.json").write_text(json.dumps(result, indent=1))
-    plot(result, RESULTS / "popgym.png")
+    if write_result(RESULTS / "popgym.json", result):
+        plot(result, RESULTS / "popgym.png")
 
 
 if __name__ == "__main__":

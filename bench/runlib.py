@@ -420,6 +420,25 @@ def plot_seed_curves(panels: dict[str, dict[str, list[dict]]], path: Path,
     plt.close(fig)
 
 
+def write_result(path: Path, result: dict, volatile: tuple[str, ...] = ("loadavg_1min",)) -> bool:
+    """Write `result` to `path` as JSON (indent 1), unless the file already holds the same
+    apart from the `volatile` keys (a report-only call rewrote a committed JSON with nothing
+    new but the load average of the moment). True if it wrote."""
+    text = json.dumps(result, indent=1)
+
+    def kept(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in volatile}
+
+    try:
+        if kept(json.loads(path.read_text())) == kept(json.loads(text)):
+            return False
+    except (OSError, ValueError, AttributeError):  # none yet, or not a JSON object
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return True
+
+
 def spread(values: list[float], digits: int | None = None, keep: str | None = "values") -> dict:
     """Median, min and max of repeated measurements, rounded to `digits` (None: as they are),
     and the measurements themselves under the key `keep` (None: left out)."""

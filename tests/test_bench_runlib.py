@@ -221,3 +221,16 @@ def test_revision_is_the_commit_marked_where_src_has_changes(tmp_path):
     assert runlib.revision(tree / "src") == head
     (tree / "src" / "a.py").write_text("x = 2\n")
     assert runlib.revision(tree / "src") == f"{head}+changes"
+
+
+def test_a_result_that_only_changes_the_load_average_is_not_rewritten(tmp_path):
+    """A report-only call rewrote a committed JSON with nothing new but the load of the moment:
+    the tree turned dirty for noise."""
+    path = tmp_path / "r" / "x.json"
+    result = {"a": (1, 2), "loadavg_1min": 1.5}
+    assert runlib.write_result(path, result)  # a new file (and folder)
+    before = path.read_text()
+    assert not runlib.write_result(path, {**result, "loadavg_1min": 2.5})
+    assert path.read_text() == before
+    assert runlib.write_result(path, {**result, "a": [1, 3]})  # a real change is written
+    assert json.loads(path.read_text())["a"] == [1, 3]
