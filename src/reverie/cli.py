@@ -272,15 +272,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 )
         overrides = list(args.overrides)
         if args.show_config:  # the config the resume would train with
+            from reverie.run.replay_setup import check_resume_capacity
+
             cfg = resume_config(run, args.steps, overrides)
-            # what the resume would refuse: a run with a checkpoint (one killed in start-up
-            # starts over instead) whose replay files have more rows than replay.capacity
-            from reverie.run.folder import has_checkpoint
-
-            if "replay" in cfg and (run / "replay").is_dir() and has_checkpoint(run):
-                from reverie.run.replay_setup import check_capacity, rows_on_disk
-
-                check_capacity(cfg, rows_on_disk(cfg, run))
+            check_resume_capacity(cfg, run)  # what the resume would refuse
             print(config_yaml(cfg), end="")
             return 0
         trainer = Trainer.resume(run, args.steps, overrides)

@@ -30,6 +30,7 @@ from reverie.eval.scores import (
     published_rows,
 )
 from reverie.eval.stats import Estimate, aggregate, bootstrap_ci, mean_score
+from reverie.run.folder import has_checkpoint
 
 DEFAULT_GROUP_BY = ("agent", "backbone")
 REPS = 2000
@@ -221,8 +222,6 @@ def unevaluated_runs(runs: list[Run]) -> list[str]:
     before it, or trained by a reverie that did not evaluate a run's end): its score is an
     earlier evaluation's. The resume that runs it is named where the run kept a checkpoint
     (an archive of a run's logs cannot be run)."""
-    from reverie.run.folder import has_checkpoint
-
     def fix(r: Run) -> str:
         if not has_checkpoint(r.path):
             return "no checkpoint of it is kept to run it"

@@ -14,6 +14,7 @@ from reverie.config import load_run_config, run_env_steps
 from reverie.errors import UserError
 from reverie.replay import Replay
 from reverie.replay.buffer import file_rows, grow
+from reverie.run.folder import has_checkpoint
 
 
 def replay_rows(cfg: DictConfig, out: Path, saved: dict[str, Any] | None,
@@ -44,6 +45,14 @@ def rows_on_disk(cfg: DictConfig, out: Path) -> int:
     if not cfg.replay.on_disk:
         return 0
     return max([0] + [file_rows(p) for p in (Path(out) / "replay").glob("*.npy")])
+
+
+def check_resume_capacity(cfg: DictConfig, out: Path) -> None:
+    """`replay_rows`'s refusal of a lowered replay.capacity, from the run's files alone (for
+    `--resume --show-config`, which loads no checkpoint): a run that kept a checkpoint (one
+    killed in start-up starts over instead) and whose replay files hold more rows."""
+    if "replay" in cfg and has_checkpoint(out):
+        check_capacity(cfg, rows_on_disk(cfg, out))
 
 
 def check_capacity(cfg: DictConfig, have: int) -> None:
