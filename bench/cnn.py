@@ -1,10 +1,11 @@
 """The image encoder and decoder at the atari100k preset's sizes: encoder passes without
-autograd in chunks, and the decoder's memory layout.
+autograd in chunks, the decoder's memory layout, and its transposed convs' bias gradient.
 
-    python bench/cnn.py                        # 2 threads, 7 rounds, ~3 min
+    python bench/cnn.py                        # 2 threads, 7 rounds, ~5 min
     python bench/cnn.py --rounds 3 --chunks 0 512
+    python bench/cnn.py --parts bias           # one measurement; the others' JSON kept
 
-Two measurements, each alternating its arms (A B C ..., the order reversed every other
+Three measurements, each alternating its arms (A B C ..., the order reversed every other
 round) in one process, `--rounds` rounds after one warm-up round:
 
 - `encode`: the encoder (reverie/nets/cnn.py, depth 24, 64x64x3) under no_grad on the
@@ -12,10 +13,15 @@ round) in one process, `--rounds` rounds after one warm-up round:
   (chunk 0) or `NO_GRAD_CHUNK`-image chunks;
 - `decode`: the decoder's forward + backward on a world-model batch of 16 x 128 latents with
   the squared-error reconstruction loss, its feature maps NCHW (as before 2026-12-06) or
-  channels-last (today's code).
+  channels-last (today's code);
+- `bias`: the decoder's forward + backward as in `decode` (channels-last), its transposed
+  convs' bias gradient from oneDNN's convolution backward (plain nn.ConvTranspose2d, before
+  2026-12-07) or summed from the output gradient (`BiasSumConvTranspose2d`, today's code),
+  in float32 and under run.precision=bf16's autocast.
 
-Reported per arm: median and min-max seconds, and the ratio to the first arm per round.
-Writes bench/results/cnn.json.
+Reported per arm: median and min-max seconds, and the ratio to the first arm per round
+(`bias`: oneDNN's over the summed one's, per precision). Writes bench/results/cnn.json (a
+measurement not run keeps what the JSON had).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from runlib import alternate, matmul_gflops, spread  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 SHAPE, DEPTH, EMBED = (64, 64, 3), 24, 64  # the atari100k preset's image and cnn sizes
 CONTEXT_IMAGES, BATCH_IMAGES, LATENT = 1024 * 8, 16 * 128, 1024
+PARTS = ("encode", "decode", "bias")
 
 
 def ratios(times: dict[str, list[float]], base: str) -> dict[str, dict]:
@@ -46,11 +53,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--chunks", nargs="+", type=int, default=[0, 128, 256, 512, 1024],
                    help="encoder chunk sizes without autograd; 0 = one pass")
+    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                   help="which measurements to run")
     args = p.parse_args()
     import torch
 
     from reverie.allocator import keep_freed_memory
     from reverie.nets import cnn
+    from reverie.precision import autocast
 
     keep_freed_memory()  # as the `reverie` command does
     torch.set_num_threads(args.threads)
@@ -74,43 +84,66 @@ def main() -> None:
     z = torch.randn(BATCH_IMAGES, LATENT)
     target = frames[:BATCH_IMAGES].float() / 255.0 - 0.5
 
-    def decode(channels_last: bool):
+    def decode(channels_last: bool, summed_bias: bool = True, precision: str = "fp32"):
         def arm() -> None:
-            x = dec.stem(z).reshape(-1, EMBED, *(s // 16 for s in SHAPE[:2]))
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out = dec.net(x).permute(0, 2, 3, 1).reshape(BATCH_IMAGES, *SHAPE)
-            (out - target).pow(2).sum(dim=(-3, -2, -1)).mean().backward()
+            own = cnn.BiasSumConvTranspose2d.forward
+            if not summed_bias:  # the plain module: oneDNN's bias gradient
+                cnn.BiasSumConvTranspose2d.forward = torch.nn.ConvTranspose2d.forward
+            try:
+                with autocast(torch.device("cpu"), precision):
+                    x = dec.stem(z).reshape(-1, EMBED, *(s // 16 for s in SHAPE[:2]))
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    out = dec.net(x).permute(0, 2, 3, 1).reshape(BATCH_IMAGES, *SHAPE)
+                    loss = (out.float() - target).pow(2).sum(dim=(-3, -2, -1)).mean()
+                loss.backward()
+            finally:
+                cnn.BiasSumConvTranspose2d.forward = own
             dec.zero_grad(set_to_none=True)
         return arm
 
-    # the two layouts agree (oneDNN may order its sums differently)
-    with torch.no_grad():
-        cnn.NO_GRAD_CHUNK, whole = CONTEXT_IMAGES, enc(frames[:1024])
-        cnn.NO_GRAD_CHUNK = 256
-        diff_encode = float((enc(frames[:1024]) - whole).abs().max())
-    enc_times = alternate({f"chunk {c}" if c else "one pass": encode(c) for c in args.chunks},
-                          args.rounds, warmup=1, flip=True)
-    dec_times = alternate({"nchw": decode(False), "channels-last": decode(True)},
-                          args.rounds, warmup=1, flip=True)
-    result = {
+    path = RESULTS / "cnn.json"
+    result = json.loads(path.read_text()) if path.exists() else {}
+    result.update({
         "benchmark": "cnn", "torch_threads": args.threads, "rounds": args.rounds,
         "cores": os.cpu_count(), "matmul_gflops": gflops,
-        "loadavg_1min_before": round(load0, 2), "loadavg_1min_after": round(os.getloadavg()[0], 2),
         "sizes": {"image": list(SHAPE), "cnn_depth": DEPTH, "embed_channels": EMBED,
-                  "context_images": CONTEXT_IMAGES, "batch_images": BATCH_IMAGES},
-        "encode_no_grad_s": {k: spread(v, 4) for k, v in enc_times.items()},
-        "encode_speedup_over_one_pass": ratios(enc_times, next(iter(enc_times))),
-        "encode_max_abs_difference_chunked": diff_encode,
-        "decode_fwd_bwd_s": {k: spread(v, 4) for k, v in dec_times.items()},
-        "decode_speedup_over_nchw": ratios(dec_times, "nchw"),
-    }
-    result["loaded"] = max(result["loadavg_1min_before"], result["loadavg_1min_after"]) > (
-        os.cpu_count() or 1)
+                  "context_images": CONTEXT_IMAGES, "batch_images": BATCH_IMAGES}})
+    if "encode" in args.parts:
+        # chunked and one pass agree (oneDNN may order its sums differently)
+        with torch.no_grad():
+            cnn.NO_GRAD_CHUNK, whole = CONTEXT_IMAGES, enc(frames[:1024])
+            cnn.NO_GRAD_CHUNK = 256
+            diff_encode = float((enc(frames[:1024]) - whole).abs().max())
+        times = alternate({f"chunk {c}" if c else "one pass": encode(c) for c in args.chunks},
+                          args.rounds, warmup=1, flip=True)
+        result.update({"encode_no_grad_s": {k: spread(v, 4) for k, v in times.items()},
+                       "encode_speedup_over_one_pass": ratios(times, next(iter(times))),
+                       "encode_max_abs_difference_chunked": diff_encode})
+    if "decode" in args.parts:
+        times = alternate({"nchw": decode(False), "channels-last": decode(True)},
+                          args.rounds, warmup=1, flip=True)
+        result.update({"decode_fwd_bwd_s": {k: spread(v, 4) for k, v in times.items()},
+                       "decode_speedup_over_nchw": ratios(times, "nchw")})
+    if "bias" in args.parts:
+        arms = {f"{how} {prec}": decode(True, how == "summed", prec)
+                for prec in ("fp32", "bf16") for how in ("onednn", "summed")}
+        times = alternate(arms, args.rounds, warmup=1, flip=True)
+        result.update({
+            "bias_fwd_bwd_s": {k: spread(v, 4) for k, v in times.items()},
+            "bias_speedup_of_summed": {prec: spread([a / b for a, b in zip(
+                times[f"onednn {prec}"], times[f"summed {prec}"])], 3)
+                for prec in ("fp32", "bf16")}})
+    load1 = round(os.getloadavg()[0], 2)
+    result.update({"loadavg_1min_before": round(load0, 2), "loadavg_1min_after": load1,
+                   "parts_last_run": args.parts})
+    result["loaded"] = max(round(load0, 2), load1) > (os.cpu_count() or 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cnn.json").write_text(json.dumps(result, indent=1) + "\n")
-    for key in ("encode_speedup_over_one_pass", "decode_speedup_over_nchw"):
-        print(key, {k: v["median"] for k, v in result[key].items()})
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    for key in ("encode_speedup_over_one_pass", "decode_speedup_over_nchw",
+                "bias_speedup_of_summed"):
+        if key in result:
+            print(key, {k: v["median"] for k, v in result[key].items()})
 
 
 if __name__ == "__main__":

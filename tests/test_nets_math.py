@@ -187,6 +187,60 @@ def test_cnn_chunked_encoding_and_channels_last_decoder_match_the_plain_layers(m
         assert torch.allclose(g, p.grad, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("conf", [dict(stride=2, padding=1), dict(
+    stride=(2, 1), padding=(2, 1), output_padding=(1, 0), groups=2, dilation=(3, 2))])
+def test_transposed_conv_with_summed_bias_gradient_equals_nn_conv_transpose(conf):
+    """BiasSumConvTranspose2d is nn.ConvTranspose2d (same parameters, state dict, output and
+    gradients) with its bias gradient summed from the output's gradient: float64 to
+    rounding, float32 (channels-last and NCHW gradients) to float32 sums' order, and under
+    bf16 autocast as the plain module there (bf16 output, float32 parameter gradients)."""
+    from torch import nn
+
+    from reverie.nets import cnn
+
+    def run(module, x, dtype, bf16=False, channels_last_grad=True):
+        x = x.to(dtype).requires_grad_()
+        module.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            y = module(x)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(y.dtype)
+        layout = torch.channels_last if channels_last_grad else torch.contiguous_format
+        y.backward(g.contiguous(memory_format=layout))
+        return [y.detach(), x.grad, module.weight.grad, module.bias.grad]
+
+    torch.manual_seed(0)
+    plain = nn.ConvTranspose2d(6, 4, 4, **conf)
+    summed = cnn.BiasSumConvTranspose2d(6, 4, 4, **conf)
+    summed.load_state_dict(plain.state_dict())
+    assert list(summed.state_dict()) == list(plain.state_dict())
+    x = torch.randn(5, 6, 7, 9).contiguous(memory_format=torch.channels_last)
+    for dtype, bf16, rtol in ((torch.float64, False, 1e-12), (torch.float32, False, 1e-5),
+                              (torch.float32, True, 1e-2)):
+        for layout in (True, False):
+            want = run(plain.to(dtype), x, dtype, bf16, layout)
+            got = run(summed.to(dtype), x, dtype, bf16, layout)
+            for w, g in zip(want, got):
+                assert g.dtype == w.dtype and g.shape == w.shape
+                assert torch.allclose(g, w, rtol=rtol, atol=rtol * w.abs().max())
+    assert got[0].dtype == torch.bfloat16 and got[3].dtype == torch.float32
+    # the bias gradient is the output gradient's sum over N, H, W (closed form)
+    g = torch.randn(3, 5, 4, 6).contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(cnn.channel_sums(g), g.double().sum((0, 2, 3)).float(), atol=1e-5)
+    assert torch.allclose(cnn.channel_sums(g.contiguous()), g.sum((0, 2, 3)), atol=1e-5)
+    # without autograd (acting, evaluation) the plain module runs
+    calls = []
+    apply = cnn._TransposedConv.apply
+    cnn._TransposedConv.apply = lambda *a: calls.append(1) or apply(*a)
+    try:
+        with torch.no_grad():
+            summed.float()(x)
+        assert not calls
+        summed(x)
+        assert calls == [1]
+    finally:
+        cnn._TransposedConv.apply = apply
+
+
 def test_matvec_equals_the_column_matmul_and_its_gradients():
     """reverie.sequence.base.matvec (the Mamba steps' state readout and the scan backward's
     products) against m @ v[..., None] on batched shapes, values and gradients."""

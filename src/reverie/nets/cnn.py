@@ -16,11 +16,16 @@ stored [..., H, W, C] frame seen as NCHW, and the decoder's output permuted back
 [..., H, W, C] is contiguous, so neither end copies. Without autograd (imagination's
 context, acting) the encoder takes `NO_GRAD_CHUNK` images at a time, so each layer's output
 is still in cache for the GroupNorm and SiLU that read it next.
+
+The decoder's transposed convs (`BiasSumConvTranspose2d`) take their bias gradient as a sum
+of the output gradient instead of from oneDNN's backward, whose bias gradient cost more than
+the weight gradient itself (forward and backward of the decoder: bench/cnn.py's `bias`).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 N_STAGES = 4  # stride-2 stages: 64 -> 4
@@ -76,6 +81,68 @@ class ConvEncoder(nn.Module):
         return self.net(x).reshape(flat.shape[0], self.out_dim)
 
 
+def channel_sums(g: Tensor) -> Tensor:
+    """The sum over N, H and W of a channels-last `[N, C, H, W]` gradient, in g's dtype: in
+    float32 per image first, then over images (a single reduction over N·H·W rows of few
+    channels ran ~4x slower); in bfloat16 in one reduction, which accumulates in float32 and
+    rounds once."""
+    if g.dtype != torch.float32 or not g.is_contiguous(memory_format=torch.channels_last):
+        return g.sum((0, 2, 3))
+    N, C = g.shape[:2]
+    return g.permute(0, 2, 3, 1).reshape(N, -1, C).sum(1).sum(0)
+
+
+class _TransposedConv(torch.autograd.Function):
+    """`F.conv_transpose2d(x, weight, bias, ...)` whose backward takes the input and weight
+    gradients from oneDNN and the bias gradient from `channel_sums`. Under autocast x and
+    weight come cast, the bias in its own dtype (float32): its gradient is g's sums (bf16
+    under autocast, as oneDNN's would be) in the bias's dtype."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, stride: tuple, padding: tuple,
+                output_padding: tuple, groups: int, dilation: tuple) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, dilation, output_padding, groups)
+        ctx.bias_dtype = bias.dtype
+        return F.conv_transpose2d(x, weight, bias.to(x.dtype), stride, padding,
+                                  output_padding, groups, dilation)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: Tensor) -> tuple:
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, output_padding, groups = ctx.conv
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = grad_w = grad_b = None
+        if need_x or need_w:
+            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+                g, x, weight, None, stride, padding, dilation, True, output_padding, groups,
+                [need_x, need_w, False])
+        if need_b:
+            grad_b = channel_sums(g).to(ctx.bias_dtype)
+        return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
+class BiasSumConvTranspose2d(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d (same parameters and state dict) whose bias gradient is the sum
+    of its output's gradient (`_TransposedConv`) while autograd records it eagerly: oneDNN's
+    own bias gradient of a transposed conv took 1.4-4x its weight gradient's time on this
+    CPU, in float32 and in bfloat16. Compiled graphs, no_grad and output_size calls run the
+    plain module."""
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        if (output_size is not None or self.bias is None or torch.compiler.is_compiling()
+                or not torch.is_grad_enabled() or self.padding_mode != "zeros"):
+            return super().forward(x, output_size)
+        weight = self.weight
+        device = x.device.type
+        if torch.is_autocast_enabled(device):  # cast as autocast would (the bias inside)
+            dtype = torch.get_autocast_dtype(device)
+            x, weight = x.to(dtype), weight.to(dtype)
+        return _TransposedConv.apply(x, weight, self.bias, self.stride, self.padding,
+                                     self.output_padding, self.groups, self.dilation)
+
+
 class ConvDecoder(nn.Module):
     """`z: [..., in_dim]` -> centred image prediction `[..., H, W, C]` (add 0.5 for [0, 1])."""
 
@@ -103,9 +170,10 @@ class ConvDecoder(nn.Module):
         c_in = c_top
         for i in reversed(range(N_STAGES - 1)):
             c_out = depth * 2**i
-            mods += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.GroupNorm(1, c_out), nn.SiLU()]
+            mods += [BiasSumConvTranspose2d(c_in, c_out, 4, 2, 1), nn.GroupNorm(1, c_out),
+                     nn.SiLU()]
             c_in = c_out
-        mods.append(nn.ConvTranspose2d(c_in, C, 4, 2, 1))
+        mods.append(BiasSumConvTranspose2d(c_in, C, 4, 2, 1))
         self.net = nn.Sequential(*mods)
 
     def forward(self, z: Tensor) -> Tensor:
