@@ -326,6 +326,57 @@ def test_a_stop_in_the_budgets_last_env_step_is_a_stop_before_the_final_evaluati
     assert metrics(run) == metrics(ref400)
 
 
+def test_a_run_with_its_replay_in_memory_resumes_only_for_its_final_evaluation(
+        tmp_path, monkeypatch, capsys):
+    """replay.on_disk=false: a resume that would train on is refused (the replay died with
+    the process), in one line with exit code 2 and nothing changed; one at the budget, whose
+    final evaluation alone is due (stopped between the final checkpoint and the evaluation),
+    was refused too though it needs no replay data: it runs the evaluation, as uninterrupted."""
+    from reverie.cli import main
+    from reverie.run.collector import Collector
+
+    args = ["train", *RANDOM, "--steps", "250", "--set", "run.eval_every=200",
+            "--set", "replay.on_disk=false"]
+    ref = tmp_path / "ref"
+    assert main([*args, "--out", str(ref)]) == 0
+    step = Collector.step
+
+    def stop_at(n):
+        calls = [0]
+
+        def step_then_stop(self, action):
+            out = step(self, action)
+            calls[0] += 1
+            if calls[0] == n:
+                signal.raise_signal(signal.SIGTERM)
+            return out
+        return step_then_stop
+
+    midway = tmp_path / "midway"
+    monkeypatch.setattr(Collector, "step", stop_at(150))
+    capsys.readouterr()
+    assert main([*args, "--out", str(midway)]) == 128 + signal.SIGTERM
+    monkeypatch.setattr(Collector, "step", step)
+    # the stop's line named the resume that is refused
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "reverie: stopped by SIGTERM at env step 150 with a checkpoint; the run cannot be "
+        "continued: its replay was kept in memory (replay.on_disk=false); its checkpoint is "
+        "for `reverie eval` and `watch`")
+    before = metrics(midway)
+    assert main(["train", "--resume", str(midway), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "replay in memory (replay.on_disk=false)" in err[0]
+    assert metrics(midway) == before
+    run = tmp_path / "stopped"
+    monkeypatch.setattr(Collector, "step", stop_at(250))  # the budget's last env step
+    assert main([*args, "--out", str(run)]) == 128 + signal.SIGTERM
+    monkeypatch.setattr(Collector, "step", step)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert metrics(run) == metrics(ref)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert "already complete" in capsys.readouterr().err
+
+
 def test_every_counters_row_counts_the_episodes_that_ended_by_its_step(tmp_path):
     """The log row of a step where an episode ended said one episode fewer than the episode
     rows up to that step (the episodes were counted after the row was written)."""

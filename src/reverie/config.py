@@ -120,7 +120,9 @@ class ReplayConfig:
     capacity: int = 1_000_000  # rows; capped at run.steps
     sampler: str = "dfs"
     tau: float = 10.0  # DFS temperature
-    on_disk: bool = True  # memory-mapped in the run folder, so --resume keeps the data
+    # memory-mapped in the run folder, so --resume keeps the data; in memory (false) a
+    # resume can only finish a run stopped at its budget (its final evaluation)
+    on_disk: bool = True
 
 
 @dataclass

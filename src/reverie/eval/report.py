@@ -186,7 +186,6 @@ def _leaves(cfg: DictConfig) -> dict[str, object]:
     """Every setting of a config as {dotted key: value}. An empty mapping (a `*_kwargs`
     setting left empty) holds no setting, so it is not one: a run that sets an option there
     differs from one that does not in that option, not in the mapping as well."""
-    from omegaconf import OmegaConf
 
     out: dict[str, object] = {}
 
@@ -221,12 +220,10 @@ def unevaluated_runs(runs: list[Run]) -> list[str]:
     """A line for each run that reached its budget without its final evaluation (stopped
     before it, or trained by a reverie that did not evaluate a run's end): its score is an
     earlier evaluation's. The resume that runs it is named where the run kept a checkpoint
-    (an archive of a run's logs cannot be run)."""
+    (an archive of a run's logs cannot be run; a replay kept in memory is not needed there)."""
     def fix(r: Run) -> str:
         if not has_checkpoint(r.path):
             return "no checkpoint of it is kept to run it"
-        if OmegaConf.select(r.cfg, "replay.on_disk", default=True) is False:
-            return "its replay was kept in memory (replay.on_disk=false): it cannot be resumed"
         return f"`reverie train --resume {r.path}` runs it"
 
     return [f"{r.path}: ended at {r.env_steps:,} env steps without its final evaluation, "

@@ -199,6 +199,12 @@ class Trainer(Checkpointing):
             self.resuming = resume = False
         resume_from = self.saved.load_latest(self.uses_replay) if resume else None
         payload = resume_from[0] if resume_from is not None and self.uses_replay else None
+        # a replay kept in memory is gone: a resume at the budget (load_latest refused the
+        # rest) starts an empty one, and its tail row says the size the checkpoint recorded
+        self._lost_replay_size: int | None = None
+        if payload is not None and self.saved.replay_lost(payload):
+            self._lost_replay_size = int(np.sum(payload["replay"]["size"]))
+            payload = None
         self.replay_rows = replay_rows(cfg, self.out, None if payload is None
                                        else payload["replay"], self._note)
         self._prepare_folder()  # only once env and agent are known to work: no stray runs
@@ -429,7 +435,8 @@ class Trainer(Checkpointing):
             # over all env steps the random prefill would dilute it)
             trained = c.env_steps - min(int(self.run.prefill), c.env_steps)
             row["train_ratio"] = c.grad_steps * self.replayed_per_update / max(1, trained)
-            row["replay_size"] = len(self.replay)
+            row["replay_size"] = (len(self.replay) if self._lost_replay_size is None
+                                  else self._lost_replay_size)
         # what an agent says is a state (a buffer's size, its last model fit's numbers) is
         # logged as it is at the row's step; per-update quantities as their mean
         latest = tuple(getattr(self.agent, "latest_metrics", ()))
@@ -581,19 +588,21 @@ class Trainer(Checkpointing):
             if stopped or unevaluated:
                 self.logger.close()
                 self._plot(cfg)
-                what = ("before its final evaluation; run it" if unevaluated
-                        else "with a checkpoint; continue")
-                raise Stopped(f"stopped by {stop.requested} at env step {c.env_steps} {what} "
-                              f"with `reverie train --resume {self.out}`", stop.requested)
+                what = ("before its final evaluation; run it with `reverie train --resume "
+                        f"{self.out}`" if unevaluated else "with a checkpoint; "
+                        + self._continue_with())
+                raise Stopped(f"stopped by {stop.requested} at env step {c.env_steps} {what}",
+                              stop.requested)
         except EnvWorkerDied as e:
-            raise UserError(f"{e}; continue with `reverie train --resume {self.out}` (from the "
-                            f"checkpoint at step {self.saved.latest_step()})") from None
+            raise UserError(f"{e}; {self._continue_with(' (from the checkpoint at step ')}"
+                            ) from None
         except KeyboardInterrupt:
             self.logger.close()
             raise Stopped(
-                f"interrupted at env step {c.env_steps}; continue with `reverie train --resume "
-                f"{self.out}` (from the checkpoint at step {self.saved.latest_step()}; the "
-                "steps after it are run again)", "SIGINT") from None
+                f"interrupted at env step {c.env_steps}; "
+                + self._continue_with(" (from the checkpoint at step ",
+                                      "; the steps after it are run again)"),
+                "SIGINT") from None
         self.logger.close()
         self._plot(cfg)
         return self.summary()
@@ -606,6 +615,18 @@ class Trainer(Checkpointing):
             plot_curve(self.out, title=run_title(cfg))
         except (OSError, RuntimeError, ValueError) as e:
             self._note(f"curve.png not written ({type(e).__name__}: {e})")
+
+    def _continue_with(self, since: str = "", after: str = ")") -> str:
+        """'continue with `reverie train --resume OUT`' + `since` + the newest checkpoint's
+        step + `after` (if since), or, where that resume would be refused (a replay kept in
+        memory with training left, `RunCheckpoints.load_latest`), why the run cannot go on."""
+        step = self.saved.latest_step()
+        if self.uses_replay and not self.cfg.replay.on_disk and \
+                0 < step < int(self.cfg.run.steps):
+            return ("the run cannot be continued: its replay was kept in memory "
+                    "(replay.on_disk=false); its checkpoint is for `reverie eval` and `watch`")
+        return (f"continue with `reverie train --resume {self.out}`"
+                + (f"{since}{step}{after}" if since else ""))
 
     def release(self) -> None:
         """Close the envs and give up the run folder's lock (the process may resume the run

@@ -74,12 +74,19 @@ class RunCheckpoints:
                 f"checkpoint {entry.file} is from agent '{payload.get('agent_name')}' but the "
                 f"run config says '{self.cfg.agent}'; resume with the matching config"
             )
-        if uses_replay and not self.cfg.replay.on_disk and payload["counters"]["env_steps"] > 0:
+        if uses_replay and not self.cfg.replay.on_disk and \
+                0 < payload["counters"]["env_steps"] < int(self.cfg.run.steps):
             raise UserError(
                 "this run kept its replay in memory (replay.on_disk=false), so it cannot be "
                 "resumed with its data; start a new run with replay.on_disk=true"
             )
         return payload, entry
+
+    def replay_lost(self, payload: dict[str, Any]) -> bool:
+        """Whether the checkpoint's replay is gone: kept in memory by a run past its first
+        step. `load_latest` let it resume only at its budget (its final evaluation and end
+        need no replay data), where the replay starts empty."""
+        return not self.cfg.replay.on_disk and payload["counters"]["env_steps"] > 0
 
     def load_rollback(self, at_most: int) -> tuple[dict[str, Any], Entry]:
         """The newest checkpoint at or before env step `at_most` (a roll-back's target)."""
