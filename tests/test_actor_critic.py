@@ -282,7 +282,7 @@ def test_running_norm_equals_the_pooled_mean_and_variance():
     for b in batches:
         norm.update(torch.tensor(b, dtype=torch.float32))
     rows = np.concatenate(batches).astype(np.float32).astype(np.float64)
-    # each batch's moments are float32 (var_mean), their combination float64
+    # each batch's moments are float32, their combination float64
     np.testing.assert_allclose(norm.mean.numpy(), rows.mean(0), rtol=1e-6)
     np.testing.assert_allclose(norm.var.numpy(), rows.var(0), rtol=1e-5)
     assert norm.count.item() == 58

