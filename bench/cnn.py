@@ -17,7 +17,9 @@ round) in one process, `--rounds` rounds after one warm-up round:
 - `bias`: the decoder's forward + backward as in `decode` (channels-last), its transposed
   convs' bias gradient from oneDNN's convolution backward (plain nn.ConvTranspose2d, before
   2026-12-07) or summed from the output gradient (`BiasSumConvTranspose2d`, today's code),
-  in float32 and under run.precision=bf16's autocast.
+  in float32 and under run.precision=bf16's autocast;
+- `update`: the same two bias gradients in a whole update of the atari100k preset's agent
+  (runlib.prefilled_agent: 300 prefilled Pong steps), float32 and bf16.
 
 Reported per arm: median and min-max seconds, and the ratio to the first arm per round
 (`bias`: oneDNN's over the summed one's, per precision). Writes bench/results/cnn.json (a
@@ -33,12 +35,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runlib import alternate, matmul_gflops, spread  # noqa: E402
+from runlib import alternate, matmul_gflops, prefilled_agent, spread  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 SHAPE, DEPTH, EMBED = (64, 64, 3), 24, 64  # the atari100k preset's image and cnn sizes
 CONTEXT_IMAGES, BATCH_IMAGES, LATENT = 1024 * 8, 16 * 128, 1024
-PARTS = ("encode", "decode", "bias")
+PARTS = ("encode", "decode", "bias", "update")
 
 
 def ratios(times: dict[str, list[float]], base: str) -> dict[str, dict]:
@@ -84,23 +86,38 @@ def main() -> None:
     z = torch.randn(BATCH_IMAGES, LATENT)
     target = frames[:BATCH_IMAGES].float() / 255.0 - 0.5
 
-    def decode(channels_last: bool, summed_bias: bool = True, precision: str = "fp32"):
+    own_forward = cnn.BiasSumConvTranspose2d.forward
+
+    def bias_route(summed: bool, precision: str, fn):
+        """fn() under `precision`'s autocast with the decoder's bias gradient summed
+        (today's code) or oneDNN's (the plain nn.ConvTranspose2d forward)."""
         def arm() -> None:
-            own = cnn.BiasSumConvTranspose2d.forward
-            if not summed_bias:  # the plain module: oneDNN's bias gradient
+            if not summed:
                 cnn.BiasSumConvTranspose2d.forward = torch.nn.ConvTranspose2d.forward
             try:
                 with autocast(torch.device("cpu"), precision):
-                    x = dec.stem(z).reshape(-1, EMBED, *(s // 16 for s in SHAPE[:2]))
-                    if channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    out = dec.net(x).permute(0, 2, 3, 1).reshape(BATCH_IMAGES, *SHAPE)
-                    loss = (out.float() - target).pow(2).sum(dim=(-3, -2, -1)).mean()
-                loss.backward()
+                    fn()
             finally:
-                cnn.BiasSumConvTranspose2d.forward = own
-            dec.zero_grad(set_to_none=True)
+                cnn.BiasSumConvTranspose2d.forward = own_forward
         return arm
+
+    def decode(channels_last: bool) -> None:
+        x = dec.stem(z).reshape(-1, EMBED, *(s // 16 for s in SHAPE[:2]))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = dec.net(x).permute(0, 2, 3, 1).reshape(BATCH_IMAGES, *SHAPE)
+        (out.float() - target).pow(2).sum(dim=(-3, -2, -1)).mean().backward()
+        dec.zero_grad(set_to_none=True)
+
+    def bias_arms(fn) -> dict:
+        return {f"{how} {prec}": bias_route(how == "summed", prec, fn)
+                for prec in ("fp32", "bf16") for how in ("onednn", "summed")}
+
+    def bias_result(times: dict, key: str) -> dict:
+        return {f"{key}_s": {k: spread(v, 4) for k, v in times.items()},
+                f"{key}_speedup_of_summed": {prec: spread([a / b for a, b in zip(
+                    times[f"onednn {prec}"], times[f"summed {prec}"])], 3)
+                    for prec in ("fp32", "bf16")}}
 
     path = RESULTS / "cnn.json"
     result = json.loads(path.read_text()) if path.exists() else {}
@@ -121,19 +138,18 @@ def main() -> None:
                        "encode_speedup_over_one_pass": ratios(times, next(iter(times))),
                        "encode_max_abs_difference_chunked": diff_encode})
     if "decode" in args.parts:
-        times = alternate({"nchw": decode(False), "channels-last": decode(True)},
+        times = alternate({"nchw": lambda: decode(False), "channels-last": lambda: decode(True)},
                           args.rounds, warmup=1, flip=True)
         result.update({"decode_fwd_bwd_s": {k: spread(v, 4) for k, v in times.items()},
                        "decode_speedup_over_nchw": ratios(times, "nchw")})
     if "bias" in args.parts:
-        arms = {f"{how} {prec}": decode(True, how == "summed", prec)
-                for prec in ("fp32", "bf16") for how in ("onednn", "summed")}
-        times = alternate(arms, args.rounds, warmup=1, flip=True)
-        result.update({
-            "bias_fwd_bwd_s": {k: spread(v, 4) for k, v in times.items()},
-            "bias_speedup_of_summed": {prec: spread([a / b for a, b in zip(
-                times[f"onednn {prec}"], times[f"summed {prec}"])], 3)
-                for prec in ("fp32", "bf16")}})
+        times = alternate(bias_arms(lambda: decode(True)), args.rounds, warmup=1, flip=True)
+        result.update(bias_result(times, "bias_fwd_bwd"))
+    if "update" in args.parts:
+        with prefilled_agent("atari100k", [], 300, args.threads) as (agent, replay):
+            times = alternate(bias_arms(lambda: agent.update(replay)), args.rounds, warmup=1,
+                              flip=True)
+        result.update(bias_result(times, "update"))
     load1 = round(os.getloadavg()[0], 2)
     result.update({"loadavg_1min_before": round(load0, 2), "loadavg_1min_after": load1,
                    "parts_last_run": args.parts})
@@ -141,7 +157,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     for key in ("encode_speedup_over_one_pass", "decode_speedup_over_nchw",
-                "bias_speedup_of_summed"):
+                "bias_fwd_bwd_speedup_of_summed", "update_speedup_of_summed"):
         if key in result:
             print(key, {k: v["median"] for k, v in result[key].items()})
 
