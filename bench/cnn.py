@@ -1,11 +1,12 @@
 """The image encoder and decoder at the atari100k preset's sizes: encoder passes without
-autograd in chunks, the decoder's memory layout, and its transposed convs' bias gradient.
+autograd in chunks, the decoder's memory layout, its transposed convs' bias gradient and the
+group norm in bf16.
 
-    python bench/cnn.py                        # 2 threads, 7 rounds, ~5 min
+    python bench/cnn.py                        # 2 threads, 7 rounds, ~15 min
     python bench/cnn.py --rounds 3 --chunks 0 512
     python bench/cnn.py --parts bias           # one measurement; the others' JSON kept
 
-Three measurements, each alternating its arms (A B C ..., the order reversed every other
+The measurements, each alternating its arms (A B C ..., the order reversed every other
 round) in one process, `--rounds` rounds after one warm-up round:
 
 - `encode`: the encoder (reverie/nets/cnn.py, depth 24, 64x64x3) under no_grad on the
@@ -19,7 +20,10 @@ round) in one process, `--rounds` rounds after one warm-up round:
   2026-12-07) or summed from the output gradient (`BiasSumConvTranspose2d`, today's code),
   in float32 and under run.precision=bf16's autocast;
 - `update`: the same two bias gradients in a whole update of the atari100k preset's agent
-  (runlib.prefilled_agent: 300 prefilled Pong steps), float32 and bf16.
+  (runlib.prefilled_agent: 300 prefilled Pong steps), float32 and bf16;
+- `norm` (bf16 only): GroupNorm(1, C) as ATen's group norm (nn.GroupNorm, before 2026-12-07)
+  or as a layer norm over each image (`ImageNorm`, today's code, for C not a multiple of
+  16), in the no-grad encoding of `encode` (256-image chunks) and in a whole update as above.
 
 Reported per arm: median and min-max seconds, and the ratio to the first arm per round
 (`bias`: oneDNN's over the summed one's, per precision). Writes bench/results/cnn.json (a
@@ -40,7 +44,7 @@ from runlib import alternate, matmul_gflops, prefilled_agent, spread  # noqa: E4
 RESULTS = Path(__file__).parent / "results"
 SHAPE, DEPTH, EMBED = (64, 64, 3), 24, 64  # the atari100k preset's image and cnn sizes
 CONTEXT_IMAGES, BATCH_IMAGES, LATENT = 1024 * 8, 16 * 128, 1024
-PARTS = ("encode", "decode", "bias", "update")
+PARTS = ("encode", "decode", "bias", "update", "norm")
 
 
 def ratios(times: dict[str, list[float]], base: str) -> dict[str, dict]:
@@ -86,19 +90,19 @@ def main() -> None:
     z = torch.randn(BATCH_IMAGES, LATENT)
     target = frames[:BATCH_IMAGES].float() / 255.0 - 0.5
 
-    own_forward = cnn.BiasSumConvTranspose2d.forward
+    def route(cls, base, own: bool, precision: str, fn):
+        """fn() under `precision`'s autocast with today's `cls` (own) or its base class's
+        forward (the code before it)."""
+        own_forward = cls.forward
 
-    def bias_route(summed: bool, precision: str, fn):
-        """fn() under `precision`'s autocast with the decoder's bias gradient summed
-        (today's code) or oneDNN's (the plain nn.ConvTranspose2d forward)."""
         def arm() -> None:
-            if not summed:
-                cnn.BiasSumConvTranspose2d.forward = torch.nn.ConvTranspose2d.forward
+            if not own:
+                cls.forward = base.forward
             try:
                 with autocast(torch.device("cpu"), precision):
                     fn()
             finally:
-                cnn.BiasSumConvTranspose2d.forward = own_forward
+                cls.forward = own_forward
         return arm
 
     def decode(channels_last: bool) -> None:
@@ -110,7 +114,8 @@ def main() -> None:
         dec.zero_grad(set_to_none=True)
 
     def bias_arms(fn) -> dict:
-        return {f"{how} {prec}": bias_route(how == "summed", prec, fn)
+        return {f"{how} {prec}": route(cnn.BiasSumConvTranspose2d, torch.nn.ConvTranspose2d,
+                                       how == "summed", prec, fn)
                 for prec in ("fp32", "bf16") for how in ("onednn", "summed")}
 
     def bias_result(times: dict, key: str) -> dict:
@@ -150,6 +155,22 @@ def main() -> None:
             times = alternate(bias_arms(lambda: agent.update(replay)), args.rounds, warmup=1,
                               flip=True)
         result.update(bias_result(times, "update"))
+    if "norm" in args.parts:
+        norm = {f"{how} bf16": route(cnn.ImageNorm, torch.nn.GroupNorm, how == "layer_norm",
+                                     "bf16", lambda: enc(frames)) for how in ("group_norm",
+                                                                           "layer_norm")}
+        with torch.no_grad():
+            times = alternate(norm, args.rounds, warmup=1, flip=True)
+        with prefilled_agent("atari100k", [], 300, args.threads) as (agent, replay):
+            times.update({f"update {k}": v for k, v in alternate(
+                {f"{how} bf16": route(cnn.ImageNorm, torch.nn.GroupNorm, how == "layer_norm",
+                                      "bf16", lambda: agent.update(replay))
+                 for how in ("group_norm", "layer_norm")},
+                args.rounds, warmup=1, flip=True).items()})
+        result.update({"norm_bf16_s": {k: spread(v, 4) for k, v in times.items()},
+                       "norm_bf16_speedup_of_layer_norm": {what: spread([a / b for a, b in zip(
+                           times[f"{pre}group_norm bf16"], times[f"{pre}layer_norm bf16"])], 3)
+                           for what, pre in (("encode_no_grad", ""), ("update", "update "))}})
     load1 = round(os.getloadavg()[0], 2)
     result.update({"loadavg_1min_before": round(load0, 2), "loadavg_1min_after": load1,
                    "parts_last_run": args.parts})
@@ -157,7 +178,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     for key in ("encode_speedup_over_one_pass", "decode_speedup_over_nchw",
-                "bias_fwd_bwd_speedup_of_summed", "update_speedup_of_summed"):
+                "bias_fwd_bwd_speedup_of_summed", "update_speedup_of_summed",
+                "norm_bf16_speedup_of_layer_norm"):
         if key in result:
             print(key, {k: v["median"] for k, v in result[key].items()})
 

@@ -241,6 +241,56 @@ def test_transposed_conv_with_summed_bias_gradient_equals_nn_conv_transpose(conf
         cnn._TransposedConv.apply = apply
 
 
+def test_image_norm_equals_group_norm_with_one_group(monkeypatch):
+    """ImageNorm is nn.GroupNorm(1, C) (same state dict): the plain module in float32 and
+    where C is a multiple of 16; for a channels-last bf16 map of C = 24 (atari100k's) the
+    layer norm over each image, equal to the group norm in float64 and to bf16 rounding
+    under autocast (output, input and parameter gradients)."""
+    from torch import nn
+
+    from reverie.nets import cnn
+
+    torch.manual_seed(0)
+    plain = nn.GroupNorm(1, 24)
+    norm = cnn.ImageNorm(24)
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 1.5), plain.bias.normal_()
+    norm.load_state_dict(plain.state_dict())
+    assert list(norm.state_dict()) == list(plain.state_dict())
+    x = (torch.randn(3, 24, 8, 4) * 2 + 1).contiguous(memory_format=torch.channels_last)
+
+    def run(module, x, bf16=False):
+        x = x.clone().requires_grad_()
+        module.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            y = module(x.to(torch.bfloat16) if bf16 else x)
+        y.float().mul(torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        return [y.detach().float(), x.grad, module.weight.grad, module.bias.grad]
+
+    calls = []
+    layer_norm = torch.nn.functional.layer_norm
+    monkeypatch.setattr(torch.nn.functional, "layer_norm",
+                        lambda *a, **k: calls.append(1) or layer_norm(*a, **k))
+    for w, g in zip(run(plain, x), run(norm, x)):  # float32: the plain module
+        assert torch.equal(w, g)
+    assert not calls
+    for w, g in zip(run(plain, x, True), run(norm, x, True)):
+        assert torch.allclose(g, w, rtol=2e-2, atol=2e-2 * w.abs().max())
+    assert calls == [1]
+    # the layer-norm form is the group norm (float64)
+    x64 = x.double()
+    flat = x64.permute(0, 2, 3, 1).reshape(3, -1)
+    y = layer_norm(flat, flat.shape[1:], plain.weight.double().repeat(32),
+                   plain.bias.double().repeat(32), plain.eps)
+    want = torch.nn.functional.group_norm(x64, 1, plain.weight.double(), plain.bias.double(),
+                                          plain.eps)
+    assert torch.allclose(y.view(3, 8, 4, 24).permute(0, 3, 1, 2), want, atol=1e-12)
+    calls.clear()
+    x32 = torch.cat([x, x[:, :8]], 1).to(torch.bfloat16)  # C = 32: ATen's group norm
+    cnn.ImageNorm(32).to(torch.bfloat16)(x32.contiguous(memory_format=torch.channels_last))
+    assert not calls
+
+
 def test_matvec_equals_the_column_matmul_and_its_gradients():
     """reverie.sequence.base.matvec (the Mamba steps' state readout and the scan backward's
     products) against m @ v[..., None] on batched shapes, values and gradients."""

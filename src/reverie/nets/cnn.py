@@ -20,6 +20,8 @@ is still in cache for the GroupNorm and SiLU that read it next.
 The decoder's transposed convs (`BiasSumConvTranspose2d`) take their bias gradient as a sum
 of the output gradient instead of from oneDNN's backward, whose bias gradient cost more than
 the weight gradient itself (forward and backward of the decoder: bench/cnn.py's `bias`).
+`ImageNorm` is GroupNorm(1, C), as a layer norm over each image where ATen's bf16 group norm
+is slow (bench/cnn.py's `norm`).
 """
 
 from __future__ import annotations
@@ -61,9 +63,9 @@ class ConvEncoder(nn.Module):
         c_in = C
         for i in range(N_STAGES):
             c_out = depth * 2**i
-            mods += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.GroupNorm(1, c_out), nn.SiLU()]
+            mods += [nn.Conv2d(c_in, c_out, 4, 2, 1), ImageNorm(c_out), nn.SiLU()]
             c_in = c_out
-        mods += [nn.Conv2d(c_in, embed_channels, 1), nn.GroupNorm(1, embed_channels), nn.SiLU()]
+        mods += [nn.Conv2d(c_in, embed_channels, 1), ImageNorm(embed_channels), nn.SiLU()]
         self.net = nn.Sequential(*mods)
         self.out_dim = embed_channels * (H // 2**N_STAGES) * (W // 2**N_STAGES)
 
@@ -79,6 +81,28 @@ class ConvEncoder(nn.Module):
         """[N, H, W, C] -> [N, out_dim]; the permuted view is channels-last NCHW."""
         x = flat.permute(0, 3, 1, 2).float() / 255.0 - 0.5
         return self.net(x).reshape(flat.shape[0], self.out_dim)
+
+
+class ImageNorm(nn.GroupNorm):
+    """GroupNorm(1, channels): each image normalised over all its values, then a per-channel
+    affine (same parameters and state dict as nn.GroupNorm). On a channels-last bf16/fp16 map
+    whose channel count is not a multiple of 16 (the atari100k preset's 24), ATen's
+    channels-last group norm ran 2-3.5x slower than `layer_norm` over each image's H·W·C
+    values with the affine repeated per pixel, the same function: that form runs there."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(1, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.dim() != 4 or x.dtype not in (torch.bfloat16, torch.float16)
+                or x.shape[1] % 16 == 0 or torch.compiler.is_compiling()
+                or not x.is_contiguous(memory_format=torch.channels_last)):
+            return super().forward(x)
+        N, C, H, W = x.shape
+        flat = x.permute(0, 2, 3, 1).reshape(N, H * W * C)  # a view: channels-last
+        y = F.layer_norm(flat, (H * W * C,), self.weight.repeat(H * W),
+                         self.bias.repeat(H * W), self.eps)
+        return y.view(N, H, W, C).permute(0, 3, 1, 2)
 
 
 def channel_sums(g: Tensor) -> Tensor:
@@ -161,16 +185,16 @@ class ConvDecoder(nn.Module):
         self.stem = nn.Linear(in_dim, embed_channels * self.h0 * self.w0)
         c_top = depth * 2 ** (N_STAGES - 1)
         mods: list[nn.Module] = [
-            nn.GroupNorm(1, embed_channels),
+            ImageNorm(embed_channels),
             nn.SiLU(),
             nn.Conv2d(embed_channels, c_top, 1),
-            nn.GroupNorm(1, c_top),
+            ImageNorm(c_top),
             nn.SiLU(),
         ]
         c_in = c_top
         for i in reversed(range(N_STAGES - 1)):
             c_out = depth * 2**i
-            mods += [BiasSumConvTranspose2d(c_in, c_out, 4, 2, 1), nn.GroupNorm(1, c_out),
+            mods += [BiasSumConvTranspose2d(c_in, c_out, 4, 2, 1), ImageNorm(c_out),
                      nn.SiLU()]
             c_in = c_out
         mods.append(BiasSumConvTranspose2d(c_in, C, 4, 2, 1))
