@@ -27,7 +27,7 @@ round) in one process, `--rounds` rounds after one warm-up round:
 
 Reported per arm: median and min-max seconds, and the ratio to the first arm per round
 (`bias`: oneDNN's over the summed one's, per precision). Writes bench/results/cnn.json (a
-measurement not run keeps what the JSON had).
+measurement not run keeps what the JSON had; `measured` says how each one was taken).
 """
 
 from __future__ import annotations
@@ -127,8 +127,7 @@ def main() -> None:
     path = RESULTS / "cnn.json"
     result = json.loads(path.read_text()) if path.exists() else {}
     result.update({
-        "benchmark": "cnn", "torch_threads": args.threads, "rounds": args.rounds,
-        "cores": os.cpu_count(), "matmul_gflops": gflops,
+        "benchmark": "cnn", "cores": os.cpu_count(),
         "sizes": {"image": list(SHAPE), "cnn_depth": DEPTH, "embed_channels": EMBED,
                   "context_images": CONTEXT_IMAGES, "batch_images": BATCH_IMAGES}})
     if "encode" in args.parts:
@@ -171,10 +170,12 @@ def main() -> None:
                        "norm_bf16_speedup_of_layer_norm": {what: spread([a / b for a, b in zip(
                            times[f"{pre}group_norm bf16"], times[f"{pre}layer_norm bf16"])], 3)
                            for what, pre in (("encode_no_grad", ""), ("update", "update "))}})
-    load1 = round(os.getloadavg()[0], 2)
-    result.update({"loadavg_1min_before": round(load0, 2), "loadavg_1min_after": load1,
-                   "parts_last_run": args.parts})
-    result["loaded"] = max(round(load0, 2), load1) > (os.cpu_count() or 1)
+    # how each measurement was taken (the JSON keeps the other measurements' own)
+    load = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    for part in args.parts:
+        result.setdefault("measured", {})[part] = {
+            "rounds": args.rounds, "torch_threads": args.threads, "matmul_gflops": gflops,
+            "loadavg_1min": load, "loaded": max(load) > (os.cpu_count() or 1)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     for key in ("encode_speedup_over_one_pass", "decode_speedup_over_nchw",

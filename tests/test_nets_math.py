@@ -223,6 +223,13 @@ def test_transposed_conv_with_summed_bias_gradient_equals_nn_conv_transpose(conf
                 assert g.dtype == w.dtype and g.shape == w.shape
                 assert torch.allclose(g, w, rtol=rtol, atol=rtol * w.abs().max())
     assert got[0].dtype == torch.bfloat16 and got[3].dtype == torch.float32
+    # an input without gradient and a frozen bias: only the weight's gradient is taken
+    for module in (plain, summed):
+        module.float().bias.requires_grad_(False)
+        module.zero_grad(set_to_none=True)
+        module(x).square().sum().backward()
+    assert summed.bias.grad is None
+    assert torch.allclose(summed.weight.grad, plain.weight.grad, rtol=1e-5)
     # the bias gradient is the output gradient's sum over N, H, W (closed form)
     g = torch.randn(3, 5, 4, 6).contiguous(memory_format=torch.channels_last)
     assert torch.allclose(cnn.channel_sums(g), g.double().sum((0, 2, 3)).float(), atol=1e-5)
@@ -288,6 +295,7 @@ def test_image_norm_equals_group_norm_with_one_group(monkeypatch):
     calls.clear()
     x32 = torch.cat([x, x[:, :8]], 1).to(torch.bfloat16)  # C = 32: ATen's group norm
     cnn.ImageNorm(32).to(torch.bfloat16)(x32.contiguous(memory_format=torch.channels_last))
+    norm.to(torch.bfloat16)(x.to(torch.bfloat16).contiguous())  # NCHW: ATen's group norm
     assert not calls
 
 

@@ -357,16 +357,17 @@ def test_a_run_with_its_replay_in_memory_resumes_only_for_its_final_evaluation(
     capsys.readouterr()
     assert main([*args, "--out", str(midway)]) == 128 + signal.SIGTERM
     monkeypatch.setattr(Collector, "step", step)
-    # the stop's line named the resume that is refused
+    # the stop's line named the resume that is refused; it says why there is none
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "reverie: stopped by SIGTERM at env step 150 with a checkpoint; the run cannot be "
         "continued: its replay was kept in memory (replay.on_disk=false); its checkpoint is "
         "for `reverie eval` and `watch`")
     before = metrics(midway)
-    assert main(["train", "--resume", str(midway), "--no-progress"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "replay in memory (replay.on_disk=false)" in err[0]
-    assert metrics(midway) == before
+    for steps in ([], ["--steps", "100"]):  # a lowered budget would not train, but then...
+        assert main(["train", "--resume", str(midway), "--no-progress", *steps]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "replay in memory (replay.on_disk=false)" in err[0]
+        assert metrics(midway) == before
     run = tmp_path / "stopped"
     monkeypatch.setattr(Collector, "step", stop_at(250))  # the budget's last env step
     assert main([*args, "--out", str(run)]) == 128 + signal.SIGTERM

@@ -207,6 +207,14 @@ def test_a_run_stopped_before_its_final_evaluation_is_said_to_be_scored_early(tm
     assert "on_disk: false" in config.read_text()
     assert main(["report", str(run), str(whole), "--out", str(tmp_path / "rep3")]) == 0
     assert f"- {resumable}" in (tmp_path / "rep3" / "report.md").read_text()
+    # ... unless its newest checkpoint is before the end (killed during the final
+    # evaluation, which comes before the checkpoint of its step): that resume is refused
+    (run / "progress.json").write_text('{"env_steps": 100}\n')
+    assert main(["report", str(run), str(whole), "--out", str(tmp_path / "rep4")]) == 0
+    assert "- " + line.replace("no checkpoint of it is kept to run it", "its replay was kept "
+                               "in memory (replay.on_disk=false) and its newest checkpoint is "
+                               "before its end: it cannot be resumed") in \
+        (tmp_path / "rep4" / "report.md").read_text()
 
 
 def test_an_extended_run_scores_as_a_run_trained_to_its_budget_at_once(tmp_path):

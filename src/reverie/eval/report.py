@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from reverie.config import agent_parts
 from reverie.errors import UserError, suggest
 from reverie.eval import plots
-from reverie.eval.runs import Run, is_run_folder, load_runs
+from reverie.eval.runs import Run, checkpoint_step, is_run_folder, load_runs
 from reverie.eval.scores import (
     PUBLISHED,
     PUBLISHED_NAMES,
@@ -31,6 +32,7 @@ from reverie.eval.scores import (
 )
 from reverie.eval.stats import Estimate, aggregate, bootstrap_ci, mean_score
 from reverie.run.folder import has_checkpoint
+from reverie.run.saving import resume_refused
 
 DEFAULT_GROUP_BY = ("agent", "backbone")
 REPS = 2000
@@ -220,10 +222,16 @@ def unevaluated_runs(runs: list[Run]) -> list[str]:
     """A line for each run that reached its budget without its final evaluation (stopped
     before it, or trained by a reverie that did not evaluate a run's end): its score is an
     earlier evaluation's. The resume that runs it is named where the run kept a checkpoint
-    (an archive of a run's logs cannot be run; a replay kept in memory is not needed there)."""
+    (an archive of a run's logs cannot be run) and a resume from it is not refused (a replay
+    kept in memory is needed only where training is left: a kill during the final evaluation
+    leaves the newest checkpoint before the end)."""
     def fix(r: Run) -> str:
         if not has_checkpoint(r.path):
             return "no checkpoint of it is kept to run it"
+        uses_replay = getattr(agent_parts(r.cfg.agent)[1], "uses_replay", True)
+        if resume_refused(r.cfg, uses_replay, checkpoint_step(r.path), r.target_steps):
+            return ("its replay was kept in memory (replay.on_disk=false) and its newest "
+                    "checkpoint is before its end: it cannot be resumed")
         return f"`reverie train --resume {r.path}` runs it"
 
     return [f"{r.path}: ended at {r.env_steps:,} env steps without its final evaluation, "

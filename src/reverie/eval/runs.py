@@ -107,8 +107,9 @@ def _manifest(folder: Path) -> tuple[object | None, int]:
         return fmt, 0
 
 
-def _progress(folder: Path) -> int:
-    """The env steps `progress.json` records (0 if it is missing or unreadable)."""
+def checkpoint_step(folder: Path) -> int:
+    """The env steps of the run's newest checkpoint as `progress.json` records them (0 if it
+    is missing or unreadable)."""
     try:
         return int(json.loads((folder / PROGRESS).read_text())["env_steps"])
     except (OSError, ValueError, KeyError, TypeError, OverflowError):
@@ -142,7 +143,7 @@ def read_run(folder: Path, returns: str = "auto") -> Run:
     env = str(cfg.env.id)
     kind = score_kind(env)
     steps = int(cfg.run.steps)
-    last = max([int(r["step"]) for r in rows + timing] + [checkpointed, _progress(folder)])
+    last = max([int(r["step"]) for r in rows + timing] + [checkpointed, checkpoint_step(folder)])
     # not the end evaluation of a shorter budget the run was extended from (an extra curve
     # point, a raised MMER)
     logged_evals, logged_episodes = (_finite(scored_evaluations(rows, last), "eval/return"),

@@ -88,14 +88,16 @@ class ImageNorm(nn.GroupNorm):
     affine (same parameters and state dict as nn.GroupNorm). On a channels-last bf16/fp16 map
     whose channel count is not a multiple of 16 (the atari100k preset's 24), ATen's
     channels-last group norm ran 2-3.5x slower than `layer_norm` over each image's H·W·C
-    values with the affine repeated per pixel, the same function: that form runs there."""
+    values with the affine repeated per pixel, the same function: that form runs there (on
+    the CPU, where it was measured)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__(1, channels)
 
     def forward(self, x: Tensor) -> Tensor:
         if (x.dim() != 4 or x.dtype not in (torch.bfloat16, torch.float16)
-                or x.shape[1] % 16 == 0 or torch.compiler.is_compiling()
+                or x.shape[1] % 16 == 0 or x.device.type != "cpu"
+                or torch.compiler.is_compiling()
                 or not x.is_contiguous(memory_format=torch.channels_last)):
             return super().forward(x)
         N, C, H, W = x.shape
@@ -112,8 +114,8 @@ def channel_sums(g: Tensor) -> Tensor:
     rounds once."""
     if g.dtype != torch.float32 or not g.is_contiguous(memory_format=torch.channels_last):
         return g.sum((0, 2, 3))
-    N, C = g.shape[:2]
-    return g.permute(0, 2, 3, 1).reshape(N, -1, C).sum(1).sum(0)
+    N, C, H, W = g.shape
+    return g.permute(0, 2, 3, 1).reshape(N, H * W, C).sum(1).sum(0)
 
 
 class _TransposedConv(torch.autograd.Function):
@@ -151,18 +153,19 @@ class BiasSumConvTranspose2d(nn.ConvTranspose2d):
     """nn.ConvTranspose2d (same parameters and state dict) whose bias gradient is the sum
     of its output's gradient (`_TransposedConv`) while autograd records it eagerly: oneDNN's
     own bias gradient of a transposed conv took 1.4-4x its weight gradient's time on this
-    CPU, in float32 and in bfloat16. Compiled graphs, no_grad and output_size calls run the
-    plain module."""
+    CPU, in float32 and in bfloat16. Compiled graphs, no_grad, output_size calls and other
+    devices run the plain module; no double backward (nothing in reverie differentiates a
+    gradient)."""
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         if (output_size is not None or self.bias is None or torch.compiler.is_compiling()
-                or not torch.is_grad_enabled() or self.padding_mode != "zeros"):
+                or not torch.is_grad_enabled() or self.padding_mode != "zeros"
+                or x.device.type != "cpu"):
             return super().forward(x, output_size)
         weight = self.weight
-        device = x.device.type
-        if torch.is_autocast_enabled(device):  # cast as autocast would (the bias inside)
-            dtype = torch.get_autocast_dtype(device)
-            x, weight = x.to(dtype), weight.to(dtype)
+        if torch.is_autocast_enabled("cpu"):  # cast as autocast would (the bias inside)
+            dtype = torch.get_autocast_dtype("cpu")
+            x, weight = (t.to(dtype) if t.dtype == torch.float32 else t for t in (x, weight))
         return _TransposedConv.apply(x, weight, self.bias, self.stride, self.padding,
                                      self.output_padding, self.groups, self.dilation)
 

@@ -78,7 +78,7 @@ from reverie.run.machine import describe as describe_machine
 from reverie.run.machine import threads_note
 from reverie.run.progress import Progress
 from reverie.run.replay_setup import make_replay, replay_rows
-from reverie.run.saving import RunCheckpoints
+from reverie.run.saving import RunCheckpoints, resume_refused
 from reverie.run.stop import StopOnSignal
 
 
@@ -619,10 +619,9 @@ class Trainer(Checkpointing):
     def _continue_with(self, since: str = "", after: str = ")") -> str:
         """'continue with `reverie train --resume OUT`' + `since` + the newest checkpoint's
         step + `after` (if since), or, where that resume would be refused (a replay kept in
-        memory with training left, `RunCheckpoints.load_latest`), why the run cannot go on."""
+        memory with training left, `resume_refused`), why the run cannot go on."""
         step = self.saved.latest_step()
-        if self.uses_replay and not self.cfg.replay.on_disk and \
-                0 < step < int(self.cfg.run.steps):
+        if resume_refused(self.cfg, self.uses_replay, step, int(self.cfg.run.steps)):
             return ("the run cannot be continued: its replay was kept in memory "
                     "(replay.on_disk=false); its checkpoint is for `reverie eval` and `watch`")
         return (f"continue with `reverie train --resume {self.out}`"

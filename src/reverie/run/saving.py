@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from reverie.config import config_yaml
+from reverie.config import config_yaml, load_run_config
 from reverie.errors import UserError
 from reverie.run import folder as run_folder
 from reverie.run.checkpoint import (
@@ -22,6 +22,14 @@ from reverie.run.checkpoint import (
     Entry,
     atomic_write_bytes,
 )
+
+
+def resume_refused(cfg: DictConfig, uses_replay: bool, step: int, budget: int) -> bool:
+    """Whether a resume from a checkpoint at env step `step` is refused: the run kept its
+    replay in memory (replay.on_disk=false; an agent with a replay), which died with its
+    process, and would train on (below `budget`). At the budget only the final evaluation and
+    the end are left, which need no replay data; a checkpoint at step 0 holds none."""
+    return uses_replay and not cfg.replay.on_disk and 0 < step < budget
 
 
 class RunCheckpoints:
@@ -74,11 +82,11 @@ class RunCheckpoints:
                 f"checkpoint {entry.file} is from agent '{payload.get('agent_name')}' but the "
                 f"run config says '{self.cfg.agent}'; resume with the matching config"
             )
-        if uses_replay and not self.cfg.replay.on_disk and \
-                0 < payload["counters"]["env_steps"] < int(self.cfg.run.steps):
+        budget = max(int(self.cfg.run.steps), int(load_run_config(self.out).run.steps))
+        if resume_refused(self.cfg, uses_replay, payload["counters"]["env_steps"], budget):
             raise UserError(
                 "this run kept its replay in memory (replay.on_disk=false), so it cannot be "
-                "resumed with its data; start a new run with replay.on_disk=true"
+                "resumed with its data to train on; start a new run with replay.on_disk=true"
             )
         return payload, entry
 
