@@ -188,7 +188,6 @@ def _leaves(cfg: DictConfig) -> dict[str, object]:
     """Every setting of a config as {dotted key: value}. An empty mapping (a `*_kwargs`
     setting left empty) holds no setting, so it is not one: a run that sets an option there
     differs from one that does not in that option, not in the mapping as well."""
-
     out: dict[str, object] = {}
 
     def walk(node: object, prefix: str) -> None:
