@@ -248,6 +248,28 @@ def test_transposed_conv_with_summed_bias_gradient_equals_nn_conv_transpose(conf
         cnn._TransposedConv.apply = apply
 
 
+def test_encoder_and_reconstruction_loss_leave_float_images_as_they_are():
+    """The pixel scaling runs in place on a copy: float images in [0, 255] (which the encoder
+    accepts) come back unchanged, and give what uint8 images of the same values give."""
+    from reverie.world.latent import WorldModel
+
+    torch.manual_seed(0)
+    enc = ConvEncoder((32, 16, 3), depth=4, embed_channels=8)
+    img = torch.randint(0, 256, (3, 32, 16, 3), dtype=torch.uint8)
+    as_float = img.float()
+    with torch.no_grad():
+        assert torch.equal(enc(as_float), enc(img))
+    assert torch.equal(as_float, img.float())
+    world = object.__new__(WorldModel)  # only what _recon_loss reads
+    world.image_keys, world.vector_keys = ["image"], []
+    world._decode_raw = lambda z: {"image": torch.zeros(*z.shape[:-1], 32, 16, 3)}
+    z = torch.zeros(1, 3, 4)
+    loss = world._recon_loss(z, {"image": as_float[None]})
+    assert torch.equal(as_float, img.float())
+    want = (img.double() / 255 - 0.5).square().sum((-3, -2, -1))[None]
+    assert torch.allclose(loss.double(), want, rtol=1e-6)
+
+
 def test_image_norm_equals_group_norm_with_one_group(monkeypatch):
     """ImageNorm is nn.GroupNorm(1, C) (same state dict): the plain module in float32 and
     where C is a multiple of 16; for a channels-last bf16 map of C = 24 (atari100k's) the
