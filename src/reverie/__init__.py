@@ -8,8 +8,13 @@ __version__ = "0.1.0"
 
 # Whether the user chose inductor's cache folder: importing torch._dynamo (reverie's models
 # do) sets TORCHINDUCTOR_CACHE_DIR to torch's /tmp default, which reverie.compiler then
-# replaces with ~/.cache/reverie/inductor unless the user had set it (README, "Cache").
-_INDUCTOR_CACHE_CHOSEN = "TORCHINDUCTOR_CACHE_DIR" in _os.environ
+# replaces with ~/.cache/reverie/inductor unless the user had set it (README, "Cache"). The
+# answer is handed down to the processes this one starts (a sweep's trials, Ray's workers),
+# which inherit torch's default from it and would take it for the user's choice.
+_CACHE_CHOSEN_ENV = "REVERIE_INDUCTOR_CACHE_CHOSEN"
+_INDUCTOR_CACHE_CHOSEN = _os.environ.get(
+    _CACHE_CHOSEN_ENV, "1" if "TORCHINDUCTOR_CACHE_DIR" in _os.environ else "0") == "1"
+_os.environ[_CACHE_CHOSEN_ENV] = "1" if _INDUCTOR_CACHE_CHOSEN else "0"
 
 
 def load(path, device: str = "auto", best: bool = False):
