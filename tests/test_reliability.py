@@ -338,7 +338,10 @@ def test_a_run_with_its_replay_in_memory_resumes_only_for_its_final_evaluation(
     args = ["train", *RANDOM, "--steps", "250", "--set", "run.eval_every=200",
             "--set", "replay.on_disk=false"]
     ref = tmp_path / "ref"
+    capsys.readouterr()
     assert main([*args, "--out", str(ref)]) == 0
+    assert ("note: replay.on_disk=false keeps the replay in memory: if this run is stopped or "
+            "crashes, it cannot be resumed to train on") in capsys.readouterr().err
     step = Collector.step
 
     def stop_at(n):
@@ -367,6 +370,8 @@ def test_a_run_with_its_replay_in_memory_resumes_only_for_its_final_evaluation(
         assert main(["train", "--resume", str(midway), "--no-progress", *steps]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "replay in memory (replay.on_disk=false)" in err[0]
+        assert err[0].endswith("start a new run in another folder (--out), with its replay "
+                               "on disk (the default)")
         assert metrics(midway) == before
     run = tmp_path / "stopped"
     monkeypatch.setattr(Collector, "step", stop_at(250))  # the budget's last env step
@@ -374,8 +379,12 @@ def test_a_run_with_its_replay_in_memory_resumes_only_for_its_final_evaluation(
     monkeypatch.setattr(Collector, "step", step)
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert metrics(run) == metrics(ref)
+    # complete: it says so without naming an extension, which would be refused
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
-    assert "already complete" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "reverie: run already complete at 250 env steps; its replay was kept in memory "
+        "(replay.on_disk=false): it cannot be extended")
+    assert main(["train", "--resume", str(run), "--no-progress", "--steps", "300"]) == 2
 
 
 def test_every_counters_row_counts_the_episodes_that_ended_by_its_step(tmp_path):

@@ -374,6 +374,21 @@ def test_a_key_in_both_set_and_grid_is_refused(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_sweep_with_its_replays_in_memory_is_refused(tmp_path, capsys):
+    """replay.on_disk=false: a stopped sweep's trials could not be resumed (each failed on
+    the rerun it told the user to make, and a rerun with the replay on disk was refused as
+    other settings): refused before any trial starts. An agent without a replay may."""
+    out = tmp_path / "mem"
+    rc = main(["sweep", *TINY, "--set", "replay.on_disk=false", "--out", str(out)])
+    assert rc == 2 and capsys.readouterr().err.strip() == (
+        "reverie: error: replay.on_disk=false: a sweep resumes its stopped and crashed trials, "
+        "which needs their replay on disk; drop replay.on_disk=false")
+    assert not out.exists()
+    from reverie.config import NO_RESULT_KEYS  # the same data either way: runs compare
+
+    assert "replay.on_disk" in NO_RESULT_KEYS
+
+
 def test_sweep_into_another_sweeps_folder_is_refused(grid_2x2, capsys):
     rc = main(["sweep", *TINY, "--seeds", "2", "--grid", "run.train_ratio=8,16",
                "--set", "run.prefill=5", "--out", str(grid_2x2)])

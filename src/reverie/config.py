@@ -63,7 +63,7 @@ RESUME_KEYS = ("run.steps", "run.progress", "run.log_every", "run.eval_every",
 # take runs that differ only in them for one
 NO_RESULT_KEYS = frozenset({"run.steps", "run.progress", "run.log_every",
                             "run.checkpoint_every", "run.keep_checkpoints", "run.keep_best",
-                            "run.max_nan_retries"})
+                            "run.max_nan_retries", "replay.on_disk"})
 
 
 

@@ -23,6 +23,7 @@ from reverie.config import (
     training_notes,
 )
 from reverie.errors import UserError
+from reverie.registry import agent_parts
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,12 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
                 flags = {"env": env, "steps": steps, "seed": seed}
                 try:
                     cfg = build_config(preset or "cartpole", items, flags)
+                    if not cfg.replay.on_disk and getattr(agent_parts(cfg.agent)[1],
+                                                          "uses_replay", True):
+                        raise UserError(
+                            "replay.on_disk=false: a sweep resumes its stopped and crashed "
+                            "trials, which needs their replay on disk; drop "
+                            "replay.on_disk=false")
                     # what check_env depends on: the env, and the agent's own settings (a
                     # backbone option only the backbone checks, e.g. ffm's memory_size under
                     # a grid of backbones); each once, before any trial starts

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from reverie.config import agent_parts
 from reverie.errors import UserError, suggest
 from reverie.eval import plots
 from reverie.eval.runs import Run, checkpoint_step, is_run_folder, load_runs
@@ -31,6 +30,7 @@ from reverie.eval.scores import (
     published_rows,
 )
 from reverie.eval.stats import Estimate, aggregate, bootstrap_ci, mean_score
+from reverie.registry import agent_parts
 from reverie.run.folder import has_checkpoint
 from reverie.run.saving import resume_refused
 

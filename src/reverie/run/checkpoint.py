@@ -221,9 +221,9 @@ class CheckpointStore:
         path = self.folder / BEST
         if path.is_symlink() or not path.is_file():
             raise CheckpointError(
-                f"no best checkpoint in {self.folder}: it is written at evaluations of a run "
-                "with run.eval_episodes > 0 and run.keep_best=true (and by reverie versions "
-                "that keep it); drop --best to load the latest")
+                f"no best checkpoint in {self.folder}: it is written at the evaluations of a "
+                "run with run.eval_episodes > 0 and run.keep_best=true, once one has run (and "
+                "by reverie versions that keep it); drop --best to load the latest")
         payload = load_file(path)
         best = payload.get("best")
         if not (isinstance(best, dict) and type(best.get("step")) is int

@@ -496,11 +496,15 @@ class Trainer(Checkpointing):
         steps = int(cfg.run.steps)
         if self.resumed_from is not None and c.env_steps >= steps:
             budget = int(load_run_config(self.out).run.steps)
-            self._note(f"run already complete at {c.env_steps} env steps; raise --steps "
-                       "(run.steps) to extend" if c.env_steps >= budget
-                       and (steps == budget or steps >= c.env_steps) else
-                       f"--steps {steps} is below the {c.env_steps} env steps of this complete "
-                       f"run: nothing to train (raise it above {c.env_steps} to extend the run)"
+            # an extension needs the replay: one kept in memory is gone (resume_refused)
+            lost = ("; its replay was kept in memory (replay.on_disk=false): it cannot be "
+                    "extended" if self._lost_replay_size is not None else None)
+            self._note(f"run already complete at {c.env_steps} env steps"
+                       + (lost or "; raise --steps (run.steps) to extend")
+                       if c.env_steps >= budget and (steps == budget or steps >= c.env_steps)
+                       else f"--steps {steps} is below the {c.env_steps} env steps of this "
+                       "complete run: nothing to train"
+                       + (lost or f" (raise it above {c.env_steps} to extend the run)")
                        if c.env_steps >= budget else
                        f"--steps {steps} is not above the {c.env_steps} env steps this run "
                        f"has trained: nothing to train (leave --steps out to train on to its "
@@ -510,6 +514,9 @@ class Trainer(Checkpointing):
             return self.summary()
         for note in training_notes(cfg):
             self._note(note)
+        if self.uses_replay and not cfg.replay.on_disk:
+            self._note("note: replay.on_disk=false keeps the replay in memory: if this run is "
+                       "stopped or crashes, it cannot be resumed to train on")
         # the total the counter reaches: with N envs stepping together that is run.steps
         # rounded up to whole vector steps (it read 312/310); the final evaluation's line
         # is the last one (the end's line before it showed the evaluation before)

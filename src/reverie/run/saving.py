@@ -86,7 +86,8 @@ class RunCheckpoints:
         if resume_refused(self.cfg, uses_replay, payload["counters"]["env_steps"], budget):
             raise UserError(
                 "this run kept its replay in memory (replay.on_disk=false), so it cannot be "
-                "resumed with its data to train on; start a new run with replay.on_disk=true"
+                "resumed with its data to train on; start a new run in another folder (--out), "
+                "with its replay on disk (the default)"
             )
         return payload, entry
 
