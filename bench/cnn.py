@@ -23,7 +23,10 @@ round) in one process, `--rounds` rounds after one warm-up round:
   (runlib.prefilled_agent: 300 prefilled Pong steps), float32 and bf16;
 - `norm` (bf16 only): GroupNorm(1, C) as ATen's group norm (nn.GroupNorm, before 2026-12-07)
   or as a layer norm over each image (`ImageNorm`, today's code, for C not a multiple of
-  16), in the no-grad encoding of `encode` (256-image chunks) and in a whole update as above.
+  16), in the no-grad encoding of `encode` (256-image chunks) and in a whole update as above;
+- `recon`: a whole update as above with the image reconstruction loss as before 2026-12-07
+  (a copy of it here: scaling in new tensors, `(raw - target).pow(2)`) or today's (in place,
+  `mse_loss`), float32 and bf16.
 
 Reported per arm: median and min-max seconds, and the ratio to the first arm per round
 (`bias`: oneDNN's over the summed one's, per precision). Writes bench/results/cnn.json (a
@@ -44,7 +47,7 @@ from runlib import alternate, matmul_gflops, prefilled_agent, spread  # noqa: E4
 RESULTS = Path(__file__).parent / "results"
 SHAPE, DEPTH, EMBED = (64, 64, 3), 24, 64  # the atari100k preset's image and cnn sizes
 CONTEXT_IMAGES, BATCH_IMAGES, LATENT = 1024 * 8, 16 * 128, 1024
-PARTS = ("encode", "decode", "bias", "update", "norm")
+PARTS = ("encode", "decode", "bias", "update", "norm", "recon")
 
 
 def ratios(times: dict[str, list[float]], base: str) -> dict[str, dict]:
@@ -90,19 +93,19 @@ def main() -> None:
     z = torch.randn(BATCH_IMAGES, LATENT)
     target = frames[:BATCH_IMAGES].float() / 255.0 - 0.5
 
-    def route(cls, base, own: bool, precision: str, fn):
-        """fn() under `precision`'s autocast with today's `cls` (own) or its base class's
-        forward (the code before it)."""
-        own_forward = cls.forward
+    def route(cls, base, own: bool, precision: str, fn, name: str = "forward"):
+        """fn() under `precision`'s autocast with today's `cls.<name>` (own) or `base`'s (the
+        code before it: the base class's, or a copy of the old code here)."""
+        own_method = getattr(cls, name)
 
         def arm() -> None:
             if not own:
-                cls.forward = base.forward
+                setattr(cls, name, getattr(base, name))
             try:
                 with autocast(torch.device("cpu"), precision):
                     fn()
             finally:
-                cls.forward = own_forward
+                setattr(cls, name, own_method)
         return arm
 
     def decode(channels_last: bool) -> None:
@@ -154,6 +157,27 @@ def main() -> None:
             times = alternate(bias_arms(lambda: agent.update(replay)), args.rounds, warmup=1,
                               flip=True)
         result.update(bias_result(times, "update"))
+    if "recon" in args.parts:
+        from reverie.world.latent import WorldModel
+
+        def recon_before(world, z, obs):  # WorldModel._recon_loss's images before 2026-12-07
+            raw = world._decode_raw(z)
+            loss = torch.zeros(z.shape[:-1], device=z.device)
+            for k in world.image_keys:
+                target = obs[k].float() / 255.0 - 0.5
+                loss = loss + (raw[k] - target).pow(2).sum(dim=(-3, -2, -1))
+            return loss
+
+        before = type("Before", (), {"_recon_loss": recon_before})
+        arms = {f"{how} {prec}": route(WorldModel, before, how == "today", prec,
+                                       lambda: agent.update(replay), "_recon_loss")
+                for prec in ("fp32", "bf16") for how in ("before", "today")}
+        with prefilled_agent("atari100k", [], 300, args.threads) as (agent, replay):
+            times = alternate(arms, args.rounds, warmup=1, flip=True)
+        result.update({"recon_update_s": {k: spread(v, 4) for k, v in times.items()},
+                       "recon_update_speedup": {prec: spread([a / b for a, b in zip(
+                           times[f"before {prec}"], times[f"today {prec}"])], 3)
+                           for prec in ("fp32", "bf16")}})
     if "norm" in args.parts:
         norm = {f"{how} bf16": route(cnn.ImageNorm, torch.nn.GroupNorm, how == "layer_norm",
                                      "bf16", lambda: enc(frames)) for how in ("group_norm",
@@ -180,7 +204,7 @@ def main() -> None:
     path.write_text(json.dumps(result, indent=1) + "\n")
     for key in ("encode_speedup_over_one_pass", "decode_speedup_over_nchw",
                 "bias_fwd_bwd_speedup_of_summed", "update_speedup_of_summed",
-                "norm_bf16_speedup_of_layer_norm"):
+                "norm_bf16_speedup_of_layer_norm", "recon_update_speedup"):
         if key in result:
             print(key, {k: v["median"] for k, v in result[key].items()})
 
