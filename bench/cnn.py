@@ -25,8 +25,8 @@ round) in one process, `--rounds` rounds after one warm-up round:
   or as a layer norm over each image (`ImageNorm`, today's code, for C not a multiple of
   16), in the no-grad encoding of `encode` (256-image chunks) and in a whole update as above;
 - `recon`: a whole update as above with the image reconstruction loss as before 2026-12-07
-  (a copy of it here: scaling in new tensors, `(raw - target).pow(2)`) or today's (in place,
-  `mse_loss`), float32 and bf16.
+  (a copy of it here: the target scaled in new tensors) or today's (in place on a copy),
+  float32 and bf16.
 
 Reported per arm: median and min-max seconds, and the ratio to the first arm per round
 (`bias`: oneDNN's over the summed one's, per precision). Writes bench/results/cnn.json (a

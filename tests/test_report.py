@@ -864,6 +864,11 @@ def test_a_group_that_averages_variants_as_seeds_is_named(tmp_path, capsys):
             "imagine.world.backbone, imagine.world.backbone_kwargs.head_dim: add --group-by"
             ) in err
     assert "| CartPole-v1 | imagine | 2 |" in (out / "report.md").read_text()
+    # the replay in memory or on disk: the same results, no line (it said they differ)
+    fake_run(root / "h", "CartPole-v1", 4, [1.0, 4.0], preset="cartpole",
+             sets=("replay.on_disk=false",))
+    assert main(["report", str(root / "g"), str(root / "h"), "--out", str(out)]) == 0
+    assert "differ in" not in capsys.readouterr().err
     # a key given twice groups once (its label read imagine/imagine)
     assert main(["report", str(root / "f"), str(root / "g"), "--out", str(out),
                  "--group-by", "agent", "--group-by", "agent"]) == 0

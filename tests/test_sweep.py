@@ -377,16 +377,23 @@ def test_a_key_in_both_set_and_grid_is_refused(tmp_path, capsys):
 def test_a_sweep_with_its_replays_in_memory_is_refused(tmp_path, capsys):
     """replay.on_disk=false: a stopped sweep's trials could not be resumed (each failed on
     the rerun it told the user to make, and a rerun with the replay on disk was refused as
-    other settings): refused before any trial starts. An agent without a replay may."""
+    other settings): refused before any trial starts."""
     out = tmp_path / "mem"
     rc = main(["sweep", *TINY, "--set", "replay.on_disk=false", "--out", str(out)])
     assert rc == 2 and capsys.readouterr().err.strip() == (
         "reverie: error: replay.on_disk=false: a sweep resumes its stopped and crashed trials, "
-        "which needs their replay on disk; drop replay.on_disk=false")
+        "which needs their replay on disk; drop it (--set, --grid or your preset file)")
     assert not out.exists()
-    from reverie.config import NO_RESULT_KEYS  # the same data either way: runs compare
+    # a folder of an earlier sweep's in-memory trial is not taken for a trial of this one
+    # (its resume would be refused), though on_disk changes no result; log_every is alike
+    from reverie.config import build_config
+    from reverie.distributed.grid import _settings
 
-    assert "replay.on_disk" in NO_RESULT_KEYS
+    def settings(*sets):
+        return _settings(build_config("cartpole", list(sets), {}), set())
+
+    assert settings("replay.on_disk=false") != settings()
+    assert settings("run.log_every=7") == settings()
 
 
 def test_sweep_into_another_sweeps_folder_is_refused(grid_2x2, capsys):

@@ -21,9 +21,9 @@ from reverie.config import (
     is_preset_file,
     load_run_config,
     training_notes,
+    uses_replay,
 )
 from reverie.errors import UserError
-from reverie.registry import agent_parts
 
 
 @dataclass(frozen=True)
@@ -132,8 +132,10 @@ def _settings(cfg: DictConfig, grid_keys: set[str]) -> dict:
     """The config minus what changes no result (logging and checkpoint cadence, the budget:
     `NO_RESULT_KEYS`) and the threads a sweep sets itself, unless the grid sets them: two
     trials whose settings are equal are one run. Exact otherwise: a setting a resume may
-    change (run.eval_episodes) is still a grid point's own."""
-    return _without(cfg, tuple(sorted((NO_RESULT_KEYS | {"run.threads"}) - grid_keys)))
+    change (run.eval_episodes) is still a grid point's own. A result-neutral key that a
+    resume may not change (replay.on_disk) stays: the folder's run would be refused."""
+    neutral = (NO_RESULT_KEYS & set(RESUME_KEYS)) | {"run.threads"}
+    return _without(cfg, tuple(sorted(neutral - grid_keys)))
 
 
 def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
@@ -185,12 +187,11 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
                 flags = {"env": env, "steps": steps, "seed": seed}
                 try:
                     cfg = build_config(preset or "cartpole", items, flags)
-                    if not cfg.replay.on_disk and getattr(agent_parts(cfg.agent)[1],
-                                                          "uses_replay", True):
+                    if not cfg.replay.on_disk and uses_replay(cfg.agent):
                         raise UserError(
                             "replay.on_disk=false: a sweep resumes its stopped and crashed "
-                            "trials, which needs their replay on disk; drop "
-                            "replay.on_disk=false")
+                            "trials, which needs their replay on disk; drop it (--set, --grid "
+                            "or your preset file)")
                     # what check_env depends on: the env, and the agent's own settings (a
                     # backbone option only the backbone checks, e.g. ffm's memory_size under
                     # a grid of backbones); each once, before any trial starts

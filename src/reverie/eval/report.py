@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from reverie.config import uses_replay
 from reverie.errors import UserError, suggest
 from reverie.eval import plots
 from reverie.eval.runs import Run, checkpoint_step, is_run_folder, load_runs
@@ -30,7 +31,6 @@ from reverie.eval.scores import (
     published_rows,
 )
 from reverie.eval.stats import Estimate, aggregate, bootstrap_ci, mean_score
-from reverie.registry import agent_parts
 from reverie.run.folder import has_checkpoint
 from reverie.run.saving import resume_refused
 
@@ -227,8 +227,8 @@ def unevaluated_runs(runs: list[Run]) -> list[str]:
     def fix(r: Run) -> str:
         if not has_checkpoint(r.path):
             return "no checkpoint of it is kept to run it"
-        uses_replay = getattr(agent_parts(r.cfg.agent)[1], "uses_replay", True)
-        if resume_refused(r.cfg, uses_replay, checkpoint_step(r.path), r.target_steps):
+        if resume_refused(r.cfg, uses_replay(r.cfg.agent), checkpoint_step(r.path),
+                          r.target_steps):
             return ("its replay was kept in memory (replay.on_disk=false) and its newest "
                     "checkpoint is before its end: it cannot be resumed")
         return f"`reverie train --resume {r.path}` runs it"

@@ -222,8 +222,9 @@ class CheckpointStore:
         if path.is_symlink() or not path.is_file():
             raise CheckpointError(
                 f"no best checkpoint in {self.folder}: it is written at the evaluations of a "
-                "run with run.eval_episodes > 0 and run.keep_best=true, once one has run (and "
-                "by reverie versions that keep it); drop --best to load the latest")
+                "run with run.eval_episodes > 0 and run.keep_best=true, from its first "
+                "evaluation on (and by reverie versions that keep it); drop --best to load the "
+                "latest")
         payload = load_file(path)
         best = payload.get("best")
         if not (isinstance(best, dict) and type(best.get("step")) is int
