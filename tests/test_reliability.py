@@ -377,8 +377,13 @@ def test_a_run_with_its_replay_in_memory_resumes_only_for_its_final_evaluation(
     monkeypatch.setattr(Collector, "step", stop_at(250))  # the budget's last env step
     assert main([*args, "--out", str(run)]) == 128 + signal.SIGTERM
     monkeypatch.setattr(Collector, "step", step)
+    capsys.readouterr()
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert metrics(run) == metrics(ref)
+    # what it does, not "run already complete ...; raise --steps" before evaluating
+    assert capsys.readouterr().err.strip().splitlines()[0] == (
+        "reverie: the run trained to its end (250 env steps); evaluating its final agent, "
+        "which the run did not evaluate")
     # complete: it says so without naming an extension, which would be refused
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert capsys.readouterr().err.strip().splitlines()[-1] == (

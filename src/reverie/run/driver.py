@@ -283,7 +283,8 @@ class Trainer(Checkpointing):
                                 extends=evaluate and logged)
         self.run = to_object(self.cfg, "run")  # what `_log` and `evaluate` read
         if evaluate:
-            self._note("evaluating its final agent, which the run did not evaluate")
+            self._note(f"the run trained to its end ({c.env_steps} env steps); evaluating its "
+                       "final agent, which the run did not evaluate")
             # with this resume's evaluation settings, which config.yaml must then say (a
             # report reads them); its budget stays the run's own, a lower --steps aside
             kept = self.cfg.copy()
@@ -499,16 +500,17 @@ class Trainer(Checkpointing):
             # an extension needs the replay: one kept in memory is gone (resume_refused)
             lost = ("; its replay was kept in memory (replay.on_disk=false): it cannot be "
                     "extended" if self._lost_replay_size is not None else None)
-            self._note(f"run already complete at {c.env_steps} env steps"
-                       + (lost or "; raise --steps (run.steps) to extend")
-                       if c.env_steps >= budget and (steps == budget or steps >= c.env_steps)
-                       else f"--steps {steps} is below the {c.env_steps} env steps of this "
-                       "complete run: nothing to train"
-                       + (lost or f" (raise it above {c.env_steps} to extend the run)")
-                       if c.env_steps >= budget else
-                       f"--steps {steps} is not above the {c.env_steps} env steps this run "
-                       f"has trained: nothing to train (leave --steps out to train on to its "
-                       f"budget of {budget})")
+            if c.env_steps < budget:
+                self._note(f"--steps {steps} is not above the {c.env_steps} env steps this run "
+                           f"has trained: nothing to train (leave --steps out to train on to "
+                           f"its budget of {budget})")
+            elif steps != budget and steps < c.env_steps:
+                self._note(f"--steps {steps} is below the {c.env_steps} env steps of this "
+                           "complete run: nothing to train"
+                           + (lost or f" (raise it above {c.env_steps} to extend the run)"))
+            elif not self._final_evaluation_missing(budget):  # else _finish_end says so
+                self._note(f"run already complete at {c.env_steps} env steps"
+                           + (lost or "; raise --steps (run.steps) to extend"))
             if c.env_steps >= budget:  # an earlier step's agent is not the run's final one
                 self._finish_end(budget)
             return self.summary()
