@@ -193,19 +193,27 @@ def test_the_plot_of_steps_within_the_context_says_nothing_was_imagined(run, tmp
     """`reverie watch --steps 3` of a model observing 8 steps: its plot says all 3 steps are
     within the model's 8 observed steps (it said "the episode ended within the 3 observed
     steps"); a longer film's plot says imagined."""
+    import matplotlib.axes
     import matplotlib.figure
 
     from reverie.eval import video
 
     titles: list[str] = []
     monkeypatch.setattr(matplotlib.figure.Figure, "suptitle",
-                        lambda self, t, **k: titles.append(t))
+                        lambda self, t, **k: titles.append(" ".join(t.split())))
+    labels: list[str] = []
+    plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, *a, **k: labels.append(k.get("label")) or plot(self, *a, **k))
     context = int(reverie.load(run).cfg.imagine.context)
     video.watch(run, steps=3, out=tmp_path / "short.gif")
     video.watch(run, steps=context + 4, out=tmp_path / "long.gif")
     assert f"real vs reconstructed observations (all 3 steps are within the model's {context} " \
            "observed steps: nothing imagined)" in titles[0], titles
     assert "real vs open-loop imagined observations" in titles[1], titles
+    # the legend too (it said "imagined" for reconstructions)
+    assert "reconstructed" in labels and "imagined" in labels
+    assert labels.index("imagined") > max(i for i, x in enumerate(labels) if x == "reconstructed")
 
 
 def test_open_loop_vectors_follow_the_recorded_actions(run):

@@ -6,6 +6,7 @@ to see what a world model has learned."""
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -159,13 +160,14 @@ def vector_plot(real: np.ndarray, imagined: np.ndarray, context: int, path: Path
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.2 * rows), squeeze=False)
     steps = np.arange(len(imagined))
     observed = min(context, len(steps))  # the model's context, or all of a shorter episode
+    model = "imagined" if len(imagined) > context else "reconstructed"
     for i, ax in enumerate(axes.flat):
         if i >= dims:
             ax.axis("off")
             continue
         d = shown[i]
         ax.plot(steps, real[: len(steps), d], color="k", lw=1.4, label="real")
-        ax.plot(steps, imagined[:, d], color="C1", ls="--", lw=1.4, label="imagined")
+        ax.plot(steps, imagined[:, d], color="C1", ls="--", lw=1.4, label=model)
         ax.axvline(observed - 0.5, color="grey", lw=0.8, ls=":")
         ax.set_title(f"dim {d}", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -177,8 +179,10 @@ def vector_plot(real: np.ndarray, imagined: np.ndarray, context: int, path: Path
     else:  # all of it within the context (an episode that short, or --steps): reconstructions
         what = (f"reconstructed observations (all {len(imagined)} steps are within the "
                 f"model's {context} observed steps: nothing imagined)")
-    fig.suptitle(f"{title}: real vs {what}{more}; dotted line: end of the observed context",
-                 fontsize=9)
+    # wrapped to the figure's width (under 6.6 px a character at 9 pt and 100 dpi): a long one
+    # (MinAtar's dims note) was cut at both edges
+    text = f"{title}: real vs {what}{more}; dotted line: end of the observed context"
+    fig.suptitle(textwrap.fill(text, width=int(3.2 * cols * 100 / 6.6)), fontsize=9)
     fig.supxlabel("env step", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
