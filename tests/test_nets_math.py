@@ -342,3 +342,12 @@ def test_matvec_equals_the_column_matmul_and_its_gradients():
             torch.testing.assert_close(a, b)
     # a closed form: [[1, 2], [3, 4]] @ [1, 1] = [3, 7]
     assert matvec(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.ones(2)).tolist() == [3.0, 7.0]
+    # under bf16 autocast in m's float32 (autocast copied m to bf16 first, and rounded it),
+    # also with a bf16 v (a layer's output there)
+    m = torch.randn(4, 6, 5, generator=g)
+    v = torch.randn(4, 5, generator=g)
+    with torch.autocast("cpu", torch.bfloat16):
+        out, out_bf16_v = matvec(m, v), matvec(m, v.bfloat16())
+    assert out.dtype == out_bf16_v.dtype == torch.float32
+    assert torch.equal(out, matvec(m, v))
+    assert torch.equal(out_bf16_v, matvec(m, v.bfloat16().float()))

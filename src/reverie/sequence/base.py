@@ -220,7 +220,14 @@ def matvec(m: Tensor, v: Tensor) -> Tensor:
 
     Computed as the row vector vᵀ times mᵀ: torch's CPU matmul with a one-column result
     (`m @ v[..., None]`) takes a slow path, 3-10x slower here at the shapes of the Mamba
-    steps' state readout and the selective scan's backward (bench/matvec.py)."""
+    steps' state readout and the selective scan's backward (bench/matvec.py).
+
+    In m's dtype, never autocast's: a product with one row is bound by reading m, which
+    bf16 autocast first read and wrote as a bf16 copy (the Mamba-2 step's float32 state,
+    64 MB a layer at atari100k's 1024 rollouts, every imagined step), rounding it too."""
+    if torch.is_autocast_enabled(m.device.type):
+        with torch.autocast(device_type=m.device.type, enabled=False):
+            return (v.to(m.dtype).unsqueeze(-2) @ m.transpose(-1, -2)).squeeze(-2)
     return (v.unsqueeze(-2) @ m.transpose(-1, -2)).squeeze(-2)
 
 
