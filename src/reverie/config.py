@@ -652,6 +652,12 @@ def uses_replay(agent: str) -> bool:
     return bool(getattr(agent_cls, "uses_replay", True))
 
 
+def replay_in_memory(cfg: DictConfig, uses_replay: bool) -> bool:
+    """Whether the run's replay dies with its process: an agent with one (`uses_replay`) and
+    replay.on_disk=false. Such a run cannot be resumed to train on (`saving.resume_refused`)."""
+    return uses_replay and not cfg.replay.on_disk
+
+
 def rows_per_sample(cfg: DictConfig) -> int:
     """Consecutive replay rows one training sample needs (its sequence or context); 0 for
     agents without a replay."""

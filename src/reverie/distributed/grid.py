@@ -20,6 +20,7 @@ from reverie.config import (
     build_config,
     is_preset_file,
     load_run_config,
+    replay_in_memory,
     training_notes,
     uses_replay,
 )
@@ -187,7 +188,7 @@ def make_trials(preset: str | None, envs: list[str], seeds: int, steps: int | No
                 flags = {"env": env, "steps": steps, "seed": seed}
                 try:
                     cfg = build_config(preset or "cartpole", items, flags)
-                    if not cfg.replay.on_disk and uses_replay(cfg.agent):
+                    if replay_in_memory(cfg, uses_replay(cfg.agent)):
                         raise UserError(
                             "replay.on_disk=false: a sweep resumes its stopped and crashed "
                             "trials, which needs their replay on disk; drop it (--set, --grid "

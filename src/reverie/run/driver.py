@@ -36,6 +36,7 @@ from reverie.config import (
     checked_config,
     listed_overrides,
     load_run_config,
+    replay_in_memory,
     rows_per_sample,
     run_env_steps,
     run_title,
@@ -202,7 +203,8 @@ class Trainer(Checkpointing):
         # a replay kept in memory is gone: a resume at the budget (load_latest refused the
         # rest) starts an empty one, and its tail row says the size the checkpoint recorded
         self._lost_replay_size: int | None = None
-        if payload is not None and self.saved.replay_lost(payload):
+        if payload is not None and replay_in_memory(cfg, self.uses_replay) \
+                and payload["counters"]["env_steps"] > 0:
             self._lost_replay_size = int(np.sum(payload["replay"]["size"]))
             payload = None
         self.replay_rows = replay_rows(cfg, self.out, None if payload is None
@@ -268,10 +270,11 @@ class Trainer(Checkpointing):
             self._open_logs()  # (a complete run's resume opens them only to evaluate)
         self._resume_replay = None  # the replay's arrays, loaded now
 
-    def _finish_end(self, budget: int) -> None:
+    def _finish_end(self, budget: int, rows: list[dict[str, Any]]) -> None:
         """What a run at its budget stopped or killed after its final checkpoint did not
-        write: its final evaluation, then its tail row, in an uninterrupted run's order."""
-        c, rows = self.count, read_jsonl(self.out / METRICS)  # no logger is open here
+        write (metrics.jsonl's `rows` say): its final evaluation, then its tail row, in an
+        uninterrupted run's order."""
+        c = self.count
         evaluate = self._final_evaluation_missing(budget, rows)
         logged = any(row["step"] == c.env_steps and row.get(TAIL_KEY) == TAIL for row in rows)
         # its tail row goes after the evaluation: one that a stop wrote before it (a folder
@@ -500,6 +503,8 @@ class Trainer(Checkpointing):
             # an extension needs the replay: one kept in memory is gone (resume_refused)
             lost = ("; its replay was kept in memory (replay.on_disk=false): it cannot be "
                     "extended" if self._lost_replay_size is not None else None)
+            # what the run logged (no logger is open here), read once for the notes and the end
+            rows = read_jsonl(self.out / METRICS) if c.env_steps >= budget else []
             if c.env_steps < budget:
                 self._note(f"--steps {steps} is not above the {c.env_steps} env steps this run "
                            f"has trained: nothing to train (leave --steps out to train on to "
@@ -508,15 +513,15 @@ class Trainer(Checkpointing):
                 self._note(f"--steps {steps} is below the {c.env_steps} env steps of this "
                            "complete run: nothing to train"
                            + (lost or f" (raise it above {c.env_steps} to extend the run)"))
-            elif not self._final_evaluation_missing(budget):  # else _finish_end says so
+            elif not self._final_evaluation_missing(budget, rows):  # else _finish_end says so
                 self._note(f"run already complete at {c.env_steps} env steps"
                            + (lost or "; raise --steps (run.steps) to extend"))
             if c.env_steps >= budget:  # an earlier step's agent is not the run's final one
-                self._finish_end(budget)
+                self._finish_end(budget, rows)
             return self.summary()
         for note in training_notes(cfg):
             self._note(note)
-        if self.uses_replay and not cfg.replay.on_disk:
+        if replay_in_memory(cfg, self.uses_replay):
             self._note("note: replay.on_disk=false keeps the replay in memory: if this run is "
                        "stopped or crashes, it cannot be resumed to train on")
         # the total the counter reaches: with N envs stepping together that is run.steps

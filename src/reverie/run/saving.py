@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from reverie.config import config_yaml, load_run_config
+from reverie.config import config_yaml, load_run_config, replay_in_memory
 from reverie.errors import UserError
 from reverie.run import folder as run_folder
 from reverie.run.checkpoint import (
@@ -29,7 +29,7 @@ def resume_refused(cfg: DictConfig, uses_replay: bool, step: int, budget: int) -
     replay in memory (replay.on_disk=false; an agent with a replay), which died with its
     process, and would train on (below `budget`). At the budget only the final evaluation and
     the end are left, which need no replay data; a checkpoint at step 0 holds none."""
-    return uses_replay and not cfg.replay.on_disk and 0 < step < budget
+    return replay_in_memory(cfg, uses_replay) and 0 < step < budget
 
 
 class RunCheckpoints:
@@ -90,12 +90,6 @@ class RunCheckpoints:
                 "with its replay on disk (the default)"
             )
         return payload, entry
-
-    def replay_lost(self, payload: dict[str, Any]) -> bool:
-        """Whether the checkpoint's replay is gone: kept in memory by a run past its first
-        step. `load_latest` let it resume only at its budget (its final evaluation and end
-        need no replay data), where the replay starts empty."""
-        return not self.cfg.replay.on_disk and payload["counters"]["env_steps"] > 0
 
     def load_rollback(self, at_most: int) -> tuple[dict[str, Any], Entry]:
         """The newest checkpoint at or before env step `at_most` (a roll-back's target)."""
