@@ -5,6 +5,7 @@ bundled presets' sizes, and how far bf16's losses sit from fp32's.
     python bench/precision.py --presets cartpole --updates 30
     python bench/precision.py --quick               # smoke test: 2 updates each, no files
     python bench/precision.py --learning 0 1        # + the default CartPole run in bf16, seeds
+    python bench/precision.py --matmul --threads 2  # a 2048² matmul, fp32 vs bf16 (the ceiling)
 
 Per preset, one process: the preset's agent (seed 0, `--threads` torch threads, the preset's
 own run.compile) fills its replay with `PRESETS`' prefill of real env steps through the
@@ -85,6 +86,36 @@ def measure(preset: str, updates: int, warmup: int, threads: int) -> dict:
             "loadavg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
 
 
+def matmul(threads: int, n: int = 2048, rounds: int = 5) -> int:
+    """What bf16 could give at most: an n x n matmul's GFLOP/s in fp32 and in bf16 (torch's
+    bf16 matmul, as autocast runs it), alternating, `rounds` rounds of 10 products each;
+    merged into precision.json's `matmul`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a32, b32 = torch.randn(n, n), torch.randn(n, n)
+    pairs = {"fp32": (a32, b32), "bf16": (a32.bfloat16(), b32.bfloat16())}
+
+    def product(dtype: str):
+        a, b = pairs[dtype]
+        return lambda: [a @ b for _ in range(10)]
+
+    load0 = os.getloadavg()[0]
+    times = alternate({k: product(k) for k in pairs}, rounds, warmup=1)
+    rates = {k: [10 * 2 * n**3 / t / 1e9 for t in v] for k, v in times.items()}
+    result = {"n": n, "threads": threads, "rounds": rounds,
+              "gflops": {k: spread(v, 1) for k, v in rates.items()},
+              "bf16_over_fp32": spread([b / f for f, b in zip(rates["fp32"], rates["bf16"])], 2),
+              "cpu_bf16_features": cpu_bf16_features(),
+              "loadavg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+    print(json.dumps(result))
+    path = RESULTS / "precision.json"
+    report = json.loads(path.read_text()) if path.exists() else {"benchmark": "precision"}
+    report["matmul"] = result
+    path.write_text(json.dumps(report, indent=1))
+    return 0
+
+
 def cpu_bf16_features() -> list[str]:
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
@@ -147,12 +178,16 @@ def main() -> int:
     add_worker_arguments(p, list(PRESETS))
     p.add_argument("--learning", nargs="+", type=int, metavar="SEED",
                    help="train the default CartPole run in bf16 for these seeds (only that)")
+    p.add_argument("--matmul", action="store_true",
+                   help="only a 2048² matmul in fp32 and bf16, alternating (into `matmul`)")
     args = p.parse_args()
     if args.worker:
         print(json.dumps(measure(args.worker, args.updates or 3, args.warmup, args.threads)))
         return 0
     if args.learning:
         return learning(args.learning)
+    if args.matmul:
+        return matmul(args.threads)
     if args.quick:
         args.updates, args.warmup = 2, 1
     from runlib import matmul_gflops

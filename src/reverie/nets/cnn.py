@@ -88,7 +88,7 @@ class ImageNorm(nn.GroupNorm):
     """GroupNorm(1, channels): each image normalised over all its values, then a per-channel
     affine (same parameters and state dict as nn.GroupNorm). On a channels-last bf16/fp16 map
     whose channel count is not a multiple of 16 (the atari100k preset's 24), ATen's
-    channels-last group norm ran 2-3.5x slower than `layer_norm` over each image's H·W·C
+    channels-last group norm ran slower than `layer_norm` over each image's H·W·C
     values with the affine repeated per pixel, the same function: that form runs there (on
     the CPU, where it was measured)."""
 
@@ -153,10 +153,10 @@ class _TransposedConv(torch.autograd.Function):
 class BiasSumConvTranspose2d(nn.ConvTranspose2d):
     """nn.ConvTranspose2d (same parameters and state dict) whose bias gradient is the sum
     of its output's gradient (`_TransposedConv`) while autograd records it eagerly: oneDNN's
-    own bias gradient of a transposed conv took 1.4-4x its weight gradient's time on this
-    CPU, in float32 and in bfloat16. Compiled graphs, no_grad, output_size calls and other
-    devices run the plain module; no double backward (nothing in reverie differentiates a
-    gradient)."""
+    own bias gradient of a transposed conv took longer than its weight gradient on this
+    CPU, in float32 and in bfloat16 (bench/cnn.py's `bias`: the decoder 1.14x / 1.30x).
+    Compiled graphs, no_grad, output_size calls and other devices run the plain module; no
+    double backward (nothing in reverie differentiates a gradient)."""
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         if (output_size is not None or self.bias is None or torch.compiler.is_compiling()
