@@ -97,14 +97,24 @@ def test_act_returns_valid_actions(kind):
             assert all(space.contains(a) for a in action)
 
 
+def _latents_by_mode(world) -> None:
+    """The world model's samples (and their one-hot columns) become the mode."""
+    from reverie.nets.onehot import onehot_rows
+
+    def mode(logits):
+        idx = logits.argmax(-1)
+        return (torch.nn.functional.one_hot(idx, world.classes).flatten(-2).float(),
+                onehot_rows(idx, world.classes))
+
+    world.sample_index = mode
+
+
 def test_imagine_shapes_and_reset_at_last_context_step():
     """A context whose last step starts an episode imagines exactly as a 1-step context."""
     torch.manual_seed(0)
     agent = make_agent("discrete")
     # Latents by their mode, so both runs draw the same random numbers (only the actor's).
-    world = agent.world
-    agent.world.sample = lambda logits: torch.nn.functional.one_hot(
-        logits.argmax(-1), world.classes).flatten(-2).float()
+    _latents_by_mode(agent.world)
     ctx = FakeReplay(SPACES["discrete"], seed=3).sample(8, 4)
     ctx["reset"][:, -1] = True
     torch.manual_seed(1)
@@ -305,8 +315,7 @@ def test_imagination_from_the_prior_starts_after_the_whole_context():
     for start, steps in (("prior", 4), ("posterior", 3)):
         agent = make_agent("discrete", imag_start=start)
         world = agent.world  # latents by their mode: observe() then draws nothing
-        world.sample = lambda logits, w=world: torch.nn.functional.one_hot(
-            logits.argmax(-1), w.classes).flatten(-2).float()
+        _latents_by_mode(world)
         feat0 = agent.imagine(ctx)["feat"][0]
         obs = {"vector": ctx["vector"][:, :steps]}
         _, h, _ = agent.world.observe(obs, ctx["action"][:, :steps], ctx["reset"][:, :steps])

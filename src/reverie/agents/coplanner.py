@@ -137,7 +137,7 @@ class LatentCoplanner:
         return self.heads.disagreement(x)
 
     def _policy(self, s: dict[str, Any]) -> Tensor:
-        return self.actor.sample(self.world.feat(s["z"], s["h"]))[1]
+        return self.actor.sample(self.world.feat(s["z"], s["h"]), index=s.get("index"))[1]
 
     def _step(self, s: dict[str, Any], raw: Tensor, with_u: bool) -> tuple[Any, ...]:
         world, action = self.world, self.env_action(raw)
@@ -145,18 +145,27 @@ class LatentCoplanner:
             u = self.uncertainty(s["z"], s["h"], action)
         else:  # λ = 0: the heads' output would be multiplied by 0
             u = torch.zeros(raw.shape[0], device=raw.device)
-        h, state = world.imagine_step(s["z"], action, s["state"])
-        z = world.sample(world.prior(h))
-        return {"z": z, "h": h, "state": state}, world.reward(h), u, 1.0 - world.cont(h)
+        h, state = world.imagine_step(s["z"], action, s["state"], s.get("index"))
+        z, index = world.sample_index(world.prior(h))
+        nxt = {"z": z, "h": h, "state": state}
+        if "index" in s:
+            nxt["index"] = index
+        return nxt, world.reward(h), u, 1.0 - world.cont(h)
 
     @torch.no_grad()
-    def plan(self, z: Tensor, h_prev: Tensor, state: State, mode: str) -> PlanResult:
+    def plan(
+        self, z: Tensor, h_prev: Tensor, state: State, mode: str, index: Tensor | None = None
+    ) -> PlanResult:
         """Best of K candidates at N states (`mode` conservative | optimistic); its
-        `action` is the actor's raw sample (apply `env_action` before stepping)."""
+        `action` is the actor's raw sample (apply `env_action` before stepping). `index`:
+        the columns of z's ones (`WorldModel.sample_index`), for the one-hot layers."""
         lam = (self.upmpc.lambda_conservative if mode == "conservative"
                else self.upmpc.lambda_optimistic)
+        start = {"z": z, "h": h_prev, "state": state}
+        if index is not None:
+            start["index"] = index
         return plan(
-            {"z": z, "h": h_prev, "state": state},
+            start,
             lambda s, a: self._step(s, a, lam != 0.0),
             self._policy, self.upmpc, mode,
         )

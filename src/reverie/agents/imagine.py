@@ -178,7 +178,8 @@ class ImagineAgent:
             torch.manual_seed(seed)
             self.world = WorldModel(obs_spec, self.action_dim, self.discrete, cfg.world)
             self.behavior = ActorCritic(
-                self.world.feat_dim, self.action_dim, self.discrete, cfg.behavior
+                self.world.feat_dim, self.action_dim, self.discrete, cfg.behavior,
+                onehot_width=self.world.stoch_dim,
             )
             self.world.to(self.device)
             self.behavior.to(self.device)  # in place: the optimisers keep their parameters
@@ -341,7 +342,7 @@ class ImagineAgent:
         if self.cfg.imag_start == "prior":  # all C steps observed; z_C from the prior
             _, h, state = world.observe(obs, ctx["action"], reset)
             h_prev = h[:, -1]
-            z = world.sample(world.prior(h_prev))
+            z, index = world.sample_index(world.prior(h_prev))
         else:
             if C > 1:
                 _, h, state = world.observe(
@@ -353,48 +354,52 @@ class ImagineAgent:
                 state = world.initial_state(B)
                 h_prev = torch.zeros(B, world.deter_dim, device=self.device)
             state, h_prev = self._episode_start(state, h_prev, reset[:, -1])
-            z = world.sample(world.encode({k: v[:, -1] for k, v in obs.items()}))
+            z, index = world.sample_index(world.encode({k: v[:, -1] for k, v in obs.items()}))
 
         # one layout for the state in and out of every step (backbones' forward may return
         # views), so a compiled step is compiled once
         state = contiguous_state(state)
-        feats, actions, hs = [], [], []
+        feats, actions, hs, indices = [], [], [], []
         for _ in range(self.cfg.horizon):
             feat = world.feat(z, h_prev)
+            feats.append(feat)
+            indices.append(index)
             if planning:
                 with _fork_rng(self.device):
-                    result = cop.plan(z, h_prev, state, "conservative")
-                actor.sample(feat)
+                    result = cop.plan(z, h_prev, state, "conservative", index)
+                actor.sample(feat, index=index)
                 raw = result.action
                 action = cop.env_action(raw)
                 cop.imagine_model_steps += result.model_steps
-                h_prev, state = world.imagine_step(z, action, state)
-                z = world.sample(world.prior(h_prev))
+                h_prev, state = world.imagine_step(z, action, state, index)
+                z, index = world.sample_index(world.prior(h_prev))
             else:
-                raw, h_prev, state, z = (self._imagined_step or self.imagined_step)(
-                    feat, z, state)
-            feats.append(feat)
+                raw, h_prev, state, z, index = (self._imagined_step or self.imagined_step)(
+                    feat, z, index, state)
             actions.append(raw)
             hs.append(h_prev)
         feats.append(world.feat(z, h_prev))
+        indices.append(index)
         h_all = torch.stack(hs)  # the heads run once over all steps, not inside the loop
         return {
             "feat": torch.stack(feats),
+            "index": torch.stack(indices),  # where z's ones are: one-hot first layers
             "action": torch.stack(actions),
             "reward": world.reward(h_all),
             "cont": world.cont(h_all),
         }
 
     def imagined_step(
-        self, feat: Tensor, z: Tensor, state: State
-    ) -> tuple[Tensor, Tensor, State, Tensor]:
+        self, feat: Tensor, z: Tensor, index: Tensor, state: State
+    ) -> tuple[Tensor, Tensor, State, Tensor, Tensor]:
         """One step of imagination from feat(z_t, h_{t−1}): a_t ~ π, h_t = backbone.step,
-        z_{t+1} ~ prior(h_t). Returns (the actor's raw sample, h_t, state, z_{t+1})."""
-        action, raw = self.behavior.actor.sample(feat)
-        h, state = self.world.imagine_step(z, action, state)
+        z_{t+1} ~ prior(h_t). `index`: the columns of z_t's ones (`sample_index`). Returns
+        (the actor's raw sample, h_t, state, z_{t+1}, its index)."""
+        action, raw = self.behavior.actor.sample(feat, index=index)
+        h, state = self.world.imagine_step(z, action, state, index)
         if torch.compiler.is_compiling():  # states leave in the layout they come in with
             state = contiguous_state(state)
-        return raw, h, state, self.world.sample(self.world.prior(h))
+        return (raw, h, state, *self.world.sample_index(self.world.prior(h)))
 
     def compile(self, compiler: Compiler) -> None:
         """run.compile=on: the world-model loss, one imagined step (the backbone's `step`

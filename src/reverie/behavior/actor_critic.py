@@ -7,6 +7,8 @@ trajectory as plain tensors, time-major so the rollout can append one step at a 
     action: [H, B] long (discrete) or [H, B, A] float — the actor's *raw* samples
     reward: [H, B]        predicted reward after the action at t
     cont:   [H, B]        predicted probability that the episode continues after t
+    index:  [H+1, B, S]   optional: the columns of the ones of feat's one-hot latent z_t
+                          (`ActorCritic`'s onehot_width), for the one-hot first layers
 
 Losses (per state t < H, weighted by w_t = Π_{k<t} c_k so states after a predicted
 termination count less):
@@ -144,6 +146,7 @@ class Actor(nn.Module):
         min_std: float = 0.1,
         max_std: float = 1.0,
         input_norm: bool = False,
+        onehot_width: int = 0,
     ) -> None:
         super().__init__()
         if action_dim <= 0:
@@ -155,22 +158,28 @@ class Actor(nn.Module):
         self.unimix = unimix
         self.min_std, self.max_std = min_std, max_std
         out = action_dim if discrete else 2 * action_dim
-        self.net = MLP(feat_dim, out, hidden, layers)
+        self.net = MLP(feat_dim, out, hidden, layers, onehot_width=onehot_width)
         self.input_norm = RunningNorm(feat_dim) if input_norm else None
 
-    def dist(self, feat: Tensor) -> Distribution:
-        """feat: [..., F] -> a distribution with batch shape [...]."""
-        x = self.net(feat if self.input_norm is None else self.input_norm(feat))
+    def dist(self, feat: Tensor, index: Tensor | None = None) -> Distribution:
+        """feat: [..., F] -> a distribution with batch shape [...]. `index` [..., S]: the
+        columns of the ones of feat's one-hot latent (`ActorCritic` doc), or None."""
+        if self.input_norm is None:
+            x = self.net(feat, index)
+        else:  # normalised, the latent is no longer one-hot
+            x = self.net(self.input_norm(feat))
         if self.discrete:
             return Categorical(logits=unimix(x, self.unimix), validate_args=False)
         mean, std = x.chunk(2, dim=-1)
         std = (self.max_std - self.min_std) * torch.sigmoid(std + 2.0) + self.min_std
         return Independent(Normal(torch.tanh(mean), std, validate_args=False), 1)
 
-    def sample(self, feat: Tensor, explore: bool = True) -> tuple[Tensor, Tensor]:
+    def sample(
+        self, feat: Tensor, explore: bool = True, index: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """feat: [..., F] -> (action, raw). Discrete: both [...] long. Continuous: both
         [..., A]; `action` is `raw` clipped to [−1, 1]. `explore=False` takes the mode."""
-        d = self.dist(feat)
+        d = self.dist(feat, index)
         if self.discrete:
             raw = d.sample() if explore else d.probs.argmax(-1)
             return raw, raw
@@ -185,14 +194,16 @@ class Critic(nn.Module):
     imagined returns are not dominated by random value estimates (DreamerV3).
     """
 
-    def __init__(self, feat_dim: int, hidden: int, layers: int, bins: int = 255) -> None:
+    def __init__(self, feat_dim: int, hidden: int, layers: int, bins: int = 255,
+                 onehot_width: int = 0) -> None:
         super().__init__()
-        self.net = MLP(feat_dim, bins, hidden, layers, zero_init=True)
+        self.net = MLP(feat_dim, bins, hidden, layers, zero_init=True,
+                       onehot_width=onehot_width)
         self.register_buffer("bins", symlog_bins(bins), persistent=False)
 
-    def forward(self, feat: Tensor) -> Tensor:
-        """feat: [..., F] -> logits [..., bins]."""
-        return self.net(feat)
+    def forward(self, feat: Tensor, index: Tensor | None = None) -> Tensor:
+        """feat: [..., F] -> logits [..., bins]; `index` as in `Actor.dist`."""
+        return self.net(feat, index)
 
     def value(self, logits: Tensor) -> Tensor:
         """logits: [..., bins] -> expected value in reward units: [...]."""
@@ -229,19 +240,27 @@ def check_config(cfg: ActorCriticConfig) -> None:
 
 
 class ActorCritic(nn.Module):
-    """Actor, critic, slow critic, return normaliser and their optimisers."""
+    """Actor, critic, slow critic, return normaliser and their optimisers.
+
+    `onehot_width` W > 0: feat's first W values are the world model's one-hot latent z
+    (S categoricals), and the trajectory may carry `index` [H+1, B, S], the columns of its
+    ones: the networks' first layers then read z as row sums (reverie.nets.onehot), the
+    same values to float rounding in a fraction of the time.
+    """
 
     def __init__(
-        self, feat_dim: int, action_dim: int, discrete: bool, cfg: ActorCriticConfig
+        self, feat_dim: int, action_dim: int, discrete: bool, cfg: ActorCriticConfig,
+        onehot_width: int = 0,
     ) -> None:
         super().__init__()
         check_config(cfg)
         self.cfg = cfg
         self.actor = Actor(
             feat_dim, action_dim, discrete, cfg.actor_hidden, cfg.actor_layers,
-            cfg.unimix, cfg.min_std, cfg.max_std, cfg.actor_input_norm,
+            cfg.unimix, cfg.min_std, cfg.max_std, cfg.actor_input_norm, onehot_width,
         )
-        self.critic = Critic(feat_dim, cfg.critic_hidden, cfg.critic_layers, cfg.value_bins)
+        self.critic = Critic(feat_dim, cfg.critic_hidden, cfg.critic_layers, cfg.value_bins,
+                             onehot_width)
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.return_norm = ReturnNormalizer(
             cfg.return_norm_decay, cfg.return_norm_low, cfg.return_norm_high
@@ -264,7 +283,9 @@ class ActorCritic(nn.Module):
             slow.lerp_(fast, f)
 
     @torch.no_grad()
-    def targets(self, feat: Tensor, reward: Tensor, cont: Tensor) -> dict[str, Tensor]:
+    def targets(
+        self, feat: Tensor, reward: Tensor, cont: Tensor, index: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """What the losses regress to, for `targets` = reverie | dreamerv3 | drama (module
         doc): a pure tensor function. feat [H+1, B, F]; reward, cont [H, B].
 
@@ -273,10 +294,10 @@ class ActorCritic(nn.Module):
         (otherwise the actor's baseline is the critic's own value, from `losses`).
         """
         cfg = self.cfg
-        slow_value = self.critic.value(self.slow_critic(feat))  # [H+1, B]
+        slow_value = self.critic.value(self.slow_critic(feat, index))  # [H+1, B]
         if cfg.targets == "drama":
             cont = (cont > 0.5).to(cont.dtype)
-            fast_value = self.critic.value(self.critic(feat))
+            fast_value = self.critic.value(self.critic(feat, index))
             ret = lambda_returns(reward.T, cont.T, fast_value.T, cfg.gamma, cfg.lam).T
             second = lambda_returns(reward.T, cont.T, slow_value.T, cfg.gamma, cfg.lam).T
             weight = torch.ones_like(cont)
@@ -291,18 +312,20 @@ class ActorCritic(nn.Module):
         return out
 
     def losses(
-        self, feat: Tensor, action: Tensor, targets: dict[str, Tensor], scale: Tensor
+        self, feat: Tensor, action: Tensor, targets: dict[str, Tensor], scale: Tensor,
+        index: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Actor and critic losses given `targets(...)` and the return scale S (a 0-d
         tensor): a pure tensor function. Returns (actor_loss, critic_loss, 0-d metrics)."""
         ret, weight = targets["ret"], targets["weight"]
-        logits = self.critic(feat[:-1])  # [H, B, bins]
+        index = None if index is None else index[:-1]
+        logits = self.critic(feat[:-1], index)  # [H, B, bins]
         value = self.critic.value(logits.detach())
         critic_loss = self.critic.loss(logits, ret) + self.critic.loss(logits, targets["second"])
         critic_loss = (weight * critic_loss).mean()
         baseline = targets.get("baseline", value)
 
-        dist = self.actor.dist(feat[:-1])
+        dist = self.actor.dist(feat[:-1], index)
         adv = (ret - baseline) / scale
         entropy = dist.entropy()
         actor_loss = -(weight * (dist.log_prob(action) * adv + self.cfg.entropy * entropy)).mean()
@@ -318,7 +341,8 @@ class ActorCritic(nn.Module):
         return actor_loss, critic_loss, terms
 
     def _prepare(
-        self, feat: Tensor, action: Tensor, reward: Tensor, cont: Tensor
+        self, feat: Tensor, action: Tensor, reward: Tensor, cont: Tensor,
+        index: Tensor | None,
     ) -> tuple[Tensor, dict[str, Tensor], Tensor]:
         """Check the shapes, compute the targets and fold this trajectory's returns (and,
         with actor_input_norm, its states) into the running statistics; (feat, targets, S)."""
@@ -330,7 +354,10 @@ class ActorCritic(nn.Module):
                 f"reward {tuple(reward.shape)}, cont {tuple(cont.shape)}"
             )
         feat = feat.detach()
-        targets = self._run(self._targets, feat, reward, cont)
+        if index is not None and index.shape[:2] != feat.shape[:2]:
+            raise ValueError(f"index must be [H+1, B, S] like feat {tuple(feat.shape)}, got "
+                             f"{tuple(index.shape)}")
+        targets = self._run(self._targets, feat, reward, cont, index)
         # DreamerV3 folds the trajectory's own returns in before using the scale
         self.return_norm.update(targets["ret"])
         if self.actor.input_norm is not None:
@@ -348,32 +375,35 @@ class ActorCritic(nn.Module):
                 "imag/cont": m["imag/cont"]}
 
     def loss(
-        self, feat: Tensor, action: Tensor, reward: Tensor, cont: Tensor
+        self, feat: Tensor, action: Tensor, reward: Tensor, cont: Tensor,
+        index: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, dict[str, float]]:
         """Actor and critic losses of an imagined trajectory (shapes: module doc).
 
         Folds this trajectory's returns into the return normaliser first (DreamerV3 does
         the same), so call it once per update. Returns (actor_loss, critic_loss, metrics).
         """
-        feat, targets, scale = self._prepare(feat, action, reward, cont)
-        actor_loss, critic_loss, terms = self._losses(feat, action, targets, scale)
+        feat, targets, scale = self._prepare(feat, action, reward, cont, index)
+        actor_loss, critic_loss, terms = self._losses(feat, action, targets, scale, index)
         return actor_loss, critic_loss, self._metrics(terms, reward, scale)
 
     def _gradients(
-        self, feat: Tensor, action: Tensor, targets: dict[str, Tensor], scale: Tensor
+        self, feat: Tensor, action: Tensor, targets: dict[str, Tensor], scale: Tensor,
+        index: Tensor | None,
     ) -> dict[str, Tensor]:
-        actor_loss, critic_loss, terms = self._losses(feat, action, targets, scale)
+        actor_loss, critic_loss, terms = self._losses(feat, action, targets, scale, index)
         self.actor_opt.zero_grad(set_to_none=True)
         self.critic_opt.zero_grad(set_to_none=True)
         (actor_loss + critic_loss).backward()  # disjoint parameters: one backward for both
         return terms
 
     def update(
-        self, feat: Tensor, action: Tensor, reward: Tensor, cont: Tensor
+        self, feat: Tensor, action: Tensor, reward: Tensor, cont: Tensor,
+        index: Tensor | None = None,
     ) -> dict[str, float]:
         """One actor and one critic step on an imagined trajectory, then the slow critic."""
-        feat, targets, scale = self._prepare(feat, action, reward, cont)
-        terms = self._run(self._gradients, feat, action, targets, scale)
+        feat, targets, scale = self._prepare(feat, action, reward, cont, index)
+        terms = self._run(self._gradients, feat, action, targets, scale, index)
         metrics = self._metrics(terms, reward, scale)
         clip = self.cfg.grad_clip
         metrics["ac/actor_grad_norm"] = nn.utils.clip_grad_norm_(

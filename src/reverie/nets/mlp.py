@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from reverie.nets.math import full
+from reverie.nets.onehot import onehot_linear, use_onehot
 
 
 class MLP(nn.Module):
@@ -13,6 +14,10 @@ class MLP(nn.Module):
     Hidden Linears have no bias because the LayerNorm after them has one. `zero_init`
     zeroes the output layer so a head starts at a known prediction (DreamerV3: reward and
     value heads start at exactly 0, which avoids huge early returns in imagination).
+
+    `onehot_width` W > 0: the input's first W values may be a one-hot latent, and a call
+    given the columns of its ones (`index`) evaluates the first layer as row sums
+    (reverie.nets.onehot); without `index` the layer is dense as usual.
     """
 
     def __init__(
@@ -22,10 +27,14 @@ class MLP(nn.Module):
         hidden: int,
         layers: int,
         zero_init: bool = False,
+        onehot_width: int = 0,
     ) -> None:
         super().__init__()
         if in_dim <= 0 or hidden <= 0:
             raise ValueError(f"MLP sizes must be positive, got in_dim={in_dim}, hidden={hidden}")
+        if not 0 <= onehot_width <= in_dim:
+            raise ValueError(f"onehot_width must be in [0, in_dim={in_dim}], got {onehot_width}")
+        self.onehot_width = onehot_width
         if layers < 0 or (layers == 0 and out_dim is None):
             raise ValueError(f"MLP needs layers >= 1 (or an out_dim with layers=0), got {layers}")
         mods: list[nn.Module] = []
@@ -45,8 +54,16 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*mods)
         self.head = out_dim is not None
 
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.net(x)
+    def forward(self, x: Tensor, index: Tensor | None = None) -> Tensor:
+        """`index` [..., S]: the columns of the ones of x's one-hot part (module doc)."""
+        if use_onehot(index, x):
+            if not self.onehot_width:
+                raise ValueError("this MLP was built with onehot_width=0; call it without index")
+            w = self.onehot_width
+            y = onehot_linear(self.net[0], x[..., :w], x[..., w:], index)
+            y = self.net[1:](y)
+        else:
+            y = self.net(x)
         # a head's output leaves in float32 for the distribution math that reads it, also
         # under run.precision=bf16; hidden features stay as computed for the next layer
         return full(y) if self.head else y

@@ -52,6 +52,7 @@ from reverie.nets.math import (
     unimix,
 )
 from reverie.nets.mlp import MLP
+from reverie.nets.onehot import onehot_linear, onehot_rows, use_onehot
 from reverie.sequence import State, make_backbone
 
 
@@ -257,6 +258,11 @@ class WorldModel(nn.Module):
         Forward value is an exact one-hot; the gradient is that of the probabilities
         (Bengio et al. 2013; DreamerV2 §2).
         """
+        return self.sample_index(logits)[0]
+
+    def sample_index(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """`sample` and the columns of its ones, [..., stoch] long (`onehot_rows`): the
+        layers that read z can sum weight columns instead (reverie.nets.onehot)."""
         probs = torch.softmax(logits, -1)
         # inverse-CDF sampling: one uniform per categorical and a compare against the
         # cumulative probabilities, vectorised where torch.multinomial loops over rows
@@ -265,7 +271,8 @@ class WorldModel(nn.Module):
         idx = below.clamp(max=self.classes - 1)
         onehot = torch.zeros_like(probs).scatter_(-1, idx, 1.0)
         # (probs - probs.detach()) is exactly 0 forward, so the value stays an exact one-hot
-        return (onehot + (probs - probs.detach())).flatten(-2)
+        z = (onehot + (probs - probs.detach())).flatten(-2)
+        return z, onehot_rows(idx.squeeze(-1), self.classes)
 
     def action_input(self, action: Tensor) -> Tensor:
         """Discrete index [...] long -> one-hot [..., A] float; float [..., A] passes through."""
@@ -279,9 +286,12 @@ class WorldModel(nn.Module):
         return action
 
     # -- dynamics ---------------------------------------------------------------------
-    def backbone_input(self, z: Tensor, action: Tensor) -> Tensor:
-        """The backbone's input for (z_t, a_t): [..., stoch_dim], [...] or [..., A] -> [..., D]."""
+    def backbone_input(self, z: Tensor, action: Tensor, index: Tensor | None = None) -> Tensor:
+        """The backbone's input for (z_t, a_t): [..., stoch_dim], [...] or [..., A] -> [..., D].
+        `index`: the columns of z's ones (`sample_index`), or None (a dense product)."""
         a = self.action_input(action).to(z.dtype)
+        if use_onehot(index, z):
+            return self.input_proj[1:](onehot_linear(self.input_proj[0], z, a, index))
         return self.input_proj(torch.cat([z, a], -1))
 
     def observe(
@@ -297,13 +307,16 @@ class WorldModel(nn.Module):
         Returns z [B, T, stoch_dim] (posterior samples), h [B, T, deter_dim] (h_t has
         seen z_t and a_t) and the backbone state after T steps.
         """
-        z = self.sample(self.encode(obs))
-        h, state = self.backbone(self.backbone_input(z, action), state, reset)
+        z, index = self.sample_index(self.encode(obs))
+        h, state = self.backbone(self.backbone_input(z, action, index), state, reset)
         return z, h, state
 
-    def imagine_step(self, z: Tensor, action: Tensor, state: State) -> tuple[Tensor, State]:
-        """One O(1) step: z [B, stoch_dim], action [B] or [B, A] -> h [B, deter_dim]."""
-        return self.backbone.step(self.backbone_input(z, action), state)
+    def imagine_step(
+        self, z: Tensor, action: Tensor, state: State, index: Tensor | None = None
+    ) -> tuple[Tensor, State]:
+        """One O(1) step: z [B, stoch_dim], action [B] or [B, A] -> h [B, deter_dim];
+        `index` as in `backbone_input`."""
+        return self.backbone.step(self.backbone_input(z, action, index), state)
 
     def initial_state(self, batch_size: int) -> State:
         """Zero backbone state for `batch_size` rows (h_{-1} is zeros)."""

@@ -1,0 +1,96 @@
+"""One-hot first layers (reverie.nets.onehot) against the dense products they replace."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reverie.nets.mlp import MLP
+from reverie.nets.onehot import onehot_linear, onehot_rows
+from test_imagine_agent import SPACES, FakeReplay, make_agent
+
+S, K, R, O = 6, 5, 7, 11  # categoricals, classes, dense width, outputs
+
+
+def _latent(lead: tuple[int, ...], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(K, (*lead, S), generator=g)
+    return F.one_hot(idx, K).flatten(-2).float(), onehot_rows(idx, K)
+
+
+def test_onehot_rows_are_the_columns_of_the_ones():
+    z, index = _latent((4, 3))
+    assert index.shape == (4, 3, S)
+    assert torch.equal(z.nonzero()[:, -1].view(4, 3, S), index)
+
+
+def test_onehot_linear_matches_the_dense_layer_forward_and_backward():
+    """Values to float rounding; the gradients of the weight, the bias, the dense part and
+    the one-hot part (the straight-through gradient) are the dense layer's."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(S * K + R, O)
+    z, index = _latent((3, 4))
+    probs = torch.rand(3, 4, S * K, requires_grad=True)
+    z_st = z + (probs - probs.detach())  # a straight-through sample, as the world model's
+    rest = torch.randn(3, 4, R, requires_grad=True)
+    dy = torch.randn(3, 4, O)
+
+    y = onehot_linear(lin, z_st, rest, index)
+    y.backward(dy)
+    grads = [p.grad.clone() for p in (lin.weight, lin.bias, rest, probs)]
+    for p in (lin.weight, lin.bias, rest, probs):
+        p.grad = None
+    ref = lin(torch.cat([z_st, rest], -1))
+    ref.backward(dy)
+    torch.testing.assert_close(y, ref, rtol=1e-6, atol=1e-6)
+    for got, p in zip(grads, (lin.weight, lin.bias, rest, probs)):
+        torch.testing.assert_close(got, p.grad, rtol=1e-6, atol=1e-6)
+
+
+def test_mlp_with_index_matches_the_dense_mlp_and_autocast_stays_dense():
+    torch.manual_seed(1)
+    mlp = MLP(S * K + R, O, 16, 2, onehot_width=S * K)
+    z, index = _latent((9,), seed=2)
+    x = torch.cat([z, torch.randn(9, R)], -1)
+    torch.testing.assert_close(mlp(x, index), mlp(x), rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16: the dense product, exactly
+        assert torch.equal(mlp(x, index), mlp(x))
+    with pytest.raises(ValueError, match="onehot_width=0"):
+        MLP(S * K + R, O, 16, 2)(x, index)
+    with pytest.raises(ValueError, match="onehot_width"):
+        MLP(4, O, 16, 2, onehot_width=5)
+
+
+def test_sample_index_is_the_sample_and_where_its_ones_are():
+    agent = make_agent("discrete")
+    world = agent.world
+    logits = torch.randn(10, world.stoch, world.classes)
+    torch.manual_seed(3)
+    z, index = world.sample_index(logits)
+    torch.manual_seed(3)
+    assert torch.equal(world.sample(logits), z)  # same draws
+    assert torch.equal(z.nonzero()[:, -1].view(10, world.stoch), index)
+
+
+@pytest.mark.parametrize("kind", ["discrete", "continuous"])
+def test_imagined_trajectory_carries_the_index_of_its_latents(kind):
+    """traj["index"] locates the ones of every feat's z, and the actor-critic's losses
+    with it equal the dense ones to float rounding."""
+    agent = make_agent(kind)
+    ctx = FakeReplay(SPACES[kind], seed=4).sample(8, 4)
+    torch.manual_seed(0)
+    traj = agent.imagine(ctx)
+    world, index = agent.world, traj["index"]
+    assert index.shape == (*traj["feat"].shape[:2], world.stoch)
+    z = traj["feat"][..., : world.stoch_dim]
+    assert torch.equal(z.nonzero()[:, -1].view(index.shape), index)
+    behavior = agent.behavior
+    state = {k: v.clone() for k, v in behavior.return_norm.state_dict().items()}
+    sparse = behavior.loss(**traj)
+    behavior.return_norm.load_state_dict(state)
+    dense = behavior.loss(**{k: v for k, v in traj.items() if k != "index"})
+    torch.testing.assert_close(sparse[0], dense[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sparse[1], dense[1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="index must be"):
+        behavior.loss(**{**traj, "index": index[1:]})
