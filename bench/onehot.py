@@ -1,0 +1,133 @@
+"""The one-hot first layers (reverie/nets/onehot.py) against the dense products they
+replace: seconds per update of the world-model agent, fp32.
+
+    python bench/onehot.py                      # matched, cartpole, minatar, dmc-proprio
+    python bench/onehot.py --presets matched --updates 10
+    python bench/onehot.py --quick              # smoke test: 2 updates each, no files
+
+The actor's and critic's first layers and the backbone's input projection read the latent z,
+an exact one-hot of S ones in S·K values; given where the ones are they sum S weight columns
+instead of a dense product (today's code). `dense` is the code before 2026-12-07: the same
+agent with `use_onehot` answering no, so every layer takes the dense product (the agent's
+numbers differ only by float rounding, the random draws are the same).
+
+Per preset, one process: the preset's agent (seed 0, `--threads` torch threads, the
+preset's own run.compile) with a replay of random env steps (`runlib.prefilled_agent`),
+updates alternating dense, onehot, onehot, dense, ... (`runlib.alternate`, the order
+reversed every other round). `matched` is bench/throughput.py's matched sizes (CartPole,
+32x32 latents, 1024 imagined rollouts of 15 steps, 256-wide networks), the comparison with
+sheeprl. Reported: median and min-max seconds per update of each arm and of the per-round
+ratio dense / onehot (> 1: one-hot is faster), the 1-minute load before and after, and the
+fp32 matmul speed.
+
+Writes bench/results/onehot.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runlib import (  # noqa: E402
+    add_worker_arguments,
+    alternate,
+    matmul_gflops,
+    prefilled_agent,
+    run_worker,
+    spread,
+)
+
+RESULTS = Path(__file__).parent / "results"
+PRESETS = {  # name -> (preset, extra overrides, prefill env steps)
+    "matched": ("cartpole", None, 600),  # bench/throughput.py's overrides (`_overrides`)
+    "cartpole": ("cartpole", [], 600),
+    "minatar": ("minatar", ["env.id=minatar:breakout"], 1100),
+    "dmc-proprio": ("dmc-proprio", ["env.id=dmc:walker-walk"], 1100),
+}
+ARMS = ("dense", "onehot")
+
+
+def _overrides(name: str, threads: int) -> list[str]:
+    preset, extra, _ = PRESETS[name]
+    if extra is not None:
+        return extra
+    import throughput
+
+    keep = ("run.prefill", "run.threads", "run.eval_episodes", "run.checkpoint_every")
+    over = throughput.reverie_overrides({"update_every": 16, "learning_starts": 512}, threads)
+    return [o for o in over if not o.startswith(keep)]
+
+
+def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
+    """One process: the preset's agent, updates alternating the two arms (module doc)."""
+    import torch
+
+    from reverie.nets import mlp, onehot
+    from reverie.world import latent
+
+    preset, _, prefill = PRESETS[name]
+    load0 = os.getloadavg()[0]
+    with prefilled_agent(preset, _overrides(name, threads), prefill, threads) as (agent, replay):
+        if agent.world.stoch_dim <= 0 or torch.is_autocast_enabled("cpu"):
+            raise SystemExit(f"{name}: no one-hot layers to compare")
+
+        def dense(index, x) -> bool:
+            return False
+
+        def update(arm: str):
+            use = dense if arm == "dense" else onehot.use_onehot
+
+            def call() -> None:
+                mlp.use_onehot = latent.use_onehot = use
+                agent.update(replay)
+            return call
+
+        times = alternate({arm: update(arm) for arm in ARMS}, updates, warmup, flip=True)
+        mlp.use_onehot = latent.use_onehot = onehot.use_onehot
+    world, b = agent.world, agent.behavior
+    return {"preset": name, "threads": threads, "updates": updates, "warmup": warmup,
+            "latent": [world.stoch, world.classes], "deter": world.deter_dim,
+            "imag_batch": agent.cfg.imag_batch, "horizon": agent.cfg.horizon,
+            "actor_hidden": b.cfg.actor_hidden, "critic_hidden": b.cfg.critic_hidden,
+            "loadavg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)],
+            "update": {arm: spread(times[arm], 4) for arm in ARMS},
+            "ratio_dense_over_onehot": spread(
+                [a / b for a, b in zip(times["dense"], times["onehot"])], 3)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--updates", type=int, default=10, help="timed rounds (one update per arm)")
+    add_worker_arguments(p, list(PRESETS))
+    p.set_defaults(threads=2)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(measure(args.worker, args.updates, args.warmup, args.threads)))
+        return 0
+    if args.quick:
+        args.updates, args.warmup = 2, 1
+    report = {"benchmark": "onehot", "threads": args.threads, "cores": os.cpu_count(),
+              "matmul_gflops_before": matmul_gflops(args.threads),
+              "loadavg_1min_before": round(os.getloadavg()[0], 2), "presets": {}}
+    for name in args.presets:
+        r = run_worker(__file__, name, args.updates, args.warmup, args.threads)
+        print(json.dumps({k: r[k] for k in ("preset", "update", "ratio_dense_over_onehot")}),
+              flush=True)
+        report["presets"][name] = r
+    report["matmul_gflops_after"] = matmul_gflops(args.threads)
+    report["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
+    report["loaded"] = max(report["loadavg_1min_before"], report["loadavg_1min_after"]) > (
+        os.cpu_count() or 1)
+    if args.quick:
+        return 0
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "onehot.json").write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
