@@ -1085,6 +1085,35 @@ def optimizer_table(results: Path) -> str | None:
     return "\n".join(lines)
 
 
+def onehot_table(results: Path) -> str | None:
+    report, _ = load(results, "onehot")
+    if report is None:
+        return None
+    head = ["preset", "latent (S x K)", "imagined rollouts x steps", "s/update, dense "
+            "(median, min–max)", "s/update, one-hot", "dense / one-hot per round"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for name, r in report["presets"].items():
+        u = r["update"]
+        lines.append(_row([
+            f"`{name}`", "{} x {}".format(*r["latent"]), f"{r['imag_batch']} x {r['horizon']}",
+            _median_range(u["dense"], ".3f"), _median_range(u["onehot"], ".3f"),
+            _median_range(r["ratio_dense_over_onehot"], ".2f", "x")]))
+    counts = sorted({(r["updates"], r["warmup"]) for r in report["presets"].values()})
+    lines.append(
+        "\nOne update of the world-model agent, fp32, with the first layers that read the "
+        "one-hot latent as dense products (the code before 2026-12-07) or as sums of weight "
+        "columns (today's), updates alternating in one process per preset ("
+        + "; ".join(f"{u} rounds after {w} warm-up, the order reversed every round"
+                    for u, w in counts)
+        + "); `matched`: bench/throughput.py's matched sizes, minatar: Breakout, "
+        f"dmc-proprio: walker-walk; {report['threads']} torch thread(s), the preset's own "
+        f"run.compile; fp32 matmul {report['matmul_gflops_before']} GFLOP/s before, "
+        f"{report['matmul_gflops_after']} after; 1-min load {report['loadavg_1min_before']} "
+        f"before, {report['loadavg_1min_after']} after on {report['cores']} cores"
+        + (" (**loaded**: load > cores)." if report["loaded"] else "."))
+    return "\n".join(lines)
+
+
 def matvec_table(results: Path) -> str | None:
     report, _ = load(results, "matvec")
     if report is None:
@@ -1195,6 +1224,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "ensemble_speed": ensemble_speed_table,
     "precision": precision_table,
     "optimizer": optimizer_table,
+    "onehot": onehot_table,
     "matvec": matvec_table,
     "ssd_step": ssd_step_table,
     "vector_env": vector_env_table,
