@@ -8,7 +8,7 @@ replace: seconds per update of the world-model agent, fp32.
 The actor's and critic's first layers and the backbone's input projection read the latent z,
 an exact one-hot of S ones in S·K values; given where the ones are they sum S weight columns
 instead of a dense product (today's code). `dense` is the code before 2026-12-07: the same
-agent with `use_onehot` answering no, so every layer takes the dense product (the agent's
+agent inside `runlib.dense_latent_layers`, so every layer takes the dense product (the agent's
 numbers differ only by float rounding, the random draws are the same).
 
 Per preset, one process: the preset's agent (seed 0, `--threads` torch threads, the
@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runlib import (  # noqa: E402
     add_worker_arguments,
     alternate,
+    dense_latent_layers,
     matmul_gflops,
     prefilled_agent,
     run_worker,
@@ -64,10 +65,9 @@ def _overrides(name: str, threads: int) -> list[str]:
 
 def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
     """One process: the preset's agent, updates alternating the two arms (module doc)."""
-    import torch
+    import contextlib
 
-    from reverie.nets import mlp, onehot
-    from reverie.world import latent
+    import torch
 
     preset, _, prefill = PRESETS[name]
     load0 = os.getloadavg()[0]
@@ -75,19 +75,13 @@ def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
         if agent.world.stoch_dim <= 0 or torch.is_autocast_enabled("cpu"):
             raise SystemExit(f"{name}: no one-hot layers to compare")
 
-        def dense(index, x) -> bool:
-            return False
-
         def update(arm: str):
-            use = dense if arm == "dense" else onehot.use_onehot
-
             def call() -> None:
-                mlp.use_onehot = latent.use_onehot = use
-                agent.update(replay)
+                with dense_latent_layers() if arm == "dense" else contextlib.nullcontext():
+                    agent.update(replay)
             return call
 
         times = alternate({arm: update(arm) for arm in ARMS}, updates, warmup, flip=True)
-        mlp.use_onehot = latent.use_onehot = onehot.use_onehot
     world, b = agent.world, agent.behavior
     return {"preset": name, "threads": threads, "updates": updates, "warmup": warmup,
             "latent": [world.stoch, world.classes], "deter": world.deter_dim,

@@ -16,6 +16,7 @@ bench/results/runs/...` reads it, `reverie train --resume` cannot continue it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -302,12 +303,30 @@ def prefilled_agent(preset: str, overrides: list[str], prefill: int,
         yield trainer.agent, trainer.replay
 
 
-def update_flops(preset: str, overrides: list[str], flags: dict | None = None) -> int:
+@contextmanager
+def dense_latent_layers() -> Iterator[None]:
+    """Inside: the layers that read the one-hot latent take the dense product, as before
+    2026-12-07 (reverie/nets/onehot.py: `use_onehot` answers no), the same numbers to float
+    rounding."""
+    from reverie.nets import mlp, onehot
+    from reverie.world import latent
+
+    mlp.use_onehot = latent.use_onehot = lambda index, x: False
+    try:
+        yield
+    finally:
+        mlp.use_onehot = latent.use_onehot = onehot.use_onehot
+
+
+def update_flops(preset: str, overrides: list[str], flags: dict | None = None,
+                 dense: bool = False) -> int:
     """Matmul/conv/attention FLOPs (forward + backward) of one update of `preset` as `reverie
     train` builds it with these overrides and command flags, counted by torch's
     FlopCounterMode on the first update of a short in-process run (the overrides set its
     prefill and steps). Counted eagerly (run.compile=off): the counter sees aten operators,
-    not a compiled graph's kernels, and compiling changes no operator's FLOPs."""
+    not a compiled graph's kernels, and compiling changes no operator's FLOPs. The one-hot
+    latent's products are column sums, not counted; `dense` counts the update with them as
+    dense products (`dense_latent_layers`), the work they stand for."""
     import tempfile
 
     import torch
@@ -333,7 +352,8 @@ def update_flops(preset: str, overrides: list[str], flags: dict | None = None) -
             return out
 
         trainer.agent.update = counting_update
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), \
+                (dense_latent_layers() if dense else contextlib.nullcontext()):
             trainer.train()
     return counted["total"]
 

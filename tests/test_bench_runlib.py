@@ -234,3 +234,31 @@ def test_a_result_that_only_changes_the_load_average_is_not_rewritten(tmp_path):
     assert path.read_text() == before
     assert runlib.write_result(path, {**result, "a": [1, 3]})  # a real change is written
     assert json.loads(path.read_text())["a"] == [1, 3]
+
+
+def test_dense_latent_layers_switch_the_one_hot_layers_off_and_back():
+    """bench/onehot.py's dense arm and the compute bound's dense count: inside, a layer given
+    the one-hot's columns takes the dense product (bit for bit); after, the column sums."""
+    import torch
+    import torch.nn.functional as F
+
+    from reverie.nets import mlp, onehot
+    from reverie.nets.mlp import MLP
+    from reverie.world import latent
+
+    torch.manual_seed(0)
+    net = MLP(4 * 8 + 3, 5, 16, 1, onehot_width=4 * 8)
+    idx = torch.randint(8, (6, 4))
+    x = torch.cat([F.one_hot(idx, 8).flatten(-2).float(), torch.randn(6, 3)], -1)
+    index = onehot.onehot_rows(idx, 8)
+    calls = []
+    real = onehot.onehot_linear
+    mlp.onehot_linear = lambda *a: calls.append(1) or real(*a)
+    try:
+        with runlib.dense_latent_layers():
+            assert torch.equal(net(x, index), net(x)) and not calls
+        net(x, index)
+        assert calls
+    finally:
+        mlp.onehot_linear = real
+    assert mlp.use_onehot is onehot.use_onehot and latent.use_onehot is onehot.use_onehot
