@@ -734,3 +734,25 @@ def test_the_film_ends_on_the_state_after_the_last_action(run):
     frames, observations, actions, note = rollout(reverie.load(run), 500)
     assert note is None and len(frames) == len(actions) + 1 == len(observations) + 1
     assert not np.array_equal(frames[-1], frames[-2])
+
+
+def test_manifest_newest_reads_what_it_can_and_never_raises(tmp_path):
+    """The one tolerant reader of the newest checkpoint's step (report, sweep)."""
+    import json
+
+    from reverie.run.folder import manifest_newest
+
+    ck = tmp_path / "checkpoints"
+    assert manifest_newest(tmp_path) == (None, None)  # no manifest
+    ck.mkdir()
+    for text, want in (("not json", (None, None)), ("[1, 2]", (None, None)),
+                       ('{"format": 2}', (2, None)),
+                       ('{"format": 2, "checkpoints": []}', (2, None)),
+                       ('{"format": 2, "checkpoints": [{"step": "x"}]}', (2, None)),
+                       ('{"format": 2, "checkpoints": [{"step": 1e999}]}', (2, None)),
+                       ('{"checkpoints": [3]}', (None, None))):
+        (ck / "manifest.json").write_text(text)
+        assert manifest_newest(tmp_path) == want, text
+    entries = [{"step": 500}, {"step": 1500}, {"step": 1000}]
+    (ck / "manifest.json").write_text(json.dumps({"format": 2, "checkpoints": entries}))
+    assert manifest_newest(tmp_path) == (2, 1500)

@@ -7,7 +7,6 @@ returns plain data. Each attempt's output is appended to `<sweep>/logs/<trial>.l
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reverie.errors import USAGE_EXIT, Busy
+from reverie.run.folder import manifest_newest
 
 if TYPE_CHECKING:  # annotations only: `reverie` imports this module at start-up (follow_parent)
     from reverie.distributed.grid import Trial
@@ -134,15 +134,6 @@ def _wait_busy(seconds: float, stop: Callable[[], bool] | None) -> None:
         time.sleep(min(0.2, max(0.0, until - time.monotonic())))
 
 
-def last_checkpoint_step(folder: Path) -> int | None:
-    """The env step of the newest checkpoint in the run folder's manifest, or None."""
-    try:
-        manifest = json.loads((Path(folder) / "checkpoints" / "manifest.json").read_text())
-        return max(int(e["step"]) for e in manifest["checkpoints"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def trial_state(trial: Trial) -> str:
     """'done' (a checkpoint at the full budget, and the final evaluation of a run that
     evaluates), 'partial' (a run to resume), 'unevaluated' (at its own budget, stopped before
@@ -150,7 +141,7 @@ def trial_state(trial: Trial) -> str:
     folder = Path(trial.folder)
     if not (folder / "config.yaml").exists():
         return NEW
-    last = last_checkpoint_step(folder)
+    last = manifest_newest(folder)[1]
     if last is None or last < trial.steps:
         return PARTIAL
     # the sweep's own run.eval_episodes where it gives one (a resume applies it: 0 evaluates
@@ -233,7 +224,7 @@ def run_trial(trial: Trial, retries: int, stop: Callable[[], bool] | None = None
     t0 = time.time()
     result = trial_record(trial)
     state = trial_state(trial)
-    last = last_checkpoint_step(Path(trial.folder))
+    last = manifest_newest(Path(trial.folder))[1]
     if state == DONE:
         if last > trial.steps:
             result["note"] = (f"trained to {last} env steps by an earlier sweep (this one asks "

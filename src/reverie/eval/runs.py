@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from reverie.errors import UserError
 from reverie.eval.mmer import mmer, mmer_curve, window_means
 from reverie.eval.scores import ScoreKind, atari_game, human_normalized, score_kind
-from reverie.run.folder import CONFIG, MARKER, PROGRESS
+from reverie.run.folder import CONFIG, MARKER, PROGRESS, manifest_newest
 from reverie.run.logger import (
     MACHINE,
     METRICS,
@@ -94,19 +94,6 @@ def _finite(rows: list[dict], key: str) -> list[tuple[int, float]]:
     return out
 
 
-def _manifest(folder: Path) -> tuple[object | None, int]:
-    """(checkpoint format, step of the newest checkpoint) from the manifest, if readable."""
-    try:
-        data = json.loads((folder / "checkpoints" / "manifest.json").read_text())
-        fmt = data.get("format")
-    except (OSError, ValueError, AttributeError):
-        return None, 0
-    try:
-        return fmt, max(int(e["step"]) for e in data["checkpoints"])
-    except (KeyError, TypeError, ValueError):
-        return fmt, 0
-
-
 def checkpoint_step(folder: Path) -> int:
     """The env steps of the run's newest checkpoint as `progress.json` records them (0 if it
     is missing or unreadable)."""
@@ -133,7 +120,7 @@ def read_run(folder: Path, returns: str = "auto") -> Run:
         if not folder.is_dir() or not any(folder.iterdir()):
             raise UserError("empty folder")
         raise UserError("no config.yaml (a run that died while starting, or not a run)")
-    fmt, checkpointed = _manifest(folder)
+    fmt, checkpointed = manifest_newest(folder)
     if fmt is not None and fmt != FORMAT:
         raise UserError(f"written by another reverie version (checkpoint format {fmt!r}, "
                         f"this one reads {FORMAT})")
@@ -143,7 +130,8 @@ def read_run(folder: Path, returns: str = "auto") -> Run:
     env = str(cfg.env.id)
     kind = score_kind(env)
     steps = int(cfg.run.steps)
-    last = max([int(r["step"]) for r in rows + timing] + [checkpointed, checkpoint_step(folder)])
+    last = max([int(r["step"]) for r in rows + timing]
+               + [checkpointed or 0, checkpoint_step(folder)])
     # not the end evaluation of a shorter budget the run was extended from (an extra curve
     # point, a raised MMER)
     logged_evals, logged_episodes = (_finite(scored_evaluations(rows, last), "eval/return"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import gc
+import json
 import shutil
 from pathlib import Path
 from typing import IO
@@ -107,6 +108,24 @@ def has_checkpoint(folder: Path) -> bool:
     """Whether the run in `folder` kept a checkpoint file (a resume can start from it)."""
     ckpts = Path(folder) / "checkpoints"
     return ckpts.is_dir() and any(p.name.startswith("ckpt-") for p in ckpts.iterdir())
+
+
+def manifest_newest(folder: Path) -> tuple[object | None, int | None]:
+    """(format, env step of the newest checkpoint) as the run's checkpoint manifest lists
+    them, read without verifying any file: (None, None) where the manifest is missing or not
+    a JSON object, a None step where it lists no readable entry. For readers of a run folder
+    that must not fail on a damaged one (report, sweep); loading goes through
+    `reverie.run.checkpoint.CheckpointStore`, which checks everything."""
+    try:
+        data = json.loads((Path(folder) / "checkpoints" / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    try:
+        return data.get("format"), max(int(e["step"]) for e in data["checkpoints"])
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return data.get("format"), None
 
 
 def clear_start(folder: Path) -> None:
