@@ -94,3 +94,42 @@ def test_imagined_trajectory_carries_the_index_of_its_latents(kind):
     torch.testing.assert_close(sparse[1], dense[1], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="index must be"):
         behavior.loss(**{**traj, "index": index[1:]})
+
+
+@pytest.mark.parametrize("start", ["posterior", "prior"])
+@pytest.mark.parametrize("planner", [False, True])
+def test_imagination_takes_the_one_hot_layers_and_matches_the_dense_one(monkeypatch, start,
+                                                                         planner):
+    """The same imagination with the one-hot layers and with the dense products: the same
+    draws and values to float rounding (an index out of step with z would change h), and
+    the one-hot path is really taken (actor and backbone input at every step)."""
+    from reverie.nets import mlp, onehot
+    from reverie.world import latent
+    from test_imagine_coplanner import make_agent as make_planning_agent
+
+    if planner:
+        agent = make_planning_agent("discrete", mode="conservative", candidates=2, horizon=2)
+        agent.cfg.imag_start = start
+    else:
+        agent = make_agent("discrete", imag_start=start)
+    ctx = FakeReplay(SPACES["discrete"], seed=6).sample(8, 4)
+    calls = []
+    monkeypatch.setattr(mlp, "onehot_linear",
+                        lambda *a: calls.append("mlp") or onehot.onehot_linear(*a))
+    monkeypatch.setattr(latent, "onehot_linear",
+                        lambda *a: calls.append("input") or onehot.onehot_linear(*a))
+    torch.manual_seed(1)
+    fast = agent.imagine(ctx)
+    H = agent.cfg.horizon
+    assert calls.count("input") >= H + 1  # the context warm-up and every imagined step
+    assert calls.count("mlp") >= H  # the actor at every imagined step
+    calls.clear()
+    monkeypatch.setattr(mlp, "use_onehot", lambda index, x: False)
+    monkeypatch.setattr(latent, "use_onehot", lambda index, x: False)
+    torch.manual_seed(1)
+    dense = agent.imagine(ctx)
+    assert not calls
+    assert torch.equal(fast["action"], dense["action"])
+    assert torch.equal(fast["index"], dense["index"])
+    for k in ("feat", "reward", "cont"):
+        torch.testing.assert_close(fast[k], dense[k], rtol=1e-4, atol=1e-5)

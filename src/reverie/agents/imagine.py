@@ -326,8 +326,10 @@ class ImagineAgent:
     def imagine(self, ctx: dict[str, Tensor]) -> dict[str, Tensor]:
         """Roll the actor in the world model from replayed contexts [B, C, ...].
 
-        Returns feat [H+1, B, F], action [H, B(, A)] (the actor's raw samples, or with the
-        conservative planner the chosen candidates'), reward [H, B], cont [H, B].
+        Returns feat [H+1, B, F], index [H+1, B, S] (the columns of the ones of each
+        feat's one-hot z, `WorldModel.sample_index`), action [H, B(, A)] (the actor's raw
+        samples, or with the conservative planner the chosen candidates'), reward [H, B],
+        cont [H, B].
 
         The planner draws its candidates and lookahead from a forked random stream, and the
         actor is still sampled once per step from the imagination's own stream: that stream

@@ -287,7 +287,8 @@ class ActorCritic(nn.Module):
         self, feat: Tensor, reward: Tensor, cont: Tensor, index: Tensor | None = None
     ) -> dict[str, Tensor]:
         """What the losses regress to, for `targets` = reverie | dreamerv3 | drama (module
-        doc): a pure tensor function. feat [H+1, B, F]; reward, cont [H, B].
+        doc): a pure tensor function. feat [H+1, B, F]; reward, cont [H, B]; index
+        [H+1, B, S] or None (class doc).
 
         Returns ret (λ-returns), second (the critic's second target), weight (w_t) and
         cont (as used), all [H, B]; with dreamerv3 also baseline, the slow critic's value
