@@ -85,6 +85,9 @@ def main() -> None:
                         "(e.g. 'a 1-thread reverie train run'), recorded in the JSON")
     p.add_argument("--default-label", default="default", metavar="TEXT",
                    help="the default arm's name in the table (default: %(default)s)")
+    p.add_argument("--alt-label", default=None, metavar="TEXT",
+                   help="the alt arm's name in the table (default: its overrides and env, "
+                        "e.g. for --alt-env PYTHONPATH=<another tree>/src, what that tree is)")
     p.add_argument("--cold", action="store_true",
                    help="every run starts from an empty inductor cache, as the first run of "
                         "a fresh install does (default: the user's cache, warm after a run)")
@@ -169,7 +172,7 @@ def summary(args: argparse.Namespace, cfg, prefill: int, alt_env: dict[str, str]
         ratios = [b["wall_s"] / a["wall_s"] for a, b in zip(runs, alt_runs)
                   if "error" not in a and "error" not in b]
         result["alt"] = {
-            "overrides": args.alt, "env": alt_env, "runs": alt_runs,
+            "overrides": args.alt, "env": alt_env, "label": args.alt_label, "runs": alt_runs,
             "wall_s_median": statistics.median(alt_walls) if alt_walls else None,
             "wall_s_min": min(alt_walls, default=None), "wall_s_max": max(alt_walls, default=None),
             "final_return_mean": round(statistics.mean(alt_finals), 1) if alt_finals else None,

@@ -914,7 +914,7 @@ def default_run_table(results: Path, stem: str = "default_run") -> str | None:
             parts.append(f"`{' '.join(alt['overrides'])}`")
         if alt.get("env"):  # files written before --alt-env have none
             parts.append("env `" + " ".join(f"{k}={v}" for k, v in alt["env"].items()) + "`")
-        label = " ".join(parts)
+        label = alt.get("label") or " ".join(parts)
         pairs = [x for a, b in zip(report["runs"], alt["runs"])
                  for x in ((a, default), (b, label))]
     for r, label in pairs:
@@ -1198,7 +1198,8 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "default_run": default_run_table,
     **{name: (lambda results, name=name: default_run_table(results, name))
        for name in ("default_run_allocator_ab", "default_run_gomp_ab",
-                    "default_run_gomp_ab_neighbour", "default_run_num_envs_ab")},
+                    "default_run_gomp_ab_neighbour", "default_run_num_envs_ab",
+                    "default_run_onehot_ab")},
     "reliability": reliability_table,
     "cartpole_sweep": cartpole_sweep_table,
     "throughput": throughput_table,

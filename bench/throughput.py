@@ -670,12 +670,12 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def matmul_peak(threads: int | None = None) -> tuple[float, str]:
+def matmul_peak(threads: int | None = None, now: bool = False) -> tuple[float, str]:
     """(fp32 matmul peak, where it comes from): the one bench/backbones.py measured on a quiet
-    machine, else measured now; with `threads`, only a peak of that many torch threads (one
-    of 2 threads is no bound for a run on 4), else measured now on `threads`."""
+    machine, else (or with `now`) measured now; with `threads`, only a peak of that many torch
+    threads (one of 2 threads is no bound for a run on 4), else measured now on `threads`."""
     path = RESULTS / "backbones.json"
-    if path.exists():
+    if path.exists() and not now:
         report = json.loads(path.read_text())
         peak, at = report.get("matmul_peak_flops"), report.get("machine", {}).get("torch_threads")
         if peak and threads in (None, at):
@@ -697,14 +697,17 @@ def _threads(n: int | None) -> str:
     return "? threads" if n is None else f"{n} thread{'' if n == 1 else 's'}"
 
 
-def add_bound(path: Path) -> int:
-    """Add the compute bound to an existing report and rewrite its JSON, plot and table."""
+def add_bound(path: Path, now: bool = False) -> int:
+    """Add the compute bound to an existing report and rewrite its JSON, plot and table
+    (`now`: against a matmul peak measured now, not bench/backbones.py's)."""
     if not path.exists():
         print(f"no {path}; run python bench/throughput.py first", file=sys.stderr)
         return 2
     report = json.loads(path.read_text())
-    report["compute_bound"] = compute_bound(
-        report, *matmul_peak(report.get("settings", {}).get("torch_threads")))
+    peak, source = matmul_peak(report.get("settings", {}).get("torch_threads"), now)
+    if now:  # not the run's time: say when
+        source = source.replace("measured now", f"measured {time.strftime('%Y-%m-%d %H:%M')}")
+    report["compute_bound"] = compute_bound(report, peak, source)
     report["markdown"] = markdown(report)
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(report["markdown"])
@@ -725,6 +728,9 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--bound-only", action="store_true",
                    help="only (re)compute the compute bound of an existing throughput.json")
+    p.add_argument("--peak-now", action="store_true",
+                   help="with --bound-only: measure the matmul peak now (a machine whose speed "
+                        "changed since bench/backbones.py ran) instead of reading backbones.json")
     p.add_argument("--breakdown", action="store_true",
                    help="only measure reverie's per-update time breakdown (no sheeprl) and "
                         "add it to throughput.json")
@@ -733,7 +739,7 @@ def main() -> int:
                         "reversed every other round (A B C, C B A, ...)")
     args = p.parse_args()
     if args.bound_only:
-        return add_bound(args.out / "throughput.json")
+        return add_bound(args.out / "throughput.json", args.peak_now)
     if args.breakdown:
         s = dict(QUICK if args.quick else FULL)
         return add_breakdown(args.out / "throughput.json", s, args.threads, args.backbones,
