@@ -627,9 +627,12 @@ def markdown(report: dict) -> str:
                     "one-hot latent's products dense" if "flops_per_update_dense" in b else "")
                  + ")"
                  for name, b in bound["runs"].items()]
-        text += (f"\nCompute bound: every update's matmuls alone (those it executes: the "
-                 f"one-hot latent's products are column sums, not counted), run at this "
-                 f"machine's fp32 matmul peak ({bound['matmul_peak_flops'] / 1e9:.0f} GFLOP/s, "
+        onehot = any("flops_per_update_dense" in b for b in bound["runs"].values())
+        peak = bound["matmul_peak_flops"] / 1e9
+        text += ("\nCompute bound: every update's matmuls alone"
+                 + (" (those it executes: the one-hot latent's products are column sums, not "
+                    "counted)" if onehot else "")
+                 + f", run at this machine's fp32 matmul peak ({peak:.0f} GFLOP/s, "
                  f"{bound['peak_source']}) with zero time for anything else: "
                  + "; ".join(parts) + ". " + bound_verdict(bound) + "\n")
     if report.get("breakdown"):
@@ -738,6 +741,8 @@ def main() -> int:
                    help="rounds of alternation: every system runs once per round, the order "
                         "reversed every other round (A B C, C B A, ...)")
     args = p.parse_args()
+    if args.peak_now and not args.bound_only:
+        p.error("--peak-now goes with --bound-only (a full run measures against backbones.json)")
     if args.bound_only:
         return add_bound(args.out / "throughput.json", args.peak_now)
     if args.breakdown:

@@ -59,7 +59,7 @@ def onehot_linear(linear: nn.Linear, onehot: Tensor, rest: Tensor, index: Tensor
     width, lead = onehot.shape[-1], onehot.shape[:-1]
     rows = lead.numel()
     weight = linear.weight
-    ones = _OneHotProduct.apply(onehot.reshape(rows, width), index.reshape(rows, -1),
+    ones = _OneHotProduct.apply(onehot.reshape(rows, width), index.reshape(rows, index.shape[-1]),
                                 weight[:, :width])
     dense = F.linear(rest.reshape(rows, rest.shape[-1]), weight[:, width:], linear.bias)
     return (ones + dense).reshape(*lead, weight.shape[0])

@@ -118,7 +118,7 @@ def manifest_newest(folder: Path) -> tuple[object | None, int | None]:
     `reverie.run.checkpoint.CheckpointStore`, which checks everything."""
     try:
         data = json.loads((Path(folder) / "checkpoints" / "manifest.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         return None, None
     if not isinstance(data, dict):
         return None, None
