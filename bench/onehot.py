@@ -3,6 +3,7 @@ replace: seconds per update of the world-model agent, fp32.
 
     python bench/onehot.py                      # matched, cartpole, minatar, dmc-proprio
     python bench/onehot.py --presets matched --updates 10
+    python bench/onehot.py --presets atari100k --updates 6   # ~5 s per update (fp32)
     python bench/onehot.py --quick              # smoke test: 2 updates each, no files
 
 The actor's and critic's first layers and the backbone's input projection read the latent z,
@@ -18,7 +19,7 @@ reversed every other round). `matched` is bench/throughput.py's matched sizes (C
 32x32 latents, 1024 imagined rollouts of 15 steps, 256-wide networks), the comparison with
 sheeprl. Reported: median and min-max seconds per update of each arm and of the per-round
 ratio dense / onehot (> 1: one-hot is faster), the 1-minute load before and after, and the
-fp32 matmul speed.
+fp32 matmul speed, per preset (a run of some presets keeps the others' results in the JSON).
 
 Writes bench/results/onehot.json.
 """
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,7 +50,11 @@ PRESETS = {  # name -> (preset, extra overrides, prefill env steps)
     "cartpole": ("cartpole", [], 600),
     "minatar": ("minatar", ["env.id=minatar:breakout"], 1100),
     "dmc-proprio": ("dmc-proprio", ["env.id=dmc:walker-walk"], 1100),
+    # Drama's actor reads a normalised feat (actor_input_norm): only the critics and the
+    # backbone input read the one-hot latent there
+    "atari100k": ("atari100k", [], 300),
 }
+DEFAULT_PRESETS = ["matched", "cartpole", "minatar", "dmc-proprio"]
 ARMS = ("dense", "onehot")
 
 
@@ -70,7 +76,7 @@ def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
     import torch
 
     preset, _, prefill = PRESETS[name]
-    load0 = os.getloadavg()[0]
+    load0, gflops = os.getloadavg()[0], matmul_gflops(threads)
     with prefilled_agent(preset, _overrides(name, threads), prefill, threads) as (agent, replay):
         if agent.world.stoch_dim <= 0 or torch.is_autocast_enabled("cpu"):
             raise SystemExit(f"{name}: no one-hot layers to compare")
@@ -84,6 +90,8 @@ def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
         times = alternate({arm: update(arm) for arm in ARMS}, updates, warmup, flip=True)
     world, b = agent.world, agent.behavior
     return {"preset": name, "threads": threads, "updates": updates, "warmup": warmup,
+            "date": time.strftime("%Y-%m-%d %H:%M"), "matmul_gflops_before": gflops,
+            "actor_input_norm": bool(b.cfg.actor_input_norm),
             "latent": [world.stoch, world.classes], "deter": world.deter_dim,
             "imag_batch": agent.cfg.imag_batch, "horizon": agent.cfg.horizon,
             "actor_hidden": b.cfg.actor_hidden, "critic_hidden": b.cfg.critic_hidden,
@@ -97,16 +105,19 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--updates", type=int, default=10, help="timed rounds (one update per arm)")
     add_worker_arguments(p, list(PRESETS))
-    p.set_defaults(threads=2)
+    p.set_defaults(threads=2, presets=DEFAULT_PRESETS)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(measure(args.worker, args.updates, args.warmup, args.threads)))
         return 0
     if args.quick:
         args.updates, args.warmup = 2, 1
+    path = RESULTS / "onehot.json"
+    kept = json.loads(path.read_text())["presets"] if path.exists() and not args.quick else {}
     report = {"benchmark": "onehot", "threads": args.threads, "cores": os.cpu_count(),
               "matmul_gflops_before": matmul_gflops(args.threads),
-              "loadavg_1min_before": round(os.getloadavg()[0], 2), "presets": {}}
+              "loadavg_1min_before": round(os.getloadavg()[0], 2),
+              "presets": {k: v for k, v in kept.items() if k not in args.presets}}
     for name in args.presets:
         r = run_worker(__file__, name, args.updates, args.warmup, args.threads)
         print(json.dumps({k: r[k] for k in ("preset", "update", "ratio_dense_over_onehot")}),
@@ -119,7 +130,8 @@ def main() -> int:
     if args.quick:
         return 0
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "onehot.json").write_text(json.dumps(report, indent=1))
+    report["presets"] = {k: report["presets"][k] for k in PRESETS if k in report["presets"]}
+    path.write_text(json.dumps(report, indent=1))
     return 0
 
 

@@ -1099,17 +1099,25 @@ def onehot_table(results: Path) -> str | None:
             _median_range(u["dense"], ".3f"), _median_range(u["onehot"], ".3f"),
             _median_range(r["ratio_dense_over_onehot"], ".2f", "x")]))
     counts = sorted({(r["updates"], r["warmup"]) for r in report["presets"].values()})
+    names = {c: [k for k, r in report["presets"].items() if (r["updates"], r["warmup"]) == c]
+             for c in counts}
     lines.append(
         "\nOne update of the world-model agent, fp32, with the first layers that read the "
         "one-hot latent as dense products (the code before 2026-12-07) or as sums of weight "
-        "columns (today's), updates alternating in one process per preset ("
-        + "; ".join(f"{u} rounds after {w} warm-up, the order reversed every round"
+        "columns (today's), updates alternating in one process per preset, the order "
+        "reversed every round ("
+        + "; ".join(f"{u} rounds after {w} warm-up: {', '.join(names[(u, w)])}"
                     for u, w in counts)
         + "); `matched`: bench/throughput.py's matched sizes, minatar: Breakout, "
-        f"dmc-proprio: walker-walk; {report['threads']} torch thread(s), the preset's own "
-        f"run.compile; fp32 matmul {report['matmul_gflops_before']} GFLOP/s before, "
-        f"{report['matmul_gflops_after']} after; 1-min load {report['loadavg_1min_before']} "
-        f"before, {report['loadavg_1min_after']} after on {report['cores']} cores"
+        "dmc-proprio: walker-walk, atari100k: Pong (its actor reads a normalised feat, "
+        f"actor_input_norm, and stays dense); {report['threads']} torch thread(s), the "
+        "preset's own run.compile; when, and the fp32 matmul probe before: "
+        + "; ".join(f"{name} {r['date']}, {r['matmul_gflops_before']:.0f} GFLOP/s"
+                    for name, r in report["presets"].items() if "date" in r)
+        + "; 1-min load per preset "
+        + ", ".join(f"{lo}–{hi}" for lo, hi in (r["loadavg_1min"]
+                                                for r in report["presets"].values()))
+        + f" on {report['cores']} cores"
         + (" (**loaded**: load > cores)." if report["loaded"] else "."))
     return "\n".join(lines)
 
