@@ -244,8 +244,8 @@ class ActorCritic(nn.Module):
 
     `onehot_width` W > 0: feat's first W values are the world model's one-hot latent z
     (S categoricals), and the trajectory may carry `index` [H+1, B, S], the columns of its
-    ones: the networks' first layers then read z as row sums (reverie.nets.onehot), the
-    same values to float rounding in a fraction of the time.
+    ones: the networks' first layers then read z as sums of weight columns
+    (reverie.nets.onehot), the same values to float rounding in fewer operations.
     """
 
     def __init__(

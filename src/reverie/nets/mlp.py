@@ -16,7 +16,7 @@ class MLP(nn.Module):
     value heads start at exactly 0, which avoids huge early returns in imagination).
 
     `onehot_width` W > 0: the input's first W values may be a one-hot latent, and a call
-    given the columns of its ones (`index`) evaluates the first layer as row sums
+    given the columns of its ones (`index`) evaluates the first layer as sums of weight columns
     (reverie.nets.onehot); without `index` the layer is dense as usual.
     """
 

@@ -1,4 +1,4 @@
-"""Linear layers whose input starts with a one-hot latent, evaluated as row sums.
+"""Linear layers whose input starts with a one-hot latent, evaluated as column sums.
 
 The world model's latent z_t is S categoricals of K classes, an exact one-hot vector of
 S·K values with S ones (the straight-through sample's value, `WorldModel.sample`). The
