@@ -154,7 +154,8 @@ def test_the_final_agent_is_evaluated_off_the_cadence_and_an_extension_trains_on
 def test_no_best_corrupt_best_and_files_get_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     summary = Trainer(config(100, ["run.keep_best=false"]), out).train()
-    assert "best_eval_step" not in summary and not (out / "checkpoints" / BEST).exists()
+    assert not (out / "checkpoints" / BEST).exists()
+    assert (summary["best_eval_step"], summary["best_eval_return"]) == (100, evaluations(out)[0][1])
     capsys.readouterr()  # the training's own notes
     assert main(["eval", str(out), "--best"]) == 2
     err = capsys.readouterr().err.strip()
@@ -190,3 +191,15 @@ def test_a_full_disk_keeps_the_previous_best(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert store.load_best()["best"] == {"step": 10, "eval_return": 1.0}
     assert sorted(p.name for p in store.folder.iterdir()) == [BEST]  # no temp file left
+
+
+def test_without_keep_best_the_summary_names_the_best_logged_evaluation(tmp_path):
+    """run.keep_best=false keeps no best.pt, but the summary still names the run's best
+    evaluation, read from metrics.jsonl: the earliest of equal returns, as best.pt would."""
+    out = tmp_path / "run"
+    summary = Trainer(config(300, ["run.keep_best=false"]), out).train()
+    evals = evaluations(out)
+    assert len(evals) == 3 and not (out / "checkpoints" / BEST).exists()  # 100, 200, 300
+    step, top = first_best(evals)
+    assert step < 300  # here an earlier evaluation than the final one
+    assert (summary["best_eval_step"], summary["best_eval_return"]) == (step, round(top, 2))

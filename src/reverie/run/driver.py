@@ -651,9 +651,24 @@ class Trainer(Checkpointing):
 
     def summary(self) -> dict[str, Any]:
         c = self.count
+        best = (c.best_return, c.best_step) if c.best_step >= 0 else self._best_logged()
         return {"run": str(self.out), "env_steps": c.env_steps, "grad_steps": c.grad_steps,
                 "episodes": c.episodes,
                 "last_returns": [round(r, 2) + 0.0 for r in self._returns[-5:]],  # no -0.0
-                **({"best_eval_return": round(c.best_return, 2) + 0.0,
-                    "best_eval_step": c.best_step}
-                   if c.best_step >= 0 else {})}
+                **({"best_eval_return": round(best[0], 2) + 0.0, "best_eval_step": best[1]}
+                   if best is not None else {})}
+
+    def _best_logged(self) -> tuple[float, int] | None:
+        """(return, step) of the best evaluation in metrics.jsonl for a run without
+        run.keep_best (which tracks it with best.pt's agent): the earliest of equal returns,
+        as best.pt would keep; None without a finite one, or with keep_best on (best.pt's
+        own, or none yet: a resume that turned it on tracks from there)."""
+        if self.run.keep_best:
+            return None
+        best = None
+        for row in read_jsonl(self.out / METRICS):
+            value = row.get("eval/return")
+            if (isinstance(value, (int, float)) and math.isfinite(value)
+                    and (best is None or value > best[0])):
+                best = (float(value), int(row["step"]))
+        return best
