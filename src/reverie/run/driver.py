@@ -663,7 +663,7 @@ class Trainer(Checkpointing):
         run.keep_best (which tracks it with best.pt's agent): the earliest of equal returns,
         as best.pt would keep; None without a finite one, or with keep_best on (best.pt's
         own, or none yet: a resume that turned it on tracks from there)."""
-        if self.run.keep_best:
+        if bool(self.cfg.run.keep_best):
             return None
         best = None
         for row in read_jsonl(self.out / METRICS):
