@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runlib import (  # noqa: E402
     add_worker_arguments,
     alternate,
+    close_report,
     dense_latent_layers,
     matmul_gflops,
     prefilled_agent,
@@ -123,10 +124,7 @@ def main() -> int:
         print(json.dumps({k: r[k] for k in ("preset", "update", "ratio_dense_over_onehot")}),
               flush=True)
         report["presets"][name] = r
-    report["matmul_gflops_after"] = matmul_gflops(args.threads)
-    report["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
-    report["loaded"] = max(report["loadavg_1min_before"], report["loadavg_1min_after"]) > (
-        os.cpu_count() or 1)
+    close_report(report, args.threads)
     if args.quick:
         return 0
     RESULTS.mkdir(exist_ok=True)

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runlib import (  # noqa: E402
     add_worker_arguments,
     alternate,
+    close_report,
     matmul_gflops,
     prefilled_agent,
     run_worker,
@@ -156,10 +157,7 @@ def main() -> int:
         r = run_worker(__file__, preset, args.updates, args.warmup, args.threads)
         print(json.dumps({k: r[k] for k in ("preset", "update", "step")}), flush=True)
         report["presets"][preset] = r
-    report["matmul_gflops_after"] = matmul_gflops(args.threads)
-    report["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
-    report["loaded"] = max(report["loadavg_1min_before"], report["loadavg_1min_after"]) > (
-        os.cpu_count() or 1)
+    close_report(report, args.threads)
     if args.quick:
         return 0
     RESULTS.mkdir(exist_ok=True)

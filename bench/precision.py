@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runlib import (  # noqa: E402
     add_worker_arguments,
     alternate,
+    close_report,
     prefilled_agent,
     run_worker,
     spread,
@@ -201,9 +202,7 @@ def main() -> int:
         r = run_worker(__file__, preset, n, args.warmup, args.threads)
         print(json.dumps(r), flush=True)
         report["presets"][preset] = r
-    report["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
-    report["loaded"] = max(report["loadavg_1min_before"], report["loadavg_1min_after"]) > (
-        os.cpu_count() or 1)
+    close_report(report)
     if args.quick:
         return 0
     RESULTS.mkdir(exist_ok=True)

@@ -389,6 +389,18 @@ def add_worker_arguments(p, presets: list[str]) -> None:
     p.add_argument("--worker", metavar="PRESET", help=argparse.SUPPRESS)
 
 
+def close_report(report: dict, probe_threads: int | None = None) -> dict:
+    """The closing fields of a bench's report that recorded `loadavg_1min_before`: the fp32
+    matmul probe after (with `probe_threads`), the 1-minute load after, and `loaded`: the
+    load above the core count before or after."""
+    if probe_threads is not None:
+        report["matmul_gflops_after"] = matmul_gflops(probe_threads)
+    report["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
+    report["loaded"] = max(report["loadavg_1min_before"], report["loadavg_1min_after"]) > (
+        os.cpu_count() or 1)
+    return report
+
+
 def run_worker(script: str, preset: str, updates: int, warmup: int, threads: int) -> dict:
     """`script --worker PRESET ...` (a bench's one-process measurement) in a fresh process:
     the JSON of its last output line."""
