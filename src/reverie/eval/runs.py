@@ -31,6 +31,7 @@ from reverie.run.logger import (
     METRICS,
     TIMING,
     final_evaluation_missing,
+    finite_values,
     read_jsonl,
     scored_evaluations,
     training_wall,
@@ -85,15 +86,6 @@ class Run:
         return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
-def _finite(rows: list[dict], key: str) -> list[tuple[int, float]]:
-    out = []
-    for r in rows:
-        v = r.get(key)
-        if isinstance(v, (int, float)) and math.isfinite(float(v)):
-            out.append((int(r["step"]), float(v)))
-    return out
-
-
 def checkpoint_step(folder: Path) -> int:
     """The env steps of the run's newest checkpoint as `progress.json` records them (0 if it
     is missing or unreadable)."""
@@ -134,8 +126,8 @@ def read_run(folder: Path, returns: str = "auto") -> Run:
                + [checkpointed or 0, checkpoint_step(folder)])
     # not the end evaluation of a shorter budget the run was extended from (an extra curve
     # point, a raised MMER)
-    logged_evals, logged_episodes = (_finite(scored_evaluations(rows, last), "eval/return"),
-                                     _finite(rows, "episode/return"))
+    logged_evals, logged_episodes = (finite_values(scored_evaluations(rows, last), "eval/return"),
+                                     finite_values(rows, "episode/return"))
     evals = [] if returns == "train" else logged_evals
     episodes = [] if returns == "eval" else logged_episodes
     if evals:

@@ -70,6 +70,7 @@ from reverie.run.logger import (
     RunLogger,
     end_episodes,
     final_evaluation_missing,
+    finite_values,
     plot_curve,
     read_jsonl,
     read_rows,
@@ -665,10 +666,8 @@ class Trainer(Checkpointing):
         own, or none yet: a resume that turned it on tracks from there)."""
         if bool(self.cfg.run.keep_best):
             return None
-        best = None
-        for row in read_jsonl(self.out / METRICS):
-            value = row.get("eval/return")
-            if (isinstance(value, (int, float)) and math.isfinite(value)
-                    and (best is None or value > best[0])):
-                best = (float(value), int(row["step"]))
-        return best
+        evals = finite_values(read_jsonl(self.out / METRICS), "eval/return")
+        if not evals:
+            return None
+        top = max(value for _, value in evals)
+        return top, next(step for step, value in evals if value == top)

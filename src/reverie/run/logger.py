@@ -161,6 +161,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [row for _, row in read_rows(path)]
 
 
+def finite_values(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    """(step, value) of the rows whose `key` holds a finite number, in the rows' order."""
+    out = []
+    for r in rows:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and math.isfinite(float(v)):
+            out.append((int(r["step"]), float(v)))
+    return out
+
+
 def final_evaluation_missing(rows: list[dict[str, Any]], last: int, steps: int,
                              eval_episodes: int) -> bool:
     """Whether a run that evaluates (`eval_episodes` > 0) and has reached its budget (its
