@@ -227,7 +227,7 @@ def matvec(m: Tensor, v: Tensor) -> Tensor:
     64 MB a layer at atari100k's 1024 rollouts, every imagined step), rounding it too."""
     if torch.is_autocast_enabled(m.device.type):
         with torch.autocast(device_type=m.device.type, enabled=False):
-            return (v.to(m.dtype).unsqueeze(-2) @ m.transpose(-1, -2)).squeeze(-2)
+            return matvec(m, v.to(m.dtype))
     return (v.unsqueeze(-2) @ m.transpose(-1, -2)).squeeze(-2)
 
 
