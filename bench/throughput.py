@@ -691,7 +691,8 @@ def matmul_peak(threads: int | None = None, now: bool = False) -> tuple[float, s
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:
-        return best_matmul_peak(), f"measured now, {_threads(torch.get_num_threads())}"
+        when = time.strftime("%Y-%m-%d %H:%M") if now else "now"  # now: not the run's time
+        return best_matmul_peak(), f"measured {when}, {_threads(torch.get_num_threads())}"
     finally:
         torch.set_num_threads(before)
 
@@ -707,10 +708,8 @@ def add_bound(path: Path, now: bool = False) -> int:
         print(f"no {path}; run python bench/throughput.py first", file=sys.stderr)
         return 2
     report = json.loads(path.read_text())
-    peak, source = matmul_peak(report.get("settings", {}).get("torch_threads"), now)
-    if now:  # not the run's time: say when
-        source = source.replace("measured now", f"measured {time.strftime('%Y-%m-%d %H:%M')}")
-    report["compute_bound"] = compute_bound(report, peak, source)
+    report["compute_bound"] = compute_bound(
+        report, *matmul_peak(report.get("settings", {}).get("torch_threads"), now))
     report["markdown"] = markdown(report)
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(report["markdown"])
