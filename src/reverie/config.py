@@ -105,7 +105,8 @@ class RunConfig:
     # Atari evaluation: up to this many random no-op starts (the Atari100k protocol: 30;
     # Drama's own evaluation: 0)
     eval_noop_max: int = 30
-    # torch.compile (inductor, reverie/compiler.py). on: the agent's losses and imagined step;
+    # torch.compile (inductor, reverie/compiler.py). on: the agent's losses, imagination's
+    # context warm-up and imagined step;
     # auto: only what pays for itself in a default-length run on a cold cache (for `imagine`:
     # its imagined step with a backbone whose step gains, bench/compile.py); off: nothing
     compile: str = "auto"

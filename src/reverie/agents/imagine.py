@@ -195,6 +195,7 @@ class ImagineAgent:
         # and the runner of the code that calls them (falls back to eager on failure)
         self._world_loss: Any = None
         self._imagined_step: Any = None
+        self._observe: Any = None  # imagination's context warm-up (no grad)
         self._run: Any = run_eagerly
 
     # -- acting -------------------------------------------------------------------------
@@ -341,13 +342,14 @@ class ImagineAgent:
         obs = {k: ctx[k] for k in self.obs_keys}
         reset = ctx["reset"].bool()
         B, C = reset.shape
+        observe = self._observe or world.observe
         if self.cfg.imag_start == "prior":  # all C steps observed; z_C from the prior
-            _, h, state = world.observe(obs, ctx["action"], reset)
+            _, h, state = observe(obs, ctx["action"], reset)
             h_prev = h[:, -1]
             z, index = world.sample_index(world.prior(h_prev))
         else:
             if C > 1:
-                _, h, state = world.observe(
+                _, h, state = observe(
                     {k: v[:, :-1] for k, v in obs.items()}, ctx["action"][:, :-1],
                     reset[:, :-1]
                 )
@@ -404,10 +406,11 @@ class ImagineAgent:
         return (raw, h, state, *self.world.sample_index(self.world.prior(h)))
 
     def compile(self, compiler: Compiler) -> None:
-        """run.compile=on: the world-model loss, one imagined step (the backbone's `step`
-        with the actor and the prior around it) and the actor-critic losses become compiled
-        graphs, forward and backward, each for the fixed shapes of its batch. Acting (one
-        env), the optimiser steps and the conservative planner stay eager.
+        """run.compile=on: the world-model loss, imagination's context warm-up (`observe`,
+        no grad), one imagined step (the backbone's `step` with the actor and the prior
+        around it) and the actor-critic losses become compiled graphs, each for the fixed
+        shapes of its batch. Acting (one env), the optimiser steps and the conservative
+        planner stay eager.
 
         run.compile=auto: the imagined step alone, and only with a backbone in
         `AUTO_COMPILE_STEP`: a forward-only graph that compiles in seconds and saves more
@@ -421,6 +424,9 @@ class ImagineAgent:
         # dynamic=None: shapes inside the loss may depend on the data (FFM's segments per
         # chunk); after one change dynamo makes such a size symbolic instead of recompiling
         self._world_loss = compiler.wrap(self.world.loss_terms, dynamic=None)
+        # not in auto: at the cartpole preset its cold compile (~10 s) costs more than it
+        # saves in a 5000-step run (~4 ms an update); at bench/throughput.py's sizes ~20 ms
+        self._observe = compiler.wrap(self.world.observe)
         if not planning:
             self._imagined_step = compiler.wrap(self.imagined_step)
         self.behavior.compile_with(compiler)

@@ -155,7 +155,8 @@ def _forward(x, dt, A, B, C, h0, D, same, tail, head, Q: int):
     if head is not None:
         w_head = w_head * head.unsqueeze(2)
     w_head_t = w_head.transpose(2, 3).unsqueeze(-1)
-    if torch.is_grad_enabled():  # autograd (the composite form), which takes no out=
+    # autograd (the composite form) and dynamo take no out=
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
         y = y_state * w_head_t  # [Bt, nc, Q, H, P], contiguous
         y.add_((M @ x_h).transpose(2, 3))
     else:  # one pass, written over y_state (which nothing else reads)
