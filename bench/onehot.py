@@ -1,5 +1,6 @@
 """The one-hot first layers (reverie/nets/onehot.py) against the dense products they
-replace: seconds per update of the world-model agent, fp32.
+replace, and their weight gradients as row scatters (reverie/nets/onehot_kernel.py, what
+run.compile=on adds): seconds per update of the world-model agent, fp32.
 
     python bench/onehot.py                      # matched, cartpole, minatar, dmc-proprio
     python bench/onehot.py --presets matched --updates 10
@@ -10,15 +11,19 @@ The actor's and critic's first layers and the backbone's input projection read t
 an exact one-hot of S ones in S·K values; given where the ones are they sum S weight columns
 instead of a dense product (today's code). `dense` is the code before 2026-12-07: the same
 agent inside `runlib.dense_latent_layers`, so every layer takes the dense product (the agent's
-numbers differ only by float rounding, the random draws are the same).
+numbers differ only by float rounding, the random draws are the same). `scatter` is today's
+one-hot layers with the actor's and critic's weight gradients from the row-scatter kernel
+(their `onehot_kernel` flag, which run.compile=on sets; here it is set alone, the rest of the
+update runs as the preset's run.compile has it).
 
 Per preset, one process: the preset's agent (seed 0, `--threads` torch threads, the
 preset's own run.compile) with a replay of random env steps (`runlib.prefilled_agent`),
-updates alternating dense, onehot, onehot, dense, ... (`runlib.alternate`, the order
-reversed every other round). `matched` is bench/throughput.py's matched sizes (CartPole,
+updates alternating dense, onehot, scatter, scatter, onehot, dense, ... (`runlib.alternate`,
+the order reversed every other round). `matched` is bench/throughput.py's matched sizes (CartPole,
 32x32 latents, 1024 imagined rollouts of 15 steps, 256-wide networks), the comparison with
 sheeprl. Reported: median and min-max seconds per update of each arm and of the per-round
-ratio dense / onehot (> 1: one-hot is faster), the 1-minute load before and after, and the
+ratios dense / onehot and onehot / scatter (> 1: the second is faster), the 1-minute load
+before and after, and the
 fp32 matmul speed, per preset (a run of some presets keeps the others' results in the JSON).
 
 Writes bench/results/onehot.json.
@@ -56,7 +61,7 @@ PRESETS = {  # name -> (preset, extra overrides, prefill env steps)
     "atari100k": ("atari100k", [], 300),
 }
 DEFAULT_PRESETS = ["matched", "cartpole", "minatar", "dmc-proprio"]
-ARMS = ("dense", "onehot")
+ARMS = ("dense", "onehot", "scatter")
 
 
 def _overrides(name: str, threads: int) -> list[str]:
@@ -71,19 +76,26 @@ def _overrides(name: str, threads: int) -> list[str]:
 
 
 def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
-    """One process: the preset's agent, updates alternating the two arms (module doc)."""
+    """One process: the preset's agent, updates alternating the arms (module doc)."""
     import contextlib
 
     import torch
+
+    from reverie.nets import onehot_kernel
+    from reverie.nets.mlp import MLP
 
     preset, _, prefill = PRESETS[name]
     load0, gflops = os.getloadavg()[0], matmul_gflops(threads)
     with prefilled_agent(preset, _overrides(name, threads), prefill, threads) as (agent, replay):
         if agent.world.stoch_dim <= 0 or torch.is_autocast_enabled("cpu"):
             raise SystemExit(f"{name}: no one-hot layers to compare")
+        onehot_kernel.load()
+        mlps = [m for m in agent.behavior.modules() if isinstance(m, MLP) and m.onehot_width]
 
         def update(arm: str):
             def call() -> None:
+                for m in mlps:
+                    m.onehot_kernel = arm == "scatter"
                 with dense_latent_layers() if arm == "dense" else contextlib.nullcontext():
                     agent.update(replay)
             return call
@@ -99,7 +111,9 @@ def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
             "loadavg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)],
             "update": {arm: spread(times[arm], 4) for arm in ARMS},
             "ratio_dense_over_onehot": spread(
-                [a / b for a, b in zip(times["dense"], times["onehot"])], 3)}
+                [a / b for a, b in zip(times["dense"], times["onehot"])], 3),
+            "ratio_onehot_over_scatter": spread(
+                [a / b for a, b in zip(times["onehot"], times["scatter"])], 3)}
 
 
 def main() -> int:
@@ -121,8 +135,8 @@ def main() -> int:
               "presets": {k: v for k, v in kept.items() if k not in args.presets}}
     for name in args.presets:
         r = run_worker(__file__, name, args.updates, args.warmup, args.threads)
-        print(json.dumps({k: r[k] for k in ("preset", "update", "ratio_dense_over_onehot")}),
-              flush=True)
+        print(json.dumps({k: r[k] for k in ("preset", "update", "ratio_dense_over_onehot",
+                                            "ratio_onehot_over_scatter")}), flush=True)
         report["presets"][name] = r
     close_report(report, args.threads)
     if args.quick:

@@ -1090,21 +1090,27 @@ def onehot_table(results: Path) -> str | None:
     if report is None:
         return None
     head = ["preset", "latent (S x K)", "imagined rollouts x steps", "s/update, dense "
-            "(median, min–max)", "s/update, one-hot", "dense / one-hot per round"]
+            "(median, min–max)", "s/update, one-hot", "s/update, one-hot + scatter",
+            "dense / one-hot per round", "one-hot / scatter per round"]
     lines = [_row(head), _row(["---"] * len(head))]
     for name, r in report["presets"].items():
         u = r["update"]
+        scatter = "scatter" in u  # runs before 2026-12-07 (afternoon) had two arms
         lines.append(_row([
             f"`{name}`", "{} x {}".format(*r["latent"]), f"{r['imag_batch']} x {r['horizon']}",
             _median_range(u["dense"], ".3f"), _median_range(u["onehot"], ".3f"),
-            _median_range(r["ratio_dense_over_onehot"], ".2f", "x")]))
+            _median_range(u["scatter"], ".3f") if scatter else "–",
+            _median_range(r["ratio_dense_over_onehot"], ".2f", "x"),
+            _median_range(r["ratio_onehot_over_scatter"], ".2f", "x") if scatter else "–"]))
     counts = sorted({(r["updates"], r["warmup"]) for r in report["presets"].values()})
     names = {c: [k for k, r in report["presets"].items() if (r["updates"], r["warmup"]) == c]
              for c in counts}
     lines.append(
         "\nOne update of the world-model agent, fp32, with the first layers that read the "
         "one-hot latent as dense products (the code before 2026-12-07) or as sums of weight "
-        "columns (today's), updates alternating in one process per preset, the order "
+        "columns (today's), and those with the actor's and critic's weight gradients as row "
+        "scatters (`scatter`, reverie/nets/onehot_kernel.py, part of run.compile=on), updates "
+        "alternating in one process per preset, the order "
         "reversed every round ("
         + "; ".join(f"{u} rounds after {w} warm-up: {', '.join(names[(u, w)])}"
                     for u, w in counts)

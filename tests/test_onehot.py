@@ -133,3 +133,92 @@ def test_imagination_takes_the_one_hot_layers_and_matches_the_dense_one(monkeypa
     assert torch.equal(fast["index"], dense["index"])
     for k in ("feat", "reward", "cont"):
         torch.testing.assert_close(fast[k], dense[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    """The row-scatter kernel, built (or loaded from the inductor cache) once; a build that
+    fails here fails the test (CI has the C++ compiler torch.compile needs)."""
+    from reverie.nets import onehot_kernel
+
+    onehot_kernel.load()
+    return onehot_kernel
+
+
+@pytest.mark.parametrize("rows,ones,classes,outs,threads", [
+    (300, 6, 5, 40, 2),   # outs a multiple of the vector width (AVX-512: 16)
+    (257, 7, 3, 21, 3),   # and not: the scalar tail
+    (2, 4, 4, 9, 4),      # fewer rows than threads
+    (0, 3, 2, 5, 2),      # no rows: a zero gradient
+])
+def test_the_scatter_kernel_is_the_dense_weight_gradient(kernel, rows, ones, classes, outs,
+                                                         threads):
+    """Row k of onehot_weight_grad is the sum of the gradient's rows whose ones hold k, i.e.
+    (gradᵀ @ onehot)ᵀ; the same thread count gives the same bits again."""
+    g = torch.Generator().manual_seed(rows)
+    index = onehot_rows(torch.randint(classes, (rows, ones), generator=g), classes)
+    grad = torch.randn(rows, outs, generator=g)
+    onehot = torch.zeros(rows, ones * classes).scatter_(1, index, 1.0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = kernel.onehot_weight_grad(grad, index, ones * classes)
+        again = kernel.onehot_weight_grad(grad, index, ones * classes)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(got, (grad.t() @ onehot).t(), rtol=1e-5, atol=1e-5)
+    assert torch.equal(got, again)
+
+
+def test_the_scatter_kernel_refuses_a_column_outside_the_layer(kernel):
+    index = torch.tensor([[0, 3], [1, 4]])
+    with pytest.raises(ValueError, match=r"must be in \[0, 4\); index holds 0..4"):
+        kernel.onehot_weight_grad(torch.ones(2, 3), index, 4)
+
+
+def test_onehot_linear_with_the_kernel_has_the_dense_layer_s_gradients(kernel, monkeypatch):
+    torch.manual_seed(4)
+    lin = torch.nn.Linear(S * K + R, O)
+    z, index = _latent((5, 6), seed=5)
+    rest = torch.randn(5, 6, R)
+    dy = torch.randn(5, 6, O)
+    calls = []
+    scatter = kernel.onehot_weight_grad
+    monkeypatch.setattr(kernel, "onehot_weight_grad", lambda *a: calls.append(1) or scatter(*a))
+    onehot_linear(lin, z, rest, index, kernel=True).backward(dy)
+    assert calls  # the kernel made the weight's gradient
+    got = lin.weight.grad.clone(), lin.bias.grad.clone()
+    lin.weight.grad = lin.bias.grad = None
+    lin(torch.cat([z, rest], -1)).backward(dy)
+    torch.testing.assert_close(got[0], lin.weight.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1], lin.bias.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_compile_on_gives_the_actor_critic_the_kernel_or_says_why_not(kernel, monkeypatch):
+    """run.compile=on: the actor's and critic's one-hot first layers take the kernel; where
+    it cannot be built, one note, and they keep the dense product."""
+    import torch._dynamo
+
+    from reverie.compiler import Compiler
+
+    monkeypatch.setattr(torch._dynamo.config, "disable", False)  # the suite's switch off
+    mlps = lambda agent: [m for m in agent.behavior.modules()  # noqa: E731
+                          if isinstance(m, MLP) and m.onehot_width]
+    agent, notes = make_agent("discrete"), []
+    agent.compile(Compiler(notes.append))
+    assert len(mlps(agent)) >= 2 and all(m.onehot_kernel for m in mlps(agent))
+    assert not any("not built" in n for n in notes)
+
+    def broken():
+        raise RuntimeError("no C++ compiler\nmore lines")
+
+    monkeypatch.setattr(kernel, "load", broken)
+    agent, notes = make_agent("discrete"), []
+    agent.compile(Compiler(notes.append))
+    assert not any(m.onehot_kernel for m in mlps(agent))
+    assert [n for n in notes if "not built" in n] == [
+        "note: run.compile=on: the one-hot weight-gradient kernel was not built (RuntimeError: "
+        "no C++ compiler); the dense product runs instead"]
+    agent, notes = make_agent("discrete"), []
+    agent.compile(Compiler(notes.append, "auto"))  # auto: no actor-critic compile, no kernel
+    assert not any(m.onehot_kernel for m in mlps(agent)) and not notes

@@ -242,6 +242,26 @@ class Compiler:
                   f"for a new model, seconds once cached in {self.cache_dir} "
                   "(run.compile=off skips it)")
 
+    def build(self, load: Callable[[], None], what: str) -> bool:
+        """Build one of reverie's own C++ kernels with `load()` (inductor's code cache, under
+        this compiler's ISA setting). False, with a note, where it raises or compiling is
+        off."""
+        import torch._dynamo
+        import torch._inductor.config
+
+        if self.eager or torch._dynamo.config.disable:
+            return False
+        self.announce()
+        cpp = {k: v for k, v in self.options.items() if k.startswith("cpp.")}
+        try:
+            with torch._inductor.config.patch(cpp):
+                load()
+        except Exception as e:  # noqa: BLE001 - any failure leaves the dense product
+            self.note(f"note: run.compile={self.mode}: {what} was not built ({_reason(e)}); "
+                      "the dense product runs instead")
+            return False
+        return True
+
     def run(self, unit: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """unit(*args, **kwargs); if it fails while compiled, again eagerly from the same
         random state. An error that the eager run raises too is the unit's own: it

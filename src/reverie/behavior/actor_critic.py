@@ -46,6 +46,7 @@ from torch.distributions import Categorical, Distribution, Independent, Normal
 from reverie.behavior.returns import ReturnNormalizer, lambda_returns
 from reverie.compiler import Compiler, run_eagerly
 from reverie.errors import suggest
+from reverie.nets import onehot_kernel
 from reverie.nets.math import symlog, symlog_bins, two_hot_loss, two_hot_value, unimix
 from reverie.nets.mlp import MLP
 from reverie.nets.optim import OPTIMIZERS, make_optimizer
@@ -419,10 +420,16 @@ class ActorCritic(nn.Module):
     def compile_with(self, compiler: Compiler) -> None:
         """run.compile=on: `targets` and `losses` (forward and backward) as compiled graphs;
         the statistics' updates and the optimiser steps stay eager. (Not `nn.Module.compile`,
-        which would compile `forward`.)"""
+        which would compile `forward`.) The first layers that read a one-hot latent take their
+        weight gradients from reverie's row-scatter kernel where it builds."""
         self._targets = compiler.wrap(self.targets)
         self._losses = compiler.wrap(self.losses)
         self._run = compiler.run
+        # the one-hot first layers' weight gradients as row scatters (reverie.nets.onehot_kernel)
+        onehot = [m for m in self.modules() if isinstance(m, MLP) and m.onehot_width]
+        if onehot and compiler.build(onehot_kernel.load, "the one-hot weight-gradient kernel"):
+            for m in onehot:
+                m.onehot_kernel = True
 
     def optim_state_dict(self) -> dict[str, dict]:
         return {"actor": self.actor_opt.state_dict(), "critic": self.critic_opt.state_dict()}

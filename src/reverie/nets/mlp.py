@@ -35,6 +35,8 @@ class MLP(nn.Module):
         if not 0 <= onehot_width <= in_dim:
             raise ValueError(f"onehot_width must be in [0, in_dim={in_dim}], got {onehot_width}")
         self.onehot_width = onehot_width
+        # the first layer's weight gradient by reverie.nets.onehot_kernel (run.compile=on)
+        self.onehot_kernel = False
         if layers < 0 or (layers == 0 and out_dim is None):
             raise ValueError(f"MLP needs layers >= 1 (or an out_dim with layers=0), got {layers}")
         mods: list[nn.Module] = []
@@ -60,7 +62,7 @@ class MLP(nn.Module):
             if not self.onehot_width:
                 raise ValueError("this MLP was built with onehot_width=0; call it without index")
             w = self.onehot_width
-            y = onehot_linear(self.net[0], x[..., :w], x[..., w:], index)
+            y = onehot_linear(self.net[0], x[..., :w], x[..., w:], index, self.onehot_kernel)
             y = self.net[1:](y)
         else:
             y = self.net(x)

@@ -11,7 +11,9 @@ operations (whole fp32 updates: bench/onehot.py).
 Only the forward changes: the gradients are the dense layer's (the input's from the
 weight, the weight's from the one-hot values), so the straight-through gradient to the
 probabilities is kept. The sum runs in another order than the dense product's, so values
-agree with `linear(cat([onehot, rest]))` to float rounding, not bit for bit.
+agree with `linear(cat([onehot, rest]))` to float rounding, not bit for bit. With
+run.compile=on the weight's gradient is a row scatter instead of that dense product
+(`reverie.nets.onehot_kernel`), the same sums in another order again.
 
 Under autocast (run.precision=bf16) the layer stays dense: a bf16 matmul is several times
 faster than float32 on a CPU with bf16 instructions, and the weight gradient of the one-hot
@@ -24,21 +26,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reverie.nets import onehot_kernel
+
 
 class _OneHotProduct(torch.autograd.Function):
-    """onehot [N, W] @ weight[O, W]ᵀ, computed from the columns `index` [N, S] of the ones."""
+    """onehot [N, W] @ weight[O, W]ᵀ, computed from the columns `index` [N, S] of the ones.
+    `kernel`: the weight's gradient by `onehot_kernel` (a row scatter) where it serves."""
 
     @staticmethod
-    def forward(ctx, onehot: Tensor, index: Tensor, weight: Tensor) -> Tensor:
-        ctx.save_for_backward(onehot, weight)
+    def forward(ctx, onehot: Tensor, index: Tensor, weight: Tensor, kernel: bool) -> Tensor:
+        ctx.save_for_backward(onehot, index, weight)
+        ctx.kernel = kernel
         return F.embedding_bag(index, weight.t().contiguous(), mode="sum")
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, Tensor | None]:
-        onehot, weight = ctx.saved_tensors
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, Tensor | None, None]:
+        onehot, index, weight = ctx.saved_tensors
         grad_onehot = grad @ weight if ctx.needs_input_grad[0] else None
-        grad_weight = grad.t() @ onehot if ctx.needs_input_grad[2] else None
-        return grad_onehot, None, grad_weight
+        grad_weight = None
+        if ctx.needs_input_grad[2]:
+            if ctx.kernel and onehot_kernel.serves(grad):
+                grad_weight = onehot_kernel.onehot_weight_grad(grad, index, weight.shape[1]).t()
+            else:
+                grad_weight = grad.t() @ onehot
+        return grad_onehot, None, grad_weight, None
 
 
 def onehot_rows(index: Tensor, classes: int) -> Tensor:
@@ -53,13 +64,15 @@ def use_onehot(index: Tensor | None, x: Tensor) -> bool:
     return index is not None and not torch.is_autocast_enabled(x.device.type)
 
 
-def onehot_linear(linear: nn.Linear, onehot: Tensor, rest: Tensor, index: Tensor) -> Tensor:
+def onehot_linear(linear: nn.Linear, onehot: Tensor, rest: Tensor, index: Tensor,
+                  kernel: bool = False) -> Tensor:
     """`linear(cat([onehot, rest], -1))` where `onehot` [..., W] is an exact one-hot with
-    its ones at the columns `index` [..., S] (`onehot_rows`); `rest` [..., R] is dense."""
+    its ones at the columns `index` [..., S] (`onehot_rows`); `rest` [..., R] is dense.
+    `kernel`: the weight gradient by `onehot_kernel` (built by its `load()`)."""
     width, lead = onehot.shape[-1], onehot.shape[:-1]
     rows = lead.numel()
     weight = linear.weight
     ones = _OneHotProduct.apply(onehot.reshape(rows, width), index.reshape(rows, index.shape[-1]),
-                                weight[:, :width])
+                                weight[:, :width], kernel)
     dense = F.linear(rest.reshape(rows, rest.shape[-1]), weight[:, width:], linear.bias)
     return (ones + dense).reshape(*lead, weight.shape[0])

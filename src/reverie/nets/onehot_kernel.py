@@ -1,0 +1,120 @@
+"""The weight gradient of a one-hot layer as a row scatter: a C++ kernel (run.compile=on).
+
+A layer that reads a one-hot latent (`reverie.nets.onehot`) has the weight gradient
+gradᵀ @ onehot: [O, N] @ [N, W], the dense product that autograd would compute, O·N·W
+multiply-adds of which O·N·S are not with zeros (S ones per row, W = S·K). As a scatter,
+column k of the gradient is the sum of the rows of `grad` whose ones include k: N·S row
+additions of O values, K times fewer operations. No torch op does that without atomics or
+a pass per categorical (index_add_ per group, index_put_ with accumulate and a sparse
+product were not faster than the dense product, bench/onehot.py's notes), so this is a
+kernel of its own: each thread sums its share of the rows into a private [W, O] block
+(in cache: 1 MB at W = 1024, O = 256), then the blocks are added. At bench/throughput.py's
+sizes (N = 15,360, W = 1024, O = 256) it takes ~5 ms where the dense product takes ~22, on
+2 threads (scratch microbenchmark; whole updates: bench/onehot.py).
+
+It is built by inductor's C++ code cache (the compiler, flags and vector ISA that
+torch.compile uses, cached in the same folder: ~8 s once per machine and torch version,
+milliseconds after), so it is part of run.compile=on, whose user accepted a compile; an
+agent asks for it with `load()` and keeps the dense product if that raises. Sums run in
+another order than the dense product's: values agree to float rounding; the same thread
+count gives the same values run after run.
+
+`onehot_weight_grad` is a torch custom op, so a compiled loss calls it as one opaque kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+SOURCE = r"""
+#include <torch/csrc/inductor/cpp_prefix.h>
+
+// out [width, outs] = sum over rows r and ones s of grad[r] added to row index[r, s];
+// thread t sums rows [rows*t/n, rows*(t+1)/n) into its own block (t = 0: out itself,
+// others: scratch), then the blocks are added. error: 1 if an index is outside [0, width).
+extern "C" void kernel(const float* grad, const int64_t* index, float* out, float* scratch,
+                       int64_t* error, int64_t rows, int64_t ones, int64_t width,
+                       int64_t outs, int64_t threads)
+{
+    using Vec = at::vec::Vectorized<float>;
+    constexpr int64_t V = Vec::size();
+    const int64_t size = width * outs;
+    #pragma omp parallel num_threads(threads)
+    {
+        const int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
+        float* acc = t == 0 ? out : scratch + (t - 1) * size;
+        std::fill(acc, acc + size, 0.0f);
+        int64_t bad = 0;
+        for (int64_t r = rows * t / n; r < rows * (t + 1) / n; r++) {
+            const float* g = grad + r * outs;
+            const int64_t* idx = index + r * ones;
+            for (int64_t s = 0; s < ones; s++) {
+                const int64_t k = idx[s];
+                if (k < 0 || k >= width) { bad = 1; continue; }
+                float* dst = acc + k * outs;
+                int64_t o = 0;
+                for (; o + V <= outs; o += V)
+                    (Vec::loadu(dst + o) + Vec::loadu(g + o)).store(dst + o);
+                for (; o < outs; o++) dst[o] += g[o];
+            }
+        }
+        if (bad) {
+            #pragma omp atomic write
+            *error = 1;
+        }
+        #pragma omp barrier
+        #pragma omp for
+        for (int64_t i = 0; i < size; i++) {
+            float sum = out[i];
+            for (int64_t u = 1; u < n; u++) sum += scratch[(u - 1) * size + i];
+            out[i] = sum;
+        }
+    }
+}
+"""
+ARGTYPES = ["const float*", "const int64_t*", "float*", "float*", "int64_t*", "int64_t",
+            "int64_t", "int64_t", "int64_t", "int64_t"]
+
+_kernel: Any = None
+
+
+def load() -> None:
+    """Build the kernel, or load it from the cache; raises what the build raised (no C++
+    compiler, another torch's internals, ...), and the dense product serves then."""
+    global _kernel
+    if _kernel is None:
+        from torch._inductor.codecache import CppPythonBindingsCodeCache
+
+        _kernel = CppPythonBindingsCodeCache.load_pybinding(ARGTYPES, SOURCE)
+
+
+@torch.library.custom_op("reverie::onehot_weight_grad", mutates_args=())
+def onehot_weight_grad(grad: Tensor, index: Tensor, width: int) -> Tensor:
+    """grad [N, O] float32 and index [N, S] int64 (columns in [0, width)) -> [width, O],
+    row k the sum of grad's rows whose index holds k: (gradᵀ @ onehot)ᵀ. Needs `load()`."""
+    if _kernel is None:
+        raise RuntimeError("reverie.nets.onehot_kernel.load() has not built the kernel")
+    grad, index = grad.contiguous(), index.contiguous()
+    rows, outs = grad.shape
+    threads = max(1, min(torch.get_num_threads(), rows))
+    out = grad.new_empty(width, outs)
+    scratch = grad.new_empty(threads - 1, width, outs)
+    error = torch.zeros(1, dtype=torch.int64)
+    _kernel(grad, index, out, scratch, error, rows, index.shape[1], width, outs, threads)
+    if error.item():
+        raise ValueError(f"one-hot columns must be in [0, {width}); index holds "
+                         f"{index.min().item()}..{index.max().item()}")
+    return out
+
+
+@onehot_weight_grad.register_fake
+def _(grad: Tensor, index: Tensor, width: int) -> Tensor:
+    return grad.new_empty(width, grad.shape[1])
+
+
+def serves(grad: Tensor) -> bool:
+    """Whether `onehot_weight_grad` serves this gradient: built, CPU float32."""
+    return _kernel is not None and grad.device.type == "cpu" and grad.dtype == torch.float32
