@@ -363,10 +363,12 @@ class ImagineAgent:
         # one layout for the state in and out of every step (backbones' forward may return
         # views), so a compiled step is compiled once
         state = contiguous_state(state)
-        feats, actions, hs, indices = [], [], [], []
-        for _ in range(self.cfg.horizon):
-            feat = world.feat(z, h_prev)
-            feats.append(feat)
+        H = self.cfg.horizon
+        # each step's feat is written into its row of the trajectory (no stack at the end)
+        feats = z.new_empty(H + 1, B, world.feat_dim)
+        actions, hs, indices = [], [], []
+        for t in range(H):
+            feat = world.feat(z, h_prev, out=feats[t])
             indices.append(index)
             if planning:
                 with _fork_rng(self.device):
@@ -382,11 +384,11 @@ class ImagineAgent:
                     feat, z, index, state)
             actions.append(raw)
             hs.append(h_prev)
-        feats.append(world.feat(z, h_prev))
+        world.feat(z, h_prev, out=feats[H])
         indices.append(index)
         h_all = torch.stack(hs)  # the heads run once over all steps, not inside the loop
         return {
-            "feat": torch.stack(feats),
+            "feat": feats,
             "index": torch.stack(indices),  # where z's ones are: one-hot first layers
             "action": torch.stack(actions),
             "reward": world.reward(h_all),

@@ -340,9 +340,10 @@ class WorldModel(nn.Module):
         """P(episode continues after a_t): h [..., deter_dim] -> [...]."""
         return torch.sigmoid(self.cont_head(h).squeeze(-1))
 
-    def feat(self, z: Tensor, h_prev: Tensor) -> Tensor:
-        """Actor/critic input cat([z_t, h_{t-1}]): [..., feat_dim]."""
-        return torch.cat([z, h_prev], -1)
+    def feat(self, z: Tensor, h_prev: Tensor, out: Tensor | None = None) -> Tensor:
+        """Actor/critic input cat([z_t, h_{t-1}]): [..., feat_dim] (written into `out`, a
+        tensor of that shape, when given)."""
+        return torch.cat([z, h_prev], -1, out=out)
 
     def _decode_raw(self, z: Tensor) -> dict[str, Tensor]:
         """Images centred at 0 [..., H, W, C]; vectors in symlog space [..., *shape]."""
