@@ -21,7 +21,11 @@ Matched settings
   parameter counts equal sheeprl's exactly), and head width `REVERIE_HIDDEN`, chosen so
   the world model's parameter count matches sheeprl's (sheeprl's heads read [h, z], reverie's
   Drama-style heads read h, so at equal width reverie's world model would be ~30% smaller);
-* no evaluation / test episodes, no videos, no model checkpoints inside the window.
+* no evaluation / test episodes, no videos, no model checkpoints inside the window;
+* reverie runs once per backbone and `run.compile` setting (`--compile`, default `auto` and
+  `on`: `auto` is reverie's default, which compiles the imagined step; `on` compiles its
+  losses and the context warm-up too and builds its one-hot weight-gradient kernel, all in
+  the first update, outside the window); sheeprl runs eager, as it ships.
 
 Timing. Each system's wall clock at given env steps comes from inside its own process:
 reverie's `timing.jsonl` (`time/wall` every `update_every` env steps, taken after that step's
@@ -267,7 +271,8 @@ def run_sheeprl(s: dict, threads: int, venv: Path, timeout: float) -> dict:
     return result
 
 
-def run_reverie(s: dict, threads: int, backbone: str, timeout: float) -> dict:
+def run_reverie(s: dict, threads: int, backbone: str, timeout: float,
+                compile_mode: str = "auto") -> dict:
     a, b = window(s)
     exe = Path(sys.executable).parent / "reverie"
     base = [str(exe)] if exe.exists() else [sys.executable, "-m", "reverie"]
@@ -275,7 +280,7 @@ def run_reverie(s: dict, threads: int, backbone: str, timeout: float) -> dict:
         out = Path(tmp) / "run"
         args = ["train", "--backbone", backbone, "--steps", str(b), "--seed", str(SEED),
                 "--no-progress", "--out", str(out)]
-        for o in reverie_overrides(s, threads):
+        for o in reverie_overrides(s, threads) + [f"run.compile={compile_mode}"]:
             args += ["--set", o]
         r = _run(base + args, _env(threads), ROOT, timeout)
         times = {}
@@ -291,7 +296,8 @@ def run_reverie(s: dict, threads: int, backbone: str, timeout: float) -> dict:
             break
     result = {
         "command": shlex.join(["reverie", *args]).replace(str(out), "$TMP/run"),
-        "backbone": backbone, "total_env_steps": b, "window_env_steps": [a, b],
+        "backbone": backbone, "compile": compile_mode, "total_env_steps": b,
+        "window_env_steps": [a, b],
         "torch_threads": threads, "grad_steps": summary.get("grad_steps"),
         "env_steps_per_s": _rate(times, a, b),
         "seconds_per_update_period": _periods(times, a, b, s["update_every"]),
@@ -571,6 +577,12 @@ def breakdown_markdown(b: dict) -> str:
     return "\n".join(rows) + f"\n\n{note}\n"
 
 
+def _arm(run: dict, sep: str = ", ") -> str:
+    """A reverie run's label: its backbone, and run.compile unless the default (auto)."""
+    mode = run.get("compile", "auto")  # runs before 2026-12-07 (afternoon): the default
+    return run["backbone"] + ("" if mode == "auto" else f"{sep}run.compile={mode}")
+
+
 def markdown(report: dict) -> str:
     s = report["settings"]
     sheep = report["runs"]["sheeprl"]
@@ -583,7 +595,7 @@ def markdown(report: dict) -> str:
         ac = (p["actor"] + p["critic"]) if "actor" in p else None
         ratio = report["ratios"].get(name)
         target = report["target"].get(name, "")
-        label = "sheeprl DreamerV3 XS" if name == "sheeprl" else f"reverie ({run['backbone']})"
+        label = "sheeprl DreamerV3 XS" if name == "sheeprl" else f"reverie ({_arm(run)})"
         sps = _fmt(run["env_steps_per_s"])
         if run.get("env_steps_per_s_range"):
             lo, hi = run["env_steps_per_s_range"]
@@ -616,7 +628,7 @@ def markdown(report: dict) -> str:
     text = "\n".join(rows) + f"\n\n{note}.\n"
     bound = report.get("compute_bound")
     if bound:
-        parts = [f"{name.removeprefix('reverie-')}: {b['flops_per_update'] / 1e9:.0f} GFLOP per "
+        parts = [f"{_arm(report['runs'][name])}: {b['flops_per_update'] / 1e9:.0f} GFLOP per "
                  f"update, at most {b['max_env_steps_per_s']:.1f} env steps/s = "
                  f"{_fmt(b['max_ratio_vs_sheeprl'])}x sheeprl, "
                  f"{_fmt(b['max_ratio_vs_sheeprl_without_context'])}x without the "
@@ -648,7 +660,7 @@ def plot(report: dict, path: Path) -> None:
 
     names = list(report["runs"])
     labels = ["sheeprl\nDreamerV3 XS" if n == "sheeprl"
-              else f"reverie\n{report['runs'][n]['backbone']}" for n in names]
+              else "reverie\n" + _arm(report["runs"][n], ",\n") for n in names]
     values = [report["runs"][n]["env_steps_per_s"] or 0.0 for n in names]
     fig, ax = plt.subplots(figsize=(6, 4))
     bars = ax.bar(labels, values, color=["#888888"] + ["#2a7ab9"] * (len(names) - 1))
@@ -720,6 +732,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke test: 2 timed updates each")
     p.add_argument("--backbones", nargs="+", default=["mamba2", "gru"])
+    p.add_argument("--compile", nargs="+", default=["auto", "on"], choices=["auto", "on", "off"],
+                   help="reverie's run.compile settings, one arm per backbone and setting "
+                        "(auto: the default; on: also the losses, the context warm-up and "
+                        "the one-hot weight-gradient kernel)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of both systems")
     p.add_argument("--update-every", type=int, default=None,
                    help="env steps per update (a power of 2); default 16")
@@ -778,7 +794,9 @@ def main() -> int:
         "window_env_steps": [a, b], "torch_threads": args.threads, "seed": SEED,
         "loadavg_1min_at_start": round(load, 2),
     }
-    names = ["sheeprl", *(f"reverie-{bb}" for bb in args.backbones)]
+    arms = {f"reverie-{bb}" + ("" if mode == "auto" else f"-compile-{mode}"): (bb, mode)
+            for bb in args.backbones for mode in args.compile}
+    names = ["sheeprl", *arms]
     per_round: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(args.rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
@@ -787,16 +805,17 @@ def main() -> int:
                 print(f"round {r + 1}: sheeprl, {b + 1} env steps ...", flush=True)
                 run = run_sheeprl(s, args.threads, args.sheeprl_venv, args.timeout)
             else:
-                bb = name.removeprefix("reverie-")
-                print(f"round {r + 1}: reverie {bb}, {b} env steps ...", flush=True)
-                run = run_reverie(s, args.threads, bb, args.timeout)
+                bb, mode = arms[name]
+                print(f"round {r + 1}: reverie {bb} run.compile={mode}, {b} env steps ...",
+                      flush=True)
+                run = run_reverie(s, args.threads, bb, args.timeout, mode)
             run["loadavg_1min_before"] = round(load_r, 2)
             per_round[name].append(run)
             print(f"  {_fmt(run['env_steps_per_s'])} env steps/s", flush=True)
     runs = {name: summarise_rounds(rs) for name, rs in per_round.items()}
     runs["sheeprl"]["params"] = _sheeprl_params(s, args.threads, args.sheeprl_venv)
-    for bb in args.backbones:
-        runs[f"reverie-{bb}"]["params"] = _reverie_params(s, args.threads, bb)
+    for name, (bb, _) in arms.items():
+        runs[name]["params"] = _reverie_params(s, args.threads, bb)
     ratios, ratio_ranges, target = {}, {}, {}
     for name in names[1:]:
         rr = [x["env_steps_per_s"] / y["env_steps_per_s"]
