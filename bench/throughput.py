@@ -409,6 +409,7 @@ def compute_bound(report: dict, peak_flops: float, peak_source: str) -> dict:
 
 
 # -- where the time goes ------------------------------------------------------------------
+BREAKDOWN_SKIP = 2  # updates before the clock starts: the first ones compile (run.compile)
 BREAKDOWN_NESTED = {"update": ["replay sample", "world-model step", "imagination",
                                "actor-critic"],
                     "world-model step": ["world-model forward"]}
@@ -418,7 +419,7 @@ def reverie_breakdown(s: dict, threads: int, backbone: str, preset: str = "cartp
                       matched: bool = True, steps: int | None = None, skip: int = 0,
                       overrides: tuple[str, ...] = ()) -> dict:
     """Seconds per part of one in-process run: the matched sizes of this benchmark (or the
-    preset as it is with `overrides`, matched=False), timed from update `skip` + 1 (the
+    preset as it is, matched=False), with `overrides`, timed from update `skip` + 1 (the
     first after the prefill by default) to the end. Parts are disjoint: 'world-model step' is
     backward + optimiser (its forward is its own part), 'update' is what the agent's update
     does besides its parts."""
@@ -433,7 +434,7 @@ def reverie_breakdown(s: dict, threads: int, backbone: str, preset: str = "cartp
     keep_freed_memory()  # as the `reverie` command does
     if matched:
         _, b = window(s)
-        over = reverie_overrides(s, threads) + ["run.progress=false"]
+        over = reverie_overrides(s, threads) + ["run.progress=false", *overrides]
         flags = {"backbone": backbone, "steps": b}
     else:
         over = ["run.progress=false", "run.eval_episodes=0", f"run.threads={threads}",
@@ -490,17 +491,22 @@ def reverie_breakdown(s: dict, threads: int, backbone: str, preset: str = "cartp
 
 
 def add_breakdown(path: Path, s: dict, threads: int, backbones: list[str],
-                  rounds: int) -> int:
-    """Per-update time breakdown of reverie at the matched sizes and of the default preset,
-    `rounds` runs per backbone in alternation (medians), added to throughput.json."""
+                  rounds: int, compile_modes: list[str]) -> int:
+    """Per-update time breakdown of reverie at the matched sizes (per run.compile setting)
+    and of the default preset, `rounds` runs per backbone in alternation (medians), added
+    to throughput.json. The clock starts after BREAKDOWN_SKIP updates (compiling)."""
     report = json.loads(path.read_text()) if path.exists() else {"benchmark": "throughput"}
     runs: dict[str, list[dict]] = {}
     for _ in range(rounds):
         for bb in backbones:
-            for key, kw in ((f"matched/{bb}", {"matched": True}),
-                            (f"cartpole-preset/{bb}", {"matched": False, "steps": 1500})):
+            arms = [(f"matched/{bb}" + ("" if mode == "auto" else f", run.compile={mode}"),
+                     {"matched": True, "overrides": (f"run.compile={mode}",)})
+                    for mode in compile_modes]
+            arms.append((f"cartpole-preset/{bb}", {"matched": False, "steps": 1500}))
+            for key, kw in arms:
                 print(f"breakdown {key} ...", flush=True)
-                runs.setdefault(key, []).append(reverie_breakdown(s, threads, bb, **kw))
+                runs.setdefault(key, []).append(
+                    reverie_breakdown(s, threads, bb, skip=BREAKDOWN_SKIP, **kw))
     out = {}
     for key, rs in runs.items():
         parts = sorted({p for r in rs for p in r["ms_per_update"]})
@@ -515,6 +521,8 @@ def add_breakdown(path: Path, s: dict, threads: int, backbones: list[str],
                 r["share"].get(p, 0.0) for r in rs), 3) for p in parts},
             "loadavg_1min": [r["loadavg_1min"] for r in rs], "raw": rs}
     report["breakdown"] = {"torch_threads": threads, "rounds": rounds, "cores": os.cpu_count(),
+                           "skipped_updates": BREAKDOWN_SKIP,
+                           "date": time.strftime("%Y-%m-%d %H:%M"),
                            "loaded": max(x for r in out.values() for x in r["loadavg_1min"])
                            > (os.cpu_count() or 1), "runs": out}
     if "runs" in report and "settings" in report:
@@ -568,9 +576,14 @@ def breakdown_markdown(b: dict) -> str:
         f"**{r['seconds_per_update_median']:.2f}** ({r['seconds_per_update_range'][0]:.2f}–"
         f"{r['seconds_per_update_range'][1]:.2f})" for r in b["runs"].values()) + " |")
     loads = [x for r in b["runs"].values() for x in r["loadavg_1min"]]
-    note = (f"Per-update time by part from the first update on, medians of {b['rounds']} "
-            f"alternating in-process runs, {b['torch_threads']} torch thread(s); `matched`: "
-            f"the sizes above, `cartpole-preset`: the default preset as it is. 'update' is the "
+    skipped = b.get("skipped_updates", 0)  # breakdowns before 2026-12-07 (noon): 0
+    start = f"after the first {skipped} updates" if skipped else "from the first update on"
+    note = (f"Per-update time by part {start}, medians of {b['rounds']} alternating "
+            f"in-process runs, {b['torch_threads']} torch thread(s)"
+            + (f", {b['date']}" if "date" in b else "")
+            + "; `matched`: the sizes above (run.compile=auto unless named; with on, the "
+            "world-model forward is timed inside its step, the compiled loss holds it), "
+            "`cartpole-preset`: the default preset as it is. 'update' is the "
             f"agent's own bookkeeping; 'other' is the driver. 1-min load {min(loads):.2f}–"
             f"{max(loads):.2f} on {b['cores']} cores"
             + (" (**loaded**)." if b.get("loaded") else "."))
@@ -763,7 +776,7 @@ def main() -> int:
     if args.breakdown:
         s = dict(QUICK if args.quick else FULL)
         return add_breakdown(args.out / "throughput.json", s, args.threads, args.backbones,
-                             args.rounds)
+                             args.rounds, args.compile)
 
     s = dict(QUICK if args.quick else FULL)
     for key in ("update_every", "learning_starts", "measure_updates"):
