@@ -286,7 +286,9 @@ def prefilled_agent(preset: str, overrides: list[str], prefill: int,
     """(agent, replay) of `preset` as `reverie train` builds them (seed 0, `threads` torch
     threads, glibc keeping freed memory as the `reverie` command does), the replay holding
     `prefill` env steps of random actions through the driver: what an update costs does not
-    depend on the data. For measuring updates in one process (`alternate`)."""
+    depend on the data. No update has run (run.prefill is one step past the run: at a train
+    ratio of one update per env step the last prefill step would earn one, and it would
+    compile). For measuring updates in one process (`alternate`)."""
     import tempfile
 
     from reverie.allocator import keep_freed_memory
@@ -294,7 +296,7 @@ def prefilled_agent(preset: str, overrides: list[str], prefill: int,
     from reverie.run.driver import Trainer
 
     keep_freed_memory()
-    cfg = build_config(preset, [*overrides, f"run.threads={threads}", f"run.prefill={prefill}",
+    cfg = build_config(preset, [*overrides, f"run.threads={threads}", f"run.prefill={prefill + 1}",
                                 "run.eval_episodes=0", "run.progress=false",
                                 "run.checkpoint_every=1000000000"], {"steps": prefill})
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:

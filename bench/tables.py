@@ -1128,6 +1128,47 @@ def onehot_table(results: Path) -> str | None:
     return "\n".join(lines)
 
 
+def compile_presets_table(results: Path) -> str | None:
+    report, _ = load(results, "compile_presets")
+    if report is None:
+        return None
+    head = ["preset", "s/update, auto (median, min–max)", "s/update, on", "auto / on per round",
+            "compile s, cold: auto / on", "warm: auto / on", "default run: updates",
+            "on saves per default run", "on pays on a cold cache"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for name, r in report["presets"].items():
+        u, f = r["update"], r["first_update"]
+        lines.append(_row([
+            f"`{name}`", _median_range(u["auto"], ".3f"), _median_range(u["on"], ".3f"),
+            _median_range(r["ratio_auto_over_on"], ".2f", "x"),
+            f"{f['cold']['auto']['compile_s']:.0f} / {f['cold']['on']['compile_s']:.0f}",
+            f"{f['warm']['auto']['compile_s']:.1f} / {f['warm']['on']['compile_s']:.1f}",
+            f"{r['default_run']['updates']:,}",
+            f"{r['on_saves_s_per_default_run']:.0f} s",
+            "yes" if r["on_pays_on_a_cold_cache"] else "no"]))
+    rounds = sorted({(r["rounds"], r["warmup"]) for r in report["presets"].values()})
+    lines.append(
+        "\nThe world-model agent at each preset's sizes (fp32, seed 0, minatar: Breakout, "
+        "dmc-proprio: walker-walk) with run.compile=auto (the imagined step compiled) and "
+        "on (also the losses, the context warm-up and the one-hot weight-gradient kernel): "
+        "updates alternating in one process on warm caches ("
+        + "; ".join(f"{n} rounds after {w} warm-up" for n, w in rounds)
+        + ", the order reversed every round); compile seconds = the first update minus "
+        "the steady update, each mode alone in a fresh process on an empty inductor cache "
+        "(cold) and again on that cache (warm); a default run's updates = (steps − prefill) "
+        "x train_ratio / (batch x seq_len); `on` saves (auto − on) x those updates and pays "
+        "on a cold cache when that exceeds its extra cold compile; "
+        f"{report['threads']} torch thread(s); when, and the fp32 matmul probe before: "
+        + "; ".join(f"{name} {r['date']}, {r['matmul_gflops_before']:.0f} GFLOP/s"
+                    for name, r in report["presets"].items())
+        + "; 1-min load per preset "
+        + ", ".join(f"{lo}–{hi}" for lo, hi in (r["loadavg_1min"]
+                                                for r in report["presets"].values()))
+        + f" on {report['cores']} cores"
+        + (" (**loaded**: load > cores)." if report["loaded"] else "."))
+    return "\n".join(lines)
+
+
 def matvec_table(results: Path) -> str | None:
     report, _ = load(results, "matvec")
     if report is None:
@@ -1236,6 +1277,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "omp_wait": omp_wait_table,
     "compile": compile_table,
     "compile_auto": compile_auto_table,
+    "compile_presets": compile_presets_table,
     "ensemble_speed": ensemble_speed_table,
     "precision": precision_table,
     "optimizer": optimizer_table,
