@@ -17,9 +17,12 @@ driver, `runlib.prefilled_agent`), five fresh processes:
 - updates: both agents in one process (the caches warm), updates alternating auto, on,
   on, auto, ... (`runlib.alternate`, the order reversed every other round): median and
   min-max seconds per update of each and of the per-round ratio auto / on (> 1: on is faster).
+Compile seconds include the one-hot weight-gradient kernel's build, which `on` runs when the
+agent is set up (`Compiler.build`, timed there), before its first update.
 A preset's default run has (steps − prefill) x train_ratio / (batch x seq_len) updates;
-`on` pays on a cold cache when (median auto − median on) x updates exceeds (cold compile of on
-− cold compile of auto). Reported with the 1-minute load and an fp32 matmul probe.
+`on` saves the median over rounds of (auto − on) per update times those, and pays on a cold
+cache when that exceeds (cold compile of on − cold compile of auto). Reported with the
+1-minute load and an fp32 matmul probe.
 
 Writes bench/results/compile_presets.json (a run of some presets keeps the others').
 """
@@ -57,7 +60,20 @@ def _agent(name: str, mode: str, threads: int):
 
 
 def first_update(name: str, mode: str, warmup: int, threads: int) -> dict:
-    """One agent: its first update's seconds and the median of AFTER_FIRST after `warmup`."""
+    """One agent: its first update's seconds, the median of AFTER_FIRST after `warmup`, and
+    the seconds of the kernel builds its set-up ran (`Compiler.build`, before any update)."""
+    from reverie.compiler import Compiler
+
+    build, built = Compiler.build, [0.0]
+
+    def timed_build(self, *a, **k):
+        t = time.perf_counter()
+        try:
+            return build(self, *a, **k)
+        finally:
+            built[0] += time.perf_counter() - t
+
+    Compiler.build = timed_build
     with _agent(name, mode, threads) as (agent, replay):
         t0 = time.perf_counter()
         agent.update(replay)
@@ -67,7 +83,8 @@ def first_update(name: str, mode: str, warmup: int, threads: int) -> dict:
         after = alternate({mode: lambda: agent.update(replay)}, AFTER_FIRST, 0)[mode]
     steady = statistics.median(after)
     return {"first_update_s": round(first, 3), "steady_update_s": round(steady, 4),
-            "compile_s": round(first - steady, 2)}
+            "kernel_build_s": round(built[0], 2),
+            "compile_s": round(first - steady + built[0], 2)}
 
 
 def updates(name: str, rounds: int, warmup: int, threads: int) -> dict:
@@ -117,7 +134,10 @@ def measure(name: str, rounds: int, warmup: int, threads: int) -> dict:
         timed = _worker(["--updates-of", name, "--rounds", str(rounds), *common], on_dir)
     run = default_updates(name)
     cold = {m: first["cold"][m]["compile_s"] for m in MODES}
-    saved = (timed["update"]["auto"]["median"] - timed["update"]["on"]["median"]) * run["updates"]
+    # per round (the arms alternate so that a machine slowing down falls on both alike)
+    per_round = statistics.median(a - b for a, b in zip(timed["update"]["auto"]["values"],
+                                                        timed["update"]["on"]["values"]))
+    saved = per_round * run["updates"]
     return {"preset": name, "threads": threads, "rounds": rounds, "warmup": warmup,
             "date": time.strftime("%Y-%m-%d %H:%M"), "matmul_gflops_before": gflops,
             "loadavg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)],

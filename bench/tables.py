@@ -1155,8 +1155,13 @@ def compile_presets_table(results: Path) -> str | None:
         + "; ".join(f"{n} rounds after {w} warm-up" for n, w in rounds)
         + ", the order reversed every round); compile seconds = the first update minus "
         "the steady update, each mode alone in a fresh process on an empty inductor cache "
-        "(cold) and again on that cache (warm); a default run's updates = (steps − prefill) "
-        "x train_ratio / (batch x seq_len); `on` saves (auto − on) x those updates and pays "
+        "(cold) and again on that cache (warm)"
+        + ("" if all("kernel_build_s" in f for r in report["presets"].values()
+                     for c in r["first_update"].values() for f in c.values())
+           else " (runs before 2026-12-07 10:00 leave out the one-hot kernel's build, "
+                "~8 s cold, which `on` runs before its first update)")
+        + "; a default run's updates = (steps − prefill) x train_ratio / (batch x seq_len); "
+        "`on` saves the median over rounds of (auto − on) per update times those, and pays "
         "on a cold cache when that exceeds its extra cold compile; "
         f"{report['threads']} torch thread(s); when, and the fp32 matmul probe before: "
         + "; ".join(f"{name} {r['date']}, {r['matmul_gflops_before']:.0f} GFLOP/s"
