@@ -13,11 +13,12 @@ instead of a dense product (today's code). `dense` is the code before 2026-12-07
 agent inside `runlib.dense_latent_layers`, so every layer takes the dense product (the agent's
 numbers differ only by float rounding, the random draws are the same). `scatter` is today's
 one-hot layers with the actor's and critic's weight gradients from the row-scatter kernel
-(their `onehot_kernel` flag, which run.compile=on sets; here it is set alone, the rest of the
-update runs as the preset's run.compile has it).
+(their `onehot_kernel` flag, which run.compile=on sets; here it is set alone, and the rest of
+the update runs as run.compile=auto has it, the imagined step compiled: with compiled losses
+the dense arm's switch would be traced into their graphs).
 
-Per preset, one process: the preset's agent (seed 0, `--threads` torch threads, the
-preset's own run.compile) with a replay of random env steps (`runlib.prefilled_agent`),
+Per preset, one process: the preset's agent (seed 0, `--threads` torch threads,
+run.compile=auto at every preset) with a replay of random env steps (`runlib.prefilled_agent`),
 updates alternating dense, onehot, scatter, scatter, onehot, dense, ... (`runlib.alternate`,
 the order reversed every other round). `matched` is bench/throughput.py's matched sizes (CartPole,
 32x32 latents, 1024 imagined rollouts of 15 steps, 256-wide networks), the comparison with
@@ -67,12 +68,12 @@ ARMS = ("dense", "onehot", "scatter")
 def _overrides(name: str, threads: int) -> list[str]:
     preset, extra, _ = PRESETS[name]
     if extra is not None:
-        return extra
+        return [*extra, "run.compile=auto"]  # minatar, dmc-proprio: the preset says on
     import throughput
 
     keep = ("run.prefill", "run.threads", "run.eval_episodes", "run.checkpoint_every")
     over = throughput.reverie_overrides({"update_every": 16, "learning_starts": 512}, threads)
-    return [o for o in over if not o.startswith(keep)]
+    return [o for o in over if not o.startswith(keep)] + ["run.compile=auto"]
 
 
 def measure(name: str, updates: int, warmup: int, threads: int) -> dict:

@@ -321,14 +321,16 @@ def dense_latent_layers() -> Iterator[None]:
 
 
 def update_flops(preset: str, overrides: list[str], flags: dict | None = None,
-                 dense: bool = False) -> int:
+                 dense: bool = False, scatter: bool = False) -> int:
     """Matmul/conv/attention FLOPs (forward + backward) of one update of `preset` as `reverie
     train` builds it with these overrides and command flags, counted by torch's
     FlopCounterMode on the first update of a short in-process run (the overrides set its
     prefill and steps). Counted eagerly (run.compile=off): the counter sees aten operators,
     not a compiled graph's kernels, and compiling changes no operator's FLOPs. The one-hot
     latent's products are column sums, not counted; `dense` counts the update with them as
-    dense products (`dense_latent_layers`), the work they stand for."""
+    dense products (`dense_latent_layers`), the work they stand for. `scatter`: the actor's
+    and critic's one-hot weight gradients as row scatters (reverie/nets/onehot_kernel.py, as
+    run.compile=on runs them), not counted either."""
     import tempfile
 
     import torch
@@ -343,6 +345,14 @@ def update_flops(preset: str, overrides: list[str], flags: dict | None = None,
     with tempfile.TemporaryDirectory(prefix="bench-flops-") as tmp:
         trainer = Trainer(cfg, Path(tmp) / "run")
         update = trainer.agent.update
+        if scatter:
+            from reverie.nets import onehot_kernel
+            from reverie.nets.mlp import MLP
+
+            onehot_kernel.load()
+            for m in trainer.agent.behavior.modules():
+                if isinstance(m, MLP) and m.onehot_width:
+                    m.onehot_kernel = True
 
         def counting_update(replay):
             if counted:

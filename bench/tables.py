@@ -1029,7 +1029,8 @@ def precision_table(results: Path) -> str | None:
             "dmc-proprio: walker-walk, atari100k: Pong), fp32 and bf16 updates alternating in "
             "one process per preset after a prefill of real env steps ("
             + "; ".join(f"{u} timed updates of each after {w} warm-up" for u, w in counts)
-            + f"); {report['threads']} torch thread(s), the preset's own run.compile; CPU bf16 "
+            + f"); {report['threads']} torch thread(s), the preset's own run.compile (auto at "
+            "every preset until 2026-12-07); CPU bf16 "
             f"features: {features}; fp32 matmul {report['matmul_gflops_before']} GFLOP/s on "
             f"that thread count before; 1-min load {report['loadavg_1min_before']} before, "
             f"{report['loadavg_1min_after']} after on {report['cores']} cores"
@@ -1077,7 +1078,8 @@ def optimizer_table(results: Path) -> str | None:
         + "; ".join(f"{u} timed updates of each after {w} warm-up" for u, w in counts)
         + "); optimiser steps: the world model's, actor's and critic's `step()` together on "
         f"fixed gradients, alternating, 5x as many rounds; {report['threads']} torch "
-        f"thread(s), the preset's own run.compile; fp32 matmul "
+        f"thread(s), the preset's own run.compile (auto at every preset until 2026-12-07); "
+        "fp32 matmul "
         f"{report['matmul_gflops_before']} GFLOP/s before, {report['matmul_gflops_after']} "
         f"after; 1-min load {report['loadavg_1min_before']} before, "
         f"{report['loadavg_1min_after']} after on {report['cores']} cores"
@@ -1117,7 +1119,8 @@ def onehot_table(results: Path) -> str | None:
         + "); `matched`: bench/throughput.py's matched sizes, minatar: Breakout, "
         "dmc-proprio: walker-walk, atari100k: Pong (its actor reads a normalised feat, "
         f"actor_input_norm, and stays dense); {report['threads']} torch thread(s), the "
-        "preset's own run.compile; when, and the fp32 matmul probe before: "
+        "run.compile=auto (the imagined step compiled; each preset's default when these "
+        "were measured); when, and the fp32 matmul probe before: "
         + "; ".join(f"{name} {r['date']}, {r['matmul_gflops_before']:.0f} GFLOP/s"
                     for name, r in report["presets"].items() if "date" in r)
         + "; 1-min load per preset "

@@ -358,24 +358,27 @@ def _reverie_params(s: dict, threads: int, backbone: str) -> dict:
 
 
 def reverie_update_flops(s: dict, backbone: str, extra: tuple[str, ...] = (),
-                         dense: bool = False) -> int:
+                         dense: bool = False, scatter: bool = False) -> int:
     """Matmul/conv/attention FLOPs of one reverie update (forward + backward) at the same
-    sizes (runlib.update_flops; `dense`: with the one-hot latent's products dense)."""
+    sizes (runlib.update_flops; `dense`: with the one-hot latent's products dense;
+    `scatter`: with the one-hot weight gradients as run.compile=on computes them)."""
     sys.path.insert(0, str(ROOT / "bench"))
     from runlib import update_flops
 
     starts = SEQ_LEN * 2
     over = reverie_overrides(s, 1) + [f"run.prefill={starts}",
                                       f"run.steps={starts + s['update_every']}", *extra]
-    return update_flops("cartpole", over, {"backbone": backbone}, dense=dense)
+    return update_flops("cartpole", over, {"backbone": backbone}, dense=dense, scatter=scatter)
 
 
 def compute_bound(report: dict, peak_flops: float, peak_source: str) -> dict:
     """Fastest possible env steps/s of each reverie run if every counted FLOP ran at the
     machine's measured fp32 matmul peak and nothing else (env, Python, memory) took time.
     Counted are the matmuls the update executes; the one-hot latent's products are column
-    sums (reverie/nets/onehot.py), not matmuls. `flops_per_update_dense` counts them as the
-    dense products they replace (the work of the update as computed before 2026-12-07), and
+    sums (reverie/nets/onehot.py), not matmuls, and with run.compile=on so are the actor's and
+    critic's one-hot weight gradients (row scatters, reverie/nets/onehot_kernel.py).
+    `flops_per_update_dense` counts the one-hot products as the dense products they replace
+    (the work of the update as computed before 2026-12-07), and
     `measured_fraction_of_peak_dense` is the measured rate in those FLOPs."""
     s = report["settings"]
     sps0 = report["runs"]["sheeprl"]["env_steps_per_s"]
@@ -383,10 +386,11 @@ def compute_bound(report: dict, peak_flops: float, peak_source: str) -> dict:
     for name, run in report["runs"].items():
         if name == "sheeprl":
             continue
-        flops = reverie_update_flops(s, run["backbone"])
+        scatter = run.get("compile") == "on"
+        flops = reverie_update_flops(s, run["backbone"], scatter=scatter)
         # sheeprl starts imagination from the batch's posterior states; reverie warms its
         # backbone on CONTEXT - 1 replayed steps first: the bound without that extra work
-        lean = reverie_update_flops(s, run["backbone"], ("imagine.context=1",))
+        lean = reverie_update_flops(s, run["backbone"], ("imagine.context=1",), scatter=scatter)
         dense = reverie_update_flops(s, run["backbone"], dense=True)
         min_s = flops / peak_flops
         max_sps = s["update_every"] / min_s
@@ -656,7 +660,8 @@ def markdown(report: dict) -> str:
         peak = bound["matmul_peak_flops"] / 1e9
         text += ("\nCompute bound: every update's matmuls alone"
                  + (" (those it executes: the one-hot latent's products are column sums, not "
-                    "counted)" if onehot else "")
+                    "counted, and with run.compile=on nor are the actor's and critic's one-hot "
+                    "weight gradients, row scatters)" if onehot else "")
                  + f", run at this machine's fp32 matmul peak ({peak:.0f} GFLOP/s, "
                  f"{bound['peak_source']}) with zero time for anything else: "
                  + "; ".join(parts) + ". " + bound_verdict(bound) + "\n")

@@ -174,6 +174,13 @@ def test_the_scatter_kernel_refuses_a_column_outside_the_layer(kernel):
     index = torch.tensor([[0, 3], [1, 4]])
     with pytest.raises(ValueError, match=r"must be in \[0, 4\); index holds 0..4"):
         kernel.onehot_weight_grad(torch.ones(2, 3), index, 4)
+    with pytest.raises(ValueError, match=r"grad \[N, O\] float32 on the CPU and index \[N, S\]"):
+        kernel.onehot_weight_grad(torch.ones(3, 3), index, 5)  # 3 rows of grad, 2 of index
+    with pytest.raises(ValueError, match="float32"):
+        kernel.onehot_weight_grad(torch.ones(2, 3, dtype=torch.float64), index, 5)
+    # an int32 index is read as int64 (the kernel's type), not past its buffer
+    got = kernel.onehot_weight_grad(torch.ones(2, 3), index.int(), 5)
+    assert torch.equal(got.sum(1), torch.tensor([3.0, 3.0, 0.0, 3.0, 3.0]))
 
 
 def test_onehot_linear_with_the_kernel_has_the_dense_layer_s_gradients(kernel, monkeypatch):

@@ -244,8 +244,9 @@ class Compiler:
 
     def build(self, load: Callable[[], None], what: str) -> bool:
         """Build one of reverie's own C++ kernels with `load()` (inductor's code cache, under
-        this compiler's ISA setting). False, with a note, where it raises or compiling is
-        off."""
+        this compiler's ISA setting): True once built. False, with a note, where `load()`
+        raises (no ISA probing then: the kernel stays off for this run); False, silently,
+        once compiling fell back to eager or under TORCH_COMPILE_DISABLE."""
         import torch._dynamo
         import torch._inductor.config
 

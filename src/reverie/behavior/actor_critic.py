@@ -427,7 +427,9 @@ class ActorCritic(nn.Module):
         self._run = compiler.run
         # the one-hot first layers' weight gradients as row scatters (reverie.nets.onehot_kernel)
         onehot = [m for m in self.modules() if isinstance(m, MLP) and m.onehot_width]
-        if onehot and compiler.build(onehot_kernel.load, "the one-hot weight-gradient kernel"):
+        cpu = all(p.device.type == "cpu" for p in self.parameters())  # a CPU kernel
+        if onehot and cpu and compiler.build(onehot_kernel.load,
+                                             "the one-hot weight-gradient kernel"):
             for m in onehot:
                 m.onehot_kernel = True
 

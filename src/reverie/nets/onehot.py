@@ -12,8 +12,10 @@ Only the forward changes: the gradients are the dense layer's (the input's from 
 weight, the weight's from the one-hot values), so the straight-through gradient to the
 probabilities is kept. The sum runs in another order than the dense product's, so values
 agree with `linear(cat([onehot, rest]))` to float rounding, not bit for bit. With
-run.compile=on the weight's gradient is a row scatter instead of that dense product
-(`reverie.nets.onehot_kernel`), the same sums in another order again.
+run.compile=on the actor's and critic's layers (the ones whose weights get gradients from
+many rows; the backbone's input projection runs without gradients here) take their weight
+gradient as a row scatter instead of that dense product (`reverie.nets.onehot_kernel`,
+`kernel=True`), the same sums in another order again.
 
 Under autocast (run.precision=bf16) the layer stays dense: a bf16 matmul is several times
 faster than float32 on a CPU with bf16 instructions, and the weight gradient of the one-hot

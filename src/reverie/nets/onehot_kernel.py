@@ -5,10 +5,11 @@ gradᵀ @ onehot: [O, N] @ [N, W], the dense product that autograd would compute
 multiply-adds of which O·N·S are not with zeros (S ones per row, W = S·K). As a scatter,
 column k of the gradient is the sum of the rows of `grad` whose ones include k: N·S row
 additions of O values, K times fewer operations. No torch op does that without atomics or
-a pass per categorical (index_add_ per group, index_put_ with accumulate and a sparse
-product were not faster than the dense product, bench/onehot.py's notes), so this is a
-kernel of its own: each thread sums its share of the rows into a private [W, O] block
-(in cache: 1 MB at W = 1024, O = 256), then the blocks are added. At bench/throughput.py's
+a pass per categorical (in scratch microbenchmarks at the sizes below, index_add_ per group,
+index_put_ with accumulate, a sparse product, embedding_bag's backward and inductor's
+compiled scatter were not faster than the dense product), so this is a kernel of its own:
+each thread sums its share of the rows into a private [W, O] block (in cache: 1 MB at
+W = 1024, O = 256), then the blocks are added. At bench/throughput.py's
 sizes (N = 15,360, W = 1024, O = 256) it takes ~5 ms where the dense product takes ~22, on
 2 threads (scratch microbenchmark; whole updates: bench/onehot.py).
 
@@ -17,7 +18,7 @@ torch.compile uses, cached in the same folder: ~8 s once per machine and torch v
 milliseconds after), so it is part of run.compile=on, whose user accepted a compile; an
 agent asks for it with `load()` and keeps the dense product if that raises. Sums run in
 another order than the dense product's: values agree to float rounding; the same thread
-count gives the same values run after run.
+count gives the same values run after run (with OMP_DYNAMIC off, OpenMP's default).
 
 `onehot_weight_grad` is a torch custom op, so a compiled loss calls it as one opaque kernel.
 """
@@ -97,7 +98,12 @@ def onehot_weight_grad(grad: Tensor, index: Tensor, width: int) -> Tensor:
     row k the sum of grad's rows whose index holds k: (gradᵀ @ onehot)ᵀ. Needs `load()`."""
     if _kernel is None:
         raise RuntimeError("reverie.nets.onehot_kernel.load() has not built the kernel")
-    grad, index = grad.contiguous(), index.contiguous()
+    if (grad.dim() != 2 or index.dim() != 2 or index.shape[0] != grad.shape[0]
+            or grad.dtype != torch.float32 or grad.device.type != "cpu"):
+        raise ValueError(f"onehot_weight_grad takes grad [N, O] float32 on the CPU and index "
+                         f"[N, S], got {tuple(grad.shape)} {grad.dtype} on {grad.device} and "
+                         f"{tuple(index.shape)}")
+    grad, index = grad.contiguous(), index.to(torch.int64).contiguous()
     rows, outs = grad.shape
     threads = max(1, min(torch.get_num_threads(), rows))
     out = grad.new_empty(width, outs)
