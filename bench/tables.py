@@ -1152,8 +1152,9 @@ def compile_presets_table(results: Path) -> str | None:
     rounds = sorted({(r["rounds"], r["warmup"]) for r in report["presets"].values()})
     lines.append(
         "\nThe world-model agent at each preset's sizes (fp32, seed 0, minatar: Breakout, "
-        "dmc-proprio: walker-walk) with run.compile=auto (the imagined step compiled) and "
-        "on (also the losses, the context warm-up and the one-hot weight-gradient kernel): "
+        "dmc-proprio: walker-walk, atari100k: Pong) with run.compile=auto (the imagined "
+        "step compiled) and on (also the losses, the context warm-up and the one-hot "
+        "weight-gradient kernel): "
         "updates alternating in one process on warm caches ("
         + "; ".join(f"{n} rounds after {w} warm-up" for n, w in rounds)
         + ", the order reversed every round); compile seconds = the first update minus "
