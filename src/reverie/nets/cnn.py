@@ -69,6 +69,11 @@ class ConvEncoder(nn.Module):
         self.net = nn.Sequential(*mods)
         self.out_dim = embed_channels * (H // 2**N_STAGES) * (W // 2**N_STAGES)
 
+    # eager inside compiled graphs (run.compile=on): inductor's fused GroupNorm/SiLU kernels
+    # for these NCHW feature maps ran slower than ATen's and oneDNN's, forward and backward
+    # (the world-model loss at atari100k: compiled 0.93x eager, 1.01x with the conv nets
+    # eager; README, "Compiled kernels")
+    @torch.compiler.disable
     def forward(self, image: Tensor) -> Tensor:
         lead = image.shape[:-3]
         flat = image.reshape(-1, *self.shape)
@@ -204,6 +209,7 @@ class ConvDecoder(nn.Module):
         mods.append(BiasSumConvTranspose2d(c_in, C, 4, 2, 1))
         self.net = nn.Sequential(*mods)
 
+    @torch.compiler.disable  # eager inside compiled graphs, as ConvEncoder.forward
     def forward(self, z: Tensor) -> Tensor:
         lead = z.shape[:-1]
         x = self.stem(z).reshape(-1, self.embed_channels, self.h0, self.w0)
