@@ -14,7 +14,7 @@ sizes (N = 15,360, W = 1024, O = 256) it takes ~5 ms where the dense product tak
 2 threads (scratch microbenchmark; whole updates: bench/onehot.py).
 
 It is built by inductor's C++ code cache (the compiler, flags and vector ISA that
-torch.compile uses, cached in the same folder: ~8 s once per machine and torch version,
+torch.compile uses, cached in the same folder: 2–8 s once per machine and torch version,
 milliseconds after), so it is part of run.compile=on, whose user accepted a compile; an
 agent asks for it with `load()` and keeps the dense product if that raises. Sums run in
 another order than the dense product's: values agree to float rounding; the same thread
