@@ -208,24 +208,26 @@ def test_compile_on_gives_the_actor_critic_the_kernel_or_says_why_not(kernel, mo
 
     from reverie.compiler import Compiler
 
-    monkeypatch.setattr(torch._dynamo.config, "disable", False)  # the suite's switch off
-    mlps = lambda agent: [m for m in agent.behavior.modules()  # noqa: E731
-                          if isinstance(m, MLP) and m.onehot_width]
-    agent, notes = make_agent("discrete"), []
-    agent.compile(Compiler(notes.append))
-    assert len(mlps(agent)) >= 2 and all(m.onehot_kernel for m in mlps(agent))
-    assert not any("not built" in n for n in notes)
+    # the suite's switch off, as tests/test_compile.py does it (monkeypatch's undo of a
+    # dynamo config entry left `disable` hidden for the tests after it in the process)
+    with torch._dynamo.config.patch(disable=False):
+        mlps = lambda agent: [m for m in agent.behavior.modules()  # noqa: E731
+                              if isinstance(m, MLP) and m.onehot_width]
+        agent, notes = make_agent("discrete"), []
+        agent.compile(Compiler(notes.append))
+        assert len(mlps(agent)) >= 2 and all(m.onehot_kernel for m in mlps(agent))
+        assert not any("not built" in n for n in notes)
 
-    def broken():
-        raise RuntimeError("no C++ compiler\nmore lines")
+        def broken():
+            raise RuntimeError("no C++ compiler\nmore lines")
 
-    monkeypatch.setattr(kernel, "load", broken)
-    agent, notes = make_agent("discrete"), []
-    agent.compile(Compiler(notes.append))
-    assert not any(m.onehot_kernel for m in mlps(agent))
-    assert [n for n in notes if "not built" in n] == [
-        "note: run.compile=on: the one-hot weight-gradient kernel was not built (RuntimeError: "
-        "no C++ compiler); the dense product runs instead"]
-    agent, notes = make_agent("discrete"), []
-    agent.compile(Compiler(notes.append, "auto"))  # auto: no actor-critic compile, no kernel
-    assert not any(m.onehot_kernel for m in mlps(agent)) and not notes
+        monkeypatch.setattr(kernel, "load", broken)
+        agent, notes = make_agent("discrete"), []
+        agent.compile(Compiler(notes.append))
+        assert not any(m.onehot_kernel for m in mlps(agent))
+        assert [n for n in notes if "not built" in n] == [
+            "note: run.compile=on: the one-hot weight-gradient kernel was not built (RuntimeError: "
+            "no C++ compiler); the dense product runs instead"]
+        agent, notes = make_agent("discrete"), []
+        agent.compile(Compiler(notes.append, "auto"))  # auto: no actor-critic compile, no kernel
+        assert not any(m.onehot_kernel for m in mlps(agent)) and not notes
