@@ -40,9 +40,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runlib import alternate, close_report, matmul_gflops, prefilled_agent, spread  # noqa: E402
+from runlib import (  # noqa: E402
+    alternate,
+    matmul_gflops,
+    prefilled_agent,
+    preset_report,
+    spread,
+)
 
-RESULTS = Path(__file__).parent / "results"
 PRESETS = {  # name -> (preset, overrides, prefill env steps)
     "cartpole": ("cartpole", [], 600),
     "minatar": ("minatar", ["env.id=minatar:breakout"], 1100),
@@ -167,24 +172,10 @@ def main() -> int:
         return 0
     if args.quick:
         args.rounds, args.warmup = 2, 1
-    path = RESULTS / "compile_presets.json"
-    kept = json.loads(path.read_text())["presets"] if path.exists() and not args.quick else {}
-    report = {"benchmark": "compile_presets", "threads": args.threads, "cores": os.cpu_count(),
-              "matmul_gflops_before": matmul_gflops(args.threads),
-              "loadavg_1min_before": round(os.getloadavg()[0], 2),
-              "presets": {k: v for k, v in kept.items() if k not in args.presets}}
-    for name in args.presets:
-        r = measure(name, args.rounds, args.warmup, args.threads)
-        print(json.dumps({k: r[k] for k in ("preset", "update", "ratio_auto_over_on",
-                                            "first_update", "on_saves_s_per_default_run",
-                                            "on_extra_cold_compile_s")}), flush=True)
-        report["presets"][name] = r
-    close_report(report, args.threads)
-    if args.quick:
-        return 0
-    RESULTS.mkdir(exist_ok=True)
-    report["presets"] = {k: report["presets"][k] for k in PRESETS if k in report["presets"]}
-    path.write_text(json.dumps(report, indent=1))
+    preset_report("compile_presets", args.presets, list(PRESETS), args.threads, args.quick,
+                  lambda name: measure(name, args.rounds, args.warmup, args.threads),
+                  ("preset", "update", "ratio_auto_over_on", "first_update",
+                   "on_saves_s_per_default_run", "on_extra_cold_compile_s"))
     return 0
 
 

@@ -43,15 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runlib import (  # noqa: E402
     add_worker_arguments,
     alternate,
-    close_report,
     dense_latent_layers,
     matmul_gflops,
     prefilled_agent,
+    preset_report,
     run_worker,
     spread,
 )
 
-RESULTS = Path(__file__).parent / "results"
 PRESETS = {  # name -> (preset, extra overrides, prefill env steps)
     "matched": ("cartpole", None, 600),  # bench/throughput.py's overrides (`_overrides`)
     "cartpole": ("cartpole", [], 600),
@@ -83,7 +82,6 @@ def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
     import torch
 
     from reverie.nets import onehot_kernel
-    from reverie.nets.mlp import MLP
 
     preset, _, prefill = PRESETS[name]
     load0, gflops = os.getloadavg()[0], matmul_gflops(threads)
@@ -91,12 +89,10 @@ def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
         if agent.world.stoch_dim <= 0 or torch.is_autocast_enabled("cpu"):
             raise SystemExit(f"{name}: no one-hot layers to compare")
         onehot_kernel.load()
-        mlps = [m for m in agent.behavior.modules() if isinstance(m, MLP) and m.onehot_width]
 
         def update(arm: str):
             def call() -> None:
-                for m in mlps:
-                    m.onehot_kernel = arm == "scatter"
+                agent.behavior.use_onehot_kernel(arm == "scatter")
                 with dense_latent_layers() if arm == "dense" else contextlib.nullcontext():
                     agent.update(replay)
             return call
@@ -128,23 +124,10 @@ def main() -> int:
         return 0
     if args.quick:
         args.updates, args.warmup = 2, 1
-    path = RESULTS / "onehot.json"
-    kept = json.loads(path.read_text())["presets"] if path.exists() and not args.quick else {}
-    report = {"benchmark": "onehot", "threads": args.threads, "cores": os.cpu_count(),
-              "matmul_gflops_before": matmul_gflops(args.threads),
-              "loadavg_1min_before": round(os.getloadavg()[0], 2),
-              "presets": {k: v for k, v in kept.items() if k not in args.presets}}
-    for name in args.presets:
-        r = run_worker(__file__, name, args.updates, args.warmup, args.threads)
-        print(json.dumps({k: r[k] for k in ("preset", "update", "ratio_dense_over_onehot",
-                                            "ratio_onehot_over_scatter")}), flush=True)
-        report["presets"][name] = r
-    close_report(report, args.threads)
-    if args.quick:
-        return 0
-    RESULTS.mkdir(exist_ok=True)
-    report["presets"] = {k: report["presets"][k] for k in PRESETS if k in report["presets"]}
-    path.write_text(json.dumps(report, indent=1))
+    preset_report("onehot", args.presets, list(PRESETS), args.threads, args.quick,
+                  lambda name: run_worker(__file__, name, args.updates, args.warmup,
+                                          args.threads),
+                  ("preset", "update", "ratio_dense_over_onehot", "ratio_onehot_over_scatter"))
     return 0
 
 

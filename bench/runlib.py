@@ -347,12 +347,9 @@ def update_flops(preset: str, overrides: list[str], flags: dict | None = None,
         update = trainer.agent.update
         if scatter:
             from reverie.nets import onehot_kernel
-            from reverie.nets.mlp import MLP
 
             onehot_kernel.load()
-            for m in trainer.agent.behavior.modules():
-                if isinstance(m, MLP) and m.onehot_width:
-                    m.onehot_kernel = True
+            trainer.agent.behavior.use_onehot_kernel(True)
 
         def counting_update(replay):
             if counted:
@@ -410,6 +407,30 @@ def close_report(report: dict, probe_threads: int | None = None) -> dict:
     report["loadavg_1min_after"] = round(os.getloadavg()[0], 2)
     report["loaded"] = max(report["loadavg_1min_before"], report["loadavg_1min_after"]) > (
         os.cpu_count() or 1)
+    return report
+
+
+def preset_report(stem: str, names: list[str], order: list[str], threads: int, quick: bool,
+                  measure: Callable[[str], dict], shown: tuple[str, ...]) -> dict:
+    """The driver of a bench measured preset by preset: `measure(name)` for each of `names`
+    (its `shown` keys printed as it ends), the presets of bench/results/`stem`.json it did
+    not measure kept, the matmul probe and load around it (`close_report`), the presets in
+    `order`; written there unless `quick` (a smoke test). Returns the report."""
+    path = Path(__file__).parent / "results" / f"{stem}.json"
+    kept = json.loads(path.read_text())["presets"] if path.exists() and not quick else {}
+    report = {"benchmark": stem, "threads": threads, "cores": os.cpu_count(),
+              "matmul_gflops_before": matmul_gflops(threads),
+              "loadavg_1min_before": round(os.getloadavg()[0], 2),
+              "presets": {k: v for k, v in kept.items() if k not in names}}
+    for name in names:
+        r = measure(name)
+        print(json.dumps({k: r[k] for k in shown}), flush=True)
+        report["presets"][name] = r
+    close_report(report, threads)
+    report["presets"] = {k: report["presets"][k] for k in order if k in report["presets"]}
+    if not quick:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(report, indent=1))
     return report
 
 

@@ -1087,6 +1087,19 @@ def optimizer_table(results: Path) -> str | None:
     return "\n".join(lines)
 
 
+def _when_and_load(report: dict) -> str:
+    """The closing clause of a table measured preset by preset (`runlib.preset_report`):
+    when each preset ran with the matmul probe before it, the 1-minute load per preset."""
+    return ("when, and the fp32 matmul probe before: "
+            + "; ".join(f"{name} {r['date']}, {r['matmul_gflops_before']:.0f} GFLOP/s"
+                        for name, r in report["presets"].items() if "date" in r)
+            + "; 1-min load per preset "
+            + ", ".join(f"{lo}–{hi}" for lo, hi in (r["loadavg_1min"]
+                                                    for r in report["presets"].values()))
+            + f" on {report['cores']} cores"
+            + (" (**loaded**: load > cores)." if report["loaded"] else "."))
+
+
 def onehot_table(results: Path) -> str | None:
     report, _ = load(results, "onehot")
     if report is None:
@@ -1118,16 +1131,9 @@ def onehot_table(results: Path) -> str | None:
                     for u, w in counts)
         + "); `matched`: bench/throughput.py's matched sizes, minatar: Breakout, "
         "dmc-proprio: walker-walk, atari100k: Pong (its actor reads a normalised feat, "
-        f"actor_input_norm, and stays dense); {report['threads']} torch thread(s), the "
+        f"actor_input_norm, and stays dense); {report['threads']} torch thread(s), "
         "run.compile=auto (the imagined step compiled; each preset's default when these "
-        "were measured); when, and the fp32 matmul probe before: "
-        + "; ".join(f"{name} {r['date']}, {r['matmul_gflops_before']:.0f} GFLOP/s"
-                    for name, r in report["presets"].items() if "date" in r)
-        + "; 1-min load per preset "
-        + ", ".join(f"{lo}–{hi}" for lo, hi in (r["loadavg_1min"]
-                                                for r in report["presets"].values()))
-        + f" on {report['cores']} cores"
-        + (" (**loaded**: load > cores)." if report["loaded"] else "."))
+        "were measured); " + _when_and_load(report))
     return "\n".join(lines)
 
 
@@ -1167,14 +1173,7 @@ def compile_presets_table(results: Path) -> str | None:
         + "; a default run's updates = (steps − prefill) x train_ratio / (batch x seq_len); "
         "`on` saves the median over rounds of (auto − on) per update times those, and pays "
         "on a cold cache when that exceeds its extra cold compile; "
-        f"{report['threads']} torch thread(s); when, and the fp32 matmul probe before: "
-        + "; ".join(f"{name} {r['date']}, {r['matmul_gflops_before']:.0f} GFLOP/s"
-                    for name, r in report["presets"].items())
-        + "; 1-min load per preset "
-        + ", ".join(f"{lo}–{hi}" for lo, hi in (r["loadavg_1min"]
-                                                for r in report["presets"].values()))
-        + f" on {report['cores']} cores"
-        + (" (**loaded**: load > cores)." if report["loaded"] else "."))
+        f"{report['threads']} torch thread(s); " + _when_and_load(report))
     return "\n".join(lines)
 
 

@@ -426,12 +426,20 @@ class ActorCritic(nn.Module):
         self._losses = compiler.wrap(self.losses)
         self._run = compiler.run
         # the one-hot first layers' weight gradients as row scatters (reverie.nets.onehot_kernel)
-        onehot = [m for m in self.modules() if isinstance(m, MLP) and m.onehot_width]
         cpu = all(p.device.type == "cpu" for p in self.parameters())  # a CPU kernel
-        if onehot and cpu and compiler.build(onehot_kernel.load,
-                                             "the one-hot weight-gradient kernel"):
-            for m in onehot:
-                m.onehot_kernel = True
+        if self.onehot_layers() and cpu and compiler.build(
+                onehot_kernel.load, "the one-hot weight-gradient kernel"):
+            self.use_onehot_kernel(True)
+
+    def onehot_layers(self) -> list[MLP]:
+        """The MLPs (actor, critic, slow critic) whose first layer reads the one-hot latent."""
+        return [m for m in self.modules() if isinstance(m, MLP) and m.onehot_width]
+
+    def use_onehot_kernel(self, on: bool) -> None:
+        """Their weight gradients by reverie.nets.onehot_kernel (built by its `load()`) or
+        as the dense product."""
+        for m in self.onehot_layers():
+            m.onehot_kernel = on
 
     def optim_state_dict(self) -> dict[str, dict]:
         return {"actor": self.actor_opt.state_dict(), "critic": self.critic_opt.state_dict()}
