@@ -179,6 +179,7 @@ class Compiler:
         self.options = TRUSTING if _trusting(self.cache_dir) else OPTIONS
         self.trust_proven = False  # a compiled call returned while trusting: the ISA works
         self._compiled: list[list[Any]] = []  # [fn, dynamic, compiled fn] per wrapped fn
+        self._kernels: list[Callable[[bool], None]] = []  # the built kernels' switches
 
     def _compile(self, fn: Callable[..., T], dynamic: bool | None) -> Callable[..., T]:
         try:
@@ -242,11 +243,15 @@ class Compiler:
                   f"for a new model, seconds once cached in {self.cache_dir} "
                   "(run.compile=off skips it)")
 
-    def build(self, load: Callable[[], None], what: str) -> bool:
-        """Build one of reverie's own C++ kernels with `load()` (inductor's code cache, under
-        this compiler's ISA setting): True once built. False, with a note, where `load()`
-        raises (no ISA probing then: the kernel stays off for this run); False, silently,
-        once compiling fell back to eager or under TORCH_COMPILE_DISABLE."""
+    def build(self, load: Callable[[], None], what: str, instead: str,
+              use: Callable[[bool], None]) -> bool:
+        """Build one of reverie's own C++ kernels (`what`) with `load()` (inductor's code
+        cache, under this compiler's ISA setting) and turn it on with `use(True)`; True once
+        built. A fall-back to eager later turns it off again (`use(False)`: the run goes on
+        as with run.compile=off). False, with a note that `instead` ("the dense product
+        runs"), where `load()` raises (no ISA probing then: the kernel stays off for this
+        run); False, silently, once compiling fell back to eager or under
+        TORCH_COMPILE_DISABLE."""
         import torch._dynamo
         import torch._inductor.config
 
@@ -257,10 +262,12 @@ class Compiler:
         try:
             with torch._inductor.config.patch(cpp):
                 load()
-        except Exception as e:  # noqa: BLE001 - any failure leaves the dense product
+        except Exception as e:  # noqa: BLE001 - any failure leaves the torch code
             self.note(f"note: run.compile={self.mode}: {what} was not built ({_reason(e)}); "
-                      "the dense product runs instead")
+                      f"{instead} instead")
             return False
+        use(True)
+        self._kernels.append(use)
         return True
 
     def run(self, unit: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -289,14 +296,20 @@ class Compiler:
                     except Exception as again:  # noqa: BLE001 - not the ISA: eager below
                         e = again
             rewind()
-            self.eager = True
+            self._go_eager()
             out = unit(*args, **kwargs)
             self.fall_back(e)
             return out
 
+    def _go_eager(self) -> None:
+        """Every wrapped function eager from now on, every built kernel off."""
+        self.eager = True
+        for use in self._kernels:
+            use(False)
+
     def fall_back(self, e: BaseException) -> None:
         """Turn every wrapped function eager; say why, once."""
-        self.eager = True
+        self._go_eager()
         if self.reason is None:
             self.reason = _reason(e)
             self.note(f"note: run.compile={self.mode} fell back to eager ({self.reason})")

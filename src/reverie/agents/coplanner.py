@@ -146,7 +146,7 @@ class LatentCoplanner:
         else:  # λ = 0: the heads' output would be multiplied by 0
             u = torch.zeros(raw.shape[0], device=raw.device)
         h, state = world.imagine_step(s["z"], action, s["state"], s.get("index"))
-        z, index = world.sample_index(world.prior(h))
+        z, index = world.prior_sample(h)
         nxt = {"z": z, "h": h, "state": state}
         if "index" in s:
             nxt["index"] = index

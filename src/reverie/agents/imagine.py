@@ -38,8 +38,9 @@ from reverie.behavior.actor_critic import check_config as check_behavior_config
 from reverie.compiler import Compiler, run_eagerly
 from reverie.envs.actions import check_unit_box
 from reverie.errors import UserError, suggest
+from reverie.nets import categorical_kernel
 from reverie.nets.optim import OPTIMIZERS, make_optimizer
-from reverie.sequence import State, contiguous_state
+from reverie.sequence import State, contiguous_state, ssd_kernel
 from reverie.world.latent import WorldModel, WorldModelConfig
 from reverie.world.latent import check_config as check_world_config
 
@@ -346,7 +347,7 @@ class ImagineAgent:
         if self.cfg.imag_start == "prior":  # all C steps observed; z_C from the prior
             _, h, state = observe(obs, ctx["action"], reset)
             h_prev = h[:, -1]
-            z, index = world.sample_index(world.prior(h_prev))
+            z, index = world.prior_sample(h_prev)
         else:
             if C > 1:
                 _, h, state = observe(
@@ -358,7 +359,7 @@ class ImagineAgent:
                 state = world.initial_state(B)
                 h_prev = torch.zeros(B, world.deter_dim, device=self.device)
             state, h_prev = self._episode_start(state, h_prev, reset[:, -1])
-            z, index = world.sample_index(world.encode({k: v[:, -1] for k, v in obs.items()}))
+            z, index = world.posterior_sample({k: v[:, -1] for k, v in obs.items()})
 
         # one layout for the state in and out of every step (backbones' forward may return
         # views), so a compiled step is compiled once
@@ -378,7 +379,7 @@ class ImagineAgent:
                 action = cop.env_action(raw)
                 cop.imagine_model_steps += result.model_steps
                 h_prev, state = world.imagine_step(z, action, state, index)
-                z, index = world.sample_index(world.prior(h_prev))
+                z, index = world.prior_sample(h_prev)
             else:
                 raw, h_prev, state, z, index = (self._imagined_step or self.imagined_step)(
                     feat, z, index, state)
@@ -402,10 +403,11 @@ class ImagineAgent:
         z_{t+1} ~ prior(h_t). `index`: the columns of z_t's ones (`sample_index`). Returns
         (the actor's raw sample, h_t, state, z_{t+1}, its index)."""
         action, raw = self.behavior.actor.sample(feat, index=index)
-        h, state = self.world.imagine_step(z, action, state, index)
+        # the rollout's state is its own (the context warm-up made it): step over it
+        h, state = self.world.imagine_step(z, action, state, index, overwrite=True)
         if torch.compiler.is_compiling():  # states leave in the layout they come in with
             state = contiguous_state(state)
-        return (raw, h, state, *self.world.sample_index(self.world.prior(h)))
+        return (raw, h, state, *self.world.prior_sample(h))
 
     def compile(self, compiler: Compiler) -> None:
         """run.compile=on: the world-model loss, imagination's context warm-up (`observe`,
@@ -429,6 +431,14 @@ class ImagineAgent:
         # not in auto: at the cartpole preset its cold compile (~10 s) costs more than it
         # saves in a 5000-step run (~4 ms an update); at bench/throughput.py's sizes ~20 ms
         self._observe = compiler.wrap(self.world.observe)
+        # imagination's latent samples and Mamba-2 steps in one pass each
+        # (reverie.nets.categorical_kernel, reverie.sequence.ssd_kernel)
+        if all(p.device.type == "cpu" for p in self.world.parameters()):
+            compiler.build(categorical_kernel.load, "the categorical sampling kernel",
+                           "the torch ops sample", self.world.use_sample_kernel)
+            if self.world.backbone.step_kernel_blocks():
+                compiler.build(ssd_kernel.load, "the Mamba-2 step kernel", "the torch ops step",
+                               self.world.backbone.use_step_kernel)
         if not planning:
             self._imagined_step = compiler.wrap(self.imagined_step)
         self.behavior.compile_with(compiler)

@@ -427,9 +427,9 @@ class ActorCritic(nn.Module):
         self._run = compiler.run
         # the one-hot first layers' weight gradients as row scatters (reverie.nets.onehot_kernel)
         cpu = all(p.device.type == "cpu" for p in self.parameters())  # a CPU kernel
-        if self.onehot_layers() and cpu and compiler.build(
-                onehot_kernel.load, "the one-hot weight-gradient kernel"):
-            self.use_onehot_kernel(True)
+        if self.onehot_layers() and cpu:
+            compiler.build(onehot_kernel.load, "the one-hot weight-gradient kernel",
+                           "the dense product runs", self.use_onehot_kernel)
 
     def onehot_layers(self) -> list[MLP]:
         """The MLPs (actor, critic, slow critic) whose first layer reads the one-hot latent."""

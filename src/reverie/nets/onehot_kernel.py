@@ -13,22 +13,23 @@ W = 1024, O = 256), then the blocks are added. At bench/throughput.py's
 sizes (N = 15,360, W = 1024, O = 256) it takes ~5 ms where the dense product takes ~22, on
 2 threads (scratch microbenchmark; whole updates: bench/onehot.py).
 
-It is built by inductor's C++ code cache (the compiler, flags and vector ISA that
-torch.compile uses, cached in the same folder: 2–8 s once per machine and torch version,
-milliseconds after), so it is part of run.compile=on, whose user accepted a compile; an
-agent asks for it with `load()` and keeps the dense product if that raises. Sums run in
-another order than the dense product's: values agree to float rounding; the same thread
-count gives the same values run after run (with OMP_DYNAMIC off, OpenMP's default).
+It is built by inductor's C++ code cache (`reverie.nets.cpp_kernel`: the compiler, flags
+and vector ISA that torch.compile uses, cached in the same folder: 2–8 s once per machine
+and torch version, milliseconds after), so it is part of run.compile=on, whose user
+accepted a compile; an agent asks for it with `load()` and keeps the dense product if that
+raises. Sums run in another order than the dense product's: values agree to float rounding;
+the same thread count gives the same values run after run (with OMP_DYNAMIC off, OpenMP's
+default).
 
 `onehot_weight_grad` is a torch custom op, so a compiled loss calls it as one opaque kernel.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
+
+from reverie.nets.cpp_kernel import CppKernel
 
 SOURCE = r"""
 #include <torch/csrc/inductor/cpp_prefix.h>
@@ -79,24 +80,20 @@ extern "C" void kernel(const float* grad, const int64_t* index, float* out, floa
 ARGTYPES = ["const float*", "const int64_t*", "float*", "float*", "int64_t*", "int64_t",
             "int64_t", "int64_t", "int64_t", "int64_t"]
 
-_kernel: Any = None
+_kernel = CppKernel(ARGTYPES, SOURCE)
 
 
 def load() -> None:
     """Build the kernel, or load it from the cache; raises what the build raised (no C++
     compiler, another torch's internals, ...), and the dense product serves then."""
-    global _kernel
-    if _kernel is None:
-        from torch._inductor.codecache import CppPythonBindingsCodeCache
-
-        _kernel = CppPythonBindingsCodeCache.load_pybinding(ARGTYPES, SOURCE)
+    _kernel.load()
 
 
 @torch.library.custom_op("reverie::onehot_weight_grad", mutates_args=())
 def onehot_weight_grad(grad: Tensor, index: Tensor, width: int) -> Tensor:
     """grad [N, O] float32 and index [N, S] int64 (columns in [0, width)) -> [width, O],
     row k the sum of grad's rows whose index holds k: (gradᵀ @ onehot)ᵀ. Needs `load()`."""
-    if _kernel is None:
+    if not _kernel.built:
         raise RuntimeError("reverie.nets.onehot_kernel.load() has not built the kernel")
     if (grad.dim() != 2 or index.dim() != 2 or index.shape[0] != grad.shape[0]
             or grad.dtype != torch.float32 or grad.device.type != "cpu"):
@@ -123,4 +120,4 @@ def _(grad: Tensor, index: Tensor, width: int) -> Tensor:
 
 def serves(grad: Tensor) -> bool:
     """Whether `onehot_weight_grad` serves this gradient: built, CPU float32."""
-    return _kernel is not None and grad.device.type == "cpu" and grad.dtype == torch.float32
+    return _kernel.built and grad.device.type == "cpu" and grad.dtype == torch.float32

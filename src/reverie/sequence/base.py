@@ -37,7 +37,7 @@ class SequenceModel(Protocol):
         self, x: Tensor, state: State | None = None, reset: Tensor | None = None
     ) -> tuple[Tensor, State]: ...
 
-    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]: ...
+    def step(self, x: Tensor, state: State, overwrite: bool = False) -> tuple[Tensor, State]: ...
 
     def reset_state(self, state: State, mask: Tensor) -> State: ...
 
@@ -48,7 +48,9 @@ class Block(nn.Module):
     """One residual block of a backbone; subclasses implement the three verbs.
 
     `forward(x: [B, T, D], state, reset: [B, T] bool | None) -> (y: [B, T, D], state)`
-    `step(x: [B, D], state) -> (y: [B, D], state)`
+    `step(x: [B, D], state, overwrite=False) -> (y: [B, D], state)`; `overwrite`: the
+    caller's promise that nothing else holds `state`, so the block may write its new state
+    over the old one's tensors (Mamba-2's step kernel, run.compile=on) or return new ones
     `initial_state(batch_size, device, dtype) -> LayerState` (all zeros)
     """
 
@@ -62,7 +64,9 @@ class Block(nn.Module):
     ) -> tuple[Tensor, LayerState]:
         raise NotImplementedError
 
-    def step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
+    def step(
+        self, x: Tensor, state: LayerState, overwrite: bool = False
+    ) -> tuple[Tensor, LayerState]:
         raise NotImplementedError
 
 
@@ -178,13 +182,24 @@ class Backbone(nn.Module):
             new_state.append(s)
         return self.norm(x), tuple(new_state)
 
-    def step(self, x: Tensor, state: State) -> tuple[Tensor, State]:
-        """Advance one token. x: [B, D] -> y: [B, D]; O(1) in the sequence length."""
+    def step_kernel_blocks(self) -> list[Block]:
+        """The blocks with a step kernel of their own (`step_kernel`: Mamba-2's)."""
+        return [b for b in self.blocks if hasattr(b, "step_kernel")]
+
+    def use_step_kernel(self, on: bool) -> None:
+        """Those blocks' `step(overwrite=True)` by their kernel (built) or by torch ops."""
+        for block in self.step_kernel_blocks():
+            block.step_kernel = on
+
+    def step(self, x: Tensor, state: State, overwrite: bool = False) -> tuple[Tensor, State]:
+        """Advance one token. x: [B, D] -> y: [B, D]; O(1) in the sequence length.
+        `overwrite`: nothing else holds `state`, whose tensors the new state may reuse
+        (`Block.step`)."""
         self._check_input(x, 2)
         self._check_state(state, x.shape[0])
         new_state = []
         for block, s in zip(self.blocks, state):
-            x, s = block.step(x, s)
+            x, s = block.step(x, s, overwrite)
             new_state.append(s)
         return self.norm(x), tuple(new_state)
 

@@ -258,7 +258,9 @@ class FFMBlock(Block):
                      "s_im": last[..., 1].to(state["s_im"].dtype)}
         return x + y, new_state
 
-    def step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
+    def step(
+        self, x: Tensor, state: LayerState, overwrite: bool = False
+    ) -> tuple[Tensor, LayerState]:
         """x: [B, D], state {"s_re", "s_im": [B, m, c]} -> y: [B, D]; O(1)."""
         u, thru, g_out = self._gates(x)
         dtype = torch.promote_types(u.dtype, torch.float32)

@@ -77,7 +77,9 @@ class GRUBlock(Block):
         return x + out, {"h": out[:, -1]}
 
     @torch.compiler.disable
-    def step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
+    def step(
+        self, x: Tensor, state: LayerState, overwrite: bool = False
+    ) -> tuple[Tensor, LayerState]:
         """x: [B, D], state {"h": [B, D]} -> y: [B, D]."""
         g = self.gru
         h = torch.gru_cell(

@@ -110,7 +110,9 @@ class Mamba1Block(Block):
         new_state = {"conv": prefix, "ssm": h.to(state["ssm"].dtype)}
         return x + self.out_proj(y.to(x.dtype)), new_state
 
-    def step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
+    def step(
+        self, x: Tensor, state: LayerState, overwrite: bool = False
+    ) -> tuple[Tensor, LayerState]:
         """x: [B, D] -> ([B, D], new state); one recurrence step (Mamba paper, Alg. 2)."""
         xi, z = self.in_proj(self._norm(x)).chunk(2, dim=-1)
         xc, new_conv = causal_conv_step(xi, self.conv_weight, self.conv_bias, state["conv"])

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reverie.sequence import ssd_kernel
 from reverie.sequence.base import (
     Backbone,
     Block,
@@ -130,6 +131,8 @@ class Mamba2Block(Block):
         self.D = nn.Parameter(torch.ones(H))
         self.out_norm_weight = nn.Parameter(torch.ones(d_inner))  # gated-RMSNorm gain
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        # `step(overwrite=True)` by reverie.sequence.ssd_kernel (run.compile=on sets it)
+        self.step_kernel = False
 
     def initial_state(
         self, batch_size: int, device: torch.device, dtype: torch.dtype
@@ -175,8 +178,12 @@ class Mamba2Block(Block):
         out = self._output(x, y.reshape(Bt, T, self.d_inner), z)
         return out, {"conv": new_conv, "ssm": h.to(state["ssm"].dtype)}
 
-    def step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
-        """x: [B, D] -> [B, D], one token."""
+    def step(
+        self, x: Tensor, state: LayerState, overwrite: bool = False
+    ) -> tuple[Tensor, LayerState]:
+        """x: [B, D] -> [B, D], one token. With `overwrite` and `step_kernel` (run.compile=on)
+        and without autograd, the new SSM state is written over the old one's tensor by
+        reverie.sequence.ssd_kernel (one pass over it instead of two)."""
         Bt = x.shape[0]
         H, P, N = self.n_heads, self.head_dim, self.d_state
         z, xBC, dt = self._input(x)
@@ -184,8 +191,12 @@ class Mamba2Block(Block):
         xs, B, C = F.silu(conv).split([self.d_inner, N, N], dim=-1)
         xs, A, B, C, D, h = scan_operands(self.A_log, xs.reshape(Bt, H, P),
                                           -torch.exp(self.A_log), B, C, self.D, state["ssm"])
-        y, h = ssd_step(xs, dt, A, B, C, h)
-        y = y + xs * D[:, None]
+        if (overwrite and self.step_kernel and not torch.is_grad_enabled()
+                and ssd_kernel.serves(xs, dt, A, B, C, D, h)):
+            y = ssd_kernel.ssd_step_(xs, dt, A, B, C, D, h)
+        else:
+            y, h = ssd_step(xs, dt, A, B, C, h)
+            y = y + xs * D[:, None]
         out = self._output(x, y.reshape(Bt, self.d_inner), z)
         return out, {"conv": new_conv, "ssm": h.to(state["ssm"].dtype)}
 

@@ -202,7 +202,9 @@ class TransformerBlock(Block):
         return y, new_state
 
     # -- recurrent path ---------------------------------------------------------------
-    def step(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
+    def step(
+        self, x: Tensor, state: LayerState, overwrite: bool = False
+    ) -> tuple[Tensor, LayerState]:
         """x: [B, D], state (k, v, pos) -> y: [B, D]; writes one slot of the ring buffer."""
         B, D = x.shape
         C = self.context

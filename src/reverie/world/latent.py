@@ -40,10 +40,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reverie.errors import suggest
+from reverie.nets import categorical_kernel
 from reverie.nets.cnn import N_STAGES, ConvDecoder, ConvEncoder
 from reverie.nets.math import (
     categorical_entropy,
     categorical_kl,
+    full,
     symexp,
     symlog,
     symlog_bins,
@@ -182,6 +184,8 @@ class WorldModel(nn.Module):
         self.discrete = bool(discrete)
         self.stoch, self.classes = int(cfg.stoch), int(cfg.classes)
         self.unimix_ratio = float(cfg.unimix)
+        # `prior_sample` by reverie.nets.categorical_kernel (run.compile=on sets it)
+        self.sample_kernel = False
         self.kl_dyn, self.kl_rep = float(cfg.kl_dyn), float(cfg.kl_rep)
         self.free_bits = float(cfg.free_bits)
         self.free_bits_mode = str(cfg.free_bits_mode)
@@ -245,12 +249,36 @@ class WorldModel(nn.Module):
 
     def encode(self, obs: dict[str, Tensor]) -> Tensor:
         """Posterior logits (unimix applied): obs [..., *shape] -> [..., stoch, classes]."""
+        return self._unimix(self._posterior_head(obs))
+
+    def _posterior_head(self, obs: dict[str, Tensor]) -> Tensor:
+        """The posterior head's raw output: obs [..., *shape] -> [..., stoch·classes]."""
         self._check_obs(obs)
         parts = [self.image_encoders[k](obs[k]) for k in self.image_keys]
         if self.vector_encoder is not None:
             parts.append(self.vector_encoder(symlog(self._vectors(obs))))
-        logits = self.posterior_head(torch.cat(parts, -1))
-        return unimix(logits.unflatten(-1, (self.stoch, self.classes)), self.unimix_ratio)
+        return self.posterior_head(torch.cat(parts, -1))
+
+    def _unimix(self, raw: Tensor) -> Tensor:
+        """A head's raw output [..., stoch·classes] -> unimix logits [..., stoch, classes]."""
+        return unimix(raw.unflatten(-1, (self.stoch, self.classes)), self.unimix_ratio)
+
+    def _sample_head(self, raw: Tensor) -> tuple[Tensor, Tensor]:
+        """`sample_index(_unimix(raw))` for a head's raw output [..., stoch·classes]: without
+        autograd and with `sample_kernel` set (run.compile=on, where the kernel built), in
+        one pass over the logits by reverie.nets.categorical_kernel, with the same random
+        draws and the same classes up to float rounding at the boundaries between them."""
+        raw = full(raw)
+        if not (self.sample_kernel and not torch.is_grad_enabled()
+                and categorical_kernel.serves(raw)):
+            return self.sample_index(self._unimix(raw))
+        lead = raw.shape[:-1]
+        # one uniform per categorical, drawn as sample_index draws them
+        u = torch.rand(lead + (self.stoch, 1), dtype=raw.dtype, device=raw.device)
+        idx, onehot = categorical_kernel.unimix_sample(
+            raw.reshape(-1, self.classes), u.reshape(-1), self.unimix_ratio)
+        return (onehot.view(lead + (self.stoch_dim,)),
+                onehot_rows(idx.view(lead + (self.stoch,)), self.classes))
 
     def sample(self, logits: Tensor) -> Tensor:
         """Straight-through one-hot sample: logits [..., stoch, classes] -> [..., stoch_dim].
@@ -307,16 +335,18 @@ class WorldModel(nn.Module):
         Returns z [B, T, stoch_dim] (posterior samples), h [B, T, deter_dim] (h_t has
         seen z_t and a_t) and the backbone state after T steps.
         """
-        z, index = self.sample_index(self.encode(obs))
+        z, index = self.posterior_sample(obs)
         h, state = self.backbone(self.backbone_input(z, action, index), state, reset)
         return z, h, state
 
     def imagine_step(
-        self, z: Tensor, action: Tensor, state: State, index: Tensor | None = None
+        self, z: Tensor, action: Tensor, state: State, index: Tensor | None = None,
+        overwrite: bool = False,
     ) -> tuple[Tensor, State]:
         """One O(1) step: z [B, stoch_dim], action [B] or [B, A] -> h [B, deter_dim];
-        `index` as in `backbone_input`."""
-        return self.backbone.step(self.backbone_input(z, action, index), state)
+        `index` as in `backbone_input`; `overwrite`: nothing else holds `state`, whose
+        tensors the new state may reuse (`Block.step`)."""
+        return self.backbone.step(self.backbone_input(z, action, index), state, overwrite)
 
     def initial_state(self, batch_size: int) -> State:
         """Zero backbone state for `batch_size` rows (h_{-1} is zeros)."""
@@ -329,8 +359,22 @@ class WorldModel(nn.Module):
     # -- heads ------------------------------------------------------------------------
     def prior(self, h: Tensor) -> Tensor:
         """Logits of p(z_{t+1} | h_t): h [..., deter_dim] -> [..., stoch, classes]."""
-        logits = self.prior_head(h).unflatten(-1, (self.stoch, self.classes))
-        return unimix(logits, self.unimix_ratio)
+        return self._unimix(self.prior_head(h))
+
+    def use_sample_kernel(self, on: bool) -> None:
+        """`prior_sample` and `posterior_sample` by reverie.nets.categorical_kernel (built by
+        its `load()`) or by the torch ops."""
+        self.sample_kernel = on
+
+    def prior_sample(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """z_{t+1} ~ p(z | h_t) and the columns of its ones: `sample_index(prior(h))`
+        (`_sample_head`: one pass without autograd under run.compile=on)."""
+        return self._sample_head(self.prior_head(h))
+
+    def posterior_sample(self, obs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """z_t ~ q(z | o_t) and the columns of its ones: `sample_index(encode(obs))`
+        (`_sample_head`: one pass without autograd under run.compile=on)."""
+        return self._sample_head(self._posterior_head(obs))
 
     def reward(self, h: Tensor) -> Tensor:
         """Expected reward r̂_t = symexp(E[two-hot bins]): h [..., deter_dim] -> [...]."""

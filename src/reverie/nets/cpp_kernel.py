@@ -1,0 +1,37 @@
+"""reverie's own C++ kernels (run.compile=on), built by inductor's C++ code cache.
+
+`CppKernel(argtypes, source)` compiles `source`'s `extern "C" void kernel(...)` with the
+compiler, flags and vector ISA that torch.compile uses, cached in the same folder (seconds
+once per machine and torch version, milliseconds after), and calls it with tensors (as
+pointers) and numbers. The source includes inductor's `cpp_prefix.h`: ATen's `at::vec`
+vector types and OpenMP. A user of run.compile=on accepted a compile, so the kernels are part
+of it (`Compiler.build`); where one does not build, the torch code it replaces runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CppKernel:
+    """One C++ function: `load()` builds it (raises what the build raised: no C++ compiler,
+    another torch's internals, ...), `built` says whether it is, calling it runs it."""
+
+    def __init__(self, argtypes: list[str], source: str) -> None:
+        self.argtypes, self.source = argtypes, source
+        self._fn: Any = None
+
+    def load(self) -> None:
+        if self._fn is None:
+            from torch._inductor.codecache import CppPythonBindingsCodeCache
+
+            self._fn = CppPythonBindingsCodeCache.load_pybinding(self.argtypes, self.source)
+
+    @property
+    def built(self) -> bool:
+        return self._fn is not None
+
+    def __call__(self, *args: Any) -> None:
+        if self._fn is None:
+            raise RuntimeError("this kernel has not been built: call its load() first")
+        self._fn(*args)

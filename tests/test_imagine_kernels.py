@@ -1,0 +1,268 @@
+"""Imagination's kernels (run.compile=on): the one-pass categorical sampler
+(reverie.nets.categorical_kernel) against inverse-CDF sampling in float64, Mamba-2's step
+kernel (reverie.sequence.ssd_kernel) against the torch step and the paper's recurrence, and
+their use by the world model and imagination."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from reverie.nets import categorical_kernel
+from reverie.sequence import ssd_kernel
+from reverie.sequence.ssd import ssd_step
+from reverie.world.latent import WorldModelConfig
+from test_imagine_agent import SPACES, FakeReplay, make_agent
+from test_mamba2 import make_block, reference_block
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    """Built (or loaded from the inductor cache) once; a build that fails here fails the
+    test (CI has the C++ compiler torch.compile needs)."""
+    categorical_kernel.load()
+    return categorical_kernel
+
+
+def _reference(logits: torch.Tensor, u: torch.Tensor, mix: float):
+    """Inverse-CDF sampling of (1 − mix)·softmax + mix/K in float64, and how close each
+    row's target came to a boundary between two classes."""
+    K = logits.shape[-1]
+    q = (1 - mix) * torch.softmax(logits.double(), -1) + mix / K
+    run = q.cumsum(-1)
+    target = u.double()[:, None] * q.sum(-1, keepdim=True)
+    index = (run < target).sum(-1).clamp(max=K - 1)
+    margin = (run - target).abs().min(-1).values
+    return index, margin
+
+
+@pytest.mark.parametrize("rows,classes,mix,threads", [
+    (1000, 32, 0.01, 2),   # a multiple of the vector width (AVX-512: 16) classes
+    (333, 5, 0.01, 3),     # few classes; rows not a multiple of the block of lanes
+    (64, 20, 0.0, 2),      # no unimix
+    (17, 48, 0.3, 4),      # a tail block of one row
+    (3, 16, 0.01, 8),      # fewer rows than threads
+    (0, 16, 0.01, 2),      # no rows
+])
+def test_the_kernel_draws_the_inverse_cdf_sample(kernel, rows, classes, mix, threads):
+    """The class whose running probability first reaches u times the total, as
+    `WorldModel.sample_index` picks it; rounding may move a draw within 1e-5 of a boundary
+    to the neighbour only. Its one-hot row has a single one there; the same bits on any
+    thread count."""
+    g = torch.Generator().manual_seed(rows + classes)
+    logits = torch.randn(rows, classes, generator=g) * 3
+    u = torch.rand(rows, generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        index, onehot = kernel.unimix_sample(logits, u, mix)
+    finally:
+        torch.set_num_threads(before)
+    ref, margin = _reference(logits, u, mix)
+    assert index.dtype == torch.int64 and index.shape == (rows,)
+    differ = index != ref
+    assert not differ.any() or bool((margin[differ] < 1e-5).all())
+    assert int(differ.sum()) <= max(1, rows // 1000)
+    assert torch.equal(onehot, torch.nn.functional.one_hot(index, classes).float())
+    assert torch.equal(kernel.unimix_sample(logits, u, mix)[0], index)
+
+
+def test_the_kernel_samples_the_mixed_distribution(kernel):
+    """Frequencies over 200k draws from one row: (1 − mix)·softmax + mix/K, including the
+    classes that only the mixture reaches."""
+    logits = torch.tensor([4.0, 2.0, 0.0, -30.0, 1.0, -30.0, 3.0])
+    n, mix = 200_000, 0.05
+    g = torch.Generator().manual_seed(0)
+    index, _ = kernel.unimix_sample(logits.expand(n, -1).contiguous(), torch.rand(n, generator=g),
+                                    mix)
+    freq = torch.bincount(index, minlength=7).double() / n
+    q = (1 - mix) * torch.softmax(logits.double(), -1) + mix / 7
+    assert torch.allclose(freq, q, atol=4 * (q * (1 - q) / n).sqrt().max().item())
+
+
+def test_the_kernel_refuses_what_it_cannot_read(kernel):
+    with pytest.raises(ValueError, match=r"logits \[N, K\] and u \[N\], float32 on the CPU"):
+        kernel.unimix_sample(torch.zeros(4, 3), torch.zeros(3), 0.01)
+    with pytest.raises(ValueError, match="float32"):
+        kernel.unimix_sample(torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4), 0.01)
+    with pytest.raises(ValueError, match=r"unimix must be in \[0, 1\)"):
+        kernel.unimix_sample(torch.zeros(4, 3), torch.zeros(4), 1.0)
+
+
+def test_the_world_model_samples_with_the_kernel_only_without_autograd(kernel, monkeypatch):
+    """prior_sample and posterior_sample with `sample_kernel`: the same z and index as
+    sample_index(prior(h)) / sample_index(encode(obs)) from the same random state; with
+    autograd on, the torch ops (their straight-through gradient)."""
+    world = make_agent("discrete").world
+    h = torch.randn(64, world.deter_dim)
+    obs = {k: v[:, 0] for k, v in FakeReplay(SPACES["discrete"], seed=2).sample(64, 1).items()
+           if k in world.obs_shapes}
+    calls = []
+    real = kernel.unimix_sample
+    monkeypatch.setattr(kernel, "unimix_sample", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        torch.manual_seed(5)
+        ref = world.sample_index(world.prior(h)), world.sample_index(world.encode(obs))
+        world.sample_kernel = True
+        torch.manual_seed(5)
+        got = world.prior_sample(h), world.posterior_sample(obs)
+    assert len(calls) == 2
+    for (z, index), (z_ref, index_ref) in zip(got, ref):
+        assert torch.equal(z, z_ref) and torch.equal(index, index_ref)
+    calls.clear()
+    z, _ = world.prior_sample(h)
+    assert not calls and z.requires_grad  # the straight-through sample
+
+
+@pytest.fixture(scope="module")
+def stepper():
+    ssd_kernel.load()
+    return ssd_kernel
+
+
+def _ssd_operands(rows: int, H: int, P: int, N: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, H, P, generator=g)
+    dt = torch.rand(rows, H, generator=g) * 0.2
+    A = -torch.rand(H, generator=g) * 4
+    B, C = torch.randn(rows, N, generator=g), torch.randn(rows, N, generator=g)
+    D = torch.randn(H, generator=g)
+    h = torch.randn(rows, H, P, N, generator=g)
+    return x, dt, A, B, C, D, h
+
+
+@pytest.mark.parametrize("rows,H,P,N,threads", [
+    (37, 3, 8, 16, 2),   # N a multiple of the vector width (AVX-512: 16)
+    (5, 2, 3, 20, 3),    # and not: a scalar tail
+    (4, 1, 2, 5, 8),     # N under one vector; fewer row-heads than threads
+    (0, 2, 4, 16, 2),    # no rows
+])
+def test_the_step_kernel_is_the_torch_step_written_over_the_state(stepper, rows, H, P, N,
+                                                                  threads):
+    """ssd_step_ = ssd_step + D·x to float rounding, its new state in the old one's memory;
+    the same bits on any thread count."""
+    x, dt, A, B, C, D, h = _ssd_operands(rows, H, P, N)
+    y_ref, h_ref = ssd_step(x, dt, A, B, C, h)
+    y_ref = y_ref + x * D[:, None]
+    got = {}
+    for t in (threads, 1):
+        state = h.clone()
+        before = torch.get_num_threads()
+        torch.set_num_threads(t)
+        try:
+            got[t] = stepper.ssd_step_(x, dt, A, B, C, D, state), state
+        finally:
+            torch.set_num_threads(before)
+    y, state = got[threads]
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, h_ref, rtol=1e-6, atol=1e-6)
+    assert torch.equal(got[1][0], y) and torch.equal(got[1][1], state)
+
+
+def test_the_step_kernel_refuses_what_it_cannot_read(stepper):
+    x, dt, A, B, C, D, h = _ssd_operands(3, 2, 4, 16)
+    with pytest.raises(ValueError, match="mismatched x, B"):
+        stepper.ssd_step_(x[:2], dt, A, B[:2], C, D, h)
+    with pytest.raises(ValueError, match="float32 on the CPU"):
+        stepper.ssd_step_(x, dt, A, B, C, D, h.double())
+    with pytest.raises(ValueError, match="contiguous state"):
+        stepper.ssd_step_(x, dt, A, B, C, D, h.transpose(0, 1).contiguous().transpose(0, 1))
+    assert not stepper.serves(x, dt, A, B, C, D, h.transpose(2, 3))
+
+
+def test_a_mamba2_block_steps_over_its_state_only_when_told(stepper):
+    """With `step_kernel` and without autograd: `overwrite=True` writes the new state over
+    the old one's tensor (values of the paper's recurrence to float32 rounding); without
+    `overwrite`, or with autograd on, the old state is left as it was."""
+    blk64 = make_block(4)  # float64, for the reference
+    blk = copy.deepcopy(blk64).float()
+    blk.step_kernel = True
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 5, 12, generator=g)
+    start = {k: torch.randn(v.shape, generator=g) for k, v in
+             blk.initial_state(3, x.device, x.dtype).items()}
+    with torch.no_grad():
+        y_ref, s_ref = reference_block(blk64, x.double(),
+                                       {k: v.double() for k, v in start.items()}, None)
+        s = {k: v.clone() for k, v in start.items()}
+        ys = []
+        for t in range(5):
+            ssm = s["ssm"]
+            y, s = blk.step(x[:, t], s, overwrite=True)
+            assert s["ssm"] is ssm  # written over
+            ys.append(y)
+        torch.testing.assert_close(torch.stack(ys, 1).double(), y_ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(s["ssm"].double(), s_ref["ssm"], rtol=1e-4, atol=1e-5)
+        kept = {k: v.clone() for k, v in start.items()}
+        _, s = blk.step(x[:, 0], kept)
+        assert torch.equal(kept["ssm"], start["ssm"]) and s["ssm"] is not kept["ssm"]
+    _, s = blk.step(x[:, 0], kept, overwrite=True)  # autograd on: the torch step
+    assert torch.equal(kept["ssm"], start["ssm"])
+
+
+def _mamba2_agent():
+    world = WorldModelConfig(backbone="mamba2", d_model=32, n_layers=2, stoch=4, classes=4,
+                             hidden=32, mlp_layers=1, reward_bins=21,
+                             backbone_kwargs={"head_dim": 16})
+    return make_agent("discrete", world=world)
+
+
+@pytest.mark.parametrize("start", ["posterior", "prior"])
+def test_compile_on_gives_imagination_the_kernels_or_says_why_not(kernel, stepper, monkeypatch,
+                                                                  start):
+    """run.compile=on builds both kernels, and imagination rolls out the same trajectory
+    with them as without (the same random stream; classes and actions equal here, values to
+    float rounding); a build that fails leaves the torch ops, with one note each; a
+    fall-back to eager turns the kernels off again."""
+    import torch._dynamo
+
+    from reverie.compiler import Compiler
+
+    ctx = FakeReplay(SPACES["discrete"], seed=6).sample(8, 4)
+    plain = _mamba2_agent()
+    plain.cfg.imag_start = start
+    torch.manual_seed(1)
+    ref = plain.imagine(ctx)
+    blocks = plain.world.backbone.step_kernel_blocks()
+    assert len(blocks) == 2
+    with torch._dynamo.config.patch(disable=False):
+        agent, notes = _mamba2_agent(), []
+        agent.cfg.imag_start = start
+        compiler = Compiler(notes.append)
+        agent.compile(compiler)
+        blocks = agent.world.backbone.step_kernel_blocks()
+        assert agent.world.sample_kernel and all(b.step_kernel for b in blocks)
+        assert not any("not built" in n for n in notes)
+        agent._imagined_step = agent._observe = None  # eager steps: the kernels, not dynamo
+        calls = []
+        for module, op in ((kernel, "unimix_sample"), (stepper, "ssd_step_")):
+            real = getattr(module, op)
+            monkeypatch.setattr(module, op, lambda *a, real=real, op=op: calls.append(op)
+                                or real(*a))
+        torch.manual_seed(1)
+        got = agent.imagine(ctx)
+        H = agent.cfg.horizon
+        assert calls.count("ssd_step_") == 2 * H and calls.count("unimix_sample") >= H + 1
+        for k in ("action", "index"):
+            assert torch.equal(got[k], ref[k])
+        for k in ("feat", "reward", "cont"):
+            torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5)
+        compiler.fall_back(RuntimeError("gone"))
+        assert not agent.world.sample_kernel and not any(b.step_kernel for b in blocks)
+
+        def broken():
+            raise RuntimeError("no C++ compiler\nmore lines")
+
+        monkeypatch.setattr(kernel, "load", broken)
+        monkeypatch.setattr(stepper, "load", broken)
+        agent, notes = _mamba2_agent(), []
+        agent.compile(Compiler(notes.append))
+        assert not agent.world.sample_kernel
+        assert not any(b.step_kernel for b in agent.world.backbone.step_kernel_blocks())
+        assert [n for n in notes if "not built" in n] == [
+            "note: run.compile=on: the categorical sampling kernel was not built (RuntimeError: "
+            "no C++ compiler); the torch ops sample instead",
+            "note: run.compile=on: the Mamba-2 step kernel was not built (RuntimeError: "
+            "no C++ compiler); the torch ops step instead"]
