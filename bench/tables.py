@@ -1137,6 +1137,38 @@ def onehot_table(results: Path) -> str | None:
     return "\n".join(lines)
 
 
+def kernels_table(results: Path) -> str | None:
+    report, _ = load(results, "kernels")
+    if report is None:
+        return None
+    head = ["preset", "latent (S x K)", "layers", "imagined rollouts x steps",
+            "s/update, torch ops (median, min–max)", "s/update, kernels",
+            "torch / kernels per round"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for name, r in report["presets"].items():
+        u = r["update"]
+        lines.append(_row([
+            f"`{name}`", "{} x {}".format(*r["latent"]), str(r["layers"]),
+            f"{r['imag_batch']} x {r['horizon']}", _median_range(u["torch"], ".3f"),
+            _median_range(u["kernels"], ".3f"),
+            _median_range(r["ratio_torch_over_kernels"], ".2f", "x")]))
+    counts = sorted({(r["updates"], r["warmup"]) for r in report["presets"].values()})
+    names = {c: [k for k, r in report["presets"].items() if (r["updates"], r["warmup"]) == c]
+             for c in counts}
+    lines.append(
+        "\nOne update of the world-model agent, fp32, run.compile=on, with imagination's "
+        "latent samples and Mamba-2 steps as torch ops (traced into the compiled graphs) or "
+        "by reverie's kernels (reverie/nets/categorical_kernel.py, "
+        "reverie/sequence/ssd_kernel.py: what run.compile=on runs), updates alternating in "
+        "one process per preset, the order reversed every round ("
+        + "; ".join(f"{u} rounds after {w} warm-up: {', '.join(names[(u, w)])}"
+                    for u, w in counts)
+        + "); `matched`: bench/throughput.py's matched sizes, minatar: Breakout, "
+        f"dmc-proprio: walker-walk, atari100k: Pong; {report['threads']} torch thread(s); "
+        + _when_and_load(report))
+    return "\n".join(lines)
+
+
 def compile_presets_table(results: Path) -> str | None:
     report, _ = load(results, "compile_presets")
     if report is None:
@@ -1286,6 +1318,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "compile": compile_table,
     "compile_auto": compile_auto_table,
     "compile_presets": compile_presets_table,
+    "kernels": kernels_table,
     "ensemble_speed": ensemble_speed_table,
     "precision": precision_table,
     "optimizer": optimizer_table,

@@ -1,0 +1,118 @@
+"""Imagination's kernels of run.compile=on (reverie/nets/categorical_kernel.py: the latent's
+sample in one pass; reverie/sequence/ssd_kernel.py: Mamba-2's step over its own state)
+against the torch ops they replace: seconds per update of the world-model agent, fp32.
+
+    python bench/kernels.py                     # matched, minatar, dmc-proprio
+    python bench/kernels.py --presets matched --updates 10
+    python bench/kernels.py --presets atari100k --updates 6   # ~4 s per update (fp32)
+    python bench/kernels.py --quick             # smoke test: 2 updates each, no files
+
+Per preset, one process: the preset's agent with run.compile=on (seed 0, `--threads` torch
+threads) and a replay of random env steps (`runlib.prefilled_agent`); updates alternate
+`torch` (both kernels off: `WorldModel.use_sample_kernel(False)`,
+`Backbone.use_step_kernel(False)`; the compiled graphs then trace the torch ops, a second
+graph each, compiled in the warm-up) and `kernels` (both on, as run.compile=on runs), the
+order reversed every other round (`runlib.alternate`). Everything else is as
+run.compile=on has it in both arms (the one-hot weight-gradient kernel included:
+bench/onehot.py measures that one). `matched` is bench/throughput.py's matched sizes (CartPole,
+32x32 latents, 1024 imagined rollouts of 15 steps), the comparison with sheeprl; the
+presets are those that default to run.compile=on. Reported: median and min-max seconds per
+update of each arm and of the per-round ratio torch / kernels (> 1: the kernels are faster),
+the 1-minute load before and after, and the fp32 matmul speed, per preset (a run of some
+presets keeps the others' results in the JSON).
+
+Writes bench/results/kernels.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from runlib import (  # noqa: E402
+    add_worker_arguments,
+    alternate,
+    matmul_gflops,
+    prefilled_agent,
+    preset_report,
+    run_worker,
+    spread,
+)
+
+PRESETS = {  # name -> (preset, extra overrides, prefill env steps)
+    "matched": ("cartpole", None, 600),  # bench/throughput.py's overrides (`_overrides`)
+    "minatar": ("minatar", ["env.id=minatar:breakout"], 1100),
+    "dmc-proprio": ("dmc-proprio", ["env.id=dmc:walker-walk"], 1100),
+    "atari100k": ("atari100k", [], 300),
+}
+DEFAULT_PRESETS = ["matched", "minatar", "dmc-proprio"]
+ARMS = ("torch", "kernels")
+
+
+def _overrides(name: str, threads: int) -> list[str]:
+    _, extra, _ = PRESETS[name]
+    if extra is not None:
+        return [*extra, "run.compile=on"]
+    import throughput
+
+    keep = ("run.prefill", "run.threads", "run.eval_episodes", "run.checkpoint_every")
+    over = throughput.reverie_overrides({"update_every": 16, "learning_starts": 512}, threads)
+    return [o for o in over if not o.startswith(keep)] + ["run.compile=on"]
+
+
+def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
+    """One process: the preset's agent, updates alternating the arms (module doc)."""
+    preset, _, prefill = PRESETS[name]
+    load0, gflops = os.getloadavg()[0], matmul_gflops(threads)
+    with prefilled_agent(preset, _overrides(name, threads), prefill, threads) as (agent, replay):
+        world = agent.world
+        if not (world.sample_kernel and world.backbone.step_kernel_blocks()
+                and all(b.step_kernel for b in world.backbone.step_kernel_blocks())):
+            raise SystemExit(f"{name}: run.compile=on did not build both kernels "
+                             "(a Mamba-2 world model and a C++ compiler are needed)")
+
+        def update(arm: str):
+            def call() -> None:
+                world.use_sample_kernel(arm == "kernels")
+                world.backbone.use_step_kernel(arm == "kernels")
+                agent.update(replay)
+            return call
+
+        times = alternate({arm: update(arm) for arm in ARMS}, updates, warmup, flip=True)
+    b = agent.behavior
+    return {"preset": name, "threads": threads, "updates": updates, "warmup": warmup,
+            "date": time.strftime("%Y-%m-%d %H:%M"), "matmul_gflops_before": gflops,
+            "latent": [world.stoch, world.classes], "deter": world.deter_dim,
+            "layers": world.backbone.n_layers, "imag_batch": agent.cfg.imag_batch,
+            "horizon": agent.cfg.horizon, "actor_hidden": b.cfg.actor_hidden,
+            "loadavg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)],
+            "update": {arm: spread(times[arm], 4) for arm in ARMS},
+            "ratio_torch_over_kernels": spread(
+                [a / b for a, b in zip(times["torch"], times["kernels"])], 3)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--updates", type=int, default=10, help="timed rounds (one update per arm)")
+    add_worker_arguments(p, list(PRESETS))
+    p.set_defaults(threads=2, presets=DEFAULT_PRESETS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(measure(args.worker, args.updates, args.warmup, args.threads)))
+        return 0
+    if args.quick:
+        args.updates, args.warmup = 2, 1
+    preset_report("kernels", args.presets, list(PRESETS), args.threads, args.quick,
+                  lambda name: run_worker(__file__, name, args.updates, args.warmup,
+                                          args.threads),
+                  ("preset", "update", "ratio_torch_over_kernels"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
