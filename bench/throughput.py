@@ -24,8 +24,9 @@ Matched settings
 * no evaluation / test episodes, no videos, no model checkpoints inside the window;
 * reverie runs once per backbone and `run.compile` setting (`--compile`, default `auto` and
   `on`: `auto` is reverie's default, which compiles the imagined step; `on` compiles its
-  losses and the context warm-up too and builds its one-hot weight-gradient kernel, all in
-  the first update, outside the window); sheeprl runs eager, as it ships.
+  losses and the context warm-up too and builds its own kernels (the one-hot weight
+  gradient, and with mamba2 imagination's latent sample and Mamba-2 step), all in the first
+  update or before it, outside the window); sheeprl runs eager, as it ships.
 
 Timing. Each system's wall clock at given env steps comes from inside its own process:
 reverie's `timing.jsonl` (`time/wall` every `update_every` env steps, taken after that step's
@@ -753,7 +754,7 @@ def main() -> int:
     p.add_argument("--compile", nargs="+", default=["auto", "on"], choices=["auto", "on", "off"],
                    help="reverie's run.compile settings, one arm per backbone and setting "
                         "(auto: the default; on: also the losses, the context warm-up and "
-                        "the one-hot weight-gradient kernel)")
+                        "reverie's own kernels)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of both systems")
     p.add_argument("--update-every", type=int, default=None,
                    help="env steps per update (a power of 2); default 16")
