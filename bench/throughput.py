@@ -25,8 +25,8 @@ Matched settings
 * reverie runs once per backbone and `run.compile` setting (`--compile`, default `auto` and
   `on`: `auto` is reverie's default, which compiles the imagined step; `on` compiles its
   losses and the context warm-up too and builds its own kernels (the one-hot weight
-  gradient, and with mamba2 imagination's latent sample and Mamba-2 step), all in the first
-  update or before it, outside the window); sheeprl runs eager, as it ships.
+  gradient, imagination's latent sample and, with mamba2, its Mamba-2 step), all in the
+  first update or before it, outside the window); sheeprl runs eager, as it ships.
 
 Timing. Each system's wall clock at given env steps comes from inside its own process:
 reverie's `timing.jsonl` (`time/wall` every `update_every` env steps, taken after that step's

@@ -368,9 +368,10 @@ def test_auto_is_silent_for_an_agent_with_nothing_to_compile(tmp_path, capsys):
 @pytest.mark.compile
 def test_compiled_agent_matches_eager_within_float_rounding(request, monkeypatch):
     """The one real compile of the suite: the world-model loss, the context warm-up, the
-    imagined step (mamba2's `step`) and the actor-critic losses, with inductor. Same seed,
-    data and random draws: three updates agree with eager to 1e-4 (compiled kernels round
-    differently; README, "Compiled kernels"). Its inductor cache lives in .pytest_cache:
+    imagined step (mamba2's `step`, with reverie's sampling and step kernels in the graph)
+    and the actor-critic losses, with inductor. Same seed, data and random draws: three
+    updates agree with eager to 1e-4 (compiled kernels round differently; README, "Compiled
+    kernels"). Its inductor cache lives in .pytest_cache:
     the first run compiles (2-4 min on 2 busy cores), later runs load the kernels (~15 s)."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(request.config.cache.mkdir("inductor")))
     cfg = tiny_config()
@@ -388,6 +389,31 @@ def test_compiled_agent_matches_eager_within_float_rounding(request, monkeypatch
         assert len(notes) == (mode == "on") and all("compiles at the first update: up to "
                                                     "~2 min" in n for n in notes), notes
     assert counters["stats"]["unique_graphs"] >= graphs + 5  # it did compile
+    # imagination's kernels run inside the compiled graphs, Mamba-2's writing over the
+    # rollout's state (no copy of a state-shaped tensor), with no recompilation
+    from torch.profiler import ProfilerActivity, profile
+
+    graphs, step, same = counters["stats"]["unique_graphs"], agent._imagined_step, []
+
+    def spy(feat, z, index, state):
+        ptrs = [layer["ssm"].data_ptr() for layer in state]
+        out = step(feat, z, index, state)
+        same.append(ptrs == [layer["ssm"].data_ptr() for layer in out[2]])
+        return out
+
+    agent._imagined_step = spy
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        agent.update(replay)
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert len(same) == cfg.horizon and all(same)  # the new state in the old one's memory
+    ops = prof.key_averages(group_by_input_shape=True)
+    calls = {op: sum(e.count for e in ops if e.key == op)
+             for op in ("reverie::ssd_step_", "reverie::unimix_sample")}
+    layers, H = agent.world.backbone.n_layers, cfg.horizon
+    assert calls["reverie::ssd_step_"] == layers * H and calls["reverie::unimix_sample"] > H
+    ssm = list(agent.world.initial_state(cfg.imag_batch)[0]["ssm"].shape)
+    assert not [e.key for e in ops if e.key in ("aten::copy_", "aten::clone")
+                and e.input_shapes and list(e.input_shapes[0]) == ssm]
     for eager, compiled in zip(runs["off"], runs["on"]):
         assert eager.keys() == compiled.keys()
         for k in eager:

@@ -39,8 +39,8 @@ def _reference(logits: torch.Tensor, u: torch.Tensor, mix: float):
 
 
 @pytest.mark.parametrize("rows,classes,mix,threads", [
-    (1000, 32, 0.01, 2),   # a multiple of the vector width (AVX-512: 16) classes
-    (333, 5, 0.01, 3),     # few classes; rows not a multiple of the block of lanes
+    (1000, 32, 0.01, 2),   # rows a multiple of the lanes (one row each; AVX-512: 16)
+    (333, 5, 0.01, 3),     # and not: a last block of 13 rows; few classes
     (64, 20, 0.0, 2),      # no unimix
     (17, 48, 0.3, 4),      # a tail block of one row
     (3, 16, 0.01, 8),      # fewer rows than threads
@@ -251,6 +251,11 @@ def test_compile_on_gives_imagination_the_kernels_or_says_why_not(kernel, steppe
             torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-5)
         compiler.fall_back(RuntimeError("gone"))
         assert not agent.world.sample_kernel and not any(b.step_kernel for b in blocks)
+        agent, notes = _mamba2_agent(), []
+        agent.compile(Compiler(notes.append, "auto"))  # auto: no kernel, no build
+        assert not agent.world.sample_kernel
+        assert not any(b.step_kernel for b in agent.world.backbone.step_kernel_blocks())
+        assert not any("kernel" in n for n in notes)
 
         def broken():
             raise RuntimeError("no C++ compiler\nmore lines")

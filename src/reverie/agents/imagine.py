@@ -39,6 +39,7 @@ from reverie.compiler import Compiler, run_eagerly
 from reverie.envs.actions import check_unit_box
 from reverie.errors import UserError, suggest
 from reverie.nets import categorical_kernel
+from reverie.nets.cpp_kernel import on_cpu
 from reverie.nets.optim import OPTIMIZERS, make_optimizer
 from reverie.sequence import State, contiguous_state, ssd_kernel
 from reverie.world.latent import WorldModel, WorldModelConfig
@@ -433,10 +434,11 @@ class ImagineAgent:
         self._observe = compiler.wrap(self.world.observe)
         # imagination's latent samples and Mamba-2 steps in one pass each
         # (reverie.nets.categorical_kernel, reverie.sequence.ssd_kernel)
-        if all(p.device.type == "cpu" for p in self.world.parameters()):
+        if on_cpu(self.world):
             compiler.build(categorical_kernel.load, "the categorical sampling kernel",
                            "the torch ops sample", self.world.use_sample_kernel)
-            if self.world.backbone.step_kernel_blocks():
+            # only the imagined step writes over its state (COPlanner's lookahead does not)
+            if self.world.backbone.step_kernel_blocks() and not planning:
                 compiler.build(ssd_kernel.load, "the Mamba-2 step kernel", "the torch ops step",
                                self.world.backbone.use_step_kernel)
         if not planning:

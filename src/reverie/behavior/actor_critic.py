@@ -47,6 +47,7 @@ from reverie.behavior.returns import ReturnNormalizer, lambda_returns
 from reverie.compiler import Compiler, run_eagerly
 from reverie.errors import suggest
 from reverie.nets import onehot_kernel
+from reverie.nets.cpp_kernel import on_cpu
 from reverie.nets.math import symlog, symlog_bins, two_hot_loss, two_hot_value, unimix
 from reverie.nets.mlp import MLP
 from reverie.nets.optim import OPTIMIZERS, make_optimizer
@@ -426,8 +427,7 @@ class ActorCritic(nn.Module):
         self._losses = compiler.wrap(self.losses)
         self._run = compiler.run
         # the one-hot first layers' weight gradients as row scatters (reverie.nets.onehot_kernel)
-        cpu = all(p.device.type == "cpu" for p in self.parameters())  # a CPU kernel
-        if self.onehot_layers() and cpu:
+        if self.onehot_layers() and on_cpu(self):
             compiler.build(onehot_kernel.load, "the one-hot weight-gradient kernel",
                            "the dense product runs", self.use_onehot_kernel)
 

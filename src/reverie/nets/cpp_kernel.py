@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from torch import Tensor, nn
+
 
 class CppKernel:
     """One C++ function: `load()` builds it (raises what the build raised: no C++ compiler,
@@ -31,7 +34,23 @@ class CppKernel:
     def built(self) -> bool:
         return self._fn is not None
 
+    def serves(self, *tensors: Tensor) -> bool:
+        """Built, and every tensor float32 on the CPU (what the kernels read)."""
+        return self.built and all(t.dtype == torch.float32 and t.device.type == "cpu"
+                                  for t in tensors)
+
     def __call__(self, *args: Any) -> None:
         if self._fn is None:
             raise RuntimeError("this kernel has not been built: call its load() first")
         self._fn(*args)
+
+
+def threads(work: int) -> int:
+    """OpenMP threads for `work` independent pieces: torch's thread count, at most one per
+    piece, at least one."""
+    return max(1, min(torch.get_num_threads(), work))
+
+
+def on_cpu(module: nn.Module) -> bool:
+    """Whether every parameter of `module` is on the CPU, where the kernels run."""
+    return all(p.device.type == "cpu" for p in module.parameters())

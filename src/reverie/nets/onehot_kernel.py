@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from reverie.nets.cpp_kernel import CppKernel
+from reverie.nets.cpp_kernel import CppKernel, threads
 
 SOURCE = r"""
 #include <torch/csrc/inductor/cpp_prefix.h>
@@ -102,11 +102,11 @@ def onehot_weight_grad(grad: Tensor, index: Tensor, width: int) -> Tensor:
                          f"{tuple(index.shape)}")
     grad, index = grad.contiguous(), index.to(torch.int64).contiguous()
     rows, outs = grad.shape
-    threads = max(1, min(torch.get_num_threads(), rows))
+    n = threads(rows)
     out = grad.new_empty(width, outs)
-    scratch = grad.new_empty(threads - 1, width, outs)
+    scratch = grad.new_empty(n - 1, width, outs)
     error = torch.zeros(1, dtype=torch.int64)
-    _kernel(grad, index, out, scratch, error, rows, index.shape[1], width, outs, threads)
+    _kernel(grad, index, out, scratch, error, rows, index.shape[1], width, outs, n)
     if error.item():
         raise ValueError(f"one-hot columns must be in [0, {width}); index holds "
                          f"{index.min().item()}..{index.max().item()}")
@@ -120,4 +120,4 @@ def _(grad: Tensor, index: Tensor, width: int) -> Tensor:
 
 def serves(grad: Tensor) -> bool:
     """Whether `onehot_weight_grad` serves this gradient: built, CPU float32."""
-    return _kernel.built and grad.device.type == "cpu" and grad.dtype == torch.float32
+    return _kernel.serves(grad)

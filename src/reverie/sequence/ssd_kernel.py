@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from reverie.nets.cpp_kernel import CppKernel
+from reverie.nets.cpp_kernel import CppKernel, threads
 
 SOURCE = r"""
 #include <torch/csrc/inductor/cpp_prefix.h>
@@ -84,8 +84,7 @@ def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
               "C": (C, (rows, N)), "D": (D, (H,))}
     bad = [k for k, (t, s) in shapes.items() if tuple(t.shape) != s]
     tensors = [x, dt, A, B, C, D, h]
-    if h.dim() != 4 or bad or any(t.dtype != torch.float32 or t.device.type != "cpu"
-                                  for t in tensors):
+    if h.dim() != 4 or bad or not _kernel.serves(*tensors):
         raise ValueError(
             "ssd_step takes h [B, H, P, N], x [B, H, P], dt [B, H], A [H], B and C [B, N], "
             f"D [H], float32 on the CPU; got h {tuple(h.shape)}"
@@ -106,8 +105,7 @@ def ssd_step_(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
     x, dt, A, B, C, D = (t.contiguous() for t in (x, dt, A, B, C, D))
     y = x.new_empty(rows, H, P)
     if h.numel():
-        threads = max(1, min(torch.get_num_threads(), rows * H))
-        _kernel(x, dt, A, B, C, D, h, y, h, rows, H, P, N, threads)
+        _kernel(x, dt, A, B, C, D, h, y, h, rows, H, P, N, threads(rows * H))
     return y
 
 
@@ -119,5 +117,4 @@ def _(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h: Tens
 def serves(*tensors: Tensor) -> bool:
     """Whether `ssd_step_` serves these operands (x, dt, A, B, C, D, h): built, all float32
     on the CPU, the state contiguous."""
-    return (_kernel.built and tensors[-1].is_contiguous()
-            and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors))
+    return _kernel.serves(*tensors) and tensors[-1].is_contiguous()
