@@ -7,7 +7,8 @@ cold and a warm cache, and whether `on` pays within the preset's default-length 
 
 `run.compile=auto` (the default) compiles the imagined step only, the rule measured at the
 cartpole preset (bench/compile.py --auto); `on` also compiles the world-model loss, the
-context warm-up and the actor-critic losses, and builds the one-hot weight-gradient kernel.
+context warm-up and the actor-critic losses, and builds reverie's own kernels (the one-hot
+weight gradient, imagination's latent sample and Mamba-2 step).
 Per preset (seed 0, `--threads` torch threads, fp32, a replay of random env steps through the
 driver, `runlib.prefilled_agent`), five fresh processes:
 - cold: `on` alone with an empty inductor cache, then `auto` alone with another empty one;
@@ -17,8 +18,8 @@ driver, `runlib.prefilled_agent`), five fresh processes:
 - updates: both agents in one process (the caches warm), updates alternating auto, on,
   on, auto, ... (`runlib.alternate`, the order reversed every other round): median and
   min-max seconds per update of each and of the per-round ratio auto / on (> 1: on is faster).
-Compile seconds include the one-hot weight-gradient kernel's build, which `on` runs when the
-agent is set up (`Compiler.build`, timed there), before its first update.
+Compile seconds include the kernels' builds, which `on` runs when the agent is set up
+(`Compiler.build`, timed there), before its first update.
 A preset's default run has (steps − prefill) x train_ratio / (batch x seq_len) updates;
 `on` saves the median over rounds of (auto − on) per update times those, and pays on a cold
 cache when that exceeds (cold compile of on − cold compile of auto). Reported with the

@@ -1191,8 +1191,9 @@ def compile_presets_table(results: Path) -> str | None:
     lines.append(
         "\nThe world-model agent at each preset's sizes (fp32, seed 0, minatar: Breakout, "
         "dmc-proprio: walker-walk, atari100k: Pong) with run.compile=auto (the imagined "
-        "step compiled) and on (also the losses, the context warm-up and the one-hot "
-        "weight-gradient kernel): "
+        "step compiled) and on (also the losses, the context warm-up and reverie's own "
+        "kernels: the one-hot weight gradient, since 2026-12-07 noon imagination's latent "
+        "sample and Mamba-2 step too): "
         "updates alternating in one process on warm caches ("
         + "; ".join(f"{n} rounds after {w} warm-up" for n, w in rounds)
         + ", the order reversed every round); compile seconds = the first update minus "
