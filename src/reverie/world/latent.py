@@ -184,7 +184,7 @@ class WorldModel(nn.Module):
         self.discrete = bool(discrete)
         self.stoch, self.classes = int(cfg.stoch), int(cfg.classes)
         self.unimix_ratio = float(cfg.unimix)
-        # `prior_sample` by reverie.nets.categorical_kernel (run.compile=on sets it)
+        # prior_sample / posterior_sample by reverie.nets.categorical_kernel (compile=on)
         self.sample_kernel = False
         self.kl_dyn, self.kl_rep = float(cfg.kl_dyn), float(cfg.kl_rep)
         self.free_bits = float(cfg.free_bits)
