@@ -272,11 +272,15 @@ if {only_trust}:
     raise SystemExit(0)
 f = c.wrap(lambda x: (x.sin() * 2).exp())
 x = torch.randn(64)
+built = []
 with ic.patch({{"cpp.cxx": (None, "{cxx}")}}):
+    if {kernel}:  # one of reverie's kernels first, as an agent's set-up builds them
+        from reverie.nets import categorical_kernel
+        built.append(c.build(categorical_kernel.load, "the kernel", "torch runs", print))
     y = c.run(f, x)
     isa = str(pick_vec_isa())
 print(json.dumps({{"notes": notes, "eager": c.eager, "trusting": trusting,
-                  "probed": c.options == OPTIONS, "isa": isa,
+                  "probed": c.options == OPTIONS, "isa": isa, "built": built,
                   "close": torch.allclose(y, (x.sin() * 2).exp())}}))
 """
 
@@ -286,7 +290,8 @@ def test_a_cpp_compile_error_while_trusting_the_isa_compiles_again_with_the_prob
     """reverie trusts the CPU's flags for the vector ISA (fewer probe libraries: seconds of
     every first compile); a compiler that cannot build that ISA fails the first compile, and
     the unit is compiled once more with the ISA inductor's probes pick: still compiled, no
-    note, and the next process probes from the start. A fresh process and inductor cache
+    note, and the next process probes from the start. The same for one of reverie's kernels
+    built first. A fresh process and inductor cache
     (~10 s), a fake g++ in front of the real one, the CPU's flags naming AVX-512."""
     import platform
 
@@ -300,8 +305,8 @@ def test_a_cpp_compile_error_while_trusting_the_isa_compiles_again_with_the_prob
            if k not in ("TORCH_COMPILE_DISABLE", "TORCHINDUCTOR_VEC_ISA_OK")}
     env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor")
 
-    def child(only_trust: bool = False) -> dict:
-        script = RETRY.format(cxx=cxx, only_trust=only_trust)
+    def child(only_trust: bool = False, kernel: bool = False) -> dict:
+        script = RETRY.format(cxx=cxx, only_trust=only_trust, kernel=kernel)
         out = subprocess.run([sys.executable, "-c", script], env=env,
                              capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stderr[-2000:]
@@ -314,6 +319,13 @@ def test_a_cpp_compile_error_while_trusting_the_isa_compiles_again_with_the_prob
     marker = json.loads((tmp_path / "inductor" / compiler_module.ISA_MARKER).read_text())
     assert (marker["trusted"], marker["probed"]) == ("avx512", "avx2")
     assert not child(only_trust=True)["trusting"]  # the marker: no trusted compile to fail
+    # a kernel's build fails first: it probes, builds with AVX2, and the compile after it
+    # compiles with the probed ISA straight away (a fresh cache: no marker)
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor2")
+    got = child(kernel=True)
+    assert got["built"] == [True] and got["trusting"] and got["probed"], got
+    assert got["isa"] == "avx2" and not got["eager"] and got["close"], got
+    assert not [n for n in got["notes"] if "not built" in n], got
 
 
 def test_compiling_is_announced_once_and_not_under_torch_compile_disable(monkeypatch):

@@ -248,9 +248,10 @@ class Compiler:
         """Build one of reverie's own C++ kernels (`what`) with `load()` (inductor's code
         cache, under this compiler's ISA setting) and turn it on with `use(True)`; True once
         built. A fall-back to eager later turns it off again (`use(False)`: the run goes on
-        as with run.compile=off). False, with a note that `instead` ("the dense product
-        runs"), where `load()` raises (no ISA probing then: the kernel stays off for this
-        run); False, silently, once compiling fell back to eager or under
+        as with run.compile=off). A C++ compile error while trusting the CPU's vector ISA
+        probes, as a compile's would (`_stop_trusting`), and builds once more where the probes
+        pick another ISA. False, with a note that `instead` ("the dense product runs"),
+        where the build fails; False, silently, once compiling fell back to eager or under
         TORCH_COMPILE_DISABLE."""
         import torch._dynamo
         import torch._inductor.config
@@ -258,10 +259,20 @@ class Compiler:
         if self.eager or torch._dynamo.config.disable:
             return False
         self.announce()
-        cpp = {k: v for k, v in self.options.items() if k.startswith("cpp.")}
-        try:
+
+        def build() -> None:
+            cpp = {k: v for k, v in self.options.items() if k.startswith("cpp.")}
             with torch._inductor.config.patch(cpp):
                 load()
+
+        try:
+            try:
+                build()
+            except Exception as e:
+                if not (self.options is TRUSTING and not self.trust_proven
+                        and _isa_failure(e) and self._stop_trusting()):
+                    raise
+                build()  # with the ISA the probes picked
         except Exception as e:  # noqa: BLE001 - any failure leaves the torch code
             self.note(f"note: run.compile={self.mode}: {what} was not built ({_reason(e)}); "
                       f"{instead} instead")
