@@ -44,13 +44,21 @@ extern "C" void kernel(const float* logits, const float* u, int64_t* index, floa
     {
         std::vector<float> t(K * V);
         float lane[V];
+        int32_t lane_offset[V];  // where each lane's row starts, relative to the block's
+        for (int64_t i = 0; i < V; i++) lane_offset[i] = static_cast<int32_t>(i * K);
+        const auto offsets = at::vec::Vectorized<int32_t>::loadu(lane_offset);
         #pragma omp for
         for (int64_t b = 0; b < blocks; b++) {
             const int64_t r0 = b * V, n = std::min(V, rows - r0);
-            for (int64_t i = 0; i < n; i++)
-                for (int64_t k = 0; k < K; k++) t[k * V + i] = logits[(r0 + i) * K + k];
-            for (int64_t i = n; i < V; i++)
-                for (int64_t k = 0; k < K; k++) t[k * V + i] = 0.0f;
+            if (n == V) {  // a full block: column k of V rows in one vector gather
+                for (int64_t k = 0; k < K; k++)
+                    at::vec::gather<4>(logits + r0 * K + k, offsets).store(t.data() + k * V);
+            } else {  // the last rows: copied one by one, the empty lanes zero
+                for (int64_t i = 0; i < n; i++)
+                    for (int64_t k = 0; k < K; k++) t[k * V + i] = logits[(r0 + i) * K + k];
+                for (int64_t i = n; i < V; i++)
+                    for (int64_t k = 0; k < K; k++) t[k * V + i] = 0.0f;
+            }
             Vec m = Vec::loadu(t.data());
             for (int64_t k = 1; k < K; k++) m = at::vec::maximum(m, Vec::loadu(t.data() + k * V));
             Vec s(0.0f);
