@@ -271,3 +271,26 @@ def test_compile_on_gives_imagination_the_kernels_or_says_why_not(kernel, steppe
             "no C++ compiler); the torch ops sample instead",
             "note: run.compile=on: the Mamba-2 step kernel was not built (RuntimeError: "
             "no C++ compiler); the torch ops step instead"]
+
+
+def test_torch_s_opcheck_passes_for_reverie_s_custom_ops(kernel, stepper):
+    """The three ops as torch.compile sees them: schema (ssd_step_ declares its write to h),
+    fake tensors of the right shapes and strides (a non-contiguous input included), AOT
+    dispatch."""
+    from torch.library import opcheck
+
+    from reverie.nets import onehot_kernel
+
+    onehot_kernel.load()
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(32, 40, generator=g).t()  # [40, 32], transposed: not contiguous
+    checks = [
+        (torch.ops.reverie.unimix_sample.default, (logits, torch.rand(40, generator=g), 0.01)),
+        (torch.ops.reverie.ssd_step_.default, _ssd_operands(5, 2, 3, 16)),
+        (torch.ops.reverie.onehot_weight_grad.default,
+         (torch.randn(6, 5, generator=g), torch.randint(4, (6, 3), generator=g)
+          + torch.arange(3) * 4, 12)),
+    ]
+    for op, args in checks:
+        result = opcheck(op, args)
+        assert set(result.values()) == {"SUCCESS"}, (op, result)

@@ -124,7 +124,9 @@ def unimix_sample(logits: Tensor, u: Tensor, mix: float) -> tuple[Tensor, Tensor
 
 @unimix_sample.register_fake
 def _(logits: Tensor, u: Tensor, mix: float) -> tuple[Tensor, Tensor]:
-    return logits.new_empty(logits.shape[0], dtype=torch.int64), torch.empty_like(logits)
+    # contiguous, as the kernel's outputs are whatever the logits' strides
+    rows, classes = logits.shape
+    return logits.new_empty(rows, dtype=torch.int64), logits.new_empty(rows, classes)
 
 
 def serves(logits: Tensor) -> bool:
