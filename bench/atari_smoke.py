@@ -89,8 +89,9 @@ def summarise(run: Path, cmd: list[str] | None, watch_s: float | None,
 
 
 # The first update comes at env step 1000, the end of the prefill, and compiles (the
-# preset's run.compile: on since 2026-12-07, auto before); the first timing row after the prefill, at 1000 + WARMUP, follows
-# WARMUP + 1 updates, and the timed window starts there (log_every 4: one row)
+# preset's run.compile: on since 2026-12-07, auto before); the first timing row after the
+# prefill, at 1000 + WARMUP, follows WARMUP + 1 updates, and the timed window starts there
+# (log_every 4: one row)
 WARMUP = 4
 TIMED = f"updates {{}} (the first {WARMUP + 1} include run.compile's compile)"
 
