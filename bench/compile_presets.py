@@ -10,7 +10,7 @@ cartpole preset (bench/compile.py --auto); `on` also compiles the world-model lo
 context warm-up and the actor-critic losses, and builds reverie's own kernels (the one-hot
 weight gradient, imagination's latent sample and Mamba-2 step).
 Per preset (seed 0, `--threads` torch threads, fp32, a replay of random env steps through the
-driver, `runlib.prefilled_agent`), five fresh processes:
+driver, `runlib.bench_agent`), five fresh processes:
 - cold: `on` alone with an empty inductor cache, then `auto` alone with another empty one;
   each times its first update and `--warmup` + 3 more: compile seconds = the first update
   minus the median of the 3 after;
@@ -42,27 +42,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runlib import (  # noqa: E402
+    BENCH_PRESETS,
     alternate,
+    bench_agent,
     matmul_gflops,
-    prefilled_agent,
     preset_report,
     spread,
 )
 
-PRESETS = {  # name -> (preset, overrides, prefill env steps)
-    "cartpole": ("cartpole", [], 600),
-    "minatar": ("minatar", ["env.id=minatar:breakout"], 1100),
-    "dmc-proprio": ("dmc-proprio", ["env.id=dmc:walker-walk"], 1100),
-    "atari100k": ("atari100k", [], 300),  # ~5 s per update: not in the default list
-}
+PRESETS = [n for n in BENCH_PRESETS if n != "matched"]  # atari100k ~5 s per update
 DEFAULT_PRESETS = ["minatar", "dmc-proprio", "cartpole"]
 MODES = ("auto", "on")
 AFTER_FIRST = 3  # updates timed after the first to tell its compile seconds
-
-
-def _agent(name: str, mode: str, threads: int):
-    preset, over, prefill = PRESETS[name]
-    return prefilled_agent(preset, [*over, f"run.compile={mode}"], prefill, threads)
 
 
 def first_update(name: str, mode: str, warmup: int, threads: int) -> dict:
@@ -80,7 +71,7 @@ def first_update(name: str, mode: str, warmup: int, threads: int) -> dict:
             built[0] += time.perf_counter() - t
 
     Compiler.build = timed_build
-    with _agent(name, mode, threads) as (agent, replay):
+    with bench_agent(name, mode, threads) as (agent, replay):
         t0 = time.perf_counter()
         agent.update(replay)
         first = time.perf_counter() - t0
@@ -95,8 +86,8 @@ def first_update(name: str, mode: str, warmup: int, threads: int) -> dict:
 
 def updates(name: str, rounds: int, warmup: int, threads: int) -> dict:
     """Both agents in one process, updates alternating (module doc)."""
-    with _agent(name, "auto", threads) as (auto, replay_a), \
-            _agent(name, "on", threads) as (on, replay_o):
+    with bench_agent(name, "auto", threads) as (auto, replay_a), \
+            bench_agent(name, "on", threads) as (on, replay_o):
         times = alternate({"auto": lambda: auto.update(replay_a),
                            "on": lambda: on.update(replay_o)}, rounds, warmup, flip=True)
     return {"update": {m: spread(times[m], 4) for m in MODES},
@@ -108,7 +99,7 @@ def default_updates(name: str) -> dict:
     """The preset's default run: env steps, prefill, train ratio, and its updates."""
     from reverie.config import build_config
 
-    preset, over, _ = PRESETS[name]
+    preset, over, _ = BENCH_PRESETS[name]
     cfg = build_config(preset, over, {})
     per = cfg.imagine.batch_size * cfg.imagine.seq_len
     n = (cfg.run.steps - cfg.run.prefill) * cfg.run.train_ratio / per
@@ -156,7 +147,7 @@ def measure(name: str, rounds: int, warmup: int, threads: int) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--presets", nargs="+", default=DEFAULT_PRESETS, choices=list(PRESETS))
+    p.add_argument("--presets", nargs="+", default=DEFAULT_PRESETS, choices=PRESETS)
     p.add_argument("--rounds", type=int, default=8, help="timed rounds (one update per mode)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
@@ -173,7 +164,7 @@ def main() -> int:
         return 0
     if args.quick:
         args.rounds, args.warmup = 2, 1
-    preset_report("compile_presets", args.presets, list(PRESETS), args.threads, args.quick,
+    preset_report("compile_presets", args.presets, PRESETS, args.threads, args.quick,
                   lambda name: measure(name, args.rounds, args.warmup, args.threads),
                   ("preset", "update", "ratio_auto_over_on", "first_update",
                    "on_saves_s_per_default_run", "on_extra_cold_compile_s"))

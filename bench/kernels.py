@@ -8,7 +8,7 @@ against the torch ops they replace: seconds per update of the world-model agent,
     python bench/kernels.py --quick             # smoke test: 2 updates each, no files
 
 Per preset, one process: the preset's agent with run.compile=on (seed 0, `--threads` torch
-threads) and a replay of random env steps (`runlib.prefilled_agent`); updates alternate
+threads) and a replay of random env steps (`runlib.bench_agent`); updates alternate
 `torch` (both kernels off: `WorldModel.use_sample_kernel(False)`,
 `Backbone.use_step_kernel(False)`; the compiled graphs then trace the torch ops, a second
 graph each, compiled in the warm-up) and `kernels` (both on, as run.compile=on runs), the
@@ -35,41 +35,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runlib import (  # noqa: E402
+    BENCH_PRESETS,
     add_worker_arguments,
     alternate,
+    bench_agent,
     matmul_gflops,
-    prefilled_agent,
     preset_report,
     run_worker,
     spread,
 )
 
-PRESETS = {  # name -> (preset, extra overrides, prefill env steps)
-    "matched": ("cartpole", None, 600),  # bench/throughput.py's overrides (`_overrides`)
-    "minatar": ("minatar", ["env.id=minatar:breakout"], 1100),
-    "dmc-proprio": ("dmc-proprio", ["env.id=dmc:walker-walk"], 1100),
-    "atari100k": ("atari100k", [], 300),
-}
+PRESETS = [n for n in BENCH_PRESETS if n != "cartpole"]  # cartpole defaults to auto
 DEFAULT_PRESETS = ["matched", "minatar", "dmc-proprio"]
 ARMS = ("torch", "kernels")
 
 
-def _overrides(name: str, threads: int) -> list[str]:
-    _, extra, _ = PRESETS[name]
-    if extra is not None:
-        return [*extra, "run.compile=on"]
-    import throughput
-
-    keep = ("run.prefill", "run.threads", "run.eval_episodes", "run.checkpoint_every")
-    over = throughput.reverie_overrides({"update_every": 16, "learning_starts": 512}, threads)
-    return [o for o in over if not o.startswith(keep)] + ["run.compile=on"]
-
-
 def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
     """One process: the preset's agent, updates alternating the arms (module doc)."""
-    preset, _, prefill = PRESETS[name]
     load0, gflops = os.getloadavg()[0], matmul_gflops(threads)
-    with prefilled_agent(preset, _overrides(name, threads), prefill, threads) as (agent, replay):
+    with bench_agent(name, "on", threads) as (agent, replay):
         world = agent.world
         if not (world.sample_kernel and world.backbone.step_kernel_blocks()
                 and all(b.step_kernel for b in world.backbone.step_kernel_blocks())):
@@ -102,7 +86,7 @@ def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--updates", type=int, default=10, help="timed rounds (one update per arm)")
-    add_worker_arguments(p, list(PRESETS))
+    add_worker_arguments(p, PRESETS)
     p.set_defaults(threads=2, presets=DEFAULT_PRESETS)
     args = p.parse_args()
     if args.worker:
@@ -110,7 +94,7 @@ def main() -> int:
         return 0
     if args.quick:
         args.updates, args.warmup = 2, 1
-    preset_report("kernels", args.presets, list(PRESETS), args.threads, args.quick,
+    preset_report("kernels", args.presets, PRESETS, args.threads, args.quick,
                   lambda name: run_worker(__file__, name, args.updates, args.warmup,
                                           args.threads),
                   ("preset", "update", "ratio_torch_over_kernels"))

@@ -18,7 +18,7 @@ the update runs as run.compile=auto has it, the imagined step compiled: with com
 the dense arm's switch would be traced into their graphs).
 
 Per preset, one process: the preset's agent (seed 0, `--threads` torch threads,
-run.compile=auto at every preset) with a replay of random env steps (`runlib.prefilled_agent`),
+run.compile=auto at every preset) with a replay of random env steps (`runlib.bench_agent`),
 updates alternating dense, onehot, scatter, scatter, onehot, dense, ... (`runlib.alternate`,
 the order reversed every other round). `matched` is bench/throughput.py's matched sizes (CartPole,
 32x32 latents, 1024 imagined rollouts of 15 steps, 256-wide networks), the comparison with
@@ -41,38 +41,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runlib import (  # noqa: E402
+    BENCH_PRESETS,
     add_worker_arguments,
     alternate,
+    bench_agent,
     dense_latent_layers,
     matmul_gflops,
-    prefilled_agent,
     preset_report,
     run_worker,
     spread,
 )
 
-PRESETS = {  # name -> (preset, extra overrides, prefill env steps)
-    "matched": ("cartpole", None, 600),  # bench/throughput.py's overrides (`_overrides`)
-    "cartpole": ("cartpole", [], 600),
-    "minatar": ("minatar", ["env.id=minatar:breakout"], 1100),
-    "dmc-proprio": ("dmc-proprio", ["env.id=dmc:walker-walk"], 1100),
-    # Drama's actor reads a normalised feat (actor_input_norm): only the critics and the
-    # backbone input read the one-hot latent there
-    "atari100k": ("atari100k", [], 300),
-}
+# at atari100k Drama's actor reads a normalised feat (actor_input_norm): only the critics and
+# the backbone input read the one-hot latent there
+PRESETS = list(BENCH_PRESETS)
 DEFAULT_PRESETS = ["matched", "cartpole", "minatar", "dmc-proprio"]
 ARMS = ("dense", "onehot", "scatter")
-
-
-def _overrides(name: str, threads: int) -> list[str]:
-    preset, extra, _ = PRESETS[name]
-    if extra is not None:
-        return [*extra, "run.compile=auto"]  # minatar, dmc-proprio: the preset says on
-    import throughput
-
-    keep = ("run.prefill", "run.threads", "run.eval_episodes", "run.checkpoint_every")
-    over = throughput.reverie_overrides({"update_every": 16, "learning_starts": 512}, threads)
-    return [o for o in over if not o.startswith(keep)] + ["run.compile=auto"]
 
 
 def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
@@ -83,9 +67,9 @@ def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
 
     from reverie.nets import onehot_kernel
 
-    preset, _, prefill = PRESETS[name]
     load0, gflops = os.getloadavg()[0], matmul_gflops(threads)
-    with prefilled_agent(preset, _overrides(name, threads), prefill, threads) as (agent, replay):
+    # run.compile=auto at every preset (minatar, dmc-proprio: the preset says on)
+    with bench_agent(name, "auto", threads) as (agent, replay):
         if agent.world.stoch_dim <= 0 or torch.is_autocast_enabled("cpu"):
             raise SystemExit(f"{name}: no one-hot layers to compare")
         onehot_kernel.load()
@@ -116,7 +100,7 @@ def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--updates", type=int, default=10, help="timed rounds (one update per arm)")
-    add_worker_arguments(p, list(PRESETS))
+    add_worker_arguments(p, PRESETS)
     p.set_defaults(threads=2, presets=DEFAULT_PRESETS)
     args = p.parse_args()
     if args.worker:
@@ -124,7 +108,7 @@ def main() -> int:
         return 0
     if args.quick:
         args.updates, args.warmup = 2, 1
-    preset_report("onehot", args.presets, list(PRESETS), args.threads, args.quick,
+    preset_report("onehot", args.presets, PRESETS, args.threads, args.quick,
                   lambda name: run_worker(__file__, name, args.updates, args.warmup,
                                           args.threads),
                   ("preset", "update", "ratio_dense_over_onehot", "ratio_onehot_over_scatter"))

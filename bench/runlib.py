@@ -280,6 +280,33 @@ def revision(src: Path) -> str:
     return head + ("+changes" if git("status", "--porcelain", "--", ".") else "")
 
 
+# The presets of the benches that time updates preset by preset (onehot.py, kernels.py,
+# compile_presets.py): name -> (preset, extra overrides, prefill env steps); `matched` is
+# bench/throughput.py's matched sizes on the cartpole preset (`bench_agent`)
+BENCH_PRESETS = {
+    "matched": ("cartpole", None, 600),
+    "cartpole": ("cartpole", [], 600),
+    "minatar": ("minatar", ["env.id=minatar:breakout"], 1100),
+    "dmc-proprio": ("dmc-proprio", ["env.id=dmc:walker-walk"], 1100),
+    "atari100k": ("atari100k", [], 300),
+}
+
+
+def bench_agent(name: str, compile_mode: str, threads: int):
+    """`prefilled_agent` of BENCH_PRESETS[name] with run.compile=`compile_mode`; `matched`
+    takes bench/throughput.py's overrides but those of its run (prefill, threads,
+    evaluation, checkpoints), which prefilled_agent sets."""
+    preset, extra, prefill = BENCH_PRESETS[name]
+    if extra is None:
+        import throughput
+
+        drop = ("run.prefill", "run.threads", "run.eval_episodes", "run.checkpoint_every")
+        over = throughput.reverie_overrides({"update_every": 16, "learning_starts": 512},
+                                            threads)
+        extra = [o for o in over if not o.startswith(drop)]
+    return prefilled_agent(preset, [*extra, f"run.compile={compile_mode}"], prefill, threads)
+
+
 @contextmanager
 def prefilled_agent(preset: str, overrides: list[str], prefill: int,
                     threads: int) -> Iterator[tuple]:
