@@ -26,8 +26,6 @@ Writes bench/results/kernels.json.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -36,12 +34,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runlib import (  # noqa: E402
     BENCH_PRESETS,
-    add_worker_arguments,
     alternate,
     bench_agent,
     matmul_gflops,
-    preset_report,
-    run_worker,
+    preset_bench_main,
     spread,
 )
 
@@ -84,21 +80,8 @@ def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--updates", type=int, default=10, help="timed rounds (one update per arm)")
-    add_worker_arguments(p, PRESETS)
-    p.set_defaults(threads=2, presets=DEFAULT_PRESETS)
-    args = p.parse_args()
-    if args.worker:
-        print(json.dumps(measure(args.worker, args.updates, args.warmup, args.threads)))
-        return 0
-    if args.quick:
-        args.updates, args.warmup = 2, 1
-    preset_report("kernels", args.presets, PRESETS, args.threads, args.quick,
-                  lambda name: run_worker(__file__, name, args.updates, args.warmup,
-                                          args.threads),
-                  ("preset", "update", "ratio_torch_over_kernels"))
-    return 0
+    return preset_bench_main(__file__, __doc__, "kernels", measure, PRESETS, DEFAULT_PRESETS,
+                             ("preset", "update", "ratio_torch_over_kernels"))
 
 
 if __name__ == "__main__":
