@@ -1100,6 +1100,15 @@ def _when_and_load(report: dict) -> str:
             + (" (**loaded**: load > cores)." if report["loaded"] else "."))
 
 
+def _rounds_per_preset(report: dict) -> str:
+    """How many rounds after how many warm-up updates each preset of a report of
+    `runlib.preset_report` ran: "10 rounds after 2 warm-up: matched, minatar; ..."."""
+    rounds = {k: (r["updates"], r["warmup"]) for k, r in report["presets"].items()}
+    return "; ".join(
+        f"{u} rounds after {w} warm-up: " + ", ".join(k for k, c in rounds.items() if c == (u, w))
+        for u, w in sorted(set(rounds.values())))
+
+
 def onehot_table(results: Path) -> str | None:
     report, _ = load(results, "onehot")
     if report is None:
@@ -1117,9 +1126,6 @@ def onehot_table(results: Path) -> str | None:
             _median_range(u["scatter"], ".3f") if scatter else "–",
             _median_range(r["ratio_dense_over_onehot"], ".2f", "x"),
             _median_range(r["ratio_onehot_over_scatter"], ".2f", "x") if scatter else "–"]))
-    counts = sorted({(r["updates"], r["warmup"]) for r in report["presets"].values()})
-    names = {c: [k for k, r in report["presets"].items() if (r["updates"], r["warmup"]) == c]
-             for c in counts}
     lines.append(
         "\nOne update of the world-model agent, fp32, with the first layers that read the "
         "one-hot latent as dense products (the code before 2026-12-07) or as sums of weight "
@@ -1127,8 +1133,7 @@ def onehot_table(results: Path) -> str | None:
         "scatters (`scatter`, reverie/nets/onehot_kernel.py, part of run.compile=on), updates "
         "alternating in one process per preset, the order "
         "reversed every round ("
-        + "; ".join(f"{u} rounds after {w} warm-up: {', '.join(names[(u, w)])}"
-                    for u, w in counts)
+        + _rounds_per_preset(report)
         + "); `matched`: bench/throughput.py's matched sizes, minatar: Breakout, "
         "dmc-proprio: walker-walk, atari100k: Pong (its actor reads a normalised feat, "
         f"actor_input_norm, and stays dense); {report['threads']} torch thread(s), "
@@ -1152,17 +1157,13 @@ def kernels_table(results: Path) -> str | None:
             f"{r['imag_batch']} x {r['horizon']}", _median_range(u["torch"], ".3f"),
             _median_range(u["kernels"], ".3f"),
             _median_range(r["ratio_torch_over_kernels"], ".2f", "x")]))
-    counts = sorted({(r["updates"], r["warmup"]) for r in report["presets"].values()})
-    names = {c: [k for k, r in report["presets"].items() if (r["updates"], r["warmup"]) == c]
-             for c in counts}
     lines.append(
         "\nOne update of the world-model agent, fp32, run.compile=on, with imagination's "
         "latent samples and Mamba-2 steps as torch ops (traced into the compiled graphs) or "
         "by reverie's kernels (reverie/nets/categorical_kernel.py, "
         "reverie/sequence/ssd_kernel.py: what run.compile=on runs), updates alternating in "
         "one process per preset, the order reversed every round ("
-        + "; ".join(f"{u} rounds after {w} warm-up: {', '.join(names[(u, w)])}"
-                    for u, w in counts)
+        + _rounds_per_preset(report)
         + "); `matched`: bench/throughput.py's matched sizes, minatar: Breakout, "
         f"dmc-proprio: walker-walk, atari100k: Pong; {report['threads']} torch thread(s); "
         + _when_and_load(report))
