@@ -200,6 +200,23 @@ def test_the_readme_backbone_snippet_runs_as_written():
 
 
 @pytest.mark.parametrize("name", BACKBONES)
+def test_last_only_is_the_last_position_of_the_full_output(name):
+    """forward(last_only=True) (imagination's context warm-up): [B, 1, D], the full output's
+    last position to float rounding (Mamba-2 projects that row alone), the same state."""
+    m = build(name)
+    x = torch.randn(3, 9, 16, generator=torch.Generator().manual_seed(1))
+    reset = random_reset(3, 9, 0.2, 1)
+    with torch.no_grad():
+        _, start = m(torch.randn(3, 5, 16))
+        y, s = m(x, start, reset)
+        y1, s1 = m(x, start, reset, last_only=True)
+    assert y1.shape == (3, 1, 16)
+    torch.testing.assert_close(y1, y[:, -1:], rtol=1e-6, atol=1e-6)
+    for a, b in zip(s, s1):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", BACKBONES)
 def test_an_empty_sequence_gives_no_output_and_keeps_the_state(name):
     """T=0 failed with each backbone's own error (nn.GRU's, a division by zero, a conv
     kernel larger than its input); ffm alone returned an empty result."""

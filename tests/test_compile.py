@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -80,8 +81,9 @@ def test_compile_fallback_when_torch_compile_raises(eager_metrics, tmp_path, cap
 
 def test_compile_fallback_when_the_first_call_fails(eager_metrics, tmp_path, capsys,
                                                     monkeypatch):
-    """Compiling fails inside the first update, after random numbers were drawn: they are
-    drawn again eagerly from the same state, so the run still equals the compile-off run."""
+    """Compiling fails at the first compiled call (acting's, after the prefill), after random
+    numbers were drawn: they are drawn again eagerly from the same state, so the run still
+    equals the compile-off run."""
     calls = []
 
     def failing_compile(fn, **kwargs):
@@ -102,7 +104,7 @@ def test_compile_fallback_when_the_first_call_fails(eager_metrics, tmp_path, cap
     err = capsys.readouterr().err
     assert err.count(NOTE) == 1
     assert f"{NOTE} (RuntimeError: CppCompileError: no C++ compiler)\n" in err
-    assert calls == ["loss_terms", "loss_terms"]
+    assert calls == ["_act_step", "_act_step"]
     assert any("wm/loss" in json.loads(row) for row in on.splitlines())
     assert on == eager_metrics
 
@@ -388,7 +390,11 @@ def test_compiled_agent_matches_eager_within_float_rounding(request, monkeypatch
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(request.config.cache.mkdir("inductor")))
     cfg = tiny_config()
     cfg.world.backbone, cfg.world.backbone_kwargs = "mamba2", {"head_dim": 16}
-    runs, graphs = {}, counters["stats"]["unique_graphs"]
+    runs, acts, graphs = {}, {}, counters["stats"]["unique_graphs"]
+    obs = [{"vector": torch.randn(2, 5, generator=torch.Generator().manual_seed(t)).numpy()}
+           for t in range(4)]
+    firsts = [np.array([True, True]), np.array([False, False]), np.array([False, True]),
+              np.array([False, False])]
     for mode in ("off", "on"):
         torch.manual_seed(0)
         agent = ImagineAgent(OBS_SPEC, SPACES["discrete"], cfg, torch.device("cpu"), 0)
@@ -397,6 +403,13 @@ def test_compiled_agent_matches_eager_within_float_rounding(request, monkeypatch
             agent.compile(Compiler(notes.append))
         replay = FakeReplay(SPACES["discrete"])
         runs[mode] = [agent.update(replay) for _ in range(3)]
+        # acting (compiled under on: one graph per explore flag), rows starting episodes
+        # at some steps; each act's actions and its h
+        state, acts[mode] = agent.initial_state(2), []
+        for explore in (True, False):
+            for o, first in zip(obs, firsts):
+                action, state = agent.act(o, first, state, explore)
+                acts[mode].append((action, state[1]))
         # compiling says so once, at the first update, and nothing fell back
         assert len(notes) == (mode == "on") and all("compiles at the first update: up to "
                                                     "~2 min" in n for n in notes), notes
@@ -416,7 +429,10 @@ def test_compiled_agent_matches_eager_within_float_rounding(request, monkeypatch
     agent._imagined_step = spy
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         agent.update(replay)
+    with profile(activities=[ProfilerActivity.CPU]) as acting:
+        agent.act(obs[0], firsts[1], state, True)
     assert counters["stats"]["unique_graphs"] == graphs
+    assert [e.key for e in acting.key_averages() if e.key.startswith("Torch-Compiled Region")]
     assert len(same) == cfg.horizon and all(same)  # the new state in the old one's memory
     ops = prof.key_averages(group_by_input_shape=True)
     calls = {op: sum(e.count for e in ops if e.key == op)
@@ -426,6 +442,9 @@ def test_compiled_agent_matches_eager_within_float_rounding(request, monkeypatch
     ssm = list(agent.world.initial_state(cfg.imag_batch)[0]["ssm"].shape)
     assert not [e.key for e in ops if e.key in ("aten::copy_", "aten::clone")
                 and e.input_shapes and list(e.input_shapes[0]) == ssm]
+    for (a_eager, h_eager), (a_compiled, h_compiled) in zip(acts["off"], acts["on"]):
+        assert np.array_equal(a_eager, a_compiled)
+        torch.testing.assert_close(h_compiled, h_eager, rtol=1e-4, atol=1e-4)
     for eager, compiled in zip(runs["off"], runs["on"]):
         assert eager.keys() == compiled.keys()
         for k in eager:

@@ -122,28 +122,41 @@ def stepper():
     return ssd_kernel
 
 
-def _ssd_operands(rows: int, H: int, P: int, N: int, seed: int = 0):
+def _ssd_operands(rows: int, H: int, P: int, N: int, seed: int = 0, layout: str = "own"):
+    """layout "own": x, B and C contiguous tensors; "split": views into one [rows, H·P + 2N]
+    tensor, as a Mamba-2 block splits its conv output (rows at a stride); "transposed": x
+    a transposed copy (its rows not contiguous)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(rows, H, P, generator=g)
+    if layout == "split":
+        xs, B, C = torch.randn(rows, H * P + 2 * N, generator=g).split([H * P, N, N], -1)
+        x = xs.reshape(rows, H, P)
+        assert x.stride(0) == H * P + 2 * N and not B.is_contiguous()
+    else:
+        x = torch.randn(rows, H, P, generator=g)
+        if layout == "transposed":
+            x = x.transpose(1, 2).contiguous().transpose(1, 2)
+        B, C = torch.randn(rows, N, generator=g), torch.randn(rows, N, generator=g)
     dt = torch.rand(rows, H, generator=g) * 0.2
     A = -torch.rand(H, generator=g) * 4
-    B, C = torch.randn(rows, N, generator=g), torch.randn(rows, N, generator=g)
     D = torch.randn(H, generator=g)
     h = torch.randn(rows, H, P, N, generator=g)
     return x, dt, A, B, C, D, h
 
 
-@pytest.mark.parametrize("rows,H,P,N,threads", [
-    (37, 3, 8, 16, 2),   # N a multiple of the vector width (AVX-512: 16)
-    (5, 2, 3, 20, 3),    # and not: a scalar tail
-    (4, 1, 2, 5, 8),     # N under one vector; fewer row-heads than threads
-    (0, 2, 4, 16, 2),    # no rows
+@pytest.mark.parametrize("rows,H,P,N,threads,layout", [
+    (37, 3, 8, 16, 2, "own"),   # N a multiple of the vector width (AVX-512: 16)
+    (5, 2, 3, 20, 3, "own"),    # and not: a scalar tail
+    (4, 1, 2, 5, 8, "own"),     # N under one vector; fewer row-heads than threads
+    (0, 2, 4, 16, 2, "own"),    # no rows
+    (37, 3, 8, 16, 2, "split"),  # x, B, C read in place at their row stride
+    (5, 2, 3, 20, 3, "split"),
+    (6, 2, 3, 16, 2, "transposed"),  # x's rows not contiguous: copied first
 ])
 def test_the_step_kernel_is_the_torch_step_written_over_the_state(stepper, rows, H, P, N,
-                                                                  threads):
+                                                                  threads, layout):
     """ssd_step_ = ssd_step + D·x to float rounding, its new state in the old one's memory;
     the same bits on any thread count."""
-    x, dt, A, B, C, D, h = _ssd_operands(rows, H, P, N)
+    x, dt, A, B, C, D, h = _ssd_operands(rows, H, P, N, layout=layout)
     y_ref, h_ref = ssd_step(x, dt, A, B, C, h)
     y_ref = y_ref + x * D[:, None]
     got = {}
@@ -156,6 +169,11 @@ def test_the_step_kernel_is_the_torch_step_written_over_the_state(stepper, rows,
         finally:
             torch.set_num_threads(before)
     y, state = got[threads]
+    if layout == "split":  # read where they are: no copy of x, B or C
+        fresh = h.clone()
+        with torch.profiler.profile() as prof:
+            stepper.ssd_step_(x, dt, A, B, C, D, fresh)
+        assert not [e.name for e in prof.events() if e.name in ("aten::clone", "aten::copy_")]
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(state, h_ref, rtol=1e-6, atol=1e-6)
     assert torch.equal(got[1][0], y) and torch.equal(got[1][1], state)
@@ -287,6 +305,7 @@ def test_torch_s_opcheck_passes_for_reverie_s_custom_ops(kernel, stepper):
     checks = [
         (torch.ops.reverie.unimix_sample.default, (logits, torch.rand(40, generator=g), 0.01)),
         (torch.ops.reverie.ssd_step_.default, _ssd_operands(5, 2, 3, 16)),
+        (torch.ops.reverie.ssd_step_.default, _ssd_operands(5, 2, 3, 16, layout="split")),
         (torch.ops.reverie.onehot_weight_grad.default,
          (torch.randn(6, 5, generator=g), torch.randint(4, (6, 3), generator=g)
           + torch.arange(3) * 4, 12)),

@@ -198,6 +198,7 @@ class ImagineAgent:
         self._world_loss: Any = None
         self._imagined_step: Any = None
         self._observe: Any = None  # imagination's context warm-up (no grad)
+        self._act_step_compiled: Any = None  # acting's tensor work
         self._run: Any = run_eagerly
 
     # -- acting -------------------------------------------------------------------------
@@ -244,20 +245,34 @@ class ImagineAgent:
         Returns actions ([N] int64 or [N, A] float32 in [−1, 1]) and the next state.
         `explore=False` takes the posterior's and the policy's modes.
         """
+        obs_t = self._obs(obs)
         first_t = torch.as_tensor(np.asarray(first, dtype=bool), device=self.device)
+        cop = self.coplanner
+        compiled = self._act_step_compiled
+        if compiled is None or (explore and cop is not None and cop.optimistic):
+            action, state = self._act_step(obs_t, first_t, state, explore)
+        else:  # run.compile=on; the optimistic planner's loop stays eager
+            action, state = self._run(compiled, obs_t, first_t, state, explore)
+        return action.cpu().numpy(), state
+
+    def _act_step(
+        self, obs: dict[str, Tensor], first: Tensor, state: AgentState, explore: bool
+    ) -> tuple[Tensor, AgentState]:
+        """`act` on tensors: the action [N(, A)] and the next state."""
         window = self.cfg.act_context == "window"
         if window:
             inputs, count = state
-            count = count.masked_fill(first_t, 0)
+            count = count.masked_fill(first, 0)
             backbone_state, h_prev = self._window_context(inputs, count)
         else:
             backbone_state, h_prev = state
-            if first_t.any():
-                backbone_state, h_prev = self._episode_start(backbone_state, h_prev, first_t)
-        z = self._latent(self.world.encode(self._obs(obs)), explore)  # joins the history
+            # compiled: no branch on the data (resetting no row leaves the state's values)
+            if torch.compiler.is_compiling() or first.any():
+                backbone_state, h_prev = self._episode_start(backbone_state, h_prev, first)
+        z = self._latent(self.world.encode(obs), explore)  # joins the history
         z_act = z
         if self.cfg.act_latent == "prior":  # rows with a history act on its prediction
-            history = count > 0 if window else ~first_t
+            history = count > 0 if window else ~first
             z_act = torch.where(history[:, None], self._latent(self.world.prior(h_prev), explore),
                                 z)
         cop = self.coplanner
@@ -272,9 +287,9 @@ class ImagineAgent:
             if inputs.shape[1]:
                 inputs = torch.cat([inputs[:, 1:], x[:, None]], dim=1)
                 count = (count + 1).clamp(max=inputs.shape[1])
-            return action.cpu().numpy(), (inputs, count)
+            return action, (inputs, count)
         h, backbone_state = self.world.imagine_step(z, action, backbone_state)
-        return action.cpu().numpy(), (backbone_state, h)
+        return action, (backbone_state, h)
 
     def _latent(self, logits: Tensor, explore: bool) -> Tensor:
         """A sample of the categorical latent (explore) or its mode: [N, stoch_dim]."""
@@ -345,15 +360,16 @@ class ImagineAgent:
         reset = ctx["reset"].bool()
         B, C = reset.shape
         observe = self._observe or world.observe
+        # the warm-up's h at the last step only: the rollout starts from it
         if self.cfg.imag_start == "prior":  # all C steps observed; z_C from the prior
-            _, h, state = observe(obs, ctx["action"], reset)
+            _, h, state = observe(obs, ctx["action"], reset, last_only=True)
             h_prev = h[:, -1]
             z, index = world.prior_sample(h_prev)
         else:
             if C > 1:
                 _, h, state = observe(
                     {k: v[:, :-1] for k, v in obs.items()}, ctx["action"][:, :-1],
-                    reset[:, :-1]
+                    reset[:, :-1], last_only=True
                 )
                 h_prev = h[:, -1]
             else:
@@ -413,9 +429,9 @@ class ImagineAgent:
     def compile(self, compiler: Compiler) -> None:
         """run.compile=on: the world-model loss, imagination's context warm-up (`observe`,
         no grad), one imagined step (the backbone's `step` with the actor and the prior
-        around it) and the actor-critic losses become compiled graphs, each for the fixed
-        shapes of its batch. Acting (one env), the optimiser steps and the conservative
-        planner stay eager.
+        around it), the actor-critic losses and acting's tensor work (`_act_step`) become
+        compiled graphs, each for the fixed shapes of its batch. The optimiser steps and
+        the conservative and optimistic planners stay eager.
 
         run.compile=auto: the imagined step alone, and only with a backbone in
         `AUTO_COMPILE_STEP`: a forward-only graph that compiles in seconds and saves more
@@ -443,6 +459,9 @@ class ImagineAgent:
                                self.world.backbone.use_step_kernel)
         if not planning:
             self._imagined_step = compiler.wrap(self.imagined_step)
+        # acting: one graph per number of envs and explore flag (an env step's ~150 small
+        # ops cost ~0.9 ms eager at bench/throughput.py's sizes)
+        self._act_step_compiled = compiler.wrap(self._act_step)
         self.behavior.compile_with(compiler)
 
     def update(self, replay: Any) -> dict[str, float]:

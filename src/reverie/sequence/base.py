@@ -34,7 +34,8 @@ class SequenceModel(Protocol):
     def initial_state(self, batch_size: int) -> State: ...
 
     def __call__(
-        self, x: Tensor, state: State | None = None, reset: Tensor | None = None
+        self, x: Tensor, state: State | None = None, reset: Tensor | None = None,
+        last_only: bool = False,
     ) -> tuple[Tensor, State]: ...
 
     def step(self, x: Tensor, state: State, overwrite: bool = False) -> tuple[Tensor, State]: ...
@@ -68,6 +69,14 @@ class Block(nn.Module):
         self, x: Tensor, state: LayerState, overwrite: bool = False
     ) -> tuple[Tensor, LayerState]:
         raise NotImplementedError
+
+    def forward_last(
+        self, x: Tensor, state: LayerState, reset: Tensor | None
+    ) -> tuple[Tensor, LayerState]:
+        """`forward`'s output at the last position only, [B, 1, D], and its state: a block
+        may skip the other positions' output work (Mamba-2's output projection)."""
+        y, state = self(x, state, reset)
+        return y[:, -1:], state
 
 
 class Backbone(nn.Module):
@@ -155,9 +164,12 @@ class Backbone(nn.Module):
 
     # -- the two verbs ----------------------------------------------------------------
     def forward(
-        self, x: Tensor, state: State | None = None, reset: Tensor | None = None
+        self, x: Tensor, state: State | None = None, reset: Tensor | None = None,
+        last_only: bool = False,
     ) -> tuple[Tensor, State]:
-        """Run the whole sequence in parallel. x: [B, T, D], reset: [B, T] bool."""
+        """Run the whole sequence in parallel. x: [B, T, D], reset: [B, T] bool.
+        `last_only`: the output at the last position only, [B, 1, D] (the state is the
+        same), for a caller that needs no other (imagination's context warm-up)."""
         self._check_input(x, 3)
         B, T, _ = x.shape
         if state is None:
@@ -177,8 +189,9 @@ class Backbone(nn.Module):
         if T == 0:  # an empty sequence: no output, and the state comes back as it was
             return self.norm(x), state
         new_state = []
-        for block, s in zip(self.blocks, state):
-            x, s = block(x, s, reset)
+        for i, (block, s) in enumerate(zip(self.blocks, state)):
+            last = last_only and i == self.n_layers - 1
+            x, s = block.forward_last(x, s, reset) if last else block(x, s, reset)
             new_state.append(s)
         return self.norm(x), tuple(new_state)
 

@@ -167,6 +167,17 @@ class Mamba2Block(Block):
         self, x: Tensor, state: LayerState, reset: Tensor | None
     ) -> tuple[Tensor, LayerState]:
         """x: [B, T, D] -> [B, T, D]; reset: [B, T] bool or None."""
+        return self._forward(x, state, reset, last=False)
+
+    def forward_last(
+        self, x: Tensor, state: LayerState, reset: Tensor | None
+    ) -> tuple[Tensor, LayerState]:
+        """`forward` with the gated norm and out_proj at the last position only."""
+        return self._forward(x, state, reset, last=True)
+
+    def _forward(
+        self, x: Tensor, state: LayerState, reset: Tensor | None, last: bool
+    ) -> tuple[Tensor, LayerState]:
         Bt, T, _ = x.shape
         H, P, N = self.n_heads, self.head_dim, self.d_state
         z, xBC, dt = self._input(x)
@@ -175,7 +186,10 @@ class Mamba2Block(Block):
         xs, A, B, C, D, h = scan_operands(self.A_log, xs.reshape(Bt, T, H, P),
                                           -torch.exp(self.A_log), B, C, self.D, state["ssm"])
         y, h = ssd_chunked(xs, dt, A, B, C, self.chunk_size, h, reset, D)
-        out = self._output(x, y.reshape(Bt, T, self.d_inner), z)
+        y = y.reshape(Bt, T, self.d_inner)
+        if last:
+            x, y, z = x[:, -1:], y[:, -1:], z[:, -1:]
+        out = self._output(x, y, z)
         return out, {"conv": new_conv, "ssm": h.to(state["ssm"].dtype)}
 
     def step(

@@ -26,10 +26,12 @@ SOURCE = r"""
 
 // For each row b and head g: a = exp(dt[b,g] A[g]); for p < P, with d = dt[b,g] x[b,g,p]:
 // out[b,g,p,:] = a h[b,g,p,:] + d B[b,:] and y[b,g,p] = out[b,g,p,:] . C[b,:] + D[g] x[b,g,p].
-// out may be h itself.
+// out may be h itself. x, B and C are read at row strides xs, Bs and Cs (a row of x is
+// [H, P] contiguous, a row of B or C [N]): views into the conv's output need no copy.
 extern "C" void kernel(const float* x, const float* dt, const float* A, const float* B,
                        const float* C, const float* D, const float* h, float* y, float* out,
-                       int64_t rows, int64_t H, int64_t P, int64_t N, int64_t threads)
+                       int64_t rows, int64_t H, int64_t P, int64_t N, int64_t xs, int64_t Bs,
+                       int64_t Cs, int64_t threads)
 {
     using Vec = at::vec::Vectorized<float>;
     constexpr int64_t V = Vec::size();
@@ -38,9 +40,9 @@ extern "C" void kernel(const float* x, const float* dt, const float* A, const fl
     for (int64_t bg = 0; bg < rows * H; bg++) {
         const int64_t b = bg / H, g = bg % H;
         const float step = dt[bg], a = std::exp(step * A[g]);
-        const float* Bb = B + b * N;
-        const float* Cb = C + b * N;
-        const float* xr = x + bg * P;
+        const float* Bb = B + b * Bs;
+        const float* Cb = C + b * Cs;
+        const float* xr = x + b * xs + g * P;
         float* yr = y + bg * P;
         for (int64_t p = 0; p < P; p++) {
             const float d = step * xr[p];
@@ -64,7 +66,7 @@ extern "C" void kernel(const float* x, const float* dt, const float* A, const fl
     }
 }
 """
-ARGTYPES = ["const float*"] * 7 + ["float*", "float*"] + ["int64_t"] * 5
+ARGTYPES = ["const float*"] * 7 + ["float*", "float*"] + ["int64_t"] * 8
 
 _kernel = CppKernel(ARGTYPES, SOURCE)
 
@@ -102,10 +104,15 @@ def ssd_step_(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
     if not h.is_contiguous():
         raise ValueError("ssd_step_ writes over a contiguous state [B, H, P, N]")
     rows, H, P, N = h.shape
-    x, dt, A, B, C, D = (t.contiguous() for t in (x, dt, A, B, C, D))
+    # x, B and C as they come where their rows are contiguous (split views of one tensor)
+    if x.stride()[1:] != (P, 1):
+        x = x.contiguous()
+    B, C = (t if t.stride(1) == 1 else t.contiguous() for t in (B, C))
+    dt, A, D = (t.contiguous() for t in (dt, A, D))
     y = x.new_empty(rows, H, P)
     if h.numel():
-        _kernel(x, dt, A, B, C, D, h, y, h, rows, H, P, N, threads(rows * H))
+        _kernel(x, dt, A, B, C, D, h, y, h, rows, H, P, N, x.stride(0), B.stride(0),
+                C.stride(0), threads(rows * H))
     return y
 
 

@@ -328,15 +328,18 @@ class WorldModel(nn.Module):
         action: Tensor,
         reset: Tensor | None,
         state: State | None = None,
+        last_only: bool = False,
     ) -> tuple[Tensor, Tensor, State]:
         """Encode and run the backbone over a sequence.
 
         obs: [B, T, ...]; action: [B, T] long or [B, T, A]; reset: [B, T] bool.
         Returns z [B, T, stoch_dim] (posterior samples), h [B, T, deter_dim] (h_t has
-        seen z_t and a_t) and the backbone state after T steps.
+        seen z_t and a_t; [B, 1, deter_dim], the last step's, with `last_only`) and the
+        backbone state after T steps.
         """
         z, index = self.posterior_sample(obs)
-        h, state = self.backbone(self.backbone_input(z, action, index), state, reset)
+        h, state = self.backbone(self.backbone_input(z, action, index), state, reset,
+                                 last_only=last_only)
         return z, h, state
 
     def imagine_step(
