@@ -106,7 +106,7 @@ class RunConfig:
     # Drama's own evaluation: 0)
     eval_noop_max: int = 30
     # torch.compile (inductor, reverie/compiler.py). on: the agent's losses, imagination's
-    # context warm-up and imagined step, and reverie's own kernels (the one-hot weight
+    # context warm-up and imagined step, acting, and reverie's own kernels (the one-hot weight
     # gradient, imagination's latent sample and Mamba-2 step; the minatar, dmc-proprio and
     # atari100k presets set it: bench/compile_presets.py, bench/kernels.py);
     # auto: only what pays for itself in a default-length run on a cold cache (for `imagine`:
