@@ -64,8 +64,7 @@ def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
             return call
 
         times = alternate({arm: update(arm) for arm in ARMS}, updates, warmup, flip=True)
-        compiler = getattr(agent._run, "__self__", None)  # the agent's Compiler.run
-        if compiler is None or compiler.eager:  # both arms would have run eager code
+        if agent.compiler is None or agent.compiler.eager:  # both arms ran eager code
             raise SystemExit(f"{name}: run.compile=on fell back to eager; nothing measured")
     b = agent.behavior
     return {"preset": name, "threads": threads, "updates": updates, "warmup": warmup,

@@ -200,6 +200,7 @@ class ImagineAgent:
         self._observe: Any = None  # imagination's context warm-up (no grad)
         self._act_step_compiled: Any = None  # acting's tensor work
         self._run: Any = run_eagerly
+        self.compiler: Compiler | None = None  # `compile`'s (`.eager` after a fall-back)
 
     # -- acting -------------------------------------------------------------------------
     def initial_state(self, n: int) -> AgentState:
@@ -436,7 +437,7 @@ class ImagineAgent:
         run.compile=auto: the imagined step alone, and only with a backbone in
         `AUTO_COMPILE_STEP`: a forward-only graph that compiles in seconds and saves more
         than that within a default-length run (bench/compile.py); the rest stays eager."""
-        self._run = compiler.run
+        self.compiler, self._run = compiler, compiler.run
         planning = self.coplanner is not None and self.coplanner.conservative
         if compiler.mode == "auto":
             if self.cfg.world.backbone in AUTO_COMPILE_STEP and not planning:
