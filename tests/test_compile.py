@@ -317,7 +317,7 @@ def test_a_cpp_compile_error_while_trusting_the_isa_compiles_again_with_the_prob
     got = child()
     assert got["trusting"] and got["probed"] and not got["eager"] and got["close"], got
     assert got["isa"] == "avx2", got
-    assert len(got["notes"]) == 1 and "compiles at the first update" in got["notes"][0]
+    assert len(got["notes"]) == 1 and "compiles as training starts" in got["notes"][0]
     marker = json.loads((tmp_path / "inductor" / compiler_module.ISA_MARKER).read_text())
     assert (marker["trusted"], marker["probed"]) == ("avx512", "avx2")
     assert not child(only_trust=True)["trusting"]  # the marker: no trusted compile to fail
@@ -403,15 +403,17 @@ def test_compiled_agent_matches_eager_within_float_rounding(request, monkeypatch
             agent.compile(Compiler(notes.append))
         replay = FakeReplay(SPACES["discrete"])
         runs[mode] = [agent.update(replay) for _ in range(3)]
-        # acting (compiled under on: one graph per explore flag), rows starting episodes
-        # at some steps; each act's actions and its h
+        # acting (compiled under on: one graph per explore flag, compiled at its first act),
+        # rows starting episodes at some steps; each act's actions and its state
         state, acts[mode] = agent.initial_state(2), []
         for explore in (True, False):
-            for o, first in zip(obs, firsts):
+            for i, (o, first) in enumerate(zip(obs, firsts)):
+                before = counters["stats"]["unique_graphs"]
                 action, state = agent.act(o, first, state, explore)
-                acts[mode].append((action, state[1]))
+                acts[mode].append((action, state))
+                assert i == 0 or counters["stats"]["unique_graphs"] == before
         # compiling says so once, at the first update, and nothing fell back
-        assert len(notes) == (mode == "on") and all("compiles at the first update: up to "
+        assert len(notes) == (mode == "on") and all("compiles as training starts: up to "
                                                     "~2 min" in n for n in notes), notes
     assert counters["stats"]["unique_graphs"] >= graphs + 5  # it did compile
     # imagination's kernels run inside the compiled graphs, Mamba-2's writing over the
@@ -442,9 +444,9 @@ def test_compiled_agent_matches_eager_within_float_rounding(request, monkeypatch
     ssm = list(agent.world.initial_state(cfg.imag_batch)[0]["ssm"].shape)
     assert not [e.key for e in ops if e.key in ("aten::copy_", "aten::clone")
                 and e.input_shapes and list(e.input_shapes[0]) == ssm]
-    for (a_eager, h_eager), (a_compiled, h_compiled) in zip(acts["off"], acts["on"]):
+    for (a_eager, s_eager), (a_compiled, s_compiled) in zip(acts["off"], acts["on"]):
         assert np.array_equal(a_eager, a_compiled)
-        torch.testing.assert_close(h_compiled, h_eager, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(s_compiled, s_eager, rtol=1e-4, atol=1e-4)  # h and state
     for eager, compiled in zip(runs["off"], runs["on"]):
         assert eager.keys() == compiled.keys()
         for k in eager:

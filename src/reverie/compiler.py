@@ -231,15 +231,17 @@ class Compiler:
         return True
 
     def announce(self) -> None:
-        """Say once, before the first compile, why the first update takes longer (a user
-        otherwise sees the progress bar stall for half a minute)."""
+        """Say once, before the first compile, why training's first steps take longer (a
+        user otherwise sees the progress bar stall for half a minute)."""
         import torch._dynamo
 
         if self.announced or torch._dynamo.config.disable:  # TORCH_COMPILE_DISABLE=1: eager
             return
         self.announced = True
         pause = "~30 s" if self.mode == "auto" else "~2 min"  # bench/compile.py: 32 s, 94 s
-        self.note(f"note: run.compile={self.mode} compiles at the first update: up to {pause} "
+        # auto compiles a unit of the update only; on acting too, one env step earlier
+        when = "at the first update" if self.mode == "auto" else "as training starts"
+        self.note(f"note: run.compile={self.mode} compiles {when}: up to {pause} "
                   f"for a new model, seconds once cached in {self.cache_dir} "
                   "(run.compile=off skips it)")
 

@@ -290,6 +290,8 @@ class ImagineAgent:
                 count = (count + 1).clamp(max=inputs.shape[1])
             return action, (inputs, count)
         h, backbone_state = self.world.imagine_step(z, action, backbone_state)
+        if torch.compiler.is_compiling():  # states leave in the layout they come in with
+            backbone_state = contiguous_state(backbone_state)
         return action, (backbone_state, h)
 
     def _latent(self, logits: Tensor, explore: bool) -> Tensor:

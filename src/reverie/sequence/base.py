@@ -168,8 +168,9 @@ class Backbone(nn.Module):
         last_only: bool = False,
     ) -> tuple[Tensor, State]:
         """Run the whole sequence in parallel. x: [B, T, D], reset: [B, T] bool.
-        `last_only`: the output at the last position only, [B, 1, D] (the state is the
-        same), for a caller that needs no other (imagination's context warm-up)."""
+        `last_only`: the output at the last position only, [B, 1, D] ([B, 0, D] for T = 0;
+        the state is the same), for a caller that needs no other (imagination's context
+        warm-up)."""
         self._check_input(x, 3)
         B, T, _ = x.shape
         if state is None:
@@ -279,8 +280,20 @@ def detach_state(state: State) -> State:
 
 def contiguous_state(state: State) -> State:
     """Every tensor of a state in its standard layout (a no-op for those already in it):
-    a compiled `step` is specialised on the strides of its inputs."""
-    return tuple({k: v.contiguous() for k, v in layer.items()} for layer in state)
+    a compiled `step` is specialised on the strides of its inputs, those of size-1 dims too,
+    which `.contiguous()` leaves as they are (a batch of one env: the Mamba blocks' conv state
+    is a view [1, K−1, C] of stride K·C, not (K−1)·C)."""
+    return tuple({k: _standard_layout(v) for k, v in layer.items()} for layer in state)
+
+
+def _standard_layout(v: Tensor) -> Tensor:
+    stride, strides = 1, []
+    for size in reversed(v.shape):
+        strides.append(stride)
+        stride *= max(size, 1)
+    if v.stride() == tuple(reversed(strides)):
+        return v
+    return v.clone(memory_format=torch.contiguous_format)
 
 
 def index_state(state: State, index: Tensor) -> State:
