@@ -124,18 +124,20 @@ def stepper():
 
 def _ssd_operands(rows: int, H: int, P: int, N: int, seed: int = 0, layout: str = "own"):
     """layout "own": x, B and C contiguous tensors; "split": views into one [rows, H·P + 2N]
-    tensor, as a Mamba-2 block splits its conv output (rows at a stride); "transposed": x
-    a transposed copy (its rows not contiguous)."""
+    tensor, as a Mamba-2 block splits its conv output (rows at a stride); "transposed": x,
+    B and C transposed copies (their rows not contiguous)."""
     g = torch.Generator().manual_seed(seed)
     if layout == "split":
         xs, B, C = torch.randn(rows, H * P + 2 * N, generator=g).split([H * P, N, N], -1)
         x = xs.reshape(rows, H, P)
-        assert x.stride(0) == H * P + 2 * N and not B.is_contiguous()
+        assert rows == 1 or (x.stride(0) == H * P + 2 * N and not B.is_contiguous())
     else:
         x = torch.randn(rows, H, P, generator=g)
+        B, C = torch.randn(rows, N, generator=g), torch.randn(rows, N, generator=g)
         if layout == "transposed":
             x = x.transpose(1, 2).contiguous().transpose(1, 2)
-        B, C = torch.randn(rows, N, generator=g), torch.randn(rows, N, generator=g)
+            B, C = B.t().contiguous().t(), C.t().contiguous().t()
+            assert B.stride(1) != 1 or rows == 1
     dt = torch.rand(rows, H, generator=g) * 0.2
     A = -torch.rand(H, generator=g) * 4
     D = torch.randn(H, generator=g)
@@ -150,7 +152,8 @@ def _ssd_operands(rows: int, H: int, P: int, N: int, seed: int = 0, layout: str 
     (0, 2, 4, 16, 2, "own"),    # no rows
     (37, 3, 8, 16, 2, "split"),  # x, B, C read in place at their row stride
     (5, 2, 3, 20, 3, "split"),
-    (6, 2, 3, 16, 2, "transposed"),  # x's rows not contiguous: copied first
+    (6, 2, 3, 16, 2, "transposed"),  # x's, B's and C's rows not contiguous: copied first
+    (1, 1, 1, 16, 2, "split"),  # one row, one head, one value per head: size-1 dims
 ])
 def test_the_step_kernel_is_the_torch_step_written_over_the_state(stepper, rows, H, P, N,
                                                                   threads, layout):
