@@ -136,6 +136,28 @@ def isa_world(monkeypatch, tmp_path):
     return calls, fail, tmp_path / "inductor" / compiler_module.ISA_MARKER
 
 
+def test_an_error_of_the_caller_s_own_propagates_and_compiling_stays_on(isa_world):
+    """A unit that raises eagerly too (a caller's bad input) propagates its error, says
+    nothing and leaves compiling and the kernels on; the next good call runs compiled."""
+    calls, _, _ = isa_world
+    notes: list[str] = []
+    c = Compiler(notes.append, "on")
+    kernel: list[bool] = []
+    c.build(lambda: None, "a kernel", "the torch ops run", kernel.append)
+
+    def unit(x):
+        if x < 0:
+            raise ValueError("x must be >= 0")
+        return f(x)
+
+    f = c.wrap(lambda x: x + 1)
+    with pytest.raises(ValueError, match="x must be >= 0"):
+        c.run(unit, -1)
+    assert not c.eager and kernel == [True, False, True] and c.reason is None
+    assert not [n for n in notes if "fell back" in n]
+    assert c.run(unit, 1) == 2 and not c.eager and calls  # compiled
+
+
 def test_only_an_isa_failure_before_any_compiled_call_compiles_again(isa_world):
     """An op inductor cannot lower goes eager at once (a second compile would fail alike);
     a C++ compile error or a library that does not load, while the trusted ISA has not yet

@@ -285,8 +285,8 @@ class Compiler:
 
     def run(self, unit: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """unit(*args, **kwargs); if it fails while compiled, again eagerly from the same
-        random state. An error that the eager run raises too is the unit's own: it
-        propagates, with no note."""
+        random state. An error that the eager run raises too is the unit's own (a caller's
+        bad input): it propagates, with no note, and compiling stays on."""
         if self.eager:
             return unit(*args, **kwargs)
         rng = torch.get_rng_state()
@@ -310,7 +310,11 @@ class Compiler:
                         e = again
             rewind()
             self._go_eager()
-            out = unit(*args, **kwargs)
+            try:
+                out = unit(*args, **kwargs)
+            except Exception:
+                self._go_compiled()  # not the compile's fault
+                raise
             self.fall_back(e)
             return out
 
@@ -319,6 +323,12 @@ class Compiler:
         self.eager = True
         for use in self._kernels:
             use(False)
+
+    def _go_compiled(self) -> None:
+        """Undo `_go_eager` (before any fall-back was said)."""
+        self.eager = False
+        for use in self._kernels:
+            use(True)
 
     def fall_back(self, e: BaseException) -> None:
         """Turn every wrapped function eager; say why, once."""
