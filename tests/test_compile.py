@@ -158,6 +158,30 @@ def test_an_error_of_the_caller_s_own_propagates_and_compiling_stays_on(isa_worl
     assert c.run(unit, 1) == 2 and not c.eager and calls  # compiled
 
 
+def test_kernels_that_fail_for_one_reason_share_one_note(isa_world):
+    """No C++ compiler fails every kernel alike: one note per reason, said when the agent's
+    builds are done (`say_unbuilt`) or, at the latest, at a wrapped function's first call."""
+    def broken(reason):
+        def load():
+            raise RuntimeError(reason)
+        return load
+
+    notes: list[str] = []
+    c = Compiler(notes.append, "on")
+    for what, reason in (("kernel A", "no C++ compiler"), ("kernel B", "disk full"),
+                         ("kernel C", "no C++ compiler"), ("kernel D", "no C++ compiler")):
+        assert not c.build(broken(reason), what, f"{what}'s torch ops run", lambda on: None)
+    assert not [n for n in notes if "not built" in n]
+    assert c.wrap(lambda x: x + 1)(1) == 2
+    assert [n for n in notes if "not built" in n] == [
+        "note: run.compile=on: kernel A, kernel C and kernel D were not built (RuntimeError: "
+        "no C++ compiler); the torch ops run in their place",
+        "note: run.compile=on: kernel B was not built (RuntimeError: disk full); kernel B's "
+        "torch ops run instead"]
+    c.say_unbuilt()
+    assert len([n for n in notes if "not built" in n]) == 2  # said once
+
+
 def test_only_an_isa_failure_before_any_compiled_call_compiles_again(isa_world):
     """An op inductor cannot lower goes eager at once (a second compile would fail alike);
     a C++ compile error or a library that does not load, while the trusted ISA has not yet

@@ -180,6 +180,8 @@ class Compiler:
         self.trust_proven = False  # a compiled call returned while trusting: the ISA works
         self._compiled: list[list[Any]] = []  # [fn, dynamic, compiled fn] per wrapped fn
         self._kernels: list[Callable[[bool], None]] = []  # the built kernels' switches
+        # kernels `build` could not build, by reason, until `say_unbuilt` says so
+        self._unbuilt: dict[str, list[tuple[str, str]]] = {}
 
     def _compile(self, fn: Callable[..., T], dynamic: bool | None) -> Callable[..., T]:
         try:
@@ -199,6 +201,7 @@ class Compiler:
             if self.eager:
                 return fn(*args, **kwargs)
             self.announce()
+            self.say_unbuilt()
             out = entry[2](*args, **kwargs)
             self.trust_proven = True
             return out
@@ -252,9 +255,9 @@ class Compiler:
         built. A fall-back to eager later turns it off again (`use(False)`: the run goes on
         as with run.compile=off). A C++ compile error while trusting the CPU's vector ISA
         probes, as a compile's would (`_stop_trusting`), and builds once more where the probes
-        pick another ISA. False, with a note that `instead` ("the dense product runs"),
-        where the build fails; False, silently, once compiling fell back to eager or under
-        TORCH_COMPILE_DISABLE."""
+        pick another ISA. False where the build fails (`say_unbuilt` then says that
+        `instead`, "the dense product runs", runs); False, silently, once compiling fell
+        back to eager or under TORCH_COMPILE_DISABLE."""
         import torch._dynamo
         import torch._inductor.config
 
@@ -276,12 +279,26 @@ class Compiler:
                     raise
                 build()  # with the ISA the probes picked
         except Exception as e:  # noqa: BLE001 - any failure leaves the torch code
-            self.note(f"note: run.compile={self.mode}: {what} was not built ({_reason(e)}); "
-                      f"{instead} instead")
+            self._unbuilt.setdefault(_reason(e), []).append((what, instead))
             return False
         use(True)
         self._kernels.append(use)
         return True
+
+    def say_unbuilt(self) -> None:
+        """One note per reason for the kernels `build` could not build (a missing C++
+        compiler fails them all alike): the agent calls it once its builds are done, and the
+        first call of a wrapped function says what is still unsaid."""
+        for reason, kernels in self._unbuilt.items():
+            if len(kernels) == 1:
+                what, instead = kernels[0]
+                self.note(f"note: run.compile={self.mode}: {what} was not built ({reason}); "
+                          f"{instead} instead")
+            else:
+                names = ", ".join(what for what, _ in kernels[:-1]) + f" and {kernels[-1][0]}"
+                self.note(f"note: run.compile={self.mode}: {names} were not built ({reason}); "
+                          "the torch ops run in their place")
+        self._unbuilt.clear()
 
     def run(self, unit: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """unit(*args, **kwargs); if it fails while compiled, again eagerly from the same

@@ -466,6 +466,7 @@ class ImagineAgent:
         # ops cost ~0.9 ms eager at bench/throughput.py's sizes)
         self._act_step_compiled = compiler.wrap(self._act_step)
         self.behavior.compile_with(compiler)
+        compiler.say_unbuilt()  # one note per reason for the kernels that did not build
 
     def update(self, replay: Any) -> dict[str, float]:
         """One world-model step, then one actor-critic step on imagined rollouts."""
