@@ -21,20 +21,15 @@ Writes bench/results/optimizer.json and optimizer.png.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runlib import (  # noqa: E402
-    add_worker_arguments,
     alternate,
-    close_report,
-    matmul_gflops,
     prefilled_agent,
-    run_worker,
+    preset_bench_main,
     spread,
 )
 
@@ -141,29 +136,9 @@ def plot(report: dict, path: Path) -> None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--updates", type=int, default=15, help="timed updates per arm")
-    add_worker_arguments(p, list(PRESETS))
-    args = p.parse_args()
-    if args.worker:
-        print(json.dumps(measure(args.worker, args.updates, args.warmup, args.threads)))
-        return 0
-    if args.quick:
-        args.updates, args.warmup = 2, 1
-    report = {"benchmark": "optimizer", "threads": args.threads, "cores": os.cpu_count(),
-              "matmul_gflops_before": matmul_gflops(args.threads),
-              "loadavg_1min_before": round(os.getloadavg()[0], 2), "presets": {}}
-    for preset in args.presets:
-        r = run_worker(__file__, preset, args.updates, args.warmup, args.threads)
-        print(json.dumps({k: r[k] for k in ("preset", "update", "step")}), flush=True)
-        report["presets"][preset] = r
-    close_report(report, args.threads)
-    if args.quick:
-        return 0
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "optimizer.json").write_text(json.dumps(report, indent=1))
-    plot(report, RESULTS / "optimizer.png")
-    return 0
+    return preset_bench_main(__file__, __doc__, "optimizer", measure, list(PRESETS),
+                             list(PRESETS), ("preset", "update", "step"), updates=15,
+                             threads=1, written=lambda r: plot(r, RESULTS / "optimizer.png"))
 
 
 if __name__ == "__main__":

@@ -463,27 +463,31 @@ def preset_report(stem: str, names: list[str], order: list[str], threads: int, q
 
 def preset_bench_main(script: str, doc: str, stem: str,
                       measure: Callable[[str, int, int, int], dict], presets: list[str],
-                      default_presets: list[str], shown: tuple[str, ...]) -> int:
+                      default_presets: list[str], shown: tuple[str, ...], updates: int = 10,
+                      threads: int = 2, written: Callable[[dict], None] | None = None) -> int:
     """The command line of a bench whose `measure(preset, updates, warmup, threads)` times
     one preset's updates, alternating its arms in one process: --updates rounds (default
-    10), --threads (default 2) and the options of `add_worker_arguments`; each preset in a
-    fresh process (`run_worker` of `script`), the report by `preset_report` into
-    bench/results/`stem`.json."""
+    `updates`), --threads (default `threads`) and the options of `add_worker_arguments`;
+    each preset in a fresh process (`run_worker` of `script`), the report by `preset_report`
+    into bench/results/`stem`.json, then `written(report)` (a plot) unless --quick."""
     import argparse
 
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
-    p.add_argument("--updates", type=int, default=10, help="timed rounds (one update per arm)")
+    p.add_argument("--updates", type=int, default=updates,
+                   help="timed rounds (one update per arm)")
     add_worker_arguments(p, presets)
-    p.set_defaults(threads=2, presets=default_presets)
+    p.set_defaults(threads=threads, presets=default_presets)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(measure(args.worker, args.updates, args.warmup, args.threads)))
         return 0
     if args.quick:
         args.updates, args.warmup = 2, 1
-    preset_report(stem, args.presets, presets, args.threads, args.quick,
-                  lambda name: run_worker(script, name, args.updates, args.warmup, args.threads),
-                  shown)
+    report = preset_report(
+        stem, args.presets, presets, args.threads, args.quick,
+        lambda name: run_worker(script, name, args.updates, args.warmup, args.threads), shown)
+    if written is not None and not args.quick:
+        written(report)
     return 0
 
 
