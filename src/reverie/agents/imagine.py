@@ -38,7 +38,7 @@ from reverie.behavior.actor_critic import check_config as check_behavior_config
 from reverie.compiler import Compiler, run_eagerly
 from reverie.envs.actions import check_unit_box
 from reverie.errors import UserError, suggest
-from reverie.nets import categorical_kernel
+from reverie.nets import categorical_kernel, image_kernel
 from reverie.nets.cpp_kernel import on_cpu
 from reverie.nets.optim import OPTIMIZERS, make_optimizer
 from reverie.sequence import State, contiguous_state, ssd_kernel
@@ -456,6 +456,9 @@ class ImagineAgent:
         if on_cpu(self.world):
             compiler.build(categorical_kernel.load, "the categorical sampling kernel",
                            "the torch ops sample", self.world.use_sample_kernel)
+            if self.world.image_keys:  # the conv nets' (reverie.nets.image_kernel)
+                compiler.build(image_kernel.load, "the conv nets' kernels",
+                               "the torch ops scale and normalise", self.world.use_image_kernels)
             # only the imagined step writes over its state (COPlanner's lookahead does not)
             if self.world.backbone.step_kernel_blocks() and not planning:
                 compiler.build(ssd_kernel.load, "the Mamba-2 step kernel", "the torch ops step",

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reverie.nets import image_kernel
+
 N_STAGES = 4  # stride-2 stages: 64 -> 4
 # images per encoder pass without autograd: Drama's imagination encodes 1024 x 8 context
 # frames per update, whose first feature map alone is 800 MB at 64x64 (bench: ~1.5x faster
@@ -68,6 +70,7 @@ class ConvEncoder(nn.Module):
         mods += [nn.Conv2d(c_in, embed_channels, 1), ImageNorm(embed_channels), nn.SiLU()]
         self.net = nn.Sequential(*mods)
         self.out_dim = embed_channels * (H // 2**N_STAGES) * (W // 2**N_STAGES)
+        self.kernels = False  # reverie.nets.image_kernel's (run.compile=on, where built)
 
     # eager inside compiled graphs (run.compile=on): inductor's fused GroupNorm/SiLU kernels
     # for these NCHW feature maps ran slower than ATen's and oneDNN's, forward and backward
@@ -84,9 +87,14 @@ class ConvEncoder(nn.Module):
 
     def _embed(self, flat: Tensor) -> Tensor:
         """[N, H, W, C] -> [N, out_dim]; the permuted view is channels-last NCHW."""
-        # in place on a copy (float input too): two fewer passes' allocations
-        x = flat.permute(0, 3, 1, 2).to(torch.float32, copy=True).div_(255.0).sub_(0.5)
-        return self.net(x).reshape(flat.shape[0], self.out_dim)
+        if self.kernels and image_kernel.pixels_serve(flat):  # one pass, in autocast's dtype
+            bf16 = (torch.is_autocast_enabled("cpu")
+                    and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+            x = image_kernel.pixels(flat, torch.bfloat16 if bf16 else torch.float32)
+            x = x.permute(0, 3, 1, 2)
+        else:  # in place on a copy (float input too): two fewer passes' allocations
+            x = flat.permute(0, 3, 1, 2).to(torch.float32, copy=True).div_(255.0).sub_(0.5)
+        return run_layers(self.net, x, self.kernels).reshape(flat.shape[0], self.out_dim)
 
 
 class ImageNorm(nn.GroupNorm):
@@ -111,6 +119,23 @@ class ImageNorm(nn.GroupNorm):
         y = F.layer_norm(flat, (H * W * C,), self.weight.repeat(H * W),
                          self.bias.repeat(H * W), self.eps)
         return y.view(N, H, W, C).permute(0, 3, 1, 2)
+
+
+def run_layers(net: nn.Sequential, x: Tensor, kernels: bool) -> Tensor:
+    """`net(x)`, where `kernels` (run.compile=on, reverie.nets.image_kernel built) with each
+    ImageNorm that SiLU follows run as one `image_kernel.norm_silu` on the maps it serves."""
+    layers = list(net)
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        if (kernels and isinstance(layer, ImageNorm) and i + 1 < len(layers)
+                and isinstance(layers[i + 1], nn.SiLU) and image_kernel.serves(x)):
+            x = image_kernel.norm_silu(x, layer.weight, layer.bias, layer.eps)
+            i += 2
+        else:
+            x = layer(x)
+            i += 1
+    return x
 
 
 def channel_sums(g: Tensor) -> Tensor:
@@ -208,10 +233,12 @@ class ConvDecoder(nn.Module):
             c_in = c_out
         mods.append(BiasSumConvTranspose2d(c_in, C, 4, 2, 1))
         self.net = nn.Sequential(*mods)
+        self.kernels = False  # as ConvEncoder's
 
     @torch.compiler.disable  # eager inside compiled graphs, as ConvEncoder.forward
     def forward(self, z: Tensor) -> Tensor:
         lead = z.shape[:-1]
         x = self.stem(z).reshape(-1, self.embed_channels, self.h0, self.w0)
-        x = self.net(x.contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
+        x = run_layers(self.net, x.contiguous(memory_format=torch.channels_last),
+                       self.kernels).permute(0, 2, 3, 1)
         return x.reshape(*lead, *self.shape)

@@ -369,6 +369,12 @@ class WorldModel(nn.Module):
         its `load()`) or by the torch ops."""
         self.sample_kernel = on
 
+    def use_image_kernels(self, on: bool) -> None:
+        """The conv encoders' pixel scaling and the conv nets' ImageNorm + SiLU by
+        reverie.nets.image_kernel (built by its `load()`) or by the torch ops."""
+        for net in (*self.image_encoders.values(), *self.image_decoders.values()):
+            net.kernels = on
+
     def prior_sample(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """z_{t+1} ~ p(z | h_t) and the columns of its ones: `sample_index(prior(h))`
         (`_sample_head`: one pass without autograd under run.compile=on)."""

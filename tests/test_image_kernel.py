@@ -1,0 +1,218 @@
+"""The conv nets' kernels (reverie.nets.image_kernel, run.compile=on): the encoder's pixel
+scaling against torch's ops bit for bit; GroupNorm(1, C) + SiLU over channels-last maps,
+forward and backward, against the float64 composition of torch's ops; their use by the conv
+encoder and decoder and by an image agent's compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reverie.nets import image_kernel
+from reverie.nets.cnn import NO_GRAD_CHUNK, ConvDecoder, ConvEncoder, ImageNorm, run_layers
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    """Built (or loaded from the inductor cache) once; a build that fails here fails the
+    test (CI has the C++ compiler torch.compile needs)."""
+    image_kernel.load()
+    return image_kernel
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16, 3), (5, 7, 3), (40000,), (0, 4, 4, 3)])
+def test_pixels_are_torch_s_scaling_bit_for_bit(kernels, shape):
+    """x / 255 − 0.5 in float32, and that rounded to bfloat16 as torch's cast rounds it (what
+    autocast feeds the first conv): the same bits, for any count of values (a vector tail,
+    several blocks, none)."""
+    g = torch.Generator().manual_seed(len(shape))
+    image = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    ref = image.to(torch.float32, copy=True).div_(255.0).sub_(0.5)
+    for dtype in (torch.float32, torch.bfloat16):
+        out = kernels.pixels(image, dtype)
+        assert out.dtype == dtype and out.shape == image.shape
+        assert torch.equal(out, ref.to(dtype))
+    assert not kernels.pixels_serve(image.float())
+    if image.dim() > 1 and image.shape[0] > 1:
+        assert not kernels.pixels_serve(image.transpose(0, 1))
+    with pytest.raises(ValueError, match="uint8"):
+        kernels.pixels(image.float(), torch.float32)
+
+
+def _map(shape, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * 3 + 1.5  # the mean and scale an image may have
+    return x.to(dtype).contiguous(memory_format=torch.channels_last), g
+
+
+def _reference(x, weight, bias, eps, grad):
+    """silu(group_norm(x, 1)) in float64 and its gradients (x, weight, bias)."""
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, weight, bias))
+    y = F.silu(F.group_norm(x64, 1, w64, b64, eps))
+    y.backward(grad.double())
+    return y.detach(), x64.grad, w64.grad, b64.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,threads", [
+    ((6, 24, 8, 8), 2),   # 24 channels: the affine's pattern spans several vectors
+    ((5, 48, 4, 4), 3),   # more threads than share the images evenly
+    ((3, 7, 3, 3), 2),    # H·W not a multiple of the vector width: the scalar tail
+    ((1, 64, 1, 1), 4),   # one image, fewer than the threads
+    ((0, 8, 4, 4), 2),    # no image
+])
+def test_the_kernels_are_groupnorm_then_silu_and_their_gradients(kernels, dtype, shape,
+                                                                  threads):
+    """Values and all three gradients against float64: float32 to float32 rounding;
+    bfloat16 to its own rounding of the output (the sums run in float32). The output keeps
+    the map's dtype and channels-last layout; the weights' gradients are float32."""
+    x, g = _map(shape, dtype, sum(shape))
+    weight = torch.randn(shape[1], generator=g).requires_grad_()
+    bias = torch.randn(shape[1], generator=g).requires_grad_()
+    grad = torch.randn(shape, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = kernels.norm_silu(x, weight, bias, 1e-5)
+        y.backward(grad)
+    finally:
+        torch.set_num_threads(before)
+    ref, gx, gw, gb = _reference(x, weight, bias, 1e-5, grad)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    assert x.grad.dtype == dtype and weight.grad.dtype == torch.float32
+    tol = (dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32
+           else dict(rtol=1e-2, atol=1e-2))
+    torch.testing.assert_close(y.double(), ref, **tol)
+    torch.testing.assert_close(x.grad.double(), gx, **tol)
+    # the weights' gradients sum over every pixel of every image: float32 sums of
+    # bfloat16 inputs, so their error is the inputs' rounding, not the sums'
+    scale = max(1.0, float(gw.abs().max()), float(gb.abs().max()))
+    wtol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert float((weight.grad.double() - gw).abs().max()) <= wtol * scale
+    assert float((bias.grad.double() - gb).abs().max()) <= wtol * scale
+
+
+def test_the_kernels_give_the_same_bits_on_any_thread_count_but_the_weight_sums(kernels):
+    """Each image is one thread's work: its output and input gradient are the same bits on
+    1, 2 or 3 threads; the weights' gradients, summed per thread and then over threads in
+    order, are the same bits run after run on one thread count."""
+    x, g = _map((7, 24, 8, 8), torch.float32, 0)
+    weight, bias = torch.randn(24, generator=g), torch.randn(24, generator=g)
+    grad = torch.randn(x.shape, generator=g).contiguous(memory_format=torch.channels_last)
+    before = torch.get_num_threads()
+    out = {}
+    try:
+        for threads in (1, 2, 3, 2):
+            torch.set_num_threads(threads)
+            xi, w, b = (t.clone().requires_grad_() for t in (x, weight, bias))
+            y = kernels.norm_silu(xi, w, b, 1e-5)
+            y.backward(grad)
+            out.setdefault(threads, []).append((y, xi.grad, w.grad, b.grad))
+    finally:
+        torch.set_num_threads(before)
+    for threads, runs in out.items():
+        for a, b in zip(runs[0][:2], out[1][0][:2]):
+            assert torch.equal(a, b), threads
+    for a, b in zip(*out[2]):
+        assert torch.equal(a, b)
+
+
+def test_the_kernels_refuse_what_they_cannot_read(kernels):
+    x, _ = _map((2, 8, 4, 4), torch.float32, 1)
+    w, b = torch.ones(8), torch.zeros(8)
+    for bad in (x.contiguous(), x.half(), x[0], x.double()):
+        assert not kernels.serves(bad)
+        with pytest.raises(ValueError, match="channels-last"):
+            kernels.norm_silu(bad, w, b, 1e-5)
+    assert kernels.serves(x)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_conv_nets_with_the_kernels_are_the_conv_nets(kernels, precision):
+    """Encoder and decoder with `kernels` on (the pixels and each ImageNorm + SiLU by the
+    kernels) against the same nets with torch's ops: outputs and every parameter's gradient agree
+    to rounding, under autocast too; the encoder's no-grad chunks as well."""
+    torch.manual_seed(0)
+    nets = {"enc": ConvEncoder((32, 32, 3), 8, 16), "dec": ConvDecoder(20, (32, 32, 3), 8, 16)}
+    g = torch.Generator().manual_seed(3)
+    image = torch.randint(0, 256, (2, 3, 32, 32, 3), generator=g, dtype=torch.uint8)
+    z = torch.randn(2, 3, 20, generator=g)
+    tol = (dict(rtol=1e-4, atol=1e-4) if precision == "fp32"
+           else dict(rtol=0.05, atol=0.05))
+
+    def run(on: bool):
+        grads = {}
+        for name, net in nets.items():
+            net.kernels = on
+            net.zero_grad()
+            with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+                out = net(image) if name == "enc" else net(z)
+            out.float().square().mean().backward()
+            grads[name] = (out.detach().float(),
+                           {k: p.grad.clone() for k, p in net.named_parameters()})
+        return grads
+
+    plain, fused = run(False), run(True)
+    for name in nets:
+        torch.testing.assert_close(fused[name][0], plain[name][0], **tol)
+        for k, grad in plain[name][1].items():
+            scale = max(1.0, float(grad.abs().max()))
+            err = float((fused[name][1][k] - grad).abs().max())
+            assert err <= tol["atol"] * scale, (name, k, err)
+    many = torch.randint(0, 256, (NO_GRAD_CHUNK + 5, 32, 32, 3), generator=g, dtype=torch.uint8)
+    enc = nets["enc"]
+    with torch.no_grad():
+        enc.kernels = False
+        ref = enc(many)
+        enc.kernels = True
+        torch.testing.assert_close(enc(many), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_the_nets_call_the_kernels_only_when_on_and_served(kernels, monkeypatch):
+    """`kernels` off: ImageNorm and SiLU as modules; on: one kernel call per
+    ImageNorm + SiLU pair (four in the encoder at 32x32: four stages and the 1x1 conv's);
+    a map the kernels do not serve (float64) runs the modules."""
+    calls = []
+    real = kernels.norm_silu
+    monkeypatch.setattr(kernels, "norm_silu",
+                        lambda *a: calls.append(tuple(a[0].shape)) or real(*a))
+    enc = ConvEncoder((32, 32, 3), 8, 16)
+    image = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    enc(image)
+    assert calls == []
+    enc.kernels = True
+    enc(image)
+    assert len(calls) == 5 and calls[0] == (2, 8, 16, 16)
+    calls.clear()
+    x64 = torch.randn(2, 3, 32, 32, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last)
+    run_layers(enc.double().net, x64, True)
+    assert calls == []
+    assert isinstance(enc.net[1], ImageNorm)  # the state dict is the nets' own
+
+
+def test_compile_on_gives_an_image_agent_the_image_kernels(kernels):
+    """run.compile=on builds the kernels for an agent with image observations and turns
+    them on in its conv nets; a fall-back to eager turns them off; auto builds nothing."""
+    import torch._dynamo
+    from gymnasium import spaces
+
+    from reverie.agents.imagine import ImagineAgent
+    from reverie.compiler import Compiler
+    from test_imagine_agent import tiny_config
+
+    spec = {"image": ((16, 16, 3), "uint8")}
+    nets = lambda agent: [*agent.world.image_encoders.values(),  # noqa: E731
+                          *agent.world.image_decoders.values()]
+    with torch._dynamo.config.patch(disable=False):
+        agent = ImagineAgent(spec, spaces.Discrete(3), tiny_config(), torch.device("cpu"), 0)
+        compiler = Compiler(lambda note: None)
+        agent.compile(compiler)
+        assert [n.kernels for n in nets(agent)] == [True, True]
+        compiler.fall_back(RuntimeError("gone"))
+        assert [n.kernels for n in nets(agent)] == [False, False]
+        agent = ImagineAgent(spec, spaces.Discrete(3), tiny_config(), torch.device("cpu"), 0)
+        agent.compile(Compiler(lambda note: None, "auto"))
+        assert [n.kernels for n in nets(agent)] == [False, False]
