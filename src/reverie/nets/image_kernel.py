@@ -37,6 +37,7 @@ from reverie.nets.cpp_kernel import CppKernel, threads
 
 _COMMON = r"""
 #include <torch/csrc/inductor/cpp_prefix.h>
+#include <numeric>
 
 using Vec = at::vec::Vectorized<float>;
 constexpr int64_t V = Vec::size();
@@ -55,6 +56,12 @@ static inline float sum_lanes(const Vec& v) {
     return at::vec::vec_reduce_all<float, 1>([](Vec& l, Vec& r) { return l + r; }, v);
 }
 static inline float silu(float a) { return a / (1.0f + std::exp(-a)); }
+// The length of the per-channel pattern over whole vectors: lcm(C, V) values.
+static inline int64_t pattern(int64_t C) { return C / std::gcd(C, V) * V; }
+// out[k] = v[k % C] for k < L (L a multiple of C), without a division per value.
+static inline void tile(const float* v, int64_t C, int64_t L, float* out) {
+    for (int64_t k = 0; k < L; k += C) std::copy(v, v + C, out + k);
+}
 
 // The image's mean and 1/std over its P values: the sum, then the centred squares.
 template <typename T>
@@ -120,33 +127,34 @@ static void forward(const T* x, const float* w, const float* b, T* y, float* mea
                     float* rstd_out, int64_t N, int64_t P, int64_t C, float eps,
                     int64_t threads)
 {
-    const int64_t L = C * V;  // the affine's pattern over whole vectors
+    const int64_t L = pattern(C);  // the affine's pattern over whole vectors
     const int64_t vP = P - P % L;
     #pragma omp parallel num_threads(threads)
     {
-        std::vector<float> scale(L), shift(L);
+        std::vector<float> sc(C), sh(C), scale(L), shift(L);
         #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; n++) {
             const T* xn = x + n * P;
             T* yn = y + n * P;
             float mean, rstd;
             moments(xn, P, eps, mean, rstd);
-            for (int64_t k = 0; k < L; k++) {
-                const int64_t c = k % C;
-                scale[k] = w[c] * rstd;
-                shift[k] = b[c] - mean * scale[k];
+            for (int64_t c = 0; c < C; c++) {
+                sc[c] = w[c] * rstd;
+                sh[c] = b[c] - mean * sc[c];
             }
+            tile(sc.data(), C, L, scale.data());
+            tile(sh.data(), C, L, shift.data());
             const Vec one(1.0f);
             for (int64_t j = 0; j < vP; j += L) {
                 for (int64_t k = 0; k < L; k += V) {
                     const Vec a = load(xn + j + k) * Vec::loadu(scale.data() + k)
                                   + Vec::loadu(shift.data() + k);
-                    store(yn + j + k, a / (one + a.neg().exp()));
+                    store(yn + j + k, a / (one + a.neg().exp_u20()));
                 }
             }
             for (int64_t j = vP; j < P; j++) {
-                const int64_t k = j % C;
-                yn[j] = static_cast<T>(silu(static_cast<float>(xn[j]) * scale[k] + shift[k]));
+                const int64_t c = j % C;
+                yn[j] = static_cast<T>(silu(static_cast<float>(xn[j]) * sc[c] + sh[c]));
             }
             mean_out[n] = mean;
             rstd_out[n] = rstd;
@@ -178,16 +186,14 @@ static void backward(const T* g, const T* x, const float* mean, const float* rst
                      const float* w, const float* b, T* gx, float* gw, float* gb, int64_t N,
                      int64_t P, int64_t C, int64_t threads)
 {
-    const int64_t L = C * V;
+    const int64_t L = pattern(C);
     const int64_t vP = P - P % L;
     #pragma omp parallel num_threads(threads)
     {
         const int64_t t = omp_get_thread_num();
         std::vector<float> wk(L), bk(L), acc_w(L, 0.0f), acc_b(L, 0.0f), buf(P);
-        for (int64_t k = 0; k < L; k++) {
-            wk[k] = w[k % C];
-            bk[k] = b[k % C];
-        }
+        tile(w, C, L, wk.data());
+        tile(b, C, L, bk.data());
         #pragma omp for schedule(static)
         for (int64_t n = 0; n < N; n++) {
             const T* gn = g + n * P;
@@ -201,7 +207,7 @@ static void backward(const T* g, const T* x, const float* mean, const float* rst
                 for (int64_t k = 0; k < L; k += V) {
                     const Vec xh = (load(xn + j + k) - vm) * vr;
                     const Vec a = xh * Vec::loadu(wk.data() + k) + Vec::loadu(bk.data() + k);
-                    const Vec sg = one / (one + a.neg().exp());
+                    const Vec sg = one / (one + a.neg().exp_u20());
                     const Vec ga = load(gn + j + k) * sg * (one + a * (one - sg));
                     (Vec::loadu(acc_w.data() + k) + ga * xh).store(acc_w.data() + k);
                     (Vec::loadu(acc_b.data() + k) + ga).store(acc_b.data() + k);
