@@ -1,17 +1,22 @@
-"""Imagination's kernels of run.compile=on (reverie/nets/categorical_kernel.py: the latent's
-sample in one pass; reverie/sequence/ssd_kernel.py: Mamba-2's step over its own state)
-against the torch ops they replace: seconds per update of the world-model agent, fp32.
+"""reverie's kernels of run.compile=on against the torch ops they replace: imagination's
+(reverie/nets/categorical_kernel.py: the latent's sample in one pass;
+reverie/sequence/ssd_kernel.py: Mamba-2's step over its own state) and, with image
+observations, the conv nets' (reverie/nets/image_kernel.py: the encoder's pixel scaling,
+ImageNorm + SiLU forward and backward): seconds per update of the world-model agent, fp32
+(atari100k-bf16: mixed precision).
 
     python bench/kernels.py                     # matched, minatar, dmc-proprio
     python bench/kernels.py --presets matched --updates 10
-    python bench/kernels.py --presets atari100k --updates 6   # ~4 s per update (fp32)
+    python bench/kernels.py --presets atari100k atari100k-bf16 --updates 6
+        # ~4 s and ~2 s per update on a quiet machine
     python bench/kernels.py --quick             # smoke test: 2 updates each, no files
 
 Per preset, one process: the preset's agent with run.compile=on (seed 0, `--threads` torch
 threads) and a replay of random env steps (`runlib.bench_agent`); updates alternate
-`torch` (both kernels off: `WorldModel.use_sample_kernel(False)`,
-`Backbone.use_step_kernel(False)`; the compiled graphs then trace the torch ops, a second
-graph each, compiled in the warm-up) and `kernels` (both on, as run.compile=on runs), the
+`torch` (the kernels off: `WorldModel.use_sample_kernel(False)`,
+`Backbone.use_step_kernel(False)`, `WorldModel.use_image_kernels(False)`; the compiled
+graphs then trace the torch ops, a second graph each, compiled in the warm-up) and `kernels`
+(all on, as run.compile=on runs), the
 order reversed every other round (`runlib.alternate`). Everything else is as
 run.compile=on has it in both arms (the one-hot weight-gradient kernel included:
 bench/onehot.py measures that one). `matched` is bench/throughput.py's matched sizes (CartPole,
@@ -51,15 +56,18 @@ def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
     load0, gflops = os.getloadavg()[0], matmul_gflops(threads)
     with bench_agent(name, "on", threads) as (agent, replay):
         world = agent.world
+        nets = [*world.image_encoders.values(), *world.image_decoders.values()]
         if not (world.sample_kernel and world.backbone.step_kernel_blocks()
-                and all(b.step_kernel for b in world.backbone.step_kernel_blocks())):
-            raise SystemExit(f"{name}: run.compile=on did not build both kernels "
+                and all(b.step_kernel for b in world.backbone.step_kernel_blocks())
+                and all(net.kernels for net in nets)):
+            raise SystemExit(f"{name}: run.compile=on did not build its kernels "
                              "(a Mamba-2 world model and a C++ compiler are needed)")
 
         def update(arm: str):
             def call() -> None:
                 world.use_sample_kernel(arm == "kernels")
                 world.backbone.use_step_kernel(arm == "kernels")
+                world.use_image_kernels(arm == "kernels")
                 agent.update(replay)
             return call
 
@@ -71,6 +79,7 @@ def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M"), "matmul_gflops_before": gflops,
             "latent": [world.stoch, world.classes], "deter": world.deter_dim,
             "layers": world.backbone.n_layers, "imag_batch": agent.cfg.imag_batch,
+            "overrides": BENCH_PRESETS[name][1], "image_kernels": bool(nets),
             "horizon": agent.cfg.horizon, "actor_hidden": b.cfg.actor_hidden,
             "loadavg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)],
             "update": {arm: spread(times[arm], 4) for arm in ARMS},

@@ -289,6 +289,8 @@ BENCH_PRESETS = {
     "minatar": ("minatar", ["env.id=minatar:breakout"], 1100),
     "dmc-proprio": ("dmc-proprio", ["env.id=dmc:walker-walk"], 1100),
     "atari100k": ("atari100k", [], 300),
+    # the same in mixed precision, as the README's Atari section runs it
+    "atari100k-bf16": ("atari100k", ["run.precision=bf16"], 300),
 }
 
 

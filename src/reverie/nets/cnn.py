@@ -22,6 +22,11 @@ of the output gradient instead of from oneDNN's backward, whose bias gradient co
 the weight gradient itself (forward and backward of the decoder: bench/cnn.py's `bias`).
 `ImageNorm` is GroupNorm(1, C), as a layer norm over each image where ATen's bf16 group norm
 is slow (bench/cnn.py's `norm`).
+
+Under run.compile=on (where its kernels build) both nets run reverie/nets/image_kernel.py's
+C++ kernels (`kernels`): the encoder's pixel scaling in one pass, and each ImageNorm with the
+SiLU after it as one forward and one backward; the modules and their state dict are the
+same (`run_layers`).
 """
 
 from __future__ import annotations
