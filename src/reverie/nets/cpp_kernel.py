@@ -30,6 +30,10 @@ class CppKernel:
 
             self._fn = CppPythonBindingsCodeCache.load_pybinding(self.argtypes, self.source)
 
+    def unload(self) -> None:
+        """Forget the built function (the next `load()` builds or loads it again)."""
+        self._fn = None
+
     @property
     def built(self) -> bool:
         return self._fn is not None

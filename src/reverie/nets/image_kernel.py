@@ -276,9 +276,16 @@ DTYPES = (torch.float32, torch.bfloat16)
 
 def load() -> None:
     """Build the three kernels, or load them from the cache; raises what the build raised,
-    and the torch ops serve then."""
-    for kernel in (_pixels, _forward, _backward):
-        kernel.load()
+    and the torch ops serve then. All or none: a failure forgets those already built (a
+    rebuild under another vector ISA, `Compiler.build`, rebuilds all three alike)."""
+    kernels = (_pixels, _forward, _backward)
+    try:
+        for kernel in kernels:
+            kernel.load()
+    except Exception:
+        for kernel in kernels:
+            kernel.unload()
+        raise
 
 
 def built() -> bool:
@@ -361,6 +368,9 @@ def norm_silu(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
         raise ValueError(f"norm_silu takes a channels-last [N, C, H, W] float32 or bfloat16 "
                          f"map on the CPU with its kernels built; got {tuple(x.shape)} "
                          f"{x.dtype} on {x.device}")
+    if weight.shape != (x.shape[1],) or bias.shape != (x.shape[1],):
+        raise ValueError(f"norm_silu takes a weight and a bias of the map's {x.shape[1]} "
+                         f"channels, got {tuple(weight.shape)} and {tuple(bias.shape)}")
     weight, bias = weight.float().contiguous(), bias.float().contiguous()
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                     or bias.requires_grad):
