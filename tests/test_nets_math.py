@@ -234,6 +234,11 @@ def test_transposed_conv_with_summed_bias_gradient_equals_nn_conv_transpose(conf
     g = torch.randn(3, 5, 4, 6).contiguous(memory_format=torch.channels_last)
     assert torch.allclose(cnn.channel_sums(g), g.double().sum((0, 2, 3)).float(), atol=1e-5)
     assert torch.allclose(cnn.channel_sums(g.contiguous()), g.sum((0, 2, 3)), atol=1e-5)
+    # a bfloat16 gradient: float32 sums of its values, not rounded to bfloat16
+    gb = (torch.randn(4, 3, 8, 8) * 10).bfloat16().contiguous(memory_format=torch.channels_last)
+    sums = cnn.channel_sums(gb)
+    assert sums.dtype == torch.float32
+    assert torch.allclose(sums.double(), gb.double().sum((0, 2, 3)), rtol=1e-6, atol=1e-4)
     # without autograd (acting, evaluation) the plain module runs
     calls = []
     apply = cnn._TransposedConv.apply
