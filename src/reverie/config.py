@@ -107,7 +107,8 @@ class RunConfig:
     eval_noop_max: int = 30
     # torch.compile (inductor, reverie/compiler.py). on: the agent's losses, imagination's
     # context warm-up and imagined step, acting, and reverie's own kernels (the one-hot weight
-    # gradient, imagination's latent sample and Mamba-2 step; the minatar, dmc-proprio and
+    # gradient, imagination's latent sample and Mamba-2 step, the conv nets' pixel scaling
+    # and norms with image observations; the minatar, dmc-proprio and
     # atari100k presets set it: bench/compile_presets.py, bench/kernels.py);
     # auto: only what pays for itself in a default-length run on a cold cache (for `imagine`:
     # its imagined step with a backbone whose step gains, bench/compile.py); off: nothing
