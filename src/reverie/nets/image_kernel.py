@@ -12,7 +12,7 @@ apply SiLU to the result. As ATen ops that is a norm (two reductions and a write
 read and a write), and in the backward SiLU's gradient (two reads, a write) and the norm's
 gradient (the affine's per-channel sums as column reductions over N·H·W rows, which ran at
 a fraction of the memory speed: at atari100k's bf16 world-model step the two 24-channel
-32x32 maps' backward took ~0.5 s of an update, bench/cnn.py). Here each image is one
+32x32 maps' backward took ~0.5 s of an update in a torch profile). Here each image is one
 thread's work, read from cache after its first pass:
 
 - forward: the image's mean, then its centred squares (two reads), then
@@ -285,6 +285,7 @@ def load() -> None:
 
 
 def built() -> bool:
+    """Whether all three kernels are built (`load()`)."""
     return _pixels.built and _forward.built and _backward.built
 
 
