@@ -56,7 +56,7 @@ def measure(name: str, updates: int, warmup: int, threads: int) -> dict:
     load0, gflops = os.getloadavg()[0], matmul_gflops(threads)
     with bench_agent(name, "on", threads) as (agent, replay):
         world = agent.world
-        nets = [*world.image_encoders.values(), *world.image_decoders.values()]
+        nets = world.image_nets()
         if not (world.sample_kernel and world.backbone.step_kernel_blocks()
                 and all(b.step_kernel for b in world.backbone.step_kernel_blocks())
                 and all(net.kernels for net in nets)):

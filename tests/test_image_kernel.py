@@ -223,18 +223,16 @@ def test_compile_on_gives_an_image_agent_the_image_kernels(kernels):
     from test_imagine_agent import tiny_config
 
     spec = {"image": ((16, 16, 3), "uint8")}
-    nets = lambda agent: [*agent.world.image_encoders.values(),  # noqa: E731
-                          *agent.world.image_decoders.values()]
     with torch._dynamo.config.patch(disable=False):
         agent = ImagineAgent(spec, spaces.Discrete(3), tiny_config(), torch.device("cpu"), 0)
         compiler = Compiler(lambda note: None)
         agent.compile(compiler)
-        assert [n.kernels for n in nets(agent)] == [True, True]
+        assert [n.kernels for n in agent.world.image_nets()] == [True, True]
         compiler.fall_back(RuntimeError("gone"))
-        assert [n.kernels for n in nets(agent)] == [False, False]
+        assert [n.kernels for n in agent.world.image_nets()] == [False, False]
         agent = ImagineAgent(spec, spaces.Discrete(3), tiny_config(), torch.device("cpu"), 0)
         agent.compile(Compiler(lambda note: None, "auto"))
-        assert [n.kernels for n in nets(agent)] == [False, False]
+        assert [n.kernels for n in agent.world.image_nets()] == [False, False]
 
 
 def test_a_failed_build_leaves_none_of_the_kernels_built(kernels, monkeypatch):

@@ -285,7 +285,7 @@ def load() -> None:
 
 
 def built() -> bool:
-    """Whether all three kernels are built (`load()`)."""
+    """Whether the kernels are built (`load()`: all three or none)."""
     return _pixels.built and _forward.built and _backward.built
 
 
@@ -306,15 +306,15 @@ def pixels(image: Tensor, dtype: torch.dtype) -> Tensor:
 
 def pixels_serve(image: Tensor) -> bool:
     """Whether `pixels` serves these frames: built, uint8 on the CPU, contiguous."""
-    return (_pixels.built and image.dtype == torch.uint8 and image.device.type == "cpu"
+    return (built() and image.dtype == torch.uint8 and image.device.type == "cpu"
             and image.is_contiguous())
 
 
 def serves(x: Tensor) -> bool:
     """Whether `norm_silu` serves this map: built, a 4-D float32 or bfloat16 map on the CPU,
     channels-last contiguous."""
-    return (_forward.built and _backward.built and x.dim() == 4 and x.dtype in DTYPES
-            and x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last))
+    return (built() and x.dim() == 4 and x.dtype in DTYPES and x.device.type == "cpu"
+            and x.is_contiguous(memory_format=torch.channels_last))
 
 
 def _shape(x: Tensor) -> tuple[int, int, int]:

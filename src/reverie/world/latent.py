@@ -369,10 +369,14 @@ class WorldModel(nn.Module):
         its `load()`) or by the torch ops."""
         self.sample_kernel = on
 
+    def image_nets(self) -> list[nn.Module]:
+        """The conv encoders and decoders (none without image observations)."""
+        return [*self.image_encoders.values(), *self.image_decoders.values()]
+
     def use_image_kernels(self, on: bool) -> None:
         """The conv encoders' pixel scaling and the conv nets' ImageNorm + SiLU by
         reverie.nets.image_kernel (built by its `load()`) or by the torch ops."""
-        for net in (*self.image_encoders.values(), *self.image_decoders.values()):
+        for net in self.image_nets():
             net.kernels = on
 
     def prior_sample(self, h: Tensor) -> tuple[Tensor, Tensor]:
