@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from reverie.nets import categorical_kernel
+from reverie.nets.cpp_kernel import CppKernel
 from reverie.sequence import ssd_kernel
 from reverie.sequence.ssd import ssd_step
 from reverie.world.latent import WorldModelConfig
@@ -122,6 +123,28 @@ def stepper():
     return ssd_kernel
 
 
+def _isa_kernel(simdlen: int) -> CppKernel:
+    """ssd_kernel's source built for inductor's vector ISA of `simdlen` bits (256: AVX2, the
+    ISA of most laptops; the machine's own may be AVX-512), or a skip where the CPU lacks it."""
+    from torch._inductor.cpu_vec_isa import valid_vec_isa_list
+
+    if simdlen not in [isa.bit_width() for isa in valid_vec_isa_list()]:
+        pytest.skip(f"this CPU has no {simdlen}-bit vector ISA for inductor")
+    kernel = CppKernel(ssd_kernel.ARGTYPES, ssd_kernel.SOURCE)
+    with torch._inductor.config.patch({"cpp.simdlen": simdlen}):
+        kernel.load()
+    return kernel
+
+
+@pytest.fixture(params=["machine", "avx2"])
+def isa_stepper(request, stepper, monkeypatch):
+    """ssd_kernel with its kernel built for the machine's vector ISA, then for AVX2 (the
+    lane sums have a form for each)."""
+    if request.param == "avx2":
+        monkeypatch.setattr(ssd_kernel, "_kernel", _isa_kernel(256))
+    return ssd_kernel
+
+
 def _ssd_operands(rows: int, H: int, P: int, N: int, seed: int = 0, layout: str = "own"):
     """layout "own": x, B and C contiguous tensors; "split": views into one [rows, H·P + 2N]
     tensor, as a Mamba-2 block splits its conv output (rows at a stride); "transposed": x,
@@ -146,7 +169,7 @@ def _ssd_operands(rows: int, H: int, P: int, N: int, seed: int = 0, layout: str 
 
 
 @pytest.mark.parametrize("rows,H,P,N,threads,layout", [
-    (37, 3, 8, 16, 2, "own"),   # N a multiple of the vector width (AVX-512: 16)
+    (37, 3, 8, 16, 2, "own"),   # N a multiple of the vector width (AVX-512: 16, AVX2: 8)
     (5, 2, 3, 20, 3, "own"),    # and not: a scalar tail
     (4, 1, 2, 5, 8, "own"),     # N under one vector; fewer row-heads than threads
     (0, 2, 4, 16, 2, "own"),    # no rows
@@ -154,11 +177,15 @@ def _ssd_operands(rows: int, H: int, P: int, N: int, seed: int = 0, layout: str 
     (5, 2, 3, 20, 3, "split"),
     (6, 2, 3, 16, 2, "transposed"),  # x's, B's and C's rows not contiguous: copied first
     (1, 1, 1, 16, 2, "split"),  # one row, one head, one value per head: size-1 dims
+    (5, 2, 40, 16, 2, "own"),   # P: whole blocks of lane sums and a tail of rows
+    (3, 2, 32, 32, 2, "split"),  # N of two vectors (AVX-512) in the lane sums' blocks
+    (2, 3, 16, 8, 2, "own"),    # N = 8: blocks with AVX2, under a vector with AVX-512
 ])
-def test_the_step_kernel_is_the_torch_step_written_over_the_state(stepper, rows, H, P, N,
+def test_the_step_kernel_is_the_torch_step_written_over_the_state(isa_stepper, rows, H, P, N,
                                                                   threads, layout):
     """ssd_step_ = ssd_step + D·x to float rounding, its new state in the old one's memory;
-    the same bits on any thread count."""
+    the same bits on any thread count; with the machine's vector ISA and with AVX2."""
+    stepper = isa_stepper
     x, dt, A, B, C, D, h = _ssd_operands(rows, H, P, N, layout=layout)
     y_ref, h_ref = ssd_step(x, dt, A, B, C, h)
     y_ref = y_ref + x * D[:, None]
