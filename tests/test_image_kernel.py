@@ -1,7 +1,8 @@
 """The conv nets' kernels (reverie.nets.image_kernel, run.compile=on): the encoder's pixel
 scaling against torch's ops bit for bit; GroupNorm(1, C) + SiLU over channels-last maps,
-forward and backward, against the float64 composition of torch's ops; their use by the conv
-encoder and decoder and by an image agent's compile."""
+forward and backward, against the float64 composition of torch's ops; the per-channel sums
+of the decoder's bias gradients against float64 sums; their use by the conv encoder and
+decoder and by an image agent's compile."""
 
 from __future__ import annotations
 
@@ -146,6 +147,56 @@ def test_the_kernels_refuse_what_they_cannot_read(kernels):
         with pytest.raises(ValueError, match="channels-last"):
             kernels.norm_silu(bad, w, b, 1e-5)
     assert kernels.serves(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [
+    (7, 24, 8, 8),   # the decoder's 24 channels: a pattern of several vectors
+    (3, 3, 16, 16),  # its 3 output channels
+    (5, 7, 3, 5),    # fewer values per image than one pattern: the scalar tail only
+    (4, 24, 3, 3),   # whole patterns, then a tail
+    (1, 48, 2, 2),   # one image
+    (0, 3, 4, 4),    # none
+])
+def test_channel_sums_are_each_channel_s_sum_on_any_thread_count(kernels, dtype, shape):
+    """Each channel's sum over N, H and W in float32 against float64 sums of the same values,
+    the same bits on 1, 2 or 3 threads (each image is one thread's work, the images then
+    summed in order)."""
+    g, _ = _map(shape, dtype, 5)
+    ref = g.double().sum((0, 2, 3))
+    before, out = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            out.append(kernels.channel_sums(g))
+    finally:
+        torch.set_num_threads(before)
+    assert out[0].dtype == torch.float32 and out[0].shape == (shape[1],)
+    torch.testing.assert_close(out[0].double(), ref, rtol=1e-6, atol=1e-5)
+    assert all(torch.equal(o, out[0]) for o in out)
+    refused = [g.half(), g.double()]
+    if not g.contiguous().is_contiguous(memory_format=torch.channels_last):
+        refused.append(g.contiguous())  # NCHW (a map of one pixel is both layouts)
+    for bad in refused:
+        with pytest.raises(ValueError, match="channels-last"):
+            kernels.channel_sums(bad)
+
+
+def test_the_decoder_takes_its_bias_gradients_from_the_sums_kernel_only_when_on(kernels,
+                                                                             monkeypatch):
+    """With `kernels` on, each transposed conv's bias gradient comes from `channel_sums`
+    (four in this decoder, the output's first); off, from the torch sums."""
+    calls = []
+    real = kernels.channel_sums
+    monkeypatch.setattr(kernels, "channel_sums",
+                        lambda g: calls.append(tuple(g.shape)) or real(g))
+    dec = ConvDecoder(20, (32, 32, 3), 8, 16)
+    z = torch.randn(2, 20)
+    for on in (False, True):
+        dec.kernels = on
+        dec(z).square().mean().backward()
+        assert len(calls) == 4 * on
+    assert calls[0] == (2, 3, 32, 32)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -24,9 +24,10 @@ the weight gradient itself (forward and backward of the decoder: bench/cnn.py's 
 is slow (bench/cnn.py's `norm`).
 
 Under run.compile=on (where its kernels build) both nets run reverie/nets/image_kernel.py's
-C++ kernels (`kernels`): the encoder's pixel scaling in one pass, and each ImageNorm with the
-SiLU after it as one forward and one backward; the modules and their state dict are the
-same (`run_layers`).
+C++ kernels (`kernels`): the encoder's pixel scaling in one pass, each ImageNorm with the
+SiLU after it as one forward and one backward, and the transposed convs' bias gradients as
+one read of the output gradient; the modules and their state dict are the same
+(`run_layers`).
 """
 
 from __future__ import annotations
@@ -137,6 +138,9 @@ def run_layers(net: nn.Sequential, x: Tensor, kernels: bool) -> Tensor:
                 and isinstance(layers[i + 1], nn.SiLU) and image_kernel.serves(x)):
             x = image_kernel.norm_silu(x, layer.weight, layer.bias, layer.eps)
             i += 2
+        elif isinstance(layer, BiasSumConvTranspose2d):
+            x = layer(x, kernels=kernels)
+            i += 1
         else:
             x = layer(x)
             i += 1
@@ -158,16 +162,17 @@ def channel_sums(g: Tensor) -> Tensor:
 
 class _TransposedConv(torch.autograd.Function):
     """`F.conv_transpose2d(x, weight, bias, ...)` whose backward takes the input and weight
-    gradients from oneDNN and the bias gradient from `channel_sums`. Under autocast x and
+    gradients from oneDNN and the bias gradient from `channel_sums` (or, with `kernels`,
+    `image_kernel.channel_sums`). Under autocast x and
     weight come cast, the bias in its own dtype (float32): its gradient is g's sums, in
     float32 (oneDNN's would be rounded to bf16 under autocast), in the bias's dtype."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, stride: tuple, padding: tuple,
-                output_padding: tuple, groups: int, dilation: tuple) -> Tensor:
+                output_padding: tuple, groups: int, dilation: tuple, kernels: bool) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.conv = (stride, padding, dilation, output_padding, groups)
-        ctx.bias_dtype = bias.dtype
+        ctx.bias_dtype, ctx.kernels = bias.dtype, kernels
         return F.conv_transpose2d(x, weight, bias.to(x.dtype), stride, padding,
                                   output_padding, groups, dilation)
 
@@ -183,8 +188,10 @@ class _TransposedConv(torch.autograd.Function):
                 g, x, weight, None, stride, padding, dilation, True, output_padding, groups,
                 [need_x, need_w, False])
         if need_b:
-            grad_b = channel_sums(g).to(ctx.bias_dtype)
-        return grad_x, grad_w, grad_b, None, None, None, None, None
+            sums = (image_kernel.channel_sums if ctx.kernels and image_kernel.serves(g)
+                    else channel_sums)
+            grad_b = sums(g).to(ctx.bias_dtype)
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None
 
 
 class BiasSumConvTranspose2d(nn.ConvTranspose2d):
@@ -195,7 +202,10 @@ class BiasSumConvTranspose2d(nn.ConvTranspose2d):
     Compiled graphs, no_grad, output_size calls and other devices run the plain module; no
     double backward (nothing in reverie differentiates a gradient)."""
 
-    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+    def forward(self, x: Tensor, output_size: list[int] | None = None,
+                kernels: bool = False) -> Tensor:
+        """`kernels` (`run_layers`): the bias gradient from `image_kernel.channel_sums`
+        where it serves the gradient."""
         if (output_size is not None or self.bias is None or torch.compiler.is_compiling()
                 or not torch.is_grad_enabled() or self.padding_mode != "zeros"
                 or x.device.type != "cpu"):
@@ -205,7 +215,7 @@ class BiasSumConvTranspose2d(nn.ConvTranspose2d):
             dtype = torch.get_autocast_dtype("cpu")
             x, weight = (t.to(dtype) if t.dtype == torch.float32 else t for t in (x, weight))
         return _TransposedConv.apply(x, weight, self.bias, self.stride, self.padding,
-                                     self.output_padding, self.groups, self.dilation)
+                                     self.output_padding, self.groups, self.dilation, kernels)
 
 
 class ConvDecoder(nn.Module):
