@@ -1,7 +1,8 @@
 """Imagination's kernels (run.compile=on): the one-pass categorical sampler
 (reverie.nets.categorical_kernel) against inverse-CDF sampling in float64, Mamba-2's step
-kernel (reverie.sequence.ssd_kernel) against the torch step and the paper's recurrence, and
-their use by the world model and imagination."""
+kernels (reverie.sequence.ssd_kernel: the state's, for the machine's vector ISA and AVX2,
+and the conv's) against the torch step and the paper's recurrence, and their use by the
+world model and imagination."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from reverie.nets import categorical_kernel
 from reverie.nets.cpp_kernel import CppKernel
 from reverie.sequence import ssd_kernel
+from reverie.sequence.base import causal_conv_step
 from reverie.sequence.ssd import ssd_step
 from reverie.world.latent import WorldModelConfig
 from test_imagine_agent import SPACES, FakeReplay, make_agent
@@ -220,9 +222,64 @@ def test_the_step_kernel_refuses_what_it_cannot_read(stepper):
     assert not stepper.serves(x, dt, A, B, C, D, h.transpose(2, 3))
 
 
+def _conv_operands(rows: int, C: int, K: int, dtype: torch.dtype, seed: int = 0):
+    """x as a split view of a wider row (in_proj's output: rows at a stride), the conv's
+    weight [C, K] column-major as Mamba-2 keeps it, bias [C], prefix [rows, K−1, C]."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, C + 9, generator=g).to(dtype)[:, 5:5 + C]
+    weight = torch.randn(K, C, generator=g).t()
+    bias, prefix = torch.randn(C, generator=g), torch.randn(rows, K - 1, C, generator=g)
+    return x, weight, bias, prefix
+
+
+@pytest.mark.parametrize("rows,C,K,dtype,threads", [
+    (37, 40, 4, torch.float32, 2),   # C: whole vectors and a scalar tail (AVX-512: 16)
+    (5, 48, 4, torch.bfloat16, 3),   # autocast's bf16 input; more threads than share rows
+    (4, 7, 1, torch.float32, 2),     # K = 1: no prefix; C under one vector
+    (3, 20, 2, torch.bfloat16, 8),   # one slot; fewer rows than threads
+    (0, 16, 4, torch.float32, 2),    # no rows
+])
+def test_the_conv_step_kernel_is_the_conv_step_written_over_the_prefix(stepper, rows, C, K,
+                                                                       dtype, threads):
+    """conv_step_ = causal_conv_step: y to float rounding (the same products and order as
+    the compiled form; ATen's eager addcmul may fuse them), the new prefix the same bits and
+    in the old one's memory; the same bits on any thread count."""
+    x, weight, bias, prefix = _conv_operands(rows, C, K, dtype)
+    y_ref, p_ref = causal_conv_step(x, weight, bias, prefix)
+    window = torch.cat([prefix.double(), x.double()[:, None]], 1)
+    y64 = bias.double() + (window * weight.double().t()).sum(1)
+    got = {}
+    for t in (threads, 1):
+        state = prefix.clone()
+        before = torch.get_num_threads()
+        torch.set_num_threads(t)
+        try:
+            got[t] = stepper.conv_step_(x, weight, bias, state), state
+        finally:
+            torch.set_num_threads(before)
+    y, state = got[threads]
+    assert y.dtype == torch.float32 and torch.equal(state, p_ref)
+    torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(y.double(), y64, rtol=1e-6, atol=1e-5)
+    assert torch.equal(got[1][0], y) and torch.equal(got[1][1], state)
+
+
+def test_the_conv_step_kernel_refuses_what_it_cannot_read(stepper):
+    x, weight, bias, prefix = _conv_operands(3, 16, 4, torch.float32)
+    assert stepper.conv_serves(x, weight, bias, prefix)
+    for bad in ((x.double(), weight, bias, prefix), (x, weight, bias, prefix.double()),
+                (x, weight[:8], bias, prefix), (x, weight, bias, prefix[:, :2]),
+                (x, weight, bias, prefix.transpose(1, 2).contiguous().transpose(1, 2)),
+                (x.t().contiguous().t(), weight, bias, prefix)):
+        assert not stepper.conv_serves(*bad)
+        with pytest.raises(ValueError, match="conv_step_ takes"):
+            stepper.conv_step_(*bad)
+
+
 def test_a_mamba2_block_steps_over_its_state_only_when_told(stepper):
-    """With `step_kernel` and without autograd: `overwrite=True` writes the new state over
-    the old one's tensor (values of the paper's recurrence to float32 rounding); without
+    """With `step_kernel` and without autograd: `overwrite=True` writes the new state (SSM
+    and conv prefix) over the old one's tensors (values of the paper's recurrence to float32
+    rounding); without
     `overwrite`, or with autograd on, the old state is left as it was."""
     blk64 = make_block(4)  # float64, for the reference
     blk = copy.deepcopy(blk64).float()
@@ -237,17 +294,18 @@ def test_a_mamba2_block_steps_over_its_state_only_when_told(stepper):
         s = {k: v.clone() for k, v in start.items()}
         ys = []
         for t in range(5):
-            ssm = s["ssm"]
+            ssm, conv = s["ssm"], s["conv"]
             y, s = blk.step(x[:, t], s, overwrite=True)
-            assert s["ssm"] is ssm  # written over
+            assert s["ssm"] is ssm and s["conv"] is conv  # written over
             ys.append(y)
         torch.testing.assert_close(torch.stack(ys, 1).double(), y_ref, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(s["ssm"].double(), s_ref["ssm"], rtol=1e-4, atol=1e-5)
         kept = {k: v.clone() for k, v in start.items()}
         _, s = blk.step(x[:, 0], kept)
-        assert torch.equal(kept["ssm"], start["ssm"]) and s["ssm"] is not kept["ssm"]
+        for k in ("ssm", "conv"):
+            assert torch.equal(kept[k], start[k]) and s[k] is not kept[k]
     _, s = blk.step(x[:, 0], kept, overwrite=True)  # autograd on: the torch step
-    assert torch.equal(kept["ssm"], start["ssm"])
+    assert all(torch.equal(kept[k], start[k]) for k in ("ssm", "conv"))
 
 
 def _mamba2_agent():
@@ -285,14 +343,16 @@ def test_compile_on_gives_imagination_the_kernels_or_says_why_not(kernel, steppe
         assert not any("not built" in n for n in notes)
         agent._imagined_step = agent._observe = None  # eager steps: the kernels, not dynamo
         calls = []
-        for module, op in ((kernel, "unimix_sample"), (stepper, "ssd_step_")):
+        for module, op in ((kernel, "unimix_sample"), (stepper, "ssd_step_"),
+                           (stepper, "conv_step_")):
             real = getattr(module, op)
             monkeypatch.setattr(module, op, lambda *a, real=real, op=op: calls.append(op)
                                 or real(*a))
         torch.manual_seed(1)
         got = agent.imagine(ctx)
         H = agent.cfg.horizon
-        assert calls.count("ssd_step_") == 2 * H and calls.count("unimix_sample") >= H + 1
+        assert calls.count("ssd_step_") == calls.count("conv_step_") == 2 * H
+        assert calls.count("unimix_sample") >= H + 1
         for k in ("action", "index"):
             assert torch.equal(got[k], ref[k])
         for k in ("feat", "reward", "cont"):
@@ -316,12 +376,13 @@ def test_compile_on_gives_imagination_the_kernels_or_says_why_not(kernel, steppe
         assert not any(b.step_kernel for b in agent.world.backbone.step_kernel_blocks())
         # one note for the one reason (the one-hot kernel built: its load is not broken here)
         assert [n for n in notes if "not built" in n] == [
-            "note: run.compile=on: the categorical sampling kernel and the Mamba-2 step kernel "
+            "note: run.compile=on: the categorical sampling kernel and the Mamba-2 step kernels "
             "were not built (RuntimeError: no C++ compiler); the torch ops run in their place"]
 
 
 def test_torch_s_opcheck_passes_for_reverie_s_custom_ops(kernel, stepper):
-    """The three ops as torch.compile sees them: schema (ssd_step_ declares its write to h),
+    """The four ops as torch.compile sees them: schema (ssd_step_ and conv_step_ declare
+    their writes to h and the prefix),
     fake tensors of the right shapes and strides (a non-contiguous input included), AOT
     dispatch."""
     from torch.library import opcheck
@@ -335,6 +396,8 @@ def test_torch_s_opcheck_passes_for_reverie_s_custom_ops(kernel, stepper):
         (torch.ops.reverie.unimix_sample.default, (logits, torch.rand(40, generator=g), 0.01)),
         (torch.ops.reverie.ssd_step_.default, _ssd_operands(5, 2, 3, 16)),
         (torch.ops.reverie.ssd_step_.default, _ssd_operands(5, 2, 3, 16, layout="split")),
+        (torch.ops.reverie.conv_step_.default, _conv_operands(5, 20, 4, torch.float32)),
+        (torch.ops.reverie.conv_step_.default, _conv_operands(5, 20, 4, torch.bfloat16)),
         (torch.ops.reverie.onehot_weight_grad.default,
          (torch.randn(6, 5, generator=g), torch.randint(4, (6, 3), generator=g)
           + torch.arange(3) * 4, 12)),

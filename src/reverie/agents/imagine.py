@@ -461,7 +461,7 @@ class ImagineAgent:
                                "the torch ops scale and normalise", self.world.use_image_kernels)
             # only the imagined step writes over its state (COPlanner's lookahead does not)
             if self.world.backbone.step_kernel_blocks() and not planning:
-                compiler.build(ssd_kernel.load, "the Mamba-2 step kernel", "the torch ops step",
+                compiler.build(ssd_kernel.load, "the Mamba-2 step kernels", "the torch ops step",
                                self.world.backbone.use_step_kernel)
         if not planning:
             self._imagined_step = compiler.wrap(self.imagined_step)

@@ -196,17 +196,22 @@ class Mamba2Block(Block):
         self, x: Tensor, state: LayerState, overwrite: bool = False
     ) -> tuple[Tensor, LayerState]:
         """x: [B, D] -> [B, D], one token. With `overwrite` and `step_kernel` (run.compile=on)
-        and without autograd, the new SSM state is written over the old one's tensor by
-        reverie.sequence.ssd_kernel (one pass over it instead of two)."""
+        and without autograd, the new SSM state and conv prefix are written over the old ones'
+        tensors by reverie.sequence.ssd_kernel (one pass over each instead of two or three)."""
         Bt = x.shape[0]
         H, P, N = self.n_heads, self.head_dim, self.d_state
         z, xBC, dt = self._input(x)
-        conv, new_conv = causal_conv_step(xBC, self.conv_weight, self.conv_bias, state["conv"])
+        kernels = overwrite and self.step_kernel and not torch.is_grad_enabled()
+        prefix = state["conv"]
+        if kernels and ssd_kernel.conv_serves(xBC, self.conv_weight, self.conv_bias, prefix):
+            conv, new_conv = ssd_kernel.conv_step_(xBC, self.conv_weight, self.conv_bias,
+                                                   prefix), prefix
+        else:
+            conv, new_conv = causal_conv_step(xBC, self.conv_weight, self.conv_bias, prefix)
         xs, B, C = F.silu(conv).split([self.d_inner, N, N], dim=-1)
         xs, A, B, C, D, h = scan_operands(self.A_log, xs.reshape(Bt, H, P),
                                           -torch.exp(self.A_log), B, C, self.D, state["ssm"])
-        if (overwrite and self.step_kernel and not torch.is_grad_enabled()
-                and ssd_kernel.serves(xs, dt, A, B, C, D, h)):
+        if kernels and ssd_kernel.serves(xs, dt, A, B, C, D, h):
             y = ssd_kernel.ssd_step_(xs, dt, A, B, C, D, h)
         else:
             y, h = ssd_step(xs, dt, A, B, C, h)

@@ -1,4 +1,5 @@
-"""Mamba-2's one-token recurrence in one pass over its state: a C++ kernel (run.compile=on).
+"""Mamba-2's one-token recurrence in one pass over its state, and its conv step in one pass over
+its prefix: C++ kernels (run.compile=on).
 
 Each imagined step of a Mamba-2 world model updates a [B, H, P, N] state (32 MB at
 bench/throughput.py's 1024 rollouts, 64 MB a layer at atari100k's) and reads it out:
@@ -13,6 +14,13 @@ With AVX-512 or AVX2 the dot products with C are summed V rows of the state at a
 tree of lane shuffles, not one horizontal sum per row: at atari100k's step (N = 16) that
 made the kernel 1.32x faster (median of 16 alternating rounds, 2 threads, 2026-12-07) with
 the same bits: AVX-512's horizontal sum is the same tree of adds.
+
+The conv before it (`causal_conv_step`: the prefix of the last K−1 inputs and the new one
+copied together into a window, and the prefix's new view copied out again to keep the
+state's layout) has a kernel too, `conv_step_`: one pass that reads each prefix row, adds
+the K products in the compiled form's order (the same bits) and moves the prefix one token
+on in place. At atari100k's 1024 rollouts ~1.0 ms against ~3.1 ms compiled (10 alternating
+rounds, scratch, 2026-12-07).
 
 Sums run in another order than `ssd_step`'s (y from h' instead of from h and B·C): values
 agree to float rounding. Rows are independent: the same values on any thread count.
@@ -148,17 +156,96 @@ ARGTYPES = ["const float*"] * 7 + ["float*", "float*"] + ["int64_t"] * 8
 
 _kernel = CppKernel(ARGTYPES, SOURCE)
 
+CONV_SOURCE = r"""
+#include <torch/csrc/inductor/cpp_prefix.h>
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t V = Vec::size();
+
+static inline Vec load(const float* p) { return Vec::loadu(p); }
+static inline Vec load(const at::BFloat16* p) {
+    Vec v;
+    at::vec::load_fp32_from_bf16(p, v);
+    return v;
+}
+
+// One token of the causal depthwise conv over a row's last K-1 inputs (prefix [B, K-1, C],
+// float32) and its new input x (rows of C at stride xs, float32 or bfloat16): y[b, c] =
+// bias[c] + sum_k w[k, c] window[b, k, c] with window = [prefix, x], added in k's order (as
+// `causal_conv_step` adds them), and the prefix moved one token on in place: slot k takes
+// slot k+1, the last slot x. w: [K, C] contiguous.
+template <typename T>
+static void conv_step(const T* x, const float* w, const float* bias, float* prefix, float* y,
+                      int64_t rows, int64_t K, int64_t C, int64_t xs, int64_t threads)
+{
+    const int64_t vC = C - C % V;
+    #pragma omp parallel for num_threads(threads)
+    for (int64_t b = 0; b < rows; b++) {
+        float* s = prefix + b * (K - 1) * C;
+        const T* xb = x + b * xs;
+        float* yb = y + b * C;
+        for (int64_t c = 0; c < vC; c += V) {
+            Vec acc = Vec::loadu(bias + c);
+            for (int64_t k = 0; k + 1 < K; k++) {
+                const Vec v = Vec::loadu(s + k * C + c);
+                acc = acc + v * Vec::loadu(w + k * C + c);
+                if (k) v.store(s + (k - 1) * C + c);
+            }
+            const Vec v = load(xb + c);
+            acc = acc + v * Vec::loadu(w + (K - 1) * C + c);
+            if (K > 1) v.store(s + (K - 2) * C + c);
+            acc.store(yb + c);
+        }
+        for (int64_t c = vC; c < C; c++) {
+            float acc = bias[c];
+            for (int64_t k = 0; k + 1 < K; k++) {
+                const float v = s[k * C + c];
+                acc = acc + v * w[k * C + c];
+                if (k) s[(k - 1) * C + c] = v;
+            }
+            const float v = static_cast<float>(xb[c]);
+            acc = acc + v * w[(K - 1) * C + c];
+            if (K > 1) s[(K - 2) * C + c] = v;
+            yb[c] = acc;
+        }
+    }
+}
+
+extern "C" void kernel(const void* x, const float* w, const float* bias, float* prefix,
+                       float* y, int64_t rows, int64_t K, int64_t C, int64_t xs, int64_t bf16,
+                       int64_t threads)
+{
+    if (bf16)
+        conv_step(static_cast<const at::BFloat16*>(x), w, bias, prefix, y, rows, K, C, xs,
+                  threads);
+    else
+        conv_step(static_cast<const float*>(x), w, bias, prefix, y, rows, K, C, xs, threads);
+}
+"""
+CONV_ARGTYPES = ["const void*", "const float*", "const float*", "float*", "float*", "int64_t",
+                 "int64_t", "int64_t", "int64_t", "int64_t", "int64_t"]
+
+_conv = CppKernel(CONV_ARGTYPES, CONV_SOURCE)
+
 
 def load() -> None:
-    """Build the kernel, or load it from the cache; raises what the build raised, and
-    `reverie.sequence.ssd.ssd_step` serves then."""
-    _kernel.load()
+    """Build the two kernels (the state's step and the conv's), or load them from the cache;
+    raises what the build raised, and `reverie.sequence.ssd.ssd_step` and
+    `reverie.sequence.base.causal_conv_step` serve then. All or none, as
+    `reverie.nets.image_kernel.load`."""
+    try:
+        for kernel in (_kernel, _conv):
+            kernel.load()
+    except Exception:
+        for kernel in (_kernel, _conv):
+            kernel.unload()
+        raise
 
 
 def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
            h: Tensor) -> None:
     if not _kernel.built:
-        raise RuntimeError("reverie.sequence.ssd_kernel.load() has not built the kernel")
+        raise RuntimeError("reverie.sequence.ssd_kernel.load() has not built the kernels")
     rows, H, P, N = h.shape if h.dim() == 4 else (-1,) * 4
     shapes = {"x": (x, (rows, H, P)), "dt": (dt, (rows, H)), "A": (A, (H,)), "B": (B, (rows, N)),
               "C": (C, (rows, N)), "D": (D, (H,))}
@@ -203,3 +290,45 @@ def serves(*tensors: Tensor) -> bool:
     """Whether `ssd_step_` serves these operands (x, dt, A, B, C, D, h): built, all float32
     on the CPU, the state contiguous."""
     return _kernel.serves(*tensors) and tensors[-1].is_contiguous()
+
+
+@torch.library.custom_op("reverie::conv_step_", mutates_args=("prefix",))
+def conv_step_(x: Tensor, weight: Tensor, bias: Tensor, prefix: Tensor) -> Tensor:
+    """`reverie.sequence.base.causal_conv_step(x, weight, bias, prefix)` with the new prefix
+    written over `prefix`: returns y [B, C] (float32), the same values (the same products
+    added in the same order). x [B, C] float32 or bfloat16 (rows contiguous, at any row
+    stride: a split view of in_proj's output), weight [C, K], bias [C], prefix [B, K−1, C]
+    float32, contiguous. Needs `load()`."""
+    if not conv_serves(x, weight, bias, prefix):
+        raise ValueError(
+            "conv_step_ takes x [B, C] (float32 or bfloat16, rows contiguous), weight [C, K], "
+            "bias [C] and a contiguous prefix [B, K-1, C] (float32) on the CPU with its kernel "
+            f"built; got x {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)}, prefix "
+            f"{tuple(prefix.shape)} {prefix.dtype}")
+    rows, C = x.shape
+    K = weight.shape[1]
+    y = prefix.new_empty(rows, C)
+    if x.numel():
+        _conv(x, weight.t().contiguous(), bias.contiguous(), prefix, y, rows, K, C,
+              x.stride(0), int(x.dtype == torch.bfloat16), threads(rows))
+    return y
+
+
+@conv_step_.register_fake
+def _(x: Tensor, weight: Tensor, bias: Tensor, prefix: Tensor) -> Tensor:
+    return prefix.new_empty(x.shape)
+
+
+def conv_serves(x: Tensor, weight: Tensor, bias: Tensor, prefix: Tensor) -> bool:
+    """Whether `conv_step_` serves these operands: built; x [B, C] float32 or bfloat16 with
+    contiguous rows; weight [C, K], bias [C] and prefix [B, K−1, C] float32, the prefix
+    contiguous; all on the CPU."""
+    if not _conv.built or x.dim() != 2 or weight.dim() != 2:
+        return False
+    rows, C = x.shape
+    K = weight.shape[1]
+    return (x.dtype in (torch.float32, torch.bfloat16) and (x.stride(1) == 1 or C <= 1)
+            and _conv.serves(weight, bias, prefix)
+            and weight.shape == (C, K) and bias.shape == (C,)
+            and prefix.shape == (rows, K - 1, C) and prefix.is_contiguous()
+            and x.device.type == "cpu")
