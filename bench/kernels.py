@@ -1,8 +1,9 @@
 """reverie's kernels of run.compile=on against the torch ops they replace: imagination's
 (reverie/nets/categorical_kernel.py: the latent's sample in one pass;
-reverie/sequence/ssd_kernel.py: Mamba-2's step over its own state) and, with image
-observations, the conv nets' (reverie/nets/image_kernel.py: the encoder's pixel scaling,
-ImageNorm + SiLU forward and backward): seconds per update of the world-model agent, fp32
+reverie/sequence/ssd_kernel.py: Mamba-2's step over its own state and its conv step over
+its prefix) and, with image observations, the conv nets' (reverie/nets/image_kernel.py: the
+encoder's pixel scaling, ImageNorm + SiLU forward and backward, the decoder's bias sums):
+seconds per update of the world-model agent, fp32
 (atari100k-bf16: mixed precision).
 
     python bench/kernels.py                     # matched, minatar, dmc-proprio

@@ -1159,8 +1159,9 @@ def kernels_table(results: Path) -> str | None:
             _median_range(r["ratio_torch_over_kernels"], ".2f", "x")]))
     lines.append(
         "\nOne update of the world-model agent, fp32 (atari100k-bf16: run.precision=bf16), "
-        "run.compile=on, with imagination's latent samples and Mamba-2 steps and (atari100k "
-        "rows) the conv nets' pixel scaling and ImageNorm + SiLU as torch ops (traced into "
+        "run.compile=on, with imagination's latent samples and Mamba-2 steps (the state's and "
+        "the conv's) and (atari100k rows) the conv nets' pixel scaling, ImageNorm + SiLU and "
+        "the decoder's bias sums as torch ops (traced into "
         "the compiled graphs, or eager in the conv nets) or by reverie's kernels "
         "(reverie/nets/categorical_kernel.py, reverie/sequence/ssd_kernel.py, "
         "reverie/nets/image_kernel.py: what run.compile=on runs), updates alternating in one "
