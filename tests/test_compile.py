@@ -463,15 +463,15 @@ def test_compiled_agent_matches_eager_within_float_rounding(request, monkeypatch
                                                     "~2 min" in n for n in notes), notes
     assert counters["stats"]["unique_graphs"] >= graphs + 5  # it did compile
     # imagination's kernels run inside the compiled graphs, Mamba-2's writing over the
-    # rollout's state (no copy of a state-shaped tensor), with no recompilation
+    # rollout's state and conv prefix (no copy of a state-shaped tensor), no recompilation
     from torch.profiler import ProfilerActivity, profile
 
     graphs, step, same = counters["stats"]["unique_graphs"], agent._imagined_step, []
 
     def spy(feat, z, index, state):
-        ptrs = [layer["ssm"].data_ptr() for layer in state]
+        ptrs = [layer[k].data_ptr() for layer in state for k in ("ssm", "conv")]
         out = step(feat, z, index, state)
-        same.append(ptrs == [layer["ssm"].data_ptr() for layer in out[2]])
+        same.append(ptrs == [layer[k].data_ptr() for layer in out[2] for k in ("ssm", "conv")])
         return out
 
     agent._imagined_step = spy
@@ -484,12 +484,14 @@ def test_compiled_agent_matches_eager_within_float_rounding(request, monkeypatch
     assert len(same) == cfg.horizon and all(same)  # the new state in the old one's memory
     ops = prof.key_averages(group_by_input_shape=True)
     calls = {op: sum(e.count for e in ops if e.key == op)
-             for op in ("reverie::ssd_step_", "reverie::unimix_sample")}
+             for op in ("reverie::ssd_step_", "reverie::conv_step_", "reverie::unimix_sample")}
     layers, H = agent.world.backbone.n_layers, cfg.horizon
-    assert calls["reverie::ssd_step_"] == layers * H and calls["reverie::unimix_sample"] > H
-    ssm = list(agent.world.initial_state(cfg.imag_batch)[0]["ssm"].shape)
+    assert calls["reverie::ssd_step_"] == calls["reverie::conv_step_"] == layers * H
+    assert calls["reverie::unimix_sample"] > H
+    start = agent.world.initial_state(cfg.imag_batch)[0]
+    shapes = [list(start["ssm"].shape), list(start["conv"].shape)]
     assert not [e.key for e in ops if e.key in ("aten::copy_", "aten::clone")
-                and e.input_shapes and list(e.input_shapes[0]) == ssm]
+                and e.input_shapes and list(e.input_shapes[0]) in shapes]
     for (a_eager, s_eager), (a_compiled, s_compiled) in zip(acts["off"], acts["on"]):
         assert np.array_equal(a_eager, a_compiled)
         torch.testing.assert_close(s_compiled, s_eager, rtol=1e-4, atol=1e-4)  # h and state

@@ -201,9 +201,10 @@ def test_the_decoder_takes_its_bias_gradients_from_the_sums_kernel_only_when_on(
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_the_conv_nets_with_the_kernels_are_the_conv_nets(kernels, precision):
-    """Encoder and decoder with `kernels` on (the pixels and each ImageNorm + SiLU by the
-    kernels) against the same nets with torch's ops: outputs and every parameter's gradient agree
-    to rounding, under autocast too; the encoder's no-grad chunks as well."""
+    """Encoder and decoder with `kernels` on (the pixels, each ImageNorm + SiLU and the
+    decoder's bias sums by the kernels) against the same nets with torch's ops: outputs and
+    every parameter's gradient agree to rounding, under autocast too; the encoder's no-grad
+    chunks as well."""
     torch.manual_seed(0)
     nets = {"enc": ConvEncoder((32, 32, 3), 8, 16), "dec": ConvDecoder(20, (32, 32, 3), 8, 16)}
     g = torch.Generator().manual_seed(3)

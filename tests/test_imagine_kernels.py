@@ -264,10 +264,30 @@ def test_the_conv_step_kernel_is_the_conv_step_written_over_the_prefix(stepper, 
     assert torch.equal(got[1][0], y) and torch.equal(got[1][1], state)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_conv_step_kernel_is_the_compiled_conv_step_bit_for_bit(stepper, request,
+                                                                    monkeypatch, dtype):
+    """What the kernel replaces under run.compile=on is inductor's form of causal_conv_step:
+    the same products added in the same order give the same bits (a compile of ~5 s, cached
+    in .pytest_cache as tests/test_compile.py's)."""
+    import torch._dynamo
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(request.config.cache.mkdir("inductor")))
+    x, weight, bias, prefix = _conv_operands(37, 40, 4, dtype)
+    with torch._dynamo.config.patch(disable=False):
+        compiled = torch.compile(causal_conv_step, dynamic=False)
+        y_ref, p_ref = compiled(x, weight, bias, prefix)
+    state = prefix.clone()
+    assert torch.equal(stepper.conv_step_(x, weight, bias, state), y_ref)
+    assert torch.equal(state, p_ref)
+
+
 def test_the_conv_step_kernel_refuses_what_it_cannot_read(stepper):
     x, weight, bias, prefix = _conv_operands(3, 16, 4, torch.float32)
     assert stepper.conv_serves(x, weight, bias, prefix)
     for bad in ((x.double(), weight, bias, prefix), (x, weight, bias, prefix.double()),
+                (x, weight, bias, prefix.bfloat16()), (x, weight.bfloat16(), bias, prefix),
+                (x, weight, bias[:8], prefix), (x[None], weight, bias, prefix),
                 (x, weight[:8], bias, prefix), (x, weight, bias, prefix[:, :2]),
                 (x, weight, bias, prefix.transpose(1, 2).contiguous().transpose(1, 2)),
                 (x.t().contiguous().t(), weight, bias, prefix)):
@@ -299,7 +319,8 @@ def test_a_mamba2_block_steps_over_its_state_only_when_told(stepper):
             assert s["ssm"] is ssm and s["conv"] is conv  # written over
             ys.append(y)
         torch.testing.assert_close(torch.stack(ys, 1).double(), y_ref, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(s["ssm"].double(), s_ref["ssm"], rtol=1e-4, atol=1e-5)
+        for k in ("ssm", "conv"):
+            torch.testing.assert_close(s[k].double(), s_ref[k], rtol=1e-4, atol=1e-5)
         kept = {k: v.clone() for k, v in start.items()}
         _, s = blk.step(x[:, 0], kept)
         for k in ("ssm", "conv"):

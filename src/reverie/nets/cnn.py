@@ -129,7 +129,8 @@ class ImageNorm(nn.GroupNorm):
 
 def run_layers(net: nn.Sequential, x: Tensor, kernels: bool) -> Tensor:
     """`net(x)`, where `kernels` (run.compile=on, reverie.nets.image_kernel built) with each
-    ImageNorm that SiLU follows run as one `image_kernel.norm_silu` on the maps it serves."""
+    ImageNorm that SiLU follows run as one `image_kernel.norm_silu` on the maps it serves,
+    and the transposed convs told to take their bias gradients from `image_kernel`."""
     layers = list(net)
     i = 0
     while i < len(layers):

@@ -362,8 +362,8 @@ def pixels_serve(image: Tensor) -> bool:
 
 
 def serves(x: Tensor) -> bool:
-    """Whether `norm_silu` serves this map: built, a 4-D float32 or bfloat16 map on the CPU,
-    channels-last contiguous."""
+    """Whether `norm_silu` and `channel_sums` serve this map: built, a 4-D float32 or
+    bfloat16 map on the CPU, channels-last contiguous."""
     return (built() and x.dim() == 4 and x.dtype in DTYPES and x.device.type == "cpu"
             and x.is_contiguous(memory_format=torch.channels_last))
 

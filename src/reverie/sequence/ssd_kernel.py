@@ -103,7 +103,7 @@ extern "C" void kernel(const float* x, const float* dt, const float* A, const fl
         const float* xr = x + b * xs + g * P;
         float* yr = y + bg * P;
 #if REVERIE_LANE_SUMS
-        // N == V (Mamba-2's default N = 16 on AVX-512): a row of B, C or the state is a vector
+        // N == V (reverie's and Drama's N = 16 on AVX-512): a row of B, C or the state is a vector
         const Vec B0 = N == V ? Vec::loadu(Bb) : Vec(0.0f);
         const Vec C0 = N == V ? Vec::loadu(Cb) : Vec(0.0f);
         for (int64_t p0 = 0; p0 < vP; p0 += V) {
@@ -295,15 +295,17 @@ def serves(*tensors: Tensor) -> bool:
 @torch.library.custom_op("reverie::conv_step_", mutates_args=("prefix",))
 def conv_step_(x: Tensor, weight: Tensor, bias: Tensor, prefix: Tensor) -> Tensor:
     """`reverie.sequence.base.causal_conv_step(x, weight, bias, prefix)` with the new prefix
-    written over `prefix`: returns y [B, C] (float32), the same values (the same products
-    added in the same order). x [B, C] float32 or bfloat16 (rows contiguous, at any row
+    written over `prefix`: returns y [B, C] (float32), the same bits as inductor's form of it
+    (the same products added in the same order; eager ATen's may fuse a multiply-add: float
+    rounding). x [B, C] float32 or bfloat16 (rows contiguous, at any row
     stride: a split view of in_proj's output), weight [C, K], bias [C], prefix [B, K−1, C]
     float32, contiguous. Needs `load()`."""
     if not conv_serves(x, weight, bias, prefix):
         raise ValueError(
             "conv_step_ takes x [B, C] (float32 or bfloat16, rows contiguous), weight [C, K], "
             "bias [C] and a contiguous prefix [B, K-1, C] (float32) on the CPU with its kernel "
-            f"built; got x {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)}, prefix "
+            f"built; got x {tuple(x.shape)} {x.dtype}, weight {tuple(weight.shape)} "
+            f"{weight.dtype}, bias {tuple(bias.shape)} {bias.dtype}, prefix "
             f"{tuple(prefix.shape)} {prefix.dtype}")
     rows, C = x.shape
     K = weight.shape[1]
