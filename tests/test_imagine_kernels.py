@@ -125,14 +125,15 @@ def stepper():
     return ssd_kernel
 
 
-def _isa_kernel(simdlen: int) -> CppKernel:
-    """ssd_kernel's source built for inductor's vector ISA of `simdlen` bits (256: AVX2, the
-    ISA of most laptops; the machine's own may be AVX-512), or a skip where the CPU lacks it."""
+def _isa_kernel(simdlen: int, source: str = ssd_kernel.SOURCE) -> CppKernel:
+    """ssd_kernel's source (or `source`) built for inductor's vector ISA of `simdlen` bits
+    (256: AVX2, the ISA of most laptops; the machine's own may be AVX-512), or a skip where
+    the CPU lacks it."""
     from torch._inductor.cpu_vec_isa import valid_vec_isa_list
 
     if simdlen not in [isa.bit_width() for isa in valid_vec_isa_list()]:
         pytest.skip(f"this CPU has no {simdlen}-bit vector ISA for inductor")
-    kernel = CppKernel(ssd_kernel.ARGTYPES, ssd_kernel.SOURCE)
+    kernel = CppKernel(ssd_kernel.ARGTYPES, source)
     with torch._inductor.config.patch({"cpp.simdlen": simdlen}):
         kernel.load()
     return kernel
@@ -209,6 +210,33 @@ def test_the_step_kernel_is_the_torch_step_written_over_the_state(isa_stepper, r
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(state, h_ref, rtol=1e-6, atol=1e-6)
     assert torch.equal(got[1][0], y) and torch.equal(got[1][1], state)
+
+
+@pytest.mark.parametrize("simdlen", [None, 256])
+def test_the_lane_sums_give_the_bits_of_one_sum_per_row(stepper, simdlen):
+    """V rows' dot products summed by the shuffle tree (`lane_sums`) are the bits of one
+    horizontal sum per row (ATen's, the same tree of adds), for the machine's vector ISA and
+    for AVX2: the per-row source is the kernel's with the lane sums compiled out."""
+    per_row = ssd_kernel.SOURCE.replace("#define REVERIE_LANE_SUMS 1",
+                                        "#define REVERIE_LANE_SUMS 0")
+    assert per_row.count("#define REVERIE_LANE_SUMS 0") == 3
+    kernels = []
+    for source in (ssd_kernel.SOURCE, per_row):
+        if simdlen is None:
+            kernel = CppKernel(ssd_kernel.ARGTYPES, source)
+            kernel.load()
+        else:
+            kernel = _isa_kernel(simdlen, source)
+        kernels.append(kernel)
+    for rows, H, P, N in ((9, 3, 40, 16), (4, 2, 32, 32), (5, 2, 24, 8)):
+        x, dt, A, B, C, D, h = _ssd_operands(rows, H, P, N, layout="split")
+        out = []
+        for kernel in kernels:
+            state, y = h.clone(), torch.empty(rows, H, P)
+            kernel(x, dt, A, B, C, D, state, y, state, rows, H, P, N, x.stride(0),
+                   B.stride(0), C.stride(0), 2)
+            out.append((y, state))
+        assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
 
 
 def test_the_step_kernel_refuses_what_it_cannot_read(stepper):

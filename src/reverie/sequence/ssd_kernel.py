@@ -13,7 +13,7 @@ own rollout state; a new state tensor per step was no faster than the compiled f
 With AVX-512 or AVX2 the dot products with C are summed V rows of the state at a time by a
 tree of lane shuffles, not one horizontal sum per row: at atari100k's step (N = 16) that
 made the kernel 1.32x faster (median of 16 alternating rounds, 2 threads, 2026-12-07) with
-the same bits: AVX-512's horizontal sum is the same tree of adds.
+the same bits: each ISA's horizontal sum in ATen is the same tree of adds (tested).
 
 The conv before it (`causal_conv_step`: the prefix of the last K−1 inputs and the new one
 copied together into a window, and the prefix's new view copied out again to keep the
