@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kernel_isa import built_for
 from reverie.nets import image_kernel
 from reverie.nets.cnn import NO_GRAD_CHUNK, ConvDecoder, ConvEncoder, ImageNorm, run_layers
 
@@ -22,11 +23,26 @@ def kernels():
     return image_kernel
 
 
+@pytest.fixture(params=["machine", "avx2"])
+def isa_kernels(request, kernels, monkeypatch):
+    """image_kernel with its kernels built for the machine's vector ISA, then for AVX2 (8
+    lanes: other per-channel patterns and tails than AVX-512's 16)."""
+    if request.param == "avx2":
+        names = ("_pixels", "_forward", "_backward", "_sums")
+        built = [built_for(256, getattr(kernels, n).argtypes, getattr(kernels, n).source)
+                 for n in names]
+        for name, kernel in zip(names, built):
+            monkeypatch.setattr(kernels, name, kernel)
+        monkeypatch.setattr(kernels, "_KERNELS", tuple(built))
+    return kernels
+
+
 @pytest.mark.parametrize("shape", [(3, 16, 16, 3), (5, 7, 3), (40000,), (0, 4, 4, 3)])
-def test_pixels_are_torch_s_scaling_bit_for_bit(kernels, shape):
+def test_pixels_are_torch_s_scaling_bit_for_bit(isa_kernels, shape):
     """x / 255 − 0.5 in float32, and that rounded to bfloat16 as torch's cast rounds it (what
     autocast feeds the first conv): the same bits, for any count of values (a vector tail,
-    several blocks, none)."""
+    several blocks, none); with the machine's vector ISA and AVX2."""
+    kernels = isa_kernels
     g = torch.Generator().manual_seed(len(shape))
     image = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
     ref = image.to(torch.float32, copy=True).div_(255.0).sub_(0.5)
@@ -65,11 +81,13 @@ def _reference(x, weight, bias, eps, grad):
     ((1, 64, 1, 1), 4),   # one image, fewer than the threads
     ((0, 8, 4, 4), 2),    # no image
 ])
-def test_the_kernels_are_groupnorm_then_silu_and_their_gradients(kernels, dtype, shape,
+def test_the_kernels_are_groupnorm_then_silu_and_their_gradients(isa_kernels, dtype, shape,
                                                                   threads):
     """Values and all three gradients against float64: float32 to float32 rounding;
     bfloat16 to its own rounding of the output (the sums run in float32). The output keeps
-    the map's dtype and channels-last layout; the weights' gradients are float32."""
+    the map's dtype and channels-last layout; the weights' gradients are float32. With the
+    machine's vector ISA and AVX2."""
+    kernels = isa_kernels
     x, g = _map(shape, dtype, sum(shape))
     weight = torch.randn(shape[1], generator=g).requires_grad_()
     bias = torch.randn(shape[1], generator=g).requires_grad_()
@@ -158,10 +176,11 @@ def test_the_kernels_refuse_what_they_cannot_read(kernels):
     (1, 48, 2, 2),   # one image
     (0, 3, 4, 4),    # none
 ])
-def test_channel_sums_are_each_channel_s_sum_on_any_thread_count(kernels, dtype, shape):
+def test_channel_sums_are_each_channel_s_sum_on_any_thread_count(isa_kernels, dtype, shape):
     """Each channel's sum over N, H and W in float32 against float64 sums of the same values,
     the same bits on 1, 2 or 3 threads (each image is one thread's work, the images then
-    summed in order)."""
+    summed in order); with the machine's vector ISA and AVX2."""
+    kernels = isa_kernels
     g, _ = _map(shape, dtype, 5)
     ref = g.double().sum((0, 2, 3))
     before, out = torch.get_num_threads(), []

@@ -11,8 +11,8 @@ import copy
 import pytest
 import torch
 
+from kernel_isa import built_for
 from reverie.nets import categorical_kernel
-from reverie.nets.cpp_kernel import CppKernel
 from reverie.sequence import ssd_kernel
 from reverie.sequence.base import causal_conv_step
 from reverie.sequence.ssd import ssd_step
@@ -125,26 +125,13 @@ def stepper():
     return ssd_kernel
 
 
-def _isa_kernel(simdlen: int, source: str = ssd_kernel.SOURCE) -> CppKernel:
-    """ssd_kernel's source (or `source`) built for inductor's vector ISA of `simdlen` bits
-    (256: AVX2, the ISA of most laptops; the machine's own may be AVX-512), or a skip where
-    the CPU lacks it."""
-    from torch._inductor.cpu_vec_isa import valid_vec_isa_list
-
-    if simdlen not in [isa.bit_width() for isa in valid_vec_isa_list()]:
-        pytest.skip(f"this CPU has no {simdlen}-bit vector ISA for inductor")
-    kernel = CppKernel(ssd_kernel.ARGTYPES, source)
-    with torch._inductor.config.patch({"cpp.simdlen": simdlen}):
-        kernel.load()
-    return kernel
-
-
 @pytest.fixture(params=["machine", "avx2"])
 def isa_stepper(request, stepper, monkeypatch):
     """ssd_kernel with its kernel built for the machine's vector ISA, then for AVX2 (the
     lane sums have a form for each)."""
     if request.param == "avx2":
-        monkeypatch.setattr(ssd_kernel, "_kernel", _isa_kernel(256))
+        monkeypatch.setattr(ssd_kernel, "_kernel",
+                            built_for(256, ssd_kernel.ARGTYPES, ssd_kernel.SOURCE))
     return ssd_kernel
 
 
@@ -220,14 +207,8 @@ def test_the_lane_sums_give_the_bits_of_one_sum_per_row(stepper, simdlen):
     per_row = ssd_kernel.SOURCE.replace("#define REVERIE_LANE_SUMS 1",
                                         "#define REVERIE_LANE_SUMS 0")
     assert per_row.count("#define REVERIE_LANE_SUMS 0") == 3
-    kernels = []
-    for source in (ssd_kernel.SOURCE, per_row):
-        if simdlen is None:
-            kernel = CppKernel(ssd_kernel.ARGTYPES, source)
-            kernel.load()
-        else:
-            kernel = _isa_kernel(simdlen, source)
-        kernels.append(kernel)
+    kernels = [built_for(simdlen, ssd_kernel.ARGTYPES, source)
+               for source in (ssd_kernel.SOURCE, per_row)]
     for rows, H, P, N in ((9, 3, 40, 16), (4, 2, 32, 32), (5, 2, 24, 8)):
         x, dt, A, B, C, D, h = _ssd_operands(rows, H, P, N, layout="split")
         out = []
