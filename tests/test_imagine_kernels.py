@@ -29,6 +29,15 @@ def kernel():
     return categorical_kernel
 
 
+@pytest.fixture(params=["machine", "avx2"])
+def isa_kernel(request, kernel, monkeypatch):
+    """categorical_kernel with its kernel built for the machine's vector ISA, then for AVX2
+    (8 rows a block instead of AVX-512's 16)."""
+    if request.param == "avx2":
+        monkeypatch.setattr(kernel, "_kernel", built_for(256, kernel.ARGTYPES, kernel.SOURCE))
+    return kernel
+
+
 def _reference(logits: torch.Tensor, u: torch.Tensor, mix: float):
     """Inverse-CDF sampling of (1 − mix)·softmax + mix/K in float64, and how close each
     row's target came to a boundary between two classes."""
@@ -49,11 +58,13 @@ def _reference(logits: torch.Tensor, u: torch.Tensor, mix: float):
     (3, 16, 0.01, 8),      # fewer rows than threads
     (0, 16, 0.01, 2),      # no rows
 ])
-def test_the_kernel_draws_the_inverse_cdf_sample(kernel, rows, classes, mix, threads):
+def test_the_kernel_draws_the_inverse_cdf_sample(isa_kernel, rows, classes, mix,
+                                                 threads):
     """The class whose running probability first reaches u times the total, as
     `WorldModel.sample_index` picks it; rounding may move a draw within 1e-5 of a boundary
     to the neighbour only. Its one-hot row has a single one there; the same bits on any
-    thread count."""
+    thread count. With the machine's vector ISA and AVX2."""
+    kernel = isa_kernel
     g = torch.Generator().manual_seed(rows + classes)
     logits = torch.randn(rows, classes, generator=g) * 3
     u = torch.rand(rows, generator=g)
