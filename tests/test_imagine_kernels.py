@@ -288,14 +288,18 @@ def test_the_conv_step_kernel_is_the_conv_step_written_over_the_prefix(stepper, 
 def test_the_conv_step_kernel_is_the_compiled_conv_step_bit_for_bit(stepper, request,
                                                                     monkeypatch, dtype):
     """What the kernel replaces under run.compile=on is inductor's form of causal_conv_step:
-    the same products added in the same order give the same bits (a compile of ~5 s, cached
-    in .pytest_cache as tests/test_compile.py's)."""
+    the same products added in the same order give the same bits. Both are built here, under
+    the same inductor settings (other tests of a worker process may change its vector ISA):
+    the kernel afresh, the compiled form from this test's own function (no frame another
+    test compiled; a compile of ~5 s, cached in .pytest_cache as tests/test_compile.py's)."""
     import torch._dynamo
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(request.config.cache.mkdir("inductor")))
+    monkeypatch.setattr(stepper, "_conv",
+                        built_for(None, stepper.CONV_ARGTYPES, stepper.CONV_SOURCE))
     x, weight, bias, prefix = _conv_operands(37, 40, 4, dtype)
     with torch._dynamo.config.patch(disable=False):
-        compiled = torch.compile(causal_conv_step, dynamic=False)
+        compiled = torch.compile(lambda *args: causal_conv_step(*args), dynamic=False)
         y_ref, p_ref = compiled(x, weight, bias, prefix)
     state = prefix.clone()
     assert torch.equal(stepper.conv_step_(x, weight, bias, state), y_ref)
