@@ -49,6 +49,37 @@ class CppKernel:
         self._fn(*args)
 
 
+# The start of a kernel source that reads float32 or bfloat16 vectors: inductor's prefix
+# (ATen's `at::vec`, OpenMP), the vector type, its float lanes V and `load` of V values of
+# either dtype as float32.
+VEC_PRELUDE = r"""
+#include <torch/csrc/inductor/cpp_prefix.h>
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t V = Vec::size();
+
+static inline Vec load(const float* p) { return Vec::loadu(p); }
+static inline Vec load(const at::BFloat16* p) {
+    Vec v;
+    at::vec::load_fp32_from_bf16(p, v);
+    return v;
+}
+"""
+
+
+def load_all(kernels: tuple[CppKernel, ...]) -> None:
+    """Build `kernels`, or load them from the cache, all or none: a failure forgets those
+    already built (a rebuild under another vector ISA, `Compiler.build`, rebuilds all alike)
+    and raises what the build raised."""
+    try:
+        for kernel in kernels:
+            kernel.load()
+    except Exception:
+        for kernel in kernels:
+            kernel.unload()
+        raise
+
+
 def threads(work: int) -> int:
     """OpenMP threads for `work` independent pieces: torch's thread count, at most one per
     piece, at least one."""

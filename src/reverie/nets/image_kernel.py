@@ -39,21 +39,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from reverie.nets.cpp_kernel import CppKernel, threads
+from reverie.nets.cpp_kernel import VEC_PRELUDE, CppKernel, load_all, threads
 
-_COMMON = r"""
-#include <torch/csrc/inductor/cpp_prefix.h>
+_COMMON = VEC_PRELUDE + r"""
 #include <numeric>
 
-using Vec = at::vec::Vectorized<float>;
-constexpr int64_t V = Vec::size();
-
-static inline Vec load(const float* p) { return Vec::loadu(p); }
-static inline Vec load(const at::BFloat16* p) {
-    Vec v;
-    at::vec::load_fp32_from_bf16(p, v);
-    return v;
-}
 static inline void store(float* p, const Vec& v) { v.store(p); }
 static inline void store(at::BFloat16* p, const Vec& v) {
     at::vec::convert_float_bfloat16(v, v).store(p, V);
@@ -326,13 +316,7 @@ def load() -> None:
     """Build the four kernels, or load them from the cache; raises what the build raised,
     and the torch ops serve then. All or none: a failure forgets those already built (a
     rebuild under another vector ISA, `Compiler.build`, rebuilds all four alike)."""
-    try:
-        for kernel in _KERNELS:
-            kernel.load()
-    except Exception:
-        for kernel in _KERNELS:
-            kernel.unload()
-        raise
+    load_all(_KERNELS)
 
 
 def built() -> bool:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from reverie.nets.cpp_kernel import CppKernel, threads
+from reverie.nets.cpp_kernel import VEC_PRELUDE, CppKernel, load_all, threads
 
 SOURCE = r"""
 #include <torch/csrc/inductor/cpp_prefix.h>
@@ -156,19 +156,7 @@ ARGTYPES = ["const float*"] * 7 + ["float*", "float*"] + ["int64_t"] * 8
 
 _kernel = CppKernel(ARGTYPES, SOURCE)
 
-CONV_SOURCE = r"""
-#include <torch/csrc/inductor/cpp_prefix.h>
-
-using Vec = at::vec::Vectorized<float>;
-constexpr int64_t V = Vec::size();
-
-static inline Vec load(const float* p) { return Vec::loadu(p); }
-static inline Vec load(const at::BFloat16* p) {
-    Vec v;
-    at::vec::load_fp32_from_bf16(p, v);
-    return v;
-}
-
+CONV_SOURCE = VEC_PRELUDE + r"""
 // One token of the causal depthwise conv over a row's last K-1 inputs (prefix [B, K-1, C],
 // float32) and its new input x (rows of C at stride xs, float32 or bfloat16): y[b, c] =
 // bias[c] + sum_k w[k, c] window[b, k, c] with window = [prefix, x], added in k's order (as
@@ -233,13 +221,7 @@ def load() -> None:
     raises what the build raised, and `reverie.sequence.ssd.ssd_step` and
     `reverie.sequence.base.causal_conv_step` serve then. All or none, as
     `reverie.nets.image_kernel.load`."""
-    try:
-        for kernel in (_kernel, _conv):
-            kernel.load()
-    except Exception:
-        for kernel in (_kernel, _conv):
-            kernel.unload()
-        raise
+    load_all((_kernel, _conv))
 
 
 def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,

@@ -374,8 +374,9 @@ class WorldModel(nn.Module):
         return [*self.image_encoders.values(), *self.image_decoders.values()]
 
     def use_image_kernels(self, on: bool) -> None:
-        """The conv encoders' pixel scaling and the conv nets' ImageNorm + SiLU by
-        reverie.nets.image_kernel (built by its `load()`) or by the torch ops."""
+        """The conv encoders' pixel scaling, the conv nets' ImageNorm + SiLU and the
+        decoders' bias sums by reverie.nets.image_kernel (built by its `load()`) or by the
+        torch ops."""
         for net in self.image_nets():
             net.kernels = on
 
