@@ -1,9 +1,12 @@
-"""reverie's C++ kernels built for another vector ISA than the machine's (shared by the
-kernel tests): AVX2 is the ISA of most laptops, while the machine that runs the tests may
-pick AVX-512, and the kernels' vector code differs between them (lane counts, the
-per-channel patterns, the shuffles)."""
+"""Shared by the kernel tests: reverie's C++ kernels built for another vector ISA than the
+machine's (AVX2 is the ISA of most laptops, while the machine that runs the tests may pick
+AVX-512, and the kernels' vector code differs between them: lane counts, the per-channel
+patterns, the shuffles), and kernels run on a given number of threads."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -25,3 +28,14 @@ def built_for(simdlen: int | None, argtypes: list[str], source: str) -> CppKerne
     with torch._inductor.config.patch({"cpp.simdlen": simdlen}):
         kernel.load()
     return kernel
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's (and so the kernels') thread count set to `n` inside, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernel_isa import built_for
+from kernel_isa import built_for, torch_threads
 from reverie.nets import image_kernel
 from reverie.nets.cnn import NO_GRAD_CHUNK, ConvDecoder, ConvEncoder, ImageNorm, run_layers
 
@@ -93,13 +93,9 @@ def test_the_kernels_are_groupnorm_then_silu_and_their_gradients(isa_kernels, dt
     bias = torch.randn(shape[1], generator=g).requires_grad_()
     grad = torch.randn(shape, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         y = kernels.norm_silu(x, weight, bias, 1e-5)
         y.backward(grad)
-    finally:
-        torch.set_num_threads(before)
     ref, gx, gw, gb = _reference(x, weight, bias, 1e-5, grad)
     assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
     assert x.grad.dtype == dtype and weight.grad.dtype == torch.float32
@@ -139,17 +135,13 @@ def test_the_kernels_give_the_same_bits_on_any_thread_count_but_the_weight_sums(
     x, g = _map((7, 24, 8, 8), torch.float32, 0)
     weight, bias = torch.randn(24, generator=g), torch.randn(24, generator=g)
     grad = torch.randn(x.shape, generator=g).contiguous(memory_format=torch.channels_last)
-    before = torch.get_num_threads()
     out = {}
-    try:
-        for threads in (1, 2, 3, 2):
-            torch.set_num_threads(threads)
+    for threads in (1, 2, 3, 2):
+        with torch_threads(threads):
             xi, w, b = (t.clone().requires_grad_() for t in (x, weight, bias))
             y = kernels.norm_silu(xi, w, b, 1e-5)
             y.backward(grad)
-            out.setdefault(threads, []).append((y, xi.grad, w.grad, b.grad))
-    finally:
-        torch.set_num_threads(before)
+        out.setdefault(threads, []).append((y, xi.grad, w.grad, b.grad))
     for threads, runs in out.items():
         for a, b in zip(runs[0][:2], out[1][0][:2]):
             assert torch.equal(a, b), threads
@@ -183,13 +175,10 @@ def test_channel_sums_are_each_channel_s_sum_on_any_thread_count(isa_kernels, dt
     kernels = isa_kernels
     g, _ = _map(shape, dtype, 5)
     ref = g.double().sum((0, 2, 3))
-    before, out = torch.get_num_threads(), []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
+    out = []
+    for threads in (1, 2, 3):
+        with torch_threads(threads):
             out.append(kernels.channel_sums(g))
-    finally:
-        torch.set_num_threads(before)
     assert out[0].dtype == torch.float32 and out[0].shape == (shape[1],)
     torch.testing.assert_close(out[0].double(), ref, rtol=1e-6, atol=1e-5)
     assert all(torch.equal(o, out[0]) for o in out)

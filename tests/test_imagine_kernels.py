@@ -11,7 +11,7 @@ import copy
 import pytest
 import torch
 
-from kernel_isa import built_for
+from kernel_isa import built_for, torch_threads
 from reverie.nets import categorical_kernel
 from reverie.sequence import ssd_kernel
 from reverie.sequence.base import causal_conv_step
@@ -68,12 +68,8 @@ def test_the_kernel_draws_the_inverse_cdf_sample(isa_kernel, rows, classes, mix,
     g = torch.Generator().manual_seed(rows + classes)
     logits = torch.randn(rows, classes, generator=g) * 3
     u = torch.rand(rows, generator=g)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         index, onehot = kernel.unimix_sample(logits, u, mix)
-    finally:
-        torch.set_num_threads(before)
     ref, margin = _reference(logits, u, mix)
     assert index.dtype == torch.int64 and index.shape == (rows,)
     differ = index != ref
@@ -193,12 +189,8 @@ def test_the_step_kernel_is_the_torch_step_written_over_the_state(isa_stepper, r
     got = {}
     for t in (threads, 1):
         state = h.clone()
-        before = torch.get_num_threads()
-        torch.set_num_threads(t)
-        try:
+        with torch_threads(t):
             got[t] = stepper.ssd_step_(x, dt, A, B, C, D, state), state
-        finally:
-            torch.set_num_threads(before)
     y, state = got[threads]
     if layout == "split":  # read where they are: no copy of x, B or C
         fresh = h.clone()
@@ -271,12 +263,8 @@ def test_the_conv_step_kernel_is_the_conv_step_written_over_the_prefix(stepper, 
     got = {}
     for t in (threads, 1):
         state = prefix.clone()
-        before = torch.get_num_threads()
-        torch.set_num_threads(t)
-        try:
+        with torch_threads(t):
             got[t] = stepper.conv_step_(x, weight, bias, state), state
-        finally:
-            torch.set_num_threads(before)
     y, state = got[threads]
     assert y.dtype == torch.float32 and torch.equal(state, p_ref)
     torch.testing.assert_close(y, y_ref, rtol=1e-6, atol=1e-6)
