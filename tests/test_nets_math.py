@@ -241,8 +241,8 @@ def test_transposed_conv_with_summed_bias_gradient_equals_nn_conv_transpose(conf
     assert torch.allclose(sums.double(), gb.double().sum((0, 2, 3)), rtol=1e-6, atol=1e-4)
     # without autograd (acting, evaluation) the plain module runs
     calls = []
-    apply = cnn._TransposedConv.apply
-    cnn._TransposedConv.apply = lambda *a: calls.append(1) or apply(*a)
+    apply = cnn._Conv.apply
+    cnn._Conv.apply = lambda *a: calls.append(1) or apply(*a)
     try:
         with torch.no_grad():
             summed.float()(x)
@@ -250,7 +250,117 @@ def test_transposed_conv_with_summed_bias_gradient_equals_nn_conv_transpose(conf
         summed(x)
         assert calls == [1]
     finally:
-        cnn._TransposedConv.apply = apply
+        cnn._Conv.apply = apply
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("geometry", [(4, 2, 1, 8), (3, 1, 1, 4), (4, 2, 2, 6), (2, 2, 0, 8),
+                                      (5, 3, 2, 7), (3, 2, 1, 9)])
+def test_matmul_weight_grad_is_the_conv_weight_gradient(transposed, geometry):
+    """`matmul_weight_grad` (im2col + one matmul) against ATen's convolution_backward in
+    float64, for convs and transposed convs of several kernels, strides and paddings
+    (channels-last and NCHW maps), and the rules of `matmul_weight_grad_serves`."""
+    import torch.nn.functional as F
+
+    from reverie.nets import cnn
+
+    k, s, p, H = geometry
+    C_big, C_small = 5, 7
+    h = (H + 2 * p - k) // s + 1
+    g = torch.Generator().manual_seed(sum(geometry))
+    weight = torch.randn(C_small, C_big, k, k, generator=g, dtype=torch.float64)
+    small = torch.randn(3, C_small, h, h, generator=g, dtype=torch.float64)
+    if transposed:  # a map from `small` to `big`; big = its output gradient
+        out = F.conv_transpose2d(small, weight, None, s, p)
+        if out.shape[-1] != H:
+            pytest.skip("no transposed conv gives this map without output padding")
+        big = torch.randn(out.shape, generator=g, dtype=torch.float64)
+        want = torch.ops.aten.convolution_backward(big, small, weight, None, [s, s], [p, p],
+                                                   [1, 1], True, [0, 0], 1,
+                                                   [False, True, False])[1]
+    else:  # a map from `big` to `small`; small = its output gradient
+        big = torch.randn(3, C_big, H, H, generator=g, dtype=torch.float64)
+        want = torch.ops.aten.convolution_backward(small, big, weight, None, [s, s], [p, p],
+                                                   [1, 1], False, [0, 0], 1,
+                                                   [False, True, False])[1]
+    for layout in (torch.channels_last, torch.contiguous_format):
+        got = cnn.matmul_weight_grad(big.contiguous(memory_format=layout),
+                                     small.contiguous(memory_format=layout), (k, k), (s, s),
+                                     (p, p))
+        assert got.shape == want.shape
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+    # serves: bf16 channels-last maps of the conv's geometry, the small one at most 16 pixels
+    cl = torch.channels_last
+
+    def serves(big, small, **kw):
+        conf = dict(dilation=(1, 1), groups=1) | kw
+        return cnn.matmul_weight_grad_serves(big, small, weight, (s, s), (p, p), **conf)
+
+    bb, sb = (t.bfloat16().contiguous(memory_format=cl) for t in (big, small))
+    assert serves(bb, sb) == (h * h <= cnn.MATMUL_WGRAD_PIXELS)
+    if h * h <= cnn.MATMUL_WGRAD_PIXELS:
+        assert not serves(bb.float(), sb.float())  # float32: oneDNN's was faster
+        assert not serves(bb.contiguous(), sb)
+        assert not serves(bb, sb.contiguous()) or h == 1
+        assert not serves(bb, sb, groups=7)
+        assert not serves(bb, sb, dilation=(2, 2))
+        assert not serves(bb, sb, output_padding=(1, 1))
+        assert not serves(bb[:, :, 1:], sb)  # not this conv's geometry
+        assert not serves(bb[:2], sb)
+
+
+def test_the_conv_nets_take_matmul_weight_gradients_onto_small_maps_in_bf16_only():
+    """With `kernels` on, under bf16 autocast, the encoder's last stride-2 conv (onto 4x4 maps)
+    and the decoder's first transposed conv (from them) take their weight gradients from
+    `matmul_weight_grad`, and the nets' outputs and every gradient agree with the plain
+    modules' to bf16 rounding; in float32, with `kernels` off and without autograd the
+    plain modules run."""
+    from reverie.nets import cnn
+
+    torch.manual_seed(0)
+    enc, dec = cnn.ConvEncoder((64, 64, 3), 8, 16), cnn.ConvDecoder(20, (64, 64, 3), 8, 16)
+    image = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
+    z = torch.randn(3, 20)
+    calls = []
+    real = cnn.matmul_weight_grad
+
+    def counted(big, small, *a):
+        calls.append((tuple(big.shape), tuple(small.shape)))
+        return real(big, small, *a)
+
+    def run(kernels: bool, bf16: bool):
+        grads = []
+        for net, inp in ((enc, image), (dec, z)):
+            net.zero_grad()
+            with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                # run_layers without the image kernels (they may not be built here)
+                if net is enc:
+                    x = inp.permute(0, 3, 1, 2).float().div(255).sub(0.5)
+                    out = cnn.run_layers(net.net, x.contiguous(memory_format=torch.channels_last),
+                                         kernels)
+                else:
+                    x = net.stem(inp).reshape(-1, 16, 4, 4)
+                    out = cnn.run_layers(net.net, x.contiguous(memory_format=torch.channels_last),
+                                         kernels)
+            out.float().square().mean().backward()
+            grads += [out.detach().float()] + [q.grad.clone() for q in net.parameters()]
+        return grads
+
+    cnn.matmul_weight_grad = counted
+    try:
+        want = run(False, True)
+        assert not calls
+        got = run(True, True)
+        assert calls == [((3, 32, 8, 8), (3, 64, 4, 4)), ((3, 32, 8, 8), (3, 64, 4, 4))]
+        for w, g in zip(want, got):
+            assert torch.allclose(g, w, rtol=0.02, atol=0.02 * w.abs().max())
+        calls.clear()
+        run(True, False)
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+            enc(image), dec(z)
+        assert not calls
+    finally:
+        cnn.matmul_weight_grad = real
 
 
 def test_encoder_and_reconstruction_loss_leave_float_images_as_they_are():

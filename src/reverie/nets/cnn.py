@@ -26,8 +26,10 @@ is slow (bench/cnn.py's `norm`).
 Under run.compile=on (where its kernels build) both nets run reverie/nets/image_kernel.py's
 C++ kernels (`kernels`): the encoder's pixel scaling in one pass, each ImageNorm with the
 SiLU after it as one forward and one backward, and the transposed convs' bias gradients as
-one read of the output gradient; the modules and their state dict are the same
-(`run_layers`).
+one read of the output gradient; and, in bfloat16, the weight gradient of the conv onto the
+encoder's last 4x4 maps and of the decoder's first transposed conv from them as an im2col
+matmul (`matmul_weight_grad`: oneDNN's ran at a quarter of the matmul's speed there); the
+modules and their state dict are the same (`run_layers`).
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ class ConvEncoder(nn.Module):
         c_in = C
         for i in range(N_STAGES):
             c_out = depth * 2**i
-            mods += [nn.Conv2d(c_in, c_out, 4, 2, 1), ImageNorm(c_out), nn.SiLU()]
+            mods += [MatmulGradConv2d(c_in, c_out, 4, 2, 1), ImageNorm(c_out), nn.SiLU()]
             c_in = c_out
         mods += [nn.Conv2d(c_in, embed_channels, 1), ImageNorm(embed_channels), nn.SiLU()]
         self.net = nn.Sequential(*mods)
@@ -130,7 +132,8 @@ class ImageNorm(nn.GroupNorm):
 def run_layers(net: nn.Sequential, x: Tensor, kernels: bool) -> Tensor:
     """`net(x)`, where `kernels` (run.compile=on, reverie.nets.image_kernel built) with each
     ImageNorm that SiLU follows run as one `image_kernel.norm_silu` on the maps it serves,
-    and the transposed convs told to take their bias gradients from `image_kernel`."""
+    the transposed convs told to take their bias gradients from `image_kernel`, and the
+    convs of both their bf16 weight gradients onto small maps from `matmul_weight_grad`."""
     layers = list(net)
     i = 0
     while i < len(layers):
@@ -139,7 +142,7 @@ def run_layers(net: nn.Sequential, x: Tensor, kernels: bool) -> Tensor:
                 and isinstance(layers[i + 1], nn.SiLU) and image_kernel.serves(x)):
             x = image_kernel.norm_silu(x, layer.weight, layer.bias, layer.eps)
             i += 2
-        elif isinstance(layer, BiasSumConvTranspose2d):
+        elif isinstance(layer, (MatmulGradConv2d, BiasSumConvTranspose2d)):
             x = layer(x, kernels=kernels)
             i += 1
         else:
@@ -161,43 +164,137 @@ def channel_sums(g: Tensor) -> Tensor:
     return g.permute(0, 2, 3, 1).reshape(N, H * W, C).sum(1, dtype=torch.float32).sum(0)
 
 
-class _TransposedConv(torch.autograd.Function):
-    """`F.conv_transpose2d(x, weight, bias, ...)` whose backward takes the input and weight
-    gradients from oneDNN and the bias gradient from `channel_sums` (or, with `kernels`,
-    `image_kernel.channel_sums`). Under autocast x and
+# the small map's pixels at or below which a bfloat16 conv's weight gradient is an im2col
+# matmul (`matmul_weight_grad`) under `kernels`: at atari100k's 2,048 frames oneDNN's bf16
+# weight gradient of the 96 -> 192 conv onto 4x4 maps (and of its transposed mirror in the
+# decoder) ran at ~280 GFLOP/s, 66 ms, the matmul form in 37 ms; at 8x8 maps (the 48 -> 96
+# conv) the matmul form took 69 ms against oneDNN's 35, and in float32 it lost at both
+# (125 vs 80 ms); 2 threads, scratch benchmark, 2026-12-07
+MATMUL_WGRAD_PIXELS = 16
+
+
+def matmul_weight_grad_serves(big: Tensor, small: Tensor, weight: Tensor, stride: tuple,
+                              padding: tuple, dilation: tuple, groups: int,
+                              output_padding: tuple = (0, 0)) -> bool:
+    """Whether `matmul_weight_grad` takes the weight gradient of the conv from `big` (its
+    input, or a transposed conv's output gradient) to `small` (its output gradient, or a
+    transposed conv's input): bfloat16 channels-last maps on the CPU, one group, no dilation
+    or output padding, `small` exactly the conv's output size and at most
+    MATMUL_WGRAD_PIXELS pixels."""
+    if (big.dtype != torch.bfloat16 or small.dtype != torch.bfloat16
+            or big.device.type != "cpu" or big.dim() != 4 or small.dim() != 4
+            or groups != 1 or tuple(dilation) != (1, 1) or tuple(output_padding) != (0, 0)
+            or small.shape[2] * small.shape[3] > MATMUL_WGRAD_PIXELS
+            or big.shape[0] != small.shape[0]
+            or not big.is_contiguous(memory_format=torch.channels_last)
+            or not small.is_contiguous(memory_format=torch.channels_last)):
+        return False
+    k = weight.shape[2:]
+    return all((big.shape[2 + i] + 2 * padding[i] - k[i]) // stride[i] + 1
+               == small.shape[2 + i] for i in range(2))
+
+
+def matmul_weight_grad(big: Tensor, small: Tensor, kernel: tuple, stride: tuple,
+                       padding: tuple) -> Tensor:
+    """Σ over n, y, x of small[n, :, y, x] ⊗ big_padded[n, :, s·y + i, s·x + j], as
+    [C_small, C_big, kh, kw]: the weight gradient of a conv from `big` to `small` (small =
+    the output gradient) and of a transposed conv from `small` to `big` (big = the output
+    gradient), whose weights are both [C_small, C_big, kh, kw]. One copy of the padded big
+    map's windows (im2col, [N·h·w, kh·kw·C_big]) and one matmul with the small map's
+    pixels as rows; channels-last maps (`matmul_weight_grad_serves`)."""
+    N, Cb, H, W = big.shape
+    Cs, h, w = small.shape[1:]
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    padded = F.pad(big.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph))  # [N, H', W', C_big]
+    sn, sy, sx, sc = padded.stride()
+    cols = padded.as_strided((N, h, w, kh, kw, Cb), (sn, sh * sy, sw * sx, sy, sx, sc),
+                             padded.storage_offset()).reshape(N * h * w, kh * kw * Cb)
+    rows = small.permute(0, 2, 3, 1).reshape(N * h * w, Cs)  # a view: channels-last
+    return (cols.t() @ rows).view(kh, kw, Cb, Cs).permute(3, 2, 0, 1)
+
+
+class _Conv(torch.autograd.Function):
+    """`F.conv2d` or (`transposed`) `F.conv_transpose2d` of (x, weight, bias, ...) whose
+    backward takes the input gradient from oneDNN, the weight gradient from oneDNN or, with
+    `kernels` where it serves, from `matmul_weight_grad`, and the bias gradient from
+    `channel_sums` (with `kernels`, `image_kernel.channel_sums`). Under autocast x and
     weight come cast, the bias in its own dtype (float32): its gradient is g's sums, in
     float32 (oneDNN's would be rounded to bf16 under autocast), in the bias's dtype."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, stride: tuple, padding: tuple,
-                output_padding: tuple, groups: int, dilation: tuple, kernels: bool) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, transposed: bool, stride: tuple,
+                padding: tuple, output_padding: tuple, groups: int, dilation: tuple,
+                kernels: bool) -> Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.conv = (stride, padding, dilation, output_padding, groups)
+        ctx.conv = (transposed, stride, padding, dilation, output_padding, groups)
         ctx.bias_dtype, ctx.kernels = bias.dtype, kernels
-        return F.conv_transpose2d(x, weight, bias.to(x.dtype), stride, padding,
-                                  output_padding, groups, dilation)
+        if transposed:
+            return F.conv_transpose2d(x, weight, bias.to(x.dtype), stride, padding,
+                                      output_padding, groups, dilation)
+        return F.conv2d(x, weight, bias.to(x.dtype), stride, padding, dilation, groups)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: Tensor) -> tuple:
         x, weight = ctx.saved_tensors
-        stride, padding, dilation, output_padding, groups = ctx.conv
+        transposed, stride, padding, dilation, output_padding, groups = ctx.conv
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_x = grad_w = grad_b = None
-        if need_x or need_w:
+        big, small = (g, x) if transposed else (x, g)
+        matmul = need_w and ctx.kernels and matmul_weight_grad_serves(
+            big, small, weight, stride, padding, dilation, groups, output_padding)
+        if need_x or (need_w and not matmul):
             grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-                g, x, weight, None, stride, padding, dilation, True, output_padding, groups,
-                [need_x, need_w, False])
+                g, x, weight, None, stride, padding, dilation, transposed, output_padding,
+                groups, [need_x, need_w and not matmul, False])
+        if matmul:
+            grad_w = matmul_weight_grad(big, small, weight.shape[2:], stride, padding)
         if need_b:
             sums = (image_kernel.channel_sums if ctx.kernels and image_kernel.serves(g)
                     else channel_sums)
             grad_b = sums(g).to(ctx.bias_dtype)
-        return grad_x, grad_w, grad_b, None, None, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None, None, None
+
+
+def _autocast(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """x and weight cast as autocast casts a conv's (the bias is cast inside `_Conv`)."""
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        x, weight = (t.to(dtype) if t.dtype == torch.float32 else t for t in (x, weight))
+    return x, weight
+
+
+def _plain(module: nn.Module, x: Tensor) -> bool:
+    """Whether a conv runs as the plain torch module: compiled graphs, no autograd, no
+    bias, other padding modes and other devices."""
+    return (module.bias is None or torch.compiler.is_compiling() or not torch.is_grad_enabled()
+            or module.padding_mode != "zeros" or x.device.type != "cpu")
+
+
+class MatmulGradConv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters and state dict) whose bfloat16 weight gradient onto small
+    output maps is `matmul_weight_grad` where `kernels` (`run_layers`) is on and it serves
+    (`_Conv`; the bias gradient then from the output gradient's sums); otherwise, and in
+    compiled graphs, without autograd or on other devices, the plain module."""
+
+    def forward(self, x: Tensor, kernels: bool = False) -> Tensor:
+        if not kernels or _plain(self, x) or isinstance(self.padding, str):
+            return super().forward(x)
+        cx, weight = _autocast(x, self.weight)
+        out_pixels = 1
+        for i in range(2):
+            out_pixels *= ((x.shape[-2 + i] + 2 * self.padding[i] - self.kernel_size[i])
+                           // self.stride[i] + 1)
+        if (cx.dtype != torch.bfloat16 or x.dim() != 4 or out_pixels > MATMUL_WGRAD_PIXELS
+                or self.groups != 1 or tuple(self.dilation) != (1, 1)):
+            return super().forward(x)  # `_Conv`'s backward checks the rest
+        return _Conv.apply(cx, weight, self.bias, False, self.stride, self.padding, (0, 0),
+                           self.groups, self.dilation, True)
 
 
 class BiasSumConvTranspose2d(nn.ConvTranspose2d):
     """nn.ConvTranspose2d (same parameters and state dict) whose bias gradient is the sum
-    of its output's gradient (`_TransposedConv`) while autograd records it eagerly: oneDNN's
+    of its output's gradient (`_Conv`) while autograd records it eagerly: oneDNN's
     own bias gradient of a transposed conv took longer than its weight gradient on this
     CPU, in float32 and in bfloat16 (bench/cnn.py's `bias`: the decoder 1.14x / 1.30x).
     Compiled graphs, no_grad, output_size calls and other devices run the plain module; no
@@ -206,17 +303,13 @@ class BiasSumConvTranspose2d(nn.ConvTranspose2d):
     def forward(self, x: Tensor, output_size: list[int] | None = None,
                 kernels: bool = False) -> Tensor:
         """`kernels` (`run_layers`): the bias gradient from `image_kernel.channel_sums`
-        where it serves the gradient."""
-        if (output_size is not None or self.bias is None or torch.compiler.is_compiling()
-                or not torch.is_grad_enabled() or self.padding_mode != "zeros"
-                or x.device.type != "cpu"):
+        where it serves the gradient, and the weight gradient from `matmul_weight_grad`
+        where that serves."""
+        if output_size is not None or _plain(self, x):
             return super().forward(x, output_size)
-        weight = self.weight
-        if torch.is_autocast_enabled("cpu"):  # cast as autocast would (the bias inside)
-            dtype = torch.get_autocast_dtype("cpu")
-            x, weight = (t.to(dtype) if t.dtype == torch.float32 else t for t in (x, weight))
-        return _TransposedConv.apply(x, weight, self.bias, self.stride, self.padding,
-                                     self.output_padding, self.groups, self.dilation, kernels)
+        x, weight = _autocast(x, self.weight)
+        return _Conv.apply(x, weight, self.bias, True, self.stride, self.padding,
+                           self.output_padding, self.groups, self.dilation, kernels)
 
 
 class ConvDecoder(nn.Module):
