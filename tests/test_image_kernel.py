@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from kernel_isa import built_for, torch_threads
-from reverie.nets import image_kernel
-from reverie.nets.cnn import NO_GRAD_CHUNK, ConvDecoder, ConvEncoder, ImageNorm, run_layers
+from reverie.nets import cnn, image_kernel
+from reverie.nets.cnn import ConvDecoder, ConvEncoder, ImageNorm, run_layers
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +208,7 @@ def test_the_decoder_takes_its_bias_gradients_from_the_sums_kernel_only_when_on(
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_the_conv_nets_with_the_kernels_are_the_conv_nets(kernels, precision):
+def test_the_conv_nets_with_the_kernels_are_the_conv_nets(kernels, precision, monkeypatch):
     """Encoder and decoder with `kernels` on (the pixels, each ImageNorm + SiLU and the
     decoder's bias sums by the kernels) against the same nets with torch's ops: outputs and
     every parameter's gradient agree to rounding, under autocast too; the encoder's no-grad
@@ -240,7 +240,8 @@ def test_the_conv_nets_with_the_kernels_are_the_conv_nets(kernels, precision):
             scale = max(1.0, float(grad.abs().max()))
             err = float((fused[name][1][k] - grad).abs().max())
             assert err <= tol["atol"] * scale, (name, k, err)
-    many = torch.randint(0, 256, (NO_GRAD_CHUNK + 5, 32, 32, 3), generator=g, dtype=torch.uint8)
+    monkeypatch.setattr(cnn, "NO_GRAD_CHUNK", 16)  # three chunks, the last of 5 images
+    many = torch.randint(0, 256, (2 * 16 + 5, 32, 32, 3), generator=g, dtype=torch.uint8)
     enc = nets["enc"]
     with torch.no_grad():
         enc.kernels = False

@@ -14,8 +14,8 @@ no batch statistics (acting uses batch 1, training batch 16x64) and no permute c
 Both run channels-last (NHWC in memory, oneDNN's native layout): the encoder's input is the
 stored [..., H, W, C] frame seen as NCHW, and the decoder's output permuted back to
 [..., H, W, C] is contiguous, so neither end copies. Without autograd (imagination's
-context, acting) the encoder takes `NO_GRAD_CHUNK` images at a time, so each layer's output
-is still in cache for the GroupNorm and SiLU that read it next.
+context, acting) the encoder takes `NO_GRAD_CHUNK` images at a time, which bounds the memory
+of its feature maps.
 
 The decoder's transposed convs (`BiasSumConvTranspose2d`) take their bias gradient as a sum
 of the output gradient instead of from oneDNN's backward, whose bias gradient cost more than
@@ -42,9 +42,14 @@ from reverie.nets import image_kernel
 
 N_STAGES = 4  # stride-2 stages: 64 -> 4
 # images per encoder pass without autograd: Drama's imagination encodes 1024 x 8 context
-# frames per update, whose first feature map alone is 800 MB at 64x64 (bench: ~1.5x faster
-# in chunks of 128-512 than in one pass on a 2-core CPU, bench/cnn.py)
-NO_GRAD_CHUNK = 256
+# frames per update, whose first feature map alone is 800 MB at 64x64 in float32. With
+# libgomp's default spin the chunk size hardly mattered once the conv nets had their kernels
+# (256-2048 images: 557-562 ms in bf16, 1389-1443 ms in float32, 8,192 frames at atari100k's
+# sizes); with the `reverie` command's short spin (reverie/openmp.py: each parallel region
+# may wake a sleeping thread) fewer, larger chunks cost less: 743, 626, 591 ms in bf16 and
+# 1723, 1456, 1394 ms in float32 at 256, 1024, 2048 (2 threads, alternating, scratch
+# benchmark, 2026-12-07)
+NO_GRAD_CHUNK = 2048
 
 
 def _check_image_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
