@@ -14,6 +14,8 @@ wall time of the full protocol (100k env steps at one update per env step).
         # (A B A B ..., the order reversed every round) -> bench/results/atari_ab.json
     python bench/atari_smoke.py --current-set run.compile=on --baseline-set run.compile=auto \
         --name atari_compile_ab                   # this tree with two settings, alternating
+    python bench/atari_smoke.py --baseline-env GOMP_SPINCOUNT=300000 --name atari_spin_ab
+        # this tree as the `reverie` command runs it against an environment variable set
     python bench/atari_smoke.py --bound-only      # FLOPs per update over the matmul peak
     python bench/atari_smoke.py --breakdown       # where an update's time goes
 
@@ -113,6 +115,7 @@ def alternate(args: argparse.Namespace) -> dict:
     here = revision(ROOT / "src")  # the code each side times: a tree's src/
     commit = revision(base_src) if base_src else here
     sets = {"current": args.current_set or [], "baseline": args.baseline_set or []}
+    base_env = dict(kv.split("=", 1) for kv in args.baseline_env or [])
     per: dict[str, list[float]] = {"current": [], "baseline": []}
     loads = [round(os.getloadavg()[0], 2)]
     for r in range(args.rounds):
@@ -122,6 +125,8 @@ def alternate(args: argparse.Namespace) -> dict:
             env = dict(os.environ)
             if side == "baseline" and base_src:  # the older package first on the path
                 env["PYTHONPATH"] = str(base_src)
+            if side == "baseline":
+                env.update(base_env)
             subprocess.run(command(run, args.updates + WARMUP, args.threads, sets[side]),
                            check=True, env=env)
             # after the first WARMUP updates: the first one compiles (run.compile=auto)
@@ -134,6 +139,9 @@ def alternate(args: argparse.Namespace) -> dict:
             "baseline_commit": commit, "current_commit": here,
             "baseline_is_this_tree": base_src is None,
             "current_sets": sets["current"], "baseline_sets": sets["baseline"],
+            "baseline_env": base_env,
+            # libgomp's settings as this script was started (both sides, but --baseline-env)
+            "openmp_env": {k: os.environ.get(k) for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")},
             "rounds": args.rounds,
             "torch_threads": args.threads,
             "seconds_per_update": {k: spread(v, 3, "rounds") for k, v in per.items()},
@@ -200,6 +208,10 @@ def main() -> None:
                         "it to the --baseline-src side")
     p.add_argument("--current-set", action="append", metavar="KEY=VALUE",
                    help="a --set of this tree's side of the alternation (repeatable)")
+    p.add_argument("--baseline-env", action="append", metavar="KEY=VALUE",
+                   help="an environment variable of the baseline side's runs (repeatable): "
+                        "alternate with this tree run in that environment, or add it to the "
+                        "--baseline-src side")
     p.add_argument("--name", default="atari_ab",
                    help="the alternation's JSON: bench/results/NAME.json (default atari_ab)")
     p.add_argument("--rounds", type=int, default=3, help="rounds of the alternation")
@@ -210,10 +222,13 @@ def main() -> None:
                    help="only add the compute bound (FLOPs per update over the matmul peak) "
                         "to the existing atari_*.json (smoke run, alternations)")
     args = p.parse_args()
-    if (args.current_set or args.name != "atari_ab") and not (args.baseline_src
-                                                               or args.baseline_set):
-        p.error("--current-set and --name are for an alternation: add --baseline-src DIR or "
-                "--baseline-set KEY=VALUE")
+    for kv in args.baseline_env or []:
+        if "=" not in kv or not kv.split("=", 1)[0]:
+            p.error(f"--baseline-env {kv!r}: give NAME=VALUE")
+    alternation = args.baseline_src or args.baseline_set or args.baseline_env
+    if (args.current_set or args.name != "atari_ab") and not alternation:
+        p.error("--current-set and --name are for an alternation: add --baseline-src DIR, "
+                "--baseline-set KEY=VALUE or --baseline-env NAME=VALUE")
     if args.breakdown:
         path = RESULTS / "atari_smoke.json"
         report = json.loads(path.read_text())
@@ -225,7 +240,7 @@ def main() -> None:
         for path in sorted(RESULTS.glob("atari_*.json")):  # the smoke run and alternations
             print(path.name, with_bound(path, args.threads)["compute_bound"])
         return
-    if args.baseline_src or args.baseline_set:
+    if alternation:
         result = alternate(args)
         RESULTS.mkdir(parents=True, exist_ok=True)
         path = RESULTS / f"{args.name}.json"

@@ -359,7 +359,9 @@ def atari_ab_table(results: Path, name: str = "atari_ab") -> str | None:
         text = ("this tree" + (f" (commit {commit})" if commit else "") if same
                 else f"commit {commit}")
         sets = report.get(f"{side}_sets") or []
-        return text + "".join(f", `--set {kv}`" for kv in sets)
+        env = (report.get("baseline_env") or {}) if side == "baseline" else {}
+        return (text + "".join(f", `--set {kv}`" for kv in sets)
+                + "".join(f", environment `{k}={v}`" for k, v in env.items()))
 
     head = ["code", "s / update (median, min–max)", "100k-step protocol (extrapolated)"]
     rows = [_row(head), _row(["---"] * len(head))]
@@ -370,6 +372,10 @@ def atari_ab_table(results: Path, name: str = "atari_ab") -> str | None:
     loads = report["loadavg_1min"]
     own = "; each side adds its own --sets" if any(
         report.get(f"{side}_sets") for side in ("baseline", "current")) else ""
+    started = {k: v for k, v in (report.get("openmp_env") or {}).items() if v is not None}
+    if started:
+        own += "; started with " + ", ".join(f"`{k}={v}`" for k, v in started.items()) + (
+            " in the environment (the baseline side's own environment variables aside)")
     note = (f"`{' '.join(report['command'])}` (--steps counts the prefill{own}), each side a "
             f"fresh run, {report['rounds']} rounds alternating (the "
             f"order reversed every round); timed: {report['timed']}; "
@@ -1309,6 +1315,9 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     "atari": atari_table,
     "atari_ab": atari_ab_table,
     "atari_compile_ab": lambda results: atari_ab_table(results, "atari_compile_ab"),
+    "atari_4x_ab": lambda results: atari_ab_table(results, "atari_4x_ab"),
+    "atari_4x_ab_spin": lambda results: atari_ab_table(results, "atari_4x_ab_spin"),
+    "atari_spin_ab": lambda results: atari_ab_table(results, "atari_spin_ab"),
     "campaign_atari": campaign_atari_table,
     "drama_ablation": drama_ablation_table,
     "popgym": popgym_table,

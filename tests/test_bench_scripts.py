@@ -63,6 +63,17 @@ def test_atari_alternation_labels_each_side_by_its_code_and_sets(tmp_path, monke
     (tmp_path / "atari_ab.json").write_text(json.dumps(
         {**report, "baseline_commit": "abc1234", "baseline_is_this_tree": False}))
     assert "| commit abc1234 | 3.00" in tables.atari_ab_table(tmp_path)
+    # the environment: the baseline side's own variables label its row; the variables the
+    # script was started with are said once, for both sides
+    spin = {**report, "baseline_commit": "abc1234", "baseline_env": {"GOMP_SPINCOUNT": "300000"},
+            "openmp_env": {"GOMP_SPINCOUNT": None, "OMP_WAIT_POLICY": "PASSIVE"}}
+    (tmp_path / "atari_spin_ab.json").write_text(json.dumps(spin))
+    table = tables.atari_ab_table(tmp_path, "atari_spin_ab")
+    assert ("| this tree (commit abc1234), environment `GOMP_SPINCOUNT=300000` | 3.00"
+            in table)
+    assert "| this tree (commit abc1234) | 2.00" in table
+    assert "started with `OMP_WAIT_POLICY=PASSIVE` in the environment" in table
+    assert "GOMP_SPINCOUNT=None" not in table
     smoke = {"command": ["reverie", "train"], "env_steps": 1012, "grad_steps": 13,
              "seconds_per_update": 2.0, "full_protocol_hours_extrapolated": 55.6,
              "full_protocol_days_extrapolated": 2.3, "torch_threads": 2, "timed": "updates 6 on",
@@ -130,3 +141,33 @@ def test_the_breakdown_times_the_replay_made_when_training_starts(monkeypatch):
         {}, 1, "gru", matched=False, steps=160,
         overrides=(*TINY_MODEL, "run.prefill=100", "run.train_ratio=16", "replay.on_disk=false"))
     assert out["updates"] > 0 and out["ms_per_update"]["replay sample"] > 0
+
+
+def test_atari_alternation_gives_the_baseline_side_its_environment(tmp_path, monkeypatch):
+    """--baseline-env: the baseline side's runs get the variables, the current side's do
+    not; the JSON records them and the variables the script was started with."""
+    import argparse
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "bench"))
+    smoke = _bench_module("atari_smoke")
+    import runlib  # bench/runlib.py, as the script imports it
+
+    monkeypatch.setattr(runlib, "revision", lambda src: "abc1234")
+    envs = []
+    monkeypatch.setattr(smoke.subprocess, "run",
+                        lambda cmd, check, env: envs.append((cmd[cmd.index("--out") + 1], env)))
+    monkeypatch.setattr(smoke, "summarise", lambda *a: {"seconds_per_update": 2.0})
+    monkeypatch.setenv("GOMP_SPINCOUNT", "1000")
+    args = argparse.Namespace(baseline_src=None, baseline_set=None, current_set=None,
+                              baseline_env=["GOMP_SPINCOUNT=300000", "X=a=b"], rounds=2,
+                              out=str(tmp_path / "run"), updates=2, threads=2)
+    result = smoke.alternate(args)
+    sides = [Path(out).name for out, _ in envs]
+    assert sides == ["atari-ab-current", "atari-ab-baseline", "atari-ab-baseline",
+                     "atari-ab-current"]
+    for out, env in envs:
+        baseline = out.endswith("baseline")
+        assert env["GOMP_SPINCOUNT"] == ("300000" if baseline else "1000")
+        assert env.get("X") == ("a=b" if baseline else None)
+    assert result["baseline_env"] == {"GOMP_SPINCOUNT": "300000", "X": "a=b"}
+    assert result["openmp_env"]["GOMP_SPINCOUNT"] == "1000"
