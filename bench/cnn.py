@@ -137,10 +137,13 @@ def main() -> None:
         # chunked and one pass agree (oneDNN may order its sums differently)
         with torch.no_grad():
             before = cnn.NO_GRAD_CHUNK
-            cnn.NO_GRAD_CHUNK, whole = CONTEXT_IMAGES, enc(frames[:1024])
-            cnn.NO_GRAD_CHUNK = 256
-            diff_encode = float((enc(frames[:1024]) - whole).abs().max())
-            cnn.NO_GRAD_CHUNK = before
+            try:
+                cnn.NO_GRAD_CHUNK = CONTEXT_IMAGES  # one pass
+                whole = enc(frames[:1024])
+                cnn.NO_GRAD_CHUNK = 256
+                diff_encode = float((enc(frames[:1024]) - whole).abs().max())
+            finally:
+                cnn.NO_GRAD_CHUNK = before
         times = alternate({f"chunk {c}" if c else "one pass": encode(c) for c in args.chunks},
                           args.rounds, warmup=1, flip=True)
         result.update({"encode_no_grad_s": {k: spread(v, 4) for k, v in times.items()},

@@ -171,3 +171,28 @@ def test_atari_alternation_gives_the_baseline_side_its_environment(tmp_path, mon
         assert env.get("X") == ("a=b" if baseline else None)
     assert result["baseline_env"] == {"GOMP_SPINCOUNT": "300000", "X": "a=b"}
     assert result["openmp_env"]["GOMP_SPINCOUNT"] == "1000"
+
+
+def test_atari_smoke_refuses_a_baseline_env_without_a_name(tmp_path, monkeypatch, capsys):
+    """--baseline-env takes NAME=VALUE: anything else is a one-line usage error (exit 2)
+    before any run starts; NAME=VALUE alone is an alternation (--name is allowed)."""
+    import pytest
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "bench"))
+    smoke = _bench_module("atari_smoke")
+    monkeypatch.setattr(smoke, "alternate", lambda args: pytest.fail("must not run"))
+    for bad in ("GOMP_SPINCOUNT", "=300000"):
+        monkeypatch.setattr("sys.argv", ["atari_smoke.py", "--baseline-env", bad])
+        with pytest.raises(SystemExit) as exit_:
+            smoke.main()
+        assert exit_.value.code == 2
+        assert "give NAME=VALUE" in capsys.readouterr().err
+    ran = []
+    monkeypatch.setattr(smoke, "alternate",
+                        lambda args: ran.append(args.baseline_env) or {"rounds": 1})
+    monkeypatch.setattr(smoke, "with_bound", lambda path, threads: json.loads(path.read_text()))
+    monkeypatch.setattr(smoke, "RESULTS", tmp_path)
+    monkeypatch.setattr("sys.argv", ["atari_smoke.py", "--baseline-env", "X=1", "--name", "t"])
+    smoke.main()
+    assert ran == [["X=1"]]
+    assert json.loads((tmp_path / "t.json").read_text()) == {"rounds": 1}

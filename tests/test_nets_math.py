@@ -254,39 +254,41 @@ def test_transposed_conv_with_summed_bias_gradient_equals_nn_conv_transpose(conf
 
 
 @pytest.mark.parametrize("transposed", [False, True])
-@pytest.mark.parametrize("geometry", [(4, 2, 1, 8), (3, 1, 1, 4), (4, 2, 2, 6), (2, 2, 0, 8),
-                                      (5, 3, 2, 7), (3, 2, 1, 9)])
+@pytest.mark.parametrize("geometry", [  # (kh, kw), (sh, sw), (ph, pw), (H, W) of the big map
+    ((4, 4), (2, 2), (1, 1), (8, 8)), ((3, 3), (1, 1), (1, 1), (4, 4)),
+    ((4, 4), (2, 2), (2, 2), (6, 6)), ((2, 2), (2, 2), (0, 0), (8, 8)),
+    ((5, 5), (3, 3), (2, 2), (7, 7)),
+    ((3, 3), (2, 2), (1, 1), (8, 8)),  # the padded map's last row and column unread
+    ((3, 2), (2, 1), (1, 0), (8, 6)),  # each axis its own kernel, stride and padding
+    ((4, 2), (2, 2), (1, 0), (7, 6))])
 def test_matmul_weight_grad_is_the_conv_weight_gradient(transposed, geometry):
     """`matmul_weight_grad` (im2col + one matmul) against ATen's convolution_backward in
-    float64, for convs and transposed convs of several kernels, strides and paddings
-    (channels-last and NCHW maps), and the rules of `matmul_weight_grad_serves`."""
+    float64, for convs and transposed convs of several kernels, strides and paddings, per
+    axis (channels-last and NCHW maps), and the rules of `matmul_weight_grad_serves`."""
     import torch.nn.functional as F
 
     from reverie.nets import cnn
 
-    k, s, p, H = geometry
+    k, st, pad, (H, W) = geometry
     C_big, C_small = 5, 7
-    h = (H + 2 * p - k) // s + 1
-    g = torch.Generator().manual_seed(sum(geometry))
-    weight = torch.randn(C_small, C_big, k, k, generator=g, dtype=torch.float64)
-    small = torch.randn(3, C_small, h, h, generator=g, dtype=torch.float64)
+    h, w = ((size + 2 * pad[i] - k[i]) // st[i] + 1 for i, size in enumerate((H, W)))
+    g = torch.Generator().manual_seed(sum(sum(pair) for pair in geometry))
+    weight = torch.randn(C_small, C_big, *k, generator=g, dtype=torch.float64)
+    small = torch.randn(3, C_small, h, w, generator=g, dtype=torch.float64)
     if transposed:  # a map from `small` to `big`; big = its output gradient
-        out = F.conv_transpose2d(small, weight, None, s, p)
-        if out.shape[-1] != H:
+        out = F.conv_transpose2d(small, weight, None, st, pad)
+        if out.shape[-2:] != (H, W):
             pytest.skip("no transposed conv gives this map without output padding")
         big = torch.randn(out.shape, generator=g, dtype=torch.float64)
-        want = torch.ops.aten.convolution_backward(big, small, weight, None, [s, s], [p, p],
-                                                   [1, 1], True, [0, 0], 1,
-                                                   [False, True, False])[1]
+        want = torch.ops.aten.convolution_backward(big, small, weight, None, st, pad, [1, 1],
+                                                   True, [0, 0], 1, [False, True, False])[1]
     else:  # a map from `big` to `small`; small = its output gradient
-        big = torch.randn(3, C_big, H, H, generator=g, dtype=torch.float64)
-        want = torch.ops.aten.convolution_backward(small, big, weight, None, [s, s], [p, p],
-                                                   [1, 1], False, [0, 0], 1,
-                                                   [False, True, False])[1]
+        big = torch.randn(3, C_big, H, W, generator=g, dtype=torch.float64)
+        want = torch.ops.aten.convolution_backward(small, big, weight, None, st, pad, [1, 1],
+                                                   False, [0, 0], 1, [False, True, False])[1]
     for layout in (torch.channels_last, torch.contiguous_format):
         got = cnn.matmul_weight_grad(big.contiguous(memory_format=layout),
-                                     small.contiguous(memory_format=layout), (k, k), (s, s),
-                                     (p, p))
+                                     small.contiguous(memory_format=layout), k, st, pad)
         assert got.shape == want.shape
         assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
     # serves: bf16 channels-last maps of the conv's geometry, the small one at most 16 pixels
@@ -294,19 +296,46 @@ def test_matmul_weight_grad_is_the_conv_weight_gradient(transposed, geometry):
 
     def serves(big, small, **kw):
         conf = dict(dilation=(1, 1), groups=1) | kw
-        return cnn.matmul_weight_grad_serves(big, small, weight, (s, s), (p, p), **conf)
+        return cnn.matmul_weight_grad_serves(big, small, weight, st, pad, **conf)
 
     bb, sb = (t.bfloat16().contiguous(memory_format=cl) for t in (big, small))
-    assert serves(bb, sb) == (h * h <= cnn.MATMUL_WGRAD_PIXELS)
-    if h * h <= cnn.MATMUL_WGRAD_PIXELS:
+    assert serves(bb, sb) == (h * w <= cnn.MATMUL_WGRAD_PIXELS)
+    if h * w <= cnn.MATMUL_WGRAD_PIXELS:
         assert not serves(bb.float(), sb.float())  # float32: oneDNN's was faster
         assert not serves(bb.contiguous(), sb)
-        assert not serves(bb, sb.contiguous()) or h == 1
+        assert not serves(bb, sb.contiguous()) or h * w == 1
         assert not serves(bb, sb, groups=7)
         assert not serves(bb, sb, dilation=(2, 2))
         assert not serves(bb, sb, output_padding=(1, 1))
-        assert not serves(bb[:, :, 1:], sb)  # not this conv's geometry
         assert not serves(bb[:2], sb)
+        # a big map of another size (channels-last too): not this conv's geometry, where its
+        # size changes the small map's
+        for cut in (bb[:, :, st[0]:], bb[:, :, :, st[1]:]):
+            cut = cut.contiguous(memory_format=cl)
+            assert not serves(cut, sb)
+        grown = torch.zeros(3, C_big, H + st[0], W, dtype=torch.bfloat16).contiguous(
+            memory_format=cl)
+        assert not serves(grown, sb)
+
+
+def test_matmul_weight_grad_sums_in_float32_over_many_rows():
+    """In bf16 the matmul form sums its N·h·w products in float32 (32,768 rows here, as at
+    atari100k's 2,048 frames onto 4x4 maps), then rounds once: each value within bf16's
+    rounding of the float64 sum; sums kept in bf16 would be off by far more."""
+    from reverie.nets import cnn
+
+    g = torch.Generator().manual_seed(0)
+    cl = torch.channels_last
+    big = torch.randn(2048, 4, 8, 8, generator=g).contiguous(memory_format=cl)
+    small = torch.randn(2048, 6, 4, 4, generator=g).contiguous(memory_format=cl)
+    want = cnn.matmul_weight_grad(big.double(), small.double(), (4, 4), (2, 2), (1, 1))
+    got = cnn.matmul_weight_grad(big.bfloat16(), small.bfloat16(), (4, 4), (2, 2), (1, 1))
+    # the float64 sum of the bf16-rounded inputs: what float32 sums then round
+    exact = cnn.matmul_weight_grad(big.bfloat16().double(), small.bfloat16().double(), (4, 4),
+                                   (2, 2), (1, 1))
+    assert got.dtype == torch.bfloat16
+    err = (got.double() - exact).abs()
+    assert bool((err <= 2 ** -8 * exact.abs() + 1e-3 * want.abs().mean()).all())
 
 
 def test_the_conv_nets_take_matmul_weight_gradients_onto_small_maps_in_bf16_only():

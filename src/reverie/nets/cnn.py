@@ -279,8 +279,9 @@ def _plain(module: nn.Module, x: Tensor) -> bool:
 class MatmulGradConv2d(nn.Conv2d):
     """nn.Conv2d (same parameters and state dict) whose bfloat16 weight gradient onto small
     output maps is `matmul_weight_grad` where `kernels` (`run_layers`) is on and it serves
-    (`_Conv`; the bias gradient then from the output gradient's sums); otherwise, and in
-    compiled graphs, without autograd or on other devices, the plain module."""
+    (`_Conv`; the bias gradient then from the output gradient's sums in float32, not
+    oneDNN's bf16; no double backward there); otherwise, and in compiled graphs, without
+    autograd or on other devices, the plain module."""
 
     def forward(self, x: Tensor, kernels: bool = False) -> Tensor:
         if not kernels or _plain(self, x) or isinstance(self.padding, str):

@@ -375,7 +375,8 @@ class WorldModel(nn.Module):
 
     def use_image_kernels(self, on: bool) -> None:
         """The conv encoders' pixel scaling, the conv nets' ImageNorm + SiLU and the
-        decoders' bias sums by reverie.nets.image_kernel (built by its `load()`) or by the
+        decoders' bias sums by reverie.nets.image_kernel (built by its `load()`), and the
+        bf16 weight gradients onto small maps as `cnn.matmul_weight_grad`, or all by the
         torch ops."""
         for net in self.image_nets():
             net.kernels = on
