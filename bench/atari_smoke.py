@@ -208,7 +208,7 @@ def main() -> None:
                         "it to the --baseline-src side")
     p.add_argument("--current-set", action="append", metavar="KEY=VALUE",
                    help="a --set of this tree's side of the alternation (repeatable)")
-    p.add_argument("--baseline-env", action="append", metavar="KEY=VALUE",
+    p.add_argument("--baseline-env", action="append", metavar="NAME=VALUE",
                    help="an environment variable of the baseline side's runs (repeatable): "
                         "alternate with this tree run in that environment, or add it to the "
                         "--baseline-src side")

@@ -34,6 +34,8 @@ modules and their state dict are the same (`run_layers`).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -178,6 +180,11 @@ def channel_sums(g: Tensor) -> Tensor:
 MATMUL_WGRAD_PIXELS = 16
 
 
+def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    """A conv's output size along one axis (dilation 1)."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
 def matmul_weight_grad_serves(big: Tensor, small: Tensor, weight: Tensor, stride: tuple,
                               padding: tuple, dilation: tuple, groups: int,
                               output_padding: tuple = (0, 0)) -> bool:
@@ -195,8 +202,8 @@ def matmul_weight_grad_serves(big: Tensor, small: Tensor, weight: Tensor, stride
             or not small.is_contiguous(memory_format=torch.channels_last)):
         return False
     k = weight.shape[2:]
-    return all((big.shape[2 + i] + 2 * padding[i] - k[i]) // stride[i] + 1
-               == small.shape[2 + i] for i in range(2))
+    return all(_conv_out(big.shape[2 + i], k[i], stride[i], padding[i]) == small.shape[2 + i]
+               for i in range(2))
 
 
 def matmul_weight_grad(big: Tensor, small: Tensor, kernel: tuple, stride: tuple,
@@ -207,7 +214,7 @@ def matmul_weight_grad(big: Tensor, small: Tensor, kernel: tuple, stride: tuple,
     gradient), whose weights are both [C_small, C_big, kh, kw]. One copy of the padded big
     map's windows (im2col, [N·h·w, kh·kw·C_big]) and one matmul with the small map's
     pixels as rows; channels-last maps (`matmul_weight_grad_serves`)."""
-    N, Cb, H, W = big.shape
+    N, Cb = big.shape[:2]
     Cs, h, w = small.shape[1:]
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     padded = F.pad(big.permute(0, 2, 3, 1), (0, 0, pw, pw, ph, ph))  # [N, H', W', C_big]
@@ -287,10 +294,8 @@ class MatmulGradConv2d(nn.Conv2d):
         if not kernels or _plain(self, x) or isinstance(self.padding, str):
             return super().forward(x)
         cx, weight = _autocast(x, self.weight)
-        out_pixels = 1
-        for i in range(2):
-            out_pixels *= ((x.shape[-2 + i] + 2 * self.padding[i] - self.kernel_size[i])
-                           // self.stride[i] + 1)
+        out_pixels = math.prod(_conv_out(x.shape[-2 + i], self.kernel_size[i], self.stride[i],
+                                         self.padding[i]) for i in range(2))
         if (cx.dtype != torch.bfloat16 or x.dim() != 4 or out_pixels > MATMUL_WGRAD_PIXELS
                 or self.groups != 1 or tuple(self.dilation) != (1, 1)):
             return super().forward(x)  # `_Conv`'s backward checks the rest
