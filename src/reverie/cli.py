@@ -517,12 +517,13 @@ def _stdout_closed() -> bool:
 def _main(argv: list[str] | None) -> int:
     from reverie.allocator import keep_freed_memory
     from reverie.distributed.trial import PARENT_ENV, follow_parent
-    from reverie.openmp import shorten_spin_waits
+    from reverie.openmp import shorten_spin_waits, wants_long_spin
 
     if PARENT_ENV in os.environ:  # started by a sweep or a benchmark: end with it
         follow_parent()
     keep_freed_memory()  # large activations stay mapped between passes (allocator.py)
-    shorten_spin_waits()  # OpenMP threads yield a shared core soon (openmp.py); before torch
+    if not wants_long_spin(sys.argv[1:] if argv is None else argv):  # run.share_cores
+        shorten_spin_waits()  # OpenMP threads yield a shared core soon (openmp.py); before torch
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

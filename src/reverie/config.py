@@ -56,7 +56,7 @@ MAX_THREADS = 256  # far past any CPU's cores; OpenMP crashes (SIGSEGV) on absur
 RESUME_KEYS = ("run.steps", "run.progress", "run.log_every", "run.eval_every",
                "run.eval_episodes", "run.eval_noop_max", "run.checkpoint_every",
                "run.keep_checkpoints", "run.keep_best",
-               "run.max_nan_retries", "run.threads", "run.device", "run.compile",
+               "run.max_nan_retries", "run.threads", "run.share_cores", "run.device", "run.compile",
                "run.precision", "run.vector",
                "replay.capacity")  # raised only: the replay grows, keeping its rows
 # settings that change no result of a run (its budget aside, which does): reports and sweeps
@@ -95,6 +95,11 @@ class RunConfig:
     keep_best: bool = True
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads; 0 = torch's as it is (all cores, fresh)
+    # lower torch's threads to the cores other processes leave free, while they run (with
+    # libgomp's long spin, which the `reverie` command then keeps: fast alone, safe beside a
+    # neighbour; reverie/openmp.py); results then depend on the machine's load by float
+    # rounding, as they do on run.threads
+    share_cores: bool = False
     num_envs: int = 1  # envs stepped together; a replay keeps one ring per env (mbpo takes 1)
     # the envs as Gymnasium's SyncVectorEnv (sync: all in this process) or AsyncVectorEnv
     # (async: one worker process per env, worth it when an env step costs more than a pipe

@@ -48,6 +48,7 @@ from reverie.envs import make_obs_spec
 from reverie.envs.actions import action_spec, random_actions
 from reverie.envs.vector import env_maker
 from reverie.errors import Stopped, UserError
+from reverie.openmp import ThreadGovernor, governable
 from reverie.replay import Replay
 from reverie.rng import (
     numpy_generator,
@@ -121,6 +122,8 @@ class Trainer(Checkpointing):
     """One run folder: `Trainer(cfg, out).train()`, or `Trainer.resume(out).train()`."""
 
     show_progress = True  # False: this process shows none, whatever run.progress says
+    _governor: ThreadGovernor | None = None  # run.share_cores, while train() runs
+    _shared_noted = False  # run.share_cores said it lowered the threads
 
     @classmethod
     def resume(cls, out: str | Path, steps: int | None = None,
@@ -535,6 +538,7 @@ class Trainer(Checkpointing):
         self._plotted = time.monotonic()  # the first curve.png after PLOT_EVERY_S
         # plain values for the hot loop (an OmegaConf attribute read costs ~0.3 ms)
         run = self.run = to_object(cfg, "run")
+        governor = self._governor = self._share_cores()
         if self.resumed_from is None:
             self.envs.start()
             self.checkpoint()  # step 0: the rollback target before any update
@@ -550,6 +554,8 @@ class Trainer(Checkpointing):
             with stop, self.progress:
                 while c.env_steps < steps and not stop.requested:
                     before = c.env_steps
+                    if governor is not None:
+                        self._follow_cores(governor)
                     # a copy: agents may keep `first`, and the collector updates its own
                     action = self._act(self.envs.obs, self.envs.first.copy())
                     t, finished = self.envs.step(action)
@@ -642,9 +648,37 @@ class Trainer(Checkpointing):
         return (f"continue with `reverie train --resume {self.out}`"
                 + (f"{since}{step}{after}" if since else ""))
 
+    def _share_cores(self) -> ThreadGovernor | None:
+        """run.share_cores: a started ThreadGovernor over this run's torch threads; None where
+        it is off or there is nothing to lower (one thread), or, said once, where this
+        machine cannot show what else runs."""
+        wanted = torch.get_num_threads()
+        if not self.run.share_cores or wanted < 2:
+            return None
+        governor = ThreadGovernor(wanted)
+        if governable() and governor.start():
+            return governor
+        self._note(f"note: run.share_cores: this machine does not show what else runs on its "
+                   f"cores (/proc), or this process may use only some of them: {wanted} torch "
+                   "threads throughout")
+        return None
+
+    def _follow_cores(self, governor: ThreadGovernor) -> None:
+        """torch's threads set to what the cores other processes leave free allow; the first
+        time they are lowered, said once."""
+        if governor.apply() is not None and governor.allowed < governor.wanted \
+                and not self._shared_noted:
+            self._shared_noted = True
+            self._note(f"note: run.share_cores: other processes are using the cores: "
+                       f"{governor.allowed} torch thread{'s' if governor.allowed > 1 else ''} "
+                       f"instead of {governor.wanted} while they do")
+
     def release(self) -> None:
         """Close the envs and give up the run folder's lock (the process may resume the run
         again later); a Trainer dropped without it does this when it is collected."""
+        if self._governor is not None:
+            self._governor.stop()
+            self._governor = None
         _let_go(self.envs, self._lock, self._threads_before)
         self._lock = self._threads_before = None
         if self._dropped is not None:
