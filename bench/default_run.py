@@ -38,7 +38,7 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cartpole import ROOT, TARGET_RETURN, run_reverie  # noqa: E402
-from reverie.openmp import SPINCOUNT, USER_SETTINGS  # noqa: E402
+from reverie.openmp import SPINCOUNT, USER_SETTINGS, wants_long_spin  # noqa: E402
 from runlib import matmul_gflops  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -116,7 +116,10 @@ def main() -> None:
         r["overrides"], r["inductor_cache"] = overrides, "empty" if cold else "user's"
         r["env"] = env
         # what libgomp got: the child's own setting, else the one `reverie train` sets itself
-        r["openmp"] = set_by_user or {"GOMP_SPINCOUNT": f"{SPINCOUNT} (set by reverie)"}
+        # (none for a train with run.share_cores: libgomp's own spin, reverie/openmp.py)
+        kept = wants_long_spin(["train", *(x for o in overrides for x in ("--set", o))])
+        r["openmp"] = set_by_user or {"GOMP_SPINCOUNT": "libgomp's own (run.share_cores)"
+                                      if kept else f"{SPINCOUNT} (set by reverie)"}
         if cold:
             shutil.rmtree(cold, ignore_errors=True)
         if "error" not in r:

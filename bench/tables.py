@@ -1305,7 +1305,7 @@ TABLES: dict[str, Callable[[Path], str | None]] = {
     **{name: (lambda results, name=name: default_run_table(results, name))
        for name in ("default_run_allocator_ab", "default_run_gomp_ab",
                     "default_run_gomp_ab_neighbour", "default_run_num_envs_ab",
-                    "default_run_onehot_ab")},
+                    "default_run_onehot_ab", "default_run_share_cores_ab")},
     "reliability": reliability_table,
     "cartpole_sweep": cartpole_sweep_table,
     "throughput": throughput_table,

@@ -59,17 +59,6 @@ def test_threads_fit_the_cores_other_processes_leave():
     assert openmp.fitting_threads(16, 16, 3.0) == 13
 
 
-def test_which_libgomp_settings_spin_long():
-    assert openmp.spin_is_long({})  # libgomp's own 300,000
-    assert not openmp.spin_is_long({"GOMP_SPINCOUNT": "1000"})
-    assert openmp.spin_is_long({"GOMP_SPINCOUNT": "300000"})
-    assert openmp.spin_is_long({"GOMP_SPINCOUNT": "10k"})
-    assert not openmp.spin_is_long({"GOMP_SPINCOUNT": "1k"})
-    assert openmp.spin_is_long({"GOMP_SPINCOUNT": "INFINITE"})
-    assert not openmp.spin_is_long({"OMP_WAIT_POLICY": "passive"})
-    assert openmp.spin_is_long({"OMP_WAIT_POLICY": "ACTIVE"})
-
-
 def test_running_elsewhere_counts_other_processes_threads(tmp_path):
     (tmp_path / "stat").write_text("cpu  1 2 3\nprocs_running 5\nprocs_blocked 0\n")
     for tid, state in ((10, "R"), (11, "S"), (12, "R")):
@@ -167,3 +156,22 @@ def test_the_command_keeps_the_long_spin_only_for_a_train_with_share_cores(tmp_p
     assert not openmp.wants_long_spin(["eval", "--set", "run.share_cores=true"])
     monkeypatch.setattr(openmp, "governable", lambda: False)  # no governor: the short spin
     assert not openmp.wants_long_spin(["train", "--set", "run.share_cores=true"])
+
+
+TRAIN_PROBE = """
+import os, sys
+from reverie.cli import main
+try:
+    main(["train", "--set", "run.share_cores=true", "--help"])  # decides, then only prints help
+except SystemExit:
+    pass
+print("GOMP_SPINCOUNT=" + os.environ.get("GOMP_SPINCOUNT", "unset"), file=sys.stderr)
+"""
+
+
+def test_the_command_leaves_libgomp_s_spin_to_a_train_with_share_cores():
+    env = {k: v for k, v in os.environ.items() if k not in openmp.USER_SETTINGS}
+    err = subprocess.run([sys.executable, "-c", TRAIN_PROBE], capture_output=True, text=True,
+                         env=env, check=True).stderr
+    kept = "GOMP_SPINCOUNT=unset" if openmp.governable() else "GOMP_SPINCOUNT=1000"
+    assert err.strip().splitlines()[-1] == kept

@@ -15,6 +15,17 @@ reads its settings once, when it is loaded), unless the environment already sets
 `GOMP_SPINCOUNT` or `OMP_WAIT_POLICY`: the user's choice wins. A library user gets the same by
 starting Python with `GOMP_SPINCOUNT=1000` in the environment (setting it after `import torch`
 changes nothing).
+
+The short spin has a price alone on a machine that wakes a sleeping thread slowly (a virtual
+machine): every parallel region then pays a wake-up, and on 2026-12-08 the `cartpole` preset's
+update took ~1.3-1.7x as long with it as with libgomp's own spin. `run.share_cores=true`
+(off by default) takes the other path: libgomp's own spin, with a `ThreadGovernor` that lowers
+torch's threads to the cores other processes leave free while they run (a count that fits
+the free cores has no descheduled partner to wait for) and raises them again after; the
+`reverie` command keeps the long spin for a `train` that asks for it (`wants_long_spin`). It
+is off by default because torch's reductions split their work by thread count, so a run's
+float rounding would depend on the machine's load: two runs of one seed would be
+bit-identical only if the load was alike, as a resumed run would be with the run before it.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ import re
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from pathlib import Path
 
 USER_SETTINGS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")  # libgomp's own variables
@@ -39,26 +50,6 @@ def shorten_spin_waits(environ: MutableMapping[str, str] | None = None) -> bool:
         return False
     environ["GOMP_SPINCOUNT"] = SPINCOUNT
     return True
-
-
-def spin_is_long(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether libgomp's threads spin long at barriers under `environ`: its own 300,000
-    iterations (nothing set), OMP_WAIT_POLICY=active, or a GOMP_SPINCOUNT of 10,000 or more."""
-    environ = os.environ if environ is None else environ
-    policy = environ.get("OMP_WAIT_POLICY", "").strip().lower()
-    count = environ.get("GOMP_SPINCOUNT", "").strip().lower()
-    if count:
-        if count == "infinite":
-            return True
-        scale = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}.get(count[-1], 1)
-        try:
-            return int(count.rstrip("kmgt")) * scale >= LONG_SPIN
-        except ValueError:
-            return policy != "passive"
-    return policy != "passive"
-
-
-LONG_SPIN = 10_000  # bench/omp_wait.py: from 10,000 up a spinning thread starves a neighbour
 
 
 def running_elsewhere(proc: str = "/proc") -> int | None:
@@ -105,7 +96,9 @@ class ThreadGovernor:
     a busy neighbour each parallel region waits for a descheduled thread, 16-21x slower; see
     the module's docstring). A daemon thread samples `running_elsewhere` every `period`
     seconds; `apply()`, called by the training loop's thread (torch's thread count is that
-    thread's), sets the count the mean of the last `window` samples allows."""
+    thread's), sets the count the mean of the last `window` samples allows. inductor's
+    compiled kernels (`#pragma omp parallel` without a count) and reverie's own (their count
+    is torch's at each call) follow it."""
 
     def __init__(self, wanted: int, cores: int | None = None, period: float = 0.2,
                  window: int = 10, sample: Callable[[], int | None] = running_elsewhere

@@ -666,12 +666,12 @@ class Trainer(Checkpointing):
     def _follow_cores(self, governor: ThreadGovernor) -> None:
         """torch's threads set to what the cores other processes leave free allow; the first
         time they are lowered, said once."""
-        if governor.apply() is not None and governor.allowed < governor.wanted \
-                and not self._shared_noted:
+        threads = governor.apply()
+        if threads is not None and threads < governor.wanted and not self._shared_noted:
             self._shared_noted = True
             self._note(f"note: run.share_cores: other processes are using the cores: "
-                       f"{governor.allowed} torch thread{'s' if governor.allowed > 1 else ''} "
-                       f"instead of {governor.wanted} while they do")
+                       f"{threads} torch thread{'s' if threads > 1 else ''} instead of "
+                       f"{governor.wanted} while they do")
 
     def release(self) -> None:
         """Close the envs and give up the run folder's lock (the process may resume the run
