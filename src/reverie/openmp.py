@@ -104,7 +104,7 @@ class ThreadGovernor:
                  window: int = 10, sample: Callable[[], int | None] = running_elsewhere
                  ) -> None:
         self.wanted, self.period, self.sample = wanted, period, sample
-        self.cores = cores or len(os.sched_getaffinity(0))
+        self.cores = cores or os.cpu_count() or 1  # governable(): the process may use them all
         self.samples: deque[int] = deque(maxlen=window)
         self.allowed = wanted
         self.changes = 0  # how often apply() changed torch's thread count

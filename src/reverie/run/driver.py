@@ -655,8 +655,7 @@ class Trainer(Checkpointing):
         wanted = torch.get_num_threads()
         if not self.run.share_cores or wanted < 2:
             return None
-        governor = ThreadGovernor(wanted)
-        if governable() and governor.start():
+        if governable() and (governor := ThreadGovernor(wanted)).start():
             return governor
         self._note(f"note: run.share_cores: this machine does not show what else runs on its "
                    f"cores (/proc), or this process may use only some of them: {wanted} torch "
