@@ -17,8 +17,9 @@ starting Python with `GOMP_SPINCOUNT=1000` in the environment (setting it after 
 changes nothing).
 
 The short spin has a price alone on a machine that wakes a sleeping thread slowly (a virtual
-machine): every parallel region then pays a wake-up, and on 2026-12-08 the `cartpole` preset's
-update took ~1.3-1.7x as long with it as with libgomp's own spin. `run.share_cores=true`
+machine): every parallel region then pays a wake-up, and on 2026-12-08 a `cartpole` update
+took 1.9x as long with it as with libgomp's own spin (bench/omp_wait.py), the default run 1.58x
+as long as with `run.share_cores` (bench/default_run.py --alt run.share_cores=true). `run.share_cores=true`
 (off by default) takes the other path: libgomp's own spin, with a `ThreadGovernor` that lowers
 torch's threads to the cores other processes leave free while they run (a count that fits
 the free cores has no descheduled partner to wait for) and raises them again after; the
