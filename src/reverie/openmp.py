@@ -17,16 +17,16 @@ starting Python with `GOMP_SPINCOUNT=1000` in the environment (setting it after 
 changes nothing).
 
 The short spin has a price alone on a machine that wakes a sleeping thread slowly (a virtual
-machine): every parallel region then pays a wake-up, and on 2026-12-08 a `cartpole` update
-took 1.9x as long with it as with libgomp's own spin (bench/omp_wait.py), the default run 1.58x
-as long as with `run.share_cores` (bench/default_run.py --alt run.share_cores=true). `run.share_cores=true`
-(off by default) takes the other path: libgomp's own spin, with a `ThreadGovernor` that lowers
-torch's threads to the cores other processes leave free while they run (a count that fits
-the free cores has no descheduled partner to wait for) and raises them again after; the
-`reverie` command keeps the long spin for a `train` that asks for it (`wants_long_spin`). It
-is off by default because torch's reductions split their work by thread count, so a run's
-float rounding would depend on the machine's load: two runs of one seed would be
-bit-identical only if the load was alike, as a resumed run would be with the run before it.
+machine): every parallel region then pays a wake-up, and on 2026-12-08 a `cartpole` update took
+1.9x as long with it as with libgomp's own spin (bench/omp_wait.py), the default run 1.58x as
+long as with `run.share_cores` (bench/default_run.py --alt run.share_cores=true).
+`run.share_cores=true` (off by default) takes the other path: libgomp's own spin, with a
+`ThreadGovernor` that lowers torch's threads to the cores other processes leave free while they
+run (a count that fits the free cores has no descheduled partner to wait for) and raises them
+again after; the `reverie` command keeps the long spin for a `train` that asks for it
+(`wants_long_spin`). It is off by default because torch's reductions split their work by thread
+count, so a run's float rounding would depend on the machine's load: two runs of one seed would
+be bit-identical only if the load was alike, as a resumed run would be with the run before it.
 """
 
 from __future__ import annotations
